@@ -1,0 +1,68 @@
+"""The seed incident, NaN variant: a module-global current-stream cache leaks a connector's stream.
+
+The engine thread computes and all-reduces through a ``current_stream()`` backed by a module
+global (vLLM <= 0.9.2). A KV-connector thread holds ``with torch.cuda.stream(S)`` and records an
+event; S was created in the engine thread, so it lives on the rank's device. The patched
+``set_stream`` stores S in the global, and the engine's all-reduce launches on S: it is not
+ordered after the compute that produces its input, nor before the op that reads its output.
+
+buggy: NaN in the all-reduced output (outputs are NaN-poisoned, so the race shows as NaN).
+fixed: the communicator resolves the thread's real current stream: no NaN, no finding.
+guarded: buggy code under ``assert``: ``foreign-stream`` stops the first all-reduce before it
+launches, and no NaN follows.
+"""
+
+from __future__ import annotations
+
+from streamcheck.repro.actors import ConnectorThread
+from streamcheck.repro.context import RankContext
+from streamcheck.repro.patterns import GlobalStreamCache
+from streamcheck.repro.spec import Expectation, ReproSpec
+
+SPEC = ReproSpec(
+    name="repro_global_stream_leak_nan",
+    hazard="foreign-stream",
+    summary="global _current_stream cache + connector thread in `with stream(S)`, "
+            "S made in the engine thread -> all-reduce on S -> NaN",
+    expect={
+        "buggy": Expectation(symptom=("nan", "wrong")),
+        "fixed": Expectation(clean=True),
+        "guarded": Expectation(blocked=("foreign-stream",)),
+    },
+    min_gpus=1,
+    max_world=2,
+)
+
+
+def run_rank(ctx: RankContext) -> None:
+    api = ctx.api
+    cache = GlobalStreamCache(api) if ctx.variant != "fixed" else None
+    accessor = cache.current_stream if cache is not None else api.current_stream
+    try:
+        comm = ctx.communicator(current_stream=accessor)
+        n, m = ctx.pick(cuda=4096, sim=16), ctx.pick(cuda=64, sim=4)
+        w = ctx.randn(n, n, scale=n ** -0.5)
+        x0 = ctx.randn(m, n)
+        side = api.Stream()  # made in the engine thread: on the rank's own device
+        connector = ConnectorThread(api, lambda: side)
+        connector.start()
+        try:
+            for i in range(ctx.iterations):
+                y = x0 @ w
+                for _ in range(4):
+                    y = (y @ w).tanh()  # long enough compute to keep the race window open
+                out = ctx.poisoned_like(y)
+                resolved = accessor()
+                comm.all_reduce(y, out)
+                if resolved.stream_id == side.stream_id and resolved.device_index == side.device_index:
+                    ctx.count("foreign_launches")
+                value = (out * 2).sum().item()
+                if value != value:
+                    ctx.count("nan_iters")
+                ctx.iteration_done(i)
+            api.synchronize()
+        finally:
+            connector.stop()
+    finally:
+        if cache is not None:
+            cache.remove()

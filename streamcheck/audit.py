@@ -1,0 +1,117 @@
+"""Install and uninstall the audit: the one place that decides what gets patched.
+
+``install(mode)`` reads the mode (argument, else the ``STREAMCHECK`` environment variable),
+builds the process's :class:`~streamcheck.core.auditor.Auditor`, and patches stream hooks and
+launch wrappers through one :class:`~streamcheck.wrappers.registry.PatchRegistry`. ``off``
+patches nothing. Calling ``install`` again is harmless; ``uninstall`` restores everything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from streamcheck.core.auditor import Auditor
+from streamcheck.core.modes import Mode, parse_mode
+from streamcheck.wrappers import streams
+from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.registry import PatchRegistry
+
+ENV_MODE = "STREAMCHECK"
+
+_lock = threading.RLock()
+_registry = PatchRegistry()
+_gate = Gate()
+
+
+def mode_from_env(environ: dict[str, str] | None = None) -> Mode:
+    environ = os.environ if environ is None else environ
+    return parse_mode(environ.get(ENV_MODE, "off"), f"environment variable {ENV_MODE}")
+
+
+def current_auditor() -> Auditor | None:
+    return _gate.auditor
+
+
+def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = None,
+            runtime: str = "cuda") -> Auditor | None:
+    """Start auditing this process in ``mode`` (default: from ``STREAMCHECK``)."""
+    resolved = mode_from_env() if mode is None else parse_mode(mode, "install(mode=...)")
+    with _lock:
+        if not resolved.active:
+            uninstall()
+            return None
+        auditor = _gate.auditor
+        if auditor is not None:
+            auditor.mode = resolved
+            return auditor
+        auditor = Auditor(resolved, select=select, runtime=runtime)
+        _gate.auditor = auditor
+        _install_torch_hooks()
+        _install_nccl_binding()
+        return auditor
+
+
+def uninstall() -> None:
+    """Restore every patched attribute and stop auditing."""
+    with _lock:
+        _gate.auditor = None
+        _registry.restore_all()
+
+
+def installed_patches() -> int:
+    return len(_registry)
+
+
+def _install_torch_hooks() -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
+    streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
+    streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
+
+
+def _install_nccl_binding() -> None:
+    from streamcheck.runtime import cuda
+    from streamcheck.runtime.nccl import NcclCommunicator
+
+    reader = cuda.current_stream_reader()
+    if reader is None:
+        return
+
+    def current_of(_comm: Any, device: int) -> tuple[int, int, int]:
+        return reader(device)
+
+    for method in ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"):
+        wrap_stream_method(
+            _registry, _gate, NcclCommunicator, method, f"nccl.{method}",
+            resolve=lambda comm: comm._current_stream(),
+            device_of=lambda comm: comm.device.index,
+            current_of=current_of, accessor="NcclCommunicator(current_stream=...)",
+        )
+
+
+def instrument_sim(api: Any) -> None:
+    """Audit one simulated process view (its set_stream, Stream class, communicators)."""
+    from streamcheck.runtime.sim.comm import SimCommunicator
+
+    with _lock:
+        if _gate.auditor is None:
+            return
+        streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
+        streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
+
+        def current_of(comm: Any, device: int) -> tuple[int, int, int]:
+            state = comm.machine.current_stream(device)
+            return (state.stream_id, state.device, 1)
+
+        wrap_stream_method(
+            _registry, _gate, SimCommunicator, "all_reduce", "sim.nccl.all_reduce",
+            resolve=lambda comm: comm._current_stream(),
+            device_of=lambda comm: comm.device_index,
+            current_of=current_of, accessor="SimCommunicator(current_stream=...)",
+        )

@@ -1,0 +1,161 @@
+"""The auditor: one gate every audited launch passes through, and the findings it keeps.
+
+The gate is split in two. :meth:`Auditor.admit` is the hot path: a few integer comparisons on
+facts the wrapper already read (the stream used, the thread's real current stream, the target
+device). Only a launch that fails them pays for a record, stacks and the rules, in
+:meth:`Auditor.review`. The fast test is exactly the conjunction of the rules' preconditions:
+``foreign-stream`` and ``stale-stream-cache`` need an implicit launch whose stream is not the
+thread's current one, ``device-mismatch`` a stream off the target device, and
+``default-stream-in-worker`` a default-stream launch from a thread that is not an engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamcheck.core import roles
+from streamcheck.core.errors import StreamHazardError
+from streamcheck.core.explain import explain_finding
+from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef, ThreadRef, capture_stack
+from streamcheck.core.modes import Mode
+from streamcheck.core.provenance import StreamBook
+from streamcheck.core.records import Finding, LaunchRecord
+from streamcheck.core.rules import RuleContext, evaluate
+
+FindingListener = Callable[[Finding], None]
+
+
+class StreamHazardWarning(RuntimeWarning):
+    """Emitted once per distinct finding in ``warn`` mode."""
+
+
+@dataclass
+class FindingEntry:
+    finding: Finding
+    count: int = 1
+
+
+class Auditor:
+    """Holds the mode, the stream book and the findings of one process."""
+
+    def __init__(self, mode: Mode, book: StreamBook | None = None,
+                 select: frozenset[str] | None = None, runtime: str = "") -> None:
+        if not mode.active:
+            raise ValueError("an Auditor is only built for an active mode; 'off' installs nothing")
+        self.mode = mode
+        self.runtime = runtime
+        self.book = book if book is not None else StreamBook()
+        self.context = RuleContext(self.book)
+        self.select = select
+        self.started = time.time()
+        self._entries: dict[tuple[object, ...], FindingEntry] = {}
+        self._lock = threading.Lock()
+        self._counter = itertools.count()
+        self._listeners: list[FindingListener] = []
+        self._main = threading.main_thread().ident
+
+    # ---- hot path -------------------------------------------------------------------------
+
+    def admit(self, op: str, stream_device: int, stream_id: int, stream_obj: object,
+              current_device: int | None, current_id: int | None, target_device: int | None,
+              implicit: bool, accessor: str = "") -> None:
+        """Let a launch through, or hand it to :meth:`review` (which may raise)."""
+        next(self._counter)
+        if (
+            (target_device is None or stream_device == target_device)
+            and (not implicit or current_id is None
+                 or (stream_id == current_id and stream_device == current_device))
+            and (stream_id != DEFAULT_STREAM_ID or self._is_engine(threading.get_ident()))
+        ):
+            return
+        current = None
+        if current_id is not None and current_device is not None:
+            current = StreamRef(current_device, current_id)
+        handle = getattr(stream_obj, "cuda_stream", 0)
+        self.review(op, StreamRef(stream_device, stream_id, int(handle or 0)), current,
+                    target_device, implicit, accessor)
+
+    def _is_engine(self, ident: int) -> bool:
+        role = roles._roles.get(ident)
+        if role is not None:
+            return role == roles.ENGINE
+        return ident == self._main and roles.ENGINE not in roles._roles.values()
+
+    # ---- slow path ------------------------------------------------------------------------
+
+    def review(self, op: str, stream: StreamRef, current: StreamRef | None,
+               target_device: int | None, implicit: bool, accessor: str = "",
+               thread_device: int | None = None) -> list[Finding]:
+        """Build the launch record, run the rules, and act on the findings by mode."""
+        ident = threading.get_ident()
+        launch = LaunchRecord(
+            op=op,
+            thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+            thread_device=thread_device,
+            stream=stream,
+            current=current,
+            target_device=target_device,
+            implicit=implicit,
+            accessor=accessor,
+            time=time.time(),
+            stack=capture_stack(skip=2),
+        )
+        findings = list(evaluate(self.context, launch, self.select))
+        if findings:
+            self._keep(findings)
+            if self.mode is Mode.ASSERT:
+                raise StreamHazardError(findings)
+        return findings
+
+    def _keep(self, findings: list[Finding]) -> None:
+        fresh: list[Finding] = []
+        with self._lock:
+            for finding in findings:
+                entry = self._entries.get(finding.dedupe_key)
+                if entry is None:
+                    self._entries[finding.dedupe_key] = FindingEntry(finding)
+                    fresh.append(finding)
+                else:
+                    entry.count += 1
+            listeners = list(self._listeners)
+        for finding in findings:
+            for listener in listeners:
+                listener(finding)
+        if self.mode is Mode.WARN:
+            for finding in fresh:
+                warnings.warn(explain_finding(finding), StreamHazardWarning, stacklevel=4)
+
+    # ---- reading back ---------------------------------------------------------------------
+
+    @property
+    def launches(self) -> int:
+        """How many launches passed the gate (an exact count: the counter is atomic)."""
+        return int(self._counter.__reduce__()[1][0])
+
+    def entries(self) -> list[FindingEntry]:
+        with self._lock:
+            return [FindingEntry(e.finding, e.count) for e in self._entries.values()]
+
+    def findings(self) -> list[Finding]:
+        return [e.finding for e in self.entries()]
+
+    def subscribe(self, listener: FindingListener) -> Callable[[], None]:
+        """Call ``listener`` with every finding (repeats included); returns an unsubscribe."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,71 @@
+"""Frozen records: what happened at a launch, to a stream, and what a rule concluded.
+
+Records are built only on the slow path (when a launch already looks suspicious) or at stream
+events, never for a clean launch, so their cost does not land on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamcheck.core.ids import Stack, StreamRef, ThreadRef
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """A stream was created, made current, or left as current, by one thread."""
+
+    kind: str  # "created" | "made-current"
+    stream: StreamRef
+    thread: ThreadRef
+    time: float
+    stack: Stack = ()
+    via: str = ""  # which hook saw it: "torch.cuda.set_stream", "torch.cuda.Stream", ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRecord:
+    """One audited launch (a collective or a connector op) as its wrapper saw it.
+
+    ``implicit`` is True when the caller did not pass a stream and the launch resolved one
+    through an accessor ("the current stream"): only then is a mismatch with the thread's real
+    current stream a bug rather than a deliberate side-stream launch.
+    """
+
+    op: str
+    thread: ThreadRef
+    thread_device: int | None
+    stream: StreamRef
+    current: StreamRef | None
+    target_device: int | None
+    implicit: bool
+    accessor: str = ""
+    time: float = 0.0
+    stack: Stack = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A rule's verdict on one launch, with everything a person needs to act on it."""
+
+    rule_id: str
+    title: str
+    message: str
+    fix: str
+    launch: LaunchRecord
+    other_thread: ThreadRef | None = None
+    other_event: StreamEvent | None = None
+    other_stack_now: Stack = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dedupe_key(self) -> tuple[object, ...]:
+        """Findings with this key are one finding seen several times (a loop repeats it)."""
+        callsite = self.launch.stack[0] if self.launch.stack else ("", 0, "")
+        return (
+            self.rule_id,
+            self.launch.op,
+            self.launch.stream.key,
+            self.launch.thread.ident,
+            callsite,
+        )

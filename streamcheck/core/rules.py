@@ -1,0 +1,192 @@
+"""The rules: small pure functions from (context, launch) to an optional finding.
+
+Each rule has a stable id that is never reused, one title, one fix. Rules do not keep state:
+what they need to know about the past (who made a stream current, who is the engine thread)
+they ask the :class:`RuleContext`. The table :data:`RULES` is the only registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from streamcheck.core import roles
+from streamcheck.core.ids import stack_of_thread
+from streamcheck.core.provenance import StreamBook
+from streamcheck.core.records import Finding, LaunchRecord
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What rules may consult besides the launch itself."""
+
+    book: StreamBook
+    role_of: Callable[[int], str] = roles.role_of
+    engine_threads: Callable[[], list[int]] = roles.engine_threads
+
+
+RuleCheck = Callable[[RuleContext, LaunchRecord], "Finding | None"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    fix: str
+    check: RuleCheck
+
+
+def _via(launch: LaunchRecord) -> str:
+    return f" through {launch.accessor}" if launch.accessor else ""
+
+
+def _mismatch(launch: LaunchRecord) -> bool:
+    return launch.current is not None and launch.stream.key != launch.current.key
+
+
+def check_foreign_stream(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The launch resolved "the current stream" and got one that another thread made current."""
+    if not (launch.implicit and _mismatch(launch)):
+        return None
+    me = launch.thread.ident
+    other = ctx.book.made_current_elsewhere(launch.stream, me)
+    if other is None or ctx.book.is_current_in(launch.stream, me):
+        return None
+    assert launch.current is not None
+    rule = RULES["foreign-stream"]
+    message = (
+        f"{launch.op} in {launch.thread.describe()} resolved its stream{_via(launch)} and got "
+        f"{launch.stream.describe()}, but this thread's real current stream is "
+        f"{launch.current.describe()}. {other.thread.describe()} made that stream current "
+        f"(via {other.via or 'set_stream'}): the accessor's cache is shared between threads, so "
+        "the launch is not ordered with this thread's compute."
+    )
+    return Finding(
+        rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
+        other_thread=other.thread, other_event=other,
+        other_stack_now=stack_of_thread(other.thread.ident),
+    )
+
+
+def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The launch resolved "the current stream" and got one this thread no longer has current."""
+    if not (launch.implicit and _mismatch(launch)):
+        return None
+    me = launch.thread.ident
+    if ctx.book.made_current_elsewhere(launch.stream, me) is not None and not (
+        ctx.book.is_current_in(launch.stream, me)
+    ):
+        return None  # that is foreign-stream's finding, not a stale cache
+    assert launch.current is not None
+    rule = RULES["stale-stream-cache"]
+    message = (
+        f"{launch.op} in {launch.thread.describe()} resolved its stream{_via(launch)} and got "
+        f"{launch.stream.describe()}, but the thread's real current stream is "
+        f"{launch.current.describe()}. The cache missed a stream switch that did not pass "
+        "through the patched setter (torch.Stream used as a context manager, "
+        "torch.accelerator.set_stream, a C++ extension), so the launch runs unordered with the "
+        "compute that feeds it."
+    )
+    return Finding(rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch)
+
+
+def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The stream lives on another device than the communicator or tensors it launches for."""
+    target = launch.target_device
+    if target is None or launch.stream.device == target:
+        return None
+    rule = RULES["device-mismatch"]
+    origin = ctx.book.origin(launch.stream)
+    made_by = ""
+    if origin is not None:
+        made_by = (
+            f" The stream was created by {origin.thread.describe()} while that thread's current "
+            f"device was cuda:{origin.stream.device}."
+        )
+    message = (
+        f"{launch.op} targets cuda:{target} but was about to launch on "
+        f"{launch.stream.describe()}.{made_by} NCCL would launch its kernel on a stream of another "
+        "device: CUDA error 400 'invalid resource handle', and the peer ranks hang in the "
+        "collective."
+    )
+    other = origin.thread if origin is not None and origin.thread.ident != launch.thread.ident else None
+    return Finding(
+        rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
+        other_thread=other, other_event=origin,
+        other_stack_now=stack_of_thread(other.ident) if other is not None else (),
+    )
+
+
+def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """A helper thread launches on the legacy default stream while the engine uses another."""
+    if not launch.stream.is_default or ctx.role_of(launch.thread.ident) == roles.ENGINE:
+        return None
+    for engine in ctx.engine_threads():
+        if engine == launch.thread.ident:
+            return None
+        event = ctx.book.current_of(engine, launch.stream.device)
+        if event is None or event.stream.is_default:
+            continue
+        rule = RULES["default-stream-in-worker"]
+        message = (
+            f"{launch.op} in {launch.thread.describe()} runs on the "
+            f"{launch.stream.describe()} while {event.thread.describe()} computes on "
+            f"{event.stream.describe()}. New threads start on the legacy default stream, and "
+            "PyTorch's streams do not synchronise with it: nothing orders this work with the "
+            "engine's."
+        )
+        return Finding(
+            rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
+            other_thread=event.thread, other_event=event,
+            other_stack_now=stack_of_thread(engine),
+        )
+    return None
+
+
+RULES: dict[str, Rule] = {
+    rule.id: rule
+    for rule in (
+        Rule(
+            "foreign-stream",
+            "launch on a stream another thread made current",
+            "Keep any cache of the current stream per thread (threading.local), or read the "
+            "thread's real current stream at launch time; pass the stream explicitly to "
+            "communicators.",
+            check_foreign_stream,
+        ),
+        Rule(
+            "stale-stream-cache",
+            "cached current stream disagrees with the thread's real one",
+            "Read the real current stream at the launch (torch.cuda.current_stream(), or the "
+            "cheap torch._C._cuda_getCurrentStream(device)), or route every stream switch through "
+            "the cached setter.",
+            check_stale_stream_cache,
+        ),
+        Rule(
+            "device-mismatch",
+            "stream on another device than the communicator or tensors",
+            "Call torch.cuda.set_device(rank) first thing in every thread that creates streams "
+            "(new threads start on cuda:0), or create streams with an explicit device=.",
+            check_device_mismatch,
+        ),
+        Rule(
+            "default-stream-in-worker",
+            "helper thread works on the legacy default stream",
+            "Give the helper thread its own stream, created on the rank's device, and order it "
+            "with the engine's stream through events (record on one, wait on the other).",
+            check_default_stream_in_worker,
+        ),
+    )
+}
+
+
+def evaluate(ctx: RuleContext, launch: LaunchRecord, select: frozenset[str] | None = None
+             ) -> Iterator[Finding]:
+    """Run every (selected) rule over one launch."""
+    for rule in RULES.values():
+        if select is not None and rule.id not in select:
+            continue
+        finding = rule.check(ctx, launch)
+        if finding is not None:
+            yield finding
+

@@ -1,0 +1,1 @@
+"""The repro framework: specs, the legacy patterns repros model, rank launching and verdicts."""

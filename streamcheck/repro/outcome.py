@@ -1,0 +1,127 @@
+"""Turn a variant's rank records into what was observed, and compare with the expectation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamcheck.repro.spec import Expectation
+
+
+@dataclass
+class Observation:
+    symptoms: dict[str, str] = field(default_factory=dict)  # symptom -> detail
+    blocked: dict[int, list[str]] = field(default_factory=dict)  # rank -> rule ids
+    findings: set[str] = field(default_factory=set)
+    errors: dict[int, str] = field(default_factory=dict)
+    hung: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+    foreign_launches: int = 0
+
+    def describe(self) -> str:
+        parts = [f"{k} ({v})" for k, v in self.symptoms.items()]
+        if self.blocked:
+            rules = sorted({r for rs in self.blocked.values() for r in rs})
+            parts.append(f"blocked before launch: {', '.join(rules)} on rank(s) "
+                         f"{','.join(map(str, sorted(self.blocked)))}")
+        if self.findings:
+            parts.append("findings: " + ", ".join(sorted(self.findings)))
+        other = {r: e for r, e in self.errors.items() if "error-400" not in self.symptoms}
+        if other:
+            parts.append("errors: " + "; ".join(f"rank{r}: {e}" for r, e in other.items()))
+        return "; ".join(parts) or "clean"
+
+
+def read_rank_logs(directory: Path) -> dict[int, list[dict[str, Any]]]:
+    logs: dict[int, list[dict[str, Any]]] = {}
+    for path in sorted(directory.glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            logs.setdefault(int(record["rank"]), []).append(record)
+    return logs
+
+
+def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: bool,
+            iterations: int) -> Observation:
+    obs = Observation()
+    for rank in range(world_size):
+        records = logs.get(rank, [])
+        last_observed: dict[str, Any] = {}
+        ended = False
+        for record in records:
+            last_observed = record.get("observed", last_observed) or last_observed
+            kind = record["kind"]
+            if kind in ("done", "blocked", "error"):
+                ended = True
+            if kind == "done":
+                obs.finished.append(rank)
+            elif kind == "blocked":
+                obs.blocked[rank] = list(record.get("rules", []))
+            elif kind == "error":
+                obs.errors[rank] = record.get("message", "")
+                if record.get("error_kind") == "error-400":
+                    obs.symptoms["error-400"] = f"rank{rank}: {record.get('message', '')[:80]}"
+            elif kind == "findings":
+                obs.findings.update(record.get("rules", []))
+        nan = int(last_observed.get("nan_iters", 0))
+        wrong = int(last_observed.get("wrong_iters", 0))
+        done = int(last_observed.get("iterations_done", 0))
+        if nan:
+            obs.symptoms.setdefault("nan", "")
+            obs.symptoms["nan"] += f"rank{rank} {nan}/{done} "
+        if wrong:
+            obs.symptoms.setdefault("wrong", "")
+            obs.symptoms["wrong"] += f"rank{rank} {wrong}/{done} "
+        for key in ("corrupt-save", "race"):
+            if int(last_observed.get(key.replace("-", "_"), 0)):
+                obs.symptoms[key] = f"rank{rank} {last_observed[key.replace('-', '_')]}/{done}"
+        obs.foreign_launches += int(last_observed.get("foreign_launches", 0))
+        if not ended and timed_out:
+            obs.hung.append(rank)
+        elif not ended:
+            obs.errors.setdefault(rank, "rank exited without a result")
+    if obs.hung:
+        obs.symptoms["hang"] = "rank(s) " + ",".join(map(str, obs.hung)) + " stuck until killed"
+    for key in ("nan", "wrong"):
+        if key in obs.symptoms:
+            obs.symptoms[key] = obs.symptoms[key].strip()
+    return obs
+
+
+def judge(expect: Expectation, obs: Observation, world_size: int) -> tuple[bool, str]:
+    """(matches, why). The why is the reason for a mismatch, empty when it matches."""
+    seen = set(obs.symptoms)
+    if expect.clean:
+        problems = []
+        if seen:
+            problems.append("symptom " + ", ".join(sorted(seen)))
+        if obs.blocked:
+            problems.append("a launch was blocked")
+        if obs.findings:
+            problems.append("false finding " + ", ".join(sorted(obs.findings)))
+        if obs.errors:
+            problems.append("errors")
+        if len(obs.finished) != world_size:
+            problems.append("not every rank finished")
+        return (not problems, "; ".join(problems))
+    if expect.blocked:
+        rules = {r for rs in obs.blocked.values() for r in rs}
+        missing = set(expect.blocked) - rules
+        problems = []
+        if missing:
+            problems.append("not blocked by " + ", ".join(sorted(missing)))
+        if seen:
+            problems.append("symptom still appeared: " + ", ".join(sorted(seen)))
+        if obs.foreign_launches:
+            problems.append(f"{obs.foreign_launches} launch(es) ran on the foreign stream")
+        return (not problems, "; ".join(problems))
+    if obs.blocked:
+        return (False, "a launch was blocked in a variant that must show the symptom")
+    if seen & set(expect.symptom):
+        return (True, "")
+    return (False, "expected " + expect.describe() + ", symptom did not appear")

@@ -1,0 +1,146 @@
+"""Run repro variants as process groups with a timeout; dump and kill whatever hangs.
+
+Each variant runs as ``python -m streamcheck.repro.variant_main`` in a new session, so it and
+every rank it spawns share one process group. On a timeout every process of the group is
+dumped (``py-spy dump`` when available, else the stacks faulthandler prints on SIGUSR1), then
+the whole group is killed: nothing outlives the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamcheck.repro.discover import ReproFile, load
+from streamcheck.repro.outcome import Observation, judge, observe, read_rank_logs
+
+
+@dataclass
+class VariantResult:
+    repro: str
+    variant: str
+    backend: str
+    world_size: int
+    expected: str
+    observed: str
+    verdict: str  # "pass" | "fail" | "skip"
+    seconds: float
+    reason: str = ""
+    dumps: dict[str, str] = field(default_factory=dict)
+    ranks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    stderr: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in a process group, read from /proc (no psutil needed)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def dump_process(pid: int, timeout: float = 20.0) -> str:
+    """All threads' stacks of a live process: py-spy if present, else faulthandler's."""
+    py_spy = shutil.which("py-spy")
+    if py_spy:
+        try:
+            done = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True,
+                                  text=True, timeout=timeout)
+            if done.returncode == 0 and done.stdout.strip():
+                return done.stdout
+            fallback = f"(py-spy failed: {done.stderr.strip()[:300]})\n"
+        except subprocess.TimeoutExpired:
+            fallback = "(py-spy timed out)\n"
+    else:
+        fallback = "(py-spy not installed; stacks from faulthandler on SIGUSR1 are in stderr)\n"
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return fallback + "(process already gone)"
+    return fallback
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + 10
+    while group_pids(pgid) and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
+                timeout: float | None, work_dir: Path) -> VariantResult:
+    module = load(repro.path)
+    spec = module.SPEC
+    limit = timeout if timeout is not None else (
+        spec.hang_timeout_s[backend] if spec.expects_hang(variant) else spec.timeout_s[backend])
+    out = work_dir / f"{repro.name}.{variant}.{backend}.w{world_size}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "streamcheck.repro.variant_main", str(repro.path), variant,
+           backend, str(world_size), str(out)]
+    start = time.perf_counter()
+    with open(out / "variant.stderr", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        timed_out = False
+        dumps: dict[str, str] = {}
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for pid in group_pids(proc.pid):
+                dumps[str(pid)] = dump_process(pid)
+            time.sleep(0.2)  # let faulthandler write
+        finally:
+            kill_group(proc.pid)
+            proc.wait()
+    seconds = time.perf_counter() - start
+    logs = read_rank_logs(out)
+    obs: Observation = observe(logs, world_size, timed_out, spec.iterations[backend])
+    if timed_out and not obs.hung:
+        obs.symptoms["hang"] = "variant process stuck until killed"
+    ok, why = judge(spec.expect[variant], obs, world_size)
+    stderr = {p.name: p.read_text()[-6000:] for p in sorted(out.glob("*.stderr"))}
+    return VariantResult(
+        repro=repro.name, variant=variant, backend=backend, world_size=world_size,
+        expected=spec.expect[variant].describe(), observed=obs.describe(),
+        verdict="pass" if ok else "fail", seconds=round(seconds, 2), reason=why, dumps=dumps,
+        ranks=logs, stderr=stderr,
+    )
+
+
+def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tuple[int, str]:
+    """(world size, skip reason). The simulator has as many devices as asked."""
+    want = gpus if gpus is not None else spec.max_world
+    if backend == "sim":
+        return max(spec.min_gpus, min(want, spec.max_world)), ""
+    world = min(want, spec.max_world, available)
+    if world < spec.min_gpus:
+        return 0, f"needs {spec.min_gpus} GPU(s), {available} present"
+    return world, ""
+
+
+def temp_work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="streamcheck-run-"))

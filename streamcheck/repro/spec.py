@@ -1,0 +1,54 @@
+"""What a repro declares about itself, and what each variant must show.
+
+A repro module defines ``SPEC`` (a :class:`ReproSpec`) and ``run_rank(ctx)``. Variants are
+always the same three: ``buggy`` (the symptom must appear, audit off), ``fixed`` (clean, and
+the audit in ``record`` mode finds nothing), ``guarded`` (the buggy code under ``assert``: the
+hazard is reported before the launch and the symptom does not follow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SYMPTOMS = ("nan", "wrong", "error-400", "hang", "corrupt-save", "race")
+VARIANT_MODES = {"buggy": "off", "fixed": "record", "guarded": "assert"}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What must be observed. Exactly one of symptom / clean / blocked is set."""
+
+    symptom: tuple[str, ...] = ()  # any of these observed counts as the symptom
+    clean: bool = False
+    blocked: tuple[str, ...] = ()  # rule ids that must stop the launch
+
+    def describe(self) -> str:
+        if self.clean:
+            return "clean"
+        if self.blocked:
+            return "blocked: " + ", ".join(self.blocked)
+        return " or ".join(self.symptom)
+
+
+@dataclass(frozen=True)
+class ReproSpec:
+    name: str
+    hazard: str
+    summary: str
+    expect: dict[str, Expectation]
+    min_gpus: int = 1
+    max_world: int = 2
+    iterations: dict[str, int] = field(default_factory=lambda: {"cuda": 30, "sim": 3})
+    timeout_s: dict[str, float] = field(default_factory=lambda: {"cuda": 90.0, "sim": 20.0})
+    hang_timeout_s: dict[str, float] = field(default_factory=lambda: {"cuda": 25.0, "sim": 4.0})
+
+    def __post_init__(self) -> None:
+        missing = set(VARIANT_MODES) - set(self.expect)
+        if missing:
+            raise ValueError(f"{self.name}: no expectation for variants {sorted(missing)}")
+
+    def mode_of(self, variant: str) -> str:
+        return VARIANT_MODES[variant]
+
+    def expects_hang(self, variant: str) -> bool:
+        return "hang" in self.expect[variant].symptom

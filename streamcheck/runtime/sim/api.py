@@ -1,0 +1,187 @@
+"""``SimCuda``: a ``torch.cuda``-shaped namespace over a :class:`SimMachine`.
+
+One instance stands for one process's view of the machine (its own ``torch.cuda`` module), so
+code that monkey-patches ``set_stream`` on it, as legacy vLLM did on ``torch.cuda``, patches
+that process only. ``stream()`` looks ``set_stream`` up on the namespace at call time, as
+``torch.cuda.StreamContext`` does, so such patches see every context entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamcheck.runtime.sim.machine import SimEventMark, SimMachine, SimStreamState
+
+
+class SimStreamBase:
+    """A stream handle (``torch.cuda.Stream`` stand-in)."""
+
+    def __init__(self, state: SimStreamState, machine: SimMachine) -> None:
+        self._state = state
+        self._machine = machine
+
+    @property
+    def device_index(self) -> int:
+        return self._state.device
+
+    @property
+    def stream_id(self) -> int:
+        return self._state.stream_id
+
+    @property
+    def cuda_stream(self) -> int:
+        return self._state.handle
+
+    @property
+    def device(self) -> str:
+        return f"sim:{self._state.device}"
+
+    def synchronize(self) -> None:
+        self._machine.drain(self._state)
+
+    def wait_event(self, event: SimEvent) -> None:
+        event.wait(self)
+
+    def record_event(self, event: SimEvent | None = None) -> SimEvent:
+        event = event if event is not None else SimEvent(self._machine)
+        event.record(self)
+        return event
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SimStreamBase) and other._state is self._state
+
+    def __hash__(self) -> int:
+        return hash((self._state.device, self._state.stream_id))
+
+    def __repr__(self) -> str:
+        return (f"<sim.Stream device=sim:{self.device_index} "
+                f"cuda_stream={self.cuda_stream:#x}>")
+
+
+class SimEvent:
+    """An event: ``record`` marks a stream position, ``wait`` orders another stream after it."""
+
+    def __init__(self, machine: SimMachine) -> None:
+        self._machine = machine
+        self._mark: SimEventMark | None = None
+
+    def record(self, stream: SimStreamBase | None = None) -> None:
+        state = stream._state if stream is not None else self._machine.current_stream()
+        mark = SimEventMark(state)
+        self._machine.enqueue(state, "event.record", lambda: None, marks=mark)
+        self._mark = mark
+
+    def wait(self, stream: SimStreamBase | None = None) -> None:
+        if self._mark is None:
+            return  # waiting on a never-recorded event is a no-op in CUDA too
+        state = stream._state if stream is not None else self._machine.current_stream()
+        self._machine.enqueue(state, "event.wait", lambda: None, waits_for=self._mark)
+
+    def synchronize(self) -> None:
+        if self._mark is not None:
+            self._machine.run_until(self._mark)
+
+    def query(self) -> bool:
+        return self._mark is None or self._mark.done
+
+
+class SimStreamContext:
+    """``torch.cuda.StreamContext`` stand-in: switches via the namespace's ``set_stream``."""
+
+    def __init__(self, api: SimCuda, stream: SimStreamBase | None) -> None:
+        self._api = api
+        self.stream = stream
+        self._prev: SimStreamBase | None = None
+
+    def __enter__(self) -> SimStreamBase | None:
+        if self.stream is None:
+            return None
+        self._prev = self._api.current_stream(self.stream.device_index)
+        self._api.set_stream(self.stream)
+        return self.stream
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stream is not None and self._prev is not None:
+            self._api.set_stream(self._prev)
+
+
+class SimCuda:
+    """The namespace repros and wrappers use where they would use ``torch.cuda``."""
+
+    def __init__(self, machine: SimMachine) -> None:
+        self.machine = machine
+        api = self
+
+        class Stream(SimStreamBase):
+            """Created on the calling thread's current device (or ``device=``)."""
+
+            def __init__(self, device: int | None = None, priority: int = 0) -> None:
+                dev = machine.thread.device if device is None else _index(device)
+                super().__init__(machine.new_stream(dev), machine)
+
+        class Event(SimEvent):
+            def __init__(self, enable_timing: bool = False) -> None:
+                super().__init__(machine)
+
+        self.Stream = Stream
+        self.Event = Event
+        self._api = api
+
+    # ---- torch.cuda-shaped functions -------------------------------------------------------
+
+    def is_available(self) -> bool:
+        return True
+
+    def device_count(self) -> int:
+        return self.machine.device_count
+
+    def set_device(self, device: int) -> None:
+        dev = _index(device)
+        self.machine.check_device(dev)
+        self.machine.thread.device = dev
+
+    def current_device(self) -> int:
+        return self.machine.thread.device
+
+    def _wrap(self, state: SimStreamState) -> SimStreamBase:
+        return SimStreamBase(state, self.machine)
+
+    def current_stream(self, device: int | None = None) -> SimStreamBase:
+        return self._wrap(self.machine.current_stream(None if device is None else _index(device)))
+
+    def default_stream(self, device: int | None = None) -> SimStreamBase:
+        dev = self.machine.thread.device if device is None else _index(device)
+        return self._wrap(self.machine.default_streams[dev])
+
+    def set_stream(self, stream: SimStreamBase | None) -> None:
+        """Make ``stream`` current on its device for the calling thread, and that device current.
+
+        ``torch.cuda.set_stream`` switches the thread's current device to the stream's, too.
+        """
+        if stream is None:
+            return
+        self.machine.thread.current[stream.device_index] = stream._state
+        self.machine.thread.device = stream.device_index
+
+    def stream(self, stream: SimStreamBase | None) -> SimStreamContext:
+        return SimStreamContext(self, stream)
+
+    def synchronize(self, device: int | None = None) -> None:
+        """Wait for every stream of one device (the current one by default), as CUDA does."""
+        self.machine.synchronize(self.machine.thread.device if device is None else _index(device))
+
+    def get_current_stream(self, device: int) -> tuple[int, int, int]:
+        """Same shape as ``torch._C._cuda_getCurrentStream``: (stream id, device, type)."""
+        state = self.machine.current_stream(device)
+        return (state.stream_id, state.device, 1)
+
+
+def _index(device: Any) -> int:
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str) and ":" in device:
+        return int(device.rsplit(":", 1)[1])
+    index = getattr(device, "index", None)
+    if isinstance(index, int):
+        return index
+    raise ValueError(f"cannot read a sim device index from {device!r}")

@@ -1,0 +1,16 @@
+"""The switch every installed wrapper reads: the active auditor, or None once uninstalled.
+
+Wrappers that someone else wrapped in turn (a legacy cache patching ``set_stream`` after us)
+cannot always be removed; reading the gate makes them pass straight through instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamcheck.core.auditor import Auditor
+
+
+@dataclass
+class Gate:
+    auditor: Auditor | None = None

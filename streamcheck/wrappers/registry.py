@@ -1,0 +1,65 @@
+"""One registry installs and uninstalls every patch, and restores exactly what was there."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_MISSING = object()
+
+
+@dataclass
+class _Applied:
+    owner: Any
+    name: str
+    original: Any  # the raw attribute from the owner's __dict__ (or _MISSING)
+    replacement: Any
+
+
+class PatchRegistry:
+    """Applies ``owner.name = make(original)`` once per (owner, name) and undoes it in reverse."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._applied: list[_Applied] = []
+
+    def patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> bool:
+        """Patch unless already patched by this registry; returns whether it patched now."""
+        with self._lock:
+            if any(a.owner is owner and a.name == name for a in self._applied):
+                return False
+            raw = owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else _MISSING
+            current = getattr(owner, name)
+            replacement = make(current)
+            setattr(owner, name, replacement)
+            self._applied.append(_Applied(owner, name, raw, replacement))
+            return True
+
+    def is_patched(self, owner: Any, name: str) -> bool:
+        with self._lock:
+            return any(a.owner is owner and a.name == name for a in self._applied)
+
+    def restore_all(self) -> None:
+        """Undo every patch, newest first. A patch someone replaced since is left alone."""
+        with self._lock:
+            while self._applied:
+                a = self._applied.pop()
+                now = a.owner.__dict__.get(a.name, _MISSING) if hasattr(a.owner, "__dict__") \
+                    else getattr(a.owner, a.name, _MISSING)
+                if now is not a.replacement and getattr(a.owner, a.name, None) is not a.replacement:
+                    warnings.warn(
+                        f"streamcheck: {a.owner!r}.{a.name} was replaced after streamcheck "
+                        "patched it; leaving the newer value in place",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                    continue
+                if a.original is _MISSING:
+                    delattr(a.owner, a.name)
+                else:
+                    setattr(a.owner, a.name, a.original)
+
+    def __len__(self) -> int:
+        return len(self._applied)

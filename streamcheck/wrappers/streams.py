@@ -1,0 +1,104 @@
+"""Hooks that feed stream provenance: creation and every way a stream becomes current.
+
+They work on any ``torch.cuda``-shaped namespace (``torch.cuda`` itself, or a simulator's),
+because legacy caches patch exactly that surface. ``torch.Stream`` used as a context manager is
+implemented in C and cannot be hooked; a launch made under one is still caught, by comparing
+with the thread's real current stream at the launch (``stale-stream-cache``).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any
+
+from streamcheck.core import roles
+from streamcheck.core.ids import StreamRef, ThreadRef, capture_stack
+from streamcheck.core.records import StreamEvent
+from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.registry import PatchRegistry
+
+
+def stream_ref(stream: Any) -> StreamRef:
+    """Any stream-like object (torch.cuda.Stream, torch.Stream, sim stream) as a StreamRef."""
+    return StreamRef(int(stream.device_index), int(stream.stream_id),
+                     int(getattr(stream, "cuda_stream", 0) or 0))
+
+
+def _event(kind: str, stream: Any, via: str) -> StreamEvent:
+    ident = threading.get_ident()
+    return StreamEvent(
+        kind=kind, stream=stream_ref(stream),
+        thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+        time=time.time(), stack=capture_stack(skip=3), via=via,
+    )
+
+
+def hook_set_stream(registry: PatchRegistry, gate: Gate, namespace: Any, label: str) -> None:
+    """Record every ``namespace.set_stream(s)``; stream contexts call it too."""
+
+    def make(original: Any) -> Any:
+        @functools.wraps(original)
+        def set_stream(stream: Any) -> Any:
+            auditor = gate.auditor
+            if auditor is not None and stream is not None:
+                auditor.book.record(_event("made-current", stream, f"{label}.set_stream"))
+            return original(stream)
+
+        return set_stream
+
+    registry.patch(namespace, "set_stream", make)
+
+
+def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type,
+                         label: str) -> None:
+    """Record the creating thread of every stream of ``stream_class``."""
+    via = f"{label}.Stream()"
+    if "__new__" in stream_class.__dict__ and label == "torch.cuda":
+
+        def make_new(original: Any) -> Any:
+            impl = original.__func__ if isinstance(original, staticmethod) else original
+
+            def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+                stream = impl(cls, *args, **kwargs)
+                auditor = gate.auditor
+                if auditor is not None:
+                    auditor.book.record(_event("created", stream, via))
+                return stream
+
+            return staticmethod(__new__)
+
+        registry.patch(stream_class, "__new__", lambda _current: make_new(
+            stream_class.__dict__["__new__"]))
+        return
+
+    def make_init(original: Any) -> Any:
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            auditor = gate.auditor
+            if auditor is not None:
+                auditor.book.record(_event("created", self, via))
+
+        return __init__
+
+    registry.patch(stream_class, "__init__", make_init)
+
+
+def hook_accelerator_set_stream(registry: PatchRegistry, gate: Gate, accelerator: Any) -> None:
+    """``torch.accelerator.set_stream`` bypasses ``torch.cuda.set_stream``: record it too."""
+    if accelerator is None or not hasattr(accelerator, "set_stream"):
+        return
+
+    def make(original: Any) -> Any:
+        @functools.wraps(original)
+        def set_stream(stream: Any) -> Any:
+            auditor = gate.auditor
+            if auditor is not None and stream is not None:
+                auditor.book.record(_event("made-current", stream, "torch.accelerator.set_stream"))
+            return original(stream)
+
+        return set_stream
+
+    registry.patch(accelerator, "set_stream", make)
