@@ -14,9 +14,8 @@ launches, and no NaN follows.
 
 from __future__ import annotations
 
-from streamcheck.repro.actors import ConnectorThread
 from streamcheck.repro.context import RankContext
-from streamcheck.repro.patterns import GlobalStreamCache
+from streamcheck.repro.scenarios import leaked_stream_allreduce_loop
 from streamcheck.repro.spec import Expectation, ReproSpec
 
 SPEC = ReproSpec(
@@ -35,34 +34,4 @@ SPEC = ReproSpec(
 
 
 def run_rank(ctx: RankContext) -> None:
-    api = ctx.api
-    cache = GlobalStreamCache(api) if ctx.variant != "fixed" else None
-    accessor = cache.current_stream if cache is not None else api.current_stream
-    try:
-        comm = ctx.communicator(current_stream=accessor)
-        n, m = ctx.pick(cuda=4096, sim=16), ctx.pick(cuda=64, sim=4)
-        w = ctx.randn(n, n, scale=n ** -0.5)
-        x0 = ctx.randn(m, n)
-        side = api.Stream()  # made in the engine thread: on the rank's own device
-        connector = ConnectorThread(api, lambda: side)
-        connector.start()
-        try:
-            for i in range(ctx.iterations):
-                y = x0 @ w
-                for _ in range(4):
-                    y = (y @ w).tanh()  # long enough compute to keep the race window open
-                out = ctx.poisoned_like(y)
-                resolved = accessor()
-                comm.all_reduce(y, out)
-                if resolved.stream_id == side.stream_id and resolved.device_index == side.device_index:
-                    ctx.count("foreign_launches")
-                value = (out * 2).sum().item()
-                if value != value:
-                    ctx.count("nan_iters")
-                ctx.iteration_done(i)
-            api.synchronize()
-        finally:
-            connector.stop()
-    finally:
-        if cache is not None:
-            cache.remove()
+    leaked_stream_allreduce_loop(ctx, stream_made_in_connector=False)

@@ -75,24 +75,36 @@ def _install_torch_hooks() -> None:
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
 
 
-def _install_nccl_binding() -> None:
+def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: str,
+                            resolve: Any, device_of: Any, accessor: str) -> list[str]:
+    """Audit a CUDA communicator class whose methods take ``stream=None``.
+
+    ``resolve(comm)`` must return the stream the method would pick for ``stream=None`` (the
+    same accessor it calls), ``device_of(comm)`` the device index its tensors live on. Returns
+    the methods patched. Only while an audit is installed; uninstall restores them.
+    """
     from streamcheck.runtime import cuda
-    from streamcheck.runtime.nccl import NcclCommunicator
 
     reader = cuda.current_stream_reader()
-    if reader is None:
-        return
+    if reader is None or _gate.auditor is None:
+        return []
 
-    def current_of(_comm: Any, device: int) -> tuple[int, int, int]:
-        return reader(device)
+    with _lock:
+        return [m for m in methods if wrap_stream_method(
+            _registry, _gate, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_of=device_of,
+            accessor=accessor, current_of_device=reader)]
 
-    for method in ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"):
-        wrap_stream_method(
-            _registry, _gate, NcclCommunicator, method, f"nccl.{method}",
-            resolve=lambda comm: comm._current_stream(),
-            device_of=lambda comm: comm.device.index,
-            current_of=current_of, accessor="NcclCommunicator(current_stream=...)",
-        )
+
+def _install_nccl_binding() -> None:
+    from streamcheck.runtime.nccl import NcclCommunicator
+
+    instrument_communicator(
+        NcclCommunicator,
+        ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"),
+        op_prefix="nccl", resolve=lambda comm: comm._current_stream(),
+        device_of=lambda comm: comm.device.index,
+        accessor="NcclCommunicator(current_stream=...)",
+    )
 
 
 def instrument_sim(api: Any) -> None:
@@ -113,5 +125,5 @@ def instrument_sim(api: Any) -> None:
             _registry, _gate, SimCommunicator, "all_reduce", "sim.nccl.all_reduce",
             resolve=lambda comm: comm._current_stream(),
             device_of=lambda comm: comm.device_index,
-            current_of=current_of, accessor="SimCommunicator(current_stream=...)",
+            accessor="SimCommunicator(current_stream=...)", current_of_comm=current_of,
         )

@@ -55,7 +55,7 @@ class Auditor:
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
         self._lock = threading.Lock()
-        self._counter = itertools.count()
+        self.counter = itertools.count()  # next() is atomic under the GIL
         self._listeners: list[FindingListener] = []
         self._main = threading.main_thread().ident
 
@@ -63,9 +63,13 @@ class Auditor:
 
     def admit(self, op: str, stream_device: int, stream_id: int, stream_obj: object,
               current_device: int | None, current_id: int | None, target_device: int | None,
-              implicit: bool, accessor: str = "") -> None:
-        """Let a launch through, or hand it to :meth:`review` (which may raise)."""
-        next(self._counter)
+              implicit: bool, accessor: str = "", counted: bool = False) -> None:
+        """Let a launch through, or hand it to :meth:`review` (which may raise).
+
+        ``counted`` says the caller already advanced :attr:`counter` for this launch.
+        """
+        if not counted:
+            next(self.counter)
         if (
             (target_device is None or stream_device == target_device)
             and (not implicit or current_id is None
@@ -135,7 +139,7 @@ class Auditor:
     @property
     def launches(self) -> int:
         """How many launches passed the gate (an exact count: the counter is atomic)."""
-        return int(self._counter.__reduce__()[1][0])
+        return int(self.counter.__reduce__()[1][0])
 
     def entries(self) -> list[FindingEntry]:
         with self._lock:

@@ -64,17 +64,23 @@ def capture_stack(skip: int = 1, limit: int = 16) -> Stack:
     """The caller's stack, innermost first, without building ``traceback`` objects.
 
     Walking ``f_back`` costs about a microsecond for a dozen frames; ``traceback.extract_stack``
-    reads source lines and costs tens. Frames inside streamcheck itself are left out so a
-    report starts at the user's code.
+    reads source lines and costs tens. The audit's own frames (core, wrappers) are left out so a
+    report starts at the code that launched.
     """
-    frame = sys._getframe(skip)
+    try:
+        frame = sys._getframe(skip)
+    except ValueError:  # a shallower stack than asked for
+        return ()
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         code = frame.f_code
-        if "/streamcheck/" not in code.co_filename or "/repros/" in code.co_filename:
+        if not any(part in code.co_filename for part in _AUDIT_PARTS):
             frames.append((code.co_filename, frame.f_lineno, code.co_name))
         frame = frame.f_back
     return tuple(frames)
+
+
+_AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/audit.py")
 
 
 def stack_of_thread(ident: int, limit: int = 16) -> Stack:

@@ -109,7 +109,9 @@ def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | N
         "device: CUDA error 400 'invalid resource handle', and the peer ranks hang in the "
         "collective."
     )
-    other = origin.thread if origin is not None and origin.thread.ident != launch.thread.ident else None
+    other = None
+    if origin is not None and origin.thread.ident != launch.thread.ident:
+        other = origin.thread
     return Finding(
         rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
         other_thread=other, other_event=origin,

@@ -21,6 +21,7 @@ class Expectation:
     symptom: tuple[str, ...] = ()  # any of these observed counts as the symptom
     clean: bool = False
     blocked: tuple[str, ...] = ()  # rule ids that must stop the launch
+    peers_hang: bool = False  # a peer is expected to hang: the runner waits less before killing
 
     def describe(self) -> str:
         if self.clean:
@@ -51,4 +52,5 @@ class ReproSpec:
         return VARIANT_MODES[variant]
 
     def expects_hang(self, variant: str) -> bool:
-        return "hang" in self.expect[variant].symptom
+        expect = self.expect[variant]
+        return expect.peers_hang or "hang" in expect.symptom

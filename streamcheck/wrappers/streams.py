@@ -56,21 +56,20 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
     """Record the creating thread of every stream of ``stream_class``."""
     via = f"{label}.Stream()"
     if "__new__" in stream_class.__dict__ and label == "torch.cuda":
+        impl = stream_class.__dict__["__new__"]
+        impl = impl.__func__ if isinstance(impl, staticmethod) else impl
 
-        def make_new(original: Any) -> Any:
-            impl = original.__func__ if isinstance(original, staticmethod) else original
-
-            def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
-                stream = impl(cls, *args, **kwargs)
+        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+            stream = impl(cls, *args, **kwargs)
+            # torch.cuda.current_stream() and friends wrap an EXISTING stream by passing its
+            # stream_id: that is not a creation, and recording it would erase its history.
+            if "stream_id" not in kwargs:
                 auditor = gate.auditor
                 if auditor is not None:
                     auditor.book.record(_event("created", stream, via))
-                return stream
+            return stream
 
-            return staticmethod(__new__)
-
-        registry.patch(stream_class, "__new__", lambda _current: make_new(
-            stream_class.__dict__["__new__"]))
+        registry.patch(stream_class, "__new__", lambda _current: staticmethod(__new__))
         return
 
     def make_init(original: Any) -> Any:

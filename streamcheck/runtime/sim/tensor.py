@@ -46,7 +46,8 @@ class SimTensor:
         for t in (*reads, *writes):
             if t.device_index != self.device_index:
                 raise RuntimeError(
-                    f"sim: {label} mixes tensors of sim:{self.device_index} and sim:{t.device_index}"
+                    f"sim: {label} mixes tensors of sim:{self.device_index} "
+                    f"and sim:{t.device_index}"
                 )
         stream = self._machine.current_stream(self.device_index)
         self._machine.enqueue(stream, label, fn, reads=reads, writes=writes)

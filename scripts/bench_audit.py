@@ -1,0 +1,138 @@
+"""Measure what the audit costs per launch, in one run, on the machine it runs on.
+
+Prints three things, each a ratio or difference measured here, now:
+1. added ns per launch in ``assert`` mode: a communicator method that does nothing, called
+   wrapped vs unwrapped (interleaved rounds, median), so the number is the audit alone;
+2. a real 4 KiB NCCL all-reduce (one-rank communicator, our binding), wrapped vs unwrapped:
+   the ratio a user sees;
+3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all).
+Needs a CUDA GPU for 1 and 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+import streamcheck
+from streamcheck import audit
+
+
+class NoOpComm:
+    """A communicator whose launch does nothing: what remains is the wrapper's cost."""
+
+    def __init__(self, device: int) -> None:
+        self.device = torch.device("cuda", device)
+        self._current_stream = torch.cuda.current_stream
+
+    def all_reduce(self, tensor: Any, out: Any = None, op: str = "sum", stream: Any = None) -> Any:
+        if stream is None:  # as pynccl and our binding do: the accessor's cost is the callee's
+            stream = self._current_stream()
+        return out
+
+
+def per_call_ns(fn: Any, calls: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter_ns() - start) / calls
+
+
+def interleaved(a: Any, b: Any, calls: int, rounds: int) -> tuple[float, float]:
+    """Median ns per call of a and b, measured in alternating rounds so drift hits both."""
+    sa, sb = [], []
+    for _ in range(rounds):
+        sa.append(per_call_ns(a, calls))
+        sb.append(per_call_ns(b, calls))
+    return statistics.median(sa), statistics.median(sb)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_audit needs a CUDA GPU; none is visible here")
+        return 2
+    torch.cuda.set_device(0)
+    x = torch.ones(1024, device="cuda")  # 4 KiB of float32
+    out = torch.empty_like(x)
+    s = torch.cuda.current_stream()
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    # 3. off: nothing installed
+    streamcheck.install("off")
+    results["off_patched_attributes"] = audit.installed_patches()
+
+    # 1. the audit alone
+    noop = NoOpComm(0)
+    bare_call = NoOpComm.all_reduce
+    streamcheck.install("assert")
+    audit.instrument_communicator(NoOpComm, ("all_reduce",), op_prefix="noop",
+                                  resolve=lambda c: c._current_stream(),
+                                  device_of=lambda c: c.device.index, accessor="bench")
+    wrapped_call = NoOpComm.all_reduce
+    for label, kwargs in (("explicit stream", {"stream": s}), ("stream=None", {})):
+        bare, wrapped = interleaved(lambda kw=kwargs: bare_call(noop, x, out, **kw),
+                                    lambda kw=kwargs: wrapped_call(noop, x, out, **kw),
+                                    args.calls, args.rounds)
+        results[f"noop {label}: unwrapped ns"] = round(bare, 1)
+        results[f"noop {label}: assert-mode ns"] = round(wrapped, 1)
+        results[f"noop {label}: added ns per launch"] = round(wrapped - bare, 1)
+    streamcheck.uninstall()
+
+    # 2. a real NCCL all-reduce
+    from streamcheck.runtime.nccl import NcclCommunicator, unique_id
+
+    comm = NcclCommunicator(1, 0, unique_id(), 0)
+    unwrapped_nccl = NcclCommunicator.all_reduce
+    streamcheck.install("assert")
+    wrapped_nccl = NcclCommunicator.all_reduce
+
+    def bare_nccl() -> None:
+        unwrapped_nccl(comm, x, out)
+
+    def audited_nccl() -> None:
+        wrapped_nccl(comm, x, out)
+
+    for _ in range(2000):
+        bare_nccl()
+        audited_nccl()
+    torch.cuda.synchronize()
+    bare, wrapped = interleaved(bare_nccl, audited_nccl, args.calls // 10, args.rounds)
+    torch.cuda.synchronize()
+    auditor = streamcheck.current_auditor()
+    results["nccl 4KiB all_reduce unwrapped us"] = round(bare / 1000, 3)
+    results["nccl 4KiB all_reduce assert-mode us"] = round(wrapped / 1000, 3)
+    results["nccl 4KiB all_reduce ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
+    results["findings during bench"] = len(auditor.findings()) if auditor else None
+    streamcheck.uninstall()
+    comm.close()
+
+    # reference costs of the reads the audit makes, and of candidates for them
+    reader = torch._C._cuda_getCurrentStream
+    results["torch._C._cuda_getCurrentStream ns"] = round(per_call_ns(lambda: reader(0), 200000), 1)
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        results["torch._C._cuda_getCurrentRawStream ns"] = round(
+            per_call_ns(lambda: raw(0), 200000), 1)
+    results["stream.stream_id ns"] = round(per_call_ns(lambda: s.stream_id, 200000), 1)
+    results["stream.device_index ns"] = round(per_call_ns(lambda: s.device_index, 200000), 1)
+    results["empty lambda ns"] = round(per_call_ns(lambda: None, 200000), 1)
+    results["torch.cuda.current_stream() ns"] = round(
+        per_call_ns(torch.cuda.current_stream, 200000), 1)
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``streamcheck`` command: thin subcommands that parse, call the library, and render."""

@@ -1,0 +1,51 @@
+"""Entry point: ``streamcheck {run,list,report,doctor,scan}``.
+
+Exit codes CI can trust: 0 everything matched (or nothing found), 1 a mismatch or findings,
+2 bad usage (unknown repro, bad option value, backend that cannot run here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rich.console import Console
+
+SUBCOMMANDS = {
+    "run": ("streamcheck.cli.run_cmd", "run repros (buggy / fixed / guarded) and check them"),
+    "list": ("streamcheck.cli.list_cmd", "list the repros and what each shows"),
+    "report": ("streamcheck.cli.report_cmd", "render saved reports or runs"),
+}
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamcheck", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streamcheck.core.modes import ConfigError
+    from streamcheck.repro.discover import ReproError
+    from streamcheck.runtime.select import BackendUnavailable
+
+    args = build_parser().parse_args(argv)
+    # A pipe or CI log gets wide rows instead of names folded into 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+    try:
+        return int(args.handler(args, console))
+    except (ReproError, BackendUnavailable, ConfigError, ValueError) as exc:
+        Console(stderr=True, highlight=False).print(f"[red]streamcheck {args.command}:[/] {exc}")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

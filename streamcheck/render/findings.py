@@ -1,0 +1,27 @@
+"""The people's view of an audit report: a summary table, then each finding in full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    findings = report.get("findings", [])
+    table = Table(title=f"streamcheck report ({report.get('mode', '?')} mode, "
+                        f"{report.get('launches_audited', 0)} launches audited)")
+    for column in ("rule", "op", "thread", "stream", "count"):
+        table.add_column(column)
+    for f in findings:
+        launch = f["launch"]
+        stream = launch["stream"]
+        table.add_row(f["rule"], launch["op"], launch["thread"]["name"],
+                      f"{stream['stream_id']:#x}@{stream['device']}", str(f["count"]))
+    console.print(table)
+    for f in findings:
+        console.rule(f"[bold]{f['rule']}[/]")
+        console.print(f["text"], markup=False, highlight=False)
+    if not findings:
+        console.print("no findings")

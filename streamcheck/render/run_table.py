@@ -1,0 +1,32 @@
+"""The people's view of a repro run: one rich table row per variant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+
+
+def run_table(results: Iterable[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, show_lines=False)
+    for column in ("repro", "variant", "backend", "ranks", "expected", "observed", "verdict", "s"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        style = VERDICT_STYLE.get(r["verdict"], "")
+        verdict = r["verdict"].upper() if r["verdict"] != "fail" else "MISMATCH"
+        observed = r["observed"] if r["verdict"] != "fail" else f"{r['observed']} — {r['reason']}"
+        table.add_row(r["repro"], r["variant"], r["backend"], str(r["world_size"]), r["expected"],
+                      observed, f"[{style}]{verdict}[/]", f"{r['seconds']:.1f}")
+    return table
+
+
+def print_dumps(console: Console, results: Iterable[dict[str, Any]]) -> None:
+    """Stacks of processes that hung, so the reader sees where they were stuck."""
+    for r in results:
+        for pid, text in r.get("dumps", {}).items():
+            console.rule(f"{r['repro']} {r['variant']} [{r['backend']}]: hung process {pid}")
+            console.print(text.rstrip() or "(empty dump)", markup=False, highlight=False)

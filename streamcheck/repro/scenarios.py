@@ -1,0 +1,58 @@
+"""Engine loops shared by several repros, so each repro file states only what differs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streamcheck.repro.actors import ConnectorThread
+from streamcheck.repro.context import RankContext
+from streamcheck.repro.patterns import GlobalStreamCache
+
+
+def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: bool) -> None:
+    """Engine: forward + all-reduce via a ``current_stream()`` accessor; a connector thread holds
+    ``with stream(S)`` throughout. Buggy and guarded use the module-global cache; fixed uses the
+    thread's real current stream.
+
+    ``stream_made_in_connector`` creates S inside the connector thread, which never called
+    ``set_device``: S lands on device 0 whatever the rank (the error-400 variant).
+    """
+    api = ctx.api
+    cache = GlobalStreamCache(api) if ctx.variant != "fixed" else None
+    accessor: Callable[[], Any] = (
+        cache.current_stream if cache is not None else api.current_stream
+    )
+    try:
+        comm = ctx.communicator(current_stream=accessor)
+        n, m = ctx.pick(cuda=4096, sim=16), ctx.pick(cuda=64, sim=4)
+        w = ctx.randn(n, n, scale=n ** -0.5)
+        x0 = ctx.randn(m, n)
+        if stream_made_in_connector:
+            connector = ConnectorThread(api, api.Stream)
+        else:
+            side = api.Stream()  # made in the engine thread: on the rank's own device
+            connector = ConnectorThread(api, lambda: side)
+        side = connector.start()
+        ctx.note(connector_stream=repr(side), connector_stream_device=side.device_index)
+        try:
+            for i in range(ctx.iterations):
+                y = x0 @ w
+                for _ in range(4):
+                    y = (y @ w).tanh()  # long enough compute to keep the race window open
+                out = ctx.poisoned_like(y)
+                resolved = accessor()
+                comm.all_reduce(y, out)
+                if (resolved.stream_id, resolved.device_index) == (side.stream_id,
+                                                                   side.device_index):
+                    ctx.count("foreign_launches")
+                value = (out * 2).sum().item()
+                if value != value:
+                    ctx.count("nan_iters")
+                ctx.iteration_done(i)
+            api.synchronize()  # a peer that never launched leaves this rank stuck here
+        finally:
+            connector.stop()
+    finally:
+        if cache is not None:
+            cache.remove()

@@ -1,0 +1,78 @@
+"""``streamcheck.launch``: audit any connector or user op, as a context manager or decorator.
+
+    with streamcheck.launch("kv.save", stream=save_stream, device=rank):
+        blocks.copy_(kv, non_blocking=True)
+
+``stream`` is the stream the op will use (default: the thread's real current stream);
+``resolved_from`` names the cache it came from when the caller did not choose it itself, which
+makes a mismatch with the thread's real current stream a finding. ``device`` is the device the
+op's tensors live on. In ``assert`` mode a hazard raises on entry, before the body runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from streamcheck.audit import current_auditor
+from streamcheck.wrappers.launches import warn_cannot_audit
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _current_of(stream: Any, device: int) -> tuple[int, int, int]:
+    machine = getattr(stream, "_machine", None)
+    if machine is not None:  # a simulated stream
+        state = machine.current_stream(device)
+        return (state.stream_id, state.device, 1)
+    import torch
+
+    return torch._C._cuda_getCurrentStream(device)
+
+
+def _current_stream_obj(device: int | None) -> Any:
+    import torch
+
+    return torch.cuda.current_stream(device)
+
+
+class launch:
+    """Audit one launch of ``name``; see the module docstring."""
+
+    def __init__(self, name: str, stream: Any = None, device: int | None = None,
+                 resolved_from: str = "") -> None:
+        self.name = name
+        self.stream = stream
+        self.device = device
+        self.resolved_from = resolved_from
+
+    def check(self) -> None:
+        auditor = current_auditor()
+        if auditor is None:
+            return
+        try:
+            stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
+            device = self.device if self.device is not None else int(stream.device_index)
+            current = _current_of(stream, device)
+        except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
+            warn_cannot_audit(self.name, exc)
+            return
+        auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
+                      current[1], current[0], self.device, bool(self.resolved_from),
+                      self.resolved_from)
+
+    def __enter__(self) -> launch:
+        self.check()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def __call__(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            self.check()
+            return fn(*args, **kwargs)
+
+        return audited  # type: ignore[return-value]

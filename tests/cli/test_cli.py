@@ -1,0 +1,62 @@
+"""The command line: exit codes CI can trust, clear errors, machine-readable outputs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from streamcheck.cli.main import main
+
+
+def test_unknown_repro_is_usage_error_listing_known(capsys):
+    assert main(["run", "repro_nope*", "--backend", "sim"]) == 2
+    err = capsys.readouterr().err
+    assert "no repro matches 'repro_nope*'" in err and "repro_global_stream_leak_nan" in err
+
+
+def test_cuda_backend_without_gpu_is_usage_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["run", "repro_global_stream_leak_nan", "--backend", "cuda"]) == 2
+    assert "cannot run" in capsys.readouterr().err
+
+
+def test_bad_option_values_are_rejected():
+    with pytest.raises(SystemExit) as info:
+        main(["run", "repro_*", "--timeout", "-1"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["run", "repro_*", "--backend", "tpu"])
+
+
+def test_list_shows_every_repro(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "repro_global_stream_leak_error400" in out and "foreign-stream" in out
+
+
+def test_run_writes_json_and_junit_and_report_renders_them(tmp_path, capsys):
+    js, xml = tmp_path / "run.json", tmp_path / "run.xml"
+    code = main(["run", "repro_global_stream_leak_nan", "--backend", "sim", "--variant", "fixed",
+                 "--variant", "guarded", "--json", str(js), "--junit", str(xml)])
+    assert code == 0
+    doc = json.loads(js.read_text())
+    assert doc["schema"] == "streamcheck.run/1" and doc["backend"] == "sim"
+    assert [r["variant"] for r in doc["results"]] == ["fixed", "guarded"]
+    assert all(r["verdict"] == "pass" for r in doc["results"])
+    suite = ET.fromstring(xml.read_text())
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    capsys.readouterr()
+    assert main(["report", str(js)]) == 0
+    assert "guarded" in capsys.readouterr().out
+
+
+def test_report_of_missing_or_foreign_file_is_usage_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.json")]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert main(["report", str(bad)]) == 2

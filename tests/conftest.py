@@ -1,0 +1,13 @@
+"""Shared fixtures: every test leaves the process un-audited, as it found it."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamcheck import audit
+
+
+@pytest.fixture(autouse=True)
+def _no_audit_leaks():
+    yield
+    audit.uninstall()

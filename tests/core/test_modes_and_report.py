@@ -1,0 +1,60 @@
+"""Mode parsing (errors name their source) and the JSON report round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamcheck import audit
+from streamcheck.core.auditor import Auditor
+from streamcheck.core.ids import StreamRef
+from streamcheck.core.modes import ConfigError, Mode, parse_mode
+from streamcheck.core.report import build_report, merge_reports, read_report, write_report
+
+
+@pytest.mark.parametrize("text,mode", [("assert", Mode.ASSERT), (" WARN ", Mode.WARN),
+                                       ("record", Mode.RECORD), ("off", Mode.OFF),
+                                       ("", Mode.OFF), ("1", Mode.RECORD)])
+def test_parse_mode(text, mode):
+    assert parse_mode(text, "test") is mode
+
+
+def test_unknown_mode_in_env_names_variable_and_valid_modes():
+    with pytest.raises(ConfigError) as info:
+        audit.mode_from_env({"STREAMCHECK": "asert"})
+    message = str(info.value)
+    assert "STREAMCHECK" in message and "'asert'" in message
+    for mode in ("off", "record", "warn", "assert"):
+        assert mode in message
+
+
+def test_install_reads_env_and_rejects_bad_value(monkeypatch):
+    monkeypatch.setenv("STREAMCHECK", "loud")
+    with pytest.raises(ConfigError, match="STREAMCHECK"):
+        audit.install()
+    assert audit.installed_patches() == 0
+
+
+def test_report_round_trip_and_merge(tmp_path):
+    aud = Auditor(Mode.RECORD, runtime="sim")
+    for _ in range(2):
+        aud.review("nccl.all_reduce", StreamRef(0, 5, 0x50), None, 1, implicit=False)
+    report = build_report(aud)
+    assert report["findings"][0]["rule"] == "device-mismatch"
+    assert report["findings"][0]["count"] == 2
+    path = write_report(report, tmp_path / "a.json")
+    again = read_report(path)
+    assert again == json.loads(json.dumps(report))
+    merged = merge_reports([again, again])
+    assert merged["findings"][0]["count"] == 4
+    assert len(merged["merged_from"]) == 2
+
+
+def test_read_report_rejects_other_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{\"hello\": 1}")
+    with pytest.raises(ValueError, match="not a streamcheck report"):
+        read_report(p)
+    with pytest.raises(ValueError, match="no report"):
+        read_report(tmp_path / "missing.json")

@@ -1,0 +1,100 @@
+"""The wrapper's inline fast path never hides a finding the rules would make.
+
+Every combination of stream device/id, the thread's real current stream, target device,
+implicit/explicit, and calling thread (main or helper) is run through a wrapped fake
+communicator and, separately, straight through ``Auditor.review`` (all rules, no fast path).
+The two must report the same rule ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from streamcheck import audit
+from streamcheck.core.ids import StreamRef
+from streamcheck.wrappers.launches import wrap_stream_method
+from tests.core.fakes import in_thread, made_current
+
+
+class FakeStream:
+    def __init__(self, device: int, stream_id: int) -> None:
+        self.device_index = device
+        self.stream_id = stream_id
+        self.cuda_stream = 0x1000 + stream_id
+
+
+class FakeComm:
+    current: tuple[int, int, int] = (0, 0, 1)
+    cached: FakeStream = FakeStream(0, 0)
+
+    def __init__(self, device: int) -> None:
+        self.device = device
+        self.used = None
+
+    def all_reduce(self, tensor, out=None, stream=None):
+        self.used = stream
+        return out
+
+
+def test_fast_path_agrees_with_the_rules():
+    aud = audit.install("record")
+    in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
+    made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
+    wrap_stream_method(audit._registry, audit._gate, FakeComm, "all_reduce", "fake.all_reduce",
+                       resolve=lambda c: FakeComm.cached, device_of=lambda c: c.device,
+                       accessor="fake cache", current_of_device=lambda d: FakeComm.current)
+    streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
+    mismatches = []
+    for (sdev, sid), (cdev, cid), target, implicit, helper in itertools.product(
+            streams, streams, (0, 1), (True, False), (False, True)):
+        if cdev != target:
+            continue  # the reader is asked for the target device: it answers for that device
+        stream = FakeStream(sdev, sid)
+        FakeComm.current = (cid, cdev, 1)
+        FakeComm.cached = stream
+
+        def call(stream=stream, target=target, implicit=implicit):
+            aud.clear()
+            comm = FakeComm(target)
+            if implicit:
+                comm.all_reduce(None)
+            else:
+                comm.all_reduce(None, stream=stream)
+            assert comm.used is stream
+            via_wrapper = sorted(f.rule_id for f in aud.findings())
+            aud.clear()
+            current = StreamRef(cdev, cid) if implicit else None
+            direct = sorted(f.rule_id for f in aud.review(
+                "fake.all_reduce", StreamRef(sdev, sid), current, target, implicit))
+            return via_wrapper, direct
+
+        if helper:
+            (via_wrapper, direct), _ = in_thread(call)
+        else:
+            via_wrapper, direct = call()
+        if via_wrapper != direct:
+            mismatches.append(((sdev, sid), (cdev, cid), target, implicit, helper,
+                               via_wrapper, direct))
+    assert mismatches == []
+    assert threading.active_count() >= 1
+
+
+def test_unauditable_call_goes_ahead_with_a_warning():
+    import warnings
+
+    audit.install("assert")
+
+    class Broken:
+        def all_reduce(self, tensor, stream=None):
+            return "ran"
+
+    wrap_stream_method(audit._registry, audit._gate, Broken, "all_reduce", "broken.all_reduce",
+                       resolve=lambda c: (_ for _ in ()).throw(RuntimeError("no GPU here")),
+                       device_of=lambda c: 0, accessor="x",
+                       current_of_device=lambda d: (0, 0, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Broken().all_reduce(None) == "ran"
+    assert any("could not audit broken.all_reduce" in str(w.message) and "no GPU here"
+               in str(w.message) for w in caught)

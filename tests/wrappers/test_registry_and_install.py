@@ -1,0 +1,94 @@
+"""Patches: idempotent, exact restore, thread-safe, nothing at import, nothing when off."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import types
+import warnings
+
+import torch
+
+import streamcheck
+from streamcheck import audit
+from streamcheck.wrappers.registry import PatchRegistry
+
+
+def test_patch_is_idempotent_and_restores_exactly():
+    ns = types.SimpleNamespace(f=lambda: "orig")
+    original = ns.f
+    reg = PatchRegistry()
+    assert reg.patch(ns, "f", lambda old: lambda: "patched " + old())
+    assert not reg.patch(ns, "f", lambda old: lambda: "twice")
+    assert ns.f() == "patched orig"
+    reg.restore_all()
+    assert ns.f is original
+    reg.restore_all()  # second restore: nothing to do
+    assert ns.f is original
+
+
+def test_inherited_attribute_is_removed_not_copied_on_restore():
+    class Base:
+        def m(self):
+            return "base"
+
+    class Child(Base):
+        pass
+
+    reg = PatchRegistry()
+    reg.patch(Child, "m", lambda old: lambda self: "patched")
+    assert Child().m() == "patched"
+    reg.restore_all()
+    assert "m" not in Child.__dict__ and Child().m() == "base"
+
+
+def test_a_later_patch_on_top_is_left_in_place_with_a_warning():
+    ns = types.SimpleNamespace(f=lambda: 1)
+    reg = PatchRegistry()
+    reg.patch(ns, "f", lambda old: lambda: 2)
+    theirs = lambda: 3  # noqa: E731 - someone else's patch
+    ns.f = theirs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg.restore_all()
+    assert ns.f is theirs and any("replaced after" in str(w.message) for w in caught)
+
+
+def test_import_patches_nothing():
+    code = ("import torch; before = torch.cuda.set_stream; import streamcheck; "
+            "assert torch.cuda.set_stream is before; "
+            "from streamcheck import audit; assert audit.installed_patches() == 0")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_off_installs_nothing_and_uninstall_restores_torch():
+    before = (torch.cuda.set_stream, torch.cuda.Stream.__dict__["__new__"])
+    assert streamcheck.install("off") is None
+    assert audit.installed_patches() == 0
+    aud = streamcheck.install("record")
+    assert aud is not None and audit.installed_patches() > 0
+    assert torch.cuda.set_stream is not before[0]
+    assert streamcheck.install("record") is aud  # idempotent
+    streamcheck.uninstall()
+    assert (torch.cuda.set_stream, torch.cuda.Stream.__dict__["__new__"]) == before
+    assert audit.installed_patches() == 0
+
+
+def test_concurrent_install_yields_one_auditor():
+    got = []
+    barrier = threading.Barrier(8)
+
+    def go():
+        barrier.wait()
+        got.append(streamcheck.install("warn"))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(a) for a in got}) == 1
+    patched = audit.installed_patches()
+    streamcheck.install("warn")
+    assert audit.installed_patches() == patched
