@@ -76,7 +76,7 @@ def main() -> int:
     streamcheck.install("assert")
     audit.instrument_communicator(NoOpComm, ("all_reduce",), op_prefix="noop",
                                   resolve=lambda c: c._current_stream(),
-                                  device_of=lambda c: c.device.index, accessor="bench")
+                                  device_expr="self.device.index", accessor="bench")
     wrapped_call = NoOpComm.all_reduce
     for label, kwargs in (("explicit stream", {"stream": s}), ("stream=None", {})):
         bare, wrapped = interleaved(lambda kw=kwargs: bare_call(noop, x, out, **kw),

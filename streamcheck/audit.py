@@ -76,11 +76,12 @@ def _install_torch_hooks() -> None:
 
 
 def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: str,
-                            resolve: Any, device_of: Any, accessor: str) -> list[str]:
+                            resolve: Any, device_expr: str, accessor: str) -> list[str]:
     """Audit a CUDA communicator class whose methods take ``stream=None``.
 
     ``resolve(comm)`` must return the stream the method would pick for ``stream=None`` (the
-    same accessor it calls), ``device_of(comm)`` the device index its tensors live on. Returns
+    same accessor it calls), ``device_expr`` an expression over ``self`` for the device index
+    its tensors live on, e.g. ``"self.device.index"``. Returns
     the methods patched. Only while an audit is installed; uninstall restores them.
     """
     from streamcheck.runtime import cuda
@@ -91,7 +92,7 @@ def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: s
 
     with _lock:
         return [m for m in methods if wrap_stream_method(
-            _registry, _gate, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_of=device_of,
+            _registry, _gate, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_expr=device_expr,
             accessor=accessor, current_of_device=reader)]
 
 
@@ -102,8 +103,7 @@ def _install_nccl_binding() -> None:
         NcclCommunicator,
         ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"),
         op_prefix="nccl", resolve=lambda comm: comm._current_stream(),
-        device_of=lambda comm: comm.device.index,
-        accessor="NcclCommunicator(current_stream=...)",
+        device_expr="self.device.index", accessor="NcclCommunicator(current_stream=...)",
     )
 
 
@@ -124,6 +124,6 @@ def instrument_sim(api: Any) -> None:
         wrap_stream_method(
             _registry, _gate, SimCommunicator, "all_reduce", "sim.nccl.all_reduce",
             resolve=lambda comm: comm._current_stream(),
-            device_of=lambda comm: comm.device_index,
-            accessor="SimCommunicator(current_stream=...)", current_of_comm=current_of,
+            device_expr="self.device_index", accessor="SimCommunicator(current_stream=...)",
+            current_of_comm=current_of,
         )

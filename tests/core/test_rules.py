@@ -62,7 +62,7 @@ def test_stale_stream_cache_clean_when_cache_matches():
 
 def test_device_mismatch_positive_names_the_creating_thread():
     aud = Auditor(Mode.RECORD)
-    result, helper = in_thread(lambda: None, name="kv-connector")
+    _, helper = in_thread(lambda: None, name="kv-connector")
     created(aud.book, S, helper, name="kv-connector")
     found = aud.review("nccl.all_reduce", S, None, 1, implicit=False)
     assert rule_ids(found) == ["device-mismatch"]

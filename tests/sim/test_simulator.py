@@ -17,7 +17,7 @@ def setup(devices=2, seed=0):
 
 
 def test_fresh_thread_starts_on_device0_default_stream():
-    m, api, _ = setup()
+    _, api, _ = setup()
     api.set_device(1)
     api.set_stream(api.Stream())
     seen = {}

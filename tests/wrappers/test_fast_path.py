@@ -42,7 +42,7 @@ def test_fast_path_agrees_with_the_rules():
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
     made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
     wrap_stream_method(audit._registry, audit._gate, FakeComm, "all_reduce", "fake.all_reduce",
-                       resolve=lambda c: FakeComm.cached, device_of=lambda c: c.device,
+                       resolve=lambda c: FakeComm.cached, device_expr="self.device",
                        accessor="fake cache", current_of_device=lambda d: FakeComm.current)
     streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
     mismatches = []
@@ -54,7 +54,8 @@ def test_fast_path_agrees_with_the_rules():
         FakeComm.current = (cid, cdev, 1)
         FakeComm.cached = stream
 
-        def call(stream=stream, target=target, implicit=implicit):
+        def call(stream=stream, target=target, implicit=implicit, sdev=sdev, sid=sid,
+                 cdev=cdev, cid=cid):
             aud.clear()
             comm = FakeComm(target)
             if implicit:
@@ -91,7 +92,7 @@ def test_unauditable_call_goes_ahead_with_a_warning():
 
     wrap_stream_method(audit._registry, audit._gate, Broken, "all_reduce", "broken.all_reduce",
                        resolve=lambda c: (_ for _ in ()).throw(RuntimeError("no GPU here")),
-                       device_of=lambda c: 0, accessor="x",
+                       device_expr="0", accessor="x",
                        current_of_device=lambda d: (0, 0, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
