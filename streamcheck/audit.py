@@ -51,6 +51,8 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
         _gate.auditor = auditor
         _install_torch_hooks()
         _install_nccl_binding()
+        _install_torch_distributed()
+        _install_vllm_if_imported()
         return auditor
 
 
@@ -76,7 +78,8 @@ def _install_torch_hooks() -> None:
 
 
 def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: str,
-                            resolve: Any, device_expr: str, accessor: str) -> list[str]:
+                            resolve: Any, device_expr: str, accessor: str,
+                            skip_expr: str = "False") -> list[str]:
     """Audit a CUDA communicator class whose methods take ``stream=None``.
 
     ``resolve(comm)`` must return the stream the method would pick for ``stream=None`` (the
@@ -93,7 +96,58 @@ def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: s
     with _lock:
         return [m for m in methods if wrap_stream_method(
             _registry, _gate, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_expr=device_expr,
-            accessor=accessor, current_of_device=reader)]
+            accessor=accessor, current_of_device=reader, skip_expr=skip_expr)]
+
+
+def instrument_connector_method(cls: type, method: str, op: str) -> bool:
+    """Audit ``cls.method`` as a connector launch on the calling thread's current stream."""
+    import functools
+
+    from streamcheck.wrappers.user_launch import launch
+
+    def make(original: Any) -> Any:
+        @functools.wraps(original)
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            if _gate.auditor is not None:
+                launch(op).check()
+            return original(*args, **kwargs)
+
+        return audited
+
+    with _lock:
+        if _gate.auditor is None:
+            return False
+        return _registry.patch(cls, method, make)
+
+
+def _install_torch_distributed() -> None:
+    from streamcheck.runtime import cuda
+
+    reader = cuda.current_stream_reader()
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if reader is None or not dist.is_available():
+        return
+    from streamcheck.wrappers.torch_distributed import instrument_torch_distributed
+
+    instrument_torch_distributed(_registry, _gate, dist, reader)
+
+
+def _install_vllm_if_imported() -> None:
+    """Audit vLLM's communicators and connectors if vLLM is already imported.
+
+    Importing vLLM here would cost seconds and pull its whole stack into processes that never
+    use it; vLLM processes are reached by the ``vllm.general_plugins`` entry point instead,
+    which runs after vLLM is imported, and anyone can call ``instrument_vllm()`` directly.
+    """
+    import sys
+
+    if "vllm.distributed.device_communicators.pynccl" in sys.modules:
+        from streamcheck.wrappers.vllm import instrument_vllm
+
+        instrument_vllm()
 
 
 def _install_nccl_binding() -> None:

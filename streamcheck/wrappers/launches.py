@@ -48,13 +48,14 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
                        resolve: Callable[[Any], Any], device_expr: str, accessor: str,
                        current_of_device: Callable[[int], CurrentStreamTuple] | None = None,
                        current_of_comm: Callable[[Any, int], CurrentStreamTuple] | None = None,
-                       ) -> bool:
+                       skip_expr: str = "False") -> bool:
     """Patch ``cls.method`` so each call is audited before it runs.
 
     ``device_expr`` is a Python expression over ``self`` giving the device index the
     communicator's tensors live on (``"self.device.index"``). Give ``current_of_device``
     (CUDA: ``torch._C._cuda_getCurrentStream``) or, where the truth depends on the communicator
-    (the simulator's machine), ``current_of_comm``.
+    (the simulator's machine), ``current_of_comm``. ``skip_expr`` (over ``self``) marks calls
+    that launch nothing, e.g. vLLM's ``self.disabled`` communicators: they are not audited.
 
     The wrapper is generated with the callee's own signature (as :mod:`dataclasses` generates
     ``__init__``): no ``*args``/``**kwargs`` repacking and no helper calls on the hot path,
@@ -74,7 +75,7 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
 def make(original):
     def audited({params}):
         auditor = _gate.auditor
-        if auditor is None:
+        if auditor is None or {skip_expr}:
             return original({call})
         try:
             target = {device_expr}

@@ -1,0 +1,81 @@
+"""Audit processes without code changes: environment variables plus a start-up hook.
+
+As coverage.py measures subprocesses, a child process is audited when its environment says so:
+
+* ``STREAMCHECK=<mode>`` turns the audit on at interpreter start-up;
+* ``STREAMCHECK_REPORT_DIR=<dir>`` makes every audited process write its own report there at
+  exit, named ``host.pid.random.json``; ``streamcheck report DIR`` merges them.
+
+The start-up hook is the ``sitecustomize`` in :mod:`streamcheck.startup`, which
+:func:`child_env` (and ``streamcheck env``) put first on PYTHONPATH; it chains to any other
+``sitecustomize``, so a site's own one still runs. vLLM processes are also reached through the
+``vllm.general_plugins`` entry point. :func:`process_startup` is idempotent: both may run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from streamcheck.core.modes import ConfigError, parse_mode
+
+ENV_MODE = "STREAMCHECK"
+ENV_REPORT_DIR = "STREAMCHECK_REPORT_DIR"
+STARTUP_DIR = str(Path(__file__).parent / "startup")
+
+_started = False
+
+
+def child_env(mode: str, report_dir: str | os.PathLike[str] | None = None,
+              base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which Python child processes start audited in ``mode``."""
+    env = dict(os.environ if base is None else base)
+    env[ENV_MODE] = parse_mode(mode, "child_env(mode=...)").value
+    if report_dir is not None:
+        env[ENV_REPORT_DIR] = str(report_dir)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if STARTUP_DIR not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([STARTUP_DIR, *parts])
+    return env
+
+
+def report_path(report_dir: str | os.PathLike[str]) -> Path:
+    name = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}.json"
+    return Path(report_dir) / name
+
+
+def process_startup() -> bool:
+    """Install the audit if the environment asks for it. Returns whether it did (this call)."""
+    global _started
+    if _started or not os.environ.get(ENV_MODE):
+        return False
+    try:
+        mode = parse_mode(os.environ[ENV_MODE], f"environment variable {ENV_MODE}")
+    except ConfigError as exc:
+        print(f"streamcheck: {exc}; not auditing this process", file=sys.stderr)
+        return False
+    if not mode.active:
+        return False
+    _started = True
+    from streamcheck import audit
+
+    audit.install(mode)
+    report_dir = os.environ.get(ENV_REPORT_DIR)
+    if report_dir:
+        atexit.register(write_process_report, report_dir)
+    return True
+
+
+def write_process_report(report_dir: str) -> Path | None:
+    """Write this process's findings to its own file in ``report_dir`` (used at exit)."""
+    from streamcheck.audit import current_auditor
+    from streamcheck.core.report import build_report, write_report
+
+    auditor = current_auditor()
+    if auditor is None:
+        return None
+    return write_report(build_report(auditor), report_path(report_dir))
