@@ -175,9 +175,10 @@ def instrument_sim(api: Any) -> None:
             state = comm.machine.current_stream(device)
             return (state.stream_id, state.device, 1)
 
-        wrap_stream_method(
-            _registry, _gate, SimCommunicator, "all_reduce", "sim.nccl.all_reduce",
-            resolve=lambda comm: comm._current_stream(),
-            device_expr="self.device_index", accessor="SimCommunicator(current_stream=...)",
-            current_of_comm=current_of,
-        )
+        for method in ("all_reduce", "send", "recv"):
+            wrap_stream_method(
+                _registry, _gate, SimCommunicator, method, f"sim.nccl.{method}",
+                resolve=lambda comm: comm._current_stream(),
+                device_expr="self.device_index", accessor="SimCommunicator(current_stream=...)",
+                current_of_comm=current_of,
+            )

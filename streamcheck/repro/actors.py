@@ -46,3 +46,27 @@ class ConnectorThread:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def run_in_thread(fn: Callable[[], Any], name: str = "kv-worker", timeout: float | None = None
+                  ) -> Any:
+    """Run ``fn`` in a fresh thread (fresh current device and stream) and return its result.
+
+    An exception in the thread (a StreamHazardError, a CUDA error) is raised again here, so
+    the rank reports it like one of its own. A thread stuck in the device keeps the caller
+    waiting, as it would keep an engine waiting: the runner's timeout deals with it.
+    """
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

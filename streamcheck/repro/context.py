@@ -36,7 +36,8 @@ class RankContext:
     def __init__(self, *, repro: str, variant: str, backend: str, rank: int, world_size: int,
                  iterations: int, api: Any, device: int, log: ResultLog,
                  randn: Callable[..., Any], poisoned_like: Callable[[Any], Any],
-                 make_communicator: Callable[[Callable[[], Any]], Any]) -> None:
+                 make_communicator: Callable[[Callable[[], Any]], Any],
+                 make_local_communicator: Callable[[Callable[[], Any]], Any]) -> None:
         self.repro = repro
         self.variant = variant
         self.backend = backend
@@ -49,6 +50,7 @@ class RankContext:
         self._randn = randn
         self._poisoned_like = poisoned_like
         self._make_communicator = make_communicator
+        self._make_local_communicator = make_local_communicator
         self.observed: dict[str, Any] = {
             "iterations_done": 0, "nan_iters": 0, "wrong_iters": 0, "foreign_launches": 0,
         }
@@ -58,6 +60,7 @@ class RankContext:
         return cuda if self.backend == "cuda" else sim
 
     def randn(self, *shape: int, scale: float = 1.0) -> Any:
+        """Random values on this rank's device (whatever thread asks)."""
         return self._randn(*shape, scale=scale)
 
     def poisoned_like(self, t: Any) -> Any:
@@ -67,6 +70,14 @@ class RankContext:
     def communicator(self, current_stream: Callable[[], Any]) -> Any:
         """A communicator whose ``stream=None`` resolves through ``current_stream``."""
         return self._make_communicator(current_stream)
+
+    def local_communicator(self, current_stream: Callable[[], Any]) -> Any:
+        """A one-rank communicator on this rank's device (a connector's own channel).
+
+        Nothing is shared with the other ranks, so a launch stopped on one rank leaves no peer
+        waiting for it.
+        """
+        return self._make_local_communicator(current_stream)
 
     def count(self, key: str, by: int = 1) -> None:
         self.observed[key] = self.observed.get(key, 0) + by

@@ -44,6 +44,7 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
     module = load(repro_path)
     spec = module.SPEC
     torch.cuda.set_device(rank)
+    torch.manual_seed(0)  # the same inputs on every rank, so results can be checked exactly
     audit.install(spec.mode_of(variant), runtime="cuda")
     device = torch.device("cuda", rank)
     log = ResultLog(str(out_dir / f"rank{rank}.jsonl"), rank)
@@ -55,6 +56,13 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
         comms.append(comm)
         return comm
 
+    def make_local_comm(accessor: object) -> NcclCommunicator:
+        from streamcheck.runtime.nccl import unique_id
+
+        comm = NcclCommunicator(1, 0, unique_id(), rank, current_stream=accessor)  # type: ignore[arg-type]
+        comms.append(comm)
+        return comm
+
     def poisoned_like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t).fill_(float("nan"))
 
@@ -63,6 +71,7 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
         iterations=spec.iterations["cuda"], api=torch.cuda, device=rank, log=log,
         randn=lambda *shape, scale=1.0: torch.randn(*shape, device=device) * scale,
         poisoned_like=poisoned_like, make_communicator=make_comm,
+        make_local_communicator=make_local_comm,
     )
     execute_rank(module, ctx)
     log_findings(ctx)

@@ -47,6 +47,26 @@ class SimStreamBase:
         event.record(self)
         return event
 
+    def __enter__(self) -> SimStreamBase:
+        """Like ``torch.Stream.__enter__``: switches in C++, NOT through ``set_stream``.
+
+        Caches that only see ``set_stream`` go stale inside such a block.
+        """
+        thread = self._machine.thread
+        self._entered = (thread.device, thread.current.get(self._state.device))
+        thread.current[self._state.device] = self._state
+        thread.device = self._state.device
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        device, previous = self._entered
+        thread = self._machine.thread
+        if previous is None:
+            thread.current.pop(self._state.device, None)
+        else:
+            thread.current[self._state.device] = previous
+        thread.device = device
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SimStreamBase) and other._state is self._state
 

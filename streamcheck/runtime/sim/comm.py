@@ -33,6 +33,22 @@ class SimCommGroup:
         self._rounds: dict[int, dict[int, Any]] = {}
         self._results: dict[int, Any] = {}
 
+    def send(self, key: tuple[int, int, int], value: Any) -> None:
+        """Deposit for the matching recv, then wait until it is taken (NCCL's send blocks)."""
+        with self._cond:
+            self._rounds.setdefault(-1, {})[key] = value.clone()
+            self._cond.notify_all()
+            while key in self._rounds[-1]:
+                self._cond.wait()
+
+    def recv(self, key: tuple[int, int, int]) -> Any:
+        with self._cond:
+            while key not in self._rounds.get(-1, {}):
+                self._cond.wait()  # no timeout: a sender that never launched hangs us
+            value = self._rounds[-1].pop(key)
+            self._cond.notify_all()
+            return value
+
     def all_reduce(self, round_no: int, rank: int, value: Any) -> Any:
         with self._cond:
             contributions = self._rounds.setdefault(round_no, {})
@@ -58,6 +74,7 @@ class SimCommunicator:
         self.machine = machine
         self._current_stream = current_stream
         self._round = 0
+        self._p2p: dict[tuple[int, int], int] = {}
         self.launches = 0
 
     def all_reduce(self, tensor: SimTensor, out: SimTensor | None = None, op: str = "sum",
@@ -84,3 +101,34 @@ class SimCommunicator:
 
         self.machine.enqueue(stream._state, "all_reduce", run, reads=(tensor,), writes=(out,))
         return out
+
+    def _p2p_launch(self, tensor: SimTensor, stream: Any, peer: int) -> tuple[Any, int]:
+        if stream is None:
+            stream = self._current_stream()
+        if tensor.device_index != self.device_index:
+            raise ValueError(
+                f"this communicator is on sim:{self.device_index}, the tensor on {tensor.device}"
+            )
+        if not 0 <= peer < self.world_size or peer == self.rank:
+            raise ValueError(f"peer {peer} is not another rank of a world of {self.world_size}")
+        self.launches += 1
+        if stream.device_index != self.device_index:
+            raise SimCudaError(400, "invalid resource handle")
+        return stream, peer
+
+    def send(self, tensor: SimTensor, dst: int, stream: Any = None) -> None:
+        stream, dst = self._p2p_launch(tensor, stream, dst)
+        seq = self._p2p[(self.rank, dst)] = self._p2p.get((self.rank, dst), 0) + 1
+        group, key = self.group, (self.rank, dst, seq)
+        self.machine.enqueue(stream._state, "send", lambda: group.send(key, tensor.data),
+                             reads=(tensor,))
+
+    def recv(self, tensor: SimTensor, src: int, stream: Any = None) -> None:
+        stream, src = self._p2p_launch(tensor, stream, src)
+        seq = self._p2p[(src, self.rank)] = self._p2p.get((src, self.rank), 0) + 1
+        group, key = self.group, (src, self.rank, seq)
+
+        def run() -> None:
+            tensor.data.copy_(group.recv(key))
+
+        self.machine.enqueue(stream._state, "recv", run, writes=(tensor,))

@@ -1,0 +1,64 @@
+"""A connector thread's first ``current_stream()`` lands on cuda:0 while its rank lives on cuda:1.
+
+vLLM >= 0.14 keeps the current-stream cache per thread, and a thread with no cached stream gets
+a NEW stream created on the thread's current device. A fresh thread's current device is cuda:0
+whatever the rank, so on rank 1 the connector's own transfers (here: its one-rank channel,
+``stream=None``) launch on a stream of cuda:0: ``Cuda failure 400 'invalid resource handle'``.
+(vLLM 0.10-0.13 returned cuda:0's default stream instead: the same wrong device.)
+
+buggy: rank 1's connector fails with error 400; rank 0 (whose device is cuda:0) is fine.
+fixed: the connector thread calls ``set_device(rank)`` before its first ``current_stream()``.
+guarded: ``device-mismatch`` stops rank 1's launch before NCCL sees it.
+"""
+
+from __future__ import annotations
+
+from streamcheck.repro.actors import run_in_thread
+from streamcheck.repro.context import RankContext
+from streamcheck.repro.patterns import ThreadLocalStreamCache
+from streamcheck.repro.spec import Expectation, ReproSpec
+
+SPEC = ReproSpec(
+    name="repro_fresh_thread_device",
+    hazard="device-mismatch",
+    summary="thread-local cache (vLLM >= 0.14) + connector thread without set_device: its "
+            "first current_stream() is a new stream on cuda:0 -> rank 1's transfer -> error 400",
+    expect={
+        "buggy": Expectation(symptom=("error-400",)),
+        "fixed": Expectation(clean=True),
+        "guarded": Expectation(blocked=("device-mismatch",)),
+    },
+    min_gpus=2,
+    max_world=2,
+)
+
+
+def run_rank(ctx: RankContext) -> None:
+    api = ctx.api
+    cache = ThreadLocalStreamCache(api)
+    try:
+        comm = ctx.local_communicator(current_stream=cache.current_stream)
+        n = ctx.pick(cuda=1 << 16, sim=8)
+
+        def connector() -> None:
+            if ctx.variant == "fixed":
+                api.set_device(ctx.device)
+            stream = cache.current_stream()
+            ctx.note(connector_stream_device=stream.device_index)
+            for i in range(ctx.iterations):
+                blocks = ctx.randn(n)
+                out = ctx.poisoned_like(blocks)
+                comm.all_reduce(blocks, out)  # stream=None: the thread's cached stream
+                if stream.device_index != ctx.device:
+                    ctx.count("foreign_launches")
+                diff = ((out * -1) + blocks).sum().item()  # one rank: out must equal blocks
+                if diff != diff:
+                    ctx.count("nan_iters")
+                elif abs(diff) > 1e-3:
+                    ctx.count("wrong_iters")
+                ctx.iteration_done(i)
+            api.synchronize(ctx.device)
+
+        run_in_thread(connector, name="kv-connector")
+    finally:
+        cache.remove()

@@ -1,0 +1,72 @@
+"""A helper thread left on the legacy default stream reads what the engine computes elsewhere.
+
+The engine computes KV on its own stream (as vLLM does, never on the default stream) and hands
+the tensor to a save thread. A new thread starts on the legacy default stream, and PyTorch's
+streams are created non-blocking, so nothing orders the helper's copy after the engine's
+compute: the saved blocks differ from what the forward wrote (here: NaN-poisoned memory).
+
+buggy: saved blocks differ from the engine's final values.
+fixed: the helper makes its own stream on the rank's device and waits on an event the engine
+records after the compute.
+guarded: the save is declared with ``streamcheck.launch(...)``; ``default-stream-in-worker``
+stops it before the copy is issued.
+"""
+
+from __future__ import annotations
+
+import streamcheck
+from streamcheck.repro.actors import run_in_thread
+from streamcheck.repro.context import RankContext
+from streamcheck.repro.spec import Expectation, ReproSpec
+
+SPEC = ReproSpec(
+    name="repro_worker_default_stream",
+    hazard="default-stream-in-worker",
+    summary="engine computes KV on its own stream; a save thread copies it from the legacy "
+            "default stream with no ordering -> saved KV differs from the forward's",
+    expect={
+        "buggy": Expectation(symptom=("corrupt-save",)),
+        "fixed": Expectation(clean=True),
+        "guarded": Expectation(blocked=("default-stream-in-worker",)),
+    },
+    min_gpus=1,
+    max_world=1,
+)
+
+
+def run_rank(ctx: RankContext) -> None:
+    api = ctx.api
+    n = ctx.pick(cuda=4096, sim=16)
+    w = ctx.randn(n, n, scale=n ** -0.5)
+    x = ctx.randn(n, n)
+    api.synchronize()  # inputs ready before serving starts
+    engine_stream = api.Stream()
+    api.set_stream(engine_stream)  # the engine's compute stream, as vLLM keeps one
+    for i in range(ctx.iterations):
+        kv = ctx.poisoned_like(x)
+        y = x @ w
+        for _ in range(3):
+            y = (y @ w).tanh()
+        kv.copy_(y)
+        done = api.Event()
+        done.record()
+
+        def save(kv=kv, done=done):
+            if ctx.variant == "fixed":
+                api.set_device(ctx.device)
+                stream = api.Stream()
+                with api.stream(stream):
+                    stream.wait_event(done)
+                    saved = kv.clone()
+                    return saved, (saved * 1).sum().item()
+            with streamcheck.launch("kv.save", stream=api.current_stream(ctx.device),
+                                    device=ctx.device):
+                saved = kv.clone()
+            return saved, (saved * 1).sum().item()
+
+        saved, _ = run_in_thread(save, name="kv-saver")
+        api.synchronize(ctx.device)
+        mismatch = ((saved * -1) + kv).sum().item()
+        if mismatch != mismatch or abs(mismatch) > 1e-3:
+            ctx.count("corrupt_save")
+        ctx.iteration_done(i)
