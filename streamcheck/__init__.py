@@ -12,7 +12,7 @@ from streamcheck.audit import current_auditor, install, uninstall
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.core.roles import CONNECTOR, ENGINE, declare_thread_role
-from streamcheck.wrappers.user_launch import launch
+from streamcheck.wrappers.user_launch import handoff, launch
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "StreamHazardError",
     "current_auditor",
     "declare_thread_role",
+    "handoff",
     "install",
     "launch",
     "uninstall",

@@ -14,7 +14,7 @@ from typing import Any
 
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode, parse_mode
-from streamcheck.wrappers import streams
+from streamcheck.wrappers import events, streams
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.registry import PatchRegistry
@@ -75,6 +75,7 @@ def _install_torch_hooks() -> None:
     streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
     streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
+    events.hook_events(_registry, _gate, torch.cuda.Event, events.torch_stream_key)
 
 
 def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: str,
@@ -163,6 +164,7 @@ def _install_nccl_binding() -> None:
 
 def instrument_sim(api: Any) -> None:
     """Audit one simulated process view (its set_stream, Stream class, communicators)."""
+    from streamcheck.runtime.sim.api import SimEvent
     from streamcheck.runtime.sim.comm import SimCommunicator
 
     with _lock:
@@ -170,6 +172,7 @@ def instrument_sim(api: Any) -> None:
             return
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
         streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
+        events.hook_events(_registry, _gate, SimEvent, events.sim_stream_key)
 
         def current_of(comm: Any, device: int) -> tuple[int, int, int]:
             state = comm.machine.current_stream(device)

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamcheck.core import roles
+from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.explain import explain_finding
 from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef, ThreadRef, capture_stack
 from streamcheck.core.modes import Mode
 from streamcheck.core.provenance import StreamBook
-from streamcheck.core.records import Finding, LaunchRecord
+from streamcheck.core.records import Finding, Handoff, LaunchRecord
 from streamcheck.core.rules import RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
@@ -50,20 +51,23 @@ class Auditor:
         self.mode = mode
         self.runtime = runtime
         self.book = book if book is not None else StreamBook()
-        self.context = RuleContext(self.book)
+        self.clocks = HappensBefore()
+        self.context = RuleContext(self.book, self.clocks)
         self.select = select
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
         self._lock = threading.Lock()
         self.counter = itertools.count()  # next() is atomic under the GIL
         self._listeners: list[FindingListener] = []
+        self._handoffs: dict[tuple[int, int], Handoff] = {}
         self._main = threading.main_thread().ident
 
     # ---- hot path -------------------------------------------------------------------------
 
     def admit(self, op: str, stream_device: int, stream_id: int, stream_obj: object,
               current_device: int | None, current_id: int | None, target_device: int | None,
-              implicit: bool, accessor: str = "", counted: bool = False) -> None:
+              implicit: bool, accessor: str = "", counted: bool = False,
+              reads: tuple[Handoff, ...] = ()) -> None:
         """Let a launch through, or hand it to :meth:`review` (which may raise).
 
         ``counted`` says the caller already advanced :attr:`counter` for this launch.
@@ -75,6 +79,7 @@ class Auditor:
             and (not implicit or current_id is None
                  or (stream_id == current_id and stream_device == current_device))
             and (stream_id != DEFAULT_STREAM_ID or self._is_engine(threading.get_ident()))
+            and all(self.clocks.ordered((stream_device, stream_id), h.mark) for h in reads)
         ):
             return
         current = None
@@ -82,7 +87,23 @@ class Auditor:
             current = StreamRef(current_device, current_id)
         handle = getattr(stream_obj, "cuda_stream", 0)
         self.review(op, StreamRef(stream_device, stream_id, int(handle or 0)), current,
-                    target_device, implicit, accessor)
+                    target_device, implicit, accessor, reads=reads)
+
+    def handoff(self, tensor: tuple[int, int], stream: StreamRef) -> Handoff:
+        """Declare ``tensor`` complete on ``stream`` now; later readers must be ordered after."""
+        ident = threading.get_ident()
+        handoff = Handoff(
+            tensor=tensor, mark=self.clocks.mark(stream.key), stream=stream,
+            thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+            time=time.time(), stack=capture_stack(skip=2),
+        )
+        with self._lock:
+            self._handoffs[tensor] = handoff
+        return handoff
+
+    def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
+        with self._lock:
+            return self._handoffs.get(tensor)
 
     def _is_engine(self, ident: int) -> bool:
         role = roles._roles.get(ident)
@@ -94,7 +115,8 @@ class Auditor:
 
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
                target_device: int | None, implicit: bool, accessor: str = "",
-               thread_device: int | None = None) -> list[Finding]:
+               thread_device: int | None = None, reads: tuple[Handoff, ...] = ()
+               ) -> list[Finding]:
         """Build the launch record, run the rules, and act on the findings by mode."""
         ident = threading.get_ident()
         launch = LaunchRecord(
@@ -108,6 +130,7 @@ class Auditor:
             accessor=accessor,
             time=time.time(),
             stack=capture_stack(skip=2),
+            reads=reads,
         )
         findings = list(evaluate(self.context, launch, self.select))
         if findings:

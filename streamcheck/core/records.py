@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from streamcheck.core.clocks import Mark
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef
 
 
@@ -21,6 +22,18 @@ class StreamEvent:
     time: float
     stack: Stack = ()
     via: str = ""  # which hook saw it: "torch.cuda.set_stream", "torch.cuda.Stream", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A tensor an engine thread declared complete on its stream (see ``streamcheck.handoff``)."""
+
+    tensor: tuple[int, int]  # (device, data pointer)
+    mark: Mark
+    stream: StreamRef
+    thread: ThreadRef
+    time: float
+    stack: Stack = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +55,7 @@ class LaunchRecord:
     accessor: str = ""
     time: float = 0.0
     stack: Stack = ()
+    reads: tuple[Handoff, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,13 @@ they ask the :class:`RuleContext`. The table :data:`RULES` is the only registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamcheck.core import roles
+from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.ids import stack_of_thread
 from streamcheck.core.provenance import StreamBook
-from streamcheck.core.records import Finding, LaunchRecord
+from streamcheck.core.records import Finding, LaunchRecord, StreamEvent
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class RuleContext:
     """What rules may consult besides the launch itself."""
 
     book: StreamBook
+    clocks: HappensBefore = field(default_factory=HappensBefore)
     role_of: Callable[[int], str] = roles.role_of
     engine_threads: Callable[[], list[int]] = roles.engine_threads
 
@@ -145,6 +147,29 @@ def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Fi
     return None
 
 
+def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The launch reads a handed-off tensor on a stream that never waited for its producer."""
+    for handoff in launch.reads:
+        if ctx.clocks.ordered(launch.stream.key, handoff.mark):
+            continue
+        rule = RULES["unsynced-handoff"]
+        message = (
+            f"{launch.op} in {launch.thread.describe()} reads a tensor on "
+            f"{launch.stream.describe()} that {handoff.thread.describe()} handed off on "
+            f"{handoff.stream.describe()}, but no event recorded on that stream after the "
+            "handoff was waited on by the reading stream: the read can run before the "
+            "producing kernels finish (saved KV differs from what the forward wrote)."
+        )
+        return Finding(
+            rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
+            other_thread=handoff.thread,
+            other_event=StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
+                                    handoff.stack, via="streamcheck.handoff"),
+            other_stack_now=stack_of_thread(handoff.thread.ident),
+        )
+    return None
+
+
 RULES: dict[str, Rule] = {
     rule.id: rule
     for rule in (
@@ -177,6 +202,14 @@ RULES: dict[str, Rule] = {
             "Give the helper thread its own stream, created on the rank's device, and order it "
             "with the engine's stream through events (record on one, wait on the other).",
             check_default_stream_in_worker,
+        ),
+        Rule(
+            "unsynced-handoff",
+            "side stream reads a handed-off tensor without waiting for its producer",
+            "Record an event on the producing stream after the tensor is written (at the "
+            "handoff) and make the reading stream wait on it before the copy "
+            "(stream.wait_event(event)); never poll with event.query() alone.",
+            check_unsynced_handoff,
         ),
     )
 }

@@ -6,7 +6,9 @@
 ``stream`` is the stream the op will use (default: the thread's real current stream);
 ``resolved_from`` names the cache it came from when the caller did not choose it itself, which
 makes a mismatch with the thread's real current stream a finding. ``device`` is the device the
-op's tensors live on. In ``assert`` mode a hazard raises on entry, before the body runs.
+op's tensors live on. ``reads`` are tensors some engine thread handed off with
+:func:`handoff`: the launch stream must have waited for an event recorded after that. In
+``assert`` mode a hazard raises on entry, before the body runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from streamcheck.audit import current_auditor
+from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers.launches import warn_cannot_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,12 +40,52 @@ def _current_stream_obj(device: int | None) -> Any:
     return torch.cuda.current_stream(device)
 
 
+def tensor_key(tensor: Any) -> tuple[int, int]:
+    """(device, data pointer): how handoffs name a tensor (torch or simulated)."""
+    if hasattr(tensor, "_machine"):
+        return (int(tensor.device_index), int(tensor.data.data_ptr()))
+    return (int(tensor.get_device()), int(tensor.data_ptr()))
+
+
+def handoff(tensor: Any, stream: Any = None) -> None:
+    """Declare ``tensor`` complete on ``stream`` (default: the thread's current one) now.
+
+    A connector's ``save_kv_layer`` calls this with the layer's KV: any later
+    ``launch(..., reads=[tensor])`` on another stream must be ordered after this point by an
+    event, or it is an ``unsynced-handoff``.
+    """
+    from streamcheck.wrappers.streams import stream_ref
+
+    auditor = current_auditor()
+    if auditor is None:
+        return
+    try:
+        key = tensor_key(tensor)
+        if stream is None:
+            machine = getattr(tensor, "_machine", None)
+            if machine is not None:
+                state = machine.current_stream(key[0])
+                ref = StreamRef(state.device, state.stream_id, state.handle)
+            else:
+                import torch
+
+                sid, dev, _ = torch._C._cuda_getCurrentStream(key[0])
+                ref = StreamRef(int(dev), int(sid))
+        else:
+            ref = stream_ref(stream)
+    except Exception as exc:
+        warn_cannot_audit("streamcheck.handoff", exc)
+        return
+    auditor.handoff(key, ref)
+
+
 class launch:
     """Audit one launch of ``name``; see the module docstring."""
 
     def __init__(self, name: str, stream: Any = None, device: int | None = None,
-                 resolved_from: str = "") -> None:
+                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = ()) -> None:
         self.name = name
+        self.reads = tuple(reads)
         self.stream = stream
         self.device = device
         self.resolved_from = resolved_from
@@ -55,12 +98,14 @@ class launch:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
             device = self.device if self.device is not None else int(stream.device_index)
             current = _current_of(stream, device)
+            handoffs = tuple(h for h in (auditor.handoff_of(tensor_key(t)) for t in self.reads)
+                             if h is not None)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
-                      self.resolved_from)
+                      self.resolved_from, reads=handoffs)
 
     def __enter__(self) -> launch:
         self.check()

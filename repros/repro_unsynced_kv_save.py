@@ -1,0 +1,79 @@
+"""A connector saves KV blocks on its own stream without waiting for the compute that wrote them.
+
+The connector does most things right: its worker thread calls ``set_device``, owns a stream on
+the rank's device, and copies the layer's KV out when ``save_kv_layer`` hands it over. But the
+copy is queued without ``wait_event`` on an event recorded by the engine after the forward
+wrote the KV, so it can run while the forward is still writing: the saved blocks differ from
+the KV the model produced (here NaN-poisoned until written).
+
+buggy: saved blocks differ from the engine's final KV.
+fixed: the engine records an event at the handoff; the save stream waits on it first.
+guarded: the save is declared with ``streamcheck.launch(..., reads=[kv])`` after the engine's
+``streamcheck.handoff(kv)``; ``unsynced-handoff`` stops it before the copy is issued.
+"""
+
+from __future__ import annotations
+
+import streamcheck
+from streamcheck.repro.actors import run_in_thread
+from streamcheck.repro.context import RankContext
+from streamcheck.repro.spec import Expectation, ReproSpec
+
+SPEC = ReproSpec(
+    name="repro_unsynced_kv_save",
+    hazard="unsynced-handoff",
+    summary="connector copies a layer's KV on its own stream without waiting on the engine's "
+            "event -> saved KV differs from what the forward wrote",
+    expect={
+        "buggy": Expectation(symptom=("corrupt-save",)),
+        "fixed": Expectation(clean=True),
+        "guarded": Expectation(blocked=("unsynced-handoff",)),
+    },
+    min_gpus=1,
+    max_world=1,
+)
+
+
+def run_rank(ctx: RankContext) -> None:
+    api = ctx.api
+    n = ctx.pick(cuda=4096, sim=16)
+    w = ctx.randn(n, n, scale=n ** -0.5)
+    x = ctx.randn(n, n)
+    api.synchronize()  # inputs ready before serving starts
+    engine_stream = api.Stream()
+    api.set_stream(engine_stream)
+
+    def make_save_stream():
+        api.set_device(ctx.device)  # done right: the connector's stream is on the rank's device
+        return api.Stream()
+
+    save_stream = run_in_thread(make_save_stream, name="kv-connector")
+    for i in range(ctx.iterations):
+        kv = ctx.poisoned_like(x)
+        y = x @ w
+        for _ in range(3):
+            y = (y @ w).tanh()
+        kv.copy_(y)  # the forward writes this layer's KV on the engine stream
+        streamcheck.handoff(kv)  # what save_kv_layer(kv) declares
+        written = api.Event()
+        written.record()
+
+        def save(kv=kv, written=written):
+            api.set_device(ctx.device)
+            with api.stream(save_stream):
+                if ctx.variant == "fixed":
+                    save_stream.wait_event(written)
+                with streamcheck.launch("kv.save", stream=save_stream, device=ctx.device,
+                                        reads=[kv]):
+                    saved = kv.clone()
+                done = api.Event()
+                done.record()
+            return saved, done
+
+        saved, done = run_in_thread(save, name="kv-connector")
+        done.wait()  # the engine waits for the save before reusing anything
+        api.synchronize(ctx.device)
+        mismatch = ((saved * -1) + kv).sum().item()
+        if mismatch != mismatch or abs(mismatch) > 1e-3:
+            ctx.count("corrupt_save")
+        ctx.iteration_done(i)

@@ -1,0 +1,63 @@
+"""Hooks on event record/wait that feed the happens-before clocks.
+
+``torch.cuda.Event.record(stream=None)`` and ``.wait(stream=None)`` are the two places every
+event ordering passes through in PyTorch (``Stream.wait_event``, ``wait_stream`` and
+``record_event`` call them); the simulator's events have the same two methods. Events are
+identified by ``id(event)``: a snapshot is replaced when an event is recorded again.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.registry import PatchRegistry
+
+StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
+"""(event, stream or None) -> the (device, stream id) the call applies to."""
+
+
+def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
+                stream_key_of: StreamKeyOf) -> None:
+    def make_record(original: Any) -> Any:
+        @functools.wraps(original)
+        def record(self: Any, stream: Any = None) -> Any:
+            result = original(self, stream)
+            auditor = gate.auditor
+            if auditor is not None:
+                auditor.clocks.record(id(self), stream_key_of(self, stream))
+            return result
+
+        return record
+
+    def make_wait(original: Any) -> Any:
+        @functools.wraps(original)
+        def wait(self: Any, stream: Any = None) -> Any:
+            auditor = gate.auditor
+            if auditor is not None:
+                auditor.clocks.wait(stream_key_of(self, stream), id(self))
+            return original(self, stream)
+
+        return wait
+
+    registry.patch(event_class, "record", make_record)
+    registry.patch(event_class, "wait", make_wait)
+
+
+def torch_stream_key(_event: Any, stream: Any) -> tuple[int, int]:
+    if stream is not None:
+        return (int(stream.device_index), int(stream.stream_id))
+    import torch
+
+    device = torch._C._cuda_getDevice()
+    sid, dev, _ = torch._C._cuda_getCurrentStream(device)
+    return (int(dev), int(sid))
+
+
+def sim_stream_key(event: Any, stream: Any) -> tuple[int, int]:
+    if stream is not None:
+        return (int(stream.device_index), int(stream.stream_id))
+    state = event._machine.current_stream()
+    return (state.device, state.stream_id)
