@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "run": ("streamcheck.cli.run_cmd", "run repros (buggy / fixed / guarded) and check them"),
     "list": ("streamcheck.cli.list_cmd", "list the repros and what each shows"),
     "report": ("streamcheck.cli.report_cmd", "render saved reports or runs"),
+    "env": ("streamcheck.cli.env_cmd", "print exports that audit child processes"),
+    "scan": ("streamcheck.cli.scan_cmd", "find the current-stream leak pattern in source"),
 }
 
 EXIT_USAGE = 2

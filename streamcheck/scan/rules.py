@@ -1,0 +1,378 @@
+"""The static rules of the current-stream-leak family, one small function each.
+
+Every rule has a stable id (``SC1xx``) that is never reused and a stable name; both are accepted
+by ``select``/``ignore`` and by inline ``# streamcheck: ignore[...]`` comments. A rule reads the
+:class:`~streamcheck.scan.index.ModuleIndex` of one module and yields :class:`Hit` s; it never
+prints and never looks at other files. The one cross-file question (SC104: "does switching
+streams in this code base rewrite a module-global current-stream cache?") is answered by the
+engine, which only emits SC104 hits when SC102 fired in the same package or in a package the
+module imports. SC102, not SC101: a cache that only ``current_stream()`` fills (SC101 alone, as
+in vllm-ascend) is stale but is not rewritten by a helper thread's ``torch.npu.stream(...)``;
+SC101 already reports it.
+
+:data:`RULES` is the only registry.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from streamcheck.scan.index import FunctionInfo, ModuleIndex
+from streamcheck.scan.threads import DeviceGuard, ThreadReach, body_nodes, thread_reach
+
+
+@dataclass(frozen=True)
+class Hit:
+    """Where a rule fired and what it says there (the rule supplies id, name and hint)."""
+
+    line: int
+    col: int
+    message: str
+
+    @classmethod
+    def at(cls, node: ast.AST, message: str) -> Hit:
+        return cls(getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1, message)
+
+
+RuleCheck = Callable[[ModuleIndex], Iterable[Hit]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    summary: str
+    hint: str
+    check: RuleCheck
+    #: Report only where switching streams rewrites a module-global cache (SC102 fired in the
+    #: same package or in a package the module imports).
+    needs_global_cache: bool = False
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+_ACCESSOR_RE = re.compile(r"(?:^|_)(?:get_)?(?:current|curr|cur)_?stream(?:$|_)", re.IGNORECASE)
+_STREAM_VALUES = frozenset({"current_stream", "Stream", "default_stream", "ExternalStream"})
+
+
+def _mentions_accel_stream(index: ModuleIndex, expr: ast.AST | None) -> bool:
+    """Does ``expr`` name torch's stream API (a value like ``torch.cuda.current_stream()``)?"""
+    if expr is None:
+        return False
+    return any(
+        isinstance(node, ast.Attribute | ast.Name) and index.api(node) in _STREAM_VALUES
+        for node in ast.walk(expr)
+    )
+
+
+def _own_nodes(func: FunctionInfo) -> list[ast.AST]:
+    return list(body_nodes(func))
+
+
+def _local_bindings(func: FunctionInfo) -> set[str]:
+    """Names ``func`` binds locally (parameters and plain assignments not declared global)."""
+    args = func.node.args
+    names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+    names.update(a.arg for a in (args.vararg, args.kwarg) if a is not None)
+    for node in _own_nodes(func):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names - func.global_names
+
+
+def _global_writes(index: ModuleIndex, func: FunctionInfo) -> list[tuple[str, ast.AST, ast.expr]]:
+    """Module-level state that ``func`` writes: ``global G; G = v`` or ``G.attr = v``/``G[k] = v``.
+
+    Writes through a ``threading.local()`` object are per thread and are left out.
+    """
+    shared = index.module_names - index.thread_local_names - _local_bindings(func)
+    writes: list[tuple[str, ast.AST, ast.expr]] = []
+    for node in _own_nodes(func):
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                name = _written_global(target, func, shared)
+                if name:
+                    writes.append((name, node, node.value))
+    return writes
+
+
+def _written_global(target: ast.expr, func: FunctionInfo, shared: set[str]) -> str | None:
+    if isinstance(target, ast.Name):
+        return target.id if target.id in func.global_names else None
+    if isinstance(target, ast.Attribute | ast.Subscript) and isinstance(target.value, ast.Name):
+        base = target.value.id
+        if base in shared:
+            return f"{base}.{target.attr}" if isinstance(target, ast.Attribute) else base
+    return None
+
+
+def _patch_functions(index: ModuleIndex) -> list[tuple[ast.AST, str, FunctionInfo]]:
+    """Functions of this module assigned over some ``*.set_stream``."""
+    found = []
+    for patch in index.set_stream_patches:
+        if isinstance(patch.value, ast.Name):
+            for func in index.functions_by_name.get(patch.value.id, []):
+                found.append((patch.node, patch.target, func))
+    return found
+
+
+def _returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, str] | None:
+    """The first ``return G`` / ``return G.attr`` of ``func`` where G is module-global state."""
+    locals_ = _local_bindings(func)
+    shared = index.module_names - index.thread_local_names - locals_
+    for node in _own_nodes(func):
+        if not isinstance(node, ast.Return) or node.value is None:
+            continue
+        for expr in _returned_candidates(node.value):
+            if isinstance(expr, ast.Name) and (
+                expr.id in func.global_names or expr.id in shared
+            ):
+                return node, expr.id
+            if (
+                isinstance(expr, ast.Attribute)
+                and isinstance(expr.value, ast.Name)
+                and expr.value.id in shared
+            ):
+                return node, f"{expr.value.id}.{expr.attr}"
+    return None
+
+
+def _returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
+    if isinstance(value, ast.BoolOp):
+        for operand in value.values:
+            yield from _returned_candidates(operand)
+    elif isinstance(value, ast.IfExp):
+        yield from _returned_candidates(value.body)
+        yield from _returned_candidates(value.orelse)
+    else:
+        yield value
+
+
+def _assigned_values(index: ModuleIndex, state: str) -> Iterator[ast.expr]:
+    """Every value the module stores into ``state`` (``G`` or ``G.attr``)."""
+    if "." not in state:
+        for value in index.module_assigns.get(state, []):
+            if value is not None:
+                yield value
+    for func in index.functions:
+        for name, _node, value in _global_writes(index, func):
+            if name == state:
+                yield value
+
+
+def _is_stream_cache(index: ModuleIndex, func: FunctionInfo, state: str) -> bool:
+    """Is ``state`` a cache of an accelerator stream (not an SSE stream, not a file stream)?"""
+    if any(_mentions_accel_stream(index, v) for v in _assigned_values(index, state)):
+        return True
+    if any(state == name for _n, _t, f in _patch_functions(index) for name, *_ in
+           _global_writes(index, f)):
+        return True
+    return _mentions_accel_stream(index, func.node.returns)
+
+
+def _reach_label(reach: ThreadReach) -> str:
+    return f"`{reach.func.qualname}` runs on a helper thread ({reach.root})"
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
+    """SC101: a current-stream accessor that returns module-global state."""
+    for func in index.functions:
+        if not _ACCESSOR_RE.search(func.name):
+            continue
+        returned = _returned_state(index, func)
+        if returned is None or not _is_stream_cache(index, func, returned[1]):
+            continue
+        state = returned[1]
+        yield Hit.at(
+            func.node,
+            f"`{func.name}()` returns module-global `{state}`, one cache shared by every "
+            "thread, so each thread gets whatever stream the cache holds (set by whichever "
+            "thread wrote it last) instead of its own current stream.",
+        )
+
+
+def check_patched_set_stream_global(index: ModuleIndex) -> Iterator[Hit]:
+    """SC102: ``*.set_stream`` replaced by a function that stores the stream module-globally."""
+    for node, target, func in _patch_functions(index):
+        writes = _global_writes(index, func)
+        if not writes:
+            continue
+        state = writes[0][0]
+        yield Hit.at(
+            node,
+            f"`{target}` is replaced by `{func.name}`, which stores the stream in module-global "
+            f"`{state}`: a `torch.cuda.stream(...)` context in any thread then changes the "
+            "stream every other thread reads back.",
+        )
+
+
+_STREAM_DEVICE_ARGS = frozenset({"device", "device_index"})
+
+
+def check_stream_in_thread_without_set_device(index: ModuleIndex) -> Iterator[Hit]:
+    """SC103: a stream created on a helper thread before that thread chose its device."""
+    for reach in thread_reach(index):
+        guard = DeviceGuard(index, reach.func)
+        for node in body_nodes(reach.func):
+            if not isinstance(node, ast.Call) or index.api(node.func) != "Stream":
+                continue
+            if node.args or any(kw.arg in _STREAM_DEVICE_ARGS for kw in node.keywords):
+                continue  # the device is named explicitly
+            if any(kw.arg == "stream_id" for kw in node.keywords):
+                continue  # wraps an existing stream: SC105's business
+            if reach.protected or guard.covers(node):
+                continue
+            yield Hit.at(
+                node,
+                f"{_reach_label(reach)} and creates `{ast.unparse(node.func)}()` before any "
+                "set_device: a new thread's current device is 0, so on every rank but 0 the "
+                "stream lives on the wrong GPU (CUDA error 400 'invalid resource handle').",
+            )
+
+
+_STREAM_CONTEXTS = frozenset({"stream", "StreamContext"})
+
+
+def check_stream_context_in_thread(index: ModuleIndex) -> Iterator[Hit]:
+    """SC104: a helper thread makes a stream current (reported only beside a global cache)."""
+    for reach in thread_reach(index):
+        for node in body_nodes(reach.func):
+            if isinstance(node, ast.With | ast.AsyncWith):
+                for item in node.items:
+                    expr = item.context_expr
+                    if isinstance(expr, ast.Call) and index.api(expr.func) in _STREAM_CONTEXTS:
+                        yield _context_hit(reach, node, f"with {ast.unparse(expr.func)}(...)")
+            elif isinstance(node, ast.Call) and index.api(node.func) == "set_stream":
+                yield _context_hit(reach, node, f"{ast.unparse(node.func)}(...)")
+
+
+def _context_hit(reach: ThreadReach, node: ast.AST, what: str) -> Hit:
+    return Hit.at(
+        node,
+        f"{_reach_label(reach)} and switches streams with `{what}`, which rewrites the "
+        "module-global current-stream cache: other threads' collectives then launch on this "
+        "thread's stream (NaN, or CUDA error 400 across devices).",
+    )
+
+
+def check_default_stream_in_thread(index: ModuleIndex) -> Iterator[Hit]:
+    """SC105: a helper thread names the legacy default stream explicitly."""
+    for reach in thread_reach(index):
+        guard = DeviceGuard(index, reach.func)
+        for node in body_nodes(reach.func):
+            if not isinstance(node, ast.Call):
+                continue
+            api = index.api(node.func)
+            explicit_zero = api == "Stream" and any(
+                kw.arg == "stream_id" and isinstance(kw.value, ast.Constant) and kw.value.value == 0
+                for kw in node.keywords
+            )
+            if api != "default_stream" and not explicit_zero:
+                continue
+            device0 = ""
+            implicit_device = api == "default_stream" and not node.args and not node.keywords
+            if implicit_device and not (reach.protected or guard.covers(node)):
+                device0 = "; with no device argument and no set_device it is device 0's"
+            yield Hit.at(
+                node,
+                f"{_reach_label(reach)} and uses the legacy default stream "
+                f"(`{ast.unparse(node)}`): it serialises with every blocking stream on the "
+                f"device and is not ordered with the engine's compute stream{device0}.",
+            )
+
+
+RULES: dict[str, Rule] = {
+    rule.id: rule
+    for rule in (
+        Rule(
+            "SC101",
+            "global-stream-cache",
+            "A current-stream accessor returns a module-global cache shared by all threads.",
+            "Keep the cache per thread (a threading.local() attribute, as vLLM >= 0.10 does) or "
+            "read the real per-thread stream: torch.cuda.current_stream(), or "
+            "torch._C._cuda_getCurrentStream(device) where speed matters.",
+            check_global_stream_cache,
+        ),
+        Rule(
+            "SC102",
+            "patched-set-stream-global",
+            "set_stream is monkey-patched to record the stream in a module global.",
+            "Record it in a threading.local() attribute instead "
+            "(`_current_stream_tls.value = stream`), so each thread keeps its own current "
+            "stream, as PyTorch itself does.",
+            check_patched_set_stream_global,
+        ),
+        Rule(
+            "SC103",
+            "stream-in-thread-without-set-device",
+            "A helper thread creates a stream before setting its device.",
+            "Call torch.cuda.set_device(device) (or torch.accelerator.set_device_index) first "
+            "thing in the thread, or create the stream with an explicit device: "
+            "torch.cuda.Stream(device=device).",
+            check_stream_in_thread_without_set_device,
+        ),
+        Rule(
+            "SC104",
+            "stream-context-in-thread-with-global-cache",
+            "A helper thread switches streams where set_stream writes a module-global cache.",
+            "Make the cache thread-local (fix SC102/SC101). Until then, do not make a stream "
+            "current in helper threads: pass it explicitly (event.record(stream), "
+            "stream.wait_event(event), ops that take a stream argument).",
+            check_stream_context_in_thread,
+            needs_global_cache=True,
+        ),
+        Rule(
+            "SC105",
+            "default-stream-in-thread",
+            "A helper thread puts work on the legacy default stream explicitly.",
+            "Give the thread its own stream, created after set_device "
+            "(torch.cuda.Stream(device=device)), and order it with the compute stream through "
+            "events (wait_event / wait_stream).",
+            check_default_stream_in_thread,
+        ),
+    )
+}
+
+#: Rules whose hits answer SC104's question "does a stream switch rewrite a global cache?".
+WRITE_PATH_RULES = ("SC102",)
+
+_BY_NAME = {rule.name: rule.id for rule in RULES.values()}
+
+
+class UnknownRuleError(ValueError):
+    """A ``select``/``ignore`` entry that names no rule."""
+
+
+def rule_ids_for(names: Sequence[str]) -> set[str]:
+    """Rule ids for a list of ids, names or id prefixes (``SC1``); comma lists are split."""
+    ids: set[str] = set()
+    for raw in names:
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            if item.upper() in RULES:
+                ids.add(item.upper())
+            elif item.lower() in _BY_NAME:
+                ids.add(_BY_NAME[item.lower()])
+            elif item.upper().startswith("SC") and any(
+                rid.startswith(item.upper()) for rid in RULES
+            ):
+                ids.update(rid for rid in RULES if rid.startswith(item.upper()))
+            else:
+                known = ", ".join(f"{r.id} ({r.name})" for r in RULES.values())
+                raise UnknownRuleError(f"unknown rule {item!r}; known rules: {known}")
+    return ids
+
+
+def enabled_rules(
+    select: Sequence[str] | None = None, ignore: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The rule ids to report: ``select`` (default: all) minus ``ignore``."""
+    chosen = rule_ids_for(select) if select else set(RULES)
+    chosen -= rule_ids_for(ignore) if ignore else set()
+    return tuple(sorted(chosen))
