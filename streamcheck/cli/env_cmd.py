@@ -1,6 +1,8 @@
 """``streamcheck env MODE``: shell exports that audit every Python process started after them.
 
-    eval "$(streamcheck env assert --report-dir /tmp/sc)"; python serve.py; streamcheck report /tmp/sc
+    eval "$(streamcheck env assert --report-dir /tmp/sc)"
+    python serve.py
+    streamcheck report /tmp/sc
 """
 
 from __future__ import annotations
