@@ -113,7 +113,33 @@ def main() -> int:
     results["nccl 4KiB all_reduce ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
     results["findings during bench"] = len(auditor.findings()) if auditor else None
     streamcheck.uninstall()
+
+    # 4. a decode-like TP step: 32 layers x (2 matmuls + 2 all-reduces), batch 8, hidden 4096
+    hidden, layers = 4096, 32
+    weights = [torch.randn(hidden, hidden, device="cuda", dtype=torch.bfloat16) / 64
+               for _ in range(2)]
+    h0 = torch.randn(8, hidden, device="cuda", dtype=torch.bfloat16)
+
+    def step(all_reduce: Any) -> None:
+        h = h0
+        for _ in range(layers):
+            for wt in weights:
+                h = h @ wt
+                all_reduce(comm, h, h)
+        torch.cuda.synchronize()
+
+    streamcheck.install("assert")
+    audited_step = NcclCommunicator.all_reduce
+    for _ in range(5):
+        step(unwrapped_nccl)
+        step(audited_step)
+    bare, wrapped = interleaved(lambda: step(unwrapped_nccl), lambda: step(audited_step),
+                                20, args.rounds)
+    streamcheck.uninstall()
     comm.close()
+    results["decode-like step (64 all-reduces) unwrapped us"] = round(bare / 1000, 1)
+    results["decode-like step assert-mode us"] = round(wrapped / 1000, 1)
+    results["decode-like step ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
 
     # reference costs of the reads the audit makes, and of candidates for them
     reader = torch._C._cuda_getCurrentStream
