@@ -35,15 +35,16 @@ SPEC = ReproSpec(
 
 def run_rank(ctx: RankContext) -> None:
     api = ctx.api
-    cache = ThreadLocalStreamCache(api)
+    cache = ThreadLocalStreamCache(api) if ctx.engine_current_stream is None else None
+    accessor = ctx.engine_current_stream or cache.current_stream  # type: ignore[union-attr]
     try:
-        comm = ctx.local_communicator(current_stream=cache.current_stream)
+        comm = ctx.local_communicator(current_stream=accessor)
         n = ctx.pick(cuda=1 << 16, sim=8)
 
         def connector() -> None:
             if ctx.variant == "fixed":
                 api.set_device(ctx.device)
-            stream = cache.current_stream()
+            stream = accessor()
             ctx.note(connector_stream_device=stream.device_index)
             for i in range(ctx.iterations):
                 blocks = ctx.randn(n)
@@ -61,4 +62,5 @@ def run_rank(ctx: RankContext) -> None:
 
         run_in_thread(connector, name="kv-connector")
     finally:
-        cache.remove()
+        if cache is not None:
+            cache.remove()

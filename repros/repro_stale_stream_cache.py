@@ -35,8 +35,13 @@ SPEC = ReproSpec(
 
 def run_rank(ctx: RankContext) -> None:
     api = ctx.api
-    cache = ThreadLocalStreamCache(api) if ctx.variant != "fixed" else None
-    accessor = cache.current_stream if cache is not None else api.current_stream
+    engine = ctx.engine_current_stream
+    cache = ThreadLocalStreamCache(api) if ctx.variant != "fixed" and engine is None else None
+    if ctx.variant == "fixed":
+        accessor = api.current_stream
+    else:
+        accessor = engine if engine is not None else cache.current_stream  # type: ignore[union-attr]
+    explicit = engine is not None and ctx.variant == "fixed"
     try:
         comm = ctx.communicator(current_stream=accessor)
         accessor()  # the engine caches its stream at start-up, as vLLM does
@@ -51,7 +56,10 @@ def run_rank(ctx: RankContext) -> None:
                 for _ in range(4):
                     y = (y @ w).tanh()
                 out = ctx.poisoned_like(y)
-                comm.all_reduce(y, out)
+                if explicit:
+                    out = comm.all_reduce(y, out, stream=api.current_stream())
+                else:
+                    out = comm.all_reduce(y, out)
                 value = out.sum().item()
                 expected = y.sum().item() * ctx.world_size  # same seed: every rank has this y
             if value != value:

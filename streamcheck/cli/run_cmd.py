@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from rich.console import Console
 from streamcheck.render.junit import write_junit
 from streamcheck.render.run_table import print_dumps, run_table
 from streamcheck.repro.discover import load, select
+from streamcheck.repro.launch_cuda import ENV_ENGINE
 from streamcheck.repro.runner import VariantResult, plan_world, run_variant, temp_work_dir
 from streamcheck.repro.spec import VARIANT_MODES
 from streamcheck.runtime.select import BACKENDS, choose_backend
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repro-dir", action="append", metavar="DIR",
                    help="another directory of repro_*.py files (repeatable)")
     p.add_argument("--keep", metavar="DIR", help="keep rank logs here (default: a temp dir)")
+    p.add_argument("--engine", choices=("models", "vllm"), default="models",
+                   help="models: faithful models of the engines' caches (default); vllm: the "
+                        "installed vLLM's own current_stream and PyNcclCommunicator (cuda only)")
 
 
 def _positive_int(text: str) -> int:
@@ -55,6 +60,16 @@ def command(args: argparse.Namespace, console: Console) -> int:
     repros = select(args.patterns, args.repro_dir)
     choice = choose_backend(args.backend)
     console.print(f"[bold]backend:[/] {choice.name} — {choice.note}")
+    if args.engine == "vllm":
+        if choice.name != "cuda":
+            raise ValueError("--engine vllm needs the cuda backend (real GPUs and NCCL)")
+        from streamcheck.vllm_compat import vllm_version
+
+        version = vllm_version()
+        if version is None:
+            raise ValueError("--engine vllm: vLLM is not importable here")
+        os.environ[ENV_ENGINE] = "vllm"
+        console.print(f"[bold]engine:[/] vLLM {version} (its own current_stream and pynccl)")
     work = Path(args.keep) if args.keep else temp_work_dir()
     work.mkdir(parents=True, exist_ok=True)
     variants = args.variant or list(VARIANT_MODES)

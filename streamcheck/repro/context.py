@@ -37,7 +37,9 @@ class RankContext:
                  iterations: int, api: Any, device: int, log: ResultLog,
                  randn: Callable[..., Any], poisoned_like: Callable[[Any], Any],
                  make_communicator: Callable[[Callable[[], Any]], Any],
-                 make_local_communicator: Callable[[Callable[[], Any]], Any]) -> None:
+                 make_local_communicator: Callable[[Callable[[], Any]], Any],
+                 engine: str = "", engine_current_stream: Callable[[], Any] | None = None
+                 ) -> None:
         self.repro = repro
         self.variant = variant
         self.backend = backend
@@ -51,6 +53,10 @@ class RankContext:
         self._poisoned_like = poisoned_like
         self._make_communicator = make_communicator
         self._make_local_communicator = make_local_communicator
+        #: "" (the faithful models in repro.patterns) or e.g. "vllm 0.9.2": the real engine's
+        #: ``current_stream`` below, and ``communicator()`` is its own ``PyNcclCommunicator``.
+        self.engine = engine
+        self.engine_current_stream = engine_current_stream
         self.observed: dict[str, Any] = {
             "iterations_done": 0, "nan_iters": 0, "wrong_iters": 0, "foreign_launches": 0,
         }

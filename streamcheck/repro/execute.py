@@ -19,7 +19,7 @@ def classify_error(exc: BaseException) -> str:
 
 def execute_rank(module: ModuleType, ctx: RankContext) -> None:
     ctx.log.write("start", variant=ctx.variant, backend=ctx.backend, device=ctx.device,
-                  world_size=ctx.world_size)
+                  world_size=ctx.world_size, engine=ctx.engine)
     try:
         module.run_rank(ctx)
     except StreamHazardError as exc:

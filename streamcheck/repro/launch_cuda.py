@@ -15,6 +15,8 @@ from types import ModuleType
 from streamcheck.repro.context import RankContext, ResultLog
 from streamcheck.repro.execute import execute_rank, log_findings
 
+ENV_ENGINE = "STREAMCHECK_REPRO_ENGINE"
+
 
 def run_variant_cuda(repro_path: str, module: ModuleType, variant: str, world_size: int,
                      out_dir: Path) -> int:
@@ -66,12 +68,19 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
     def poisoned_like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t).fill_(float("nan"))
 
+    engine, engine_current_stream = "", None
+    if os.environ.get(ENV_ENGINE) == "vllm":
+        from streamcheck.repro.engine_vllm import setup
+
+        port = 20000 + int(uid_hex[:8], 16) % 20000
+        engine, engine_current_stream, make_comm = setup(rank, world_size, port)  # type: ignore[assignment]
     ctx = RankContext(
         repro=spec.name, variant=variant, backend="cuda", rank=rank, world_size=world_size,
         iterations=spec.iterations["cuda"], api=torch.cuda, device=rank, log=log,
         randn=lambda *shape, scale=1.0: torch.randn(*shape, device=device) * scale,
         poisoned_like=poisoned_like, make_communicator=make_comm,
         make_local_communicator=make_local_comm,
+        engine=engine, engine_current_stream=engine_current_stream,
     )
     execute_rank(module, ctx)
     log_findings(ctx)

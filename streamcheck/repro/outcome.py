@@ -47,8 +47,11 @@ def read_rank_logs(directory: Path) -> dict[int, list[dict[str, Any]]]:
 
 
 def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: bool,
-            iterations: int) -> Observation:
+            iterations: int, stderr: dict[int, str] | None = None) -> Observation:
+    """``stderr``: each rank's output; NCCL prints ``Cuda failure 400`` there while the
+    exception (vLLM's pynccl) only says "unhandled cuda error"."""
     obs = Observation()
+    stderr = stderr or {}
     for rank in range(world_size):
         records = logs.get(rank, [])
         last_observed: dict[str, Any] = {}
@@ -64,7 +67,9 @@ def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: b
                 obs.blocked[rank] = list(record.get("rules", []))
             elif kind == "error":
                 obs.errors[rank] = record.get("message", "")
-                if record.get("error_kind") == "error-400":
+                if record.get("error_kind") == "error-400" or (
+                        "unhandled cuda error" in obs.errors[rank]
+                        and "Cuda failure 400" in stderr.get(rank, "")):
                     obs.symptoms["error-400"] = f"rank{rank}: {record.get('message', '')[:80]}"
             elif kind == "findings":
                 obs.findings.update(record.get("rules", []))

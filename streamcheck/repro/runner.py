@@ -93,8 +93,8 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
                 timeout: float | None, work_dir: Path) -> VariantResult:
     module = load(repro.path)
     spec = module.SPEC
-    limit = timeout if timeout is not None else (
-        spec.hang_timeout_s[backend] if spec.expects_hang(variant) else spec.timeout_s[backend])
+    limit = timeout if timeout is not None else spec.timeout_s[backend]
+    grace = spec.hang_grace_s[backend] if spec.expects_hang(variant) else None
     out = work_dir / f"{repro.name}.{variant}.{backend}.w{world_size}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -104,21 +104,22 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
     with open(out / "variant.stderr", "w") as err:
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        timed_out = False
         dumps: dict[str, str] = {}
         try:
-            proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for pid in group_pids(proc.pid):
-                dumps[str(pid)] = dump_process(pid)
-            time.sleep(0.2)  # let faulthandler write
+            timed_out = _wait(proc, out, start + limit, grace)
+            if timed_out:
+                for pid in group_pids(proc.pid):
+                    dumps[str(pid)] = dump_process(pid)
+                time.sleep(0.2)  # let faulthandler write
         finally:
             kill_group(proc.pid)
             proc.wait()
     seconds = time.perf_counter() - start
     logs = read_rank_logs(out)
-    obs: Observation = observe(logs, world_size, timed_out, spec.iterations[backend])
+    rank_stderr = {int(p.stem[4:]): p.read_text(errors="replace")
+                   for p in out.glob("rank*.stderr") if p.stem[4:].isdigit()}
+    obs: Observation = observe(logs, world_size, timed_out, spec.iterations[backend],
+                               rank_stderr)
     if timed_out and not obs.hung:
         obs.symptoms["hang"] = "variant process stuck until killed"
     ok, why = judge(spec.expect[variant], obs, world_size)
@@ -129,6 +130,42 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
         verdict="pass" if ok else "fail", seconds=round(seconds, 2), reason=why, dumps=dumps,
         ranks=logs, stderr=stderr,
     )
+
+
+def _wait(proc: subprocess.Popen[bytes], out: Path, deadline: float,
+          grace: float | None) -> bool:
+    """Wait for the variant; True if it had to be stopped (timeout, or peers hung).
+
+    With ``grace`` (a variant where a failed rank leaves its peers stuck, as NCCL does), the
+    peers count as hung ``grace`` seconds after the first rank logged its error, instead of
+    waiting for the whole timeout.
+    """
+    first_error: float | None = None
+    while True:
+        try:
+            proc.wait(timeout=0.2)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.perf_counter()
+        if now > deadline:
+            return True
+        if grace is not None:
+            if first_error is None and _any_rank_failed(out):
+                first_error = now
+            if first_error is not None and now - first_error > grace:
+                return True
+
+
+def _any_rank_failed(out: Path) -> bool:
+    for path in out.glob("rank*.jsonl"):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if '"kind": "error"' in text:
+            return True
+    return False
 
 
 def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tuple[int, str]:

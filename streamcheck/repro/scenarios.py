@@ -19,12 +19,17 @@ def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: boo
     ``set_device``: S lands on device 0 whatever the rank (the error-400 variant).
     """
     api = ctx.api
-    cache = GlobalStreamCache(api) if ctx.variant != "fixed" else None
-    accessor: Callable[[], Any] = (
-        cache.current_stream if cache is not None else api.current_stream
-    )
+    engine = ctx.engine_current_stream
+    cache = GlobalStreamCache(api) if ctx.variant != "fixed" and engine is None else None
+    if ctx.variant == "fixed":
+        accessor: Callable[[], Any] = api.current_stream
+    else:
+        accessor = engine if engine is not None else cache.current_stream  # type: ignore[union-attr]
     try:
         comm = ctx.communicator(current_stream=accessor)
+        # With a real engine its communicator resolves stream=None itself; the fixed variant
+        # then passes the thread's real current stream explicitly.
+        explicit = engine is not None and ctx.variant == "fixed"
         n, m = ctx.pick(cuda=4096, sim=16), ctx.pick(cuda=64, sim=4)
         w = ctx.randn(n, n, scale=n ** -0.5)
         x0 = ctx.randn(m, n)
@@ -42,13 +47,19 @@ def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: boo
                     y = (y @ w).tanh()  # long enough compute to keep the race window open
                 out = ctx.poisoned_like(y)
                 resolved = accessor()
-                comm.all_reduce(y, out)
+                if explicit:
+                    out = comm.all_reduce(y, out, stream=api.current_stream())
+                else:
+                    out = comm.all_reduce(y, out)
                 if (resolved.stream_id, resolved.device_index) == (side.stream_id,
                                                                    side.device_index):
                     ctx.count("foreign_launches")
                 value = (out * 2).sum().item()
+                expected = 2 * ctx.world_size * y.sum().item()  # same seed on every rank
                 if value != value:
                     ctx.count("nan_iters")
+                elif abs(value - expected) > 1e-3 * max(1.0, abs(expected)):
+                    ctx.count("wrong_iters")
                 ctx.iteration_done(i)
             api.synchronize()  # a peer that never launched leaves this rank stuck here
         finally:

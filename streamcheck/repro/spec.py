@@ -41,7 +41,8 @@ class ReproSpec:
     max_world: int = 2
     iterations: dict[str, int] = field(default_factory=lambda: {"cuda": 30, "sim": 3})
     timeout_s: dict[str, float] = field(default_factory=lambda: {"cuda": 90.0, "sim": 20.0})
-    hang_timeout_s: dict[str, float] = field(default_factory=lambda: {"cuda": 25.0, "sim": 4.0})
+    #: once a rank has failed, how long its peers may still run before they count as hung
+    hang_grace_s: dict[str, float] = field(default_factory=lambda: {"cuda": 12.0, "sim": 2.0})
 
     def __post_init__(self) -> None:
         missing = set(VARIANT_MODES) - set(self.expect)

@@ -1,0 +1,148 @@
+"""Connector data path vs the machine's own copy bandwidth, and scheduler cost vs parked requests.
+
+All ratios come from one run on the machine it runs on:
+1. anchors: one 1 GiB pinned host<->device copy each way, and 2048 separate 64 KiB copies;
+2. the connector saving 2048 scattered 64 KiB blocks (device gather + one copy into pinned
+   staging) and loading them back into other blocks (one copy + device scatter): the copy stage
+   alone, and end to end through the host backend (which adds a host memcpy per block);
+3. the scheduler side's per-step cost (``build``) with 10, 1,000 and 10,000 parked requests.
+Part 3 runs anywhere; parts 1-2 need a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from streamcheck.connector.scheduler_side import SchedulerSide
+
+BLOCK = 64 * 1024
+N_BLOCKS = 2048
+
+
+def copy_gbps(src: torch.Tensor, dst: torch.Tensor, reps: int = 10) -> float:
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            dst.copy_(src, non_blocking=True)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            dst.copy_(src, non_blocking=True)
+        end.record()
+    end.synchronize()
+    return src.numel() * src.element_size() * reps / (start.elapsed_time(end) / 1e3) / 1e9
+
+
+def per_block_gbps(device_blocks: torch.Tensor, host_blocks: torch.Tensor) -> float:
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for i in range(N_BLOCKS):
+            host_blocks[i].copy_(device_blocks[i], non_blocking=True)
+        stream.synchronize()
+        t = time.perf_counter()
+        for i in range(N_BLOCKS):
+            host_blocks[i].copy_(device_blocks[i], non_blocking=True)
+        stream.synchronize()
+    return N_BLOCKS * BLOCK / (time.perf_counter() - t) / 1e9
+
+
+def connector_gbps(rounds: int = 5) -> dict[str, float]:
+    from streamcheck.connector.backends import HostBackend
+    from streamcheck.connector.runtime import ConnectorRuntime
+
+    total_blocks = 4 * N_BLOCKS
+    kv = torch.randint(0, 255, (total_blocks, BLOCK), dtype=torch.uint8, device="cuda")
+    backend = HostBackend(capacity_blocks=N_BLOCKS + 16, block_nbytes=BLOCK, pin_memory=True)
+    rt = ConnectorRuntime(backend, [kv], torch.device("cuda", 0), staging_blocks=N_BLOCKS)
+    g = torch.Generator().manual_seed(0)
+    results: dict[str, list[float]] = {"save_copy": [], "save_e2e": [], "load_copy": [],
+                                       "load_e2e": []}
+    exact = True
+    for r in range(rounds + 1):
+        perm = torch.randperm(total_blocks, generator=g)
+        src, dst = perm[:N_BLOCKS].tolist(), perm[N_BLOCKS:2 * N_BLOCKS].tolist()
+        keys = [f"r{r}b{i}" for i in range(N_BLOCKS)]
+        rt.metrics.save.__init__()
+        rt.metrics.load.__init__()
+        rt.save_layer("s", 0, src, keys)
+        while rt.pending():
+            time.sleep(0.0005)
+        rt.start_load("l", {0: (dst, keys)})
+        while rt.pending():
+            time.sleep(0.0005)
+        assert not rt.poll().failed_load_blocks
+        rt.wait_for_layer_load(0)
+        torch.cuda.synchronize()
+        exact &= bool(torch.equal(kv[dst], kv[src]))
+        if r:  # the first round warms up
+            m = rt.metrics
+            results["save_copy"].append(m.save.copy_gbps)
+            results["save_e2e"].append(m.save.gbps)
+            results["load_copy"].append(m.load.copy_gbps)
+            results["load_e2e"].append(m.load.gbps)
+    rt.shutdown()
+    out = {k: statistics.median(v) for k, v in results.items()}
+    out["bit_exact"] = float(exact)
+    return out
+
+
+def scheduler_cost(parked: int, steps: int = 200) -> float:
+    """Median microseconds of one build() with ``parked`` requests waiting for KV."""
+    side = SchedulerSide(block_size=16)
+    prompt = list(range(16 * 8))
+    for i in range(parked):
+        side._request(f"p{i}", prompt)
+        side.after_alloc(f"p{i}", list(range(8)), 16 * 7, 0)
+    side.build([])  # hand the parked loads to the workers once
+    running = [(f"run{i}", list(range(8)), True, 16 * 8) for i in range(32)]
+    for rid, _, _, _ in running:
+        side._request(rid, prompt)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter_ns()
+        side.build(running)
+        times.append(time.perf_counter_ns() - t)
+    assert len(side.parked) == parked
+    return statistics.median(times) / 1000
+
+
+def main() -> None:
+    rows: list[tuple[str, str]] = []
+    if torch.cuda.is_available():
+        torch.cuda.set_device(0)
+        host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
+        dev = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        h2d, d2h = copy_gbps(host, dev), copy_gbps(dev, host)
+        small_dev = torch.empty(N_BLOCKS, BLOCK, dtype=torch.uint8, device="cuda")
+        small_host = torch.empty(N_BLOCKS, BLOCK, dtype=torch.uint8, pin_memory=True)
+        per_block = per_block_gbps(small_dev, small_host)
+        del host, dev
+        c = connector_gbps()
+        rows += [
+            ("GPU", torch.cuda.get_device_name(0)),
+            ("anchor pinned H2D 1 GiB GB/s", f"{h2d:.1f}"),
+            ("anchor pinned D2H 1 GiB GB/s", f"{d2h:.1f}"),
+            ("2048 separate 64 KiB D2H copies GB/s", f"{per_block:.1f}"),
+            ("connector save, copy stage GB/s", f"{c['save_copy']:.1f}"),
+            ("  vs D2H anchor", f"{c['save_copy'] / d2h:.1%}"),
+            ("connector load, copy stage GB/s", f"{c['load_copy']:.1f}"),
+            ("  vs H2D anchor", f"{c['load_copy'] / h2d:.1%}"),
+            ("connector save end to end (host backend) GB/s", f"{c['save_e2e']:.1f}"),
+            ("connector load end to end (host backend) GB/s", f"{c['load_e2e']:.1f}"),
+            ("round trips bit-exact", "yes" if c["bit_exact"] else "NO"),
+        ]
+    else:
+        rows.append(("GPU", "none visible: copy bandwidth parts skipped"))
+    costs = {n: scheduler_cost(n) for n in (10, 1000, 10000)}
+    rows += [(f"scheduler build() with {n} parked, us", f"{v:.1f}") for n, v in costs.items()]
+    rows.append(("ratio 10,000 / 10 parked", f"{costs[10000] / costs[10]:.3f}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
