@@ -17,6 +17,7 @@ from __future__ import annotations
 import streamcheck
 from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
+from streamcheck.repro.scenarios import EngineKV
 from streamcheck.repro.spec import Expectation, ReproSpec
 
 SPEC = ReproSpec(
@@ -36,18 +37,9 @@ SPEC = ReproSpec(
 
 def run_rank(ctx: RankContext) -> None:
     api = ctx.api
-    n = ctx.pick(cuda=4096, sim=16)
-    w = ctx.randn(n, n, scale=n ** -0.5)
-    x = ctx.randn(n, n)
-    api.synchronize()  # inputs ready before serving starts
-    engine_stream = api.Stream()
-    api.set_stream(engine_stream)  # the engine's compute stream, as vLLM keeps one
+    engine = EngineKV(ctx)
     for i in range(ctx.iterations):
-        kv = ctx.poisoned_like(x)
-        y = x @ w
-        for _ in range(3):
-            y = (y @ w).tanh()
-        kv.copy_(y)
+        kv = engine.next()
         done = api.Event()
         done.record()
 
@@ -65,8 +57,5 @@ def run_rank(ctx: RankContext) -> None:
             return saved, (saved * 1).sum().item()
 
         saved, _ = run_in_thread(save, name="kv-saver")
-        api.synchronize(ctx.device)
-        mismatch = ((saved * -1) + kv).sum().item()
-        if mismatch != mismatch or abs(mismatch) > 1e-3:
-            ctx.count("corrupt_save")
+        engine.check_saved(saved, kv)
         ctx.iteration_done(i)

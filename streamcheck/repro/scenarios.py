@@ -67,3 +67,36 @@ def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: boo
     finally:
         if cache is not None:
             cache.remove()
+
+
+class EngineKV:
+    """The engine side of the KV-save repros: a layer's KV computed on the engine's own stream.
+
+    As vLLM does, the engine thread computes on a stream of its own (never the legacy default
+    stream); each ``next()`` writes fresh, NaN-poisoned-until-written KV there.
+    """
+
+    def __init__(self, ctx: RankContext) -> None:
+        self.ctx = ctx
+        api = ctx.api
+        n = ctx.pick(cuda=4096, sim=16)
+        self._w = ctx.randn(n, n, scale=n ** -0.5)
+        self._x = ctx.randn(n, n)
+        api.synchronize()  # inputs ready before serving starts
+        self.stream = api.Stream()
+        api.set_stream(self.stream)
+
+    def next(self) -> Any:
+        kv = self.ctx.poisoned_like(self._x)
+        y = self._x @ self._w
+        for _ in range(3):
+            y = (y @ self._w).tanh()
+        kv.copy_(y)
+        return kv
+
+    def check_saved(self, saved: Any, kv: Any) -> None:
+        """Count the iteration as a corrupt save unless ``saved`` equals the final ``kv``."""
+        self.ctx.api.synchronize(self.ctx.device)
+        mismatch = ((saved * -1) + kv).sum().item()
+        if mismatch != mismatch or abs(mismatch) > 1e-3:
+            self.ctx.count("corrupt_save")

@@ -1,0 +1,1 @@
+"""A reference asynchronous KV connector for vLLM: runtime, metrics and storage backends."""

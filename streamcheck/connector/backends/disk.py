@@ -1,0 +1,242 @@
+"""Local-disk backend: one file per block, written atomically, checked on load.
+
+Layout: ``root/<fan>/<key>.kv`` where ``<fan>`` is two hex characters of a hash of the key. The
+fan-out keeps directories small (256 of them) however keys are spelled: keys that share a long
+prefix (``<digest>.L0``, ``<digest>.L1``...) still spread evenly. The key is validated first
+(``[A-Za-z0-9_.:-]``, no ``/``), and the ``.kv`` suffix means even the key ``..`` names a plain
+file, so no key can reach outside ``root``.
+
+A save writes header + payload to a unique hidden temp file in the SAME directory, fsyncs it,
+then ``os.replace``-s it onto the final name. Rename within one directory is atomic on POSIX, so
+the final name either does not exist or names a complete, fsynced block; ``lookup`` only checks
+the final name. A crash before the rename leaves a ``.<key>.<id>.tmp`` file that nothing reads
+and that the next backend opened on this root removes once it is ``stale_tmp_s`` old (a live
+writer in another process is never that slow). The directory itself is not fsynced: after a
+power loss a just-committed block may be missing, which is a miss (recompute), never bad data.
+
+Capacity (optional): the least recently used blocks are deleted past ``capacity_blocks``. The
+count is this process's view, so give each backend with a capacity its own ``root``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamcheck.connector.backends.base import (
+    BackendError,
+    Transfer,
+    as_block_view,
+    validate_key,
+    validate_keys,
+)
+from streamcheck.connector.backends.blockformat import (
+    HEADER_NBYTES,
+    decode_header,
+    encode_header,
+    verify_payload,
+)
+from streamcheck.connector.backends.transfers import Counters, IOPool
+
+SUFFIX = ".kv"
+TMP_SUFFIX = ".tmp"
+
+
+def fan_dir(key: str) -> str:
+    """The two-character fan-out directory of a key."""
+    return hashlib.blake2b(key.encode("ascii"), digest_size=1).hexdigest()
+
+
+def _write_all(fd: int, parts: list[memoryview | bytes]) -> None:
+    views = [memoryview(p) for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        if written == 0:
+            raise OSError("writev wrote nothing")
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _read_exact(fd: int, target: memoryview) -> int:
+    """Read until ``target`` is full or the file ends; return the bytes read."""
+    got = 0
+    while got < len(target):
+        n = os.readv(fd, [target[got:]])
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+class DiskBackend:
+    """KV blocks as checksummed files under ``root``, with ``io_threads`` threads doing the IO."""
+
+    name = "disk"
+
+    def __init__(self, root: str | os.PathLike[str], block_nbytes: int, io_threads: int = 2,
+                 capacity_blocks: int | None = None, fsync: bool = True,
+                 stale_tmp_s: float = 600.0) -> None:
+        if block_nbytes < 1:
+            raise ValueError("block_nbytes must be >= 1")
+        if capacity_blocks is not None and capacity_blocks < 1:
+            raise ValueError("capacity_blocks must be >= 1 or None")
+        self.root = Path(root).resolve()
+        self.block_nbytes = block_nbytes
+        self.capacity_blocks = capacity_blocks
+        self.fsync = fsync
+        self._lock = threading.Lock()  # orders commits (rename), evictions and deletes
+        self._index: OrderedDict[str, None] = OrderedDict()  # committed keys, oldest use first
+        self._counters = Counters()
+        for i in range(256):
+            (self.root / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+        self._scan(stale_tmp_s)
+        self._io = IOPool(io_threads, "kv-disk-io", self._counters)
+
+    def path(self, key: str) -> Path:
+        """The final file of ``key`` (validated; always directly inside a fan-out dir)."""
+        key = validate_key(key)
+        fan = self.root / fan_dir(key)
+        final = fan / (key + SUFFIX)
+        if final.parent != fan:  # cannot happen for a valid key; refuse rather than trust it
+            raise ValueError(f"key {key!r} does not map inside {self.root}")
+        return final
+
+    def _scan(self, stale_tmp_s: float) -> None:
+        """Index the blocks a previous run left (oldest first); drop stale temp files."""
+        now = time.time()
+        found: list[tuple[float, str]] = []
+        for fan in self.root.iterdir():
+            if not fan.is_dir() or len(fan.name) != 2:
+                continue
+            with os.scandir(fan) as entries:
+                entries_list = list(entries)
+            for entry in entries_list:
+                try:
+                    mtime = entry.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
+                    if now - mtime >= stale_tmp_s:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                elif entry.name.endswith(SUFFIX):
+                    key = entry.name[: -len(SUFFIX)]
+                    try:
+                        if self.path(key).parent.name == fan.name:
+                            found.append((mtime, key))
+                    except ValueError:
+                        continue
+        for _, key in sorted(found):
+            self._index[key] = None
+
+    def lookup(self, keys: Sequence[str]) -> list[bool]:
+        paths = [self.path(k) for k in validate_keys(keys)]
+        if self._io.closed:
+            return [False] * len(paths)
+        found = [os.path.exists(p) for p in paths]  # the final name only, never a temp file
+        with self._lock:
+            for p, present in zip(paths, found, strict=True):
+                key = p.name[: -len(SUFFIX)]
+                if present and key in self._index:
+                    self._index.move_to_end(key)
+        hits = sum(found)
+        self._counters.add(hits=hits, misses=len(found) - hits)
+        return found
+
+    def save(self, key: str, block: memoryview | bytes) -> Transfer:
+        """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""
+        final = self.path(key)
+        source = as_block_view(block, self.block_nbytes, writable=False)
+        return self._io.submit(lambda: self._save(final, source), "bytes_saved")
+
+    def load(self, key: str, into: memoryview) -> Transfer:
+        """Zero-copy: ``into`` is filled in place on an IO thread; leave it alone until done."""
+        final = self.path(key)
+        target = as_block_view(into, self.block_nbytes, writable=True)
+        return self._io.submit(lambda: self._load(final, target), "bytes_loaded")
+
+    def _save(self, final: Path, source: memoryview) -> int:
+        key = final.name[: -len(SUFFIX)]
+        tmp = final.parent / f".{key}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+        header = encode_header(key, source)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, [header, source])
+                if self.fsync:
+                    os.fsync(fd)  # the data is on disk before the name can point at it
+            finally:
+                os.close(fd)
+            with self._lock:
+                os.replace(tmp, final)  # commit: the block becomes visible here, whole
+                self._index[key] = None
+                self._index.move_to_end(key)
+                evicted = self._evict_locked()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._counters.add(evictions=evicted)
+        return self.block_nbytes
+
+    def _evict_locked(self) -> int:
+        evicted = 0
+        while self.capacity_blocks is not None and len(self._index) > self.capacity_blocks:
+            victim, _ = self._index.popitem(last=False)
+            with contextlib.suppress(OSError):  # a failed unlink must not fail the save
+                os.unlink(self.path(victim))
+            evicted += 1
+        return evicted
+
+    def _load(self, final: Path, target: memoryview) -> int:
+        key = final.name[: -len(SUFFIX)]
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BackendError(f"block {key!r} not found") from None
+        try:
+            header = bytearray(HEADER_NBYTES)
+            crc = decode_header(header[:_read_exact(fd, memoryview(header))], self.block_nbytes)
+            got = _read_exact(fd, target)
+            if got != self.block_nbytes:
+                raise BackendError(f"corrupt block {key!r}: truncated ({got} payload bytes)")
+            if os.read(fd, 1):
+                raise BackendError(f"corrupt block {key!r}: trailing bytes")
+        finally:
+            os.close(fd)
+        verify_payload(key, target, crc)
+        with self._lock:
+            if key in self._index:
+                self._index.move_to_end(key)
+        return self.block_nbytes
+
+    def delete(self, keys: Sequence[str]) -> None:
+        paths = [self.path(k) for k in validate_keys(keys)]
+        with self._lock:
+            for p in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                self._index.pop(p.name[: -len(SUFFIX)], None)
+
+    def stats(self) -> dict[str, int | float]:
+        stats = self._counters.snapshot()
+        with self._lock:
+            stats["blocks"] = len(self._index)
+        if self.capacity_blocks is not None:
+            stats["capacity_blocks"] = self.capacity_blocks
+        return stats
+
+    def close(self, drain: bool = True) -> None:
+        """Finish queued saves and loads (``drain``), or cancel those not started; idempotent."""
+        self._io.close(drain=drain)
+

@@ -1,0 +1,190 @@
+"""Global-store backend: KV blocks on a networked Redis/Valkey-protocol server.
+
+Any engine that can reach the server shares the blocks, which is what makes a prefix computed on
+one worker reusable on another. Uses the ``redis`` client library (``pip install
+'streamcheck[connector]'``).
+
+Commit protocol. A save runs one MULTI/EXEC transaction: ``SET`` the header under a unique
+staging key, ``APPEND`` the payload, ``RENAME`` it onto the final key. The server applies the
+transaction all at once, so ``EXISTS`` on the final key (the lookup) sees either nothing or a
+complete block; if the connection drops before EXEC the server discards the queued commands, so a
+failed save leaves nothing behind. The payload is sent from the caller's buffer without a copy
+(``redis`` writes memoryview arguments straight to the socket), hence the buffer lifetime rule in
+``base``. A load is one ``GET``, verified (header, length, key-seeded CRC-32) before a byte is
+copied into the caller's buffer.
+
+Failure behaviour. Every socket operation has a timeout (``timeout_s``; ``lookup_timeout_s`` for
+lookups, which have their own small connection pool so they never queue behind bulk IO), and a
+command is retried once, on a fresh connection, which is how the backend reconnects after the
+server restarts. A server that dies mid-transfer turns the in-flight transfers ``FAILED``
+(connection reset or refused, or a timeout if it hangs); lookups answer ``False`` until it is
+back. Retrying a save is safe: it is idempotent (same bytes, same key).
+
+One case no networked store can rule out: a save whose whole transaction reached the server
+but whose reply was lost (the server froze past ``timeout_s``, then thawed) ends ``FAILED`` here
+and is still applied there. The block is then complete and verified, exactly what a successful
+save would have stored; what can never become visible is a partial or unverified block. Keys
+name content (a hash of the token prefix), so a late commit cannot put other data under a key.
+
+Durability is the store's: a block whose save ended ``DONE`` stays readable while the server keeps
+running, unless the server itself evicts it (run it with ``maxmemory-policy noeviction``, or
+accept evictions as misses). A server with persistence off (``--save '' --appendonly no``) loses
+everything on restart; lookups then answer ``False``, never stale data.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from streamcheck.connector.backends.base import (
+    BackendError,
+    Transfer,
+    as_block_view,
+    validate_key,
+    validate_keys,
+)
+from streamcheck.connector.backends.blockformat import decode_block, encode_header
+from streamcheck.connector.backends.transfers import Counters, IOPool
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - exercised only without the optional extra
+    redis = None  # type: ignore[assignment]
+
+
+def _pool(url: str, connections: int, timeout_s: float) -> Any:
+    """A bounded pool: callers wait (up to ``timeout_s``) for a connection, never pile up."""
+    return redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),  # one retry on a fresh connection: reconnect, don't stall
+    )
+
+
+class RedisBackend:
+    """KV blocks under ``<namespace>:b:<key>`` on the server at ``url`` (``redis://host:port/db``)."""
+
+    name = "redis"
+
+    def __init__(self, url: str, block_nbytes: int, namespace: str = "streamcheck",
+                 timeout_s: float = 2.0, io_threads: int = 4,
+                 lookup_timeout_s: float = 0.1) -> None:
+        if redis is None:
+            raise ImportError("RedisBackend needs the redis client: pip install 'redis>=5'")
+        if block_nbytes < 1:
+            raise ValueError("block_nbytes must be >= 1")
+        self.namespace = validate_key(namespace)
+        self.block_nbytes = block_nbytes
+        self.timeout_s = timeout_s
+        self.lookup_timeout_s = lookup_timeout_s
+        self._counters = Counters()
+        self._blocks_lock = threading.Lock()
+        self._blocks = 0  # net blocks this client created (see stats)
+        self._data_pool = _pool(url, io_threads + 2, timeout_s)
+        self._lookup_pool = _pool(url, 4, lookup_timeout_s)
+        self._client = redis.Redis(connection_pool=self._data_pool)
+        self._lookup_client = redis.Redis(connection_pool=self._lookup_pool)
+        self._io = IOPool(io_threads, "kv-redis-io", self._counters)
+
+    def __repr__(self) -> str:
+        kwargs = self._data_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"RedisBackend({where}, namespace={self.namespace!r})"
+
+    def final_key(self, key: str) -> str:
+        """The Redis key that holds the committed block of ``key``."""
+        return f"{self.namespace}:b:{validate_key(key)}"
+
+    def _staging_key(self, key: str) -> str:
+        return f"{self.namespace}:s:{key}:{uuid.uuid4().hex}"
+
+    def lookup(self, keys: Sequence[str]) -> list[bool]:
+        names = [self.final_key(k) for k in validate_keys(keys)]
+        if not names:
+            return []
+        if self._io.closed:
+            return [False] * len(names)
+        try:
+            pipe = self._lookup_client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(name)
+            found = [bool(n) for n in pipe.execute()]
+        except Exception:  # down, timed out, pool exhausted: a miss, recomputed by the engine
+            found = [False] * len(names)
+        hits = sum(found)
+        self._counters.add(hits=hits, misses=len(found) - hits)
+        return found
+
+    def save(self, key: str, block: memoryview | bytes) -> Transfer:
+        """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""
+        key = validate_key(key)
+        source = as_block_view(block, self.block_nbytes, writable=False)
+        return self._io.submit(lambda: self._save(key, source), "bytes_saved")
+
+    def load(self, key: str, into: memoryview) -> Transfer:
+        """``into`` is filled on an IO thread, only after the block verified; leave it alone."""
+        key = validate_key(key)
+        target = as_block_view(into, self.block_nbytes, writable=True)
+        return self._io.submit(lambda: self._load(key, target), "bytes_loaded")
+
+    def _save(self, key: str, source: memoryview) -> int:
+        final, staging = self.final_key(key), self._staging_key(key)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(staging, encode_header(key, source))
+        pipe.append(staging, source)  # sent straight from the caller's buffer
+        pipe.exists(final)
+        pipe.rename(staging, final)  # commit: the final key appears whole, or not at all
+        try:
+            _, _, existed, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"save of {key!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not existed:
+            with self._blocks_lock:
+                self._blocks += 1
+        return self.block_nbytes
+
+    def _load(self, key: str, target: memoryview) -> int:
+        try:
+            data = self._client.get(self.final_key(key))
+        except redis.RedisError as exc:
+            raise BackendError(f"load of {key!r} failed: {type(exc).__name__}: {exc}") from exc
+        if data is None:
+            raise BackendError(f"block {key!r} not found")
+        target[:] = decode_block(key, data, self.block_nbytes)
+        return self.block_nbytes
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete synchronously (bounded by ``timeout_s``); raises ``BackendError`` if down."""
+        names = [self.final_key(k) for k in validate_keys(keys)]
+        if not names:
+            return
+        try:
+            removed = int(self._client.delete(*names))
+        except redis.RedisError as exc:
+            raise BackendError(f"delete failed: {type(exc).__name__}: {exc}") from exc
+        with self._blocks_lock:
+            self._blocks -= removed
+
+    def stats(self) -> dict[str, int | float]:
+        """Local counters; ``blocks`` is the net number of keys THIS client created (others'
+        writes to the shared store are not counted, and counting them would need a scan)."""
+        stats = self._counters.snapshot()
+        with self._blocks_lock:
+            stats["blocks"] = self._blocks
+        return stats
+
+    def close(self, drain: bool = True) -> None:
+        """Finish queued transfers (``drain``) or cancel those not started, then disconnect."""
+        if self._io.closed:
+            return
+        self._io.close(drain=drain)
+        self._data_pool.disconnect()
+        self._lookup_pool.disconnect()

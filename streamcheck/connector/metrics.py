@@ -1,0 +1,58 @@
+"""Connector metrics: bytes and GB/s per direction, hits/misses, pending work, failures."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DirectionStats:
+    """Totals for one direction; ``copy_*`` is the device <-> pinned-host stage alone."""
+
+    bytes: int = 0
+    seconds: float = 0.0
+    transfers: int = 0
+    copy_bytes: int = 0
+    copy_seconds: float = 0.0
+
+    def add_copy(self, nbytes: int, seconds: float) -> None:
+        self.copy_bytes += nbytes
+        self.copy_seconds += seconds
+
+    @property
+    def copy_gbps(self) -> float:
+        return self.copy_bytes / self.copy_seconds / 1e9 if self.copy_seconds > 0 else 0.0
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        self.bytes += nbytes
+        self.seconds += seconds
+        self.transfers += 1
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ConnectorMetrics:
+    save: DirectionStats = field(default_factory=DirectionStats)
+    load: DirectionStats = field(default_factory=DirectionStats)
+    lookup_hits: int = 0
+    lookup_misses: int = 0
+    failed_saves: int = 0
+    failed_loads: int = 0
+    hazards_stopped: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def snapshot(self, pending: int = 0) -> dict[str, float | int]:
+        with self._lock:
+            return {
+                "save_bytes": self.save.bytes, "save_gbps": round(self.save.gbps, 3),
+                "save_copy_gbps": round(self.save.copy_gbps, 3),
+                "load_bytes": self.load.bytes, "load_gbps": round(self.load.gbps, 3),
+                "load_copy_gbps": round(self.load.copy_gbps, 3),
+                "lookup_hits": self.lookup_hits, "lookup_misses": self.lookup_misses,
+                "failed_saves": self.failed_saves, "failed_loads": self.failed_loads,
+                "hazards_stopped": self.hazards_stopped, "pending": pending,
+            }

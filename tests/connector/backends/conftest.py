@@ -1,0 +1,173 @@
+"""Fixtures for the backend tests: a real redis-server per test process, and backend factories.
+
+The Redis tests run against a real ``redis-server`` started here on a free loopback port; each
+pytest-xdist worker is its own process, so each gets its own server. Without the binary those
+tests are skipped with the install command, never faked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from streamcheck.connector.backends import DiskBackend, HostBackend, KVBackend, RedisBackend
+from streamcheck.connector.backends.blockformat import HEADER_NBYTES
+from streamcheck.connector.backends.redis_server import (
+    INSTALL_HINT,
+    LocalRedisServer,
+    find_server,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+BLOCK = 4096
+KINDS = ("host", "disk", "redis")
+
+
+def require_redis_server() -> str:
+    binary = find_server()
+    if binary is None:
+        pytest.skip(f"redis-server is not installed; install it with: {INSTALL_HINT}")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        pytest.skip("the redis client is not installed; install it with: pip install 'redis>=5'")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedisServer]:
+    """One server for this test process (xdist worker), stopped at the end whatever happens."""
+    server = LocalRedisServer(require_redis_server())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: LocalRedisServer) -> str:
+    if not redis_server.running:  # a test may have crashed it on purpose
+        redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[LocalRedisServer]:
+    """A private server for a test that kills, pauses or reconfigures it."""
+    server = LocalRedisServer(require_redis_server())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def raw_client(url: str) -> redis.Redis:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
+class Kit:
+    """Makes backends of one kind and reaches into their store the way a fault would."""
+
+    def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.request = request
+        self.made: list[KVBackend] = []
+        self.url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+
+    def make(self, block_nbytes: int = BLOCK, **kwargs: object) -> KVBackend:
+        backend: KVBackend
+        if self.kind == "host":
+            kwargs.setdefault("capacity_blocks", 1024)
+            backend = HostBackend(block_nbytes=block_nbytes, pin_memory=False, **kwargs)
+        elif self.kind == "disk":
+            kwargs.setdefault("root", self.tmp_path / "store")
+            backend = DiskBackend(block_nbytes=block_nbytes, **kwargs)
+        else:
+            kwargs.setdefault("namespace", f"t{uuid.uuid4().hex[:12]}")
+            backend = RedisBackend(self.url, block_nbytes=block_nbytes, **kwargs)
+        self.made.append(backend)
+        return backend
+
+    def stored(self, backend: KVBackend, key: str) -> bytes:
+        """The raw stored bytes of a block (payload only for host, header + payload else)."""
+        if isinstance(backend, HostBackend):
+            slot = backend._slots[key]
+            return bytes(backend.slab[slot].numpy())
+        if isinstance(backend, DiskBackend):
+            return backend.path(key).read_bytes()
+        return raw_client(self.url).get(backend.final_key(key))
+
+    def overwrite(self, backend: KVBackend, key: str, data: bytes) -> None:
+        """Replace the raw stored bytes of a block behind the backend's back."""
+        if isinstance(backend, HostBackend):
+            slot = backend._slots[key]
+            backend.slab[slot].numpy()[:] = memoryview(data)
+        elif isinstance(backend, DiskBackend):
+            backend.path(key).write_bytes(data)
+        else:
+            raw_client(self.url).set(backend.final_key(key), data)
+
+    def flip_payload_byte(self, backend: KVBackend, key: str, index: int = 100) -> None:
+        data = bytearray(self.stored(backend, key))
+        offset = 0 if isinstance(backend, HostBackend) else HEADER_NBYTES
+        data[offset + index] ^= 0x40
+        self.overwrite(backend, key, bytes(data))
+
+    def store_keys(self, backend: KVBackend) -> list[str]:
+        """Every name the store holds for this backend (files, Redis keys, slots)."""
+        if isinstance(backend, HostBackend):
+            return list(backend._slots)
+        if isinstance(backend, DiskBackend):
+            return sorted(
+                str(p.relative_to(backend.root)) for p in backend.root.rglob("*") if p.is_file())
+        return sorted(k.decode() for k in raw_client(self.url).keys(f"{backend.namespace}:*"))
+
+    @contextlib.contextmanager
+    def failing_saves(self, backend: KVBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        """Make the store refuse saves for real where we can: a full disk at commit time, a
+        Redis server out of memory. Host saves are a memcpy and cannot fail this way."""
+        if isinstance(backend, HostBackend):
+            pytest.skip("host saves are a synchronous memcpy: nothing fails before the commit")
+        if isinstance(backend, DiskBackend):
+            def no_space(src: object, dst: object) -> None:
+                raise OSError(28, "No space left on device")
+
+            with monkeypatch.context() as m:
+                m.setattr(os, "replace", no_space)
+                yield
+            return
+        client = raw_client(self.url)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+        try:
+            yield
+        finally:
+            client.config_set("maxmemory", "0")
+
+
+@pytest.fixture(params=KINDS)
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kit]:
+    kit = Kit(request.param, tmp_path, request)
+    try:
+        yield kit
+    finally:
+        for backend in kit.made:
+            backend.close()
+
+
+@pytest.fixture
+def random_block() -> Callable[[int], bytes]:
+    return lambda n=BLOCK: os.urandom(n)

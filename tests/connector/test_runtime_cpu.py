@@ -1,0 +1,168 @@
+"""The connector runtime on CPU tensors: round trips, failures, lookups, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from streamcheck.connector.backends import DiskBackend, HostBackend
+from streamcheck.connector.keys import block_hashes, layer_key
+from streamcheck.connector.runtime import ConnectorRuntime
+
+LAYERS, BLOCKS, BLOCK_SHAPE = 3, 32, (2, 16, 8)  # (k/v, tokens, head dim): 1 KiB of fp32
+
+
+def kv_caches(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(BLOCKS, *BLOCK_SHAPE, generator=g) for _ in range(LAYERS)]
+
+
+def block_nbytes() -> int:
+    return int(torch.tensor(BLOCK_SHAPE).prod()) * 4
+
+
+def wait_until(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def drain(rt: ConnectorRuntime):
+    saves, loads, failed = set(), set(), set()
+
+    def done():
+        result = rt.poll()
+        saves.update(result.saves_ok)
+        loads.update(result.loads_done)
+        failed.update(result.failed_load_blocks)
+        return rt.pending() == 0
+
+    assert wait_until(done)
+    return saves, loads, failed
+
+
+@pytest.fixture(params=["host", "disk"])
+def backend(request, tmp_path):
+    if request.param == "host":
+        b = HostBackend(capacity_blocks=256, block_nbytes=block_nbytes(), pin_memory=False)
+    else:
+        b = DiskBackend(tmp_path / "kv", block_nbytes=block_nbytes())
+    yield b
+    b.close()
+
+
+def test_save_then_load_into_other_blocks_is_bit_exact(backend):
+    src = kv_caches(1)
+    rt = ConnectorRuntime(backend, src, "cpu", staging_blocks=4)  # forces several chunks
+    tokens = list(range(16 * 10))
+    hashes = block_hashes(tokens, 16)
+    ids = [3, 7, 1, 30, 12, 5, 9, 0, 2, 4]
+    for layer in range(LAYERS):
+        rt.save_layer("req-a", layer, ids, [layer_key(h, layer) for h in hashes])
+    saves, _, _ = drain(rt)
+    assert saves == {"req-a"}
+    assert rt.lookup([layer_key(h, 0) for h in hashes]) == len(hashes)
+
+    dst = [torch.full_like(t, float("nan")) for t in src]
+    rt2 = ConnectorRuntime(backend, dst, "cpu")
+    targets = [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]
+    rt2.start_load("req-b", {layer: (targets, [layer_key(h, layer) for h in hashes])
+                             for layer in range(LAYERS)})
+    _, loads, failed = drain(rt2)
+    assert loads == {"req-b"} and failed == set()
+    for layer in range(LAYERS):
+        assert torch.equal(dst[layer][targets], src[layer][ids])
+    rt.shutdown(drain=True)
+    rt2.shutdown(drain=True)
+
+
+def test_partial_hit_counts_only_the_leading_present_blocks():
+    b = HostBackend(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    hashes = block_hashes(list(range(16 * 6)), 16)
+    rt.save_layer("r", 0, [0, 1, 2], [layer_key(h, 0) for h in hashes[:3]])
+    drain(rt)
+    keys = [layer_key(h, 0) for h in hashes]
+    assert rt.lookup(keys) == 3
+    assert rt.lookup(keys) == 3  # repeatable
+    rt.shutdown()
+
+
+def test_failed_load_reports_failed_blocks_and_never_writes_them():
+    b = HostBackend(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    dst = [torch.full((BLOCKS, *BLOCK_SHAPE), 7.0) for _ in range(LAYERS)]
+    rt = ConnectorRuntime(b, dst, "cpu")
+    rt.start_load("r", {0: ([4, 5], ["missing.L0", "also-missing.L0"])})
+    _, loads, failed = drain(rt)
+    assert loads == {"r"} and failed == {4, 5}
+    assert torch.all(dst[0][[4, 5]] == 7.0)  # untouched: vLLM recomputes them
+    assert rt.metrics.snapshot()["failed_loads"] == 1
+    rt.shutdown()
+
+
+def test_engine_calls_do_not_block_on_a_slow_backend():
+    class SlowHost(HostBackend):
+        gate = threading.Event()
+
+        def save(self, key, block):
+            self.gate.wait(5)
+            return super().save(key, block)
+
+    b = SlowHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    start = time.perf_counter()
+    for layer in range(LAYERS):
+        rt.save_layer("r", layer, [0, 1], [f"k{layer}a", f"k{layer}b"])
+    assert time.perf_counter() - start < 0.5 and rt.pending() == LAYERS
+    SlowHost.gate.set()
+    saves, _, _ = drain(rt)
+    assert saves == {"r"}
+    rt.shutdown()
+
+
+def test_failed_save_is_reported_and_never_visible():
+    class Refusing(HostBackend):
+        def save(self, key, block):
+            if key.endswith("b.L0"):
+                raise OSError("store full")
+            return super().save(key, block)
+
+    b = Refusing(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    rt.save_layer("grp", 0, [0, 1], ["a.L0", "b.L0"])
+    assert wait_until(lambda: rt.pending() == 0)
+    result = rt.poll()
+    assert result.saves_failed == {"grp"} and result.saves_ok == set()
+    assert b.lookup(["b.L0"]) == [False]
+    rt.shutdown()
+
+
+def test_shutdown_without_drain_cancels_queued_work():
+    class Stuck(HostBackend):
+        gate = threading.Event()
+
+        def save(self, key, block):
+            self.gate.wait(5)
+            return super().save(key, block)
+
+    b = Stuck(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    for i in range(5):
+        rt.save_layer(f"r{i}", 0, [i], [f"key{i}"])
+    Stuck.gate.set()
+    rt.shutdown(drain=False)
+    assert not rt._thread.is_alive()
+
+
+def test_layout_errors_are_clear():
+    b = HostBackend(capacity_blocks=4, block_nbytes=64, pin_memory=False)
+    with pytest.raises(ValueError, match="backend blocks are 64 bytes"):
+        ConnectorRuntime(b, kv_caches(), "cpu")
+    with pytest.raises(ValueError, match="no KV cache layers"):
+        ConnectorRuntime(b, [], "cpu")
