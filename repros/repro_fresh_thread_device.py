@@ -2,13 +2,17 @@
 
 vLLM >= 0.14 keeps the current-stream cache per thread, and a thread with no cached stream gets
 a NEW stream created on the thread's current device. A fresh thread's current device is cuda:0
-whatever the rank, so on rank 1 the connector's own transfers (here: its one-rank channel,
-``stream=None``) launch on a stream of cuda:0: ``Cuda failure 400 'invalid resource handle'``.
-(vLLM 0.10-0.13 returned cuda:0's default stream instead: the same wrong device.)
+whatever the rank, so on rank 1 the connector's collective (``stream=None``, as a connector
+exchanging KV metadata or blocks over NCCL does) launches on a stream of cuda:0:
+``Cuda failure 400 'invalid resource handle'``. (vLLM 0.10-0.13 returned cuda:0's default
+stream instead: the same wrong device.) A one-rank NCCL "all-reduce" is a plain copy, not a
+kernel launch, and does not fail: the repro needs two ranks.
 
-buggy: rank 1's connector fails with error 400; rank 0 (whose device is cuda:0) is fine.
+buggy: rank 1's connector fails with error 400; rank 0's, whose device is cuda:0, launched its
+half and waits for rank 1 until killed.
 fixed: the connector thread calls ``set_device(rank)`` before its first ``current_stream()``.
-guarded: ``device-mismatch`` stops rank 1's launch before NCCL sees it.
+guarded: ``device-mismatch`` stops rank 1's launch before NCCL sees it; rank 0's half still
+waits for it (the audit prevents the error, it cannot tell the peer).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ SPEC = ReproSpec(
     summary="thread-local cache (vLLM >= 0.14) + connector thread without set_device: its "
             "first current_stream() is a new stream on cuda:0 -> rank 1's transfer -> error 400",
     expect={
-        "buggy": Expectation(symptom=("error-400",)),
+        "buggy": Expectation(symptom=("error-400",), peers_hang=True),
         "fixed": Expectation(clean=True),
-        "guarded": Expectation(blocked=("device-mismatch",)),
+        "guarded": Expectation(blocked=("device-mismatch",), peers_hang=True,
+                               tolerate=("hang",)),
     },
     min_gpus=2,
     max_world=2,
@@ -38,7 +43,7 @@ def run_rank(ctx: RankContext) -> None:
     cache = ThreadLocalStreamCache(api) if ctx.engine_current_stream is None else None
     accessor = ctx.engine_current_stream or cache.current_stream  # type: ignore[union-attr]
     try:
-        comm = ctx.local_communicator(current_stream=accessor)
+        comm = ctx.communicator(current_stream=accessor)
         n = ctx.pick(cuda=1 << 16, sim=8)
 
         def connector() -> None:
@@ -52,7 +57,8 @@ def run_rank(ctx: RankContext) -> None:
                 comm.all_reduce(blocks, out)  # stream=None: the thread's cached stream
                 if stream.device_index != ctx.device:
                     ctx.count("foreign_launches")
-                diff = ((out * -1) + blocks).sum().item()  # one rank: out must equal blocks
+                expected = blocks * ctx.world_size  # same seed: every rank holds these blocks
+                diff = ((out * -1) + expected).sum().item()
                 if diff != diff:
                     ctx.count("nan_iters")
                 elif abs(diff) > 1e-3:

@@ -94,12 +94,12 @@ def scheduler_cost(parked: int, steps: int = 200) -> float:
     side = SchedulerSide(block_size=16)
     prompt = list(range(16 * 8))
     for i in range(parked):
-        side._request(f"p{i}", prompt)
-        side.after_alloc(f"p{i}", list(range(8)), 16 * 7, 0)
+        side.track(f"p{i}", prompt)
+        side.after_alloc(f"p{i}", list(range(8)), 16 * 7)
     side.build([])  # hand the parked loads to the workers once
     running = [(f"run{i}", list(range(8)), True, 16 * 8) for i in range(32)]
     for rid, _, _, _ in running:
-        side._request(rid, prompt)
+        side.track(rid, prompt)
     times = []
     for _ in range(steps):
         t = time.perf_counter_ns()

@@ -45,6 +45,7 @@ class _Job:
     block_ids: list[int]
     keys: list[str]
     ready: Any = None  # save: event recorded by the engine at the handoff
+    handoff: Any = None  # save: streamcheck's record of that handoff (None when not auditing)
     done: Any = None  # load: event recorded by the worker after the last copy
 
 
@@ -134,14 +135,15 @@ class ConnectorRuntime:
             raise ValueError("one key per block")
         if not block_ids:
             return
-        ready = None
+        ready = handoff = None
         if self.is_cuda:
-            streamcheck.handoff(self.kv_caches[layer])
+            handoff = streamcheck.handoff(self.kv_caches[layer])
             ready = torch.cuda.Event()
             ready.record()  # on the engine's current (compute) stream
         with self._lock:
             self._saves.setdefault(req_id, _RequestState()).pending += 1
-        self._jobs.put(_Job("save", req_id, layer, list(block_ids), list(keys), ready=ready))
+        self._jobs.put(_Job("save", req_id, layer, list(block_ids), list(keys), ready=ready,
+                            handoff=handoff))
 
     def start_load(self, req_id: str, layer_block_keys: dict[int, tuple[list[int], list[str]]]
                    ) -> None:
@@ -270,7 +272,7 @@ class ConnectorRuntime:
                 with torch.cuda.stream(self._stream):
                     with streamcheck.launch("connector.save.gather", stream=self._stream,
                                             device=self.device.index,
-                                            reads=[self.kv_caches[job.layer]]):
+                                            reads=[job.handoff]):
                         gathered = blocks.index_select(0, index)  # device-side gather
                         staged.copy_(gathered, non_blocking=True)  # one host copy
                     copied = torch.cuda.Event()

@@ -136,9 +136,9 @@ def _wait(proc: subprocess.Popen[bytes], out: Path, deadline: float,
           grace: float | None) -> bool:
     """Wait for the variant; True if it had to be stopped (timeout, or peers hung).
 
-    With ``grace`` (a variant where a failed rank leaves its peers stuck, as NCCL does), the
-    peers count as hung ``grace`` seconds after the first rank logged its error, instead of
-    waiting for the whole timeout.
+    With ``grace`` (a variant where a failed or stopped rank leaves its peers stuck, as NCCL
+    does), the peers count as hung ``grace`` seconds after the first rank logged its error or
+    its blocked launch, instead of waiting for the whole timeout.
     """
     first_error: float | None = None
     while True:
@@ -163,7 +163,7 @@ def _any_rank_failed(out: Path) -> bool:
             text = path.read_text()
         except OSError:
             continue
-        if '"kind": "error"' in text:
+        if '"kind": "error"' in text or '"kind": "blocked"' in text:
             return True
     return False
 

@@ -6,8 +6,8 @@
 ``stream`` is the stream the op will use (default: the thread's real current stream);
 ``resolved_from`` names the cache it came from when the caller did not choose it itself, which
 makes a mismatch with the thread's real current stream a finding. ``device`` is the device the
-op's tensors live on. ``reads`` are tensors some engine thread handed off with
-:func:`handoff`: the launch stream must have waited for an event recorded after that. In
+op's tensors live on. ``reads`` are handoffs returned by :func:`handoff` (or tensors: their
+latest handoff): the launch stream must have waited for an event recorded after them. In
 ``assert`` mode a hazard raises on entry, before the body runs.
 """
 
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from streamcheck.audit import current_auditor
 from streamcheck.core.ids import StreamRef
+from streamcheck.core.records import Handoff
 from streamcheck.wrappers.launches import warn_cannot_audit
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,18 +48,20 @@ def tensor_key(tensor: Any) -> tuple[int, int]:
     return (int(tensor.get_device()), int(tensor.data_ptr()))
 
 
-def handoff(tensor: Any, stream: Any = None) -> None:
+def handoff(tensor: Any, stream: Any = None) -> Handoff | None:
     """Declare ``tensor`` complete on ``stream`` (default: the thread's current one) now.
 
-    A connector's ``save_kv_layer`` calls this with the layer's KV: any later
-    ``launch(..., reads=[tensor])`` on another stream must be ordered after this point by an
-    event, or it is an ``unsynced-handoff``.
+    A connector's ``save_kv_layer`` calls this with the layer's KV: a later
+    ``launch(..., reads=[...])`` on another stream must be ordered after this point by an
+    event, or it is an ``unsynced-handoff``. Returns the handoff (None when not auditing):
+    work queued for later should carry it and pass it in ``reads``, because the same tensor
+    may be handed off again before the queued work runs.
     """
     from streamcheck.wrappers.streams import stream_ref
 
     auditor = current_auditor()
     if auditor is None:
-        return
+        return None
     try:
         key = tensor_key(tensor)
         if stream is None:
@@ -75,8 +78,8 @@ def handoff(tensor: Any, stream: Any = None) -> None:
             ref = stream_ref(stream)
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
-        return
-    auditor.handoff(key, ref)
+        return None
+    return auditor.handoff(key, ref)
 
 
 class launch:
@@ -98,8 +101,9 @@ class launch:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
             device = self.device if self.device is not None else int(stream.device_index)
             current = _current_of(stream, device)
-            handoffs = tuple(h for h in (auditor.handoff_of(tensor_key(t)) for t in self.reads)
-                             if h is not None)
+            handoffs = tuple(h for h in (
+                t if isinstance(t, Handoff) else auditor.handoff_of(tensor_key(t))
+                for t in self.reads if t is not None) if h is not None)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
