@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "report": ("streamcheck.cli.report_cmd", "render saved reports or runs"),
     "env": ("streamcheck.cli.env_cmd", "print exports that audit child processes"),
     "scan": ("streamcheck.cli.scan_cmd", "find the current-stream leak pattern in source"),
+    "doctor": ("streamcheck.cli.doctor_cmd",
+               "report the environment and probe the installed vLLM for the hazards"),
 }
 
 EXIT_USAGE = 2

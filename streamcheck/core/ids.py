@@ -80,7 +80,8 @@ def capture_stack(skip: int = 1, limit: int = 16) -> Stack:
     return tuple(frames)
 
 
-_AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/audit.py")
+_AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/audit.py",
+                "<streamcheck wrapper of ")
 
 
 def stack_of_thread(ident: int, limit: int = 16) -> Stack:

@@ -1,0 +1,58 @@
+"""The connector's settings, read from vLLM's ``kv_connector_extra_config`` (one table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from streamcheck.core.modes import Mode, parse_mode
+
+BACKENDS = ("host", "disk", "redis")
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    backend: str = "host"
+    capacity_blocks: int = 4096  # host backend
+    path: str = "/tmp/streamcheck-kv"  # disk backend
+    url: str = "redis://127.0.0.1:6379/0"  # redis backend
+    namespace: str = "streamcheck"
+    staging_blocks: int = 256
+    streamcheck: Mode = Mode.ASSERT
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any] | None) -> ConnectorConfig:
+        """Validate ``kv_connector_extra_config``; errors name the key that is wrong."""
+        extra = dict(extra or {})
+        source = "kv_connector_extra_config"
+        known = set(cls.__dataclass_fields__)
+        unknown = set(extra) - known
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        values: dict[str, Any] = {}
+        if "backend" in extra:
+            if extra["backend"] not in BACKENDS:
+                raise ValueError(f"{source}['backend']={extra['backend']!r}: choose {BACKENDS}")
+            values["backend"] = extra["backend"]
+        for key in ("capacity_blocks", "staging_blocks"):
+            if key in extra:
+                value = extra[key]
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{source}[{key!r}]={value!r}: must be a positive integer")
+                values[key] = value
+        for key in ("path", "url", "namespace"):
+            if key in extra:
+                values[key] = str(extra[key])
+        if "streamcheck" in extra:
+            values["streamcheck"] = parse_mode(extra["streamcheck"], f"{source}['streamcheck']")
+        return cls(**values)
+
+    def make_backend(self, block_nbytes: int) -> Any:
+        from streamcheck.connector import backends
+
+        if self.backend == "host":
+            return backends.HostBackend(self.capacity_blocks, block_nbytes)
+        if self.backend == "disk":
+            return backends.DiskBackend(self.path, block_nbytes=block_nbytes)
+        return backends.RedisBackend(self.url, block_nbytes=block_nbytes,
+                                     namespace=self.namespace)

@@ -1,0 +1,235 @@
+"""The scheduler's half of the connector, free of vLLM types so it can be tested and timed alone.
+
+What the scheduler asks must cost it nothing that grows with the number of requests waiting
+for KV: lookups answer from an in-memory index of committed block hashes (kept up to date by
+the workers' reports), so ``matched_tokens`` is O(prompt blocks) and repeatable; requests whose
+KV is loading are parked in a dict and touched again only when a worker reports them done, so a
+step costs O(requests scheduled + events this step), never O(parked requests).
+
+A block hash enters the index only after EVERY worker saved and committed every layer of it
+(each worker holds its own shard of the layers or heads), and a failed save never does. A hash
+leaves the index when a load finds it missing or corrupt, so one bad block is recomputed once,
+not on every hit. Only full prompt blocks are saved.
+
+Block lifetime, the part vLLM leaves to the connector: a finished request whose saves still read
+its blocks is reported as "delay the free" (``finished`` returns True) and named in the next
+step's ``delayed`` list, so the workers know to report it in ``finished_sending`` once its saves
+ended -- and only then: reporting a request whose blocks vLLM already freed crashes vLLM. A
+preempted request's blocks are freed by vLLM at once; ``preempted`` tells the workers to finish
+reading them before the next forward reuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from streamcheck.connector.keys import block_hashes
+
+
+@dataclass
+class LoadPlan:
+    req_id: str
+    block_ids: list[int]
+    hashes: list[str]
+    first: int = 0  # index of the first planned block in the request's prompt blocks
+
+
+@dataclass
+class SavePlan:
+    group: str  # "req_id@n": one save group per request per step
+    req_id: str
+    block_ids: list[int]
+    hashes: list[str]
+
+
+@dataclass
+class StepMeta:
+    """What the workers must do this step."""
+
+    loads: list[LoadPlan] = field(default_factory=list)
+    saves: list[SavePlan] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)  # flush saves before blocks are reused
+    delayed: list[str] = field(default_factory=list)  # report in finished_sending when saved
+
+
+@dataclass
+class _Request:
+    hashes: list[str]
+    prompt_len: int
+    block_ids: list[int] = field(default_factory=list)
+    saved_blocks: int = 0  # blocks planned for saving (or loaded: already in the store)
+    lookup_computed: int = 0  # tokens vLLM had computed locally at the last lookup
+    open_groups: set[str] = field(default_factory=set)
+    steps: int = 0
+    finished: bool = False
+
+
+@dataclass
+class _Group:
+    req_id: str
+    hashes: list[str]
+    reports: int = 0  # workers that ended this group
+    failed: bool = False
+
+
+class SchedulerSide:
+    """Lookups, load/save planning and block lifetime for one scheduler.
+
+    ``workers``: how many workers must report a save group before it counts (vLLM's
+    ``parallel_config.world_size``).
+    """
+
+    def __init__(self, block_size: int, namespace: str = "", workers: int = 1) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be positive")
+        if workers < 1:
+            raise ValueError("workers must be positive")
+        self.block_size = block_size
+        self.namespace = namespace
+        self.workers = workers
+        self.committed: set[str] = set()
+        self.parked: dict[str, LoadPlan] = {}  # async loads in flight, by request
+        self._requests: dict[str, _Request] = {}
+        self._groups: dict[str, _Group] = {}
+        self._pending_loads: list[LoadPlan] = []
+        self._preempted: list[str] = []
+        self._delayed: list[str] = []
+
+    # ---- lookups ----------------------------------------------------------------------------
+
+    def track(self, req_id: str, prompt: list[int]) -> None:
+        """Know a request's prompt blocks (hashed once, on first sight)."""
+        self._request(req_id, prompt)
+
+    def _request(self, req_id: str, prompt: list[int]) -> _Request:
+        state = self._requests.get(req_id)
+        if state is None:
+            state = self._requests[req_id] = _Request(
+                block_hashes(prompt, self.block_size, self.namespace), len(prompt))
+        return state
+
+    def matched_tokens(self, req_id: str, prompt: list[int], num_computed: int
+                       ) -> tuple[int, bool]:
+        """(new tokens loadable beyond ``num_computed``, load asynchronously?).
+
+        Repeatable: vLLM may ask again next step for the same request.
+        """
+        state = self._request(req_id, prompt)
+        state.lookup_computed = num_computed  # where a load planned after this lookup starts
+        usable = (len(prompt) - 1) // self.block_size  # the last token is always computed
+        hits = 0
+        for h in state.hashes[:usable]:
+            if h not in self.committed:
+                break
+            hits += 1
+        new = hits * self.block_size - num_computed
+        return (new, True) if new > 0 else (0, False)
+
+    def after_alloc(self, req_id: str, block_ids: list[int], num_external: int) -> None:
+        """Plan the load of ``num_external`` tokens into ``block_ids`` (all the request's
+        blocks); they follow the tokens vLLM had locally at the lookup (its prefix cache)."""
+        state = self._requests.get(req_id)
+        if state is None or num_external <= 0:
+            return
+        state.block_ids = list(block_ids)
+        first = state.lookup_computed // self.block_size
+        last = (state.lookup_computed + num_external) // self.block_size
+        plan = LoadPlan(req_id, list(block_ids[first:last]), state.hashes[first:last], first)
+        state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
+        self._pending_loads.append(plan)
+        self.parked[req_id] = plan
+
+    # ---- per step ---------------------------------------------------------------------------
+
+    def build(self, scheduled: list[tuple[str, list[int] | None, bool, int]]) -> StepMeta:
+        """``scheduled``: (req_id, block ids, replace?, tokens computed after this step).
+
+        New and resumed (after preemption) requests come with their whole block list
+        (replace=True); running ones with the blocks added this step, if any.
+        """
+        meta = StepMeta(loads=self._pending_loads, preempted=self._preempted,
+                        delayed=self._delayed)
+        self._pending_loads, self._preempted, self._delayed = [], [], []
+        for req_id, blocks, replace, computed_after in scheduled:
+            state = self._requests.get(req_id)
+            if state is None:
+                continue
+            if replace:
+                state.block_ids = list(blocks or [])
+            elif blocks:
+                state.block_ids.extend(blocks)
+            full = min(computed_after, state.prompt_len) // self.block_size
+            full = min(full, len(state.hashes), len(state.block_ids))
+            if full <= state.saved_blocks:
+                continue
+            todo = [i for i in range(state.saved_blocks, full)
+                    if state.hashes[i] not in self.committed]
+            state.saved_blocks = full
+            if todo:
+                state.steps += 1
+                group = f"{req_id}@{state.steps}"
+                hashes = [state.hashes[i] for i in todo]
+                state.open_groups.add(group)
+                self._groups[group] = _Group(req_id, hashes)
+                meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
+                                           hashes))
+        return meta
+
+    def on_worker_report(self, saves_ok: Mapping[str, int], saves_failed: Mapping[str, int],
+                         missing: Iterable[str], loaded: Iterable[str]) -> None:
+        """The workers' news, summed over workers: save groups that ended (how many workers
+        ended each, ok or failed), hashes a load found missing or corrupt, finished loads."""
+        missing = set(missing)
+        self.committed.difference_update(missing)
+        for group in set(saves_ok) | set(saves_failed):
+            entry = self._groups.get(group)
+            if entry is None:
+                continue
+            entry.reports += saves_ok.get(group, 0) + saves_failed.get(group, 0)
+            entry.failed = entry.failed or saves_failed.get(group, 0) > 0
+            if entry.reports >= self.workers:
+                self._close(group, entry)
+        for req_id in loaded:
+            plan = self.parked.pop(req_id, None)
+            state = self._requests.get(req_id)
+            if plan is None or state is None or not missing:
+                continue
+            for i, h in enumerate(plan.hashes):  # vLLM recomputes from here: save it again
+                if h in missing:
+                    state.saved_blocks = min(state.saved_blocks, plan.first + i)
+                    break
+
+    def _close(self, group: str, entry: _Group) -> None:
+        del self._groups[group]
+        if not entry.failed:
+            self.committed.update(entry.hashes)
+        state = self._requests.get(entry.req_id)
+        if state is None:
+            return
+        state.open_groups.discard(group)
+        if state.finished and not state.open_groups:
+            del self._requests[entry.req_id]
+
+    def preempted(self, req_id: str) -> None:
+        """vLLM freed its blocks: the workers must finish reading them before they are reused,
+        so the request no longer holds anything for its earlier saves."""
+        state = self._requests.get(req_id)
+        if state is not None:
+            state.block_ids = []
+            state.open_groups.clear()
+        self.parked.pop(req_id, None)
+        self._preempted.append(req_id)
+
+    def finished(self, req_id: str) -> bool:
+        """The request ended; True if its blocks must stay until its saves finish."""
+        self.parked.pop(req_id, None)
+        state = self._requests.get(req_id)
+        if state is None:
+            return False
+        if state.open_groups:
+            state.finished = True
+            self._delayed.append(req_id)
+            return True
+        del self._requests[req_id]
+        return False

@@ -1,0 +1,349 @@
+"""``StreamcheckConnector``: the reference async KV connector as a real vLLM v1 connector.
+
+Register it with ``streamcheck.connector.vllm_adapter.register()`` (``KVConnectorFactory``) or
+point vLLM at it: ``--kv-transfer-config '{"kv_connector": "StreamcheckConnector",
+"kv_connector_module_path": "streamcheck.connector.vllm_adapter", "kv_role": "kv_both",
+"kv_connector_extra_config": {"backend": "disk", "path": "/data/kv", "streamcheck": "assert"}}'``.
+
+Scheduler side: :class:`~streamcheck.connector.scheduler_side.SchedulerSide` (lookups from an
+index of committed blocks; async loads park the request in ``WAITING_FOR_REMOTE_KVS`` until a
+worker reports them). Worker side: :class:`~streamcheck.connector.runtime.ConnectorRuntime`
+(own thread and stream, event ordering, gathered copies). A CUDA worker installs streamcheck in
+the configured mode (``assert`` by default), so every collective in the worker process and every
+launch of the connector is audited.
+
+How the two sides agree without sharing memory (they live in different processes):
+
+* saves: a save group (one request, one step) is closed by a worker only when every layer it
+  holds was queued (``wait_for_save``) and every one of those transfers ended; each transfer
+  has its own runtime key, so a group can never look done while layers are still being queued.
+  The scheduler commits the group's hashes when all workers closed it without failure.
+* block lifetime: a worker reports a request in ``finished_sending`` only if the scheduler said
+  it delayed that request's free (``StepMeta.delayed``): vLLM frees everything else itself, and
+  a report for a request it already dropped fails vLLM's own bookkeeping.
+* loads: a failed block is reported (``get_block_ids_with_load_errors``) in the same step as its
+  request's ``finished_recving``, so vLLM recomputes it before anything reads it; its hash goes
+  back to the scheduler (``missing``) and leaves the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+try:
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+        KVConnectorBase_V1,
+        KVConnectorMetadata,
+        KVConnectorRole,
+        KVConnectorWorkerMetadata,
+    )
+except ImportError as exc:  # pragma: no cover - exercised where vLLM is absent
+    raise ImportError(
+        f"streamcheck's vLLM connector needs vLLM's KV connector API ({exc}); install vLLM "
+        "(pip install 'streamcheck[vllm]')"
+    ) from exc
+
+import streamcheck
+from streamcheck.connector.config import ConnectorConfig
+from streamcheck.connector.keys import layer_key
+from streamcheck.connector.runtime import ConnectorRuntime
+from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
+
+
+@dataclass
+class StreamcheckMeta(KVConnectorMetadata):
+    step: StepMeta = field(default_factory=StepMeta)
+
+
+def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for key, n in b.items():
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+@dataclass
+class StreamcheckWorkerMeta(KVConnectorWorkerMetadata):
+    """One worker's news for one step: save groups it ended (count 1 each), ok or failed, and
+    block hashes its loads found missing or corrupt."""
+
+    saves_ok: dict[str, int] = field(default_factory=dict)
+    saves_failed: dict[str, int] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        """Counts add up: workers end a group in different steps, so the scheduler counts
+        reports until every worker ended it (an intersection per step would lose them)."""
+        assert isinstance(other, StreamcheckWorkerMeta)
+        return StreamcheckWorkerMeta(_add(self.saves_ok, other.saves_ok),
+                                     _add(self.saves_failed, other.saves_failed),
+                                     self.missing | other.missing)
+
+    def __bool__(self) -> bool:
+        return bool(self.saves_ok or self.saves_failed or self.missing)
+
+
+@dataclass
+class _SaveGroup:
+    """A save group on one worker: one runtime transfer per (layer plane)."""
+
+    req_id: str
+    queued: int = 0
+    ended: int = 0
+    failed: bool = False
+    sealed: bool = False  # every layer of this worker was queued (wait_for_save ran)
+
+
+def _shard(vllm_config: Any) -> str:
+    """Which slice of every block this worker holds, for its keys. With tensor or pipeline
+    parallelism each worker saves its own heads or layers under the same block hash, and a
+    shared store (disk, Redis) must never hand one worker another worker's slice."""
+    parallel = vllm_config.parallel_config
+    if parallel.world_size == 1:
+        return ""
+    from vllm.distributed import parallel_state as ps
+
+    shard = f".p{ps.get_pp_group().rank_in_group}t{ps.get_tp_group().rank_in_group}"
+    if getattr(parallel, "prefill_context_parallel_size", 1) > 1:
+        shard += f"c{ps.get_pcp_group().rank_in_group}"
+    return shard
+
+
+def _cache_hit_source(backend: str) -> Any:
+    try:
+        from vllm.v1.metrics.cache_hit_source import CacheHitSource
+    except ImportError:  # older vLLM: no per-tier hit metrics
+        return None
+    return {"host": CacheHitSource.HOST, "disk": CacheHitSource.DISK}.get(
+        backend, CacheHitSource.EXTERNAL_UNSPECIFIED)
+
+
+class StreamcheckConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        self.config = ConnectorConfig.from_extra(
+            self._kv_transfer_config.kv_connector_extra_config)
+        source = _cache_hit_source(self.config.backend)
+        if source is not None:
+            self._cache_hit_source = source
+        self.block_size = vllm_config.cache_config.block_size
+        self.scheduler: SchedulerSide | None = None
+        self.runtime: ConnectorRuntime | None = None
+        self._layers: dict[str, list[int]] = {}
+        self._groups: dict[str, _SaveGroup] = {}  # open save groups (worker side)
+        self._req_groups: dict[str, set[str]] = {}  # request -> its open save groups
+        self._finishing: set[str] = set()  # delayed by the scheduler: report when saved
+        self._recving: set[str] = set()
+        self._load_errors: set[int] = set()
+        self._load_blocks: dict[str, dict[int, str]] = {}  # loads in flight: block -> hash
+        self._report = StreamcheckWorkerMeta()
+        self.shard = ""
+        if role == KVConnectorRole.SCHEDULER:
+            self.scheduler = SchedulerSide(self.block_size, self.config.namespace,
+                                           workers=vllm_config.parallel_config.world_size)
+        else:
+            self.shard = _shard(vllm_config)
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        """A cache, not a hand-off: a save lost to preemption is only a future miss."""
+        return False
+
+    # ---- scheduler side ----------------------------------------------------------------------
+
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int
+                                   ) -> tuple[int | None, bool]:
+        assert self.scheduler is not None
+        prompt = list(request.prompt_token_ids or [])
+        return self.scheduler.matched_tokens(request.request_id, prompt, num_computed_tokens)
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int
+                                 ) -> None:
+        """Also called with ``num_external_tokens == 0`` (after a finished load, and for
+        requests without a hit): nothing to plan then."""
+        assert self.scheduler is not None
+        if num_external_tokens > 0:
+            self.scheduler.after_alloc(request.request_id, list(blocks.get_block_ids()[0]),
+                                       num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
+        assert self.scheduler is not None
+        scheduled: list[tuple[str, list[int] | None, bool, int]] = []
+        counts = scheduler_output.num_scheduled_tokens
+        for new in scheduler_output.scheduled_new_reqs:
+            self.scheduler.track(new.req_id, list(new.prompt_token_ids or []))
+            scheduled.append((new.req_id, list(new.block_ids[0]), True,
+                              new.num_computed_tokens + counts.get(new.req_id, 0)))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            blocks = cached.new_block_ids[i]
+            scheduled.append((req_id, list(blocks[0]) if blocks else None,
+                              req_id in cached.resumed_req_ids,
+                              cached.num_computed_tokens[i] + counts.get(req_id, 0)))
+        for req_id in scheduler_output.preempted_req_ids or ():
+            self.scheduler.preempted(req_id)
+        return StreamcheckMeta(self.scheduler.build(scheduled))
+
+    def update_connector_output(self, connector_output: Any) -> None:
+        assert self.scheduler is not None
+        meta = connector_output.kv_connector_worker_meta
+        if not isinstance(meta, StreamcheckWorkerMeta):
+            meta = StreamcheckWorkerMeta()
+        self.scheduler.on_worker_report(meta.saves_ok, meta.saves_failed, meta.missing,
+                                        connector_output.finished_recving or ())
+
+    def request_finished(self, request: Any, block_ids: list[int]
+                         ) -> tuple[bool, dict[str, Any] | None]:
+        assert self.scheduler is not None
+        return self.scheduler.finished(request.request_id), None
+
+    # ---- worker side -------------------------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        """Blocks along dim 0, or (k, v) planes first then blocks (FlashAttention's layout)."""
+        planes: list[torch.Tensor] = []
+        for name, kv in kv_caches.items():
+            indices = []
+            parts = [kv[0], kv[1]] if kv.dim() >= 3 and kv.shape[0] == 2 else [kv]
+            for part in parts:
+                indices.append(len(planes))
+                planes.append(part)
+            self._layers[name] = indices
+        device = next(iter(kv_caches.values())).device
+        if device.type == "cuda":  # on CPU there is no stream to audit
+            streamcheck.install(self.config.streamcheck)
+        nbytes = planes[0][0].numel() * planes[0].element_size()
+        self.runtime = ConnectorRuntime(self.config.make_backend(nbytes), planes, device,
+                                        staging_blocks=self.config.staging_blocks)
+
+    def block_key(self, block_hash: str, plane: int) -> str:
+        """The store key of one plane of one block, as this worker saves and loads it."""
+        return layer_key(block_hash, plane) + self.shard
+
+    def _meta(self) -> StepMeta:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, StreamcheckMeta)
+        return meta.step
+
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        super().bind_connector_metadata(connector_metadata)
+        if isinstance(connector_metadata, StreamcheckMeta):
+            self._finishing.update(connector_metadata.step.delayed)
+
+    def handle_preemptions(self, kv_connector_metadata: Any) -> None:
+        """vLLM already freed the preempted requests' blocks and this step may overwrite
+        them: finish reading them first. Called every step; blocks only when needed."""
+        assert self.runtime is not None
+        if isinstance(kv_connector_metadata, StreamcheckMeta) and (
+                kv_connector_metadata.step.preempted):
+            self.runtime.flush()
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        assert self.runtime is not None
+        for plan in self._meta().loads:
+            self._load_blocks[plan.req_id] = dict(zip(plan.block_ids, plan.hashes, strict=True))
+            self.runtime.start_load(plan.req_id, {
+                plane: (plan.block_ids, [self.block_key(h, plane) for h in plan.hashes])
+                for planes in self._layers.values() for plane in planes})
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        assert self.runtime is not None
+        for plane in self._layers.get(layer_name, ()):
+            self.runtime.wait_for_layer_load(plane)
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
+                      **kwargs: Any) -> None:
+        assert self.runtime is not None
+        planes = self._layers.get(layer_name, ())
+        for plan in self._meta().saves:
+            group = self._open_group(plan.group, plan.req_id)
+            for plane in planes:
+                group.queued += 1
+                self.runtime.save_layer(f"{plan.group}/{plane}", plane, plan.block_ids,
+                                        [self.block_key(h, plane) for h in plan.hashes])
+
+    def _open_group(self, name: str, req_id: str) -> _SaveGroup:
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = _SaveGroup(req_id)
+            self._req_groups.setdefault(req_id, set()).add(name)
+        return group
+
+    def wait_for_save(self) -> None:
+        """Saves stay asynchronous (their blocks are held until reported); this only marks
+        this step's groups complete, since every layer has been queued by now."""
+        names = []
+        for plan in self._meta().saves:
+            self._open_group(plan.group, plan.req_id).sealed = True
+            names.append(plan.group)
+        self._settle(names)
+
+    def _settle(self, names: list[str]) -> None:
+        for name in names:
+            group = self._groups.get(name)
+            if group is None or not group.sealed or group.ended < group.queued:
+                continue
+            del self._groups[name]
+            ok = not group.failed and group.queued > 0  # nothing queued: nothing saved
+            (self._report.saves_ok if ok else self._report.saves_failed)[name] = 1
+            open_groups = self._req_groups.get(group.req_id, set())
+            open_groups.discard(name)
+            if not open_groups:
+                self._req_groups.pop(group.req_id, None)
+
+    def _collect(self) -> None:
+        assert self.runtime is not None
+        news = self.runtime.poll()
+        touched = []
+        for key in news.saves_ok | news.saves_failed:
+            name = key.rpartition("/")[0]
+            group = self._groups.get(name)
+            if group is not None:
+                group.ended += 1
+                group.failed = group.failed or key in news.saves_failed
+                touched.append(name)
+        self._settle(touched)
+        self._load_errors |= news.failed_load_blocks
+        for req_id in news.loads_done:
+            blocks = self._load_blocks.pop(req_id, {})
+            self._report.missing.update(h for b, h in blocks.items()
+                                        if b in news.failed_load_blocks)
+            self._recving.add(req_id)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        self._collect()
+        sending = {r for r in self._finishing if r not in self._req_groups}
+        self._finishing -= sending
+        recving, self._recving = self._recving, set()
+        return sending or None, recving or None
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        """Failed blocks of the loads ``get_finished`` just reported, never later."""
+        failed, self._load_errors = self._load_errors, set()
+        return failed
+
+    def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
+        report, self._report = self._report, StreamcheckWorkerMeta()
+        return report if report else None
+
+    def get_kv_connector_stats(self) -> Any:
+        return None
+
+    def metrics(self) -> dict[str, float | int]:
+        assert self.runtime is not None
+        return self.runtime.metrics.snapshot(self.runtime.pending())
+
+    def shutdown(self) -> None:
+        if self.runtime is not None:
+            self.runtime.shutdown(drain=True)
+
+
+def register() -> None:
+    """Make ``kv_connector="StreamcheckConnector"`` known to vLLM's factory."""
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+
+    KVConnectorFactory.register_connector(
+        "StreamcheckConnector", "streamcheck.connector.vllm_adapter", "StreamcheckConnector")

@@ -1,0 +1,51 @@
+"""The session's report: each process's part, and the merge the controller writes and shows.
+
+Every process that ran tests builds its own report (the core's ``streamcheck.report/1`` plus
+a ``tests`` mapping nodeid -> findings). Without xdist that one report is the session's; with
+xdist each worker ships its own through ``workeroutput`` and the controller merges them, the
+same way ``streamcheck report`` merges per-process files, so both paths produce one shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamcheck.core.report import build_report, merge_reports
+from streamcheck.pytest_support.state import SessionState
+
+WORKER_KEY = "streamcheck"
+
+
+def process_report(state: SessionState) -> dict[str, Any]:
+    """This process's part of the session report."""
+    tests = {r.nodeid: r.to_dicts() for r in state.records}
+    unattributed = state.unattributed.to_dicts()
+    report = build_report(
+        state.audit.auditor, entries=(),
+        mode=state.settings.mode.value,
+        runtime=state.audit.runtime,
+        launches_audited=state.audit.launches + state.child_launches,
+        tests_audited=state.items_audited,
+        tests=tests,
+        unattributed=unattributed,
+    )
+    report["findings"] = [f for found in tests.values() for f in found] + unattributed
+    return report
+
+
+def session_report(parts: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """Merge the parts (one per process that ran tests) into the session's report."""
+    merged = merge_reports(parts)
+    tests: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for nodeid, found in part.get("tests", {}).items():
+            tests.setdefault(nodeid, []).extend(found)
+    merged.update(
+        mode=mode,
+        runtime=next((p["runtime"] for p in parts if p.get("runtime")), ""),
+        tests_audited=sum(int(p.get("tests_audited", 0)) for p in parts),
+        tests=tests,
+        unattributed=[f for p in parts for f in p.get("unattributed", [])],
+        processes=len(parts),
+    )
+    return merged

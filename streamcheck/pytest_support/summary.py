@@ -1,0 +1,93 @@
+"""The terminal summary: findings by test, rendered from the session report (never computed).
+
+It reads the same dict the ``--streamcheck-report`` file holds, so a run with xdist and one
+without print the same thing. Rich draws a table when the terminal takes markup; otherwise
+(a pipe, CI logs, pytester) plain lines, which are easier to grep.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+OUTSIDE = "(outside any test)"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, int, str, str, str]]:
+    """(test, rule, count, op, where, verdict) for every finding, tests in report order."""
+    out = []
+    groups = list(report.get("tests", {}).items())
+    if report.get("unattributed"):
+        groups.append((OUTSIDE, report["unattributed"]))
+    for nodeid, found in groups:
+        for f in found:
+            child = f.get("child")
+            where = f"child pid {child['pid']}" if child else f["launch"]["thread"]["name"]
+            verdict = "allowed" if f.get("allowed") else ("-" if nodeid == OUTSIDE else "FAILED")
+            out.append((nodeid, f["rule"], int(f.get("count", 1)), f["launch"]["op"], where,
+                        verdict))
+    return out
+
+
+def headline(report: dict[str, Any]) -> str:
+    found = rows(report)
+    tests = {r[0] for r in found}
+    text = (f"{report.get('mode', '?')} mode, {report.get('launches_audited', 0)} launches "
+            f"audited in {report.get('tests_audited', 0)} tests")
+    if report.get("processes", 1) > 1:
+        text += f" on {report['processes']} workers"
+    if not found:
+        return text + ": no findings"
+    failing = sum(1 for r in found if r[5] == "FAILED")
+    return (f"{text}: {len(found)} finding(s) in {len(tests)} test(s), "
+            f"{failing} failing, {len(found) - failing} not")
+
+
+def render(terminalreporter: Any, report: dict[str, Any], written_to: Path | None) -> None:
+    terminalreporter.write_sep("=", "streamcheck")
+    terminalreporter.write_line(headline(report))
+    found = rows(report)
+    if found:
+        if terminalreporter.hasmarkup:
+            terminalreporter.write(_rich_table(found, _width(terminalreporter.config)))
+        else:
+            for line in _plain(found):
+                terminalreporter.write_line(line)
+    if written_to is not None:
+        terminalreporter.write_line(f"streamcheck report written to {written_to}")
+
+
+def _plain(found: list[tuple[str, str, int, str, str, str]]) -> list[str]:
+    lines: list[str] = []
+    last = None
+    for nodeid, rule, count, op, where, verdict in found:
+        if nodeid != last:
+            lines.append(nodeid)
+            last = nodeid
+        lines.append(f"    {rule} x{count}  {op}  in {where}  [{verdict}]")
+    return lines
+
+
+def _width(config: pytest.Config) -> int:
+    try:
+        return int(config.get_terminal_writer().fullwidth)
+    except Exception:  # a reporter without a writer: any sane width will do
+        return 100
+
+
+def _rich_table(found: list[tuple[str, str, int, str, str, str]], width: int) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, expand=False)
+    for column in ("test", "rule", "count", "op", "where", "verdict"):
+        table.add_column(column, overflow="fold")
+    for nodeid, rule, count, op, where, verdict in found:
+        style = "red" if verdict == "FAILED" else None
+        table.add_row(nodeid, rule, str(count), op, where, verdict, style=style)
+    buffer = io.StringIO()
+    Console(file=buffer, force_terminal=True, width=width).print(table)
+    return buffer.getvalue()

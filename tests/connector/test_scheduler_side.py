@@ -1,0 +1,265 @@
+"""``SchedulerSide`` alone (no vLLM): lookups, partial hits, parking, block lifetime, step cost."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from streamcheck.connector import scheduler_side
+from streamcheck.connector.keys import block_hashes
+from streamcheck.connector.scheduler_side import SchedulerSide
+
+BS = 4
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    return [(seed * 7919 + i * 104729) % 50_000 + 1 for i in range(n)]
+
+
+def commit(side: SchedulerSide, tokens: list[int], blocks: int | None = None) -> list[str]:
+    hashes = block_hashes(tokens, BS, side.namespace)[:blocks]
+    side.committed.update(hashes)
+    return hashes
+
+
+def test_matched_tokens_counts_leading_committed_blocks_beyond_computed():
+    side = SchedulerSide(BS)
+    p = prompt(1, 4 * BS + 2)
+    commit(side, p)
+    assert side.matched_tokens("r", p, 0) == (4 * BS, True)
+    assert side.matched_tokens("r", p, BS) == (3 * BS, True)  # vLLM had one block locally
+    assert side.matched_tokens("r", p, 4 * BS) == (0, False)
+    assert side.matched_tokens("r", p, 0) == (4 * BS, True)  # repeatable
+
+
+def test_a_full_prompt_hit_leaves_the_last_token_to_compute():
+    side = SchedulerSide(BS)
+    p = prompt(2, 3 * BS)
+    commit(side, p)
+    assert side.matched_tokens("r", p, 0) == (2 * BS, True)
+
+
+def test_partial_hit_stops_at_the_first_missing_block():
+    side = SchedulerSide(BS)
+    p = prompt(3, 5 * BS)
+    hashes = block_hashes(p, BS)
+    side.committed.update([hashes[0], hashes[1], hashes[3]])
+    assert side.matched_tokens("r", p, 0) == (2 * BS, True)
+    other = p[:2 * BS + 1] + prompt(4, 3 * BS)  # shares two blocks, diverges inside the third
+    assert side.matched_tokens("o", other, 0) == (2 * BS, True)
+    assert side.matched_tokens("n", prompt(5, 4 * BS), 0) == (0, False)
+
+
+def test_load_is_planned_after_the_local_prefix_and_parks_the_request():
+    side = SchedulerSide(BS)
+    p = prompt(6, 4 * BS + 1)
+    hashes = commit(side, p)
+    assert side.matched_tokens("r", p, BS) == (3 * BS, True)
+    side.after_alloc("r", [10, 11, 12, 13, 14], 3 * BS)
+    plan = side.parked["r"]
+    assert (plan.block_ids, plan.hashes, plan.first) == ([11, 12, 13], hashes[1:4], 1)
+    meta = side.build([])
+    assert meta.loads == [plan]
+    assert side.build([]).loads == []  # sent once
+    side.on_worker_report({}, {}, (), {"r"})
+    assert "r" not in side.parked
+
+
+def test_no_load_planned_without_external_tokens():
+    side = SchedulerSide(BS)
+    p = prompt(7, 3 * BS)
+    side.matched_tokens("r", p, 0)
+    side.after_alloc("r", [1, 2, 3], 0)
+    assert side.parked == {} and side.build([]).loads == []
+
+
+def test_saves_cover_newly_full_prompt_blocks_not_already_committed():
+    side = SchedulerSide(BS)
+    p = prompt(8, 4 * BS + 2)
+    hashes = block_hashes(p, BS)
+    side.committed.add(hashes[1])
+    side.track("r", p)
+    meta = side.build([("r", [5, 6, 7], True, 2 * BS + 3)])  # chunk 1: 11 tokens
+    assert [(s.block_ids, s.hashes) for s in meta.saves] == [([5], [hashes[0]])]
+    meta = side.build([("r", [8, 9], False, 4 * BS + 2)])  # chunk 2: the rest of the prompt
+    assert [(s.block_ids, s.hashes) for s in meta.saves] == [([7, 8], hashes[2:4])]
+    assert side.build([("r", None, False, 4 * BS + 3)]).saves == []  # decode: nothing new
+
+
+def test_a_group_commits_only_when_every_worker_saved_it():
+    side = SchedulerSide(BS, workers=2)
+    p = prompt(9, 2 * BS + 1)
+    side.track("r", p)
+    (save,) = side.build([("r", [1, 2, 3], True, 2 * BS + 1)]).saves
+    side.on_worker_report({save.group: 1}, {}, (), ())
+    assert side.matched_tokens("x", p, 0) == (0, False)
+    side.on_worker_report({save.group: 1}, {}, (), ())
+    assert side.matched_tokens("x", p, 0) == (2 * BS, True)
+
+
+def test_a_group_failed_on_any_worker_is_never_served():
+    side = SchedulerSide(BS, workers=2)
+    p = prompt(10, 2 * BS + 1)
+    side.track("r", p)
+    (save,) = side.build([("r", [1, 2, 3], True, 2 * BS + 1)]).saves
+    side.on_worker_report({save.group: 1}, {save.group: 1}, (), ())
+    assert not side.committed
+    assert side.matched_tokens("x", p, 0) == (0, False)
+
+
+def test_missing_blocks_leave_the_index_and_are_saved_again():
+    side = SchedulerSide(BS)
+    p = prompt(11, 4 * BS + 1)
+    hashes = commit(side, p)
+    side.matched_tokens("r", p, 0)
+    side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
+    side.build([])
+    side.on_worker_report({}, {}, [hashes[2]], {"r"})  # block 2 failed to load
+    assert hashes[2] not in side.committed
+    assert side.matched_tokens("x", p, 0) == (2 * BS, True)
+    meta = side.build([("r", [1, 2, 3, 4, 5], True, 4 * BS + 1)])  # vLLM recomputes 2 and 3
+    assert [s.hashes for s in meta.saves] == [[hashes[2]]]  # 3 is still committed
+
+
+def test_finished_with_open_saves_holds_blocks_and_is_named_once():
+    side = SchedulerSide(BS)
+    p = prompt(12, 2 * BS + 1)
+    side.track("r", p)
+    (save,) = side.build([("r", [1, 2, 3], True, 2 * BS + 1)]).saves
+    assert side.finished("r") is True
+    assert side.build([]).delayed == ["r"]
+    assert side.build([]).delayed == []
+    side.on_worker_report({save.group: 1}, {}, (), ())
+    assert side._requests == {} and side.committed
+
+
+def test_finished_without_open_saves_is_freed_at_once():
+    side = SchedulerSide(BS)
+    side.track("r", prompt(13, 2 * BS + 1))
+    assert side.finished("r") is False
+    assert side.build([]).delayed == [] and side._requests == {}
+    assert side.finished("never-seen") is False
+
+
+def test_preempted_request_is_named_once_and_holds_nothing():
+    side = SchedulerSide(BS)
+    p = prompt(14, 2 * BS + 1)
+    side.track("r", p)
+    side.build([("r", [1, 2, 3], True, 2 * BS + 1)])
+    side.preempted("r")
+    assert side.build([]).preempted == ["r"]
+    assert side.build([]).preempted == []
+    assert side.finished("r") is False  # its blocks are gone: nothing to hold
+
+
+def test_aborted_parked_request_leaves_nothing_behind():
+    side = SchedulerSide(BS)
+    p = prompt(15, 3 * BS)
+    commit(side, p)
+    side.matched_tokens("r", p, 0)
+    side.after_alloc("r", [1, 2, 3], 2 * BS)
+    assert side.finished("r") is False
+    assert side.parked == {} and side._requests == {}
+    side.on_worker_report({}, {}, (), {"r"})  # the load ends later: ignored
+
+
+# ---- the scheduler step costs the same however many requests are parked ------------------
+
+class WalkCountingDict(dict):
+    """A dict that counts every walk over its entries (the O(n) operations)."""
+
+    walks = 0
+
+    def _walk(self, name: str) -> Callable:
+        def walk(*args: object) -> object:
+            WalkCountingDict.walks += 1
+            return getattr(dict, name)(self, *args)
+
+        return walk
+
+    def __iter__(self):  # type: ignore[override]
+        return self._walk("__iter__")()
+
+    def keys(self):  # type: ignore[override]
+        return self._walk("keys")()
+
+    def values(self):  # type: ignore[override]
+        return self._walk("values")()
+
+    def items(self):  # type: ignore[override]
+        return self._walk("items")()
+
+
+class WalkCountingSet(set):
+    walks = 0
+
+    def __iter__(self):  # type: ignore[override]
+        WalkCountingSet.walks += 1
+        return set.__iter__(self)
+
+
+def lines_executed(fn: Callable[[], object]) -> int:
+    """Python lines run inside scheduler_side.py while ``fn`` runs: a deterministic measure of
+    the work done there (comprehensions and loops count once per iteration)."""
+    target = scheduler_side.__file__
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def calls(frame, event, arg):
+        return local if frame.f_code.co_filename == target else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def one_step(side: SchedulerSide, parked: int) -> tuple[int, int, int]:
+    """What vLLM asks of the scheduler side in one step with ``parked`` requests parked: plan
+    four running requests, take a worker report (a closed group, a finished load), answer one
+    new lookup, allocate it, finish one request. Returns (lines, dict walks, set walks)."""
+    shared = prompt(0, 2 * BS + 1)
+    commit(side, shared)
+    for i in range(parked):
+        side.matched_tokens(f"parked{i}", shared, 0)
+        side.after_alloc(f"parked{i}", [3 * i, 3 * i + 1, 3 * i + 2], 2 * BS)
+    side.build([])
+    running = [(f"run{i}", prompt(100 + i, 4 * BS)) for i in range(4)]
+    for req_id, tokens in running:
+        side.track(req_id, tokens)
+    (first,) = side.build([("run0", [1, 2, 3, 4], True, 3 * BS)]).saves
+    side.matched_tokens("done-loading", shared, 0)
+    side.after_alloc("done-loading", [7, 8, 9], 2 * BS)
+    side.build([])
+    side.parked = WalkCountingDict(side.parked)
+    side.committed = WalkCountingSet(side.committed)
+    WalkCountingDict.walks = WalkCountingSet.walks = 0
+    new = prompt(200, 3 * BS + 1)
+
+    def step() -> None:
+        side.build([(r, [5, 6], False, 4 * BS) for r, _ in running])
+        side.on_worker_report({first.group: 1}, {}, (), {"done-loading"})
+        side.matched_tokens("new", new, 0)
+        side.after_alloc("new", [1, 2, 3, 4], 0)
+        side.finished("run3")
+
+    lines = lines_executed(step)
+    return lines, WalkCountingDict.walks, WalkCountingSet.walks
+
+
+@pytest.mark.parametrize("parked", [10, 1_000, 10_000])
+def test_step_work_does_not_grow_with_parked_requests(parked: int):
+    baseline = one_step(SchedulerSide(BS), 1)
+    lines, dict_walks, set_walks = one_step(SchedulerSide(BS), parked)
+    assert (dict_walks, set_walks) == (0, 0), "a step walked the parked requests or the index"
+    assert lines == baseline[0], f"{lines} lines with {parked} parked, {baseline[0]} with 1"

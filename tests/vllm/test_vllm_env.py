@@ -1,0 +1,260 @@
+"""vLLM's real ``current_stream()`` on CPU, per version, in prepared Python-module envs.
+
+The seed bug lives in vLLM 0.9.2's module-global ``_current_stream``; 0.10+ keep it in a
+``threading.local``. These tests run vLLM's own code (not a copy) to show both, on CPU: the
+real ``torch.cuda.set_stream`` cannot run on a CPU build, so the child replaces
+``prev_set_stream`` -- the original setter vLLM saved before installing ``_patched_set_stream``
+-- with a recorder, and passes a plain object as the stream. Everything vLLM itself does (the
+cache update, the lookup in another thread) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streamcheck import vllm_compat
+from tests.vllm.conftest import REPO, require_prepared, run_in_vllm, vllm_env_script
+
+VERSIONS = vllm_env_script().SUPPORTED
+
+# Where current_stream lives, read from each wheel's source.
+ACCESSOR = {
+    "0.9.2": "vllm.utils",
+    "0.13.0": "vllm.utils.torch_utils",
+    "0.24.0": "vllm.utils.torch_utils",
+    "0.33.0": "vllm.utils.torch_utils",
+}
+
+CHILD = """
+import sys, threading
+import streamcheck_vllm_stubs
+import torch
+from streamcheck import vllm_compat
+
+out = {"version": vllm_compat.vllm_version(), "stubs": list(streamcheck_vllm_stubs.STUBBED)}
+module, name = vllm_compat.find_current_stream_accessor()
+current_stream = getattr(module, name)
+out["accessor"] = [module.__name__, name]
+out["detected_kind"] = vllm_compat.detect_cache_kind(module)
+out["set_stream_is_vllms"] = torch.cuda.set_stream is module._patched_set_stream
+
+pynccl = vllm_compat.pynccl_module()
+out["pynccl_binds"] = sorted(a for m, a in vllm_compat.bound_copies(current_stream)
+                             if m is pynccl)
+out["pynccl_has_communicator"] = hasattr(pynccl, "PyNcclCommunicator")
+
+# The level vLLM patches: its saved original setter. Record instead of calling CUDA.
+real_calls = []
+module.prev_set_stream = real_calls.append
+
+class ConnectorStream:
+    '''Stands in for torch.cuda.Stream: only identity matters to the cache.'''
+
+def ask():
+    # What current_stream() gives this thread: the stream, or the error it raises.
+    try:
+        return current_stream()
+    except Exception as exc:
+        return f"raised {type(exc).__name__}"
+
+def name_of(value):
+    return value if isinstance(value, str) else type(value).__name__
+
+S = ConnectorStream()
+seen = {}
+
+def connector():
+    torch.cuda.set_stream(S)          # what `with torch.cuda.stream(S)` does on entry
+    seen["connector"] = current_stream() is S
+
+t = threading.Thread(target=connector, name="kv-connector")
+t.start(); t.join()
+got = ask()                           # the main thread, as pynccl would ask before a launch
+out["connector_sees_own_stream"] = seen["connector"]
+out["main_sees_connector_stream"] = got is S
+out["main_got"] = name_of(got)
+out["real_setter_called_with_S"] = real_calls == [S]
+fresh = {}
+t2 = threading.Thread(target=lambda: fresh.update(got=name_of(ask())))
+t2.start(); t2.join()
+out["fresh_thread_got"] = fresh["got"]
+from vllm.platforms import current_platform
+out["platform"] = type(current_platform).__name__
+emit(out)
+"""
+
+
+@functools.cache
+def child_report(version: str) -> dict:
+    """One child run per version serves every test below (each costs a torch import)."""
+    return run_in_vllm(version, CHILD)
+
+
+@pytest.fixture(params=VERSIONS)
+def report(request: pytest.FixtureRequest) -> dict:
+    require_prepared(request.param)
+    return child_report(request.param) | {"expected_version": request.param}
+
+
+def test_version_read_from_metadata(report: dict) -> None:
+    assert report["version"] == report["expected_version"]
+
+
+def test_accessor_location(report: dict) -> None:
+    assert report["accessor"] == [ACCESSOR[report["version"]], "current_stream"]
+    assert report["set_stream_is_vllms"], "importing vLLM must install its set_stream patch"
+
+
+def test_cache_kind_table_matches_source(report: dict) -> None:
+    assert vllm_compat.cache_kind(report["version"]) == report["detected_kind"]
+
+
+def test_pynccl_binds_current_stream_by_name(report: dict) -> None:
+    assert report["pynccl_has_communicator"]
+    assert report["pynccl_binds"] == [vllm_compat.PYNCCL_STREAM_NAME]
+
+
+def test_connector_thread_stream_leaks_only_with_module_global_cache(report: dict) -> None:
+    """The seed bug: 0.9.2 hands the connector thread's stream to the main thread."""
+    assert report["connector_sees_own_stream"]
+    assert report["real_setter_called_with_S"], "vLLM's patch must still call the real setter"
+    leaks = vllm_compat.cache_kind(report["version"]) == "module-global"
+    assert report["main_sees_connector_stream"] is leaks
+    if report["version"] == "0.9.2":
+        assert report["main_sees_connector_stream"], "0.9.2's global cache must leak"
+    if report["version"] == "0.33.0":
+        assert not report["main_sees_connector_stream"], "0.33's thread-local must not leak"
+
+
+# What a thread that never set a stream gets on a CPU-only machine. 0.33 picks the CPU platform
+# from VLLM_TARGET_DEVICE=cpu; 0.13 and 0.24 only from a "+cpu" build's version string, so they
+# stay on UnspecifiedPlatform, whose current_stream() refuses (no torch stream API).
+CPU_FRESH_THREAD = {
+    "0.13.0": ("UnspecifiedPlatform", "raised ValueError"),
+    "0.24.0": ("UnspecifiedPlatform", "raised ValueError"),
+    "0.33.0": ("CpuPlatform", "_StreamPlaceholder"),
+}
+
+
+def test_fresh_thread_on_cpu(report: dict) -> None:
+    """0.9.2 hands every thread the leaked stream; 0.10+ never hand out another thread's."""
+    if vllm_compat.cache_kind(report["version"]) == "module-global":
+        assert report["fresh_thread_got"] == "ConnectorStream"
+        return
+    platform, fresh = CPU_FRESH_THREAD[report["version"]]
+    assert report["platform"] == platform
+    assert report["fresh_thread_got"] == fresh
+    assert report["main_got"] == fresh
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pins_inside_vllm_ranges(version: str) -> None:
+    """Every pinned dependency satisfies vLLM's own Requires-Dist (or says why not)."""
+    require_prepared(version)
+    requirements = pytest.importorskip("packaging.requirements")
+    script = vllm_env_script()
+    layout = script.Layout(script.default_root(), version)
+    env = {
+        "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "platform_machine": "x86_64",
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+    }
+    wanted = {}
+    for line in layout.metadata.read_text().splitlines():
+        if line.startswith("Requires-Dist:"):
+            req = requirements.Requirement(line.split(":", 1)[1].strip())
+            if req.marker is None or req.marker.evaluate(env | {"extra": ""}):
+                wanted[script.normalize(req.name)] = req.specifier
+    for pin in script.read_pins(layout.pins):
+        spec = wanted.get(script.normalize(pin.name))
+        if spec is not None and "vLLM asks" not in pin.needed_by:
+            assert spec.contains(pin.version, prereleases=True), f"{pin.name}=={pin.version} {spec}"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stubs_name_only_compiled_modules(version: str) -> None:
+    require_prepared(version)
+    script = vllm_env_script()
+    stubbed, compiled = script.read_stubs(script.Layout(script.default_root(), version))
+    assert stubbed and set(stubbed) <= set(compiled)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_env_command_prints_exports(version: str) -> None:
+    require_prepared(version)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "vllm_env.py"), "env", version, "--gpu", "no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "export PYTHONPATH=" in out and f"/{version}/site" in out
+    assert "export VLLM_TARGET_DEVICE=cpu" in out
+
+
+def test_compat_without_vllm_is_light_and_clear() -> None:
+    """Importing the compat module adds neither torch nor vLLM; a call says how to install."""
+    code = (
+        "import sys; import streamcheck\n"
+        "before = set(sys.modules)\n"
+        "from streamcheck import vllm_compat as c\n"
+        "added = set(sys.modules) - before\n"
+        "assert not {m for m in added if m.split('.')[0] in ('torch', 'vllm')}, added\n"
+        "assert c.vllm_version() is None, c.vllm_version()\n"
+        "try:\n    c.find_current_stream_accessor()\nexcept c.VllmUnavailable as e:\n"
+        "    print(e)\nelse:\n    raise SystemExit('no error')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        env=env | {"PYTHONPATH": str(REPO)},
+    )
+    if "vllm_version" in proc.stderr and "AssertionError" in proc.stderr:
+        pytest.skip("vLLM is installed in this interpreter")
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install streamcheck[vllm]" in proc.stdout
+    assert "scripts/vllm_env.py prepare" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("version", "kind"),
+    [
+        ("0.9.2", "module-global"),
+        ("0.9.2+cu126", "module-global"),
+        ("0.10.0rc1", "thread-local-default-stream"),
+        ("0.13.0", "thread-local-default-stream"),
+        ("0.14.0", "thread-local-new-stream"),
+        ("0.24.0", "thread-local-new-stream"),
+        ("0.33.0", "thread-local-new-stream"),
+        ("1.0", "thread-local-new-stream"),
+    ],
+)
+def test_cache_kind_by_version(version: str, kind: str) -> None:
+    assert vllm_compat.cache_kind(version) == kind
+
+
+def test_marker_and_requires_parsing(vllm_script) -> None:  # type: ignore[no-untyped-def]
+    env = vllm_script.target_marker_env("3.11")
+    text = "\n".join(
+        [
+            'Requires-Dist: six>=1.16.0; python_version > "3.11"',
+            'Requires-Dist: protobuf>=5; platform_machine != "s390x"',
+            'Requires-Dist: protobuf==7.36.1; platform_machine == "s390x"',
+            "Requires-Dist: fastapi[standard]<0.137.0,>=0.133.0",
+            'Requires-Dist: pytest; extra == "dev"',
+        ]
+    )
+    assert vllm_script.parse_requires(text, env) == {
+        "protobuf": ">=5",
+        "fastapi": "<0.137.0,>=0.133.0",
+    }
+    assert "six" in vllm_script.parse_requires(text, vllm_script.target_marker_env("3.12"))
