@@ -9,30 +9,33 @@ patches nothing. Calling ``install`` again is harmless; ``uninstall`` restores e
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode, parse_mode
 from streamcheck.wrappers import events, streams
-from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.communicators import (
+    instrument_communicator,
+    instrument_connector_method,
+)
 from streamcheck.wrappers.launches import wrap_stream_method
-from streamcheck.wrappers.registry import PatchRegistry
+from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, current_auditor
 
 ENV_MODE = "STREAMCHECK"
 
-_lock = threading.RLock()
-_registry = PatchRegistry()
-_gate = Gate()
+__all__ = [
+    "current_auditor", "install", "installed_patches", "instrument_communicator",
+    "instrument_connector_method", "instrument_sim", "mode_from_env", "uninstall",
+]
+
+_lock = LOCK
+_registry = REGISTRY
+_gate = GATE
 
 
 def mode_from_env(environ: dict[str, str] | None = None) -> Mode:
     environ = os.environ if environ is None else environ
     return parse_mode(environ.get(ENV_MODE, "off"), f"environment variable {ENV_MODE}")
-
-
-def current_auditor() -> Auditor | None:
-    return _gate.auditor
 
 
 def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = None,
@@ -76,49 +79,6 @@ def _install_torch_hooks() -> None:
     streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     events.hook_events(_registry, _gate, torch.cuda.Event, events.torch_stream_key)
-
-
-def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: str,
-                            resolve: Any, device_expr: str, accessor: str,
-                            skip_expr: str = "False") -> list[str]:
-    """Audit a CUDA communicator class whose methods take ``stream=None``.
-
-    ``resolve(comm)`` must return the stream the method would pick for ``stream=None`` (the
-    same accessor it calls), ``device_expr`` an expression over ``self`` for the device index
-    its tensors live on, e.g. ``"self.device.index"``. Returns
-    the methods patched. Only while an audit is installed; uninstall restores them.
-    """
-    from streamcheck.runtime import cuda
-
-    reader = cuda.current_stream_reader()
-    if reader is None or _gate.auditor is None:
-        return []
-
-    with _lock:
-        return [m for m in methods if wrap_stream_method(
-            _registry, _gate, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_expr=device_expr,
-            accessor=accessor, current_of_device=reader, skip_expr=skip_expr)]
-
-
-def instrument_connector_method(cls: type, method: str, op: str) -> bool:
-    """Audit ``cls.method`` as a connector launch on the calling thread's current stream."""
-    import functools
-
-    from streamcheck.wrappers.user_launch import launch
-
-    def make(original: Any) -> Any:
-        @functools.wraps(original)
-        def audited(*args: Any, **kwargs: Any) -> Any:
-            if _gate.auditor is not None:
-                launch(op).check()
-            return original(*args, **kwargs)
-
-        return audited
-
-    with _lock:
-        if _gate.auditor is None:
-            return False
-        return _registry.patch(cls, method, make)
 
 
 def _install_torch_distributed() -> None:

@@ -25,9 +25,11 @@ class ReproFile:
 
 
 def builtin_dir() -> Path:
-    import repros
-
-    return Path(repros.__file__).parent
+    """Where the built-in ``repros`` package lives, found without importing it."""
+    spec = importlib.util.find_spec("repros")
+    if spec is None or not spec.submodule_search_locations:
+        raise ReproError("the built-in repros package is not installed next to streamcheck")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def search_dirs(extra: list[str] | None = None) -> list[Path]:

@@ -17,10 +17,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from streamcheck.audit import current_auditor
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.records import Handoff
 from streamcheck.wrappers.launches import warn_cannot_audit
+from streamcheck.wrappers.state import current_auditor
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from streamcheck.wrappers.communicators import (
+    instrument_communicator,
+    instrument_connector_method,
+)
+
 PYNCCL_METHODS = (
     "all_reduce", "all_gather", "all_gatherv", "reduce_scatter", "reduce_scatterv", "reduce",
     "scatter", "send", "recv", "broadcast", "batch_isend_irecv",
@@ -36,12 +41,10 @@ def _import(name: str) -> Any:
 
 
 def instrument_pynccl() -> list[str]:
-    from streamcheck import audit
-
     pynccl = _import("vllm.distributed.device_communicators.pynccl")
     cls = pynccl.PyNcclCommunicator
     methods = tuple(m for m in PYNCCL_METHODS if "stream" in _params(getattr(cls, m, None)))
-    return audit.instrument_communicator(
+    return instrument_communicator(
         cls, methods, op_prefix="vllm.pynccl", resolve=lambda comm: pynccl.current_stream(),
         device_expr="self.device.index", skip_expr="self.disabled",
         accessor=f"vllm current_stream() ({getattr(pynccl.current_stream, '__module__', '?')})",
@@ -72,13 +75,11 @@ def _connector_classes(base: type) -> list[type]:
 
 def instrument_connectors() -> list[str]:
     """Audit the connector methods of every KVConnectorBase_V1 subclass defined so far."""
-    from streamcheck import audit
-
     base_module = _import("vllm.distributed.kv_transfer.kv_connector.v1.base")
     patched = []
     for cls in _connector_classes(base_module.KVConnectorBase_V1):
         for method in CONNECTOR_METHODS:
-            if method in cls.__dict__ and audit.instrument_connector_method(
+            if method in cls.__dict__ and instrument_connector_method(
                     cls, method, op=f"connector.{cls.__name__}.{method}"):
                 patched.append(f"{cls.__name__}.{method}")
     return patched
