@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from streamcheck.doctor.hazards import FRESH_THREAD_DEVICE, HAZARDS, MODULE_GLOBAL, STALE_CACHE
 from streamcheck.doctor.model import HazardResult, Verdict
 from streamcheck.doctor.streams import StreamBackend, StreamRef, Unsupported, describe
+from streamcheck.repro import actors
 
 CurrentStream = Callable[[], Any]
 T = TypeVar("T")
@@ -31,22 +32,10 @@ class ProbeStuck(RuntimeError):
 
 def run_in_thread(fn: Callable[[], T], name: str) -> T:
     """Run ``fn`` in a brand-new thread (fresh CUDA thread state) and return its result."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name=name, daemon=True)
-    thread.start()
-    thread.join(STEP_TIMEOUT_S)
-    if thread.is_alive():
-        raise ProbeStuck(f"thread {name!r} did not finish within {STEP_TIMEOUT_S:.0f} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    try:
+        return actors.run_in_thread(fn, name, timeout=STEP_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise ProbeStuck(str(exc)) from None
 
 
 def _wait(event: threading.Event, what: str) -> None:

@@ -53,8 +53,9 @@ def run_in_thread(fn: Callable[[], Any], name: str = "kv-worker", timeout: float
     """Run ``fn`` in a fresh thread (fresh current device and stream) and return its result.
 
     An exception in the thread (a StreamHazardError, a CUDA error) is raised again here, so
-    the rank reports it like one of its own. A thread stuck in the device keeps the caller
-    waiting, as it would keep an engine waiting: the runner's timeout deals with it.
+    the rank reports it like one of its own. Without ``timeout`` a thread stuck in the device
+    keeps the caller waiting, as it would keep an engine waiting (the runner's timeout deals
+    with it); with one, a thread still running then raises TimeoutError.
     """
     box: dict[str, Any] = {}
 
@@ -67,6 +68,8 @@ def run_in_thread(fn: Callable[[], Any], name: str = "kv-worker", timeout: float
     thread = threading.Thread(target=body, name=name, daemon=True)
     thread.start()
     thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"thread {name!r} did not finish within {timeout:.0f} s")
     if "error" in box:
         raise box["error"]
     return box.get("result")
