@@ -47,6 +47,7 @@ class _Job:
     ready: Any = None  # save: event recorded by the engine at the handoff
     handoff: Any = None  # save: streamcheck's record of that handoff (None when not auditing)
     done: Any = None  # load: event recorded by the worker after the last copy
+    read: bool = False  # save: its blocks have been copied out of the KV cache
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ConnectorRuntime:
         self._saves: dict[str, _RequestState] = {}
         self._loads: dict[str, _RequestState] = {}
         self._done = PollResult()
+        self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
         self._layer_done: dict[int, list[Any]] = {}
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -142,6 +144,7 @@ class ConnectorRuntime:
             ready.record()  # on the engine's current (compute) stream
         with self._lock:
             self._saves.setdefault(req_id, _RequestState()).pending += 1
+            self._unread_saves += 1
         self._jobs.put(_Job("save", req_id, layer, list(block_ids), list(keys), ready=ready,
                             handoff=handoff))
 
@@ -176,14 +179,24 @@ class ConnectorRuntime:
         return done
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Block until every queued save has read its blocks (used before blocks are reused)."""
+        """Block until every queued save has copied its blocks out of the KV cache.
+
+        Used before vLLM reuses blocks (preemption). It waits for the device-side reads only,
+        not for the backend to store them: the copies already sit in pinned staging.
+        """
         deadline = time.time() + timeout
         while time.time() < deadline:
             with self._lock:
-                if not any(s.pending for s in self._saves.values()):
+                if self._unread_saves == 0:
                     return
-            time.sleep(0.001)
+            time.sleep(0.0005)
         raise TimeoutError("connector saves did not finish reading their blocks in time")
+
+    def _mark_read(self, job: _Job) -> None:
+        if job.kind == "save" and not job.read:
+            job.read = True
+            with self._lock:
+                self._unread_saves -= 1
 
     def pending(self) -> int:
         with self._lock:
@@ -218,6 +231,10 @@ class ConnectorRuntime:
                 pass
         self._jobs.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            # Closing the backend under a running transfer would fail it half-way; say so.
+            raise TimeoutError(f"connector worker still busy after {timeout:.0f} s; the backend "
+                               "was left open")
         self.backend.close()
 
     # ---- worker thread --------------------------------------------------------------------
@@ -261,7 +278,8 @@ class ConnectorRuntime:
         blocks = self._blocks(job.layer)
         errors = []
         nbytes = 0
-        for ids, keys in self._chunks(job):
+        chunks = self._chunks(job)
+        for n, (ids, keys) in enumerate(chunks):
             staged = self._staging[:len(ids)]
             if self.is_cuda:
                 with torch.cuda.stream(self._stream):  # the index is made on our stream too
@@ -282,6 +300,8 @@ class ConnectorRuntime:
                     self.metrics.save.add_copy(staged.numel(), time.perf_counter() - copy_start)
             else:
                 staged.copy_(blocks.index_select(0, torch.tensor(ids)))
+            if n == len(chunks) - 1:
+                self._mark_read(job)  # the last chunk is in staging: the KV cache is free
             transfers = [self.backend.save(k, memoryview(staged[i].numpy()))
                          for i, k in enumerate(keys)]
             for key, transfer in zip(keys, transfers, strict=True):
@@ -340,6 +360,7 @@ class ConnectorRuntime:
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:
+        self._mark_read(job)  # a failed or cancelled save no longer reads the KV cache
         with self._lock:
             table = self._saves if job.kind == "save" else self._loads
             state = table.setdefault(job.req_id, _RequestState())

@@ -166,3 +166,22 @@ def test_layout_errors_are_clear():
         ConnectorRuntime(b, kv_caches(), "cpu")
     with pytest.raises(ValueError, match="no KV cache layers"):
         ConnectorRuntime(b, [], "cpu")
+
+
+def test_flush_waits_for_the_reads_not_for_the_store():
+    class SlowStore(HostBackend):
+        gate = threading.Event()
+
+        def save(self, key, block):
+            self.gate.wait(5)
+            return super().save(key, block)
+
+    b = SlowStore(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    rt.save_layer("r", 0, [0, 1], ["fa", "fb"])
+    start = time.perf_counter()
+    rt.flush(timeout=4)  # the blocks are in staging while the store is still blocked
+    assert time.perf_counter() - start < 3 and rt.pending() == 1
+    SlowStore.gate.set()
+    assert wait_until(lambda: rt.pending() == 0)
+    rt.shutdown()
