@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from streamcheck.render.junit import write_junit
 from streamcheck.render.run_table import print_dumps, run_table
-from streamcheck.repro.discover import load, select
+from streamcheck.repro.discover import ReproFile, load, select
 from streamcheck.repro.launch_cuda import ENV_ENGINE
 from streamcheck.repro.runner import VariantResult, plan_world, run_variant, temp_work_dir
 from streamcheck.repro.spec import VARIANT_MODES
@@ -37,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repro-dir", action="append", metavar="DIR",
                    help="another directory of repro_*.py files (repeatable)")
     p.add_argument("--keep", metavar="DIR", help="keep rank logs here (default: a temp dir)")
+    p.add_argument("--jobs", type=_positive_int,
+                   help="variants run at once (default: CPU count, up to 4, on sim; 1 on cuda, "
+                        "where variants would share the GPUs)")
     p.add_argument("--engine", choices=("models", "vllm"), default="models",
                    help="models: faithful models of the engines' caches (default); vllm: the "
                         "installed vLLM's own current_stream and PyNcclCommunicator (cuda only)")
@@ -73,21 +77,28 @@ def command(args: argparse.Namespace, console: Console) -> int:
     work = Path(args.keep) if args.keep else temp_work_dir()
     work.mkdir(parents=True, exist_ok=True)
     variants = args.variant or list(VARIANT_MODES)
-    results: list[VariantResult] = []
+    jobs = args.jobs or (min(4, os.cpu_count() or 1) if choice.name == "sim" else 1)
     started = time.perf_counter()
+    planned: list[tuple[ReproFile, str, int, str, Any]] = []
     for repro in repros:
         spec = load(repro.path).SPEC
         world, skip = plan_world(spec, choice.name, args.gpus, choice.gpus)
-        for variant in variants:
-            if skip:
-                result = VariantResult(repro.name, variant, choice.name, 0,
-                                       spec.expect[variant].describe(), "-", "skip", 0.0, skip)
-            else:
-                result = run_variant(repro, variant, choice.name, world, args.timeout, work)
+        planned += [(repro, variant, world, skip, spec) for variant in variants]
+
+    def one(item: tuple[ReproFile, str, int, str, Any]) -> VariantResult:
+        repro, variant, world, skip, spec = item
+        if skip:
+            return VariantResult(repro.name, variant, choice.name, 0,
+                                 spec.expect[variant].describe(), "-", "skip", 0.0, skip)
+        return run_variant(repro, variant, choice.name, world, args.timeout, work)
+
+    mark = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]"}
+    results: list[VariantResult] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each variant is its own process group
+        for result in pool.map(one, planned):
             results.append(result)
-            mark = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]"}
-            console.print(f"  {mark[result.verdict]} {repro.name} {variant} "
-                          rf"[{choice.name}\] {result.seconds:.1f}s")
+            console.print(f"  {mark[result.verdict]} {result.repro} {result.variant} "
+                          f"\\[{choice.name}] {result.seconds:.1f}s")
     rows = [r.to_dict() for r in results]
     console.print(run_table(rows, f"streamcheck run — backend {choice.name}"))
     print_dumps(console, rows)
