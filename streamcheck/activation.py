@@ -15,10 +15,15 @@ The start-up hook is the ``sitecustomize`` in :mod:`streamcheck.startup`, which
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from streamcheck.core.modes import ConfigError, parse_mode
@@ -61,13 +66,54 @@ def process_startup() -> bool:
     if not mode.active:
         return False
     _started = True
-    from streamcheck import audit
-
-    audit.install(mode)
     report_dir = os.environ.get(ENV_REPORT_DIR)
     if report_dir:
         atexit.register(write_process_report, report_dir)
+
+    def install() -> None:
+        from streamcheck import audit
+
+        audit.install(mode)
+
+    if "torch" in sys.modules:
+        install()
+    else:
+        # A child that never imports torch launches nothing to audit: do not make it pay for
+        # importing torch (~1.5 s). Install right after its own ``import torch`` instead.
+        sys.meta_path.insert(0, _AfterImport("torch", install))
     return True
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback`` once, right after module ``name`` has been executed."""
+
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self._name = name
+        self._callback = callback
+        self._finding = False
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self._name or self._finding:
+            return None
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(fullname)  # the normal finders, not this one
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module: object) -> None:
+            execute(module)
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+            self._callback()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def write_process_report(report_dir: str) -> Path | None:

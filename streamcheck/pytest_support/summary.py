@@ -1,8 +1,9 @@
 """The terminal summary: findings by test, rendered from the session report (never computed).
 
 It reads the same dict the ``--streamcheck-report`` file holds, so a run with xdist and one
-without print the same thing. Rich draws a table when the terminal takes markup; otherwise
-(a pipe, CI logs, pytester) plain lines, which are easier to grep.
+without print the same thing. Rich colours it when the terminal takes markup; otherwise (a
+pipe, CI logs, pytester) plain lines, which are easier to grep. Findings are grouped under
+each test's id rather than put in a table column, so long ids stay whole on narrow terminals.
 """
 
 from __future__ import annotations
@@ -79,15 +80,22 @@ def _width(config: pytest.Config) -> int:
 
 
 def _rich_table(found: list[tuple[str, str, int, str, str, str]], width: int) -> str:
-    from rich.console import Console
+    """Findings grouped under each test's id: the ids stay whole on a narrow terminal."""
+    from rich.console import Console, Group
+    from rich.padding import Padding
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_lines=False, expand=False)
-    for column in ("test", "rule", "count", "op", "where", "verdict"):
-        table.add_column(column, overflow="fold")
-    for nodeid, rule, count, op, where, verdict in found:
-        style = "red" if verdict == "FAILED" else None
-        table.add_row(nodeid, rule, str(count), op, where, verdict, style=style)
+    parts: list[Text | Padding] = []
+    for nodeid in dict.fromkeys(row[0] for row in found):
+        grid = Table.grid(padding=(0, 2))
+        for _ in range(5):
+            grid.add_column(no_wrap=True)
+        for _, rule, count, op, where, verdict in (r for r in found if r[0] == nodeid):
+            style = "bold red" if verdict == "FAILED" else "dim"
+            grid.add_row(Text(rule, style="yellow"), f"x{count}", op, f"in {where}",
+                         Text(verdict, style=style))
+        parts += [Text(nodeid, style="bold"), Padding(grid, (0, 0, 0, 4), expand=False)]
     buffer = io.StringIO()
-    Console(file=buffer, force_terminal=True, width=width).print(table)
+    Console(file=buffer, force_terminal=True, width=width).print(Group(*parts))
     return buffer.getvalue()

@@ -49,6 +49,15 @@ def test_leaking_test_fails_with_the_finding_text_and_a_clean_one_passes(sc):
     assert "test_clean" not in result.stdout.str().split("= streamcheck =")[1]
 
 
+def test_summary_uses_rich_when_the_terminal_takes_colour(sc):
+    sc.makepyfile(test_it=LEAK_AND_CLEAN)
+    result = sc.runpytest("--streamcheck", "--color=yes", *NO_XDIST)
+    out = result.stdout.str()
+    section = out[out.index("launches audited"):out.index("short test summary")]
+    assert "test_it.py::test_leak" in section and "\x1b[" in section
+    assert "FAILED" in section and "foreign-stream" in section
+
+
 def test_allow_marker_lets_the_named_rule_through_but_not_others(sc):
     sc.makepyfile(test_it="""
         import pytest

@@ -92,3 +92,13 @@ def test_concurrent_install_yields_one_auditor():
     patched = audit.installed_patches()
     streamcheck.install("warn")
     assert audit.installed_patches() == patched
+
+
+def test_child_processes_install_only_when_they_import_torch(tmp_path):
+    from streamcheck.activation import child_env
+
+    env = child_env("record", tmp_path / "reports")
+    probe = ("import sys; assert 'torch' not in sys.modules, 'torch imported at start-up'; "
+             "import torch; from streamcheck import audit; "
+             "assert audit.current_auditor() is not None and audit.installed_patches() > 0")
+    subprocess.run([sys.executable, "-c", probe], env=env, check=True)
