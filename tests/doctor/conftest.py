@@ -9,34 +9,19 @@ end to end in seconds, with no vLLM at all.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import sys
 import textwrap
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from streamcheck.doctor.model import ProbeOutcome
 from streamcheck.doctor.runner import run_probe
+from tests.vllm.conftest import vllm_env_script
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("0.9.2", "0.13.0", "0.33.0")
 PROBE_TIMEOUT_S = 240.0
-
-
-@functools.cache
-def vllm_env_script() -> ModuleType:
-    """scripts/vllm_env.py as a module (scripts/ is not a package)."""
-    path = REPO / "scripts" / "vllm_env.py"
-    spec = importlib.util.spec_from_file_location("streamcheck_doctor_tests_vllm_env", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def prepared_paths(version: str) -> list[str] | None:
