@@ -54,7 +54,9 @@ def run_rank(ctx: RankContext) -> None:
             for i in range(ctx.iterations):
                 blocks = ctx.randn(n)
                 out = ctx.poisoned_like(blocks)
-                comm.all_reduce(blocks, out)  # stream=None: the thread's cached stream
+                # stream=None: the thread's cached stream. Use the returned tensor: vLLM <= 0.9's
+                # pynccl has no ``out`` parameter and returns a new one.
+                out = comm.all_reduce(blocks, out)
                 if stream.device_index != ctx.device:
                     ctx.count("foreign_launches")
                 expected = blocks * ctx.world_size  # same seed: every rank holds these blocks
