@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
-from streamcheck.core.ids import stack_of_thread
+from streamcheck.core.ids import ThreadRef, stack_of_thread
 from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import Finding, LaunchRecord, StreamEvent
 
@@ -38,6 +38,19 @@ class Rule:
     check: RuleCheck
 
 
+def _finding(rule_id: str, launch: LaunchRecord, message: str,
+             other_event: StreamEvent | None = None,
+             other_thread: ThreadRef | None = None) -> Finding:
+    """A finding of the rule ``rule_id``: its title and fix come from the table, and the other
+    thread (if any) is looked at now, so the report shows where it is at the launch."""
+    rule = RULES[rule_id]
+    return Finding(
+        rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
+        other_thread=other_thread, other_event=other_event,
+        other_stack_now=stack_of_thread(other_thread.ident) if other_thread is not None else (),
+    )
+
+
 def _via(launch: LaunchRecord) -> str:
     return f" through {launch.accessor}" if launch.accessor else ""
 
@@ -55,7 +68,6 @@ def check_foreign_stream(ctx: RuleContext, launch: LaunchRecord) -> Finding | No
     if other is None or ctx.book.is_current_in(launch.stream, me):
         return None
     assert launch.current is not None
-    rule = RULES["foreign-stream"]
     message = (
         f"{launch.op} in {launch.thread.describe()} resolved its stream{_via(launch)} and got "
         f"{launch.stream.describe()}, but this thread's real current stream is "
@@ -63,11 +75,7 @@ def check_foreign_stream(ctx: RuleContext, launch: LaunchRecord) -> Finding | No
         f"(via {other.via or 'set_stream'}): the accessor's cache is shared between threads, so "
         "the launch is not ordered with this thread's compute."
     )
-    return Finding(
-        rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
-        other_thread=other.thread, other_event=other,
-        other_stack_now=stack_of_thread(other.thread.ident),
-    )
+    return _finding("foreign-stream", launch, message, other, other.thread)
 
 
 def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -80,7 +88,6 @@ def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding 
     ):
         return None  # that is foreign-stream's finding, not a stale cache
     assert launch.current is not None
-    rule = RULES["stale-stream-cache"]
     message = (
         f"{launch.op} in {launch.thread.describe()} resolved its stream{_via(launch)} and got "
         f"{launch.stream.describe()}, but the thread's real current stream is "
@@ -89,7 +96,7 @@ def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding 
         "torch.accelerator.set_stream, a C++ extension), so the launch runs unordered with the "
         "compute that feeds it."
     )
-    return Finding(rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch)
+    return _finding("stale-stream-cache", launch, message)
 
 
 def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -97,7 +104,6 @@ def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | N
     target = launch.target_device
     if target is None or launch.stream.device == target:
         return None
-    rule = RULES["device-mismatch"]
     origin = ctx.book.origin(launch.stream)
     made_by = ""
     if origin is not None:
@@ -114,11 +120,7 @@ def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | N
     other = None
     if origin is not None and origin.thread.ident != launch.thread.ident:
         other = origin.thread
-    return Finding(
-        rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
-        other_thread=other, other_event=origin,
-        other_stack_now=stack_of_thread(other.ident) if other is not None else (),
-    )
+    return _finding("device-mismatch", launch, message, origin, other)
 
 
 def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -131,7 +133,6 @@ def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Fi
         event = ctx.book.current_of(engine, launch.stream.device)
         if event is None or event.stream.is_default:
             continue
-        rule = RULES["default-stream-in-worker"]
         message = (
             f"{launch.op} in {launch.thread.describe()} runs on the "
             f"{launch.stream.describe()} while {event.thread.describe()} computes on "
@@ -139,11 +140,7 @@ def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Fi
             "PyTorch's streams do not synchronise with it: nothing orders this work with the "
             "engine's."
         )
-        return Finding(
-            rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
-            other_thread=event.thread, other_event=event,
-            other_stack_now=stack_of_thread(engine),
-        )
+        return _finding("default-stream-in-worker", launch, message, event, event.thread)
     return None
 
 
@@ -152,7 +149,6 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
     for handoff in launch.reads:
         if ctx.clocks.ordered(launch.stream.key, handoff.mark):
             continue
-        rule = RULES["unsynced-handoff"]
         message = (
             f"{launch.op} in {launch.thread.describe()} reads a tensor on "
             f"{launch.stream.describe()} that {handoff.thread.describe()} handed off on "
@@ -160,13 +156,9 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
             "handoff was waited on by the reading stream: the read can run before the "
             "producing kernels finish (saved KV differs from what the forward wrote)."
         )
-        return Finding(
-            rule_id=rule.id, title=rule.title, message=message, fix=rule.fix, launch=launch,
-            other_thread=handoff.thread,
-            other_event=StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
-                                    handoff.stack, via="streamcheck.handoff"),
-            other_stack_now=stack_of_thread(handoff.thread.ident),
-        )
+        event = StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
+                            handoff.stack, via="streamcheck.handoff")
+        return _finding("unsynced-handoff", launch, message, event, handoff.thread)
     return None
 
 
