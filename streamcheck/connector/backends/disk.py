@@ -149,9 +149,7 @@ class DiskBackend:
                 key = p.name[: -len(SUFFIX)]
                 if present and key in self._index:
                     self._index.move_to_end(key)
-        hits = sum(found)
-        self._counters.add(hits=hits, misses=len(found) - hits)
-        return found
+        return self._counters.lookup(found)
 
     def save(self, key: str, block: memoryview | bytes) -> Transfer:
         """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""

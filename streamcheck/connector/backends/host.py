@@ -76,9 +76,7 @@ class HostBackend:
                 if present:
                     self._slots.move_to_end(key)  # a hit is about to be loaded: keep it
                 found.append(present)
-        hits = sum(found)
-        self._counters.add(hits=hits, misses=len(found) - hits)
-        return found
+        return self._counters.lookup(found)
 
     def save(self, key: str, block: memoryview | bytes) -> Transfer:
         key = validate_key(key)

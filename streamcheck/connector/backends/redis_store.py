@@ -119,9 +119,7 @@ class RedisBackend:
             found = [bool(n) for n in pipe.execute()]
         except Exception:  # down, timed out, pool exhausted: a miss, recomputed by the engine
             found = [False] * len(names)
-        hits = sum(found)
-        self._counters.add(hits=hits, misses=len(found) - hits)
-        return found
+        return self._counters.lookup(found)
 
     def save(self, key: str, block: memoryview | bytes) -> Transfer:
         """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""

@@ -74,6 +74,12 @@ class Counters:
             for name, delta in deltas.items():
                 self._values[name] += delta
 
+    def lookup(self, found: list[bool]) -> list[bool]:
+        """Count a lookup's hits and misses; returns ``found`` for the caller to hand back."""
+        hits = sum(found)
+        self.add(hits=hits, misses=len(found) - hits)
+        return found
+
     def snapshot(self) -> dict[str, int | float]:
         with self._lock:
             return dict(self._values)

@@ -42,15 +42,20 @@ def require_redis_server() -> str:
     return binary
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedisServer]:
-    """One server for this test process (xdist worker), stopped at the end whatever happens."""
+def _running_server() -> Iterator[LocalRedisServer]:
+    """A started server, stopped at the end whatever happens."""
     server = LocalRedisServer(require_redis_server())
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedisServer]:
+    """One server for this test process (xdist worker)."""
+    yield from _running_server()
 
 
 @pytest.fixture
@@ -63,12 +68,7 @@ def redis_url(redis_server: LocalRedisServer) -> str:
 @pytest.fixture
 def own_redis_server() -> Iterator[LocalRedisServer]:
     """A private server for a test that kills, pauses or reconfigures it."""
-    server = LocalRedisServer(require_redis_server())
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running_server()
 
 
 def raw_client(url: str) -> redis.Redis:
