@@ -69,6 +69,7 @@ def scenario(rank: int, world: int, uid: bytes, injected: bool) -> dict:
                     bad = torch.isnan(y).any().item()
                     out["nan"] += int(bad)
                     out["wrong"] += int(not bad and not torch.equal(y, expected))
+                rt.seal([f"s{step}"])  # every layer of this step's save group is queued
                 if step:
                     prev = list(range((step - 1) * NEW_BLOCKS, step * NEW_BLOCKS))
                     spare = [num_blocks // 2 + b for b in prev]
@@ -79,10 +80,11 @@ def scenario(rank: int, world: int, uid: bytes, injected: bool) -> dict:
     except streamcheck.StreamHazardError as exc:
         out["stopped"] = exc.rule_ids
     torch.cuda.synchronize()
-    failed: set[int] = set()
+    news = rt.poll()
     while rt.pending():
-        failed |= rt.poll().failed_load_blocks
-    failed |= rt.poll().failed_load_blocks
+        news.merge(rt.poll())
+    news.merge(rt.poll())
+    failed = news.failed_load_blocks
     torch.cuda.synchronize()
     for layer in range(LAYERS):
         rt.wait_for_layer_load(layer)
@@ -94,6 +96,7 @@ def scenario(rank: int, world: int, uid: bytes, injected: bool) -> dict:
         for layer in range(LAYERS):
             mismatched += int(not torch.equal(kv[layer][spare], kv[layer][prev]))
     out.update(failed_load_blocks=len(failed), roundtrip_mismatches=mismatched,
+               save_groups_ok=len(news.saves_ok), save_groups_failed=sorted(news.saves_failed),
                findings=sorted({f.rule_id for f in auditor.findings()}),
                metrics=rt.metrics.snapshot(), launches_audited=auditor.launches)
     rt.shutdown()
@@ -136,7 +139,8 @@ def main() -> int:
         elif not r["injected"]:
             ok &= (r["nan"] == r["wrong"] == r["roundtrip_mismatches"] == 0
                    and not r["findings"] and r["stopped"] is None and r["steps"] == STEPS
-                   and r["failed_load_blocks"] == 0)
+                   and r["failed_load_blocks"] == 0 and r["save_groups_ok"] == STEPS
+                   and not r["save_groups_failed"])
         else:
             ok &= r["nan"] == 0 and r["stopped"] is not None
     print("connector TP check:", "PASS" if ok else "FAIL")

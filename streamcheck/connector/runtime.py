@@ -10,7 +10,16 @@ It gives a backend (which only moves host blocks) everything else a KV connector
   (``wait_for_layer_load``) before reading the blocks;
 * scattered blocks are gathered on the device into one contiguous buffer and moved with ONE
   host copy into pinned staging (on H200 one gathered copy runs at ~53 GB/s, 2048 separate
-  64 KiB copies at ~9.5 GB/s), then handed to the backend block by block;
+  64 KiB copies at ~9.5 GB/s), then handed to the backend block by block; loads go the other
+  way (one host copy, then a device scatter). The gather and scatter kernels index whole
+  blocks viewed as 8-byte words where the layout allows: the same bytes, an eighth of the
+  elements for the indexing kernel to address;
+* the backend calls of one chunk are spread over ``io_threads`` threads: a backend's per-block
+  work (checksums, memcpy, requests) is what bounds the end-to-end rate, and zlib and numpy
+  release the GIL for it;
+* a save group (one request's blocks of one step, over many layers) completes only after the
+  engine seals it (``seal``: every layer was queued) AND every one of its transfers ended, so a
+  group can never look done while later layers are still to be queued;
 * nothing the engine calls blocks: work is queued, completion is polled;
 * every copy is declared to streamcheck (``launch``/``handoff``), so in ``assert`` mode a hazard
   on the connector's own path fails that transfer (the blocks are recomputed) instead of
@@ -23,17 +32,19 @@ worker thread, with the same bookkeeping.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import streamcheck
-from streamcheck.connector.backends.base import KVBackend, TransferState
+from streamcheck.connector.backends.base import KVBackend, TransferResult, TransferState
 from streamcheck.connector.metrics import ConnectorMetrics
 
 
@@ -51,15 +62,33 @@ class _Job:
 
 
 @dataclass
-class _RequestState:
-    pending: int = 0
+class _GroupState:
+    """The transfers of one save group or one request's load."""
+
+    pending: int = 0  # transfers queued and not ended
+    queued: int = 0  # transfers ever queued (layers)
+    sealed: bool = False  # no more transfers will join (loads: at once; saves: ``seal``)
     failed_blocks: set[int] = field(default_factory=set)
     failed: bool = False
 
 
+def word_view(blocks: torch.Tensor) -> torch.Tensor:
+    """``blocks`` (rows of bytes) viewed as the widest words that divide rows and alignment.
+
+    Gather/scatter kernels address one element per thread step; moving 8-byte words instead of
+    bytes hands them an eighth of the elements for the same bytes.
+    """
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        size = dtype.itemsize
+        if blocks.shape[-1] % size == 0 and blocks.storage_offset() % size == 0:
+            return blocks.view(dtype)
+    return blocks
+
+
 @dataclass
 class PollResult:
-    """What finished since the last poll. A save group is ok only if every block committed."""
+    """What finished since the last poll. A save group is ok only if it was sealed and every
+    block of every layer committed."""
 
     saves_ok: set[str] = field(default_factory=set)
     saves_failed: set[str] = field(default_factory=set)
@@ -78,7 +107,7 @@ class ConnectorRuntime:
 
     def __init__(self, backend: KVBackend, kv_caches: Sequence[torch.Tensor],
                  device: torch.device | str, staging_blocks: int = 256,
-                 name: str = "kv-connector") -> None:
+                 io_threads: int = 4, name: str = "kv-connector") -> None:
         self.backend = backend
         self.kv_caches = list(kv_caches)
         self.device = torch.device(device)
@@ -87,12 +116,16 @@ class ConnectorRuntime:
         if self.block_nbytes != backend.block_nbytes:
             raise ValueError(f"backend blocks are {backend.block_nbytes} bytes, KV blocks are "
                              f"{self.block_nbytes}")
+        if staging_blocks < 1 or io_threads < 1:
+            raise ValueError("staging_blocks and io_threads must be >= 1")
         self.staging_blocks = staging_blocks
+        self.io_threads = io_threads
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix=f"{name}-io")
         self.metrics = ConnectorMetrics()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
-        self._saves: dict[str, _RequestState] = {}
-        self._loads: dict[str, _RequestState] = {}
+        self._saves: dict[str, _GroupState] = {}
+        self._loads: dict[str, _GroupState] = {}
         self._done = PollResult()
         self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
         self._layer_done: dict[int, list[Any]] = {}
@@ -104,6 +137,7 @@ class ConnectorRuntime:
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
+            self._io.shutdown()
             raise RuntimeError(f"connector worker failed to start: {self._startup_error!r}")
 
     # ---- layout -------------------------------------------------------------------------
@@ -124,17 +158,26 @@ class ConnectorRuntime:
         return sizes.pop()
 
     def _blocks(self, layer: int) -> torch.Tensor:
-        """The layer's KV viewed as (num_blocks, block_nbytes) bytes."""
+        """The layer's KV as one row per block, in the widest words its layout allows."""
         kv = self.kv_caches[layer]
-        return kv.view(kv.shape[0], -1).view(torch.uint8)
+        return word_view(kv.view(kv.shape[0], -1).view(torch.uint8))
 
     # ---- engine-side API: never blocks ----------------------------------------------------
 
-    def save_layer(self, req_id: str, layer: int, block_ids: Sequence[int],
+    def save_layer(self, group: str, layer: int, block_ids: Sequence[int],
                    keys: Sequence[str]) -> None:
-        """Queue a save of ``block_ids`` of ``layer``; the forward just wrote them."""
+        """Queue a save of ``block_ids`` of ``layer`` into save ``group``; the forward just
+        wrote them. The group is reported (``poll``) once sealed and every transfer ended."""
         if len(block_ids) != len(keys):
             raise ValueError("one key per block")
+        with self._lock:
+            state = self._saves.setdefault(group, _GroupState())
+            if state.sealed:
+                raise ValueError(f"save group {group!r} was already sealed")
+            state.queued += 1
+            if block_ids:
+                state.pending += 1
+                self._unread_saves += 1
         if not block_ids:
             return
         ready = handoff = None
@@ -142,11 +185,18 @@ class ConnectorRuntime:
             handoff = streamcheck.handoff(self.kv_caches[layer])
             ready = torch.cuda.Event()
             ready.record()  # on the engine's current (compute) stream
-        with self._lock:
-            self._saves.setdefault(req_id, _RequestState()).pending += 1
-            self._unread_saves += 1
-        self._jobs.put(_Job("save", req_id, layer, list(block_ids), list(keys), ready=ready,
+        self._jobs.put(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
                             handoff=handoff))
+
+    def seal(self, groups: Iterable[str]) -> None:
+        """No more layers join ``groups``; each is reported once its transfers ended. A group
+        sealed with no layer queued is reported failed: nothing of it was saved."""
+        with self._lock:
+            for group in groups:
+                state = self._saves.setdefault(group, _GroupState())
+                state.failed |= state.queued == 0
+                state.sealed = True
+                self._settle(group, state, self._saves)
 
     def start_load(self, req_id: str, layer_block_keys: dict[int, tuple[list[int], list[str]]]
                    ) -> None:
@@ -158,7 +208,9 @@ class ConnectorRuntime:
                 self._done.loads_done.add(req_id)
             return
         with self._lock:
-            self._loads.setdefault(req_id, _RequestState()).pending += len(jobs)
+            state = self._loads.setdefault(req_id, _GroupState(sealed=True))
+            state.pending += len(jobs)
+            state.queued += len(jobs)
         for job in jobs:
             self._jobs.put(job)
 
@@ -235,6 +287,7 @@ class ConnectorRuntime:
             # Closing the backend under a running transfer would fail it half-way; say so.
             raise TimeoutError(f"connector worker still busy after {timeout:.0f} s; the backend "
                                "was left open")
+        self._io.shutdown()
         self.backend.close()
 
     # ---- worker thread --------------------------------------------------------------------
@@ -273,6 +326,34 @@ class ConnectorRuntime:
         n = self.staging_blocks
         return [(job.block_ids[i:i + n], job.keys[i:i + n]) for i in range(0, len(job.keys), n)]
 
+    def _index(self, ids: Sequence[int]) -> torch.Tensor:
+        """Block ids as an index on our device, made on our stream."""
+        if not self.is_cuda:
+            return torch.tensor(ids)
+        with torch.cuda.stream(self._stream):
+            return torch.tensor(ids).to(self.device, non_blocking=True)
+
+    def _backend_rows(self, call: Any, keys: Sequence[str], staged: torch.Tensor
+                      ) -> list[TransferResult]:
+        """``call(key, row)`` for every key and its staging row, spread over the io threads;
+        returns when every transfer ended (the staging rows are reused next). A call that
+        raises fails its own block only."""
+
+        def run(lo: int, hi: int) -> list[TransferResult]:
+            results = []
+            for i in range(lo, hi):
+                try:
+                    results.append(call(keys[i], memoryview(staged[i].numpy())).wait())
+                except Exception as exc:
+                    results.append(TransferResult(TransferState.FAILED,
+                                                  error=f"{type(exc).__name__}: {exc}"))
+            return results
+
+        parts = min(self.io_threads, len(keys))
+        bounds = [len(keys) * k // parts for k in range(parts + 1)]
+        futures = [self._io.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        return [result for future in futures for result in future.result()]
+
     def _do_save(self, job: _Job) -> None:
         start = time.perf_counter()
         blocks = self._blocks(job.layer)
@@ -281,9 +362,8 @@ class ConnectorRuntime:
         chunks = self._chunks(job)
         for n, (ids, keys) in enumerate(chunks):
             staged = self._staging[:len(ids)]
+            index = self._index(ids)
             if self.is_cuda:
-                with torch.cuda.stream(self._stream):  # the index is made on our stream too
-                    index = torch.tensor(ids, device=self.device)
                 self._stream.wait_event(job.ready)  # the forward's writes come first
                 self._stream.synchronize()  # so the copy timing below is the copy alone
                 copy_start = time.perf_counter()
@@ -292,20 +372,18 @@ class ConnectorRuntime:
                                             device=self.device.index,
                                             reads=[job.handoff]):
                         gathered = blocks.index_select(0, index)  # device-side gather
-                        staged.copy_(gathered, non_blocking=True)  # one host copy
+                        staged.view(blocks.dtype).copy_(gathered, non_blocking=True)
                     copied = torch.cuda.Event()
                     copied.record()
                 copied.synchronize()  # this worker thread waits; the engine does not
                 with self.metrics._lock:
                     self.metrics.save.add_copy(staged.numel(), time.perf_counter() - copy_start)
             else:
-                staged.copy_(blocks.index_select(0, torch.tensor(ids)))
+                staged.view(blocks.dtype).copy_(blocks.index_select(0, index))
             if n == len(chunks) - 1:
                 self._mark_read(job)  # the last chunk is in staging: the KV cache is free
-            transfers = [self.backend.save(k, memoryview(staged[i].numpy()))
-                         for i, k in enumerate(keys)]
-            for key, transfer in zip(keys, transfers, strict=True):
-                result = transfer.wait()
+            for key, result in zip(keys, self._backend_rows(self.backend.save, keys, staged),
+                                   strict=True):
                 if result.state is not TransferState.DONE:
                     errors.append(f"{key}: {result.error}")
                 else:
@@ -318,44 +396,46 @@ class ConnectorRuntime:
         start = time.perf_counter()
         blocks = self._blocks(job.layer)
         failed: list[int] = []
+        errors: list[str] = []
         nbytes = 0
         for ids, keys in self._chunks(job):
             staged = self._staging[:len(ids)]
             good_rows, good_ids = [], []
-            transfers = [self.backend.load(k, memoryview(staged[i].numpy()))
-                         for i, k in enumerate(keys)]
-            for row, (block, transfer) in enumerate(zip(ids, transfers, strict=True)):
-                result = transfer.wait()
+            results = self._backend_rows(self.backend.load, keys, staged)
+            for row, (block, key, result) in enumerate(zip(ids, keys, results, strict=True)):
                 if result.state is TransferState.DONE:
                     good_rows.append(row)
                     good_ids.append(block)
                     nbytes += result.nbytes
                 else:
                     failed.append(block)  # never scattered: vLLM recomputes these blocks
+                    errors.append(f"{key}: {result.error}")
             if not good_ids:
                 continue
-            rows = torch.tensor(good_rows)
-            source = staged if len(good_rows) == len(ids) else staged.index_select(0, rows)
+            source = staged if len(good_rows) == len(ids) else staged[good_rows]
+            source = source.view(blocks.dtype)
+            index = self._index(good_ids)
             if self.is_cuda:
                 copy_start = time.perf_counter()
                 with torch.cuda.stream(self._stream):
-                    index = torch.tensor(good_ids, device=self.device)
                     with streamcheck.launch("connector.load.scatter", stream=self._stream,
                                             device=self.device.index):
                         on_device = source.to(self.device, non_blocking=True)  # one host copy
-                        blocks.index_copy_(0, index, on_device)
+                        blocks.index_copy_(0, index, on_device)  # device-side scatter
                     done = torch.cuda.Event()
                     done.record()
                 done.synchronize()  # the staging buffer is reused next chunk
                 with self.metrics._lock:
-                    self.metrics.load.add_copy(source.numel(), time.perf_counter() - copy_start)
+                    self.metrics.load.add_copy(source.numel() * source.element_size(),
+                                               time.perf_counter() - copy_start)
                 with self._lock:
                     self._layer_done.setdefault(job.layer, []).append(done)
             else:
-                blocks.index_copy_(0, torch.tensor(good_ids), source)
+                blocks.index_copy_(0, index, source)
         with self.metrics._lock:
             self.metrics.load.add(nbytes, time.perf_counter() - start)
-        self._finish(job, ok=not failed, error=f"{len(failed)} block(s) failed",
+        self._finish(job, ok=not failed,
+                     error=f"{len(failed)} block(s) failed: " + "; ".join(errors[:3]),
                      failed_blocks=failed)
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
@@ -363,22 +443,25 @@ class ConnectorRuntime:
         self._mark_read(job)  # a failed or cancelled save no longer reads the KV cache
         with self._lock:
             table = self._saves if job.kind == "save" else self._loads
-            state = table.setdefault(job.req_id, _RequestState())
+            state = table.setdefault(job.req_id, _GroupState())
             state.pending -= 1
             if not ok:
                 state.failed = True
                 state.failed_blocks.update(failed_blocks or job.block_ids)
-            if job.kind == "save" and not ok:
-                self.metrics.failed_saves += 1
-            if job.kind == "load" and not ok:
-                self.metrics.failed_loads += 1
-            if state.pending <= 0:
-                del table[job.req_id]
-                if job.kind == "save":
-                    (self._done.saves_failed if state.failed else self._done.saves_ok).add(
-                        job.req_id)
-                else:
-                    self._done.loads_done.add(job.req_id)
-                    self._done.failed_load_blocks.update(state.failed_blocks)
-            if not ok:
                 self.last_error = error
+                if job.kind == "save":
+                    self.metrics.failed_saves += 1
+                else:
+                    self.metrics.failed_loads += 1
+            self._settle(job.req_id, state, table)
+
+    def _settle(self, name: str, state: _GroupState, table: dict[str, _GroupState]) -> None:
+        """Report a sealed group whose transfers all ended (the caller holds the lock)."""
+        if not state.sealed or state.pending > 0:
+            return
+        del table[name]
+        if table is self._saves:
+            (self._done.saves_failed if state.failed else self._done.saves_ok).add(name)
+        else:
+            self._done.loads_done.add(name)
+            self._done.failed_load_blocks.update(state.failed_blocks)

@@ -15,9 +15,9 @@ launch of the connector is audited.
 How the two sides agree without sharing memory (they live in different processes):
 
 * saves: a save group (one request, one step) is closed by a worker only when every layer it
-  holds was queued (``wait_for_save``) and every one of those transfers ended; each transfer
-  has its own runtime key, so a group can never look done while layers are still being queued.
-  The scheduler commits the group's hashes when all workers closed it without failure.
+  holds was queued (``wait_for_save`` seals it in the runtime) and every one of those
+  transfers ended, so a group can never look done while layers are still being queued. The
+  scheduler commits the group's hashes when all workers closed it without failure.
 * block lifetime: a worker reports a request in ``finished_sending`` only if the scheduler said
   it delayed that request's free (``StepMeta.delayed``): vLLM frees everything else itself, and
   a report for a request it already dropped fails vLLM's own bookkeeping.
@@ -86,17 +86,6 @@ class StreamcheckWorkerMeta(KVConnectorWorkerMetadata):
         return bool(self.saves_ok or self.saves_failed or self.missing)
 
 
-@dataclass
-class _SaveGroup:
-    """A save group on one worker: one runtime transfer per (layer plane)."""
-
-    req_id: str
-    queued: int = 0
-    ended: int = 0
-    failed: bool = False
-    sealed: bool = False  # every layer of this worker was queued (wait_for_save ran)
-
-
 def _shard(vllm_config: Any) -> str:
     """Which slice of every block this worker holds, for its keys. With tensor or pipeline
     parallelism each worker saves its own heads or layers under the same block hash, and a
@@ -133,7 +122,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self.scheduler: SchedulerSide | None = None
         self.runtime: ConnectorRuntime | None = None
         self._layers: dict[str, list[int]] = {}
-        self._groups: dict[str, _SaveGroup] = {}  # open save groups (worker side)
+        self._group_req: dict[str, str] = {}  # open save group -> its request (worker side)
         self._req_groups: dict[str, set[str]] = {}  # request -> its open save groups
         self._finishing: set[str] = set()  # delayed by the scheduler: report when saved
         self._recving: set[str] = set()
@@ -259,53 +248,37 @@ class StreamcheckConnector(KVConnectorBase_V1):
         assert self.runtime is not None
         planes = self._layers.get(layer_name, ())
         for plan in self._meta().saves:
-            group = self._open_group(plan.group, plan.req_id)
+            self._open_group(plan.group, plan.req_id)
             for plane in planes:
-                group.queued += 1
-                self.runtime.save_layer(f"{plan.group}/{plane}", plane, plan.block_ids,
+                self.runtime.save_layer(plan.group, plane, plan.block_ids,
                                         [self.block_key(h, plane) for h in plan.hashes])
 
-    def _open_group(self, name: str, req_id: str) -> _SaveGroup:
-        group = self._groups.get(name)
-        if group is None:
-            group = self._groups[name] = _SaveGroup(req_id)
+    def _open_group(self, name: str, req_id: str) -> None:
+        if name not in self._group_req:
+            self._group_req[name] = req_id
             self._req_groups.setdefault(req_id, set()).add(name)
-        return group
 
     def wait_for_save(self) -> None:
-        """Saves stay asynchronous (their blocks are held until reported); this only marks
-        this step's groups complete, since every layer has been queued by now."""
-        names = []
-        for plan in self._meta().saves:
-            self._open_group(plan.group, plan.req_id).sealed = True
-            names.append(plan.group)
-        self._settle(names)
-
-    def _settle(self, names: list[str]) -> None:
-        for name in names:
-            group = self._groups.get(name)
-            if group is None or not group.sealed or group.ended < group.queued:
-                continue
-            del self._groups[name]
-            ok = not group.failed and group.queued > 0  # nothing queued: nothing saved
-            (self._report.saves_ok if ok else self._report.saves_failed)[name] = 1
-            open_groups = self._req_groups.get(group.req_id, set())
-            open_groups.discard(name)
-            if not open_groups:
-                self._req_groups.pop(group.req_id, None)
+        """Saves stay asynchronous (their blocks are held until reported); this only seals
+        this step's groups, since every layer has been queued by now."""
+        assert self.runtime is not None
+        plans = self._meta().saves
+        for plan in plans:
+            self._open_group(plan.group, plan.req_id)
+        self.runtime.seal(plan.group for plan in plans)
 
     def _collect(self) -> None:
         assert self.runtime is not None
         news = self.runtime.poll()
-        touched = []
-        for key in news.saves_ok | news.saves_failed:
-            name = key.rpartition("/")[0]
-            group = self._groups.get(name)
-            if group is not None:
-                group.ended += 1
-                group.failed = group.failed or key in news.saves_failed
-                touched.append(name)
-        self._settle(touched)
+        for name in news.saves_ok | news.saves_failed:
+            report = self._report.saves_ok if name in news.saves_ok else self._report.saves_failed
+            report[name] = 1
+            req_id = self._group_req.pop(name, None)
+            if req_id is not None:
+                open_groups = self._req_groups[req_id]
+                open_groups.discard(name)
+                if not open_groups:
+                    del self._req_groups[req_id]
         self._load_errors |= news.failed_load_blocks
         for req_id in news.loads_done:
             blocks = self._load_blocks.pop(req_id, {})

@@ -10,7 +10,7 @@ import torch
 
 from streamcheck.connector.backends import DiskBackend, HostBackend
 from streamcheck.connector.keys import block_hashes, layer_key
-from streamcheck.connector.runtime import ConnectorRuntime
+from streamcheck.connector.runtime import ConnectorRuntime, word_view
 
 LAYERS, BLOCKS, BLOCK_SHAPE = 3, 32, (2, 16, 8)  # (k/v, tokens, head dim): 1 KiB of fp32
 
@@ -65,6 +65,7 @@ def test_save_then_load_into_other_blocks_is_bit_exact(backend):
     ids = [3, 7, 1, 30, 12, 5, 9, 0, 2, 4]
     for layer in range(LAYERS):
         rt.save_layer("req-a", layer, ids, [layer_key(h, layer) for h in hashes])
+    rt.seal(["req-a"])
     saves, _, _ = drain(rt)
     assert saves == {"req-a"}
     assert rt.lookup([layer_key(h, 0) for h in hashes]) == len(hashes)
@@ -87,6 +88,7 @@ def test_partial_hit_counts_only_the_leading_present_blocks():
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     hashes = block_hashes(list(range(16 * 6)), 16)
     rt.save_layer("r", 0, [0, 1, 2], [layer_key(h, 0) for h in hashes[:3]])
+    rt.seal(["r"])
     drain(rt)
     keys = [layer_key(h, 0) for h in hashes]
     assert rt.lookup(keys) == 3
@@ -120,6 +122,7 @@ def test_engine_calls_do_not_block_on_a_slow_backend():
     for layer in range(LAYERS):
         rt.save_layer("r", layer, [0, 1], [f"k{layer}a", f"k{layer}b"])
     assert time.perf_counter() - start < 0.5 and rt.pending() == LAYERS
+    rt.seal(["r"])
     SlowHost.gate.set()
     saves, _, _ = drain(rt)
     assert saves == {"r"}
@@ -136,6 +139,7 @@ def test_failed_save_is_reported_and_never_visible():
     b = Refusing(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     rt.save_layer("grp", 0, [0, 1], ["a.L0", "b.L0"])
+    rt.seal(["grp"])
     assert wait_until(lambda: rt.pending() == 0)
     result = rt.poll()
     assert result.saves_failed == {"grp"} and result.saves_ok == set()
@@ -185,3 +189,88 @@ def test_flush_waits_for_the_reads_not_for_the_store():
     SlowStore.gate.set()
     assert wait_until(lambda: rt.pending() == 0)
     rt.shutdown()
+
+
+def test_a_save_group_is_reported_only_once_sealed_and_every_layer_ended():
+    b = HostBackend(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    rt.save_layer("g", 0, [0, 1], ["g.a.L0", "g.b.L0"])
+    assert wait_until(lambda: rt.pending() == 0)
+    assert rt.poll().saves_ok == set()  # layer 0 ended, but more layers may still join
+    rt.save_layer("g", 1, [0, 1], ["g.a.L1", "g.b.L1"])
+    rt.seal(["g"])
+    saves, _, _ = drain(rt)
+    assert saves == {"g"} and b.lookup(["g.a.L1", "g.b.L1"]) == [True, True]
+    rt.shutdown()
+
+
+def test_a_layer_queued_after_the_seal_is_refused():
+    class Held(HostBackend):
+        gate = threading.Event()
+
+        def save(self, key, block):
+            self.gate.wait(5)
+            return super().save(key, block)
+
+    b = Held(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    rt.save_layer("g", 0, [0], ["g.L0"])
+    rt.seal(["g"])
+    with pytest.raises(ValueError, match="already sealed"):
+        rt.save_layer("g", 1, [0], ["g.L1"])  # it would be missing from a group reported ok
+    Held.gate.set()
+    saves, _, _ = drain(rt)
+    assert saves == {"g"}
+    rt.shutdown()
+
+
+def test_a_group_sealed_with_nothing_queued_is_reported_failed():
+    b = HostBackend(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(b, kv_caches(), "cpu")
+    rt.seal(["empty"])
+    result = rt.poll()
+    assert result.saves_failed == {"empty"} and result.saves_ok == set()
+    rt.shutdown()
+
+
+def test_a_backend_call_that_raises_fails_only_its_own_block():
+    class Flaky(HostBackend):
+        def load(self, key, into):
+            if key == "k2":
+                raise OSError("store hiccup")
+            return super().load(key, into)
+
+    b = Flaky(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    src = kv_caches(3)
+    rt = ConnectorRuntime(b, src, "cpu", io_threads=3)
+    rt.save_layer("s", 0, [0, 1, 2, 3], ["k0", "k1", "k2", "k3"])
+    rt.seal(["s"])
+    drain(rt)
+    dst = [torch.zeros_like(t) for t in src]
+    rt2 = ConnectorRuntime(b, dst, "cpu", io_threads=3)
+    rt2.start_load("l", {0: ([10, 11, 12, 13], ["k0", "k1", "k2", "k3"])})
+    _, loads, failed = drain(rt2)
+    assert loads == {"l"} and failed == {12}
+    assert torch.equal(dst[0][[10, 11, 13]], src[0][[0, 1, 3]])
+    assert torch.all(dst[0][12] == 0)
+    assert "k2: OSError: store hiccup" in rt2.last_error and rt2.metrics.failed_loads == 1
+    rt.shutdown()
+    rt2.shutdown()
+
+
+@pytest.mark.parametrize(("row_bytes", "offset", "dtype"), [
+    (64, 0, torch.int64), (12, 0, torch.int32), (64, 4, torch.int32), (6, 0, torch.int16),
+    (5, 0, torch.uint8)])
+def test_word_view_picks_the_widest_word_rows_and_alignment_allow(row_bytes, offset, dtype):
+    raw = torch.arange(4 * row_bytes + offset, dtype=torch.int64).to(torch.uint8)
+    rows = raw[offset:].view(4, row_bytes)
+    words = word_view(rows)
+    assert words.dtype == dtype
+    assert torch.equal(words.view(torch.uint8), rows)  # the same bytes, nothing copied
+    assert words.data_ptr() == rows.data_ptr()
+
+
+def test_invalid_sizes_are_refused():
+    b = HostBackend(capacity_blocks=4, block_nbytes=block_nbytes(), pin_memory=False)
+    with pytest.raises(ValueError, match="io_threads"):
+        ConnectorRuntime(b, kv_caches(), "cpu", io_threads=0)

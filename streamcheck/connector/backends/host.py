@@ -5,7 +5,9 @@ call) and per-block allocations would fragment, so the slab is allocated once an
 slots in it. Pinned memory lets the connector copy host↔device asynchronously at full bandwidth.
 
 Save and load are plain memcpy under one lock and finish before they return (a ``DONE``
-transfer), so no caller buffer is held past the call. The lock also makes an overwrite or an
+transfer), so no caller buffer is held past the call. The copy is numpy's, which releases the
+GIL: callers on several threads (the connector runtime's io threads) checksum in parallel
+while one of them copies. The lock also makes an overwrite or an
 eviction atomic with respect to loads: a load never sees half of an overwritten slot, and a key
 evicted (its slot handed to another key) is a miss, never the other key's bytes.
 
@@ -19,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from streamcheck.connector.backends.base import (
@@ -53,7 +56,7 @@ class HostBackend:
         self.pinned = pin_memory
         self._slab: torch.Tensor | None = torch.empty(
             (capacity_blocks, block_nbytes), dtype=torch.uint8, pin_memory=pin_memory)
-        self._view: memoryview | None = memoryview(self._slab.view(-1).numpy())
+        self._rows: np.ndarray | None = self._slab.numpy()  # one row per slot, shared memory
         self._crc = [0] * capacity_blocks
         self._slots: OrderedDict[str, int] = OrderedDict()  # key -> slot, oldest use first
         self._free = list(range(capacity_blocks - 1, -1, -1))
@@ -72,7 +75,7 @@ class HostBackend:
         with self._lock:
             found = []
             for key in keys:
-                present = self._view is not None and key in self._slots
+                present = self._rows is not None and key in self._slots
                 if present:
                     self._slots.move_to_end(key)  # a hit is about to be loaded: keep it
                 found.append(present)
@@ -85,7 +88,7 @@ class HostBackend:
         n = self.block_nbytes
         evicted = 0
         with self._lock:
-            if self._view is None:
+            if self._rows is None:
                 return failed(self._counters, "backend closed")
             slot = self._slots.get(key)
             if slot is not None:
@@ -95,7 +98,7 @@ class HostBackend:
             else:
                 _, slot = self._slots.popitem(last=False)
                 evicted = 1
-            self._view[slot * n:(slot + 1) * n] = source
+            np.copyto(self._rows[slot], np.frombuffer(source, dtype=np.uint8))
             self._crc[slot] = crc
             self._slots[key] = slot
         self._counters.add(bytes_saved=n, evictions=evicted)
@@ -106,13 +109,13 @@ class HostBackend:
         target = as_block_view(into, self.block_nbytes, writable=True)
         n = self.block_nbytes
         with self._lock:
-            if self._view is None:
+            if self._rows is None:
                 return failed(self._counters, "backend closed")
             slot = self._slots.get(key)
             if slot is None:
                 return failed(self._counters, f"block {key!r} not found")
             self._slots.move_to_end(key)
-            target[:] = self._view[slot * n:(slot + 1) * n]
+            np.copyto(np.frombuffer(target, dtype=np.uint8), self._rows[slot])
             crc = self._crc[slot]
         try:
             verify_payload(key, target, crc)
@@ -140,9 +143,9 @@ class HostBackend:
         """Release the slab. Nothing is ever in flight (copies are synchronous), so ``drain``
         is accepted for symmetry with the asynchronous backends and changes nothing."""
         with self._lock:
-            if self._view is None:
+            if self._rows is None:
                 return
-            self._view = None
+            self._rows = None
             self._slab = None
             self._slots.clear()
             self._free.clear()

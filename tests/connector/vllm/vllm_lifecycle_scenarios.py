@@ -230,7 +230,7 @@ def abort(extra: dict[str, Any]) -> Facts:
     facts["steps_to_release"] = eng.drain()
     facts["gone"] = [eng.status("S"), eng.status("L")]
     w = eng.worker
-    facts["worker_state_left"] = [len(w._groups), len(w._req_groups), len(w._finishing),
+    facts["worker_state_left"] = [len(w._group_req), len(w._req_groups), len(w._finishing),
                                   len(w._load_blocks)]
     return finish(eng, facts)
 
