@@ -36,19 +36,24 @@ class NoOpComm:
         return out
 
 
-def per_call_ns(fn: Any, calls: int) -> float:
+def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
+    """ns per call; ``drain`` (e.g. a device synchronize) ends the round inside the timing, so
+    GPU work a round queued is paid by that round, not by the next one."""
     start = time.perf_counter_ns()
     for _ in range(calls):
         fn()
+    if drain is not None:
+        drain()
     return (time.perf_counter_ns() - start) / calls
 
 
-def interleaved(a: Any, b: Any, calls: int, rounds: int) -> tuple[float, float]:
+def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
+                ) -> tuple[float, float]:
     """Median ns per call of a and b, measured in alternating rounds so drift hits both."""
     sa, sb = [], []
     for _ in range(rounds):
-        sa.append(per_call_ns(a, calls))
-        sb.append(per_call_ns(b, calls))
+        sa.append(per_call_ns(a, calls, drain))
+        sb.append(per_call_ns(b, calls, drain))
     return statistics.median(sa), statistics.median(sb)
 
 
@@ -105,7 +110,8 @@ def main() -> int:
         bare_nccl()
         audited_nccl()
     torch.cuda.synchronize()
-    bare, wrapped = interleaved(bare_nccl, audited_nccl, args.calls // 10, args.rounds)
+    bare, wrapped = interleaved(bare_nccl, audited_nccl, args.calls // 10, args.rounds,
+                                drain=torch.cuda.synchronize)
     torch.cuda.synchronize()
     auditor = streamcheck.current_auditor()
     results["nccl 4KiB all_reduce unwrapped us"] = round(bare / 1000, 3)

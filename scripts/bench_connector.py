@@ -5,8 +5,8 @@ All ratios come from one run on the machine it runs on:
 2. the connector saving 2048 scattered 64 KiB blocks (device gather + one copy into pinned
    staging) and loading them back into other blocks (one copy + device scatter): the copy stage
    alone, and end to end through the host backend (which adds a host memcpy and a CRC-32 per
-   block), with 1 and with 8 io threads; plus the device scatter kernel alone on the same
-   bytes viewed as bytes and as 8-byte words (why the runtime indexes words);
+   block); plus the device scatter kernel alone on the same bytes viewed as bytes and as
+   8-byte words (why the runtime indexes words);
 3. the scheduler side's per-step cost (``build``) with 10, 1,000 and 10,000 parked requests.
 Part 3 runs anywhere; parts 1-2 need a CUDA GPU.
 """
@@ -71,15 +71,14 @@ def scatter_us(words: bool, reps: int = 20) -> float:
     return statistics.median(times[2:])
 
 
-def connector_gbps(rounds: int = 5, io_threads: int = 4) -> dict[str, float]:
+def connector_gbps(rounds: int = 5) -> dict[str, float]:
     from streamcheck.connector.backends import HostBackend
     from streamcheck.connector.runtime import ConnectorRuntime
 
     total_blocks = 4 * N_BLOCKS
     kv = torch.randint(0, 255, (total_blocks, BLOCK), dtype=torch.uint8, device="cuda")
     backend = HostBackend(capacity_blocks=N_BLOCKS + 16, block_nbytes=BLOCK, pin_memory=True)
-    rt = ConnectorRuntime(backend, [kv], torch.device("cuda", 0), staging_blocks=N_BLOCKS,
-                          io_threads=io_threads)
+    rt = ConnectorRuntime(backend, [kv], torch.device("cuda", 0), staging_blocks=N_BLOCKS)
     g = torch.Generator().manual_seed(0)
     results: dict[str, list[float]] = {"save_copy": [], "save_e2e": [], "load_copy": [],
                                        "load_e2e": []}
@@ -145,8 +144,7 @@ def main() -> None:
         small_host = torch.empty(N_BLOCKS, BLOCK, dtype=torch.uint8, pin_memory=True)
         per_block = per_block_gbps(small_dev, small_host)
         del host, dev
-        c = connector_gbps(io_threads=8)
-        c1 = connector_gbps(io_threads=1)
+        c = connector_gbps()
         byte_us, word_us = scatter_us(words=False), scatter_us(words=True)
         rows += [
             ("GPU", torch.cuda.get_device_name(0)),
@@ -157,13 +155,9 @@ def main() -> None:
             ("  vs D2H anchor", f"{c['save_copy'] / d2h:.1%}"),
             ("connector load, copy stage GB/s", f"{c['load_copy']:.1f}"),
             ("  vs H2D anchor", f"{c['load_copy'] / h2d:.1%}"),
-            ("connector save end to end (host backend, 8 io threads) GB/s",
-             f"{c['save_e2e']:.1f}"),
-            ("connector load end to end (host backend, 8 io threads) GB/s",
-             f"{c['load_e2e']:.1f}"),
-            ("connector save / load end to end, 1 io thread GB/s",
-             f"{c1['save_e2e']:.1f} / {c1['load_e2e']:.1f}"),
-            ("round trips bit-exact", "yes" if c["bit_exact"] and c1["bit_exact"] else "NO"),
+            ("connector save end to end (host backend) GB/s", f"{c['save_e2e']:.1f}"),
+            ("connector load end to end (host backend) GB/s", f"{c['load_e2e']:.1f}"),
+            ("round trips bit-exact", "yes" if c["bit_exact"] else "NO"),
             ("device scatter of 128 MiB: bytes / 8-byte words us",
              f"{byte_us:.0f} / {word_us:.0f}"),
         ]

@@ -2,17 +2,25 @@
 # Everything GPU-shaped, in one go, logs into ${OUT:-gpu-evidence}/: the repro suite on all GPUs
 # and on one, the audit and connector benchmarks, the torch.distributed and connector checks.
 # Needs CUDA GPUs (two for the error-400 and fresh-thread repros) and py-spy for hang dumps.
+# Arguments name the steps to run (default: all), e.g. `gpu_evidence.sh bench_connector`.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 L=${OUT:-gpu-evidence}
 mkdir -p "$L"
 py=${PYTHON:-python3}
-step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" >"$L/$name.log" 2>&1; echo "   rc=$?"; }
+wanted=" ${*:-all} "
+step() {
+  local name=$1 limit=$2; shift 2
+  [[ $wanted == " all " || $wanted == *" $name "* ]] || return 0
+  echo "== $name"; timeout "$limit" "$@" >"$L/$name.log" 2>&1; echo "   rc=$?"
+}
 step run_all_gpus 260 "$py" -m streamcheck.cli.main run 'repro_*' --backend cuda --json "$L/run_all_gpus.json"
 CUDA_VISIBLE_DEVICES=0 step run_one_gpu 160 "$py" -m streamcheck.cli.main run 'repro_*' --backend cuda --json "$L/run_one_gpu.json"
 step bench_audit 150 "$py" scripts/bench_audit.py
 step dist_tp_loop 150 "$py" scripts/gpu_dist_tp_loop.py
 step connector_check 200 "$py" scripts/gpu_connector_check.py
 step bench_connector 150 "$py" scripts/bench_connector.py
-for f in run_all_gpus run_one_gpu; do grep -E "matched|MISMATCH" "$L/$f.log" | tail -8; done
-tail -30 "$L/bench_audit.log"; tail -6 "$L/dist_tp_loop.log"; tail -4 "$L/connector_check.log"; cat "$L/bench_connector.log"
+show() { [ -f "$L/$1.log" ] && { echo "-- $1"; "${@:2}" "$L/$1.log"; }; }
+for f in run_all_gpus run_one_gpu; do show "$f" grep -E "matched|MISMATCH"; done
+show bench_audit tail -30; show dist_tp_loop tail -6; show connector_check tail -4
+show bench_connector cat

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The vLLM version matrix on real GPUs: the repros that involve vLLM's current_stream, run with
 # each carried vLLM's own current_stream() and PyNcclCommunicator (--engine vllm).
-# Packs come from `python scripts/vllm_env.py pack-gpu VERSION --out .carry/vllm-VERSION`.
+# Packs come from `python scripts/vllm_env.py pack-gpu VERSION --out .carry/vllm-VERSION`;
+# arguments name the packs to run (default: every .carry/vllm-*/).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 L=${OUT:-gpu-evidence}
 mkdir -p "$L"
-for pack in .carry/vllm-*/; do
+packs=("$@")
+[ ${#packs[@]} -gt 0 ] || packs=(.carry/vllm-*/)
+for pack in "${packs[@]}"; do
+  pack=${pack%/}
   v=$(basename "$pack"); v=${v#vllm-}
   echo "== vLLM $v"
   (

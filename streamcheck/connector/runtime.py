@@ -14,9 +14,10 @@ It gives a backend (which only moves host blocks) everything else a KV connector
   way (one host copy, then a device scatter). The gather and scatter kernels index whole
   blocks viewed as 8-byte words where the layout allows: the same bytes, an eighth of the
   elements for the indexing kernel to address;
-* the backend calls of one chunk are spread over ``io_threads`` threads: a backend's per-block
-  work (checksums, memcpy, requests) is what bounds the end-to-end rate, and zlib and numpy
-  release the GIL for it;
+* backend calls run in the worker thread, one block after another. Spreading them over a
+  pool of threads was measured (H200 host, host backend, 8 threads) at half the rate of one
+  thread: the per-block Python around the checksum and memcpy fights for the GIL. Asynchronous
+  backends (Redis, disk) overlap their own requests anyway;
 * a save group (one request's blocks of one step, over many layers) completes only after the
   engine seals it (``seal``: every layer was queued) AND every one of its transfers ended, so a
   group can never look done while later layers are still to be queued;
@@ -37,7 +38,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ import torch
 import streamcheck
 from streamcheck.connector.backends.base import KVBackend, TransferResult, TransferState
 from streamcheck.connector.metrics import ConnectorMetrics
+
+LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 
 
 @dataclass
@@ -107,7 +109,7 @@ class ConnectorRuntime:
 
     def __init__(self, backend: KVBackend, kv_caches: Sequence[torch.Tensor],
                  device: torch.device | str, staging_blocks: int = 256,
-                 io_threads: int = 4, name: str = "kv-connector") -> None:
+                 name: str = "kv-connector") -> None:
         self.backend = backend
         self.kv_caches = list(kv_caches)
         self.device = torch.device(device)
@@ -116,11 +118,9 @@ class ConnectorRuntime:
         if self.block_nbytes != backend.block_nbytes:
             raise ValueError(f"backend blocks are {backend.block_nbytes} bytes, KV blocks are "
                              f"{self.block_nbytes}")
-        if staging_blocks < 1 or io_threads < 1:
-            raise ValueError("staging_blocks and io_threads must be >= 1")
+        if staging_blocks < 1:
+            raise ValueError("staging_blocks must be >= 1")
         self.staging_blocks = staging_blocks
-        self.io_threads = io_threads
-        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix=f"{name}-io")
         self.metrics = ConnectorMetrics()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -137,7 +137,6 @@ class ConnectorRuntime:
         self._thread.start()
         self._ready.wait()
         if self._startup_error is not None:
-            self._io.shutdown()
             raise RuntimeError(f"connector worker failed to start: {self._startup_error!r}")
 
     # ---- layout -------------------------------------------------------------------------
@@ -287,7 +286,6 @@ class ConnectorRuntime:
             # Closing the backend under a running transfer would fail it half-way; say so.
             raise TimeoutError(f"connector worker still busy after {timeout:.0f} s; the backend "
                                "was left open")
-        self._io.shutdown()
         self.backend.close()
 
     # ---- worker thread --------------------------------------------------------------------
@@ -297,8 +295,9 @@ class ConnectorRuntime:
             if self.is_cuda:
                 torch.cuda.set_device(self.device)  # a new thread starts on cuda:0
                 self._stream = torch.cuda.Stream(self.device)
+                self._scatter_stream = torch.cuda.Stream(self.device)
             else:
-                self._stream = None
+                self._stream = self._scatter_stream = None
             self._staging = torch.empty(self.staging_blocks, self.block_nbytes, dtype=torch.uint8,
                                         pin_memory=self.is_cuda)
         except BaseException as exc:
@@ -333,26 +332,20 @@ class ConnectorRuntime:
         with torch.cuda.stream(self._stream):
             return torch.tensor(ids).to(self.device, non_blocking=True)
 
-    def _backend_rows(self, call: Any, keys: Sequence[str], staged: torch.Tensor
+    @staticmethod
+    def _backend_rows(call: Any, keys: Sequence[str], staged: torch.Tensor
                       ) -> list[TransferResult]:
-        """``call(key, row)`` for every key and its staging row, spread over the io threads;
-        returns when every transfer ended (the staging rows are reused next). A call that
-        raises fails its own block only."""
-
-        def run(lo: int, hi: int) -> list[TransferResult]:
-            results = []
-            for i in range(lo, hi):
-                try:
-                    results.append(call(keys[i], memoryview(staged[i].numpy())).wait())
-                except Exception as exc:
-                    results.append(TransferResult(TransferState.FAILED,
-                                                  error=f"{type(exc).__name__}: {exc}"))
-            return results
-
-        parts = min(self.io_threads, len(keys))
-        bounds = [len(keys) * k // parts for k in range(parts + 1)]
-        futures = [self._io.submit(run, lo, hi) for lo, hi in itertools.pairwise(bounds)]
-        return [result for future in futures for result in future.result()]
+        """``call(key, row)`` for every key and its staging row; returns when every transfer
+        ended (the staging rows are reused next). A call that raises fails its own block only.
+        All calls are issued before the first wait, so an asynchronous backend overlaps them."""
+        transfers: list[Any] = []
+        for key, row in zip(keys, staged, strict=True):
+            try:
+                transfers.append(call(key, memoryview(row.numpy())))
+            except Exception as exc:
+                transfers.append(TransferResult(TransferState.FAILED,
+                                                error=f"{type(exc).__name__}: {exc}"))
+        return [t if isinstance(t, TransferResult) else t.wait() for t in transfers]
 
     def _do_save(self, job: _Job) -> None:
         start = time.perf_counter()
@@ -417,13 +410,7 @@ class ConnectorRuntime:
             index = self._index(good_ids)
             if self.is_cuda:
                 copy_start = time.perf_counter()
-                with torch.cuda.stream(self._stream):
-                    with streamcheck.launch("connector.load.scatter", stream=self._stream,
-                                            device=self.device.index):
-                        on_device = source.to(self.device, non_blocking=True)  # one host copy
-                        blocks.index_copy_(0, index, on_device)  # device-side scatter
-                    done = torch.cuda.Event()
-                    done.record()
+                done = self._upload_and_scatter(blocks, source, index)
                 done.synchronize()  # the staging buffer is reused next chunk
                 with self.metrics._lock:
                     self.metrics.load.add_copy(source.numel() * source.element_size(),
@@ -437,6 +424,35 @@ class ConnectorRuntime:
         self._finish(job, ok=not failed,
                      error=f"{len(failed)} block(s) failed: " + "; ".join(errors[:3]),
                      failed_blocks=failed)
+
+    def _upload_and_scatter(self, blocks: torch.Tensor, source: torch.Tensor,
+                            index: torch.Tensor) -> torch.cuda.Event:
+        """Copy pinned ``source`` rows to the device and scatter them into ``blocks[index]``.
+
+        In ``LOAD_PIECES`` pieces: host copies on the transfer stream, scatter kernels on the
+        scatter stream, each scatter waiting for its own piece's copy, so the scatter of one
+        piece runs while the copy engine moves the next. Returns the event after the last
+        scatter (what the forward waits on).
+        """
+        pieces = []
+        rows = source.shape[0]
+        bounds = sorted({rows * k // LOAD_PIECES for k in range(LOAD_PIECES + 1)})
+        for lo, hi in itertools.pairwise(bounds):
+            with torch.cuda.stream(self._stream):
+                with streamcheck.launch("connector.load.copy", stream=self._stream,
+                                        device=self.device.index):
+                    on_device = source[lo:hi].to(self.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+            self._scatter_stream.wait_event(copied)
+            with torch.cuda.stream(self._scatter_stream), streamcheck.launch(
+                    "connector.load.scatter", stream=self._scatter_stream,
+                    device=self.device.index):
+                blocks.index_copy_(0, index[lo:hi], on_device)
+            pieces.append(on_device)  # alive until the caller synchronizes on ``done``
+        done = torch.cuda.Event()
+        done.record(self._scatter_stream)
+        return done
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:

@@ -242,12 +242,12 @@ def test_a_backend_call_that_raises_fails_only_its_own_block():
 
     b = Flaky(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     src = kv_caches(3)
-    rt = ConnectorRuntime(b, src, "cpu", io_threads=3)
+    rt = ConnectorRuntime(b, src, "cpu")
     rt.save_layer("s", 0, [0, 1, 2, 3], ["k0", "k1", "k2", "k3"])
     rt.seal(["s"])
     drain(rt)
     dst = [torch.zeros_like(t) for t in src]
-    rt2 = ConnectorRuntime(b, dst, "cpu", io_threads=3)
+    rt2 = ConnectorRuntime(b, dst, "cpu")
     rt2.start_load("l", {0: ([10, 11, 12, 13], ["k0", "k1", "k2", "k3"])})
     _, loads, failed = drain(rt2)
     assert loads == {"l"} and failed == {12}
@@ -272,5 +272,5 @@ def test_word_view_picks_the_widest_word_rows_and_alignment_allow(row_bytes, off
 
 def test_invalid_sizes_are_refused():
     b = HostBackend(capacity_blocks=4, block_nbytes=block_nbytes(), pin_memory=False)
-    with pytest.raises(ValueError, match="io_threads"):
-        ConnectorRuntime(b, kv_caches(), "cpu", io_threads=0)
+    with pytest.raises(ValueError, match="staging_blocks"):
+        ConnectorRuntime(b, kv_caches(), "cpu", staging_blocks=0)

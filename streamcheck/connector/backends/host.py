@@ -6,10 +6,11 @@ slots in it. Pinned memory lets the connector copy host↔device asynchronously 
 
 Save and load are plain memcpy under one lock and finish before they return (a ``DONE``
 transfer), so no caller buffer is held past the call. The copy is numpy's, which releases the
-GIL: callers on several threads (the connector runtime's io threads) checksum in parallel
-while one of them copies. The lock also makes an overwrite or an
-eviction atomic with respect to loads: a load never sees half of an overwritten slot, and a key
-evicted (its slot handed to another key) is a miss, never the other key's bytes.
+GIL while it runs, so other threads of the process (the engine's) are not held up by it.
+
+The lock also makes an overwrite or an eviction atomic with respect to loads: a load never sees
+half of an overwritten slot, and a key evicted (its slot handed to another key) is a miss, never
+the other key's bytes.
 
 Each slot keeps its key's CRC-32 (see ``blockformat``) outside the slab, so the slab stays a
 dense array of blocks; the CRC is checked on the bytes actually delivered to the caller.
