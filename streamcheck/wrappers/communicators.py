@@ -27,7 +27,8 @@ def instrument_communicator(cls: type, methods: tuple[str, ...], *, op_prefix: s
     with LOCK:
         return [m for m in methods if wrap_stream_method(
             REGISTRY, GATE, cls, m, f"{op_prefix}.{m}", resolve=resolve, device_expr=device_expr,
-            accessor=accessor, current_of_device=reader, skip_expr=skip_expr)]
+            accessor=accessor, current_of_device=reader, skip_expr=skip_expr,
+            fixed_device=True)]
 
 
 def instrument_connector_method(cls: type, method: str, op: str) -> bool:

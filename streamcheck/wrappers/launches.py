@@ -48,7 +48,7 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
                        resolve: Callable[[Any], Any], device_expr: str, accessor: str,
                        current_of_device: Callable[[int], CurrentStreamTuple] | None = None,
                        current_of_comm: Callable[[Any, int], CurrentStreamTuple] | None = None,
-                       skip_expr: str = "False") -> bool:
+                       skip_expr: str = "False", fixed_device: bool = False) -> bool:
     """Patch ``cls.method`` so each call is audited before it runs.
 
     ``device_expr`` is a Python expression over ``self`` giving the device index the
@@ -56,6 +56,10 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
     (CUDA: ``torch._C._cuda_getCurrentStream``) or, where the truth depends on the communicator
     (the simulator's machine), ``current_of_comm``. ``skip_expr`` (over ``self``) marks calls
     that launch nothing, e.g. vLLM's ``self.disabled`` communicators: they are not audited.
+    ``fixed_device`` says the communicator's device never changes (an NCCL communicator is
+    bound to one device for life): ``device_expr`` is then read once per instance and kept in
+    its ``_streamcheck_device`` attribute, one dict lookup per call instead of two attribute
+    reads through torch (about 30 ns of the audit's cost per launch).
 
     The wrapper is generated with the callee's own signature (as :mod:`dataclasses` generates
     ``__init__``): no ``*args``/``**kwargs`` repacking and no helper calls on the hot path,
@@ -71,6 +75,12 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
         raise ValueError(f"{cls.__name__}.{method} has no 'stream' parameter to audit")
     current = ("_current_of_device(target)" if current_of_device is not None
                else "_current_of_comm(self, target)")
+    target = f"target = {device_expr}"
+    if fixed_device and getattr(cls, "__dictoffset__", 0):  # instances can keep an attribute
+        target = f"""try:
+                target = self._streamcheck_device
+            except AttributeError:
+                target = self._streamcheck_device = {device_expr}"""
     source = f"""
 def make(original):
     def audited({params}):
@@ -78,7 +88,7 @@ def make(original):
         if auditor is None or {skip_expr}:
             return original({call})
         try:
-            target = {device_expr}
+            {target}
             implicit = stream is None
             if implicit:
                 stream = _resolve(self)

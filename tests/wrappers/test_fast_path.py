@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import threading
 
+import pytest
+
 from streamcheck import audit
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers.launches import wrap_stream_method
@@ -37,13 +39,15 @@ class FakeComm:
         return out
 
 
-def test_fast_path_agrees_with_the_rules():
+@pytest.mark.parametrize("fixed_device", [False, True])
+def test_fast_path_agrees_with_the_rules(fixed_device):
     aud = audit.install("record")
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
     made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
     wrap_stream_method(audit._registry, audit._gate, FakeComm, "all_reduce", "fake.all_reduce",
                        resolve=lambda c: FakeComm.cached, device_expr="self.device",
-                       accessor="fake cache", current_of_device=lambda d: FakeComm.current)
+                       accessor="fake cache", current_of_device=lambda d: FakeComm.current,
+                       fixed_device=fixed_device)
     streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
     mismatches = []
     for (sdev, sid), (cdev, cid), target, implicit, helper in itertools.product(
@@ -99,3 +103,64 @@ def test_unauditable_call_goes_ahead_with_a_warning():
         assert Broken().all_reduce(None) == "ran"
     assert any("could not audit broken.all_reduce" in str(w.message) and "no GPU here"
                in str(w.message) for w in caught)
+
+
+class CountingComm:
+    reads = 0
+
+    def __init__(self, device: int) -> None:
+        self._device = device
+
+    @property
+    def device(self) -> int:
+        CountingComm.reads += 1
+        return self._device
+
+    def all_reduce(self, tensor, out=None, stream=None):
+        return out
+
+
+@pytest.mark.parametrize(("fixed_device", "reads_for_three_calls"), [(False, 3), (True, 1)])
+def test_a_fixed_device_is_read_once_per_communicator(fixed_device, reads_for_three_calls):
+    audit.install("record")
+    wrap_stream_method(audit._registry, audit._gate, CountingComm, "all_reduce", "count.ar",
+                       resolve=lambda c: FakeStream(0, 3), device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (3, 0, 1),
+                       fixed_device=fixed_device)
+    CountingComm.reads = 0
+    comm = CountingComm(0)
+    for _ in range(3):
+        comm.all_reduce(None, stream=FakeStream(0, 3))
+    assert CountingComm.reads == reads_for_three_calls
+    other = CountingComm(1)  # another communicator: its own device, read for itself
+    other.all_reduce(None, stream=FakeStream(1, 3))
+    assert CountingComm.reads == reads_for_three_calls + 1
+    assert audit.current_auditor().findings() == []
+
+
+class SlotsComm:
+    __slots__ = ("_device",)  # no __dict__: nowhere to keep the device, so it is read each call
+    reads = 0
+
+    def __init__(self, device: int) -> None:
+        self._device = device
+
+    @property
+    def device(self) -> int:
+        SlotsComm.reads += 1
+        return self._device
+
+    def all_reduce(self, tensor, out=None, stream=None):
+        return out
+
+
+def test_a_communicator_without_instance_dict_reads_its_device_every_call():
+    audit.install("record")
+    wrap_stream_method(audit._registry, audit._gate, SlotsComm, "all_reduce", "slots.ar",
+                       resolve=lambda c: FakeStream(0, 3), device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (3, 0, 1), fixed_device=True)
+    comm = SlotsComm(0)
+    for _ in range(3):
+        comm.all_reduce(None, stream=FakeStream(0, 3))
+    assert SlotsComm.reads == 3
+    assert audit.current_auditor().findings() == []
