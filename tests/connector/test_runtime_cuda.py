@@ -1,0 +1,76 @@
+"""The connector runtime on a real CUDA device: word-view gather/scatter, pieces, events, failures.
+
+Skipped where no CUDA device is visible; ``scripts/gpu_connector_check.py`` and
+``scripts/bench_connector.py`` cover the same path at TP=2 and at full size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from streamcheck.connector.backends import HostBackend
+from streamcheck.connector.runtime import ConnectorRuntime, PollResult
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def settle(rt: ConnectorRuntime, timeout: float = 30.0) -> PollResult:
+    news = PollResult()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        news.merge(rt.poll())
+        if rt.pending() == 0:
+            news.merge(rt.poll())
+            return news
+        time.sleep(0.002)
+    raise TimeoutError("connector work did not finish")
+
+
+@pytest.mark.parametrize(("dtype", "block_shape", "word"), [
+    (torch.bfloat16, (2, 16, 8), torch.int64),  # 512-byte blocks: moved as 8-byte words
+    (torch.uint8, (3, 5), torch.uint8),  # 15-byte blocks: no wider word divides them
+])
+def test_round_trip_on_cuda_is_bit_exact_and_a_missing_block_is_never_written(
+        dtype, block_shape, word):
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    kv = [torch.randint(0, 100, (64, *block_shape), generator=g, device=device).to(dtype)
+          for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    backend = HostBackend(capacity_blocks=64, block_nbytes=nbytes, pin_memory=True)
+    rt = ConnectorRuntime(backend, kv, device, staging_blocks=5)  # 2 chunks; pieces of 1-2 rows
+    assert rt._blocks(0).dtype == word
+    ids = [3, 17, 9, 40, 1, 22, 7]
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):  # the engine writes and hands off on its compute stream
+        for layer in range(2):
+            kv[layer][ids] += 1
+            rt.save_layer("g", layer, ids, [f"k{b}L{layer}" for b in ids])
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    compute.synchronize()
+    expected = [layer_kv[ids].clone() for layer_kv in kv]
+
+    backend.delete(["k9L1"])  # gone before the load: that block must be recomputed
+    targets = [50, 51, 52, 53, 54, 55, 56]
+    for layer_kv in kv:
+        layer_kv[targets] = 0
+    torch.cuda.synchronize()
+    rt.start_load("l", {layer: (targets, [f"k{b}L{layer}" for b in ids]) for layer in range(2)})
+    news = settle(rt)
+    assert news.loads_done == {"l"} and news.failed_load_blocks == {52}
+    with torch.cuda.stream(compute):
+        for layer in range(2):
+            rt.wait_for_layer_load(layer)  # the forward orders itself after the loads
+        loaded = [layer_kv[targets].clone() for layer_kv in kv]
+    compute.synchronize()
+    assert torch.equal(loaded[0], expected[0])
+    keep = [i for i, t in enumerate(targets) if t != 52]
+    assert torch.equal(loaded[1][keep], expected[1][keep])
+    assert torch.count_nonzero(loaded[1][2]) == 0  # block 52 of layer 1 untouched
+    assert "k9L1" in rt.last_error
+    rt.shutdown()
