@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import streamcheck
 from streamcheck.connector.backends import HostBackend
 from streamcheck.connector.runtime import ConnectorRuntime, PollResult
 
@@ -37,6 +38,7 @@ def test_round_trip_on_cuda_is_bit_exact_and_a_missing_block_is_never_written(
         dtype, block_shape, word):
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")  # the runtime's own launches are audited too
     g = torch.Generator(device=device).manual_seed(0)
     kv = [torch.randint(0, 100, (64, *block_shape), generator=g, device=device).to(dtype)
           for _ in range(2)]
@@ -73,4 +75,30 @@ def test_round_trip_on_cuda_is_bit_exact_and_a_missing_block_is_never_written(
     assert torch.equal(loaded[1][keep], expected[1][keep])
     assert torch.count_nonzero(loaded[1][2]) == 0  # block 52 of layer 1 untouched
     assert "k9L1" in rt.last_error
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+    rt.shutdown()
+
+
+def test_assert_mode_fails_an_unordered_save_instead_of_storing_torn_kv(monkeypatch):
+    """A connector that forgets to order its copy after the forward's writes (the wait on the
+    handoff event removed) must not store the blocks: in assert mode the gather is stopped
+    before it runs, the save group is reported failed (vLLM recomputes), nothing is stored."""
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    streamcheck.install("assert")
+    kv = [torch.ones(16, 2, 16, 8, device=device, dtype=torch.bfloat16)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    backend = HostBackend(capacity_blocks=16, block_nbytes=nbytes, pin_memory=True)
+    rt = ConnectorRuntime(backend, kv, device)
+    compute = torch.cuda.Stream(device)
+    monkeypatch.setattr(torch.cuda.Stream, "wait_event", lambda self, event: None)
+    with torch.cuda.stream(compute):
+        kv[0][[1, 2]] *= 3
+        rt.save_layer("g", 0, [1, 2], ["a", "b"])
+    rt.seal(["g"])
+    news = settle(rt)
+    monkeypatch.undo()
+    assert news.saves_failed == {"g"} and news.saves_ok == set()
+    assert backend.lookup(["a", "b"]) == [False, False]
+    assert rt.metrics.hazards_stopped == 1 and "unsynced-handoff" in rt.last_error
     rt.shutdown()
