@@ -47,6 +47,18 @@ def drain(rt: ConnectorRuntime):
     return saves, loads, failed
 
 
+class GatedHost(HostBackend):
+    """A host backend whose saves wait until the test opens ``gate`` (a slow or stuck store)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def save(self, key, block):
+        self.gate.wait(5)
+        return super().save(key, block)
+
+
 @pytest.fixture(params=["host", "disk"])
 def backend(request, tmp_path):
     if request.param == "host":
@@ -109,21 +121,14 @@ def test_failed_load_reports_failed_blocks_and_never_writes_them():
 
 
 def test_engine_calls_do_not_block_on_a_slow_backend():
-    class SlowHost(HostBackend):
-        gate = threading.Event()
-
-        def save(self, key, block):
-            self.gate.wait(5)
-            return super().save(key, block)
-
-    b = SlowHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    b = GatedHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     start = time.perf_counter()
     for layer in range(LAYERS):
         rt.save_layer("r", layer, [0, 1], [f"k{layer}a", f"k{layer}b"])
     assert time.perf_counter() - start < 0.5 and rt.pending() == LAYERS
     rt.seal(["r"])
-    SlowHost.gate.set()
+    b.gate.set()
     saves, _, _ = drain(rt)
     assert saves == {"r"}
     rt.shutdown()
@@ -148,18 +153,11 @@ def test_failed_save_is_reported_and_never_visible():
 
 
 def test_shutdown_without_drain_cancels_queued_work():
-    class Stuck(HostBackend):
-        gate = threading.Event()
-
-        def save(self, key, block):
-            self.gate.wait(5)
-            return super().save(key, block)
-
-    b = Stuck(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    b = GatedHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     for i in range(5):
         rt.save_layer(f"r{i}", 0, [i], [f"key{i}"])
-    Stuck.gate.set()
+    b.gate.set()
     rt.shutdown(drain=False)
     assert not rt._thread.is_alive()
 
@@ -173,20 +171,13 @@ def test_layout_errors_are_clear():
 
 
 def test_flush_waits_for_the_reads_not_for_the_store():
-    class SlowStore(HostBackend):
-        gate = threading.Event()
-
-        def save(self, key, block):
-            self.gate.wait(5)
-            return super().save(key, block)
-
-    b = SlowStore(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    b = GatedHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     rt.save_layer("r", 0, [0, 1], ["fa", "fb"])
     start = time.perf_counter()
     rt.flush(timeout=4)  # the blocks are in staging while the store is still blocked
     assert time.perf_counter() - start < 3 and rt.pending() == 1
-    SlowStore.gate.set()
+    b.gate.set()
     assert wait_until(lambda: rt.pending() == 0)
     rt.shutdown()
 
@@ -205,20 +196,13 @@ def test_a_save_group_is_reported_only_once_sealed_and_every_layer_ended():
 
 
 def test_a_layer_queued_after_the_seal_is_refused():
-    class Held(HostBackend):
-        gate = threading.Event()
-
-        def save(self, key, block):
-            self.gate.wait(5)
-            return super().save(key, block)
-
-    b = Held(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
+    b = GatedHost(capacity_blocks=64, block_nbytes=block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(b, kv_caches(), "cpu")
     rt.save_layer("g", 0, [0], ["g.L0"])
     rt.seal(["g"])
     with pytest.raises(ValueError, match="already sealed"):
         rt.save_layer("g", 1, [0], ["g.L1"])  # it would be missing from a group reported ok
-    Held.gate.set()
+    b.gate.set()
     saves, _, _ = drain(rt)
     assert saves == {"g"}
     rt.shutdown()
