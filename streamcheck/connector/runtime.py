@@ -2,16 +2,18 @@
 
 It gives a backend (which only moves host blocks) everything else a KV connector needs:
 
-* one worker thread per runtime; it calls ``set_device`` first and creates the transfer stream
-  in that thread, so the stream lives on the worker's device (never the default stream);
+* one worker thread per runtime; it calls ``set_device`` first and creates its two streams
+  (transfer, scatter) in that thread, so they live on the worker's device (never the default
+  stream);
 * a save waits on an event the engine records on its compute stream at the handoff
   (``save_layer``), so the copy reads the KV the forward wrote, not a half-written one;
-* a load records an event on the transfer stream after its last copy; the forward waits on it
+* a load records an event after its last scatter; the forward waits on it
   (``wait_for_layer_load``) before reading the blocks;
 * scattered blocks are gathered on the device into one contiguous buffer and moved with ONE
   host copy into pinned staging (on H200 one gathered copy runs at ~53 GB/s, 2048 separate
   64 KiB copies at ~9.5 GB/s), then handed to the backend block by block; loads go the other
-  way (one host copy, then a device scatter). The gather and scatter kernels index whole
+  way (host copies on the transfer stream, each piece scattered on the scatter stream while
+  the next piece is copied: ``LOAD_PIECES``). The gather and scatter kernels index whole
   blocks viewed as 8-byte words where the layout allows: the same bytes, an eighth of the
   elements for the indexing kernel to address;
 * backend calls run in the worker thread, one block after another. Spreading them over a
@@ -53,7 +55,7 @@ LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 @dataclass
 class _Job:
     kind: str  # "save" | "load"
-    req_id: str
+    group: str  # the save group, or the request whose blocks are loaded
     layer: int
     block_ids: list[int]
     keys: list[str]
@@ -169,21 +171,20 @@ class ConnectorRuntime:
         wrote them. The group is reported (``poll``) once sealed and every transfer ended."""
         if len(block_ids) != len(keys):
             raise ValueError("one key per block")
+        ready = handoff = None
+        if self.is_cuda and block_ids:
+            handoff = streamcheck.handoff(self.kv_caches[layer])
+            ready = torch.cuda.Event()
+            ready.record()  # on the engine's current (compute) stream
         with self._lock:
             state = self._saves.setdefault(group, _GroupState())
             if state.sealed:
                 raise ValueError(f"save group {group!r} was already sealed")
             state.queued += 1
-            if block_ids:
-                state.pending += 1
-                self._unread_saves += 1
-        if not block_ids:
-            return
-        ready = handoff = None
-        if self.is_cuda:
-            handoff = streamcheck.handoff(self.kv_caches[layer])
-            ready = torch.cuda.Event()
-            ready.record()  # on the engine's current (compute) stream
+            if not block_ids:
+                return
+            state.pending += 1
+            self._unread_saves += 1
         self._jobs.put(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
                             handoff=handoff))
 
@@ -459,7 +460,7 @@ class ConnectorRuntime:
         self._mark_read(job)  # a failed or cancelled save no longer reads the KV cache
         with self._lock:
             table = self._saves if job.kind == "save" else self._loads
-            state = table.setdefault(job.req_id, _GroupState())
+            state = table.setdefault(job.group, _GroupState())
             state.pending -= 1
             if not ok:
                 state.failed = True
@@ -469,7 +470,7 @@ class ConnectorRuntime:
                     self.metrics.failed_saves += 1
                 else:
                     self.metrics.failed_loads += 1
-            self._settle(job.req_id, state, table)
+            self._settle(job.group, state, table)
 
     def _settle(self, name: str, state: _GroupState, table: dict[str, _GroupState]) -> None:
         """Report a sealed group whose transfers all ended (the caller holds the lock)."""
