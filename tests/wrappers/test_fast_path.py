@@ -106,6 +106,8 @@ def test_unauditable_call_goes_ahead_with_a_warning():
 
 
 class CountingComm:
+    """Counts how often the wrapper reads its device."""
+
     reads = 0
 
     def __init__(self, device: int) -> None:
@@ -113,54 +115,40 @@ class CountingComm:
 
     @property
     def device(self) -> int:
-        CountingComm.reads += 1
+        type(self).reads += 1
         return self._device
 
     def all_reduce(self, tensor, out=None, stream=None):
         return out
 
 
-@pytest.mark.parametrize(("fixed_device", "reads_for_three_calls"), [(False, 3), (True, 1)])
-def test_a_fixed_device_is_read_once_per_communicator(fixed_device, reads_for_three_calls):
+class DictlessComm:
+    """Like ``CountingComm`` but without an instance ``__dict__`` at all."""
+
+    __slots__ = ("_device",)
+    reads = 0
+    device = CountingComm.device
+    all_reduce = CountingComm.all_reduce
+    __init__ = CountingComm.__init__
+
+
+@pytest.mark.parametrize(("cls", "fixed_device", "reads_per_three_calls"), [
+    (CountingComm, False, 3),  # read on every launch
+    (CountingComm, True, 1),  # read once, kept on the instance
+    (DictlessComm, True, 3),  # nowhere to keep it: read on every launch, still audited
+])
+def test_a_fixed_device_is_read_once_per_communicator(cls, fixed_device, reads_per_three_calls):
     audit.install("record")
-    wrap_stream_method(audit._registry, audit._gate, CountingComm, "all_reduce", "count.ar",
+    wrap_stream_method(audit._registry, audit._gate, cls, "all_reduce", "count.ar",
                        resolve=lambda c: FakeStream(0, 3), device_expr="self.device",
                        accessor="", current_of_device=lambda d: (3, 0, 1),
                        fixed_device=fixed_device)
-    CountingComm.reads = 0
-    comm = CountingComm(0)
+    cls.reads = 0
+    comm = cls(0)
     for _ in range(3):
         comm.all_reduce(None, stream=FakeStream(0, 3))
-    assert CountingComm.reads == reads_for_three_calls
-    other = CountingComm(1)  # another communicator: its own device, read for itself
+    assert cls.reads == reads_per_three_calls
+    other = cls(1)  # another communicator: its own device, read for itself
     other.all_reduce(None, stream=FakeStream(1, 3))
-    assert CountingComm.reads == reads_for_three_calls + 1
-    assert audit.current_auditor().findings() == []
-
-
-class SlotsComm:
-    __slots__ = ("_device",)  # no __dict__: nowhere to keep the device, so it is read each call
-    reads = 0
-
-    def __init__(self, device: int) -> None:
-        self._device = device
-
-    @property
-    def device(self) -> int:
-        SlotsComm.reads += 1
-        return self._device
-
-    def all_reduce(self, tensor, out=None, stream=None):
-        return out
-
-
-def test_a_communicator_without_instance_dict_reads_its_device_every_call():
-    audit.install("record")
-    wrap_stream_method(audit._registry, audit._gate, SlotsComm, "all_reduce", "slots.ar",
-                       resolve=lambda c: FakeStream(0, 3), device_expr="self.device",
-                       accessor="", current_of_device=lambda d: (3, 0, 1), fixed_device=True)
-    comm = SlotsComm(0)
-    for _ in range(3):
-        comm.all_reduce(None, stream=FakeStream(0, 3))
-    assert SlotsComm.reads == 3
+    assert cls.reads == reads_per_three_calls + 1
     assert audit.current_auditor().findings() == []
