@@ -19,6 +19,7 @@ import sys
 
 import torch
 import torch.multiprocessing as mp
+from _ranks import run_ranks
 
 import streamcheck
 from streamcheck.connector.backends import HostBackend
@@ -120,17 +121,7 @@ def main() -> int:
     if world < 1:
         print("needs a CUDA GPU")
         return 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    uids = [unique_id()]
-    procs = [ctx.Process(target=rank_main, args=(r, world, uids, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=400) for _ in range(2 * world)]
-    for p in procs:
-        p.join(30)
-        if p.is_alive():
-            p.kill()
+    results = run_ranks(rank_main, world, ([unique_id()],), expected=2 * world, timeout=400)
     ok = True
     for r in sorted(results, key=lambda r: (r["injected"], r["rank"])):
         print(json.dumps(r))

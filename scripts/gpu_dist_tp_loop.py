@@ -18,6 +18,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ranks import run_ranks
 
 import streamcheck
 from streamcheck.repro.actors import ConnectorThread
@@ -72,16 +73,7 @@ def main() -> int:
     if world < 1:
         print("needs a CUDA GPU")
         return 2
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(r, world, 29611, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=300) for _ in range(2 * world)]
-    for p in procs:
-        p.join(60)
-        if p.is_alive():
-            p.kill()
+    results = run_ranks(rank_main, world, (29611,), expected=2 * world, timeout=300)
     ok = True
     for r in sorted(results, key=lambda r: (r["scenario"], r["rank"])):
         print(json.dumps(r))
