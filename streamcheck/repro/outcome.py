@@ -17,6 +17,8 @@ class Observation:
     findings: set[str] = field(default_factory=set)
     errors: dict[int, str] = field(default_factory=dict)
     hung: list[int] = field(default_factory=list)
+    #: ranks killed before their first record: start-up outran the time limit
+    not_started: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
     foreign_launches: int = 0
 
@@ -31,6 +33,9 @@ class Observation:
         other = {r: e for r, e in self.errors.items() if "error-400" not in self.symptoms}
         if other:
             parts.append("errors: " + "; ".join(f"rank{r}: {e}" for r, e in other.items()))
+        if self.not_started:
+            parts.append(f"rank(s) {','.join(map(str, self.not_started))} never started "
+                         "(the time limit ran out during start-up)")
         return "; ".join(parts) or "clean"
 
 
@@ -86,7 +91,11 @@ def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: b
             if int(last_observed.get(key.replace("-", "_"), 0)):
                 obs.symptoms[key] = f"rank{rank} {last_observed[key.replace('-', '_')]}/{done}"
         obs.foreign_launches += int(last_observed.get("foreign_launches", 0))
-        if not ended and timed_out:
+        if not records and timed_out:
+            # killed before its first record: start-up (imports, rendezvous) outran the time
+            # limit; calling that a hang would let a too-short limit pass for a reproduced one
+            obs.not_started.append(rank)
+        elif not ended and timed_out:
             obs.hung.append(rank)
         elif not ended:
             obs.errors.setdefault(rank, "rank exited without a result")
@@ -99,7 +108,14 @@ def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: b
 
 
 def judge(expect: Expectation, obs: Observation, world_size: int) -> tuple[bool, str]:
-    """(matches, why). The why is the reason for a mismatch, empty when it matches."""
+    """(matches, why). The why is the reason for a mismatch, empty when it matches.
+
+    A rank that never started decides nothing, whatever the expectation: the run says nothing
+    about the hazard, only that the time limit was too short for this machine.
+    """
+    if obs.not_started:
+        return (False, f"rank(s) {','.join(map(str, obs.not_started))} never started before "
+                       "the time limit; raise --timeout")
     seen = set(obs.symptoms)
     if expect.clean:
         problems = []

@@ -120,7 +120,7 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
                    for p in out.glob("rank*.stderr") if p.stem[4:].isdigit()}
     obs: Observation = observe(logs, world_size, timed_out, spec.iterations[backend],
                                rank_stderr)
-    if timed_out and not obs.hung:
+    if timed_out and not obs.hung and not obs.not_started:
         obs.symptoms["hang"] = "variant process stuck until killed"
     ok, why = judge(spec.expect[variant], obs, world_size)
     stderr = {p.name: p.read_text()[-6000:] for p in sorted(out.glob("*.stderr"))}
