@@ -115,7 +115,8 @@ def judge(expect: Expectation, obs: Observation, world_size: int) -> tuple[bool,
     """
     if obs.not_started:
         return (False, f"rank(s) {','.join(map(str, obs.not_started))} never started before "
-                       "the time limit; raise --timeout")
+                       "the time limit (imports, device set-up, rendezvous); raise --timeout "
+                       "on a slow machine, or look at the rank's stack in the dump")
     seen = set(obs.symptoms)
     if expect.clean:
         problems = []

@@ -42,3 +42,13 @@ def test_observe_reads_rank_logs_and_hangs():
     assert obs.hung == [0]
     assert set(obs.symptoms) == {"nan", "error-400", "hang"}
     assert "rank0 2/3" in obs.symptoms["nan"]
+
+
+def test_rank_without_a_record_at_the_time_limit_never_started_and_decides_nothing():
+    logs = {1: [{"kind": "start", "rank": 1},
+                {"kind": "error", "rank": 1, "error_kind": "error-400", "message": "400"}]}
+    obs = observe(logs, 2, timed_out=True, iterations=3)
+    assert obs.not_started == [0] and obs.hung == [] and "hang" not in obs.symptoms
+    assert "rank(s) 0 never started" in obs.describe()
+    ok, why = judge(Expectation(symptom=("error-400",), peers_hang=True), obs, 2)
+    assert not ok and "never started" in why  # the symptom alone must not pass the variant
