@@ -111,7 +111,7 @@ def judge(expect: Expectation, obs: Observation, world_size: int) -> tuple[bool,
     """(matches, why). The why is the reason for a mismatch, empty when it matches.
 
     A rank that never started decides nothing, whatever the expectation: the run says nothing
-    about the hazard, only that the time limit was too short for this machine.
+    about the hazard, only that start-up did not finish within the time limit.
     """
     if obs.not_started:
         return (False, f"rank(s) {','.join(map(str, obs.not_started))} never started before "
