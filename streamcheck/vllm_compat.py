@@ -45,6 +45,7 @@ __all__ = [
     "cache_kind",
     "detect_cache_kind",
     "find_current_stream_accessor",
+    "import_vllm_module",
     "parse_version",
     "pynccl_module",
     "vllm_version",
@@ -115,20 +116,27 @@ def _require_vllm() -> str:
     return version
 
 
-def _import(name: str) -> ModuleType:
+def import_vllm_module(name: str) -> ModuleType:
+    """Import a vLLM module, or raise ``VllmUnavailable`` saying which and why.
+
+    Any exception counts, not only ImportError: importing vLLM resolves its platform and can
+    fail with other errors on a machine it does not support.
+    """
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
+    except Exception as exc:
+        version = vllm_version()
+        why = f"{type(exc).__name__}: {exc}"
         raise VllmUnavailable(
-            f"vLLM {vllm_version()} is installed but {name} failed to "
-            f"import ({type(exc).__name__}: {exc})"
+            f"vLLM is not installed ({name}: {why})" if version is None
+            else f"vLLM {version} is installed but {name} failed to import ({why})"
         ) from exc
 
 
 def _has_submodule(name: str) -> bool:
     """True if ``name`` can be found, without executing it (its parents do get imported)."""
     parent, _, _ = name.rpartition(".")
-    pkg = _import(parent)
+    pkg = import_vllm_module(parent)
     paths = getattr(pkg, "__path__", None)
     if paths is None:
         return False
@@ -147,7 +155,7 @@ def find_current_stream_accessor() -> tuple[ModuleType, str]:
     _require_vllm()
     for name in _ACCESSOR_MODULES:
         if name in sys.modules or _has_submodule(name):
-            module = _import(name)
+            module = import_vllm_module(name)
             fn = module.__dict__.get("current_stream")
             if isinstance(fn, FunctionType) and fn.__module__ == module.__name__:
                 return module, "current_stream"
@@ -163,7 +171,7 @@ def pynccl_module() -> ModuleType:
     It holds its own reference under :data:`PYNCCL_STREAM_NAME`, bound at import time.
     """
     _require_vllm()
-    return _import(PYNCCL_MODULE)
+    return import_vllm_module(PYNCCL_MODULE)
 
 
 def bound_copies(fn: object, prefix: str = "vllm") -> list[tuple[ModuleType, str]]:

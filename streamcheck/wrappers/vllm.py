@@ -9,9 +9,9 @@ stream pynccl is about to launch on. Connector methods (``start_load_kv``, ``sav
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from streamcheck.vllm_compat import VllmUnavailable, import_vllm_module
 from streamcheck.wrappers.communicators import (
     instrument_communicator,
     instrument_connector_method,
@@ -26,22 +26,8 @@ CONNECTOR_METHODS = (
 )
 
 
-class VllmUnavailable(ImportError):
-    """vLLM (or the part of it needed) cannot be imported here."""
-
-
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except Exception as exc:
-        raise VllmUnavailable(
-            f"cannot import {name} ({type(exc).__name__}: {exc}); install vLLM "
-            "(pip install 'streamcheck[vllm]') to audit it"
-        ) from exc
-
-
 def instrument_pynccl() -> list[str]:
-    pynccl = _import("vllm.distributed.device_communicators.pynccl")
+    pynccl = import_vllm_module("vllm.distributed.device_communicators.pynccl")
     cls = pynccl.PyNcclCommunicator
     methods = tuple(m for m in PYNCCL_METHODS if "stream" in _params(getattr(cls, m, None)))
     return instrument_communicator(
@@ -75,7 +61,7 @@ def _connector_classes(base: type) -> list[type]:
 
 def instrument_connectors() -> list[str]:
     """Audit the connector methods of every KVConnectorBase_V1 subclass defined so far."""
-    base_module = _import("vllm.distributed.kv_transfer.kv_connector.v1.base")
+    base_module = import_vllm_module("vllm.distributed.kv_transfer.kv_connector.v1.base")
     patched = []
     for cls in _connector_classes(base_module.KVConnectorBase_V1):
         for method in CONNECTOR_METHODS:

@@ -209,6 +209,10 @@ def test_compat_without_vllm_is_light_and_clear() -> None:
         "assert c.vllm_version() is None, c.vllm_version()\n"
         "try:\n    c.find_current_stream_accessor()\nexcept c.VllmUnavailable as e:\n"
         "    print(e)\nelse:\n    raise SystemExit('no error')\n"
+        "from streamcheck.wrappers import vllm as w\n"  # the wrappers raise the same error
+        "try:\n    w.instrument_pynccl()\nexcept c.VllmUnavailable as e:\n"
+        "    print('wrappers:', e)\nelse:\n    raise SystemExit('no error from the wrappers')\n"
+        "print('instrument_vllm:', w.instrument_vllm()['pynccl'][0])\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
@@ -223,6 +227,8 @@ def test_compat_without_vllm_is_light_and_clear() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "pip install streamcheck[vllm]" in proc.stdout
     assert "scripts/vllm_env.py prepare" in proc.stdout
+    assert "wrappers: vLLM is not installed (vllm.distributed" in proc.stdout
+    assert "instrument_vllm: unavailable: vLLM is not installed" in proc.stdout
 
 
 @pytest.mark.parametrize(
