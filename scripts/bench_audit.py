@@ -21,6 +21,7 @@ import torch
 
 import streamcheck
 from streamcheck import audit
+from streamcheck.wrappers.sites import LaunchSite
 
 
 class NoOpComm:
@@ -79,9 +80,8 @@ def main() -> int:
     noop = NoOpComm(0)
     bare_call = NoOpComm.all_reduce
     streamcheck.install("assert")
-    audit.instrument_communicator(NoOpComm, ("all_reduce",), op_prefix="noop",
-                                  resolve=lambda c: c._current_stream(),
-                                  device_expr="self.device.index", accessor="bench")
+    audit.instrument(LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
+                                stream="self._current_stream()"))
     wrapped_call = NoOpComm.all_reduce
     for label, kwargs in (("explicit stream", {"stream": s}), ("stream=None", {})):
         bare, wrapped = interleaved(lambda kw=kwargs: bare_call(noop, x, out, **kw),

@@ -2,55 +2,82 @@
 
 As coverage.py measures subprocesses, a child process is audited when its environment says so:
 
-* ``STREAMCHECK=<mode>`` turns the audit on at interpreter start-up;
-* ``STREAMCHECK_REPORT_DIR=<dir>`` makes every audited process write its own report there at
-  exit, named ``host.pid.random.json``; ``streamcheck report DIR`` merges them.
+* ``STREAMCHECK=<mode>`` turns the audit on at interpreter start-up (the other settings,
+  :mod:`streamcheck.settings`, travel the same way: targets, rule selection, strictness);
+* ``STREAMCHECK_REPORT_DIR=<dir>`` makes every audited process keep its own report there,
+  named ``host.pid.random.json`` and written as it goes (:mod:`streamcheck.report_writer`);
+  ``streamcheck report DIR`` merges them.
 
 The start-up hook is the ``sitecustomize`` in :mod:`streamcheck.startup`, which
 :func:`child_env` (and ``streamcheck env``) put first on PYTHONPATH; it chains to any other
 ``sitecustomize``, so a site's own one still runs. vLLM processes are also reached through the
 ``vllm.general_plugins`` entry point. :func:`process_startup` is idempotent: both may run.
+
+Bad settings are found here, at start-up, not at exit: a bad mode or an unwritable report
+directory prints one line naming the variable; with ``STREAMCHECK_STRICT=1`` the process
+refuses to start instead of running unaudited.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import os
-import secrets
-import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from streamcheck.core.modes import ConfigError, parse_mode
+import wrapt
 
-ENV_MODE = "STREAMCHECK"
-ENV_REPORT_DIR = "STREAMCHECK_REPORT_DIR"
+from streamcheck.core.modes import ConfigError, Mode, parse_mode
+from streamcheck.settings import ENV_MODE, ENV_STRICT, AuditSettings
+
 STARTUP_DIR = str(Path(__file__).parent / "startup")
+EXIT_REFUSED = 2
 
 _started = False
 
 
-def child_env(mode: str, report_dir: str | os.PathLike[str] | None = None,
-              base: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment in which Python child processes start audited in ``mode``."""
+def child_env(mode: str | Mode, report_dir: str | os.PathLike[str] | None = None,
+              base: dict[str, str] | None = None,
+              settings: AuditSettings | None = None) -> dict[str, str]:
+    """An environment in which Python child processes start audited in ``mode``.
+
+    ``settings`` (default: this process's, from its environment and pyproject) travel whole,
+    so children audit the same targets with the same rules.
+    """
     env = dict(os.environ if base is None else base)
-    env[ENV_MODE] = parse_mode(mode, "child_env(mode=...)").value
+    if settings is None:
+        settings = AuditSettings.load(env)
+    fields = _fields(settings)
+    fields["mode"] = parse_mode(mode, "child_env(mode=...)")
     if report_dir is not None:
-        env[ENV_REPORT_DIR] = str(report_dir)
+        fields["report_dir"] = str(report_dir)
+    settings = AuditSettings.load({}, pyproject=False, **fields)
+    env.update(settings.to_env())
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if STARTUP_DIR not in parts:
         env["PYTHONPATH"] = os.pathsep.join([STARTUP_DIR, *parts])
     return env
 
 
-def report_path(report_dir: str | os.PathLike[str]) -> Path:
-    name = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}.json"
-    return Path(report_dir) / name
+def _fields(settings: AuditSettings) -> dict[str, object]:
+    return {"report_dir": settings.report_dir,
+            "targets": list(settings.target_lines) or None,
+            "select": sorted(settings.select) if settings.select is not None else None,
+            "strict": settings.strict or None}
+
+
+def strict_requested(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """``STREAMCHECK_STRICT`` read leniently: it must work even when other settings do not."""
+    environ = os.environ if environ is None else environ
+    return environ.get(ENV_STRICT, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def refuse_or_warn(message: str) -> None:
+    """Say why this process is not audited; under ``STREAMCHECK_STRICT`` refuse to run."""
+    if strict_requested():
+        print(f"streamcheck: {message}; {ENV_STRICT} is set: refusing to run unaudited",
+              file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED)
+    print(f"streamcheck: {message}; this process runs unaudited", file=sys.stderr)
 
 
 def process_startup() -> bool:
@@ -59,69 +86,39 @@ def process_startup() -> bool:
     if _started or not os.environ.get(ENV_MODE):
         return False
     try:
-        mode = parse_mode(os.environ[ENV_MODE], f"environment variable {ENV_MODE}")
+        settings = AuditSettings.load()
+        writer = None
+        if settings.mode.active and settings.report_dir:
+            from streamcheck.report_writer import ProcessReportWriter, check_writable
+
+            check_writable(settings.report_dir, f"{settings.source_of('report_dir')}")
+            writer = ProcessReportWriter(settings.report_dir)
     except ConfigError as exc:
-        print(f"streamcheck: {exc}; not auditing this process", file=sys.stderr)
+        refuse_or_warn(str(exc))
         return False
-    if not mode.active:
+    if not settings.mode.active:
         return False
     _started = True
-    report_dir = os.environ.get(ENV_REPORT_DIR)
-    if report_dir:
-        atexit.register(write_process_report, report_dir)
 
-    def install() -> None:
+    def install(_torch: object = None) -> None:
         from streamcheck import audit
 
-        audit.install(mode)
+        try:
+            audit.install(settings=settings)
+        except Exception as exc:  # never break the process's own import of torch
+            refuse_or_warn(f"could not start the audit: {type(exc).__name__}: {exc}")
+            return
+        if writer is not None:
+            writer.start()
 
-    if "torch" in sys.modules:
-        install()
-    else:
-        # A child that never imports torch launches nothing to audit: do not make it pay for
-        # importing torch (~1.5 s). Install right after its own ``import torch`` instead.
-        sys.meta_path.insert(0, _AfterImport("torch", install))
+    # A child that never imports torch launches nothing to audit: do not make it pay for
+    # importing torch (~1.5 s). Install right after its own ``import torch`` instead.
+    wrapt.register_post_import_hook(install, "torch")
     return True
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``callback`` once, right after module ``name`` has been executed."""
-
-    def __init__(self, name: str, callback: Callable[[], None]) -> None:
-        self._name = name
-        self._callback = callback
-        self._finding = False
-
-    def find_spec(self, fullname: str, path: object = None, target: object = None
-                  ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != self._name or self._finding:
-            return None
-        self._finding = True
-        try:
-            spec = importlib.util.find_spec(fullname)  # the normal finders, not this one
-        finally:
-            self._finding = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        loader = spec.loader
-        execute = loader.exec_module
-
-        def exec_module(module: object) -> None:
-            execute(module)
-            with contextlib.suppress(ValueError):
-                sys.meta_path.remove(self)
-            self._callback()
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-
 def write_process_report(report_dir: str) -> Path | None:
-    """Write this process's findings to its own file in ``report_dir`` (used at exit)."""
-    from streamcheck.audit import current_auditor
-    from streamcheck.core.report import build_report, write_report
+    """Write this process's report to its own new file in ``report_dir`` now."""
+    from streamcheck.report_writer import ProcessReportWriter
 
-    auditor = current_auditor()
-    if auditor is None:
-        return None
-    return write_report(build_report(auditor), report_path(report_dir))
+    return ProcessReportWriter(report_dir).write(final=True)

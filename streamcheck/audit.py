@@ -1,68 +1,89 @@
 """Install and uninstall the audit: the one place that decides what gets patched.
 
-``install(mode)`` reads the mode (argument, else the ``STREAMCHECK`` environment variable),
-builds the process's :class:`~streamcheck.core.auditor.Auditor`, and patches stream hooks and
-launch wrappers through one :class:`~streamcheck.wrappers.registry.PatchRegistry`. ``off``
-patches nothing. Calling ``install`` again is harmless; ``uninstall`` restores everything.
+``install(mode)`` resolves the settings (argument, else ``STREAMCHECK``, else
+``[tool.streamcheck]``; see :mod:`streamcheck.settings`), builds the process's
+:class:`~streamcheck.core.auditor.Auditor`, hooks torch's stream and event API, and asks the
+import watch for every launch site: the built-in table (vLLM and SGLang pynccl, the KV
+connector API, ``torch.distributed``, our own NCCL binding) plus the user's targets. A site
+whose module is imported already is patched at once; any other the moment it is imported,
+whichever activation path started the audit (``install()``, the start-up hook, the pytest
+plugin, vLLM's ``general_plugins``). ``off`` patches nothing. Calling ``install`` again is
+harmless; ``uninstall`` restores every patched attribute, late ones included.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode, parse_mode
+from streamcheck.settings import ENV_MODE, AuditSettings
 from streamcheck.wrappers import events, streams
-from streamcheck.wrappers.communicators import (
-    instrument_communicator,
-    instrument_connector_method,
-)
+from streamcheck.wrappers.imports import ImportWatch
+from streamcheck.wrappers.instrument import apply_site
 from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.sites import BUILTIN_SITES, LaunchSite
 from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, current_auditor
 
-ENV_MODE = "STREAMCHECK"
-
 __all__ = [
-    "current_auditor", "install", "installed_patches", "instrument_communicator",
-    "instrument_connector_method", "instrument_sim", "mode_from_env", "uninstall",
+    "ENV_MODE", "current_auditor", "install", "installed_patches", "instrument",
+    "instrument_sim", "mode_from_env", "uninstall",
 ]
 
 _lock = LOCK
 _registry = REGISTRY
 _gate = GATE
+_watch = ImportWatch()
 
 
 def mode_from_env(environ: dict[str, str] | None = None) -> Mode:
-    environ = os.environ if environ is None else environ
-    return parse_mode(environ.get(ENV_MODE, "off"), f"environment variable {ENV_MODE}")
+    return AuditSettings.load(environ, pyproject=False).mode
 
 
 def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = None,
-            runtime: str = "cuda") -> Auditor | None:
-    """Start auditing this process in ``mode`` (default: from ``STREAMCHECK``)."""
-    resolved = mode_from_env() if mode is None else parse_mode(mode, "install(mode=...)")
+            runtime: str = "cuda", settings: AuditSettings | None = None) -> Auditor | None:
+    """Start auditing this process in ``mode`` (default: from the settings' sources)."""
     with _lock:
-        if not resolved.active:
+        auditor = _gate.auditor
+        if auditor is not None and mode is not None:
+            resolved = parse_mode(mode, "install(mode=...)")
+            if resolved.active:
+                auditor.mode = resolved
+                return auditor
+        if settings is None:
+            settings = AuditSettings.load(
+                mode=None if mode is None else parse_mode(mode, "install(mode=...)"),
+                select=select)
+        if not settings.mode.active:
             uninstall()
             return None
-        auditor = _gate.auditor
         if auditor is not None:
-            auditor.mode = resolved
+            auditor.mode = settings.mode
             return auditor
-        auditor = Auditor(resolved, select=select, runtime=runtime)
+        auditor = Auditor(settings.mode, select=settings.select, runtime=runtime)
         _gate.auditor = auditor
         _install_torch_hooks()
-        _install_nccl_binding()
-        _install_torch_distributed()
-        _install_vllm_if_imported()
+        for site in (*BUILTIN_SITES, *settings.targets):
+            instrument(site)
         return auditor
+
+
+def instrument(site: LaunchSite) -> None:
+    """Audit ``site`` now if its module is imported, else as soon as it is."""
+    with _lock:
+        auditor = _gate.auditor
+        if auditor is None:
+            return
+        auditor.coverage.note_target(site.name, site.module, "not imported",
+                                     source=site.source)
+        _watch.watch(site.module, lambda module, site=site: apply_site(site, module))
 
 
 def uninstall() -> None:
     """Restore every patched attribute and stop auditing."""
     with _lock:
         _gate.auditor = None
+        _watch.disarm()
         _registry.restore_all()
 
 
@@ -75,51 +96,38 @@ def _install_torch_hooks() -> None:
         import torch
     except ImportError:
         return
+    from streamcheck.runtime.cuda import stream_reader
+
     streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
     streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
-    events.hook_events(_registry, _gate, torch.cuda.Event, events.torch_stream_key)
+    reader = stream_reader()
+    if reader is not None:
+        events.hook_events(_registry, _gate, torch.cuda.Event, events.reader_stream_key(reader))
 
 
-def _install_torch_distributed() -> None:
-    from streamcheck.runtime import cuda
-
-    reader = cuda.current_stream_reader()
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return
-    if reader is None or not dist.is_available():
-        return
-    from streamcheck.wrappers.torch_distributed import instrument_torch_distributed
-
-    instrument_torch_distributed(_registry, _gate, dist, reader)
+_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait")
 
 
-def _install_vllm_if_imported() -> None:
-    """Audit vLLM's communicators and connectors if vLLM is already imported.
+def release_torch_hooks() -> bool:
+    """Take the torch hooks off (the audit stays); True if there were any.
 
-    Importing vLLM here would cost seconds and pull its whole stack into processes that never
-    use it; vLLM processes are reached by the ``vllm.general_plugins`` entry point instead,
-    which runs after vLLM is imported, and anyone can call ``instrument_vllm()`` directly.
+    For a process that replaces ``torch.cuda``'s stream surface after the audit started (the
+    CPU simulator standing in for CUDA): release, replace, then :func:`rehook_torch`.
     """
-    import sys
+    import torch
 
-    if "vllm.distributed.device_communicators.pynccl" in sys.modules:
-        from streamcheck.wrappers.vllm import instrument_vllm
+    with _lock:
+        owners = (torch.cuda, torch.cuda.Stream, torch.cuda.Event,
+                  getattr(torch, "accelerator", None))
+        return sum(_registry.restore(o, _TORCH_SURFACE) for o in owners if o is not None) > 0
 
-        instrument_vllm()
 
-
-def _install_nccl_binding() -> None:
-    from streamcheck.runtime.nccl import NcclCommunicator
-
-    instrument_communicator(
-        NcclCommunicator,
-        ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send", "recv"),
-        op_prefix="nccl", resolve=lambda comm: comm._current_stream(),
-        device_expr="self.device.index", accessor="NcclCommunicator(current_stream=...)",
-    )
+def rehook_torch() -> None:
+    """Hook torch's (possibly replaced) stream surface for the running audit."""
+    with _lock:
+        if _gate.auditor is not None:
+            _install_torch_hooks()
 
 
 def instrument_sim(api: Any) -> None:
@@ -143,5 +151,7 @@ def instrument_sim(api: Any) -> None:
                 _registry, _gate, SimCommunicator, method, f"sim.nccl.{method}",
                 resolve=lambda comm: comm._current_stream(),
                 device_expr="self.device_index", accessor="SimCommunicator(current_stream=...)",
-                current_of_comm=current_of,
+                current_of_comm=current_of, target="sim.nccl",
             )
+        _gate.auditor.coverage.note_target("sim.nccl", "streamcheck.runtime.sim.comm",
+                                           "instrumented", ["all_reduce", "send", "recv"])

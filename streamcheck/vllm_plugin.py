@@ -1,7 +1,9 @@
-"""vLLM ``general_plugins`` entry point: ``STREAMCHECK=warn vllm serve ...`` audits every worker.
+"""vLLM ``general_plugins`` entry point: ``STREAMCHECK=warn vllm serve ...`` audits every process.
 
-vLLM loads general plugins in every process it starts (engine core, workers), so this is
-where the audit gets installed in a real deployment, with no change to vLLM or the model code.
+vLLM loads general plugins in every process it starts (front end, engine core, workers). This
+starts the audit there when the settings ask for it; the launch sites themselves (pynccl, the
+connector class that ``KVConnectorFactory`` imports later) are patched by the audit's import
+watch whenever vLLM imports them, so nothing here depends on what vLLM imported so far.
 """
 
 from __future__ import annotations
@@ -11,9 +13,3 @@ def register() -> None:
     from streamcheck.activation import process_startup
 
     process_startup()
-    from streamcheck.audit import current_auditor
-
-    if current_auditor() is not None:
-        from streamcheck.wrappers.vllm import instrument_vllm
-
-        instrument_vllm()

@@ -11,7 +11,6 @@ thread's current one, ``device-mismatch`` a stream off the target device, and
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import warnings
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
+from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.explain import explain_finding
 from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef, ThreadRef, capture_stack
@@ -57,7 +57,7 @@ class Auditor:
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
         self._lock = threading.Lock()
-        self.counter = itertools.count()  # next() is atomic under the GIL
+        self.coverage = Coverage()
         self._listeners: list[FindingListener] = []
         self._handoffs: dict[tuple[int, int], Handoff] = {}
         self._main = threading.main_thread().ident
@@ -70,10 +70,10 @@ class Auditor:
               reads: tuple[Handoff, ...] = ()) -> None:
         """Let a launch through, or hand it to :meth:`review` (which may raise).
 
-        ``counted`` says the caller already advanced :attr:`counter` for this launch.
+        ``counted`` says the caller already advanced this launch site's counter.
         """
         if not counted:
-            next(self.counter)
+            next(self.coverage.counter(op))
         if (
             (target_device is None or stream_device == target_device)
             and (not implicit or current_id is None
@@ -161,8 +161,8 @@ class Auditor:
 
     @property
     def launches(self) -> int:
-        """How many launches passed the gate (an exact count: the counter is atomic)."""
-        return int(repr(self.counter)[6:-1])  # "count(N)": reading it does not advance it
+        """How many launches passed the gate, over every launch site."""
+        return self.coverage.launches()
 
     def entries(self) -> list[FindingEntry]:
         with self._lock:

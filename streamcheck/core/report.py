@@ -12,10 +12,12 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from streamcheck.core.auditor import Auditor, FindingEntry
+from streamcheck.core.coverage import INSTRUMENTED, UNAVAILABLE, WAITING, Coverage
 from streamcheck.core.explain import explain_finding
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef
 from streamcheck.core.records import Finding, StreamEvent
@@ -75,9 +77,22 @@ def finding_to_dict(finding: Finding, count: int = 1) -> dict[str, Any]:
     }
 
 
+def coverage_to_dict(coverage: Coverage | None) -> dict[str, Any]:
+    """The targets and per-op launch counts of one auditor (empty without one)."""
+    if coverage is None:
+        return {"launches_by_op": {}, "targets": []}
+    by_target = coverage.launches_by_target()
+    targets = [dict(asdict(t), launches=by_target.get(t.name, 0)) for t in coverage.targets()]
+    return {"launches_by_op": coverage.launches_by_op(), "targets": targets}
+
+
 def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """One process's report. ``entries`` overrides the auditor's (e.g. one test's findings)."""
+                 final: bool = True, **extra: Any) -> dict[str, Any]:
+    """One process's report. ``entries`` overrides the auditor's (e.g. one test's findings).
+
+    ``final`` is False for a snapshot written while the process still runs: a report whose
+    process was killed before its exit stays marked as such.
+    """
     if entries is None:
         entries = auditor.entries() if auditor is not None else []
     findings = [finding_to_dict(e.finding, e.count) for e in entries]
@@ -89,10 +104,41 @@ def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None
         },
         "mode": auditor.mode.value if auditor is not None else "off",
         "runtime": auditor.runtime if auditor is not None else "",
+        "final": final,
         "launches_audited": auditor.launches if auditor is not None else 0,
+        **coverage_to_dict(auditor.coverage if auditor is not None else None),
         "findings": findings,
         **extra,
     }
+
+
+def merge_targets(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target over several processes: launches add up, the best state wins."""
+    rank = {INSTRUMENTED: 0, WAITING: 1, UNAVAILABLE: 2}
+    merged: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for target in report.get("targets", []):
+            row = merged.get(target["name"])
+            if row is None:
+                merged[target["name"]] = dict(target, methods=list(target.get("methods", [])),
+                                              processes=1)
+                continue
+            row["launches"] += target.get("launches", 0)
+            row["processes"] += 1
+            row["methods"] += [m for m in target.get("methods", []) if m not in row["methods"]]
+            if rank.get(target["state"], 3) < rank.get(row["state"], 3):
+                row["state"], row["detail"] = target["state"], target.get("detail", "")
+    return list(merged.values())
+
+
+def process_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """One line per process in a merged report: who it was and what it audited."""
+    process = report.get("process", {})
+    return {"pid": process.get("pid"), "host": process.get("host"),
+            "argv": process.get("argv", []), "mode": report.get("mode"),
+            "final": report.get("final", True),
+            "launches_audited": report.get("launches_audited", 0),
+            "findings": len(report.get("findings", []))}
 
 
 def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -100,21 +146,28 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     reports = list(reports)
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     launches = 0
+    by_op: dict[str, int] = {}
     for report in reports:
         if report.get("schema") != SCHEMA:
             raise ValueError(f"not a {SCHEMA} report: schema={report.get('schema')!r}")
         launches += int(report.get("launches_audited", 0))
+        for op, n in report.get("launches_by_op", {}).items():
+            by_op[op] = by_op.get(op, 0) + n
         for finding in report.get("findings", []):
             key = (finding["rule"], finding["launch"]["op"], finding["message"])
             if key in merged:
                 merged[key]["count"] += finding["count"]
             else:
                 merged[key] = dict(finding, pid=report["process"]["pid"])
+    modes = sorted({r.get("mode", "off") for r in reports})
     return {
         "schema": SCHEMA,
         "merged_from": [r["process"] for r in reports],
-        "mode": reports[0]["mode"] if reports else "off",
+        "per_process": [process_summary(r) for r in reports],
+        "mode": modes[0] if len(modes) == 1 else ("mixed" if modes else "off"),
         "launches_audited": launches,
+        "launches_by_op": dict(sorted(by_op.items())),
+        "targets": merge_targets(reports),
         "findings": list(merged.values()),
     }
 

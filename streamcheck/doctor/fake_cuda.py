@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamcheck.runtime.cuda import StreamReader, use_reader
 from streamcheck.runtime.sim import SimCuda, SimMachine
 from streamcheck.runtime.sim.api import SimStreamBase, SimStreamContext
 
@@ -80,6 +81,9 @@ def install(fake: FakeCuda) -> None:
     """Put ``fake`` on ``torch.cuda`` and ``torch.accelerator.set_stream`` (child only)."""
     import torch
 
+    from streamcheck import audit
+
+    audited = audit.release_torch_hooks()  # an audit started first follows the surface over
     cuda: Any = torch.cuda
     for name, value in vars(fake.namespace).items():
         setattr(cuda, name, value)
@@ -87,3 +91,17 @@ def install(fake: FakeCuda) -> None:
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None:
         accelerator.set_stream = fake.accelerator_set_stream
+    use_reader(reader_of(fake))
+    if audited:
+        audit.rehook_torch()
+
+
+def reader_of(fake: FakeCuda) -> StreamReader:
+    """The audit's stream reader for the simulated CUDA: the sim's per-thread truth."""
+    machine = fake.sim.machine
+
+    def current_stream(device: int) -> tuple[int, int, int]:
+        state = machine.current_stream(device)
+        return (state.stream_id, state.device, 1)
+
+    return StreamReader(current_stream, fake.sim.current_device, name="sim")

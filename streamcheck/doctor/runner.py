@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamcheck
-from streamcheck.activation import ENV_MODE, ENV_REPORT_DIR
 from streamcheck.doctor import environment
 from streamcheck.doctor.hazards import FRESH_THREAD_DEVICE
 from streamcheck.doctor.model import (
@@ -30,6 +29,7 @@ from streamcheck.doctor.model import (
     cannot_tell_all,
 )
 from streamcheck.doctor.probe_main import RESULT_TAG
+from streamcheck.settings import ENV_MODE, ENV_REPORT_DIR
 
 BACKENDS = ("auto", "cuda", "sim")
 DEFAULT_TIMEOUT_S = 180.0

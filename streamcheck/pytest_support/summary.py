@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from streamcheck.render.coverage import plain_lines
+
 OUTSIDE = "(outside any test)"
 
 
@@ -50,6 +52,8 @@ def headline(report: dict[str, Any]) -> str:
 def render(terminalreporter: Any, report: dict[str, Any], written_to: Path | None) -> None:
     terminalreporter.write_sep("=", "streamcheck")
     terminalreporter.write_line(headline(report))
+    for line in plain_lines(report):
+        terminalreporter.write_line(line, red=line.startswith("WARNING"))
     found = rows(report)
     if found:
         if terminalreporter.hasmarkup:

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streamcheck.render.coverage import process_notes, targets_table, zero_launch_warning
+
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
     findings = report.get("findings", [])
@@ -23,5 +25,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for f in findings:
         console.rule(f"[bold]{f['rule']}[/]")
         console.print(f["text"], markup=False, highlight=False)
-    if not findings:
-        console.print("no findings")
+    if report.get("targets"):
+        console.print(targets_table(report))
+    for note in process_notes(report):
+        console.print(f"[yellow]{note}[/]")
+    warning = zero_launch_warning(report)
+    if warning:
+        console.print(f"[bold red]{warning}[/]")
+    elif not findings:
+        console.print(f"no findings in {report.get('launches_audited', 0)} launches audited")

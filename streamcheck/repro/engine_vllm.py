@@ -37,13 +37,11 @@ def setup(rank: int, world_size: int, port: int) -> tuple[str, Any, Any]:
     with contextlib.suppress(ImportError):  # stand-ins for vLLM's compiled modules
         import streamcheck_vllm_stubs  # noqa: F401
     from streamcheck.vllm_compat import find_current_stream_accessor, vllm_version
-    from streamcheck.wrappers.vllm import instrument_vllm
 
     module, name = find_current_stream_accessor()
     accessor = getattr(module, name)
     from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
 
-    instrument_vllm()  # no-op when the audit is off (buggy variant)
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                 world_size=world_size, rank=rank)

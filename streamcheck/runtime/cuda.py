@@ -1,13 +1,61 @@
-"""The real CUDA runtime's cheap per-thread truths, read from PyTorch's C++ state.
+"""The calling thread's real CUDA truths, read cheaply: its current device and current stream.
 
 ``torch.cuda.current_stream()`` builds a Python Stream object (~4 µs a call, measured on
 H200); ``torch._C._cuda_getCurrentStream(device)`` returns the same per-thread answer as a tuple
-(stream id, device, device type) in ~110 ns. The audit reads the latter at every launch.
+(stream id, device, device type) in ~110 ns, and ``torch._C._cuda_getDevice()`` the thread's
+current device. The audit reads these at every launch through :func:`stream_reader`.
+
+A process whose ``torch.cuda`` is the CPU simulator (``streamcheck doctor``'s probe child, the
+CPU tests over vLLM's real code) has no such C++ state: the simulator installs its own reader
+with :func:`use_reader`, and every wrapper made afterwards reads the simulated truth.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+CurrentStreamTuple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class StreamReader:
+    """``current_stream(device) -> (stream id, device, device type)``; ``current_device()``."""
+
+    current_stream: Callable[[int], CurrentStreamTuple]
+    current_device: Callable[[], int]
+    name: str = "cuda"
+
+
+_override: StreamReader | None = None
+
+
+def use_reader(reader: StreamReader | None) -> None:
+    """Read streams through ``reader`` from now on (None: back to torch's C++ state)."""
+    global _override
+    _override = reader
+
+
+def stream_reader() -> StreamReader | None:
+    """The reader for this process, or None when torch has no CUDA (a CPU build)."""
+    if _override is not None:
+        return _override
+    try:
+        import torch
+    except ImportError:
+        return None
+    current = getattr(torch._C, "_cuda_getCurrentStream", None)
+    device = getattr(torch._C, "_cuda_getDevice", None)
+    if current is None or device is None:
+        return None
+    return StreamReader(current, device)
+
+
+def current_stream_reader() -> Any:
+    """The fast reader ``(device) -> (stream id, device, type)``, or None without CUDA."""
+    reader = stream_reader()
+    return reader.current_stream if reader is not None else None
 
 
 def cuda_available() -> bool:
@@ -24,12 +72,3 @@ def device_count() -> int:
     import torch
 
     return int(torch.cuda.device_count())
-
-
-def current_stream_reader() -> Any:
-    """The fast reader ``(device) -> (stream id, device, type)``, or None without CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return getattr(torch._C, "_cuda_getCurrentStream", None)

@@ -46,14 +46,17 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
     registry.patch(event_class, "wait", make_wait)
 
 
-def torch_stream_key(_event: Any, stream: Any) -> tuple[int, int]:
-    if stream is not None:
-        return (int(stream.device_index), int(stream.stream_id))
-    import torch
+def reader_stream_key(reader: Any) -> StreamKeyOf:
+    """(event, stream) -> key, reading the current stream through a ``StreamReader``."""
+    current_stream, current_device = reader.current_stream, reader.current_device
 
-    device = torch._C._cuda_getDevice()
-    sid, dev, _ = torch._C._cuda_getCurrentStream(device)
-    return (int(dev), int(sid))
+    def key(_event: Any, stream: Any) -> tuple[int, int]:
+        if stream is not None:
+            return (int(stream.device_index), int(stream.stream_id))
+        sid, dev, _ = current_stream(current_device())
+        return (int(dev), int(sid))
+
+    return key
 
 
 def sim_stream_key(event: Any, stream: Any) -> tuple[int, int]:

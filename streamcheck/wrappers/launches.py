@@ -45,21 +45,32 @@ def warn_cannot_audit(op: str, exc: Exception) -> None:
 
 
 def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: str, op: str,
-                       resolve: Callable[[Any], Any], device_expr: str, accessor: str,
+                       resolve: Callable[[Any], Any] | None, device_expr: str, accessor: str,
                        current_of_device: Callable[[int], CurrentStreamTuple] | None = None,
                        current_of_comm: Callable[[Any, int], CurrentStreamTuple] | None = None,
-                       skip_expr: str = "False", fixed_device: bool = False) -> bool:
+                       skip_expr: str = "False", fixed_device: bool = False,
+                       target: str = "",
+                       current_device: Callable[[], int] | None = None) -> bool:
     """Patch ``cls.method`` so each call is audited before it runs.
 
-    ``device_expr`` is a Python expression over ``self`` giving the device index the
-    communicator's tensors live on (``"self.device.index"``). Give ``current_of_device``
-    (CUDA: ``torch._C._cuda_getCurrentStream``) or, where the truth depends on the communicator
-    (the simulator's machine), ``current_of_comm``. ``skip_expr`` (over ``self``) marks calls
-    that launch nothing, e.g. vLLM's ``self.disabled`` communicators: they are not audited.
+    ``device_expr`` is a Python expression over ``self`` giving the device the
+    communicator's tensors live on (``"self.device"``: an index or a ``torch.device``). Give
+    ``current_of_device`` (CUDA: ``torch._C._cuda_getCurrentStream``) or, where the truth
+    depends on the communicator (the simulator's machine), ``current_of_comm``. ``skip_expr``
+    (over ``self``) marks calls that launch nothing, e.g. vLLM's ``self.disabled``
+    communicators: they are not audited.
     ``fixed_device`` says the communicator's device never changes (an NCCL communicator is
     bound to one device for life): ``device_expr`` is then read once per instance and kept in
     its ``_streamcheck_device`` attribute, one dict lookup per call instead of two attribute
     reads through torch (about 30 ns of the audit's cost per launch).
+
+    ``resolve(self)`` returns the stream the method picks when it is given none (the accessor
+    it calls). With a ``stream`` parameter, that stream is passed on explicitly, so the callee
+    launches on exactly the stream audited; without one (SGLang's pynccl resolves inside every
+    method) the call goes ahead unchanged. ``resolve=None`` means the thread's real current
+    stream on its current device (``current_device()``): nothing to pass on, and only the
+    device and the calling thread can be wrong. Each launch advances the counter of ``op`` in
+    the auditor's coverage, attributed to ``target``.
 
     The wrapper is generated with the callee's own signature (as :mod:`dataclasses` generates
     ``__init__``): no ``*args``/``**kwargs`` repacking and no helper calls on the hot path,
@@ -69,18 +80,40 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
         return False
     if (current_of_device is None) == (current_of_comm is None):
         raise ValueError("give exactly one of current_of_device / current_of_comm")
+    if resolve is None and current_device is None:
+        raise ValueError("resolve=None (the thread's current stream) needs current_device")
     original = getattr(cls, method)
-    params, call = _signature_source(original)
+    params, call, has_stream = _signature_source(original)
     if params is None:
-        raise ValueError(f"{cls.__name__}.{method} has no 'stream' parameter to audit")
+        raise ValueError(f"cannot read the signature of {cls.__name__}.{method}")
     current = ("_current_of_device(target)" if current_of_device is not None
                else "_current_of_comm(self, target)")
-    target = f"target = {device_expr}"
+    target_code = f"target = _index_of({device_expr})"
     if fixed_device and getattr(cls, "__dictoffset__", 0):  # instances can keep an attribute
-        target = f"""try:
+        target_code = f"""try:
                 target = self._streamcheck_device
             except AttributeError:
-                target = self._streamcheck_device = {device_expr}"""
+                target = self._streamcheck_device = _index_of({device_expr})"""
+    if resolve is None:
+        resolved = """sdev = _current_device()
+                cur = _current_of_device(sdev) if _current_of_device is not None \
+                    else _current_of_comm(self, sdev)
+                sid = cur[0]
+                _stream = None"""
+    else:
+        resolved = f"""_stream = _resolve(self)
+                cur = {current}
+                sid = _stream.stream_id
+                sdev = _stream.device_index"""
+        if has_stream:
+            resolved += "\n                stream = _stream"
+    if has_stream:
+        implicit = "implicit = stream is None"
+        explicit = """sid = stream.stream_id
+                sdev = stream.device_index"""
+    else:
+        implicit = "implicit = True"
+        explicit = "pass"
     source = f"""
 def make(original):
     def audited({params}):
@@ -88,21 +121,23 @@ def make(original):
         if auditor is None or {skip_expr}:
             return original({call})
         try:
-            {target}
-            implicit = stream is None
+            {target_code}
+            {implicit}
             if implicit:
-                stream = _resolve(self)
-                cur = {current}
-            sid = stream.stream_id
-            sdev = stream.device_index
+                {resolved}
+            else:
+                {explicit}
         except Exception as exc:
             _warn(_op, exc)
             return original({call})
-        next(auditor.counter)
+        if auditor is _owner:
+            next(_counter)
+        else:
+            next(auditor.coverage.counter(_op, _target))
         if implicit:
             if sid == cur[0] and sdev == target and (sid or _get_ident() == _main):
                 return original({call})
-            auditor.admit(_op, sdev, sid, stream, cur[1], cur[0], target, True, _accessor,
+            auditor.admit(_op, sdev, sid, _stream, cur[1], cur[0], target, True, _accessor,
                           counted=True)
         else:
             if sdev == target and (sid or _get_ident() == _main):
@@ -112,9 +147,12 @@ def make(original):
         return original({call})
     return _functools.wraps(original)(audited)
 """
+    owner = gate.auditor
     namespace: dict[str, Any] = {
         "_gate": gate, "_resolve": resolve, "_current_of_device": current_of_device,
-        "_current_of_comm": current_of_comm, "_warn": warn_cannot_audit, "_op": op,
+        "_current_of_comm": current_of_comm, "_current_device": current_device,
+        "_warn": warn_cannot_audit, "_op": op, "_target": target, "_index_of": device_index,
+        "_owner": owner, "_counter": owner.coverage.counter(op, target) if owner else None,
         "_accessor": accessor, "_get_ident": threading.get_ident,
         "_main": threading.main_thread().ident, "_functools": functools,
         **_defaults_namespace(original),
@@ -123,20 +161,29 @@ def make(original):
     return registry.patch(cls, method, namespace["make"])
 
 
+def device_index(device: Any) -> int:
+    """A device as its index: an int stays, ``torch.device("cuda", 1)`` gives 1."""
+    if isinstance(device, int):
+        return device
+    index = getattr(device, "index", None)
+    if index is None:
+        raise TypeError(f"cannot tell the device index of {device!r}")
+    return int(index)
+
+
 def _defaults_namespace(fn: Any) -> dict[str, Any]:
     sig = inspect.signature(fn)
     return {f"_default_{name}": p.default for name, p in sig.parameters.items()
             if p.default is not inspect.Parameter.empty}
 
 
-def _signature_source(fn: Any) -> tuple[str | None, str]:
-    """(parameter list, call arguments) reproducing ``fn``'s signature, or (None, "")."""
+def _signature_source(fn: Any) -> tuple[str | None, str, bool]:
+    """(parameter list, call arguments, has a ``stream`` parameter) reproducing ``fn``'s
+    signature, or (None, "", False) when it cannot be read."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return None, ""
-    if "stream" not in sig.parameters:
-        return None, ""
+        return None, "", False
     params: list[str] = []
     call: list[str] = []
     star_done = False
@@ -159,4 +206,42 @@ def _signature_source(fn: Any) -> tuple[str | None, str]:
         elif p.kind is kinds.VAR_KEYWORD:
             params.append(f"**{name}")
             call.append(f"**{name}")
-    return ", ".join(params), ", ".join(call)
+    return ", ".join(params), ", ".join(call), "stream" in sig.parameters
+
+
+def wrap_current_stream_call(registry: PatchRegistry, gate: Gate, owner: Any, name: str,
+                             op: str, reader: Any, target: str = "") -> bool:
+    """Audit ``owner.name`` as a launch on the calling thread's current stream.
+
+    For calls that take no stream and launch on whatever is current (a KV connector's
+    ``save_kv_layer``, ``start_load_kv``): the stream is right by construction, so what can be
+    wrong is the thread (a helper on the legacy default stream while the engine computes on
+    another). Costs two C++ reads and a counter on the path that finds nothing; ``reader`` is
+    a :class:`streamcheck.runtime.cuda.StreamReader`.
+    """
+    current_stream, current_device = reader.current_stream, reader.current_device
+    get_ident, main = threading.get_ident, threading.main_thread().ident
+
+    def make(original: Any) -> Any:
+        owner_auditor = gate.auditor
+        counter = owner_auditor.coverage.counter(op, target) if owner_auditor else None
+
+        @functools.wraps(original)
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            auditor = gate.auditor
+            if auditor is None:
+                return original(*args, **kwargs)
+            try:
+                cur = current_stream(current_device())
+            except Exception as exc:
+                warn_cannot_audit(op, exc)
+                return original(*args, **kwargs)
+            next(counter if auditor is owner_auditor else auditor.coverage.counter(op, target))
+            if not cur[0] and get_ident() != main:
+                auditor.admit(op, cur[1], cur[0], None, cur[1], cur[0], None, False,
+                              counted=True)
+            return original(*args, **kwargs)
+
+        return audited
+
+    return registry.patch(owner, name, make)

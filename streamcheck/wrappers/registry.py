@@ -38,28 +38,36 @@ class PatchRegistry:
             self._applied.append(_Applied(owner, name, raw, replacement))
             return True
 
-    def is_patched(self, owner: Any, name: str) -> bool:
-        with self._lock:
-            return any(a.owner is owner and a.name == name for a in self._applied)
-
     def restore_all(self) -> None:
         """Undo every patch, newest first. A patch someone replaced since is left alone."""
         with self._lock:
             while self._applied:
-                a = self._applied.pop()
-                now = a.owner.__dict__.get(a.name, _MISSING) if hasattr(a.owner, "__dict__") \
-                    else getattr(a.owner, a.name, _MISSING)
-                if now is not a.replacement and getattr(a.owner, a.name, None) is not a.replacement:
-                    warnings.warn(
-                        f"streamcheck: {a.owner!r}.{a.name} was replaced after streamcheck "
-                        "patched it; leaving the newer value in place",
-                        RuntimeWarning, stacklevel=2,
-                    )
-                    continue
-                if a.original is _MISSING:
-                    delattr(a.owner, a.name)
-                else:
-                    setattr(a.owner, a.name, a.original)
+                self._undo(self._applied.pop())
+
+    def restore(self, owner: Any, names: tuple[str, ...]) -> int:
+        """Undo the patches of ``owner.name`` for each of ``names``; returns how many."""
+        with self._lock:
+            mine = [a for a in self._applied if a.owner is owner and a.name in names]
+            for a in reversed(mine):
+                self._applied.remove(a)
+                self._undo(a)
+            return len(mine)
+
+    @staticmethod
+    def _undo(a: _Applied) -> None:
+        now = a.owner.__dict__.get(a.name, _MISSING) if hasattr(a.owner, "__dict__") \
+            else getattr(a.owner, a.name, _MISSING)
+        if now is not a.replacement and getattr(a.owner, a.name, None) is not a.replacement:
+            warnings.warn(
+                f"streamcheck: {a.owner!r}.{a.name} was replaced after streamcheck "
+                "patched it; leaving the newer value in place",
+                RuntimeWarning, stacklevel=3,
+            )
+            return
+        if a.original is _MISSING:
+            delattr(a.owner, a.name)
+        else:
+            setattr(a.owner, a.name, a.original)
 
     def __len__(self) -> int:
         return len(self._applied)

@@ -17,12 +17,6 @@ from typing import Any
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
 
-COLLECTIVES = (
-    "all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
-    "reduce_scatter_tensor", "broadcast", "reduce", "all_to_all", "all_to_all_single",
-    "send", "recv", "isend", "irecv", "batch_isend_irecv", "barrier", "gather", "scatter",
-)
-
 
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     for value in (*args, *kwargs.values()):
@@ -38,28 +32,27 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return None
 
 
-def instrument_torch_distributed(registry: PatchRegistry, gate: Gate, dist: Any,
-                                 reader: Callable[[int], tuple[int, int, int]]) -> list[str]:
-    """Patch each collective present in ``dist``; returns the names patched."""
-    patched = []
-    for name in COLLECTIVES:
-        if not hasattr(dist, name):
-            continue
+def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name: str, op: str,
+                         reader: Callable[[int], tuple[int, int, int]], target: str = "") -> bool:
+    """Audit ``module.name`` on the thread's current stream of its first tensor's device."""
 
-        def make(original: Any, op: str = f"torch.distributed.{name}") -> Any:
-            @functools.wraps(original)
-            def audited(*args: Any, **kwargs: Any) -> Any:
-                auditor = gate.auditor
-                if auditor is not None:
-                    tensor = _first_tensor(args, kwargs)
-                    device = tensor.get_device() if tensor is not None else -1
-                    if device >= 0:
-                        sid, sdev, _ = reader(device)
-                        auditor.admit(op, sdev, sid, None, sdev, sid, device, False)
-                return original(*args, **kwargs)
+    def make(original: Any) -> Any:
+        owner_auditor = gate.auditor
+        counter = owner_auditor.coverage.counter(op, target) if owner_auditor else None
 
-            return audited
+        @functools.wraps(original)
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            auditor = gate.auditor
+            if auditor is not None:
+                tensor = _first_tensor(args, kwargs)
+                device = tensor.get_device() if tensor is not None else -1
+                if device >= 0:
+                    sid, sdev, _ = reader(device)
+                    next(counter if auditor is owner_auditor
+                         else auditor.coverage.counter(op, target))
+                    auditor.admit(op, sdev, sid, None, sdev, sid, device, False, counted=True)
+            return original(*args, **kwargs)
 
-        if registry.patch(dist, name, make):
-            patched.append(name)
-    return patched
+        return audited
+
+    return registry.patch(module, name, make)

@@ -30,9 +30,12 @@ def _current_of(stream: Any, device: int) -> tuple[int, int, int]:
     if machine is not None:  # a simulated stream
         state = machine.current_stream(device)
         return (state.stream_id, state.device, 1)
-    import torch
+    from streamcheck.runtime.cuda import stream_reader
 
-    return torch._C._cuda_getCurrentStream(device)
+    reader = stream_reader()
+    if reader is None:
+        raise RuntimeError("torch has no CUDA in this build")
+    return reader.current_stream(device)
 
 
 def _current_stream_obj(device: int | None) -> Any:
@@ -86,8 +89,10 @@ class launch:
     """Audit one launch of ``name``; see the module docstring."""
 
     def __init__(self, name: str, stream: Any = None, device: int | None = None,
-                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = ()) -> None:
+                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = (),
+                 target: str = "") -> None:
         self.name = name
+        self.target = target
         self.reads = tuple(reads)
         self.stream = stream
         self.device = device
@@ -107,9 +112,10 @@ class launch:
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
+        next(auditor.coverage.counter(self.name, self.target))
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
-                      self.resolved_from, reads=handoffs)
+                      self.resolved_from, counted=True, reads=handoffs)
 
     def __enter__(self) -> launch:
         self.check()

@@ -46,17 +46,24 @@ def require_prepared(version: str) -> None:
         )
 
 
-def run_in_vllm(version: str, code: str, timeout: float = 300) -> dict:
+def run_in_vllm(version: str, code: str, timeout: float = 300,
+                env_overlay: dict[str, str] | None = None) -> dict:
     """Run ``code`` with vLLM ``version`` importable; return the dict it passes to ``emit``.
 
     The child sees the env's site/ and deps/, this repository (for ``streamcheck``), and the
     CPU platform (``VLLM_TARGET_DEVICE=cpu``), as ``scripts/vllm_env.py env`` prints it.
+    ``env_overlay`` is applied on top (an audit's ``child_env``: its PYTHONPATH goes first).
     """
     require_prepared(version)
     script = vllm_env_script()
     extra = script.env_vars(version, script.default_root(), gpu=False)
     env = dict(os.environ, **extra, VLLM_LOGGING_LEVEL="WARNING")
     env["PYTHONPATH"] = os.pathsep.join([extra["PYTHONPATH"], str(REPO)])
+    for key in ("STREAMCHECK", "STREAMCHECK_REPORT_DIR", "STREAMCHECK_TARGETS",
+                "STREAMCHECK_SELECT", "STREAMCHECK_STRICT", "STREAMCHECK_PYTEST"):
+        env.pop(key, None)  # only what the test asks for
+    for key, value in (env_overlay or {}).items():
+        env[key] = os.pathsep.join([value, env["PYTHONPATH"]]) if key == "PYTHONPATH" else value
     prelude = textwrap.dedent(f"""\
         import json as _json
         def emit(value):

@@ -1,0 +1,84 @@
+"""What an audit checked, rendered beside its findings: targets, launches, silent processes.
+
+"No findings" is only worth something next to what was audited. Every rendering of a report
+(``streamcheck report``, the pytest summary) shows the targets with their launch counts and,
+prominently, an audit that saw zero launches, so it is never mistaken for a clean one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+ZERO = ("0 launches audited: the audit was on but no instrumented launch site was called, so "
+        "'no findings' here does NOT mean checked and clean")
+
+
+def zero_launch_warning(report: dict[str, Any]) -> str | None:
+    """The warning for a report that audited nothing, with what it was watching for."""
+    if report.get("launches_audited", 0) or report.get("mode", "off") == "off":
+        return None
+    watched = [t["name"] for t in report.get("targets", []) if t["state"] == "instrumented"]
+    where = f" (instrumented: {', '.join(watched)})" if watched else " (no target instrumented)"
+    return f"WARNING: {ZERO}{where}"
+
+
+def process_notes(report: dict[str, Any]) -> list[str]:
+    """Processes of a merged report that audited nothing, or whose report was cut short."""
+    notes = []
+    processes = report.get("per_process", [])
+    silent = [p for p in processes if not p.get("launches_audited")]
+    if silent and len(processes) > 1:
+        names = ", ".join(f"pid {p['pid']} ({_argv(p)})" for p in silent[:8])
+        notes.append(f"{len(silent)} of {len(processes)} processes audited 0 launches: {names}")
+    cut = [p for p in processes if p.get("final") is False]
+    if cut:
+        names = ", ".join(f"pid {p['pid']}" for p in cut[:8])
+        notes.append(f"{len(cut)} report(s) written before their process ended (no clean exit "
+                     f"seen; counts are as of the last write): {names}")
+    return notes
+
+
+def _argv(process: dict[str, Any]) -> str:
+    argv = process.get("argv") or ["?"]
+    return " ".join(str(a) for a in argv)[:60]
+
+
+def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, state, launches, detail) per target, the instrumented ones first."""
+    order = {"instrumented": 0, "not imported": 1, "unavailable": 2}
+    rows = []
+    for t in sorted(report.get("targets", []), key=lambda t: (order.get(t["state"], 3),
+                                                               t["name"])):
+        detail = t.get("detail", "")
+        if t["state"] == "instrumented":
+            methods = t.get("methods", [])
+            detail = f"{len(methods)} method(s)" + (f": {', '.join(methods[:6])}" if methods
+                                                    else "")
+            detail += " …" if len(methods) > 6 else ""
+        launches = str(t.get("launches", 0)) if t["state"] == "instrumented" else "-"
+        rows.append((t["name"], t["state"], launches, detail))
+    return rows
+
+
+def targets_table(report: dict[str, Any]) -> Table:
+    table = Table(title="what was audited", title_justify="left")
+    for column in ("target", "state", "launches", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in target_rows(report):
+        table.add_row(*row)
+    return table
+
+
+def plain_lines(report: dict[str, Any]) -> list[str]:
+    """The same, as plain lines (pytest summary, logs)."""
+    lines = []
+    warning = zero_launch_warning(report)
+    if warning:
+        lines.append(warning)
+    audited = [f"{name} {launches}" for name, state, launches, _ in target_rows(report)
+               if state == "instrumented"]
+    if audited:
+        lines.append("launches by target: " + ", ".join(audited))
+    return lines + process_notes(report)

@@ -1,0 +1,167 @@
+"""Apply one :class:`~streamcheck.wrappers.sites.LaunchSite` to its imported module.
+
+Called by the import watch, with the module object, whenever a target's module is (or already
+was) imported while an audit is installed. Every patch goes through the shared registry, so it
+is applied once and restored exactly by ``uninstall()``; what became of the target (which
+methods were patched, or why none could be) is noted in the auditor's coverage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from streamcheck.core.coverage import INSTRUMENTED, UNAVAILABLE
+from streamcheck.runtime.cuda import StreamReader, stream_reader
+from streamcheck.wrappers.launches import wrap_current_stream_call, wrap_stream_method
+from streamcheck.wrappers.sites import CURRENT, LaunchSite
+from streamcheck.wrappers.state import GATE, LOCK, REGISTRY
+
+
+def apply_site(site: LaunchSite, module: ModuleType) -> list[str]:
+    """Instrument ``site`` in ``module``; returns the methods patched by this call."""
+    with LOCK:
+        auditor = GATE.auditor
+        if auditor is None:
+            return []
+        try:
+            if site.kind == "functions":
+                patched = _functions(site, module)
+            elif site.kind == "connector-base":
+                patched = _connector_base(site, module)
+            else:
+                patched = _communicator(site, module)
+        except _Unavailable as exc:
+            auditor.coverage.note_target(site.name, site.module, UNAVAILABLE, detail=str(exc),
+                                         source=site.source)
+            return []
+        auditor.coverage.note_target(site.name, site.module, INSTRUMENTED, patched,
+                                     source=site.source)
+        return patched
+
+
+class _Unavailable(Exception):
+    """The module is there but the site is not (another version, no CUDA, a typo)."""
+
+
+def _owner(site: LaunchSite, module: ModuleType) -> type:
+    owner = module
+    for part in site.owner.split("."):
+        owner = getattr(owner, part, None)
+        if owner is None:
+            raise _Unavailable(f"{site.module} has no {site.owner}")
+    if not isinstance(owner, type):
+        raise _Unavailable(f"{site.module}.{site.owner} is not a class")
+    return owner
+
+
+def _reader() -> StreamReader:
+    reader = stream_reader()
+    if reader is None:
+        raise _Unavailable("torch has no CUDA in this build (no current-stream reader)")
+    return reader
+
+
+def _resolver(site: LaunchSite) -> tuple[Callable[[Any], Any] | None, str]:
+    """(resolve(self) -> stream, or None for the thread's current stream; accessor label)."""
+    spec = site.stream
+    if spec == CURRENT:
+        return None, "the thread's current stream"
+    if spec.startswith("self."):
+        attr = spec[5:]
+        if attr.endswith("()"):
+            name = attr[:-2]
+            return (lambda comm: getattr(comm, name)()), f"{site.owner}.{name}()"
+        return (lambda comm: getattr(comm, attr)), f"{site.owner}.{attr}"
+    module_name, _, attr = spec.partition(":")
+    try:
+        holder = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _Unavailable(f"stream resolver {spec}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(holder, attr):
+        raise _Unavailable(f"stream resolver {spec}: {module_name} has no {attr}")
+    # Looked up at every call: a later patch of the accessor (vLLM's, a test's) is what counts.
+    return (lambda _comm: getattr(holder, attr)()), f"{module_name}.{attr}()"
+
+
+def _communicator(site: LaunchSite, module: ModuleType) -> list[str]:
+    cls = _owner(site, module)
+    reader = _reader()
+    resolve, accessor = _resolver(site)
+    present = [m for m in site.methods if callable(getattr(cls, m, None))]
+    if not present:
+        raise _Unavailable(f"{site.owner} has none of {', '.join(site.methods)}")
+    patched = []
+    for method in present:
+        if wrap_stream_method(REGISTRY, GATE, cls, method, site.op(method), resolve=resolve,
+                              device_expr=site.device, accessor=accessor,
+                              current_of_device=reader.current_stream,
+                              current_device=reader.current_device,
+                              skip_expr=site.skip, fixed_device=True, target=site.name):
+            patched.append(method)
+    return patched
+
+
+def _functions(site: LaunchSite, module: ModuleType) -> list[str]:
+    from streamcheck.wrappers.torch_distributed import wrap_tensor_function
+
+    reader = _reader()
+    if site.module == "torch.distributed" and not module.is_available():
+        raise _Unavailable("torch.distributed is not available in this build")
+    patched = []
+    for name in site.methods:
+        if callable(getattr(module, name, None)) and wrap_tensor_function(
+                REGISTRY, GATE, module, name, site.op(name), reader.current_stream, site.name):
+            patched.append(name)
+    if not patched and not any(hasattr(module, n) for n in site.methods):
+        raise _Unavailable(f"{site.module} has none of {', '.join(site.methods)}")
+    return patched
+
+
+def _connector_base(site: LaunchSite, module: ModuleType) -> list[str]:
+    """Every subclass of the base, now and later: ``__init_subclass__`` reports new ones."""
+    base = _owner(site, module)
+    reader = _reader()
+    patched = []
+    todo, seen = [base], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        patched += _connector_class(site, cls, reader)
+        todo.extend(cls.__subclasses__())
+
+    def make(_current: Any) -> Any:
+        own = base.__dict__.get("__init_subclass__")
+        chained = own.__func__ if isinstance(own, classmethod) else None
+
+        def __init_subclass__(cls: type, **kwargs: Any) -> None:
+            if chained is not None:
+                chained(cls, **kwargs)
+            else:
+                super(base, cls).__init_subclass__(**kwargs)
+            methods = _connector_class(site, cls, reader)
+            auditor = GATE.auditor
+            if methods and auditor is not None:
+                auditor.coverage.note_target(site.name, site.module, INSTRUMENTED, methods,
+                                             source=site.source)
+
+        return classmethod(__init_subclass__)
+
+    REGISTRY.patch(base, "__init_subclass__", make)
+    return patched
+
+
+def _connector_class(site: LaunchSite, cls: type, reader: StreamReader) -> list[str]:
+    patched = []
+    for method in site.methods:
+        fn = cls.__dict__.get(method)
+        if fn is None or getattr(fn, "__isabstractmethod__", False):
+            continue
+        if wrap_current_stream_call(REGISTRY, GATE, cls, method,
+                                    site.op(method, cls.__name__), reader, site.name):
+            patched.append(f"{cls.__name__}.{method}")
+    return patched

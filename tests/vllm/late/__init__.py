@@ -1,0 +1,1 @@
+"""Modules imported only after the audit started (import-order tests)."""

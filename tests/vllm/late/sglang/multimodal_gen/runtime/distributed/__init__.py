@@ -1,0 +1,1 @@
+"""An SGLang-shaped package for the import-order tests (not SGLang itself)."""
