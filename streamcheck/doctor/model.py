@@ -87,18 +87,20 @@ class ProbeOutcome:
     results: list[HazardResult] = field(default_factory=list)
     error: str | None = None
     stubs: list[str] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)  # launch sites found
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "devices": self.devices, "vllm": asdict(self.vllm),
                 "results": [r.to_dict() for r in self.results], "error": self.error,
-                "stubs": self.stubs}
+                "stubs": self.stubs, "targets": self.targets}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeOutcome:
         return cls(backend=data["backend"], devices=int(data.get("devices", 0)),
                    vllm=VllmInfo(**data.get("vllm", {})),
                    results=[HazardResult.from_dict(r) for r in data.get("results", [])],
-                   error=data.get("error"), stubs=list(data.get("stubs", [])))
+                   error=data.get("error"), stubs=list(data.get("stubs", [])),
+                   targets=list(data.get("targets", [])))
 
 
 @dataclass

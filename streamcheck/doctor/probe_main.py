@@ -88,6 +88,14 @@ def prepare_vllm(outcome: ProbeOutcome, force_shim: bool) -> Any:
     return getattr(module, name)
 
 
+def launch_sites() -> list[dict[str, Any]]:
+    """The built-in launch sites as this interpreter has them (after vLLM's import)."""
+    from streamcheck.wrappers.instrument import describe_site
+    from streamcheck.wrappers.sites import BUILTIN_SITES
+
+    return [describe_site(site) for site in BUILTIN_SITES]
+
+
 def probe(args: argparse.Namespace) -> ProbeOutcome:
     outcome = ProbeOutcome(backend=args.backend)
     try:
@@ -100,6 +108,7 @@ def probe(args: argparse.Namespace) -> ProbeOutcome:
     except Exception as exc:
         tail = traceback.format_exc(limit=-3).strip().splitlines()[-6:]
         outcome.error = f"{type(exc).__name__}: {exc}\n" + "\n".join(tail)
+    outcome.targets = launch_sites()
     if outcome.error is not None:
         outcome.results = cannot_tell_all(outcome.error, args.backend)
         return outcome

@@ -64,6 +64,21 @@ def hazards_table(report: DoctorReport) -> Table:
     return table
 
 
+def targets_table(outcome: ProbeOutcome) -> Table:
+    """The launch sites the audit would instrument in this environment, and what they offer."""
+    table = Table(title=f"launch sites the audit instruments [{outcome.backend}]",
+                  title_justify="left")
+    for column in ("target", "module", "state", "methods (stream= param)", "detail"):
+        table.add_column(column, overflow="fold")
+    for t in outcome.targets:
+        methods = ", ".join(m + ("" if m in t["stream_param"] else "*") for m in t["methods"])
+        style = {"available": "green", "not installed": "dim"}.get(t["state"], "yellow")
+        table.add_row(t["name"], t["module"], f"[{style}]{t['state']}[/]", escape(methods),
+                      escape(t["detail"]))
+    table.caption = "* resolves its stream inside the call (no stream parameter)"
+    return table
+
+
 def summary(report: DoctorReport) -> str:
     affected = [BY_ID[r.hazard].title for r in report.results if r.verdict is Verdict.AFFECTED]
     unknown = [BY_ID[r.hazard].title for r in report.results
@@ -88,4 +103,6 @@ def print_report(console: Console, report: DoctorReport) -> None:
                 console.print(f"[yellow]probe error:[/] {escape(outcome.error)}",
                               highlight=False)
         console.print(hazards_table(report))
+        if report.probes[0].targets:
+            console.print(targets_table(report.probes[0]))
     console.print(summary(report))

@@ -8,7 +8,9 @@ methods were patched, or why none could be) is noted in the auditor's coverage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -165,3 +167,41 @@ def _connector_class(site: LaunchSite, cls: type, reader: StreamReader) -> list[
                                     site.op(method, cls.__name__), reader, site.name):
             patched.append(f"{cls.__name__}.{method}")
     return patched
+
+
+def describe_site(site: LaunchSite) -> dict[str, Any]:
+    """What this Python exposes of ``site``, found the way ``apply_site`` would, patching
+    nothing: the module, the class, which listed methods exist and whether each takes a
+    ``stream``. For ``streamcheck doctor``: which targets the installed engines offer."""
+    row: dict[str, Any] = {"name": site.name, "module": site.module, "methods": [],
+                           "stream_param": [], "state": "not installed", "detail": ""}
+    try:
+        module = importlib.import_module(site.module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if site.module == missing or site.module.startswith(missing + "."):
+            row["detail"] = f"{missing} not installed"
+        else:  # the engine is there but something it imports is not
+            row.update(state="import failed", detail=f"needs {missing}, not installed")
+        return row
+    except Exception as exc:
+        row.update(state="import failed", detail=f"{type(exc).__name__}: {exc}"[:200])
+        return row
+    try:
+        holder: Any = _owner(site, module) if site.owner else module
+        if site.kind == "communicator":
+            _resolver(site)
+    except _Unavailable as exc:
+        row.update(state="unavailable", detail=str(exc))
+        return row
+    for name in site.methods:
+        fn = getattr(holder, name, None)
+        if callable(fn):
+            row["methods"].append(name)
+            with contextlib.suppress(TypeError, ValueError):
+                if "stream" in inspect.signature(fn).parameters:
+                    row["stream_param"].append(name)
+    if site.kind == "connector-base":
+        row["detail"] = "every subclass, defined before or after the audit starts"
+    row["state"] = "available" if row["methods"] else "unavailable"
+    return row

@@ -75,3 +75,15 @@ def test_probe_went_through_the_platform_shim(version_outcomes: dict) -> None:
     assert outcome.vllm.platform == "StreamcheckCudaPlatformShim"
     assert outcome.vllm.cache_kind_by_source == "thread-local-new-stream"
     assert "vllm._C_stable_libtorch" in outcome.stubs
+
+
+@pytest.mark.parametrize("version", sorted(EXPECTED))
+def test_launch_sites_each_version_exposes(version: str, version_outcomes: dict) -> None:
+    """The doctor lists the targets the audit would instrument, found in this very vLLM."""
+    targets = {t["name"]: t for t in outcome_for(version, version_outcomes).targets}
+    pynccl = targets["vllm.pynccl"]
+    assert pynccl["state"] == "available"
+    assert {"all_reduce", "send", "recv", "broadcast"} <= set(pynccl["stream_param"])
+    assert targets["vllm.kv_connector"]["state"] == "available"
+    assert targets["sglang.pynccl"]["state"] == "not installed"
+    assert targets["streamcheck.nccl"]["state"] == "available"
