@@ -10,10 +10,17 @@ from streamcheck.core.modes import Mode, parse_mode
 BACKENDS = ("host", "disk", "redis")
 
 
+DEFAULT_HOST_CAPACITY = 4096
+
+
 @dataclass(frozen=True)
 class ConnectorConfig:
+    """``capacity_blocks`` counts token blocks (every layer of a block together). It bounds
+    the host store (default 4096) and, when given, the disk store; the scheduler then decides
+    placement and eviction (``placement``), so a hit is never a block the store dropped."""
+
     backend: str = "host"
-    capacity_blocks: int = 4096  # host backend
+    capacity_blocks: int | None = None
     path: str = "/tmp/streamcheck-kv"  # disk backend
     url: str = "redis://127.0.0.1:6379/0"  # redis backend
     namespace: str = "streamcheck"
@@ -47,11 +54,24 @@ class ConnectorConfig:
             values["streamcheck"] = parse_mode(extra["streamcheck"], f"{source}['streamcheck']")
         return cls(**values)
 
-    def make_backend(self, block_nbytes: int) -> Any:
+    def placement_capacity(self) -> int | None:
+        """Blocks the scheduler places and evicts in, or None for a store it cannot bound."""
+        if self.backend == "host":
+            return self.capacity_blocks or DEFAULT_HOST_CAPACITY
+        if self.backend == "disk":
+            return self.capacity_blocks
+        return None
+
+    def make_backend(self, block_nbytes: int, planes: int = 1) -> Any:
+        """The worker's store: the host slab (``planes`` per block), disk or Redis."""
         from streamcheck.connector import backends
 
         if self.backend == "host":
-            return backends.HostBackend(self.capacity_blocks, block_nbytes)
+            from streamcheck.connector.slab import HostSlab
+
+            capacity = self.placement_capacity()
+            assert capacity is not None
+            return HostSlab(planes, capacity, block_nbytes)
         if self.backend == "disk":
             return backends.DiskBackend(self.path, block_nbytes=block_nbytes)
         return backends.RedisBackend(self.url, block_nbytes=block_nbytes,

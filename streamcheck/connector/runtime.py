@@ -39,7 +39,8 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,10 @@ import torch
 import streamcheck
 from streamcheck.connector.backends.base import KVBackend, TransferResult, TransferState
 from streamcheck.connector.metrics import ConnectorMetrics
+from streamcheck.connector.slab import HostSlab, block_sums, key_tag, runs
 
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
+MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
 
 
 @dataclass
@@ -63,6 +66,17 @@ class _Job:
     handoff: Any = None  # save: streamcheck's record of that handoff (None when not auditing)
     done: Any = None  # load: event recorded by the worker after the last copy
     read: bool = False  # save: its blocks have been copied out of the KV cache
+    slots: list[int] = field(default_factory=list)  # slab: where each block lives
+
+
+@dataclass
+class _InFlight:
+    """A slab transfer issued to the device: ``retire`` runs once ``done`` has completed."""
+
+    done: Any  # a CUDA event, or None when the transfer already completed (CPU)
+    retire: Callable[[], None]
+    job: _Job
+    keep: tuple[Any, ...] = ()  # device buffers the copies still read or write
 
 
 @dataclass
@@ -109,10 +123,11 @@ class PollResult:
 class ConnectorRuntime:
     """Moves KV blocks between the paged KV cache of one worker and a backend."""
 
-    def __init__(self, backend: KVBackend, kv_caches: Sequence[torch.Tensor],
+    def __init__(self, backend: KVBackend | HostSlab, kv_caches: Sequence[torch.Tensor],
                  device: torch.device | str, staging_blocks: int = 256,
                  name: str = "kv-connector") -> None:
         self.backend = backend
+        self.slab = backend if isinstance(backend, HostSlab) else None
         self.kv_caches = list(kv_caches)
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
@@ -120,6 +135,9 @@ class ConnectorRuntime:
         if self.block_nbytes != backend.block_nbytes:
             raise ValueError(f"backend blocks are {backend.block_nbytes} bytes, KV blocks are "
                              f"{self.block_nbytes}")
+        if self.slab is not None and self.slab.planes != len(self.kv_caches):
+            raise ValueError(f"the slab has {self.slab.planes} planes, there are "
+                             f"{len(self.kv_caches)} KV planes")
         if staging_blocks < 1:
             raise ValueError("staging_blocks must be >= 1")
         self.staging_blocks = staging_blocks
@@ -166,11 +184,13 @@ class ConnectorRuntime:
     # ---- engine-side API: never blocks ----------------------------------------------------
 
     def save_layer(self, group: str, layer: int, block_ids: Sequence[int],
-                   keys: Sequence[str]) -> None:
+                   keys: Sequence[str], slots: Sequence[int] | None = None) -> None:
         """Queue a save of ``block_ids`` of ``layer`` into save ``group``; the forward just
-        wrote them. The group is reported (``poll``) once sealed and every transfer ended."""
+        wrote them. The group is reported (``poll``) once sealed and every transfer ended.
+        With a slab, ``slots`` (the scheduler's placement) say where each block goes."""
         if len(block_ids) != len(keys):
             raise ValueError("one key per block")
+        self._check_slots(block_ids, slots)
         ready = handoff = None
         if self.is_cuda and block_ids:
             handoff = streamcheck.handoff(self.kv_caches[layer])
@@ -186,7 +206,15 @@ class ConnectorRuntime:
             state.pending += 1
             self._unread_saves += 1
         self._jobs.put(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
-                            handoff=handoff))
+                            handoff=handoff, slots=list(slots or ())))
+
+    def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
+        if self.slab is None:
+            return
+        if slots is None or len(slots) != len(block_ids):
+            raise ValueError("a slab store needs one slot per block (the scheduler's placement)")
+        if any(not 0 <= s < self.slab.capacity for s in slots):
+            raise ValueError(f"slots must lie in 0..{self.slab.capacity - 1}")
 
     def seal(self, groups: Iterable[str]) -> None:
         """No more layers join ``groups``; each is reported once its transfers ended. A group
@@ -198,10 +226,13 @@ class ConnectorRuntime:
                 state.sealed = True
                 self._settle(group, state, self._saves)
 
-    def start_load(self, req_id: str, layer_block_keys: dict[int, tuple[list[int], list[str]]]
-                   ) -> None:
-        """Queue loads for ``{layer: (block_ids, keys)}``; completion shows in ``poll``."""
-        jobs = [_Job("load", req_id, layer, list(ids), list(keys))
+    def start_load(self, req_id: str, layer_block_keys: dict[int, tuple[list[int], list[str]]],
+                   slots: Sequence[int] | None = None) -> None:
+        """Queue loads for ``{layer: (block_ids, keys)}``; completion shows in ``poll``. With
+        a slab, ``slots`` (one per block, the same for every layer) say where blocks are."""
+        for ids, _keys in layer_block_keys.values():
+            self._check_slots(ids, slots)
+        jobs = [_Job("load", req_id, layer, list(ids), list(keys), slots=list(slots or ()))
                 for layer, (ids, keys) in layer_block_keys.items() if ids]
         if not jobs:
             with self._lock:
@@ -306,12 +337,23 @@ class ConnectorRuntime:
             self._ready.set()
             return
         self._ready.set()
+        in_flight: deque[_InFlight] = deque()
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=0.0002) if in_flight else self._jobs.get()
+            except queue.Empty:  # nothing new: wait for the oldest transfer instead
+                self._retire(in_flight, block=True)
+                continue
             if job is None:
+                while in_flight:
+                    self._retire(in_flight, block=True)
                 return
             try:
-                if job.kind == "save":
+                if self.slab is not None:
+                    issued = self._slab_save(job) if job.kind == "save" else self._slab_load(job)
+                    if issued is not None:
+                        in_flight.append(issued)
+                elif job.kind == "save":
                     self._do_save(job)
                 else:
                     self._do_load(job)
@@ -321,6 +363,23 @@ class ConnectorRuntime:
                 self._finish(job, ok=False, error=f"stopped by streamcheck: {exc.rule_ids}")
             except Exception as exc:  # a failed transfer must never take the worker down
                 self._finish(job, ok=False, error=f"{type(exc).__name__}: {exc}")
+            self._retire(in_flight, block=len(in_flight) > MAX_IN_FLIGHT)
+
+    def _retire(self, in_flight: deque[_InFlight], block: bool) -> None:
+        """Finish the issued transfers that completed, oldest first (the oldest one at least,
+        waiting for it, when ``block``)."""
+        while in_flight:
+            head = in_flight[0]
+            if head.done is not None and not head.done.query():
+                if not block:
+                    return
+                head.done.synchronize()
+            in_flight.popleft()
+            block = False
+            try:
+                head.retire()
+            except Exception as exc:
+                self._finish(head.job, ok=False, error=f"{type(exc).__name__}: {exc}")
 
     def _chunks(self, job: _Job) -> list[tuple[list[int], list[str]]]:
         n = self.staging_blocks
@@ -454,6 +513,111 @@ class ConnectorRuntime:
         done = torch.cuda.Event()
         done.record(self._scatter_stream)
         return done
+
+    # ---- slab transfers: issued to the device, retired when their event completes ----------
+
+    def _slab_save(self, job: _Job) -> _InFlight:
+        """Gather the layer's blocks on the device, sum them, copy each run of slots straight
+        into the pinned slab; the slots are committed (tags, sums) when the copies completed."""
+        slab = self.slab
+        assert slab is not None
+        start = time.perf_counter()
+        blocks = self._blocks(job.layer)
+        tags = [key_tag(k) for k in job.keys]
+        slab.forget(job.layer, job.slots)
+        index = self._index(job.block_ids)
+        done = None
+        if self.is_cuda:
+            with torch.cuda.stream(self._stream):
+                self._stream.wait_event(job.ready)  # the forward's writes come first
+                with streamcheck.launch("connector.save.gather", stream=self._stream,
+                                        device=self.device.index, reads=[job.handoff]):
+                    gathered = blocks.index_select(0, index)
+                    sums = block_sums(gathered)
+                    for pos, first, n in runs(job.slots):
+                        slab.rows(job.layer, first, n, gathered.dtype).copy_(
+                            gathered[pos:pos + n], non_blocking=True)
+                    host_sums = torch.empty(len(tags), dtype=torch.int64, pin_memory=True)
+                    host_sums.copy_(sums, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            keep: tuple[Any, ...] = (gathered, sums, index)
+        else:
+            gathered = blocks.index_select(0, index)
+            host_sums = block_sums(gathered)
+            for pos, first, n in runs(job.slots):
+                slab.rows(job.layer, first, n, gathered.dtype).copy_(gathered[pos:pos + n])
+            keep = ()
+        nbytes = len(tags) * self.block_nbytes
+
+        def retire() -> None:
+            slab.commit(job.layer, job.slots, tags, host_sums.numpy())
+            self._mark_read(job)
+            seconds = time.perf_counter() - start
+            with self.metrics._lock:
+                self.metrics.save.add(nbytes, seconds)
+                self.metrics.save.add_copy(nbytes, seconds)
+            self._finish(job, ok=True)
+
+        return _InFlight(done, retire, job, keep)
+
+    def _slab_load(self, job: _Job) -> _InFlight | None:
+        """Copy each run of slots to the device, check every block's sum there, scatter into
+        the KV cache; blocks whose slot or sum is wrong are reported failed (vLLM recomputes
+        them, overwriting whatever landed in them)."""
+        slab = self.slab
+        assert slab is not None
+        start = time.perf_counter()
+        blocks = self._blocks(job.layer)
+        held = slab.holds(job.layer, job.slots, [key_tag(k) for k in job.keys])
+        failed = [b for b, ok in zip(job.block_ids, held, strict=True) if not ok]
+        good = [i for i, ok in enumerate(held) if ok]
+        if not good:
+            self._finish(job, ok=False, error=f"{len(failed)} block(s) not in the slab",
+                         failed_blocks=failed)
+            return None
+        ids = [job.block_ids[i] for i in good]
+        slots = [job.slots[i] for i in good]
+        expected = torch.from_numpy(slab.sums[job.layer, slots])
+        index = self._index(ids)
+        width = blocks.shape[1]
+        done = None
+        if self.is_cuda:
+            with torch.cuda.stream(self._stream):
+                arrived = torch.empty((len(ids), width), dtype=blocks.dtype, device=self.device)
+                with streamcheck.launch("connector.load.copy", stream=self._stream,
+                                        device=self.device.index):
+                    for pos, first, n in runs(slots):
+                        arrived[pos:pos + n].copy_(slab.rows(job.layer, first, n, blocks.dtype),
+                                                   non_blocking=True)
+                    ok = block_sums(arrived) == expected.to(self.device, non_blocking=True)
+                    blocks.index_copy_(0, index, arrived)
+                    host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
+                    host_ok.copy_(ok, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            with self._lock:
+                self._layer_done.setdefault(job.layer, []).append(done)
+            keep: tuple[Any, ...] = (arrived, ok, index)
+        else:
+            arrived = torch.empty((len(ids), width), dtype=blocks.dtype)
+            for pos, first, n in runs(slots):
+                arrived[pos:pos + n].copy_(slab.rows(job.layer, first, n, blocks.dtype))
+            host_ok = block_sums(arrived) == expected
+            blocks.index_copy_(0, index, arrived)
+            keep = ()
+
+        def retire() -> None:
+            bad = failed + [b for b, ok in zip(ids, host_ok.tolist(), strict=True) if not ok]
+            nbytes = (len(ids) - (len(bad) - len(failed))) * self.block_nbytes
+            seconds = time.perf_counter() - start
+            with self.metrics._lock:
+                self.metrics.load.add(nbytes, seconds)
+                self.metrics.load.add_copy(nbytes, seconds)
+            self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
+                         "check" if bad else "", failed_blocks=bad)
+
+        return _InFlight(done, retire, job, keep)
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from streamcheck.connector.keys import block_hashes
+from streamcheck.connector.placement import Placement
 
 
 @dataclass
@@ -33,6 +34,7 @@ class LoadPlan:
     block_ids: list[int]
     hashes: list[str]
     first: int = 0  # index of the first planned block in the request's prompt blocks
+    slots: list[int] = field(default_factory=list)  # placed stores: where each block lives
 
 
 @dataclass
@@ -41,6 +43,7 @@ class SavePlan:
     req_id: str
     block_ids: list[int]
     hashes: list[str]
+    slots: list[int] = field(default_factory=list)  # placed stores: where each block goes
 
 
 @dataclass
@@ -51,6 +54,7 @@ class StepMeta:
     saves: list[SavePlan] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)  # flush saves before blocks are reused
     delayed: list[str] = field(default_factory=list)  # report in finished_sending when saved
+    evicted: list[str] = field(default_factory=list)  # placed key stores: delete these first
 
 
 @dataclass
@@ -77,10 +81,13 @@ class SchedulerSide:
     """Lookups, load/save planning and block lifetime for one scheduler.
 
     ``workers``: how many workers must report a save group before it counts (vLLM's
-    ``parallel_config.world_size``).
+    ``parallel_config.world_size``). ``placement``: for a store of bounded capacity, the
+    scheduler decides where blocks go and which are evicted (:mod:`.placement`), so a hit is
+    never a block the store already dropped; without one the store is taken as unbounded.
     """
 
-    def __init__(self, block_size: int, namespace: str = "", workers: int = 1) -> None:
+    def __init__(self, block_size: int, namespace: str = "", workers: int = 1,
+                 placement: Placement | None = None) -> None:
         if block_size < 1:
             raise ValueError("block_size must be positive")
         if workers < 1:
@@ -88,11 +95,13 @@ class SchedulerSide:
         self.block_size = block_size
         self.namespace = namespace
         self.workers = workers
+        self.placement = placement
         self.committed: set[str] = set()
         self.parked: dict[str, LoadPlan] = {}  # async loads in flight, by request
         self._requests: dict[str, _Request] = {}
         self._groups: dict[str, _Group] = {}
         self._pending_loads: list[LoadPlan] = []
+        self._pins: dict[str, list[str]] = {}  # request -> hashes its load holds (placement)
         self._preempted: list[str] = []
         self._delayed: list[str] = []
 
@@ -135,7 +144,13 @@ class SchedulerSide:
         state.block_ids = list(block_ids)
         first = state.lookup_computed // self.block_size
         last = (state.lookup_computed + num_external) // self.block_size
-        plan = LoadPlan(req_id, list(block_ids[first:last]), state.hashes[first:last], first)
+        hashes = state.hashes[first:last]
+        plan = LoadPlan(req_id, list(block_ids[first:last]), hashes, first)
+        if self.placement is not None:  # held until the workers report this load done
+            self._release(req_id)
+            self.placement.pin(hashes)
+            self._pins[req_id] = hashes
+            plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         self.parked[req_id] = plan
@@ -166,6 +181,13 @@ class SchedulerSide:
             todo = [i for i in range(state.saved_blocks, full)
                     if state.hashes[i] not in self.committed]
             state.saved_blocks = full
+            slots: list[int] = []
+            if self.placement is not None:
+                todo = [i for i in todo if not self.placement.is_placed(state.hashes[i])]
+                slots, evicted = self.placement.reserve([state.hashes[i] for i in todo])
+                todo = todo[:len(slots)]  # no room for the rest: they stay unsaved
+                self.committed.difference_update(evicted)
+                meta.evicted.extend(evicted)
             if todo:
                 state.steps += 1
                 group = f"{req_id}@{state.steps}"
@@ -173,7 +195,7 @@ class SchedulerSide:
                 state.open_groups.add(group)
                 self._groups[group] = _Group(req_id, hashes)
                 meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
-                                           hashes))
+                                           hashes, slots))
         return meta
 
     def on_worker_report(self, saves_ok: Mapping[str, int], saves_failed: Mapping[str, int],
@@ -182,6 +204,8 @@ class SchedulerSide:
         ended each, ok or failed), hashes a load found missing or corrupt, finished loads."""
         missing = set(missing)
         self.committed.difference_update(missing)
+        if self.placement is not None:
+            self.placement.drop(missing)
         for group in set(saves_ok) | set(saves_failed):
             entry = self._groups.get(group)
             if entry is None:
@@ -191,6 +215,7 @@ class SchedulerSide:
             if entry.reports >= self.workers:
                 self._close(group, entry)
         for req_id in loaded:
+            self._release(req_id)
             plan = self.parked.pop(req_id, None)
             state = self._requests.get(req_id)
             if plan is None or state is None or not missing:
@@ -200,8 +225,26 @@ class SchedulerSide:
                     state.saved_blocks = min(state.saved_blocks, plan.first + i)
                     break
 
+    def _unplan(self, req_id: str) -> None:
+        """The request is gone before its load was sent: drop the plan and its pins. A load
+        already sent keeps its pins until the workers report it done."""
+        if any(p.req_id == req_id for p in self._pending_loads):
+            self._pending_loads = [p for p in self._pending_loads if p.req_id != req_id]
+            self._release(req_id)
+
+    def _release(self, req_id: str) -> None:
+        """A load of ``req_id`` ended (or will never run): unpin what it read."""
+        hashes = self._pins.pop(req_id, None)
+        if hashes is not None and self.placement is not None:
+            self.placement.unpin(hashes)
+
     def _close(self, group: str, entry: _Group) -> None:
         del self._groups[group]
+        if self.placement is not None:
+            if entry.failed:
+                self.placement.abandon(entry.hashes)
+            else:
+                self.placement.commit(entry.hashes)
         if not entry.failed:
             self.committed.update(entry.hashes)
         state = self._requests.get(entry.req_id)
@@ -219,11 +262,13 @@ class SchedulerSide:
             state.block_ids = []
             state.open_groups.clear()
         self.parked.pop(req_id, None)
+        self._unplan(req_id)
         self._preempted.append(req_id)
 
     def finished(self, req_id: str) -> bool:
         """The request ended; True if its blocks must stay until its saves finish."""
         self.parked.pop(req_id, None)
+        self._unplan(req_id)
         state = self._requests.get(req_id)
         if state is None:
             return False

@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised where vLLM is absent
 import streamcheck
 from streamcheck.connector.config import ConnectorConfig
 from streamcheck.connector.keys import layer_key
+from streamcheck.connector.placement import Placement
 from streamcheck.connector.runtime import ConnectorRuntime
 from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
 
@@ -110,6 +111,21 @@ def _cache_hit_source(backend: str) -> Any:
         backend, CacheHitSource.EXTERNAL_UNSPECIFIED)
 
 
+def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> None:
+    """A store the scheduler cannot bound (Redis evicts on its own) can lose a block between
+    lookup and load; under ``kv_load_failure_policy="fail"`` vLLM then ends that request with
+    an error instead of recomputing it. Say so once, at start-up."""
+    policy = getattr(transfer_config, "kv_load_failure_policy", None)
+    if config.placement_capacity() is None and policy == "fail":
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "streamcheck connector: the %s store can drop blocks the scheduler counted as hits "
+            "and kv_load_failure_policy is 'fail': such a request ends with an error. Set "
+            "kv_load_failure_policy='recompute' to recompute those blocks instead.",
+            config.backend)
+
+
 class StreamcheckConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -131,8 +147,12 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self._report = StreamcheckWorkerMeta()
         self.shard = ""
         if role == KVConnectorRole.SCHEDULER:
-            self.scheduler = SchedulerSide(self.block_size, self.config.namespace,
-                                           workers=vllm_config.parallel_config.world_size)
+            capacity = self.config.placement_capacity()
+            self.scheduler = SchedulerSide(
+                self.block_size, self.config.namespace,
+                workers=vllm_config.parallel_config.world_size,
+                placement=Placement(capacity) if capacity is not None else None)
+            _warn_if_loads_can_fail(self.config, self._kv_transfer_config)
         else:
             self.shard = _shard(vllm_config)
 
@@ -205,8 +225,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
         if device.type == "cuda":  # on CPU there is no stream to audit
             streamcheck.install(self.config.streamcheck)
         nbytes = planes[0][0].numel() * planes[0].element_size()
-        self.runtime = ConnectorRuntime(self.config.make_backend(nbytes), planes, device,
-                                        staging_blocks=self.config.staging_blocks)
+        self.runtime = ConnectorRuntime(self.config.make_backend(nbytes, len(planes)), planes,
+                                        device, staging_blocks=self.config.staging_blocks)
 
     def block_key(self, block_hash: str, plane: int) -> str:
         """The store key of one plane of one block, as this worker saves and loads it."""
@@ -220,7 +240,14 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
         if isinstance(connector_metadata, StreamcheckMeta):
-            self._finishing.update(connector_metadata.step.delayed)
+            step = connector_metadata.step
+            self._finishing.update(step.delayed)
+            if step.evicted and self.runtime is not None and self.runtime.slab is None:
+                # a key store the scheduler bounds: drop what it evicted before this step's
+                # saves are queued (a slab's slot is simply overwritten)
+                self.runtime.backend.delete([self.block_key(h, plane) for h in step.evicted
+                                             for planes in self._layers.values()
+                                             for plane in planes])
 
     def handle_preemptions(self, kv_connector_metadata: Any) -> None:
         """vLLM already freed the preempted requests' blocks and this step may overwrite
@@ -236,7 +263,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self._load_blocks[plan.req_id] = dict(zip(plan.block_ids, plan.hashes, strict=True))
             self.runtime.start_load(plan.req_id, {
                 plane: (plan.block_ids, [self.block_key(h, plane) for h in plan.hashes])
-                for planes in self._layers.values() for plane in planes})
+                for planes in self._layers.values() for plane in planes},
+                slots=plan.slots or None)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         assert self.runtime is not None
@@ -251,7 +279,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self._open_group(plan.group, plan.req_id)
             for plane in planes:
                 self.runtime.save_layer(plan.group, plane, plan.block_ids,
-                                        [self.block_key(h, plane) for h in plan.hashes])
+                                        [self.block_key(h, plane) for h in plan.hashes],
+                                        slots=plan.slots or None)
 
     def _open_group(self, name: str, req_id: str) -> None:
         if name not in self._group_req:

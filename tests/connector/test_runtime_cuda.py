@@ -102,3 +102,47 @@ def test_assert_mode_fails_an_unordered_save_instead_of_storing_torn_kv(monkeypa
     assert backend.lookup(["a", "b"]) == [False, False]
     assert rt.metrics.hazards_stopped == 1 and "unsynced-handoff" in rt.last_error
     rt.shutdown()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.uint8])
+def test_slab_round_trip_on_cuda_checks_every_block_on_the_device(dtype):
+    """The host slab path: device gather, one copy per run of slots straight into pinned
+    memory, sums computed and checked on the device; a block flipped in host memory after its
+    save is reported failed; the runtime's own launches raise no finding in assert mode."""
+    from streamcheck.connector.slab import HostSlab
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    g = torch.Generator(device=device).manual_seed(1)
+    kv = [torch.randint(0, 100, (64, 2, 16, 8), generator=g, device=device).to(dtype)
+          for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    slab = HostSlab(2, 32, nbytes, pin_memory=True)
+    rt = ConnectorRuntime(slab, kv, device)
+    ids, slots = [3, 17, 9, 40, 1, 22, 7], [4, 5, 6, 10, 11, 30, 0]
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        for layer in range(2):
+            kv[layer][ids] += 1
+            rt.save_layer("g", layer, ids, [f"k{b}.L{layer}" for b in ids], slots=slots)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    compute.synchronize()
+    expected = [layer_kv[ids].clone() for layer_kv in kv]
+    slab.data[1, 10, 3] ^= 0x01  # block 40 of layer 1 damaged in host memory
+    targets = [50, 51, 52, 53, 54, 55, 56]
+    rt.start_load("l", {layer: (targets, [f"k{b}.L{layer}" for b in ids]) for layer in range(2)},
+                  slots=slots)
+    news = settle(rt)
+    assert news.loads_done == {"l"} and news.failed_load_blocks == {53}
+    with torch.cuda.stream(compute):
+        for layer in range(2):
+            rt.wait_for_layer_load(layer)
+        loaded = [layer_kv[targets].clone() for layer_kv in kv]
+    compute.synchronize()
+    assert torch.equal(loaded[0], expected[0])
+    keep = [i for i, t in enumerate(targets) if t != 53]
+    assert torch.equal(loaded[1][keep], expected[1][keep])
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+    rt.shutdown()

@@ -174,6 +174,19 @@ def test_two_workers_keep_their_slices_and_commit_together(report: dict, backend
     assert f["hit_first_compute"] == [4 * BLOCK, 5]
 
 
+@pytest.mark.parametrize("backend", LOCAL)
+def test_capacity_pressure_never_serves_a_block_the_store_dropped(report: dict, backend: str):
+    """Working set larger than the store, vLLM's strict failure policy: the scheduler places
+    and evicts blocks itself, so every hit it plans is still there to load."""
+    f = scenario(report, backend, "capacity_pressure")
+    assert f["errors"] == [], "a request ended with an error: a planned load failed"
+    assert f["finished"] == 16
+    assert f["failed_loads"] == 0
+    assert f["evictions"] > 0  # the pressure was real
+    assert f["blocks_placed"] <= f["capacity"]
+    assert f["second_pass_hits"] >= 1  # the store still serves what it has room for
+
+
 def test_redis_server_killed_mid_transfer(report: dict):
     f = scenario(report, "redis", "server_killed")
     assert f["acknowledged_audit_while_up"] == []

@@ -107,6 +107,70 @@ class GatedBackend:
         self.inner.close(drain=drain)
 
 
+class GatedSlab(GatedBackend):
+    """The same gates over the connector's host slab, which moves whole runs of slots on the
+    device instead of calling ``save``/``load`` per key: its two transfer methods are wrapped on
+    the runtime, and key-level access (lookup, delete, direct loads for the store audit) goes
+    through the scheduler's placement (hash -> slot) and the slab's tags and sums."""
+
+    def __init__(self, runtime: Any, placement: Callable[[], Any]) -> None:
+        super().__init__(runtime.slab)
+        self.runtime = runtime
+        self.placement = placement
+        issue_save, issue_load = runtime._slab_save, runtime._slab_load
+
+        def gated_save(job: Any) -> Any:
+            self.save_gate.wait(GATE_TIMEOUT_S)
+            if self.save_delay_s:
+                time.sleep(self.save_delay_s)
+            if any(self.fail_save(key) for key in job.keys):
+                raise RuntimeError("injected save failure")
+            return issue_save(job)
+
+        def gated_load(job: Any) -> Any:
+            self.load_gate.wait(GATE_TIMEOUT_S)
+            return issue_load(job)
+
+        runtime._slab_save, runtime._slab_load = gated_save, gated_load
+
+    def _where(self, key: str) -> tuple[int, int] | None:
+        from streamcheck.connector.slab import key_tag
+
+        block_hash, _, plane = key.partition(".L")
+        slot = self.placement().slot(block_hash)
+        plane_index = int(plane.split(".")[0])
+        if slot is None or self.inner.tags[plane_index, slot] != key_tag(key):
+            return None
+        return plane_index, slot
+
+    def lookup(self, keys: Any) -> list[bool]:
+        return [self._where(k) is not None for k in keys]
+
+    def delete(self, keys: Any) -> None:
+        for key in keys:
+            where = self._where(key)
+            if where is not None:
+                self.inner.forget(where[0], [where[1]])
+
+    def corrupt(self, key: str) -> None:
+        where = self._where(key)
+        assert where is not None, f"{key} is not in the slab"
+        self.inner.data[where[0], where[1], 100] ^= 0x40
+
+    def read(self, key: str, into: torch.Tensor) -> str:
+        """Copy the block of ``key`` into ``into`` after the slab's own checks; "" or why not."""
+        from streamcheck.connector.slab import block_sums
+
+        where = self._where(key)
+        if where is None:
+            return f"{key}: not in the slab"
+        into.copy_(self.inner.data[where[0], where[1]])
+        if int(block_sums(into.view(torch.int64).unsqueeze(0))[0]) != int(
+                self.inner.sums[where]):
+            return f"{key}: checksum mismatch"
+        return ""
+
+
 # ---- vLLM objects ------------------------------------------------------------------------
 
 _MODEL_DIR: str | None = None
@@ -205,7 +269,7 @@ class Worker:
     """One worker: its connector, its shard of the KV caches, its (wrapped) backend."""
 
     def __init__(self, config: Any, kv_cache_config: Any, num_blocks: int, index: int,
-                 shard: str | None) -> None:
+                 shard: str | None, placement: Callable[[], Any]) -> None:
         from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
         from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 
@@ -219,8 +283,11 @@ class Worker:
                    for name in LAYERS}
         self.connector.register_kv_caches(self.kv)
         self.runtime = self.connector.runtime
-        self.backend = GatedBackend(self.runtime.backend)
-        self.runtime.backend = self.backend
+        if self.runtime.slab is not None:
+            self.backend: GatedBackend = GatedSlab(self.runtime, placement)
+        else:
+            self.backend = GatedBackend(self.runtime.backend)
+            self.runtime.backend = self.backend
         self.flushes: list[int] = []  # saves pending at each flush
         flush = self.runtime.flush
 
@@ -263,11 +330,13 @@ class Engine:
         if workers > 1:  # what parallel_config.world_size would say
             self.side.workers = workers
         self.workers = [Worker(self.config, self.kv_cache_config, num_blocks, i,
-                               f".p0t{i}" if workers > 1 else None) for i in range(workers)]
+                               f".p0t{i}" if workers > 1 else None,
+                               lambda: self.side.placement) for i in range(workers)]
         self.aggregator = KVOutputAggregator(workers)
         self.worker, self.backend = self.workers[0].connector, self.workers[0].backend
         self.reqs: dict[str, RunnerRequest] = {}
         self.stale_reads: list[str] = []
+        self.finish_reasons: dict[str, str] = {}  # request -> why it finished (error: a failure)
         self.steps = 0
         self.preemptions: dict[str, int] = {}
         self.resumed: list[tuple[str, int]] = []  # (request, tokens computed when resumed)
@@ -311,7 +380,11 @@ class Engine:
         for req_id in out.preempted_req_ids or ():
             self.preemptions[req_id] = self.preemptions.get(req_id, 0) + 1
         model_output = self._execute(out)
-        self.scheduler.update_from_output(out, model_output)
+        engine_outputs = self.scheduler.update_from_output(out, model_output)
+        for outputs in engine_outputs.values():
+            for o in outputs.outputs:
+                if o.finish_reason is not None:
+                    self.finish_reasons[o.request_id] = str(o.finish_reason)
         return out
 
     def run_until(self, done: Callable[[], bool], timeout_s: float = 20.0) -> int:
@@ -480,9 +553,14 @@ class Engine:
                 for layer in range(len(LAYERS)):
                     for plane in (0, 1):
                         key = worker.connector.block_key(h, 2 * layer + plane)
-                        result = worker.backend.inner.load(key, memoryview(buf.numpy())).wait()
-                        if result.state is not TransferState.DONE:
-                            problems.append(f"{key}: {result.error}")
+                        if isinstance(worker.backend, GatedSlab):
+                            error = worker.backend.read(key, buf)
+                        else:
+                            result = worker.backend.inner.load(key, memoryview(buf.numpy()))
+                            result = result.wait()
+                            error = "" if result.state is TransferState.DONE else result.error
+                        if error:
+                            problems.append(f"{key}: {error}")
                         elif not torch.equal(buf, worker.rows(ids, layer, plane)
                                              .view(torch.uint8).flatten()):
                             problems.append(f"{key}: stored KV differs from its prefix's")

@@ -121,7 +121,7 @@ def corrupt(eng: Engine, key: str) -> None:
     """Flip one payload byte of a stored block behind the backend's back."""
     inner = eng.backend.inner
     if inner.name == "host":
-        inner.slab[inner._slots[key]][100] ^= 0x40
+        eng.backend.corrupt(key)
     elif inner.name == "disk":
         path = inner.path(key)
         data = bytearray(path.read_bytes())
@@ -265,6 +265,36 @@ def two_workers(extra: dict[str, Any]) -> Facts:
     return finish(eng, facts)
 
 
+def capacity_pressure(extra: dict[str, Any]) -> Facts:
+    """More distinct KV than the store holds, under vLLM's strict ``kv_load_failure_policy``
+    ("fail", 0.24's default): eight requests, half sharing a two-block prefix, each run twice,
+    four at a time, with room for a fraction of their blocks. A hit must be a block the store
+    still has: no request may end with an error, no load may fail, no KV read may be stale,
+    and the second pass must still be served from the store where it has room."""
+    capacity = 40  # token blocks; the working set is 8 x ~7 blocks
+    eng = Engine(dict(extra, capacity_blocks=capacity), num_blocks=128, max_batched=512,
+                 policy="fail")
+    shared = tokens(100, 2 * BLOCK)
+    prompts = [(shared if i % 2 == 0 else []) + tokens(200 + i, 6 * BLOCK + 5)
+               for i in range(8)]
+    for rnd in range(2):
+        for start in (0, 4):
+            for i in range(start, start + 4):
+                eng.add(f"p{rnd}-{i}", prompts[i], max_tokens=2)
+            eng.drain(timeout_s=60)
+    facts: Facts = {
+        "errors": sorted(r for r, why in eng.finish_reasons.items() if "error" in why.lower()),
+        "finished": len(eng.finish_reasons),
+        "failed_loads": sum(w.runtime.metrics.failed_loads for w in eng.workers),
+        "evictions": eng.side.placement.evictions if eng.side.placement else None,
+        "second_pass_hits": sum(eng.first_compute.get(f"p1-{i}", (0, 0))[0] > 0
+                                for i in range(8)),
+        "blocks_placed": eng.side.placement.used() if eng.side.placement else None,
+        "capacity": capacity,
+    }
+    return finish(eng, facts)
+
+
 def redis_server_killed(extra: dict[str, Any], server: Any) -> Facts:
     """The Redis server dies mid-save and mid-load: nothing stale is read, nothing failed is
     served, and every block acknowledged while it ran was there to load."""
@@ -320,6 +350,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Facts]] = {
     "abort": abort,
     "shutdown_in_flight": shutdown_in_flight,
     "two_workers": two_workers,
+    "capacity_pressure": capacity_pressure,
 }
 REDIS_SCENARIOS = ("lifecycles", "load_failure", "abort", "two_workers")
 

@@ -1,0 +1,83 @@
+"""The host slab on CPU tensors: sums, runs, and the runtime's slab path end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamcheck.connector.runtime import ConnectorRuntime
+from streamcheck.connector.slab import HostSlab, block_sums, runs
+from tests.connector.test_runtime_cpu import BLOCKS, LAYERS, block_nbytes, drain, kv_caches
+
+
+def test_runs_split_slots_into_consecutive_stretches():
+    assert runs([4, 5, 6, 9, 10, 2]) == [(0, 4, 3), (3, 9, 2), (5, 2, 1)]
+    assert runs([]) == [] and runs([7]) == [(0, 7, 1)]
+
+
+def test_block_sums_see_any_changed_or_moved_word():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(-2**62, 2**62, (4, 64), generator=g, dtype=torch.int64)
+    base = block_sums(rows)
+    changed = rows.clone()
+    changed[2, 17] += 1
+    swapped = rows.clone()
+    swapped[1, [3, 4]] = swapped[1, [4, 3]]
+    assert (block_sums(changed) != base).tolist() == [False, False, True, False]
+    assert (block_sums(swapped) != base).tolist() == [False, True, False, False]
+    assert torch.equal(block_sums(rows.view(torch.int32)), block_sums(rows.view(torch.int32)))
+
+
+def keys(hashes: list[str], layer: int) -> list[str]:
+    return [f"{h}.L{layer}" for h in hashes]
+
+
+@pytest.fixture
+def slab_runtime():
+    slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(slab, kv_caches(1), "cpu")
+    yield rt, slab
+    rt.shutdown()
+
+
+def test_round_trip_through_the_slab_is_bit_exact(slab_runtime):
+    rt, _ = slab_runtime
+    src = [kv.clone() for kv in rt.kv_caches]
+    hashes, ids, slots = ["h0", "h1", "h2"], [3, 7, 8], [5, 6, 11]
+    for layer in range(LAYERS):
+        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
+    rt.seal(["g"])
+    saves, _, _ = drain(rt)
+    assert saves == {"g"}
+    for kv in rt.kv_caches:
+        kv.zero_()
+    rt.start_load("r", {layer: ([0, 1, 2], keys(hashes, layer)) for layer in range(LAYERS)},
+                  slots=slots)
+    _, loads, failed = drain(rt)
+    assert loads == {"r"} and failed == set()
+    for layer in range(LAYERS):
+        assert torch.equal(rt.kv_caches[layer][[0, 1, 2]], src[layer][ids])
+
+
+def test_a_corrupt_or_foreign_slot_fails_its_block_only(slab_runtime):
+    rt, slab = slab_runtime
+    hashes, slots = ["a", "b", "c"], [0, 1, 2]
+    for layer in range(LAYERS):
+        rt.save_layer("g", layer, [0, 1, 2], keys(hashes, layer), slots=slots)
+    rt.seal(["g"])
+    drain(rt)
+    slab.data[1, 1, 5] ^= 0x10  # a flipped bit in "b" of layer 1
+    loads = {layer: ([10, 11, 12], keys(hashes, layer)) for layer in range(LAYERS)}
+    loads[2] = ([10, 11, 12], keys(["a", "b", "x"], 2))  # slot 2 does not hold "x"
+    rt.start_load("r", loads, slots=slots)
+    _, done, failed = drain(rt)
+    assert done == {"r"} and failed == {11, 12}
+
+
+def test_a_slab_needs_a_slot_for_every_block(slab_runtime):
+    rt, _ = slab_runtime
+    with pytest.raises(ValueError, match="one slot per block"):
+        rt.save_layer("g", 0, [1, 2], ["a.L0", "b.L0"])
+    with pytest.raises(ValueError, match="slots must lie in"):
+        rt.save_layer("g", 0, [1], ["a.L0"], slots=[16])
+    assert BLOCKS > 12
