@@ -51,6 +51,8 @@ class Auditor:
         self.mode = mode
         self.runtime = runtime
         self.book = book if book is not None else StreamBook()
+        # The hooks' one call per stream switch: a bound deque.append of the book's log.
+        self.made_current = self.book.record_switch
         self.clocks = HappensBefore()
         self.context = RuleContext(self.book, self.clocks)
         self.select = select

@@ -5,14 +5,25 @@ waiting on it merges the snapshot into the waiting stream's clock (pointwise max
 *handoff* (an engine declaring "this tensor is complete on my stream now") ticks the producing
 stream's own entry and returns a :class:`Mark`. The one query, :meth:`HappensBefore.ordered`,
 asks whether a stream has waited for an event recorded after that mark.
+
+Cost, since every ``Event.record``/``wait`` of the process passes through here: nothing at all
+until the first handoff (:attr:`active`: with no mark there is nothing to order against). After
+that, clocks are never modified in place but replaced, so a record keeps a reference to the
+recording stream's current clock (no copy) and a wait that adds nothing new allocates nothing.
+The snapshot lives on the event object itself, so it dies with the event and a recycled
+``id()`` can never hand a new event an old snapshot.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 StreamKey = tuple[int, int]  # (device, stream id)
+Clock = dict[StreamKey, int]  # never mutated once published
+_EMPTY: Clock = {}
+_ATTR = "_streamcheck_clock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,40 +35,53 @@ class Mark:
 
 
 class HappensBefore:
-    """Thread-safe vector clocks keyed by stream; event snapshots keyed by an event id."""
+    """Vector clocks keyed by stream; event snapshots kept on the events."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clocks: dict[StreamKey, dict[StreamKey, int]] = {}
-        self._events: dict[int, dict[StreamKey, int]] = {}
+        self._clocks: dict[StreamKey, Clock] = {}
+        self._events: dict[object, Clock] = {}  # events that take no attribute (plain ids)
+        self.active = False
 
     def mark(self, stream: StreamKey) -> Mark:
         with self._lock:
-            clock = self._clocks.setdefault(stream, {})
+            clock = dict(self._clocks.get(stream, _EMPTY))
             clock[stream] = clock.get(stream, 0) + 1
+            self._clocks[stream] = clock
+            self.active = True
             return Mark(stream, clock[stream])
 
-    def record(self, event_id: int, stream: StreamKey) -> None:
-        with self._lock:
-            self._events[event_id] = dict(self._clocks.get(stream, {}))
+    def record(self, event: Any, stream: StreamKey) -> None:
+        snapshot = self._clocks.get(stream, _EMPTY)
+        try:
+            setattr(event, _ATTR, snapshot)
+        except (AttributeError, TypeError):
+            self._events[_key(event)] = snapshot
 
-    def wait(self, stream: StreamKey, event_id: int) -> None:
-        with self._lock:
-            snapshot = self._events.get(event_id)
+    def wait(self, stream: StreamKey, event: Any) -> None:
+        snapshot = getattr(event, _ATTR, None)
+        if snapshot is None:
+            snapshot = self._events.get(_key(event))
             if snapshot is None:
                 return  # waiting on a never-recorded event orders nothing
-            clock = self._clocks.setdefault(stream, {})
+        if not snapshot:
+            return
+        with self._lock:
+            own = self._clocks.get(stream, _EMPTY)
+            if all(own.get(key, 0) >= tick for key, tick in snapshot.items()):
+                return
+            merged = dict(own)
             for key, tick in snapshot.items():
-                if tick > clock.get(key, 0):
-                    clock[key] = tick
+                if tick > merged.get(key, 0):
+                    merged[key] = tick
+            self._clocks[stream] = merged
 
     def ordered(self, stream: StreamKey, mark: Mark) -> bool:
         """Is work queued on ``stream`` now ordered after ``mark``?"""
         if stream == mark.stream:
             return True  # a stream runs in order
-        with self._lock:
-            return self._clocks.get(stream, {}).get(mark.stream, 0) >= mark.tick
+        return self._clocks.get(stream, _EMPTY).get(mark.stream, 0) >= mark.tick
 
-    def forget_event(self, event_id: int) -> None:
-        with self._lock:
-            self._events.pop(event_id, None)
+
+def _key(event: Any) -> object:
+    return event if isinstance(event, int) else id(event)

@@ -29,9 +29,12 @@ def explain_finding(finding: Finding, occurrences: int = 1) -> str:
     ]
     if finding.other_event is not None:
         event = finding.other_event
-        when = time.strftime("%H:%M:%S", time.localtime(event.time))
+        # Stream switches are recorded without a clock (it would cost every switch); events
+        # that carry one say when.
+        when = f" at {time.strftime('%H:%M:%S', time.localtime(event.time))}" if event.time \
+            else ""
         parts.append(
-            f"  {event.thread.describe()} {event.kind} {event.stream.describe()} at {when} "
+            f"  {event.thread.describe()} {event.kind} {event.stream.describe()}{when} "
             f"via {event.via or '?'}:"
         )
         parts.append(format_stack(event.stack))

@@ -74,7 +74,7 @@ def capture_stack(skip: int = 1, limit: int = 16) -> Stack:
     frames: list[Frame] = []
     while frame is not None and len(frames) < limit:
         code = frame.f_code
-        if not any(part in code.co_filename for part in _AUDIT_PARTS):
+        if not is_audit_frame(code.co_filename):
             frames.append((code.co_filename, frame.f_lineno, code.co_name))
         frame = frame.f_back
     return tuple(frames)
@@ -82,6 +82,11 @@ def capture_stack(skip: int = 1, limit: int = 16) -> Stack:
 
 _AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/audit.py",
                 "<streamcheck wrapper of ")
+
+
+def is_audit_frame(filename: str) -> bool:
+    """A frame of the audit itself: left out of reports, which start at the user's code."""
+    return any(part in filename for part in _AUDIT_PARTS)
 
 
 def stack_of_thread(ident: int, limit: int = 16) -> Stack:

@@ -2,69 +2,137 @@
 
 The hooks on stream creation and ``set_stream`` feed this book; rules read it to tell a stream
 that leaked in from another thread (``foreign-stream``) from a cache that merely went stale in
-this one (``stale-stream-cache``). Runtimes reuse stream ids (PyTorch's pool hands out 32 per
-device and priority, round robin), so history is kept per id, newest last, and bounded.
+this one (``stale-stream-cache``).
+
+``set_stream`` runs twice per ``with torch.cuda.stream(s)`` and engines switch streams many
+times per step, so recording a switch must cost what the decision needs and nothing more: one
+small tuple appended to a bounded log and one per-thread slot update, with the stream object,
+the thread ident and the code objects and line numbers of the two calling frames. Thread names,
+roles, file names and full :class:`StreamEvent` records are made only when a rule asks, which
+happens only for a launch that already looks wrong.
+
+Runtimes reuse stream ids (PyTorch's pool hands out 32 per device and priority, round robin):
+a creation starts a new life for its id, and a query never looks past the latest creation.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
 
-from streamcheck.core.ids import StreamRef
+from streamcheck.core import roles
+from streamcheck.core.ids import Stack, StreamRef, ThreadRef, is_audit_frame
 from streamcheck.core.records import StreamEvent
 
-HISTORY_PER_STREAM = 32
+LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old launches
+
+# A switch record, as the hooks append it: (stream object, thread ident, via, code, line,
+# code, line) with the code objects and line numbers of the two calling frames. Records made
+# from a StreamEvent (creations, tests) are (StreamRef, ident, via, stack, time, name, kind).
+CREATED = "created"
+
+
+def _is_full(record: tuple[Any, ...]) -> bool:
+    return len(record) == 7 and isinstance(record[3], tuple)
+
+
+def site_stack(record: tuple[Any, ...]) -> Stack:
+    """The frames where a switch was made, innermost first, without the audit's own."""
+    if _is_full(record):
+        return record[3]
+    frames = []
+    for i in range(3, len(record) - 1, 2):
+        code = record[i]
+        if code is not None and not is_audit_frame(code.co_filename):
+            frames.append((code.co_filename, record[i + 1], code.co_name))
+    return tuple(frames)
+
+
+def _key(record: tuple[Any, ...]) -> tuple[int, int]:
+    stream = record[0]
+    if isinstance(stream, StreamRef):
+        return stream.key
+    return (int(stream.device_index), int(stream.stream_id))
 
 
 class StreamBook:
-    """Thread-safe history of stream events, keyed by (device, stream id)."""
+    """History of stream switches and creations, newest last, bounded.
+
+    Writing is one ``deque.append`` (atomic, no lock): :attr:`record_switch` is that bound
+    method, called by the hooks with a ready tuple. Reading scans the log backwards, which
+    only rules do, and only for a launch that already looks wrong.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._history: dict[tuple[int, int], deque[StreamEvent]] = {}
-        self._current: dict[int, dict[int, StreamEvent]] = {}
+        self._log: deque[tuple[Any, ...]] = deque(maxlen=LOG_LENGTH)
+        self.record_switch = self._log.append
+        self._created: dict[tuple[int, int], StreamEvent] = {}
 
     def record(self, event: StreamEvent) -> None:
-        key = event.stream.key
-        with self._lock:
-            history = self._history.get(key)
-            if history is None or event.kind == "created":
-                # A creation starts a new life for a (possibly reused) stream id.
-                history = self._history[key] = deque(maxlen=HISTORY_PER_STREAM)
-            history.append(event)
-            if event.kind == "made-current":
-                per_device = self._current.setdefault(event.thread.ident, {})
-                per_device[event.stream.device] = event
+        """A full event (a stream creation, or one built by a caller or a test)."""
+        s = event.stream
+        if event.kind == CREATED:
+            with self._lock:
+                self._created[s.key] = event
+        self._log.append((s, event.thread.ident, event.via, event.stack, event.time,
+                          event.thread.name, event.kind))
+
+    # ---- reading: only for launches that already look wrong -----------------------------
+
+    def _records(self) -> list[tuple[Any, ...]]:
+        return list(self._log)[::-1]  # newest first; a copy, so writers never wait
 
     def origin(self, stream: StreamRef) -> StreamEvent | None:
         """The creation of this stream, if a hook saw it."""
         with self._lock:
-            for event in self._history.get(stream.key, ()):
-                if event.kind == "created":
-                    return event
-        return None
+            return self._created.get(stream.key)
 
     def made_current_elsewhere(self, stream: StreamRef, thread_ident: int) -> StreamEvent | None:
-        """The latest time another thread made this stream current, or None."""
-        with self._lock:
-            for event in reversed(self._history.get(stream.key, ())):
-                if event.kind == "made-current" and event.thread.ident != thread_ident:
-                    return event
+        """The latest time another thread made this stream current (in its present life)."""
+        for record in self._records():
+            if _key(record) != stream.key:
+                continue
+            if _is_full(record) and record[6] == CREATED:
+                return None
+            if record[1] != thread_ident:
+                return _event(record)
+        return None
+
+    def _latest_of(self, thread_ident: int, device: int) -> tuple[Any, ...] | None:
+        for record in self._records():
+            if record[1] == thread_ident and _key(record)[0] == device and not (
+                    _is_full(record) and record[6] == CREATED):
+                return record
         return None
 
     def is_current_in(self, stream: StreamRef, thread_ident: int) -> bool:
         """Whether the hooks last saw ``thread_ident`` make this stream current on its device."""
-        with self._lock:
-            event = self._current.get(thread_ident, {}).get(stream.device)
-        return event is not None and event.stream.key == stream.key
+        record = self._latest_of(thread_ident, stream.device)
+        return record is not None and _key(record) == stream.key
 
     def current_of(self, thread_ident: int, device: int) -> StreamEvent | None:
         """The last stream the hooks saw ``thread_ident`` make current on ``device``."""
-        with self._lock:
-            return self._current.get(thread_ident, {}).get(device)
+        record = self._latest_of(thread_ident, device)
+        return _event(record) if record is not None else None
 
     def clear(self) -> None:
         with self._lock:
-            self._history.clear()
-            self._current.clear()
+            self._log.clear()
+            self._created.clear()
+
+
+def _event(record: tuple[Any, ...]) -> StreamEvent:
+    stream, ident, via = record[0], record[1], record[2]
+    device, stream_id = _key(record)
+    handle = int(getattr(stream, "handle", 0) or getattr(stream, "cuda_stream", 0) or 0)
+    name, when = (record[5], record[4]) if _is_full(record) else (None, 0.0)
+    if name is None:
+        thread = threading._active.get(ident)  # type: ignore[attr-defined]
+        name = thread.name if thread is not None else f"thread {ident:#x} (ended)"
+    return StreamEvent(
+        kind="made-current", stream=StreamRef(device, stream_id, handle),
+        thread=ThreadRef(ident, name, roles.role_of(ident)), time=when,
+        stack=site_stack(record), via=via,
+    )

@@ -2,8 +2,9 @@
 
 ``torch.cuda.Event.record(stream=None)`` and ``.wait(stream=None)`` are the two places every
 event ordering passes through in PyTorch (``Stream.wait_event``, ``wait_stream`` and
-``record_event`` call them); the simulator's events have the same two methods. Events are
-identified by ``id(event)``: a snapshot is replaced when an event is recorded again.
+``record_event`` call them); the simulator's events have the same two methods. Until the first
+handoff the clocks have nothing to order against (``clocks.active`` is False) and the hooks
+cost one attribute read; after it, the stream a call applies to is read and the clocks updated.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
         def record(self: Any, stream: Any = None) -> Any:
             result = original(self, stream)
             auditor = gate.auditor
-            if auditor is not None:
-                auditor.clocks.record(id(self), stream_key_of(self, stream))
+            if auditor is not None and auditor.clocks.active:
+                auditor.clocks.record(self, stream_key_of(self, stream))
             return result
 
         return record
@@ -36,8 +37,8 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
         @functools.wraps(original)
         def wait(self: Any, stream: Any = None) -> Any:
             auditor = gate.auditor
-            if auditor is not None:
-                auditor.clocks.wait(stream_key_of(self, stream), id(self))
+            if auditor is not None and auditor.clocks.active:
+                auditor.clocks.wait(stream_key_of(self, stream), self)
             return original(self, stream)
 
         return wait

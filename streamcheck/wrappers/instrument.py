@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -66,17 +66,21 @@ def _reader() -> StreamReader:
     return reader
 
 
-def _resolver(site: LaunchSite) -> tuple[Callable[[Any], Any] | None, str]:
-    """(resolve(self) -> stream, or None for the thread's current stream; accessor label)."""
+@dataclass(frozen=True)
+class _Resolver:
+    """How a generated wrapper finds the stream of a ``stream=None`` launch, inline."""
+
+    expr: str | None  # over ``self`` and ``names``; None: the thread's current stream
+    names: dict[str, Any]
+    label: str
+
+
+def _resolver(site: LaunchSite) -> _Resolver:
     spec = site.stream
     if spec == CURRENT:
-        return None, "the thread's current stream"
-    if spec.startswith("self."):
-        attr = spec[5:]
-        if attr.endswith("()"):
-            name = attr[:-2]
-            return (lambda comm: getattr(comm, name)()), f"{site.owner}.{name}()"
-        return (lambda comm: getattr(comm, attr)), f"{site.owner}.{attr}"
+        return _Resolver(None, {}, "the thread's current stream")
+    if spec.startswith("self."):  # validated by sites: self.name or self.name()
+        return _Resolver(spec, {}, f"{site.owner}.{spec[5:]}")
     module_name, _, attr = spec.partition(":")
     try:
         holder = importlib.import_module(module_name)
@@ -84,21 +88,23 @@ def _resolver(site: LaunchSite) -> tuple[Callable[[Any], Any] | None, str]:
         raise _Unavailable(f"stream resolver {spec}: {type(exc).__name__}: {exc}") from None
     if not hasattr(holder, attr):
         raise _Unavailable(f"stream resolver {spec}: {module_name} has no {attr}")
-    # Looked up at every call: a later patch of the accessor (vLLM's, a test's) is what counts.
-    return (lambda _comm: getattr(holder, attr)()), f"{module_name}.{attr}()"
+    # Looked up on the module at every call: a later patch of the accessor (vLLM's, a test's)
+    # is what counts.
+    return _Resolver(f"_holder.{attr}()", {"_holder": holder}, f"{module_name}.{attr}()")
 
 
 def _communicator(site: LaunchSite, module: ModuleType) -> list[str]:
     cls = _owner(site, module)
     reader = _reader()
-    resolve, accessor = _resolver(site)
+    resolver = _resolver(site)
     present = [m for m in site.methods if callable(getattr(cls, m, None))]
     if not present:
         raise _Unavailable(f"{site.owner} has none of {', '.join(site.methods)}")
     patched = []
     for method in present:
-        if wrap_stream_method(REGISTRY, GATE, cls, method, site.op(method), resolve=resolve,
-                              device_expr=site.device, accessor=accessor,
+        if wrap_stream_method(REGISTRY, GATE, cls, method, site.op(method),
+                              resolve=resolver.expr, names=resolver.names,
+                              device_expr=site.device, accessor=resolver.label,
                               current_of_device=reader.current_stream,
                               current_device=reader.current_device,
                               skip_expr=site.skip, fixed_device=True, target=site.name):

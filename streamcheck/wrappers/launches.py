@@ -45,12 +45,13 @@ def warn_cannot_audit(op: str, exc: Exception) -> None:
 
 
 def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: str, op: str,
-                       resolve: Callable[[Any], Any] | None, device_expr: str, accessor: str,
+                       resolve: Callable[[Any], Any] | str | None, device_expr: str, accessor: str,
                        current_of_device: Callable[[int], CurrentStreamTuple] | None = None,
                        current_of_comm: Callable[[Any, int], CurrentStreamTuple] | None = None,
                        skip_expr: str = "False", fixed_device: bool = False,
                        target: str = "",
-                       current_device: Callable[[], int] | None = None) -> bool:
+                       current_device: Callable[[], int] | None = None,
+                       names: dict[str, Any] | None = None) -> bool:
     """Patch ``cls.method`` so each call is audited before it runs.
 
     ``device_expr`` is a Python expression over ``self`` giving the device the
@@ -70,7 +71,9 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
     method) the call goes ahead unchanged. ``resolve=None`` means the thread's real current
     stream on its current device (``current_device()``): nothing to pass on, and only the
     device and the calling thread can be wrong. Each launch advances the counter of ``op`` in
-    the auditor's coverage, attributed to ``target``.
+    the auditor's coverage, attributed to ``target``. A string ``resolve`` is an expression
+    over ``self`` and ``names`` put inline, e.g. ``"_holder.current_stream()"``: one call
+    fewer than a callable.
 
     The wrapper is generated with the callee's own signature (as :mod:`dataclasses` generates
     ``__init__``): no ``*args``/``**kwargs`` repacking and no helper calls on the hot path,
@@ -101,7 +104,8 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
                 sid = cur[0]
                 _stream = None"""
     else:
-        resolved = f"""_stream = _resolve(self)
+        expr = resolve if isinstance(resolve, str) else "_resolve(self)"
+        resolved = f"""_stream = {expr}
                 cur = {current}
                 sid = _stream.stream_id
                 sdev = _stream.device_index"""
@@ -155,7 +159,7 @@ def make(original):
         "_owner": owner, "_counter": owner.coverage.counter(op, target) if owner else None,
         "_accessor": accessor, "_get_ident": threading.get_ident,
         "_main": threading.main_thread().ident, "_functools": functools,
-        **_defaults_namespace(original),
+        **(names or {}), **_defaults_namespace(original),
     }
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
     return registry.patch(cls, method, namespace["make"])

@@ -9,6 +9,7 @@ with the thread's real current stream at the launch (``stale-stream-cache``).
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 from typing import Any
@@ -35,20 +36,36 @@ def _event(kind: str, stream: Any, via: str) -> StreamEvent:
     )
 
 
+def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
+    """``original(stream)`` that first tells the book which thread made ``stream`` current.
+
+    The hot path of every stream switch: no names, no formatted stacks, no locks; the two
+    calling frames are kept as code objects and line numbers, formatted only for a finding.
+    """
+    getframe, get_ident = sys._getframe, threading.get_ident
+
+    @functools.wraps(original)
+    def set_stream(stream: Any) -> Any:
+        auditor = gate.auditor
+        if auditor is not None and stream is not None:
+            caller = getframe(1)
+            outer = caller.f_back
+            if outer is None:
+                auditor.made_current((stream, get_ident(), via, caller.f_code,
+                                      caller.f_lineno, None, 0))
+            else:
+                auditor.made_current((stream, get_ident(), via, caller.f_code,
+                                      caller.f_lineno, outer.f_code, outer.f_lineno))
+        return original(stream)
+
+    return set_stream
+
+
 def hook_set_stream(registry: PatchRegistry, gate: Gate, namespace: Any, label: str) -> None:
     """Record every ``namespace.set_stream(s)``; stream contexts call it too."""
-
-    def make(original: Any) -> Any:
-        @functools.wraps(original)
-        def set_stream(stream: Any) -> Any:
-            auditor = gate.auditor
-            if auditor is not None and stream is not None:
-                auditor.book.record(_event("made-current", stream, f"{label}.set_stream"))
-            return original(stream)
-
-        return set_stream
-
-    registry.patch(namespace, "set_stream", make)
+    via = f"{label}.set_stream"
+    registry.patch(namespace, "set_stream", lambda original: made_current_hook(gate, original,
+                                                                               via))
 
 
 def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type,
@@ -89,15 +106,5 @@ def hook_accelerator_set_stream(registry: PatchRegistry, gate: Gate, accelerator
     """``torch.accelerator.set_stream`` bypasses ``torch.cuda.set_stream``: record it too."""
     if accelerator is None or not hasattr(accelerator, "set_stream"):
         return
-
-    def make(original: Any) -> Any:
-        @functools.wraps(original)
-        def set_stream(stream: Any) -> Any:
-            auditor = gate.auditor
-            if auditor is not None and stream is not None:
-                auditor.book.record(_event("made-current", stream, "torch.accelerator.set_stream"))
-            return original(stream)
-
-        return set_stream
-
-    registry.patch(accelerator, "set_stream", make)
+    registry.patch(accelerator, "set_stream", lambda original: made_current_hook(
+        gate, original, "torch.accelerator.set_stream"))
