@@ -1,12 +1,14 @@
 """Measure what the audit costs per launch, in one run, on the machine it runs on.
 
-Prints three things, each a ratio or difference measured here, now:
+Prints, each a ratio or difference measured here, now:
 1. added ns per launch in ``assert`` mode: a communicator method that does nothing, called
    wrapped vs unwrapped (interleaved rounds, median), so the number is the audit alone;
-2. a real 4 KiB NCCL all-reduce (one-rank communicator, our binding), wrapped vs unwrapped:
-   the ratio a user sees;
-3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all).
-Needs a CUDA GPU for 1 and 2.
+2. a real 4 KiB NCCL all-reduce (one-rank communicator, our binding), wrapped vs unwrapped,
+   and a decode-like step of 64 of them between matmuls: the ratios a user sees;
+3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
+4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
+   live), stream creation, current_stream().
+Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy TP loop.
 """
 
 from __future__ import annotations
@@ -58,6 +60,58 @@ def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
     return statistics.median(sa), statistics.median(sb)
 
 
+def toggled(fn: Any, calls: int, rounds: int) -> tuple[float, float]:
+    """Median ns per call of ``fn`` without the audit and with it (``assert``), in alternating
+    rounds: the same callable, so what differs is the hooks alone."""
+    off, on = [], []
+    for _ in range(rounds):
+        streamcheck.uninstall()
+        off.append(per_call_ns(fn, calls))
+        streamcheck.install("assert")
+        on.append(per_call_ns(fn, calls))
+    streamcheck.uninstall()
+    return statistics.median(off), statistics.median(on)
+
+
+def hook_costs(calls: int, rounds: int) -> dict[str, float]:
+    """ns each stream hook adds: set_stream, a stream context, event record/wait (clocks idle,
+    then live after a handoff), stream creation, current_stream()."""
+    s0, s1 = torch.cuda.current_stream(), torch.cuda.Stream()
+    ev = torch.cuda.Event()
+    probe = torch.empty(4, device="cuda")
+
+    def switch() -> None:
+        torch.cuda.set_stream(s1)
+        torch.cuda.set_stream(s0)
+
+    def context() -> None:
+        with torch.cuda.stream(s1):
+            pass
+
+    def record_wait() -> None:
+        ev.record()
+        s1.wait_event(ev)
+
+    out: dict[str, float] = {}
+    for name, fn, per in (("set_stream", switch, 2), ("stream context (enter+exit)", context, 1),
+                          ("event record+wait, clocks idle", record_wait, 1),
+                          ("torch.cuda.Stream()", torch.cuda.Stream, 1),
+                          ("torch.cuda.current_stream()", torch.cuda.current_stream, 1)):
+        n = calls // 10 if name == "torch.cuda.Stream()" else calls
+        off, on = toggled(fn, n, rounds)
+        out[f"hook {name}: added ns"] = round((on - off) / per, 1)
+        out[f"hook {name}: unaudited ns"] = round(off / per, 1)
+
+    def record_wait_live() -> None:
+        streamcheck.handoff(probe)  # a mark: from now on the clocks order events
+        record_wait()
+
+    off, on = toggled(record_wait_live, calls, rounds)
+    out["hook event record+wait, clocks live: added ns"] = round(on - off, 1)
+    torch.cuda.synchronize()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
@@ -75,6 +129,7 @@ def main() -> int:
     # 3. off: nothing installed
     streamcheck.install("off")
     results["off_patched_attributes"] = audit.installed_patches()
+    results.update(hook_costs(args.calls, args.rounds))
 
     # 1. the audit alone
     noop = NoOpComm(0)

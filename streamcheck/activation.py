@@ -33,6 +33,7 @@ STARTUP_DIR = str(Path(__file__).parent / "startup")
 EXIT_REFUSED = 2
 
 _started = False
+_writer = None  # this process's report writer, once its audit started
 
 
 def child_env(mode: str | Mode, report_dir: str | os.PathLike[str] | None = None,
@@ -109,12 +110,20 @@ def process_startup() -> bool:
             refuse_or_warn(f"could not start the audit: {type(exc).__name__}: {exc}")
             return
         if writer is not None:
+            global _writer
             writer.start()
+            _writer = writer
 
     # A child that never imports torch launches nothing to audit: do not make it pay for
     # importing torch (~1.5 s). Install right after its own ``import torch`` instead.
     wrapt.register_post_import_hook(install, "torch")
     return True
+
+
+def flush_report(final: bool = True) -> Path | None:
+    """Write this process's report now, for a process about to leave through ``os._exit``
+    (rank processes skipping NCCL teardown do). None when it keeps no report."""
+    return _writer.write(final=final) if _writer is not None else None
 
 
 def write_process_report(report_dir: str) -> Path | None:

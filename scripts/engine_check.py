@@ -1,0 +1,399 @@
+"""Checks and benchmarks in a real, compiled vLLM engine (run on the GPU machine).
+
+    python scripts/engine_check.py MODEL_DIR --out DIR CASE [CASE ...]
+
+Every case runs in a fresh interpreter started the way a user would start it (the audit turned
+on by ``STREAMCHECK`` with the plugin from an installed wheel, or by the start-up hook alone),
+and prints one JSON line; the driver adds a verdict and writes everything under ``--out``.
+
+Cases:
+
+``ref_tp2`` / ``faulty_tp2``
+    24 requests in 4 families (shared 512-token prefixes, distinct suffixes), 3 passes in
+    shuffled order, greedy, TP=2, a KV cache small enough to preempt. ``faulty_tp2`` uses
+    streamcheck's connector on the host store with room for a third of the blocks (evictions),
+    a corrupted host block every 7th load, slow saves, ``kv_load_failure_policy=recompute``,
+    ``STREAMCHECK=assert`` and a report directory. Its tokens must equal ``ref_tp2``'s; every
+    engine and worker process must leave a report; each worker must have audited pynccl and
+    connector launches; no finding.
+``leak_plugin`` / ``leak_hook`` / ``leak_serve``
+    The 0.9-style global stream cache injected in every worker (``engine_connectors``), with the
+    audit turned on by the vLLM plugin (wheel), by the start-up hook alone (no entry points), and
+    under ``vllm serve``. The first pynccl collective must be stopped on every rank.
+``ttft_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off, sc_disk)
+    TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector, pass 2 (prefix caching off) can
+    only be served by it: time to first token per prompt, tokens/s of a batch, token ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SAFE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+MARK = "ENGINE_CHECK_RESULT:"
+
+
+# ---- prompts --------------------------------------------------------------------------------
+
+def family_prompts(vocab: int) -> list[list[int]]:
+    """24 prompts: 4 families x 6, each family a shared 512-token prefix."""
+    rng = random.Random(7)
+    prompts = []
+    for _family in range(4):
+        prefix = [rng.randrange(3, vocab) for _ in range(512)]
+        for _ in range(6):
+            prompts.append(prefix + [rng.randrange(3, vocab) for _ in range(rng.randrange(200,
+                                                                                           700))])
+    return prompts
+
+
+def long_prompts(vocab: int) -> list[list[int]]:
+    rng = random.Random(11)
+    return [[rng.randrange(3, vocab) for _ in range(1792)] for _ in range(8)]
+
+
+# ---- inside the case's own interpreter ------------------------------------------------------
+
+CONNECTORS = {  # name -> (connector class, module path; None: one of vLLM's own)
+    "sc": ("StreamcheckConnector", "streamcheck.connector.vllm_adapter"),
+    "faulty": ("FaultyConnector", "engine_connectors"),
+    "leaky": ("LeakyConnector", "engine_connectors"),
+    "simple_cpu": ("SimpleCPUOffloadConnector", None),
+    "offloading": ("OffloadingConnector", None),
+}
+
+
+def kv_config(name: str, extra: dict[str, Any]) -> Any:
+    from vllm.config import KVTransferConfig
+
+    if name == "none":
+        return None
+    connector, module = CONNECTORS[name]
+    return KVTransferConfig(kv_connector=connector, kv_connector_module_path=module,
+                            kv_role="kv_both", kv_connector_extra_config=extra,
+                            kv_load_failure_policy="recompute")
+
+
+def make_llm(model: str, tp: int, connector: str, extra: dict[str, Any], **kw: Any) -> Any:
+    from vllm import LLM
+
+    return LLM(model=model, tensor_parallel_size=tp, enforce_eager=True,
+               enable_prefix_caching=False, disable_custom_all_reduce=True,
+               kv_transfer_config=kv_config(connector, extra), **kw)
+
+
+def generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp,
+                        use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def case_tp2(model: str, connector: str, extra: dict[str, Any]) -> dict[str, Any]:
+    llm = make_llm(model, 2, connector, extra, max_model_len=1536, num_gpu_blocks_override=320,
+                   max_num_seqs=24, gpu_memory_utilization=0.3)
+    vocab = llm.get_tokenizer().vocab_size
+    prompts = family_prompts(vocab)
+    rng = random.Random(3)
+    tokens: dict[int, list[list[int]]] = {}
+    for _ in range(3):
+        order = list(range(len(prompts)))
+        rng.shuffle(order)
+        out = generate(llm, [prompts[i] for i in order], 48)
+        for i, t in zip(order, out, strict=True):
+            tokens.setdefault(i, []).append(t)
+    stats = {}
+    with_connector = connector != "none"
+    if with_connector:
+        stats = _connector_stats(llm)
+    return {"tokens": tokens, "stats": stats}
+
+
+def _connector_stats(llm: Any) -> dict[str, Any]:
+    try:
+        return {"workers": llm.collective_rpc(_worker_metrics)}
+    except Exception as exc:  # the executor may not allow it; the checks do not depend on it
+        return {"unavailable": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _worker_metrics(worker: Any) -> dict[str, Any]:
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+    return get_kv_transfer_group().metrics()
+
+
+def case_ttft(model: str, connector: str, extra: dict[str, Any]) -> dict[str, Any]:
+    llm = make_llm(model, 1, connector, extra, max_model_len=2048, gpu_memory_utilization=0.5)
+    vocab = llm.get_tokenizer().vocab_size
+    prompts = long_prompts(vocab)
+    filler = [[5 + i % 7] * 40 for i in range(4)]
+    ttft: dict[str, list[float]] = {}
+    tokens: dict[str, list[list[int]]] = {}
+    for name in ("cold", "warm"):
+        times = []
+        for p in prompts:
+            start = time.perf_counter()
+            generate(llm, [p], 1)
+            times.append((time.perf_counter() - start) * 1000)
+        ttft[name] = times
+        generate(llm, filler, 2)  # a few steps: the connector reports its saves
+        time.sleep(0.5)
+        generate(llm, filler, 2)
+    start = time.perf_counter()
+    out = generate(llm, prompts, 64)
+    seconds = time.perf_counter() - start
+    tokens["warm_batch"] = out
+    stats = _connector_stats(llm) if connector.startswith("sc") else {}
+    return {"ttft_ms": {k: [round(t, 2) for t in v] for k, v in ttft.items()},
+            "ttft_warm_median_ms": round(statistics.median(ttft["warm"]), 2),
+            "ttft_cold_median_ms": round(statistics.median(ttft["cold"]), 2),
+            "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
+            "stats": stats}
+
+
+def run_case(args: argparse.Namespace) -> None:
+    spec = json.loads(args.spec)
+    if spec.get("model") == "tiny":
+        args.model = args.tiny_model
+    result: dict[str, Any] = {"case": args.case}
+    start = time.perf_counter()
+    try:
+        if spec["kind"] == "tp2":
+            result.update(case_tp2(args.model, spec["connector"], spec["extra"]))
+        elif spec["kind"] == "ttft":
+            result.update(case_ttft(args.model, spec["connector"], spec["extra"]))
+        elif spec["kind"] == "leak":
+            result.update(case_tp2(args.model, spec["connector"], spec["extra"]))
+    except BaseException as exc:  # the leak cases must end here
+        result["error"] = f"{type(exc).__name__}: {str(exc)[:1500]}"
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(MARK + json.dumps(result), flush=True)
+    os._exit(0)
+
+
+# ---- the driver -----------------------------------------------------------------------------
+
+CASES: dict[str, dict[str, Any]] = {
+    "ref_tp2": {"kind": "tp2", "connector": "none", "extra": {}, "activation": "none"},
+    "faulty_tp2": {"kind": "tp2", "connector": "faulty",
+                   "extra": {"backend": "host", "capacity_blocks": 400},
+                   "activation": "plugin",
+                   "env": {"STREAMCHECK_FAULT_EVERY": "7", "STREAMCHECK_SLOW_SAVE_MS": "2"}},
+    "leak_plugin": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
+                    "activation": "plugin", "model": "tiny"},
+    "leak_hook": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
+                  "activation": "hook", "model": "tiny"},
+    "leak_serve": {"kind": "serve", "connector": "leaky", "extra": {"backend": "host"},
+                   "activation": "plugin"},
+    "ttft_recompute": {"kind": "ttft", "connector": "none", "extra": {}, "activation": "none"},
+    "ttft_simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
+                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+    "ttft_offloading": {"kind": "ttft", "connector": "offloading",
+                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+    "ttft_sc_host": {"kind": "ttft", "connector": "sc",
+                     "extra": {"backend": "host", "capacity_blocks": 2048},
+                     "activation": "plugin"},
+    "ttft_sc_host_off": {"kind": "ttft", "connector": "sc",
+                         "extra": {"backend": "host", "capacity_blocks": 2048,
+                                   "streamcheck": "off"}, "activation": "none"},
+    "ttft_sc_disk": {"kind": "ttft", "connector": "sc",
+                     "extra": {"backend": "disk", "path": "/tmp/sc-kv-disk"},
+                     "activation": "plugin"},
+}
+
+
+def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,
+             vllm_site: str) -> dict[str, str]:
+    from streamcheck.activation import STARTUP_DIR
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCHECK")}
+    env.update(SAFE_ENV)
+    parts = [str(HERE), vllm_site]
+    if spec["activation"] == "plugin":
+        parts.insert(0, wheel_site)  # the installed wheel: entry points visible to vLLM
+        env.update(STREAMCHECK="assert", STREAMCHECK_REPORT_DIR=str(reports))
+    elif spec["activation"] == "hook":
+        parts[:0] = [STARTUP_DIR, str(REPO)]  # source tree, no entry points
+        env.update(STREAMCHECK="assert", STREAMCHECK_REPORT_DIR=str(reports),
+                   VLLM_PLUGINS="")
+    else:
+        parts.insert(0, wheel_site)
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.update(spec.get("env", {}))
+    return env
+
+
+def run_serve(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
+              timeout: float) -> dict[str, Any]:
+    cfg = {"kv_connector": "LeakyConnector", "kv_connector_module_path": "engine_connectors",
+           "kv_role": "kv_both", "kv_connector_extra_config": spec["extra"]}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
+           "127.0.0.1", "--port", "8013", "--max-model-len", "1024",
+           "--gpu-memory-utilization", "0.3", "--enforce-eager", "--tensor-parallel-size", "2",
+           "--disable-custom-all-reduce", "--no-enable-prefix-caching",
+           "--kv-transfer-config", json.dumps(cfg)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    healthy = False
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen("http://127.0.0.1:8013/health", timeout=1)
+            healthy = True
+            break
+        except Exception:
+            time.sleep(1)
+    with _quiet():
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    with _quiet():
+        os.killpg(proc.pid, signal.SIGKILL)
+    return {"case": "leak_serve", "server_came_up": healthy, "rc": proc.returncode}
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return True
+
+
+def read_reports(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for r in reports:
+        ops = r.get("launches_by_op", {})
+        rows.append({
+            "pid": r["process"]["pid"], "argv0": " ".join(r["process"]["argv"])[:60],
+            "final": r.get("final"), "launches": r.get("launches_audited", 0),
+            "pynccl": sum(n for op, n in ops.items() if op.startswith("vllm.pynccl.")),
+            "connector": sum(n for op, n in ops.items() if op.startswith("connector.")),
+            "findings": sorted({(f["rule"], f["launch"]["op"]) for f in r.get("findings", [])}),
+        })
+    return {"processes": len(rows), "rows": rows}
+
+
+def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
+            ref: dict[str, Any] | None) -> list[str]:
+    problems: list[str] = []
+    rows = audit["rows"] if audit else []
+    workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
+    if case == "faulty_tp2":
+        if "error" in result:
+            return [result["error"]]
+        if ref is None or "tokens" not in ref:
+            problems.append("no reference tokens")
+        else:
+            bad = [k for k, outs in result["tokens"].items()
+                   if any(o != ref["tokens"][k][0] for o in outs)]
+            problems += [f"prompt {k}: tokens differ from the no-connector run" for k in bad]
+        if len(rows) < 4:
+            problems.append(f"only {len(rows)} process reports (front end, engine, 2 workers)")
+        if len(workers) < 2 or any(r["pynccl"] == 0 or r["connector"] == 0 for r in workers):
+            problems.append("a worker audited no pynccl or no connector launch")
+        if any(r["findings"] for r in rows):
+            problems.append("findings in a correct run")
+    elif case.startswith("leak_"):
+        stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
+                   in {tuple(f) for f in r["findings"]}]
+        if len(stopped) < 2:
+            problems.append(f"the leak was stopped on {len(stopped)} rank(s), expected 2")
+        if case == "leak_serve" and result.get("server_came_up"):
+            problems.append("the server came up despite the leak")
+    elif case.startswith("ttft_"):
+        if "error" in result:
+            problems.append(result["error"])
+        elif ref is not None and "tokens" in ref and (
+                result["tokens"]["warm_batch"] != ref["tokens"]["warm_batch"]):
+            diff = sum(a != b for a, b in zip(result["tokens"]["warm_batch"],
+                                              ref["tokens"]["warm_batch"], strict=True))
+            problems.append(f"{diff} of 8 prompts' tokens differ from recomputing")
+    return problems
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("cases", nargs="*")
+    p.add_argument("--out", default=os.environ.get("OUT", "engine-check"))
+    p.add_argument("--wheel-site", default="/tmp/scsite")
+    p.add_argument("--vllm-site", default="/tmp/vllm_site/site")
+    p.add_argument("--timeout", type=float, default=240)
+    p.add_argument("--tiny-model", default="/tmp/vllm_site/tiny-llama")
+    p.add_argument("--run", dest="case")
+    p.add_argument("--spec")
+    args = p.parse_args()
+    if args.case:
+        run_case(args)
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    ok = True
+    for case in args.cases:
+        spec = CASES[case]
+        reports = out / f"reports-{case}"
+        reports.mkdir(exist_ok=True)
+        env = case_env(spec, reports, args.wheel_site, args.vllm_site)
+        log = out / f"{case}.log"
+        start = time.time()
+        if spec["kind"] == "serve":
+            result = run_serve(args.tiny_model, spec, env, log, args.timeout)
+        else:
+            cmd = [sys.executable, str(HERE / "engine_check.py"), args.model, "--run", case,
+                   "--spec", json.dumps(spec), "--tiny-model", args.tiny_model]
+            with open(log, "w") as f:
+                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+                try:
+                    proc.wait(args.timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            with _quiet():
+                os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
+            line = next((x for x in log.read_text().splitlines() if x.startswith(MARK)), None)
+            result = json.loads(line[len(MARK):]) if line else {
+                "case": case, "error": "no result; log tail: " + log.read_text()[-600:]}
+        time.sleep(2)  # let killed workers release the GPUs
+        audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
+        ref = results.get("ref_tp2" if case == "faulty_tp2" else "ttft_recompute")
+        problems = verdict(case, result, audit, ref)
+        results[case] = result
+        summary = {k: v for k, v in result.items() if k not in ("tokens",)}
+        summary.update(wall_s=round(time.time() - start, 1), problems=problems, audit=audit)
+        (out / f"{case}.json").write_text(json.dumps({"result": result, "audit": audit}))
+        print(json.dumps(summary), flush=True)
+        ok &= not problems
+    print("engine checks:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
