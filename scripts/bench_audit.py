@@ -103,7 +103,9 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
         out[f"hook {name}: unaudited ns"] = round(off / per, 1)
 
     def record_wait_live() -> None:
-        streamcheck.handoff(probe)  # a mark: from now on the clocks order events
+        auditor = streamcheck.current_auditor()
+        if auditor is not None and not auditor.clocks.active:
+            streamcheck.handoff(probe)  # one mark: from now on the clocks order events
         record_wait()
 
     off, on = toggled(record_wait_live, calls, rounds)

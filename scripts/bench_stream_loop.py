@@ -117,13 +117,38 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         findings += [f.rule_id for f in auditor.findings()]
         launches += auditor.launches
         streamcheck.uninstall()
+    profile = ""
+    if args.profile and rank == 0:
+        import cProfile
+        import io
+        import pstats
+
+        streamcheck.install("assert")
+        prof = cProfile.Profile()
+        prof.enable()
+        x = x0
+        for _ in range(args.iters):
+            x = step(args.layers, x, w, side, kv, saver)
+        torch.cuda.synchronize()
+        prof.disable()
+        streamcheck.uninstall()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        profile = buf.getvalue()
+    elif args.profile:
+        streamcheck.install("assert")
+        x = x0
+        for _ in range(args.iters):
+            x = step(args.layers, x, w, side, kv, saver)
+        torch.cuda.synchronize()
+        streamcheck.uninstall()
     saver.jobs.put(None)
     saver.join()
     dist.destroy_process_group()
     out.put({"rank": rank, "unaudited_us": statistics.median(plain),
              "audited_us": statistics.median(audited), "findings": findings,
              "launches_audited": launches, "layers": args.layers, "iters": args.iters,
-             "rounds": args.rounds})
+             "rounds": args.rounds, "profile": profile})
 
 
 def main() -> int:
@@ -131,6 +156,8 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--profile", action="store_true",
+                   help="also run one audited round under cProfile on rank 0 and print it")
     args = p.parse_args()
     world = min(torch.cuda.device_count(), 2)
     if world < 1:
@@ -140,7 +167,10 @@ def main() -> int:
     ok = True
     for r in sorted(results, key=lambda r: r["rank"]):
         r["ratio"] = round(r["audited_us"] / r["unaudited_us"], 4)
+        profile = r.pop("profile")
         print(json.dumps(r))
+        if profile:
+            print(profile)
         ok &= not r["findings"] and r["launches_audited"] > 0
     ratio = max(r["ratio"] for r in results)
     print(f"stream-heavy TP loop ({world} ranks): audited/unaudited per iteration = {ratio} "

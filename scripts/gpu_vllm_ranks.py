@@ -52,11 +52,11 @@ def _calls(comm: Any, rank: int, world: int, x: Any) -> dict[str, Any]:
     out["send_recv"] = (lambda s=None: comm.send(x, peer, stream=s)) if rank % 2 == 0 else (
         lambda s=None: comm.recv(x, peer, stream=s))
     if hasattr(comm, "all_gatherv"):
-        sizes = [x.numel()] * world
-        out["all_gatherv"] = lambda s=None: comm.all_gatherv(gathered, x, sizes, stream=s)
+        whole = [x.numel()] * world
+        out["all_gatherv"] = lambda s=None: comm.all_gatherv(gathered, x, whole, stream=s)
     if hasattr(comm, "reduce_scatterv"):
-        sizes = [x.numel() // world] * world
-        out["reduce_scatterv"] = lambda s=None: comm.reduce_scatterv(part, x, sizes, stream=s)
+        parts = [x.numel() // world] * world
+        out["reduce_scatterv"] = lambda s=None: comm.reduce_scatterv(part, x, parts, stream=s)
     return out
 
 
@@ -220,8 +220,9 @@ def main() -> int:
         else:
             for key in ("STREAMCHECK", "STREAMCHECK_REPORT_DIR"):
                 env.pop(key)  # only the plugin turns it on
+            # the plugin comes from the installed wheel's pytest11 entry point, as for a user
             cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   "-p", "streamcheck.pytest_plugin", "--streamcheck=assert",
+                   "--streamcheck=assert",
                    f"--streamcheck-report={out / f'pytest-rank{rank}.json'}",
                    str(HERE / "gpu_vllm_rank_test.py")]
         log = open(out / f"rank{rank}.log", "w")  # noqa: SIM115 - the child owns it

@@ -100,13 +100,28 @@ def _install_torch_hooks() -> None:
 
     streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
     streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
+    if stream_reader() is not None and torch.cuda.Stream.__module__.startswith("torch."):
+        streams.fast_current_stream(_registry, torch.cuda)
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
+    auditor = _gate.auditor
+    if auditor is not None:
+        # Events order nothing until the first handoff: hook them only then (no cost before).
+        auditor.clocks.on_activate = _hook_torch_events
+
+
+def _hook_torch_events() -> None:
+    import torch
+
+    from streamcheck.runtime.cuda import stream_reader
+
     reader = stream_reader()
-    if reader is not None:
-        events.hook_events(_registry, _gate, torch.cuda.Event, events.reader_stream_key(reader))
+    with _lock:
+        if reader is not None and _gate.auditor is not None:
+            events.hook_events(_registry, _gate, torch.cuda.Event,
+                               events.reader_stream_key(reader))
 
 
-_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait")
+_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream")
 
 
 def release_torch_hooks() -> bool:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 import streamcheck
@@ -67,6 +68,8 @@ class _Job:
     done: Any = None  # load: event recorded by the worker after the last copy
     read: bool = False  # save: its blocks have been copied out of the KV cache
     slots: list[int] = field(default_factory=list)  # slab: where each block lives
+    planes: list[int] = field(default_factory=list)  # slab: every plane this job moves
+    tags: list[int] = field(default_factory=list)  # slab: which block each slot must hold
 
 
 @dataclass
@@ -125,9 +128,11 @@ class ConnectorRuntime:
 
     def __init__(self, backend: KVBackend | HostSlab, kv_caches: Sequence[torch.Tensor],
                  device: torch.device | str, staging_blocks: int = 256,
-                 name: str = "kv-connector") -> None:
+                 name: str = "kv-connector", hold_saves: bool = False) -> None:
         self.backend = backend
         self.slab = backend if isinstance(backend, HostSlab) else None
+        self.hold_saves = hold_saves
+        self._held: list[_Job] = []
         self.kv_caches = list(kv_caches)
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
@@ -205,20 +210,91 @@ class ConnectorRuntime:
                 return
             state.pending += 1
             self._unread_saves += 1
-        self._jobs.put(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
-                            handoff=handoff, slots=list(slots or ())))
+        tags = [key_tag(k) for k in keys] if self.slab is not None else []
+        self._queue_save(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
+                              handoff=handoff, slots=list(slots or ()), tags=tags))
+
+    def _queue_save(self, job: _Job) -> None:
+        """To the worker now, or (``hold_saves``) at the next :meth:`seal`: then the worker's
+        Python runs after the forward instead of taking the GIL from it mid-step; the copy is
+        ordered after the forward's writes by the handoff event either way."""
+        if self.hold_saves:
+            with self._lock:
+                self._held.append(job)
+        else:
+            self._jobs.put(job)
+
+    def _release_held(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for job in held:
+            self._jobs.put(job)
+
+    def save_planes(self, group: str, planes: Sequence[int], block_ids: Sequence[int],
+                    slots: Sequence[int], tags: Sequence[int]) -> None:
+        """Slab only: one save of ``block_ids`` of every plane in ``planes`` (a layer's K and
+        V) into ``slots``; ``tags`` name each block (the same in every plane). One handoff, one
+        event and one job for the layer, where :meth:`save_layer` makes one of each per plane:
+        this is the engine's hot path, once per layer per step."""
+        if self.slab is None:
+            raise ValueError("save_planes needs the host slab")
+        if len(block_ids) != len(tags):
+            raise ValueError("one tag per block")
+        self._check_slots(block_ids, slots)
+        if not block_ids:
+            with self._lock:
+                state = self._saves.setdefault(group, _GroupState())
+                if state.sealed:
+                    raise ValueError(f"save group {group!r} was already sealed")
+                state.queued += 1
+            return
+        ready = handoff = None
+        if self.is_cuda:
+            handoff = streamcheck.handoff(self.kv_caches[planes[0]])
+            ready = torch.cuda.Event()
+            ready.record()  # on the engine's current (compute) stream
+        with self._lock:
+            state = self._saves.setdefault(group, _GroupState())
+            if state.sealed:
+                raise ValueError(f"save group {group!r} was already sealed")
+            state.queued += 1
+            state.pending += 1
+            self._unread_saves += 1
+        self._queue_save(_Job("save", group, planes[0], list(block_ids), [], ready=ready,
+                              handoff=handoff, slots=list(slots), planes=list(planes),
+                              tags=list(tags)))
+
+    def load_planes(self, req_id: str, planes: Sequence[int], block_ids: Sequence[int],
+                    slots: Sequence[int], tags: Sequence[int]) -> None:
+        """Slab only: load ``block_ids`` of every plane from ``slots`` as ONE job (one index,
+        one check, one completion event); completion shows in ``poll``."""
+        if self.slab is None:
+            raise ValueError("load_planes needs the host slab")
+        self._check_slots(block_ids, slots)
+        if not block_ids or not planes:
+            with self._lock:
+                self._done.loads_done.add(req_id)
+            return
+        with self._lock:
+            state = self._loads.setdefault(req_id, _GroupState(sealed=True))
+            state.pending += 1
+            state.queued += 1
+        self._jobs.put(_Job("load", req_id, planes[0], list(block_ids), [], slots=list(slots),
+                            planes=list(planes), tags=list(tags)))
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
             return
         if slots is None or len(slots) != len(block_ids):
             raise ValueError("a slab store needs one slot per block (the scheduler's placement)")
-        if any(not 0 <= s < self.slab.capacity for s in slots):
+        if slots and (min(slots) < 0 or max(slots) >= self.slab.capacity):
             raise ValueError(f"slots must lie in 0..{self.slab.capacity - 1}")
 
     def seal(self, groups: Iterable[str]) -> None:
         """No more layers join ``groups``; each is reported once its transfers ended. A group
-        sealed with no layer queued is reported failed: nothing of it was saved."""
+        sealed with no layer queued is reported failed: nothing of it was saved. Held saves
+        (``hold_saves``) go to the worker now."""
+        self._release_held()
         with self._lock:
             for group in groups:
                 state = self._saves.setdefault(group, _GroupState())
@@ -232,7 +308,9 @@ class ConnectorRuntime:
         a slab, ``slots`` (one per block, the same for every layer) say where blocks are."""
         for ids, _keys in layer_block_keys.values():
             self._check_slots(ids, slots)
-        jobs = [_Job("load", req_id, layer, list(ids), list(keys), slots=list(slots or ()))
+        slab = self.slab is not None
+        jobs = [_Job("load", req_id, layer, list(ids), list(keys), slots=list(slots or ()),
+                     tags=[key_tag(k) for k in keys] if slab else [])
                 for layer, (ids, keys) in layer_block_keys.items() if ids]
         if not jobs:
             with self._lock:
@@ -267,6 +345,7 @@ class ConnectorRuntime:
         Used before vLLM reuses blocks (preemption). It waits for the device-side reads only,
         not for the backend to store them: the copies already sit in pinned staging.
         """
+        self._release_held()
         deadline = time.time() + timeout
         while time.time() < deadline:
             with self._lock:
@@ -304,6 +383,7 @@ class ConnectorRuntime:
         if self._closed:
             return
         self._closed = True
+        self._release_held()
         if not drain:
             try:
                 while True:
@@ -517,41 +597,52 @@ class ConnectorRuntime:
     # ---- slab transfers: issued to the device, retired when their event completes ----------
 
     def _slab_save(self, job: _Job) -> _InFlight:
-        """Gather the layer's blocks on the device, sum them, copy each run of slots straight
-        into the pinned slab; the slots are committed (tags, sums) when the copies completed."""
+        """Gather each plane's blocks on the device, sum them, copy each run of slots straight
+        into the pinned slab; the slots are committed (tags, sums) when the copies completed.
+        One job covers every plane of a layer (or of a request): one index, one audit check."""
         slab = self.slab
         assert slab is not None
         start = time.perf_counter()
-        blocks = self._blocks(job.layer)
-        tags = [key_tag(k) for k in job.keys]
-        slab.forget(job.layer, job.slots)
+        planes = job.planes or [job.layer]
+        spans = runs(job.slots)
+        for plane in planes:
+            slab.forget(plane, job.slots)
         index = self._index(job.block_ids)
+        n = len(job.block_ids)
         done = None
+        keep: list[Any] = [index]
         if self.is_cuda:
+            host_sums = torch.empty((len(planes), n), dtype=torch.int64, pin_memory=True)
             with torch.cuda.stream(self._stream):
                 self._stream.wait_event(job.ready)  # the forward's writes come first
                 with streamcheck.launch("connector.save.gather", stream=self._stream,
                                         device=self.device.index, reads=[job.handoff]):
-                    gathered = blocks.index_select(0, index)
-                    sums = block_sums(gathered)
-                    for pos, first, n in runs(job.slots):
-                        slab.rows(job.layer, first, n, gathered.dtype).copy_(
-                            gathered[pos:pos + n], non_blocking=True)
-                    host_sums = torch.empty(len(tags), dtype=torch.int64, pin_memory=True)
+                    sums = torch.empty((len(planes), n), dtype=torch.int64, device=self.device)
+                    for i, plane in enumerate(planes):
+                        gathered = self._blocks(plane).index_select(0, index)
+                        sums[i] = block_sums(gathered)
+                        for pos, first, count in spans:
+                            slab.rows(plane, first, count, gathered.dtype).copy_(
+                                gathered[pos:pos + count], non_blocking=True)
+                        keep.append(gathered)
                     host_sums.copy_(sums, non_blocking=True)
+                    keep.append(sums)
                 done = torch.cuda.Event()
                 done.record()
-            keep: tuple[Any, ...] = (gathered, sums, index)
         else:
-            gathered = blocks.index_select(0, index)
-            host_sums = block_sums(gathered)
-            for pos, first, n in runs(job.slots):
-                slab.rows(job.layer, first, n, gathered.dtype).copy_(gathered[pos:pos + n])
-            keep = ()
-        nbytes = len(tags) * self.block_nbytes
+            host_sums = torch.empty((len(planes), n), dtype=torch.int64)
+            for i, plane in enumerate(planes):
+                gathered = self._blocks(plane).index_select(0, index)
+                host_sums[i] = block_sums(gathered)
+                for pos, first, count in spans:
+                    slab.rows(plane, first, count, gathered.dtype).copy_(
+                        gathered[pos:pos + count])
+        nbytes = len(planes) * n * self.block_nbytes
 
         def retire() -> None:
-            slab.commit(job.layer, job.slots, tags, host_sums.numpy())
+            sums_now = host_sums.numpy()
+            for i, plane in enumerate(planes):
+                slab.commit(plane, job.slots, job.tags, sums_now[i])
             self._mark_read(job)
             seconds = time.perf_counter() - start
             with self.metrics._lock:
@@ -559,57 +650,69 @@ class ConnectorRuntime:
                 self.metrics.save.add_copy(nbytes, seconds)
             self._finish(job, ok=True)
 
-        return _InFlight(done, retire, job, keep)
+        return _InFlight(done, retire, job, tuple(keep))
 
     def _slab_load(self, job: _Job) -> _InFlight | None:
         """Copy each run of slots to the device, check every block's sum there, scatter into
-        the KV cache; blocks whose slot or sum is wrong are reported failed (vLLM recomputes
-        them, overwriting whatever landed in them)."""
+        the KV cache; a block whose slot (in any plane) holds another block, or whose sum is
+        wrong, is reported failed (vLLM recomputes it, overwriting whatever landed in it)."""
         slab = self.slab
         assert slab is not None
         start = time.perf_counter()
-        blocks = self._blocks(job.layer)
-        held = slab.holds(job.layer, job.slots, [key_tag(k) for k in job.keys])
-        failed = [b for b, ok in zip(job.block_ids, held, strict=True) if not ok]
-        good = [i for i, ok in enumerate(held) if ok]
+        planes = job.planes or [job.layer]
+        held = np.ones(len(job.block_ids), dtype=bool)
+        for plane in planes:
+            held &= slab.holds(plane, job.slots, job.tags)
+        failed = [b for b, ok in zip(job.block_ids, held.tolist(), strict=True) if not ok]
+        good = np.flatnonzero(held).tolist()
         if not good:
             self._finish(job, ok=False, error=f"{len(failed)} block(s) not in the slab",
                          failed_blocks=failed)
             return None
         ids = [job.block_ids[i] for i in good]
         slots = [job.slots[i] for i in good]
-        expected = torch.from_numpy(slab.sums[job.layer, slots])
+        spans = runs(slots)
+        expected = torch.from_numpy(np.stack([slab.sums[plane, slots] for plane in planes]))
         index = self._index(ids)
-        width = blocks.shape[1]
         done = None
+        keep: list[Any] = [index]
         if self.is_cuda:
+            host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
             with torch.cuda.stream(self._stream):
-                arrived = torch.empty((len(ids), width), dtype=blocks.dtype, device=self.device)
-                with streamcheck.launch("connector.load.copy", stream=self._stream,
+                ok = torch.ones(len(ids), dtype=torch.bool, device=self.device)
+                expected_dev = expected.to(self.device, non_blocking=True)
+                with streamcheck.launch("connector.load.scatter", stream=self._stream,
                                         device=self.device.index):
-                    for pos, first, n in runs(slots):
-                        arrived[pos:pos + n].copy_(slab.rows(job.layer, first, n, blocks.dtype),
-                                                   non_blocking=True)
-                    ok = block_sums(arrived) == expected.to(self.device, non_blocking=True)
-                    blocks.index_copy_(0, index, arrived)
-                    host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
+                    for i, plane in enumerate(planes):
+                        blocks = self._blocks(plane)
+                        arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,
+                                              device=self.device)
+                        for pos, first, count in spans:
+                            arrived[pos:pos + count].copy_(
+                                slab.rows(plane, first, count, blocks.dtype), non_blocking=True)
+                        ok &= block_sums(arrived) == expected_dev[i]
+                        blocks.index_copy_(0, index, arrived)
+                        keep.append(arrived)
                     host_ok.copy_(ok, non_blocking=True)
+                keep += [ok, expected_dev]
                 done = torch.cuda.Event()
                 done.record()
             with self._lock:
-                self._layer_done.setdefault(job.layer, []).append(done)
-            keep: tuple[Any, ...] = (arrived, ok, index)
+                for plane in planes:
+                    self._layer_done.setdefault(plane, []).append(done)
         else:
-            arrived = torch.empty((len(ids), width), dtype=blocks.dtype)
-            for pos, first, n in runs(slots):
-                arrived[pos:pos + n].copy_(slab.rows(job.layer, first, n, blocks.dtype))
-            host_ok = block_sums(arrived) == expected
-            blocks.index_copy_(0, index, arrived)
-            keep = ()
+            host_ok = torch.ones(len(ids), dtype=torch.bool)
+            for i, plane in enumerate(planes):
+                blocks = self._blocks(plane)
+                arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype)
+                for pos, first, count in spans:
+                    arrived[pos:pos + count].copy_(slab.rows(plane, first, count, blocks.dtype))
+                host_ok &= block_sums(arrived) == expected[i]
+                blocks.index_copy_(0, index, arrived)
 
         def retire() -> None:
             bad = failed + [b for b, ok in zip(ids, host_ok.tolist(), strict=True) if not ok]
-            nbytes = (len(ids) - (len(bad) - len(failed))) * self.block_nbytes
+            nbytes = (len(ids) - (len(bad) - len(failed))) * len(planes) * self.block_nbytes
             seconds = time.perf_counter() - start
             with self.metrics._lock:
                 self.metrics.load.add(nbytes, seconds)
@@ -617,7 +720,7 @@ class ConnectorRuntime:
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)
 
-        return _InFlight(done, retire, job, keep)
+        return _InFlight(done, retire, job, tuple(keep))
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:

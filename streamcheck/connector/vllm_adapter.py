@@ -52,6 +52,7 @@ from streamcheck.connector.keys import layer_key
 from streamcheck.connector.placement import Placement
 from streamcheck.connector.runtime import ConnectorRuntime
 from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
+from streamcheck.connector.slab import key_tag
 
 
 @dataclass
@@ -145,6 +146,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self._load_errors: set[int] = set()
         self._load_blocks: dict[str, dict[int, str]] = {}  # loads in flight: block -> hash
         self._report = StreamcheckWorkerMeta()
+        self._planes: list[int] = []
+        self._step_tags: dict[str, list[int]] = {}
         self.shard = ""
         if role == KVConnectorRole.SCHEDULER:
             capacity = self.config.placement_capacity()
@@ -221,12 +224,14 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 indices.append(len(planes))
                 planes.append(part)
             self._layers[name] = indices
+        self._planes = [plane for indices in self._layers.values() for plane in indices]
         device = next(iter(kv_caches.values())).device
         if device.type == "cuda":  # on CPU there is no stream to audit
             streamcheck.install(self.config.streamcheck)
         nbytes = planes[0][0].numel() * planes[0].element_size()
         self.runtime = ConnectorRuntime(self.config.make_backend(nbytes, len(planes)), planes,
-                                        device, staging_blocks=self.config.staging_blocks)
+                                        device, staging_blocks=self.config.staging_blocks,
+                                        hold_saves=True)
 
     def block_key(self, block_hash: str, plane: int) -> str:
         """The store key of one plane of one block, as this worker saves and loads it."""
@@ -239,6 +244,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
+        self._step_tags: dict[str, list[int]] = {}
         if isinstance(connector_metadata, StreamcheckMeta):
             step = connector_metadata.step
             self._finishing.update(step.delayed)
@@ -257,14 +263,24 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 kv_connector_metadata.step.preempted):
             self.runtime.flush()
 
+    def _tags(self, name: str, hashes: list[str]) -> list[int]:
+        """The slab tags of a plan's blocks, made once per step (every layer reuses them)."""
+        tags = self._step_tags.get(name)
+        if tags is None:
+            tags = self._step_tags[name] = [key_tag(h) for h in hashes]
+        return tags
+
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         assert self.runtime is not None
         for plan in self._meta().loads:
             self._load_blocks[plan.req_id] = dict(zip(plan.block_ids, plan.hashes, strict=True))
+            if self.runtime.slab is not None:  # one job for every plane of the request
+                self.runtime.load_planes(plan.req_id, self._planes, plan.block_ids, plan.slots,
+                                         self._tags(plan.req_id, plan.hashes))
+                continue
             self.runtime.start_load(plan.req_id, {
                 plane: (plan.block_ids, [self.block_key(h, plane) for h in plan.hashes])
-                for planes in self._layers.values() for plane in planes},
-                slots=plan.slots or None)
+                for plane in self._planes})
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         assert self.runtime is not None
@@ -275,12 +291,16 @@ class StreamcheckConnector(KVConnectorBase_V1):
                       **kwargs: Any) -> None:
         assert self.runtime is not None
         planes = self._layers.get(layer_name, ())
+        slab = self.runtime.slab is not None
         for plan in self._meta().saves:
             self._open_group(plan.group, plan.req_id)
+            if slab:  # K and V of the layer in one job
+                self.runtime.save_planes(plan.group, planes, plan.block_ids, plan.slots,
+                                         self._tags(plan.group, plan.hashes))
+                continue
             for plane in planes:
                 self.runtime.save_layer(plan.group, plane, plan.block_ids,
-                                        [self.block_key(h, plane) for h in plan.hashes],
-                                        slots=plan.slots or None)
+                                        [self.block_key(h, plane) for h in plan.hashes])
 
     def _open_group(self, name: str, req_id: str) -> None:
         if name not in self._group_req:

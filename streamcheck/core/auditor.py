@@ -22,7 +22,13 @@ from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.explain import explain_finding
-from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef, ThreadRef, capture_stack
+from streamcheck.core.ids import (
+    DEFAULT_STREAM_ID,
+    StreamRef,
+    ThreadRef,
+    capture_site,
+    capture_stack,
+)
 from streamcheck.core.modes import Mode
 from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import Finding, Handoff, LaunchRecord
@@ -94,13 +100,12 @@ class Auditor:
     def handoff(self, tensor: tuple[int, int], stream: StreamRef) -> Handoff:
         """Declare ``tensor`` complete on ``stream`` now; later readers must be ordered after."""
         ident = threading.get_ident()
-        handoff = Handoff(
+        handoff = Handoff(  # once per layer saved: a site, not a formatted stack (rules format)
             tensor=tensor, mark=self.clocks.mark(stream.key), stream=stream,
             thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
-            time=time.time(), stack=capture_stack(skip=2),
+            time=time.time(), stack=capture_site(skip=2),  # type: ignore[arg-type]
         )
-        with self._lock:
-            self._handoffs[tensor] = handoff
+        self._handoffs[tensor] = handoff  # one dict store: atomic
         return handoff
 
     def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:

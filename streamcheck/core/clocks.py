@@ -17,6 +17,7 @@ The snapshot lives on the event object itself, so it dies with the event and a r
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +43,20 @@ class HappensBefore:
         self._clocks: dict[StreamKey, Clock] = {}
         self._events: dict[object, Clock] = {}  # events that take no attribute (plain ids)
         self.active = False
+        # Called once, at the first mark: whoever feeds events here may start only then.
+        self.on_activate: Callable[[], None] | None = None
 
     def mark(self, stream: StreamKey) -> Mark:
         with self._lock:
             clock = dict(self._clocks.get(stream, _EMPTY))
             clock[stream] = clock.get(stream, 0) + 1
             self._clocks[stream] = clock
+            first = not self.active
             self.active = True
-            return Mark(stream, clock[stream])
+            mark = Mark(stream, clock[stream])
+        if first and self.on_activate is not None:
+            self.on_activate()
+        return mark
 
     def record(self, event: Any, stream: StreamKey) -> None:
         snapshot = self._clocks.get(stream, _EMPTY)

@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 
 from streamcheck.core import roles
-from streamcheck.core.ids import Stack, StreamRef, ThreadRef, is_audit_frame
+from streamcheck.core.ids import Stack, StreamRef, ThreadRef, frames_of
 from streamcheck.core.records import StreamEvent
 
 LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old launches
@@ -39,14 +39,7 @@ def _is_full(record: tuple[Any, ...]) -> bool:
 
 def site_stack(record: tuple[Any, ...]) -> Stack:
     """The frames where a switch was made, innermost first, without the audit's own."""
-    if _is_full(record):
-        return record[3]
-    frames = []
-    for i in range(3, len(record) - 1, 2):
-        code = record[i]
-        if code is not None and not is_audit_frame(code.co_filename):
-            frames.append((code.co_filename, record[i + 1], code.co_name))
-    return tuple(frames)
+    return record[3] if _is_full(record) else frames_of(record[3:7])
 
 
 def _key(record: tuple[Any, ...]) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
-from streamcheck.core.ids import ThreadRef, stack_of_thread
+from streamcheck.core.ids import ThreadRef, frames_of, stack_of_thread
 from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import Finding, LaunchRecord, StreamEvent
 
@@ -157,7 +157,7 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
             "producing kernels finish (saved KV differs from what the forward wrote)."
         )
         event = StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
-                            handoff.stack, via="streamcheck.handoff")
+                            frames_of(handoff.stack), via="streamcheck.handoff")
         return _finding("unsynced-handoff", launch, message, event, handoff.thread)
     return None
 

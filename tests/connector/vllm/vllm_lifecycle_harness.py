@@ -123,7 +123,7 @@ class GatedSlab(GatedBackend):
             self.save_gate.wait(GATE_TIMEOUT_S)
             if self.save_delay_s:
                 time.sleep(self.save_delay_s)
-            if any(self.fail_save(key) for key in job.keys):
+            if any(self.fail_save(key) for key in self._keys_of(job)):
                 raise RuntimeError("injected save failure")
             return issue_save(job)
 
@@ -133,13 +133,20 @@ class GatedSlab(GatedBackend):
 
         runtime._slab_save, runtime._slab_load = gated_save, gated_load
 
+    def _keys_of(self, job: Any) -> list[str]:
+        """The block keys a slab job moves, from the placement (slots -> hashes)."""
+        placement = self.placement()
+        by_slot = {slot: h for h, slot in {**placement._committed, **placement._saving}.items()}
+        planes = job.planes or [job.layer]
+        return [f"{by_slot.get(slot, '?')}.L{plane}" for plane in planes for slot in job.slots]
+
     def _where(self, key: str) -> tuple[int, int] | None:
         from streamcheck.connector.slab import key_tag
 
         block_hash, _, plane = key.partition(".L")
         slot = self.placement().slot(block_hash)
         plane_index = int(plane.split(".")[0])
-        if slot is None or self.inner.tags[plane_index, slot] != key_tag(key):
+        if slot is None or self.inner.tags[plane_index, slot] != key_tag(block_hash):
             return None
         return plane_index, slot
 
