@@ -142,22 +142,22 @@ def slab_gbps(scattered: bool, rounds: int = 4) -> dict[str, float]:
         if scattered:
             slots = torch.randperm(len(slots), generator=g).tolist()
         start = time.perf_counter()
-        for q in range(REQUESTS):
+        for q in range(REQUESTS):  # as the engine saves: one call per layer (K and V)
             ids = perm[q * REQUEST_BLOCKS:(q + 1) * REQUEST_BLOCKS]
             part = slots[q * REQUEST_BLOCKS:(q + 1) * REQUEST_BLOCKS]
-            for plane in range(PLANES):
-                rt.save_layer(f"s{r}.{q}", plane, ids, [f"r{r}q{q}b{b}.L{plane}" for b in ids],
-                              slots=part)
+            tags = [hash(f"r{r}q{q}b{b}") | 1 for b in ids]
+            for layer in range(PLANES // 2):
+                rt.save_planes(f"s{r}.{q}", (2 * layer, 2 * layer + 1), ids, part, tags)
             rt.seal([f"s{r}.{q}"])
         while rt.pending():
             time.sleep(0.0001)
         saved = time.perf_counter()
-        for q in range(REQUESTS):
+        for q in range(REQUESTS):  # as the engine loads: one call per request, every plane
             src = perm[q * REQUEST_BLOCKS:(q + 1) * REQUEST_BLOCKS]
             dst = perm[(REQUESTS + q) * REQUEST_BLOCKS:(REQUESTS + q + 1) * REQUEST_BLOCKS]
             part = slots[q * REQUEST_BLOCKS:(q + 1) * REQUEST_BLOCKS]
-            rt.start_load(f"l{q}", {plane: (dst, [f"r{r}q{q}b{b}.L{plane}" for b in src])
-                                    for plane in range(PLANES)}, slots=part)
+            tags = [hash(f"r{r}q{q}b{b}") | 1 for b in src]
+            rt.load_planes(f"l{q}", range(PLANES), dst, part, tags)
         while rt.pending():
             time.sleep(0.0001)
         loaded = time.perf_counter()

@@ -469,8 +469,17 @@ class ConnectorRuntime:
         """Block ids as an index on our device, made on our stream."""
         if not self.is_cuda:
             return torch.tensor(ids)
+        return self._upload(torch.tensor(ids, dtype=torch.int64))
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """A small host tensor to our device, asynchronously on our stream.
+
+        Through pinned memory: a copy from pageable memory first waits for everything queued
+        on the stream, which would serialise each transfer behind the previous one's copies.
+        (PyTorch's pinned allocator keeps the buffer until the copy has run.)
+        """
         with torch.cuda.stream(self._stream):
-            return torch.tensor(ids).to(self.device, non_blocking=True)
+            return host.pin_memory().to(self.device, non_blocking=True)
 
     @staticmethod
     def _backend_rows(call: Any, keys: Sequence[str], staged: torch.Tensor
@@ -680,7 +689,7 @@ class ConnectorRuntime:
             host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
             with torch.cuda.stream(self._stream):
                 ok = torch.ones(len(ids), dtype=torch.bool, device=self.device)
-                expected_dev = expected.to(self.device, non_blocking=True)
+                expected_dev = self._upload(expected)
                 with streamcheck.launch("connector.load.scatter", stream=self._stream,
                                         device=self.device.index):
                     for i, plane in enumerate(planes):
