@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,13 @@ from streamcheck.render.junit import write_junit
 from streamcheck.render.run_table import print_dumps, run_table
 from streamcheck.repro.discover import ReproFile, load, select
 from streamcheck.repro.launch_cuda import ENV_ENGINE
-from streamcheck.repro.runner import VariantResult, plan_world, run_variant, temp_work_dir
+from streamcheck.repro.runner import (
+    Cancel,
+    VariantResult,
+    plan_world,
+    run_variant,
+    temp_work_dir,
+)
 from streamcheck.repro.spec import VARIANT_MODES
 from streamcheck.runtime.select import BACKENDS, choose_backend
 
@@ -60,13 +71,52 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals(cancel: Cancel) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP stop the run: every variant's process group is killed at
+    once, the partial results are still printed and written. Restores the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers live in the main thread; a caller in another one keeps its own
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: cancel.stop(signum))
+                for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def writable_output(path: str | None, what: str) -> Path | None:
+    """Check an output path before the run, so a typo costs seconds, not the whole run."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{what} {path}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{what} {path}: directory {parent} is not writable")
+    return target
+
+
 def command(args: argparse.Namespace, console: Console) -> int:
+    json_path = writable_output(args.json, "--json")
+    junit_path = writable_output(args.junit, "--junit")
     repros = select(args.patterns, args.repro_dir)
     choice = choose_backend(args.backend)
     console.print(f"[bold]backend:[/] {choice.name} — {choice.note}")
@@ -81,8 +131,14 @@ def command(args: argparse.Namespace, console: Console) -> int:
         os.environ[ENV_ENGINE] = "vllm"
         console.print(f"[bold]engine:[/] vLLM {version} (its own current_stream and pynccl)")
     work = Path(args.keep) if args.keep else temp_work_dir()
-    work.mkdir(parents=True, exist_ok=True)
-    variants = args.variant or list(VARIANT_MODES)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        probe = work / ".streamcheck-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--keep {work}: cannot write there ({exc.strerror or exc})") from None
+    variants = list(dict.fromkeys(args.variant or VARIANT_MODES))  # a repeated one runs once
     jobs = args.jobs or min(4 if choice.name == "sim" else CUDA_JOBS, os.cpu_count() or 1)
     started = time.perf_counter()
     planned: list[tuple[ReproFile, str, int, str, Any]] = []
@@ -91,17 +147,20 @@ def command(args: argparse.Namespace, console: Console) -> int:
         world, skip = plan_world(spec, choice.name, args.gpus, choice.gpus)
         planned += [(repro, variant, world, skip, spec) for variant in variants]
 
+    cancel = Cancel()
+
     def one(item: tuple[ReproFile, str, int, str, Any]) -> VariantResult:
         repro, variant, world, skip, spec = item
         if skip:
             return VariantResult(repro.name, variant, choice.name, 0,
                                  spec.expect[variant].describe(), "-", "skip", 0.0, skip)
-        return run_variant(repro, variant, choice.name, world, args.timeout, work)
+        return run_variant(repro, variant, choice.name, world, args.timeout, work, cancel)
 
-    mark = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]"}
+    mark = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]",
+            "cancelled": "[yellow]cancelled[/]"}
     results: list[VariantResult] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each variant is its own process group
-        for result in pool.map(one, planned):
+    with stop_on_signals(cancel), ThreadPoolExecutor(max_workers=jobs) as pool:
+        for result in pool.map(one, planned):  # each variant is its own process group
             results.append(result)
             console.print(f"  {mark[result.verdict]} {result.repro} {result.variant} "
                           f"\\[{choice.name}] {result.seconds:.1f}s")
@@ -110,17 +169,30 @@ def command(args: argparse.Namespace, console: Console) -> int:
     print_dumps(console, rows)
     failed = sum(r.verdict == "fail" for r in results)
     skipped = sum(r.verdict == "skip" for r in results)
-    passed = len(results) - failed - skipped
+    stopped = sum(r.verdict == "cancelled" for r in results)
+    passed = len(results) - failed - skipped - stopped
     elapsed = time.perf_counter() - started
-    console.print(f"{passed} matched, {failed} mismatched, {skipped} skipped "
-                  f"in {elapsed:.1f}s ({choice.name}); logs in {work}")
+    line = (f"{passed} matched, {failed} mismatched, {skipped} skipped in {elapsed:.1f}s "
+            f"({choice.name}); logs in {work}")
+    if cancel.signum is not None:
+        name = signal.Signals(cancel.signum).name
+        line = f"stopped by {name}: {stopped} variant(s) cancelled; " + line
+    console.print(line)
     document: dict[str, Any] = {
         "schema": RUN_SCHEMA, "backend": choice.name, "backend_note": choice.note,
         "seconds": round(elapsed, 2), "results": rows,
-        "summary": {"matched": passed, "mismatched": failed, "skipped": skipped},
+        "summary": {"matched": passed, "mismatched": failed, "skipped": skipped,
+                    "cancelled": stopped},
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(document, indent=2, default=str))
-    if args.junit:
-        write_junit(rows, args.junit)
+    if cancel.signum is not None:
+        document["stopped_by"] = signal.Signals(cancel.signum).name
+    try:
+        if json_path is not None:
+            json_path.write_text(json.dumps(document, indent=2, default=str))
+        if junit_path is not None:
+            write_junit(rows, junit_path)
+    except OSError as exc:
+        raise ValueError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+    if cancel.signum is not None:
+        return 128 + cancel.signum
     return 1 if failed else 0

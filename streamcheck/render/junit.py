@@ -13,6 +13,7 @@ def junit_xml(results: Iterable[dict[str, Any]]) -> str:
     suite = ET.Element(
         "testsuite", name="streamcheck", tests=str(len(results)),
         failures=str(sum(r["verdict"] == "fail" for r in results)),
+        errors=str(sum(r["verdict"] == "cancelled" for r in results)),
         skipped=str(sum(r["verdict"] == "skip" for r in results)),
         time=f"{sum(r['seconds'] for r in results):.2f}",
     )
@@ -24,6 +25,8 @@ def junit_xml(results: Iterable[dict[str, Any]]) -> str:
             failure.text = f"expected: {r['expected']}\nobserved: {r['observed']}"
         elif r["verdict"] == "skip":
             ET.SubElement(case, "skipped", message=r["reason"])
+        elif r["verdict"] == "cancelled":
+            ET.SubElement(case, "error", message=r["reason"])
         out = ET.SubElement(case, "system-out")
         out.text = r["observed"]
     return ET.tostring(suite, encoding="unicode")

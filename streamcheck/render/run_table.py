@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-VERDICT_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "cancelled": "yellow"}
 
 
 def run_table(results: Iterable[dict[str, Any]], title: str) -> Table:

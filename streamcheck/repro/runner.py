@@ -8,12 +8,14 @@ the whole group is killed: nothing outlives the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,39 @@ from typing import Any
 
 from streamcheck.repro.discover import ReproFile, load
 from streamcheck.repro.outcome import Observation, judge, observe, read_rank_logs
+
+
+class Cancel:
+    """Stops a run: variants not started do not start, running ones are killed at once.
+
+    Set from a signal handler; every variant's wait loop checks it, and :meth:`stop` kills
+    the process groups alive now, so nothing keeps GPUs or NCCL after the run is stopped.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._groups: set[int] = set()
+        self._lock = threading.Lock()
+
+    def stop(self, signum: int) -> None:
+        self.signum = signum
+        self.event.set()
+        with self._lock:
+            groups = list(self._groups)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+
+    def track(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+        if self.event.is_set():  # stopped while this one was starting
+            self.stop(self.signum or signal.SIGTERM)
+
+    def untrack(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.discard(pgid)
 
 
 @dataclass
@@ -31,7 +66,7 @@ class VariantResult:
     world_size: int
     expected: str
     observed: str
-    verdict: str  # "pass" | "fail" | "skip"
+    verdict: str  # "pass" | "fail" | "skip" | "cancelled"
     seconds: float
     reason: str = ""
     dumps: dict[str, str] = field(default_factory=dict)
@@ -89,10 +124,21 @@ def kill_group(pgid: int) -> None:
         time.sleep(0.05)
 
 
+def cancelled_result(repro: ReproFile, variant: str, backend: str, world_size: int,
+                     expected: str, seconds: float = 0.0) -> VariantResult:
+    return VariantResult(repro.name, variant, backend, world_size, expected, "-", "cancelled",
+                         round(seconds, 2), "the run was stopped by a signal")
+
+
 def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
-                timeout: float | None, work_dir: Path) -> VariantResult:
+                timeout: float | None, work_dir: Path, cancel: Cancel | None = None
+                ) -> VariantResult:
     module = load(repro.path)
     spec = module.SPEC
+    cancel = cancel or Cancel()
+    if cancel.event.is_set():
+        return cancelled_result(repro, variant, backend, world_size,
+                                spec.expect[variant].describe())
     limit = timeout if timeout is not None else spec.timeout_s[backend]
     grace = spec.hang_grace_s[backend] if spec.expects_hang(variant) else None
     out = work_dir / f"{repro.name}.{variant}.{backend}.w{world_size}"
@@ -104,17 +150,22 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
     with open(out / "variant.stderr", "w") as err:
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        cancel.track(proc.pid)
         dumps: dict[str, str] = {}
         try:
-            timed_out = _wait(proc, out, start + limit, grace)
-            if timed_out:
+            timed_out = _wait(proc, out, start + limit, grace, cancel.event)
+            if timed_out and not cancel.event.is_set():
                 for pid in group_pids(proc.pid):
                     dumps[str(pid)] = dump_process(pid)
                 time.sleep(0.2)  # let faulthandler write
         finally:
             kill_group(proc.pid)
             proc.wait()
+            cancel.untrack(proc.pid)
     seconds = time.perf_counter() - start
+    if cancel.event.is_set():
+        return cancelled_result(repro, variant, backend, world_size,
+                                spec.expect[variant].describe(), seconds)
     logs = read_rank_logs(out)
     rank_stderr = {int(p.stem[4:]): p.read_text(errors="replace")
                    for p in out.glob("rank*.stderr") if p.stem[4:].isdigit()}
@@ -133,8 +184,8 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
 
 
 def _wait(proc: subprocess.Popen[bytes], out: Path, deadline: float,
-          grace: float | None) -> bool:
-    """Wait for the variant; True if it had to be stopped (timeout, or peers hung).
+          grace: float | None, cancelled: threading.Event) -> bool:
+    """Wait for the variant; True if it had to be stopped (timeout, peers hung, cancelled).
 
     With ``grace`` (a variant where a failed or stopped rank leaves its peers stuck, as NCCL
     does), the peers count as hung ``grace`` seconds after the first rank logged its error or
@@ -148,7 +199,7 @@ def _wait(proc: subprocess.Popen[bytes], out: Path, deadline: float,
         except subprocess.TimeoutExpired:
             pass
         now = time.perf_counter()
-        if now > deadline:
+        if now > deadline or cancelled.is_set():
             return True
         if grace is not None:
             if first_error is None and _any_rank_failed(out):

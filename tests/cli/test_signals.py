@@ -1,0 +1,59 @@
+"""A stopped run leaves nothing behind: SIGTERM, SIGINT and SIGHUP end every variant's process
+group within seconds, the partial summary and --json are still written, and the exit code is
+128 + the signal number."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def processes_of(marker: str, but: int = 0) -> list[int]:
+    """Live processes whose command line mentions ``marker`` (this run's work directory),
+    other than ``but`` (the ``streamcheck run`` process itself)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (os.getpid(), but):
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_stops_every_variant_process(sig: signal.Signals, tmp_path: Path) -> None:
+    work = tmp_path / f"work-{sig.name}"
+    report = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamcheck.cli.main", "run",
+         "repro_global_stream_leak_error400", "repro_global_stream_leak_nan",
+         "--backend", "sim", "--jobs", "2", "--timeout", "120", "--keep", str(work),
+         "--json", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and not processes_of(str(work), but=proc.pid):
+        time.sleep(0.1)
+    assert processes_of(str(work), but=proc.pid), "no variant process started"
+    time.sleep(1.0)  # let them get going
+    sent = time.time()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert time.time() - sent < 15, out
+    assert proc.returncode == 128 + sig, out
+    assert f"stopped by {sig.name}" in out and "Traceback" not in out
+    doc = json.loads(report.read_text())
+    assert doc["stopped_by"] == sig.name and doc["summary"]["cancelled"] >= 1
+    time.sleep(0.5)
+    assert processes_of(str(work)) == []
