@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from streamcheck.core.modes import ConfigError
+    from streamcheck.documents import DocumentError
     from streamcheck.repro.discover import ReproError
     from streamcheck.runtime.select import BackendUnavailable
 
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
     try:
         return int(args.handler(args, console))
-    except (ReproError, BackendUnavailable, ConfigError, ValueError) as exc:
-        Console(stderr=True, highlight=False).print(f"[red]streamcheck {args.command}:[/] {exc}")
+    except (ReproError, BackendUnavailable, ConfigError, DocumentError, ValueError) as exc:
+        # One plain line, never wrapped: scripts and CI logs grep it.
+        print(f"streamcheck {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

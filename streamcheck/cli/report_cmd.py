@@ -1,50 +1,48 @@
-"""``streamcheck report PATH...``: render saved audit reports (merged) or a saved run."""
+"""``streamcheck report PATH...``: render saved audit reports (merged) and saved runs.
+
+Every file is read and validated on its own (:mod:`streamcheck.documents`): a directory may hold
+runs and per-process audit reports side by side, and each is shown as what it is. The exit code
+counts everything shown: 1 if any run mismatched or any audit report has a finding.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from rich.console import Console
 
-from streamcheck.core.report import SCHEMA, merge_reports, read_report, write_report
+from streamcheck.core.report import merge_reports, write_report
+from streamcheck.documents import REPORT_SCHEMA, RUN_SCHEMA, collect, read_document
 from streamcheck.render.findings import print_report
 from streamcheck.render.run_table import run_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="report JSON files, directories of them, or a `run --json` file")
+                   help="report JSON files, directories of them, or `run --json` files")
     p.add_argument("--merge-to", metavar="PATH", help="also write the merged report here")
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
-    files: list[Path] = []
-    for raw in args.paths:
-        path = Path(raw)
-        files += sorted(path.glob("*.json")) if path.is_dir() else [path]
-    if not files:
-        raise ValueError(f"no report files under {', '.join(args.paths)}")
-    first = _peek(files[0])
-    if not isinstance(first, dict):
-        raise ValueError(f"{files[0]} is not a streamcheck report or run")
-    if first.get("schema") == "streamcheck.run/1":
-        console.print(run_table(first["results"], f"saved run — backend {first['backend']}"))
-        return 1 if first["summary"]["mismatched"] else 0
-    reports = [read_report(f) for f in files]
-    merged = reports[0] if len(reports) == 1 else merge_reports(reports)
-    print_report(console, merged)
-    if args.merge_to:
-        write_report(merged, args.merge_to)
-    return 1 if merged["findings"] else 0
-
-
-def _peek(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-
-
-__all__ = ["SCHEMA", "add_arguments", "command"]
+    documents = [read_document(path) for path in collect(args.paths)]
+    runs = [d for d in documents if d.kind == RUN_SCHEMA]
+    reports = [d.data for d in documents if d.kind == REPORT_SCHEMA]
+    if args.merge_to and not reports:
+        raise ValueError("--merge-to: there are no audit reports to merge (only saved runs)")
+    status = 0
+    for run in runs:
+        doc = run.data
+        console.print(run_table(doc["results"], f"saved run {run.path.name} — backend "
+                                                f"{doc['backend']}"))
+        status |= 1 if doc["summary"]["mismatched"] else 0
+    if reports:
+        merged = reports[0] if len(reports) == 1 else merge_reports(reports)
+        print_report(console, merged)
+        status |= 1 if merged["findings"] else 0
+        if args.merge_to:
+            try:
+                write_report(merged, args.merge_to)
+            except OSError as exc:
+                raise ValueError(f"--merge-to {args.merge_to}: cannot write it "
+                                 f"({exc.strerror or exc})") from None
+    return status

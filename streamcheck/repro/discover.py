@@ -71,7 +71,12 @@ def load(path: str | Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ReproError(f"cannot import repro {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ReproError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:  # the repro's own top-level code failed
+        raise ReproError(f"cannot load repro {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(getattr(module, "SPEC", None), ReproSpec) or not callable(
         getattr(module, "run_rank", None)
     ):
