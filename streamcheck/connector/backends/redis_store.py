@@ -5,10 +5,14 @@ one worker reusable on another. Uses the ``redis`` client library (``pip install
 'streamcheck[connector]'``).
 
 Commit protocol. A save runs one MULTI/EXEC transaction: ``SET`` the header under a unique
-staging key, ``APPEND`` the payload, ``RENAME`` it onto the final key. The server applies the
-transaction all at once, so ``EXISTS`` on the final key (the lookup) sees either nothing or a
-complete block; if the connection drops before EXEC the server discards the queued commands, so a
-failed save leaves nothing behind. The payload is sent from the caller's buffer without a copy
+staging key, ``APPEND`` the payload, then a server-side script that renames the staging key onto
+the final key only if it holds exactly header + payload bytes, and deletes it otherwise. The
+server applies the transaction all at once, so ``EXISTS`` on the final key (the lookup) sees
+either nothing or a complete block; if the connection drops before EXEC the server discards the
+queued commands, so a failed save leaves nothing behind. A command that fails *inside* the
+transaction (an ``APPEND`` over the server's ``proto-max-bulk-len``, a full server) does not
+stop the others: the length check is what keeps a header-only value from replacing a good
+block then. The payload is sent from the caller's buffer without a copy
 (``redis`` writes memoryview arguments straight to the socket), hence the buffer lifetime rule in
 ``base``. A load is one ``GET``, verified (header, length, key-seeded CRC-32) before a byte is
 copied into the caller's buffer.
@@ -34,6 +38,7 @@ everything on restart; lookups then answer ``False``, never stale data.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Sequence
@@ -55,6 +60,22 @@ try:
     from redis.retry import Retry
 except ImportError:  # pragma: no cover - exercised only without the optional extra
     redis = None  # type: ignore[assignment]
+
+
+LOG = logging.getLogger(__name__)
+
+# KEYS[1] staging, KEYS[2] final; ARGV[1] the expected length. Returns 1 if the final key
+# existed before, 0 if not, -1 (staging deleted, nothing committed) on a length mismatch.
+COMMIT_SCRIPT = """
+local length = redis.call('STRLEN', KEYS[1])
+if length ~= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return -1
+end
+local existed = redis.call('EXISTS', KEYS[2])
+redis.call('RENAME', KEYS[1], KEYS[2])
+return existed
+"""
 
 
 def _pool(url: str, connections: int, timeout_s: float) -> Any:
@@ -93,6 +114,16 @@ class RedisBackend:
         self._client = redis.Redis(connection_pool=self._data_pool)
         self._lookup_client = redis.Redis(connection_pool=self._lookup_pool)
         self._io = IOPool(io_threads, "kv-redis-io", self._counters)
+        self._reported: set[str] = set()  # kinds of store trouble already logged
+
+    def _report(self, what: str, exc: BaseException) -> None:
+        """Log store trouble once per kind (auth, connection, timeout...): a lookup that turns
+        it into a miss must not make it invisible, nor flood the log."""
+        kind = f"{what}:{type(exc).__name__}"
+        if kind not in self._reported:
+            self._reported.add(kind)
+            LOG.warning("streamcheck redis backend %r: %s failed (%s: %s); lookups answer "
+                        "'miss' until it works again", self, what, type(exc).__name__, exc)
 
     def __repr__(self) -> str:
         kwargs = self._data_pool.connection_kwargs
@@ -117,7 +148,8 @@ class RedisBackend:
             for name in names:
                 pipe.exists(name)
             found = [bool(n) for n in pipe.execute()]
-        except Exception:  # down, timed out, pool exhausted: a miss, recomputed by the engine
+        except Exception as exc:  # down, refused, timed out: a miss, recomputed by the engine
+            self._report("lookup", exc)
             found = [False] * len(names)
         return self._counters.lookup(found)
 
@@ -135,15 +167,22 @@ class RedisBackend:
 
     def _save(self, key: str, source: memoryview) -> int:
         final, staging = self.final_key(key), self._staging_key(key)
+        header = encode_header(key, source)
         pipe = self._client.pipeline(transaction=True)
-        pipe.set(staging, encode_header(key, source))
+        pipe.set(staging, header)
         pipe.append(staging, source)  # sent straight from the caller's buffer
-        pipe.exists(final)
-        pipe.rename(staging, final)  # commit: the final key appears whole, or not at all
+        pipe.eval(COMMIT_SCRIPT, 2, staging, final, len(header) + len(source))
         try:
-            _, _, existed, _ = pipe.execute()
+            results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
+            self._report("save", exc)
             raise BackendError(f"save of {key!r} failed: {type(exc).__name__}: {exc}") from exc
+        errors = [r for r in results if isinstance(r, Exception)]
+        existed = results[-1]
+        if errors or existed == -1:
+            why = f"{type(errors[0]).__name__}: {errors[0]}" if errors else "short write"
+            raise BackendError(f"save of {key!r} failed inside the transaction ({why}); "
+                               "nothing was committed")
         if not existed:
             with self._blocks_lock:
                 self._blocks += 1

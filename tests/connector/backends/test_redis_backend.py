@@ -175,3 +175,35 @@ def test_each_process_gets_its_own_server(redis_server: LocalRedisServer) -> Non
     info = raw_client(redis_server.url).info("server")
     assert int(info["tcp_port"]) == redis_server.port
     assert int(info["process_id"]) == redis_server.pid
+
+
+def test_a_save_that_fails_inside_the_transaction_leaves_the_good_block(
+        own_redis_server: LocalRedisServer) -> None:
+    """An APPEND whose result would exceed the server's proto-max-bulk-len fails inside
+    MULTI/EXEC while the other commands run: the commit must notice the short value and keep
+    the previous good block (before: a header-only value was renamed over it, and every load
+    failed). The payload alone fits the limit; header + payload does not."""
+    size = 1024 * 1024
+    backend = RedisBackend(own_redis_server.url, size, namespace="bulk")
+    good = os.urandom(size)
+    assert backend.save("k", good).wait(30).state is DONE
+    raw_client(own_redis_server.url).config_set("proto-max-bulk-len", 1024 * 1024)
+    result = backend.save("k", os.urandom(size)).wait(30)
+    assert result.state is FAILED and "nothing was committed" in result.error
+    out = bytearray(size)
+    assert backend.load("k", memoryview(out)).wait(30).state is DONE
+    assert bytes(out) == good
+    assert not [k for k in raw_client(own_redis_server.url).keys("bulk:s:*")]  # no staging left
+    backend.close()
+
+
+def test_store_trouble_is_logged_once_not_only_turned_into_misses(
+        own_redis_server: LocalRedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    raw_client(own_redis_server.url).config_set("requirepass", "secret")
+    backend = _backend(own_redis_server.url, namespace="auth")
+    with caplog.at_level("WARNING"):
+        assert backend.lookup(["a", "b"]) == [False, False]
+        assert backend.lookup(["a"]) == [False]
+    warnings = [r for r in caplog.records if "lookup failed" in r.getMessage()]
+    assert len(warnings) == 1 and "Authentication" in warnings[0].getMessage()
+    backend.close()
