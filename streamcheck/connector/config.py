@@ -21,7 +21,7 @@ class ConnectorConfig:
 
     backend: str = "host"
     capacity_blocks: int | None = None
-    path: str = "/tmp/streamcheck-kv"  # disk backend
+    path: str = ""  # disk backend; "": private to the user (disk.default_root())
     url: str = "redis://127.0.0.1:6379/0"  # redis backend
     namespace: str = "streamcheck"
     staging_blocks: int = 256
@@ -73,6 +73,8 @@ class ConnectorConfig:
             assert capacity is not None
             return HostSlab(planes, capacity, block_nbytes)
         if self.backend == "disk":
-            return backends.DiskBackend(self.path, block_nbytes=block_nbytes)
+            from streamcheck.connector.backends.disk import default_root
+
+            return backends.DiskBackend(self.path or default_root(), block_nbytes=block_nbytes)
         return backends.RedisBackend(self.url, block_nbytes=block_nbytes,
                                      namespace=self.namespace)

@@ -15,7 +15,17 @@ writer in another process is never that slow). The directory itself is not fsync
 power loss a just-committed block may be missing, which is a miss (recompute), never bad data.
 
 Capacity (optional): the least recently used blocks are deleted past ``capacity_blocks``. The
-count is this process's view, so give each backend with a capacity its own ``root``.
+count is this process's view, so give each backend with a capacity its own ``root``. (In the
+connector the scheduler bounds the disk store itself; see ``connector.placement``.)
+
+On a shared host the store trusts nothing it did not make. The root and every fan-out directory
+must be real directories (not symbolic links) owned by this user and not writable by group or
+others (they are created 0700, files 0600): whoever can write there could plant blocks, and the
+CRC-32 of each block guards against accidents (torn writes, flipped bits, a block under the
+wrong key), not against someone forging a block with a matching checksum. Files are opened
+with ``O_NOFOLLOW`` and ``O_NONBLOCK`` and must be regular files, so a planted link cannot send
+a read or write elsewhere and a planted FIFO cannot hang an IO thread. The default root is
+private to the user (``default_root()``, under ``$XDG_CACHE_HOME``), never ``/tmp``.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import threading
 import time
 import uuid
@@ -47,6 +58,32 @@ from streamcheck.connector.backends.transfers import Counters, IOPool
 
 SUFFIX = ".kv"
 TMP_SUFFIX = ".tmp"
+_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def default_root() -> Path:
+    """A directory private to this user: ``$XDG_CACHE_HOME/streamcheck/kv``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "streamcheck" / "kv"
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (0700) if it is missing, then refuse it unless it is a real directory of
+    this user's that nobody else can write."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise BackendError(f"refusing {path}: it is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise BackendError(f"refusing {path}: not a directory")
+    if st.st_uid != os.getuid():
+        raise BackendError(f"refusing {path}: owned by uid {st.st_uid}, not by this user "
+                           f"({os.getuid()}); its owner could plant blocks that load as valid")
+    if st.st_mode & 0o022:
+        raise BackendError(f"refusing {path}: writable by group or others "
+                           f"(mode {stat.S_IMODE(st.st_mode):04o}); use a private directory")
 
 
 def fan_dir(key: str) -> str:
@@ -78,6 +115,13 @@ def _read_exact(fd: int, target: memoryview) -> int:
     return got
 
 
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 class DiskBackend:
     """KV blocks as checksummed files under ``root``, with ``io_threads`` threads doing the IO."""
 
@@ -97,8 +141,9 @@ class DiskBackend:
         self._lock = threading.Lock()  # orders commits (rename), evictions and deletes
         self._index: OrderedDict[str, None] = OrderedDict()  # committed keys, oldest use first
         self._counters = Counters()
+        private_dir(self.root)
         for i in range(256):
-            (self.root / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+            private_dir(self.root / f"{i:02x}")
         self._scan(stale_tmp_s)
         self._io = IOPool(io_threads, "kv-disk-io", self._counters)
 
@@ -122,7 +167,9 @@ class DiskBackend:
                 entries_list = list(entries)
             for entry in entries_list:
                 try:
-                    mtime = entry.stat().st_mtime
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # links, FIFOs, directories: never a block
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
                     continue
                 if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
@@ -143,7 +190,7 @@ class DiskBackend:
         paths = [self.path(k) for k in validate_keys(keys)]
         if self._io.closed:
             return [False] * len(paths)
-        found = [os.path.exists(p) for p in paths]  # the final name only, never a temp file
+        found = [_is_regular(p) for p in paths]  # the final name only, never a temp file
         with self._lock:
             for p, present in zip(paths, found, strict=True):
                 key = p.name[: -len(SUFFIX)]
@@ -168,7 +215,7 @@ class DiskBackend:
         tmp = final.parent / f".{key}.{uuid.uuid4().hex}{TMP_SUFFIX}"
         header = encode_header(key, source)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, _OPEN_WRITE, 0o600)
             try:
                 _write_all(fd, [header, source])
                 if self.fsync:
@@ -199,10 +246,16 @@ class DiskBackend:
     def _load(self, final: Path, target: memoryview) -> int:
         key = final.name[: -len(SUFFIX)]
         try:
-            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(final, _OPEN_READ)
         except FileNotFoundError:
             raise BackendError(f"block {key!r} not found") from None
+        except OSError as exc:  # ELOOP: a symbolic link planted under the block's name
+            raise BackendError(f"block {key!r}: refusing to open {final} "
+                               f"({exc.strerror or exc})") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BackendError(f"block {key!r}: {final} is not a regular file")
+            os.set_blocking(fd, True)  # a regular file: reads block as usual from here
             header = bytearray(HEADER_NBYTES)
             crc = decode_header(header[:_read_exact(fd, memoryview(header))], self.block_nbytes)
             got = _read_exact(fd, target)

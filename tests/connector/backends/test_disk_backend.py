@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcheck.connector.backends import DiskBackend, TransferState
+from streamcheck.connector.backends import BackendError, DiskBackend, TransferState
 from streamcheck.connector.backends.blockformat import HEADER_NBYTES, encode_header
 
 DONE, FAILED, PENDING = TransferState.DONE, TransferState.FAILED, TransferState.PENDING
@@ -174,4 +174,79 @@ def test_no_fsync_mode_round_trips(tmp_path: Path) -> None:
     assert backend.save("k", data).wait(10).state is DONE
     out = bytearray(N)
     assert backend.load("k", memoryview(out)).wait(10).state is DONE and out == data
+    backend.close()
+
+
+# ---- a shared host: trust nothing the store did not make ------------------------------------
+
+def test_files_and_directories_are_private(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path / "s", N)
+    assert backend.save("k", os.urandom(N)).wait(10).state is DONE
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+    assert backend.path("k").parent.stat().st_mode & 0o777 == 0o700
+    assert backend.path("k").stat().st_mode & 0o777 == 0o600
+    backend.close()
+
+
+def test_a_root_others_can_write_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    with pytest.raises(BackendError, match="writable by group or others"):
+        DiskBackend(root, N)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_a_root_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "theirs"
+    root.mkdir(mode=0o700)
+    os.chown(root, 12345, 12345)
+    with pytest.raises(BackendError, match="owned by uid 12345"):
+        DiskBackend(root, N)
+
+
+def test_a_fan_out_directory_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path / "s", N)
+    fan = backend.path("k").parent
+    backend.close()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(mode=0o700)
+    fan.rmdir()
+    fan.symlink_to(outside)
+    with pytest.raises(BackendError, match="symbolic link"):
+        DiskBackend(tmp_path / "s", N)
+
+
+def test_a_link_planted_as_a_block_is_neither_followed_nor_served(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path / "s", N)
+    secret = tmp_path / "secret"
+    secret.write_bytes(encode_header("k", b"\0" * N) + b"\0" * N)  # a valid-looking block
+    backend.path("k").symlink_to(secret)
+    assert backend.lookup(["k"]) == [False]
+    result = backend.load("k", memoryview(bytearray(N))).wait(10)
+    assert result.state is FAILED and "refusing to open" in result.error
+    assert backend.save("k", os.urandom(N)).wait(10).state is DONE  # replaces the link
+    assert not backend.path("k").is_symlink() and secret.stat().st_size == HEADER_NBYTES + N
+    backend.close()
+
+
+def test_a_fifo_planted_as_a_block_does_not_hang_the_io_threads(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path / "s", N)
+    os.mkfifo(backend.path("k"))
+    assert backend.lookup(["k"]) == [False]
+    result = backend.load("k", memoryview(bytearray(N))).wait(5)
+    assert result.state is FAILED and "not a regular file" in result.error
+    backend.close()
+
+
+def test_the_connectors_default_disk_root_is_private(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamcheck.connector.backends.disk import default_root
+    from streamcheck.connector.config import ConnectorConfig
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_root() == tmp_path / "cache" / "streamcheck" / "kv"
+    backend = ConnectorConfig.from_extra({"backend": "disk"}).make_backend(N)
+    assert backend.root == (tmp_path / "cache" / "streamcheck" / "kv").resolve()
+    assert not str(backend.root).startswith("/tmp/streamcheck")
     backend.close()
