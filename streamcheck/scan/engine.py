@@ -189,7 +189,11 @@ def scan_paths(
             errors.append(ScanError(str(root), "no such file or directory"))
             continue
         for path in iter_python_files(root):
-            key = path.resolve()
+            try:
+                key = Path(os.path.realpath(path, strict=True))
+            except OSError as exc:  # a dangling link, a link loop: report it, scan the rest
+                errors.append(ScanError(str(path), f"cannot read: {exc.strerror or exc}"))
+                continue
             if key not in seen:
                 seen.add(key)
                 files.append(path)

@@ -9,6 +9,7 @@ so ``from torch.cuda import Stream as S; S()`` is seen as ``torch.cuda.Stream``.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -128,11 +129,13 @@ class ModuleIndex:
         """:func:`accel_api` of what ``node`` names (a callee, a with-item, an annotation)."""
         return accel_api(self.resolve(node))
 
-    @property
+    # Read by every function's analysis: computed once (the index is complete before any rule
+    # runs), or a module of many functions costs the square of its size.
+    @functools.cached_property
     def module_names(self) -> set[str]:
         return set(self.module_assigns)
 
-    @property
+    @functools.cached_property
     def thread_local_names(self) -> set[str]:
         """Module names bound to a ``threading.local()`` (or a subclass of it): per thread."""
         local_classes = {

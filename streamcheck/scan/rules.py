@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ast
 import re
+import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -83,12 +85,27 @@ def _local_bindings(func: FunctionInfo) -> set[str]:
     return names - func.global_names
 
 
+class _Shared:
+    """Module-level names a function sees as shared state: module names that are neither
+    per-thread (``threading.local``) nor bound locally. A membership test, not a set built
+    per function: building one per function made big modules quadratic."""
+
+    __slots__ = ("_index", "_locals")
+
+    def __init__(self, index: ModuleIndex, locals_: set[str]) -> None:
+        self._index, self._locals = index, locals_
+
+    def __contains__(self, name: object) -> bool:
+        return (name in self._index.module_names and name not in self._locals
+                and name not in self._index.thread_local_names)
+
+
 def _global_writes(index: ModuleIndex, func: FunctionInfo) -> list[tuple[str, ast.AST, ast.expr]]:
     """Module-level state that ``func`` writes: ``global G; G = v`` or ``G.attr = v``/``G[k] = v``.
 
     Writes through a ``threading.local()`` object are per thread and are left out.
     """
-    shared = index.module_names - index.thread_local_names - _local_bindings(func)
+    shared = _Shared(index, _local_bindings(func))
     writes: list[tuple[str, ast.AST, ast.expr]] = []
     for node in _own_nodes(func):
         if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value is not None:
@@ -100,7 +117,7 @@ def _global_writes(index: ModuleIndex, func: FunctionInfo) -> list[tuple[str, as
     return writes
 
 
-def _written_global(target: ast.expr, func: FunctionInfo, shared: set[str]) -> str | None:
+def _written_global(target: ast.expr, func: FunctionInfo, shared: _Shared) -> str | None:
     if isinstance(target, ast.Name):
         return target.id if target.id in func.global_names else None
     if isinstance(target, ast.Attribute | ast.Subscript) and isinstance(target.value, ast.Name):
@@ -122,8 +139,7 @@ def _patch_functions(index: ModuleIndex) -> list[tuple[ast.AST, str, FunctionInf
 
 def _returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, str] | None:
     """The first ``return G`` / ``return G.attr`` of ``func`` where G is module-global state."""
-    locals_ = _local_bindings(func)
-    shared = index.module_names - index.thread_local_names - locals_
+    shared = _Shared(index, _local_bindings(func))
     for node in _own_nodes(func):
         if not isinstance(node, ast.Return) or node.value is None:
             continue
@@ -152,16 +168,33 @@ def _returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
         yield value
 
 
+_WRITES_CACHE: weakref.WeakKeyDictionary[ModuleIndex, dict[str, list[ast.expr]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _writes_by_state(index: ModuleIndex) -> dict[str, list[ast.expr]]:
+    """Every global write of every function, by the state written: built once per module.
+
+    Asking each accessor to walk every function (as this once did) is quadratic: a 500 KB
+    module of accessor-like functions took minutes.
+    """
+    cached = _WRITES_CACHE.get(index)
+    if cached is None:
+        cached = defaultdict(list)
+        for func in index.functions:
+            for name, _node, value in _global_writes(index, func):
+                cached[name].append(value)
+        _WRITES_CACHE[index] = cached
+    return cached
+
+
 def _assigned_values(index: ModuleIndex, state: str) -> Iterator[ast.expr]:
     """Every value the module stores into ``state`` (``G`` or ``G.attr``)."""
     if "." not in state:
         for value in index.module_assigns.get(state, []):
             if value is not None:
                 yield value
-    for func in index.functions:
-        for name, _node, value in _global_writes(index, func):
-            if name == state:
-                yield value
+    yield from _writes_by_state(index).get(state, ())
 
 
 def _is_stream_cache(index: ModuleIndex, func: FunctionInfo, state: str) -> bool:

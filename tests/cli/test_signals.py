@@ -32,14 +32,23 @@ def processes_of(marker: str, but: int = 0) -> list[int]:
     return found
 
 
+def cuda_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.parametrize("backend", ["sim", pytest.param("cuda", marks=pytest.mark.skipif(
+    cuda_gpus() < 2, reason="the CUDA variants need 2 GPUs"))])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_a_signal_stops_every_variant_process(sig: signal.Signals, tmp_path: Path) -> None:
+def test_a_signal_stops_every_variant_process(sig: signal.Signals, backend: str,
+                                              tmp_path: Path) -> None:
     work = tmp_path / f"work-{sig.name}"
     report = tmp_path / "run.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamcheck.cli.main", "run",
          "repro_global_stream_leak_error400", "repro_global_stream_leak_nan",
-         "--backend", "sim", "--jobs", "2", "--timeout", "120", "--keep", str(work),
+         "--backend", backend, "--jobs", "2", "--timeout", "120", "--keep", str(work),
          "--json", str(report)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 90
