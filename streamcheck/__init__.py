@@ -14,7 +14,18 @@ from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.core.roles import CONNECTOR, ENGINE, declare_thread_role
 from streamcheck.wrappers.user_launch import handoff, launch
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version (one source: pyproject.toml)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("streamcheck")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "CONNECTOR",

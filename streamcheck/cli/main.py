@@ -1,8 +1,4 @@
-"""Entry point: ``streamcheck {run,list,report,doctor,scan}``.
-
-Exit codes CI can trust: 0 everything matched (or nothing found), 1 a mismatch or findings,
-2 bad usage (unknown repro, bad option value, backend that cannot run here).
-"""
+"""The ``streamcheck`` command: one subcommand per job, exit codes CI can trust."""
 
 from __future__ import annotations
 
@@ -24,9 +20,29 @@ SUBCOMMANDS = {
 
 EXIT_USAGE = 2
 
+DESCRIPTION = "Find CUDA stream/thread hazards in LLM inference engines before they launch."
+EPILOG = """\
+examples:
+  streamcheck run 'repro_*'                      the regression repros (CUDA if present, else sim)
+  streamcheck scan src/                          the current-stream leak pattern in source
+  eval "$(streamcheck env assert --report-dir /tmp/sc)"; python serve.py
+  streamcheck report /tmp/sc                     what those processes audited and found
+  streamcheck doctor                             this environment, and the installed vLLM
+
+exit codes:
+  0  everything matched, nothing found
+  1  a repro mismatched, or a finding
+  2  bad usage or unusable input (one line on stderr says what)
+  128+N  stopped by signal N (run)
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamcheck", description=__doc__.splitlines()[0])
+    from streamcheck import __version__
+
+    parser = argparse.ArgumentParser(prog="streamcheck", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"streamcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

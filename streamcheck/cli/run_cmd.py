@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -58,13 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "up to 4, on sim; 3 on cuda, where they share the GPUs: measured on "
                         "2 x H200 with the same verdicts and symptoms as one at a time; 1 "
                         "isolates every variant)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the stacks of processes that hung as expected (a "
+                        "mismatch's are always printed)")
     p.add_argument("--engine", choices=("models", "vllm"), default="models",
                    help="models: faithful models of the engines' caches (default); vllm: the "
                         "installed vLLM's own current_stream and PyNcclCommunicator (cuda only)")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -166,14 +173,16 @@ def command(args: argparse.Namespace, console: Console) -> int:
                           f"\\[{choice.name}] {result.seconds:.1f}s")
     rows = [r.to_dict() for r in results]
     console.print(run_table(rows, f"streamcheck run — backend {choice.name}"))
-    print_dumps(console, rows)
+    print_dumps(console, [r for r in rows if args.verbose or r["verdict"] == "fail"])
     failed = sum(r.verdict == "fail" for r in results)
     skipped = sum(r.verdict == "skip" for r in results)
     stopped = sum(r.verdict == "cancelled" for r in results)
     passed = len(results) - failed - skipped - stopped
     elapsed = time.perf_counter() - started
+    keep_logs = bool(args.keep) or failed > 0 or cancel.signum is not None
+    where = f"logs in {work}" if keep_logs else "logs removed (--keep DIR keeps them)"
     line = (f"{passed} matched, {failed} mismatched, {skipped} skipped in {elapsed:.1f}s "
-            f"({choice.name}); logs in {work}")
+            f"({choice.name}); {where}")
     if cancel.signum is not None:
         name = signal.Signals(cancel.signum).name
         line = f"stopped by {name}: {stopped} variant(s) cancelled; " + line
@@ -190,9 +199,11 @@ def command(args: argparse.Namespace, console: Console) -> int:
         if json_path is not None:
             json_path.write_text(json.dumps(document, indent=2, default=str))
         if junit_path is not None:
-            write_junit(rows, junit_path)
+            write_junit(rows, junit_path, elapsed)
     except OSError as exc:
         raise ValueError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+    if not keep_logs:
+        shutil.rmtree(work, ignore_errors=True)
     if cancel.signum is not None:
         return 128 + cancel.signum
     return 1 if failed else 0

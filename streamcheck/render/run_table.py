@@ -18,7 +18,8 @@ def run_table(results: Iterable[dict[str, Any]], title: str) -> Table:
     for r in results:
         style = VERDICT_STYLE.get(r["verdict"], "")
         verdict = r["verdict"].upper() if r["verdict"] != "fail" else "MISMATCH"
-        observed = r["observed"] if r["verdict"] != "fail" else f"{r['observed']} — {r['reason']}"
+        observed = {"fail": f"{r['observed']} — {r['reason']}", "skip": r["reason"],
+                    "cancelled": r["reason"]}.get(r["verdict"], r["observed"])
         table.add_row(r["repro"], r["variant"], r["backend"], str(r["world_size"]), r["expected"],
                       observed, f"[{style}]{verdict}[/]", f"{r['seconds']:.1f}")
     return table

@@ -223,7 +223,9 @@ def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tup
     """(world size, skip reason). The simulator has as many devices as asked."""
     want = gpus if gpus is not None else spec.max_world
     if backend == "sim":
-        return max(spec.min_gpus, min(want, spec.max_world)), ""
+        if want < spec.min_gpus:  # said, not silently raised
+            return 0, f"needs {spec.min_gpus} ranks, --gpus {want} given"
+        return min(want, spec.max_world), ""
     world = min(want, spec.max_world, available)
     if world < spec.min_gpus:
         return 0, f"needs {spec.min_gpus} GPU(s), {available} present"

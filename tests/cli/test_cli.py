@@ -60,3 +60,54 @@ def test_report_of_missing_or_foreign_file_is_usage_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     assert main(["report", str(bad)]) == 2
+
+
+def test_version_help_and_module_entry_point(capsys) -> None:
+    import subprocess
+    import sys
+
+    from streamcheck import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"streamcheck {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "streamcheck", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "exit codes:" in proc.stdout and "examples:" in proc.stdout and "env" in proc.stdout
+
+
+def test_a_green_run_removes_its_temp_logs_and_shows_no_expected_hang_stacks(capsys) -> None:
+    import re
+    from pathlib import Path
+
+    assert main(["run", "repro_global_stream_leak_error400", "--backend", "sim"]) == 0
+    out = capsys.readouterr().out
+    assert "logs removed" in out and "hung process" not in out
+    assert not re.search(r"streamcheck-run-\w+", out) or not any(
+        Path(m).exists() for m in re.findall(r"/tmp/streamcheck-run-\w+", out))
+
+
+def test_too_few_gpus_for_a_repro_is_said_not_raised(capsys) -> None:
+    assert main(["run", "repro_global_stream_leak_error400", "--backend", "sim", "--gpus",
+                 "1"]) == 0
+    assert "needs 2 ranks, --gpus 1 given" in " ".join(capsys.readouterr().out.split())
+
+
+def test_junit_carries_time_host_and_the_failure_details(tmp_path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from streamcheck.render.junit import junit_xml
+
+    rows = [{"repro": "r", "variant": "buggy", "backend": "sim", "world_size": 2,
+             "expected": "hang", "observed": "clean", "verdict": "fail", "seconds": 3.0,
+             "reason": "no hang", "dumps": {"42": "Thread 1: all_reduce"},
+             "stderr": {"rank0.stderr": "boom"}},
+            {"repro": "r", "variant": "fixed", "backend": "sim", "world_size": 2,
+             "expected": "clean", "observed": "-", "verdict": "cancelled", "seconds": 0.0,
+             "reason": "the run was stopped by a signal"}]
+    suite = ET.fromstring(junit_xml(rows, wall_seconds=2.5))
+    assert suite.get("failures") == "1" and suite.get("errors") == "1"
+    assert suite.get("time") == "2.50" and suite.get("hostname") and suite.get("timestamp")
+    err = suite.find("testcase/system-err").text
+    assert "all_reduce" in err and "boom" in err
