@@ -196,23 +196,34 @@ class ConnectorRuntime:
         if len(block_ids) != len(keys):
             raise ValueError("one key per block")
         self._check_slots(block_ids, slots)
+        admitted = self._admit_save(group, layer, bool(block_ids))
+        if admitted is None:
+            return
+        ready, handoff = admitted
+        tags = [key_tag(k) for k in keys] if self.slab is not None else []
+        self._queue_save(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
+                              handoff=handoff, slots=list(slots or ()), tags=tags))
+
+    def _admit_save(self, group: str, plane: int, has_blocks: bool) -> tuple[Any, Any] | None:
+        """Count one more layer into ``group`` (refused once it is sealed). For a layer with
+        blocks to move: ``(event, handoff)``, the event recorded on the engine's current
+        (compute) stream that the copy will wait on, and streamcheck's record of that handoff;
+        None when there is nothing to move."""
         ready = handoff = None
-        if self.is_cuda and block_ids:
-            handoff = streamcheck.handoff(self.kv_caches[layer])
+        if self.is_cuda and has_blocks:
+            handoff = streamcheck.handoff(self.kv_caches[plane])
             ready = torch.cuda.Event()
-            ready.record()  # on the engine's current (compute) stream
+            ready.record()
         with self._lock:
             state = self._saves.setdefault(group, _GroupState())
             if state.sealed:
                 raise ValueError(f"save group {group!r} was already sealed")
             state.queued += 1
-            if not block_ids:
-                return
+            if not has_blocks:
+                return None
             state.pending += 1
             self._unread_saves += 1
-        tags = [key_tag(k) for k in keys] if self.slab is not None else []
-        self._queue_save(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
-                              handoff=handoff, slots=list(slots or ()), tags=tags))
+        return ready, handoff
 
     def _queue_save(self, job: _Job) -> None:
         """To the worker now, or (``hold_saves``) at the next :meth:`seal`: then the worker's
@@ -241,25 +252,10 @@ class ConnectorRuntime:
         if len(block_ids) != len(tags):
             raise ValueError("one tag per block")
         self._check_slots(block_ids, slots)
-        if not block_ids:
-            with self._lock:
-                state = self._saves.setdefault(group, _GroupState())
-                if state.sealed:
-                    raise ValueError(f"save group {group!r} was already sealed")
-                state.queued += 1
+        admitted = self._admit_save(group, planes[0], bool(block_ids))
+        if admitted is None:
             return
-        ready = handoff = None
-        if self.is_cuda:
-            handoff = streamcheck.handoff(self.kv_caches[planes[0]])
-            ready = torch.cuda.Event()
-            ready.record()  # on the engine's current (compute) stream
-        with self._lock:
-            state = self._saves.setdefault(group, _GroupState())
-            if state.sealed:
-                raise ValueError(f"save group {group!r} was already sealed")
-            state.queued += 1
-            state.pending += 1
-            self._unread_saves += 1
+        ready, handoff = admitted
         self._queue_save(_Job("save", group, planes[0], list(block_ids), [], ready=ready,
                               handoff=handoff, slots=list(slots), planes=list(planes),
                               tags=list(tags)))

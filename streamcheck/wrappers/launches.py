@@ -151,12 +151,12 @@ def make(original):
         return original({call})
     return _functools.wraps(original)(audited)
 """
-    owner = gate.auditor
+    owner, counter = site_counter(gate, op, target)
     namespace: dict[str, Any] = {
         "_gate": gate, "_resolve": resolve, "_current_of_device": current_of_device,
         "_current_of_comm": current_of_comm, "_current_device": current_device,
         "_warn": warn_cannot_audit, "_op": op, "_target": target, "_index_of": device_index,
-        "_owner": owner, "_counter": owner.coverage.counter(op, target) if owner else None,
+        "_owner": owner, "_counter": counter,
         "_accessor": accessor, "_get_ident": threading.get_ident,
         "_main": threading.main_thread().ident, "_functools": functools,
         **(names or {}), **_defaults_namespace(original),
@@ -213,6 +213,13 @@ def _signature_source(fn: Any) -> tuple[str | None, str, bool]:
     return ", ".join(params), ", ".join(call), "stream" in sig.parameters
 
 
+def site_counter(gate: Gate, op: str, target: str) -> tuple[Any, Any]:
+    """(the auditor installing a wrapper, its counter for ``op``): a wrapper advances that
+    counter while that auditor is the gate's, and asks the current one otherwise."""
+    owner = gate.auditor
+    return owner, owner.coverage.counter(op, target) if owner is not None else None
+
+
 def wrap_current_stream_call(registry: PatchRegistry, gate: Gate, owner: Any, name: str,
                              op: str, reader: Any, target: str = "") -> bool:
     """Audit ``owner.name`` as a launch on the calling thread's current stream.
@@ -227,8 +234,7 @@ def wrap_current_stream_call(registry: PatchRegistry, gate: Gate, owner: Any, na
     get_ident, main = threading.get_ident, threading.main_thread().ident
 
     def make(original: Any) -> Any:
-        owner_auditor = gate.auditor
-        counter = owner_auditor.coverage.counter(op, target) if owner_auditor else None
+        owner_auditor, counter = site_counter(gate, op, target)
 
         @functools.wraps(original)
         def audited(*args: Any, **kwargs: Any) -> Any:

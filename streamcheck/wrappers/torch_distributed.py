@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.launches import site_counter
 from streamcheck.wrappers.registry import PatchRegistry
 
 
@@ -37,8 +38,7 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
     """Audit ``module.name`` on the thread's current stream of its first tensor's device."""
 
     def make(original: Any) -> Any:
-        owner_auditor = gate.auditor
-        counter = owner_auditor.coverage.counter(op, target) if owner_auditor else None
+        owner_auditor, counter = site_counter(gate, op, target)
 
         @functools.wraps(original)
         def audited(*args: Any, **kwargs: Any) -> Any:
