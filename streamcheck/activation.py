@@ -125,9 +125,3 @@ def flush_report(final: bool = True) -> Path | None:
     (rank processes skipping NCCL teardown do). None when it keeps no report."""
     return _writer.write(final=final) if _writer is not None else None
 
-
-def write_process_report(report_dir: str) -> Path | None:
-    """Write this process's report to its own new file in ``report_dir`` now."""
-    from streamcheck.report_writer import ProcessReportWriter
-
-    return ProcessReportWriter(report_dir).write(final=True)
