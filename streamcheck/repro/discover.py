@@ -1,4 +1,8 @@
-"""Find repro modules: the built-in ``repros`` package, plus directories users add."""
+"""Find repro modules: the built-in ``streamcheck.repros`` package, plus directories users add.
+
+The built-in ones live inside the ``streamcheck`` namespace, so a user's own ``repros/``
+directory on ``sys.path`` never hides or replaces them.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,8 @@ class ReproFile:
 
 
 def builtin_dir() -> Path:
-    """Where the built-in ``repros`` package lives, found without importing it."""
-    spec = importlib.util.find_spec("repros")
-    if spec is None or not spec.submodule_search_locations:
-        raise ReproError("the built-in repros package is not installed next to streamcheck")
-    return Path(next(iter(spec.submodule_search_locations)))
+    """Where the built-in repros live: next to this package, found without importing them."""
+    return Path(__file__).resolve().parent.parent / "repros"
 
 
 def search_dirs(extra: list[str] | None = None) -> list[Path]:

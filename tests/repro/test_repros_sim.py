@@ -17,6 +17,15 @@ def test_builtin_repros_present():
     assert {"repro_global_stream_leak_nan", "repro_global_stream_leak_error400"} <= names
 
 
+def test_a_users_repros_package_does_not_hide_the_builtin_ones(tmp_path, monkeypatch):
+    """A project with its own ``repros/`` on ``sys.path`` still sees every built-in repro."""
+    (tmp_path / "repros").mkdir()
+    (tmp_path / "repros" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert {r.name for r in all_repros()} == {r.name for r in REPROS}
+
+
 @pytest.mark.parametrize("variant", ["buggy", "fixed", "guarded"])
 @pytest.mark.parametrize("repro", REPROS, ids=lambda r: r.name)
 def test_variant_matches_on_sim(repro, variant, tmp_path):
