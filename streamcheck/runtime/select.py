@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 BACKENDS = ("auto", "cuda", "sim")
+# Both backends run ranks on torch (the simulator on CPU tensors); the light install has none.
+TORCH_MISSING = ("the repros run on PyTorch, which is not installed here: install the torch "
+                 "your engine uses, or `pip install 'streamcheck[torch]'`")
 
 
 class BackendUnavailable(RuntimeError):
@@ -21,6 +25,8 @@ class BackendChoice:
 def choose_backend(requested: str) -> BackendChoice:
     if requested not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if importlib.util.find_spec("torch") is None:
+        raise BackendUnavailable(TORCH_MISSING)
     from streamcheck.runtime import cuda
 
     gpus = cuda.device_count()
