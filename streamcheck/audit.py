@@ -41,8 +41,13 @@ def mode_from_env(environ: dict[str, str] | None = None) -> Mode:
 
 
 def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = None,
-            runtime: str = "cuda", settings: AuditSettings | None = None) -> Auditor | None:
-    """Start auditing this process in ``mode`` (default: from the settings' sources)."""
+            runtime: str | None = None,
+            settings: AuditSettings | None = None) -> Auditor | None:
+    """Start auditing this process in ``mode`` (default: from the settings' sources).
+
+    ``runtime`` names what the report says streams were read from; by default the stream
+    reader in use: "cuda", "sim" under the simulator, "none" for a torch without CUDA.
+    """
     with _lock:
         auditor = _gate.auditor
         if auditor is not None and mode is not None:
@@ -60,7 +65,8 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
         if auditor is not None:
             auditor.mode = settings.mode
             return auditor
-        auditor = Auditor(settings.mode, select=settings.select, runtime=runtime)
+        auditor = Auditor(settings.mode, select=settings.select,
+                          runtime=runtime or _reader_name())
         _gate.auditor = auditor
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):
@@ -142,7 +148,15 @@ def rehook_torch() -> None:
     """Hook torch's (possibly replaced) stream surface for the running audit."""
     with _lock:
         if _gate.auditor is not None:
+            _gate.auditor.runtime = _reader_name()
             _install_torch_hooks()
+
+
+def _reader_name() -> str:
+    from streamcheck.runtime.cuda import stream_reader
+
+    reader = stream_reader()
+    return reader.name if reader is not None else "none"
 
 
 def instrument_sim(api: Any) -> None:

@@ -141,35 +141,71 @@ def process_summary(report: dict[str, Any]) -> dict[str, Any]:
             "findings": len(report.get("findings", []))}
 
 
+def merge_key(finding: dict[str, Any]) -> tuple[object, ...]:
+    """What makes findings from different processes the same finding.
+
+    Not the message: it names thread idents and stream handles, which differ in every process.
+    The rule, the operation, the thread's name and role and the launching line do not.
+    """
+    launch = finding["launch"]
+    thread = launch.get("thread", {})
+    stack = launch.get("stack") or [{}]
+    top = stack[0]
+    return (finding["rule"], launch["op"], thread.get("name"), thread.get("role"),
+            top.get("file"), top.get("line"), top.get("function"))
+
+
 def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Combine per-process reports; identical findings (same rule, op, text) add their counts."""
+    """Combine per-process (or already merged) reports into one of the same schema.
+
+    The same finding seen in several processes (:func:`merge_key`) is kept once, its counts
+    added and every process that saw it listed in ``pids``; its text is the first process's.
+    """
     reports = list(reports)
-    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    merged: dict[tuple[object, ...], dict[str, Any]] = {}
     launches = 0
     by_op: dict[str, int] = {}
+    processes: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
     for report in reports:
         if report.get("schema") != SCHEMA:
             raise ValueError(f"not a {SCHEMA} report: schema={report.get('schema')!r}")
         launches += int(report.get("launches_audited", 0))
         for op, n in report.get("launches_by_op", {}).items():
             by_op[op] = by_op.get(op, 0) + n
+        if "merged_from" in report:  # a merged report merges again by its parts
+            processes += report["merged_from"]
+            summaries += report.get("per_process", [])
+        else:
+            processes.append(report.get("process", {}))
+            summaries.append(process_summary(report))
+        pid = report.get("process", {}).get("pid")
         for finding in report.get("findings", []):
-            key = (finding["rule"], finding["launch"]["op"], finding["message"])
+            pids = finding.get("pids") or ([pid] if pid is not None else [])
+            key = merge_key(finding)
             if key in merged:
                 merged[key]["count"] += finding["count"]
+                merged[key]["pids"] += [p for p in pids if p not in merged[key]["pids"]]
             else:
-                merged[key] = dict(finding, pid=report["process"]["pid"])
-    modes = sorted({r.get("mode", "off") for r in reports})
+                merged[key] = dict(finding, pids=list(pids))
     return {
         "schema": SCHEMA,
-        "merged_from": [r["process"] for r in reports],
-        "per_process": [process_summary(r) for r in reports],
-        "mode": modes[0] if len(modes) == 1 else ("mixed" if modes else "off"),
+        "merged_from": processes,
+        "per_process": summaries,
+        "mode": _common(r.get("mode", "off") for r in reports),
+        "runtime": _common(r.get("runtime", "") for r in reports),
+        "final": all(r.get("final", True) for r in reports),
         "launches_audited": launches,
         "launches_by_op": dict(sorted(by_op.items())),
         "targets": merge_targets(reports),
         "findings": list(merged.values()),
     }
+
+
+def _common(values: Iterable[str]) -> str:
+    """The one value all parts share, "mixed" when they differ, "" when there are none."""
+    distinct = sorted(set(values))
+    return distinct[0] if len(distinct) == 1 else ("mixed" if distinct else "")
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:

@@ -58,3 +58,55 @@ def test_read_report_rejects_other_json(tmp_path):
         read_report(p)
     with pytest.raises(ValueError, match="no report"):
         read_report(tmp_path / "missing.json")
+
+
+def _as_other_process(report: dict, pid: int, ident: int, handle: int) -> dict:
+    """The same report as another process would write it: its pid, thread ident, handle."""
+    text = json.dumps(report)
+    finding = report["findings"][0]["launch"]
+    text = text.replace(f"{finding['thread']['ident']:#x}", f"{ident:#x}")
+    text = text.replace(f"{finding['stream']['handle']:#x}", f"{handle:#x}")
+    other = json.loads(text)
+    other["process"]["pid"] = pid
+    other["findings"][0]["launch"]["thread"]["ident"] = ident
+    other["findings"][0]["launch"]["stream"]["handle"] = handle
+    return other
+
+
+def test_findings_of_different_processes_merge_by_call_site_not_message():
+    from streamcheck.documents import REPORT_SCHEMA, validate
+
+    aud = Auditor(Mode.RECORD, runtime="sim")
+    aud.review("nccl.all_reduce", StreamRef(0, 5, 0x50), None, 1, implicit=False)
+    one = json.loads(json.dumps(build_report(aud)))
+    two = _as_other_process(one, pid=one["process"]["pid"] + 1, ident=0xABC, handle=0x77)
+    assert two["findings"][0]["message"] != one["findings"][0]["message"]
+    cuda = dict(two, runtime="cuda", mode="assert")
+    merged = merge_reports([one, cuda])
+    assert len(merged["findings"]) == 1, merged["findings"]
+    assert merged["findings"][0]["count"] == 2
+    assert merged["findings"][0]["pids"] == [one["process"]["pid"], two["process"]["pid"]]
+    assert (merged["mode"], merged["runtime"]) == ("mixed", "mixed")
+    assert validate(merged, "merged") == REPORT_SCHEMA
+
+    elsewhere = json.loads(json.dumps(two))
+    elsewhere["findings"][0]["launch"]["stack"][0]["line"] += 1  # another launching line
+    assert len(merge_reports([one, elsewhere])["findings"]) == 2
+
+    again = merge_reports([merged, one])  # a merged report merges again by its parts
+    assert again["findings"][0]["count"] == 3
+    assert len(again["merged_from"]) == len(again["per_process"]) == 3
+    assert (again["mode"], again["runtime"]) == ("mixed", "mixed")
+    assert validate(again, "merged again") == REPORT_SCHEMA
+
+
+def test_runtime_follows_the_stream_reader(monkeypatch):
+    from streamcheck.runtime import cuda
+
+    monkeypatch.setattr(cuda, "_override", cuda.StreamReader(lambda d: (0, d, 1), lambda: 0,
+                                                             name="sim"))
+    auditor = audit.install("record")
+    try:
+        assert build_report(auditor)["runtime"] == "sim"
+    finally:
+        audit.uninstall()
