@@ -60,6 +60,10 @@ expect_rc 1 "$L/python" -c "import importlib.util, sys; sys.exit(importlib.util.
 "$L/streamcheck" list > list.txt && grep -q repro_global_stream_leak_nan list.txt
 expect_rc 1 "$L/streamcheck" scan src --json scan.json
 "$L/python" -c "import json; d = json.load(open('scan.json')); assert d['summary']['findings'] >= 1, d"
+expect_rc 1 "$L/streamcheck" scan src --output-format concise > concise.txt
+grep -q "^src/leak.py:[0-9]*:[0-9]*: SC101 " concise.txt
+"$L/streamcheck" list --json list.json
+"$L/streamcheck" completion bash > /dev/null
 expect_rc 2 "$L/streamcheck" run repro_global_stream_leak_nan --backend sim 2> run-light.err
 grep -q "streamcheck\[torch\]" run-light.err
 
@@ -71,18 +75,21 @@ F="$work/full/bin"
 assert p.startswith(sys.prefix), p; print('streamcheck from', p)"
 "$F/streamcheck" run repro_global_stream_leak_nan --backend sim --json run.json
 "$F/streamcheck" report run.json
+"$L/streamcheck" report run.json > /dev/null  # a saved run renders without torch too
 expect_rc 1 "$F/streamcheck" scan src --sarif scan.sarif
 mkdir reports
 "$F/python" -m pytest -q -p no:cacheprovider -n 2 --streamcheck=assert tests \
   --streamcheck-report reports/session.json
-STREAMCHECK_REPORT_DIR="$work/reports" "$F/python" -c "import streamcheck; streamcheck.install('record')"
+( eval "$("$F/streamcheck" env record --report-dir "$work/reports")"
+  "$F/python" -c "import torch, streamcheck; assert streamcheck.current_auditor() is not None" )
+ls reports
 "$F/streamcheck" report reports --merge-to merged.json
 "$F/python" - <<'PY'
 from pathlib import Path
 
 from streamcheck.documents import read_document
 
-for name in ("run.json", "reports/session.json", "merged.json"):
+for name in ("run.json", "reports/session.json", "merged.json", "scan.json", "list.json"):
     doc = read_document(Path(name))  # validates against the schema the document names
     print(f"{name}: {doc.kind} valid")
 PY

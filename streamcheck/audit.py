@@ -167,6 +167,7 @@ def instrument_sim(api: Any) -> None:
     with _lock:
         if _gate.auditor is None:
             return
+        _gate.auditor.runtime = "sim"  # its launches and streams are the simulator's
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
         streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
         events.hook_events(_registry, _gate, SimEvent, events.sim_stream_key)

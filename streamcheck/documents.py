@@ -19,7 +19,12 @@ from typing import Any
 
 REPORT_SCHEMA = "streamcheck.report/1"
 RUN_SCHEMA = "streamcheck.run/1"
-_SCHEMA_FILES = {REPORT_SCHEMA: "report-1.json", RUN_SCHEMA: "run-1.json"}
+SCAN_SCHEMA = "streamcheck.scan/1"
+LIST_SCHEMA = "streamcheck.list/1"
+# Every JSON document streamcheck writes names its kind in "schema" (``streamcheck.KIND/N``) and
+# has a JSON Schema here, so any of them can be read back and checked the same way.
+_SCHEMA_FILES = {REPORT_SCHEMA: "report-1.json", RUN_SCHEMA: "run-1.json",
+                 SCAN_SCHEMA: "scan-1.json", LIST_SCHEMA: "list-1.json"}
 MAX_BYTES = 256 * 2**20
 
 
@@ -30,7 +35,7 @@ class DocumentError(ValueError):
 @dataclass(frozen=True)
 class Document:
     path: Path
-    kind: str  # REPORT_SCHEMA or RUN_SCHEMA
+    kind: str  # one of the *_SCHEMA names
     data: dict[str, Any]
 
 

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from streamcheck.pytest_support.fixture import FindingsView
 
 MARKER_HELP = (
-    "streamcheck(allow=[rule ids], skip=False): allow these streamcheck findings in this test "
-    "(it still records them), or do not audit it at all"
+    "streamcheck(allow=[rule ids]): allow these streamcheck findings in this test (it still "
+    "records them)"
 )
+NO_AUDIT_HELP = "no_streamcheck: do not audit this test at all (streamcheck's audit is off for it)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +57,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    config.addinivalue_line("markers", NO_AUDIT_HELP)
     from streamcheck.pytest_support.settings import read_settings
 
     settings = read_settings(config)

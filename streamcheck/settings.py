@@ -67,7 +67,7 @@ class AuditSettings:
         if pyproject:
             path = find_pyproject(cwd or Path.cwd())
             if path is not None:
-                table = read_table(path)
+                table = audit_table(read_table(path))
                 settings = settings._apply(table, lambda key: f"{path} [{PYPROJECT_TABLE}] {key}")
         environ = os.environ if environ is None else environ
         from_env = {key: environ[var] for key, var in _KEYS.items() if var in environ}
@@ -194,3 +194,8 @@ def read_table(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: [{PYPROJECT_TABLE}] must be a table")
     _table_cache[key] = table
     return table
+
+
+def audit_table(table: dict[str, Any]) -> dict[str, Any]:
+    """The audit's keys: ``[tool.streamcheck.scan]`` belongs to ``streamcheck scan``."""
+    return {key: value for key, value in table.items() if key != "scan"}

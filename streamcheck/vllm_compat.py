@@ -62,9 +62,9 @@ PYNCCL_STREAM_NAME = "current_stream"
 _ACCESSOR_MODULES = ("vllm.utils.torch_utils", "vllm.utils")
 
 _INSTALL_HINT = (
-    "install it with `pip install streamcheck[vllm]`, or build a vLLM Python-module env with "
-    "`python scripts/vllm_env.py prepare VERSION` and export what "
-    "`python scripts/vllm_env.py env VERSION` prints"
+    "install it with `pip install 'streamcheck[vllm]'` (or the vLLM release your engine uses); "
+    "in a streamcheck source checkout, `python scripts/vllm_env.py prepare VERSION` builds a "
+    "vLLM Python-module tree for CPU tests"
 )
 
 

@@ -3,26 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from streamcheck.documents import LIST_SCHEMA
 from streamcheck.repro.discover import all_repros, load
+from streamcheck.repro.spec import VARIANT_MODES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repro-dir", action="append", metavar="DIR",
                    help="another directory of repro_*.py files (repeatable)")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the list as JSON (schema streamcheck.list/1); '-' for stdout")
+    p.add_argument("--names", action="store_true",
+                   help="print only the names, one per line (scripts, shell completion)")
+
+
+def listing(repro_dirs: list[str] | None) -> dict[str, Any]:
+    repros = []
+    for repro in all_repros(repro_dirs):
+        spec = load(repro.path).SPEC
+        repros.append({"name": spec.name, "path": str(repro.path), "hazard": spec.hazard,
+                       "summary": spec.summary, "min_gpus": spec.min_gpus,
+                       "max_world": spec.max_world,
+                       "expect": {v: spec.expect[v].describe() for v in VARIANT_MODES}})
+    return {"schema": LIST_SCHEMA, "repros": repros}
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
+    if args.names:
+        for repro in all_repros(args.repro_dir):
+            print(repro.name)
+        return 0
+    document = listing(args.repro_dir)
+    if args.json == "-":
+        print(json.dumps(document, indent=2))
+        return 0
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as out:
+                json.dump(document, out, indent=2)
+        except OSError as exc:
+            raise ValueError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") \
+                from None
     table = Table(title="streamcheck repros")
     for column in ("repro", "hazard", "GPUs", "models", "buggy", "fixed", "guarded"):
         table.add_column(column, overflow="fold")
-    for repro in all_repros(args.repro_dir):
-        spec = load(repro.path).SPEC
-        gpus = f"{spec.min_gpus}" + (f"-{spec.max_world}" if spec.max_world > spec.min_gpus else "")
-        table.add_row(spec.name, spec.hazard, gpus, spec.summary,
-                      *(spec.expect[v].describe() for v in ("buggy", "fixed", "guarded")))
+    for r in document["repros"]:
+        gpus = f"{r['min_gpus']}" + (f"-{r['max_world']}" if r["max_world"] > r["min_gpus"]
+                                     else "")
+        table.add_row(r["name"], r["hazard"], gpus, r["summary"],
+                      *(r["expect"][v] for v in VARIANT_MODES))
     console.print(table)
     return 0

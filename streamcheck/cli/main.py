@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "scan": ("streamcheck.cli.scan_cmd", "find the current-stream leak pattern in source"),
     "doctor": ("streamcheck.cli.doctor_cmd",
                "report the environment and probe the installed vLLM for the hazards"),
+    "completion": ("streamcheck.cli.completion_cmd", "print a bash or zsh completion script"),
 }
 
 EXIT_USAGE = 2
@@ -28,6 +29,7 @@ examples:
   eval "$(streamcheck env assert --report-dir /tmp/sc)"; python serve.py
   streamcheck report /tmp/sc                     what those processes audited and found
   streamcheck doctor                             this environment, and the installed vLLM
+  eval "$(streamcheck completion bash)"          TAB completion (bash; zsh likewise)
 
 exit codes:
   0  everything matched, nothing found
@@ -48,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
-        p.set_defaults(handler=module.command)
+        p.set_defaults(handler=module.command, root_parser=parser)
     return parser
+
+
+def writes_stdout(args: argparse.Namespace) -> bool:
+    """Whether this command prints a machine-readable document on stdout."""
+    if any(getattr(args, name, None) == "-" for name in ("json", "junit", "sarif")):
+        return True
+    return getattr(args, "output_format", None) in ("json", "sarif")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     from streamcheck.runtime.select import BackendUnavailable
 
     args = build_parser().parse_args(argv)
+    # A document written to stdout ("-") keeps stdout clean: everything else goes to stderr.
+    stream = sys.stderr if writes_stdout(args) else sys.stdout
     # A pipe or CI log gets wide rows instead of names folded into 80 columns.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+    console = Console(file=stream, highlight=False, width=None if stream.isatty() else 180)
     try:
         return int(args.handler(args, console))
     except (ReproError, BackendUnavailable, ConfigError, DocumentError, ValueError) as exc:

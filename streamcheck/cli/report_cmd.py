@@ -24,7 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
-    documents = [read_document(path) for path in collect(args.paths)]
+    documents = []
+    for document in (read_document(path) for path in collect(args.paths)):
+        if document.kind in (RUN_SCHEMA, REPORT_SCHEMA):
+            documents.append(document)
+        else:
+            console.print(f"[yellow]skipped {document.path}: a {document.kind} document; "
+                          f"`streamcheck report` renders audit reports and runs[/]")
+    if not documents:
+        raise ValueError(f"no audit reports or runs in {', '.join(args.paths)}")
     runs = [d for d in documents if d.kind == RUN_SCHEMA]
     reports = [d.data for d in documents if d.kind == REPORT_SCHEMA]
     if args.merge_to and not reports:

@@ -12,13 +12,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from streamcheck.render.junit import write_junit
+from streamcheck.render.junit import junit_xml, write_junit
+from streamcheck.render.run_progress import RunProgress
 from streamcheck.render.run_table import print_dumps, run_table
 from streamcheck.repro.discover import ReproFile, load, select
 from streamcheck.repro.launch_cuda import ENV_ENGINE
@@ -49,8 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=_positive_int, help="ranks to use (default: as the repro asks)")
     p.add_argument("--timeout", type=_positive_float,
                    help="seconds per variant before its processes are dumped and killed")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    p.add_argument("--junit", metavar="PATH", help="write the results as JUnit XML")
+    p.add_argument("--json", metavar="PATH",
+                   help="write the results as JSON (schema streamcheck.run/1); '-' for stdout, "
+                        "the rest then goes to stderr")
+    p.add_argument("--junit", metavar="PATH", help="write the results as JUnit XML ('-': stdout)")
     p.add_argument("--repro-dir", action="append", metavar="DIR",
                    help="another directory of repro_*.py files (repeatable)")
     p.add_argument("--keep", metavar="DIR", help="keep rank logs here (default: a temp dir)")
@@ -59,9 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "up to 4, on sim; 3 on cuda, where they share the GPUs: measured on "
                         "2 x H200 with the same verdicts and symptoms as one at a time; 1 "
                         "isolates every variant)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also print the stacks of processes that hung as expected (a "
-                        "mismatch's are always printed)")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", action="store_true",
+                       help="also print the stacks of processes that hung as expected (a "
+                            "mismatch's are always printed)")
+    noise.add_argument("-q", "--quiet", action="store_true",
+                       help="print only mismatches and the summary line")
     p.add_argument("--engine", choices=("models", "vllm"), default="models",
                    help="models: faithful models of the engines' caches (default); vllm: the "
                         "installed vLLM's own current_stream and PyNcclCommunicator (cuda only)")
@@ -108,7 +114,7 @@ def stop_on_signals(cancel: Cancel) -> Iterator[None]:
 
 def writable_output(path: str | None, what: str) -> Path | None:
     """Check an output path before the run, so a typo costs seconds, not the whole run."""
-    if path is None:
+    if path is None or path == "-":
         return None
     target = Path(path)
     if target.is_dir():
@@ -122,6 +128,8 @@ def writable_output(path: str | None, what: str) -> Path | None:
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
+    if args.json == "-" and args.junit == "-":
+        raise ValueError("--json - and --junit -: only one of them can go to stdout")
     json_path = writable_output(args.json, "--json")
     junit_path = writable_output(args.junit, "--junit")
     repros = select(args.patterns, args.repro_dir)
@@ -156,28 +164,35 @@ def command(args: argparse.Namespace, console: Console) -> int:
 
     cancel = Cancel()
 
+    def label(item: tuple[ReproFile, str, int, str, Any]) -> str:
+        return f"{item[0].name} {item[1]}"
+
     def one(item: tuple[ReproFile, str, int, str, Any]) -> VariantResult:
         repro, variant, world, skip, spec = item
         if skip:
             return VariantResult(repro.name, variant, choice.name, 0,
                                  spec.expect[variant].describe(), "-", "skip", 0.0, skip)
+        progress.started(label(item))
         return run_variant(repro, variant, choice.name, world, args.timeout, work, cancel)
 
-    mark = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]",
-            "cancelled": "[yellow]cancelled[/]"}
-    results: list[VariantResult] = []
-    with stop_on_signals(cancel), ThreadPoolExecutor(max_workers=jobs) as pool:
-        for result in pool.map(one, planned):  # each variant is its own process group
-            results.append(result)
-            console.print(f"  {mark[result.verdict]} {result.repro} {result.variant} "
-                          f"\\[{choice.name}] {result.seconds:.1f}s")
-    rows = [r.to_dict() for r in results]
-    console.print(run_table(rows, f"streamcheck run — backend {choice.name}"))
+    results: dict[int, VariantResult] = {}
+    with (stop_on_signals(cancel), RunProgress(console, len(planned), quiet=args.quiet)
+          as progress, ThreadPoolExecutor(max_workers=jobs) as pool):
+        futures = {pool.submit(one, item): i for i, item in enumerate(planned)}
+        for future in as_completed(futures):  # each variant is its own process group
+            index = futures[future]
+            results[index] = future.result()
+            progress.finished(label(planned[index]), results[index].to_dict())
+    ordered = [results[i] for i in range(len(planned))]  # tables and files: submission order
+    rows = [r.to_dict() for r in ordered]
+    shown = [r for r in rows if not args.quiet or r["verdict"] == "fail"]
+    if shown:
+        console.print(run_table(shown, f"streamcheck run — backend {choice.name}"))
     print_dumps(console, [r for r in rows if args.verbose or r["verdict"] == "fail"])
-    failed = sum(r.verdict == "fail" for r in results)
-    skipped = sum(r.verdict == "skip" for r in results)
-    stopped = sum(r.verdict == "cancelled" for r in results)
-    passed = len(results) - failed - skipped - stopped
+    failed = sum(r.verdict == "fail" for r in ordered)
+    skipped = sum(r.verdict == "skip" for r in ordered)
+    stopped = sum(r.verdict == "cancelled" for r in ordered)
+    passed = len(ordered) - failed - skipped - stopped
     elapsed = time.perf_counter() - started
     keep_logs = bool(args.keep) or failed > 0 or cancel.signum is not None
     where = f"logs in {work}" if keep_logs else "logs removed (--keep DIR keeps them)"
@@ -200,6 +215,10 @@ def command(args: argparse.Namespace, console: Console) -> int:
             json_path.write_text(json.dumps(document, indent=2, default=str))
         if junit_path is not None:
             write_junit(rows, junit_path, elapsed)
+        if args.json == "-":
+            print(json.dumps(document, indent=2, default=str))
+        elif args.junit == "-":
+            print(junit_xml(rows, elapsed))
     except OSError as exc:
         raise ValueError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
     if not keep_logs:

@@ -193,13 +193,21 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "merged_from": processes,
         "per_process": summaries,
         "mode": _common(r.get("mode", "off") for r in reports),
-        "runtime": _common(r.get("runtime", "") for r in reports),
+        "runtime": merged_runtime(r.get("runtime", "") for r in reports),
         "final": all(r.get("final", True) for r in reports),
         "launches_audited": launches,
         "launches_by_op": dict(sorted(by_op.items())),
         "targets": merge_targets(reports),
         "findings": list(merged.values()),
     }
+
+
+def merged_runtime(values: Iterable[str]) -> str:
+    """Processes that read no streams ("none": a launcher, a CPU-only parent) do not make a
+    CUDA or simulator run "mixed"; two real runtimes do."""
+    values = list(values)
+    real = [v for v in values if v not in ("", "none")]
+    return _common(real) if real else _common(values)
 
 
 def _common(values: Iterable[str]) -> str:

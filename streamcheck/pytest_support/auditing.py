@@ -26,11 +26,22 @@ class AuditHandle:
         self._banked_launches = 0
         self._preexisting: Mode | None = None
         self._touched = False
-        self.runtime = ""
+        self._runtimes: set[str] = set()  # of the auditors this session held
 
     @property
     def auditor(self) -> Auditor | None:
         return self._auditor
+
+    @property
+    def runtime(self) -> str:
+        """What streams were read from: "cuda", "sim" (or "mixed"); "none" when neither."""
+        seen = set(self._runtimes)
+        if self._auditor is not None:
+            seen.add(self._auditor.runtime)
+        real = sorted(seen - {"none", ""})
+        if len(real) > 1:
+            return "mixed"
+        return real[0] if real else ("none" if seen else "")
 
     @property
     def launches(self) -> int:
@@ -50,11 +61,10 @@ class AuditHandle:
             self._detach()
             self._auditor = auditor
             if auditor is not None:
-                self.runtime = auditor.runtime
                 self._unsubscribe = auditor.subscribe(self._on_finding)
 
     def suspend(self) -> None:
-        """No audit at all until the next :meth:`ensure` (a test marked ``skip=True``)."""
+        """No audit at all until the next :meth:`ensure` (a test marked ``no_streamcheck``)."""
         self._detach()
         audit.uninstall()
 
@@ -75,4 +85,5 @@ class AuditHandle:
             self._unsubscribe = None
         if self._auditor is not None:
             self._banked_launches += self._auditor.launches
+            self._runtimes.add(self._auditor.runtime)
             self._auditor = None

@@ -3,7 +3,7 @@
 A live view rather than a snapshot, so a test can check after the part that should (or should
 not) produce a finding: ``assert streamcheck_findings.rule_ids == ["foreign-stream"]``. Reading
 it also picks up the reports of child processes that already exited. Without ``--streamcheck``
-(or in a test marked ``skip=True``) it is empty and ``active`` is False, so a test can tell
+(or in a test marked ``no_streamcheck``) it is empty and ``active`` is False, so a test can tell
 "clean" from "not audited".
 """
 

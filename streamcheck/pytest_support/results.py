@@ -42,7 +42,6 @@ def session_report(parts: list[dict[str, Any]], mode: str) -> dict[str, Any]:
             tests.setdefault(nodeid, []).extend(found)
     merged.update(
         mode=mode,
-        runtime=next((p["runtime"] for p in parts if p.get("runtime")), ""),
         tests_audited=sum(int(p.get("tests_audited", 0)) for p in parts),
         tests=tests,
         unattributed=[f for p in parts for f in p.get("unattributed", [])],

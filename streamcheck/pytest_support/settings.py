@@ -20,6 +20,7 @@ CLI_OPTION = "--streamcheck"
 INI_OPTION = "streamcheck"
 ENV_VAR = "STREAMCHECK_PYTEST"
 MARKER = "streamcheck"
+NO_AUDIT_MARKER = "no_streamcheck"  # as pytest-cov's no_cover: "skip" read like a pytest skip
 
 
 @dataclass(frozen=True)
@@ -105,27 +106,43 @@ class MarkerError(ValueError):
     """A ``streamcheck`` marker pytest accepted but streamcheck cannot use."""
 
 
+class StreamcheckDeprecationWarning(DeprecationWarning):
+    """A spelling that still works and will be removed; the message names the new one."""
+
+
 def policy_for(item: pytest.Item) -> ItemPolicy:
-    """Read the markers on ``item``: the closest ``skip`` wins; ``allow`` lists add up.
+    """Read the markers on ``item``: ``no_streamcheck`` anywhere turns the audit off for it;
+    ``allow`` lists add up.
 
     Unknown keywords and rule ids are errors rather than silently ignored: a typo in
     ``allow`` would otherwise let the very hazard through that the test meant to tolerate.
+    ``streamcheck(skip=True)``, the old spelling, still works (the closest ``skip`` wins) and
+    warns.
     """
+    for mark in item.iter_markers(NO_AUDIT_MARKER):
+        if mark.args or mark.kwargs:
+            raise MarkerError(f"@pytest.mark.{NO_AUDIT_MARKER} takes no arguments")
+    no_audit = item.get_closest_marker(NO_AUDIT_MARKER) is not None
     markers = list(item.iter_markers(MARKER))
     skip: bool | None = None
     allow: set[str] = set()
     for mark in markers:
         if mark.args:
-            raise MarkerError(f"@pytest.mark.{MARKER} takes keywords only (skip=, allow=), "
+            raise MarkerError(f"@pytest.mark.{MARKER} takes keywords only (allow=), "
                               f"got positional {mark.args!r}")
         unknown = set(mark.kwargs) - {"skip", "allow"}
         if unknown:
             raise MarkerError(f"@pytest.mark.{MARKER}: unknown keyword(s) "
-                              f"{', '.join(sorted(unknown))}; use skip= or allow=")
-        if skip is None and "skip" in mark.kwargs:
-            skip = bool(mark.kwargs["skip"])
+                              f"{', '.join(sorted(unknown))}; use allow= (or mark the test "
+                              f"{NO_AUDIT_MARKER})")
+        if "skip" in mark.kwargs:
+            item.warn(StreamcheckDeprecationWarning(
+                f"@pytest.mark.{MARKER}(skip=...) is deprecated: use "
+                f"@pytest.mark.{NO_AUDIT_MARKER} to leave a test unaudited"))
+            if skip is None:
+                skip = bool(mark.kwargs["skip"])
         allow |= _rule_ids(mark.kwargs.get("allow", ()))
-    return ItemPolicy(bool(skip), frozenset(allow))
+    return ItemPolicy(no_audit or bool(skip), frozenset(allow))
 
 
 def _rule_ids(value: Any) -> set[str]:

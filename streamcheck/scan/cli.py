@@ -3,30 +3,43 @@
 Contract with the CLI front end (which owns the parser and the console):
 
 - ``add_scan_arguments(parser)`` adds to a (sub)parser: positional ``targets`` (one or more
-  paths or installed package names), ``--json PATH``, ``--sarif PATH``, ``--select RULES`` and
-  ``--ignore RULES`` (ids, names or id prefixes; comma-separated and/or repeated). The parsed
-  namespace then has ``targets``, ``json``, ``sarif``, ``select`` and ``ignore``.
-- ``run_scan_command(args, console)`` scans, prints a rich table on ``console``, writes the
-  requested JSON/SARIF files, and returns the process exit code:
-  ``0`` no findings, ``1`` findings, ``2`` bad usage (unknown target or rule; nothing scanned).
-  Files that cannot be parsed are reported but do not change the exit code.
+  paths or installed package names), ``--output-format``, ``--json PATH``, ``--sarif PATH``
+  (``-``: stdout), ``--select RULES``, ``--ignore RULES`` (ids, names or id prefixes;
+  comma-separated and/or repeated), ``--exclude GLOBS``, ``--config PYPROJECT`` and
+  ``--exit-zero``.
+- ``run_scan_command(args, console)`` reads ``[tool.streamcheck.scan]``
+  (:mod:`streamcheck.scan.config`), scans, prints the findings on stdout in the chosen format
+  (``full`` is a rich table on ``console``), writes the requested JSON/SARIF files, and returns
+  the exit code: ``0`` no findings (or ``--exit-zero``), ``1`` findings, ``2`` bad usage or
+  configuration (unknown target or rule; nothing scanned). Files that cannot be parsed are
+  reported but do not change the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from streamcheck.scan.config import ScanConfig, ScanConfigError, load_scan_config
 from streamcheck.scan.engine import scan_paths
-from streamcheck.scan.output import render_rich, to_json, to_sarif
+from streamcheck.scan.output import (
+    render_rich,
+    summary_line,
+    to_concise,
+    to_github,
+    to_json,
+    to_sarif,
+)
 from streamcheck.scan.resolve import ScanTargetError, resolve_targets
 from streamcheck.scan.rules import RULES, UnknownRuleError
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+FORMATS = ("full", "concise", "json", "sarif", "github")
 
 
 def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +48,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "targets", nargs="+", metavar="PATH|PACKAGE",
         help="files, directories or installed package names (located, never imported)",
+    )
+    parser.add_argument(
+        "--output-format", choices=FORMATS, default="full",
+        help="full: a table (default); concise: path:line:col: CODE message; json or sarif: "
+             "the document on stdout; github: GitHub Actions annotations",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the findings as JSON")
     parser.add_argument("--sarif", metavar="PATH", help="also write a SARIF 2.1.0 log")
@@ -45,26 +63,75 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ignore", action="append", metavar="RULES", help="leave these rules out",
     )
+    parser.add_argument(
+        "--exclude", action="append", metavar="GLOBS",
+        help="leave out files matching these globs (comma-separated; added to the config's)",
+    )
+    parser.add_argument(
+        "--config", metavar="PYPROJECT",
+        help="read [tool.streamcheck.scan] from this file (default: the nearest "
+             "pyproject.toml from the working directory up)",
+    )
+    parser.add_argument("--exit-zero", action="store_true",
+                        help="exit 0 even when there are findings (report-only CI jobs)")
 
 
 def _write(path: str, payload: dict[str, Any]) -> None:
+    if path == "-":
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
     target = Path(path)
     if target.parent != Path():
         target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
+def project_config(explicit: str | None) -> ScanConfig:
+    """``[tool.streamcheck.scan]`` of ``explicit`` or of the nearest pyproject.toml."""
+    from streamcheck.core.modes import ConfigError
+    from streamcheck.settings import find_pyproject, read_table
+
+    if explicit is not None:
+        path: Path | None = Path(explicit)
+        if not path.is_file():
+            raise ScanConfigError(f"--config {explicit}: no such file")
+    else:
+        path = find_pyproject(Path.cwd())
+    if path is None:
+        return ScanConfig()
+    try:
+        table = read_table(path)
+    except ConfigError as exc:
+        raise ScanConfigError(str(exc)) from None
+    return load_scan_config(table.get("scan", {}), path)
+
+
 def run_scan_command(args: argparse.Namespace, console: Any) -> int:
     """Run ``streamcheck scan``; return 0 (clean), 1 (findings) or 2 (usage error)."""
     try:
+        config = project_config(args.config).with_arguments(args.select, args.ignore,
+                                                             args.exclude)
         paths = resolve_targets(args.targets)
-        result = scan_paths(paths, select=args.select, ignore=args.ignore)
-    except (ScanTargetError, UnknownRuleError) as exc:
+        result = scan_paths(paths, select=config.select, ignore=config.ignore,
+                            exclude=config.excluded if config.exclude else None,
+                            rules_off=config.ignored_rules if config.per_file_ignores else None)
+    except (ScanTargetError, UnknownRuleError, ScanConfigError) as exc:
         console.print(f"streamcheck scan: {exc}", style="bold red", markup=False, highlight=False)
         return EXIT_USAGE
-    render_rich(result, console, title="streamcheck scan")
+    fmt = args.output_format
+    if fmt == "full":
+        render_rich(result, console, title="streamcheck scan")
+    elif fmt in ("concise", "github"):
+        lines = to_concise(result) if fmt == "concise" else to_github(result)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        console.print(summary_line(result), markup=False, highlight=False)
+    else:  # stdout carries the document alone; the person reading along gets the summary
+        _write("-", to_json(result) if fmt == "json" else to_sarif(result))
+        print(summary_line(result), file=sys.stderr)
     if args.json:
         _write(args.json, to_json(result))
     if args.sarif:
         _write(args.sarif, to_sarif(result))
+    if args.exit_zero:
+        return EXIT_CLEAN
     return EXIT_FINDINGS if result.findings else EXIT_CLEAN

@@ -24,7 +24,7 @@ import re
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +170,8 @@ def scan_paths(
     ignore: Sequence[str] | None = None,
     *,
     prefilter: bool = True,
+    exclude: Callable[[Path], bool] | None = None,
+    rules_off: Callable[[str], frozenset[str]] | None = None,
 ) -> ScanResult:
     """Scan files and directories (not package names: see :mod:`streamcheck.scan.resolve`).
 
@@ -177,6 +179,8 @@ def scan_paths(
     :class:`~streamcheck.scan.rules.UnknownRuleError` before anything is read.
     ``prefilter=False`` parses every file: slower, and only useful to check that the text
     pre-filter (:func:`could_match`) drops nothing (the findings must be the same).
+    ``exclude(path)`` leaves files out before they are read; ``rules_off(path)`` names rules
+    not reported in that file (a project's per-file ignores, :mod:`streamcheck.scan.config`).
     """
     enabled = enabled_rules(select, ignore)
     started = time.perf_counter()
@@ -189,6 +193,8 @@ def scan_paths(
             errors.append(ScanError(str(root), "no such file or directory"))
             continue
         for path in iter_python_files(root):
+            if exclude is not None and exclude(path):
+                continue
             try:
                 key = Path(os.path.realpath(path, strict=True))
             except OSError as exc:  # a dangling link, a link loop: report it, scan the rest
@@ -227,8 +233,9 @@ def scan_paths(
                 sites.extend(s for s in sites_by_name.get(root, []) if s not in sites)
             if sites:
                 hits.extend((rid, _with_cache_sites(hit, sites)) for rid, hit in outcome.pending)
+        off = rules_off(outcome.path) if rules_off is not None and hits else frozenset()
         for rule_id, hit in hits:
-            if rule_id not in enabled:
+            if rule_id not in enabled or rule_id in off:
                 continue
             rule = RULES[rule_id]
             findings.append(

@@ -1,4 +1,5 @@
-"""Render a :class:`ScanResult` for people (rich), for scripts (JSON) and for code hosts (SARIF).
+"""Render a :class:`ScanResult` for people (rich), editors (concise), scripts (JSON), code hosts
+(SARIF) and GitHub Actions (workflow-command annotations).
 
 Renderers only read the result and the rule table's descriptions; they never compute or filter
 findings, so every format shows exactly the same findings. ``rich`` is imported inside
@@ -13,16 +14,25 @@ from typing import Any
 from streamcheck.scan.model import ScanResult
 from streamcheck.scan.rules import RULES
 
-JSON_FORMAT_VERSION = 1
+SCAN_SCHEMA = "streamcheck.scan/1"  # as every streamcheck document: schemas/scan-1.json
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 TOOL_NAME = "streamcheck"
 
 
+def tool_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(TOOL_NAME)
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def to_json(result: ScanResult) -> dict[str, Any]:
-    """A plain, versioned dict (``json.dumps`` it as is)."""
+    """A plain dict named by its schema (``json.dumps`` it as is)."""
     return {
-        "version": JSON_FORMAT_VERSION,
-        "tool": TOOL_NAME,
+        "schema": SCAN_SCHEMA,
+        "tool": {"name": TOOL_NAME, "version": tool_version()},
         "files_scanned": result.files_scanned,
         "files_parsed": result.files_parsed,
         "duration_s": round(result.duration_s, 3),
@@ -59,7 +69,9 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
             "name": rule.name,
             "shortDescription": {"text": rule.summary},
             "fullDescription": {"text": rule.summary},
-            "help": {"text": rule.hint},
+            "help": {"text": rule.hint,
+                     "markdown": f"**{rule.id} {rule.name}**: {rule.summary}\n\n"
+                                 f"Fix: {rule.hint}"},
             "defaultConfiguration": {"level": "warning"},
         }
         for rule in RULES.values()
@@ -101,7 +113,8 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {"driver": {"name": TOOL_NAME, "rules": rules}},
+                "tool": {"driver": {"name": TOOL_NAME, "version": tool_version(),
+                                    "semanticVersion": tool_version(), "rules": rules}},
                 "results": results,
                 "invocations": [
                     {"executionSuccessful": True, "toolExecutionNotifications": notifications}
@@ -109,6 +122,45 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
             }
         ],
     }
+
+
+def to_concise(result: ScanResult) -> list[str]:
+    """``path:line:col: CODE message`` per finding: the line editors and grep understand."""
+    lines = [f"{f.path}:{f.line}:{f.col}: {f.rule_id} {f.message}" for f in result.findings]
+    lines += [f"{e.path}:{e.line or 1}:1: error: could not scan: {e.message}"
+              for e in result.errors]
+    return lines
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def to_github(result: ScanResult) -> list[str]:
+    """GitHub Actions workflow commands: each finding is an annotation on its line."""
+    lines = []
+    for f in result.findings:
+        props = (f"file={_escape_property(f.path)},line={f.line},col={f.col},"
+                 f"title={_escape_property(f'{f.rule_id} {f.rule_name}')}")
+        lines.append(f"::warning {props}::{_escape_data(f'{f.message} Fix: {f.hint}')}")
+    for e in result.errors:
+        props = f"file={_escape_property(e.path)}" + (f",line={e.line}" if e.line else "")
+        lines.append(f"::error {props}::{_escape_data('could not scan: ' + e.message)}")
+    return lines
+
+
+def summary_line(result: ScanResult) -> str:
+    summary = (
+        f"{len(result.findings)} finding(s) in {result.files_scanned} file(s) "
+        f"({result.files_parsed} parsed) in {result.duration_s:.2f} s"
+    )
+    if result.errors:
+        summary += f"; {len(result.errors)} file(s) could not be scanned"
+    return summary
 
 
 def render_rich(result: ScanResult, console: Any, *, title: str | None = None) -> None:
@@ -132,10 +184,5 @@ def render_rich(result: ScanResult, console: Any, *, title: str | None = None) -
         console.print(table)
     for error in result.errors:
         console.print(Text(f"could not scan {error.location}: {error.message}", style="yellow"))
-    summary = (
-        f"{len(result.findings)} finding(s) in {result.files_scanned} file(s) "
-        f"({result.files_parsed} parsed) in {result.duration_s:.2f} s"
-    )
-    if result.errors:
-        summary += f"; {len(result.errors)} file(s) could not be scanned"
-    console.print(Text(summary, style="bold red" if result.findings else "bold green"))
+    console.print(Text(summary_line(result),
+                       style="bold red" if result.findings else "bold green"))

@@ -7,7 +7,7 @@ import pytest
 from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.pytest_support.settings import resolve_mode, split_bare_flag
 
-pytestmark = pytest.mark.streamcheck(skip=True)
+pytestmark = pytest.mark.no_streamcheck
 
 NO_XDIST = ("-p", "no:xdist", "-p", "no:cacheprovider")
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.streamcheck(skip=True)
+pytestmark = pytest.mark.no_streamcheck
 
 NO_XDIST = ("-p", "no:xdist", "-p", "no:cacheprovider")
 
@@ -94,7 +94,7 @@ def test_skip_marker_turns_the_audit_off_for_that_test(sc):
         from streamcheck import audit
         from simleak import all_reduce_beside_connector
 
-        @pytest.mark.streamcheck(skip=True)
+        @pytest.mark.no_streamcheck
         def test_not_audited(streamcheck_findings):
             assert streamcheck.current_auditor() is None and audit.installed_patches() == 0
             all_reduce_beside_connector(leak=True)
@@ -103,9 +103,39 @@ def test_skip_marker_turns_the_audit_off_for_that_test(sc):
         def test_audited_again():
             assert streamcheck.current_auditor() is not None
     """)
-    result = sc.runpytest("--streamcheck", *NO_XDIST)
+    result = sc.runpytest("--streamcheck", "-W", "error::DeprecationWarning", *NO_XDIST)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["record mode, 0 launches audited in 1 tests: no findings"])
+
+
+def test_old_skip_keyword_still_works_and_says_what_replaced_it(sc):
+    sc.makepyfile(test_it="""
+        import pytest
+        import streamcheck
+        from simleak import all_reduce_beside_connector
+
+        @pytest.mark.streamcheck(skip=True)
+        def test_not_audited():
+            assert streamcheck.current_auditor() is None
+            all_reduce_beside_connector(leak=True)
+    """)
+    result = sc.runpytest("--streamcheck=assert", *NO_XDIST)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*StreamcheckDeprecationWarning: @pytest.mark.streamcheck("
+                                 "skip=...) is deprecated: use @pytest.mark.no_streamcheck*"])
+
+
+def test_no_streamcheck_takes_no_arguments(sc):
+    sc.makepyfile(test_it="""
+        import pytest
+
+        @pytest.mark.no_streamcheck(True)
+        def test_it():
+            pass
+    """)
+    result = sc.runpytest("--streamcheck", *NO_XDIST)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*no_streamcheck takes no arguments*"])
 
 
 def test_fixture_shows_the_running_tests_findings(sc):

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from streamcheck.documents import REPORT_SCHEMA, validate
+
 pytest.importorskip("xdist")
 
-pytestmark = pytest.mark.streamcheck(skip=True)
+pytestmark = pytest.mark.no_streamcheck
 
 
 def test_workers_ship_findings_and_the_controller_merges_them(sc):
@@ -45,7 +47,8 @@ def test_workers_ship_findings_and_the_controller_merges_them(sc):
         "2 finding(s) in 2 test(s), 2 failing, 0 not",
     ])
     report = json.loads(report_path.read_text())
-    assert report["schema"] == "streamcheck.report/1"
+    assert validate(report, "merged pytest report") == REPORT_SCHEMA
+    assert report["runtime"] == "sim", report["runtime"]  # simleak's processes ran on the sim
     assert report["processes"] == 2 and len(report["merged_from"]) == 2
     assert report["tests_audited"] == 4 and report["launches_audited"] == 4
     assert sorted(report["tests"]) == ["test_one.py::test_leak_one", "test_two.py::test_leak_two"]

@@ -23,7 +23,7 @@ def result() -> ScanResult:
 
 def test_json_round_trips_and_counts(result: ScanResult) -> None:
     data = json.loads(json.dumps(to_json(result)))
-    assert data["version"] == 1
+    assert data["schema"] == "streamcheck.scan/1" and data["tool"]["name"] == "streamcheck"
     assert data["summary"] == {"findings": 2, "by_rule": {"SC101": 1, "SC102": 1}}
     first = data["findings"][0]
     assert set(first) == {"rule_id", "rule_name", "path", "line", "col", "message", "hint"}

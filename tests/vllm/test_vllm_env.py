@@ -225,7 +225,7 @@ def test_compat_without_vllm_is_light_and_clear() -> None:
     if "vllm_version" in proc.stderr and "AssertionError" in proc.stderr:
         pytest.skip("vLLM is installed in this interpreter")
     assert proc.returncode == 0, proc.stderr
-    assert "pip install streamcheck[vllm]" in proc.stdout
+    assert "pip install 'streamcheck[vllm]'" in proc.stdout
     assert "scripts/vllm_env.py prepare" in proc.stdout
     assert "wrappers: vLLM is not installed (vllm.distributed" in proc.stdout
     assert "instrument_vllm: unavailable: vLLM is not installed" in proc.stdout

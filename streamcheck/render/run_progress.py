@@ -1,0 +1,80 @@
+"""Live progress of a repro run: results as they finish, and what is still running.
+
+A run of many variants takes seconds to minutes. On a terminal a status line under the results
+shows ``N/M done``, the variants running now and the elapsed time (``rich.progress``); it is
+transient, so what stays on screen is one line per variant in the order they finished. A pipe or
+CI log gets only those lines.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+MARK = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]",
+        "cancelled": "[yellow]cancelled[/]"}
+
+
+class RunProgress:
+    """``with RunProgress(console, total) as p: p.started(label) ... p.finished(row)``.
+
+    Thread-safe: variants start and finish on the run's worker threads. ``quiet`` keeps only
+    mismatches on screen.
+    """
+
+    def __init__(self, console: Console, total: int, *, quiet: bool = False) -> None:
+        self._console = console
+        self._total = total
+        self._quiet = quiet
+        self._running: dict[str, None] = {}  # insertion-ordered set of labels
+        self._done = 0
+        self._lock = threading.Lock()
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20),
+            MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+        )
+        self._task = self._progress.add_task("starting", total=total)
+
+    def __enter__(self) -> RunProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+    def started(self, label: str) -> None:
+        with self._lock:
+            self._running[label] = None
+            self._describe()
+
+    def finished(self, label: str, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._running.pop(label, None)
+            self._done += 1
+            self._progress.advance(self._task)
+            self._describe()
+            if self._quiet and row["verdict"] != "fail":
+                return
+            reason = f" — {row['reason']}" if row["verdict"] in ("fail", "skip") else ""
+            self._progress.console.print(
+                f"  {MARK[row['verdict']]} {row['repro']} {row['variant']} "
+                f"\\[{row['backend']}] {row['seconds']:.1f}s "
+                f"[dim]({self._done}/{self._total})[/]{reason}", highlight=False)
+
+    def _describe(self) -> None:
+        running = list(self._running)
+        shown = ", ".join(running[:3]) + (f" +{len(running) - 3}" if len(running) > 3 else "")
+        self._progress.update(self._task, description=f"running: {shown}" if running else
+                              "waiting")
