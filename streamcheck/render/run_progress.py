@@ -74,7 +74,7 @@ class RunProgress:
                 f"[dim]({self._done}/{self._total})[/]{reason}", highlight=False)
 
     def _describe(self) -> None:
-        running = list(self._running)
-        shown = ", ".join(running[:3]) + (f" +{len(running) - 3}" if len(running) > 3 else "")
-        self._progress.update(self._task, description=f"running: {shown}" if running else
-                              "waiting")
+        running = list(self._running)  # oldest first: the one most likely to be stuck
+        more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+        self._progress.update(self._task, description=f"running {running[0]}{more}" if running
+                              else "waiting")
