@@ -20,6 +20,7 @@ refuses to start instead of running unaudited.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import wrapt
 
 from streamcheck.core.modes import ConfigError, Mode, parse_mode
-from streamcheck.settings import ENV_MODE, ENV_STRICT, AuditSettings
+from streamcheck.settings import ENV_MODE, ENV_STRICT, TRUE_WORDS, AuditSettings
 
 STARTUP_DIR = str(Path(__file__).parent / "startup")
 EXIT_REFUSED = 2
@@ -47,11 +48,9 @@ def child_env(mode: str | Mode, report_dir: str | os.PathLike[str] | None = None
     env = dict(os.environ if base is None else base)
     if settings is None:
         settings = AuditSettings.load(env)
-    fields = _fields(settings)
-    fields["mode"] = parse_mode(mode, "child_env(mode=...)")
-    if report_dir is not None:
-        fields["report_dir"] = str(report_dir)
-    settings = AuditSettings.load({}, pyproject=False, **fields)
+    settings = dataclasses.replace(
+        settings, mode=parse_mode(mode, "child_env(mode=...)"),
+        report_dir=str(report_dir) if report_dir is not None else settings.report_dir)
     env.update(settings.to_env())
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if STARTUP_DIR not in parts:
@@ -59,17 +58,10 @@ def child_env(mode: str | Mode, report_dir: str | os.PathLike[str] | None = None
     return env
 
 
-def _fields(settings: AuditSettings) -> dict[str, object]:
-    return {"report_dir": settings.report_dir,
-            "targets": list(settings.target_lines) or None,
-            "select": sorted(settings.select) if settings.select is not None else None,
-            "strict": settings.strict or None}
-
-
 def strict_requested(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
     """``STREAMCHECK_STRICT`` read leniently: it must work even when other settings do not."""
     environ = os.environ if environ is None else environ
-    return environ.get(ENV_STRICT, "").strip().lower() in ("1", "true", "yes", "on")
+    return environ.get(ENV_STRICT, "").strip().lower() in TRUE_WORDS
 
 
 def refuse_or_warn(message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamcheck.core import coverage
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode, parse_mode
 from streamcheck.settings import ENV_MODE, AuditSettings
@@ -48,17 +49,14 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
     ``runtime`` names what the report says streams were read from; by default the stream
     reader in use: "cuda", "sim" under the simulator, "none" for a torch without CUDA.
     """
+    resolved = None if mode is None else parse_mode(mode, "install(mode=...)")
     with _lock:
         auditor = _gate.auditor
-        if auditor is not None and mode is not None:
-            resolved = parse_mode(mode, "install(mode=...)")
-            if resolved.active:
-                auditor.mode = resolved
-                return auditor
+        if auditor is not None and resolved is not None and resolved.active:
+            auditor.mode = resolved
+            return auditor
         if settings is None:
-            settings = AuditSettings.load(
-                mode=None if mode is None else parse_mode(mode, "install(mode=...)"),
-                select=select)
+            settings = AuditSettings.load(mode=resolved, select=select)
         if not settings.mode.active:
             uninstall()
             return None
@@ -80,7 +78,7 @@ def instrument(site: LaunchSite) -> None:
         auditor = _gate.auditor
         if auditor is None:
             return
-        auditor.coverage.note_target(site.name, site.module, "not imported",
+        auditor.coverage.note_target(site.name, site.module, coverage.WAITING,
                                      source=site.source)
         _watch.watch(site.module, lambda module, site=site: apply_site(site, module))
 
@@ -184,4 +182,5 @@ def instrument_sim(api: Any) -> None:
                 current_of_comm=current_of, target="sim.nccl",
             )
         _gate.auditor.coverage.note_target("sim.nccl", "streamcheck.runtime.sim.comm",
-                                           "instrumented", ["all_reduce", "send", "recv"])
+                                           coverage.INSTRUMENTED,
+                                           ["all_reduce", "send", "recv"])

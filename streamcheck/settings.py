@@ -43,7 +43,7 @@ ENV_STRICT = "STREAMCHECK_STRICT"
 PYPROJECT_TABLE = "tool.streamcheck"
 _KEYS = {"mode": ENV_MODE, "report_dir": ENV_REPORT_DIR, "targets": ENV_TARGETS,
          "select": ENV_SELECT, "strict": ENV_STRICT}
-_TRUE = {"1", "true", "yes", "on"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"", "0", "false", "no", "off"}
 
 
@@ -152,7 +152,7 @@ def _flag(value: Any, source: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:
         return True
     if text in _FALSE:
         return False

@@ -100,10 +100,15 @@ class Coverage:
             return [TargetState(t.name, t.module, t.state, list(t.methods), t.detail, t.source)
                     for t in self._targets.values()]
 
-    def launches_by_target(self) -> dict[str, int]:
-        """Launches per target; ops no target claimed are counted under their own name."""
-        out: dict[str, int] = {t.name: 0 for t in self.targets()}
-        for op, n in self.launches_by_op().items():
+    def launches_by_target(self, by_op: dict[str, int],
+                           targets: list[TargetState]) -> dict[str, int]:
+        """Launches per target; ops no target claimed are counted under their own name.
+
+        Takes counts and targets already read (:meth:`launches_by_op`, :meth:`targets`), so a
+        report reads the counters once and its totals agree while launches go on.
+        """
+        out: dict[str, int] = {t.name: 0 for t in targets}
+        for op, n in by_op.items():
             key = self._target_of_op.get(op, op)
             out[key] = out.get(key, 0) + n
         return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from streamcheck.core import roles
@@ -35,6 +36,11 @@ CREATED = "created"
 
 def _is_full(record: tuple[Any, ...]) -> bool:
     return len(record) == 7 and isinstance(record[3], tuple)
+
+
+def _is_creation(record: tuple[Any, ...]) -> bool:
+    """A stream's creation starts its present life: switches before it were another stream's."""
+    return _is_full(record) and record[6] == CREATED
 
 
 def site_stack(record: tuple[Any, ...]) -> Stack:
@@ -74,8 +80,8 @@ class StreamBook:
 
     # ---- reading: only for launches that already look wrong -----------------------------
 
-    def _records(self) -> list[tuple[Any, ...]]:
-        return list(self._log)[::-1]  # newest first; a copy, so writers never wait
+    def _records(self) -> Iterator[tuple[Any, ...]]:
+        return reversed(list(self._log))  # newest first; one copy, so writers never wait
 
     def origin(self, stream: StreamRef) -> StreamEvent | None:
         """The creation of this stream, if a hook saw it."""
@@ -87,7 +93,7 @@ class StreamBook:
         for record in self._records():
             if _key(record) != stream.key:
                 continue
-            if _is_full(record) and record[6] == CREATED:
+            if _is_creation(record):
                 return None
             if record[1] != thread_ident:
                 return _event(record)
@@ -95,8 +101,8 @@ class StreamBook:
 
     def _latest_of(self, thread_ident: int, device: int) -> tuple[Any, ...] | None:
         for record in self._records():
-            if record[1] == thread_ident and _key(record)[0] == device and not (
-                    _is_full(record) and record[6] == CREATED):
+            if record[1] == thread_ident and _key(record)[0] == device and not _is_creation(
+                    record):
                 return record
         return None
 

@@ -81,9 +81,11 @@ def coverage_to_dict(coverage: Coverage | None) -> dict[str, Any]:
     """The targets and per-op launch counts of one auditor (empty without one)."""
     if coverage is None:
         return {"launches_by_op": {}, "targets": []}
-    by_target = coverage.launches_by_target()
-    targets = [dict(asdict(t), launches=by_target.get(t.name, 0)) for t in coverage.targets()]
-    return {"launches_by_op": coverage.launches_by_op(), "targets": targets}
+    by_op = coverage.launches_by_op()
+    states = coverage.targets()
+    by_target = coverage.launches_by_target(by_op, states)
+    targets = [dict(asdict(t), launches=by_target.get(t.name, 0)) for t in states]
+    return {"launches_by_op": by_op, "targets": targets}
 
 
 def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None = None,
@@ -96,6 +98,7 @@ def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None
     if entries is None:
         entries = auditor.entries() if auditor is not None else []
     findings = [finding_to_dict(e.finding, e.count) for e in entries]
+    counts = coverage_to_dict(auditor.coverage if auditor is not None else None)
     return {
         "schema": SCHEMA,
         "process": {
@@ -105,8 +108,8 @@ def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None
         "mode": auditor.mode.value if auditor is not None else "off",
         "runtime": auditor.runtime if auditor is not None else "",
         "final": final,
-        "launches_audited": auditor.launches if auditor is not None else 0,
-        **coverage_to_dict(auditor.coverage if auditor is not None else None),
+        "launches_audited": sum(counts["launches_by_op"].values()),
+        **counts,
         "findings": findings,
         **extra,
     }

@@ -14,6 +14,7 @@ from streamcheck import audit
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode
 from streamcheck.core.records import Finding
+from streamcheck.core.report import merged_runtime
 
 
 class AuditHandle:
@@ -38,10 +39,7 @@ class AuditHandle:
         seen = set(self._runtimes)
         if self._auditor is not None:
             seen.add(self._auditor.runtime)
-        real = sorted(seen - {"none", ""})
-        if len(real) > 1:
-            return "mixed"
-        return real[0] if real else ("none" if seen else "")
+        return merged_runtime(seen)
 
     @property
     def launches(self) -> int:

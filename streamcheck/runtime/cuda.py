@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 CurrentStreamTuple = tuple[int, int, int]
 
@@ -50,12 +49,6 @@ def stream_reader() -> StreamReader | None:
     if current is None or device is None:
         return None
     return StreamReader(current, device)
-
-
-def current_stream_reader() -> Any:
-    """The fast reader ``(device) -> (stream id, device, type)``, or None without CUDA."""
-    reader = stream_reader()
-    return reader.current_stream if reader is not None else None
 
 
 def cuda_available() -> bool:

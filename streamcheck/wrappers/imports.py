@@ -68,11 +68,6 @@ class ImportWatch:
             self._armed = False
             self._callbacks.clear()
 
-    def pending(self) -> list[str]:
-        """Watched module names not imported yet."""
-        with self._lock:
-            return sorted(n for n in self._callbacks if n not in sys.modules)
-
     def _dispatch(self, module: ModuleType) -> None:
         name = module.__name__
         with self._lock:

@@ -31,6 +31,7 @@ stream of their first tensor's device, like ``torch.distributed``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -158,8 +159,6 @@ def parse_site(line: str, source: str) -> LaunchSite:
                       op_prefix=module, source=source)
 
 
-def parse_sites(lines: list[str] | str, source: str) -> tuple[LaunchSite, ...]:
-    """Several target lines; a string is split on ``;`` and newlines (the environment form)."""
-    if isinstance(lines, str):
-        lines = [part for chunk in lines.split(";") for part in chunk.splitlines()]
+def parse_sites(lines: Sequence[str], source: str) -> tuple[LaunchSite, ...]:
+    """Several target lines (the settings split the environment's ``;``-separated form)."""
     return tuple(parse_site(line, source) for line in lines if line.strip())

@@ -89,10 +89,8 @@ class launch:
     """Audit one launch of ``name``; see the module docstring."""
 
     def __init__(self, name: str, stream: Any = None, device: int | None = None,
-                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = (),
-                 target: str = "") -> None:
+                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = ()) -> None:
         self.name = name
-        self.target = target
         self.reads = tuple(reads)
         self.stream = stream
         self.device = device
@@ -112,10 +110,9 @@ class launch:
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
-        next(auditor.coverage.counter(self.name, self.target))
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
-                      self.resolved_from, counted=True, reads=handoffs)
+                      self.resolved_from, reads=handoffs)
 
     def __enter__(self) -> launch:
         self.check()
