@@ -12,20 +12,10 @@ from streamcheck.audit import current_auditor, install, uninstall
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.core.roles import CONNECTOR, ENGINE, declare_thread_role
+from streamcheck.version import package_version
 from streamcheck.wrappers.user_launch import handoff, launch
 
-
-def _version() -> str:
-    """The installed distribution's version (one source: pyproject.toml)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("streamcheck")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _version()
+__version__ = package_version()
 
 __all__ = [
     "CONNECTOR",

@@ -1,4 +1,5 @@
-"""Reading streamcheck's JSON documents back: any problem is one clear line, never a traceback.
+"""Reading streamcheck's JSON documents back, and writing any document a command produces:
+any problem is one clear line, never a traceback.
 
 ``streamcheck report`` renders files a user points it at: saved runs, per-process audit reports,
 merged ones, in any mix. Each file is read on its own, recognised by its ``schema`` field, and
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA = "streamcheck.report/1"
+from streamcheck.core.report import SCHEMA as REPORT_SCHEMA
+
 RUN_SCHEMA = "streamcheck.run/1"
 SCAN_SCHEMA = "streamcheck.scan/1"
 LIST_SCHEMA = "streamcheck.list/1"
@@ -85,6 +88,21 @@ def read_document(path: Path) -> Document:
     except RecursionError:
         raise DocumentError(f"{path}: JSON nested too deeply to be a report") from None
     return Document(path, validate(data, str(path)), data)
+
+
+def write_output(path: str, text: str, flag: str, *, make_parents: bool = False) -> None:
+    """Write ``text`` to ``path`` (``-``: stdout), its directories first if ``make_parents``.
+    Raises ValueError naming ``flag`` and the reason, which the command line prints as one
+    line with exit code 2."""
+    if path == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    try:
+        if make_parents:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 def collect(paths: list[str]) -> list[Path]:

@@ -39,10 +39,10 @@ def _words(items: list[str]) -> str:
 
 
 def _cases(name: str, sub: argparse.ArgumentParser) -> tuple[list[str], list[str], str]:
-    """(options, ``case`` arms for option values, what a positional completes to)."""
+    """(options, ``case`` arms for option values, the completion of a positional)."""
     options: list[str] = []
     arms: list[str] = []
-    positional = "files"
+    positional = 'COMPREPLY=($(compgen -f -- "$cur"))'  # files
     for action in sub._actions:
         if action.option_strings:
             options += action.option_strings
@@ -57,9 +57,10 @@ def _cases(name: str, sub: argparse.ArgumentParser) -> tuple[list[str], list[str
             else:
                 arms.append(f"    {pattern}) return ;;")  # a number or a name: nothing to offer
         elif action.choices:
-            positional = "choices:" + " ".join(action.choices)
-        elif action.dest == "patterns":
-            positional = "repros"
+            positional = f"_streamcheck_words {_words(list(action.choices))}"
+        elif action.dest == "patterns":  # repro names
+            positional = ('COMPREPLY=($(compgen -W "$(streamcheck list --names 2>/dev/null)" '
+                          '-- "$cur"))')
     return options, arms, positional
 
 
@@ -68,14 +69,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     value_arms: list[str] = []
     command_arms: list[str] = []
     for name, sub in subs.items():
-        options, arms, positional = _cases(name, sub)
+        options, arms, rest = _cases(name, sub)
         value_arms += arms
-        if positional == "repros":
-            rest = 'COMPREPLY=($(compgen -W "$(streamcheck list --names 2>/dev/null)" -- "$cur"))'
-        elif positional.startswith("choices:"):
-            rest = f"_streamcheck_words {shlex.quote(positional.split(':', 1)[1])}"
-        else:
-            rest = 'COMPREPLY=($(compgen -f -- "$cur"))'
         command_arms.append(
             f"    {name}) if [[ $cur == -* ]]; then _streamcheck_words {_words(options)}; "
             f"else {rest}; fi ;;")

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from streamcheck.documents import LIST_SCHEMA
+from streamcheck.documents import LIST_SCHEMA, write_output
 from streamcheck.repro.discover import all_repros, load
 from streamcheck.repro.spec import VARIANT_MODES
 
@@ -40,16 +40,10 @@ def command(args: argparse.Namespace, console: Console) -> int:
             print(repro.name)
         return 0
     document = listing(args.repro_dir)
-    if args.json == "-":
-        print(json.dumps(document, indent=2))
-        return 0
     if args.json:
-        try:
-            with open(args.json, "w", encoding="utf-8") as out:
-                json.dump(document, out, indent=2)
-        except OSError as exc:
-            raise ValueError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") \
-                from None
+        write_output(args.json, json.dumps(document, indent=2), "--json")
+        if args.json == "-":
+            return 0
     table = Table(title="streamcheck repros")
     for column in ("repro", "hazard", "GPUs", "models", "buggy", "fixed", "guarded"):
         table.add_column(column, overflow="fold")

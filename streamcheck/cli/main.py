@@ -62,9 +62,6 @@ def writes_stdout(args: argparse.Namespace) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamcheck.core.modes import ConfigError
-    from streamcheck.documents import DocumentError
-    from streamcheck.repro.discover import ReproError
     from streamcheck.runtime.select import BackendUnavailable
 
     args = build_parser().parse_args(argv)
@@ -74,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(file=stream, highlight=False, width=None if stream.isatty() else 180)
     try:
         return int(args.handler(args, console))
-    except (ReproError, BackendUnavailable, ConfigError, DocumentError, ValueError) as exc:
+    except (BackendUnavailable, ValueError) as exc:  # ReproError, ConfigError, DocumentError...
         # One plain line, never wrapped: scripts and CI logs grep it.
         print(f"streamcheck {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

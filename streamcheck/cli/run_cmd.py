@@ -18,7 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
-from streamcheck.render.junit import junit_xml, write_junit
+from streamcheck.documents import RUN_SCHEMA, write_output
+from streamcheck.render.junit import junit_xml
 from streamcheck.render.run_progress import RunProgress
 from streamcheck.render.run_table import print_dumps, run_table
 from streamcheck.repro.discover import ReproFile, load, select
@@ -33,7 +34,6 @@ from streamcheck.repro.runner import (
 from streamcheck.repro.spec import VARIANT_MODES
 from streamcheck.runtime.select import BACKENDS, choose_backend
 
-RUN_SCHEMA = "streamcheck.run/1"
 # Variants at once on CUDA. On 2 x H200, 3 at once gave 18/18 matches in 57 s (NaN 28-30/30,
 # error 400 and the hangs as when alone); one at a time took 157 s. Rank processes of
 # concurrent variants share the GPUs; each variant still has its own NCCL communicators.
@@ -112,10 +112,10 @@ def stop_on_signals(cancel: Cancel) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def writable_output(path: str | None, what: str) -> Path | None:
+def check_output_path(path: str | None, what: str) -> None:
     """Check an output path before the run, so a typo costs seconds, not the whole run."""
     if path is None or path == "-":
-        return None
+        return
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{what} {path}: is a directory")
@@ -124,14 +124,13 @@ def writable_output(path: str | None, what: str) -> Path | None:
         raise ValueError(f"{what} {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"{what} {path}: directory {parent} is not writable")
-    return target
 
 
 def command(args: argparse.Namespace, console: Console) -> int:
     if args.json == "-" and args.junit == "-":
         raise ValueError("--json - and --junit -: only one of them can go to stdout")
-    json_path = writable_output(args.json, "--json")
-    junit_path = writable_output(args.junit, "--junit")
+    check_output_path(args.json, "--json")
+    check_output_path(args.junit, "--junit")
     repros = select(args.patterns, args.repro_dir)
     choice = choose_backend(args.backend)
     console.print(f"[bold]backend:[/] {choice.name} — {choice.note}")
@@ -198,9 +197,9 @@ def command(args: argparse.Namespace, console: Console) -> int:
     where = f"logs in {work}" if keep_logs else "logs removed (--keep DIR keeps them)"
     line = (f"{passed} matched, {failed} mismatched, {skipped} skipped in {elapsed:.1f}s "
             f"({choice.name}); {where}")
-    if cancel.signum is not None:
-        name = signal.Signals(cancel.signum).name
-        line = f"stopped by {name}: {stopped} variant(s) cancelled; " + line
+    stopped_by = signal.Signals(cancel.signum).name if cancel.signum is not None else None
+    if stopped_by is not None:
+        line = f"stopped by {stopped_by}: {stopped} variant(s) cancelled; " + line
     console.print(line)
     document: dict[str, Any] = {
         "schema": RUN_SCHEMA, "backend": choice.name, "backend_note": choice.note,
@@ -208,19 +207,12 @@ def command(args: argparse.Namespace, console: Console) -> int:
         "summary": {"matched": passed, "mismatched": failed, "skipped": skipped,
                     "cancelled": stopped},
     }
-    if cancel.signum is not None:
-        document["stopped_by"] = signal.Signals(cancel.signum).name
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(document, indent=2, default=str))
-        if junit_path is not None:
-            write_junit(rows, junit_path, elapsed)
-        if args.json == "-":
-            print(json.dumps(document, indent=2, default=str))
-        elif args.junit == "-":
-            print(junit_xml(rows, elapsed))
-    except OSError as exc:
-        raise ValueError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
+    if stopped_by is not None:
+        document["stopped_by"] = stopped_by
+    if args.json:
+        write_output(args.json, json.dumps(document, indent=2, default=str), "--json")
+    if args.junit:
+        write_output(args.junit, junit_xml(rows, elapsed), "--junit")
     if not keep_logs:
         shutil.rmtree(work, ignore_errors=True)
     if cancel.signum is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 INSTRUMENTED = "instrumented"
 WAITING = "not imported"
 UNAVAILABLE = "unavailable"
+STATE_RANK = {INSTRUMENTED: 0, WAITING: 1, UNAVAILABLE: 2}  # sort key; unknown states last
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcheck.core.auditor import Auditor, FindingEntry
-from streamcheck.core.coverage import INSTRUMENTED, UNAVAILABLE, WAITING, Coverage
+from streamcheck.core.coverage import STATE_RANK, Coverage
 from streamcheck.core.explain import explain_finding
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef
 from streamcheck.core.records import Finding, StreamEvent
@@ -117,7 +117,6 @@ def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None
 
 def merge_targets(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per target over several processes: launches add up, the best state wins."""
-    rank = {INSTRUMENTED: 0, WAITING: 1, UNAVAILABLE: 2}
     merged: dict[str, dict[str, Any]] = {}
     for report in reports:
         for target in report.get("targets", []):
@@ -129,7 +128,7 @@ def merge_targets(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["launches"] += target.get("launches", 0)
             row["processes"] += 1
             row["methods"] += [m for m in target.get("methods", []) if m not in row["methods"]]
-            if rank.get(target["state"], 3) < rank.get(row["state"], 3):
+            if STATE_RANK.get(target["state"], 3) < STATE_RANK.get(row["state"], 3):
                 row["state"], row["detail"] = target["state"], target.get("detail", "")
     return list(merged.values())
 

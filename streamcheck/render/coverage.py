@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from streamcheck.core.coverage import INSTRUMENTED, STATE_RANK
+
 ZERO = ("0 launches audited: the audit was on but no instrumented launch site was called, so "
         "'no findings' here does NOT mean checked and clean")
 
@@ -19,7 +21,7 @@ def zero_launch_warning(report: dict[str, Any]) -> str | None:
     """The warning for a report that audited nothing, with what it was watching for."""
     if report.get("launches_audited", 0) or report.get("mode", "off") == "off":
         return None
-    watched = [t["name"] for t in report.get("targets", []) if t["state"] == "instrumented"]
+    watched = [t["name"] for t in report.get("targets", []) if t["state"] == INSTRUMENTED]
     where = f" (instrumented: {', '.join(watched)})" if watched else " (no target instrumented)"
     return f"WARNING: {ZERO}{where}"
 
@@ -47,17 +49,16 @@ def _argv(process: dict[str, Any]) -> str:
 
 def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(target, state, launches, detail) per target, the instrumented ones first."""
-    order = {"instrumented": 0, "not imported": 1, "unavailable": 2}
     rows = []
-    for t in sorted(report.get("targets", []), key=lambda t: (order.get(t["state"], 3),
+    for t in sorted(report.get("targets", []), key=lambda t: (STATE_RANK.get(t["state"], 3),
                                                                t["name"])):
         detail = t.get("detail", "")
-        if t["state"] == "instrumented":
+        if t["state"] == INSTRUMENTED:
             methods = t.get("methods", [])
             detail = f"{len(methods)} method(s)" + (f": {', '.join(methods[:6])}" if methods
                                                     else "")
             detail += " …" if len(methods) > 6 else ""
-        launches = str(t.get("launches", 0)) if t["state"] == "instrumented" else "-"
+        launches = str(t.get("launches", 0)) if t["state"] == INSTRUMENTED else "-"
         rows.append((t["name"], t["state"], launches, detail))
     return rows
 
@@ -78,7 +79,7 @@ def plain_lines(report: dict[str, Any]) -> list[str]:
     if warning:
         lines.append(warning)
     audited = [f"{name} {launches}" for name, state, launches, _ in target_rows(report)
-               if state == "instrumented"]
+               if state == INSTRUMENTED]
     if audited:
         lines.append("launches by target: " + ", ".join(audited))
     return lines + process_notes(report)

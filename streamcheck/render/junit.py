@@ -6,7 +6,6 @@ import datetime
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 
@@ -45,7 +44,3 @@ def junit_xml(results: Iterable[dict[str, Any]], wall_seconds: float | None = No
                 ET.SubElement(case, "system-err").text = "\n".join(parts)
     return ET.tostring(suite, encoding="unicode")
 
-
-def write_junit(results: Iterable[dict[str, Any]], path: str | Path,
-                wall_seconds: float | None = None) -> None:
-    Path(path).write_text(junit_xml(results, wall_seconds))

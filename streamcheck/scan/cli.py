@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamcheck.documents import write_output
 from streamcheck.scan.config import ScanConfig, ScanConfigError, load_scan_config
 from streamcheck.scan.engine import scan_paths
 from streamcheck.scan.output import (
@@ -76,14 +77,8 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit 0 even when there are findings (report-only CI jobs)")
 
 
-def _write(path: str, payload: dict[str, Any]) -> None:
-    if path == "-":
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
-    target = Path(path)
-    if target.parent != Path():
-        target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+def _write(path: str, payload: dict[str, Any], flag: str) -> None:
+    write_output(path, json.dumps(payload, indent=2) + "\n", flag, make_parents=True)
 
 
 def project_config(explicit: str | None) -> ScanConfig:
@@ -125,13 +120,13 @@ def run_scan_command(args: argparse.Namespace, console: Any) -> int:
         lines = to_concise(result) if fmt == "concise" else to_github(result)
         sys.stdout.write("".join(line + "\n" for line in lines))
         console.print(summary_line(result), markup=False, highlight=False)
-    else:  # stdout carries the document alone; the person reading along gets the summary
-        _write("-", to_json(result) if fmt == "json" else to_sarif(result))
-        print(summary_line(result), file=sys.stderr)
+    else:  # stdout carries the document alone; main sends the console (summary) to stderr
+        _write("-", to_json(result) if fmt == "json" else to_sarif(result), "--output-format")
+        console.print(summary_line(result), markup=False, highlight=False)
     if args.json:
-        _write(args.json, to_json(result))
+        _write(args.json, to_json(result), "--json")
     if args.sarif:
-        _write(args.sarif, to_sarif(result))
+        _write(args.sarif, to_sarif(result), "--sarif")
     if args.exit_zero:
         return EXIT_CLEAN
     return EXIT_FINDINGS if result.findings else EXIT_CLEAN

@@ -17,6 +17,7 @@ selection; ``--ignore`` and ``--exclude`` add to it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from collections.abc import Sequence
@@ -41,16 +42,14 @@ class ScanConfig:
     exclude: tuple[str, ...] = ()
     per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
     root: Path = field(default_factory=Path.cwd)  # patterns with a "/" are relative to it
-    source: str = "defaults"
 
     def with_arguments(self, select: Sequence[str] | None, ignore: Sequence[str] | None,
                        exclude: Sequence[str] | None) -> ScanConfig:
         """The command line over the file: select replaces, ignore and exclude add."""
-        return ScanConfig(
-            select=tuple(select) if select else self.select,
+        return dataclasses.replace(
+            self, select=tuple(select) if select else self.select,
             ignore=(*self.ignore, *(ignore or ())),
             exclude=(*self.exclude, *_split(exclude or ())),
-            per_file_ignores=self.per_file_ignores, root=self.root, source=self.source,
         )
 
     def excluded(self, path: Path) -> bool:
@@ -90,7 +89,7 @@ def load_scan_config(table: dict[str, Any], pyproject: Path | None) -> ScanConfi
         pairs.append((pattern, frozenset(_check_rules(names, f"{where} per-file-ignores "
                                                               f"{pattern!r}"))))
     return ScanConfig(select=select, ignore=ignore, exclude=_strings(table, "exclude", where),
-                      per_file_ignores=tuple(pairs), root=root, source=str(pyproject))
+                      per_file_ignores=tuple(pairs), root=root)
 
 
 def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

@@ -11,28 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from streamcheck.documents import SCAN_SCHEMA
 from streamcheck.scan.model import ScanResult
 from streamcheck.scan.rules import RULES
+from streamcheck.version import package_version
 
-SCAN_SCHEMA = "streamcheck.scan/1"  # as every streamcheck document: schemas/scan-1.json
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 TOOL_NAME = "streamcheck"
-
-
-def tool_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(TOOL_NAME)
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
 
 
 def to_json(result: ScanResult) -> dict[str, Any]:
     """A plain dict named by its schema (``json.dumps`` it as is)."""
     return {
         "schema": SCAN_SCHEMA,
-        "tool": {"name": TOOL_NAME, "version": tool_version()},
+        "tool": {"name": TOOL_NAME, "version": package_version()},
         "files_scanned": result.files_scanned,
         "files_parsed": result.files_parsed,
         "duration_s": round(result.duration_s, 3),
@@ -113,8 +105,8 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {"driver": {"name": TOOL_NAME, "version": tool_version(),
-                                    "semanticVersion": tool_version(), "rules": rules}},
+                "tool": {"driver": {"name": TOOL_NAME, "version": package_version(),
+                                    "semanticVersion": package_version(), "rules": rules}},
                 "results": results,
                 "invocations": [
                     {"executionSuccessful": True, "toolExecutionNotifications": notifications}

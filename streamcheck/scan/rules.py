@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import re
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -168,24 +167,20 @@ def _returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
         yield value
 
 
-_WRITES_CACHE: weakref.WeakKeyDictionary[ModuleIndex, dict[str, list[ast.expr]]] = (
-    weakref.WeakKeyDictionary())
-
-
 def _writes_by_state(index: ModuleIndex) -> dict[str, list[ast.expr]]:
     """Every global write of every function, by the state written: built once per module.
 
     Asking each accessor to walk every function (as this once did) is quadratic: a 500 KB
     module of accessor-like functions took minutes.
     """
-    cached = _WRITES_CACHE.get(index)
+    cached = index.memo.get("writes_by_state")
     if cached is None:
-        cached = defaultdict(list)
+        writes: dict[str, list[ast.expr]] = defaultdict(list)
         for func in index.functions:
             for name, _node, value in _global_writes(index, func):
-                cached[name].append(value)
-        _WRITES_CACHE[index] = cached
-    return cached
+                writes[name].append(value)
+        cached = index.memo["writes_by_state"] = writes
+    return cached  # type: ignore[return-value]
 
 
 def _assigned_values(index: ModuleIndex, state: str) -> Iterator[ast.expr]:

@@ -106,6 +106,12 @@ def test_unwritable_outputs_are_usage_errors(tmp_path, capsys) -> None:
     assert main(["run", "repro_global_stream_leak_nan", "--backend", "sim", "--keep",
                  str(tmp_path / "file" / "sub")]) == 2
     assert "--keep" in one_error_line(capsys)
+    assert main(["list", "--json", str(missing)]) == 2
+    assert "--json" in one_error_line(capsys)
+    leak = Path(__file__).parents[1] / "scan" / "fixtures" / "vllm092_global_cache.py"
+    for flag in ("--json", "--sarif"):
+        assert main(["scan", str(leak), flag, str(missing)]) == 2
+        assert flag in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "x"])
