@@ -63,7 +63,7 @@ class Placement:
         slots: list[int] = []
         evicted: list[str] = []
         for h in hashes:
-            if h in self._committed or h in self._saving or h in self._dropped:
+            if self.is_placed(h):
                 raise ValueError(f"block {h} is already stored or being saved")
             if not self._free and not self._evict_one(evicted):
                 break

@@ -267,16 +267,9 @@ class ConnectorRuntime:
         if self.slab is None:
             raise ValueError("load_planes needs the host slab")
         self._check_slots(block_ids, slots)
-        if not block_ids or not planes:
-            with self._lock:
-                self._done.loads_done.add(req_id)
-            return
-        with self._lock:
-            state = self._loads.setdefault(req_id, _GroupState(sealed=True))
-            state.pending += 1
-            state.queued += 1
-        self._jobs.put(_Job("load", req_id, planes[0], list(block_ids), [], slots=list(slots),
-                            planes=list(planes), tags=list(tags)))
+        self._queue_loads(req_id, [_Job("load", req_id, planes[0], list(block_ids), [],
+                                        slots=list(slots), planes=list(planes),
+                                        tags=list(tags))] if block_ids and planes else [])
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
@@ -305,9 +298,14 @@ class ConnectorRuntime:
         for ids, _keys in layer_block_keys.values():
             self._check_slots(ids, slots)
         slab = self.slab is not None
-        jobs = [_Job("load", req_id, layer, list(ids), list(keys), slots=list(slots or ()),
-                     tags=[key_tag(k) for k in keys] if slab else [])
-                for layer, (ids, keys) in layer_block_keys.items() if ids]
+        self._queue_loads(req_id, [
+            _Job("load", req_id, layer, list(ids), list(keys), slots=list(slots or ()),
+                 tags=[key_tag(k) for k in keys] if slab else [])
+            for layer, (ids, keys) in layer_block_keys.items() if ids])
+
+    def _queue_loads(self, req_id: str, jobs: list[_Job]) -> None:
+        """Register every job of one request's load before queueing any, so the load cannot
+        be reported done while part of it is still unqueued; nothing to load is done now."""
         if not jobs:
             with self._lock:
                 self._done.loads_done.add(req_id)

@@ -244,7 +244,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
-        self._step_tags: dict[str, list[int]] = {}
+        self._step_tags = {}
         if isinstance(connector_metadata, StreamcheckMeta):
             step = connector_metadata.step
             self._finishing.update(step.delayed)
@@ -252,8 +252,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 # a key store the scheduler bounds: drop what it evicted before this step's
                 # saves are queued (a slab's slot is simply overwritten)
                 self.runtime.backend.delete([self.block_key(h, plane) for h in step.evicted
-                                             for planes in self._layers.values()
-                                             for plane in planes])
+                                             for plane in self._planes])
 
     def handle_preemptions(self, kv_connector_metadata: Any) -> None:
         """vLLM already freed the preempted requests' blocks and this step may overwrite
