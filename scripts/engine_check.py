@@ -28,6 +28,7 @@ Cases:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -275,20 +276,12 @@ def run_serve(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
             break
         except Exception:
             time.sleep(1)
-    with _quiet():
+    with contextlib.suppress(Exception):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
-    with _quiet():
+    with contextlib.suppress(Exception):
         os.killpg(proc.pid, signal.SIGKILL)
     return {"case": "leak_serve", "server_came_up": healthy, "rc": proc.returncode}
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return True
 
 
 def read_reports(directory: Path) -> list[dict[str, Any]]:
@@ -386,7 +379,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-            with _quiet():
+            with contextlib.suppress(Exception):
                 os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
             line = next((x for x in log.read_text().splitlines() if x.startswith(MARK)), None)
             result = json.loads(line[len(MARK):]) if line else {

@@ -81,14 +81,6 @@ def _connector_holding(stream: Any):
         t.join(30)
 
 
-def _in_thread(fn: Any, name: str) -> Any:
-    box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.update(v=fn()), name=name)
-    t.start()
-    t.join(120)
-    return box.get("v", {"error": "thread did not finish"})
-
-
 def rank_forms(rank: int, world: int, port: int) -> dict[str, Any]:
     """The work of one rank; the audit must already be on (this never starts it)."""
     import torch
@@ -96,9 +88,11 @@ def rank_forms(rank: int, world: int, port: int) -> dict[str, Any]:
 
     import streamcheck
     from streamcheck import StreamHazardError
+    from streamcheck.repro.actors import run_in_thread
 
     auditor = streamcheck.current_auditor()
-    result: dict[str, Any] = {"rank": rank, "audit_on_at_start": auditor is not None}
+    result: dict[str, Any] = {"rank": rank, "world": world,
+                              "audit_on_at_start": auditor is not None}
     torch.cuda.set_device(rank)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=world,
                             rank=rank)
@@ -115,7 +109,7 @@ def rank_forms(rank: int, world: int, port: int) -> dict[str, Any]:
     result["comm_disabled"] = bool(comm.disabled)
     x = torch.ones(1024, device="cuda") * (rank + 1)
 
-    def each(form: str) -> dict[str, Any]:
+    def each() -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, call in _calls(comm, rank, world, x).items():
             try:
@@ -130,23 +124,23 @@ def rank_forms(rank: int, world: int, port: int) -> dict[str, Any]:
                 out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         return out
 
-    forms: dict[str, Any] = {"clean": each("clean")}
+    forms: dict[str, Any] = {"clean": each()}
     with _connector_holding(torch.cuda.Stream()):
-        forms["nan"] = each("nan")
+        forms["nan"] = each()
     if result["cache"] == "module-global":
         with _connector_holding(torch.cuda.Stream(device=(rank + 1) % world)):
-            forms["error400"] = each("error400")
+            forms["error400"] = each()
     else:
         def wrong_device() -> dict[str, Any]:
             torch.cuda.set_device((rank + 1) % world)  # a helper thread on the other GPU
-            return each("error400")
+            return each()
 
-        forms["error400"] = _in_thread(wrong_device, "fresh-thread")
+        forms["error400"] = run_in_thread(wrong_device, "fresh-thread", timeout=120)
     from vllm.distributed.device_communicators import pynccl
 
     pynccl.current_stream()  # vLLM's cache holds this thread's stream now
     torch.accelerator.set_stream(torch.cuda.Stream())  # a switch its patch never sees
-    forms["stale"] = each("stale")
+    forms["stale"] = each()
     torch.accelerator.set_stream(torch.cuda.default_stream())
     result["forms"] = forms
     auditor = streamcheck.current_auditor()
@@ -165,8 +159,10 @@ def verdict(r: dict[str, Any]) -> list[str]:
     for name, res in forms.get("clean", {}).items():
         if not res.get("ran"):
             problems.append(f"clean {name}: {res}")
+    if r.get("comm_disabled"):
+        problems.append("vLLM disabled its communicator: no collective reached NCCL")
     value = forms.get("clean", {}).get("all_reduce", {}).get("value")
-    if value is not None and value != sum(range(1, 3)):
+    if value != sum(range(1, r.get("world", 2) + 1)):
         problems.append(f"clean all_reduce = {value}")
     for form in LEAKS:
         if form == "nan" and r.get("cache") != "module-global":

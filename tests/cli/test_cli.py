@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -74,7 +75,9 @@ def test_version_help_and_module_entry_point(capsys) -> None:
     proc = subprocess.run([sys.executable, "-m", "streamcheck", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0
-    assert "exit codes:" in proc.stdout and "examples:" in proc.stdout and "env" in proc.stdout
+    assert "exit codes:" in proc.stdout and "examples:" in proc.stdout
+    for command in ("run", "list", "report", "env", "scan", "doctor", "completion"):
+        assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), command  # listed as a command
 
 
 def test_a_green_run_removes_its_temp_logs_and_shows_no_expected_hang_stacks(capsys) -> None:

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from streamcheck.repro.actors import run_in_thread
+
 LATE = Path(__file__).resolve().parent
 
 
@@ -116,14 +118,6 @@ def _each(comm: Any, methods: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _in_thread(fn: Any, name: str) -> Any:
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.update(value=fn()), name=name)
-    thread.start()
-    thread.join(30)
-    return box["value"]
-
-
 @contextlib.contextmanager
 def connector_holding(stream: Any) -> Any:
     """A connector thread inside ``with torch.cuda.stream(stream)`` for the block's duration."""
@@ -163,9 +157,7 @@ def pynccl_forms() -> dict[str, Any]:
     kind = cache_kind(vllm_version() or "0")
     methods = [m for m in ("all_reduce", "all_gather", "all_gatherv", "reduce_scatter",
                            "reduce_scatterv", "reduce", "scatter", "send", "recv", "broadcast")
-               if "stream" in inspect.signature(getattr(PyNcclCommunicator, m, len)
-                                                if hasattr(PyNcclCommunicator, m) else len
-                                                ).parameters]
+               if "stream" in inspect.signature(getattr(PyNcclCommunicator, m, len)).parameters]
     comm0, comm1 = communicator(0), communicator(1)
     out: dict[str, Any] = {"cache": kind, "methods": methods}
     out["clean"] = _each(comm0, methods)
@@ -177,7 +169,7 @@ def pynccl_forms() -> dict[str, Any]:
             out["error400"] = _each(comm0, methods)
     else:
         # a fresh thread that never set its device: vLLM makes it a new stream on cuda:0
-        out["error400"] = _in_thread(lambda: _each(comm1, methods), "fresh-thread")
+        out["error400"] = run_in_thread(lambda: _each(comm1, methods), "fresh-thread", timeout=30)
         # a switch vLLM's patched setter never sees: its thread-local cache goes stale
         torch.accelerator.set_stream(torch.cuda.Stream())
         out["stale"] = _each(comm0, methods)
@@ -204,7 +196,7 @@ def sglang_forms() -> dict[str, Any]:
         torch.cuda.set_device(1)  # but the module cached device 0 on its first call
         return _each(s1, ["all_reduce", "broadcast"])
 
-    out["srt_cached_device"] = _in_thread(on_device_1, "tp-rank-1")
+    out["srt_cached_device"] = run_in_thread(on_device_1, "tp-rank-1", timeout=30)
     out["launches_reached"] = len(g.launches) + len(s0.launches) + len(s1.launches)
     return out
 
@@ -218,8 +210,9 @@ def connector_forms() -> dict[str, Any]:
     conn = object.__new__(LateConnector)
     torch.cuda.set_stream(torch.cuda.Stream())  # the engine computes on a side stream
     out = {"engine_thread": _rules_of_call(lambda: conn.save_kv_layer("l0", None, None))}
-    out["helper_on_default_stream"] = _in_thread(
-        lambda: _rules_of_call(lambda: conn.save_kv_layer("l0", None, None)), "kv-saver")
+    out["helper_on_default_stream"] = run_in_thread(
+        lambda: _rules_of_call(lambda: conn.save_kv_layer("l0", None, None)), "kv-saver",
+        timeout=30)
     out["calls"] = list(LateConnector.calls)
     return out
 
