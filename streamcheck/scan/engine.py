@@ -9,9 +9,10 @@ Speed matters because people scan whole installed engines (vLLM is thousands of 
   what a rule starts from; on vLLM 0.33 that leaves about 180 of 3,200 files to parse;
 - each remaining file is parsed once; rules share one index of it (``index.py``) and walk only
   the function bodies they need;
-- SC104 needs to know whether the *code base* rewrites a global stream cache on set_stream, so
-  files are analysed first and SC104's candidate hits are kept until every file's SC102
-  results are known (same package, or a package the file imports).
+- SC104 needs to know whether the thread's *process* rewrites a global stream cache on
+  set_stream, so files are analysed first and SC104's candidate hits are kept until every
+  file's SC102 results are known; a candidate counts where its module imports a patching
+  module (:mod:`streamcheck.scan.imports`, read only when both exist).
 
 Unreadable or invalid files become :class:`ScanError` entries; a scan never crashes on them.
 """
@@ -23,11 +24,11 @@ import os
 import re
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamcheck.scan.imports import ImportGraph, Link
 from streamcheck.scan.index import build_index
 from streamcheck.scan.model import ScanError, ScanFinding, ScanResult
 from streamcheck.scan.rules import RULES, WRITE_PATH_RULES, Hit, enabled_rules
@@ -47,7 +48,6 @@ class _FileOutcome:
     hits: list[tuple[str, Hit]] = field(default_factory=list)
     #: Hits of rules that only count beside a set_stream patch writing a global (SC104).
     pending: list[tuple[str, Hit]] = field(default_factory=list)
-    imported_roots: frozenset[str] = frozenset()
 
 
 def iter_python_files(root: Path) -> Iterator[Path]:
@@ -70,14 +70,16 @@ _ACCESSOR_DEF = re.compile(rb"def\s+\w*(?:current|curr|cur)_?stream")
 _PATCH_TEXT = re.compile(rb"\.set_stream\s*[=:]|['\"]set_stream['\"]")
 _THREAD_WORDS = (b"thread", b"timer", b"executor")
 _STREAM_USE = re.compile(rb"stream\s*\(|streamcontext|stream\w*\s+as\s")
+_PROCESS_MEMO = re.compile(rb"lru_cache|@(?:functools\.)?cache\b")
 
 
 def could_match(data: bytes) -> bool:
     """False when no rule can fire on a file with these bytes, so it need not be parsed.
 
     Each rule starts from something that must appear in the text: SC101 a ``def`` of a
-    current-stream accessor, SC102 a ``.set_stream =`` (or ``setattr(..., "set_stream", ...)``),
-    SC103-SC105 a thread (``thread``/``timer``/``executor``) plus a stream call
+    current-stream accessor (or ``lru_cache`` beside ``current_stream``), SC102 a
+    ``.set_stream =`` (or ``setattr(..., "set_stream", ...)``), SC103-SC105 a thread
+    (``thread``/``timer``/``executor``) plus a stream call
     (``...stream(``, ``Stream(``, a ``StreamContext``, or an ``import ... as`` alias of one).
     """
     lowered = data.lower()
@@ -86,6 +88,8 @@ def could_match(data: bytes) -> bool:
     if b"set_stream" in data and _PATCH_TEXT.search(data):  # the literal test is far cheaper
         return True
     if _ACCESSOR_DEF.search(lowered):
+        return True
+    if b"current_stream" in lowered and _PROCESS_MEMO.search(lowered):
         return True
     return any(w in lowered for w in _THREAD_WORDS) and bool(_STREAM_USE.search(lowered))
 
@@ -119,7 +123,6 @@ def _analyse(path: Path, prefilter: bool = True) -> _FileOutcome:
 
 def _run_rules(tree: ast.Module, data: bytes, outcome: _FileOutcome) -> None:
     index = build_index(tree, outcome.path, data)
-    outcome.imported_roots = frozenset(index.imported_roots)
     lines: list[str] | None = None
     for rule in RULES.values():
         for hit in rule.check(index):
@@ -132,35 +135,20 @@ def _run_rules(tree: ast.Module, data: bytes, outcome: _FileOutcome) -> None:
             (outcome.pending if rule.needs_global_cache else outcome.hits).append((rule.id, hit))
 
 
-class _PackageMap:
-    """Maps a file to its top-level package: the highest directory chain with ``__init__.py``."""
-
-    def __init__(self) -> None:
-        self._is_pkg: dict[Path, bool] = {}
-
-    def _pkg(self, directory: Path) -> bool:
-        known = self._is_pkg.get(directory)
-        if known is None:
-            known = self._is_pkg[directory] = (directory / "__init__.py").is_file()
-        return known
-
-    def key(self, path: Path) -> tuple[str, str]:
-        """(key, import name): the package directory, or the lone module itself."""
-        top: Path | None = None
-        directory = path.parent
-        while self._pkg(directory):
-            top = directory
-            if directory.parent == directory:
-                break
-            directory = directory.parent
-        if top is None:
-            return str(path), path.stem
-        return str(top), top.name
+def _short(path: str) -> str:
+    """``pkg/mod.py`` for a path: enough to follow an import chain, short enough to read."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
 
 
-def _with_cache_sites(hit: Hit, sites: list[str]) -> Hit:
-    more = f" (and {len(sites) - 1} more)" if len(sites) > 1 else ""
-    message = f"{hit.message.rstrip('.')} (set_stream patch at {sites[0]}{more})."
+def _with_cache_site(hit: Hit, site: str, link: Link, others: int) -> Hit:
+    """SC104's message, naming the patch and how it reaches this module's process."""
+    if len(link.chain) == 1:
+        how = "in this module"
+    else:
+        how = "imported through " + " -> ".join(_short(p) for p in link.chain)
+    more = f" (and {others} more)" if others else ""
+    message = f"{hit.message.rstrip('.')} (set_stream patch at {site}{more}, {how})."
     return Hit(hit.line, hit.col, message)
 
 
@@ -208,31 +196,31 @@ def scan_paths(
         warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes is not ours to report
         outcomes = [_analyse(path, prefilter) for path in files]
 
-    packages = _PackageMap()
-    sites_by_pkg: dict[str, list[str]] = defaultdict(list)
-    pkg_of: dict[str, tuple[str, str]] = {}
-    for outcome in outcomes:
-        if outcome.error:
-            errors.append(outcome.error)
-        if outcome.pending or any(rid in WRITE_PATH_RULES for rid, _ in outcome.hits):
-            pkg_of[outcome.path] = packages.key(Path(outcome.path))
-        for rule_id, hit in outcome.hits:
-            if rule_id in WRITE_PATH_RULES:
-                sites_by_pkg[pkg_of[outcome.path][0]].append(f"{outcome.path}:{hit.line}")
-    sites_by_name: dict[str, list[str]] = defaultdict(list)
-    for key, sites in sites_by_pkg.items():
-        sites_by_name[Path(key).stem if key.endswith(".py") else Path(key).name].extend(sites)
+    patch_sites = [
+        (outcome.path, hit.line)
+        for outcome in outcomes
+        for rule_id, hit in outcome.hits
+        if rule_id in WRITE_PATH_RULES
+    ]
+    graph = ImportGraph(files) if patch_sites and any(o.pending for o in outcomes) else None
 
     findings: list[ScanFinding] = []
     for outcome in outcomes:
+        if outcome.error:
+            errors.append(outcome.error)
         hits = list(outcome.hits)
-        if outcome.pending:
-            key, _name = pkg_of[outcome.path]
-            sites = list(sites_by_pkg.get(key, []))
-            for root in sorted(outcome.imported_roots):
-                sites.extend(s for s in sites_by_name.get(root, []) if s not in sites)
-            if sites:
-                hits.extend((rid, _with_cache_sites(hit, sites)) for rid, hit in outcome.pending)
+        if outcome.pending and graph is not None:
+            links = [
+                (f"{path}:{line}", link)
+                for path, line in patch_sites
+                if (link := graph.link(outcome.path, path)) is not None
+            ]
+            if links:
+                site, link = min(links, key=lambda sl: len(sl[1].chain))
+                hits.extend(
+                    (rid, _with_cache_site(hit, site, link, len(links) - 1))
+                    for rid, hit in outcome.pending
+                )
         off = rules_off(outcome.path) if rules_off is not None and hits else frozenset()
         for rule_id, hit in hits:
             if rule_id not in enabled or rule_id in off:

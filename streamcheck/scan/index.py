@@ -3,7 +3,9 @@
 Rules stay small because they never re-walk the whole module: they read this index (imports,
 module-level names, functions, classes, ``*.set_stream`` patches, thread start sites) and walk
 only the few function bodies they care about. Names are resolved through the module's imports,
-so ``from torch.cuda import Stream as S; S()`` is seen as ``torch.cuda.Stream``.
+so ``from torch.cuda import Stream as S; S()`` is seen as ``torch.cuda.Stream``, and through the
+names bound to a device module (``dm = torch.get_device_module(d); dm.Stream()``), so a stream
+API reached that way is seen as the CUDA-style API it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from dataclasses import dataclass, field
 
 #: ``torch.<name>`` sub-modules that expose the CUDA-style stream API.
 ACCEL_MODULES = frozenset({"cuda", "npu", "xpu", "mlu", "musa", "hpu", "mps"})
+#: ``torch.accelerator`` members that do what the device modules' members of the same name do.
+_ACCELERATOR_SAME_AS_DEVICE = frozenset({"current_stream", "set_stream"})
+#: Calls that return a device module (``torch.cuda`` or its peer) chosen at run time.
+DEVICE_MODULE_GETTERS = frozenset({"torch.get_device_module"})
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
 
@@ -51,7 +57,7 @@ def accel_api(qualname: str | None) -> str | None:
     if len(parts) == 3 and parts[1] in ACCEL_MODULES:
         return parts[2]
     if len(parts) == 3 and parts[1] == "accelerator":
-        return f"accelerator.{parts[2]}"
+        return parts[2] if parts[2] in _ACCELERATOR_SAME_AS_DEVICE else f"accelerator.{parts[2]}"
     if len(parts) == 4 and parts[1] in ACCEL_MODULES and parts[2] == "streams":
         return parts[3]
     return None
@@ -113,6 +119,12 @@ class ModuleIndex:
     classes: dict[str, list[ast.ClassDef]] = field(default_factory=lambda: defaultdict(list))
     set_stream_patches: list[SetStreamPatch] = field(default_factory=list)
     thread_spawns: list[ThreadSpawn] = field(default_factory=list)
+    #: Dotted names (``dm``, ``self.device_module``) bound anywhere in the module to a device
+    #: module: ``torch.get_device_module(...)``, ``getattr(torch, kind)`` or ``torch.cuda``.
+    device_modules: set[str] = field(default_factory=set)
+    #: (owner class name or "", dotted name) -> names of the module's classes constructed into
+    #: it: ``worker = Worker()`` at any level, ``self.saver = Saver()`` in a method of ``owner``.
+    instances: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     #: Derived facts computed once and shared by several rules (e.g. thread reachability).
     memo: dict[str, object] = field(default_factory=dict)
 
@@ -126,8 +138,28 @@ class ModuleIndex:
         return f"{full}.{rest}" if rest else full
 
     def api(self, node: ast.AST) -> str | None:
-        """:func:`accel_api` of what ``node`` names (a callee, a with-item, an annotation)."""
-        return accel_api(self.resolve(node))
+        """:func:`accel_api` of what ``node`` names (a callee, a with-item, an annotation).
+
+        A member of a device module reached indirectly (``torch.get_device_module().Stream``,
+        ``dm.stream`` with ``dm`` bound to one) is the CUDA-style member of the same name.
+        """
+        found = accel_api(self.resolve(node))
+        if found is None and isinstance(node, ast.Attribute):
+            base = node.value
+            if self.is_device_module(base) or dotted(base) in self.device_modules:
+                return accel_api(f"torch.cuda.{node.attr}")
+        return found
+
+    def is_device_module(self, expr: ast.AST) -> bool:
+        """Is ``expr`` itself a device module: ``torch.get_device_module(d)``,
+        ``getattr(torch, kind)``, ``torch.cuda``?"""
+        if isinstance(expr, ast.Call):
+            callee = self.resolve(expr.func)
+            if callee in DEVICE_MODULE_GETTERS:
+                return True
+            return callee == "getattr" and bool(expr.args) and self.resolve(expr.args[0]) == "torch"
+        name = self.resolve(expr)
+        return bool(name) and name.startswith("torch.") and name[6:] in ACCEL_MODULES
 
     # Read by every function's analysis: computed once (the index is complete before any rule
     # runs), or a module of many functions costs the square of its size.
@@ -279,16 +311,31 @@ class _Indexer:
     ) -> None:
         if isinstance(target, ast.Name) and func is None and cls is None:
             self.index.module_assigns[target.id].append(value)
+        elif (name := globals_key(target)) is not None:
+            self.index.module_assigns[name].append(value)  # globals()["name"] = value
         elif isinstance(target, ast.Tuple | ast.List):
             for elt in target.elts:
                 self._record_target(node, elt, None, func, cls)
         elif isinstance(target, ast.Attribute) and target.attr == "set_stream" and value:
             name = self.index.resolve(target) or f"<expr>.{target.attr}"
             self.index.set_stream_patches.append(SetStreamPatch(node, name, value, func))
+        if value is not None and (name := dotted(target)) is not None:
+            self._record_binding(name, value, func, cls)
         if isinstance(value, ast.Call) and self.index.resolve(value.func) in _EXECUTOR_CLASSES:
             last = dotted(target)
             if last:
                 self.executor_names.add(last.rpartition(".")[2])
+
+    def _record_binding(
+        self, name: str, value: ast.expr, func: FunctionInfo | None, cls: ast.ClassDef | None
+    ) -> None:
+        """Remember names bound to a device module or to an instance of a class."""
+        if self.index.is_device_module(value):
+            self.index.device_modules.add(name)
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+            owner = _owner_class(func, cls)
+            key = (owner.name if owner is not None and name.startswith("self.") else "", name)
+            self.index.instances[key].add(value.func.id)
 
     # calls -----------------------------------------------------------------------------------
     def _calls(self, root: ast.AST, func: FunctionInfo | None, cls: ast.ClassDef | None) -> None:
@@ -349,6 +396,20 @@ class _Indexer:
                 self.index.thread_spawns.append(
                     ThreadSpawn(node, "run_in_executor", node.args[1], func, owner)
                 )
+
+
+def globals_key(node: ast.AST) -> str | None:
+    """``name`` for ``globals()["name"]``: a module global named through the globals dict."""
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+        and node.value.func.id == "globals"
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+    ):
+        return node.slice.value
+    return None
 
 
 def _first_line(node: ast.AST) -> int:

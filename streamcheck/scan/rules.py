@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import ast
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from streamcheck.scan.index import FunctionInfo, ModuleIndex
+from streamcheck.scan.state import (
+    is_process_memoised,
+    is_stream_value,
+    mentions_accel_stream,
+    returned_state,
+    returns_current_stream,
+    stored_parameter_writes,
+    writes_by_state,
+)
 from streamcheck.scan.threads import DeviceGuard, ThreadReach, body_nodes, thread_reach
 
 
@@ -56,74 +64,6 @@ class Rule:
 # --- shared helpers -----------------------------------------------------------------------------
 
 _ACCESSOR_RE = re.compile(r"(?:^|_)(?:get_)?(?:current|curr|cur)_?stream(?:$|_)", re.IGNORECASE)
-_STREAM_VALUES = frozenset({"current_stream", "Stream", "default_stream", "ExternalStream"})
-
-
-def _mentions_accel_stream(index: ModuleIndex, expr: ast.AST | None) -> bool:
-    """Does ``expr`` name torch's stream API (a value like ``torch.cuda.current_stream()``)?"""
-    if expr is None:
-        return False
-    return any(
-        isinstance(node, ast.Attribute | ast.Name) and index.api(node) in _STREAM_VALUES
-        for node in ast.walk(expr)
-    )
-
-
-def _own_nodes(func: FunctionInfo) -> list[ast.AST]:
-    return list(body_nodes(func))
-
-
-def _local_bindings(func: FunctionInfo) -> set[str]:
-    """Names ``func`` binds locally (parameters and plain assignments not declared global)."""
-    args = func.node.args
-    names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
-    names.update(a.arg for a in (args.vararg, args.kwarg) if a is not None)
-    for node in _own_nodes(func):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-    return names - func.global_names
-
-
-class _Shared:
-    """Module-level names a function sees as shared state: module names that are neither
-    per-thread (``threading.local``) nor bound locally. A membership test, not a set built
-    per function: building one per function made big modules quadratic."""
-
-    __slots__ = ("_index", "_locals")
-
-    def __init__(self, index: ModuleIndex, locals_: set[str]) -> None:
-        self._index, self._locals = index, locals_
-
-    def __contains__(self, name: object) -> bool:
-        return (name in self._index.module_names and name not in self._locals
-                and name not in self._index.thread_local_names)
-
-
-def _global_writes(index: ModuleIndex, func: FunctionInfo) -> list[tuple[str, ast.AST, ast.expr]]:
-    """Module-level state that ``func`` writes: ``global G; G = v`` or ``G.attr = v``/``G[k] = v``.
-
-    Writes through a ``threading.local()`` object are per thread and are left out.
-    """
-    shared = _Shared(index, _local_bindings(func))
-    writes: list[tuple[str, ast.AST, ast.expr]] = []
-    for node in _own_nodes(func):
-        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value is not None:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                name = _written_global(target, func, shared)
-                if name:
-                    writes.append((name, node, node.value))
-    return writes
-
-
-def _written_global(target: ast.expr, func: FunctionInfo, shared: _Shared) -> str | None:
-    if isinstance(target, ast.Name):
-        return target.id if target.id in func.global_names else None
-    if isinstance(target, ast.Attribute | ast.Subscript) and isinstance(target.value, ast.Name):
-        base = target.value.id
-        if base in shared:
-            return f"{base}.{target.attr}" if isinstance(target, ast.Attribute) else base
-    return None
 
 
 def _patch_functions(index: ModuleIndex) -> list[tuple[ast.AST, str, FunctionInfo]]:
@@ -136,70 +76,14 @@ def _patch_functions(index: ModuleIndex) -> list[tuple[ast.AST, str, FunctionInf
     return found
 
 
-def _returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, str] | None:
-    """The first ``return G`` / ``return G.attr`` of ``func`` where G is module-global state."""
-    shared = _Shared(index, _local_bindings(func))
-    for node in _own_nodes(func):
-        if not isinstance(node, ast.Return) or node.value is None:
-            continue
-        for expr in _returned_candidates(node.value):
-            if isinstance(expr, ast.Name) and (
-                expr.id in func.global_names or expr.id in shared
-            ):
-                return node, expr.id
-            if (
-                isinstance(expr, ast.Attribute)
-                and isinstance(expr.value, ast.Name)
-                and expr.value.id in shared
-            ):
-                return node, f"{expr.value.id}.{expr.attr}"
-    return None
-
-
-def _returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
-    if isinstance(value, ast.BoolOp):
-        for operand in value.values:
-            yield from _returned_candidates(operand)
-    elif isinstance(value, ast.IfExp):
-        yield from _returned_candidates(value.body)
-        yield from _returned_candidates(value.orelse)
-    else:
-        yield value
-
-
-def _writes_by_state(index: ModuleIndex) -> dict[str, list[ast.expr]]:
-    """Every global write of every function, by the state written: built once per module.
-
-    Asking each accessor to walk every function (as this once did) is quadratic: a 500 KB
-    module of accessor-like functions took minutes.
-    """
-    cached = index.memo.get("writes_by_state")
-    if cached is None:
-        writes: dict[str, list[ast.expr]] = defaultdict(list)
-        for func in index.functions:
-            for name, _node, value in _global_writes(index, func):
-                writes[name].append(value)
-        cached = index.memo["writes_by_state"] = writes
-    return cached  # type: ignore[return-value]
-
-
-def _assigned_values(index: ModuleIndex, state: str) -> Iterator[ast.expr]:
-    """Every value the module stores into ``state`` (``G`` or ``G.attr``)."""
-    if "." not in state:
-        for value in index.module_assigns.get(state, []):
-            if value is not None:
-                yield value
-    yield from _writes_by_state(index).get(state, ())
-
-
 def _is_stream_cache(index: ModuleIndex, func: FunctionInfo, state: str) -> bool:
     """Is ``state`` a cache of an accelerator stream (not an SSE stream, not a file stream)?"""
-    if any(_mentions_accel_stream(index, v) for v in _assigned_values(index, state)):
+    if any(is_stream_value(index, w) for w in writes_by_state(index).get(state, ())):
         return True
-    if any(state == name for _n, _t, f in _patch_functions(index) for name, *_ in
-           _global_writes(index, f)):
+    if any(state == w.state for _n, _t, f in _patch_functions(index)
+           for w in stored_parameter_writes(index, f)):
         return True
-    return _mentions_accel_stream(index, func.node.returns)
+    return mentions_accel_stream(index, func.node.returns)
 
 
 def _reach_label(reach: ThreadReach) -> str:
@@ -210,29 +94,38 @@ def _reach_label(reach: ThreadReach) -> str:
 
 
 def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
-    """SC101: a current-stream accessor that returns module-global state."""
+    """SC101: a current-stream accessor that returns state shared by every thread."""
     for func in index.functions:
+        memo = is_process_memoised(index, func)
+        if memo is not None and returns_current_stream(index, func):
+            yield Hit.at(
+                func.node,
+                f"`{func.name}()` is memoised for the whole process "
+                f"(`@{ast.unparse(memo)}`) and returns `current_stream()`: every thread gets "
+                "the stream of the first thread that called it, not its own current stream.",
+            )
+            continue
         if not _ACCESSOR_RE.search(func.name):
             continue
-        returned = _returned_state(index, func)
+        returned = returned_state(index, func)
         if returned is None or not _is_stream_cache(index, func, returned[1]):
             continue
         state = returned[1]
         yield Hit.at(
             func.node,
-            f"`{func.name}()` returns module-global `{state}`, one cache shared by every "
-            "thread, so each thread gets whatever stream the cache holds (set by whichever "
-            "thread wrote it last) instead of its own current stream.",
+            f"`{func.name}()` returns `{state}`, one cache shared by every thread, so each "
+            "thread gets whatever stream the cache holds (set by whichever thread wrote it "
+            "last) instead of its own current stream.",
         )
 
 
 def check_patched_set_stream_global(index: ModuleIndex) -> Iterator[Hit]:
     """SC102: ``*.set_stream`` replaced by a function that stores the stream module-globally."""
     for node, target, func in _patch_functions(index):
-        writes = _global_writes(index, func)
+        writes = stored_parameter_writes(index, func)
         if not writes:
             continue
-        state = writes[0][0]
+        state = writes[0].state
         yield Hit.at(
             node,
             f"`{target}` is replaced by `{func.name}`, which stores the stream in module-global "

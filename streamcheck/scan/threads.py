@@ -15,7 +15,7 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from streamcheck.scan.index import FunctionInfo, ModuleIndex, ThreadSpawn, accel_api
+from streamcheck.scan.index import FunctionInfo, ModuleIndex, ThreadSpawn, accel_api, dotted
 
 _SET_DEVICE_CALLS = frozenset({"set_device", "set_device_index"})
 _DEVICE_CONTEXTS = frozenset({"device", "device_of", "accelerator.device_index"})
@@ -42,16 +42,57 @@ def body_nodes(func: FunctionInfo) -> Iterator[ast.AST]:
         stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
+#: How many calls deep a helper that sets the device is looked for (``self._init_device()``).
+_SET_DEVICE_DEPTH = 3
+
+
+def _is_set_device_call(index: ModuleIndex, node: ast.Call) -> bool:
+    return (index.resolve(node.func) or "").rpartition(".")[2] in _SET_DEVICE_CALLS
+
+
+def sets_device(index: ModuleIndex, func: FunctionInfo, depth: int = _SET_DEVICE_DEPTH) -> bool:
+    """Does calling ``func`` set the calling thread's device (itself or through its callees)?
+
+    A ``with torch.cuda.device(...)`` block inside ``func`` does not count: it is undone on
+    exit. Memoised per function; a recursive helper counts as not setting it.
+    """
+    memo = index.memo.setdefault("sets_device", {})
+    assert isinstance(memo, dict)
+    key = id(func.node)
+    if key in memo:
+        return bool(memo[key])
+    memo[key] = False  # a cycle back here answers "no"
+    found = False
+    for node in body_nodes(func):
+        if not isinstance(node, ast.Call):
+            continue
+        if _is_set_device_call(index, node) or (depth > 1 and any(
+            sets_device(index, callee, depth - 1)
+            for callee in resolve_callable(index, node.func, func, _owner_class(func))
+        )):
+            found = True
+            break
+    memo[key] = found
+    return found
+
+
 class DeviceGuard:
-    """Answers "has this function set the device before line N?" for one function body."""
+    """Answers "has this function set the device before line N?" for one function body.
+
+    A call to one of the module's own functions that sets the device (``self._bind_device()``)
+    counts as setting it at the line of the call.
+    """
 
     def __init__(self, index: ModuleIndex, func: FunctionInfo) -> None:
         self.first_set_device: int | None = None
         self.blocks: list[tuple[int, int]] = []
+        owner = _owner_class(func)
         for node in body_nodes(func):
             if isinstance(node, ast.Call):
-                name = index.resolve(node.func) or ""
-                if name.rpartition(".")[2] in _SET_DEVICE_CALLS:
+                if _is_set_device_call(index, node) or any(
+                    sets_device(index, callee)
+                    for callee in resolve_callable(index, node.func, func, owner)
+                ):
                     line = node.lineno
                     if self.first_set_device is None or line < self.first_set_device:
                         self.first_set_device = line
@@ -106,6 +147,17 @@ def resolve_callable(
             return _methods(index, cls, expr.attr, set())
         for named_cls in index.classes.get(owner, []):
             return _methods(index, named_cls, expr.attr, set())
+    if isinstance(expr, ast.Attribute):
+        # ``worker.run`` / ``self.saver.loop``: a method of the class constructed into the name.
+        receiver = dotted(expr.value)
+        if receiver is not None:
+            key = (cls.name if cls is not None and receiver.startswith("self.") else "", receiver)
+            return [
+                method
+                for class_name in sorted(index.instances.get(key, ()))
+                for named_cls in index.classes.get(class_name, [])
+                for method in _methods(index, named_cls, expr.attr, set())
+            ]
     return []
 
 

@@ -205,17 +205,17 @@ def test_work_per_module_grows_linearly_with_its_functions(tmp_path, monkeypatch
     """A module of N accessor-like functions that return non-stream globals: each function's
     writes are collected once (before: once per accessor, N squared; a 500 KB module took
     minutes). Counted, not timed."""
-    from streamcheck.scan import rules
+    from streamcheck.scan import state
     from streamcheck.scan.engine import scan_paths
 
     calls = {"writes": 0}
-    real = rules._global_writes
+    real = state.state_writes
 
     def counted(index, func):
         calls["writes"] += 1
         return real(index, func)
 
-    monkeypatch.setattr(rules, "_global_writes", counted)
+    monkeypatch.setattr(state, "state_writes", counted)
     for n in (50, 400):
         calls["writes"] = 0
         src = "import torch\n" + "".join(

@@ -1,0 +1,144 @@
+"""Which scanned files are loaded together: the static import graph between them.
+
+SC104 (a helper thread switches streams) is a hazard only where a ``set_stream`` patch that
+writes a global cache is installed in that thread's process. It certainly is when the thread's
+module imports the patching module, directly or through others (importing ``a.b.c`` also runs
+``a/__init__.py`` and ``a/b/__init__.py``). The other direction is not enough: that the
+patching process *loads* a module (sglang's package ``__init__`` pulls half the server into the
+diffusion worker) does not make that module's thread run there. Two modules of one repository
+where the thread's side never imports the patch (a server and an offline tool in a monorepo)
+are not linked; two modules of a namespace package (no ``__init__.py``) that import each other
+are.
+
+Imports are read with a regular expression, not a parse: the graph may need every file of the
+tree (thousands, most of which the rules never parse), and only names matter. Imports inside
+functions count (they run in the same process when called); an import-looking line inside a
+string may add an edge, which can only link more, never hide a link.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_FROM = re.compile(rb"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]*(\([^)]*\)|[^\n;#]*)", re.M)
+_IMPORT = re.compile(rb"^[ \t]*import[ \t]+([^\n;#]*)", re.M)
+_NAME = re.compile(r"[A-Za-z_][\w.]*")
+#: Longest dotted suffix of a file's path looked up for an absolute import.
+_MAX_DEPTH = 12
+
+
+@dataclass(frozen=True)
+class Link:
+    """How one file loads another: ``chain`` runs from the importer to the imported."""
+
+    chain: tuple[str, ...]
+
+
+class ImportGraph:
+    """The import edges between a fixed set of files, read lazily, one file at a time."""
+
+    def __init__(self, files: Iterable[str | Path]) -> None:
+        self._files = {Path(f).resolve(): str(f) for f in files}
+        self._by_suffix: dict[tuple[str, ...], list[Path]] = {}
+        for path in self._files:
+            parts = _module_parts(path)
+            for depth in range(1, min(len(parts), _MAX_DEPTH) + 1):
+                self._by_suffix.setdefault(parts[-depth:], []).append(path)
+        self._edges: dict[Path, tuple[Path, ...]] = {}
+        self._reach: dict[Path, dict[Path, Path | None]] = {}
+
+    def link(self, importer: str | Path, imported: str | Path) -> Link | None:
+        """How ``importer`` loads ``imported`` (directly or through other scanned files), or
+        None if it does not."""
+        source, target = Path(importer).resolve(), Path(imported).resolve()
+        parents = self._reachable(source)
+        if target not in parents:
+            return None
+        chain = [target]
+        while (step := parents[chain[-1]]) is not None:
+            chain.append(step)
+        return Link(tuple(self._files.get(p, str(p)) for p in reversed(chain)))
+
+    def _reachable(self, source: Path) -> dict[Path, Path | None]:
+        """Every file ``source`` loads, each with the file that imported it (a BFS tree)."""
+        known = self._reach.get(source)
+        if known is None:
+            known = {source: None}
+            queue = deque([source])
+            while queue:
+                path = queue.popleft()
+                for nxt in self._edges_of(path):
+                    if nxt not in known:
+                        known[nxt] = path
+                        queue.append(nxt)
+            self._reach[source] = known
+        return known
+
+    def _edges_of(self, path: Path) -> tuple[Path, ...]:
+        edges = self._edges.get(path)
+        if edges is None:
+            found = dict.fromkeys(self._packages_above(path))
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            for module in _imported_modules(data):
+                found.update(dict.fromkeys(self._resolve(module, path)))
+            found.pop(path, None)
+            edges = self._edges[path] = tuple(found)
+        return edges
+
+    def _packages_above(self, path: Path) -> Iterator[Path]:
+        """The ``__init__.py`` files that run before ``path`` does (its enclosing packages)."""
+        directory = path.parent if path.name != "__init__.py" else path.parent.parent
+        while directory != directory.parent:
+            init = directory / "__init__.py"
+            if init in self._files:
+                yield init
+            directory = directory.parent
+
+    def _resolve(self, module: tuple[int, str], importer: Path) -> Iterator[Path]:
+        level, name = module
+        parts = tuple(p for p in name.split(".") if p)
+        if level:
+            base = importer.parent
+            for _ in range(level - 1):
+                base = base.parent
+            target = base.joinpath(*parts)
+            for candidate in (target.with_suffix(".py") if parts else None,
+                              target / "__init__.py"):
+                if candidate is not None and candidate in self._files:
+                    yield candidate
+            return
+        if parts:
+            yield from self._by_suffix.get(parts, ())
+
+
+def _module_parts(path: Path) -> tuple[str, ...]:
+    parts = path.with_suffix("").parts
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def _imported_modules(data: bytes) -> Iterator[tuple[int, str]]:
+    """(level, dotted name) of each module a file's import statements may load.
+
+    ``from m import n`` may load ``m`` and, if ``n`` is a submodule, ``m.n``: both are yielded
+    and the ones that are no scanned file resolve to nothing.
+    """
+    for match in _FROM.finditer(data):
+        level = len(match.group(1))
+        base = match.group(2).decode("ascii", "replace")
+        yield level, base
+        for item in match.group(3).decode("ascii", "replace").strip("() \t\r\n").split(","):
+            words = item.split()
+            if words and _NAME.fullmatch(words[0]):
+                yield level, f"{base}.{words[0]}" if base else words[0]
+    for match in _IMPORT.finditer(data):
+        for item in match.group(1).decode("ascii", "replace").split(","):
+            name = item.split(" as ")[0].strip()
+            if _NAME.fullmatch(name):
+                yield 0, name
