@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 #: ``torch.<name>`` sub-modules that expose the CUDA-style stream API.
-ACCEL_MODULES = frozenset({"cuda", "npu", "xpu", "mlu", "musa", "hpu", "mps"})
+ACCEL_MODULES = frozenset({"cuda", "npu", "xpu", "mlu", "musa", "hpu", "mps", "mtia"})
 #: ``torch.accelerator`` members that do what the device modules' members of the same name do.
 _ACCELERATOR_SAME_AS_DEVICE = frozenset({"current_stream", "set_stream"})
 #: Calls that return a device module (``torch.cuda`` or its peer) chosen at run time.

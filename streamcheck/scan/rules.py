@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 from streamcheck.scan.index import FunctionInfo, ModuleIndex
 from streamcheck.scan.state import (
+    is_current_stream_call,
     is_process_memoised,
     is_stream_value,
     mentions_accel_stream,
+    returned_candidates,
     returned_state,
     returns_current_stream,
     stored_parameter_writes,
@@ -94,7 +96,35 @@ def _reach_label(reach: ThreadReach) -> str:
 
 
 def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
-    """SC101: a current-stream accessor that returns state shared by every thread."""
+    """SC101: the current stream cached in state shared by every thread.
+
+    Reported at a current-stream accessor that returns such state (or is memoised for the
+    process), else at a store of ``current_stream()`` into such state (a class attribute filled
+    once, as ``torch.mtia.graph`` does): either way every later reader, in any thread, gets one
+    thread's stream of one moment.
+    """
+    flagged: set[int] = set()
+    for hit, func in _cache_accessors(index):
+        flagged.add(id(func.node))
+        yield hit
+    for state, writes in writes_by_state(index).items():
+        for write in writes:
+            in_accessor = write.func is not None and id(write.func.node) in flagged
+            if in_accessor or not any(
+                is_current_stream_call(index, part) for part in returned_candidates(write.value)
+            ):
+                continue
+            where = f"`{write.func.qualname}`" if write.func is not None else "the module"
+            yield Hit.at(
+                write.node,
+                f"{where} stores `current_stream()` in `{state}`, one slot shared by every "
+                "thread: whoever reads it later gets the stream that was current in this thread "
+                "at this moment, not their own current stream.",
+            )
+
+
+def _cache_accessors(index: ModuleIndex) -> Iterator[tuple[Hit, FunctionInfo]]:
+    """SC101 at accessors: memoised ones, and those that return shared stream state."""
     for func in index.functions:
         memo = is_process_memoised(index, func)
         if memo is not None and returns_current_stream(index, func):
@@ -103,7 +133,7 @@ def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
                 f"`{func.name}()` is memoised for the whole process "
                 f"(`@{ast.unparse(memo)}`) and returns `current_stream()`: every thread gets "
                 "the stream of the first thread that called it, not its own current stream.",
-            )
+            ), func
             continue
         if not _ACCESSOR_RE.search(func.name):
             continue
@@ -116,7 +146,7 @@ def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
             f"`{func.name}()` returns `{state}`, one cache shared by every thread, so each "
             "thread gets whatever stream the cache holds (set by whichever thread wrote it "
             "last) instead of its own current stream.",
-        )
+        ), func
 
 
 def check_patched_set_stream_global(index: ModuleIndex) -> Iterator[Hit]:

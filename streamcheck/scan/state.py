@@ -201,13 +201,13 @@ def state_named(
     return None
 
 
-def _returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
+def returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
     if isinstance(value, ast.BoolOp):
         for operand in value.values:
-            yield from _returned_candidates(operand)
+            yield from returned_candidates(operand)
     elif isinstance(value, ast.IfExp):
-        yield from _returned_candidates(value.body)
-        yield from _returned_candidates(value.orelse)
+        yield from returned_candidates(value.body)
+        yield from returned_candidates(value.orelse)
     else:
         yield value
 
@@ -220,12 +220,12 @@ def returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, 
     for node in body_nodes(func):
         if not isinstance(node, ast.Return) or node.value is None:
             continue
-        for expr in _returned_candidates(node.value):
+        for expr in returned_candidates(node.value):
             candidates = [expr]
             if isinstance(expr, ast.Name) and expr.id not in func.global_names:
                 candidates.extend(values.get(expr.id, ()))
             for candidate in candidates:
-                for part in _returned_candidates(candidate):
+                for part in returned_candidates(candidate):
                     name = state_named(index, func, part, shared, store=False)
                     if name is not None:
                         return node, name
@@ -313,17 +313,25 @@ def is_process_memoised(index: ModuleIndex, func: FunctionInfo) -> ast.expr | No
     return None
 
 
+def is_current_stream_call(index: ModuleIndex, expr: ast.AST) -> bool:
+    """``torch.cuda.current_stream(...)`` or a peer: the calling thread's stream, right now."""
+    return isinstance(expr, ast.Call) and index.api(expr.func) == "current_stream"
+
+
 def returns_current_stream(index: ModuleIndex, func: FunctionInfo) -> bool:
-    """Does ``func`` return what ``current_stream()`` gave it, directly or through a local?"""
+    """Does ``func`` return what ``current_stream()`` gave it, directly or through a local?
+
+    Only the stream itself counts: a kernel compiled with the stream as a sample argument
+    (``return compile(kernel, current_stream())``) is not the stream.
+    """
     values = _memo(index, "local_values", func, _local_values)
     for node in body_nodes(func):
         if not isinstance(node, ast.Return) or node.value is None:
             continue
-        exprs = [node.value]
-        if isinstance(node.value, ast.Name):
-            exprs.extend(values.get(node.value.id, ()))
-        for expr in exprs:
-            for sub in ast.walk(expr):
-                if isinstance(sub, ast.Call) and index.api(sub.func) == "current_stream":
-                    return True
+        for part in returned_candidates(node.value):
+            exprs = [part]
+            if isinstance(part, ast.Name):
+                exprs.extend(values.get(part.id, ()))
+            if any(is_current_stream_call(index, e) for e in exprs):
+                return True
     return False
