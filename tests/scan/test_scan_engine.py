@@ -56,6 +56,10 @@ def test_files_no_rule_can_match_are_not_parsed(tmp_path: Path) -> None:
         "threading.Thread(target=f)\ntorch.cuda.Stream()",
         "Timer(1, f)\nwith torch.cuda.stream(s): pass",
         "pool_executor.submit(f)\nfrom torch.cuda import default_stream as ds",
+        "stream = torch.cuda.current_stream()",
+        "def f():\n    self.__class__.s = torch.mtia.current_stream()",
+        "def f():\n    global S\n    S = torch.cuda.current_stream()",
+        "@functools.lru_cache\ndef main():\n    return torch.cuda.current_stream()",
     ],
 )
 def test_prefilter_keeps_every_file_a_rule_could_flag(text: str) -> None:
@@ -64,7 +68,12 @@ def test_prefilter_keeps_every_file_a_rule_could_flag(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["x = 1", "stream = current_stream()", "import threading  # stream docs", "s.wait_stream(t)"],
+    [
+        "x = 1",
+        "def f():\n    stream = current_stream()\n    return stream.query()",
+        "import threading  # stream docs",
+        "s.wait_stream(t)",
+    ],
 )
 def test_prefilter_drops_files_no_rule_can_flag(text: str) -> None:
     assert not could_match(text.encode())
