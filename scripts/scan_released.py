@@ -58,18 +58,43 @@ class Target:
 
 
 TARGETS = (
+    Target("vllm-0.6.6", "vllm==0.6.6", "vllm",
+           "before the cache: pynccl gets `torch.cuda.current_stream()` per call"),
+    Target("vllm-0.7.3", "vllm==0.7.3", "vllm", "the module-global `_current_stream` appears"),
+    Target("vllm-0.8.5", "vllm==0.8.5", "vllm", "same global cache"),
     Target("vllm-0.9.2", "vllm==0.9.2", "vllm",
            "last vLLM with the module-global `_current_stream` (must be flagged)"),
+    Target("vllm-0.10.2", "vllm==0.10.2", "vllm", "first vLLM with the `threading.local()` fix"),
+    Target("vllm-0.11.0", "vllm==0.11.0", "vllm", "thread-local cache"),
+    Target("vllm-0.22.0", "vllm==0.22.0", "vllm", "thread-local cache, moved to torch_utils"),
+    Target("vllm-0.24.0", "vllm==0.24.0", "vllm", "the release the GPU engine runs"),
     Target("vllm-0.33.0", "vllm==0.33.0", "vllm",
            "current vLLM: the cache is a `threading.local()` (must not be flagged)"),
+    Target("sglang-0.5.5", "sglang==0.5.5", "sglang",
+           "`multimodal_gen/utils.py` copies vLLM 0.9's patch"),
     Target("sglang-0.5.23", "sglang==0.5.23", "sglang",
-           "copy of the pattern in `multimodal_gen` pynccl"),
-    Target("vllm-ascend-0.11.0", "vllm-ascend==0.11.0", "vllm_ascend",
+           "copy of the pattern in `multimodal_gen` pynccl; a monorepo with namespace dirs"),
+    Target("vllm-ascend-0.9.1", "vllm-ascend==0.9.1", "vllm_ascend",
            "process-global `_CURRENT_STREAM` for torch.npu"),
+    Target("vllm-ascend-0.23.0", "vllm-ascend==0.23.0", "vllm_ascend",
+           "same cache, still there"),
     Target("fastvideo-0.2.1", "fastvideo==0.2.1", "fastvideo",
            "copy of vLLM 0.9's `utils.py`"),
     Target("aphrodite-engine-0.24.1", "aphrodite-engine==0.24.1", "aphrodite",
            "vLLM fork that already moved to `threading.local()`"),
+    Target("lmcache-0.3.15", "lmcache==0.3.15", "lmcache", "KV offload: copy threads"),
+    Target("lmcache-0.5.6", "lmcache==0.5.6", "lmcache",
+           "KV offload with a platform stream layer"),
+    Target("lmdeploy-0.18.0", "lmdeploy==0.18.0", "lmdeploy", "another engine"),
+    Target("deepspeed-0.19.8", "deepspeed==0.19.8", "deepspeed",
+           "accelerator abstraction, offload streams (sdist)"),
+    Target("transformer-engine-2.20.2", "transformer-engine==2.20.2", "transformer_engine",
+           "side streams for overlap"),
+    Target("mooncake-0.3.13.post1", "mooncake-transfer-engine==0.3.13.post1", "mooncake",
+           "KV transfer engine"),
+    Target("nixl-1.5.2", "nixl==1.5.2", "nixl", "KV transfer library"),
+    Target("nnsight-0.8.1", "nnsight==0.8.1", "nnsight", "runs user code on worker threads"),
+    Target("torch-2.13.0", "torch==2.13.0", "torch", "PyTorch itself"),
 )
 
 REAL = "real"
@@ -106,6 +131,27 @@ REVIEWED: dict[tuple[str, str, int, str], tuple[str, str]] = {
         REAL, "copy of vLLM 0.9's patched set_stream (plus a None check), writing a global."),
     ("fastvideo-0.2.1", "fastvideo/utils.py", 119, "SC101"): (
         REAL, "copy of vLLM 0.9's `current_stream()` returning that global."),
+    ("vllm-0.7.3", "vllm/utils.py", 931, "SC102"): (
+        REAL, "the patch that 0.9.2 inherited: `_patched_set_stream` writes the global."),
+    ("vllm-0.7.3", "vllm/utils.py", 934, "SC101"): (
+        REAL, "`current_stream()` returns it; pynccl launches on it."),
+    ("vllm-0.8.5", "vllm/utils.py", 1070, "SC102"): (
+        REAL, "same patch as 0.7.3."),
+    ("vllm-0.8.5", "vllm/utils.py", 1073, "SC101"): (
+        REAL, "same accessor as 0.7.3."),
+    ("sglang-0.5.5", "sglang/multimodal_gen/utils.py", 93, "SC102"): (
+        REAL, "copy of vLLM 0.9's patch writing module-global `_current_stream`."),
+    ("sglang-0.5.5", "sglang/multimodal_gen/utils.py", 96, "SC101"): (
+        REAL, "`current_stream()` returns it to multimodal_gen's pynccl collectives."),
+    ("vllm-ascend-0.9.1", "vllm_ascend/utils.py", 138, "SC101"): (
+        REAL, "`current_stream()` freezes the first caller's NPU stream for the process; no "
+        "set_stream patch keeps it in step; pyhccl collectives launch on it."),
+    ("vllm-ascend-0.23.0", "vllm_ascend/utils.py", 492, "SC101"): (
+        REAL, "same one-shot process-global `_CURRENT_STREAM` as 0.9.1/0.11.0."),
+    ("torch-2.13.0", "torch/mtia/mtia_graph.py", 75, "SC101"): (
+        REAL, "latent, MTIA only: the first graph stores `torch.mtia.current_stream()` in a "
+        "class attribute that becomes every later graph's capture stream, in any thread or "
+        "device (the CUDA/XPU siblings store a dedicated `Stream()`)."),
 }
 
 

@@ -148,6 +148,17 @@ def _run_rules(tree: ast.Module, data: bytes, outcome: _FileOutcome) -> None:
             (outcome.pending if rule.needs_global_cache else outcome.hits).append((rule.id, hit))
 
 
+def _import_roots(paths: Sequence[str | Path]) -> set[Path]:
+    """Where the scanned code's absolute imports may start: each scanned directory (or a
+    scanned file's directory) and every directory above it."""
+    roots: set[Path] = set()
+    for raw in paths:
+        path = Path(raw).resolve()
+        start = path if path.is_dir() else path.parent
+        roots.update((start, *start.parents))
+    return roots
+
+
 def _short(path: str) -> str:
     """``pkg/mod.py`` for a path: enough to follow an import chain, short enough to read."""
     parts = Path(path).parts
@@ -215,7 +226,9 @@ def scan_paths(
         for rule_id, hit in outcome.hits
         if rule_id in WRITE_PATH_RULES
     ]
-    graph = ImportGraph(files) if patch_sites and any(o.pending for o in outcomes) else None
+    graph = None
+    if patch_sites and any(o.pending for o in outcomes):
+        graph = ImportGraph(files, roots=_import_roots(paths))
 
     findings: list[ScanFinding] = []
     for outcome in outcomes:

@@ -27,6 +27,8 @@ from pathlib import Path
 _FROM = re.compile(rb"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]*(\([^)]*\)|[^\n;#]*)", re.M)
 _IMPORT = re.compile(rb"^[ \t]*import[ \t]+([^\n;#]*)", re.M)
 _NAME = re.compile(r"[A-Za-z_][\w.]*")
+#: A quoted dotted path of three parts or more: ``"pkg.mod.Class"`` for a class loaded by name.
+_QUALNAME = re.compile(rb"[\"']([A-Za-z_]\w*(?:\.[A-Za-z_]\w*){2,})[\"']")
 #: Longest dotted suffix of a file's path looked up for an absolute import.
 _MAX_DEPTH = 12
 
@@ -41,13 +43,18 @@ class Link:
 class ImportGraph:
     """The import edges between a fixed set of files, read lazily, one file at a time."""
 
-    def __init__(self, files: Iterable[str | Path]) -> None:
+    def __init__(self, files: Iterable[str | Path], roots: Iterable[str | Path]) -> None:
+        """``roots``: the directories an absolute import may start from (``sys.path``
+        entries): the scanned directories and every directory above them. ``import cuda``
+        must not resolve to ``pkg/platforms/cuda.py``."""
         self._files = {Path(f).resolve(): str(f) for f in files}
+        self._roots = {Path(r).resolve() for r in roots}
         self._by_suffix: dict[tuple[str, ...], list[Path]] = {}
         for path in self._files:
             parts = _module_parts(path)
             for depth in range(1, min(len(parts), _MAX_DEPTH) + 1):
-                self._by_suffix.setdefault(parts[-depth:], []).append(path)
+                if Path(*parts[:-depth]) in self._roots:
+                    self._by_suffix.setdefault(parts[-depth:], []).append(path)
         self._edges: dict[Path, tuple[Path, ...]] = {}
         self._reach: dict[Path, dict[Path, Path | None]] = {}
 
@@ -142,3 +149,7 @@ def _imported_modules(data: bytes) -> Iterator[tuple[int, str]]:
             name = item.split(" as ")[0].strip()
             if _NAME.fullmatch(name):
                 yield 0, name
+    for match in _QUALNAME.finditer(data):
+        name = match.group(1).decode("ascii")
+        yield 0, name
+        yield 0, name.rpartition(".")[0]
