@@ -15,7 +15,7 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from streamcheck.scan.index import FunctionInfo, ModuleIndex, ThreadSpawn, accel_api, dotted
+from streamcheck.scan.index import FunctionInfo, ModuleIndex, ThreadSpawn, dotted
 
 _SET_DEVICE_CALLS = frozenset({"set_device", "set_device_index"})
 _DEVICE_CONTEXTS = frozenset({"device", "device_of", "accelerator.device_index"})
@@ -104,7 +104,7 @@ class DeviceGuard:
                     # ``with torch.device(...)`` only sets the factory default, not the
                     # current device that a new stream is created on.
                     name = index.resolve(expr.func)
-                    if name != "torch.device" and accel_api(name) in _DEVICE_CONTEXTS:
+                    if name != "torch.device" and index.api(expr.func) in _DEVICE_CONTEXTS:
                         self.blocks.append((node.lineno, node.end_lineno or node.lineno))
 
     def covers(self, node: ast.AST) -> bool:
