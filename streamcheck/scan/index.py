@@ -122,6 +122,11 @@ class ModuleIndex:
     #: Dotted names (``dm``, ``self.device_module``) bound anywhere in the module to a device
     #: module: ``torch.get_device_module(...)``, ``getattr(torch, kind)`` or ``torch.cuda``.
     device_modules: set[str] = field(default_factory=set)
+    #: Assignments outside class bodies whose text mentions ``current_stream`` (all of them when
+    #: no source was given): the only places SC101 looks for a current stream being stored.
+    current_stream_stores: list[tuple[ast.Assign | ast.AnnAssign, FunctionInfo | None]] = field(
+        default_factory=list
+    )
     #: (owner class name or "", dotted name) -> names of the module's classes constructed into
     #: it: ``worker = Worker()`` at any level, ``self.saver = Saver()`` in a method of ``owner``.
     instances: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -215,9 +220,12 @@ class _Indexer:
     only in statements whose lines contain a word such a call must contain.
     """
 
-    def __init__(self, index: ModuleIndex, hot: set[int] | None) -> None:
+    def __init__(
+        self, index: ModuleIndex, hot: set[int] | None, stream_lines: set[int] | None
+    ) -> None:
         self.index = index
         self.hot = hot
+        self.stream_lines = stream_lines
         self.method_calls: list[tuple[ast.Call, FunctionInfo | None, ast.ClassDef | None]] = []
         self.executor_names: set[str] = set()
 
@@ -253,6 +261,11 @@ class _Indexer:
                 self._record_target(stmt, target, stmt.value, func, cls)
         elif isinstance(stmt, ast.AnnAssign):
             self._record_target(stmt, stmt.target, stmt.value, func, cls)
+        if isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None and (
+            self.stream_lines is None
+            or any(n in self.stream_lines for n in range(stmt.lineno, (stmt.end_lineno or 0) + 1))
+        ) and cls is None:
+            self.index.current_stream_stores.append((stmt, func))
         blocks = [getattr(stmt, name, None) for name in _BLOCK_FIELDS]
         if not any(blocks):
             if self._is_hot(stmt.lineno, stmt.end_lineno):
@@ -434,12 +447,14 @@ def build_index(tree: ast.Module, path: str, source: bytes | None = None) -> Mod
     """
     index = ModuleIndex(path=path, tree=tree)
     hot: set[int] | None = None
+    stream_lines: set[int] | None = None
     # Line numbers are counted on b"\n"; a file with old Mac b"\r" line ends is walked whole.
     if source is not None and source.count(b"\r") == source.count(b"\r\n"):
         words = set(_HOT_WORDS)
         words.update(_import_aliases(tree))
         hot = _hot_lines(source, words)
-    indexer = _Indexer(index, hot)
+        stream_lines = _hot_lines(source, {"current_stream"})
+    indexer = _Indexer(index, hot, stream_lines)
     indexer.walk(tree.body, None, None)
     indexer.finish()
     return index

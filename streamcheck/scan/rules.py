@@ -4,11 +4,11 @@ Every rule has a stable id (``SC1xx``) that is never reused and a stable name; b
 by ``select``/``ignore`` and by inline ``# streamcheck: ignore[...]`` comments. A rule reads the
 :class:`~streamcheck.scan.index.ModuleIndex` of one module and yields :class:`Hit` s; it never
 prints and never looks at other files. The one cross-file question (SC104: "does switching
-streams in this code base rewrite a module-global current-stream cache?") is answered by the
-engine, which only emits SC104 hits when SC102 fired in the same package or in a package the
-module imports. SC102, not SC101: a cache that only ``current_stream()`` fills (SC101 alone, as
-in vllm-ascend) is stale but is not rewritten by a helper thread's ``torch.npu.stream(...)``;
-SC101 already reports it.
+streams in this thread's process rewrite a module-global current-stream cache?") is answered by
+the engine, which only emits SC104 hits when the module imports, directly or through others, a
+module where SC102 fired (:mod:`streamcheck.scan.imports`). SC102, not SC101: a cache that
+only ``current_stream()`` fills (SC101 alone, as in vllm-ascend) is stale but is not rewritten
+by a helper thread's ``torch.npu.stream(...)``; SC101 already reports it.
 
 :data:`RULES` is the only registry.
 """
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 from streamcheck.scan.index import FunctionInfo, ModuleIndex
 from streamcheck.scan.state import (
-    is_current_stream_call,
+    current_stream_stores,
     is_process_memoised,
     is_stream_value,
     mentions_accel_stream,
-    returned_candidates,
     returned_state,
     returns_current_stream,
     stored_parameter_writes,
@@ -58,8 +57,8 @@ class Rule:
     summary: str
     hint: str
     check: RuleCheck
-    #: Report only where switching streams rewrites a module-global cache (SC102 fired in the
-    #: same package or in a package the module imports).
+    #: Report only where switching streams rewrites a module-global cache (the module imports
+    #: one where SC102 fired).
     needs_global_cache: bool = False
 
 
@@ -107,20 +106,16 @@ def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
     for hit, func in _cache_accessors(index):
         flagged.add(id(func.node))
         yield hit
-    for state, writes in writes_by_state(index).items():
-        for write in writes:
-            in_accessor = write.func is not None and id(write.func.node) in flagged
-            if in_accessor or not any(
-                is_current_stream_call(index, part) for part in returned_candidates(write.value)
-            ):
-                continue
-            where = f"`{write.func.qualname}`" if write.func is not None else "the module"
-            yield Hit.at(
-                write.node,
-                f"{where} stores `current_stream()` in `{state}`, one slot shared by every "
-                "thread: whoever reads it later gets the stream that was current in this thread "
-                "at this moment, not their own current stream.",
-            )
+    for write in current_stream_stores(index):
+        if write.func is not None and id(write.func.node) in flagged:
+            continue
+        where = f"`{write.func.qualname}`" if write.func is not None else "the module"
+        yield Hit.at(
+            write.node,
+            f"{where} stores `current_stream()` in `{write.state}`, one slot shared by every "
+            "thread: whoever reads it later gets the stream that was current in this thread at "
+            "this moment, not their own current stream.",
+        )
 
 
 def _cache_accessors(index: ModuleIndex) -> Iterator[tuple[Hit, FunctionInfo]]:
@@ -245,7 +240,8 @@ RULES: dict[str, Rule] = {
         Rule(
             "SC101",
             "global-stream-cache",
-            "A current-stream accessor returns a module-global cache shared by all threads.",
+            "The current stream is cached in state shared by all threads (a module global, a "
+            "dict in one, a class attribute, a process-wide lru_cache) and read back later.",
             "Keep the cache per thread (a threading.local() attribute, as vLLM >= 0.10 does) or "
             "read the real per-thread stream: torch.cuda.current_stream(), or "
             "torch._C._cuda_getCurrentStream(device) where speed matters.",

@@ -246,6 +246,30 @@ def state_writes(index: ModuleIndex, func: FunctionInfo) -> list[StateWrite]:
     return writes
 
 
+def current_stream_stores(index: ModuleIndex) -> Iterator[StateWrite]:
+    """Stores of a ``current_stream()`` value into shared state, from the assignments the index
+    kept because their text mentions ``current_stream`` (walking every function of every
+    module for them cost more than the rest of the scan)."""
+    for stmt, func in index.current_stream_stores:
+        assert stmt.value is not None
+        if not any(is_current_stream_call(index, p) for p in returned_candidates(stmt.value)):
+            continue
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if func is None:
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            yield from (StateWrite(n, stmt, stmt.value, None) for n in names)
+            continue
+        shared = SharedNames(index, _memo(index, "local_bindings", func, _bindings))
+        for target in targets:
+            name = state_named(index, func, target, shared, store=True)
+            if name is not None:
+                yield StateWrite(name, stmt, stmt.value, func)
+
+
+def _bindings(_index: ModuleIndex, func: FunctionInfo) -> set[str]:
+    return local_bindings(func)
+
+
 def writes_by_state(index: ModuleIndex) -> dict[str, list[StateWrite]]:
     """Every store into shared state in the module, by state: built once per module.
 

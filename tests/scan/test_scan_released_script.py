@@ -56,6 +56,28 @@ def test_markdown_counts_reviewed_and_unreviewed_findings(script) -> None:
     old = _outcome(script, "vllm-0.9.2", [("vllm/utils/__init__.py", 1170, "SC101"),
                                           ("vllm/new.py", 3, "SC103")])
     text = script.render_markdown([old], 3, "0.0, 0.0, 0.0")
-    assert "2 findings, 1 real, 0 false positives, 1 unreviewed" in text
+    assert "2 findings in 1 trees (10 files): 1 real, 0 false positives, 1 unreviewed" in text
+    assert "Precision 1.00 on reviewed findings, recall 1.00" in text
     assert "| vllm-0.9.2 | `vllm/new.py:3` | SC103 n | unreviewed |  |" in text
     assert "the findings were the same for all 1 packages." in text
+
+
+def test_recall_counts_known_missed_sites_of_the_scanned_trees_only(script, monkeypatch) -> None:
+    old = _outcome(script, "vllm-0.9.2", [("vllm/utils/__init__.py", 1170, "SC101")])
+    monkeypatch.setattr(script, "KNOWN_MISSED", {
+        ("vllm-0.9.2", "vllm/x.py", 1, "SC104"): "missed here",
+        ("sglang-0.5.23", "sglang/y.py", 2, "SC104"): "another tree, not scanned this run",
+    })
+    summary = " ".join(script.summary_lines([old]))
+    assert "1 real sites known to be missed" in summary
+    assert "recall 0.50" in summary
+
+
+def test_summary_reports_the_speed_budget_and_slow_files(script) -> None:
+    new = _outcome(script, "vllm-0.33.0", [])
+    new.times = [6.0]
+    new.slowest = ("vllm/big.py", 2.5)
+    new.slow_files = [("vllm/big.py", 2.5)]
+    summary = " ".join(script.summary_lines([new]))
+    assert "Whole vLLM 0.33.0 tree: 6.00 s (budget 5 s: NOT met)" in summary
+    assert "files over 2 s: vllm-0.33.0/vllm/big.py 2.50 s" in summary
