@@ -149,14 +149,9 @@ def _run_rules(tree: ast.Module, data: bytes, outcome: _FileOutcome) -> None:
 
 
 def _import_roots(paths: Sequence[str | Path]) -> set[Path]:
-    """Where the scanned code's absolute imports may start: each scanned directory (or a
-    scanned file's directory) and every directory above it."""
-    roots: set[Path] = set()
-    for raw in paths:
-        path = Path(raw).resolve()
-        start = path if path.is_dir() else path.parent
-        roots.update((start, *start.parents))
-    return roots
+    """The scanned directories (a scanned file's directory): where the import graph starts
+    looking for the directories absolute imports resolve from."""
+    return {p if p.is_dir() else p.parent for p in (Path(raw).resolve() for raw in paths)}
 
 
 def _short(path: str) -> str:

@@ -44,11 +44,17 @@ class ImportGraph:
     """The import edges between a fixed set of files, read lazily, one file at a time."""
 
     def __init__(self, files: Iterable[str | Path], roots: Iterable[str | Path]) -> None:
-        """``roots``: the directories an absolute import may start from (``sys.path``
-        entries): the scanned directories and every directory above them. ``import cuda``
-        must not resolve to ``pkg/platforms/cuda.py``."""
+        """``roots``: the scanned directories (a scanned file's directory).
+
+        An absolute import starts from a ``sys.path`` entry: a scanned directory, a directory
+        above one, or a directory inside one that no regular package encloses (a repository's
+        ``python/`` holding its package). A directory inside a package is not one, so
+        ``import cuda`` (cuda-python) does not resolve to ``pkg/platforms/cuda.py``.
+        """
         self._files = {Path(f).resolve(): str(f) for f in files}
-        self._roots = {Path(r).resolve() for r in roots}
+        scanned = {Path(r).resolve() for r in roots}
+        self._roots = {p for r in scanned for p in (r, *r.parents)}
+        self._roots.update(self._unpackaged_dirs(scanned))
         self._by_suffix: dict[tuple[str, ...], list[Path]] = {}
         for path in self._files:
             parts = _module_parts(path)
@@ -57,6 +63,23 @@ class ImportGraph:
                     self._by_suffix.setdefault(parts[-depth:], []).append(path)
         self._edges: dict[Path, tuple[Path, ...]] = {}
         self._reach: dict[Path, dict[Path, Path | None]] = {}
+
+    def _unpackaged_dirs(self, scanned: set[Path]) -> set[Path]:
+        """Directories below a scanned one with no ``__init__.py`` at or above them."""
+        found: set[Path] = set()
+        for path in self._files:
+            chain: list[Path] = []
+            directory = path.parent
+            while directory not in scanned and directory != directory.parent:
+                chain.append(directory)
+                directory = directory.parent
+            if directory not in scanned:
+                continue  # not below a scanned directory (a file scanned on its own)
+            for below in reversed(chain):  # from the scanned directory down
+                if below / "__init__.py" in self._files:
+                    break
+                found.add(below)
+        return found
 
     def link(self, importer: str | Path, imported: str | Path) -> Link | None:
         """How ``importer`` loads ``imported`` (directly or through other scanned files), or
@@ -121,8 +144,23 @@ class ImportGraph:
                 if candidate is not None and candidate in self._files:
                     yield candidate
             return
-        if parts:
-            yield from self._by_suffix.get(parts, ())
+        candidates = self._by_suffix.get(parts, ()) if parts else ()
+        if len(candidates) > 1:
+            # Two scanned projects both have ``vllm/utils.py``: the importer's own comes first
+            # on its sys.path, so keep the candidates that share the most of its path.
+            depth = {c: _shared_depth(c, importer) for c in candidates}
+            best = max(depth.values())
+            candidates = [c for c in candidates if depth[c] == best]
+        yield from candidates
+
+
+def _shared_depth(a: Path, b: Path) -> int:
+    depth = 0
+    for x, y in zip(a.parts, b.parts, strict=False):
+        if x != y:
+            break
+        depth += 1
+    return depth
 
 
 def _module_parts(path: Path) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 ACCEL_MODULES = frozenset({"cuda", "npu", "xpu", "mlu", "musa", "hpu", "mps", "mtia"})
 #: ``torch.accelerator`` members that do what the device modules' members of the same name do.
 _ACCELERATOR_SAME_AS_DEVICE = frozenset({"current_stream", "set_stream"})
+#: The name vLLM and SGLang give a device module passed around (``self.device_module``).
+DEVICE_MODULE_NAME = "device_module"
 #: Calls that return a device module (``torch.cuda`` or its peer) chosen at run time.
 DEVICE_MODULE_GETTERS = frozenset({"torch.get_device_module"})
 
@@ -151,7 +153,12 @@ class ModuleIndex:
         found = accel_api(self.resolve(node))
         if found is None and isinstance(node, ast.Attribute):
             base = node.value
-            if self.is_device_module(base) or dotted(base) in self.device_modules:
+            name = dotted(base)
+            if (
+                self.is_device_module(base)
+                or name in self.device_modules
+                or (name is not None and name.rpartition(".")[2] == DEVICE_MODULE_NAME)
+            ):
                 return accel_api(f"torch.cuda.{node.attr}")
         return found
 

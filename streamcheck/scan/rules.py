@@ -160,6 +160,23 @@ def check_patched_set_stream_global(index: ModuleIndex) -> Iterator[Hit]:
 
 
 _STREAM_DEVICE_ARGS = frozenset({"device", "device_index"})
+#: What names a device type but no index: the stream still goes to the current device.
+_INDEXLESS_DEVICE_CALLS = frozenset({"accelerator.current_accelerator"})
+
+
+def _names_device_index(index: ModuleIndex, expr: ast.expr) -> bool:
+    """Can ``expr``, passed as a stream's device, name a device index? ``"cuda"``,
+    ``torch.device("cuda")`` and ``torch.accelerator.current_accelerator()`` cannot."""
+    if isinstance(expr, ast.Constant):
+        return not (isinstance(expr.value, str) and ":" not in expr.value)
+    if isinstance(expr, ast.Call):
+        if index.api(expr.func) in _INDEXLESS_DEVICE_CALLS:
+            return False
+        if index.resolve(expr.func) == "torch.device" and len(expr.args) == 1 and not (
+            expr.keywords
+        ):
+            return _names_device_index(index, expr.args[0])
+    return True
 
 
 def check_stream_in_thread_without_set_device(index: ModuleIndex) -> Iterator[Hit]:
@@ -169,7 +186,9 @@ def check_stream_in_thread_without_set_device(index: ModuleIndex) -> Iterator[Hi
         for node in body_nodes(reach.func):
             if not isinstance(node, ast.Call) or index.api(node.func) != "Stream":
                 continue
-            if node.args or any(kw.arg in _STREAM_DEVICE_ARGS for kw in node.keywords):
+            devices = [*node.args[:1], *(kw.value for kw in node.keywords
+                                         if kw.arg in _STREAM_DEVICE_ARGS)]
+            if any(_names_device_index(index, d) for d in devices):
                 continue  # the device is named explicitly
             if any(kw.arg == "stream_id" for kw in node.keywords):
                 continue  # wraps an existing stream: SC105's business

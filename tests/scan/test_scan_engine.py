@@ -233,3 +233,44 @@ def test_work_per_module_grows_linearly_with_its_functions(tmp_path, monkeypatch
         path.write_text(src)
         scan_paths([str(path)])
         assert calls["writes"] <= 2 * n, (n, calls["writes"])
+
+
+_PATCH = (
+    "import torch\n_current = None\n_orig = torch.cuda.set_stream\n\n\n"
+    "def _patched(stream):\n    global _current\n    _current = stream\n    _orig(stream)\n\n\n"
+    "torch.cuda.set_stream = _patched\n"
+)
+_THREAD = (
+    "import threading\n\nimport torch\n\n{imports}\n\n\ndef loop(stream):\n"
+    "    with torch.cuda.stream(stream):\n        pass\n\n\n"
+    "threading.Thread(target=loop, args=(None,)).start()\n"
+)
+
+
+def _sc104(root: Path) -> list[str]:
+    return [Path(f.path).name for f in scan_paths([root]).findings if f.rule_id == "SC104"]
+
+
+def test_sc104_follows_imports_from_a_repository_layout(tmp_path: Path) -> None:
+    """A repository keeps its package under ``python/`` (as sglang does): scanning the
+    repository, ``import eng.utils`` resolves from ``python/``, not from the repository."""
+    pkg = tmp_path / "repo" / "python" / "eng"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "utils.py").write_text(_PATCH)
+    (pkg / "worker.py").write_text(_THREAD.format(imports="import eng.utils"))
+    (pkg / "server.py").write_text(_THREAD.format(imports="import eng"))
+    assert _sc104(tmp_path / "repo") == ["worker.py"]
+
+
+def test_sc104_prefers_the_importers_own_project(tmp_path: Path) -> None:
+    """Two projects scanned together both have ``eng/utils.py``; only one patches set_stream.
+    Each worker imports its own project's module."""
+    for name, utils in (("old", _PATCH), ("new", "import torch\n")):
+        pkg = tmp_path / name / "eng"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "utils.py").write_text(utils)
+        (pkg / "worker.py").write_text(_THREAD.format(imports="from eng import utils"))
+    found = [f.path for f in scan_paths([tmp_path]).findings if f.rule_id == "SC104"]
+    assert [Path(p).parent.parent.name for p in found] == ["old"]

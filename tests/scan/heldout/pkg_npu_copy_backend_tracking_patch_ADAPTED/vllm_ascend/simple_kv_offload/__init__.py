@@ -1,0 +1,1 @@
+"""Package marker (ADAPTED npu copy-backend case; no code)."""

@@ -1,0 +1,1 @@
+"""Package marker for a vllm ubatch held-out case (no code)."""
