@@ -30,7 +30,11 @@ def listing(repro_dirs: list[str] | None) -> dict[str, Any]:
         repros.append({"name": spec.name, "path": str(repro.path), "hazard": spec.hazard,
                        "summary": spec.summary, "min_gpus": spec.min_gpus,
                        "max_world": spec.max_world,
-                       "expect": {v: spec.expect[v].describe() for v in VARIANT_MODES}})
+                       "expect": {v: spec.expect[v].describe() for v in VARIANT_MODES},
+                       "mechanism": spec.mechanism,
+                       "reports": [{"ref": r.ref, "url": r.url, "title": r.title, "fix": r.fix}
+                                   for r in spec.reports]})
+    repros.sort(key=lambda r: (r["hazard"], r["name"]))  # grouped by hazard
     return {"schema": LIST_SCHEMA, "repros": repros}
 
 
@@ -44,13 +48,20 @@ def command(args: argparse.Namespace, console: Console) -> int:
         write_output(args.json, json.dumps(document, indent=2), "--json")
         if args.json == "-":
             return 0
-    table = Table(title="streamcheck repros")
-    for column in ("repro", "hazard", "GPUs", "models", "buggy", "fixed", "guarded"):
+    table = Table(title="streamcheck repros, by hazard")
+    for column in ("hazard", "repro", "reproduces", "GPUs", "models", "buggy", "fixed",
+                   "guarded"):
         table.add_column(column, overflow="fold")
+    previous = None
     for r in document["repros"]:
         gpus = f"{r['min_gpus']}" + (f"-{r['max_world']}" if r["max_world"] > r["min_gpus"]
                                      else "")
-        table.add_row(r["name"], r["hazard"], gpus, r["summary"],
+        hazard = r["hazard"] if r["hazard"] != previous else ""
+        if r["hazard"] != previous and previous is not None:
+            table.add_section()
+        previous = r["hazard"]
+        refs = ", ".join(x["ref"] for x in r["reports"]) or "-"
+        table.add_row(hazard, r["name"], refs, gpus, r["summary"],
                       *(r["expect"][v] for v in VARIANT_MODES))
     console.print(table)
     return 0

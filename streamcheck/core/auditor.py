@@ -31,7 +31,7 @@ from streamcheck.core.ids import (
 )
 from streamcheck.core.modes import Mode
 from streamcheck.core.provenance import StreamBook
-from streamcheck.core.records import Finding, Handoff, LaunchRecord
+from streamcheck.core.records import Finding, Handoff, LaunchRecord, WriteTarget
 from streamcheck.core.rules import RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
@@ -67,7 +67,9 @@ class Auditor:
         self._lock = threading.Lock()
         self.coverage = Coverage()
         self._listeners: list[FindingListener] = []
-        self._handoffs: dict[tuple[int, int], Handoff] = {}
+        self._handoffs: dict[tuple[int, int], Handoff] = {}  # the latest write of each buffer
+        # reads declared since that write, the latest per stream
+        self._reads: dict[tuple[int, int], dict[tuple[int, int], Handoff]] = {}
         self._main = threading.main_thread().ident
 
     # ---- hot path -------------------------------------------------------------------------
@@ -75,19 +77,21 @@ class Auditor:
     def admit(self, op: str, stream_device: int, stream_id: int, stream_obj: object,
               current_device: int | None, current_id: int | None, target_device: int | None,
               implicit: bool, accessor: str = "", counted: bool = False,
-              reads: tuple[Handoff, ...] = ()) -> None:
+              reads: tuple[Handoff, ...] = (), writes: tuple[WriteTarget, ...] = ()) -> None:
         """Let a launch through, or hand it to :meth:`review` (which may raise).
 
         ``counted`` says the caller already advanced this launch site's counter.
         """
         if not counted:
             next(self.coverage.counter(op))
+        key = (stream_device, stream_id)
         if (
             (target_device is None or stream_device == target_device)
             and (not implicit or current_id is None
                  or (stream_id == current_id and stream_device == current_device))
             and (stream_id != DEFAULT_STREAM_ID or self._is_engine(threading.get_ident()))
-            and all(self.clocks.ordered((stream_device, stream_id), h.mark) for h in reads)
+            and all(self.clocks.ordered(key, h.mark) for h in reads)
+            and all(self.clocks.ordered(key, h.mark) for t in writes for h in t.prior())
         ):
             return
         current = None
@@ -95,22 +99,45 @@ class Auditor:
             current = StreamRef(current_device, current_id)
         handle = getattr(stream_obj, "cuda_stream", 0)
         self.review(op, StreamRef(stream_device, stream_id, int(handle or 0)), current,
-                    target_device, implicit, accessor, reads=reads)
+                    target_device, implicit, accessor, reads=reads, writes=writes)
 
-    def handoff(self, tensor: tuple[int, int], stream: StreamRef) -> Handoff:
-        """Declare ``tensor`` complete on ``stream`` now; later readers must be ordered after."""
+    def handoff(self, tensor: tuple[int, int], stream: StreamRef, access: str = "write",
+                skip: int = 2) -> Handoff:
+        """Declare an access to ``tensor`` on ``stream`` now.
+
+        A ``"write"``: the tensor is complete on ``stream``; later readers and writers must be
+        ordered after this point (and the reads before it no longer matter: they were ordered
+        before this write or it is itself a finding). A ``"read"``: a later writer must be
+        ordered after this point; of one stream's reads only the latest is kept.
+        """
+        if access not in ("write", "read"):
+            raise ValueError(f"access must be 'write' or 'read', not {access!r}")
         ident = threading.get_ident()
         handoff = Handoff(  # once per layer saved: a site, not a formatted stack (rules format)
             tensor=tensor, mark=self.clocks.mark(stream.key), stream=stream,
             thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
-            time=time.time(), stack=capture_site(skip=2),  # type: ignore[arg-type]
+            time=time.time(), stack=capture_site(skip=skip),  # type: ignore[arg-type]
+            access=access,
         )
-        self._handoffs[tensor] = handoff  # one dict store: atomic
+        with self._lock:
+            if access == "write":
+                self._handoffs[tensor] = handoff
+                self._reads.pop(tensor, None)
+            else:
+                self._reads.setdefault(tensor, {})[stream.key] = handoff
         return handoff
 
     def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
+        """The latest write declared for ``tensor``."""
         with self._lock:
             return self._handoffs.get(tensor)
+
+    def write_target(self, tensor: tuple[int, int]) -> WriteTarget:
+        """What a write to ``tensor`` must be ordered after: its latest write and the reads
+        declared since."""
+        with self._lock:
+            reads = tuple(self._reads.get(tensor, {}).values())
+            return WriteTarget(tensor, self._handoffs.get(tensor), reads)
 
     def _is_engine(self, ident: int) -> bool:
         role = roles._roles.get(ident)
@@ -122,8 +149,8 @@ class Auditor:
 
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
                target_device: int | None, implicit: bool, accessor: str = "",
-               thread_device: int | None = None, reads: tuple[Handoff, ...] = ()
-               ) -> list[Finding]:
+               thread_device: int | None = None, reads: tuple[Handoff, ...] = (),
+               writes: tuple[WriteTarget, ...] = ()) -> list[Finding]:
         """Build the launch record, run the rules, and act on the findings by mode."""
         ident = threading.get_ident()
         launch = LaunchRecord(
@@ -138,6 +165,7 @@ class Auditor:
             time=time.time(),
             stack=capture_stack(skip=2),
             reads=reads,
+            writes=writes,
         )
         findings = list(evaluate(self.context, launch, self.select))
         if findings:

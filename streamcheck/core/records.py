@@ -26,7 +26,9 @@ class StreamEvent:
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """A tensor an engine thread declared complete on its stream (see ``streamcheck.handoff``)."""
+    """A buffer access declared on a stream (see ``streamcheck.handoff``): a ``"write"`` is the
+    buffer complete on that stream now (later readers and writers must be ordered after it), a
+    ``"read"`` is a read queued there now (a later writer must be ordered after it)."""
 
     tensor: tuple[int, int]  # (device, data pointer)
     mark: Mark
@@ -34,6 +36,20 @@ class Handoff:
     thread: ThreadRef
     time: float
     stack: Stack = ()
+    access: str = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """A buffer a launch is about to write, with the accesses it must be ordered after: the
+    latest write and the reads queued since (at most one per stream: a stream runs in order)."""
+
+    tensor: tuple[int, int]
+    last_write: Handoff | None = None
+    reads: tuple[Handoff, ...] = ()
+
+    def prior(self) -> tuple[Handoff, ...]:
+        return ((self.last_write,) if self.last_write is not None else ()) + self.reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,7 @@ class LaunchRecord:
     time: float = 0.0
     stack: Stack = ()
     reads: tuple[Handoff, ...] = ()
+    writes: tuple[WriteTarget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.ids import ThreadRef, frames_of, stack_of_thread
 from streamcheck.core.provenance import StreamBook
-from streamcheck.core.records import Finding, LaunchRecord, StreamEvent
+from streamcheck.core.records import Finding, Handoff, LaunchRecord, StreamEvent
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,56 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
     return None
 
 
+def _unordered_prior(ctx: RuleContext, launch: LaunchRecord, access: str
+                     ) -> tuple[Handoff, Handoff | None] | None:
+    """The first earlier ``access`` ("read"/"write") of a buffer this launch writes that the
+    launch stream is not ordered after, with that buffer's latest write (None if none)."""
+    for target in launch.writes:
+        prior = target.reads if access == "read" else (
+            (target.last_write,) if target.last_write is not None else ())
+        for earlier in prior:
+            if not ctx.clocks.ordered(launch.stream.key, earlier.mark):
+                return earlier, target.last_write
+    return None
+
+
+def _access_event(access: Handoff) -> StreamEvent:
+    return StreamEvent(access.access, access.stream, access.thread, access.time,
+                       frames_of(access.stack), via="streamcheck.handoff")
+
+
+def check_write_after_read(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The launch overwrites a buffer that another stream may still be reading."""
+    found = _unordered_prior(ctx, launch, "read")
+    if found is None:
+        return None
+    read, _ = found
+    message = (
+        f"{launch.op} in {launch.thread.describe()} writes a buffer on "
+        f"{launch.stream.describe()} that {read.thread.describe()} declared read on "
+        f"{read.stream.describe()}, and no event recorded on that stream after the read was "
+        "waited on by the writing stream: the write can land while the read is still running "
+        "(a reused KV block is overwritten under the attention that reads it)."
+    )
+    return _finding("write-after-read", launch, message, _access_event(read), read.thread)
+
+
+def check_write_after_write(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The launch writes a buffer whose previous write, on another stream, may not be done."""
+    found = _unordered_prior(ctx, launch, "write")
+    if found is None:
+        return None
+    write, _ = found
+    message = (
+        f"{launch.op} in {launch.thread.describe()} writes a buffer on "
+        f"{launch.stream.describe()} that {write.thread.describe()} also wrote on "
+        f"{write.stream.describe()}, and no event recorded after that write was waited on by "
+        "the writing stream: the two writes can land in either order (a block zeroed on the "
+        "compute stream after the load filled it)."
+    )
+    return _finding("write-after-write", launch, message, _access_event(write), write.thread)
+
+
 RULES: dict[str, Rule] = {
     rule.id: rule
     for rule in (
@@ -202,6 +252,22 @@ RULES: dict[str, Rule] = {
             "handoff) and make the reading stream wait on it before the copy "
             "(stream.wait_event(event)); never poll with event.query() alone.",
             check_unsynced_handoff,
+        ),
+        Rule(
+            "write-after-read",
+            "stream overwrites a buffer another stream may still be reading",
+            "Record an event on the reading stream after its last read of the buffer and make "
+            "the writing stream wait on it before the write (or free the buffer for reuse only "
+            "once that event has completed).",
+            check_write_after_read,
+        ),
+        Rule(
+            "write-after-write",
+            "two streams write one buffer with nothing ordering the writes",
+            "Order the second write after the first: record an event on the first writer's "
+            "stream after its write and wait on it from the second writer's stream (or make one "
+            "stream do both writes).",
+            check_write_after_write,
         ),
     )
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcheck.repro.spec import Expectation
+from streamcheck.repro.spec import COUNTED_SYMPTOMS, Expectation
 
 
 @dataclass
@@ -87,7 +87,7 @@ def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: b
         if wrong:
             obs.symptoms.setdefault("wrong", "")
             obs.symptoms["wrong"] += f"rank{rank} {wrong}/{done} "
-        for key in ("corrupt-save", "race"):
+        for key in COUNTED_SYMPTOMS:
             if int(last_observed.get(key.replace("-", "_"), 0)):
                 obs.symptoms[key] = f"rank{rank} {last_observed[key.replace('-', '_')]}/{done}"
         obs.foreign_launches += int(last_observed.get("foreign_launches", 0))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SYMPTOMS = ("nan", "wrong", "error-400", "hang", "corrupt-save", "race")
+SYMPTOMS = ("nan", "wrong", "error-400", "hang", "corrupt-save", "overwritten-read",
+            "lost-load")
+#: Symptoms a rank counts itself (``ctx.count("corrupt_save")``), by the counter's name.
+COUNTED_SYMPTOMS = ("corrupt-save", "overwritten-read", "lost-load")
 VARIANT_MODES = {"buggy": "off", "fixed": "record", "guarded": "assert"}
 
 
@@ -27,6 +30,11 @@ class Expectation:
     #: way to tell it); the audit prevents the error, not that wait
     tolerate: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        unknown = [s for s in (*self.symptom, *self.tolerate) if s not in SYMPTOMS]
+        if unknown:
+            raise ValueError(f"unknown symptom(s) {unknown}; known: {', '.join(SYMPTOMS)}")
+
     def describe(self) -> str:
         if self.clean:
             return "clean"
@@ -37,11 +45,32 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class PublicReport:
+    """A public bug report a repro reproduces: ``ref`` as ``owner/repo#number``."""
+
+    ref: str
+    url: str
+    title: str = ""
+    fix: str = ""  # the upstream fix: a PR or commit link, or "" when none landed
+
+    def __post_init__(self) -> None:
+        owner_repo, sep, number = self.ref.partition("#")
+        if not sep or "/" not in owner_repo or not number.isdigit():
+            raise ValueError(f"report ref {self.ref!r} is not owner/repo#number")
+        if not self.url.startswith("https://"):
+            raise ValueError(f"report {self.ref}: url {self.url!r} is not an https link")
+
+
+@dataclass(frozen=True)
 class ReproSpec:
     name: str
     hazard: str
     summary: str
     expect: dict[str, Expectation]
+    #: the public reports whose mechanism this repro reproduces, and that mechanism in a
+    #: paragraph (streams, events, threads, buffers: who writes, who reads, what is missing)
+    reports: tuple[PublicReport, ...] = ()
+    mechanism: str = ""
     min_gpus: int = 1
     max_world: int = 2
     iterations: dict[str, int] = field(default_factory=lambda: {"cuda": 30, "sim": 3})

@@ -7,8 +7,12 @@
 ``resolved_from`` names the cache it came from when the caller did not choose it itself, which
 makes a mismatch with the thread's real current stream a finding. ``device`` is the device the
 op's tensors live on. ``reads`` are handoffs returned by :func:`handoff` (or tensors: their
-latest handoff): the launch stream must have waited for an event recorded after them. In
-``assert`` mode a hazard raises on entry, before the body runs.
+latest write): the launch stream must have waited for an event recorded after them.
+``writes`` are tensors (KV blocks) the op will write: the launch stream must have waited for an
+event recorded after their latest write (``write-after-write``) and after every read declared
+since (``write-after-read``). A launch that passes declares its own accesses: its reads and
+writes, on its stream, for the launches that come after it. In ``assert`` mode a hazard raises
+on entry, before the body runs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from streamcheck.core.ids import StreamRef
 from streamcheck.core.records import Handoff
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.state import current_auditor
+from streamcheck.wrappers.streams import stream_ref
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,20 +56,32 @@ def tensor_key(tensor: Any) -> tuple[int, int]:
     return (int(tensor.get_device()), int(tensor.data_ptr()))
 
 
-def handoff(tensor: Any, stream: Any = None) -> Handoff | None:
-    """Declare ``tensor`` complete on ``stream`` (default: the thread's current one) now.
+def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff | None:
+    """Declare an access to ``tensor`` on ``stream`` (default: the thread's current one) now.
 
-    A connector's ``save_kv_layer`` calls this with the layer's KV: a later
-    ``launch(..., reads=[...])`` on another stream must be ordered after this point by an
-    event, or it is an ``unsynced-handoff``. Returns the handoff (None when not auditing):
-    work queued for later should carry it and pass it in ``reads``, because the same tensor
-    may be handed off again before the queued work runs.
+    ``access="write"`` (the default): the tensor is complete on ``stream``. A connector's
+    ``save_kv_layer`` calls this with the layer's KV: a later ``launch(..., reads=[...])`` on
+    another stream must be ordered after this point by an event, or it is an
+    ``unsynced-handoff``; a later ``launch(..., writes=[...])`` likewise, or it is a
+    ``write-after-write``. ``access="read"``: the engine queued a read of the tensor (attention
+    reading a KV block) on ``stream``; a later ``launch(..., writes=[...])`` of it on another
+    stream must be ordered after this point, or it is a ``write-after-read``.
+
+    Returns the handoff (None when not auditing): work queued for later should carry it and
+    pass it in ``reads``, because the same tensor may be handed off again before the queued
+    work runs.
     """
-    from streamcheck.wrappers.streams import stream_ref
-
     auditor = current_auditor()
     if auditor is None:
         return None
+    ref = _access_stream(tensor, stream)
+    if ref is None:
+        return None
+    return auditor.handoff(ref[0], ref[1], access=access, skip=3)
+
+
+def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef] | None:
+    """(tensor key, stream ref) for a declared access, or None (warned) when unreadable."""
     try:
         key = tensor_key(tensor)
         if stream is None:
@@ -82,16 +99,18 @@ def handoff(tensor: Any, stream: Any = None) -> Handoff | None:
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
         return None
-    return auditor.handoff(key, ref)
+    return key, ref
 
 
 class launch:
     """Audit one launch of ``name``; see the module docstring."""
 
     def __init__(self, name: str, stream: Any = None, device: int | None = None,
-                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = ()) -> None:
+                 resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = (),
+                 writes: tuple[Any, ...] | list[Any] = ()) -> None:
         self.name = name
         self.reads = tuple(reads)
+        self.writes = tuple(w for w in writes if w is not None)
         self.stream = stream
         self.device = device
         self.resolved_from = resolved_from
@@ -107,12 +126,23 @@ class launch:
             handoffs = tuple(h for h in (
                 t if isinstance(t, Handoff) else auditor.handoff_of(tensor_key(t))
                 for t in self.reads if t is not None) if h is not None)
+            written = [tensor_key(t) for t in self.writes]
+            read = [tensor_key(t) for t in self.reads if t is not None
+                    and not isinstance(t, Handoff)] + [h.tensor for h in handoffs]
+            ref = stream_ref(stream)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
-                      self.resolved_from, reads=handoffs)
+                      self.resolved_from, reads=handoffs,
+                      writes=tuple(auditor.write_target(k) for k in written))
+        # Passed (or recorded, outside assert): what this launch does is what later ones must
+        # be ordered after.
+        for key in dict.fromkeys(read):
+            auditor.handoff(key, ref, access="read", skip=3)
+        for key in dict.fromkeys(written):
+            auditor.handoff(key, ref, access="write", skip=3)
 
     def __enter__(self) -> launch:
         self.check()

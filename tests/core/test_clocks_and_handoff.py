@@ -51,3 +51,87 @@ def test_admit_fast_path_respects_handoffs():
     handoff = aud.handoff(KV, ENGINE)
     aud.admit("kv.save", 0, 9, None, 0, 9, 0, implicit=False, reads=(handoff,))
     assert [f.rule_id for f in aud.findings()] == ["unsynced-handoff"]
+
+
+# --- write-after-read / write-after-write: a write must be ordered after the buffer's latest
+# write and every read declared since (vllm#47282, vllm#50696).
+
+LOAD = StreamRef(0, 11)
+BLOCK = (0, 0xB10C00)
+
+
+def _write(aud: Auditor, stream: StreamRef = LOAD) -> list:
+    target = aud.write_target(BLOCK)
+    return aud.review("kv.load", stream, None, 0, implicit=False, writes=(target,))
+
+
+def test_write_after_read_positive_names_the_reading_thread():
+    aud = Auditor(Mode.RECORD)
+    read, _ = in_thread(lambda: aud.handoff(BLOCK, ENGINE, access="read"), name="engine")
+    found = _write(aud)
+    assert [f.rule_id for f in found] == ["write-after-read"]
+    assert found[0].other_thread == read.thread and "engine" in found[0].message
+
+
+def test_write_after_read_clean_after_waiting_on_an_event_recorded_after_the_read():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="read")
+    aud.clocks.record(5, ENGINE.key)
+    aud.clocks.wait(LOAD.key, 5)
+    assert _write(aud) == []
+
+
+def test_write_after_read_event_recorded_before_the_read_orders_nothing():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="write")
+    aud.clocks.record(5, ENGINE.key)  # recorded before the read below
+    aud.handoff(BLOCK, ENGINE, access="read")
+    aud.clocks.wait(LOAD.key, 5)
+    assert [f.rule_id for f in _write(aud)] == ["write-after-read"]
+
+
+def test_write_after_read_same_stream_is_in_order():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, LOAD, access="read")
+    assert _write(aud) == []
+
+
+def test_write_after_write_positive_and_clean_after_an_event():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="write")  # the compute stream zeroes the fresh block
+    assert [f.rule_id for f in _write(aud)] == ["write-after-write"]
+    aud.clocks.record(6, ENGINE.key)
+    aud.clocks.wait(LOAD.key, 6)
+    assert _write(aud) == []
+
+
+def test_a_later_write_supersedes_the_reads_before_it():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, SAVE, access="read")
+    aud.handoff(BLOCK, ENGINE, access="write")  # itself a finding if it was unordered
+    target = aud.write_target(BLOCK)
+    assert target.reads == () and target.last_write is not None
+    assert target.last_write.stream == ENGINE
+
+
+def test_reads_are_kept_once_per_stream():
+    aud = Auditor(Mode.RECORD)
+    for _ in range(5):
+        aud.handoff(BLOCK, ENGINE, access="read")
+    aud.handoff(BLOCK, SAVE, access="read")
+    assert len(aud.write_target(BLOCK).reads) == 2
+
+
+def test_admit_fast_path_respects_writes():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="read")
+    aud.admit("kv.load", 0, 11, None, 0, 11, 0, implicit=False,
+              writes=(aud.write_target(BLOCK),))
+    assert [f.rule_id for f in aud.findings()] == ["write-after-read"]
+
+
+def test_unknown_access_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="access must be"):
+        Auditor(Mode.RECORD).handoff(BLOCK, ENGINE, access="modify")

@@ -134,15 +134,25 @@ class SimMachine:
             self._run_head(self._pick(busy))
 
     def _pick(self, busy: list[SimStreamState]) -> SimStreamState:
+        """The stream whose next op races the most with earlier ops queued elsewhere: it reads
+        memory they have yet to write, or writes memory they have yet to read or write. Memory
+        is matched by address, so a block view and another view of the same block collide."""
         def hazard(s: SimStreamState) -> int:
             head = s.queue[0]
-            unwritten = {
-                id(t) for other in busy if other is not s
-                for op in other.queue if op.seq < head.seq for t in op.writes
-            }
-            return sum(1 for t in head.reads if id(t) in unwritten)
+            earlier = [op for other in busy if other is not s
+                       for op in other.queue if op.seq < head.seq]
+            unwritten = {_address(t) for op in earlier for t in op.writes}
+            unread = {_address(t) for op in earlier for t in op.reads}
+            return (sum(1 for t in head.reads if _address(t) in unwritten)
+                    + sum(1 for t in head.writes if _address(t) in unwritten | unread))
 
         scores = [(hazard(s), s) for s in busy]
         best = max(score for score, _ in scores)
         ties = [s for score, s in scores if score == best]
         return ties[0] if len(ties) == 1 else self.rng.choice(ties)
+
+
+def _address(tensor: Any) -> int:
+    """Where a (simulated) tensor's memory starts: views of one block share it."""
+    data = getattr(tensor, "data", None)
+    return int(data.data_ptr()) if data is not None else id(tensor)
