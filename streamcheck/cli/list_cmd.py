@@ -34,7 +34,6 @@ def listing(repro_dirs: list[str] | None) -> dict[str, Any]:
                        "mechanism": spec.mechanism,
                        "reports": [{"ref": r.ref, "url": r.url, "title": r.title, "fix": r.fix}
                                    for r in spec.reports]})
-    repros.sort(key=lambda r: (r["hazard"], r["name"]))  # grouped by hazard
     return {"schema": LIST_SCHEMA, "repros": repros}
 
 
@@ -51,9 +50,9 @@ def command(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="streamcheck repros, by hazard")
     for column in ("hazard", "repro", "reproduces", "GPUs", "models", "buggy", "fixed",
                    "guarded"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "repro")
     previous = None
-    for r in document["repros"]:
+    for r in sorted(document["repros"], key=lambda r: (r["hazard"], r["name"])):
         gpus = f"{r['min_gpus']}" + (f"-{r['max_world']}" if r["max_world"] > r["min_gpus"]
                                      else "")
         hazard = r["hazard"] if r["hazard"] != previous else ""

@@ -18,7 +18,7 @@ import streamcheck
 from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
 from streamcheck.repro.scenarios import EngineKV
-from streamcheck.repro.spec import Expectation, ReproSpec
+from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
     name="repro_unsynced_kv_save",
@@ -32,6 +32,28 @@ SPEC = ReproSpec(
     },
     min_gpus=1,
     max_world=1,
+    reports=(
+        PublicReport("vllm-project/vllm#45704", "https://github.com/vllm-project/vllm/issues/45704",
+                     title="SimpleCPUOffloadConnector corrupts restored KV under load -> "
+                           "intermittent garbled output (missing GPU->CPU store cross-stream "
+                           "sync)",
+                     fix="https://github.com/vllm-project/vllm/pull/46278"),
+        PublicReport("vllm-project/vllm#31341", "https://github.com/vllm-project/vllm/pull/31341",
+                     title="[BugFix] Wait for compute before offloading KV to CPU",
+                     fix="https://github.com/vllm-project/vllm/pull/31341"),
+    ),
+    mechanism=(
+        "Read-after-write on the store path. The forward writes a layer's KV on the compute "
+        "stream; the connector later copies those blocks out on its own store stream, issued "
+        "from a copy thread. The host has moved on, but no event recorded on the compute "
+        "stream after the writes is waited on by the store stream (and vLLM's descriptors "
+        "used srcAccessOrder=ANY), so the copy can read blocks the forward has not finished: "
+        "the saved KV is corrupt and shows up later as garbled output when it is loaded back "
+        "(the report: 150/150 iterations corrupt in its copy-primitive test). #46278 records "
+        "a compute-done event and makes the store stream wait on it; #31341 fixed the same "
+        "hazard in the OffloadingConnector with wait_stream. Here the copy goes to device "
+        "memory rather than pinned host memory: the ordering at fault is the same."
+    ),
 )
 
 

@@ -18,7 +18,7 @@ import streamcheck
 from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
 from streamcheck.repro.scenarios import EngineKV
-from streamcheck.repro.spec import Expectation, ReproSpec
+from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
     name="repro_worker_default_stream",
@@ -32,6 +32,21 @@ SPEC = ReproSpec(
     },
     min_gpus=1,
     max_world=1,
+    reports=(
+        PublicReport("ndif-team/nnsight#631", "https://github.com/ndif-team/nnsight/issues/631",
+                     title="Different outputs when changing tensor_parallel_size from 1 to 2",
+                     fix="https://github.com/ndif-team/nnsight/pull/638"),
+    ),
+    mechanism=(
+        "A worker thread on the legacy default stream reads what the engine computes on its "
+        "own non-blocking stream. nnsight ran user interventions on mediator threads, which "
+        "start on the NULL stream, while vLLM's forward ran on a pool stream created "
+        "non-blocking: the workers' clone/fill raced the forward's writes, and results at "
+        "TP=2 differed from TP=1, non-deterministically (head-ablation values ranging "
+        "9.6-18.5 in the maintainers' runs). The fix (#638) hands the caller's stream to each "
+        "worker thread (set_stream on entry); this repro's fixed variant orders the worker's "
+        "own stream after an event instead, which is the same edge."
+    ),
 )
 
 

@@ -114,3 +114,26 @@ def test_junit_carries_time_host_and_the_failure_details(tmp_path) -> None:
     assert suite.get("time") == "2.50" and suite.get("hostname") and suite.get("timestamp")
     err = suite.find("testcase/system-err").text
     assert "all_reduce" in err and "boom" in err
+
+
+def test_list_groups_by_hazard_and_names_the_public_reports(capsys):
+    from streamcheck.cli.list_cmd import listing
+
+    document = listing(None)
+    by_name = {r["name"]: r for r in document["repros"]}
+    war = by_name["repro_kv_load_overwrites_read_block"]
+    assert war["hazard"] == "write-after-read" and war["mechanism"]
+    assert [r["ref"] for r in war["reports"]] == ["vllm-project/vllm#47282"]
+    assert war["reports"][0]["url"] == "https://github.com/vllm-project/vllm/issues/47282"
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "vllm-project/vllm#47282" in out and "write-after-write" in out
+
+
+def test_a_report_reference_must_be_owner_repo_number():
+    from streamcheck.repro.spec import PublicReport
+
+    with pytest.raises(ValueError, match="owner/repo#number"):
+        PublicReport("vllm#47282", "https://github.com/vllm-project/vllm/issues/47282")
+    with pytest.raises(ValueError, match="https"):
+        PublicReport("vllm-project/vllm#1", "github.com/vllm-project/vllm/issues/1")
