@@ -123,9 +123,12 @@ def _hook_torch_events() -> None:
         if reader is not None and _gate.auditor is not None:
             events.hook_events(_registry, _gate, torch.cuda.Event,
                                events.reader_stream_key(reader))
+            events.hook_host_waits(_registry, _gate, torch.cuda, torch.cuda.Stream,
+                                   torch.cuda.Event, reader.current_device)
 
 
-_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream")
+_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream",
+                  "synchronize")
 
 
 def release_torch_hooks() -> bool:
@@ -169,6 +172,8 @@ def instrument_sim(api: Any) -> None:
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
         streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
         events.hook_events(_registry, _gate, SimEvent, events.sim_stream_key)
+        events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent,
+                               lambda: api.machine.thread.device)
 
         def current_of(comm: Any, device: int) -> tuple[int, int, int]:
             state = comm.machine.current_stream(device)

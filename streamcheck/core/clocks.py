@@ -12,6 +12,13 @@ that, clocks are never modified in place but replaced, so a record keeps a refer
 recording stream's current clock (no copy) and a wait that adds nothing new allocates nothing.
 The snapshot lives on the event object itself, so it dies with the event and a recycled
 ``id()`` can never hand a new event an old snapshot.
+
+The host waiting for the device orders things too: after ``torch.cuda.synchronize()``,
+``stream.synchronize()`` or ``event.synchronize()`` returns, the work it waited for is done,
+and anything queued afterwards, on any stream, runs after it. A *done* clock keeps what the host
+has waited for; :meth:`HappensBefore.ordered` consults it as well. (Without it, a buffer freed
+after a full synchronize and handed out again at the same address looks raced with its
+previous life.)
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class HappensBefore:
         self._lock = threading.Lock()
         self._clocks: dict[StreamKey, Clock] = {}
         self._events: dict[object, Clock] = {}  # events that take no attribute (plain ids)
+        self._done: Clock = {}  # what the host has waited for: done before anything later
         self.active = False
         # Called once, at the first mark: whoever feeds events here may start only then.
         self.on_activate: Callable[[], None] | None = None
@@ -83,10 +91,39 @@ class HappensBefore:
                     merged[key] = tick
             self._clocks[stream] = merged
 
+    # ---- the host waits ----------------------------------------------------------------------
+
+    def _host_waited(self, clocks: list[Clock]) -> None:
+        with self._lock:
+            done = dict(self._done)
+            for clock in clocks:
+                for key, tick in clock.items():
+                    if tick > done.get(key, 0):
+                        done[key] = tick
+            self._done = done
+
+    def stream_synchronized(self, stream: StreamKey) -> None:
+        """``stream.synchronize()`` returned: its work, and all it waited for, is done."""
+        self._host_waited([self._clocks.get(stream, _EMPTY)])
+
+    def device_synchronized(self, device: int) -> None:
+        """``torch.cuda.synchronize(device)`` returned: every stream of the device is done."""
+        self._host_waited([c for key, c in list(self._clocks.items()) if key[0] == device])
+
+    def event_synchronized(self, event: Any) -> None:
+        """``event.synchronize()`` returned: what the event's stream had done is done."""
+        snapshot = getattr(event, _ATTR, None)
+        if snapshot is None:
+            snapshot = self._events.get(_key(event))
+        if snapshot:
+            self._host_waited([snapshot])
+
     def ordered(self, stream: StreamKey, mark: Mark) -> bool:
         """Is work queued on ``stream`` now ordered after ``mark``?"""
         if stream == mark.stream:
             return True  # a stream runs in order
+        if self._done.get(mark.stream, 0) >= mark.tick:
+            return True  # the host waited for it: done before anything queued since
         return self._clocks.get(stream, _EMPTY).get(mark.stream, 0) >= mark.tick
 
 

@@ -47,6 +47,55 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
     registry.patch(event_class, "wait", make_wait)
 
 
+def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_class: type,
+                    event_class: type, current_device: Callable[[], int]) -> None:
+    """Tell the clocks when the host waited for the device: ``namespace.synchronize(device)``,
+    ``Stream.synchronize()``, ``Event.synchronize()``. Installed with the event hooks, at the
+    first handoff; each costs one attribute read and a small merge, after the wait itself."""
+
+    def clocks() -> Any:
+        auditor = gate.auditor
+        return auditor.clocks if auditor is not None and auditor.clocks.active else None
+
+    def make_device(original: Any) -> Any:
+        @functools.wraps(original)
+        def synchronize(device: Any = None) -> Any:
+            result = original(device)
+            hb = clocks()
+            if hb is not None:
+                index = getattr(device, "index", device)
+                hb.device_synchronized(current_device() if index is None else int(index))
+            return result
+
+        return synchronize
+
+    def make_stream(original: Any) -> Any:
+        @functools.wraps(original)
+        def synchronize(self: Any) -> Any:
+            result = original(self)
+            hb = clocks()
+            if hb is not None:
+                hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
+            return result
+
+        return synchronize
+
+    def make_event(original: Any) -> Any:
+        @functools.wraps(original)
+        def synchronize(self: Any) -> Any:
+            result = original(self)
+            hb = clocks()
+            if hb is not None:
+                hb.event_synchronized(self)
+            return result
+
+        return synchronize
+
+    registry.patch(namespace, "synchronize", make_device)
+    registry.patch(stream_class, "synchronize", make_stream)
+    registry.patch(event_class, "synchronize", make_event)
+
+
 def reader_stream_key(reader: Any) -> StreamKeyOf:
     """(event, stream) -> key, reading the current stream through a ``StreamReader``."""
     current_stream, current_device = reader.current_stream, reader.current_device

@@ -135,3 +135,34 @@ def test_unknown_access_is_refused():
 
     with pytest.raises(ValueError, match="access must be"):
         Auditor(Mode.RECORD).handoff(BLOCK, ENGINE, access="modify")
+
+
+def test_host_waits_order_everything_queued_after_them():
+    hb = HappensBefore()
+    read = hb.mark(ENGINE.key)
+    assert not hb.ordered(LOAD.key, read)
+    hb.device_synchronized(1)  # another device: says nothing about this one
+    assert not hb.ordered(LOAD.key, read)
+    hb.device_synchronized(0)
+    assert hb.ordered(LOAD.key, read)
+
+
+def test_stream_synchronize_covers_that_stream_and_what_it_waited_for():
+    hb = HappensBefore()
+    engine_mark = hb.mark(ENGINE.key)
+    hb.record(1, ENGINE.key)
+    hb.wait(SAVE.key, 1)
+    save_mark = hb.mark(SAVE.key)
+    hb.stream_synchronized(SAVE.key)
+    assert hb.ordered(LOAD.key, save_mark) and hb.ordered(LOAD.key, engine_mark)
+    late = hb.mark(ENGINE.key)  # queued after the host's wait: not covered
+    assert not hb.ordered(LOAD.key, late)
+
+
+def test_event_synchronize_covers_its_snapshot_only():
+    hb = HappensBefore()
+    early = hb.mark(ENGINE.key)
+    hb.record(2, ENGINE.key)
+    late = hb.mark(ENGINE.key)
+    hb.event_synchronized(2)
+    assert hb.ordered(LOAD.key, early) and not hb.ordered(LOAD.key, late)

@@ -1,0 +1,90 @@
+"""Declared buffer accesses on the simulator: the clocks see event edges and host waits.
+
+A write must be ordered after the buffer's earlier reads and writes on other streams; the host
+waiting for the device (``synchronize``) orders everything before it, so a buffer used again
+after a full synchronize (on CUDA, memory the caching allocator hands out again at the same
+address) is not a race.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import streamcheck
+from streamcheck import audit
+from streamcheck.runtime.sim import SimCuda, SimMachine
+from streamcheck.runtime.sim.tensor import SimTensors
+
+
+@pytest.fixture
+def sim():
+    auditor = audit.install("record")
+    machine = SimMachine(1)
+    api = SimCuda(machine)
+    audit.instrument_sim(api)
+    try:
+        yield auditor, api, SimTensors(machine)
+    finally:
+        audit.uninstall()
+
+
+def _read_then_write(api, tensors, between) -> None:
+    compute, load = api.Stream(), api.Stream()
+    block = tensors.randn(4, 4)
+    with api.stream(compute):
+        streamcheck.handoff(block, access="read")
+        between(compute, load)
+    with streamcheck.launch("kv.load", stream=load, device=0, writes=[block]):
+        block.fill_(1.0)
+
+
+def _rules(auditor) -> list[str]:
+    return sorted(f.rule_id for f in auditor.findings())
+
+
+def test_unordered_write_after_read_is_found(sim):
+    auditor, api, tensors = sim
+    _read_then_write(api, tensors, lambda compute, load: None)
+    assert _rules(auditor) == ["write-after-read"]
+
+
+def test_an_event_waited_on_by_the_writer_orders_it(sim):
+    auditor, api, tensors = sim
+
+    def edge(compute, load):
+        event = api.Event()
+        event.record()
+        load.wait_event(event)
+
+    _read_then_write(api, tensors, edge)
+    assert _rules(auditor) == []
+
+
+@pytest.mark.parametrize("wait", ["device", "stream", "event"])
+def test_a_host_wait_orders_what_came_before_it(sim, wait):
+    auditor, api, tensors = sim
+
+    def host_wait(compute, load):
+        if wait == "device":
+            api.synchronize(0)
+        elif wait == "stream":
+            compute.synchronize()
+        else:
+            event = api.Event()
+            event.record()
+            event.synchronize()
+
+    _read_then_write(api, tensors, host_wait)
+    assert _rules(auditor) == []
+
+
+def test_a_passing_launch_declares_its_own_write(sim):
+    auditor, api, tensors = sim
+    compute, load = api.Stream(), api.Stream()
+    block = tensors.randn(4, 4)
+    with streamcheck.launch("kv.load", stream=load, device=0, writes=[block]):
+        block.fill_(2.0)
+    with api.stream(compute), streamcheck.launch("zero", stream=compute, device=0,
+                                                   writes=[block]):
+        block.fill_(0.0)
+    assert _rules(auditor) == ["write-after-write"]
