@@ -20,7 +20,7 @@ from __future__ import annotations
 from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
 from streamcheck.repro.patterns import ThreadLocalStreamCache
-from streamcheck.repro.spec import Expectation, ReproSpec
+from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
     name="repro_fresh_thread_device",
@@ -35,6 +35,27 @@ SPEC = ReproSpec(
     },
     min_gpus=2,
     max_world=2,
+    reports=(
+        PublicReport("vllm-project/vllm#39548", "https://github.com/vllm-project/vllm/pull/39548",
+                     title="[Bugfix][Mooncake] Fix thread-local CUDA context for NVLink "
+                           "transfers in _send_blocks",
+                     fix="https://github.com/vllm-project/vllm/pull/39548"),
+        PublicReport("kvcache-ai/Mooncake#2569", "https://github.com/kvcache-ai/Mooncake/pull/2569",
+                     title="Infer gpu device from request source pointers, set correct device "
+                           "for stream creation",
+                     fix="https://github.com/kvcache-ai/Mooncake/pull/2569"),
+    ),
+    mechanism=(
+        "A helper thread with no device set works on device 0 for every rank. vLLM's "
+        "MooncakeConnector ran _send_blocks on a ThreadPoolExecutor thread, whose current "
+        "device is 0 unless rebound: NVLink transfers, tied to the calling thread's device, "
+        "worked on TP rank 0 and failed on ranks 1-3 (#39548 rebinds each pool thread's "
+        "device). Mooncake created its transfer streams without switching to each rank's "
+        "GPU, so every rank's streams lived on GPU 0 and the transfers timed out (#2569 "
+        "creates them on the device that owns the request's buffers). Here the connector "
+        "thread's first stream lands on cuda:0 and rank 1's NCCL launch on it fails with "
+        "error 400, the same missing device binding with NCCL as the transport."
+    ),
 )
 
 

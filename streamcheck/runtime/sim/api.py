@@ -47,6 +47,11 @@ class SimStreamBase:
         event.record(self)
         return event
 
+    def wait_stream(self, stream: SimStreamBase) -> None:
+        """Order this stream after everything queued on ``stream`` so far (as torch does: an
+        event recorded there, waited on here)."""
+        self.wait_event(stream.record_event())
+
     def __enter__(self) -> SimStreamBase:
         """Like ``torch.Stream.__enter__``: switches in C++, NOT through ``set_stream``.
 
