@@ -117,6 +117,7 @@ def _hook_torch_events() -> None:
     import torch
 
     from streamcheck.runtime.cuda import stream_reader
+    from streamcheck.wrappers.user_launch import tensor_key
 
     reader = stream_reader()
     with _lock:
@@ -125,10 +126,11 @@ def _hook_torch_events() -> None:
                                events.reader_stream_key(reader))
             events.hook_host_waits(_registry, _gate, torch.cuda, torch.cuda.Stream,
                                    torch.cuda.Event, reader.current_device)
+            events.hook_record_stream(_registry, _gate, torch.Tensor, tensor_key)
 
 
 _TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream",
-                  "synchronize")
+                  "synchronize", "record_stream")
 
 
 def release_torch_hooks() -> bool:
@@ -140,7 +142,7 @@ def release_torch_hooks() -> bool:
     import torch
 
     with _lock:
-        owners = (torch.cuda, torch.cuda.Stream, torch.cuda.Event,
+        owners = (torch.cuda, torch.cuda.Stream, torch.cuda.Event, torch.Tensor,
                   getattr(torch, "accelerator", None))
         return sum(_registry.restore(o, _TORCH_SURFACE) for o in owners if o is not None) > 0
 

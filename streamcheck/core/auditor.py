@@ -127,6 +127,20 @@ class Auditor:
                 self._reads.setdefault(tensor, {})[stream.key] = handoff
         return handoff
 
+    def fenced_by_allocator(self, tensor: tuple[int, int], stream: tuple[int, int]) -> None:
+        """``tensor.record_stream(stream)``: the caching allocator will not hand this memory
+        out again before the work queued on ``stream`` so far is done (it waits on an event of
+        its own, which the clocks cannot see). A later owner of the address is ordered after
+        that stream's accesses, so they are dropped. Called as the tensor is about to die; a
+        further use of the same tensor on another stream is not checked against them."""
+        with self._lock:
+            reads = self._reads.get(tensor)
+            if reads is not None:
+                reads.pop(stream, None)
+            write = self._handoffs.get(tensor)
+            if write is not None and write.stream.key == stream:
+                del self._handoffs[tensor]
+
     def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
         """The latest write declared for ``tensor``."""
         with self._lock:

@@ -96,6 +96,27 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
     registry.patch(event_class, "synchronize", make_event)
 
 
+def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
+                       key_of: Callable[[Any], tuple[int, int]]) -> None:
+    """Tell the auditor when a tensor is handed to the caching allocator's stream tracking
+    (``Tensor.record_stream``): its memory's next owner is ordered after that stream's work.
+    Installed with the event hooks, at the first handoff."""
+
+    def make(original: Any) -> Any:
+        @functools.wraps(original)
+        def record_stream(self: Any, stream: Any) -> Any:
+            result = original(self, stream)
+            auditor = gate.auditor
+            if auditor is not None and auditor.clocks.active:
+                auditor.fenced_by_allocator(key_of(self),
+                                            (int(stream.device_index), int(stream.stream_id)))
+            return result
+
+        return record_stream
+
+    registry.patch(tensor_class, "record_stream", make)
+
+
 def reader_stream_key(reader: Any) -> StreamKeyOf:
     """(event, stream) -> key, reading the current stream through a ``StreamReader``."""
     current_stream, current_device = reader.current_stream, reader.current_device

@@ -166,3 +166,38 @@ def test_event_synchronize_covers_its_snapshot_only():
     late = hb.mark(ENGINE.key)
     hb.event_synchronized(2)
     assert hb.ordered(LOAD.key, early) and not hb.ordered(LOAD.key, late)
+
+
+def test_record_stream_orders_the_next_owner_of_the_memory_after_that_stream():
+    """DeepSpeed#7965's fix: a buffer read on a side stream is recorded there before it is
+    dropped; the allocator hands the address out only after that work, so the next owner's
+    write is no write-after-read (the clocks cannot see the allocator's own event)."""
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, SAVE, access="read")
+    aud.handoff(BLOCK, ENGINE, access="read")
+    aud.fenced_by_allocator(BLOCK, SAVE.key)
+    assert [r.stream for r in aud.write_target(BLOCK).reads] == [ENGINE]
+
+
+def test_record_stream_hook_feeds_the_auditor():
+    from streamcheck.wrappers.events import hook_record_stream
+    from streamcheck.wrappers.gate import Gate
+    from streamcheck.wrappers.registry import PatchRegistry
+
+    class FakeTensor:
+        def record_stream(self, stream):
+            self.recorded = stream
+
+    class FakeStream:
+        device_index, stream_id = 0, 11
+
+    gate, registry = Gate(), PatchRegistry()
+    gate.auditor = aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, LOAD, access="read")
+    hook_record_stream(registry, gate, FakeTensor, lambda t: BLOCK)
+    tensor = FakeTensor()
+    tensor.record_stream(FakeStream())
+    assert tensor.recorded is not None and aud.write_target(BLOCK).reads == ()
+    registry.restore_all()
+    assert "record_stream" in FakeTensor.__dict__ and not hasattr(FakeTensor.record_stream,
+                                                                   "__wrapped__")
