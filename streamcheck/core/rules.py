@@ -144,11 +144,25 @@ def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Fi
     return None
 
 
+def _fresh_switch(ctx: RuleContext, launch: LaunchRecord, handoff: Handoff
+                  ) -> StreamEvent | None:
+    """The creation of the launch stream, when this thread created it after it produced
+    ``handoff`` (and so switched to a stream that never saw that work), else None."""
+    if handoff.thread.ident != launch.thread.ident or handoff.stream.key == launch.stream.key:
+        return None
+    origin = ctx.book.origin(launch.stream)
+    if origin is None or origin.thread.ident != launch.thread.ident or origin.time < handoff.time:
+        return None
+    return origin
+
+
 def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """The launch reads a handed-off tensor on a stream that never waited for its producer."""
     for handoff in launch.reads:
         if ctx.clocks.ordered(launch.stream.key, handoff.mark):
             continue
+        if _fresh_switch(ctx, launch, handoff) is not None:
+            continue  # unordered-stream-switch says it more precisely
         message = (
             f"{launch.op} in {launch.thread.describe()} reads a tensor on "
             f"{launch.stream.describe()} that {handoff.thread.describe()} handed off on "
@@ -159,6 +173,26 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
         event = StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
                             frames_of(handoff.stack), via="streamcheck.handoff")
         return _finding("unsynced-handoff", launch, message, event, handoff.thread)
+    return None
+
+
+def check_unordered_stream_switch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """The thread produced a tensor, then switched to a new stream that never waited for the
+    old one, and reads the tensor there."""
+    for handoff in launch.reads:
+        if ctx.clocks.ordered(launch.stream.key, handoff.mark):
+            continue
+        origin = _fresh_switch(ctx, launch, handoff)
+        if origin is None:
+            continue
+        message = (
+            f"{launch.op} in {launch.thread.describe()} reads on {launch.stream.describe()} a "
+            f"tensor this thread produced on {handoff.stream.describe()} before it created "
+            f"that stream (via {origin.via or 'Stream()'}) and switched to it. A new stream "
+            "does not wait for the one it replaces (PyTorch's pool streams are non-blocking), "
+            "so the read can run before the write."
+        )
+        return _finding("unordered-stream-switch", launch, message, origin, None)
     return None
 
 
@@ -252,6 +286,14 @@ RULES: dict[str, Rule] = {
             "handoff) and make the reading stream wait on it before the copy "
             "(stream.wait_event(event)); never poll with event.query() alone.",
             check_unsynced_handoff,
+        ),
+        Rule(
+            "unordered-stream-switch",
+            "thread switched to a new stream that never waited for the work it had queued",
+            "Make the new stream wait for the one it replaces before it becomes current "
+            "(new.wait_stream(torch.cuda.current_stream())), or create and switch to it before "
+            "any work is queued on the thread.",
+            check_unordered_stream_switch,
         ),
         Rule(
             "write-after-read",

@@ -12,7 +12,8 @@ buggy: the consumer on the new stream reads the tensor before it is produced.
 fixed: the accessor carries the queued work over: the new stream waits for the one it replaces
 before it is made current.
 guarded: the producer declares ``streamcheck.handoff(x)`` and the consumer
-``streamcheck.launch(..., reads=[x])``: ``unsynced-handoff`` stops the read.
+``streamcheck.launch(..., reads=[x])``: ``unordered-stream-switch`` (the reading stream was
+created by this thread after it produced ``x``) stops the read.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
     name="repro_first_current_stream_switch",
-    hazard="unsynced-handoff",
+    hazard="unordered-stream-switch",
     summary="a thread's first current_stream() makes a fresh non-blocking stream current "
             "without waiting for the old one -> work after the switch reads what work before it "
             "has not produced yet",
     expect={
         "buggy": Expectation(symptom=("nan", "wrong")),
         "fixed": Expectation(clean=True),
-        "guarded": Expectation(blocked=("unsynced-handoff",)),
+        "guarded": Expectation(blocked=("unordered-stream-switch",)),
     },
     min_gpus=1,
     max_world=1,

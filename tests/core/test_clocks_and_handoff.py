@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.ids import StreamRef
@@ -201,3 +203,52 @@ def test_record_stream_hook_feeds_the_auditor():
     registry.restore_all()
     assert "record_stream" in FakeTensor.__dict__ and not hasattr(FakeTensor.record_stream,
                                                                    "__wrapped__")
+
+
+# --- unordered-stream-switch (vllm#56382): the consumer stream was created by the producing
+# thread after it produced the tensor, and never waited for the old stream.
+
+FRESH = StreamRef(0, 21)
+
+
+def _created(aud: Auditor, stream: StreamRef, when: float) -> None:
+    from streamcheck.core.ids import ThreadRef
+    from streamcheck.core.records import StreamEvent
+
+    me = threading.get_ident()
+    aud.book.record(StreamEvent("created", stream, ThreadRef(me, "worker", ""), when,
+                                via="torch.cuda.Stream()"))
+
+
+def _consume(aud: Auditor, handoff, stream: StreamRef = FRESH) -> list:
+    return aud.review("moe.shared_experts", stream, None, 0, implicit=False, reads=(handoff,))
+
+
+def test_unordered_stream_switch_positive_replaces_unsynced_handoff():
+    aud = Auditor(Mode.RECORD)
+    produced = aud.handoff(KV, ENGINE)
+    _created(aud, FRESH, produced.time + 1.0)
+    assert [f.rule_id for f in _consume(aud, produced)] == ["unordered-stream-switch"]
+
+
+def test_unordered_stream_switch_clean_when_the_new_stream_waited():
+    aud = Auditor(Mode.RECORD)
+    produced = aud.handoff(KV, ENGINE)
+    _created(aud, FRESH, produced.time + 1.0)
+    aud.clocks.record(3, ENGINE.key)  # new.wait_stream(old): an event on the old stream ...
+    aud.clocks.wait(FRESH.key, 3)  # ... waited on by the new one
+    assert _consume(aud, produced) == []
+
+
+def test_a_stream_made_before_the_write_is_an_unsynced_handoff_not_a_switch():
+    aud = Auditor(Mode.RECORD)
+    _created(aud, FRESH, 0.0)
+    produced = aud.handoff(KV, ENGINE)
+    assert [f.rule_id for f in _consume(aud, produced)] == ["unsynced-handoff"]
+
+
+def test_another_threads_producer_is_an_unsynced_handoff_not_a_switch():
+    aud = Auditor(Mode.RECORD)
+    produced, _ = in_thread(lambda: aud.handoff(KV, ENGINE), name="engine")
+    _created(aud, FRESH, produced.time + 1.0)
+    assert [f.rule_id for f in _consume(aud, produced)] == ["unsynced-handoff"]
