@@ -163,14 +163,13 @@ class Auditor:
 
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
                target_device: int | None, implicit: bool, accessor: str = "",
-               thread_device: int | None = None, reads: tuple[Handoff, ...] = (),
+               reads: tuple[Handoff, ...] = (),
                writes: tuple[WriteTarget, ...] = ()) -> list[Finding]:
         """Build the launch record, run the rules, and act on the findings by mode."""
         ident = threading.get_ident()
         launch = LaunchRecord(
             op=op,
             thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
-            thread_device=thread_device,
             stream=stream,
             current=current,
             target_device=target_device,

@@ -8,7 +8,6 @@ the Python object, because the same stream reaches us through different wrapper 
 from __future__ import annotations
 
 import sys
-import threading
 from dataclasses import dataclass
 from typing import NewType
 
@@ -128,7 +127,3 @@ def stack_of_thread(ident: int, limit: int = 16) -> Stack:
         frame = frame.f_back
     return tuple(frames)
 
-
-def this_thread(role: str = "") -> ThreadRef:
-    t = threading.current_thread()
-    return ThreadRef(ident=threading.get_ident(), name=t.name, role=role)

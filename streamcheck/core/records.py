@@ -63,7 +63,6 @@ class LaunchRecord:
 
     op: str
     thread: ThreadRef
-    thread_device: int | None
     stream: StreamRef
     current: StreamRef | None
     target_device: int | None

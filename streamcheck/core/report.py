@@ -62,7 +62,6 @@ def finding_to_dict(finding: Finding, count: int = 1) -> dict[str, Any]:
         "launch": {
             "op": launch.op,
             "thread": _thread(launch.thread),
-            "thread_device": launch.thread_device,
             "stream": _stream(launch.stream),
             "current_stream": _stream(launch.current),
             "target_device": launch.target_device,

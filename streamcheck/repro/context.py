@@ -37,7 +37,6 @@ class RankContext:
                  iterations: int, api: Any, device: int, log: ResultLog,
                  randn: Callable[..., Any], poisoned_like: Callable[[Any], Any],
                  make_communicator: Callable[[Callable[[], Any]], Any],
-                 make_local_communicator: Callable[[Callable[[], Any]], Any],
                  engine: str = "", engine_current_stream: Callable[[], Any] | None = None
                  ) -> None:
         self.repro = repro
@@ -52,7 +51,6 @@ class RankContext:
         self._randn = randn
         self._poisoned_like = poisoned_like
         self._make_communicator = make_communicator
-        self._make_local_communicator = make_local_communicator
         #: "" (the faithful models in repro.patterns) or e.g. "vllm 0.9.2": the real engine's
         #: ``current_stream`` below, and ``communicator()`` is its own ``PyNcclCommunicator``.
         self.engine = engine
@@ -76,14 +74,6 @@ class RankContext:
     def communicator(self, current_stream: Callable[[], Any]) -> Any:
         """A communicator whose ``stream=None`` resolves through ``current_stream``."""
         return self._make_communicator(current_stream)
-
-    def local_communicator(self, current_stream: Callable[[], Any]) -> Any:
-        """A one-rank communicator on this rank's device (a connector's own channel).
-
-        Nothing is shared with the other ranks, so a launch stopped on one rank leaves no peer
-        waiting for it.
-        """
-        return self._make_local_communicator(current_stream)
 
     def count(self, key: str, by: int = 1) -> None:
         self.observed[key] = self.observed.get(key, 0) + by

@@ -58,13 +58,6 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
         comms.append(comm)
         return comm
 
-    def make_local_comm(accessor: object) -> NcclCommunicator:
-        from streamcheck.runtime.nccl import unique_id
-
-        comm = NcclCommunicator(1, 0, unique_id(), rank, current_stream=accessor)  # type: ignore[arg-type]
-        comms.append(comm)
-        return comm
-
     def poisoned_like(t: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(t).fill_(float("nan"))
 
@@ -79,7 +72,6 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
         iterations=spec.iterations["cuda"], api=torch.cuda, device=rank, log=log,
         randn=lambda *shape, scale=1.0: torch.randn(*shape, device=device) * scale,
         poisoned_like=poisoned_like, make_communicator=make_comm,
-        make_local_communicator=make_local_comm,
         engine=engine, engine_current_stream=engine_current_stream,
     )
     execute_rank(module, ctx)

@@ -39,15 +39,11 @@ def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: 
         def make_comm(accessor: Any) -> SimCommunicator:
             return SimCommunicator(group, rank, rank, machine, current_stream=accessor)
 
-        def make_local_comm(accessor: Any) -> SimCommunicator:
-            return SimCommunicator(SimCommGroup(1), 0, rank, machine, current_stream=accessor)
-
         ctx = RankContext(
             repro=spec.name, variant=variant, backend="sim", rank=rank, world_size=world_size,
             iterations=spec.iterations["sim"], api=api, device=rank, log=logs[rank],
             randn=lambda *shape, scale=1.0: tensors.randn(*shape, scale=scale, device=rank),
             poisoned_like=tensors.empty_like, make_communicator=make_comm,
-            make_local_communicator=make_local_comm,
         )
         contexts.append(ctx)
         execute_rank(module, ctx)
