@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamcheck.repro.actors import ConnectorThread
+import streamcheck
+from streamcheck.repro.actors import ConnectorThread, run_in_thread
 from streamcheck.repro.context import RankContext
 from streamcheck.repro.patterns import GlobalStreamCache
 
@@ -100,3 +101,57 @@ class EngineKV:
         mismatch = ((saved * -1) + kv).sum().item()
         if mismatch != mismatch or abs(mismatch) > 1e-3:
             self.ctx.count("corrupt_save")
+
+
+class KVLoads:
+    """The engine and connector of the KV-load repros: two KV blocks, a compute stream the
+    engine keeps busy with a forward, and a connector thread that loads a cache hit into a block
+    on its own stream (``set_device`` done right: these repros are about ordering, not devices).
+
+    ``load(block, after)`` issues the copy from the connector's thread, declared as a write of
+    ``block``; the fixed variants make the load stream wait on ``after`` (an event the engine
+    recorded on the compute stream) first.
+    """
+
+    def __init__(self, ctx: RankContext, loaded_value: float) -> None:
+        self.ctx = ctx
+        api = ctx.api
+        n = self.n = ctx.pick(cuda=4096, sim=16)
+        self._w = ctx.randn(n, n, scale=n ** -0.5)
+        self._x = ctx.randn(n, n)
+        self.cache = ctx.poisoned_like(ctx.randn(2, n, n))  # two KV blocks
+        self.source = ctx.poisoned_like(self._x).fill_(loaded_value)  # the cache hit
+        api.synchronize()
+        self.compute = api.Stream()
+        api.set_stream(self.compute)
+
+        def make_load_stream() -> Any:
+            api.set_device(ctx.device)
+            return api.Stream()
+
+        self.load_stream = run_in_thread(make_load_stream, name="kv-connector")
+
+    def forward(self) -> Any:
+        """The step in flight: enough compute to keep the compute stream busy for a while."""
+        y = self._x @ self._w
+        for _ in range(4):
+            y = (y @ self._w).tanh()
+        return y
+
+    def load(self, block: Any, after: Any) -> Any:
+        """Copy the cache hit into ``block`` on the load stream; returns the copy's event."""
+        ctx, api, stream = self.ctx, self.ctx.api, self.load_stream
+
+        def issue() -> Any:
+            api.set_device(ctx.device)
+            with api.stream(stream):
+                if ctx.variant == "fixed":
+                    stream.wait_event(after)
+                with streamcheck.launch("kv.load", stream=stream, device=ctx.device,
+                                        writes=[block]):
+                    block.copy_(self.source, non_blocking=True)
+                done = api.Event()
+                done.record()
+            return done
+
+        return run_in_thread(issue, name="kv-connector")

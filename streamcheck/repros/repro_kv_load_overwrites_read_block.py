@@ -18,8 +18,8 @@ stops the copy before it is issued.
 from __future__ import annotations
 
 import streamcheck
-from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
+from streamcheck.repro.scenarios import KVLoads
 from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
@@ -57,50 +57,22 @@ OLD, NEW = 1.0, 3.0  # request A's KV in the block, and request C's loaded KV
 
 def run_rank(ctx: RankContext) -> None:
     api = ctx.api
-    n = ctx.pick(cuda=4096, sim=16)
-    w = ctx.randn(n, n, scale=n ** -0.5)
-    x = ctx.randn(n, n)
-    cache = ctx.poisoned_like(ctx.randn(2, n, n))  # two KV blocks
-    loaded = ctx.poisoned_like(x).fill_(NEW)  # request C's KV, already on the device
-    api.synchronize()
-    compute = api.Stream()
-    api.set_stream(compute)
-
-    def make_load_stream():
-        api.set_device(ctx.device)
-        return api.Stream()
-
-    load_stream = run_in_thread(make_load_stream, name="kv-connector")
+    kv = KVLoads(ctx, NEW)
     for i in range(ctx.iterations):
-        block = cache[i % 2]
+        block = kv.cache[i % 2]
         block.fill_(OLD)  # request A's KV, written by its earlier steps
         api.synchronize(ctx.device)
-        y = x @ w
-        for _ in range(4):
-            y = (y @ w).tanh()  # the rest of the forward: keeps the compute stream busy
+        y = kv.forward()
         attention = ((y * 0.0) + block).sum()  # A's attention reads the block after it
         streamcheck.handoff(block, access="read")  # what the engine declares it queued
         read_done = api.Event()
         read_done.record()
-
-        def load(block=block, read_done=read_done):
-            api.set_device(ctx.device)  # the connector's thread chose its device: done right
-            with api.stream(load_stream):
-                if ctx.variant == "fixed":
-                    load_stream.wait_event(read_done)
-                with streamcheck.launch("kv.load", stream=load_stream, device=ctx.device,
-                                        writes=[block]):
-                    block.copy_(loaded, non_blocking=True)
-                done = api.Event()
-                done.record()
-            return done
-
         # The block was freed when A's last step was queued and is now C's: C's KV is loaded.
-        done = run_in_thread(load, name="kv-connector")
+        done = kv.load(block, after=read_done)
         done.wait()
         api.synchronize(ctx.device)  # the step ends: the host waits for every stream
         value = attention.item()
-        expected = OLD * n * n
+        expected = OLD * kv.n * kv.n
         if abs(value - expected) > 1e-3 * expected:
             ctx.count("overwritten_read")
         ctx.iteration_done(i)

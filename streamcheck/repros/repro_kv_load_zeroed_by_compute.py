@@ -17,8 +17,8 @@ stops the copy before it is issued.
 from __future__ import annotations
 
 import streamcheck
-from streamcheck.repro.actors import run_in_thread
 from streamcheck.repro.context import RankContext
+from streamcheck.repro.scenarios import KVLoads
 from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
@@ -60,46 +60,19 @@ LOADED = 3.0
 
 def run_rank(ctx: RankContext) -> None:
     api = ctx.api
-    n = ctx.pick(cuda=4096, sim=16)
-    w = ctx.randn(n, n, scale=n ** -0.5)
-    x = ctx.randn(n, n)
-    cache = ctx.poisoned_like(ctx.randn(2, n, n))  # two KV blocks
-    cached_prefix = ctx.poisoned_like(x).fill_(LOADED)  # the cache hit, on the device
-    api.synchronize()
-    compute = api.Stream()
-    api.set_stream(compute)
-
-    def make_load_stream():
-        api.set_device(ctx.device)
-        return api.Stream()
-
-    load_stream = run_in_thread(make_load_stream, name="kv-connector")
+    kv = KVLoads(ctx, LOADED)
+    size = kv.n * kv.n
     for i in range(ctx.iterations):
-        block = cache[i % 2]
-        y = x @ w
-        for _ in range(4):
-            y = (y @ w).tanh()  # the step in flight: keeps the compute stream busy
+        block = kv.cache[i % 2]
+        kv.forward()
         block.fill_(0.0)  # the step's zeroing of the freshly allocated block
         streamcheck.handoff(block)  # what the engine declares it queued: a write
         zeroed = api.Event()
         zeroed.record()
-
-        def load(block=block, zeroed=zeroed):
-            api.set_device(ctx.device)
-            with api.stream(load_stream):
-                if ctx.variant == "fixed":
-                    load_stream.wait_event(zeroed)
-                with streamcheck.launch("kv.load", stream=load_stream, device=ctx.device,
-                                        writes=[block]):
-                    block.copy_(cached_prefix, non_blocking=True)
-                done = api.Event()
-                done.record()
-            return done
-
-        done = run_in_thread(load, name="kv-connector")
+        done = kv.load(block, after=zeroed)  # the connector loads the cache hit into it
         api.synchronize(ctx.device)  # the step ends: the host waits for every stream
-        compute.wait_event(done)  # the request's attention runs after its load
+        kv.compute.wait_event(done)  # the request's attention runs after its load
         value = block.sum().item()
-        if abs(value - LOADED * n * n) > 1e-3 * LOADED * n * n:
+        if abs(value - LOADED * size) > 1e-3 * LOADED * size:
             ctx.count("lost_load")
         ctx.iteration_done(i)

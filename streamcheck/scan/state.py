@@ -212,23 +212,30 @@ def returned_candidates(value: ast.expr) -> Iterator[ast.expr]:
         yield value
 
 
-def returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, str] | None:
-    """The first shared state that ``func`` returns, directly or through one local:
-    ``return G``, ``return G[device]``, ``return cls._stream``, or ``s = G.get(d); return s``."""
-    shared = SharedNames(index, local_bindings(func))
+def _returned_exprs(index: ModuleIndex, func: FunctionInfo
+                    ) -> Iterator[tuple[ast.Return, ast.expr]]:
+    """What each ``return`` of ``func`` may hand back: every branch of its value (``a or b``,
+    ``a if c else b``) and, for a local name, each value assigned to that local."""
     values = _memo(index, "local_values", func, _local_values)
     for node in body_nodes(func):
         if not isinstance(node, ast.Return) or node.value is None:
             continue
         for expr in returned_candidates(node.value):
-            candidates = [expr]
+            yield node, expr
             if isinstance(expr, ast.Name) and expr.id not in func.global_names:
-                candidates.extend(values.get(expr.id, ()))
-            for candidate in candidates:
-                for part in returned_candidates(candidate):
-                    name = state_named(index, func, part, shared, store=False)
-                    if name is not None:
-                        return node, name
+                for value in values.get(expr.id, ()):
+                    for part in returned_candidates(value):
+                        yield node, part
+
+
+def returned_state(index: ModuleIndex, func: FunctionInfo) -> tuple[ast.Return, str] | None:
+    """The first shared state that ``func`` returns, directly or through one local:
+    ``return G``, ``return G[device]``, ``return cls._stream``, or ``s = G.get(d); return s``."""
+    shared = SharedNames(index, local_bindings(func))
+    for node, expr in _returned_exprs(index, func):
+        name = state_named(index, func, expr, shared, store=False)
+        if name is not None:
+            return node, name
     return None
 
 
@@ -348,14 +355,4 @@ def returns_current_stream(index: ModuleIndex, func: FunctionInfo) -> bool:
     Only the stream itself counts: a kernel compiled with the stream as a sample argument
     (``return compile(kernel, current_stream())``) is not the stream.
     """
-    values = _memo(index, "local_values", func, _local_values)
-    for node in body_nodes(func):
-        if not isinstance(node, ast.Return) or node.value is None:
-            continue
-        for part in returned_candidates(node.value):
-            exprs = [part]
-            if isinstance(part, ast.Name):
-                exprs.extend(values.get(part.id, ()))
-            if any(is_current_stream_call(index, e) for e in exprs):
-                return True
-    return False
+    return any(is_current_stream_call(index, e) for _node, e in _returned_exprs(index, func))
