@@ -104,13 +104,23 @@ def _install_torch_hooks() -> None:
 
     streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
     streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
-    if stream_reader() is not None and torch.cuda.Stream.__module__.startswith("torch."):
+    reader = stream_reader()
+    if reader is not None and torch.cuda.Stream.__module__.startswith("torch."):
         streams.fast_current_stream(_registry, torch.cuda)
+    if reader is not None:
+        events.hook_set_device(_registry, _gate, torch.cuda, reader.current_device)
+        events.hook_event_record(_registry, _gate, torch.cuda.Event,
+                                 events.reader_stream_key(reader), _torch_event_device)
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     auditor = _gate.auditor
     if auditor is not None:
         # Events order nothing until the first handoff: hook them only then (no cost before).
         auditor.clocks.on_activate = _hook_torch_events
+
+
+def _torch_event_device(event: Any) -> int | None:
+    """The device a CUDA event is bound to (at its first record), or None before that."""
+    return getattr(getattr(event, "device", None), "index", None)
 
 
 def _hook_torch_events() -> None:
@@ -130,7 +140,7 @@ def _hook_torch_events() -> None:
 
 
 _TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream",
-                  "synchronize", "record_stream")
+                  "synchronize", "record_stream", "set_device")
 
 
 def release_torch_hooks() -> bool:
@@ -173,6 +183,9 @@ def instrument_sim(api: Any) -> None:
         _gate.auditor.runtime = "sim"  # its launches and streams are the simulator's
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
         streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
+        events.hook_set_device(_registry, _gate, api, lambda: api.machine.thread.device)
+        events.hook_event_record(_registry, _gate, SimEvent, events.sim_stream_key,
+                                 lambda event: event.device_index)
         events.hook_events(_registry, _gate, SimEvent, events.sim_stream_key)
         events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent,
                                lambda: api.machine.thread.device)

@@ -32,7 +32,7 @@ from streamcheck.core.ids import (
 from streamcheck.core.modes import Mode
 from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import Finding, Handoff, LaunchRecord, WriteTarget
-from streamcheck.core.rules import RuleContext, evaluate
+from streamcheck.core.rules import EVENT_RECORD, RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
 
@@ -140,6 +140,11 @@ class Auditor:
             write = self._handoffs.get(tensor)
             if write is not None and write.stream.key == stream:
                 del self._handoffs[tensor]
+
+    def event_on_wrong_device(self, event_device: int, stream: StreamRef) -> None:
+        """An event bound to ``event_device`` is about to be recorded on ``stream`` of another
+        device: the rules explain it (``event-device-mismatch``), ``assert`` stops it."""
+        self.review(EVENT_RECORD, stream, None, event_device, implicit=False)
 
     def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
         """The latest write declared for ``tensor``."""

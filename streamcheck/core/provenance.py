@@ -68,6 +68,17 @@ class StreamBook:
         self._log: deque[tuple[Any, ...]] = deque(maxlen=LOG_LENGTH)
         self.record_switch = self._log.append
         self._created: dict[tuple[int, int], StreamEvent] = {}
+        # the latest set_device of each thread: (device, where, time); the current device is
+        # per thread in CUDA, and a wrong one explains a stream or event on the wrong device
+        self._device_set: dict[int, tuple[int, Stack, float]] = {}
+
+    def device_set(self, thread_ident: int, device: int, where: Stack, when: float) -> None:
+        """``thread_ident`` made ``device`` its current device (set_device is rare: a dict
+        store)."""
+        self._device_set[thread_ident] = (device, where, when)
+
+    def last_device_set(self, thread_ident: int) -> tuple[int, Stack, float] | None:
+        return self._device_set.get(thread_ident)
 
     def record(self, event: StreamEvent) -> None:
         """A full event (a stream creation, or one built by a caller or a test)."""
@@ -120,6 +131,7 @@ class StreamBook:
         with self._lock:
             self._log.clear()
             self._created.clear()
+            self._device_set.clear()
 
 
 def _event(record: tuple[Any, ...]) -> StreamEvent:

@@ -99,10 +99,14 @@ def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding 
     return _finding("stale-stream-cache", launch, message)
 
 
+#: The op of the launch record an event record makes when its stream is on another device.
+EVENT_RECORD = "event.record"
+
+
 def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """The stream lives on another device than the communicator or tensors it launches for."""
     target = launch.target_device
-    if target is None or launch.stream.device == target:
+    if target is None or launch.stream.device == target or launch.op == EVENT_RECORD:
         return None
     origin = ctx.book.origin(launch.stream)
     made_by = ""
@@ -121,6 +125,28 @@ def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | N
     if origin is not None and origin.thread.ident != launch.thread.ident:
         other = origin.thread
     return _finding("device-mismatch", launch, message, origin, other)
+
+
+def check_event_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """An event bound to one device is recorded on a stream of another, usually because
+    something changed the thread's current device since."""
+    target = launch.target_device
+    if launch.op != EVENT_RECORD or target is None or launch.stream.device == target:
+        return None
+    changed = ctx.book.last_device_set(launch.thread.ident)
+    why = ""
+    if changed is not None and changed[0] == launch.stream.device:
+        where = frames_of(changed[1])
+        site = f" at {where[0][0]}:{where[0][1]}" if where else ""
+        why = (f" This thread made cuda:{changed[0]} its current device{site} after the event "
+               "was first recorded.")
+    message = (
+        f"{launch.thread.describe()} records an event of cuda:{target} on "
+        f"{launch.stream.describe()}.{why} PyTorch refuses it ('Event device index {target} "
+        f"does not match recording stream's device index {launch.stream.device}'); the "
+        "engine's next step fails."
+    )
+    return _finding("event-device-mismatch", launch, message)
 
 
 def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -271,6 +297,14 @@ RULES: dict[str, Rule] = {
             "Call torch.cuda.set_device(rank) first thing in every thread that creates streams "
             "(new threads start on cuda:0), or create streams with an explicit device=.",
             check_device_mismatch,
+        ),
+        Rule(
+            "event-device-mismatch",
+            "event recorded on a stream of another device than the event's",
+            "Find what changed the thread's current device (a set_device with the wrong "
+            "index: a data-parallel rank offset left out) and set the right one, or record "
+            "the event on an explicit stream of its own device.",
+            check_event_device_mismatch,
         ),
         Rule(
             "default-stream-in-worker",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SYMPTOMS = ("nan", "wrong", "error-400", "hang", "corrupt-save", "overwritten-read",
-            "lost-load")
+            "lost-load", "event-device-error")
 #: Symptoms a rank counts itself (``ctx.count("corrupt_save")``), by the counter's name.
-COUNTED_SYMPTOMS = ("corrupt-save", "overwritten-read", "lost-load")
+COUNTED_SYMPTOMS = ("corrupt-save", "overwritten-read", "lost-load", "event-device-error")
 VARIANT_MODES = {"buggy": "off", "fixed": "record", "guarded": "assert"}
 
 

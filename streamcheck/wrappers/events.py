@@ -10,9 +10,12 @@ cost one attribute read; after it, the stream a call applies to is read and the 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.core.ids import StreamRef, capture_site
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
 
@@ -20,8 +23,65 @@ StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
 """(event, stream or None) -> the (device, stream id) the call applies to."""
 
 
+def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
+                      stream_key_of: StreamKeyOf,
+                      device_of: Callable[[Any], int | None]) -> None:
+    """``Event.record``, hooked from the start: an event already bound to a device recorded
+    on a stream of another (``event-device-mismatch``, checked before the record runs), and,
+    once the clocks are live, the snapshot they keep. Before an event's first record it costs
+    one attribute read."""
+
+    def make_record(original: Any) -> Any:
+        @functools.wraps(original)
+        def record(self: Any, stream: Any = None) -> Any:
+            auditor = gate.auditor
+            if auditor is None:
+                return original(self, stream)
+            bound = device_of(self)
+            key = None
+            if bound is not None:
+                key = stream_key_of(self, stream)
+                if key[0] != bound:
+                    auditor.event_on_wrong_device(bound, _ref(key, stream))
+            result = original(self, stream)
+            if auditor.clocks.active:
+                auditor.clocks.record(self, key or stream_key_of(self, stream))
+            return result
+
+        return record
+
+    registry.patch(event_class, "record", make_record)
+
+
+def _ref(key: tuple[int, int], stream: Any) -> StreamRef:
+    return StreamRef(key[0], key[1], int(getattr(stream, "cuda_stream", 0) or 0))
+
+
+def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
+                    current_device: Callable[[], int]) -> None:
+    """Remember which device each thread last made current, and where (set_device is rare):
+    a stream or event on the wrong device is explained by it."""
+
+    def make(original: Any) -> Any:
+        @functools.wraps(original)
+        def set_device(device: Any) -> Any:
+            result = original(device)
+            auditor = gate.auditor
+            if auditor is not None:
+                auditor.book.device_set(threading.get_ident(), current_device(),
+                                        capture_site(skip=1), time.time())
+            return result
+
+        return set_device
+
+    registry.patch(namespace, "set_device", make)
+
+
 def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
                 stream_key_of: StreamKeyOf) -> None:
+    """The clock hooks, installed at the first handoff: ``wait`` (and ``record``, unless
+    :func:`hook_event_record` already took it)."""
+
     def make_record(original: Any) -> Any:
         @functools.wraps(original)
         def record(self: Any, stream: Any = None) -> Any:

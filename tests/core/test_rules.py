@@ -174,3 +174,20 @@ def test_auditor_is_safe_under_concurrent_launches():
         t.join()
     assert aud.launches == 4000
     assert sum(e.count for e in aud.entries()) == 4000
+
+
+def test_event_device_mismatch_positive_names_the_set_device_call():
+    from streamcheck.core.rules import EVENT_RECORD
+
+    aud = Auditor(Mode.RECORD)
+    aud.book.device_set(threading.get_ident(), 0, (), 0.0)
+    found = aud.review(EVENT_RECORD, StreamRef(0, 0), None, 1, implicit=False)
+    assert rule_ids(found) == ["event-device-mismatch"]  # and not device-mismatch as well
+    assert "made cuda:0 its current device" in found[0].message
+
+
+def test_event_device_mismatch_clean_on_the_events_own_device():
+    from streamcheck.core.rules import EVENT_RECORD
+
+    aud = Auditor(Mode.RECORD)
+    assert aud.review(EVENT_RECORD, StreamRef(1, 3), None, 1, implicit=False) == []

@@ -88,3 +88,37 @@ def test_a_passing_launch_declares_its_own_write(sim):
                                                    writes=[block]):
         block.fill_(0.0)
     assert _rules(auditor) == ["write-after-write"]
+
+
+def test_an_event_recorded_after_a_wrong_set_device_is_explained_and_stopped():
+    """LMCache#3493: the engine's event is bound to its device; a connector moves the thread to
+    another device; the next record names the set_device call, and assert mode stops it."""
+    from streamcheck.core.errors import StreamHazardError
+
+    auditor = audit.install("assert")
+    machine = SimMachine(2)
+    api = SimCuda(machine)
+    audit.instrument_sim(api)
+    try:
+        api.set_device(1)
+        event = api.Event()
+        event.record()  # bound to device 1
+        api.set_device(0)  # the connector's set_device(local_worker_id)
+        with pytest.raises(StreamHazardError) as stopped:
+            event.record()
+        assert stopped.value.rule_ids == ["event-device-mismatch"]
+        message = auditor.findings()[0].message
+        assert "made cuda:0 its current device at" in message
+        assert "test_buffer_accesses.py" in message
+        assert event.device_index == 1  # the record never ran
+    finally:
+        audit.uninstall()
+
+
+def test_an_event_recorded_on_its_own_device_costs_no_finding(sim):
+    auditor, api, _tensors = sim
+    event = api.Event()
+    event.record()
+    api.set_device(0)
+    event.record()
+    assert _rules(auditor) == []

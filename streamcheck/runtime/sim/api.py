@@ -89,9 +89,15 @@ class SimEvent:
     def __init__(self, machine: SimMachine) -> None:
         self._machine = machine
         self._mark: SimEventMark | None = None
+        self.device_index: int | None = None  # bound at the first record, as CUDA's are
 
     def record(self, stream: SimStreamBase | None = None) -> None:
         state = stream._state if stream is not None else self._machine.current_stream()
+        if self.device_index is None:
+            self.device_index = state.device
+        elif state.device != self.device_index:  # PyTorch's own check, word for word
+            raise RuntimeError(f"Event device index {self.device_index} does not match "
+                               f"recording stream's device index {state.device}.")
         mark = SimEventMark(state)
         self._machine.enqueue(state, "event.record", lambda: None, marks=mark)
         self._mark = mark
