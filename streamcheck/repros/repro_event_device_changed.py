@@ -73,7 +73,7 @@ def run_rank(ctx: RankContext) -> None:
         except StreamHazardError:
             raise
         except RuntimeError as exc:
-            if "does not match recording stream's device index" not in str(exc):
+            if "does not match recording stream's device" not in str(exc):
                 raise
             ctx.count("event_device_error")
             ctx.note(error=str(exc)[:200])

@@ -9,6 +9,7 @@ cost one attribute read; after it, the stream a call applies to is read and the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -23,13 +24,20 @@ StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
 """(event, stream or None) -> the (device, stream id) the call applies to."""
 
 
+_BOUND = "_streamcheck_event_device"
+
+
 def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
-                      stream_key_of: StreamKeyOf,
-                      device_of: Callable[[Any], int | None]) -> None:
+                      stream_key_of: StreamKeyOf, device_of: Callable[[Any], int | None],
+                      device_now: Callable[[Any, Any], int]) -> None:
     """``Event.record``, hooked from the start: an event already bound to a device recorded
     on a stream of another (``event-device-mismatch``, checked before the record runs), and,
-    once the clocks are live, the snapshot they keep. Before an event's first record it costs
-    one attribute read."""
+    once the clocks are live, the snapshot they keep.
+
+    ``device_of(event)`` is the device the event is bound to (asked once, after its first
+    record, and kept on the event); ``device_now(event, stream)`` the device a record with
+    ``stream`` (None: the current one) would use: a device read, not a stream read.
+    """
 
     def make_record(original: Any) -> Any:
         @functools.wraps(original)
@@ -37,15 +45,16 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
             auditor = gate.auditor
             if auditor is None:
                 return original(self, stream)
-            bound = device_of(self)
-            key = None
-            if bound is not None:
+            bound = getattr(self, _BOUND, None)
+            if bound is not None and device_now(self, stream) != bound:
                 key = stream_key_of(self, stream)
-                if key[0] != bound:
-                    auditor.event_on_wrong_device(bound, _ref(key, stream))
+                auditor.event_on_wrong_device(bound, _ref(key, stream))
             result = original(self, stream)
+            if bound is None:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(self, _BOUND, device_of(self))
             if auditor.clocks.active:
-                auditor.clocks.record(self, key or stream_key_of(self, stream))
+                auditor.clocks.record(self, stream_key_of(self, stream))
             return result
 
         return record
