@@ -117,7 +117,7 @@ def _install_torch_hooks() -> None:
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     auditor = _gate.auditor
     if auditor is not None:
-        # Events order nothing until the first handoff: hook them only then (no cost before).
+        # Events order nothing until the first declared access: hook their clocks only then.
         auditor.clocks.on_activate = _hook_torch_events
 
 

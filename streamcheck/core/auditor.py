@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from streamcheck.core import roles
@@ -60,7 +60,7 @@ class Auditor:
         # The hooks' one call per stream switch: a bound deque.append of the book's log.
         self.made_current = self.book.record_switch
         self.clocks = HappensBefore()
-        self.context = RuleContext(self.book, self.clocks)
+        self.context = RuleContext(self.book, self.clocks, select=select)
         self.select = select
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
@@ -112,39 +112,51 @@ class Auditor:
         """
         if access not in ("write", "read"):
             raise ValueError(f"access must be 'write' or 'read', not {access!r}")
+        reads, writes = ((), (tensor,)) if access == "write" else ((tensor,), ())
+        return self.declare(stream, reads, writes, skip=skip + 1)[0]
+
+    def declare(self, stream: StreamRef, reads: Sequence[tuple[int, int]],
+                writes: Sequence[tuple[int, int]], skip: int = 2) -> list[Handoff]:
+        """Declare reads and writes of several buffers on ``stream`` at one point: one clock
+        tick, one site, one lock for all of them (a launch declares what it touches this way).
+        Returns the handoffs, reads first."""
         ident = threading.get_ident()
-        handoff = Handoff(  # once per layer saved: a site, not a formatted stack (rules format)
-            tensor=tensor, mark=self.clocks.mark(stream.key), stream=stream,
-            thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
-            time=time.time(), stack=capture_site(skip=skip),  # type: ignore[arg-type]
-            access=access,
-        )
+        mark = self.clocks.mark(stream.key)
+        thread = ThreadRef(ident, threading.current_thread().name, roles.role_of(ident))
+        when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
+        made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
+                        stack=site, access=access)  # type: ignore[arg-type]
+                for keys, access in ((reads, "read"), (writes, "write")) for key in keys]
         with self._lock:
-            if access == "write":
-                self._handoffs[tensor] = handoff
-                self._reads.pop(tensor, None)
-            else:
-                self._reads.setdefault(tensor, {})[stream.key] = handoff
-        return handoff
+            for handoff in made:
+                if handoff.access == "write":
+                    self._handoffs[handoff.tensor] = handoff
+                    self._reads.pop(handoff.tensor, None)
+                else:
+                    self._reads.setdefault(handoff.tensor, {})[stream.key] = handoff
+        return made
 
     def fenced_by_allocator(self, tensor: tuple[int, int], stream: tuple[int, int]) -> None:
         """``tensor.record_stream(stream)``: the caching allocator will not hand this memory
         out again before the work queued on ``stream`` so far is done (it waits on an event of
         its own, which the clocks cannot see). A later owner of the address is ordered after
-        that stream's accesses, so they are dropped. Called as the tensor is about to die; a
-        further use of the same tensor on another stream is not checked against them."""
+        that stream's reads, so they are dropped.
+
+        What this cannot tell: whether a later write to the address is a new owner's or the
+        same live tensor's. ``record_stream`` is meant for a tensor about to be freed; a read
+        on ``stream`` declared before it, of a tensor that lives on and is written again on
+        another stream, is no longer checked (a missed ``write-after-read``). The latest write
+        is kept: readers must still be ordered after it."""
         with self._lock:
             reads = self._reads.get(tensor)
             if reads is not None:
                 reads.pop(stream, None)
-            write = self._handoffs.get(tensor)
-            if write is not None and write.stream.key == stream:
-                del self._handoffs[tensor]
 
     def event_on_wrong_device(self, event_device: int, stream: StreamRef) -> None:
         """An event bound to ``event_device`` is about to be recorded on ``stream`` of another
         device: the rules explain it (``event-device-mismatch``), ``assert`` stops it."""
-        self.review(EVENT_RECORD, stream, None, event_device, implicit=False)
+        self.review(EVENT_RECORD, stream, None, event_device, implicit=False,
+                    rules=frozenset({"event-device-mismatch"}))
 
     def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
         """The latest write declared for ``tensor``."""
@@ -169,8 +181,10 @@ class Auditor:
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
                target_device: int | None, implicit: bool, accessor: str = "",
                reads: tuple[Handoff, ...] = (),
-               writes: tuple[WriteTarget, ...] = ()) -> list[Finding]:
-        """Build the launch record, run the rules, and act on the findings by mode."""
+               writes: tuple[WriteTarget, ...] = (),
+               rules: frozenset[str] | None = None) -> list[Finding]:
+        """Build the launch record, run the rules (``rules``: only these), and act on the
+        findings by mode."""
         ident = threading.get_ident()
         launch = LaunchRecord(
             op=op,
@@ -185,7 +199,9 @@ class Auditor:
             reads=reads,
             writes=writes,
         )
-        findings = list(evaluate(self.context, launch, self.select))
+        select = self.select if rules is None else (
+            rules if self.select is None else self.select & rules)
+        findings = list(evaluate(self.context, launch, select))
         if findings:
             self._keep(findings)
             if self.mode is Mode.ASSERT:

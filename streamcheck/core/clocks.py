@@ -7,9 +7,10 @@ stream's own entry and returns a :class:`Mark`. The one query, :meth:`HappensBef
 asks whether a stream has waited for an event recorded after that mark.
 
 Cost, since every ``Event.record``/``wait`` of the process passes through here: nothing at all
-until the first handoff (:attr:`active`: with no mark there is nothing to order against). After
-that, clocks are never modified in place but replaced, so a record keeps a reference to the
-recording stream's current clock (no copy) and a wait that adds nothing new allocates nothing.
+until the first declared access (a handoff, or a launch's reads or writes; :attr:`active`:
+with no mark there is nothing to order against). After that, clocks are never modified in
+place but replaced, so a record keeps a reference to the recording stream's current clock (no
+copy) and a wait that adds nothing new allocates nothing.
 The snapshot lives on the event object itself, so it dies with the event and a recycled
 ``id()`` can never hand a new event an old snapshot.
 

@@ -23,6 +23,9 @@ class RuleContext:
 
     book: StreamBook
     clocks: HappensBefore = field(default_factory=HappensBefore)
+    #: The rules reported (None: all). A rule that leaves a case to a more precise one asks
+    #: whether that one is reported at all.
+    select: frozenset[str] | None = None
     role_of: Callable[[int], str] = roles.role_of
     engine_threads: Callable[[], list[int]] = roles.engine_threads
 
@@ -99,8 +102,9 @@ def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding 
     return _finding("stale-stream-cache", launch, message)
 
 
-#: The op of the launch record an event record makes when its stream is on another device.
-EVENT_RECORD = "event.record"
+#: The op of the launch record an event record makes when its stream is on another device
+#: (only the ``event-device-mismatch`` rule is run on it).
+EVENT_RECORD = "<torch.cuda.Event.record>"
 
 
 def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -138,13 +142,11 @@ def check_event_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Findi
     if changed is not None and changed[0] == launch.stream.device:
         where = frames_of(changed[1])
         site = f" at {where[0][0]}:{where[0][1]}" if where else ""
-        why = (f" This thread made cuda:{changed[0]} its current device{site} after the event "
-               "was first recorded.")
+        why = f" This thread's last set_device made cuda:{changed[0]} its current device{site}."
     message = (
-        f"{launch.thread.describe()} records an event of cuda:{target} on "
-        f"{launch.stream.describe()}.{why} PyTorch refuses it ('Event device index {target} "
-        f"does not match recording stream's device index {launch.stream.device}'); the "
-        "engine's next step fails."
+        f"{launch.thread.describe()} records an event bound to cuda:{target} on "
+        f"{launch.stream.describe()}.{why} PyTorch refuses the record (RuntimeError 'Event "
+        "device ... does not match recording stream's device ...'): the engine's step fails."
     )
     return _finding("event-device-mismatch", launch, message)
 
@@ -187,7 +189,8 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
     for handoff in launch.reads:
         if ctx.clocks.ordered(launch.stream.key, handoff.mark):
             continue
-        if _fresh_switch(ctx, launch, handoff) is not None:
+        switch_reported = ctx.select is None or "unordered-stream-switch" in ctx.select
+        if switch_reported and _fresh_switch(ctx, launch, handoff) is not None:
             continue  # unordered-stream-switch says it more precisely
         message = (
             f"{launch.op} in {launch.thread.describe()} reads a tensor on "

@@ -70,23 +70,12 @@ _ACCESSOR_DEF = re.compile(rb"def\s+\w*(?:current|curr|cur)_?stream")
 _PATCH_TEXT = re.compile(rb"\.set_stream\s*[=:]|['\"]set_stream['\"]")
 _THREAD_WORDS = (b"thread", b"timer", b"executor")
 _STREAM_USE = re.compile(rb"stream\s*\(|streamcontext|stream\w*\s+as\s")
-_PROCESS_MEMO = re.compile(rb"lru_cache|@(?:functools\.)?cache\b")
-#: ``current_stream(`` stored somewhere that may outlive the call: a module-level name, an
-#: attribute or an item, or (in a module with ``global``) any name.
-_STORED_CURRENT = re.compile(
-    rb"^(?:[a-z_]\w*[ \t]*(?::[^=\n]*)?=|[ \t]*[\w.]+(?:\.\w+|\[[^\]\n]*\])[ \t]*=)"
-    rb"[^\n]*current_stream\(",
-    re.M,
-)
-_ASSIGNED_CURRENT = re.compile(rb"=[ \t]*[\w.]*current_stream\(")
-
-
 def could_match(data: bytes) -> bool:
     """False when no rule can fire on a file with these bytes, so it need not be parsed.
 
     Each rule starts from something that must appear in the text: SC101 a ``def`` of a
-    current-stream accessor (or ``lru_cache`` beside ``current_stream``, or a
-    ``current_stream(`` stored in a name, attribute or item that may be shared), SC102 a
+    current-stream accessor or any mention of ``current_stream`` (a memoised accessor, or the
+    current stream stored into shared state, can take many shapes), SC102 a
     ``.set_stream =`` (or ``setattr(..., "set_stream", ...)``), SC103-SC105 a thread
     (``thread``/``timer``/``executor``) plus a stream call
     (``...stream(``, ``Stream(``, a ``StreamContext``, or an ``import ... as`` alias of one).
@@ -98,12 +87,8 @@ def could_match(data: bytes) -> bool:
         return True
     if _ACCESSOR_DEF.search(lowered):
         return True
-    if b"current_stream" in lowered and (
-        _PROCESS_MEMO.search(lowered)
-        or _STORED_CURRENT.search(lowered)
-        or (b"global " in lowered and _ASSIGNED_CURRENT.search(lowered))
-    ):
-        return True
+    if b"current_stream" in lowered:
+        return True  # a memo, or a store into shared state, of the current stream
     return any(w in lowered for w in _THREAD_WORDS) and bool(_STREAM_USE.search(lowered))
 
 

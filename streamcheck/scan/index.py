@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 #: ``torch.<name>`` sub-modules that expose the CUDA-style stream API.
 ACCEL_MODULES = frozenset({"cuda", "npu", "xpu", "mlu", "musa", "hpu", "mps", "mtia"})
 #: ``torch.accelerator`` members that do what the device modules' members of the same name do.
-_ACCELERATOR_SAME_AS_DEVICE = frozenset({"current_stream", "set_stream"})
+#: Not ``set_stream``: it switches in C++ without calling ``torch.cuda.set_stream``, so it
+#: never rewrites a patched setter's cache (it leaves it stale instead).
+_ACCELERATOR_SAME_AS_DEVICE = frozenset({"current_stream"})
 #: The name vLLM and SGLang give a device module passed around (``self.device_module``).
 DEVICE_MODULE_NAME = "device_module"
 #: Calls that return a device module (``torch.cuda`` or its peer) chosen at run time.
@@ -233,6 +235,7 @@ class _Indexer:
         self.index = index
         self.hot = hot
         self.stream_lines = stream_lines
+        self.in_main_guard = False  # inside ``if __name__ == "__main__":``: a script's locals
         self.method_calls: list[tuple[ast.Call, FunctionInfo | None, ast.ClassDef | None]] = []
         self.executor_names: set[str] = set()
 
@@ -271,8 +274,16 @@ class _Indexer:
         if isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None and (
             self.stream_lines is None
             or any(n in self.stream_lines for n in range(stmt.lineno, (stmt.end_lineno or 0) + 1))
-        ) and cls is None:
+        ) and cls is None and not (func is None and self.in_main_guard):
             self.index.current_stream_stores.append((stmt, func))
+        if func is None and cls is None and _is_main_guard(stmt):
+            self.in_main_guard = True
+            try:
+                self.walk(stmt.body, func, cls)  # type: ignore[attr-defined]
+                self.walk(stmt.orelse, func, cls)  # type: ignore[attr-defined]
+            finally:
+                self.in_main_guard = False
+            return
         blocks = [getattr(stmt, name, None) for name in _BLOCK_FIELDS]
         if not any(blocks):
             if self._is_hot(stmt.lineno, stmt.end_lineno):
@@ -416,6 +427,19 @@ class _Indexer:
                 self.index.thread_spawns.append(
                     ThreadSpawn(node, "run_in_executor", node.args[1], func, owner)
                 )
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``"""
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    test = stmt.test
+    names = [test.left, *test.comparators]
+    return (
+        len(names) == 2 and isinstance(test.ops[0], ast.Eq)
+        and any(isinstance(n, ast.Name) and n.id == "__name__" for n in names)
+        and any(isinstance(n, ast.Constant) and n.value == "__main__" for n in names)
+    )
 
 
 def globals_key(node: ast.AST) -> str | None:

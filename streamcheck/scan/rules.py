@@ -168,6 +168,8 @@ def _names_device_index(index: ModuleIndex, expr: ast.expr) -> bool:
     """Can ``expr``, passed as a stream's device, name a device index? ``"cuda"``,
     ``torch.device("cuda")`` and ``torch.accelerator.current_accelerator()`` cannot."""
     if isinstance(expr, ast.Constant):
+        if expr.value is None:
+            return False  # device=None: the current device
         return not (isinstance(expr.value, str) and ":" not in expr.value)
     if isinstance(expr, ast.Call):
         if index.api(expr.func) in _INDEXLESS_DEVICE_CALLS:

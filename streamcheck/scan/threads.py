@@ -58,7 +58,7 @@ def sets_device(index: ModuleIndex, func: FunctionInfo, depth: int = _SET_DEVICE
     """
     memo = index.memo.setdefault("sets_device", {})
     assert isinstance(memo, dict)
-    key = id(func.node)
+    key = (id(func.node), depth)  # a helper looked at less deep may still set it deeper
     if key in memo:
         return bool(memo[key])
     memo[key] = False  # a cycle back here answers "no"

@@ -1,10 +1,15 @@
-"""Hooks on event record/wait that feed the happens-before clocks.
+"""Hooks on events, host waits and devices that feed the happens-before clocks and the book.
 
 ``torch.cuda.Event.record(stream=None)`` and ``.wait(stream=None)`` are the two places every
 event ordering passes through in PyTorch (``Stream.wait_event``, ``wait_stream`` and
 ``record_event`` call them); the simulator's events have the same two methods. Until the first
-handoff the clocks have nothing to order against (``clocks.active`` is False) and the hooks
-cost one attribute read; after it, the stream a call applies to is read and the clocks updated.
+declared access the clocks have nothing to order against (``clocks.active`` is False) and the
+clock hooks cost one attribute read; after it, the stream a call applies to is read and the
+clocks updated.
+
+A hook's own bookkeeping never breaks the call it wraps: whatever it cannot read (a device
+given in a form it does not know, an object without the expected attributes) is said once
+(:func:`~streamcheck.wrappers.launches.warn_cannot_audit`) and the call's result stands.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef, capture_site
 from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.registry import PatchRegistry
 
 StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
@@ -46,15 +53,23 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
             if auditor is None:
                 return original(self, stream)
             bound = getattr(self, _BOUND, None)
-            if bound is not None and device_now(self, stream) != bound:
-                key = stream_key_of(self, stream)
-                auditor.event_on_wrong_device(bound, _ref(key, stream))
+            try:
+                if bound is not None and device_now(self, stream) != bound:
+                    key = stream_key_of(self, stream)
+                    auditor.event_on_wrong_device(bound, _ref(key, stream))
+            except StreamHazardError:
+                raise
+            except Exception as exc:
+                warn_cannot_audit("Event.record", exc)
             result = original(self, stream)
-            if bound is None:
-                with contextlib.suppress(AttributeError, TypeError):
-                    setattr(self, _BOUND, device_of(self))
-            if auditor.clocks.active:
-                auditor.clocks.record(self, stream_key_of(self, stream))
+            try:
+                if bound is None:
+                    with contextlib.suppress(AttributeError, TypeError):
+                        setattr(self, _BOUND, device_of(self))
+                if auditor.clocks.active:
+                    auditor.clocks.record(self, stream_key_of(self, stream))
+            except Exception as exc:
+                warn_cannot_audit("Event.record", exc)
             return result
 
         return record
@@ -77,8 +92,11 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
             result = original(device)
             auditor = gate.auditor
             if auditor is not None:
-                auditor.book.device_set(threading.get_ident(), current_device(),
-                                        capture_site(skip=1), time.time())
+                try:
+                    auditor.book.device_set(threading.get_ident(), current_device(),
+                                            capture_site(skip=1), time.time())
+                except Exception as exc:
+                    warn_cannot_audit("set_device", exc)
             return result
 
         return set_device
@@ -88,7 +106,7 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
 
 def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
                 stream_key_of: StreamKeyOf) -> None:
-    """The clock hooks, installed at the first handoff: ``wait`` (and ``record``, unless
+    """The clock hooks, installed at the first declared access: ``wait`` (and ``record``, unless
     :func:`hook_event_record` already took it)."""
 
     def make_record(original: Any) -> Any:
@@ -120,7 +138,10 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
                     event_class: type, current_device: Callable[[], int]) -> None:
     """Tell the clocks when the host waited for the device: ``namespace.synchronize(device)``,
     ``Stream.synchronize()``, ``Event.synchronize()``. Installed with the event hooks, at the
-    first handoff; each costs one attribute read and a small merge, after the wait itself."""
+    first declared access; each costs one attribute read and a small merge, after the wait.
+    Not seen: ``torch.accelerator.synchronize``, ``torch.Stream.synchronize``, and a poll of
+    ``Event.query()`` that returned True; a buffer reused after one of those still looks
+    raced with its previous use."""
 
     def clocks() -> Any:
         auditor = gate.auditor
@@ -132,8 +153,11 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
             result = original(device)
             hb = clocks()
             if hb is not None:
-                index = getattr(device, "index", device)
-                hb.device_synchronized(current_device() if index is None else int(index))
+                try:
+                    index = device_index_of(device)
+                    hb.device_synchronized(current_device() if index is None else index)
+                except Exception as exc:
+                    warn_cannot_audit("synchronize", exc)
             return result
 
         return synchronize
@@ -144,7 +168,10 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
             result = original(self)
             hb = clocks()
             if hb is not None:
-                hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
+                try:
+                    hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
+                except Exception as exc:
+                    warn_cannot_audit("Stream.synchronize", exc)
             return result
 
         return synchronize
@@ -169,7 +196,7 @@ def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
                        key_of: Callable[[Any], tuple[int, int]]) -> None:
     """Tell the auditor when a tensor is handed to the caching allocator's stream tracking
     (``Tensor.record_stream``): its memory's next owner is ordered after that stream's work.
-    Installed with the event hooks, at the first handoff."""
+    Installed with the event hooks, at the first declared access."""
 
     def make(original: Any) -> Any:
         @functools.wraps(original)
@@ -177,13 +204,28 @@ def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
             result = original(self, stream)
             auditor = gate.auditor
             if auditor is not None and auditor.clocks.active:
-                auditor.fenced_by_allocator(key_of(self),
-                                            (int(stream.device_index), int(stream.stream_id)))
+                try:
+                    auditor.fenced_by_allocator(
+                        key_of(self), (int(stream.device_index), int(stream.stream_id)))
+                except Exception as exc:
+                    warn_cannot_audit("Tensor.record_stream", exc)
             return result
 
         return record_stream
 
     registry.patch(tensor_class, "record_stream", make)
+
+
+def device_index_of(device: Any) -> int | None:
+    """A device as ``synchronize(device)`` takes it, as an index (None: the current device):
+    ``None``, ``1``, ``"cuda"``, ``"cuda:1"``, ``torch.device("cuda", 1)``."""
+    if device is None or isinstance(device, int):
+        return device
+    if isinstance(device, str):
+        _kind, sep, number = device.partition(":")
+        return int(number) if sep else None
+    index = getattr(device, "index", None)
+    return None if index is None else int(index)
 
 
 def reader_stream_key(reader: Any) -> StreamKeyOf:

@@ -139,10 +139,8 @@ class launch:
                       writes=tuple(auditor.write_target(k) for k in written))
         # Passed (or recorded, outside assert): what this launch does is what later ones must
         # be ordered after.
-        for key in dict.fromkeys(read):
-            auditor.handoff(key, ref, access="read", skip=3)
-        for key in dict.fromkeys(written):
-            auditor.handoff(key, ref, access="write", skip=3)
+        if read or written:
+            auditor.declare(ref, list(dict.fromkeys(read)), list(dict.fromkeys(written)), skip=3)
 
     def __enter__(self) -> launch:
         self.check()

@@ -252,3 +252,10 @@ def test_another_threads_producer_is_an_unsynced_handoff_not_a_switch():
     produced, _ = in_thread(lambda: aud.handoff(KV, ENGINE), name="engine")
     _created(aud, FRESH, produced.time + 1.0)
     assert [f.rule_id for f in _consume(aud, produced)] == ["unsynced-handoff"]
+
+
+def test_a_switch_case_is_an_unsynced_handoff_when_the_switch_rule_is_not_selected():
+    aud = Auditor(Mode.RECORD, select=frozenset({"unsynced-handoff"}))
+    produced = aud.handoff(KV, ENGINE)
+    _created(aud, FRESH, produced.time + 1.0)
+    assert [f.rule_id for f in _consume(aud, produced)] == ["unsynced-handoff"]

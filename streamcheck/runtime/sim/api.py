@@ -95,7 +95,7 @@ class SimEvent:
         state = stream._state if stream is not None else self._machine.current_stream()
         if self.device_index is None:
             self.device_index = state.device
-        elif state.device != self.device_index:  # PyTorch's own check, word for word
+        elif state.device != self.device_index:  # PyTorch's own check (its words, 2.x)
             raise RuntimeError(f"Event device index {self.device_index} does not match "
                                f"recording stream's device index {state.device}.")
         mark = SimEventMark(state)
