@@ -29,6 +29,7 @@ Subcommands: ``prepare``, ``prepare-all`` (the CI versions), ``env``, ``probe``,
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -46,6 +47,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+
+from packaging.markers import InvalidMarker, Marker, UndefinedComparison, UndefinedEnvironmentName
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 REPO = Path(__file__).resolve().parent.parent
 PINS_DIR = REPO / "scripts" / "vllm_deps"
@@ -267,46 +272,14 @@ def pins_digest(pins: Sequence[Pin]) -> str:
 # --------------------------------------------------------------------------- requirements
 
 
-class _V(str):
-    """A marker value that compares like a version when both sides are dotted numbers."""
-
-    def _key(self, other: object) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-        pat = re.compile(r"^\d+(\.\d+)*$")
-        if isinstance(other, str) and pat.match(self) and pat.match(other):
-            return tuple(map(int, self.split("."))), tuple(map(int, other.split(".")))
-        return None
-
-    def __lt__(self, other: object) -> bool:
-        k = self._key(other)
-        return k[0] < k[1] if k else str.__lt__(self, other)  # type: ignore[operator]
-
-    def __le__(self, other: object) -> bool:
-        return self == other or self < other
-
-    def __gt__(self, other: object) -> bool:
-        k = self._key(other)
-        return k[0] > k[1] if k else str.__gt__(self, other)  # type: ignore[operator]
-
-    def __ge__(self, other: object) -> bool:
-        return self == other or self > other
-
-    __hash__ = str.__hash__
-
-
 def marker_holds(marker: str, env: dict[str, str]) -> bool:
-    """Evaluate a PEP 508 marker for the target machine.
-
-    The markers in vLLM's METADATA are ``name op "literal"`` joined by and/or, which is valid
-    Python once names are bound; that keeps this script free of the ``packaging`` dependency.
-    """
+    """Evaluate a PEP 508 marker for the target machine (``packaging``'s evaluator, with the
+    target's variables instead of this interpreter's; no extra is requested)."""
     if not marker.strip():
         return True
-    names = {k: _V(v) for k, v in env.items()}
-    names["extra"] = _V("")
-    expr = marker.replace("===", "==")
     try:
-        return bool(eval(expr, {"__builtins__": {}}, names))
-    except Exception:
+        return bool(Marker(marker).evaluate({**env, "extra": ""}))
+    except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
         return False
 
 
@@ -521,7 +494,7 @@ def read_stubs(lay: Layout) -> tuple[tuple[str, ...], tuple[str, ...]]:
     found = {}
     for key in ("STUBBED", "COMPILED"):
         m = re.search(rf"^{key} = (.*)$", text, re.M)
-        found[key] = eval(m.group(1), {"__builtins__": {}}) if m else ()
+        found[key] = ast.literal_eval(m.group(1)) if m else ()
     return tuple(found["STUBBED"]), tuple(found["COMPILED"])
 
 
@@ -1098,40 +1071,15 @@ def pack_zip(lay: Layout, out: Path) -> Path:
     return dest
 
 
-def _release(version: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:4])
-
-
 def satisfies(version: str, spec: str) -> bool:
-    """Does ``version`` meet a comma-joined specifier (numeric parts only; enough for ranges)?"""
-    have = _release(version)
-    for clause in filter(None, (c.strip() for c in spec.split(","))):
-        m = re.match(r"(===|==|!=|~=|<=|>=|<|>)\s*(.+)", clause)
-        if not m:
-            continue
-        op, ver = m.groups()
-        if ver.endswith(".*"):
-            n = len(_release(ver[:-2]))
-            same = have[:n] == _release(ver[:-2])
-            if (op == "==" and not same) or (op == "!=" and same):
-                return False
-            continue
-        want = _release(ver)
-        width = max(len(have), len(want))
-        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
-        ok = {
-            "==": a == b,
-            "===": a == b,
-            "!=": a != b,
-            "<": a < b,
-            "<=": a <= b,
-            ">": a > b,
-            ">=": a >= b,
-            "~=": a >= b and a[: len(want) - 1] == b[: len(want) - 1],
-        }
-        if not ok[op]:
-            return False
-    return True
+    """Does ``version`` meet a comma-joined specifier (``packaging``'s rules; an empty one is
+    met; one that cannot be read is not)?"""
+    if not spec.strip():
+        return True
+    try:
+        return SpecifierSet(spec).contains(Version(version), prereleases=True)
+    except (InvalidSpecifier, InvalidVersion):
+        return False
 
 
 def gpu_missing(pins: Sequence[Pin], scope: Sequence[str], lay: Layout) -> list[Pin]:

@@ -264,3 +264,25 @@ def test_marker_and_requires_parsing(vllm_script) -> None:  # type: ignore[no-un
         "fastapi": "<0.137.0,>=0.133.0",
     }
     assert "six" in vllm_script.parse_requires(text, vllm_script.target_marker_env("3.12"))
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "met"),
+    [
+        ("2.11.0+cu130", ">=2.4", True),  # a local build is the release it builds
+        ("2.11.0", ">=2.4,<2.10", False),
+        ("0.9.2", "==0.9.*", True),
+        ("0.10.0", "~=0.9.2", False),
+        ("1.0rc1", ">=0.9", True),  # pre-releases count: the GPU image may carry one
+        ("1.0", "", True),
+        ("1.0", "not a specifier", False),
+    ],
+)
+def test_satisfies_uses_packaging_rules(vllm_script, version, spec, met) -> None:  # type: ignore[no-untyped-def]
+    assert vllm_script.satisfies(version, spec) is met
+
+
+def test_a_marker_that_cannot_be_read_does_not_hold(vllm_script) -> None:  # type: ignore[no-untyped-def]
+    env = vllm_script.target_marker_env("3.11")
+    assert vllm_script.marker_holds('python_version >= "3.9" and sys_platform == "linux"', env)
+    assert not vllm_script.marker_holds("python_version >>> 3", env)
