@@ -52,11 +52,13 @@ from packaging.markers import InvalidMarker, Marker, UndefinedComparison, Undefi
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from streamcheck.vllm_compat import VLLM_STUBS_MODULE as STUBS_MODULE
+
 REPO = Path(__file__).resolve().parent.parent
 PINS_DIR = REPO / "scripts" / "vllm_deps"
 SUPPORTED = ("0.9.2", "0.13.0", "0.24.0", "0.33.0")
 CI_VERSIONS = ("0.9.2", "0.33.0")
-STUBS_MODULE = "streamcheck_vllm_stubs"
 RESULT_TAG = "STREAMCHECK_PROBE_RESULT:"
 
 # vLLM wheels are abi3 manylinux; pip matches a --platform tag exactly, so list the usual ones.

@@ -30,6 +30,7 @@ not reach ``PyNcclCommunicator``; see :func:`bound_copies`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import sys
 from importlib import metadata
@@ -53,6 +54,12 @@ __all__ = [
 
 CacheKind = Literal["module-global", "thread-local-default-stream", "thread-local-new-stream"]
 
+#: The module a prepared vLLM tree (``scripts/vllm_env.py prepare``) ships beside vLLM's Python
+#: files: empty stand-ins for the compiled extensions that vLLM's import path needs. Its
+#: contract: importing it registers them (``STUBBED``, the names; ``COMPILED``, the wheel's full
+#: list); a real install has no such module. :func:`register_vllm_stubs` is the one way in.
+VLLM_STUBS_MODULE = "streamcheck_vllm_stubs"
+
 PYNCCL_MODULE = "vllm.distributed.device_communicators.pynccl"
 # The name under which pynccl holds its own reference to vLLM's current_stream (same in 0.9.2,
 # 0.13.0, 0.24.0 and 0.33.0): ``stream = current_stream()`` when a collective gets stream=None.
@@ -73,6 +80,15 @@ class VllmUnavailable(ImportError):
 
     def __init__(self, detail: str = "vLLM is not installed") -> None:
         super().__init__(f"{detail}: {_INSTALL_HINT}")
+
+
+def register_vllm_stubs() -> list[str]:
+    """Import a prepared tree's stand-ins before vLLM (nothing in a real install); returns the
+    names that are registered stand-ins now."""
+    if importlib.util.find_spec(VLLM_STUBS_MODULE) is None:
+        return []
+    module = importlib.import_module(VLLM_STUBS_MODULE)
+    return [name for name in getattr(module, "STUBBED", ()) if name in sys.modules]
 
 
 def vllm_version() -> str | None:

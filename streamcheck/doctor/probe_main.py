@@ -13,8 +13,6 @@ whatever happens; everything else (vLLM's logging) goes where it likes.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 import traceback
@@ -24,7 +22,6 @@ from streamcheck.doctor.model import ProbeOutcome, cannot_tell_all
 from streamcheck.doctor.streams import CudaStreams, SimStreams, StreamBackend
 
 RESULT_TAG = "STREAMCHECK_DOCTOR_RESULT:"
-STUBS_MODULE = "streamcheck_vllm_stubs"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,14 +46,6 @@ def make_backend(name: str, devices: int) -> StreamBackend:
     if not torch.cuda.is_available():
         raise RuntimeError("--backend cuda: torch sees no CUDA device here")
     return CudaStreams()
-
-
-def register_stubs() -> list[str]:
-    """Prepared vLLM trees ship stand-ins for compiled modules; a real install has none."""
-    if importlib.util.find_spec(STUBS_MODULE) is None:
-        return []
-    module = importlib.import_module(STUBS_MODULE)
-    return [name for name in getattr(module, "STUBBED", ()) if name in sys.modules]
 
 
 def prepare_vllm(outcome: ProbeOutcome, force_shim: bool) -> Any:
@@ -101,7 +90,9 @@ def probe(args: argparse.Namespace) -> ProbeOutcome:
     try:
         backend = make_backend(args.backend, args.devices)
         outcome.devices = backend.device_count()
-        outcome.stubs = register_stubs()
+        from streamcheck.vllm_compat import register_vllm_stubs
+
+        outcome.stubs = register_vllm_stubs()
         current_stream = prepare_vllm(outcome, force_shim=args.backend == "sim")
     except ImportError as exc:  # VllmUnavailable included: its message says how to get vLLM
         outcome.error = str(exc)

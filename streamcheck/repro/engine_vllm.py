@@ -8,7 +8,6 @@ disabled itself (its NCCL binding did not load, or world size 1) is an error, ne
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Any
 
@@ -34,9 +33,13 @@ def setup(rank: int, world_size: int, port: int) -> tuple[str, Any, Any]:
     import torch
     import torch.distributed as dist
 
-    with contextlib.suppress(ImportError):  # stand-ins for vLLM's compiled modules
-        import streamcheck_vllm_stubs  # noqa: F401
-    from streamcheck.vllm_compat import find_current_stream_accessor, vllm_version
+    from streamcheck.vllm_compat import (
+        find_current_stream_accessor,
+        register_vllm_stubs,
+        vllm_version,
+    )
+
+    register_vllm_stubs()  # a prepared tree's stand-ins for vLLM's compiled modules
 
     module, name = find_current_stream_accessor()
     accessor = getattr(module, name)
