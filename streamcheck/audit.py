@@ -118,7 +118,7 @@ def _install_torch_hooks() -> None:
     auditor = _gate.auditor
     if auditor is not None:
         # Events order nothing until the first declared access: hook their clocks only then.
-        auditor.clocks.on_activate = _hook_torch_events
+        auditor.on_first_access(_hook_torch_events)
 
 
 def _torch_event_device(event: Any) -> int | None:

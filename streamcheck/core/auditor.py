@@ -57,9 +57,17 @@ class Auditor:
         self.mode = mode
         self.runtime = runtime
         self.book = book if book is not None else StreamBook()
-        # The hooks' one call per stream switch: a bound deque.append of the book's log.
-        self.made_current = self.book.record_switch
         self.clocks = HappensBefore()
+        # The facts the hooks report, one named call each. Bound methods of the book and the
+        # clocks, so the hot ones (a stream switch: a deque.append) cost no extra frame.
+        self.made_current = self.book.record_switch
+        self.stream_created = self.book.record
+        self.device_set = self.book.device_set
+        self.event_recorded = self.clocks.record
+        self.event_waited = self.clocks.wait
+        self.stream_synchronized = self.clocks.stream_synchronized
+        self.device_synchronized = self.clocks.device_synchronized
+        self.event_synchronized = self.clocks.event_synchronized
         self.context = RuleContext(self.book, self.clocks, select=select)
         self.select = select
         self.started = time.time()
@@ -151,6 +159,11 @@ class Auditor:
             reads = self._reads.get(tensor)
             if reads is not None:
                 reads.pop(stream, None)
+
+    def on_first_access(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, at the first declared access: until then events order
+        nothing, so whoever feeds event records and waits may start only then."""
+        self.clocks.on_activate = callback
 
     def event_on_wrong_device(self, event_device: int, stream: StreamRef) -> None:
         """An event bound to ``event_device`` is about to be recorded on ``stream`` of another

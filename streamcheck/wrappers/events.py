@@ -67,7 +67,7 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                     with contextlib.suppress(AttributeError, TypeError):
                         setattr(self, _BOUND, device_of(self))
                 if auditor.clocks.active:
-                    auditor.clocks.record(self, stream_key_of(self, stream))
+                    auditor.event_recorded(self, stream_key_of(self, stream))
             except Exception as exc:
                 warn_cannot_audit("Event.record", exc)
             return result
@@ -93,7 +93,7 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
             auditor = gate.auditor
             if auditor is not None:
                 try:
-                    auditor.book.device_set(threading.get_ident(), current_device(),
+                    auditor.device_set(threading.get_ident(), current_device(),
                                             capture_site(skip=1), time.time())
                 except Exception as exc:
                     warn_cannot_audit("set_device", exc)
@@ -115,7 +115,7 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
             result = original(self, stream)
             auditor = gate.auditor
             if auditor is not None and auditor.clocks.active:
-                auditor.clocks.record(self, stream_key_of(self, stream))
+                auditor.event_recorded(self, stream_key_of(self, stream))
             return result
 
         return record
@@ -125,7 +125,7 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
         def wait(self: Any, stream: Any = None) -> Any:
             auditor = gate.auditor
             if auditor is not None and auditor.clocks.active:
-                auditor.clocks.wait(stream_key_of(self, stream), self)
+                auditor.event_waited(stream_key_of(self, stream), self)
             return original(self, stream)
 
         return wait
@@ -143,15 +143,16 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
     ``Event.query()`` that returned True; a buffer reused after one of those still looks
     raced with its previous use."""
 
-    def clocks() -> Any:
+    def live() -> Any:
+        """The auditor, while its clocks order anything (None otherwise)."""
         auditor = gate.auditor
-        return auditor.clocks if auditor is not None and auditor.clocks.active else None
+        return auditor if auditor is not None and auditor.clocks.active else None
 
     def make_device(original: Any) -> Any:
         @functools.wraps(original)
         def synchronize(device: Any = None) -> Any:
             result = original(device)
-            hb = clocks()
+            hb = live()
             if hb is not None:
                 try:
                     index = device_index_of(device)
@@ -166,7 +167,7 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
         @functools.wraps(original)
         def synchronize(self: Any) -> Any:
             result = original(self)
-            hb = clocks()
+            hb = live()
             if hb is not None:
                 try:
                     hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
@@ -180,7 +181,7 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
         @functools.wraps(original)
         def synchronize(self: Any) -> Any:
             result = original(self)
-            hb = clocks()
+            hb = live()
             if hb is not None:
                 hb.event_synchronized(self)
             return result

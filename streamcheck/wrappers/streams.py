@@ -83,7 +83,7 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
             if "stream_id" not in kwargs:
                 auditor = gate.auditor
                 if auditor is not None:
-                    auditor.book.record(_event("created", stream, via))
+                    auditor.stream_created(_event("created", stream, via))
             return stream
 
         registry.patch(stream_class, "__new__", lambda _current: staticmethod(__new__))
@@ -95,7 +95,7 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
             original(self, *args, **kwargs)
             auditor = gate.auditor
             if auditor is not None:
-                auditor.book.record(_event("created", self, via))
+                auditor.stream_created(_event("created", self, via))
 
         return __init__
 
