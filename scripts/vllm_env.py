@@ -52,8 +52,11 @@ from packaging.markers import InvalidMarker, Marker, UndefinedComparison, Undefi
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamcheck.vllm_compat import VLLM_STUBS_MODULE as STUBS_MODULE
+#: The stand-in module a prepared tree ships; the contract library code relies on is
+#: ``streamcheck.vllm_compat.VLLM_STUBS_MODULE`` (a test holds the two equal). Not imported from
+#: there: this script also runs as a probe in the prepared tree's own interpreter, where
+#: streamcheck's dependencies are not installed.
+STUBS_MODULE = "streamcheck_vllm_stubs"
 
 REPO = Path(__file__).resolve().parent.parent
 PINS_DIR = REPO / "scripts" / "vllm_deps"

@@ -286,3 +286,9 @@ def test_a_marker_that_cannot_be_read_does_not_hold(vllm_script) -> None:  # typ
     env = vllm_script.target_marker_env("3.11")
     assert vllm_script.marker_holds('python_version >= "3.9" and sys_platform == "linux"', env)
     assert not vllm_script.marker_holds("python_version >>> 3", env)
+
+
+def test_the_script_writes_the_stub_module_library_code_registers(vllm_script) -> None:  # type: ignore[no-untyped-def]
+    from streamcheck.vllm_compat import VLLM_STUBS_MODULE
+
+    assert vllm_script.STUBS_MODULE == VLLM_STUBS_MODULE
