@@ -135,8 +135,8 @@ def _hook_torch_events() -> None:
     reader = stream_reader()
     with _lock:
         if reader is not None and _gate.auditor is not None:
-            events.hook_events(_registry, _gate, torch.cuda.Event,
-                               events.reader_stream_key(reader))
+            events.hook_event_wait(_registry, _gate, torch.cuda.Event,
+                                   events.reader_stream_key(reader))
             events.hook_host_waits(_registry, _gate, torch.cuda, torch.cuda.Stream,
                                    torch.cuda.Event, reader.current_device)
             events.hook_record_stream(_registry, _gate, torch.Tensor, tensor_key)
@@ -191,7 +191,7 @@ def instrument_sim(api: Any) -> None:
             _registry, _gate, SimEvent, events.sim_stream_key, lambda event: event.device_index,
             lambda event, stream: (event._machine.thread.device if stream is None
                                    else stream.device_index))
-        events.hook_events(_registry, _gate, SimEvent, events.sim_stream_key)
+        events.hook_event_wait(_registry, _gate, SimEvent, events.sim_stream_key)
         events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent,
                                lambda: api.machine.thread.device)
 

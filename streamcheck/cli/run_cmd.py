@@ -35,7 +35,8 @@ from streamcheck.repro.spec import VARIANT_MODES
 from streamcheck.runtime.select import BACKENDS, choose_backend
 
 # Variants at once on CUDA. On 2 x H200, 3 at once gave 18/18 matches in 57 s (NaN 28-30/30,
-# error 400 and the hangs as when alone); one at a time took 157 s. Rank processes of
+# error 400 and the hangs as when alone); one at a time took 157 s. With 12 repros, 3 at once:
+# 36/36 in 112-129 s (docs/measurements.md). Rank processes of
 # concurrent variants share the GPUs; each variant still has its own NCCL communicators.
 CUDA_JOBS = 3
 

@@ -199,8 +199,7 @@ def check_unsynced_handoff(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
             "handoff was waited on by the reading stream: the read can run before the "
             "producing kernels finish (saved KV differs from what the forward wrote)."
         )
-        event = StreamEvent("handoff", handoff.stream, handoff.thread, handoff.time,
-                            frames_of(handoff.stack), via="streamcheck.handoff")
+        event = _access_event(handoff, "handoff")
         return _finding("unsynced-handoff", launch, message, event, handoff.thread)
     return None
 
@@ -225,30 +224,29 @@ def check_unordered_stream_switch(ctx: RuleContext, launch: LaunchRecord) -> Fin
     return None
 
 
-def _unordered_prior(ctx: RuleContext, launch: LaunchRecord, access: str
-                     ) -> tuple[Handoff, Handoff | None] | None:
+def _unordered_prior(ctx: RuleContext, launch: LaunchRecord, access: str) -> Handoff | None:
     """The first earlier ``access`` ("read"/"write") of a buffer this launch writes that the
-    launch stream is not ordered after, with that buffer's latest write (None if none)."""
+    launch stream is not ordered after."""
     for target in launch.writes:
         prior = target.reads if access == "read" else (
             (target.last_write,) if target.last_write is not None else ())
         for earlier in prior:
             if not ctx.clocks.ordered(launch.stream.key, earlier.mark):
-                return earlier, target.last_write
+                return earlier
     return None
 
 
-def _access_event(access: Handoff) -> StreamEvent:
-    return StreamEvent(access.access, access.stream, access.thread, access.time,
+def _access_event(access: Handoff, kind: str = "") -> StreamEvent:
+    """A declared access as the other side of a finding (``kind``: how the report names it)."""
+    return StreamEvent(kind or access.access, access.stream, access.thread, access.time,
                        frames_of(access.stack), via="streamcheck.handoff")
 
 
 def check_write_after_read(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """The launch overwrites a buffer that another stream may still be reading."""
-    found = _unordered_prior(ctx, launch, "read")
-    if found is None:
+    read = _unordered_prior(ctx, launch, "read")
+    if read is None:
         return None
-    read, _ = found
     message = (
         f"{launch.op} in {launch.thread.describe()} writes a buffer on "
         f"{launch.stream.describe()} that {read.thread.describe()} declared read on "
@@ -261,10 +259,9 @@ def check_write_after_read(ctx: RuleContext, launch: LaunchRecord) -> Finding | 
 
 def check_write_after_write(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """The launch writes a buffer whose previous write, on another stream, may not be done."""
-    found = _unordered_prior(ctx, launch, "write")
-    if found is None:
+    write = _unordered_prior(ctx, launch, "write")
+    if write is None:
         return None
-    write, _ = found
     message = (
         f"{launch.op} in {launch.thread.describe()} writes a buffer on "
         f"{launch.stream.describe()} that {write.thread.describe()} also wrote on "

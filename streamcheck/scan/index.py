@@ -111,7 +111,6 @@ class ModuleIndex:
     path: str
     tree: ast.Module
     aliases: dict[str, str] = field(default_factory=dict)
-    imported_roots: set[str] = field(default_factory=set)
     #: Names bound by a plain assignment at module level, with the assigned values.
     module_assigns: dict[str, list[ast.expr | None]] = field(
         default_factory=lambda: defaultdict(list)
@@ -163,6 +162,11 @@ class ModuleIndex:
             ):
                 return accel_api(f"torch.cuda.{node.attr}")
         return found
+
+    def classes_bound_to(self, name: str, owner: ast.ClassDef | None) -> set[str]:
+        """The module's classes constructed into ``name`` (``worker``, or ``self.saver`` in a
+        method of ``owner``)."""
+        return self.instances.get(_instance_key(name, owner), set())
 
     def is_device_module(self, expr: ast.AST) -> bool:
         """Is ``expr`` itself a device module: ``torch.get_device_module(d)``,
@@ -315,7 +319,6 @@ class _Indexer:
     def _import(self, node: ast.Import) -> None:
         for alias in node.names:
             root = alias.name.partition(".")[0]
-            self.index.imported_roots.add(root)
             if alias.asname:
                 self.index.aliases[alias.asname] = alias.name
             else:
@@ -323,8 +326,6 @@ class _Indexer:
 
     def _import_from(self, node: ast.ImportFrom) -> None:
         base = "." * node.level + (node.module or "")
-        if node.level == 0 and node.module:
-            self.index.imported_roots.add(node.module.partition(".")[0])
         for alias in node.names:
             if alias.name == "*":
                 continue
@@ -364,8 +365,7 @@ class _Indexer:
         if self.index.is_device_module(value):
             self.index.device_modules.add(name)
         elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
-            owner = _owner_class(func, cls)
-            key = (owner.name if owner is not None and name.startswith("self.") else "", name)
+            key = _instance_key(name, _owner_class(func, cls))
             self.index.instances[key].add(value.func.id)
 
     # calls -----------------------------------------------------------------------------------
@@ -427,6 +427,11 @@ class _Indexer:
                 self.index.thread_spawns.append(
                     ThreadSpawn(node, "run_in_executor", node.args[1], func, owner)
                 )
+
+
+def _instance_key(name: str, owner: ast.ClassDef | None) -> tuple[str, str]:
+    """``self.x`` belongs to its class; any other name to the module."""
+    return (owner.name if owner is not None and name.startswith("self.") else "", name)
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from streamcheck.scan.index import FunctionInfo, ModuleIndex
 from streamcheck.scan.state import (
     current_stream_stores,
-    is_process_memoised,
     is_stream_value,
     mentions_accel_stream,
+    process_memo,
     returned_state,
     returns_current_stream,
     stored_parameter_writes,
@@ -121,7 +121,7 @@ def check_global_stream_cache(index: ModuleIndex) -> Iterator[Hit]:
 def _cache_accessors(index: ModuleIndex) -> Iterator[tuple[Hit, FunctionInfo]]:
     """SC101 at accessors: memoised ones, and those that return shared stream state."""
     for func in index.functions:
-        memo = is_process_memoised(index, func)
+        memo = process_memo(index, func)
         if memo is not None and returns_current_stream(index, func):
             yield Hit.at(
                 func.node,

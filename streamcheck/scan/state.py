@@ -335,7 +335,7 @@ def stored_parameter_writes(index: ModuleIndex, func: FunctionInfo) -> list[Stat
     ]
 
 
-def is_process_memoised(index: ModuleIndex, func: FunctionInfo) -> ast.expr | None:
+def process_memo(index: ModuleIndex, func: FunctionInfo) -> ast.expr | None:
     """The decorator that memoises ``func`` for the whole process (``lru_cache``, ``cache``)."""
     for decorator in func.node.decorator_list:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator

@@ -151,10 +151,9 @@ def resolve_callable(
         # ``worker.run`` / ``self.saver.loop``: a method of the class constructed into the name.
         receiver = dotted(expr.value)
         if receiver is not None:
-            key = (cls.name if cls is not None and receiver.startswith("self.") else "", receiver)
             return [
                 method
-                for class_name in sorted(index.instances.get(key, ()))
+                for class_name in sorted(index.classes_bound_to(receiver, cls))
                 for named_cls in index.classes.get(class_name, [])
                 for method in _methods(index, named_cls, expr.attr, set())
             ]

@@ -104,21 +104,10 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
     registry.patch(namespace, "set_device", make)
 
 
-def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
-                stream_key_of: StreamKeyOf) -> None:
-    """The clock hooks, installed at the first declared access: ``wait`` (and ``record``, unless
-    :func:`hook_event_record` already took it)."""
-
-    def make_record(original: Any) -> Any:
-        @functools.wraps(original)
-        def record(self: Any, stream: Any = None) -> Any:
-            result = original(self, stream)
-            auditor = gate.auditor
-            if auditor is not None and auditor.clocks.active:
-                auditor.event_recorded(self, stream_key_of(self, stream))
-            return result
-
-        return record
+def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
+                    stream_key_of: StreamKeyOf) -> None:
+    """``Event.wait``, installed at the first declared access: the waiting stream's clock
+    takes in the event's snapshot (:func:`hook_event_record` keeps the snapshots)."""
 
     def make_wait(original: Any) -> Any:
         @functools.wraps(original)
@@ -130,7 +119,6 @@ def hook_events(registry: PatchRegistry, gate: Gate, event_class: type,
 
         return wait
 
-    registry.patch(event_class, "record", make_record)
     registry.patch(event_class, "wait", make_wait)
 
 

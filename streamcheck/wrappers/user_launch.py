@@ -123,19 +123,26 @@ class launch:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
             device = self.device if self.device is not None else int(stream.device_index)
             current = _current_of(stream, device)
-            handoffs = tuple(h for h in (
-                t if isinstance(t, Handoff) else auditor.handoff_of(tensor_key(t))
-                for t in self.reads if t is not None) if h is not None)
+            handoffs: list[Handoff] = []
+            read: list[tuple[int, int]] = []  # each read buffer's key, once
+            for t in self.reads:
+                if isinstance(t, Handoff):
+                    handoffs.append(t)
+                    read.append(t.tensor)
+                elif t is not None:
+                    key = tensor_key(t)
+                    read.append(key)
+                    latest = auditor.handoff_of(key)  # a tensor: its latest write
+                    if latest is not None:
+                        handoffs.append(latest)
             written = [tensor_key(t) for t in self.writes]
-            read = [tensor_key(t) for t in self.reads if t is not None
-                    and not isinstance(t, Handoff)] + [h.tensor for h in handoffs]
             ref = stream_ref(stream)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
-                      self.resolved_from, reads=handoffs,
+                      self.resolved_from, reads=tuple(handoffs),
                       writes=tuple(auditor.write_target(k) for k in written))
         # Passed (or recorded, outside assert): what this launch does is what later ones must
         # be ordered after.
