@@ -13,7 +13,7 @@ from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.core.roles import CONNECTOR, ENGINE, declare_thread_role
 from streamcheck.version import package_version
-from streamcheck.wrappers.user_launch import handoff, launch
+from streamcheck.wrappers.user_launch import blocks, handoff, launch
 
 __version__ = package_version()
 
@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "Mode",
     "StreamHazardError",
+    "blocks",
     "current_auditor",
     "declare_thread_role",
     "handoff",

@@ -13,6 +13,7 @@ harmless; ``uninstall`` restores every patched attribute, late ones included.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from streamcheck.core import coverage
@@ -102,13 +103,14 @@ def _install_torch_hooks() -> None:
         return
     from streamcheck.runtime.cuda import stream_reader
 
-    streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
-    streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda")
     reader = stream_reader()
+    home = streams.DeviceHome(_engine_device_now(torch, reader))
+    streams.hook_set_stream(_registry, _gate, torch.cuda, "torch.cuda")
+    streams.hook_stream_creation(_registry, _gate, torch.cuda.Stream, "torch.cuda", home)
     if reader is not None and torch.cuda.Stream.__module__.startswith("torch."):
         streams.fast_current_stream(_registry, torch.cuda)
     if reader is not None:
-        events.hook_set_device(_registry, _gate, torch.cuda, reader.current_device)
+        events.hook_set_device(_registry, _gate, torch.cuda, reader.current_device, home)
         current_device = reader.current_device
         events.hook_event_record(
             _registry, _gate, torch.cuda.Event, events.reader_stream_key(reader),
@@ -119,6 +121,19 @@ def _install_torch_hooks() -> None:
     if auditor is not None:
         # Events order nothing until the first declared access: hook their clocks only then.
         auditor.on_first_access(_hook_torch_events)
+
+
+def _engine_device_now(torch: Any, reader: Any) -> int | None:
+    """The engine's device when the audit starts after it was chosen (a plugin loaded late):
+    the current device, read only where CUDA is already initialised (reading it earlier would
+    initialise CUDA in a process that may yet fork) and only from an engine thread."""
+    auditor = _gate.auditor
+    if reader is None or auditor is None or not auditor.is_engine_thread(threading.get_ident()):
+        return None
+    try:
+        return int(reader.current_device()) if torch.cuda.is_initialized() else None
+    except Exception:
+        return None
 
 
 def _torch_event_device(event: Any) -> int | None:
@@ -185,8 +200,9 @@ def instrument_sim(api: Any) -> None:
             return
         _gate.auditor.runtime = "sim"  # its launches and streams are the simulator's
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
-        streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda")
-        events.hook_set_device(_registry, _gate, api, lambda: api.machine.thread.device)
+        home = streams.DeviceHome()
+        streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda", home)
+        events.hook_set_device(_registry, _gate, api, lambda: api.machine.thread.device, home)
         events.hook_event_record(
             _registry, _gate, SimEvent, events.sim_stream_key, lambda event: event.device_index,
             lambda event, stream: (event._machine.thread.device if stream is None

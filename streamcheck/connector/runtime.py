@@ -51,6 +51,7 @@ import streamcheck
 from streamcheck.connector.backends.base import KVBackend, TransferResult, TransferState
 from streamcheck.connector.metrics import ConnectorMetrics
 from streamcheck.connector.slab import HostSlab, block_sums, key_tag, runs
+from streamcheck.wrappers.user_launch import BlockSet
 
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
@@ -63,8 +64,11 @@ class _Job:
     layer: int
     block_ids: list[int]
     keys: list[str]
-    ready: Any = None  # save: event recorded by the engine at the handoff
-    handoff: Any = None  # save: streamcheck's record of that handoff (None when not auditing)
+    # event recorded on the engine's stream when the job was queued: a save's copy waits for
+    # the forward's writes, a load's writes wait for the forward's earlier reads of the blocks
+    # (a block freed by one request and loaded for another may still be read by attention)
+    ready: Any = None
+    handoffs: tuple[Any, ...] = ()  # save: streamcheck's records of the blocks handed off
     done: Any = None  # load: event recorded by the worker after the last copy
     read: bool = False  # save: its blocks have been copied out of the KV cache
     slots: list[int] = field(default_factory=list)  # slab: where each block lives
@@ -153,7 +157,8 @@ class ConnectorRuntime:
         self._loads: dict[str, _GroupState] = {}
         self._done = PollResult()
         self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
-        self._layer_done: dict[int, list[Any]] = {}
+        # plane -> (event after a load's last write, the block ids it wrote)
+        self._layer_done: dict[int, list[tuple[Any, list[int]]]] = {}
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
@@ -196,24 +201,51 @@ class ConnectorRuntime:
         if len(block_ids) != len(keys):
             raise ValueError("one key per block")
         self._check_slots(block_ids, slots)
-        admitted = self._admit_save(group, layer, bool(block_ids))
+        admitted = self._admit_save(group, [layer], block_ids)
         if admitted is None:
             return
-        ready, handoff = admitted
+        ready, handoffs = admitted
         tags = [key_tag(k) for k in keys] if self.slab is not None else []
         self._queue_save(_Job("save", group, layer, list(block_ids), list(keys), ready=ready,
-                              handoff=handoff, slots=list(slots or ()), tags=tags))
+                              handoffs=handoffs, slots=list(slots or ()), tags=tags))
 
-    def _admit_save(self, group: str, plane: int, has_blocks: bool) -> tuple[Any, Any] | None:
+    def _engine_mark(self) -> Any:
+        """An event recorded now on the engine's current stream (None on a CPU device)."""
+        if not self.is_cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _declare(self, planes: Sequence[int], block_ids: Sequence[int], access: str,
+                 stream: Any = None) -> tuple[Any, ...]:
+        """Declare to streamcheck an access to ``block_ids`` of each plane (on ``stream``,
+        default the thread's current one); nothing, and no cost, when it is not auditing."""
+        if not self.is_cuda or streamcheck.current_auditor() is None:
+            return ()
+        ids = frozenset(block_ids)
+        made = (streamcheck.handoff(BlockSet(self.kv_caches[p], ids), stream, access)
+                for p in planes)
+        return tuple(h for h in made if h is not None)
+
+    def _written(self, planes: Sequence[int], block_ids: Sequence[int]) -> list[BlockSet]:
+        """What a load launch writes, for streamcheck (nothing when it is not auditing)."""
+        if streamcheck.current_auditor() is None:
+            return []
+        ids = frozenset(block_ids)
+        return [BlockSet(self.kv_caches[p], ids) for p in planes]
+
+    def _admit_save(self, group: str, planes: Sequence[int], block_ids: Sequence[int]
+                    ) -> tuple[Any, tuple[Any, ...]] | None:
         """Count one more layer into ``group`` (refused once it is sealed). For a layer with
-        blocks to move: ``(event, handoff)``, the event recorded on the engine's current
-        (compute) stream that the copy will wait on, and streamcheck's record of that handoff;
-        None when there is nothing to move."""
-        ready = handoff = None
+        blocks to move: ``(event, handoffs)``, the event recorded on the engine's current
+        (compute) stream that the copy will wait on, and streamcheck's records of the blocks
+        the forward handed off; None when there is nothing to move."""
+        has_blocks = bool(block_ids)
+        ready, handoffs = None, ()
         if self.is_cuda and has_blocks:
-            handoff = streamcheck.handoff(self.kv_caches[plane])
-            ready = torch.cuda.Event()
-            ready.record()
+            handoffs = self._declare(planes, block_ids, "write")
+            ready = self._engine_mark()
         with self._lock:
             state = self._saves.setdefault(group, _GroupState())
             if state.sealed:
@@ -223,7 +255,7 @@ class ConnectorRuntime:
                 return None
             state.pending += 1
             self._unread_saves += 1
-        return ready, handoff
+        return ready, handoffs
 
     def _queue_save(self, job: _Job) -> None:
         """To the worker now, or (``hold_saves``) at the next :meth:`seal`: then the worker's
@@ -252,12 +284,12 @@ class ConnectorRuntime:
         if len(block_ids) != len(tags):
             raise ValueError("one tag per block")
         self._check_slots(block_ids, slots)
-        admitted = self._admit_save(group, planes[0], bool(block_ids))
+        admitted = self._admit_save(group, planes, block_ids)
         if admitted is None:
             return
-        ready, handoff = admitted
+        ready, handoffs = admitted
         self._queue_save(_Job("save", group, planes[0], list(block_ids), [], ready=ready,
-                              handoff=handoff, slots=list(slots), planes=list(planes),
+                              handoffs=handoffs, slots=list(slots), planes=list(planes),
                               tags=list(tags)))
 
     def load_planes(self, req_id: str, planes: Sequence[int], block_ids: Sequence[int],
@@ -310,6 +342,9 @@ class ConnectorRuntime:
             with self._lock:
                 self._done.loads_done.add(req_id)
             return
+        ready = self._engine_mark()  # what the forward queued so far, reads of these blocks too
+        for job in jobs:
+            job.ready = ready
         with self._lock:
             state = self._loads.setdefault(req_id, _GroupState(sealed=True))
             state.pending += len(jobs)
@@ -322,10 +357,13 @@ class ConnectorRuntime:
         if not self.is_cuda:
             return
         with self._lock:
-            events = self._layer_done.pop(layer, [])
+            loaded = self._layer_done.pop(layer, [])
         stream = torch.cuda.current_stream(self.device)
-        for event in events:
+        for event, block_ids in loaded:
             stream.wait_event(event)
+            # the forward reads the loaded blocks next, on this stream: a later write of them
+            # (a load after the blocks were freed and handed to another request) must wait
+            self._declare([layer], block_ids, "read", stream)
 
     def poll(self) -> PollResult:
         """What finished since the last poll (never blocks)."""
@@ -506,7 +544,7 @@ class ConnectorRuntime:
                 with torch.cuda.stream(self._stream):
                     with streamcheck.launch("connector.save.gather", stream=self._stream,
                                             device=self.device.index,
-                                            reads=[job.handoff]):
+                                            reads=job.handoffs):
                         gathered = blocks.index_select(0, index)  # device-side gather
                         staged.view(blocks.dtype).copy_(gathered, non_blocking=True)
                     copied = torch.cuda.Event()
@@ -553,13 +591,15 @@ class ConnectorRuntime:
             index = self._index(good_ids)
             if self.is_cuda:
                 copy_start = time.perf_counter()
-                done = self._upload_and_scatter(blocks, source, index)
+                self._scatter_stream.wait_event(job.ready)  # the forward's reads come first
+                done = self._upload_and_scatter(blocks, source, index,
+                                                self._written([job.layer], good_ids))
                 done.synchronize()  # the staging buffer is reused next chunk
                 with self.metrics._lock:
                     self.metrics.load.add_copy(source.numel() * source.element_size(),
                                                time.perf_counter() - copy_start)
                 with self._lock:
-                    self._layer_done.setdefault(job.layer, []).append(done)
+                    self._layer_done.setdefault(job.layer, []).append((done, good_ids))
             else:
                 blocks.index_copy_(0, index, source)
         with self.metrics._lock:
@@ -569,7 +609,7 @@ class ConnectorRuntime:
                      failed_blocks=failed)
 
     def _upload_and_scatter(self, blocks: torch.Tensor, source: torch.Tensor,
-                            index: torch.Tensor) -> torch.cuda.Event:
+                            index: torch.Tensor, written: list[BlockSet]) -> torch.cuda.Event:
         """Copy pinned ``source`` rows to the device and scatter them into ``blocks[index]``.
 
         In ``LOAD_PIECES`` pieces: host copies on the transfer stream, scatter kernels on the
@@ -590,7 +630,7 @@ class ConnectorRuntime:
             self._scatter_stream.wait_event(copied)
             with torch.cuda.stream(self._scatter_stream), streamcheck.launch(
                     "connector.load.scatter", stream=self._scatter_stream,
-                    device=self.device.index):
+                    device=self.device.index, writes=written):
                 blocks.index_copy_(0, index[lo:hi], on_device)
             pieces.append(on_device)  # alive until the caller synchronizes on ``done``
         done = torch.cuda.Event()
@@ -619,7 +659,7 @@ class ConnectorRuntime:
             with torch.cuda.stream(self._stream):
                 self._stream.wait_event(job.ready)  # the forward's writes come first
                 with streamcheck.launch("connector.save.gather", stream=self._stream,
-                                        device=self.device.index, reads=[job.handoff]):
+                                        device=self.device.index, reads=job.handoffs):
                     sums = torch.empty((len(planes), n), dtype=torch.int64, device=self.device)
                     for i, plane in enumerate(planes):
                         gathered = self._blocks(plane).index_select(0, index)
@@ -684,8 +724,10 @@ class ConnectorRuntime:
             with torch.cuda.stream(self._stream):
                 ok = torch.ones(len(ids), dtype=torch.bool, device=self.device)
                 expected_dev = self._upload(expected)
+                self._stream.wait_event(job.ready)  # the forward's reads come first
                 with streamcheck.launch("connector.load.scatter", stream=self._stream,
-                                        device=self.device.index):
+                                        device=self.device.index,
+                                        writes=self._written(planes, ids)):
                     for i, plane in enumerate(planes):
                         blocks = self._blocks(plane)
                         arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,
@@ -702,7 +744,7 @@ class ConnectorRuntime:
                 done.record()
             with self._lock:
                 for plane in planes:
-                    self._layer_done.setdefault(plane, []).append(done)
+                    self._layer_done.setdefault(plane, []).append((done, ids))
         else:
             host_ok = torch.ones(len(ids), dtype=torch.bool)
             for i, plane in enumerate(planes):

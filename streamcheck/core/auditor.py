@@ -31,10 +31,28 @@ from streamcheck.core.ids import (
 )
 from streamcheck.core.modes import Mode
 from streamcheck.core.provenance import StreamBook
-from streamcheck.core.records import Finding, Handoff, LaunchRecord, WriteTarget
-from streamcheck.core.rules import EVENT_RECORD, RuleContext, evaluate
+from streamcheck.core.records import (
+    Blocks,
+    Finding,
+    Handoff,
+    LaunchRecord,
+    StreamEvent,
+    WriteTarget,
+    covers,
+    overlaps,
+)
+from streamcheck.core.rules import EVENT_RECORD, STREAM_CREATION, RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
+
+#: A declared access: the buffer's key and the blocks touched (None: all of it).
+Access = tuple[tuple[int, int], Blocks]
+
+#: Accesses kept per buffer and kind. A write drops the earlier accesses it covers and a read
+#: the same stream's earlier reads it covers, so a buffer accessed whole keeps one write and
+#: one read per stream; block accesses spread over many blocks keep up to this many, and the
+#: oldest beyond it are forgotten (a hazard against one of those goes unseen).
+MAX_ACCESSES = 64
 
 
 class StreamHazardWarning(RuntimeWarning):
@@ -61,7 +79,6 @@ class Auditor:
         # The facts the hooks report, one named call each. Bound methods of the book and the
         # clocks, so the hot ones (a stream switch: a deque.append) cost no extra frame.
         self.made_current = self.book.record_switch
-        self.stream_created = self.book.record
         self.device_set = self.book.device_set
         self.event_recorded = self.clocks.record
         self.event_waited = self.clocks.wait
@@ -75,9 +92,9 @@ class Auditor:
         self._lock = threading.Lock()
         self.coverage = Coverage()
         self._listeners: list[FindingListener] = []
-        self._handoffs: dict[tuple[int, int], Handoff] = {}  # the latest write of each buffer
-        # reads declared since that write, the latest per stream
-        self._reads: dict[tuple[int, int], dict[tuple[int, int], Handoff]] = {}
+        # per buffer: the latest writes (of its blocks) and the reads declared since them
+        self._writes: dict[tuple[int, int], list[Handoff]] = {}
+        self._reads: dict[tuple[int, int], list[Handoff]] = {}
         self._main = threading.main_thread().ident
 
     # ---- hot path -------------------------------------------------------------------------
@@ -97,7 +114,7 @@ class Auditor:
             (target_device is None or stream_device == target_device)
             and (not implicit or current_id is None
                  or (stream_id == current_id and stream_device == current_device))
-            and (stream_id != DEFAULT_STREAM_ID or self._is_engine(threading.get_ident()))
+            and (stream_id != DEFAULT_STREAM_ID or self.is_engine_thread(threading.get_ident()))
             and all(self.clocks.ordered(key, h.mark) for h in reads)
             and all(self.clocks.ordered(key, h.mark) for t in writes for h in t.prior())
         ):
@@ -110,21 +127,22 @@ class Auditor:
                     target_device, implicit, accessor, reads=reads, writes=writes)
 
     def handoff(self, tensor: tuple[int, int], stream: StreamRef, access: str = "write",
-                skip: int = 2) -> Handoff:
-        """Declare an access to ``tensor`` on ``stream`` now.
+                skip: int = 2, blocks: Blocks = None) -> Handoff:
+        """Declare an access to ``tensor`` (its ``blocks``; None: all of it) on ``stream`` now.
 
-        A ``"write"``: the tensor is complete on ``stream``; later readers and writers must be
-        ordered after this point (and the reads before it no longer matter: they were ordered
-        before this write or it is itself a finding). A ``"read"``: a later writer must be
-        ordered after this point; of one stream's reads only the latest is kept.
+        A ``"write"``: the blocks are complete on ``stream``; later readers and writers must be
+        ordered after this point (and the accesses before it that it covers no longer matter:
+        they were ordered before this write or it is itself a finding). A ``"read"``: a later
+        writer must be ordered after this point.
         """
         if access not in ("write", "read"):
             raise ValueError(f"access must be 'write' or 'read', not {access!r}")
-        reads, writes = ((), (tensor,)) if access == "write" else ((tensor,), ())
+        reads, writes = ((), ((tensor, blocks),)) if access == "write" else (
+            ((tensor, blocks),), ())
         return self.declare(stream, reads, writes, skip=skip + 1)[0]
 
-    def declare(self, stream: StreamRef, reads: Sequence[tuple[int, int]],
-                writes: Sequence[tuple[int, int]], skip: int = 2) -> list[Handoff]:
+    def declare(self, stream: StreamRef, reads: Sequence[Access], writes: Sequence[Access],
+                skip: int = 2) -> list[Handoff]:
         """Declare reads and writes of several buffers on ``stream`` at one point: one clock
         tick, one site, one lock for all of them (a launch declares what it touches this way).
         Returns the handoffs, reads first."""
@@ -133,16 +151,32 @@ class Auditor:
         thread = ThreadRef(ident, threading.current_thread().name, roles.role_of(ident))
         when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
         made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
-                        stack=site, access=access)  # type: ignore[arg-type]
-                for keys, access in ((reads, "read"), (writes, "write")) for key in keys]
+                        stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
+                for accesses, access in ((reads, "read"), (writes, "write"))
+                for key, blocks in accesses]
         with self._lock:
             for handoff in made:
                 if handoff.access == "write":
-                    self._handoffs[handoff.tensor] = handoff
-                    self._reads.pop(handoff.tensor, None)
+                    self._keep_access(self._writes, handoff, same_stream=False)
+                    reads_now = self._reads.get(handoff.tensor)
+                    if reads_now:
+                        reads_now[:] = [r for r in reads_now
+                                        if not covers(handoff.blocks, r.blocks)]
                 else:
-                    self._reads.setdefault(handoff.tensor, {})[stream.key] = handoff
+                    self._keep_access(self._reads, handoff, same_stream=True)
         return made
+
+    @staticmethod
+    def _keep_access(table: dict[tuple[int, int], list[Handoff]], access: Handoff,
+                     same_stream: bool) -> None:
+        """Add ``access`` to its buffer's list, dropping the earlier ones it covers (reads: only
+        the same stream's, which run before it anyway)."""
+        kept = table.setdefault(access.tensor, [])
+        kept[:] = [a for a in kept if not covers(access.blocks, a.blocks)
+                   or (same_stream and a.stream.key != access.stream.key)]
+        kept.append(access)
+        if len(kept) > MAX_ACCESSES:
+            del kept[:len(kept) - MAX_ACCESSES]
 
     def fenced_by_allocator(self, tensor: tuple[int, int], stream: tuple[int, int]) -> None:
         """``tensor.record_stream(stream)``: the caching allocator will not hand this memory
@@ -157,13 +191,25 @@ class Auditor:
         is kept: readers must still be ordered after it."""
         with self._lock:
             reads = self._reads.get(tensor)
-            if reads is not None:
-                reads.pop(stream, None)
+            if reads:
+                reads[:] = [r for r in reads if r.stream.key != stream]
 
     def on_first_access(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, at the first declared access: until then events order
         nothing, so whoever feeds event records and waits may start only then."""
         self.clocks.on_activate = callback
+
+    def stream_created(self, event: StreamEvent, home_device: int | None = None) -> None:
+        """A stream was created. ``home_device``: the device of the creating process's engine,
+        when the stream took the thread's current device (no device named); a helper thread
+        whose stream lands elsewhere is explained (``stream-on-unbound-device``), and
+        ``assert`` stops it there, before anything is queued on that stream."""
+        self.book.record(event)
+        if (home_device is None or event.stream.device == home_device
+                or self.is_engine_thread(event.thread.ident)):
+            return
+        self.review(STREAM_CREATION, event.stream, None, home_device, implicit=False,
+                    rules=frozenset({"stream-on-unbound-device"}))
 
     def event_on_wrong_device(self, event_device: int, stream: StreamRef) -> None:
         """An event bound to ``event_device`` is about to be recorded on ``stream`` of another
@@ -171,23 +217,27 @@ class Auditor:
         self.review(EVENT_RECORD, stream, None, event_device, implicit=False,
                     rules=frozenset({"event-device-mismatch"}))
 
-    def handoff_of(self, tensor: tuple[int, int]) -> Handoff | None:
-        """The latest write declared for ``tensor``."""
+    def writes_of(self, tensor: tuple[int, int], blocks: Blocks = None) -> tuple[Handoff, ...]:
+        """The latest writes declared for ``tensor`` that touch ``blocks`` (None: any): what a
+        read of them must be ordered after."""
         with self._lock:
-            return self._handoffs.get(tensor)
+            return tuple(w for w in self._writes.get(tensor, ()) if overlaps(w.blocks, blocks))
 
-    def write_target(self, tensor: tuple[int, int]) -> WriteTarget:
-        """What a write to ``tensor`` must be ordered after: its latest write and the reads
-        declared since."""
+    def write_target(self, tensor: tuple[int, int], blocks: Blocks = None) -> WriteTarget:
+        """What a write to ``tensor`` (its ``blocks``) must be ordered after: the latest writes
+        of those blocks and the reads of them declared since."""
         with self._lock:
-            reads = tuple(self._reads.get(tensor, {}).values())
-            return WriteTarget(tensor, self._handoffs.get(tensor), reads)
+            writes = tuple(w for w in self._writes.get(tensor, ()) if overlaps(w.blocks, blocks))
+            reads = tuple(r for r in self._reads.get(tensor, ()) if overlaps(r.blocks, blocks))
+        return WriteTarget(tensor, writes, reads, blocks)
 
-    def _is_engine(self, ident: int) -> bool:
-        role = roles._roles.get(ident)
+    def is_engine_thread(self, ident: int) -> bool:
+        """The one engine-thread test: a declared engine thread, else the main thread while
+        none is declared."""
+        role = roles.declared_role(ident)
         if role is not None:
             return role == roles.ENGINE
-        return ident == self._main and roles.ENGINE not in roles._roles.values()
+        return ident == self._main and not roles.engine_declared()
 
     # ---- slow path ------------------------------------------------------------------------
 

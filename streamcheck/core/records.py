@@ -24,11 +24,27 @@ class StreamEvent:
     via: str = ""  # which hook saw it: "torch.cuda.set_stream", "torch.cuda.Stream", ...
 
 
+#: Which blocks (rows of the first dimension) of a buffer an access touches; None: all of it.
+#: A KV cache is one buffer per layer whose blocks belong to different requests, so loads,
+#: saves and the forward touch disjoint parts of it on different streams without a hazard.
+Blocks = frozenset[int] | None
+
+
+def overlaps(a: Blocks, b: Blocks) -> bool:
+    return a is None or b is None or not a.isdisjoint(b)
+
+
+def covers(new: Blocks, old: Blocks) -> bool:
+    """Whether an access to ``new`` touches every block ``old`` did."""
+    return new is None or (old is not None and old <= new)
+
+
 @dataclass(frozen=True, slots=True)
 class Handoff:
     """A buffer access declared on a stream (see ``streamcheck.handoff``): a ``"write"`` is the
-    buffer complete on that stream now (later readers and writers must be ordered after it), a
-    ``"read"`` is a read queued there now (a later writer must be ordered after it)."""
+    buffer (or its ``blocks``) complete on that stream now (later readers and writers must be
+    ordered after it), a ``"read"`` is a read queued there now (a later writer must be ordered
+    after it)."""
 
     tensor: tuple[int, int]  # (device, data pointer)
     mark: Mark
@@ -37,19 +53,21 @@ class Handoff:
     time: float
     stack: Stack = ()
     access: str = "write"
+    blocks: Blocks = None
 
 
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
-    """A buffer a launch is about to write, with the accesses it must be ordered after: the
-    latest write and the reads queued since (at most one per stream: a stream runs in order)."""
+    """A buffer (or some of its ``blocks``) a launch is about to write, with the accesses it
+    must be ordered after: the latest writes of those blocks and the reads queued since."""
 
     tensor: tuple[int, int]
-    last_write: Handoff | None = None
+    writes: tuple[Handoff, ...] = ()
     reads: tuple[Handoff, ...] = ()
+    blocks: Blocks = None
 
     def prior(self) -> tuple[Handoff, ...]:
-        return ((self.last_write,) if self.last_write is not None else ()) + self.reads
+        return self.writes + self.reads
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,10 +107,18 @@ def check_stale_stream_cache(ctx: RuleContext, launch: LaunchRecord) -> Finding 
 EVENT_RECORD = "<torch.cuda.Event.record>"
 
 
+#: The op of the launch record a stream creation makes when a helper thread creates a stream
+#: on another device than its process's engine device, with no device named (only the
+#: ``stream-on-unbound-device`` rule is run on it).
+STREAM_CREATION = "<Stream() on the thread's current device>"
+
+_NOT_LAUNCHES = (EVENT_RECORD, STREAM_CREATION)
+
+
 def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """The stream lives on another device than the communicator or tensors it launches for."""
     target = launch.target_device
-    if target is None or launch.stream.device == target or launch.op == EVENT_RECORD:
+    if target is None or launch.stream.device == target or launch.op in _NOT_LAUNCHES:
         return None
     origin = ctx.book.origin(launch.stream)
     made_by = ""
@@ -149,6 +157,32 @@ def check_event_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Findi
         "device ... does not match recording stream's device ...'): the engine's step fails."
     )
     return _finding("event-device-mismatch", launch, message)
+
+
+def check_stream_on_unbound_device(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
+    """A helper thread created a stream on its current device, which is not its engine's:
+    a fresh thread's current device is 0 whatever the rank, unless it binds its own."""
+    target = launch.target_device
+    if launch.op != STREAM_CREATION or target is None or launch.stream.device == target:
+        return None
+    if ctx.role_of(launch.thread.ident) == roles.ENGINE:
+        return None
+    changed = ctx.book.last_device_set(launch.thread.ident)
+    if changed is None:
+        why = (f"{launch.thread.describe()} never called set_device, and a new thread's current "
+               f"device is cuda:0 whatever its rank")
+    else:
+        where = frames_of(changed[1])
+        site = f" at {where[0][0]}:{where[0][1]}" if where else ""
+        why = f"{launch.thread.describe()} made cuda:{changed[0]} its current device{site}"
+    message = (
+        f"{why}, so the stream it just created, {launch.stream.describe()}, lives on another "
+        f"device than its engine's (cuda:{target}). Work queued on it runs on the wrong GPU: "
+        "copies of this rank's buffers fail or time out, a collective launched on it fails "
+        "with CUDA error 400, and an event recorded on it cannot be waited on by the engine's "
+        "stream."
+    )
+    return _finding("stream-on-unbound-device", launch, message)
 
 
 def check_default_stream_in_worker(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
@@ -228,9 +262,7 @@ def _unordered_prior(ctx: RuleContext, launch: LaunchRecord, access: str) -> Han
     """The first earlier ``access`` ("read"/"write") of a buffer this launch writes that the
     launch stream is not ordered after."""
     for target in launch.writes:
-        prior = target.reads if access == "read" else (
-            (target.last_write,) if target.last_write is not None else ())
-        for earlier in prior:
+        for earlier in target.reads if access == "read" else target.writes:
             if not ctx.clocks.ordered(launch.stream.key, earlier.mark):
                 return earlier
     return None
@@ -305,6 +337,14 @@ RULES: dict[str, Rule] = {
             "index: a data-parallel rank offset left out) and set the right one, or record "
             "the event on an explicit stream of its own device.",
             check_event_device_mismatch,
+        ),
+        Rule(
+            "stream-on-unbound-device",
+            "helper thread created a stream on another device than its engine's",
+            "Bind the helper thread to the rank's device before it creates streams or events "
+            "(torch.cuda.set_device(rank) first thing in the thread, or in the pool's "
+            "initializer), or create the stream with an explicit device=.",
+            check_stream_on_unbound_device,
         ),
         Rule(
             "default-stream-in-worker",

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.core.errors import StreamHazardError
+
 
 class ConnectorThread:
     """A KV-connector thread that holds ``with api.stream(S)`` and records an event on S.
@@ -39,6 +41,8 @@ class ConnectorThread:
         self._thread.start()
         if not self._entered.wait(timeout):
             raise TimeoutError("connector thread did not enter its stream context")
+        if isinstance(self._error, StreamHazardError):
+            raise self._error  # stopped by the audit: the rank reports it as blocked
         if self._error is not None:
             raise RuntimeError(f"connector thread failed: {self._error!r}") from self._error
         return self.stream

@@ -17,7 +17,9 @@ def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: boo
     thread's real current stream.
 
     ``stream_made_in_connector`` creates S inside the connector thread, which never called
-    ``set_device``: S lands on device 0 whatever the rank (the error-400 variant).
+    ``set_device``: S lands on device 0 whatever the rank (the error-400 variant). The fixed
+    variant's connector binds its device first: a stream made on the wrong device is a bug of
+    its own (``stream-on-unbound-device``) even where nothing launches on it.
     """
     api = ctx.api
     engine = ctx.engine_current_stream
@@ -35,7 +37,12 @@ def leaked_stream_allreduce_loop(ctx: RankContext, stream_made_in_connector: boo
         w = ctx.randn(n, n, scale=n ** -0.5)
         x0 = ctx.randn(m, n)
         if stream_made_in_connector:
-            connector = ConnectorThread(api, api.Stream)
+            def make_stream() -> Any:
+                if ctx.variant == "fixed":
+                    api.set_device(ctx.device)
+                return api.Stream()
+
+            connector = ConnectorThread(api, make_stream)
         else:
             side = api.Stream()  # made in the engine thread: on the rank's own device
             connector = ConnectorThread(api, lambda: side)

@@ -11,8 +11,10 @@ kernel launch, and does not fail: the repro needs two ranks.
 buggy: rank 1's connector fails with error 400; rank 0's, whose device is cuda:0, launched its
 half and waits for rank 1 until killed.
 fixed: the connector thread calls ``set_device(rank)`` before its first ``current_stream()``.
-guarded: ``device-mismatch`` stops rank 1's launch before NCCL sees it; rank 0's half still
-waits for it (the audit prevents the error, it cannot tell the peer).
+guarded: ``stream-on-unbound-device`` stops rank 1's connector when its first
+``current_stream()`` creates the stream on cuda:0, before anything is queued on it (without
+that rule, ``device-mismatch`` stops the launch on it); rank 0's half still waits for rank 1
+(the audit prevents the error, it cannot tell the peer).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from streamcheck.repro.spec import Expectation, PublicReport, ReproSpec
 
 SPEC = ReproSpec(
     name="repro_fresh_thread_device",
-    hazard="device-mismatch",
+    hazard="stream-on-unbound-device",
     summary="thread-local cache (vLLM >= 0.14) + connector thread without set_device: its "
             "first current_stream() is a new stream on cuda:0 -> rank 1's transfer -> error 400",
     expect={
         "buggy": Expectation(symptom=("error-400",), peers_hang=True),
         "fixed": Expectation(clean=True),
-        "guarded": Expectation(blocked=("device-mismatch",), peers_hang=True,
+        "guarded": Expectation(blocked=("stream-on-unbound-device",), peers_hang=True,
                                tolerate=("hang",)),
     },
     min_gpus=2,

@@ -6,9 +6,12 @@ is cuda:0, so on rank 1 the engine's all-reduce launches on a stream of cuda:0:
 NCCL for rank 1 forever: the runner dumps its stacks and kills it.
 
 buggy: rank 1 fails with error 400 (rank 0 hangs until killed).
-fixed: the communicator resolves the thread's real current stream: clean on both ranks.
-guarded: ``device-mismatch`` (and ``foreign-stream``) stop the launch on rank 1 before NCCL
-sees it; rank 0 is stopped by ``foreign-stream``; nobody hangs.
+fixed: the communicator resolves the thread's real current stream, and the connector thread
+binds its device before it creates S: clean on both ranks.
+guarded: on rank 1 ``stream-on-unbound-device`` stops the connector when it creates S on
+cuda:0, before anything is queued on it (without that rule, ``device-mismatch`` stops the
+all-reduce on S); rank 0, whose S is on its own device, is stopped by ``foreign-stream``;
+nobody hangs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ SPEC = ReproSpec(
     expect={
         "buggy": Expectation(symptom=("error-400",), peers_hang=True),
         "fixed": Expectation(clean=True),
-        "guarded": Expectation(blocked=("device-mismatch",)),
+        "guarded": Expectation(blocked=("stream-on-unbound-device", "foreign-stream")),
     },
     min_gpus=2,
     max_world=2,

@@ -26,6 +26,7 @@ from streamcheck.core.ids import StreamRef, capture_site
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.registry import PatchRegistry
+from streamcheck.wrappers.streams import DeviceHome
 
 StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
 """(event, stream or None) -> the (device, stream id) the call applies to."""
@@ -82,9 +83,10 @@ def _ref(key: tuple[int, int], stream: Any) -> StreamRef:
 
 
 def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
-                    current_device: Callable[[], int]) -> None:
+                    current_device: Callable[[], int], home: DeviceHome | None = None) -> None:
     """Remember which device each thread last made current, and where (set_device is rare):
-    a stream or event on the wrong device is explained by it."""
+    a stream or event on the wrong device is explained by it. An engine thread's device is
+    also ``home``'s: the device the namespace's helper threads should be working on."""
 
     def make(original: Any) -> Any:
         @functools.wraps(original)
@@ -93,8 +95,10 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
             auditor = gate.auditor
             if auditor is not None:
                 try:
-                    auditor.device_set(threading.get_ident(), current_device(),
-                                            capture_site(skip=1), time.time())
+                    ident, now = threading.get_ident(), current_device()
+                    auditor.device_set(ident, now, capture_site(skip=1), time.time())
+                    if home is not None and auditor.is_engine_thread(ident):
+                        home.device = now
                 except Exception as exc:
                     warn_cannot_audit("set_device", exc)
             return result

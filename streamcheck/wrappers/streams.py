@@ -21,6 +21,29 @@ from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
 
 
+class DeviceHome:
+    """The device of one process view's engine: the latest ``set_device`` an engine thread
+    made through that namespace (one ``torch.cuda``; one simulated rank's namespace). A
+    stream a helper thread creates on its current device is checked against it."""
+
+    def __init__(self, device: int | None = None) -> None:
+        self.device = device
+
+
+def names_a_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``Stream(*args, **kwargs)`` names a device index (``Stream(1)``,
+    ``Stream(device="cuda:1")``), rather than taking the thread's current device (no device,
+    ``"cuda"``, ``torch.device("cuda")``)."""
+    device = kwargs.get("device", args[0] if args else None)
+    if device is None:
+        return False
+    if isinstance(device, str):
+        return ":" in device
+    if isinstance(device, int):
+        return True
+    return getattr(device, "index", None) is not None
+
+
 def stream_ref(stream: Any) -> StreamRef:
     """Any stream-like object (torch.cuda.Stream, torch.Stream, sim stream) as a StreamRef."""
     return StreamRef(int(stream.device_index), int(stream.stream_id),
@@ -69,9 +92,17 @@ def hook_set_stream(registry: PatchRegistry, gate: Gate, namespace: Any, label: 
 
 
 def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type,
-                         label: str) -> None:
-    """Record the creating thread of every stream of ``stream_class``."""
+                         label: str, home: DeviceHome | None = None) -> None:
+    """Record the creating thread of every stream of ``stream_class``; one created on the
+    thread's current device is checked against ``home`` (its process's engine device)."""
     via = f"{label}.Stream()"
+
+    def created(stream: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        auditor = gate.auditor
+        if auditor is not None:
+            implied = home is not None and not names_a_device(args, kwargs)
+            auditor.stream_created(_event("created", stream, via),
+                                   home.device if implied else None)  # type: ignore[union-attr]
     if "__new__" in stream_class.__dict__ and label == "torch.cuda":
         impl = stream_class.__dict__["__new__"]
         impl = impl.__func__ if isinstance(impl, staticmethod) else impl
@@ -81,9 +112,7 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
             # torch.cuda.current_stream() and friends wrap an EXISTING stream by passing its
             # stream_id: that is not a creation, and recording it would erase its history.
             if "stream_id" not in kwargs:
-                auditor = gate.auditor
-                if auditor is not None:
-                    auditor.stream_created(_event("created", stream, via))
+                created(stream, args, kwargs)
             return stream
 
         registry.patch(stream_class, "__new__", lambda _current: staticmethod(__new__))
@@ -93,9 +122,7 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
         @functools.wraps(original)
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
-            auditor = gate.auditor
-            if auditor is not None:
-                auditor.stream_created(_event("created", self, via))
+            created(self, args, kwargs)
 
         return __init__
 

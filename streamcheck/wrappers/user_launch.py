@@ -13,16 +13,26 @@ event recorded after their latest write (``write-after-write``) and after every 
 since (``write-after-read``). A launch that passes declares its own accesses: its reads and
 writes, on its stream, for the launches that come after it. In ``assert`` mode a hazard raises
 on entry, before the body runs.
+
+Any tensor in ``reads``, ``writes`` or :func:`handoff` may be narrowed to some of its blocks
+(rows of its first dimension) with :func:`blocks`: a paged KV cache is one tensor per layer
+whose blocks belong to different requests, which loads, saves and the forward touch on
+different streams at once; only accesses to the same blocks must be ordered.
+
+    with streamcheck.launch("kv.load", stream=load_stream,
+                            writes=[streamcheck.blocks(kv_cache[layer], block_ids)]):
+        ...
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from streamcheck.core.ids import StreamRef
-from streamcheck.core.records import Handoff
+from streamcheck.core.records import Blocks, Handoff
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.state import current_auditor
 from streamcheck.wrappers.streams import stream_ref
@@ -49,15 +59,39 @@ def _current_stream_obj(device: int | None) -> Any:
     return torch.cuda.current_stream(device)
 
 
+@dataclass(frozen=True)
+class BlockSet:
+    """Some blocks (rows of the first dimension) of a tensor: see :func:`blocks`."""
+
+    tensor: Any
+    ids: frozenset[int]
+
+
+def blocks(tensor: Any, ids: Iterable[int]) -> BlockSet:
+    """Name blocks ``ids`` of ``tensor`` (a layer's paged KV cache) as the target of an access,
+    so accesses to other blocks of it, on other streams, are not taken for a hazard."""
+    return BlockSet(tensor, frozenset(int(i) for i in ids))
+
+
+def _access(item: Any) -> tuple[tuple[int, int], Blocks]:
+    """(buffer key, blocks) of a tensor or a :class:`BlockSet`."""
+    if isinstance(item, BlockSet):
+        return tensor_key(item.tensor), item.ids
+    return tensor_key(item), None
+
+
 def tensor_key(tensor: Any) -> tuple[int, int]:
     """(device, data pointer): how handoffs name a tensor (torch or simulated)."""
+    if isinstance(tensor, BlockSet):
+        tensor = tensor.tensor
     if hasattr(tensor, "_machine"):
         return (int(tensor.device_index), int(tensor.data.data_ptr()))
     return (int(tensor.get_device()), int(tensor.data_ptr()))
 
 
 def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff | None:
-    """Declare an access to ``tensor`` on ``stream`` (default: the thread's current one) now.
+    """Declare an access to ``tensor`` (or some of its :func:`blocks`) on ``stream`` (default:
+    the thread's current one) now.
 
     ``access="write"`` (the default): the tensor is complete on ``stream``. A connector's
     ``save_kv_layer`` calls this with the layer's KV: a later ``launch(..., reads=[...])`` on
@@ -77,7 +111,8 @@ def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff |
     ref = _access_stream(tensor, stream)
     if ref is None:
         return None
-    return auditor.handoff(ref[0], ref[1], access=access, skip=3)
+    chosen = tensor.ids if isinstance(tensor, BlockSet) else None
+    return auditor.handoff(ref[0], ref[1], access=access, skip=3, blocks=chosen)
 
 
 def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef] | None:
@@ -85,7 +120,8 @@ def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef
     try:
         key = tensor_key(tensor)
         if stream is None:
-            machine = getattr(tensor, "_machine", None)
+            whole = tensor.tensor if isinstance(tensor, BlockSet) else tensor
+            machine = getattr(whole, "_machine", None)
             if machine is not None:
                 state = machine.current_stream(key[0])
                 ref = StreamRef(state.device, state.stream_id, state.handle)
@@ -124,18 +160,16 @@ class launch:
             device = self.device if self.device is not None else int(stream.device_index)
             current = _current_of(stream, device)
             handoffs: list[Handoff] = []
-            read: list[tuple[int, int]] = []  # each read buffer's key, once
+            read: list[tuple[tuple[int, int], Blocks]] = []  # each read access, once
             for t in self.reads:
                 if isinstance(t, Handoff):
                     handoffs.append(t)
-                    read.append(t.tensor)
+                    read.append((t.tensor, t.blocks))
                 elif t is not None:
-                    key = tensor_key(t)
-                    read.append(key)
-                    latest = auditor.handoff_of(key)  # a tensor: its latest write
-                    if latest is not None:
-                        handoffs.append(latest)
-            written = [tensor_key(t) for t in self.writes]
+                    key, chosen = _access(t)
+                    read.append((key, chosen))
+                    handoffs += auditor.writes_of(key, chosen)  # their latest writes
+            written = [_access(t) for t in self.writes]
             ref = stream_ref(stream)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
@@ -143,7 +177,7 @@ class launch:
         auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
                       self.resolved_from, reads=tuple(handoffs),
-                      writes=tuple(auditor.write_target(k) for k in written))
+                      writes=tuple(auditor.write_target(k, chosen) for k, chosen in written))
         # Passed (or recorded, outside assert): what this launch does is what later ones must
         # be ordered after.
         if read or written:

@@ -146,3 +146,66 @@ def test_slab_round_trip_on_cuda_checks_every_block_on_the_device(dtype):
     assert torch.equal(loaded[1][keep], expected[1][keep])
     assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
     rt.shutdown()
+
+
+@pytest.mark.parametrize("store", ["host", "slab"])
+def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
+        store, monkeypatch):
+    """vllm#47282 on the connector's own path: blocks loaded for one request are read by the
+    forward (declared at ``wait_for_layer_load``); freed and handed to the next request, a load
+    into them must wait for those reads. The runtime orders every load after the engine's
+    stream as it was when the load was queued, so a second load is clean; with that event
+    taken too early (before the reads), assert mode stops the scatter as write-after-read
+    and the blocks are reported failed (recomputed) instead of overwritten under the read."""
+    from streamcheck.connector.slab import HostSlab
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
+    layers = {layer: (targets, [f"k{b}.L{layer}" for b in ids]) for layer in range(2)}
+    if store == "slab":
+        rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
+        load_slots: dict = {"slots": slots}
+    else:
+        rt = ConnectorRuntime(HostBackend(capacity_blocks=16, block_nbytes=nbytes,
+                                          pin_memory=True), kv, device)
+        load_slots = {}
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        for layer in range(2):
+            rt.save_layer("g", layer, ids, [f"k{b}.L{layer}" for b in ids],
+                          slots=slots if store == "slab" else None)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+
+    def load_and_read(req: str) -> PollResult:
+        with torch.cuda.stream(compute):
+            rt.start_load(req, layers, **load_slots)
+        news = settle(rt)
+        with torch.cuda.stream(compute):
+            for layer in range(2):
+                rt.wait_for_layer_load(layer)
+                kv[layer][targets].float().sum()  # the forward reads the loaded blocks
+        return news
+
+    assert load_and_read("a").failed_load_blocks == set()
+    assert load_and_read("b").failed_load_blocks == set()  # ordered after "a"'s reads
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+
+    early = torch.cuda.Event()
+    early.record(compute)  # before the reads below: orders nothing after them
+    with torch.cuda.stream(compute):
+        for layer in range(2):
+            kv[layer][targets].float().sum()
+            streamcheck.handoff(streamcheck.blocks(kv[layer], targets), access="read")
+    monkeypatch.setattr(rt, "_engine_mark", lambda: early)
+    with torch.cuda.stream(compute):
+        rt.start_load("c", layers, **load_slots)
+    news = settle(rt)
+    assert news.failed_load_blocks == set(targets)
+    assert rt.metrics.hazards_stopped >= 1 and "write-after-read" in rt.last_error
+    assert {f.rule_id for f in auditor.findings()} == {"write-after-read"}
+    rt.shutdown()

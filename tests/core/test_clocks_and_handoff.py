@@ -112,8 +112,8 @@ def test_a_later_write_supersedes_the_reads_before_it():
     aud.handoff(BLOCK, SAVE, access="read")
     aud.handoff(BLOCK, ENGINE, access="write")  # itself a finding if it was unordered
     target = aud.write_target(BLOCK)
-    assert target.reads == () and target.last_write is not None
-    assert target.last_write.stream == ENGINE
+    assert target.reads == () and len(target.writes) == 1
+    assert target.writes[0].stream == ENGINE
 
 
 def test_reads_are_kept_once_per_stream():
@@ -259,3 +259,61 @@ def test_a_switch_case_is_an_unsynced_handoff_when_the_switch_rule_is_not_select
     produced = aud.handoff(KV, ENGINE)
     _created(aud, FRESH, produced.time + 1.0)
     assert [f.rule_id for f in _consume(aud, produced)] == ["unsynced-handoff"]
+
+
+# --- block accesses: one buffer per layer, blocks of different requests on different streams
+
+
+def _write_blocks(aud: Auditor, blocks, stream: StreamRef = LOAD) -> list[str]:
+    target = aud.write_target(BLOCK, frozenset(blocks))
+    found = aud.review("kv.load", stream, None, 0, implicit=False, writes=(target,))
+    return [f.rule_id for f in found]
+
+
+def test_writes_to_other_blocks_of_the_buffer_are_not_a_hazard():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="write", blocks=frozenset({1, 2}))  # the forward's
+    aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({3}))
+    assert _write_blocks(aud, {4, 5}) == []
+    assert _write_blocks(aud, {2, 9}) == ["write-after-write"]
+    assert _write_blocks(aud, {3}) == ["write-after-read"]
+
+
+def test_a_whole_buffer_access_overlaps_every_block():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="read")
+    assert _write_blocks(aud, {7}) == ["write-after-read"]
+    aud2 = Auditor(Mode.RECORD)
+    aud2.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({7}))
+    target = aud2.write_target(BLOCK)  # a write of the whole buffer
+    assert [r.blocks for r in target.reads] == [frozenset({7})]
+
+
+def test_a_write_drops_only_the_accesses_it_covers():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({1}))
+    aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({2}))
+    aud.handoff(BLOCK, SAVE, access="write", blocks=frozenset({1, 3}))
+    target = aud.write_target(BLOCK)
+    assert [r.blocks for r in target.reads] == [frozenset({2})]
+    aud.handoff(BLOCK, LOAD, access="write", blocks=frozenset({1, 3, 4}))
+    assert [w.stream for w in aud.write_target(BLOCK).writes] == [LOAD]
+
+
+def test_a_read_replaces_the_same_streams_reads_it_covers_only():
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({1}))
+    aud.handoff(BLOCK, SAVE, access="read", blocks=frozenset({1}))
+    aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({1, 2}))
+    assert sorted(r.stream.stream_id for r in aud.write_target(BLOCK).reads) == [3, 9]
+
+
+def test_accesses_kept_per_buffer_are_bounded():
+    from streamcheck.core.auditor import MAX_ACCESSES
+
+    aud = Auditor(Mode.RECORD)
+    for block in range(MAX_ACCESSES + 10):
+        aud.handoff(BLOCK, ENGINE, access="read", blocks=frozenset({block}))
+    reads = aud.write_target(BLOCK).reads
+    assert len(reads) == MAX_ACCESSES
+    assert reads[0].blocks == frozenset({10})  # the oldest were forgotten

@@ -191,3 +191,73 @@ def test_event_device_mismatch_clean_on_the_events_own_device():
 
     aud = Auditor(Mode.RECORD)
     assert aud.review(EVENT_RECORD, StreamRef(1, 3), None, 1, implicit=False) == []
+
+
+def _creation(stream: StreamRef, name: str = "kv-sender"):
+    """A StreamEvent for a stream created by the calling thread."""
+    import time
+
+    from streamcheck.core.ids import ThreadRef
+    from streamcheck.core.records import StreamEvent
+
+    ident = threading.get_ident()
+    return StreamEvent("created", stream, ThreadRef(ident, name), time.time(), via="test.Stream()")
+
+
+def test_stream_on_unbound_device_positive_helper_never_set_its_device():
+    aud = Auditor(Mode.RECORD)
+    in_thread(lambda: aud.stream_created(_creation(StreamRef(0, 5)), home_device=1))
+    [finding] = aud.findings()
+    assert finding.rule_id == "stream-on-unbound-device"
+    assert "never called set_device" in finding.message and "cuda:1" in finding.message
+
+
+def test_stream_on_unbound_device_names_a_wrong_set_device():
+    aud = Auditor(Mode.RECORD)
+
+    def helper():
+        aud.device_set(threading.get_ident(), 2, (), 0.0)
+        aud.stream_created(_creation(StreamRef(2, 5)), home_device=1)
+
+    in_thread(helper)
+    assert "made cuda:2 its current device" in aud.findings()[0].message
+
+
+def test_stream_on_unbound_device_assert_stops_the_creating_thread():
+    aud = Auditor(Mode.ASSERT)
+    raised, _ = in_thread(lambda: _raises(lambda: aud.stream_created(
+        _creation(StreamRef(0, 5)), home_device=1)))
+    assert raised == ["stream-on-unbound-device"]
+
+
+def _raises(fn):
+    try:
+        fn()
+    except StreamHazardError as exc:
+        return exc.rule_ids
+    return None
+
+
+@pytest.mark.parametrize("case", ["home device", "engine thread", "device named", "home unknown"])
+def test_stream_on_unbound_device_clean_cases(case):
+    aud = Auditor(Mode.RECORD)
+    stream, home = StreamRef(0, 5), 1
+    if case == "home device":
+        stream = StreamRef(1, 5)
+    elif case in ("device named", "home unknown"):
+        home = None  # the hook passes no home when the device was named, or none is known
+    if case == "engine thread":
+        aud.stream_created(_creation(stream), home_device=home)  # the main thread is the engine
+    else:
+        in_thread(lambda: aud.stream_created(_creation(stream), home_device=home))
+    assert aud.findings() == []
+    assert aud.book.origin(stream) is not None  # the creation is recorded either way
+
+
+def test_a_role_ends_with_its_thread_and_is_not_inherited_through_a_reused_ident():
+    """Thread idents are reused: a helper started after an engine thread ended must not be
+    taken for that engine (the simulator's ranks end early when a launch is stopped)."""
+    _, ident = in_thread(lambda: roles.declare_thread_role(roles.ENGINE), name="rank1")
+    assert roles.declared_role(ident) is None
+    assert ident not in roles.engine_threads()
+    assert Auditor(Mode.RECORD).is_engine_thread(ident) is False

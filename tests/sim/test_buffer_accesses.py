@@ -8,6 +8,8 @@ address) is not a race.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import streamcheck
@@ -122,3 +124,73 @@ def test_an_event_recorded_on_its_own_device_costs_no_finding(sim):
     api.set_device(0)
     event.record()
     assert _rules(auditor) == []
+
+
+def _in_thread(fn):
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name="kv-sender")
+    t.start()
+    t.join()
+    return box
+
+
+def test_a_helper_threads_stream_on_device_0_is_stopped_at_its_creation():
+    """vllm#39548 / Mooncake#2569: the engine works on device 1; a fresh helper thread's
+    Stream() lands on device 0. assert stops the thread at the creation; a helper that binds
+    its device first, or names the device, is clean."""
+    from streamcheck.core.errors import StreamHazardError
+
+    auditor = audit.install("assert")
+    machine = SimMachine(2)
+    api = SimCuda(machine)
+    audit.instrument_sim(api)
+    try:
+        api.set_device(1)  # the engine thread (the main thread) chooses its rank's device
+        stopped = _in_thread(api.Stream)
+        assert isinstance(stopped.get("error"), StreamHazardError)
+        assert stopped["error"].rule_ids == ["stream-on-unbound-device"]
+        assert "never called set_device" in auditor.findings()[0].message
+
+        def bound():
+            api.set_device(1)
+            return api.Stream()
+
+        assert _in_thread(bound)["result"].device_index == 1
+        assert _in_thread(lambda: api.Stream(device=1))["result"].device_index == 1
+        assert _in_thread(lambda: api.Stream(device=0))["result"].device_index == 0  # named
+        assert len(auditor.findings()) == 1
+    finally:
+        audit.uninstall()
+
+
+def test_blocks_of_one_kv_tensor_are_ordered_only_against_the_same_blocks(sim):
+    """A paged KV cache: the forward reads request A's blocks on the compute stream while a
+    load writes request B's blocks of the same tensor on its own stream (clean); a load into
+    one of A's blocks is a write-after-read, and a whole-tensor write overlaps every block."""
+    auditor, api, tensors = sim
+    compute, load = api.Stream(), api.Stream()
+    kv = tensors.randn(8, 4)
+    with api.stream(compute):
+        streamcheck.handoff(streamcheck.blocks(kv, [0, 1]), access="read")
+    with streamcheck.launch("kv.load", stream=load, device=0,
+                            writes=[streamcheck.blocks(kv, [4, 5])]):
+        pass
+    assert _rules(auditor) == []
+    with streamcheck.launch("kv.load", stream=load, device=0,
+                            writes=[streamcheck.blocks(kv, [5, 1])]):
+        pass
+    assert _rules(auditor) == ["write-after-read"]
+    [finding] = auditor.findings()
+    assert finding.launch.writes[0].blocks == frozenset({1, 5})
+    auditor.clear()
+    with api.stream(compute), streamcheck.launch("zero", stream=compute, device=0,
+                                                   writes=[kv]):
+        pass  # the compute stream's whole-tensor write must wait for the load's blocks
+    assert _rules(auditor) == ["write-after-write"]

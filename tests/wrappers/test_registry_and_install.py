@@ -8,6 +8,7 @@ import threading
 import types
 import warnings
 
+import pytest
 import torch
 
 import streamcheck
@@ -102,3 +103,17 @@ def test_child_processes_install_only_when_they_import_torch(tmp_path):
              "import torch; from streamcheck import audit; "
              "assert audit.current_auditor() is not None and audit.installed_patches() > 0")
     subprocess.run([sys.executable, "-c", probe], env=env, check=True)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "named"), [
+    ((), {}, False), ((None,), {}, False), ((), {"device": "cuda"}, False),
+    ((), {"priority": -1}, False), ((1,), {}, True), ((), {"device": "cuda:1"}, True),
+    ((0,), {}, True),
+])
+def test_a_stream_names_its_device_only_with_an_index(args, kwargs, named):
+    """Only a stream made on the thread's current device is checked against the engine's."""
+    from streamcheck.wrappers.streams import names_a_device
+
+    assert names_a_device(args, kwargs) is named
+    assert names_a_device((torch.device("cuda"),), {}) is False
+    assert names_a_device((torch.device("cuda", 1),), {}) is True
