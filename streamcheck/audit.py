@@ -111,11 +111,9 @@ def _install_torch_hooks() -> None:
         streams.fast_current_stream(_registry, torch.cuda)
     if reader is not None:
         events.hook_set_device(_registry, _gate, torch.cuda, reader.current_device, home)
-        current_device = reader.current_device
         events.hook_event_record(
             _registry, _gate, torch.cuda.Event, events.reader_stream_key(reader),
-            _torch_event_device,
-            lambda _event, stream: current_device() if stream is None else stream.device_index)
+            _torch_event_device, thread_device=reader.current_device)
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     auditor = _gate.auditor
     if auditor is not None:
@@ -205,8 +203,7 @@ def instrument_sim(api: Any) -> None:
         events.hook_set_device(_registry, _gate, api, lambda: api.machine.thread.device, home)
         events.hook_event_record(
             _registry, _gate, SimEvent, events.sim_stream_key, lambda event: event.device_index,
-            lambda event, stream: (event._machine.thread.device if stream is None
-                                   else stream.device_index))
+            event_thread_device=lambda event: event._machine.thread.device)
         events.hook_event_wait(_registry, _gate, SimEvent, events.sim_stream_key)
         events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent,
                                lambda: api.machine.thread.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from types import CodeType
 from typing import NewType
 
 DeviceIndex = NewType("DeviceIndex", int)
@@ -84,10 +85,13 @@ _AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/au
 
 
 def capture_site(skip: int = 1, depth: int = 4) -> tuple[object, ...]:
-    """A cheap stand-in for a stack: (code object, line) of up to ``depth`` frames, flat.
+    """A cheap stand-in for a stack: (code object, instruction offset) of up to ``depth``
+    frames, flat.
 
-    No file names, no strings, no filtering: what a hot path can afford. :func:`frames_of`
-    turns it into a :data:`Stack` when a finding needs it.
+    No file names, no strings, no filtering, and no line numbers: ``f_lineno`` decodes the
+    code's line table on every read, ``f_lasti`` is a field. What a hot path can afford;
+    :func:`frames_of` turns it into a :data:`Stack` (offsets into lines) when a finding
+    needs it.
     """
     try:
         frame = sys._getframe(skip + 1)
@@ -95,9 +99,18 @@ def capture_site(skip: int = 1, depth: int = 4) -> tuple[object, ...]:
         return ()
     out: list[object] = []
     while frame is not None and len(out) < 2 * depth:
-        out += (frame.f_code, frame.f_lineno)
+        out += (frame.f_code, frame.f_lasti)
         frame = frame.f_back
     return tuple(out)
+
+
+def line_of(code: CodeType, offset: int) -> int:
+    """The source line of the instruction at byte ``offset`` of ``code`` (a frame's
+    ``f_lasti``): what ``f_lineno`` would have said then."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end and line is not None:
+            return line
+    return code.co_firstlineno
 
 
 def frames_of(stack_or_site: tuple[object, ...]) -> Stack:
@@ -107,8 +120,10 @@ def frames_of(stack_or_site: tuple[object, ...]) -> Stack:
     frames = []
     for i in range(0, len(stack_or_site) - 1, 2):
         code = stack_or_site[i]
-        if code is not None and not is_audit_frame(code.co_filename):  # type: ignore[attr-defined]
-            frames.append((code.co_filename, stack_or_site[i + 1], code.co_name))  # type: ignore[attr-defined]
+        if isinstance(code, CodeType) and not is_audit_frame(code.co_filename):
+            offset = stack_or_site[i + 1]
+            frames.append((code.co_filename, line_of(code, offset),  # type: ignore[arg-type]
+                           code.co_name))
     return tuple(frames)  # type: ignore[return-value]
 
 

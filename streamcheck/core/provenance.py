@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from streamcheck.core import roles
@@ -28,9 +29,10 @@ from streamcheck.core.records import StreamEvent
 
 LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old launches
 
-# A switch record, as the hooks append it: (stream object, thread ident, via, code, line,
-# code, line) with the code objects and line numbers of the two calling frames. Records made
-# from a StreamEvent (creations, tests) are (StreamRef, ident, via, stack, time, name, kind).
+# A switch record, as the hooks append it: (stream object, thread ident, via, code, offset,
+# code, offset) with the code objects and instruction offsets of the two calling frames.
+# Records made from a StreamEvent (creations, tests) are (StreamRef, ident, via, stack or site,
+# time, name, kind).
 CREATED = "created"
 
 
@@ -45,7 +47,7 @@ def _is_creation(record: tuple[Any, ...]) -> bool:
 
 def site_stack(record: tuple[Any, ...]) -> Stack:
     """The frames where a switch was made, innermost first, without the audit's own."""
-    return record[3] if _is_full(record) else frames_of(record[3:7])
+    return frames_of(record[3]) if _is_full(record) else frames_of(record[3:7])
 
 
 def _key(record: tuple[Any, ...]) -> tuple[int, int]:
@@ -97,7 +99,9 @@ class StreamBook:
     def origin(self, stream: StreamRef) -> StreamEvent | None:
         """The creation of this stream, if a hook saw it."""
         with self._lock:
-            return self._created.get(stream.key)
+            event = self._created.get(stream.key)
+        # a hook keeps the creating frames as a cheap site; a report wants them as a stack
+        return None if event is None else replace(event, stack=frames_of(event.stack))
 
     def made_current_elsewhere(self, stream: StreamRef, thread_ident: int) -> StreamEvent | None:
         """The latest time another thread made this stream current (in its present life)."""

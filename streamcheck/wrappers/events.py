@@ -37,15 +37,20 @@ _BOUND = "_streamcheck_event_device"
 
 def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                       stream_key_of: StreamKeyOf, device_of: Callable[[Any], int | None],
-                      device_now: Callable[[Any, Any], int]) -> None:
+                      thread_device: Callable[[], int] | None = None,
+                      event_thread_device: Callable[[Any], int] | None = None) -> None:
     """``Event.record``, hooked from the start: an event already bound to a device recorded
     on a stream of another (``event-device-mismatch``, checked before the record runs), and,
     once the clocks are live, the snapshot they keep.
 
     ``device_of(event)`` is the device the event is bound to (asked once, after its first
-    record, and kept on the event); ``device_now(event, stream)`` the device a record with
-    ``stream`` (None: the current one) would use: a device read, not a stream read.
+    record, and kept on the event). A record on the current stream (``stream=None``) uses the
+    thread's current device: ``thread_device()`` (torch's C read, called directly: no Python
+    frame on this path), or ``event_thread_device(event)`` where that depends on the event
+    (the simulator's machine).
     """
+    if (thread_device is None) == (event_thread_device is None):
+        raise ValueError("give exactly one of thread_device and event_thread_device")
 
     def make_record(original: Any) -> Any:
         @functools.wraps(original)
@@ -54,14 +59,21 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
             if auditor is None:
                 return original(self, stream)
             bound = getattr(self, _BOUND, None)
-            try:
-                if bound is not None and device_now(self, stream) != bound:
-                    key = stream_key_of(self, stream)
-                    auditor.event_on_wrong_device(bound, _ref(key, stream))
-            except StreamHazardError:
-                raise
-            except Exception as exc:
-                warn_cannot_audit("Event.record", exc)
+            if bound is not None:
+                try:
+                    if stream is not None:
+                        now = stream.device_index
+                    elif thread_device is not None:
+                        now = thread_device()
+                    else:
+                        now = event_thread_device(self)  # type: ignore[misc]
+                    if now != bound:
+                        key = stream_key_of(self, stream)
+                        auditor.event_on_wrong_device(bound, _ref(key, stream))
+                except StreamHazardError:
+                    raise
+                except Exception as exc:
+                    warn_cannot_audit("Event.record", exc)
             result = original(self, stream)
             try:
                 if bound is None:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from streamcheck.core import roles
-from streamcheck.core.ids import StreamRef, ThreadRef, capture_stack
+from streamcheck.core.ids import StreamRef, ThreadRef, capture_site
 from streamcheck.core.records import StreamEvent
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
@@ -51,11 +51,13 @@ def stream_ref(stream: Any) -> StreamRef:
 
 
 def _event(kind: str, stream: Any, via: str) -> StreamEvent:
+    """The creation as the book keeps it: the creating frames as a site (code objects and
+    offsets), formatted into a stack only if a finding names this stream's origin."""
     ident = threading.get_ident()
     return StreamEvent(
         kind=kind, stream=stream_ref(stream),
         thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
-        time=time.time(), stack=capture_stack(skip=3), via=via,
+        time=time.time(), stack=capture_site(skip=2, depth=12), via=via,  # type: ignore[arg-type]
     )
 
 
@@ -63,7 +65,8 @@ def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
     """``original(stream)`` that first tells the book which thread made ``stream`` current.
 
     The hot path of every stream switch: no names, no formatted stacks, no locks; the two
-    calling frames are kept as code objects and line numbers, formatted only for a finding.
+    calling frames are kept as code objects and instruction offsets (a field read, where a
+    line number decodes the line table), turned into lines only for a finding.
     """
     getframe, get_ident = sys._getframe, threading.get_ident
 
@@ -75,10 +78,10 @@ def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
             outer = caller.f_back
             if outer is None:
                 auditor.made_current((stream, get_ident(), via, caller.f_code,
-                                      caller.f_lineno, None, 0))
+                                      caller.f_lasti, None, 0))
             else:
                 auditor.made_current((stream, get_ident(), via, caller.f_code,
-                                      caller.f_lineno, outer.f_code, outer.f_lineno))
+                                      caller.f_lasti, outer.f_code, outer.f_lasti))
         return original(stream)
 
     return set_stream
