@@ -115,8 +115,9 @@ class Auditor:
             and (not implicit or current_id is None
                  or (stream_id == current_id and stream_device == current_device))
             and (stream_id != DEFAULT_STREAM_ID or self.is_engine_thread(threading.get_ident()))
-            and all(self.clocks.ordered(key, h.mark) for h in reads)
-            and all(self.clocks.ordered(key, h.mark) for t in writes for h in t.prior())
+            and (not reads or all(self.clocks.ordered(key, h.mark) for h in reads))
+            and (not writes
+                 or all(self.clocks.ordered(key, h.mark) for t in writes for h in t.prior()))
         ):
             return
         current = None

@@ -104,4 +104,8 @@ def reader_of(fake: FakeCuda) -> StreamReader:
         state = machine.current_stream(device)
         return (state.stream_id, state.device, 1)
 
-    return StreamReader(current_stream, fake.sim.current_device, name="sim")
+    def current_raw_stream(device: int) -> int:
+        return machine.current_stream(device).handle
+
+    return StreamReader(current_stream, fake.sim.current_device, name="sim",
+                        current_raw_stream=current_raw_stream)

@@ -20,11 +20,15 @@ CurrentStreamTuple = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class StreamReader:
-    """``current_stream(device) -> (stream id, device, device type)``; ``current_device()``."""
+    """``current_stream(device) -> (stream id, device, device type)``; ``current_device()``;
+    ``current_raw_stream(device) -> handle`` (the ``cudaStream_t``, what a stream object's
+    ``cuda_stream`` says): one integer, read faster than the tuple, which lets a launch on the
+    thread's own current stream be told apart with one comparison (None: not offered)."""
 
     current_stream: Callable[[int], CurrentStreamTuple]
     current_device: Callable[[], int]
     name: str = "cuda"
+    current_raw_stream: Callable[[int], int] | None = None
 
 
 _override: StreamReader | None = None
@@ -48,7 +52,8 @@ def stream_reader() -> StreamReader | None:
     device = getattr(torch._C, "_cuda_getDevice", None)
     if current is None or device is None:
         return None
-    return StreamReader(current, device)
+    return StreamReader(current, device,
+                        current_raw_stream=getattr(torch._C, "_cuda_getCurrentRawStream", None))
 
 
 def cuda_available() -> bool:

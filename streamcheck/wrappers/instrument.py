@@ -106,6 +106,7 @@ def _communicator(site: LaunchSite, module: ModuleType) -> list[str]:
                               resolve=resolver.expr, names=resolver.names,
                               device_expr=site.device, accessor=resolver.label,
                               current_of_device=reader.current_stream,
+                              current_raw_stream=reader.current_raw_stream,
                               current_device=reader.current_device,
                               skip_expr=site.skip, fixed_device=True, target=site.name):
             patched.append(method)

@@ -11,6 +11,7 @@ the tensor's device; CPU tensors (gloo) are not audited.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
 
     def make(original: Any) -> Any:
         owner_auditor, counter = site_counter(gate, op, target)
+        get_ident, main = threading.get_ident, threading.main_thread().ident
 
         @functools.wraps(original)
         def audited(*args: Any, **kwargs: Any) -> Any:
@@ -50,7 +52,11 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                     sid, sdev, _ = reader(device)
                     next(counter if auditor is owner_auditor
                          else auditor.coverage.counter(op, target))
-                    auditor.admit(op, sdev, sid, None, sdev, sid, device, False, counted=True)
+                    # The thread's own current stream on the tensor's device: only the
+                    # default-stream rule can object, and it spares the main thread.
+                    if sid == 0 and get_ident() != main:
+                        auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
+                                      counted=True)
             return original(*args, **kwargs)
 
         return audited

@@ -19,11 +19,16 @@ from streamcheck.wrappers.launches import wrap_stream_method
 from tests.core.fakes import in_thread, made_current
 
 
+def handle_of(device: int, stream_id: int) -> int:
+    """A cudaStream_t: 0 for the legacy default stream of every device, else unique."""
+    return 0 if stream_id == 0 else 0x7F00_0000 + (device << 16) + stream_id
+
+
 class FakeStream:
     def __init__(self, device: int, stream_id: int) -> None:
         self.device_index = device
         self.stream_id = stream_id
-        self.cuda_stream = 0x1000 + stream_id
+        self.cuda_stream = handle_of(device, stream_id)
 
 
 class FakeComm:
@@ -39,15 +44,25 @@ class FakeComm:
         return out
 
 
+@pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("fixed_device", [False, True])
-def test_fast_path_agrees_with_the_rules(fixed_device):
+def test_fast_path_agrees_with_the_rules(fixed_device, raw):
+    """``raw``: the wrapper is also given the thread's current raw stream handle, as on CUDA,
+    and lets a launch on the current stream through on that one comparison."""
     aud = audit.install("record")
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
     made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
+
+    def current_raw(device: int) -> int:
+        sid, cdev, _ = FakeComm.current
+        assert cdev == device
+        return handle_of(cdev, sid)
+
     wrap_stream_method(audit._registry, audit._gate, FakeComm, "all_reduce", "fake.all_reduce",
                        resolve=lambda c: FakeComm.cached, device_expr="self.device",
                        accessor="fake cache", current_of_device=lambda d: FakeComm.current,
-                       fixed_device=fixed_device)
+                       fixed_device=fixed_device,
+                       current_raw_stream=current_raw if raw else None)
     streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
     mismatches = []
     for (sdev, sid), (cdev, cid), target, implicit, helper in itertools.product(
