@@ -8,6 +8,7 @@ from typing import Any
 from streamcheck.core.modes import Mode, parse_mode
 
 BACKENDS = ("host", "disk", "redis")
+LOAD_MODES = ("auto", "sync", "async")
 
 
 DEFAULT_HOST_CAPACITY = 4096
@@ -17,7 +18,13 @@ DEFAULT_HOST_CAPACITY = 4096
 class ConnectorConfig:
     """``capacity_blocks`` counts token blocks (every layer of a block together). It bounds
     the host store (default 4096) and, when given, the disk store; the scheduler then decides
-    placement and eviction (``placement``), so a hit is never a block the store dropped."""
+    placement and eviction (``placement``), so a hit is never a block the store dropped.
+
+    ``load``: ``"sync"`` loads a hit inside the step that computes the request (issued on the
+    engine's stream before the forward: no extra engine steps, which is what a warm request's
+    time to first token is made of); ``"async"`` parks the request until a worker thread has
+    loaded it (a slow store then never holds up a step); ``"auto"``: sync for the host slab,
+    async for disk and Redis."""
 
     backend: str = "host"
     capacity_blocks: int | None = None
@@ -26,6 +33,7 @@ class ConnectorConfig:
     namespace: str = "streamcheck"
     staging_blocks: int = 256
     streamcheck: Mode = Mode.ASSERT
+    load: str = "auto"
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None) -> ConnectorConfig:
@@ -47,12 +55,27 @@ class ConnectorConfig:
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"{source}[{key!r}]={value!r}: must be a positive integer")
                 values[key] = value
+        if "load" in extra:
+            if extra["load"] not in LOAD_MODES:
+                raise ValueError(f"{source}['load']={extra['load']!r}: choose {LOAD_MODES}")
+            values["load"] = extra["load"]
         for key in ("path", "url", "namespace"):
             if key in extra:
                 values[key] = str(extra[key])
         if "streamcheck" in extra:
             values["streamcheck"] = parse_mode(extra["streamcheck"], f"{source}['streamcheck']")
-        return cls(**values)
+        config = cls(**values)
+        if config.load == "sync" and config.backend != "host":
+            raise ValueError(f"{source}['load']='sync' needs the host backend (a {config.backend} "
+                             "store is loaded by the worker thread: 'async')")
+        return config
+
+    @property
+    def sync_loads(self) -> bool:
+        """Whether hits are loaded inside the step that computes them (``load``)."""
+        if self.load == "auto":
+            return self.backend == "host"
+        return self.load == "sync"
 
     def placement_capacity(self) -> int | None:
         """Blocks the scheduler places and evicts in, or None for a store it cannot bound."""

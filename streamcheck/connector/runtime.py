@@ -87,6 +87,42 @@ class _InFlight:
 
 
 @dataclass
+class SlabLoad:
+    """A slab load issued to the device: which blocks it moved and how to learn which failed.
+
+    ``missing``: blocks whose slot held another block (never copied); ``ids``: the blocks
+    copied and checked on the device, whose verdicts land in ``host_ok`` once ``done``."""
+
+    runtime: ConnectorRuntime
+    missing: list[int]
+    ids: list[int]
+    host_ok: Any  # pinned bool tensor, one per block of ``ids`` (None: nothing copied)
+    done: Any  # CUDA event after the last scatter (None: on a CPU device, already done)
+    keep: tuple[Any, ...]  # device buffers the copies still read or write
+    start: float
+    nbytes: int
+    _failed: list[int] | None = None
+
+    def failed(self) -> list[int]:
+        """The blocks that failed (missing, or their sum wrong), after waiting for this load
+        alone; its bytes and time go into the runtime's load metrics once."""
+        if self._failed is None:
+            if self.done is not None:
+                self.done.synchronize()
+            verdicts = self.host_ok.tolist() if self.host_ok is not None else []
+            bad = [b for b, ok in zip(self.ids, verdicts, strict=True) if not ok]
+            self._failed = self.missing + bad
+            rt = self.runtime
+            seconds = time.perf_counter() - self.start
+            with rt.metrics._lock:
+                good = self.nbytes * (len(self.ids) - len(bad)) // max(len(self.ids), 1)
+                rt.metrics.load.add(good, seconds)
+                rt.metrics.load.add_copy(good, seconds)
+            self.keep = ()
+        return self._failed
+
+
+@dataclass
 class _GroupState:
     """The transfers of one save group or one request's load."""
 
@@ -497,20 +533,20 @@ class ConnectorRuntime:
         n = self.staging_blocks
         return [(job.block_ids[i:i + n], job.keys[i:i + n]) for i in range(0, len(job.keys), n)]
 
-    def _index(self, ids: Sequence[int]) -> torch.Tensor:
-        """Block ids as an index on our device, made on our stream."""
+    def _index(self, ids: Sequence[int], stream: Any = None) -> torch.Tensor:
+        """Block ids as an index on our device, made on ``stream`` (default: ours)."""
         if not self.is_cuda:
             return torch.tensor(ids)
-        return self._upload(torch.tensor(ids, dtype=torch.int64))
+        return self._upload(torch.tensor(ids, dtype=torch.int64), stream)
 
-    def _upload(self, host: torch.Tensor) -> torch.Tensor:
-        """A small host tensor to our device, asynchronously on our stream.
+    def _upload(self, host: torch.Tensor, stream: Any = None) -> torch.Tensor:
+        """A small host tensor to our device, asynchronously on ``stream`` (default: ours).
 
         Through pinned memory: a copy from pageable memory first waits for everything queued
         on the stream, which would serialise each transfer behind the previous one's copies.
         (PyTorch's pinned allocator keeps the buffer until the copy has run.)
         """
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.stream(stream if stream is not None else self._stream):
             return host.pin_memory().to(self.device, non_blocking=True)
 
     @staticmethod
@@ -696,36 +732,89 @@ class ConnectorRuntime:
         return _InFlight(done, retire, job, tuple(keep))
 
     def _slab_load(self, job: _Job) -> _InFlight | None:
-        """Copy each run of slots to the device, check every block's sum there, scatter into
-        the KV cache; a block whose slot (in any plane) holds another block, or whose sum is
-        wrong, is reported failed (vLLM recomputes it, overwriting whatever landed in it)."""
+        """An asynchronous load, issued by the worker on its own stream after the engine's
+        stream as it was when the load was queued (``job.ready``); the forward waits for it
+        per layer (``wait_for_layer_load``)."""
+        planes = job.planes or [job.layer]
+        issued = self._issue_slab_load(planes, job.block_ids, job.slots, job.tags,
+                                       self._stream, job.ready)
+        if issued.done is None and not issued.ids:
+            self._finish(job, ok=False, error=f"{len(issued.missing)} block(s) not in the slab",
+                         failed_blocks=issued.missing)
+            return None
+        if self.is_cuda:
+            with self._lock:
+                for plane in planes:
+                    self._layer_done.setdefault(plane, []).append((issued.done, issued.ids))
+
+        def retire() -> None:
+            bad = issued.failed()
+            self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
+                         "check" if bad else "", failed_blocks=bad)
+
+        return _InFlight(issued.done, retire, job, issued.keep)
+
+    def load_planes_now(self, planes: Sequence[int], block_ids: Sequence[int],
+                        slots: Sequence[int], tags: Sequence[int]) -> SlabLoad:
+        """Slab only: a synchronous load, issued here and now on the calling (engine) thread's
+        current stream, so the forward queued after it on that stream reads the blocks with
+        no event, no worker hand-over and no extra engine step. The blocks are checked on the
+        device like any load; :meth:`SlabLoad.failed` (call it after the forward was queued)
+        waits for the load alone and names the blocks that failed, which vLLM recomputes."""
+        if self.slab is None:
+            raise ValueError("load_planes_now needs the host slab")
+        self._check_slots(block_ids, slots)
+        stream = torch.cuda.current_stream(self.device) if self.is_cuda else None
+        try:
+            return self._issue_slab_load(list(planes), list(block_ids), list(slots),
+                                         list(tags), stream, None)
+        except streamcheck.StreamHazardError as exc:
+            with self.metrics._lock:
+                self.metrics.hazards_stopped += 1
+            self.last_error = f"stopped by streamcheck: {exc.rule_ids}"
+            return SlabLoad(self, list(block_ids), [], None, None, (), time.perf_counter(), 0)
+
+    def settle_now(self, load: SlabLoad) -> list[int]:
+        """The failed blocks of a :meth:`load_planes_now` load (waiting for it), counted as a
+        failed load in the metrics when there are any."""
+        bad = load.failed()
+        if bad:
+            with self.metrics._lock:
+                self.metrics.failed_loads += 1
+            self.last_error = f"{len(bad)} block(s) failed their slot or sum check"
+        return bad
+
+    def _issue_slab_load(self, planes: list[int], block_ids: list[int], slots: list[int],
+                         tags: list[int], stream: Any, ready: Any) -> SlabLoad:
+        """Copy each run of slots to the device on ``stream`` (after ``ready``, if given),
+        check every block's sum there, scatter into the KV cache. A block whose slot (in any
+        plane) holds another block is not copied; one whose sum is wrong is reported failed
+        (vLLM recomputes it, overwriting whatever landed in it)."""
         slab = self.slab
         assert slab is not None
         start = time.perf_counter()
-        planes = job.planes or [job.layer]
-        held = np.ones(len(job.block_ids), dtype=bool)
+        held = np.ones(len(block_ids), dtype=bool)
         for plane in planes:
-            held &= slab.holds(plane, job.slots, job.tags)
-        failed = [b for b, ok in zip(job.block_ids, held.tolist(), strict=True) if not ok]
+            held &= slab.holds(plane, slots, tags)
+        missing = [b for b, ok in zip(block_ids, held.tolist(), strict=True) if not ok]
         good = np.flatnonzero(held).tolist()
         if not good:
-            self._finish(job, ok=False, error=f"{len(failed)} block(s) not in the slab",
-                         failed_blocks=failed)
-            return None
-        ids = [job.block_ids[i] for i in good]
-        slots = [job.slots[i] for i in good]
+            return SlabLoad(self, missing, [], None, None, (), start, 0)
+        ids = [block_ids[i] for i in good]
+        slots = [slots[i] for i in good]
         spans = runs(slots)
         expected = torch.from_numpy(np.stack([slab.sums[plane, slots] for plane in planes]))
-        index = self._index(ids)
+        index = self._index(ids, stream)
         done = None
         keep: list[Any] = [index]
         if self.is_cuda:
             host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
-            with torch.cuda.stream(self._stream):
+            with torch.cuda.stream(stream):
                 ok = torch.ones(len(ids), dtype=torch.bool, device=self.device)
-                expected_dev = self._upload(expected)
-                self._stream.wait_event(job.ready)  # the forward's reads come first
-                with streamcheck.launch("connector.load.scatter", stream=self._stream,
+                expected_dev = self._upload(expected, stream)
+                if ready is not None:
+                    stream.wait_event(ready)  # the forward's reads come first
+                with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
                                         writes=self._written(planes, ids)):
                     for i, plane in enumerate(planes):
@@ -742,9 +831,6 @@ class ConnectorRuntime:
                 keep += [ok, expected_dev]
                 done = torch.cuda.Event()
                 done.record()
-            with self._lock:
-                for plane in planes:
-                    self._layer_done.setdefault(plane, []).append((done, ids))
         else:
             host_ok = torch.ones(len(ids), dtype=torch.bool)
             for i, plane in enumerate(planes):
@@ -754,18 +840,8 @@ class ConnectorRuntime:
                     arrived[pos:pos + count].copy_(slab.rows(plane, first, count, blocks.dtype))
                 host_ok &= block_sums(arrived) == expected[i]
                 blocks.index_copy_(0, index, arrived)
-
-        def retire() -> None:
-            bad = failed + [b for b, ok in zip(ids, host_ok.tolist(), strict=True) if not ok]
-            nbytes = (len(ids) - (len(bad) - len(failed))) * len(planes) * self.block_nbytes
-            seconds = time.perf_counter() - start
-            with self.metrics._lock:
-                self.metrics.load.add(nbytes, seconds)
-                self.metrics.load.add_copy(nbytes, seconds)
-            self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
-                         "check" if bad else "", failed_blocks=bad)
-
-        return _InFlight(done, retire, job, tuple(keep))
+        return SlabLoad(self, missing, ids, host_ok, done, tuple(keep), start,
+                        len(ids) * len(planes) * self.block_nbytes)
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:

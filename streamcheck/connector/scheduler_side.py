@@ -87,7 +87,7 @@ class SchedulerSide:
     """
 
     def __init__(self, block_size: int, namespace: str = "", workers: int = 1,
-                 placement: Placement | None = None) -> None:
+                 placement: Placement | None = None, sync_loads: bool = False) -> None:
         if block_size < 1:
             raise ValueError("block_size must be positive")
         if workers < 1:
@@ -96,6 +96,11 @@ class SchedulerSide:
         self.namespace = namespace
         self.workers = workers
         self.placement = placement
+        # sync: a hit is loaded in the step that computes the request (no parking); its pins
+        # hold until the next step is built, by when the workers have run the load's step
+        # (a worker runs steps in order and waits for its sync loads inside the step)
+        self.sync_loads = sync_loads
+        self._sync_sent: list[str] = []
         self.committed: set[str] = set()
         self.parked: dict[str, LoadPlan] = {}  # async loads in flight, by request
         self._requests: dict[str, _Request] = {}
@@ -133,7 +138,7 @@ class SchedulerSide:
                 break
             hits += 1
         new = hits * self.block_size - num_computed
-        return (new, True) if new > 0 else (0, False)
+        return (new, not self.sync_loads) if new > 0 else (0, False)
 
     def after_alloc(self, req_id: str, block_ids: list[int], num_external: int) -> None:
         """Plan the load of ``num_external`` tokens into ``block_ids`` (all the request's
@@ -153,7 +158,8 @@ class SchedulerSide:
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
-        self.parked[req_id] = plan
+        if not self.sync_loads:
+            self.parked[req_id] = plan
 
     # ---- per step ---------------------------------------------------------------------------
 
@@ -163,6 +169,9 @@ class SchedulerSide:
         New and resumed (after preemption) requests come with their whole block list
         (replace=True); running ones with the blocks added this step, if any.
         """
+        for req_id in self._sync_sent:  # the workers ran those loads in the step they went out
+            self._release(req_id)
+        self._sync_sent = [p.req_id for p in self._pending_loads] if self.sync_loads else []
         meta = StepMeta(loads=self._pending_loads, preempted=self._preempted,
                         delayed=self._delayed)
         self._pending_loads, self._preempted, self._delayed = [], [], []
@@ -206,6 +215,12 @@ class SchedulerSide:
         self.committed.difference_update(missing)
         if self.placement is not None:
             self.placement.drop(missing)
+        if missing and self.sync_loads:  # vLLM recomputes from the first failed block: save
+            for state in self._requests.values():  # it again (failures are rare: a scan)
+                for i, h in enumerate(state.hashes[:state.saved_blocks]):
+                    if h in missing:
+                        state.saved_blocks = i
+                        break
         for group in set(saves_ok) | set(saves_failed):
             entry = self._groups.get(group)
             if entry is None:

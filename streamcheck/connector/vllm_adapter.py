@@ -50,7 +50,7 @@ import streamcheck
 from streamcheck.connector.config import ConnectorConfig
 from streamcheck.connector.keys import layer_key
 from streamcheck.connector.placement import Placement
-from streamcheck.connector.runtime import ConnectorRuntime
+from streamcheck.connector.runtime import ConnectorRuntime, SlabLoad
 from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
 from streamcheck.connector.slab import key_tag
 
@@ -145,6 +145,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self._recving: set[str] = set()
         self._load_errors: set[int] = set()
         self._load_blocks: dict[str, dict[int, str]] = {}  # loads in flight: block -> hash
+        self._sync_loads: list[tuple[SlabLoad, dict[int, str]]] = []  # issued this step
         self._report = StreamcheckWorkerMeta()
         self._planes: list[int] = []
         self._step_tags: dict[str, list[int]] = {}
@@ -154,7 +155,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self.scheduler = SchedulerSide(
                 self.block_size, self.config.namespace,
                 workers=vllm_config.parallel_config.world_size,
-                placement=Placement(capacity) if capacity is not None else None)
+                placement=Placement(capacity) if capacity is not None else None,
+                sync_loads=self.config.sync_loads)
             _warn_if_loads_can_fail(self.config, self._kv_transfer_config)
         else:
             self.shard = _shard(vllm_config)
@@ -272,7 +274,14 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         assert self.runtime is not None
         for plan in self._meta().loads:
-            self._load_blocks[plan.req_id] = dict(zip(plan.block_ids, plan.hashes, strict=True))
+            blocks = dict(zip(plan.block_ids, plan.hashes, strict=True))
+            if self.runtime.slab is not None and self.config.sync_loads:
+                # here, on the engine's stream, ahead of the forward that reads the blocks
+                self._sync_loads.append((self.runtime.load_planes_now(
+                    self._planes, plan.block_ids, plan.slots,
+                    self._tags(plan.req_id, plan.hashes)), blocks))
+                continue
+            self._load_blocks[plan.req_id] = blocks
             if self.runtime.slab is not None:  # one job for every plane of the request
                 self.runtime.load_planes(plan.req_id, self._planes, plan.block_ids, plan.slots,
                                          self._tags(plan.req_id, plan.hashes))
@@ -317,6 +326,13 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def _collect(self) -> None:
         assert self.runtime is not None
+        # this step's sync loads: wait for them alone (the forward is queued behind them) so
+        # their failed blocks are reported in this step's output, which vLLM then recomputes
+        sync, self._sync_loads = self._sync_loads, []
+        for load, blocks in sync:
+            failed = self.runtime.settle_now(load)
+            self._load_errors.update(failed)
+            self._report.missing.update(blocks[b] for b in failed if b in blocks)
         news = self.runtime.poll()
         for name in news.saves_ok | news.saves_failed:
             report = self._report.saves_ok if name in news.saves_ok else self._report.saves_failed

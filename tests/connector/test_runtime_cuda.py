@@ -209,3 +209,38 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
     assert rt.metrics.hazards_stopped >= 1 and "write-after-read" in rt.last_error
     assert {f.rule_id for f in auditor.findings()} == {"write-after-read"}
     rt.shutdown()
+
+
+def test_a_sync_load_on_the_engine_stream_needs_no_event_and_is_bit_exact():
+    """``load_planes_now`` from the engine thread: copies, checks and scatters on the engine's
+    current stream, so the forward queued next reads the blocks in order (no event, no worker);
+    assert mode finds nothing, and a corrupt block is named after the forward was queued."""
+    from streamcheck.connector.slab import HostSlab, key_tag
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    slab = HostSlab(2, 8, nbytes, pin_memory=True)
+    rt = ConnectorRuntime(slab, kv, device)
+    ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
+    tags = [key_tag(h) for h in ("a", "b", "c")]
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        rt.save_planes("g", [0, 1], ids, slots, tags)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    expected = [layer[ids].clone() for layer in kv]
+    with torch.cuda.stream(compute):
+        load = rt.load_planes_now([0, 1], targets, slots, tags)
+        got = [layer[targets].clone() for layer in kv]  # "the forward", queued right behind
+    assert rt.settle_now(load) == []
+    compute.synchronize()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    slab.data[1, 2, 7] ^= 0x04  # "c" of plane 1 damaged in host memory
+    with torch.cuda.stream(compute):
+        load = rt.load_planes_now([0, 1], targets, slots, tags)
+    assert rt.settle_now(load) == [22]
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+    rt.shutdown()

@@ -81,3 +81,29 @@ def test_a_slab_needs_a_slot_for_every_block(slab_runtime):
     with pytest.raises(ValueError, match="slots must lie in"):
         rt.save_layer("g", 0, [1], ["a.L0"], slots=[16])
     assert BLOCKS > 12
+
+
+def test_a_sync_load_runs_on_the_calling_thread_and_names_its_failed_blocks(slab_runtime):
+    """``load_planes_now``: the engine thread loads a hit itself, ahead of the forward; the
+    blocks land at once (on a CPU device), and ``settle_now`` names a corrupt block and one
+    whose slot holds another block, counted as one failed load."""
+    from streamcheck.connector.slab import key_tag
+
+    rt, slab = slab_runtime
+    src = [kv.clone() for kv in rt.kv_caches]
+    hashes, ids, slots = ["a", "b", "c"], [3, 7, 8], [4, 5, 6]
+    for layer in range(LAYERS):
+        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
+    rt.seal(["g"])
+    drain(rt)
+    for kv in rt.kv_caches:
+        kv.zero_()
+    tags = [key_tag(f"{h}.L0") for h in hashes]  # save_layer tags each plane by its key
+    load = rt.load_planes_now([0], [20, 21, 22], slots, tags)
+    assert rt.settle_now(load) == []
+    assert torch.equal(rt.kv_caches[0][[20, 21, 22]], src[0][ids])
+    slab.data[0, 5, 3] ^= 0x01  # "b" damaged in host memory
+    load = rt.load_planes_now([0], [23, 24, 25], slots, [tags[0], tags[1], key_tag("x.L0")])
+    assert rt.settle_now(load) == [25, 24]  # the foreign slot (never copied), then "b"
+    assert rt.metrics.failed_loads == 1 and rt.pending() == 0
+    assert torch.count_nonzero(rt.kv_caches[0][25]) == 0  # never written

@@ -25,6 +25,7 @@ VERSION = "0.33.0"
 HERE = Path(__file__).resolve().parent
 LOCAL = ("host", "disk")
 ALL = ("host", "disk", "redis")
+RUN = (*ALL, "host-sync")
 BLOCK = 16
 CHILD = """
 import os, sys
@@ -47,7 +48,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with FileLock(str(cache) + ".lock"):
         if not cache.exists():
             try:
-                facts = run_in_vllm(VERSION, CHILD.format(here=str(HERE), backends=list(ALL)),
+                facts = run_in_vllm(VERSION, CHILD.format(here=str(HERE), backends=list(RUN)),
                                     timeout=280)
             except AssertionError as exc:
                 facts = {"child_error": str(exc)}
@@ -203,3 +204,37 @@ def test_redis_server_killed_mid_transfer(report: dict):
 
 def test_no_connector_thread_outlives_its_engine(report: dict):
     assert report["threads_left"] == []
+
+
+# ---- sync loads (the host slab's default): a hit is loaded in the step that computes it ----
+
+
+def test_sync_hit_is_computed_in_its_lookup_step_and_is_bit_exact(report: dict):
+    f = scenario(report, "host-sync", "sync_hit")
+    assert f["status_after_first_step"] == "RUNNING" and not f["parked"]
+    assert f["first_compute"] == [4 * BLOCK, 10]  # the loaded prefix, then its own 10 tokens
+    assert f["bit_exact_to_writer"]
+    assert f["pins_after_next_step"] == []  # released once the load's step has run
+    assert f["excused_reads"] == []
+
+
+def test_sync_failed_load_is_recomputed_and_its_one_wrong_read_is_discarded(report: dict):
+    f = scenario(report, "host-sync", "sync_load_failure")
+    for name in ("corrupt", "deleted"):
+        assert f[f"{name}_computes"] == [4 * BLOCK, f[f"{name}_expected_computed"]]
+        assert not f[f"{name}_bad_hash_served_after"]
+        assert f[f"{name}_committed_after_recompute"] == 4  # saved again after the recompute
+    assert f["failed_loads"] == 2
+    # the corrupt block reached the forward of its step (which vLLM discards); the deleted
+    # one was never copied, so the forward read the block as the previous request left it
+    assert f["excused_reads"] and all("block" in r for r in f["excused_reads"])
+
+
+@pytest.mark.parametrize("name", ["store_failure", "preemption", "shutdown_in_flight",
+                                  "two_workers", "capacity_pressure"])
+def test_sync_loads_pass_the_shared_lifecycles(report: dict, name: str):
+    f = scenario(report, "host-sync", name)
+    assert f.get("excused_reads", []) == []
+    if name == "capacity_pressure":
+        assert f["errors"] == [] and f["failed_loads"] == 0 and f["evictions"] > 0
+        assert f["second_pass_hits"] > 0

@@ -16,6 +16,13 @@ prefix ending there, and before writing it reads back the KV of every token the 
 already computed and compares it bit for bit with that function. So any KV the forward consumes
 that was loaded stale, torn, from another prefix, or not loaded at all (the caches start as NaN)
 shows up as a ``stale_reads`` entry; nothing depends on timing.
+
+One read of wrong KV is allowed, as vLLM allows it: a synchronous load feeds the forward of the
+step it is issued in, and a block that fails its check is only known after that forward. The
+worker reports it (``invalid_block_ids``) in the same step's output and vLLM's scheduler drops
+that step's output for every request holding the block and recomputes from it. Such a read is
+kept apart (``excused_reads``) when the step reported its block invalid, and the runner then
+drops the request's sampled token as vLLM does; any other wrong read stays a ``stale_reads``.
 """
 
 from __future__ import annotations
@@ -343,11 +350,15 @@ class Engine:
         self.worker, self.backend = self.workers[0].connector, self.workers[0].backend
         self.reqs: dict[str, RunnerRequest] = {}
         self.stale_reads: list[str] = []
+        self.excused_reads: list[str] = []  # wrong KV read in a step that reported it invalid
+        # this step's wrong reads: (request, the blocks read wrong, what)
+        self._step_reads: list[tuple[str, set[int], str]] = []
         self.finish_reasons: dict[str, str] = {}  # request -> why it finished (error: a failure)
         self.steps = 0
         self.preemptions: dict[str, int] = {}
         self.resumed: list[tuple[str, int]] = []  # (request, tokens computed when resumed)
         self.first_compute: dict[str, tuple[int, int]] = {}  # req -> (computed, scheduled)
+        self.computes: dict[str, list[int]] = {}  # req -> tokens computed before each step
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.prompts: dict[str, list[int]] = {}
         self._computed: dict[str, int] = {}  # this step: tokens computed before it, per request
@@ -416,9 +427,18 @@ class Engine:
 
     def _execute(self, out: Any) -> Any:
         self._update_states(out)
+        self._step_reads = []
         outputs = [self._execute_worker(w, out) for w in self.workers]
+        invalid: set[int] = set()
+        for o in outputs:
+            if o.kv_connector_output is not None:
+                invalid |= set(o.kv_connector_output.invalid_block_ids or ())
+        dropped = {r for r in self._sampled if invalid & set(self.reqs[r].block_ids)}
+        for _req, wrong, what in self._step_reads:
+            (self.excused_reads if wrong <= invalid else self.stale_reads).append(what)
         for req_id, sampled in self._sampled.items():
-            self.reqs[req_id].tokens.extend(sampled)
+            if req_id not in dropped:  # vLLM drops the output of a request it recomputes
+                self.reqs[req_id].tokens.extend(sampled)
         return self.aggregator.aggregate(outputs) if len(outputs) > 1 else outputs[0]
 
     def _execute_worker(self, worker: Worker, out: Any) -> Any:
@@ -483,6 +503,7 @@ class Engine:
                 state.block_ids.extend(blocks[0])
             self._computed[req_id] = cached.num_computed_tokens[i]
         for req_id, n in out.num_scheduled_tokens.items():
+            self.computes.setdefault(req_id, []).append(self._computed[req_id])
             state, end = self.reqs[req_id], self._computed[req_id] + n
             if end >= len(state.tokens):  # the chunk reached the end: a token is sampled
                 self._sampled[req_id] = [100 + state.prefix(end)[-1] % 800]
@@ -502,10 +523,10 @@ class Engine:
                 bad = (got.view(torch.int32) != want.view(torch.int32)).flatten(1).any(1)
                 if bool(bad.any()):
                     first = int(bad.nonzero()[0])
-                    self.stale_reads.append(
+                    wrong = {int(b) for b in blocks[bad].tolist()}  # every block read wrong
+                    self._step_reads.append((req_id, wrong, (
                         f"{req_id} worker {worker.index} layer {layer} plane {plane}: token "
-                        f"{first} of {computed} "
-                        f"(block {state.block_ids[first // BLOCK]})")
+                        f"{first} of {computed} (blocks {sorted(wrong)})")))
             pos = torch.arange(computed, computed + n)
             blocks = torch.tensor(state.block_ids)[pos // BLOCK]
             cache[plane][blocks, pos % BLOCK] = worker.rows(ids[computed:], layer, plane)
