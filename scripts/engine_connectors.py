@@ -47,7 +47,17 @@ class FaultyConnector(StreamcheckConnector):
                 runtime.slab.data[job.layer, job.slots[0], 7] ^= 0x20  # one flipped bit
             return issue_load(job)
 
+        issue_now = runtime.load_planes_now
+
+        def load_now(planes: Any, block_ids: Any, slots: Any, tags: Any) -> Any:
+            """A sync load (the slab's default): the same fault, on the engine's thread."""
+            loads[0] += 1
+            if every and loads[0] % every == 0 and slots:
+                runtime.slab.data[planes[0], slots[0], 7] ^= 0x20
+            return issue_now(planes, block_ids, slots, tags)
+
         runtime._slab_save, runtime._slab_load = save, load
+        runtime.load_planes_now = load_now  # type: ignore[method-assign]
 
 
 class LeakyConnector(StreamcheckConnector):
