@@ -156,7 +156,7 @@ def _hook_torch_events() -> None:
 
 
 _TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream",
-                  "synchronize", "record_stream", "set_device")
+                  "synchronize", "query", "record_stream", "set_device")
 
 
 def release_torch_hooks() -> bool:

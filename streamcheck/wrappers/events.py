@@ -141,11 +141,13 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
 def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_class: type,
                     event_class: type, current_device: Callable[[], int]) -> None:
     """Tell the clocks when the host waited for the device: ``namespace.synchronize(device)``,
-    ``Stream.synchronize()``, ``Event.synchronize()``. Installed with the event hooks, at the
-    first declared access; each costs one attribute read and a small merge, after the wait.
-    Not seen: ``torch.accelerator.synchronize``, ``torch.Stream.synchronize``, and a poll of
-    ``Event.query()`` that returned True; a buffer reused after one of those still looks
-    raced with its previous use."""
+    ``Stream.synchronize()``, ``Event.synchronize()``, and an ``Event.query()`` or
+    ``Stream.query()`` that returned True (a poll that saw the work done: a connector's worker
+    retires its copies this way, and the blocks they read are handed out again only after).
+    Installed with the event hooks, at the first declared access; each costs one attribute
+    read and a small merge, after the wait. Not seen: ``torch.accelerator.synchronize`` and
+    ``torch.Stream.synchronize``; a buffer reused after one of those still looks raced with
+    its previous use."""
 
     def live() -> Any:
         """The auditor, while its clocks order anything (None otherwise)."""
@@ -192,9 +194,39 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return synchronize
 
+    def make_event_query(original: Any) -> Any:
+        @functools.wraps(original)
+        def query(self: Any) -> Any:
+            done = original(self)
+            if done:
+                hb = live()
+                if hb is not None:
+                    hb.event_synchronized(self)
+            return done
+
+        return query
+
+    def make_stream_query(original: Any) -> Any:
+        @functools.wraps(original)
+        def query(self: Any) -> Any:
+            done = original(self)
+            if done:
+                hb = live()
+                if hb is not None:
+                    try:
+                        hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
+                    except Exception as exc:
+                        warn_cannot_audit("Stream.query", exc)
+            return done
+
+        return query
+
     registry.patch(namespace, "synchronize", make_device)
     registry.patch(stream_class, "synchronize", make_stream)
     registry.patch(event_class, "synchronize", make_event)
+    registry.patch(event_class, "query", make_event_query)
+    if callable(getattr(stream_class, "query", None)):
+        registry.patch(stream_class, "query", make_stream_query)
 
 
 def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,

@@ -62,7 +62,7 @@ def test_an_event_waited_on_by_the_writer_orders_it(sim):
     assert _rules(auditor) == []
 
 
-@pytest.mark.parametrize("wait", ["device", "stream", "event"])
+@pytest.mark.parametrize("wait", ["device", "stream", "event", "event query"])
 def test_a_host_wait_orders_what_came_before_it(sim, wait):
     auditor, api, tensors = sim
 
@@ -71,10 +71,16 @@ def test_a_host_wait_orders_what_came_before_it(sim, wait):
             api.synchronize(0)
         elif wait == "stream":
             compute.synchronize()
-        else:
+        elif wait == "event":
             event = api.Event()
             event.record()
             event.synchronize()
+        else:  # a worker polling its copy's event until the device has run it
+            event = api.Event()
+            event.record()
+            assert not event.query()
+            compute._machine.drain(compute._state)  # the device runs it; no host hook sees it
+            assert event.query()
 
     _read_then_write(api, tensors, host_wait)
     assert _rules(auditor) == []
