@@ -347,6 +347,25 @@ class ConnectorRuntime:
         if slots and (min(slots) < 0 or max(slots) >= self.slab.capacity):
             raise ValueError(f"slots must lie in 0..{self.slab.capacity - 1}")
 
+    def fail_groups(self, groups: Iterable[str]) -> None:
+        """Report ``groups`` failed whatever their transfers do (their KV is known wrong):
+        held saves of them are dropped unissued, issued ones end but commit nothing."""
+        names = set(groups)
+        if not names:
+            return
+        with self._lock:
+            dropped = [job for job in self._held if job.group in names]
+            self._held = [job for job in self._held if job.group not in names]
+            for name in names:
+                self._saves.setdefault(name, _GroupState()).failed = True
+            for job in dropped:
+                state = self._saves[job.group]
+                state.pending -= 1
+                job.read = True  # never issued: it reads nothing
+                self._unread_saves -= 1
+                self._settle(job.group, state, self._saves)
+            self.metrics.failed_saves += len(dropped)
+
     def seal(self, groups: Iterable[str]) -> None:
         """No more layers join ``groups``; each is reported once its transfers ended. A group
         sealed with no layer queued is reported failed: nothing of it was saved. Held saves

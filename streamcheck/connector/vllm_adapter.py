@@ -145,7 +145,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self._recving: set[str] = set()
         self._load_errors: set[int] = set()
         self._load_blocks: dict[str, dict[int, str]] = {}  # loads in flight: block -> hash
-        self._sync_loads: list[tuple[SlabLoad, dict[int, str]]] = []  # issued this step
+        # issued this step: (the load, its blocks' hashes, its request)
+        self._sync_loads: list[tuple[SlabLoad, dict[int, str], str]] = []
         self._report = StreamcheckWorkerMeta()
         self._planes: list[int] = []
         self._step_tags: dict[str, list[int]] = {}
@@ -279,7 +280,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 # here, on the engine's stream, ahead of the forward that reads the blocks
                 self._sync_loads.append((self.runtime.load_planes_now(
                     self._planes, plan.block_ids, plan.slots,
-                    self._tags(plan.req_id, plan.hashes)), blocks))
+                    self._tags(plan.req_id, plan.hashes)), blocks, plan.req_id))
                 continue
             self._load_blocks[plan.req_id] = blocks
             if self.runtime.slab is not None:  # one job for every plane of the request
@@ -316,23 +317,39 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self._req_groups.setdefault(req_id, set()).add(name)
 
     def wait_for_save(self) -> None:
-        """Saves stay asynchronous (their blocks are held until reported); this only seals
-        this step's groups, since every layer has been queued by now."""
+        """Saves stay asynchronous (their blocks are held until reported); this seals this
+        step's groups, since every layer has been queued by now, after settling the step's
+        sync loads: a request whose load failed computed this step from wrong KV, so its
+        saves of this step are dropped before they are issued, never committed."""
         assert self.runtime is not None
+        self._settle_sync_loads()
         plans = self._meta().saves
         for plan in plans:
             self._open_group(plan.group, plan.req_id)
         self.runtime.seal(plan.group for plan in plans)
 
+    def _settle_sync_loads(self) -> None:
+        """Wait for this step's sync loads alone (the forward is queued behind them) so their
+        failed blocks are reported in this step's output, which vLLM then drops and recomputes;
+        fail the same requests' saves of this step (their KV was computed from the failed
+        blocks)."""
+        assert self.runtime is not None
+        sync, self._sync_loads = self._sync_loads, []
+        spoiled: set[str] = set()
+        for load, blocks, req_id in sync:
+            failed = self.runtime.settle_now(load)
+            if failed:
+                spoiled.add(req_id)
+                self._load_errors.update(failed)
+                self._report.missing.update(blocks[b] for b in failed if b in blocks)
+        if spoiled:
+            self.runtime.fail_groups(plan.group for plan in self._meta().saves
+                                     if plan.req_id in spoiled)
+
     def _collect(self) -> None:
         assert self.runtime is not None
-        # this step's sync loads: wait for them alone (the forward is queued behind them) so
-        # their failed blocks are reported in this step's output, which vLLM then recomputes
-        sync, self._sync_loads = self._sync_loads, []
-        for load, blocks in sync:
-            failed = self.runtime.settle_now(load)
-            self._load_errors.update(failed)
-            self._report.missing.update(blocks[b] for b in failed if b in blocks)
+        if self._sync_loads:  # wait_for_save was skipped (vLLM defers it in some steps)
+            self._settle_sync_loads()
         news = self.runtime.poll()
         for name in news.saves_ok | news.saves_failed:
             report = self._report.saves_ok if name in news.saves_ok else self._report.saves_failed

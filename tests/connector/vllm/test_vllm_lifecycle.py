@@ -225,6 +225,8 @@ def test_sync_failed_load_is_recomputed_and_its_one_wrong_read_is_discarded(repo
         assert not f[f"{name}_bad_hash_served_after"]
         assert f[f"{name}_committed_after_recompute"] == 4  # saved again after the recompute
     assert f["failed_loads"] == 2
+    # the failing step computed two more full blocks from the wrong KV; their saves were
+    # dropped (the common checks' store audit finds no block that is not true KV)
     # the corrupt block reached the forward of its step (which vLLM discards); the deleted
     # one was never copied, so the forward read the block as the previous request left it
     assert f["excused_reads"] and all("block" in r for r in f["excused_reads"])

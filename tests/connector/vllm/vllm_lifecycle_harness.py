@@ -12,7 +12,8 @@ attention, ``save_kv_layer`` -> ``start_load_kv`` (async loads start after the f
 ``build_connector_worker_meta`` -> ``clear_connector_metadata``.
 
 The "attention" writes, for every scheduled token, KV rows that are a pure function of the token
-prefix ending there, and before writing it reads back the KV of every token the scheduler says is
+prefix ending there (or, when it read any wrong context row, rows that are off too, as a real
+forward's would be), and before writing it reads back the KV of every token the scheduler says is
 already computed and compares it bit for bit with that function. So any KV the forward consumes
 that was loaded stale, torn, from another prefix, or not loaded at all (the caches start as NaN)
 shows up as a ``stale_reads`` entry; nothing depends on timing.
@@ -529,7 +530,10 @@ class Engine:
                         f"{first} of {computed} (blocks {sorted(wrong)})")))
             pos = torch.arange(computed, computed + n)
             blocks = torch.tensor(state.block_ids)[pos // BLOCK]
-            cache[plane][blocks, pos % BLOCK] = worker.rows(ids[computed:], layer, plane)
+            rows = worker.rows(ids[computed:], layer, plane)
+            if computed and bool(bad.any()):
+                rows = rows + 0.5  # computed from wrong context: wrong too (a real forward's is)
+            cache[plane][blocks, pos % BLOCK] = rows
 
     # -- inspection -------------------------------------------------------------------------
 

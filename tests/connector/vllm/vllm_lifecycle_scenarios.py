@@ -377,7 +377,8 @@ def sync_load_failure(extra: dict[str, Any]) -> Facts:
     ):
         req = f"B-{name}"
         damage()
-        eng.add(req, prompt[:4 * BLOCK] + tokens(51, 6), max_tokens=2)
+        # two full blocks past the loaded prefix: computed (and saved) in the failing step
+        eng.add(req, prompt[:4 * BLOCK] + tokens(51 + bad_block, 2 * BLOCK + 6), max_tokens=2)
         eng.step()  # lookup, load, forward, failure reported: all in this step
         facts[f"{name}_bad_hash_served_after"] = hashes[bad_block] in eng.side.committed
         eng.drain()
