@@ -1,0 +1,28 @@
+"""The connector's settings from ``kv_connector_extra_config``: the load mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamcheck.connector.config import ConnectorConfig
+
+
+@pytest.mark.parametrize(("extra", "sync"), [
+    ({}, False),  # auto: async (see ConnectorConfig's docstring for why)
+    ({"load": "auto"}, False),
+    ({"load": "async"}, False),
+    ({"load": "sync"}, True),
+    ({"backend": "disk", "load": "async"}, False),
+])
+def test_the_load_mode(extra, sync):
+    assert ConnectorConfig.from_extra(extra).sync_loads is sync
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"load": "eager"}, r"\['load'\]='eager': choose"),
+    ({"backend": "disk", "load": "sync"}, "needs the host backend"),
+    ({"backend": "redis", "load": "sync"}, "needs the host backend"),
+])
+def test_a_bad_load_mode_is_refused_naming_the_key(extra, message):
+    with pytest.raises(ValueError, match=message):
+        ConnectorConfig.from_extra(extra)
