@@ -139,18 +139,26 @@ def check_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | N
     return _finding("device-mismatch", launch, message, origin, other)
 
 
+def _device_set_by(ctx: RuleContext, launch: LaunchRecord) -> tuple[int, str] | None:
+    """(device, " at file:line") of the launching thread's last ``set_device``, if any."""
+    changed = ctx.book.last_device_set(launch.thread.ident)
+    if changed is None:
+        return None
+    where = frames_of(changed[1])
+    return changed[0], f" at {where[0][0]}:{where[0][1]}" if where else ""
+
+
 def check_event_device_mismatch(ctx: RuleContext, launch: LaunchRecord) -> Finding | None:
     """An event bound to one device is recorded on a stream of another, usually because
     something changed the thread's current device since."""
     target = launch.target_device
     if launch.op != EVENT_RECORD or target is None or launch.stream.device == target:
         return None
-    changed = ctx.book.last_device_set(launch.thread.ident)
+    changed = _device_set_by(ctx, launch)
     why = ""
     if changed is not None and changed[0] == launch.stream.device:
-        where = frames_of(changed[1])
-        site = f" at {where[0][0]}:{where[0][1]}" if where else ""
-        why = f" This thread's last set_device made cuda:{changed[0]} its current device{site}."
+        why = (f" This thread's last set_device made cuda:{changed[0]} its current "
+               f"device{changed[1]}.")
     message = (
         f"{launch.thread.describe()} records an event bound to cuda:{target} on "
         f"{launch.stream.describe()}.{why} PyTorch refuses the record (RuntimeError 'Event "
@@ -167,14 +175,12 @@ def check_stream_on_unbound_device(ctx: RuleContext, launch: LaunchRecord) -> Fi
         return None
     if ctx.role_of(launch.thread.ident) == roles.ENGINE:
         return None
-    changed = ctx.book.last_device_set(launch.thread.ident)
+    changed = _device_set_by(ctx, launch)
     if changed is None:
         why = (f"{launch.thread.describe()} never called set_device, and a new thread's current "
                f"device is cuda:0 whatever its rank")
     else:
-        where = frames_of(changed[1])
-        site = f" at {where[0][0]}:{where[0][1]}" if where else ""
-        why = f"{launch.thread.describe()} made cuda:{changed[0]} its current device{site}"
+        why = f"{launch.thread.describe()} made cuda:{changed[0]} its current device{changed[1]}"
     message = (
         f"{why}, so the stream it just created, {launch.stream.describe()}, lives on another "
         f"device than its engine's (cuda:{target}). Work queued on it runs on the wrong GPU: "

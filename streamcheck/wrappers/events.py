@@ -169,64 +169,40 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return synchronize
 
-    def make_stream(original: Any) -> Any:
-        @functools.wraps(original)
-        def synchronize(self: Any) -> Any:
-            result = original(self)
-            hb = live()
-            if hb is not None:
-                try:
-                    hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
-                except Exception as exc:
-                    warn_cannot_audit("Stream.synchronize", exc)
-            return result
+    def stream_done(hb: Any, stream: Any) -> None:
+        hb.stream_synchronized((int(stream.device_index), int(stream.stream_id)))
 
-        return synchronize
+    def event_done(hb: Any, event: Any) -> None:
+        hb.event_synchronized(event)
 
-    def make_event(original: Any) -> Any:
-        @functools.wraps(original)
-        def synchronize(self: Any) -> Any:
-            result = original(self)
-            hb = live()
-            if hb is not None:
-                hb.event_synchronized(self)
-            return result
+    def after(label: str, done: Callable[[Any, Any], None], polled: bool) -> Any:
+        """A maker for ``Stream``/``Event`` ``synchronize`` (``polled=False``: the host waited)
+        or ``query`` (``polled=True``: the host saw the work done only when it returns True)
+        that tells the clocks afterwards."""
 
-        return synchronize
+        def make(original: Any) -> Any:
+            @functools.wraps(original)
+            def wrapper(self: Any) -> Any:
+                result = original(self)
+                if result or not polled:
+                    hb = live()
+                    if hb is not None:
+                        try:
+                            done(hb, self)
+                        except Exception as exc:
+                            warn_cannot_audit(label, exc)
+                return result
 
-    def make_event_query(original: Any) -> Any:
-        @functools.wraps(original)
-        def query(self: Any) -> Any:
-            done = original(self)
-            if done:
-                hb = live()
-                if hb is not None:
-                    hb.event_synchronized(self)
-            return done
+            return wrapper
 
-        return query
-
-    def make_stream_query(original: Any) -> Any:
-        @functools.wraps(original)
-        def query(self: Any) -> Any:
-            done = original(self)
-            if done:
-                hb = live()
-                if hb is not None:
-                    try:
-                        hb.stream_synchronized((int(self.device_index), int(self.stream_id)))
-                    except Exception as exc:
-                        warn_cannot_audit("Stream.query", exc)
-            return done
-
-        return query
+        return make
 
     registry.patch(namespace, "synchronize", make_device)
-    registry.patch(stream_class, "synchronize", make_stream)
-    registry.patch(event_class, "synchronize", make_event)
-    registry.patch(event_class, "query", make_event_query)
+    registry.patch(stream_class, "synchronize", after("Stream.synchronize", stream_done, False))
+    registry.patch(event_class, "synchronize", after("Event.synchronize", event_done, False))
+    registry.patch(event_class, "query", after("Event.query", event_done, True))
     if callable(getattr(stream_class, "query", None)):
-        registry.patch(stream_class, "query", make_stream_query)
+        registry.patch(stream_class, "query", after("Stream.query", stream_done, True))
 
 
 def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
