@@ -101,6 +101,7 @@ class SlabLoad:
     keep: tuple[Any, ...]  # device buffers the copies still read or write
     start: float
     nbytes: int
+    error: str = ""  # why nothing was issued (every block then fails)
     _failed: list[int] | None = None
 
     def failed(self) -> list[int]:
@@ -787,11 +788,15 @@ class ConnectorRuntime:
         try:
             return self._issue_slab_load(list(planes), list(block_ids), list(slots),
                                          list(tags), stream, None)
-        except streamcheck.StreamHazardError as exc:
-            with self.metrics._lock:
-                self.metrics.hazards_stopped += 1
-            self.last_error = f"stopped by streamcheck: {exc.rule_ids}"
-            return SlabLoad(self, list(block_ids), [], None, None, (), time.perf_counter(), 0)
+        except Exception as exc:  # never into the engine's step: the blocks are recomputed
+            if isinstance(exc, streamcheck.StreamHazardError):
+                with self.metrics._lock:
+                    self.metrics.hazards_stopped += 1
+                why = f"stopped by streamcheck: {exc.rule_ids}"
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            return SlabLoad(self, list(block_ids), [], None, None, (), time.perf_counter(), 0,
+                            error=why)
 
     def settle_now(self, load: SlabLoad) -> list[int]:
         """The failed blocks of a :meth:`load_planes_now` load (waiting for it), counted as a
@@ -800,7 +805,7 @@ class ConnectorRuntime:
         if bad:
             with self.metrics._lock:
                 self.metrics.failed_loads += 1
-            self.last_error = f"{len(bad)} block(s) failed their slot or sum check"
+            self.last_error = load.error or f"{len(bad)} block(s) failed their slot or sum check"
         return bad
 
     def _issue_slab_load(self, planes: list[int], block_ids: list[int], slots: list[int],
@@ -845,7 +850,9 @@ class ConnectorRuntime:
                                 slab.rows(plane, first, count, blocks.dtype), non_blocking=True)
                         ok &= block_sums(arrived) == expected_dev[i]
                         blocks.index_copy_(0, index, arrived)
-                        keep.append(arrived)
+                        # ``arrived`` is not kept: made and used on ``stream``, the caching
+                        # allocator hands its memory out again only to work queued after
+                        # this (keeping every plane's would hold a second copy of the load)
                     host_ok.copy_(ok, non_blocking=True)
                 keep += [ok, expected_dev]
                 done = torch.cuda.Event()

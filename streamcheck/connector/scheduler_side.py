@@ -221,6 +221,16 @@ class SchedulerSide:
                     if h in missing:
                         state.saved_blocks = i
                         break
+            # A group planned before this report (the next step, scheduled ahead of the
+            # failing one's output) may hold blocks computed after a failed one: fail it.
+            for entry in self._groups.values():
+                state = self._requests.get(entry.req_id)
+                if state is None or not entry.hashes:
+                    continue
+                first = state.hashes.index(entry.hashes[0]) if entry.hashes[0] in \
+                    state.hashes else len(state.hashes)
+                if any(h in missing for h in state.hashes[:first]):
+                    entry.failed = True
         for group in set(saves_ok) | set(saves_failed):
             entry = self._groups.get(group)
             if entry is None:

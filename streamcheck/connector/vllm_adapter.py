@@ -331,20 +331,21 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def _settle_sync_loads(self) -> None:
         """Wait for this step's sync loads alone (the forward is queued behind them) so their
         failed blocks are reported in this step's output, which vLLM then drops and recomputes;
-        fail the same requests' saves of this step (their KV was computed from the failed
-        blocks)."""
+        then fail every save of this step: the request that loaded a failed block computed this
+        step from it, and so may any other request that found the block in vLLM's own prefix
+        cache (vLLM caches a sync-loaded block at once and does not evict it under the
+        recompute policy). Failures are rare; a lost save is only a later miss."""
         assert self.runtime is not None
         sync, self._sync_loads = self._sync_loads, []
-        spoiled: set[str] = set()
-        for load, blocks, req_id in sync:
+        spoiled = False
+        for load, blocks, _req_id in sync:
             failed = self.runtime.settle_now(load)
             if failed:
-                spoiled.add(req_id)
+                spoiled = True
                 self._load_errors.update(failed)
                 self._report.missing.update(blocks[b] for b in failed if b in blocks)
         if spoiled:
-            self.runtime.fail_groups(plan.group for plan in self._meta().saves
-                                     if plan.req_id in spoiled)
+            self.runtime.fail_groups(plan.group for plan in self._meta().saves)
 
     def _collect(self) -> None:
         assert self.runtime is not None

@@ -83,6 +83,8 @@ class Auditor:
         self.event_recorded = self.clocks.record
         self.event_waited = self.clocks.wait
         self.stream_synchronized = self.clocks.stream_synchronized
+        self.stream_clock = self.clocks.clock_of
+        self.host_waited_for = self.clocks.host_waited_for
         self.device_synchronized = self.clocks.device_synchronized
         self.event_synchronized = self.clocks.event_synchronized
         self.context = RuleContext(self.book, self.clocks, select=select)

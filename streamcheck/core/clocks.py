@@ -107,6 +107,16 @@ class HappensBefore:
         """``stream.synchronize()`` returned: its work, and all it waited for, is done."""
         self._host_waited([self._clocks.get(stream, _EMPTY)])
 
+    def clock_of(self, stream: StreamKey) -> Clock:
+        """The stream's clock now (never modified in place: a snapshot)."""
+        return self._clocks.get(stream, _EMPTY)
+
+    def host_waited_for(self, clock: Clock) -> None:
+        """The host saw the work behind ``clock`` (a stream's, read before the wait) done.
+        Read before the wait, not after: work another thread queues on the stream meanwhile
+        is not what the host waited for."""
+        self._host_waited([clock])
+
     def device_synchronized(self, device: int) -> None:
         """``torch.cuda.synchronize(device)`` returned: every stream of the device is done."""
         self._host_waited([c for key, c in list(self._clocks.items()) if key[0] == device])

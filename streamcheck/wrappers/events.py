@@ -110,7 +110,7 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
                     ident, now = threading.get_ident(), current_device()
                     auditor.device_set(ident, now, capture_site(skip=1), time.time())
                     if home is not None and auditor.is_engine_thread(ident):
-                        home.device = now
+                        home.chosen(now)
                 except Exception as exc:
                     warn_cannot_audit("set_device", exc)
             return result
@@ -169,28 +169,37 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return synchronize
 
-    def stream_done(hb: Any, stream: Any) -> None:
-        hb.stream_synchronized((int(stream.device_index), int(stream.stream_id)))
+    def stream_work(hb: Any, stream: Any) -> Any:
+        return hb.stream_clock((int(stream.device_index), int(stream.stream_id)))
+
+    def stream_done(hb: Any, clock: Any) -> None:
+        hb.host_waited_for(clock)
+
+    def event_work(_hb: Any, event: Any) -> Any:
+        return event  # its snapshot was fixed when it was recorded
 
     def event_done(hb: Any, event: Any) -> None:
         hb.event_synchronized(event)
 
-    def after(label: str, done: Callable[[Any, Any], None], polled: bool) -> Any:
+    def after(label: str, work: Callable[[Any, Any], Any], done: Callable[[Any, Any], None],
+              polled: bool) -> Any:
         """A maker for ``Stream``/``Event`` ``synchronize`` (``polled=False``: the host waited)
         or ``query`` (``polled=True``: the host saw the work done only when it returns True)
-        that tells the clocks afterwards."""
+        that tells the clocks: what was queued when the call began (``work``) is done."""
 
         def make(original: Any) -> Any:
             @functools.wraps(original)
             def wrapper(self: Any) -> Any:
+                hb = live()
+                seen = None
+                if hb is not None:
+                    try:
+                        seen = work(hb, self)
+                    except Exception as exc:
+                        warn_cannot_audit(label, exc)
                 result = original(self)
-                if result or not polled:
-                    hb = live()
-                    if hb is not None:
-                        try:
-                            done(hb, self)
-                        except Exception as exc:
-                            warn_cannot_audit(label, exc)
+                if seen is not None and (result or not polled):
+                    done(hb, seen)
                 return result
 
             return wrapper
@@ -198,11 +207,14 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
         return make
 
     registry.patch(namespace, "synchronize", make_device)
-    registry.patch(stream_class, "synchronize", after("Stream.synchronize", stream_done, False))
-    registry.patch(event_class, "synchronize", after("Event.synchronize", event_done, False))
-    registry.patch(event_class, "query", after("Event.query", event_done, True))
+    registry.patch(stream_class, "synchronize",
+                   after("Stream.synchronize", stream_work, stream_done, False))
+    registry.patch(event_class, "synchronize",
+                   after("Event.synchronize", event_work, event_done, False))
+    registry.patch(event_class, "query", after("Event.query", event_work, event_done, True))
     if callable(getattr(stream_class, "query", None)):
-        registry.patch(stream_class, "query", after("Stream.query", stream_done, True))
+        registry.patch(stream_class, "query",
+                       after("Stream.query", stream_work, stream_done, True))
 
 
 def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,

@@ -22,18 +22,28 @@ from streamcheck.wrappers.registry import PatchRegistry
 
 
 class DeviceHome:
-    """The device of one process view's engine: the latest ``set_device`` an engine thread
-    made through that namespace (one ``torch.cuda``; one simulated rank's namespace). A
-    stream a helper thread creates on its current device is checked against it."""
+    """The device of one process view's engine: the ``set_device`` its engine threads made
+    through that namespace (one ``torch.cuda``; one simulated rank's namespace). A stream a
+    helper thread creates on its current device is checked against it. Once engine threads
+    have chosen two different devices (several engines in one process, an engine that moves)
+    no single device is "the engine's": :attr:`device` is then None and nothing is checked."""
 
     def __init__(self, device: int | None = None) -> None:
         self.device = device
+        self._seen: set[int] = set() if device is None else {device}
+
+    def chosen(self, device: int) -> None:
+        """An engine thread made ``device`` its current device."""
+        self._seen.add(device)
+        self.device = device if len(self._seen) == 1 else None
 
 
 def names_a_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether ``Stream(*args, **kwargs)`` names a device index (``Stream(1)``,
     ``Stream(device="cuda:1")``), rather than taking the thread's current device (no device,
     ``"cuda"``, ``torch.device("cuda")``)."""
+    if "stream_ptr" in kwargs:  # an ExternalStream: made elsewhere, on its own device
+        return True
     device = kwargs.get("device", args[0] if args else None)
     if device is None:
         return False

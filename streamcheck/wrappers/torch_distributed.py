@@ -40,7 +40,7 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
 
     def make(original: Any) -> Any:
         owner_auditor, counter = site_counter(gate, op, target)
-        get_ident, main = threading.get_ident, threading.main_thread().ident
+        get_ident = threading.get_ident
 
         @functools.wraps(original)
         def audited(*args: Any, **kwargs: Any) -> Any:
@@ -53,8 +53,8 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                     next(counter if auditor is owner_auditor
                          else auditor.coverage.counter(op, target))
                     # The thread's own current stream on the tensor's device: only the
-                    # default-stream rule can object, and it spares the main thread.
-                    if sid == 0 and get_ident() != main:
+                    # default-stream rule can object, and it spares engine threads.
+                    if sid == 0 and not auditor.is_engine_thread(get_ident()):
                         auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
                                       counted=True)
             return original(*args, **kwargs)

@@ -263,3 +263,39 @@ def test_step_work_does_not_grow_with_parked_requests(parked: int):
     lines, dict_walks, set_walks = one_step(SchedulerSide(BS), parked)
     assert (dict_walks, set_walks) == (0, 0), "a step walked the parked requests or the index"
     assert lines == baseline[0], f"{lines} lines with {parked} parked, {baseline[0]} with 1"
+
+
+def test_sync_loads_are_not_parked_and_their_pins_end_at_the_next_step():
+    from streamcheck.connector.placement import Placement
+
+    side = SchedulerSide(BS, placement=Placement(16), sync_loads=True)
+    p = prompt(30, 4 * BS + 1)
+    hashes = block_hashes(p, BS)
+    side.placement.reserve(hashes)
+    side.placement.commit(hashes)
+    side.committed.update(hashes)
+    assert side.matched_tokens("r", p, 0) == (4 * BS, False)  # False: load it in this step
+    side.after_alloc("r", [10, 11, 12, 13, 14], 4 * BS)
+    assert "r" not in side.parked
+    meta = side.build([("r", [10, 11, 12, 13, 14], True, 4 * BS + 1)])
+    assert [plan.req_id for plan in meta.loads] == ["r"] and side._pins == {"r": hashes}
+    side.build([])  # the load's step has run on every worker by the time this one is built
+    assert side._pins == {}
+
+
+def test_a_failed_sync_load_fails_the_groups_planned_past_it():
+    """The next step may be scheduled before the failing step's output arrives: a save group
+    of blocks after the failed one was computed from wrong KV and must never be committed."""
+    side = SchedulerSide(BS, sync_loads=True)
+    p = prompt(31, 8 * BS + 1)
+    hashes = block_hashes(p, BS)
+    side.committed.update(hashes[:4])
+    side.matched_tokens("r", p, 0)
+    side.after_alloc("r", list(range(9)), 4 * BS)
+    meta = side.build([("r", list(range(9)), True, 6 * BS)])  # blocks 4, 5 computed: saved
+    [group] = meta.saves
+    assert group.hashes == hashes[4:6]
+    side.on_worker_report({}, {}, missing=[hashes[1]], loaded=[])  # block 1 failed its check
+    side.on_worker_report({group.group: 1}, {}, missing=[], loaded=[])  # the save itself ended
+    assert not set(hashes[4:6]) & side.committed
+    assert hashes[1] not in side.committed and hashes[0] in side.committed

@@ -107,3 +107,18 @@ def test_a_sync_load_runs_on_the_calling_thread_and_names_its_failed_blocks(slab
     assert rt.settle_now(load) == [25, 24]  # the foreign slot (never copied), then "b"
     assert rt.metrics.failed_loads == 1 and rt.pending() == 0
     assert torch.count_nonzero(rt.kv_caches[0][25]) == 0  # never written
+
+
+def test_a_sync_load_that_raises_fails_its_blocks_instead_of_the_engine_step(slab_runtime,
+                                                                           monkeypatch):
+    """Whatever goes wrong while a sync load is issued (out of device memory, say) must not
+    leave ``start_load_kv``: every block of the load is reported failed (vLLM recomputes)."""
+    rt, _ = slab_runtime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(rt, "_issue_slab_load", broken)
+    load = rt.load_planes_now([0], [20, 21], [0, 1], [1, 2])
+    assert rt.settle_now(load) == [20, 21]
+    assert "out of memory" in rt.last_error

@@ -117,3 +117,25 @@ def test_a_stream_names_its_device_only_with_an_index(args, kwargs, named):
     assert names_a_device(args, kwargs) is named
     assert names_a_device((torch.device("cuda"),), {}) is False
     assert names_a_device((torch.device("cuda", 1),), {}) is True
+
+
+def test_an_external_stream_is_never_checked_against_the_engine_device():
+    from streamcheck.wrappers.streams import names_a_device
+
+    assert names_a_device((), {"stream_ptr": 0x1234}) is True
+
+
+def test_the_engine_device_is_unknown_once_engine_threads_chose_two():
+    """Several engines in one process (or one that moves between devices): no single device
+    is the engine's, so no helper's stream is flagged for being on another."""
+    from streamcheck.wrappers.streams import DeviceHome
+
+    home = DeviceHome()
+    assert home.device is None
+    home.chosen(1)
+    home.chosen(1)
+    assert home.device == 1
+    home.chosen(0)
+    assert home.device is None
+    home.chosen(1)
+    assert home.device is None
