@@ -127,6 +127,22 @@ def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> No
             config.backend)
 
 
+def _warn_if_sync_loads_run_ahead(config: ConnectorConfig, vllm_config: Any) -> None:
+    """Sync loads under vLLM's async scheduling: a failed load is reported with its step's
+    output, by which time the next step (scheduled ahead) has already run from the context
+    that output discards. In the real engine, with corruption injected, sync loads changed
+    more outputs than async ones (docs/measurements.md); say so once, at start-up."""
+    scheduler = getattr(vllm_config, "scheduler_config", None)
+    if config.sync_loads and getattr(scheduler, "async_scheduling", False):
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "streamcheck connector: load='sync' with vLLM's async scheduling: after a failed "
+            "load (a corrupt or missing block) the request's next step may already have run "
+            "from the context vLLM then discards, and outputs were seen to change in that "
+            "case; use load='async' (the default) where a load can fail.")
+
+
 class StreamcheckConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -159,6 +175,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 placement=Placement(capacity) if capacity is not None else None,
                 sync_loads=self.config.sync_loads)
             _warn_if_loads_can_fail(self.config, self._kv_transfer_config)
+            _warn_if_sync_loads_run_ahead(self.config, vllm_config)
         else:
             self.shard = _shard(vllm_config)
 
