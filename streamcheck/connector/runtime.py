@@ -254,23 +254,22 @@ class ConnectorRuntime:
         event.record()
         return event
 
-    def _declare(self, planes: Sequence[int], block_ids: Sequence[int], access: str,
-                 stream: Any = None) -> tuple[Any, ...]:
-        """Declare to streamcheck an access to ``block_ids`` of each plane (on ``stream``,
-        default the thread's current one); nothing, and no cost, when it is not auditing."""
-        if not self.is_cuda or streamcheck.current_auditor() is None:
-            return ()
-        ids = frozenset(block_ids)
-        made = (streamcheck.handoff(BlockSet(self.kv_caches[p], ids), stream, access)
-                for p in planes)
-        return tuple(h for h in made if h is not None)
-
-    def _written(self, planes: Sequence[int], block_ids: Sequence[int]) -> list[BlockSet]:
-        """What a load launch writes, for streamcheck (nothing when it is not auditing)."""
+    def _blocksets(self, planes: Sequence[int], block_ids: Sequence[int]) -> list[BlockSet]:
+        """``block_ids`` of each plane as streamcheck names them (what a load launch writes);
+        nothing, and no cost, when it is not auditing."""
         if streamcheck.current_auditor() is None:
             return []
         ids = frozenset(block_ids)
         return [BlockSet(self.kv_caches[p], ids) for p in planes]
+
+    def _declare(self, planes: Sequence[int], block_ids: Sequence[int], access: str,
+                 stream: Any = None) -> tuple[Any, ...]:
+        """Declare to streamcheck an access to ``block_ids`` of each plane (on ``stream``,
+        default the thread's current one); nothing on a CPU device or when not auditing."""
+        if not self.is_cuda:
+            return ()
+        made = (streamcheck.handoff(b, stream, access) for b in self._blocksets(planes, block_ids))
+        return tuple(h for h in made if h is not None)
 
     def _admit_save(self, group: str, planes: Sequence[int], block_ids: Sequence[int]
                     ) -> tuple[Any, tuple[Any, ...]] | None:
@@ -649,7 +648,7 @@ class ConnectorRuntime:
                 copy_start = time.perf_counter()
                 self._scatter_stream.wait_event(job.ready)  # the forward's reads come first
                 done = self._upload_and_scatter(blocks, source, index,
-                                                self._written([job.layer], good_ids))
+                                                self._blocksets([job.layer], good_ids))
                 done.synchronize()  # the staging buffer is reused next chunk
                 with self.metrics._lock:
                     self.metrics.load.add_copy(source.numel() * source.element_size(),
@@ -840,7 +839,7 @@ class ConnectorRuntime:
                     stream.wait_event(ready)  # the forward's reads come first
                 with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
-                                        writes=self._written(planes, ids)):
+                                        writes=self._blocksets(planes, ids)):
                     for i, plane in enumerate(planes):
                         blocks = self._blocks(plane)
                         arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,

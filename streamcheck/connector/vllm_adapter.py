@@ -161,8 +161,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self._recving: set[str] = set()
         self._load_errors: set[int] = set()
         self._load_blocks: dict[str, dict[int, str]] = {}  # loads in flight: block -> hash
-        # issued this step: (the load, its blocks' hashes, its request)
-        self._sync_loads: list[tuple[SlabLoad, dict[int, str], str]] = []
+        # issued this step: (the load, its blocks' hashes)
+        self._sync_loads: list[tuple[SlabLoad, dict[int, str]]] = []
         self._report = StreamcheckWorkerMeta()
         self._planes: list[int] = []
         self._step_tags: dict[str, list[int]] = {}
@@ -297,7 +297,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 # here, on the engine's stream, ahead of the forward that reads the blocks
                 self._sync_loads.append((self.runtime.load_planes_now(
                     self._planes, plan.block_ids, plan.slots,
-                    self._tags(plan.req_id, plan.hashes)), blocks, plan.req_id))
+                    self._tags(plan.req_id, plan.hashes)), blocks))
                 continue
             self._load_blocks[plan.req_id] = blocks
             if self.runtime.slab is not None:  # one job for every plane of the request
@@ -355,7 +355,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         assert self.runtime is not None
         sync, self._sync_loads = self._sync_loads, []
         spoiled = False
-        for load, blocks, _req_id in sync:
+        for load, blocks in sync:
             failed = self.runtime.settle_now(load)
             if failed:
                 spoiled = True

@@ -103,17 +103,14 @@ class HappensBefore:
                         done[key] = tick
             self._done = done
 
-    def stream_synchronized(self, stream: StreamKey) -> None:
-        """``stream.synchronize()`` returned: its work, and all it waited for, is done."""
-        self._host_waited([self._clocks.get(stream, _EMPTY)])
-
     def clock_of(self, stream: StreamKey) -> Clock:
         """The stream's clock now (never modified in place: a snapshot)."""
         return self._clocks.get(stream, _EMPTY)
 
     def host_waited_for(self, clock: Clock) -> None:
-        """The host saw the work behind ``clock`` (a stream's, read before the wait) done.
-        Read before the wait, not after: work another thread queues on the stream meanwhile
+        """The host saw the work behind ``clock`` (a stream's, read before the wait) done:
+        ``stream.synchronize()`` returned, or ``stream.query()`` said True. Read before the
+        wait, not after: work another thread queues on the stream meanwhile
         is not what the host waited for."""
         self._host_waited([clock])
 

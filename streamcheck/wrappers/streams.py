@@ -29,13 +29,15 @@ class DeviceHome:
     no single device is "the engine's": :attr:`device` is then None and nothing is checked."""
 
     def __init__(self, device: int | None = None) -> None:
-        self.device = device
         self._seen: set[int] = set() if device is None else {device}
+
+    @property
+    def device(self) -> int | None:
+        return next(iter(self._seen)) if len(self._seen) == 1 else None
 
     def chosen(self, device: int) -> None:
         """An engine thread made ``device`` its current device."""
         self._seen.add(device)
-        self.device = device if len(self._seen) == 1 else None
 
 
 def names_a_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

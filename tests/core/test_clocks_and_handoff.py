@@ -155,7 +155,7 @@ def test_stream_synchronize_covers_that_stream_and_what_it_waited_for():
     hb.record(1, ENGINE.key)
     hb.wait(SAVE.key, 1)
     save_mark = hb.mark(SAVE.key)
-    hb.stream_synchronized(SAVE.key)
+    hb.host_waited_for(hb.clock_of(SAVE.key))  # stream.synchronize() on SAVE returned
     assert hb.ordered(LOAD.key, save_mark) and hb.ordered(LOAD.key, engine_mark)
     late = hb.mark(ENGINE.key)  # queued after the host's wait: not covered
     assert not hb.ordered(LOAD.key, late)
