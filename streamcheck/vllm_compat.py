@@ -40,6 +40,13 @@ from typing import Literal
 __all__ = [
     "PYNCCL_MODULE",
     "PYNCCL_STREAM_NAME",
+    "VLLM_PREPARE_COMMAND",
+    "VLLM_STUBS_COMPILED",
+    "VLLM_STUBS_MODULE",
+    "VLLM_STUBS_OFF",
+    "VLLM_STUBS_STUBBED",
+    "VLLM_STUBS_SWITCH",
+    "VLLM_STUB_FLAG",
     "CacheKind",
     "VllmUnavailable",
     "bound_copies",
@@ -49,16 +56,34 @@ __all__ = [
     "import_vllm_module",
     "parse_version",
     "pynccl_module",
+    "register_vllm_stubs",
     "vllm_version",
 ]
 
 CacheKind = Literal["module-global", "thread-local-default-stream", "thread-local-new-stream"]
 
-#: The module a prepared vLLM tree (``scripts/vllm_env.py prepare``) ships beside vLLM's Python
-#: files: empty stand-ins for the compiled extensions that vLLM's import path needs. Its
-#: contract: importing it registers them (``STUBBED``, the names; ``COMPILED``, the wheel's full
-#: list); a real install has no such module. :func:`register_vllm_stubs` is the one way in.
+# The stand-in contract. A prepared vLLM tree (built by ``python -m tools.vllm_env prepare`` in a
+# source checkout; the tool is not shipped) holds vLLM's Python files only, so it ships one more
+# module beside them: empty stand-ins for the compiled extensions that vLLM's import path cannot
+# do without. Library code (the doctor's probe, the vLLM repro engine) relies on the names below
+# and on nothing else of that tool; the tool takes them from here when it writes the module, so
+# the two cannot drift apart. A real vLLM install has no such module.
+
+#: The stand-in module's name: importing it registers the stand-ins (``sys.modules``), unless
+#: :data:`VLLM_STUBS_SWITCH` turns that off. :func:`register_vllm_stubs` is the one way in.
 VLLM_STUBS_MODULE = "streamcheck_vllm_stubs"
+#: Its attribute holding the tuple of module names it registers stand-ins for.
+VLLM_STUBS_STUBBED = "STUBBED"
+#: Its attribute holding the tuple of every compiled module the vLLM wheel ships.
+VLLM_STUBS_COMPILED = "COMPILED"
+#: Set to ``True`` on every stand-in module, so one can be told from a real extension.
+VLLM_STUB_FLAG = "__streamcheck_stub__"
+#: Environment variable read when the stand-in module is imported: one of
+#: :data:`VLLM_STUBS_OFF` (any case) skips registration.
+VLLM_STUBS_SWITCH = "STREAMCHECK_VLLM_STUBS"
+VLLM_STUBS_OFF = ("0", "off", "no", "false")
+#: How a person builds a prepared tree for one version (append the version).
+VLLM_PREPARE_COMMAND = "python -m tools.vllm_env prepare"
 
 PYNCCL_MODULE = "vllm.distributed.device_communicators.pynccl"
 # The name under which pynccl holds its own reference to vLLM's current_stream (same in 0.9.2,
@@ -70,7 +95,7 @@ _ACCESSOR_MODULES = ("vllm.utils.torch_utils", "vllm.utils")
 
 _INSTALL_HINT = (
     "install it with `pip install 'streamcheck[vllm]'` (or the vLLM release your engine uses); "
-    "in a streamcheck source checkout, `python scripts/vllm_env.py prepare VERSION` builds a "
+    f"in a streamcheck source checkout, `{VLLM_PREPARE_COMMAND} VERSION` builds a "
     "vLLM Python-module tree for CPU tests"
 )
 
@@ -88,7 +113,7 @@ def register_vllm_stubs() -> list[str]:
     if importlib.util.find_spec(VLLM_STUBS_MODULE) is None:
         return []
     module = importlib.import_module(VLLM_STUBS_MODULE)
-    return [name for name in getattr(module, "STUBBED", ()) if name in sys.modules]
+    return [name for name in getattr(module, VLLM_STUBS_STUBBED, ()) if name in sys.modules]
 
 
 def vllm_version() -> str | None:
