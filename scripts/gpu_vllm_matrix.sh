@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The vLLM version matrix on real GPUs: the repros that involve vLLM's current_stream, run with
 # each carried vLLM's own current_stream() and PyNcclCommunicator (--engine vllm).
-# Packs come from `python scripts/vllm_env.py pack-gpu VERSION --out .carry/vllm-VERSION`;
+# Packs come from `python -m tools.vllm_env pack-gpu VERSION --out .carry/vllm-VERSION`;
 # arguments name the packs to run (default: every .carry/vllm-*/).
 set -uo pipefail
 export PYTHONUNBUFFERED=1

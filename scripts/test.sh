@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 py=${PYTHON:-python3}
 bash scripts/install_redis.sh || echo "test.sh: redis-server unavailable: its tests will be skipped"
-"$py" scripts/vllm_env.py prepare 0.9.2 0.13.0 0.33.0 \
+"$py" -m tools.vllm_env prepare 0.9.2 0.13.0 0.33.0 \
   || echo "test.sh: vLLM trees could not be prepared: the vLLM tests will be skipped"
 exec "$py" -m pytest -n auto -q "$@"

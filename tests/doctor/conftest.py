@@ -1,6 +1,6 @@
 """Helpers for the doctor's tests: prepared vLLM trees, and tiny stand-in vLLM trees.
 
-A real vLLM version is probed only from a tree that ``scripts/vllm_env.py prepare`` built; one
+A real vLLM version is probed only from a tree that ``python -m tools.vllm_env prepare`` built; one
 that is absent or stale SKIPS with the exact command that prepares it, never passes. The stand-in
 trees are a few files of Python that have vLLM's shape (``vllm.platforms``, ``vllm.utils.
 torch_utils.current_stream``, dist-info metadata), so the CLI's JSON and exit codes can be tested
@@ -17,7 +17,8 @@ import pytest
 
 from streamcheck.doctor.model import ProbeOutcome
 from streamcheck.doctor.runner import run_probe
-from tests.vllm.conftest import vllm_env_script
+from tools.vllm_env.layout import Layout, default_root
+from tools.vllm_env.prepare import is_ready
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("0.9.2", "0.13.0", "0.33.0")
@@ -26,15 +27,10 @@ PROBE_TIMEOUT_S = 240.0
 
 def prepared_paths(version: str) -> list[str] | None:
     """[site, deps] of a prepared, current env for ``version``; None when it is not there."""
-    script = vllm_env_script()
-    layout = script.Layout(script.default_root(), version)
-    if not script.is_ready(layout):
+    layout = Layout(default_root(), version)
+    if not is_ready(layout):
         return None
     return [str(layout.site), str(layout.deps)]
-
-
-def prepare_command(version: str) -> str:
-    return vllm_env_script().prepare_command(version)
 
 
 @pytest.fixture(scope="session")

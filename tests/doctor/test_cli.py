@@ -97,7 +97,7 @@ def test_missing_vllm_is_cannot_tell_with_the_way_to_get_it(tmp_path: Path) -> N
     if report.probes[0].vllm.version is not None:
         pytest.skip("a vLLM is installed in this environment")
     assert {r.verdict for r in report.results} == {Verdict.CANNOT_TELL}
-    assert "vllm_env.py prepare" in report.probes[0].error
+    assert "python -m tools.vllm_env prepare VERSION" in report.probes[0].error
 
 
 @pytest.mark.parametrize("argv", [

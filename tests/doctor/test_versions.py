@@ -16,7 +16,8 @@ from __future__ import annotations
 import pytest
 
 from streamcheck.doctor.model import ProbeOutcome, Verdict
-from tests.doctor.conftest import PROBE_TIMEOUT_S, prepare_command
+from tests.doctor.conftest import PROBE_TIMEOUT_S
+from tools.vllm_env.layout import prepare_command
 
 A, N = Verdict.AFFECTED, Verdict.NOT_AFFECTED
 

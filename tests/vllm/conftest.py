@@ -8,42 +8,26 @@ command that prepares it: a missing env is never a pass.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tools.vllm_env.layout import Layout, default_root, env_vars, prepare_command
+from tools.vllm_env.prepare import is_ready
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT_TAG = "STREAMCHECK_TEST_RESULT:"
 
 
-@functools.cache
-def vllm_env_script() -> ModuleType:
-    """scripts/vllm_env.py as a module (scripts/ is not a package)."""
-    path = REPO / "scripts" / "vllm_env.py"
-    spec = importlib.util.spec_from_file_location("streamcheck_scripts_vllm_env", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def require_prepared(version: str) -> None:
     """Skip (never pass) when this version's env is absent or built from other pins."""
-    script = vllm_env_script()
-    layout = script.Layout(script.default_root(), version)
-    if not script.is_ready(layout):
-        pytest.skip(
-            f"vLLM {version} env not prepared (or stale): run `{script.prepare_command(version)}`"
-        )
+    if not is_ready(Layout(default_root(), version)):
+        pytest.skip(f"vLLM {version} env not prepared (or stale): run `{prepare_command(version)}`")
 
 
 def run_in_vllm(version: str, code: str, timeout: float = 300,
@@ -51,12 +35,11 @@ def run_in_vllm(version: str, code: str, timeout: float = 300,
     """Run ``code`` with vLLM ``version`` importable; return the dict it passes to ``emit``.
 
     The child sees the env's site/ and deps/, this repository (for ``streamcheck``), and the
-    CPU platform (``VLLM_TARGET_DEVICE=cpu``), as ``scripts/vllm_env.py env`` prints it.
+    CPU platform (``VLLM_TARGET_DEVICE=cpu``), as ``python -m tools.vllm_env env`` prints it.
     ``env_overlay`` is applied on top (an audit's ``child_env``: its PYTHONPATH goes first).
     """
     require_prepared(version)
-    script = vllm_env_script()
-    extra = script.env_vars(version, script.default_root(), gpu=False)
+    extra = env_vars(version, default_root(), gpu=False)
     env = dict(os.environ, **extra, VLLM_LOGGING_LEVEL="WARNING")
     env["PYTHONPATH"] = os.pathsep.join([extra["PYTHONPATH"], str(REPO)])
     for key in ("STREAMCHECK", "STREAMCHECK_REPORT_DIR", "STREAMCHECK_TARGETS",
@@ -84,8 +67,3 @@ def run_in_vllm(version: str, code: str, timeout: float = 300,
         f"vLLM {version} child emitted nothing (rc={proc.returncode}):\n"
         f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )
-
-
-@pytest.fixture(scope="session")
-def vllm_script() -> ModuleType:
-    return vllm_env_script()

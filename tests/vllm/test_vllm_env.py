@@ -16,11 +16,15 @@ import subprocess
 import sys
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from streamcheck import vllm_compat
-from tests.vllm.conftest import REPO, require_prepared, run_in_vllm, vllm_env_script
-
-VERSIONS = vllm_env_script().SUPPORTED
+from tests.vllm.conftest import REPO, require_prepared, run_in_vllm
+from tools.vllm_env.layout import Layout, default_root
+from tools.vllm_env.pins import SUPPORTED as VERSIONS
+from tools.vllm_env.pins import read_pins
+from tools.vllm_env.requires import marker_holds, parse_requires, satisfies, target_marker_env
+from tools.vllm_env.stubs import read_stubs, render_stubs, write_stubs
 
 # Where current_stream lives, read from each wheel's source.
 ACCESSOR = {
@@ -156,43 +160,36 @@ def test_fresh_thread_on_cpu(report: dict) -> None:
 def test_pins_inside_vllm_ranges(version: str) -> None:
     """Every pinned dependency satisfies vLLM's own Requires-Dist (or says why not)."""
     require_prepared(version)
-    requirements = pytest.importorskip("packaging.requirements")
-    script = vllm_env_script()
-    layout = script.Layout(script.default_root(), version)
-    env = {
-        "python_version": f"{sys.version_info[0]}.{sys.version_info[1]}",
-        "platform_machine": "x86_64",
-        "platform_system": "Linux",
-        "sys_platform": "linux",
-    }
-    wanted = {}
-    for line in layout.metadata.read_text().splitlines():
-        if line.startswith("Requires-Dist:"):
-            req = requirements.Requirement(line.split(":", 1)[1].strip())
-            if req.marker is None or req.marker.evaluate(env | {"extra": ""}):
-                wanted[script.normalize(req.name)] = req.specifier
-    for pin in script.read_pins(layout.pins):
-        spec = wanted.get(script.normalize(pin.name))
+    layout = Layout(default_root(), version)
+    wanted = parse_requires(layout.metadata.read_text(), target_marker_env())
+    assert wanted, "vLLM's METADATA declares requirements"
+    for pin in read_pins(layout.pins):
+        spec = wanted.get(canonicalize_name(pin.name))
         if spec is not None and "vLLM asks" not in pin.needed_by:
             assert spec.contains(pin.version, prereleases=True), f"{pin.name}=={pin.version} {spec}"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_stubs_name_only_compiled_modules(version: str) -> None:
+    """The prepared tree's stand-in module names compiled modules only, and is byte for byte
+    what the tool writes today (so trees prepared earlier stay valid without a rebuild)."""
     require_prepared(version)
-    script = vllm_env_script()
-    stubbed, compiled = script.read_stubs(script.Layout(script.default_root(), version))
+    layout = Layout(default_root(), version)
+    stubbed, compiled = read_stubs(layout)
     assert stubbed and set(stubbed) <= set(compiled)
+    written = (layout.site / f"{vllm_compat.VLLM_STUBS_MODULE}.py").read_text()
+    assert written == render_stubs(version, stubbed, compiled)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_env_command_prints_exports(version: str) -> None:
     require_prepared(version)
     out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "vllm_env.py"), "env", version, "--gpu", "no"],
+        [sys.executable, "-m", "tools.vllm_env", "env", version, "--gpu", "no"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=str(REPO),
     ).stdout
     assert "export PYTHONPATH=" in out and f"/{version}/site" in out
     assert "export VLLM_TARGET_DEVICE=cpu" in out
@@ -226,7 +223,7 @@ def test_compat_without_vllm_is_light_and_clear() -> None:
         pytest.skip("vLLM is installed in this interpreter")
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'streamcheck[vllm]'" in proc.stdout
-    assert "scripts/vllm_env.py prepare" in proc.stdout
+    assert "`python -m tools.vllm_env prepare VERSION`" in proc.stdout
     assert "wrappers: vLLM is not installed (vllm.distributed" in proc.stdout
     assert "instrument_vllm: unavailable: vLLM is not installed" in proc.stdout
 
@@ -248,8 +245,8 @@ def test_cache_kind_by_version(version: str, kind: str) -> None:
     assert vllm_compat.cache_kind(version) == kind
 
 
-def test_marker_and_requires_parsing(vllm_script) -> None:  # type: ignore[no-untyped-def]
-    env = vllm_script.target_marker_env("3.11")
+def test_marker_and_requires_parsing() -> None:
+    env = target_marker_env("3.11")
     text = "\n".join(
         [
             'Requires-Dist: six>=1.16.0; python_version > "3.11"',
@@ -259,11 +256,11 @@ def test_marker_and_requires_parsing(vllm_script) -> None:  # type: ignore[no-un
             'Requires-Dist: pytest; extra == "dev"',
         ]
     )
-    assert vllm_script.parse_requires(text, env) == {
+    assert {k: str(v) for k, v in parse_requires(text, env).items()} == {
         "protobuf": ">=5",
         "fastapi": "<0.137.0,>=0.133.0",
     }
-    assert "six" in vllm_script.parse_requires(text, vllm_script.target_marker_env("3.12"))
+    assert "six" in parse_requires(text, target_marker_env("3.12"))
 
 
 @pytest.mark.parametrize(
@@ -278,17 +275,37 @@ def test_marker_and_requires_parsing(vllm_script) -> None:  # type: ignore[no-un
         ("1.0", "not a specifier", False),
     ],
 )
-def test_satisfies_uses_packaging_rules(vllm_script, version, spec, met) -> None:  # type: ignore[no-untyped-def]
-    assert vllm_script.satisfies(version, spec) is met
+def test_satisfies_uses_packaging_rules(version: str, spec: str, met: bool) -> None:
+    assert satisfies(version, spec) is met
 
 
-def test_a_marker_that_cannot_be_read_does_not_hold(vllm_script) -> None:  # type: ignore[no-untyped-def]
-    env = vllm_script.target_marker_env("3.11")
-    assert vllm_script.marker_holds('python_version >= "3.9" and sys_platform == "linux"', env)
-    assert not vllm_script.marker_holds("python_version >>> 3", env)
+def test_a_marker_that_cannot_be_read_does_not_hold() -> None:
+    env = target_marker_env("3.11")
+    assert marker_holds('python_version >= "3.9" and sys_platform == "linux"', env)
+    assert not marker_holds("python_version >>> 3", env)
 
 
-def test_the_script_writes_the_stub_module_library_code_registers(vllm_script) -> None:  # type: ignore[no-untyped-def]
-    from streamcheck.vllm_compat import VLLM_STUBS_MODULE
+def test_the_tool_writes_the_stub_module_library_code_registers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The module the tool writes is the one vllm_compat.register_vllm_stubs imports: the names
+    it registers come back, each flagged as a stand-in, and the switch turns it off."""
+    layout = Layout(tmp_path, "0.0.1")
+    layout.site.mkdir(parents=True)
+    write_stubs(layout, ["vllm._C", "vllm._C"], ["vllm._C", "vllm._moe_C"])
+    assert read_stubs(layout) == (("vllm._C",), ("vllm._C", "vllm._moe_C"))
+    code = (
+        "import sys\n"
+        "from streamcheck import vllm_compat as c\n"
+        "names = c.register_vllm_stubs()\n"
+        "flags = [getattr(sys.modules.get(n), c.VLLM_STUB_FLAG, None) for n in names]\n"
+        "print(names, flags, 'vllm._moe_C' in sys.modules)\n"
+    )
 
-    assert vllm_script.STUBS_MODULE == VLLM_STUBS_MODULE
+    def run(**extra: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != vllm_compat.VLLM_STUBS_SWITCH}
+        env |= {"PYTHONPATH": os.pathsep.join([str(layout.site), str(REPO)]), **extra}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, cwd=str(REPO), check=True)
+        return proc.stdout.strip()
+
+    assert run() == "['vllm._C'] [True] False"
+    assert run(**{vllm_compat.VLLM_STUBS_SWITCH: "OFF"}) == "[] [] False"
