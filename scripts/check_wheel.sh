@@ -20,6 +20,15 @@ expect_rc() {  # expect_rc CODE CMD...: run CMD, fail unless it exits with CODE
 step "build the wheel"
 "$py" -m pip wheel -q --no-deps -w "$work/dist" "$repo"
 wheel=$(ls "$work"/dist/streamcheck-*.whl)
+# Only the library ships: no tools/ (python -m tools.vllm_env), tests/ or scripts/ inside.
+"$py" - "$wheel" <<'PY'
+import sys, zipfile
+
+tops = {name.split("/")[0] for name in zipfile.ZipFile(sys.argv[1]).namelist()}
+extra = {t for t in tops if t != "streamcheck" and not t.startswith("streamcheck-")}
+assert not extra, f"the wheel ships more than streamcheck: {sorted(extra)}"
+print("wheel holds:", ", ".join(sorted(tops)))
+PY
 torch_version=$("$py" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || echo "")
 
 cd "$work"  # nothing of the repository on the path from here on
