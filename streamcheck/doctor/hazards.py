@@ -21,8 +21,6 @@ class Hazard:
 
     id: str
     title: str
-    question: str
-    symptom: str
 
     @property
     def rule(self) -> str:
@@ -34,29 +32,11 @@ class Hazard:
         return for_doctor_id(self.id).fix
 
 
-MODULE_GLOBAL = Hazard(
-    id="module-global-cache",
-    title="module-global cache",
-    question="does a stream made current in thread A become current_stream() in thread B?",
-    symptom="NaN / wrong all-reduce results, or NCCL 'Cuda failure 400 invalid resource handle'",
-)
-
-FRESH_THREAD_DEVICE = Hazard(
-    id="fresh-thread-device",
-    title="fresh-thread device",
-    question="with the main thread on the last device, which device is a fresh thread's "
-             "first current_stream() on?",
-    symptom="ranks >= 1 launch on a cuda:0 stream: NCCL 'Cuda failure 400 invalid resource "
-            "handle', peers hang",
-)
-
-STALE_CACHE = Hazard(
-    id="stale-cache",
-    title="stale cache",
-    question="after `with torch.Stream(...)` or torch.accelerator.set_stream(s), does "
-             "current_stream() still return the old stream?",
-    symptom="silently wrong all-reduce results (the collective runs unordered with compute)",
-)
+# What each probe asks is its probe's docstring (:mod:`streamcheck.doctor.probes`); what the
+# hazard looks like is its catalogue entry's section in docs/hazards.md.
+MODULE_GLOBAL = Hazard("module-global-cache", "module-global cache")
+FRESH_THREAD_DEVICE = Hazard("fresh-thread-device", "fresh-thread device")
+STALE_CACHE = Hazard("stale-cache", "stale cache")
 
 HAZARDS: tuple[Hazard, ...] = (MODULE_GLOBAL, FRESH_THREAD_DEVICE, STALE_CACHE)
 BY_ID: dict[str, Hazard] = {h.id: h for h in HAZARDS}
