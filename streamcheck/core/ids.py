@@ -10,14 +10,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from types import CodeType
-from typing import NewType
-
-DeviceIndex = NewType("DeviceIndex", int)
-StreamId = NewType("StreamId", int)
-ThreadIdent = NewType("ThreadIdent", int)
 
 #: The id every runtime gives the legacy default stream of a device.
-DEFAULT_STREAM_ID = StreamId(0)
+DEFAULT_STREAM_ID = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """The rules: small pure functions from (context, launch) to an optional finding.
 
-Each rule has a stable id that is never reused, one title, one fix. Rules do not keep state:
-what they need to know about the past (who made a stream current, who is the engine thread)
-they ask the :class:`RuleContext`. The table :data:`RULES` is the only registry.
+Each rule has a stable id that is never reused; its title and its one fix come from the hazard
+catalogue (:mod:`streamcheck.core.hazards`), which scan and doctor read too. Rules do not keep
+state: what they need to know about the past (who made a stream current, who is the engine
+thread) they ask the :class:`RuleContext`. The table :data:`RULES` is the only registry.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
+from streamcheck.core.hazards import CATALOGUE
 from streamcheck.core.ids import ThreadRef, frames_of, stack_of_thread
 from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import Finding, Handoff, LaunchRecord, StreamEvent
@@ -310,87 +312,26 @@ def check_write_after_write(ctx: RuleContext, launch: LaunchRecord) -> Finding |
     return _finding("write-after-write", launch, message, _access_event(write), write.thread)
 
 
+def _rule(rule_id: str, check: RuleCheck) -> Rule:
+    """A rule whose title and fix are its hazard catalogue entry's."""
+    entry = CATALOGUE[rule_id]
+    return Rule(entry.slug, entry.title, entry.fix, check)
+
+
+#: The rules in evaluation order; each id is a :data:`~streamcheck.core.hazards.CATALOGUE` slug.
 RULES: dict[str, Rule] = {
     rule.id: rule
     for rule in (
-        Rule(
-            "foreign-stream",
-            "launch on a stream another thread made current",
-            "Keep any cache of the current stream per thread (threading.local), or read the "
-            "thread's real current stream at launch time; pass the stream explicitly to "
-            "communicators.",
-            check_foreign_stream,
-        ),
-        Rule(
-            "stale-stream-cache",
-            "cached current stream disagrees with the thread's real one",
-            "Read the real current stream at the launch (torch.cuda.current_stream(), or the "
-            "cheap torch._C._cuda_getCurrentStream(device)), or route every stream switch through "
-            "the cached setter.",
-            check_stale_stream_cache,
-        ),
-        Rule(
-            "device-mismatch",
-            "stream on another device than the communicator or tensors",
-            "Call torch.cuda.set_device(rank) first thing in every thread that creates streams "
-            "(new threads start on cuda:0), or create streams with an explicit device=.",
-            check_device_mismatch,
-        ),
-        Rule(
-            "event-device-mismatch",
-            "event recorded on a stream of another device than the event's",
-            "Find what changed the thread's current device (a set_device with the wrong "
-            "index: a data-parallel rank offset left out) and set the right one, or record "
-            "the event on an explicit stream of its own device.",
-            check_event_device_mismatch,
-        ),
-        Rule(
-            "stream-on-unbound-device",
-            "helper thread created a stream on another device than its engine's",
-            "Bind the helper thread to the rank's device before it creates streams or events "
-            "(torch.cuda.set_device(rank) first thing in the thread, or in the pool's "
-            "initializer), or create the stream with an explicit device=.",
-            check_stream_on_unbound_device,
-        ),
-        Rule(
-            "default-stream-in-worker",
-            "helper thread works on the legacy default stream",
-            "Give the helper thread its own stream, created on the rank's device, and order it "
-            "with the engine's stream through events (record on one, wait on the other).",
-            check_default_stream_in_worker,
-        ),
-        Rule(
-            "unsynced-handoff",
-            "side stream reads a handed-off tensor without waiting for its producer",
-            "Record an event on the producing stream after the tensor is written (at the "
-            "handoff) and make the reading stream wait on it before the copy "
-            "(stream.wait_event(event)); never poll with event.query() alone.",
-            check_unsynced_handoff,
-        ),
-        Rule(
-            "unordered-stream-switch",
-            "thread switched to a new stream that never waited for the work it had queued",
-            "Make the new stream wait for the one it replaces before it becomes current "
-            "(new.wait_stream(torch.cuda.current_stream())), or create and switch to it before "
-            "any work is queued on the thread.",
-            check_unordered_stream_switch,
-        ),
-        Rule(
-            "write-after-read",
-            "stream overwrites a buffer another stream may still be reading",
-            "Record an event on the reading stream after its last read of the buffer and make "
-            "the writing stream wait on it before the write (or free the buffer for reuse only "
-            "once that event has completed).",
-            check_write_after_read,
-        ),
-        Rule(
-            "write-after-write",
-            "two streams write one buffer with nothing ordering the writes",
-            "Order the second write after the first: record an event on the first writer's "
-            "stream after its write and wait on it from the second writer's stream (or make one "
-            "stream do both writes).",
-            check_write_after_write,
-        ),
+        _rule("foreign-stream", check_foreign_stream),
+        _rule("stale-stream-cache", check_stale_stream_cache),
+        _rule("device-mismatch", check_device_mismatch),
+        _rule("event-device-mismatch", check_event_device_mismatch),
+        _rule("stream-on-unbound-device", check_stream_on_unbound_device),
+        _rule("default-stream-in-worker", check_default_stream_in_worker),
+        _rule("unsynced-handoff", check_unsynced_handoff),
+        _rule("unordered-stream-switch", check_unordered_stream_switch),
+        _rule("write-after-read", check_write_after_read),
+        _rule("write-after-write", check_write_after_write),
     )
 }
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-SHIM_NAME = "StreamcheckCudaPlatformShim"
-
 
 def resolved_platform() -> Any:
     """vLLM's current platform object (resolving it if vLLM has not yet)."""

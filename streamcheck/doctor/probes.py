@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from streamcheck.doctor.hazards import FRESH_THREAD_DEVICE, HAZARDS, MODULE_GLOBAL, STALE_CACHE
 from streamcheck.doctor.model import HazardResult, Verdict
-from streamcheck.doctor.streams import StreamBackend, StreamRef, Unsupported, describe
+from streamcheck.doctor.streams import ObservedStream, StreamBackend, Unsupported, describe
 from streamcheck.repro import actors
 
 CurrentStream = Callable[[], Any]
@@ -43,7 +43,7 @@ def _wait(event: threading.Event, what: str) -> None:
         raise ProbeStuck(f"timed out waiting for {what}")
 
 
-def _placeholder(refs: list[StreamRef]) -> str | None:
+def _placeholder(refs: list[ObservedStream]) -> str | None:
     """Why the probe cannot compare streams, if vLLM returned something that is not one."""
     for ref in refs:
         if not ref.known:
@@ -73,7 +73,7 @@ def probe_module_global(backend: StreamBackend, current_stream: CurrentStream) -
     This is the seed incident: the connector thread's stream context reached the main thread's
     pynccl all-reduce through vLLM's cache.
     """
-    got: dict[str, StreamRef] = {}
+    got: dict[str, ObservedStream] = {}
     b_primed, a_inside, b_read, a_left = (threading.Event() for _ in range(4))
 
     # Each side releases the other on the way out, so a failure on one side surfaces at once
@@ -149,7 +149,7 @@ def probe_fresh_thread_device(backend: StreamBackend,
     try:
         main = describe(current_stream())
 
-        def fresh() -> tuple[StreamRef, int]:
+        def fresh() -> tuple[ObservedStream, int]:
             return describe(current_stream()), backend.current_device()
 
         got, thread_device = run_in_thread(fresh, "doctor-fresh-thread")
@@ -211,8 +211,8 @@ def probe_stale_cache(backend: StreamBackend, current_stream: CurrentStream) -> 
     return HazardResult(STALE_CACHE.id, verdict, evidence, backend.name)
 
 
-def _stale_check(where: str, target: StreamRef, cached: StreamRef, real: StreamRef,
-                 before: StreamRef) -> tuple[str, bool | None, str]:
+def _stale_check(where: str, target: ObservedStream, cached: ObservedStream,
+                 real: ObservedStream, before: ObservedStream) -> tuple[str, bool | None, str]:
     """(where, stale?, what was seen); None when the switch itself did not happen."""
     why = _placeholder([cached])
     if why:

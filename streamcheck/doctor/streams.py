@@ -23,11 +23,15 @@ class Unsupported(RuntimeError):
 
 
 @dataclass(frozen=True)
-class StreamRef:
-    """A stream reduced to what identifies it, so streams from different APIs compare equal.
+class ObservedStream:
+    """What a probe saw a ``current_stream()`` (or a back end) return, reduced to what
+    identifies a stream, so streams from different APIs compare equal.
 
     ``torch.Stream`` and ``torch.cuda.Stream`` objects for one CUDA stream share
-    ``(device_index, stream_id)``; so do the simulator's handles.
+    ``(device_index, stream_id)``; so do the simulator's handles. Something that is not a device
+    stream (vLLM's CPU placeholder) is kept as an unknown one, with its type in ``label``.
+    Not the audit's :class:`streamcheck.core.ids.StreamRef`, which names a stream the audited
+    process launches on.
     """
 
     device: int | None
@@ -38,7 +42,7 @@ class StreamRef:
     def known(self) -> bool:
         return self.device is not None and self.stream_id is not None
 
-    def same(self, other: StreamRef) -> bool:
+    def same(self, other: ObservedStream) -> bool:
         return self.known and other.known and (self.device, self.stream_id) == (
             other.device, other.stream_id)
 
@@ -46,15 +50,15 @@ class StreamRef:
         return self.label
 
 
-def describe(stream: Any) -> StreamRef:
+def describe(stream: Any) -> ObservedStream:
     """A readable, comparable reference; a non-stream (vLLM's CPU placeholder) stays unknown."""
     device = getattr(stream, "device_index", None)
     sid = getattr(stream, "stream_id", None)
     if not isinstance(device, int) or not isinstance(sid, int):
-        return StreamRef(None, None, f"a {type(stream).__name__} (not a device stream)")
+        return ObservedStream(None, None, f"a {type(stream).__name__} (not a device stream)")
     if sid == 0:
-        return StreamRef(device, sid, f"cuda:{device}'s default stream")
-    return StreamRef(device, sid, f"cuda:{device} stream #{sid}")
+        return ObservedStream(device, sid, f"cuda:{device}'s default stream")
+    return ObservedStream(device, sid, f"cuda:{device} stream #{sid}")
 
 
 class StreamBackend(Protocol):

@@ -34,7 +34,6 @@ class RunProgress:
     """
 
     def __init__(self, console: Console, total: int, *, quiet: bool = False) -> None:
-        self._console = console
         self._total = total
         self._quiet = quiet
         self._running: dict[str, None] = {}  # insertion-ordered set of labels

@@ -18,8 +18,6 @@ class GlobalStreamCache:
     ``with torch.cuda.stream(S)`` changes the stream the engine thread's collectives use.
     """
 
-    accessor_name = "global _current_stream cache (vLLM <= 0.9.2 pattern)"
-
     def __init__(self, api: Any) -> None:
         self._api = api
         self._current: Any = None
@@ -48,8 +46,6 @@ class ThreadLocalStreamCache:
     patched setter (``with torch.Stream(...)``, ``torch.accelerator.set_stream``), and a helper
     thread that never called ``set_device`` gets a stream on device 0.
     """
-
-    accessor_name = "thread-local current-stream cache (vLLM >= 0.14 pattern)"
 
     def __init__(self, api: Any) -> None:
         self._api = api

@@ -10,7 +10,9 @@ module where SC102 fired (:mod:`streamcheck.scan.imports`). SC102, not SC101: a 
 only ``current_stream()`` fills (SC101 alone, as in vllm-ascend) is stale but is not rewritten
 by a helper thread's ``torch.npu.stream(...)``; SC101 already reports it.
 
-:data:`RULES` is the only registry.
+:data:`RULES` is the only registry. Each code maps to one entry of the hazard catalogue
+(:mod:`streamcheck.core.hazards`), whose fix text is the code's hint: a code keeps its own
+name and summary, not its own fix.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from streamcheck.core.hazards import for_scan_code
 from streamcheck.scan.index import FunctionInfo, ModuleIndex
 from streamcheck.scan.state import (
     current_stream_stores,
@@ -55,11 +58,18 @@ class Rule:
     id: str
     name: str
     summary: str
+    #: The fix: the hazard catalogue's for the mechanism this code detects (see :func:`_fix`).
     hint: str
     check: RuleCheck
     #: Report only where switching streams rewrites a module-global cache (the module imports
     #: one where SC102 fired).
     needs_global_cache: bool = False
+
+
+def _fix(code: str) -> str:
+    """The one fix text of the hazard that scan code ``code`` detects
+    (:mod:`streamcheck.core.hazards`, shared with the runtime rules and the doctor)."""
+    return for_scan_code(code).fix
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -263,36 +273,28 @@ RULES: dict[str, Rule] = {
             "global-stream-cache",
             "The current stream is cached in state shared by all threads (a module global, a "
             "dict in one, a class attribute, a process-wide lru_cache) and read back later.",
-            "Keep the cache per thread (a threading.local() attribute, as vLLM >= 0.10 does) or "
-            "read the real per-thread stream: torch.cuda.current_stream(), or "
-            "torch._C._cuda_getCurrentStream(device) where speed matters.",
+            _fix("SC101"),
             check_global_stream_cache,
         ),
         Rule(
             "SC102",
             "patched-set-stream-global",
             "set_stream is monkey-patched to record the stream in a module global.",
-            "Record it in a threading.local() attribute instead "
-            "(`_current_stream_tls.value = stream`), so each thread keeps its own current "
-            "stream, as PyTorch itself does.",
+            _fix("SC102"),
             check_patched_set_stream_global,
         ),
         Rule(
             "SC103",
             "stream-in-thread-without-set-device",
             "A helper thread creates a stream before setting its device.",
-            "Call torch.cuda.set_device(device) (or torch.accelerator.set_device_index) first "
-            "thing in the thread, or create the stream with an explicit device: "
-            "torch.cuda.Stream(device=device).",
+            _fix("SC103"),
             check_stream_in_thread_without_set_device,
         ),
         Rule(
             "SC104",
             "stream-context-in-thread-with-global-cache",
             "A helper thread switches streams where set_stream writes a module-global cache.",
-            "Make the cache thread-local (fix SC102/SC101). Until then, do not make a stream "
-            "current in helper threads: pass it explicitly (event.record(stream), "
-            "stream.wait_event(event), ops that take a stream argument).",
+            _fix("SC104"),
             check_stream_context_in_thread,
             needs_global_cache=True,
         ),
@@ -300,9 +302,7 @@ RULES: dict[str, Rule] = {
             "SC105",
             "default-stream-in-thread",
             "A helper thread puts work on the legacy default stream explicitly.",
-            "Give the thread its own stream, created after set_device "
-            "(torch.cuda.Stream(device=device)), and order it with the compute stream through "
-            "events (wait_event / wait_stream).",
+            _fix("SC105"),
             check_default_stream_in_thread,
         ),
     )

@@ -125,10 +125,6 @@ class LocalRedisServer:
         if self.running:
             os.kill(self._proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
-    def restart(self) -> LocalRedisServer:
-        self.kill()
-        return self.start()
-
     def _reap(self, grace: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

@@ -201,11 +201,6 @@ class SimCuda:
         """Wait for every stream of one device (the current one by default), as CUDA does."""
         self.machine.synchronize(self.machine.thread.device if device is None else _index(device))
 
-    def get_current_stream(self, device: int) -> tuple[int, int, int]:
-        """Same shape as ``torch._C._cuda_getCurrentStream``: (stream id, device, type)."""
-        state = self.machine.current_stream(device)
-        return (state.stream_id, state.device, 1)
-
 
 def _index(device: Any) -> int:
     if isinstance(device, int):
