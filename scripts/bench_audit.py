@@ -104,7 +104,7 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
 
     def record_wait_live() -> None:
         auditor = streamcheck.current_auditor()
-        if auditor is not None and not auditor.clocks.active:
+        if auditor is not None and not auditor.ordering:
             streamcheck.handoff(probe)  # one mark: from now on the clocks order events
         record_wait()
 

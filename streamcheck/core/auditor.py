@@ -86,6 +86,11 @@ class Auditor:
         self.host_waited_for = self.clocks.host_waited_for
         self.device_synchronized = self.clocks.device_synchronized
         self.event_synchronized = self.clocks.event_synchronized
+        # False until the first declared access: events order nothing before it, and the event
+        # and host-wait hooks pass on this one attribute read (kept by the clocks' activation).
+        self.ordering = False
+        self._first_access: Callable[[], None] | None = None
+        self.clocks.on_activate = self._ordering_begins
         self.context = RuleContext(self.book, self.clocks, select=select)
         self.select = select
         self.started = time.time()
@@ -197,9 +202,18 @@ class Auditor:
                 reads[:] = [r for r in reads if r.stream.key != stream]
 
     def on_first_access(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, at the first declared access: until then events order
-        nothing, so whoever feeds event records and waits may start only then."""
-        self.clocks.on_activate = callback
+        """Call ``callback`` once, at the first declared access (at once if that was already):
+        until then events order nothing, so whoever feeds event records and waits may start
+        only then."""
+        self._first_access = callback
+        if self.ordering:
+            callback()
+
+    def _ordering_begins(self) -> None:
+        """The clocks took their first mark: from now on event records and waits matter."""
+        self.ordering = True
+        if self._first_access is not None:
+            self._first_access()
 
     def stream_created(self, event: StreamEvent, home_device: int | None = None) -> None:
         """A stream was created. ``home_device``: the device of the creating process's engine,

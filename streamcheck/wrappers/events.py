@@ -3,8 +3,8 @@
 ``torch.cuda.Event.record(stream=None)`` and ``.wait(stream=None)`` are the two places every
 event ordering passes through in PyTorch (``Stream.wait_event``, ``wait_stream`` and
 ``record_event`` call them); the simulator's events have the same two methods. Until the first
-declared access the clocks have nothing to order against (``clocks.active`` is False) and the
-clock hooks cost one attribute read; after it, the stream a call applies to is read and the
+declared access the clocks have nothing to order against (``Auditor.ordering`` is False) and
+the clock hooks cost one attribute read; after it, the stream a call applies to is read and the
 clocks updated.
 
 A hook's own bookkeeping never breaks the call it wraps: whatever it cannot read (a device
@@ -79,7 +79,7 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                 if bound is None:
                     with contextlib.suppress(AttributeError, TypeError):
                         setattr(self, _BOUND, device_of(self))
-                if auditor.clocks.active:
+                if auditor.ordering:
                     auditor.event_recorded(self, stream_key_of(self, stream))
             except Exception as exc:
                 warn_cannot_audit("Event.record", exc)
@@ -129,7 +129,7 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
         @functools.wraps(original)
         def wait(self: Any, stream: Any = None) -> Any:
             auditor = gate.auditor
-            if auditor is not None and auditor.clocks.active:
+            if auditor is not None and auditor.ordering:
                 auditor.event_waited(stream_key_of(self, stream), self)
             return original(self, stream)
 
@@ -152,7 +152,7 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
     def live() -> Any:
         """The auditor, while its clocks order anything (None otherwise)."""
         auditor = gate.auditor
-        return auditor if auditor is not None and auditor.clocks.active else None
+        return auditor if auditor is not None and auditor.ordering else None
 
     def make_device(original: Any) -> Any:
         @functools.wraps(original)
@@ -228,7 +228,7 @@ def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
         def record_stream(self: Any, stream: Any) -> Any:
             result = original(self, stream)
             auditor = gate.auditor
-            if auditor is not None and auditor.clocks.active:
+            if auditor is not None and auditor.ordering:
                 try:
                     auditor.fenced_by_allocator(
                         key_of(self), (int(stream.device_index), int(stream.stream_id)))
