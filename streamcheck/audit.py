@@ -25,7 +25,7 @@ from streamcheck.wrappers.imports import ImportWatch
 from streamcheck.wrappers.instrument import apply_site
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.sites import BUILTIN_SITES, LaunchSite
-from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, current_auditor
+from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, ROLES, current_auditor
 
 __all__ = [
     "ENV_MODE", "current_auditor", "install", "installed_patches", "instrument",
@@ -65,7 +65,7 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
             auditor.mode = settings.mode
             return auditor
         auditor = Auditor(settings.mode, select=settings.select,
-                          runtime=runtime or _reader_name())
+                          runtime=runtime or _reader_name(), roles=ROLES)
         _gate.auditor = auditor
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):

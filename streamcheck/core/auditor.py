@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
@@ -41,6 +40,7 @@ from streamcheck.core.records import (
     covers,
     overlaps,
 )
+from streamcheck.core.roles import ThreadRoles
 from streamcheck.core.rules import EVENT_RECORD, STREAM_CREATION, RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
@@ -68,13 +68,21 @@ class FindingEntry:
 class Auditor:
     """Holds the mode, the stream book and the findings of one process."""
 
-    def __init__(self, mode: Mode, book: StreamBook | None = None,
-                 select: frozenset[str] | None = None, runtime: str = "") -> None:
+    def __init__(self, mode: Mode, select: frozenset[str] | None = None, runtime: str = "",
+                 roles: ThreadRoles | None = None) -> None:
         if not mode.active:
             raise ValueError("an Auditor is only built for an active mode; 'off' installs nothing")
         self.mode = mode
         self.runtime = runtime
-        self.book = book if book is not None else StreamBook()
+        # The threads' roles (the process's table when the installer builds the auditor, so
+        # roles declared before the audit started count): the one engine-thread test, and the
+        # ident the hooks' fast paths spare, kept here as a plain attribute (main_engine).
+        self.roles = roles if roles is not None else ThreadRoles()
+        self.main_engine: int | None = None
+        self.roles.follow(self)
+        self.is_engine_thread = self.roles.is_engine
+        self.role_of = self.roles.role_of
+        self.book = StreamBook(self.role_of)
         self.clocks = HappensBefore()
         # The facts the hooks report, one named call each. Bound methods of the book and the
         # clocks, so the hot ones (a stream switch: a deque.append) cost no extra frame.
@@ -91,7 +99,8 @@ class Auditor:
         self.ordering = False
         self._first_access: Callable[[], None] | None = None
         self.clocks.on_activate = self._ordering_begins
-        self.context = RuleContext(self.book, self.clocks, select=select)
+        self.context = RuleContext(self.book, self.clocks, select=select, role_of=self.role_of,
+                                   engine_threads=self.roles.engine_threads)
         self.select = select
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
@@ -101,7 +110,6 @@ class Auditor:
         # per buffer: the latest writes (of its blocks) and the reads declared since them
         self._writes: dict[tuple[int, int], list[Handoff]] = {}
         self._reads: dict[tuple[int, int], list[Handoff]] = {}
-        self._main = threading.main_thread().ident
 
     # ---- hot path -------------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class Auditor:
         Returns the handoffs, reads first."""
         ident = threading.get_ident()
         mark = self.clocks.mark(stream.key)
-        thread = ThreadRef(ident, threading.current_thread().name, roles.role_of(ident))
+        thread = ThreadRef(ident, threading.current_thread().name, self.role_of(ident))
         when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
         made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
                         stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
@@ -247,14 +255,6 @@ class Auditor:
             reads = tuple(r for r in self._reads.get(tensor, ()) if overlaps(r.blocks, blocks))
         return WriteTarget(tensor, writes, reads, blocks)
 
-    def is_engine_thread(self, ident: int) -> bool:
-        """The one engine-thread test: a declared engine thread, else the main thread while
-        none is declared."""
-        role = roles.declared_role(ident)
-        if role is not None:
-            return role == roles.ENGINE
-        return ident == self._main and not roles.engine_declared()
-
     # ---- slow path ------------------------------------------------------------------------
 
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
@@ -267,7 +267,7 @@ class Auditor:
         ident = threading.get_ident()
         launch = LaunchRecord(
             op=op,
-            thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+            thread=ThreadRef(ident, threading.current_thread().name, self.role_of(ident)),
             stream=stream,
             current=current,
             target_device=target_device,

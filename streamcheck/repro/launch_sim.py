@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import streamcheck
 from streamcheck import audit
-from streamcheck.core import roles
 from streamcheck.repro.context import RankContext, ResultLog
 from streamcheck.repro.execute import execute_rank, log_findings
 from streamcheck.runtime.sim import SimCommGroup, SimCommunicator, SimCuda, SimMachine
@@ -30,7 +30,7 @@ def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: 
     contexts: list[RankContext] = []
 
     def rank_thread(rank: int) -> None:
-        roles.declare_thread_role(roles.ENGINE)
+        streamcheck.declare_thread_role(streamcheck.ENGINE)
         api = SimCuda(machine)
         audit.instrument_sim(api)
         api.set_device(rank)

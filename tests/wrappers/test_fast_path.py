@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+import streamcheck
 from streamcheck import audit
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers.launches import wrap_stream_method
@@ -44,12 +45,40 @@ class FakeComm:
         return out
 
 
+@pytest.fixture
+def engine_elsewhere(request):
+    """With ``request.param``: a live thread declared the engine, computing on a side stream
+    of cuda:1, so the main thread is a helper (the rules no longer spare it, nor may the fast
+    path). Yields the thread's ident, or None."""
+    if not request.param:
+        yield None
+        return
+    started, stop = threading.Event(), threading.Event()
+
+    def engine() -> None:
+        streamcheck.declare_thread_role(streamcheck.ENGINE)
+        made_current(audit.current_auditor().book, StreamRef(1, 9))
+        started.set()
+        stop.wait(30)
+
+    thread = threading.Thread(target=engine, name="rank0")
+    audit.install("record")
+    thread.start()
+    started.wait(30)
+    yield thread.ident
+    stop.set()
+    thread.join()
+    audit.install("record").roles.forget(thread.ident)
+
+
+@pytest.mark.parametrize("engine_elsewhere", [False, True], indirect=True)
 @pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("fixed_device", [False, True])
-def test_fast_path_agrees_with_the_rules(fixed_device, raw):
+def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
     """``raw``: the wrapper is also given the thread's current raw stream handle, as on CUDA,
     and lets a launch on the current stream through on that one comparison."""
     aud = audit.install("record")
+    assert (aud.main_engine is None) == (engine_elsewhere is not None)
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
     made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
 
