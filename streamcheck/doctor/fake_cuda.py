@@ -99,13 +99,5 @@ def install(fake: FakeCuda) -> None:
 def reader_of(fake: FakeCuda) -> StreamReader:
     """The audit's stream reader for the simulated CUDA: the sim's per-thread truth."""
     machine = fake.sim.machine
-
-    def current_stream(device: int) -> tuple[int, int, int]:
-        state = machine.current_stream(device)
-        return (state.stream_id, state.device, 1)
-
-    def current_raw_stream(device: int) -> int:
-        return machine.current_stream(device).handle
-
-    return StreamReader(current_stream, fake.sim.current_device, name="sim",
-                        current_raw_stream=current_raw_stream)
+    return StreamReader(machine.current_stream_tuple, machine.current_device, name="sim",
+                        current_raw_stream=machine.current_raw_stream)
