@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.coverage import Coverage
@@ -33,6 +33,7 @@ from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import (
     Blocks,
     Finding,
+    FindingEntry,
     Handoff,
     LaunchRecord,
     StreamEvent,
@@ -40,6 +41,7 @@ from streamcheck.core.records import (
     covers,
     overlaps,
 )
+from streamcheck.core.report import AuditReport, build_report
 from streamcheck.core.roles import ThreadRoles
 from streamcheck.core.rules import EVENT_RECORD, STREAM_CREATION, RuleContext, evaluate
 
@@ -57,12 +59,6 @@ MAX_ACCESSES = 64
 
 class StreamHazardWarning(RuntimeWarning):
     """Emitted once per distinct finding in ``warn`` mode."""
-
-
-@dataclass
-class FindingEntry:
-    finding: Finding
-    count: int = 1
 
 
 class Auditor:
@@ -318,6 +314,11 @@ class Auditor:
 
     def findings(self) -> list[Finding]:
         return [e.finding for e in self.entries()]
+
+    def report(self, final: bool = True, **extra: Any) -> AuditReport:
+        """This process's report: the entries, the coverage, the mode and the runtime."""
+        return build_report(self.entries(), self.coverage, mode=self.mode.value,
+                            runtime=self.runtime, final=final, **extra)
 
     def subscribe(self, listener: FindingListener) -> Callable[[], None]:
         """Call ``listener`` with every finding (repeats included); returns an unsubscribe."""
