@@ -81,9 +81,9 @@ def install(fake: FakeCuda) -> None:
     """Put ``fake`` on ``torch.cuda`` and ``torch.accelerator.set_stream`` (child only)."""
     import torch
 
-    from streamcheck import audit
+    from streamcheck import installer
 
-    audited = audit.release_torch_hooks()  # an audit started first follows the surface over
+    audited = installer.release_torch_hooks()  # an audit started first follows the surface over
     cuda: Any = torch.cuda
     for name, value in vars(fake.namespace).items():
         setattr(cuda, name, value)
@@ -93,7 +93,7 @@ def install(fake: FakeCuda) -> None:
         accelerator.set_stream = fake.accelerator_set_stream
     use_reader(reader_of(fake))
     if audited:
-        audit.rehook_torch()
+        installer.rehook_torch()
 
 
 def reader_of(fake: FakeCuda) -> StreamReader:

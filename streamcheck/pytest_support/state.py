@@ -17,7 +17,7 @@ import pytest
 from streamcheck.core.modes import Mode
 from streamcheck.core.records import Finding
 from streamcheck.core.report import AuditReport
-from streamcheck.pytest_support.auditing import AuditHandle
+from streamcheck.pytest_support.audit_handle import AuditHandle
 from streamcheck.pytest_support.children import ChildReports
 from streamcheck.pytest_support.records import ItemRecord
 from streamcheck.pytest_support.settings import ItemPolicy, MarkerError, Settings, policy_for

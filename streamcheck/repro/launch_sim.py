@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import streamcheck
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.repro.context import RankContext, ResultLog
 from streamcheck.repro.execute import execute_rank, log_findings
 from streamcheck.runtime.sim import SimCommGroup, SimCommunicator, SimCuda, SimMachine
@@ -23,7 +23,7 @@ from streamcheck.runtime.sim.tensor import SimTensors
 def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: Path,
                     seed: int = 0) -> None:
     spec = module.SPEC
-    audit.install(spec.mode_of(variant), runtime="sim")
+    installer.install(spec.mode_of(variant), runtime="sim")
     machine = SimMachine(device_count=max(world_size, 2), seed=seed)
     group = SimCommGroup(world_size)
     logs = [ResultLog(str(out_dir / f"rank{r}.jsonl"), r) for r in range(world_size)]
@@ -32,7 +32,7 @@ def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: 
     def rank_thread(rank: int) -> None:
         streamcheck.declare_thread_role(streamcheck.ENGINE)
         api = SimCuda(machine)
-        audit.instrument_sim(api)
+        installer.instrument_sim(api)
         api.set_device(rank)
         tensors = SimTensors(machine, seed=seed)  # same inputs on every rank, as with one seed
 

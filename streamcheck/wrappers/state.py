@@ -1,7 +1,7 @@
 """The process's one patch registry, one gate and one table of thread roles, shared by every
 wrapper and handed to every auditor the installer builds.
 
-Kept apart from the ``streamcheck.audit`` façade so that wrappers (``launch``, the vLLM
+Kept apart from :mod:`streamcheck.installer` so that wrappers (``launch``, the vLLM
 integration) can reach the active auditor without importing the façade that installs them.
 """
 

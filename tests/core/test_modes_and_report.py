@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import ConfigError, Mode, parse_mode
@@ -22,7 +22,7 @@ def test_parse_mode(text, mode):
 
 def test_unknown_mode_in_env_names_variable_and_valid_modes():
     with pytest.raises(ConfigError) as info:
-        audit.mode_from_env({"STREAMCHECK": "asert"})
+        installer.mode_from_env({"STREAMCHECK": "asert"})
     message = str(info.value)
     assert "STREAMCHECK" in message and "'asert'" in message
     for mode in ("off", "record", "warn", "assert"):
@@ -32,8 +32,8 @@ def test_unknown_mode_in_env_names_variable_and_valid_modes():
 def test_install_reads_env_and_rejects_bad_value(monkeypatch):
     monkeypatch.setenv("STREAMCHECK", "loud")
     with pytest.raises(ConfigError, match="STREAMCHECK"):
-        audit.install()
-    assert audit.installed_patches() == 0
+        installer.install()
+    assert installer.installed_patches() == 0
 
 
 def test_report_round_trip_and_merge(tmp_path):
@@ -132,8 +132,8 @@ def test_runtime_follows_the_stream_reader(monkeypatch):
 
     monkeypatch.setattr(cuda, "_override", cuda.StreamReader(lambda d: (0, d, 1), lambda: 0,
                                                              name="sim"))
-    auditor = audit.install("record")
+    auditor = installer.install("record")
     try:
         assert auditor.report().runtime == "sim"
     finally:
-        audit.uninstall()
+        installer.uninstall()
