@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 import streamcheck
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.wrappers.sites import LaunchSite
 
 
@@ -104,7 +104,7 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
 
     def record_wait_live() -> None:
         auditor = streamcheck.current_auditor()
-        if auditor is not None and not auditor.clocks.active:
+        if auditor is not None and not auditor.ordering:
             streamcheck.handoff(probe)  # one mark: from now on the clocks order events
         record_wait()
 
@@ -130,14 +130,14 @@ def main() -> int:
 
     # 3. off: nothing installed
     streamcheck.install("off")
-    results["off_patched_attributes"] = audit.installed_patches()
+    results["off_patched_attributes"] = installer.installed_patches()
     results.update(hook_costs(args.calls, args.rounds))
 
     # 1. the audit alone
     noop = NoOpComm(0)
     bare_call = NoOpComm.all_reduce
     streamcheck.install("assert")
-    audit.instrument(LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
+    installer.instrument(LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
                                 stream="self._current_stream()"))
     wrapped_call = NoOpComm.all_reduce
     for label, kwargs in (("explicit stream", {"stream": s}), ("stream=None", {})):

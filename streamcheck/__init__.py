@@ -8,11 +8,12 @@
 Nothing is patched at import. See README.md for the command line and the pytest plugin.
 """
 
-from streamcheck.audit import current_auditor, install, uninstall
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.modes import ConfigError, Mode
-from streamcheck.core.roles import CONNECTOR, ENGINE, declare_thread_role
+from streamcheck.core.roles import CONNECTOR, ENGINE
+from streamcheck.installer import current_auditor, install, uninstall
 from streamcheck.version import package_version
+from streamcheck.wrappers.state import declare_thread_role
 from streamcheck.wrappers.user_launch import blocks, handoff, launch
 
 __version__ = package_version()

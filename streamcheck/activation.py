@@ -94,10 +94,10 @@ def process_startup() -> bool:
     _started = True
 
     def install(_torch: object = None) -> None:
-        from streamcheck import audit
+        from streamcheck import installer
 
         try:
-            audit.install(settings=settings)
+            installer.install(settings=settings)
         except Exception as exc:  # never break the process's own import of torch
             refuse_or_warn(f"could not start the audit: {type(exc).__name__}: {exc}")
             return

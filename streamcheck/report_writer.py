@@ -28,7 +28,7 @@ from typing import Any
 
 from streamcheck.core.modes import ConfigError
 from streamcheck.core.records import Finding
-from streamcheck.core.report import build_report, write_report
+from streamcheck.core.report import write_report
 from streamcheck.wrappers.state import current_auditor
 
 INTERVAL_S = 2.0
@@ -81,8 +81,8 @@ class ProcessReportWriter:
         if auditor is None:
             return None
         with self._lock:
-            report = build_report(auditor, final=final)
-            self._written = (report["launches_audited"], len(report["findings"]))
+            report = auditor.report(final=final)
+            self._written = (report.launches_audited, len(report.findings))
             try:
                 return write_report(report, self.path)
             except OSError:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from streamcheck import audit
+from streamcheck import installer
 
 
 @pytest.fixture(autouse=True)
 def _no_audit_leaks():
     yield
-    audit.uninstall()
+    installer.uninstall()

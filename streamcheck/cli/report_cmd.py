@@ -11,7 +11,7 @@ import argparse
 
 from rich.console import Console
 
-from streamcheck.core.report import merge_reports, write_report
+from streamcheck.core.report import AuditReport, merge_reports, write_report
 from streamcheck.documents import REPORT_SCHEMA, RUN_SCHEMA, collect, read_document
 from streamcheck.render.findings import print_report
 from streamcheck.render.run_table import run_table
@@ -34,7 +34,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
     if not documents:
         raise ValueError(f"no audit reports or runs in {', '.join(args.paths)}")
     runs = [d for d in documents if d.kind == RUN_SCHEMA]
-    reports = [d.data for d in documents if d.kind == REPORT_SCHEMA]
+    reports = [AuditReport.from_dict(d.data) for d in documents if d.kind == REPORT_SCHEMA]
     if args.merge_to and not reports:
         raise ValueError("--merge-to: there are no audit reports to merge (only saved runs)")
     status = 0
@@ -46,7 +46,7 @@ def command(args: argparse.Namespace, console: Console) -> int:
     if reports:
         merged = reports[0] if len(reports) == 1 else merge_reports(reports)
         print_report(console, merged)
-        status |= 1 if merged["findings"] else 0
+        status |= 1 if merged.findings else 0
         if args.merge_to:
             try:
                 write_report(merged, args.merge_to)

@@ -15,9 +15,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
-from streamcheck.core import roles
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
@@ -34,6 +33,7 @@ from streamcheck.core.provenance import StreamBook
 from streamcheck.core.records import (
     Blocks,
     Finding,
+    FindingEntry,
     Handoff,
     LaunchRecord,
     StreamEvent,
@@ -41,6 +41,8 @@ from streamcheck.core.records import (
     covers,
     overlaps,
 )
+from streamcheck.core.report import AuditReport, build_report
+from streamcheck.core.roles import ThreadRoles
 from streamcheck.core.rules import EVENT_RECORD, STREAM_CREATION, RuleContext, evaluate
 
 FindingListener = Callable[[Finding], None]
@@ -59,22 +61,24 @@ class StreamHazardWarning(RuntimeWarning):
     """Emitted once per distinct finding in ``warn`` mode."""
 
 
-@dataclass
-class FindingEntry:
-    finding: Finding
-    count: int = 1
-
-
 class Auditor:
     """Holds the mode, the stream book and the findings of one process."""
 
-    def __init__(self, mode: Mode, book: StreamBook | None = None,
-                 select: frozenset[str] | None = None, runtime: str = "") -> None:
+    def __init__(self, mode: Mode, select: frozenset[str] | None = None, runtime: str = "",
+                 roles: ThreadRoles | None = None) -> None:
         if not mode.active:
             raise ValueError("an Auditor is only built for an active mode; 'off' installs nothing")
         self.mode = mode
         self.runtime = runtime
-        self.book = book if book is not None else StreamBook()
+        # The threads' roles (the process's table when the installer builds the auditor, so
+        # roles declared before the audit started count): the one engine-thread test, and the
+        # ident the hooks' fast paths spare, kept here as a plain attribute (main_engine).
+        self.roles = roles if roles is not None else ThreadRoles()
+        self.main_engine: int | None = None
+        self.roles.follow(self)
+        self.is_engine_thread = self.roles.is_engine
+        self.role_of = self.roles.role_of
+        self.book = StreamBook(self.role_of)
         self.clocks = HappensBefore()
         # The facts the hooks report, one named call each. Bound methods of the book and the
         # clocks, so the hot ones (a stream switch: a deque.append) cost no extra frame.
@@ -86,7 +90,13 @@ class Auditor:
         self.host_waited_for = self.clocks.host_waited_for
         self.device_synchronized = self.clocks.device_synchronized
         self.event_synchronized = self.clocks.event_synchronized
-        self.context = RuleContext(self.book, self.clocks, select=select)
+        # False until the first declared access: events order nothing before it, and the event
+        # and host-wait hooks pass on this one attribute read (kept by the clocks' activation).
+        self.ordering = False
+        self._first_access: Callable[[], None] | None = None
+        self.clocks.on_activate = self._ordering_begins
+        self.context = RuleContext(self.book, self.clocks, select=select, role_of=self.role_of,
+                                   engine_threads=self.roles.engine_threads)
         self.select = select
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
@@ -96,7 +106,6 @@ class Auditor:
         # per buffer: the latest writes (of its blocks) and the reads declared since them
         self._writes: dict[tuple[int, int], list[Handoff]] = {}
         self._reads: dict[tuple[int, int], list[Handoff]] = {}
-        self._main = threading.main_thread().ident
 
     # ---- hot path -------------------------------------------------------------------------
 
@@ -150,7 +159,7 @@ class Auditor:
         Returns the handoffs, reads first."""
         ident = threading.get_ident()
         mark = self.clocks.mark(stream.key)
-        thread = ThreadRef(ident, threading.current_thread().name, roles.role_of(ident))
+        thread = ThreadRef(ident, threading.current_thread().name, self.role_of(ident))
         when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
         made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
                         stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
@@ -197,9 +206,18 @@ class Auditor:
                 reads[:] = [r for r in reads if r.stream.key != stream]
 
     def on_first_access(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, at the first declared access: until then events order
-        nothing, so whoever feeds event records and waits may start only then."""
-        self.clocks.on_activate = callback
+        """Call ``callback`` once, at the first declared access (at once if that was already):
+        until then events order nothing, so whoever feeds event records and waits may start
+        only then."""
+        self._first_access = callback
+        if self.ordering:
+            callback()
+
+    def _ordering_begins(self) -> None:
+        """The clocks took their first mark: from now on event records and waits matter."""
+        self.ordering = True
+        if self._first_access is not None:
+            self._first_access()
 
     def stream_created(self, event: StreamEvent, home_device: int | None = None) -> None:
         """A stream was created. ``home_device``: the device of the creating process's engine,
@@ -233,14 +251,6 @@ class Auditor:
             reads = tuple(r for r in self._reads.get(tensor, ()) if overlaps(r.blocks, blocks))
         return WriteTarget(tensor, writes, reads, blocks)
 
-    def is_engine_thread(self, ident: int) -> bool:
-        """The one engine-thread test: a declared engine thread, else the main thread while
-        none is declared."""
-        role = roles.declared_role(ident)
-        if role is not None:
-            return role == roles.ENGINE
-        return ident == self._main and not roles.engine_declared()
-
     # ---- slow path ------------------------------------------------------------------------
 
     def review(self, op: str, stream: StreamRef, current: StreamRef | None,
@@ -253,7 +263,7 @@ class Auditor:
         ident = threading.get_ident()
         launch = LaunchRecord(
             op=op,
-            thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+            thread=ThreadRef(ident, threading.current_thread().name, self.role_of(ident)),
             stream=stream,
             current=current,
             target_device=target_device,
@@ -304,6 +314,11 @@ class Auditor:
 
     def findings(self) -> list[Finding]:
         return [e.finding for e in self.entries()]
+
+    def report(self, final: bool = True, **extra: Any) -> AuditReport:
+        """This process's report: the entries, the coverage, the mode and the runtime."""
+        return build_report(self.entries(), self.coverage, mode=self.mode.value,
+                            runtime=self.runtime, final=final, **extra)
 
     def subscribe(self, listener: FindingListener) -> Callable[[], None]:
         """Call ``listener`` with every finding (repeats included); returns an unsubscribe."""

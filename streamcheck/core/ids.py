@@ -75,7 +75,7 @@ def capture_stack(skip: int = 1, limit: int = 16) -> Stack:
     return tuple(frames)
 
 
-_AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/audit.py",
+_AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/installer.py",
                 "<streamcheck wrapper of ")
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from streamcheck.core import roles
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef, frames_of
 from streamcheck.core.records import StreamEvent
+from streamcheck.core.roles import main_thread_role
 
 LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old launches
 
@@ -65,7 +65,8 @@ class StreamBook:
     only rules do, and only for a launch that already looks wrong.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, role_of: Callable[[int], str] = main_thread_role) -> None:
+        self._role_of = role_of  # a thread's role, for the events a query hands back
         self._lock = threading.Lock()
         self._log: deque[tuple[Any, ...]] = deque(maxlen=LOG_LENGTH)
         self.record_switch = self._log.append
@@ -111,7 +112,7 @@ class StreamBook:
             if _is_creation(record):
                 return None
             if record[1] != thread_ident:
-                return _event(record)
+                return _event(record, self._role_of)
         return None
 
     def _latest_of(self, thread_ident: int, device: int) -> tuple[Any, ...] | None:
@@ -129,7 +130,7 @@ class StreamBook:
     def current_of(self, thread_ident: int, device: int) -> StreamEvent | None:
         """The last stream the hooks saw ``thread_ident`` make current on ``device``."""
         record = self._latest_of(thread_ident, device)
-        return _event(record) if record is not None else None
+        return _event(record, self._role_of) if record is not None else None
 
     def clear(self) -> None:
         with self._lock:
@@ -138,7 +139,7 @@ class StreamBook:
             self._device_set.clear()
 
 
-def _event(record: tuple[Any, ...]) -> StreamEvent:
+def _event(record: tuple[Any, ...], role_of: Callable[[int], str]) -> StreamEvent:
     stream, ident, via = record[0], record[1], record[2]
     device, stream_id = _key(record)
     handle = int(getattr(stream, "handle", 0) or getattr(stream, "cuda_stream", 0) or 0)
@@ -148,6 +149,6 @@ def _event(record: tuple[Any, ...]) -> StreamEvent:
         name = thread.name if thread is not None else f"thread {ident:#x} (ended)"
     return StreamEvent(
         kind="made-current", stream=StreamRef(device, stream_id, handle),
-        thread=ThreadRef(ident, name, roles.role_of(ident)), time=when,
+        thread=ThreadRef(ident, name, role_of(ident)), time=when,
         stack=site_stack(record), via=via,
     )

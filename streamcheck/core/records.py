@@ -117,3 +117,11 @@ class Finding:
             self.launch.thread.ident,
             callsite,
         )
+
+
+@dataclass
+class FindingEntry:
+    """One distinct finding and how many times it was seen: what a report is built from."""
+
+    finding: Finding
+    count: int = 1

@@ -1,7 +1,10 @@
-"""The report as data: findings turned into a JSON-ready dict (schema in docs/report-schema.md).
+"""The report as data: an :class:`AuditReport` (schema in docs/report-schema.md), built from
+plain entries and metadata, never from an auditor (the auditor hands its own in:
+``Auditor.report``).
 
 Each process writes its own report; :func:`merge_reports` combines several (ranks, pytest-xdist
-workers, child processes) into one, adding occurrence counts of identical findings.
+workers, child processes) into one, adding occurrence counts of identical findings. The writer,
+``streamcheck report``, the pytest plugin's summary and the merge all work on the same type.
 """
 
 from __future__ import annotations
@@ -12,15 +15,14 @@ import socket
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcheck.core.auditor import Auditor, FindingEntry
 from streamcheck.core.coverage import STATE_RANK, Coverage
 from streamcheck.core.explain import explain_finding
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef
-from streamcheck.core.records import Finding, StreamEvent
+from streamcheck.core.records import Finding, FindingEntry, StreamEvent
 
 SCHEMA = "streamcheck.report/1"
 
@@ -87,38 +89,113 @@ def coverage_to_dict(coverage: Coverage | None) -> dict[str, Any]:
     return {"launches_by_op": by_op, "targets": targets}
 
 
-def build_report(auditor: Auditor | None, entries: Iterable[FindingEntry] | None = None,
-                 final: bool = True, **extra: Any) -> dict[str, Any]:
-    """One process's report. ``entries`` overrides the auditor's (e.g. one test's findings).
+#: The keys :class:`AuditReport` holds in fields; any other key of a report is in ``extra``.
+_FIELDS = ("schema", "process", "merged_from", "per_process", "mode", "runtime", "final",
+           "launches_audited", "launches_by_op", "targets", "findings")
+
+
+@dataclass
+class AuditReport:
+    """One report of the schema (docs/report-schema.md): one process's (``process`` set) or a
+    merge of several (``merged_from`` and ``per_process`` set).
+
+    What the writer, ``streamcheck report``, the pytest plugin and :func:`merge_reports` share.
+    Findings keep the schema's JSON form (:func:`finding_to_dict`) whoever made them: a live
+    auditor, a child process's file, an xdist worker. ``extra`` holds the keys a caller adds
+    (the pytest session's ``tests``, ``unattributed``, ...), written after the schema's own.
+    """
+
+    mode: str = "off"
+    runtime: str = ""
+    final: bool = True
+    launches_audited: int = 0
+    launches_by_op: dict[str, int] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    process: dict[str, Any] | None = None
+    merged_from: list[dict[str, Any]] | None = None
+    per_process: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def merged(self) -> bool:
+        return self.merged_from is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (key order as the schema's examples have it)."""
+        head: dict[str, Any] = {"schema": SCHEMA}
+        if self.merged_from is not None:
+            head.update(merged_from=self.merged_from, per_process=self.per_process)
+        else:
+            head["process"] = self.process if self.process is not None else {}
+        return {
+            **head,
+            "mode": self.mode,
+            "runtime": self.runtime,
+            "final": self.final,
+            "launches_audited": self.launches_audited,
+            "launches_by_op": self.launches_by_op,
+            "targets": self.targets,
+            "findings": self.findings,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditReport:
+        """A report read back (a file, an xdist worker's); raises ValueError for another
+        document. Keys it does not know are kept in ``extra``."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise ValueError(f"not a {SCHEMA} report: schema={schema!r}")
+        merged = "merged_from" in data
+        return cls(
+            mode=data.get("mode", "off"),
+            runtime=data.get("runtime", ""),
+            final=data.get("final", True),
+            launches_audited=int(data.get("launches_audited", 0)),
+            launches_by_op=dict(data.get("launches_by_op", {})),
+            targets=list(data.get("targets", [])),
+            findings=list(data.get("findings", [])),
+            process=None if merged else dict(data.get("process", {})),
+            merged_from=list(data["merged_from"]) if merged else None,
+            per_process=list(data.get("per_process", [])),
+            extra={k: v for k, v in data.items() if k not in _FIELDS},
+        )
+
+
+def this_process() -> dict[str, Any]:
+    """Who wrote a report: pid, host, command line, when."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "argv": list(sys.argv),
+            "time": time.time()}
+
+
+def build_report(entries: Iterable[FindingEntry] = (), coverage: Coverage | None = None, *,
+                 mode: str = "off", runtime: str = "", final: bool = True,
+                 **extra: Any) -> AuditReport:
+    """One process's report, from plain entries (distinct findings and their counts), the
+    coverage of what was audited, and metadata. ``Auditor.report`` passes its own.
 
     ``final`` is False for a snapshot written while the process still runs: a report whose
     process was killed before its exit stays marked as such.
     """
-    if entries is None:
-        entries = auditor.entries() if auditor is not None else []
-    findings = [finding_to_dict(e.finding, e.count) for e in entries]
-    counts = coverage_to_dict(auditor.coverage if auditor is not None else None)
-    return {
-        "schema": SCHEMA,
-        "process": {
-            "pid": os.getpid(), "host": socket.gethostname(), "argv": list(sys.argv),
-            "time": time.time(),
-        },
-        "mode": auditor.mode.value if auditor is not None else "off",
-        "runtime": auditor.runtime if auditor is not None else "",
-        "final": final,
-        "launches_audited": sum(counts["launches_by_op"].values()),
-        **counts,
-        "findings": findings,
-        **extra,
-    }
+    clash = set(extra) & set(_FIELDS)
+    if clash:
+        raise TypeError(f"build_report: {sorted(clash)} are the report's own fields, not extra")
+    counts = coverage_to_dict(coverage)
+    return AuditReport(
+        mode=mode, runtime=runtime, final=final,
+        launches_audited=sum(counts["launches_by_op"].values()),
+        launches_by_op=counts["launches_by_op"], targets=counts["targets"],
+        findings=[finding_to_dict(e.finding, e.count) for e in entries],
+        process=this_process(), extra=extra,
+    )
 
 
-def merge_targets(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_targets(reports: Iterable[AuditReport]) -> list[dict[str, Any]]:
     """One row per target over several processes: launches add up, the best state wins."""
     merged: dict[str, dict[str, Any]] = {}
     for report in reports:
-        for target in report.get("targets", []):
+        for target in report.targets:
             row = merged.get(target["name"])
             if row is None:
                 merged[target["name"]] = dict(target, methods=list(target.get("methods", [])),
@@ -132,14 +209,14 @@ def merge_targets(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def process_summary(report: dict[str, Any]) -> dict[str, Any]:
+def process_summary(report: AuditReport) -> dict[str, Any]:
     """One line per process in a merged report: who it was and what it audited."""
-    process = report.get("process", {})
+    process = report.process or {}
     return {"pid": process.get("pid"), "host": process.get("host"),
-            "argv": process.get("argv", []), "mode": report.get("mode"),
-            "final": report.get("final", True),
-            "launches_audited": report.get("launches_audited", 0),
-            "findings": len(report.get("findings", []))}
+            "argv": process.get("argv", []), "mode": report.mode,
+            "final": report.final,
+            "launches_audited": report.launches_audited,
+            "findings": len(report.findings)}
 
 
 def merge_key(finding: dict[str, Any]) -> tuple[object, ...]:
@@ -156,7 +233,7 @@ def merge_key(finding: dict[str, Any]) -> tuple[object, ...]:
             top.get("file"), top.get("line"), top.get("function"))
 
 
-def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def merge_reports(reports: Iterable[AuditReport]) -> AuditReport:
     """Combine per-process (or already merged) reports into one of the same schema.
 
     The same finding seen in several processes (:func:`merge_key`) is kept once, its counts
@@ -169,19 +246,17 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     processes: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     for report in reports:
-        if report.get("schema") != SCHEMA:
-            raise ValueError(f"not a {SCHEMA} report: schema={report.get('schema')!r}")
-        launches += int(report.get("launches_audited", 0))
-        for op, n in report.get("launches_by_op", {}).items():
+        launches += report.launches_audited
+        for op, n in report.launches_by_op.items():
             by_op[op] = by_op.get(op, 0) + n
-        if "merged_from" in report:  # a merged report merges again by its parts
-            processes += report["merged_from"]
-            summaries += report.get("per_process", [])
+        if report.merged_from is not None:  # a merged report merges again by its parts
+            processes += report.merged_from
+            summaries += report.per_process
         else:
-            processes.append(report.get("process", {}))
+            processes.append(report.process or {})
             summaries.append(process_summary(report))
-        pid = report.get("process", {}).get("pid")
-        for finding in report.get("findings", []):
+        pid = (report.process or {}).get("pid")
+        for finding in report.findings:
             pids = finding.get("pids") or ([pid] if pid is not None else [])
             key = merge_key(finding)
             if key in merged:
@@ -189,18 +264,17 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 merged[key]["pids"] += [p for p in pids if p not in merged[key]["pids"]]
             else:
                 merged[key] = dict(finding, pids=list(pids))
-    return {
-        "schema": SCHEMA,
-        "merged_from": processes,
-        "per_process": summaries,
-        "mode": _common(r.get("mode", "off") for r in reports),
-        "runtime": merged_runtime(r.get("runtime", "") for r in reports),
-        "final": all(r.get("final", True) for r in reports),
-        "launches_audited": launches,
-        "launches_by_op": dict(sorted(by_op.items())),
-        "targets": merge_targets(reports),
-        "findings": list(merged.values()),
-    }
+    return AuditReport(
+        merged_from=processes,
+        per_process=summaries,
+        mode=_common(r.mode for r in reports),
+        runtime=merged_runtime(r.runtime for r in reports),
+        final=all(r.final for r in reports),
+        launches_audited=launches,
+        launches_by_op=dict(sorted(by_op.items())),
+        targets=merge_targets(reports),
+        findings=list(merged.values()),
+    )
 
 
 def merged_runtime(values: Iterable[str]) -> str:
@@ -217,17 +291,17 @@ def _common(values: Iterable[str]) -> str:
     return distinct[0] if len(distinct) == 1 else ("mixed" if distinct else "")
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> Path:
+def write_report(report: AuditReport, path: str | Path) -> Path:
     """Write atomically (temp file + rename) so a reader never sees half a report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     os.replace(tmp, path)
     return path
 
 
-def read_report(path: str | Path) -> dict[str, Any]:
+def read_report(path: str | Path) -> AuditReport:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -237,4 +311,4 @@ def read_report(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a streamcheck report (expected schema {SCHEMA})")
-    return data
+    return AuditReport.from_dict(data)

@@ -28,8 +28,8 @@ class RuleContext:
     #: The rules reported (None: all). A rule that leaves a case to a more precise one asks
     #: whether that one is reported at all.
     select: frozenset[str] | None = None
-    role_of: Callable[[int], str] = roles.role_of
-    engine_threads: Callable[[], list[int]] = roles.engine_threads
+    role_of: Callable[[int], str] = roles.main_thread_role
+    engine_threads: Callable[[], list[int]] = roles.main_thread_only
 
 
 RuleCheck = Callable[[RuleContext, LaunchRecord], "Finding | None"]

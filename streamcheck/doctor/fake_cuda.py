@@ -81,9 +81,9 @@ def install(fake: FakeCuda) -> None:
     """Put ``fake`` on ``torch.cuda`` and ``torch.accelerator.set_stream`` (child only)."""
     import torch
 
-    from streamcheck import audit
+    from streamcheck import installer
 
-    audited = audit.release_torch_hooks()  # an audit started first follows the surface over
+    audited = installer.release_torch_hooks()  # an audit started first follows the surface over
     cuda: Any = torch.cuda
     for name, value in vars(fake.namespace).items():
         setattr(cuda, name, value)
@@ -93,19 +93,11 @@ def install(fake: FakeCuda) -> None:
         accelerator.set_stream = fake.accelerator_set_stream
     use_reader(reader_of(fake))
     if audited:
-        audit.rehook_torch()
+        installer.rehook_torch()
 
 
 def reader_of(fake: FakeCuda) -> StreamReader:
     """The audit's stream reader for the simulated CUDA: the sim's per-thread truth."""
     machine = fake.sim.machine
-
-    def current_stream(device: int) -> tuple[int, int, int]:
-        state = machine.current_stream(device)
-        return (state.stream_id, state.device, 1)
-
-    def current_raw_stream(device: int) -> int:
-        return machine.current_stream(device).handle
-
-    return StreamReader(current_stream, fake.sim.current_device, name="sim",
-                        current_raw_stream=current_raw_stream)
+    return StreamReader(machine.current_stream_tuple, machine.current_device, name="sim",
+                        current_raw_stream=machine.current_raw_stream)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from streamcheck.activation import child_env
 from streamcheck.core.modes import Mode
-from streamcheck.core.report import read_report
+from streamcheck.core.report import AuditReport, read_report
 
 
 class EnvOverlay:
@@ -54,7 +53,7 @@ class ChildReports:
     def deactivate(self) -> None:
         self._env.restore()
 
-    def collect(self) -> list[dict[str, Any]]:
+    def collect(self) -> list[AuditReport]:
         """Reports written since the last call (each file is complete: writers rename)."""
         if not self.directory.is_dir():
             return []
@@ -73,6 +72,6 @@ class ChildReports:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _unreadable(path: Path, exc: ValueError) -> dict[str, Any]:
-    return {"process": {"pid": 0, "argv": [str(path)]}, "launches_audited": 0,
-            "findings": [], "unreadable": str(exc)}
+def _unreadable(path: Path, exc: ValueError) -> AuditReport:
+    return AuditReport(process={"pid": 0, "argv": [str(path)]},
+                       extra={"unreadable": str(exc)})

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamcheck.core.report import write_report
+from streamcheck.core.report import AuditReport, write_report
 from streamcheck.pytest_support import results, summary, verdict
 from streamcheck.pytest_support.settings import Settings
 from streamcheck.pytest_support.state import STATE, SessionState
@@ -60,7 +60,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     own = results.process_report(state)
     state.audit.finish()
     if state.is_worker:
-        config.workeroutput[results.WORKER_KEY] = json.dumps(own)  # type: ignore[attr-defined]
+        config.workeroutput[results.WORKER_KEY] = json.dumps(  # type: ignore[attr-defined]
+            own.to_dict())
         return
     parts = state.worker_reports
     if state.items_audited or not parts:
@@ -75,7 +76,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: a worker finished; keep the report it shipped."""
     shipped = getattr(node, "workeroutput", {}).get(results.WORKER_KEY)
     if shipped:
-        node.config.stash[STATE].worker_reports.append(json.loads(shipped))
+        node.config.stash[STATE].worker_reports.append(
+            AuditReport.from_dict(json.loads(shipped)))
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -12,10 +12,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamcheck.core.auditor import FindingEntry
 from streamcheck.core.explain import explain_finding
-from streamcheck.core.records import Finding
-from streamcheck.core.report import finding_to_dict
+from streamcheck.core.records import Finding, FindingEntry
+from streamcheck.core.report import AuditReport, finding_to_dict
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,10 @@ class ItemRecord:
             else:
                 entry.count += 1
 
-    def add_child_report(self, report: dict[str, Any]) -> None:
-        process = report.get("process", {})
+    def add_child_report(self, report: AuditReport) -> None:
+        process = report.process or {}
         with self._lock:
-            for data in report.get("findings", []):
+            for data in report.findings:
                 self._children.append(_child_observed(data, process, len(self._children)))
 
     def observed(self) -> list[Observed]:

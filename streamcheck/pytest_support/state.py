@@ -11,13 +11,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from streamcheck.core.modes import Mode
 from streamcheck.core.records import Finding
-from streamcheck.pytest_support.auditing import AuditHandle
+from streamcheck.core.report import AuditReport
+from streamcheck.pytest_support.audit_handle import AuditHandle
 from streamcheck.pytest_support.children import ChildReports
 from streamcheck.pytest_support.records import ItemRecord
 from streamcheck.pytest_support.settings import ItemPolicy, MarkerError, Settings, policy_for
@@ -34,8 +34,8 @@ class SessionState:
     unattributed: ItemRecord = field(default_factory=lambda: ItemRecord(""))
     items_audited: int = 0
     child_launches: int = 0
-    worker_reports: list[dict[str, Any]] = field(default_factory=list)
-    final_report: dict[str, Any] | None = None
+    worker_reports: list[AuditReport] = field(default_factory=list)
+    final_report: AuditReport | None = None
     written_to: Path | None = None
     _scratch: Path | None = None
     audit: AuditHandle = field(init=False)
@@ -75,7 +75,7 @@ class SessionState:
         """Attribute the reports the current test's child processes have written so far."""
         if self.current is not None and self.children is not None:
             for report in self.children.collect():
-                self.child_launches += int(report.get("launches_audited", 0))
+                self.child_launches += report.launches_audited
                 self.current.add_child_report(report)
 
     def end(self) -> None:

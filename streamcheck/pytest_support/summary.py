@@ -1,9 +1,10 @@
 """The terminal summary: findings by test, rendered from the session report (never computed).
 
-It reads the same dict the ``--streamcheck-report`` file holds, so a run with xdist and one
-without print the same thing. Rich colours it when the terminal takes markup; otherwise (a
-pipe, CI logs, pytester) plain lines, which are easier to grep. Findings are grouped under
-each test's id rather than put in a table column, so long ids stay whole on narrow terminals.
+It reads the same :class:`~streamcheck.core.report.AuditReport` the ``--streamcheck-report``
+file is written from, so a run with xdist and one without print the same thing. Rich colours
+it when the terminal takes markup; otherwise (a pipe, CI logs, pytester) plain lines, which are
+easier to grep. Findings are grouped under each test's id rather than put in a table column, so
+long ids stay whole on narrow terminals.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from typing import Any
 
 import pytest
 
+from streamcheck.core.report import AuditReport
 from streamcheck.render.coverage import plain_lines
 
 OUTSIDE = "(outside any test)"
 
 
-def rows(report: dict[str, Any]) -> list[tuple[str, str, int, str, str, str]]:
+def rows(report: AuditReport) -> list[tuple[str, str, int, str, str, str]]:
     """(test, rule, count, op, where, verdict) for every finding, tests in report order."""
     out = []
-    groups = list(report.get("tests", {}).items())
-    if report.get("unattributed"):
-        groups.append((OUTSIDE, report["unattributed"]))
+    groups = list(report.extra.get("tests", {}).items())
+    if report.extra.get("unattributed"):
+        groups.append((OUTSIDE, report.extra["unattributed"]))
     for nodeid, found in groups:
         for f in found:
             child = f.get("child")
@@ -35,13 +37,13 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, int, str, str, str]]:
     return out
 
 
-def headline(report: dict[str, Any]) -> str:
+def headline(report: AuditReport) -> str:
     found = rows(report)
     tests = {r[0] for r in found}
-    text = (f"{report.get('mode', '?')} mode, {report.get('launches_audited', 0)} launches "
-            f"audited in {report.get('tests_audited', 0)} tests")
-    if report.get("processes", 1) > 1:
-        text += f" on {report['processes']} workers"
+    text = (f"{report.mode} mode, {report.launches_audited} launches "
+            f"audited in {report.extra.get('tests_audited', 0)} tests")
+    if report.extra.get("processes", 1) > 1:
+        text += f" on {report.extra['processes']} workers"
     if not found:
         return text + ": no findings"
     failing = sum(1 for r in found if r[5] == "FAILED")
@@ -49,7 +51,7 @@ def headline(report: dict[str, Any]) -> str:
             f"{failing} failing, {len(found) - failing} not")
 
 
-def render(terminalreporter: Any, report: dict[str, Any], written_to: Path | None) -> None:
+def render(terminalreporter: Any, report: AuditReport, written_to: Path | None) -> None:
     terminalreporter.write_sep("=", "streamcheck")
     terminalreporter.write_line(headline(report))
     for line in plain_lines(report):

@@ -12,24 +12,25 @@ from typing import Any
 from rich.table import Table
 
 from streamcheck.core.coverage import INSTRUMENTED, STATE_RANK
+from streamcheck.core.report import AuditReport
 
 ZERO = ("0 launches audited: the audit was on but no instrumented launch site was called, so "
         "'no findings' here does NOT mean checked and clean")
 
 
-def zero_launch_warning(report: dict[str, Any]) -> str | None:
+def zero_launch_warning(report: AuditReport) -> str | None:
     """The warning for a report that audited nothing, with what it was watching for."""
-    if report.get("launches_audited", 0) or report.get("mode", "off") == "off":
+    if report.launches_audited or report.mode == "off":
         return None
-    watched = [t["name"] for t in report.get("targets", []) if t["state"] == INSTRUMENTED]
+    watched = [t["name"] for t in report.targets if t["state"] == INSTRUMENTED]
     where = f" (instrumented: {', '.join(watched)})" if watched else " (no target instrumented)"
     return f"WARNING: {ZERO}{where}"
 
 
-def process_notes(report: dict[str, Any]) -> list[str]:
+def process_notes(report: AuditReport) -> list[str]:
     """Processes of a merged report that audited nothing, or whose report was cut short."""
     notes = []
-    processes = report.get("per_process", [])
+    processes = report.per_process
     silent = [p for p in processes if not p.get("launches_audited")]
     if silent and len(processes) > 1:
         names = ", ".join(f"pid {p['pid']} ({_argv(p)})" for p in silent[:8])
@@ -47,11 +48,11 @@ def _argv(process: dict[str, Any]) -> str:
     return " ".join(str(a) for a in argv)[:60]
 
 
-def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(target, state, launches, detail) per target, the instrumented ones first."""
+def target_rows(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(target, state, launches, detail) per target (a report's ``targets``, or a probe's),
+    the instrumented ones first."""
     rows = []
-    for t in sorted(report.get("targets", []), key=lambda t: (STATE_RANK.get(t["state"], 3),
-                                                               t["name"])):
+    for t in sorted(targets, key=lambda t: (STATE_RANK.get(t["state"], 3), t["name"])):
         detail = t.get("detail", "")
         if t["state"] == INSTRUMENTED:
             methods = t.get("methods", [])
@@ -63,22 +64,22 @@ def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def targets_table(report: dict[str, Any]) -> Table:
+def targets_table(targets: list[dict[str, Any]]) -> Table:
     table = Table(title="what was audited", title_justify="left")
     for column in ("target", "state", "launches", "detail"):
         table.add_column(column, overflow="fold")
-    for row in target_rows(report):
+    for row in target_rows(targets):
         table.add_row(*row)
     return table
 
 
-def plain_lines(report: dict[str, Any]) -> list[str]:
+def plain_lines(report: AuditReport) -> list[str]:
     """The same, as plain lines (pytest summary, logs)."""
     lines = []
     warning = zero_launch_warning(report)
     if warning:
         lines.append(warning)
-    audited = [f"{name} {launches}" for name, state, launches, _ in target_rows(report)
+    audited = [f"{name} {launches}" for name, state, launches, _ in target_rows(report.targets)
                if state == INSTRUMENTED]
     if audited:
         lines.append("launches by target: " + ", ".join(audited))

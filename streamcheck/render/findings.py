@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
+from streamcheck.core.report import AuditReport
 from streamcheck.render.coverage import process_notes, targets_table, zero_launch_warning
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    findings = report.get("findings", [])
-    table = Table(title=f"streamcheck report ({report.get('mode', '?')} mode, "
-                        f"{report.get('launches_audited', 0)} launches audited)")
+def print_report(console: Console, report: AuditReport) -> None:
+    findings = report.findings
+    table = Table(title=f"streamcheck report ({report.mode} mode, "
+                        f"{report.launches_audited} launches audited)")
     for column in ("rule", "op", "thread", "stream", "count"):
         table.add_column(column)
     for f in findings:
@@ -25,12 +24,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for f in findings:
         console.rule(f"[bold]{f['rule']}[/]")
         console.print(f["text"], markup=False, highlight=False)
-    if report.get("targets"):
-        console.print(targets_table(report))
+    if report.targets:
+        console.print(targets_table(report.targets))
     for note in process_notes(report):
         console.print(f"[yellow]{note}[/]")
     warning = zero_launch_warning(report)
     if warning:
         console.print(f"[bold red]{warning}[/]")
     elif not findings:
-        console.print(f"no findings in {report.get('launches_audited', 0)} launches audited")
+        console.print(f"no findings in {report.launches_audited} launches audited")

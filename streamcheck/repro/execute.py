@@ -5,8 +5,8 @@ from __future__ import annotations
 import traceback
 from types import ModuleType
 
-from streamcheck.audit import current_auditor
 from streamcheck.core.errors import StreamHazardError
+from streamcheck.installer import current_auditor
 from streamcheck.repro.context import RankContext
 
 

@@ -39,7 +39,7 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
     """Entry point of one rank process."""
     import torch
 
-    from streamcheck import audit
+    from streamcheck import installer
     from streamcheck.repro.discover import load
     from streamcheck.runtime.nccl import NcclCommunicator
 
@@ -47,7 +47,7 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
     spec = module.SPEC
     torch.cuda.set_device(rank)
     torch.manual_seed(0)  # the same inputs on every rank, so results can be checked exactly
-    audit.install(spec.mode_of(variant), runtime="cuda")
+    installer.install(spec.mode_of(variant), runtime="cuda")
     device = torch.device("cuda", rank)
     log = ResultLog(str(out_dir / f"rank{rank}.jsonl"), rank)
     comms: list[NcclCommunicator] = []

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from streamcheck import audit
-from streamcheck.core import roles
+import streamcheck
+from streamcheck import installer
 from streamcheck.repro.context import RankContext, ResultLog
 from streamcheck.repro.execute import execute_rank, log_findings
 from streamcheck.runtime.sim import SimCommGroup, SimCommunicator, SimCuda, SimMachine
@@ -23,16 +23,16 @@ from streamcheck.runtime.sim.tensor import SimTensors
 def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: Path,
                     seed: int = 0) -> None:
     spec = module.SPEC
-    audit.install(spec.mode_of(variant), runtime="sim")
+    installer.install(spec.mode_of(variant), runtime="sim")
     machine = SimMachine(device_count=max(world_size, 2), seed=seed)
     group = SimCommGroup(world_size)
     logs = [ResultLog(str(out_dir / f"rank{r}.jsonl"), r) for r in range(world_size)]
     contexts: list[RankContext] = []
 
     def rank_thread(rank: int) -> None:
-        roles.declare_thread_role(roles.ENGINE)
+        streamcheck.declare_thread_role(streamcheck.ENGINE)
         api = SimCuda(machine)
-        audit.instrument_sim(api)
+        installer.instrument_sim(api)
         api.set_device(rank)
         tensors = SimTensors(machine, seed=seed)  # same inputs on every rank, as with one seed
 

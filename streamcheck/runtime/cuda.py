@@ -7,29 +7,16 @@ current device. The audit reads these at every launch through :func:`stream_read
 
 A process whose ``torch.cuda`` is the CPU simulator (``streamcheck doctor``'s probe child, the
 CPU tests over vLLM's real code) has no such C++ state: the simulator installs its own reader
-with :func:`use_reader`, and every wrapper made afterwards reads the simulated truth.
+with :func:`use_reader`, and every wrapper made afterwards reads the simulated truth. Both are
+:class:`~streamcheck.runtime.reader.StreamReader` objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from streamcheck.runtime.reader import CurrentStreamTuple, StreamReader
 
-CurrentStreamTuple = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class StreamReader:
-    """``current_stream(device) -> (stream id, device, device type)``; ``current_device()``;
-    ``current_raw_stream(device) -> handle`` (the ``cudaStream_t``, what a stream object's
-    ``cuda_stream`` says): one integer, read faster than the tuple, which lets a launch on the
-    thread's own current stream be told apart with one comparison (None: not offered)."""
-
-    current_stream: Callable[[int], CurrentStreamTuple]
-    current_device: Callable[[], int]
-    name: str = "cuda"
-    current_raw_stream: Callable[[int], int] | None = None
-
+__all__ = ["CurrentStreamTuple", "StreamReader", "cuda_available", "device_count",
+           "stream_reader", "use_reader"]
 
 _override: StreamReader | None = None
 

@@ -3,8 +3,8 @@
 ``torch.cuda.Event.record(stream=None)`` and ``.wait(stream=None)`` are the two places every
 event ordering passes through in PyTorch (``Stream.wait_event``, ``wait_stream`` and
 ``record_event`` call them); the simulator's events have the same two methods. Until the first
-declared access the clocks have nothing to order against (``clocks.active`` is False) and the
-clock hooks cost one attribute read; after it, the stream a call applies to is read and the
+declared access the clocks have nothing to order against (``Auditor.ordering`` is False) and
+the clock hooks cost one attribute read; after it, the stream a call applies to is read and the
 clocks updated.
 
 A hook's own bookkeeping never breaks the call it wraps: whatever it cannot read (a device
@@ -23,34 +23,31 @@ from typing import Any
 
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef, capture_site
+from streamcheck.runtime.reader import StreamReader
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.registry import PatchRegistry
 from streamcheck.wrappers.streams import DeviceHome
 
-StreamKeyOf = Callable[[Any, Any], tuple[int, int]]
-"""(event, stream or None) -> the (device, stream id) the call applies to."""
-
-
 _BOUND = "_streamcheck_event_device"
 
 
 def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
-                      stream_key_of: StreamKeyOf, device_of: Callable[[Any], int | None],
-                      thread_device: Callable[[], int] | None = None,
-                      event_thread_device: Callable[[Any], int] | None = None) -> None:
+                      reader: StreamReader) -> None:
     """``Event.record``, hooked from the start: an event already bound to a device recorded
     on a stream of another (``event-device-mismatch``, checked before the record runs), and,
     once the clocks are live, the snapshot they keep.
 
-    ``device_of(event)`` is the device the event is bound to (asked once, after its first
-    record, and kept on the event). A record on the current stream (``stream=None``) uses the
-    thread's current device: ``thread_device()`` (torch's C read, called directly: no Python
-    frame on this path), or ``event_thread_device(event)`` where that depends on the event
-    (the simulator's machine).
+    ``reader.event_device(event)`` is the device the event is bound to (asked once, after its
+    first record, and kept on the event). A record on the current stream (``stream=None``)
+    uses the thread's current device: ``reader.current_device()`` (torch's C read, called
+    directly: no Python frame on this path), or ``reader.event_thread_device(event)`` where
+    that depends on the event (the simulator's machine).
     """
-    if (thread_device is None) == (event_thread_device is None):
-        raise ValueError("give exactly one of thread_device and event_thread_device")
+    stream_key_of = reader.event_stream_key()
+    device_of = reader.event_device
+    event_thread_device = reader.event_thread_device
+    thread_device = reader.current_device if event_thread_device is None else None
 
     def make_record(original: Any) -> Any:
         @functools.wraps(original)
@@ -79,7 +76,7 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                 if bound is None:
                     with contextlib.suppress(AttributeError, TypeError):
                         setattr(self, _BOUND, device_of(self))
-                if auditor.clocks.active:
+                if auditor.ordering:
                     auditor.event_recorded(self, stream_key_of(self, stream))
             except Exception as exc:
                 warn_cannot_audit("Event.record", exc)
@@ -95,10 +92,11 @@ def _ref(key: tuple[int, int], stream: Any) -> StreamRef:
 
 
 def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
-                    current_device: Callable[[], int], home: DeviceHome | None = None) -> None:
+                    reader: StreamReader, home: DeviceHome | None = None) -> None:
     """Remember which device each thread last made current, and where (set_device is rare):
     a stream or event on the wrong device is explained by it. An engine thread's device is
     also ``home``'s: the device the namespace's helper threads should be working on."""
+    current_device = reader.current_device
 
     def make(original: Any) -> Any:
         @functools.wraps(original)
@@ -121,15 +119,16 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
 
 
 def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
-                    stream_key_of: StreamKeyOf) -> None:
+                    reader: StreamReader) -> None:
     """``Event.wait``, installed at the first declared access: the waiting stream's clock
     takes in the event's snapshot (:func:`hook_event_record` keeps the snapshots)."""
+    stream_key_of = reader.event_stream_key()
 
     def make_wait(original: Any) -> Any:
         @functools.wraps(original)
         def wait(self: Any, stream: Any = None) -> Any:
             auditor = gate.auditor
-            if auditor is not None and auditor.clocks.active:
+            if auditor is not None and auditor.ordering:
                 auditor.event_waited(stream_key_of(self, stream), self)
             return original(self, stream)
 
@@ -139,7 +138,7 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
 
 
 def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_class: type,
-                    event_class: type, current_device: Callable[[], int]) -> None:
+                    event_class: type, reader: StreamReader) -> None:
     """Tell the clocks when the host waited for the device: ``namespace.synchronize(device)``,
     ``Stream.synchronize()``, ``Event.synchronize()``, and an ``Event.query()`` or
     ``Stream.query()`` that returned True (a poll that saw the work done: a connector's worker
@@ -148,11 +147,12 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
     read and a small merge, after the wait. Not seen: ``torch.accelerator.synchronize`` and
     ``torch.Stream.synchronize``; a buffer reused after one of those still looks raced with
     its previous use."""
+    current_device = reader.current_device
 
     def live() -> Any:
         """The auditor, while its clocks order anything (None otherwise)."""
         auditor = gate.auditor
-        return auditor if auditor is not None and auditor.clocks.active else None
+        return auditor if auditor is not None and auditor.ordering else None
 
     def make_device(original: Any) -> Any:
         @functools.wraps(original)
@@ -228,7 +228,7 @@ def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
         def record_stream(self: Any, stream: Any) -> Any:
             result = original(self, stream)
             auditor = gate.auditor
-            if auditor is not None and auditor.clocks.active:
+            if auditor is not None and auditor.ordering:
                 try:
                     auditor.fenced_by_allocator(
                         key_of(self), (int(stream.device_index), int(stream.stream_id)))
@@ -252,22 +252,3 @@ def device_index_of(device: Any) -> int | None:
     index = getattr(device, "index", None)
     return None if index is None else int(index)
 
-
-def reader_stream_key(reader: Any) -> StreamKeyOf:
-    """(event, stream) -> key, reading the current stream through a ``StreamReader``."""
-    current_stream, current_device = reader.current_stream, reader.current_device
-
-    def key(_event: Any, stream: Any) -> tuple[int, int]:
-        if stream is not None:
-            return (int(stream.device_index), int(stream.stream_id))
-        sid, dev, _ = current_stream(current_device())
-        return (int(dev), int(sid))
-
-    return key
-
-
-def sim_stream_key(event: Any, stream: Any) -> tuple[int, int]:
-    if stream is not None:
-        return (int(stream.device_index), int(stream.stream_id))
-    state = event._machine.current_stream()
-    return (state.device, state.stream_id)

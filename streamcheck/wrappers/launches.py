@@ -8,8 +8,9 @@ ask the accessor a second time).
 
 The wrapper's inline test is the hot path: it lets a launch through only when
 :meth:`Auditor.admit` would (same device, the thread's real current stream for an implicit
-launch, and the default stream only from the main thread); everything else goes to ``admit``,
-which applies the rules. tests/core/test_fast_path.py checks that implication.
+launch, and the default stream only from the main thread while it is the engine thread:
+``Auditor.main_engine``, which the auditor's thread roles keep); everything else goes to
+``admit``, which applies the rules. tests/wrappers/test_fast_path.py checks that implication.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
       device): the resolved stream's handle equal to the current one on the target device
       means the same stream, on that device. Handles 0-2 (the legacy and per-thread default
       streams) name a stream on every device, so those take the full test;
-    * an explicit stream from the main thread: its device is all there is to check (the
-      default-stream rule spares the main thread), so its id is not read.
+    * an explicit stream from the main thread while it is the engine thread
+      (``auditor.main_engine``): its device is all there is to check (the default-stream rule
+      spares engine threads), so its id is not read.
     """
     if not hasattr(cls, method):
         return False
@@ -134,7 +136,7 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
     if has_stream:
         implicit = "implicit = stream is None"
         explicit = """sdev = stream.device_index
-                fast = sdev == target and _get_ident() == _main
+                fast = sdev == target and _get_ident() == auditor.main_engine
                 if not fast:
                     sid = stream.stream_id"""
     else:
@@ -163,12 +165,12 @@ def make(original):
         if fast:
             return original({call})
         if implicit:
-            if sid == cur[0] and sdev == target and (sid or _get_ident() == _main):
+            if sid == cur[0] and sdev == target and (sid or _get_ident() == auditor.main_engine):
                 return original({call})
             auditor.admit(_op, sdev, sid, _stream, cur[1], cur[0], target, True, _accessor,
                           counted=True)
         else:
-            if sdev == target and (sid or _get_ident() == _main):
+            if sdev == target and (sid or _get_ident() == auditor.main_engine):
                 return original({call})
             auditor.admit(_op, sdev, sid, stream, None, None, target, False, _accessor,
                           counted=True)
@@ -182,8 +184,7 @@ def make(original):
         "_current_of_comm": current_of_comm, "_current_device": current_device,
         "_warn": warn_cannot_audit, "_op": op, "_target": target, "_index_of": device_index,
         "_owner": owner, "_counter": counter,
-        "_accessor": accessor, "_get_ident": threading.get_ident,
-        "_main": threading.main_thread().ident, "_functools": functools,
+        "_accessor": accessor, "_get_ident": threading.get_ident, "_functools": functools,
         **(names or {}), **_defaults_namespace(original),
     }
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
@@ -256,7 +257,7 @@ def wrap_current_stream_call(registry: PatchRegistry, gate: Gate, owner: Any, na
     a :class:`streamcheck.runtime.cuda.StreamReader`.
     """
     current_stream, current_device = reader.current_stream, reader.current_device
-    get_ident, main = threading.get_ident, threading.main_thread().ident
+    get_ident = threading.get_ident
 
     def make(original: Any) -> Any:
         owner_auditor, counter = site_counter(gate, op, target)
@@ -272,7 +273,7 @@ def wrap_current_stream_call(registry: PatchRegistry, gate: Gate, owner: Any, na
                 warn_cannot_audit(op, exc)
                 return original(*args, **kwargs)
             next(counter if auditor is owner_auditor else auditor.coverage.counter(op, target))
-            if not cur[0] and get_ident() != main:
+            if not cur[0] and get_ident() != auditor.main_engine:
                 auditor.admit(op, cur[1], cur[0], None, cur[1], cur[0], None, False,
                               counted=True)
             return original(*args, **kwargs)

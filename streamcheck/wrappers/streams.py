@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from streamcheck.core import roles
+from streamcheck.core.auditor import Auditor
 from streamcheck.core.ids import StreamRef, ThreadRef, capture_site
 from streamcheck.core.records import StreamEvent
 from streamcheck.wrappers.gate import Gate
@@ -62,13 +62,13 @@ def stream_ref(stream: Any) -> StreamRef:
                      int(getattr(stream, "cuda_stream", 0) or 0))
 
 
-def _event(kind: str, stream: Any, via: str) -> StreamEvent:
+def _event(auditor: Auditor, kind: str, stream: Any, via: str) -> StreamEvent:
     """The creation as the book keeps it: the creating frames as a site (code objects and
     offsets), formatted into a stack only if a finding names this stream's origin."""
     ident = threading.get_ident()
     return StreamEvent(
         kind=kind, stream=stream_ref(stream),
-        thread=ThreadRef(ident, threading.current_thread().name, roles.role_of(ident)),
+        thread=ThreadRef(ident, threading.current_thread().name, auditor.role_of(ident)),
         time=time.time(), stack=capture_site(skip=2, depth=12), via=via,  # type: ignore[arg-type]
     )
 
@@ -116,7 +116,7 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
         auditor = gate.auditor
         if auditor is not None:
             implied = home is not None and not names_a_device(args, kwargs)
-            auditor.stream_created(_event("created", stream, via),
+            auditor.stream_created(_event(auditor, "created", stream, via),
                                    home.device if implied else None)  # type: ignore[union-attr]
     if "__new__" in stream_class.__dict__ and label == "torch.cuda":
         impl = stream_class.__dict__["__new__"]

@@ -41,10 +41,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _current_of(stream: Any, device: int) -> tuple[int, int, int]:
-    machine = getattr(stream, "_machine", None)
-    if machine is not None:  # a simulated stream
-        state = machine.current_stream(device)
-        return (state.stream_id, state.device, 1)
+    own = getattr(stream, "stream_reader", None)
+    if own is not None:  # a simulated stream: its machine's reader
+        return own().current_stream(device)
     from streamcheck.runtime.cuda import stream_reader
 
     reader = stream_reader()
@@ -84,8 +83,6 @@ def tensor_key(tensor: Any) -> tuple[int, int]:
     """(device, data pointer): how handoffs name a tensor (torch or simulated)."""
     if isinstance(tensor, BlockSet):
         tensor = tensor.tensor
-    if hasattr(tensor, "_machine"):
-        return (int(tensor.device_index), int(tensor.data.data_ptr()))
     return (int(tensor.get_device()), int(tensor.data_ptr()))
 
 
@@ -121,10 +118,11 @@ def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef
         key = tensor_key(tensor)
         if stream is None:
             whole = tensor.tensor if isinstance(tensor, BlockSet) else tensor
-            machine = getattr(whole, "_machine", None)
-            if machine is not None:
-                state = machine.current_stream(key[0])
-                ref = StreamRef(state.device, state.stream_id, state.handle)
+            own = getattr(whole, "stream_reader", None)
+            if own is not None:  # a simulated tensor: its machine's reader
+                reader = own()
+                sid, dev, _ = reader.current_stream(key[0])
+                ref = StreamRef(dev, sid, reader.current_raw_stream(key[0]))
             else:
                 import torch
 

@@ -16,7 +16,7 @@ from streamcheck.cli.main import main
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import Mode
-from streamcheck.core.report import build_report, write_report
+from streamcheck.core.report import AuditReport, write_report
 
 RUN_DOC = {"schema": "streamcheck.run/1", "backend": "sim", "seconds": 1.0,
            "summary": {"matched": 1, "mismatched": 0, "skipped": 0},
@@ -25,12 +25,16 @@ RUN_DOC = {"schema": "streamcheck.run/1", "backend": "sim", "seconds": 1.0,
                         "verdict": "pass", "seconds": 1.0, "reason": ""}]}
 
 
-def report_with_finding() -> dict:
+def audit_report() -> AuditReport:
     aud = Auditor(Mode.RECORD)
     aud.review("op.x", StreamRef(1, 3), StreamRef(0, 0), target_device=0, implicit=True)
-    report = build_report(aud)
-    assert report["findings"], "the audit report must carry a finding for these tests"
+    report = aud.report()
+    assert report.findings, "the audit report must carry a finding for these tests"
     return report
+
+
+def report_with_finding() -> dict:
+    return audit_report().to_dict()
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -41,7 +45,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_a_saved_run_sorting_first_never_hides_audit_findings(tmp_path, capsys) -> None:
     (tmp_path / "a-run.json").write_text(json.dumps(RUN_DOC))
-    write_report(report_with_finding(), tmp_path / "b-report.json")
+    write_report(audit_report(), tmp_path / "b-report.json")
     assert main(["report", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "device-mismatch" in out and "repro_x" in out
@@ -72,7 +76,7 @@ def test_a_report_with_missing_or_mistyped_fields_is_refused(tmp_path, capsys, m
 @pytest.mark.parametrize("make", ["directory", "nested", "fifo", "broken-link", "not-json",
                                   "foreign"])
 def test_unusable_files_in_a_report_directory(tmp_path, capsys, make) -> None:
-    write_report(report_with_finding(), tmp_path / "good.json")
+    write_report(audit_report(), tmp_path / "good.json")
     bad = tmp_path / "z.json"
     if make == "directory":
         bad.mkdir()
@@ -91,7 +95,7 @@ def test_unusable_files_in_a_report_directory(tmp_path, capsys, make) -> None:
 
 
 def test_unwritable_outputs_are_usage_errors(tmp_path, capsys) -> None:
-    write_report(report_with_finding(), tmp_path / "r.json")
+    write_report(audit_report(), tmp_path / "r.json")
     (tmp_path / "file").write_text("")
     missing = tmp_path / "file" / "m.json"  # under a file: no directory can be made there
     assert main(["report", str(tmp_path / "r.json"), "--merge-to", str(missing)]) == 2

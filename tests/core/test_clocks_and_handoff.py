@@ -28,6 +28,20 @@ def test_clock_query():
     assert not hb.ordered(SAVE.key, late)
 
 
+def test_ordering_begins_at_the_first_declared_access():
+    """The hooks' one-attribute test: False until a handoff; the callback runs once then, or at
+    once when it is given after (a surface hooked again while the audit runs)."""
+    aud = Auditor(Mode.RECORD)
+    calls = []
+    aud.on_first_access(lambda: calls.append("first"))
+    assert not aud.ordering and calls == []
+    aud.handoff(KV, ENGINE)
+    aud.handoff(KV, ENGINE)
+    assert aud.ordering and calls == ["first"]
+    aud.on_first_access(lambda: calls.append("late"))
+    assert calls == ["first", "late"]
+
+
 def test_unsynced_handoff_positive_names_the_engine_thread():
     aud = Auditor(Mode.RECORD)
     handoff = aud.handoff(KV, ENGINE)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import ConfigError, Mode, parse_mode
-from streamcheck.core.report import build_report, merge_reports, read_report, write_report
+from streamcheck.core.report import AuditReport, merge_reports, read_report, write_report
 
 
 @pytest.mark.parametrize("text,mode", [("assert", Mode.ASSERT), (" WARN ", Mode.WARN),
@@ -22,7 +22,7 @@ def test_parse_mode(text, mode):
 
 def test_unknown_mode_in_env_names_variable_and_valid_modes():
     with pytest.raises(ConfigError) as info:
-        audit.mode_from_env({"STREAMCHECK": "asert"})
+        installer.mode_from_env({"STREAMCHECK": "asert"})
     message = str(info.value)
     assert "STREAMCHECK" in message and "'asert'" in message
     for mode in ("off", "record", "warn", "assert"):
@@ -32,23 +32,46 @@ def test_unknown_mode_in_env_names_variable_and_valid_modes():
 def test_install_reads_env_and_rejects_bad_value(monkeypatch):
     monkeypatch.setenv("STREAMCHECK", "loud")
     with pytest.raises(ConfigError, match="STREAMCHECK"):
-        audit.install()
-    assert audit.installed_patches() == 0
+        installer.install()
+    assert installer.installed_patches() == 0
 
 
 def test_report_round_trip_and_merge(tmp_path):
     aud = Auditor(Mode.RECORD, runtime="sim")
     for _ in range(2):
         aud.review("nccl.all_reduce", StreamRef(0, 5, 0x50), None, 1, implicit=False)
-    report = build_report(aud)
-    assert report["findings"][0]["rule"] == "device-mismatch"
-    assert report["findings"][0]["count"] == 2
+    report = aud.report()
+    assert report.findings[0]["rule"] == "device-mismatch"
+    assert report.findings[0]["count"] == 2
     path = write_report(report, tmp_path / "a.json")
     again = read_report(path)
-    assert again == json.loads(json.dumps(report))
+    assert again.to_dict() == json.loads(json.dumps(report.to_dict())) == json.loads(
+        path.read_text())
     merged = merge_reports([again, again])
-    assert merged["findings"][0]["count"] == 4
-    assert len(merged["merged_from"]) == 2
+    assert merged.findings[0]["count"] == 4
+    assert len(merged.merged_from) == 2
+    assert AuditReport.from_dict(merged.to_dict()) == merged  # a merged report reads back
+
+
+def test_the_report_json_keeps_its_shape():
+    """The typed report writes exactly the schema's keys, in its order; extras go last."""
+    from streamcheck.documents import REPORT_SCHEMA, validate
+
+    aud = Auditor(Mode.RECORD, runtime="sim")
+    aud.review("nccl.all_reduce", StreamRef(0, 5, 0x50), None, 1, implicit=False)
+    data = aud.report(final=False, note="x").to_dict()
+    assert list(data) == ["schema", "process", "mode", "runtime", "final", "launches_audited",
+                          "launches_by_op", "targets", "findings", "note"]
+    assert list(data["process"]) == ["pid", "host", "argv", "time"]
+    assert (data["mode"], data["runtime"], data["final"]) == ("record", "sim", False)
+    assert validate(data, "one") == REPORT_SCHEMA
+    merged = merge_reports([AuditReport.from_dict(data)]).to_dict()
+    assert list(merged)[:3] == ["schema", "merged_from", "per_process"]
+    assert "process" not in merged and validate(merged, "merged") == REPORT_SCHEMA
+    with pytest.raises(TypeError, match="own fields"):
+        aud.report(launches_audited=3)  # set the field, not an extra key of the same name
+    with pytest.raises(ValueError, match=r"not a streamcheck\.report/1 report"):
+        AuditReport.from_dict({"schema": "streamcheck.run/1"})
 
 
 def test_read_report_rejects_other_json(tmp_path):
@@ -78,11 +101,13 @@ def test_findings_of_different_processes_merge_by_call_site_not_message():
 
     aud = Auditor(Mode.RECORD, runtime="sim")
     aud.review("nccl.all_reduce", StreamRef(0, 5, 0x50), None, 1, implicit=False)
-    one = json.loads(json.dumps(build_report(aud)))
+    one = json.loads(json.dumps(aud.report().to_dict()))
     two = _as_other_process(one, pid=one["process"]["pid"] + 1, ident=0xABC, handle=0x77)
     assert two["findings"][0]["message"] != one["findings"][0]["message"]
     cuda = dict(two, runtime="cuda", mode="assert")
-    merged = merge_reports([one, cuda])
+    merged = merge_reports([AuditReport.from_dict(one), AuditReport.from_dict(cuda)])
+    assert merged.findings[0]["pids"] == [one["process"]["pid"], two["process"]["pid"]]
+    merged = merged.to_dict()
     assert len(merged["findings"]) == 1, merged["findings"]
     assert merged["findings"][0]["count"] == 2
     assert merged["findings"][0]["pids"] == [one["process"]["pid"], two["process"]["pid"]]
@@ -91,9 +116,11 @@ def test_findings_of_different_processes_merge_by_call_site_not_message():
 
     elsewhere = json.loads(json.dumps(two))
     elsewhere["findings"][0]["launch"]["stack"][0]["line"] += 1  # another launching line
-    assert len(merge_reports([one, elsewhere])["findings"]) == 2
+    assert len(merge_reports([AuditReport.from_dict(one),
+                              AuditReport.from_dict(elsewhere)]).findings) == 2
 
-    again = merge_reports([merged, one])  # a merged report merges again by its parts
+    # a merged report merges again by its parts
+    again = merge_reports([AuditReport.from_dict(merged), AuditReport.from_dict(one)]).to_dict()
     assert again["findings"][0]["count"] == 3
     assert len(again["merged_from"]) == len(again["per_process"]) == 3
     assert (again["mode"], again["runtime"]) == ("mixed", "mixed")
@@ -105,8 +132,8 @@ def test_runtime_follows_the_stream_reader(monkeypatch):
 
     monkeypatch.setattr(cuda, "_override", cuda.StreamReader(lambda d: (0, d, 1), lambda: 0,
                                                              name="sim"))
-    auditor = audit.install("record")
+    auditor = installer.install("record")
     try:
-        assert build_report(auditor)["runtime"] == "sim"
+        assert auditor.report().runtime == "sim"
     finally:
-        audit.uninstall()
+        installer.uninstall()

@@ -100,13 +100,13 @@ def test_declared_engine_thread_replaces_main_thread():
     aud = Auditor(Mode.RECORD)
 
     def engine():
-        roles.declare_thread_role(roles.ENGINE)
+        aud.roles.declare(roles.ENGINE)
         made_current(aud.book, S, name="rank0")
         try:
             # the declared engine on its own default stream is not a worker
             return aud.review("x", DEFAULT0, DEFAULT0, 0, implicit=False)
         finally:
-            roles.forget_thread_role()
+            aud.roles.forget()
 
     found, _ = in_thread(engine)
     assert found == []
@@ -257,7 +257,42 @@ def test_stream_on_unbound_device_clean_cases(case):
 def test_a_role_ends_with_its_thread_and_is_not_inherited_through_a_reused_ident():
     """Thread idents are reused: a helper started after an engine thread ended must not be
     taken for that engine (the simulator's ranks end early when a launch is stopped)."""
-    _, ident = in_thread(lambda: roles.declare_thread_role(roles.ENGINE), name="rank1")
-    assert roles.declared_role(ident) is None
-    assert ident not in roles.engine_threads()
-    assert Auditor(Mode.RECORD).is_engine_thread(ident) is False
+    aud = Auditor(Mode.RECORD)
+    _, ident = in_thread(lambda: aud.roles.declare(roles.ENGINE), name="rank1")
+    assert aud.roles.declared_role(ident) is None
+    assert ident not in aud.roles.engine_threads()
+    assert aud.is_engine_thread(ident) is False
+    main = threading.main_thread().ident
+    assert aud.is_engine_thread(main)  # the main thread is the engine again ...
+    assert aud.main_engine == main  # ... and the fast paths spare it again
+
+
+def test_the_fast_paths_spare_the_main_thread_only_while_it_is_the_engine():
+    """``main_engine``, the plain attribute the hooks compare with, follows the declarations:
+    a live engine thread declared elsewhere takes the main thread's place, in the rules and in
+    the fast paths alike; roles are the auditor's state, not the process's."""
+    aud = Auditor(Mode.RECORD)
+    main = threading.main_thread().ident
+    assert aud.main_engine == main and aud.is_engine_thread(main)
+    started, stop = threading.Event(), threading.Event()
+
+    def engine() -> None:
+        aud.roles.declare(roles.ENGINE)
+        made_current(aud.book, S, name="rank0")
+        started.set()
+        stop.wait(10)
+
+    worker = threading.Thread(target=engine, name="rank0")
+    worker.start()
+    try:
+        started.wait(10)
+        assert aud.main_engine is None and not aud.is_engine_thread(main)
+        assert aud.role_of(main) == "" and aud.roles.engine_threads() == [worker.ident]
+        assert Auditor(Mode.RECORD).main_engine == main  # another auditor's roles are its own
+        aud.admit("x", 0, 0, None, 0, 0, 0, implicit=True)  # main, on the default stream
+        assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
+    finally:
+        stop.set()
+        worker.join()
+    aud.roles.forget(worker.ident)
+    assert aud.main_engine == main

@@ -21,7 +21,7 @@ import streamcheck.pytest_support.hooks  # noqa: F401
 SIMLEAK = '''
 import threading
 
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.repro.patterns import GlobalStreamCache
 from streamcheck.runtime.sim import SimCommGroup, SimCommunicator, SimCuda, SimMachine
 from streamcheck.runtime.sim.tensor import SimTensors
@@ -31,7 +31,7 @@ def all_reduce_beside_connector(leak):
     machine = SimMachine(1)
     api = SimCuda(machine)
     tensors = SimTensors(machine)
-    audit.instrument_sim(api)
+    installer.instrument_sim(api)
     cache = GlobalStreamCache(api) if leak else None
     current = cache.current_stream if cache is not None else api.current_stream
     comm = SimCommunicator(SimCommGroup(1), 0, 0, machine, current)

@@ -49,11 +49,11 @@ def test_streamcheck_then_a_path_runs_that_path_audited(sc):
 def test_without_streamcheck_nothing_is_installed_or_registered(sc):
     sc.makepyfile(test_it="""
         import streamcheck
-        from streamcheck import audit
+        from streamcheck import installer
 
         def test_off(request):
             assert streamcheck.current_auditor() is None
-            assert audit.installed_patches() == 0
+            assert installer.installed_patches() == 0
             assert request.config.pluginmanager.get_plugin("streamcheck-audit") is None
     """)
     sc.runpytest(*NO_XDIST).assert_outcomes(passed=1)

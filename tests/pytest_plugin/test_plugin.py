@@ -91,12 +91,12 @@ def test_skip_marker_turns_the_audit_off_for_that_test(sc):
     sc.makepyfile(test_it="""
         import pytest
         import streamcheck
-        from streamcheck import audit
+        from streamcheck import installer
         from simleak import all_reduce_beside_connector
 
         @pytest.mark.no_streamcheck
         def test_not_audited(streamcheck_findings):
-            assert streamcheck.current_auditor() is None and audit.installed_patches() == 0
+            assert streamcheck.current_auditor() is None and installer.installed_patches() == 0
             all_reduce_beside_connector(leak=True)
             assert not streamcheck_findings.active
 

@@ -13,21 +13,21 @@ import threading
 import pytest
 
 import streamcheck
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.runtime.sim import SimCuda, SimMachine
 from streamcheck.runtime.sim.tensor import SimTensors
 
 
 @pytest.fixture
 def sim():
-    auditor = audit.install("record")
+    auditor = installer.install("record")
     machine = SimMachine(1)
     api = SimCuda(machine)
-    audit.instrument_sim(api)
+    installer.instrument_sim(api)
     try:
         yield auditor, api, SimTensors(machine)
     finally:
-        audit.uninstall()
+        installer.uninstall()
 
 
 def _read_then_write(api, tensors, between) -> None:
@@ -103,10 +103,10 @@ def test_an_event_recorded_after_a_wrong_set_device_is_explained_and_stopped():
     another device; the next record names the set_device call, and assert mode stops it."""
     from streamcheck.core.errors import StreamHazardError
 
-    auditor = audit.install("assert")
+    auditor = installer.install("assert")
     machine = SimMachine(2)
     api = SimCuda(machine)
-    audit.instrument_sim(api)
+    installer.instrument_sim(api)
     try:
         api.set_device(1)
         event = api.Event()
@@ -120,7 +120,7 @@ def test_an_event_recorded_after_a_wrong_set_device_is_explained_and_stopped():
         assert "test_buffer_accesses.py" in message
         assert event.device_index == 1  # the record never ran
     finally:
-        audit.uninstall()
+        installer.uninstall()
 
 
 def test_an_event_recorded_on_its_own_device_costs_no_finding(sim):
@@ -153,10 +153,10 @@ def test_a_helper_threads_stream_on_device_0_is_stopped_at_its_creation():
     its device first, or names the device, is clean."""
     from streamcheck.core.errors import StreamHazardError
 
-    auditor = audit.install("assert")
+    auditor = installer.install("assert")
     machine = SimMachine(2)
     api = SimCuda(machine)
-    audit.instrument_sim(api)
+    installer.instrument_sim(api)
     try:
         api.set_device(1)  # the engine thread (the main thread) chooses its rank's device
         stopped = _in_thread(api.Stream)
@@ -173,7 +173,7 @@ def test_a_helper_threads_stream_on_device_0_is_stopped_at_its_creation():
         assert _in_thread(lambda: api.Stream(device=0))["result"].device_index == 0  # named
         assert len(auditor.findings()) == 1
     finally:
-        audit.uninstall()
+        installer.uninstall()
 
 
 def test_blocks_of_one_kv_tensor_are_ordered_only_against_the_same_blocks(sim):

@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from streamcheck import audit
+import streamcheck
+from streamcheck import installer
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers.launches import wrap_stream_method
 from tests.core.fakes import in_thread, made_current
@@ -44,12 +45,40 @@ class FakeComm:
         return out
 
 
+@pytest.fixture
+def engine_elsewhere(request):
+    """With ``request.param``: a live thread declared the engine, computing on a side stream
+    of cuda:1, so the main thread is a helper (the rules no longer spare it, nor may the fast
+    path). Yields the thread's ident, or None."""
+    if not request.param:
+        yield None
+        return
+    started, stop = threading.Event(), threading.Event()
+
+    def engine() -> None:
+        streamcheck.declare_thread_role(streamcheck.ENGINE)
+        made_current(installer.current_auditor().book, StreamRef(1, 9))
+        started.set()
+        stop.wait(30)
+
+    thread = threading.Thread(target=engine, name="rank0")
+    installer.install("record")
+    thread.start()
+    started.wait(30)
+    yield thread.ident
+    stop.set()
+    thread.join()
+    installer.install("record").roles.forget(thread.ident)
+
+
+@pytest.mark.parametrize("engine_elsewhere", [False, True], indirect=True)
 @pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("fixed_device", [False, True])
-def test_fast_path_agrees_with_the_rules(fixed_device, raw):
+def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
     """``raw``: the wrapper is also given the thread's current raw stream handle, as on CUDA,
     and lets a launch on the current stream through on that one comparison."""
-    aud = audit.install("record")
+    aud = installer.install("record")
+    assert (aud.main_engine is None) == (engine_elsewhere is not None)
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
     made_current(aud.book, StreamRef(1, 9))  # main computes on a side stream of cuda:1
 
@@ -58,7 +87,8 @@ def test_fast_path_agrees_with_the_rules(fixed_device, raw):
         assert cdev == device
         return handle_of(cdev, sid)
 
-    wrap_stream_method(audit._registry, audit._gate, FakeComm, "all_reduce", "fake.all_reduce",
+    wrap_stream_method(installer._registry, installer._gate, FakeComm, "all_reduce",
+                       "fake.all_reduce",
                        resolve=lambda c: FakeComm.cached, device_expr="self.device",
                        accessor="fake cache", current_of_device=lambda d: FakeComm.current,
                        fixed_device=fixed_device,
@@ -103,13 +133,14 @@ def test_fast_path_agrees_with_the_rules(fixed_device, raw):
 def test_unauditable_call_goes_ahead_with_a_warning():
     import warnings
 
-    audit.install("assert")
+    installer.install("assert")
 
     class Broken:
         def all_reduce(self, tensor, stream=None):
             return "ran"
 
-    wrap_stream_method(audit._registry, audit._gate, Broken, "all_reduce", "broken.all_reduce",
+    wrap_stream_method(installer._registry, installer._gate, Broken, "all_reduce",
+                       "broken.all_reduce",
                        resolve=lambda c: (_ for _ in ()).throw(RuntimeError("no GPU here")),
                        device_expr="0", accessor="x",
                        current_of_device=lambda d: (0, 0, 1))
@@ -153,8 +184,8 @@ class DictlessComm:
     (DictlessComm, True, 3),  # nowhere to keep it: read on every launch, still audited
 ])
 def test_a_fixed_device_is_read_once_per_communicator(cls, fixed_device, reads_per_three_calls):
-    audit.install("record")
-    wrap_stream_method(audit._registry, audit._gate, cls, "all_reduce", "count.ar",
+    installer.install("record")
+    wrap_stream_method(installer._registry, installer._gate, cls, "all_reduce", "count.ar",
                        resolve=lambda c: FakeStream(0, 3), device_expr="self.device",
                        accessor="", current_of_device=lambda d: (3, 0, 1),
                        fixed_device=fixed_device)
@@ -166,4 +197,4 @@ def test_a_fixed_device_is_read_once_per_communicator(cls, fixed_device, reads_p
     other = cls(1)  # another communicator: its own device, read for itself
     other.all_reduce(None, stream=FakeStream(1, 3))
     assert cls.reads == reads_per_three_calls + 1
-    assert audit.current_auditor().findings() == []
+    assert installer.current_auditor().findings() == []

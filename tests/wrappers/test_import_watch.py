@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import streamcheck
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef
 from streamcheck.runtime.cuda import StreamReader, use_reader
@@ -96,9 +96,9 @@ def settings(name: str, mode: str = "assert") -> AuditSettings:
 
 def test_imported_after_install_is_patched_and_audited(modules: str) -> None:
     aud = streamcheck.install(settings=settings(modules))
-    before = audit.installed_patches()
+    before = installer.installed_patches()
     mod = importlib.import_module(modules)
-    assert audit.installed_patches() == before + 2
+    assert installer.installed_patches() == before + 2
     comm = mod.Comm(0)
     comm.all_reduce("t")
     assert comm.used == [mod.CACHED]  # the audited stream is the one passed on
@@ -121,14 +121,14 @@ def test_imported_before_install_is_patched_at_install(modules: str) -> None:
 
 
 def test_uninstall_restores_late_patches_and_disarms_the_watch(modules: str) -> None:
-    empty = audit.installed_patches()
+    empty = installer.installed_patches()
     streamcheck.install(settings=settings(modules))
-    torch_hooks = audit.installed_patches()
+    torch_hooks = installer.installed_patches()
     mod = importlib.import_module(modules)
     original = mod.Comm.__dict__["all_reduce"].__wrapped__
-    assert audit.installed_patches() == torch_hooks + 2
+    assert installer.installed_patches() == torch_hooks + 2
     streamcheck.uninstall()
-    assert audit.installed_patches() == empty == 0
+    assert installer.installed_patches() == empty == 0
     assert mod.Comm.__dict__["all_reduce"] is original
     sys.modules.pop(modules)  # imported again after uninstall: nothing patches it
     again = importlib.import_module(modules)
@@ -136,7 +136,7 @@ def test_uninstall_restores_late_patches_and_disarms_the_watch(modules: str) -> 
     streamcheck.install(settings=settings(modules))  # a second install reaches it
     assert again.Comm.__dict__["all_reduce"].__wrapped__ is not None
     streamcheck.install(settings=settings(modules))  # and a third changes nothing
-    assert audit.installed_patches() == torch_hooks + 2
+    assert installer.installed_patches() == torch_hooks + 2
 
 
 def test_subclass_defined_after_install_is_audited(modules: str) -> None:
@@ -145,18 +145,18 @@ def test_subclass_defined_after_install_is_audited(modules: str) -> None:
     streamcheck.install("record")
     site = LaunchSite("test.connector", f"{modules}_base", "ConnectorBase",
                       ("save_kv_layer",), kind="connector-base")
-    audit.instrument(site)
+    installer.instrument(site)
     base = importlib.import_module(f"{modules}_base")
     assert "__init_subclass__" in base.ConnectorBase.__dict__
     sub = importlib.import_module(f"{modules}_sub")
     conn = sub.LateConnector()
     assert conn.save_kv_layer("l0") == "saved l0"
     CURRENT[threading.get_ident()] = (7, 0)  # the engine computes on a side stream,
-    made_current(audit.current_auditor().book, StreamRef(0, 7))  # made current by its hook
+    made_current(installer.current_auditor().book, StreamRef(0, 7))  # made current by its hook
     helper = threading.Thread(target=conn.save_kv_layer, args=("l1",), name="kv-saver")
     helper.start()
     helper.join()
-    aud = audit.current_auditor()
+    aud = installer.current_auditor()
     assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
     assert aud.coverage.launches_by_op()["connector.LateConnector.save_kv_layer"] == 2
     streamcheck.uninstall()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import streamcheck
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.wrappers.registry import PatchRegistry
 
 
@@ -59,21 +59,21 @@ def test_a_later_patch_on_top_is_left_in_place_with_a_warning():
 def test_import_patches_nothing():
     code = ("import torch; before = torch.cuda.set_stream; import streamcheck; "
             "assert torch.cuda.set_stream is before; "
-            "from streamcheck import audit; assert audit.installed_patches() == 0")
+            "from streamcheck import installer; assert installer.installed_patches() == 0")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_off_installs_nothing_and_uninstall_restores_torch():
     before = (torch.cuda.set_stream, torch.cuda.Stream.__dict__["__new__"])
     assert streamcheck.install("off") is None
-    assert audit.installed_patches() == 0
+    assert installer.installed_patches() == 0
     aud = streamcheck.install("record")
-    assert aud is not None and audit.installed_patches() > 0
+    assert aud is not None and installer.installed_patches() > 0
     assert torch.cuda.set_stream is not before[0]
     assert streamcheck.install("record") is aud  # idempotent
     streamcheck.uninstall()
     assert (torch.cuda.set_stream, torch.cuda.Stream.__dict__["__new__"]) == before
-    assert audit.installed_patches() == 0
+    assert installer.installed_patches() == 0
 
 
 def test_concurrent_install_yields_one_auditor():
@@ -90,9 +90,9 @@ def test_concurrent_install_yields_one_auditor():
     for t in threads:
         t.join()
     assert len({id(a) for a in got}) == 1
-    patched = audit.installed_patches()
+    patched = installer.installed_patches()
     streamcheck.install("warn")
-    assert audit.installed_patches() == patched
+    assert installer.installed_patches() == patched
 
 
 def test_child_processes_install_only_when_they_import_torch(tmp_path):
@@ -100,8 +100,8 @@ def test_child_processes_install_only_when_they_import_torch(tmp_path):
 
     env = child_env("record", tmp_path / "reports")
     probe = ("import sys; assert 'torch' not in sys.modules, 'torch imported at start-up'; "
-             "import torch; from streamcheck import audit; "
-             "assert audit.current_auditor() is not None and audit.installed_patches() > 0")
+             "import torch; from streamcheck import installer; "
+             "assert installer.current_auditor() is not None and installer.installed_patches() > 0")
     subprocess.run([sys.executable, "-c", probe], env=env, check=True)
 
 

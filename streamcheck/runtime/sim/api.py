@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamcheck.runtime.reader import StreamKey, StreamReader
 from streamcheck.runtime.sim.machine import SimEventMark, SimMachine, SimStreamState
 
 
@@ -19,6 +20,10 @@ class SimStreamBase:
     def __init__(self, state: SimStreamState, machine: SimMachine) -> None:
         self._state = state
         self._machine = machine
+
+    def stream_reader(self) -> StreamReader:
+        """The audit's reader of this stream's machine."""
+        return self._machine.stream_reader()
 
     @property
     def device_index(self) -> int:
@@ -115,6 +120,19 @@ class SimEvent:
     def query(self) -> bool:
         return self._mark is None or self._mark.done
 
+    # ---- what the audit reads (the simulator's side of the StreamReader interface) ----------
+
+    def stream_key(self, stream: SimStreamBase | None = None) -> StreamKey:
+        """The (device, stream id) ``record(stream)`` or ``wait(stream)`` applies to: the
+        given stream, or the calling thread's current one on this event's machine."""
+        state = stream._state if stream is not None else self._machine.current_stream()
+        return (state.device, state.stream_id)
+
+    @property
+    def thread_device(self) -> int:
+        """The calling thread's current device on this event's machine."""
+        return self._machine.thread.device
+
 
 class SimStreamContext:
     """``torch.cuda.StreamContext`` stand-in: switches via the namespace's ``set_stream``."""
@@ -200,6 +218,11 @@ class SimCuda:
     def synchronize(self, device: int | None = None) -> None:
         """Wait for every stream of one device (the current one by default), as CUDA does."""
         self.machine.synchronize(self.machine.thread.device if device is None else _index(device))
+
+    def stream_reader(self) -> StreamReader:
+        """What the audit reads from this process view: the simulator's per-thread truth,
+        through the same interface the CUDA runtime provides."""
+        return self.machine.stream_reader()
 
 
 def _index(device: Any) -> int:

@@ -72,7 +72,7 @@ class SimCommunicator:
         self.world_size = group.world_size
         self.device_index = device
         self.machine = machine
-        self._current_stream = current_stream
+        self.current_stream = current_stream  # the accessor: public, the audit resolves by it
         self._round = 0
         self._p2p: dict[tuple[int, int], int] = {}
         self.launches = 0
@@ -80,7 +80,7 @@ class SimCommunicator:
     def all_reduce(self, tensor: SimTensor, out: SimTensor | None = None, op: str = "sum",
                    stream: Any = None) -> SimTensor:
         if stream is None:
-            stream = self._current_stream()
+            stream = self.current_stream()
         if tensor.device_index != self.device_index:
             raise ValueError(
                 f"this communicator is on sim:{self.device_index}, the tensor on {tensor.device}"
@@ -104,7 +104,7 @@ class SimCommunicator:
 
     def _p2p_launch(self, tensor: SimTensor, stream: Any, peer: int) -> tuple[Any, int]:
         if stream is None:
-            stream = self._current_stream()
+            stream = self.current_stream()
         if tensor.device_index != self.device_index:
             raise ValueError(
                 f"this communicator is on sim:{self.device_index}, the tensor on {tensor.device}"

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamcheck.runtime.reader import StreamKey, StreamReader
+
 
 @dataclass(eq=False)
 class SimOp:
@@ -64,6 +66,10 @@ class SimMachine:
         self._lock = threading.Lock()
         self._streams: list[SimStreamState] = []
         self.default_streams = [self.new_stream(d, stream_id=0) for d in range(device_count)]
+        self._reader = StreamReader(self.current_stream_tuple, self.current_device, name="sim",
+                                    current_raw_stream=self.current_raw_stream,
+                                    event_device=_event_device, event_stream=_event_stream,
+                                    event_thread_device=_event_thread_device)
 
     # ---- streams ---------------------------------------------------------------------------
 
@@ -86,6 +92,27 @@ class SimMachine:
         dev = self.thread.device if device is None else device
         self.check_device(dev)
         return self.thread.current.get(dev) or self.default_streams[dev]
+
+    # ---- what the audit reads: the StreamReader interface both runtimes provide -----------
+
+    def current_device(self) -> int:
+        """The calling thread's current device."""
+        return self.thread.device
+
+    def current_stream_tuple(self, device: int) -> tuple[int, int, int]:
+        """The calling thread's current stream on ``device`` in the shape of
+        ``torch._C._cuda_getCurrentStream``: (stream id, device, device type)."""
+        state = self.current_stream(device)
+        return (state.stream_id, state.device, 1)
+
+    def current_raw_stream(self, device: int) -> int:
+        """The calling thread's current stream's handle on ``device`` (``cuda_stream``)."""
+        return self.current_stream(device).handle
+
+    def stream_reader(self) -> StreamReader:
+        """The audit's reader of this machine's per-thread truth (events: their own
+        machine's, since one ``SimEvent`` class serves every machine)."""
+        return self._reader
 
     # ---- queueing and running --------------------------------------------------------------
 
@@ -156,3 +183,15 @@ def _address(tensor: Any) -> int:
     """Where a (simulated) tensor's memory starts: views of one block share it."""
     data = getattr(tensor, "data", None)
     return int(data.data_ptr()) if data is not None else id(tensor)
+
+
+def _event_stream(event: Any, stream: Any) -> StreamKey:
+    return event.stream_key(stream)  # a SimEvent: (device, stream id) on its own machine
+
+
+def _event_thread_device(event: Any) -> int:
+    return event.thread_device
+
+
+def _event_device(event: Any) -> int | None:
+    return event.device_index

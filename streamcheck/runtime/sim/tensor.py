@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from streamcheck.runtime.reader import StreamReader
 from streamcheck.runtime.sim.machine import SimMachine
 
 
@@ -37,6 +38,18 @@ class SimTensor:
 
     def numel(self) -> int:
         return self.data.numel()
+
+    # ---- what the audit reads (torch's names, and the machine's stream reader) -------------
+
+    def get_device(self) -> int:
+        return self.device_index
+
+    def data_ptr(self) -> int:
+        return int(self.data.data_ptr())
+
+    def stream_reader(self) -> StreamReader:
+        """The audit's reader of this tensor's machine (its current streams)."""
+        return self._machine.stream_reader()
 
     def _new(self, shape: tuple[int, ...] | torch.Size) -> SimTensor:
         return SimTensor(self._machine, self.device_index, tuple(shape), self.dtype)

@@ -25,7 +25,7 @@ from streamcheck.wrappers.imports import ImportWatch
 from streamcheck.wrappers.instrument import apply_site
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.sites import BUILTIN_SITES, LaunchSite
-from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, current_auditor
+from streamcheck.wrappers.state import GATE, LOCK, REGISTRY, ROLES, current_auditor
 
 __all__ = [
     "ENV_MODE", "current_auditor", "install", "installed_patches", "instrument",
@@ -65,7 +65,7 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
             auditor.mode = settings.mode
             return auditor
         auditor = Auditor(settings.mode, select=settings.select,
-                          runtime=runtime or _reader_name())
+                          runtime=runtime or _reader_name(), roles=ROLES)
         _gate.auditor = auditor
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):
@@ -110,10 +110,8 @@ def _install_torch_hooks() -> None:
     if reader is not None and torch.cuda.Stream.__module__.startswith("torch."):
         streams.fast_current_stream(_registry, torch.cuda)
     if reader is not None:
-        events.hook_set_device(_registry, _gate, torch.cuda, reader.current_device, home)
-        events.hook_event_record(
-            _registry, _gate, torch.cuda.Event, events.reader_stream_key(reader),
-            _torch_event_device, thread_device=reader.current_device)
+        events.hook_set_device(_registry, _gate, torch.cuda, reader, home)
+        events.hook_event_record(_registry, _gate, torch.cuda.Event, reader)
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     auditor = _gate.auditor
     if auditor is not None:
@@ -134,11 +132,6 @@ def _engine_device_now(torch: Any, reader: Any) -> int | None:
         return None
 
 
-def _torch_event_device(event: Any) -> int | None:
-    """The device a CUDA event is bound to (at its first record), or None before that."""
-    return getattr(getattr(event, "device", None), "index", None)
-
-
 def _hook_torch_events() -> None:
     import torch
 
@@ -148,10 +141,9 @@ def _hook_torch_events() -> None:
     reader = stream_reader()
     with _lock:
         if reader is not None and _gate.auditor is not None:
-            events.hook_event_wait(_registry, _gate, torch.cuda.Event,
-                                   events.reader_stream_key(reader))
+            events.hook_event_wait(_registry, _gate, torch.cuda.Event, reader)
             events.hook_host_waits(_registry, _gate, torch.cuda, torch.cuda.Stream,
-                                   torch.cuda.Event, reader.current_device)
+                                   torch.cuda.Event, reader)
             events.hook_record_stream(_registry, _gate, torch.Tensor, tensor_key)
 
 
@@ -189,7 +181,8 @@ def _reader_name() -> str:
 
 
 def instrument_sim(api: Any) -> None:
-    """Audit one simulated process view (its set_stream, Stream class, communicators)."""
+    """Audit one simulated process view (its set_stream, Stream class, communicators), read
+    through the view's stream reader (``api.stream_reader()``)."""
     from streamcheck.runtime.sim.api import SimEvent
     from streamcheck.runtime.sim.comm import SimCommunicator
 
@@ -197,25 +190,22 @@ def instrument_sim(api: Any) -> None:
         if _gate.auditor is None:
             return
         _gate.auditor.runtime = "sim"  # its launches and streams are the simulator's
+        reader = api.stream_reader()
         streams.hook_set_stream(_registry, _gate, api, "sim.cuda")
         home = streams.DeviceHome()
         streams.hook_stream_creation(_registry, _gate, api.Stream, "sim.cuda", home)
-        events.hook_set_device(_registry, _gate, api, lambda: api.machine.thread.device, home)
-        events.hook_event_record(
-            _registry, _gate, SimEvent, events.sim_stream_key, lambda event: event.device_index,
-            event_thread_device=lambda event: event._machine.thread.device)
-        events.hook_event_wait(_registry, _gate, SimEvent, events.sim_stream_key)
-        events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent,
-                               lambda: api.machine.thread.device)
+        events.hook_set_device(_registry, _gate, api, reader, home)
+        events.hook_event_record(_registry, _gate, SimEvent, reader)
+        events.hook_event_wait(_registry, _gate, SimEvent, reader)
+        events.hook_host_waits(_registry, _gate, api, api.Stream, SimEvent, reader)
 
         def current_of(comm: Any, device: int) -> tuple[int, int, int]:
-            state = comm.machine.current_stream(device)
-            return (state.stream_id, state.device, 1)
+            return comm.machine.current_stream_tuple(device)  # the communicator's machine
 
         for method in ("all_reduce", "send", "recv"):
             wrap_stream_method(
                 _registry, _gate, SimCommunicator, method, f"sim.nccl.{method}",
-                resolve=lambda comm: comm._current_stream(),
+                resolve="self.current_stream()",
                 device_expr="self.device_index", accessor="SimCommunicator(current_stream=...)",
                 current_of_comm=current_of, target="sim.nccl",
             )

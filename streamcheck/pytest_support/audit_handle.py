@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from streamcheck import audit
+from streamcheck import installer
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode
 from streamcheck.core.records import Finding
@@ -52,9 +52,9 @@ class AuditHandle:
             # A process started audited (STREAMCHECK in its environment) keeps its auditor
             # after the session; remember its mode to give it back.
             self._touched = True
-            existing = audit.current_auditor()
+            existing = installer.current_auditor()
             self._preexisting = existing.mode if existing is not None else None
-        auditor = audit.install(mode)
+        auditor = installer.install(mode)
         if auditor is not self._auditor:
             self._detach()
             self._auditor = auditor
@@ -64,7 +64,7 @@ class AuditHandle:
     def suspend(self) -> None:
         """No audit at all until the next :meth:`ensure` (a test marked ``no_streamcheck``)."""
         self._detach()
-        audit.uninstall()
+        installer.uninstall()
 
     def finish(self) -> None:
         """Leave the process as the session found it."""
@@ -72,9 +72,9 @@ class AuditHandle:
         if not self._touched:
             return
         if self._preexisting is not None:
-            audit.install(self._preexisting)
+            installer.install(self._preexisting)
         else:
-            audit.uninstall()
+            installer.uninstall()
         self._touched = False
 
     def _detach(self) -> None:
