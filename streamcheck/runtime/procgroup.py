@@ -156,23 +156,26 @@ class ProcessGroup:
     # ------------------------------------------------------------------ starting
 
     def spawn(self, argv: list[str], *, env: dict[str, str] | None = None,
-              output: Path | None = None, errors: Path | None = None,
+              output: Path | None = None, errors: Path | bool = False,
               cwd: str | Path | None = None) -> Member:
-        """Start ``argv`` in a session of its own; stdout (and stderr, unless ``errors`` names
-        a file of its own) goes to ``output``, by default a file the group removes on close."""
+        """Start ``argv`` in a session of its own, stdin closed. stdout goes to ``output``;
+        stderr joins it, or goes to ``errors`` when that names a file (True: a file of the
+        group's own). Files the group names itself are removed on close."""
         if self._closed:
             raise RuntimeError("this process group is closed")
         if self._cancel is not None and self._cancel.is_set:
             raise RuntimeError("the run was cancelled before this process started")
         index = len(self.members)
         out_path = output if output is not None else self._scratch() / f"member{index}.out"
+        err_path = (self._scratch() / f"member{index}.err" if errors is True
+                    else errors or None)
         with contextlib.ExitStack() as files:
             out = files.enter_context(open(out_path, "wb"))
-            err = (files.enter_context(open(errors, "wb")) if errors is not None
+            err = (files.enter_context(open(err_path, "wb")) if err_path is not None
                    else subprocess.STDOUT)
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=err, start_new_session=True)
-        member = Member(index, proc, out_path, errors)
+        member = Member(index, proc, out_path, err_path)
         self.members.append(member)
         if self._cancel is not None:
             self._cancel.track(proc.pid)  # kills it at once if the run was stopped meanwhile
