@@ -163,8 +163,6 @@ class ProcessGroup:
         group's own). Files the group names itself are removed on close."""
         if self._closed:
             raise RuntimeError("this process group is closed")
-        if self._cancel is not None and self._cancel.is_set:
-            raise RuntimeError("the run was cancelled before this process started")
         index = len(self.members)
         out_path = output if output is not None else self._scratch() / f"member{index}.out"
         err_path = (self._scratch() / f"member{index}.err" if errors is True
@@ -178,7 +176,7 @@ class ProcessGroup:
         member = Member(index, proc, out_path, err_path)
         self.members.append(member)
         if self._cancel is not None:
-            self._cancel.track(proc.pid)  # kills it at once if the run was stopped meanwhile
+            self._cancel.track(proc.pid)  # kills it at once if the run is already stopped
         return member
 
     def _scratch(self) -> Path:

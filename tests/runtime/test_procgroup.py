@@ -127,8 +127,9 @@ def test_cancel_from_another_thread_kills_at_once(tmp_path):
         waited = group.wait(120)
         assert waited.reason == "cancelled" and waited.seconds < 30
         assert _all_gone(pids[:1])  # the member died when the cancel fired, before close
-        with pytest.raises(RuntimeError, match="cancelled"):
-            group.spawn([sys.executable, "-c", "pass"])
+        late = _start(group, tmp_path, "late", -1)  # started after the stop: killed at once
+        assert group.wait(120).reason == "exited"
+        assert group.members[-1].returncode == -9 and not late.exists()
     assert cancel.signum == 15 and _all_gone(pids)
 
 
