@@ -48,8 +48,6 @@ class VariantResult:
             "stderr": dict(self.stderr),
         }
 
-    to_dict = to_json  # the CLI's name until it moves to the session
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VariantResult:
         """A row read back (a saved run); rank records it cannot read are left out."""

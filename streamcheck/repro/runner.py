@@ -49,6 +49,8 @@ def variant_env(engine: str = "") -> dict[str, str]:
     env["NCCL_DEBUG"] = env.get("NCCL_DEBUG", "WARN")
     if engine == "vllm":
         env[ENV_ENGINE] = "vllm"
+    else:
+        env.pop(ENV_ENGINE, None)
     return env
 
 
