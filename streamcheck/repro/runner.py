@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from streamcheck.repro.records import RecordTail, read_records
 from streamcheck.repro.run_report import VariantResult
 from streamcheck.repro.spec import ReproSpec
 from streamcheck.runtime.procgroup import Cancel, ProcessGroup
+
+#: what each process of a variant runs: the simulator's one process, a CUDA rank
+SIM_MODULE = "streamcheck.repro.variant_main"
+RANK_MODULE = "streamcheck.repro.launch_cuda"
+_uid_lock = threading.Lock()
 
 
 def cancelled_result(repro: ReproFile, variant: str, backend: str, world_size: int,
@@ -74,15 +80,13 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
     dumps: dict[str, str] = {}
     with ProcessGroup(out, cancel=cancel) as group:
         if backend == "sim":
-            group.spawn([sys.executable, "-m", "streamcheck.repro.variant_main",
+            group.spawn([sys.executable, "-m", SIM_MODULE,
                          str(repro.path), variant, str(world_size), str(out)],
                         env=env, output=out / "variant.stderr")
         else:
-            from streamcheck.runtime.nccl import unique_id
-
-            uid = unique_id().hex()  # its bootstrap root lives here until the ranks have met
+            uid = _nccl_unique_id()
             for rank in range(world_size):
-                group.spawn([sys.executable, "-m", "streamcheck.repro.launch_cuda",
+                group.spawn([sys.executable, "-m", RANK_MODULE,
                              str(repro.path), variant, str(rank), str(world_size), uid,
                              str(out)], env=env, output=out / f"rank{rank}.stderr")
         waited = group.wait(limit, grace=grace, failed=RecordTail(out).any_failed, poll=0.1)
@@ -105,6 +109,16 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
         expected=expected, observed=obs.describe(), verdict="pass" if ok else "fail",
         seconds=round(seconds, 2), reason=why, dumps=dumps, ranks=records, stderr=stderr,
     )
+
+
+def _nccl_unique_id() -> str:
+    """A fresh NCCL unique id, hex: the ranks' rendezvous. NCCL's bootstrap root for it runs
+    in this process until every rank has joined (variants run on several threads: one at a
+    time here)."""
+    from streamcheck.runtime.nccl import unique_id
+
+    with _uid_lock:
+        return unique_id().hex()
 
 
 def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tuple[int, str]:
