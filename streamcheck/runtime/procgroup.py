@@ -233,6 +233,8 @@ class ProcessGroup:
     def kill(self) -> None:
         """SIGKILL every member's group, reap the members, wait until the groups are empty."""
         for m in self.members:
+            if self._cancel is not None:  # before the reaping below frees the pid for reuse
+                self._cancel.untrack(m.pid)
             if m.proc.returncode is None:  # never reaped: its pid is still its group's id
                 _killpg(m.pid)
         for m in self.members:
@@ -240,9 +242,6 @@ class ProcessGroup:
         deadline = time.monotonic() + REAP_S
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self._cancel is not None:
-            for m in self.members:
-                self._cancel.untrack(m.pid)
 
     def close(self) -> None:
         """:meth:`kill`, then remove the output files the group made itself."""
