@@ -201,11 +201,11 @@ class ProcessGroup:
         deadline = start + timeout
         failed_at: float | None = None
         while True:
+            if self._cancel is not None and self._cancel.is_set:  # also when it killed them all
+                return Waited("cancelled", time.monotonic() - start)
             codes = [m.returncode for m in self.members]
             if all(code is not None for code in codes):
                 return Waited("exited", time.monotonic() - start)
-            if self._cancel is not None and self._cancel.is_set:
-                return Waited("cancelled", time.monotonic() - start)
             now = time.monotonic()
             if now >= deadline:
                 return Waited("timeout", now - start)
