@@ -17,7 +17,8 @@ from pathlib import Path
 from rich.console import Console
 
 from streamcheck.doctor.render import print_report
-from streamcheck.doctor.runner import BACKENDS, DEFAULT_TIMEOUT_S, ProbeRequest, diagnose
+from streamcheck.doctor.runner import DEFAULT_TIMEOUT_S, ProbeRequest, diagnose
+from streamcheck.runtime.select import BACKENDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

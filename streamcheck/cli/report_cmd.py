@@ -15,6 +15,7 @@ from streamcheck.core.report import AuditReport, merge_reports, write_report
 from streamcheck.documents import REPORT_SCHEMA, RUN_SCHEMA, collect, read_document
 from streamcheck.render.findings import print_report
 from streamcheck.render.run_table import run_table
+from streamcheck.repro.run_report import RunReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,10 +40,10 @@ def command(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("--merge-to: there are no audit reports to merge (only saved runs)")
     status = 0
     for run in runs:
-        doc = run.data
-        console.print(run_table(doc["results"], f"saved run {run.path.name} — backend "
-                                                f"{doc['backend']}"))
-        status |= 1 if doc["summary"]["mismatched"] else 0
+        saved = RunReport.from_json(run.data, str(run.path))
+        console.print(run_table(saved.rows(), f"saved run {run.path.name} — backend "
+                                              f"{saved.backend}"))
+        status |= 1 if saved.mismatched else 0
     if reports:
         merged = reports[0] if len(reports) == 1 else merge_reports(reports)
         print_report(console, merged)

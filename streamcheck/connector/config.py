@@ -7,7 +7,7 @@ from typing import Any
 
 from streamcheck.core.modes import Mode, parse_mode
 
-BACKENDS = ("host", "disk", "redis")
+STORE_BACKENDS = ("host", "disk", "redis")
 LOAD_MODES = ("auto", "sync", "async")
 
 
@@ -49,8 +49,9 @@ class ConnectorConfig:
             raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         values: dict[str, Any] = {}
         if "backend" in extra:
-            if extra["backend"] not in BACKENDS:
-                raise ValueError(f"{source}['backend']={extra['backend']!r}: choose {BACKENDS}")
+            if extra["backend"] not in STORE_BACKENDS:
+                raise ValueError(f"{source}['backend']={extra['backend']!r}: "
+                                 f"choose {STORE_BACKENDS}")
             values["backend"] = extra["backend"]
         for key in ("capacity_blocks", "staging_blocks"):
             if key in extra:

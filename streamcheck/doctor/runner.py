@@ -9,11 +9,8 @@ becomes "not affected".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +26,10 @@ from streamcheck.doctor.model import (
     cannot_tell_all,
 )
 from streamcheck.doctor.probe_main import RESULT_TAG
+from streamcheck.runtime.procgroup import ProcessGroup
+from streamcheck.runtime.select import choose_backend
 from streamcheck.settings import ENV_MODE, ENV_REPORT_DIR
 
-BACKENDS = ("auto", "cuda", "sim")
 DEFAULT_TIMEOUT_S = 180.0
 
 
@@ -45,7 +43,7 @@ class ProbeRequest:
     probe: bool = True
 
 
-def child_env(vllm_path: list[str], backend: str) -> dict[str, str]:
+def probe_env(vllm_path: list[str], backend: str) -> dict[str, str]:
     """The child's environment: the vLLM tree first, then the caller's path, then streamcheck.
 
     For the simulator, ``VLLM_TARGET_DEVICE=cpu`` (unless set) keeps whatever vLLM resolves
@@ -70,13 +68,11 @@ def child_env(vllm_path: list[str], backend: str) -> dict[str, str]:
 def run_probe(backend: str, vllm_path: list[str], timeout: float) -> ProbeOutcome:
     """One child run; its outcome, or every hazard as "cannot tell" with why it failed."""
     cmd = [sys.executable, "-m", "streamcheck.doctor.probe_main", "--backend", backend]
-    proc = subprocess.Popen(cmd, env=child_env(vllm_path, backend), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
+    with ProcessGroup() as group:
+        child = group.spawn(cmd, env=probe_env(vllm_path, backend), errors=True)
+        waited = group.wait(timeout)
+        out, err = child.read_output(), child.read_errors()
+    if waited.stopped:
         return _failed(backend, f"the probe did not finish within {timeout:.0f} s "
                                 f"(killed); last output: {_tail(err or out)}")
     for line in reversed(out.splitlines()):
@@ -85,13 +81,8 @@ def run_probe(backend: str, vllm_path: list[str], timeout: float) -> ProbeOutcom
                 return ProbeOutcome.from_dict(json.loads(line[len(RESULT_TAG):]))
             except (ValueError, KeyError, TypeError) as exc:
                 return _failed(backend, f"unreadable probe result ({exc})")
-    return _failed(backend, f"the probe exited with status {proc.returncode} and no result: "
+    return _failed(backend, f"the probe exited with status {child.returncode} and no result: "
                             f"{_tail(err or out)}")
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it may have exited just now
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -101,27 +92,6 @@ def _tail(text: str, lines: int = 3) -> str:
 
 def _failed(backend: str, reason: str) -> ProbeOutcome:
     return ProbeOutcome(backend=backend, error=reason, results=cannot_tell_all(reason, backend))
-
-
-def choose_backend(requested: str, cuda_devices: int) -> str:
-    """cuda when torch sees a GPU (or when asked); the simulator otherwise."""
-    if requested not in BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-    if requested == "cuda" and cuda_devices == 0:
-        raise ValueError("--backend cuda: torch sees no CUDA device here; use --backend sim "
-                         "or auto")
-    if requested == "auto":
-        return "cuda" if cuda_devices > 0 else "sim"
-    return requested
-
-
-def visible_cuda_devices() -> int:
-    try:
-        import torch
-
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
 
 
 def run_probes(backend: str, vllm_path: list[str], timeout: float) -> list[ProbeOutcome]:
@@ -152,7 +122,7 @@ def diagnose(request: ProbeRequest) -> DoctorReport:
     env = environment.collect()
     probes: list[ProbeOutcome] = []
     if request.probe:
-        backend = choose_backend(request.backend, visible_cuda_devices())
+        backend = choose_backend(request.backend, collectives=False).name
         probes = run_probes(backend, request.vllm_path, request.timeout)
     return DoctorReport(environment=env, probes=probes,
                         vllm_path=[str(Path(p).resolve()) for p in request.vllm_path])

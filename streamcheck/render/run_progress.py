@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -22,12 +22,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+if TYPE_CHECKING:
+    from streamcheck.repro.run_report import VariantResult
+
 MARK = {"pass": "[green]ok[/]", "fail": "[red]MISMATCH[/]", "skip": "[yellow]skip[/]",
         "cancelled": "[yellow]cancelled[/]"}
 
 
 class RunProgress:
-    """``with RunProgress(console, total) as p: p.started(label) ... p.finished(row)``.
+    """``with RunProgress(console, total) as p: p.started(label) ... p.finished(label, result)``
+    (a :class:`~streamcheck.repro.session.RunListener`).
 
     Thread-safe: variants start and finish on the run's worker threads. ``quiet`` keeps only
     mismatches on screen.
@@ -58,18 +62,18 @@ class RunProgress:
             self._running[label] = None
             self._describe()
 
-    def finished(self, label: str, row: dict[str, Any]) -> None:
+    def finished(self, label: str, result: VariantResult) -> None:
         with self._lock:
             self._running.pop(label, None)
             self._done += 1
             self._progress.advance(self._task)
             self._describe()
-            if self._quiet and row["verdict"] != "fail":
+            if self._quiet and result.verdict != "fail":
                 return
-            reason = f" — {row['reason']}" if row["verdict"] in ("fail", "skip") else ""
+            reason = f" — {result.reason}" if result.verdict in ("fail", "skip") else ""
             self._progress.console.print(
-                f"  {MARK[row['verdict']]} {row['repro']} {row['variant']} "
-                f"\\[{row['backend']}] {row['seconds']:.1f}s "
+                f"  {MARK[result.verdict]} {result.repro} {result.variant} "
+                f"\\[{result.backend}] {result.seconds:.1f}s "
                 f"[dim]({self._done}/{self._total})[/]{reason}", highlight=False)
 
     def _describe(self) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from streamcheck.repro.run_report import RunReport
 
 VERDICT_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "cancelled": "yellow"}
 
@@ -31,3 +34,14 @@ def print_dumps(console: Console, results: Iterable[dict[str, Any]]) -> None:
         for pid, text in r.get("dumps", {}).items():
             console.rule(f"{r['repro']} {r['variant']} [{r['backend']}]: hung process {pid}")
             console.print(text.rstrip() or "(empty dump)", markup=False, highlight=False)
+
+
+def summary_line(report: RunReport) -> str:
+    """The last line of a run: the counts, the time, the backend, where the logs are."""
+    where = (f"logs in {report.work_dir}" if report.logs_kept
+             else "logs removed (--keep DIR keeps them)")
+    line = (f"{report.matched} matched, {report.mismatched} mismatched, {report.skipped} "
+            f"skipped in {report.seconds:.1f}s ({report.backend}); {where}")
+    if report.stopped_by is not None:
+        line = f"stopped by {report.stopped_by}: {report.cancelled} variant(s) cancelled; " + line
+    return line

@@ -7,27 +7,10 @@ communicator with pynccl's calling convention.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
-
-class ResultLog:
-    """Append-only JSON lines, flushed per line, so a rank killed mid-run leaves its story."""
-
-    def __init__(self, path: str, rank: int) -> None:
-        self._fh: TextIO = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
-        self.rank = rank
-
-    def write(self, kind: str, **fields: Any) -> None:
-        record = {"kind": kind, "rank": self.rank, "pid": os.getpid(), "t": time.time(), **fields}
-        self._fh.write(json.dumps(record, default=str) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
+from streamcheck.repro.records import Progress, ResultLog
 
 
 class RankContext:
@@ -83,4 +66,4 @@ class RankContext:
 
     def iteration_done(self, index: int, **fields: Any) -> None:
         self.observed["iterations_done"] = index + 1
-        self.log.write("progress", iteration=index, observed=dict(self.observed), **fields)
+        self.log.write(Progress, iteration=index, observed=dict(self.observed), extra=fields)

@@ -8,6 +8,7 @@ from types import ModuleType
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.installer import current_auditor
 from streamcheck.repro.context import RankContext
+from streamcheck.repro.records import Blocked, Done, Error, Findings, Start
 
 
 def classify_error(exc: BaseException) -> str:
@@ -18,17 +19,17 @@ def classify_error(exc: BaseException) -> str:
 
 
 def execute_rank(module: ModuleType, ctx: RankContext) -> None:
-    ctx.log.write("start", variant=ctx.variant, backend=ctx.backend, device=ctx.device,
+    ctx.log.write(Start, variant=ctx.variant, backend=ctx.backend, device=ctx.device,
                   world_size=ctx.world_size, engine=ctx.engine)
     try:
         module.run_rank(ctx)
     except StreamHazardError as exc:
-        ctx.log.write("blocked", rules=exc.rule_ids, observed=ctx.observed, text=str(exc))
+        ctx.log.write(Blocked, rules=list(exc.rule_ids), observed=dict(ctx.observed), text=str(exc))
     except Exception as exc:
-        ctx.log.write("error", error_kind=classify_error(exc), message=str(exc)[:2000],
-                      traceback=traceback.format_exc()[-4000:], observed=ctx.observed)
+        ctx.log.write(Error, error_kind=classify_error(exc), message=str(exc)[:2000],
+                      traceback=traceback.format_exc()[-4000:], observed=dict(ctx.observed))
     else:
-        ctx.log.write("done", observed=ctx.observed)
+        ctx.log.write(Done, observed=dict(ctx.observed))
 
 
 def log_findings(ctx: RankContext) -> None:
@@ -37,6 +38,6 @@ def log_findings(ctx: RankContext) -> None:
     if auditor is None:
         return
     entries = auditor.entries()
-    ctx.log.write("findings", rules=sorted({e.finding.rule_id for e in entries}),
+    ctx.log.write(Findings, rules=sorted({e.finding.rule_id for e in entries}),
                   launches_audited=auditor.launches,
                   detail=[f"{e.finding.rule_id} x{e.count}: {e.finding.message}" for e in entries])

@@ -1,37 +1,24 @@
-"""Run a variant on real GPUs: one process per rank, NCCL unique id handed down in argv.
+"""One rank of a variant on real GPUs: ``python -m streamcheck.repro.launch_cuda REPRO VARIANT
+RANK WORLD UID_HEX OUT_DIR``.
 
-The ranks inherit this process's process group, which the runner created for the variant, so
-killing the group on a timeout takes every rank with it.
+The runner starts one such process per rank in a process group it kills on a timeout, and hands
+every rank the same NCCL unique id. Each rank loads the repro module once, runs ``run_rank`` on
+``cuda:RANK`` and writes its records to ``OUT_DIR/rank{RANK}.jsonl``.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import subprocess
+import signal
 import sys
 from pathlib import Path
-from types import ModuleType
 
-from streamcheck.repro.context import RankContext, ResultLog
+from streamcheck.repro.context import RankContext
 from streamcheck.repro.execute import execute_rank, log_findings
+from streamcheck.repro.records import ResultLog, record_path
 
 ENV_ENGINE = "STREAMCHECK_REPRO_ENGINE"
-
-
-def run_variant_cuda(repro_path: str, module: ModuleType, variant: str, world_size: int,
-                     out_dir: Path) -> int:
-    from streamcheck.runtime.nccl import unique_id
-
-    uid = unique_id().hex()
-    env = dict(os.environ, NCCL_DEBUG=os.environ.get("NCCL_DEBUG", "WARN"))
-    procs = []
-    for rank in range(world_size):
-        cmd = [sys.executable, "-m", "streamcheck.repro.launch_cuda", repro_path, variant,
-               str(rank), str(world_size), uid, str(out_dir)]
-        stderr = open(out_dir / f"rank{rank}.stderr", "w")  # noqa: SIM115 - child owns it
-        procs.append(subprocess.Popen(cmd, env=env, stdout=stderr, stderr=subprocess.STDOUT))
-        stderr.close()
-    return max(p.wait() for p in procs)
 
 
 def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex: str,
@@ -43,13 +30,14 @@ def rank_main(repro_path: str, variant: str, rank: int, world_size: int, uid_hex
     from streamcheck.repro.discover import load
     from streamcheck.runtime.nccl import NcclCommunicator
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks even when stuck in C
     module = load(repro_path)
     spec = module.SPEC
     torch.cuda.set_device(rank)
     torch.manual_seed(0)  # the same inputs on every rank, so results can be checked exactly
     installer.install(spec.mode_of(variant), runtime="cuda")
     device = torch.device("cuda", rank)
-    log = ResultLog(str(out_dir / f"rank{rank}.jsonl"), rank)
+    log = ResultLog(record_path(out_dir, rank), rank)
     comms: list[NcclCommunicator] = []
 
     def make_comm(accessor: object) -> NcclCommunicator:

@@ -14,8 +14,9 @@ from typing import Any
 
 import streamcheck
 from streamcheck import installer
-from streamcheck.repro.context import RankContext, ResultLog
+from streamcheck.repro.context import RankContext
 from streamcheck.repro.execute import execute_rank, log_findings
+from streamcheck.repro.records import ResultLog, record_path
 from streamcheck.runtime.sim import SimCommGroup, SimCommunicator, SimCuda, SimMachine
 from streamcheck.runtime.sim.tensor import SimTensors
 
@@ -26,7 +27,7 @@ def run_variant_sim(module: ModuleType, variant: str, world_size: int, out_dir: 
     installer.install(spec.mode_of(variant), runtime="sim")
     machine = SimMachine(device_count=max(world_size, 2), seed=seed)
     group = SimCommGroup(world_size)
-    logs = [ResultLog(str(out_dir / f"rank{r}.jsonl"), r) for r in range(world_size)]
+    logs = [ResultLog(record_path(out_dir, r), r) for r in range(world_size)]
     contexts: list[RankContext] = []
 
     def rank_thread(rank: int) -> None:

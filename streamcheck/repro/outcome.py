@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from streamcheck.repro.records import Blocked, Done, Error, Findings, RankRecord
 from streamcheck.repro.spec import COUNTED_SYMPTOMS, Expectation
 
 
@@ -39,45 +38,32 @@ class Observation:
         return "; ".join(parts) or "clean"
 
 
-def read_rank_logs(directory: Path) -> dict[int, list[dict[str, Any]]]:
-    logs: dict[int, list[dict[str, Any]]] = {}
-    for path in sorted(directory.glob("rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            logs.setdefault(int(record["rank"]), []).append(record)
-    return logs
-
-
-def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: bool,
+def observe(records: dict[int, list[RankRecord]], world_size: int, timed_out: bool,
             iterations: int, stderr: dict[int, str] | None = None) -> Observation:
-    """``stderr``: each rank's output; NCCL prints ``Cuda failure 400`` there while the
-    exception (vLLM's pynccl) only says "unhandled cuda error"."""
+    """What the ranks' records show. ``stderr``: each rank's output; NCCL prints ``Cuda failure
+    400`` there while the exception (vLLM's pynccl) only says "unhandled cuda error"."""
     obs = Observation()
     stderr = stderr or {}
     for rank in range(world_size):
-        records = logs.get(rank, [])
+        mine = records.get(rank, [])
         last_observed: dict[str, Any] = {}
         ended = False
-        for record in records:
-            last_observed = record.get("observed", last_observed) or last_observed
-            kind = record["kind"]
-            if kind in ("done", "blocked", "error"):
-                ended = True
-            if kind == "done":
+        for record in mine:
+            observed = getattr(record, "observed", None)
+            last_observed = observed or last_observed
+            ended = ended or record.ends_rank
+            if isinstance(record, Done):
                 obs.finished.append(rank)
-            elif kind == "blocked":
-                obs.blocked[rank] = list(record.get("rules", []))
-            elif kind == "error":
-                obs.errors[rank] = record.get("message", "")
-                if record.get("error_kind") == "error-400" or (
-                        "unhandled cuda error" in obs.errors[rank]
+            elif isinstance(record, Blocked):
+                obs.blocked[rank] = list(record.rules)
+            elif isinstance(record, Error):
+                obs.errors[rank] = record.message
+                if record.error_kind == "error-400" or (
+                        "unhandled cuda error" in record.message
                         and "Cuda failure 400" in stderr.get(rank, "")):
-                    obs.symptoms["error-400"] = f"rank{rank}: {record.get('message', '')[:80]}"
-            elif kind == "findings":
-                obs.findings.update(record.get("rules", []))
+                    obs.symptoms["error-400"] = f"rank{rank}: {record.message[:80]}"
+            elif isinstance(record, Findings):
+                obs.findings.update(record.rules)
         nan = int(last_observed.get("nan_iters", 0))
         wrong = int(last_observed.get("wrong_iters", 0))
         done = int(last_observed.get("iterations_done", 0))
@@ -91,7 +77,7 @@ def observe(logs: dict[int, list[dict[str, Any]]], world_size: int, timed_out: b
             if int(last_observed.get(key.replace("-", "_"), 0)):
                 obs.symptoms[key] = f"rank{rank} {last_observed[key.replace('-', '_')]}/{done}"
         obs.foreign_launches += int(last_observed.get("foreign_launches", 0))
-        if not records and timed_out:
+        if not mine and timed_out:
             # killed before its first record: start-up (imports, rendezvous) outran the time
             # limit; calling that a hang would let a too-short limit pass for a reproduced one
             obs.not_started.append(rank)

@@ -1,127 +1,40 @@
-"""Run repro variants as process groups with a timeout; dump and kill whatever hangs.
+"""Run one repro variant in a process group with a time limit; dump and kill whatever hangs.
 
-Each variant runs as ``python -m streamcheck.repro.variant_main`` in a new session, so it and
-every rank it spawns share one process group. On a timeout every process of the group is
-dumped (``py-spy dump`` when available, else the stacks faulthandler prints on SIGUSR1), then
-the whole group is killed: nothing outlives the run.
+On the simulator the variant is one process (``python -m streamcheck.repro.variant_main``) that
+runs every rank as a thread; on CUDA it is one process per rank (``python -m
+streamcheck.repro.launch_cuda``) that meet through an NCCL unique id made here. Each of those
+processes loads the repro module once; this process takes the already loaded ``SPEC``.
+
+The processes run in a :class:`~streamcheck.runtime.procgroup.ProcessGroup`. Ranks write typed
+records (:mod:`streamcheck.repro.records`); while they run, a rank's ``blocked`` or ``error``
+record starts the spec's grace period on variants whose peers are expected to hang. On a
+timeout every process is dumped (``py-spy dump`` when available, else the stacks faulthandler
+prints on SIGUSR1), then killed: nothing outlives the variant.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streamcheck.repro.discover import ReproFile, load
-from streamcheck.repro.outcome import Observation, judge, observe, read_rank_logs
+from streamcheck.repro.launch_cuda import ENV_ENGINE
+from streamcheck.repro.outcome import Observation, judge, observe
+from streamcheck.repro.records import RecordTail, read_records
+from streamcheck.repro.run_report import VariantResult
+from streamcheck.repro.spec import ReproSpec
+from streamcheck.runtime.procgroup import Cancel, ProcessGroup
 
-
-class Cancel:
-    """Stops a run: variants not started do not start, running ones are killed at once.
-
-    Set from a signal handler; every variant's wait loop checks it, and :meth:`stop` kills
-    the process groups alive now, so nothing keeps GPUs or NCCL after the run is stopped.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-        self._groups: set[int] = set()
-        self._lock = threading.Lock()
-
-    def stop(self, signum: int) -> None:
-        self.signum = signum
-        self.event.set()
-        with self._lock:
-            groups = list(self._groups)
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-
-    def track(self, pgid: int) -> None:
-        with self._lock:
-            self._groups.add(pgid)
-        if self.event.is_set():  # stopped while this one was starting
-            self.stop(self.signum or signal.SIGTERM)
-
-    def untrack(self, pgid: int) -> None:
-        with self._lock:
-            self._groups.discard(pgid)
-
-
-@dataclass
-class VariantResult:
-    repro: str
-    variant: str
-    backend: str
-    world_size: int
-    expected: str
-    observed: str
-    verdict: str  # "pass" | "fail" | "skip" | "cancelled"
-    seconds: float
-    reason: str = ""
-    dumps: dict[str, str] = field(default_factory=dict)
-    ranks: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    stderr: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Every live process in a process group, read from /proc (no psutil needed)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(entry))
-    return sorted(pids)
-
-
-def dump_process(pid: int, timeout: float = 20.0) -> str:
-    """All threads' stacks of a live process: py-spy if present, else faulthandler's."""
-    py_spy = shutil.which("py-spy")
-    if py_spy:
-        try:
-            done = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True,
-                                  text=True, timeout=timeout)
-            if done.returncode == 0 and done.stdout.strip():
-                return done.stdout
-            fallback = f"(py-spy failed: {done.stderr.strip()[:300]})\n"
-        except subprocess.TimeoutExpired:
-            fallback = "(py-spy timed out)\n"
-    else:
-        fallback = "(py-spy not installed; stacks from faulthandler on SIGUSR1 are in stderr)\n"
-    try:
-        os.kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        return fallback + "(process already gone)"
-    return fallback
-
-
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + 10
-    while group_pids(pgid) and time.time() < deadline:
-        time.sleep(0.05)
+#: what each process of a variant runs: the simulator's one process, a CUDA rank
+SIM_MODULE = "streamcheck.repro.variant_main"
+RANK_MODULE = "streamcheck.repro.launch_cuda"
+_uid_lock = threading.Lock()
 
 
 def cancelled_result(repro: ReproFile, variant: str, backend: str, world_size: int,
@@ -130,93 +43,82 @@ def cancelled_result(repro: ReproFile, variant: str, backend: str, world_size: i
                          round(seconds, 2), "the run was stopped by a signal")
 
 
+def skipped_result(repro: ReproFile, variant: str, backend: str, expected: str,
+                   reason: str) -> VariantResult:
+    return VariantResult(repro.name, variant, backend, 0, expected, "-", "skip", 0.0, reason)
+
+
+def variant_env(engine: str = "") -> dict[str, str]:
+    """The variant's processes' environment: ours, with the engine (``vllm``, or the models
+    by default) said explicitly."""
+    env = dict(os.environ)
+    env["NCCL_DEBUG"] = env.get("NCCL_DEBUG", "WARN")
+    if engine == "vllm":
+        env[ENV_ENGINE] = "vllm"
+    else:
+        env.pop(ENV_ENGINE, None)
+    return env
+
+
 def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
-                timeout: float | None, work_dir: Path, cancel: Cancel | None = None
-                ) -> VariantResult:
-    module = load(repro.path)
-    spec = module.SPEC
+                timeout: float | None, work_dir: Path, cancel: Cancel | None = None, *,
+                spec: ReproSpec | None = None, engine: str = "") -> VariantResult:
+    """Run one variant and judge it. ``spec``: the repro's SPEC when the caller has loaded
+    the module already (else it is loaded here); ``engine``: "vllm" for ``--engine vllm``."""
+    spec = spec if spec is not None else load(repro.path).SPEC
     cancel = cancel or Cancel()
-    if cancel.event.is_set():
-        return cancelled_result(repro, variant, backend, world_size,
-                                spec.expect[variant].describe())
+    expected = spec.expect[variant].describe()
+    if cancel.is_set:
+        return cancelled_result(repro, variant, backend, world_size, expected)
     limit = timeout if timeout is not None else spec.timeout_s[backend]
     grace = spec.hang_grace_s[backend] if spec.expects_hang(variant) else None
     out = work_dir / f"{repro.name}.{variant}.{backend}.w{world_size}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "streamcheck.repro.variant_main", str(repro.path), variant,
-           backend, str(world_size), str(out)]
+    env = variant_env(engine)
     start = time.perf_counter()
-    with open(out / "variant.stderr", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        cancel.track(proc.pid)
-        dumps: dict[str, str] = {}
-        try:
-            timed_out = _wait(proc, out, start + limit, grace, cancel.event)
-            if timed_out and not cancel.event.is_set():
-                for pid in group_pids(proc.pid):
-                    dumps[str(pid)] = dump_process(pid)
-                time.sleep(0.2)  # let faulthandler write
-        finally:
-            kill_group(proc.pid)
-            proc.wait()
-            cancel.untrack(proc.pid)
+    dumps: dict[str, str] = {}
+    with ProcessGroup(out, cancel=cancel) as group:
+        if backend == "sim":
+            group.spawn([sys.executable, "-m", SIM_MODULE,
+                         str(repro.path), variant, str(world_size), str(out)],
+                        env=env, output=out / "variant.stderr")
+        else:
+            uid = _nccl_unique_id()
+            for rank in range(world_size):
+                group.spawn([sys.executable, "-m", RANK_MODULE,
+                             str(repro.path), variant, str(rank), str(world_size), uid,
+                             str(out)], env=env, output=out / f"rank{rank}.stderr")
+        waited = group.wait(limit, grace=grace, failed=RecordTail(out).any_failed, poll=0.1)
+        if waited.stopped and not cancel.is_set:
+            dumps = group.dump()
     seconds = time.perf_counter() - start
-    if cancel.event.is_set():
-        return cancelled_result(repro, variant, backend, world_size,
-                                spec.expect[variant].describe(), seconds)
-    logs = read_rank_logs(out)
+    if cancel.is_set:
+        return cancelled_result(repro, variant, backend, world_size, expected, seconds)
+    records = read_records(out)
     rank_stderr = {int(p.stem[4:]): p.read_text(errors="replace")
                    for p in out.glob("rank*.stderr") if p.stem[4:].isdigit()}
-    obs: Observation = observe(logs, world_size, timed_out, spec.iterations[backend],
+    obs: Observation = observe(records, world_size, waited.stopped, spec.iterations[backend],
                                rank_stderr)
-    if timed_out and not obs.hung and not obs.not_started:
+    if waited.stopped and not obs.hung and not obs.not_started:
         obs.symptoms["hang"] = "variant process stuck until killed"
     ok, why = judge(spec.expect[variant], obs, world_size)
-    stderr = {p.name: p.read_text()[-6000:] for p in sorted(out.glob("*.stderr"))}
+    stderr = {p.name: p.read_text(errors="replace")[-6000:] for p in sorted(out.glob("*.stderr"))}
     return VariantResult(
         repro=repro.name, variant=variant, backend=backend, world_size=world_size,
-        expected=spec.expect[variant].describe(), observed=obs.describe(),
-        verdict="pass" if ok else "fail", seconds=round(seconds, 2), reason=why, dumps=dumps,
-        ranks=logs, stderr=stderr,
+        expected=expected, observed=obs.describe(), verdict="pass" if ok else "fail",
+        seconds=round(seconds, 2), reason=why, dumps=dumps, ranks=records, stderr=stderr,
     )
 
 
-def _wait(proc: subprocess.Popen[bytes], out: Path, deadline: float,
-          grace: float | None, cancelled: threading.Event) -> bool:
-    """Wait for the variant; True if it had to be stopped (timeout, peers hung, cancelled).
+def _nccl_unique_id() -> str:
+    """A fresh NCCL unique id, hex: the ranks' rendezvous. NCCL's bootstrap root for it runs
+    in this process until every rank has joined (variants run on several threads: one at a
+    time here)."""
+    from streamcheck.runtime.nccl import unique_id
 
-    With ``grace`` (a variant where a failed or stopped rank leaves its peers stuck, as NCCL
-    does), the peers count as hung ``grace`` seconds after the first rank logged its error or
-    its blocked launch, instead of waiting for the whole timeout.
-    """
-    first_error: float | None = None
-    while True:
-        try:
-            proc.wait(timeout=0.2)
-            return False
-        except subprocess.TimeoutExpired:
-            pass
-        now = time.perf_counter()
-        if now > deadline or cancelled.is_set():
-            return True
-        if grace is not None:
-            if first_error is None and _any_rank_failed(out):
-                first_error = now
-            if first_error is not None and now - first_error > grace:
-                return True
-
-
-def _any_rank_failed(out: Path) -> bool:
-    for path in out.glob("rank*.jsonl"):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if '"kind": "error"' in text or '"kind": "blocked"' in text:
-            return True
-    return False
+    with _uid_lock:
+        return unique_id().hex()
 
 
 def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tuple[int, str]:

@@ -5,18 +5,17 @@ compares the results exactly. Prints one JSON line per rank on stdout; exit code
 passed, 1 on any mismatch, error or timeout, 2 when it cannot run (no GPU, no NCCL, bad --world).
 
 Why subprocesses in their own session: a rank that fails leaves its peers blocked inside NCCL
-forever, and a plain timeout on the parent would leave them running. The parent owns every rank's
-process group and kills the groups still alive on failure, timeout, Ctrl-C or SIGTERM.
+forever, and a plain timeout on the parent would leave them running. The ranks run in a
+:class:`~streamcheck.runtime.procgroup.ProcessGroup`, which kills whatever is still alive on
+failure, timeout, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from streamcheck.runtime.nccl import NcclCommunicator, NcclLibrary, NcclUnavailable
+from streamcheck.runtime.procgroup import ProcessGroup
 
 _MODULE = "streamcheck.runtime.nccl_selftest"
 _N = 4099  # odd on purpose: no chunk boundary lines up with a power of two
@@ -241,83 +241,34 @@ def _rank_main(rank: int, world: int, uid_hex: str, result_path: str) -> int:
 # --------------------------------------------------------------------------- parent side
 
 
-def _exit_status(proc: subprocess.Popen[bytes]) -> int | None:
-    """The rank's exit status once it has exited, else None, without reaping it.
-
-    An unreaped leader keeps its pid, which is also its process-group id, from being reused, so
-    ``_kill_group`` can still kill whatever it left in its group without hitting a stranger.
-    """
-    if proc.returncode is not None:
-        return proc.returncode
-    try:
-        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:  # already reaped elsewhere
-        return proc.poll()
-    if info is None or info.si_pid == 0:
-        return None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the rank's whole process group (the rank and anything it started), then reap."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _spawn_and_wait(world: int, uid: bytes, timeout: float, grace: float) -> list[dict[str, Any]]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # so ranks import this very package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    procs: list[subprocess.Popen[bytes]] = []
-    timed_out: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="streamcheck-nccl-") as tmp:
         tdir = Path(tmp)
-        try:
+        with ProcessGroup(tdir) as group:
             for r in range(world):
-                with open(tdir / f"rank{r}.log", "wb") as log:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", _MODULE, "--rank", str(r), "--world", str(world),
-                         "--uid", uid.hex(), "--result", str(tdir / f"rank{r}.json")],
-                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env=env, start_new_session=True))
-            deadline = time.monotonic() + timeout
-            status: dict[int, int] = {}
-            while len(status) < world:
-                for r, p in enumerate(procs):
-                    if r not in status and (code := _exit_status(p)) is not None:
-                        status[r] = code
-                if any(status.values()):
-                    # A failed rank leaves its peers blocked in NCCL: give them a short grace.
-                    deadline = min(deadline, time.monotonic() + grace)
-                if time.monotonic() >= deadline:
-                    timed_out = set(range(world)) - status.keys()
-                    break
-                time.sleep(0.05)
-        finally:
-            for p in procs:
-                _kill_group(p)
+                group.spawn([sys.executable, "-m", _MODULE, "--rank", str(r), "--world",
+                             str(world), "--uid", uid.hex(), "--result",
+                             str(tdir / f"rank{r}.json")],
+                            env=env, output=tdir / f"rank{r}.log")
+            # A failed rank leaves its peers blocked in NCCL: they get a short grace.
+            waited = group.wait(timeout, grace=grace)
+            running = {m.index for m in group.members if m.returncode is None}
         results = []
-        for r in range(world):
+        for member in group.members:
+            r = member.index
             path = tdir / f"rank{r}.json"
             if path.exists():
                 res = json.loads(path.read_text())
-            elif r in timed_out:
+            elif waited.stopped and r in running:
                 res = {"rank": r, "ok": False, "error": "no result before the deadline; killed"}
             else:
                 res = {"rank": r, "ok": False, "error": "exited without a result"}
-            if r < len(procs):
-                res["returncode"] = procs[r].returncode
+            res["returncode"] = member.returncode
             if not res.get("ok"):
-                res["log_tail"] = _tail(tdir / f"rank{r}.log")
+                res["log_tail"] = member.read_output(2000)
             results.append(res)
     return results
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from streamcheck.repro.outcome import Observation, judge, observe
+from streamcheck.repro.records import RankRecord
 from streamcheck.repro.spec import Expectation
 
 BUGGY = Expectation(symptom=("nan",))
 FIXED = Expectation(clean=True)
 GUARDED = Expectation(blocked=("foreign-stream",))
+
+
+def typed(logs):
+    """Rank records as the parent reads them back from the ranks' JSON lines."""
+    return {rank: [RankRecord.from_json(r) for r in records] for rank, records in logs.items()}
 
 
 def test_buggy_without_symptom_is_a_mismatch():
@@ -38,7 +44,7 @@ def test_observe_reads_rank_logs_and_hangs():
         1: [{"kind": "error", "rank": 1, "error_kind": "error-400",
              "message": "Cuda failure 400 'invalid resource handle'", "observed": {}}],
     }
-    obs = observe(logs, 2, timed_out=True, iterations=3)
+    obs = observe(typed(logs), 2, timed_out=True, iterations=3)
     assert obs.hung == [0]
     assert set(obs.symptoms) == {"nan", "error-400", "hang"}
     assert "rank0 2/3" in obs.symptoms["nan"]
@@ -47,7 +53,7 @@ def test_observe_reads_rank_logs_and_hangs():
 def test_rank_without_a_record_at_the_time_limit_never_started_and_decides_nothing():
     logs = {1: [{"kind": "start", "rank": 1},
                 {"kind": "error", "rank": 1, "error_kind": "error-400", "message": "400"}]}
-    obs = observe(logs, 2, timed_out=True, iterations=3)
+    obs = observe(typed(logs), 2, timed_out=True, iterations=3)
     assert obs.not_started == [0] and obs.hung == [] and "hang" not in obs.symptoms
     assert "rank(s) 0 never started" in obs.describe()
     ok, why = judge(Expectation(symptom=("error-400",), peers_hang=True), obs, 2)

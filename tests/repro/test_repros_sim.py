@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from streamcheck.repro.discover import all_repros, load
-from streamcheck.repro.runner import group_pids, run_variant
+from streamcheck.repro.runner import run_variant
+from streamcheck.runtime.procgroup import group_pids
 
 REPROS = all_repros()
 
@@ -31,7 +32,7 @@ def test_a_users_repros_package_does_not_hide_the_builtin_ones(tmp_path, monkeyp
 def test_variant_matches_on_sim(repro, variant, tmp_path):
     spec = load(repro.path).SPEC
     world = max(spec.min_gpus, min(2, spec.max_world))
-    result = run_variant(repro, variant, "sim", world, None, tmp_path)
+    result = run_variant(repro, variant, "sim", world, None, tmp_path, spec=spec)
     assert result.verdict == "pass", (result.observed, result.reason, result.stderr)
 
 

@@ -1,0 +1,164 @@
+"""The process-group helper: members end how they end, and nothing outlives the group.
+
+Every test uses real processes; each member also starts a grandchild that sleeps, so "nothing
+left running" covers what a member started, not only the member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamcheck.runtime.procgroup import Cancel, ProcessGroup, group_pids
+
+CHILD = """
+import os, subprocess, sys, time
+kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1], "w").write(f"{os.getpid()} {kid.pid}")
+print("hello from", sys.argv[2], flush=True)
+print("oops", file=sys.stderr, flush=True)
+code = int(sys.argv[3])
+if code >= 0:
+    sys.exit(code)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")  # killed, waiting for init to reap it
+    return False
+
+
+def _start(group: ProcessGroup, tmp: Path, name: str, code: int, **kw) -> Path:
+    """A member that starts a sleeping grandchild, then exits with ``code`` (-1: sleeps)."""
+    pids = tmp / f"{name}.pids"
+    group.spawn([sys.executable, "-c", CHILD, str(pids), name, str(code)], **kw)
+    return pids
+
+
+def _pids(files: list[Path]) -> list[int]:
+    deadline = time.monotonic() + 30
+    while not all(f.exists() and f.read_text() for f in files):
+        assert time.monotonic() < deadline, "a member never started"
+        time.sleep(0.02)
+    return [int(p) for f in files for p in f.read_text().split()]
+
+
+def _all_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10  # init may take a moment to reap a killed grandchild
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return all(_gone(p) for p in pids)
+
+
+def test_members_that_exit_are_collected_and_their_grandchildren_killed(tmp_path):
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, "a", 0), _start(group, tmp_path, "b", 5)]
+        waited = group.wait(60)
+        pids = _pids(files)
+        assert waited.reason == "exited" and not waited.stopped
+        assert [m.returncode for m in group.members] == [0, 5]
+        assert "hello from a" in group.members[0].read_output()
+        assert "oops" in group.members[1].read_output()  # stderr joins stdout by default
+        leftovers = group.pids()
+        assert leftovers and set(leftovers) <= set(pids)  # the sleeping grandchildren
+    assert _all_gone(pids), "a grandchild outlived the group"
+
+
+def test_a_timeout_kills_every_member_and_what_it_started(tmp_path):
+    t0 = time.monotonic()
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, f"r{i}", -1) for i in range(2)]
+        waited = group.wait(3)
+        pids = _pids(files)
+    assert waited.reason == "timeout" and waited.stopped
+    assert [m.returncode for m in group.members] == [-9, -9]
+    assert _all_gone(pids)
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_failed_member_leaves_its_peers_only_the_grace(tmp_path):
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, "dies", 3), _start(group, tmp_path, "stuck", -1)]
+        waited = group.wait(120, grace=1.0)
+        pids = _pids(files)
+    assert waited.reason == "peers" and waited.seconds < 60
+    assert [m.returncode for m in group.members] == [3, -9]
+    assert _all_gone(pids)
+
+
+def test_a_failure_the_caller_sees_starts_the_grace_too(tmp_path):
+    flag = tmp_path / "failed"
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, "stuck", -1)]
+        threading.Timer(0.5, flag.touch).start()
+        waited = group.wait(120, grace=0.5, failed=flag.exists)
+        pids = _pids(files)
+    assert waited.reason == "peers" and waited.seconds < 60
+    assert _all_gone(pids)
+
+
+def test_without_grace_a_failure_waits_for_the_deadline(tmp_path):
+    with ProcessGroup() as group:
+        _start(group, tmp_path, "dies", 3)
+        _start(group, tmp_path, "stuck", -1)
+        waited = group.wait(2.0)
+    assert waited.reason == "timeout" and waited.seconds >= 2.0
+
+
+def test_cancel_from_another_thread_kills_at_once(tmp_path):
+    cancel = Cancel()
+    with ProcessGroup(cancel=cancel) as group:
+        files = [_start(group, tmp_path, "stuck", -1)]
+        pids = _pids(files)
+        threading.Timer(0.3, cancel.stop, args=(15,)).start()
+        waited = group.wait(120)
+        assert waited.reason == "cancelled" and waited.seconds < 30
+        assert _all_gone(pids[:1])  # the member died when the cancel fired, before close
+        late = _start(group, tmp_path, "late", -1)  # started after the stop: killed at once
+        assert group.wait(120).reason == "cancelled"
+    assert group.members[-1].returncode == -9 and not late.exists()
+    assert cancel.signum == 15 and _all_gone(pids)
+
+
+def test_keyboard_interrupt_inside_the_block_kills_everything(tmp_path):
+    files: list[Path] = []
+    with pytest.raises(KeyboardInterrupt), ProcessGroup() as group:
+        files.append(_start(group, tmp_path, "stuck", -1))
+        _pids(files)
+        raise KeyboardInterrupt
+    assert _all_gone(_pids(files))
+    assert group.pids() == []
+
+
+def test_outputs_go_where_asked_and_scratch_files_are_removed(tmp_path):
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with ProcessGroup() as group:
+        member = group.spawn([sys.executable, "-c", "import sys; print('o'); "
+                              "print('e', file=sys.stderr)"], output=out, errors=err)
+        scratch = group.spawn([sys.executable, "-c", "print('x')"])
+        assert group.wait(60).reason == "exited"
+        assert member.read_output().strip() == "o" and member.read_errors().strip() == "e"
+        assert scratch.read_output().strip() == "x"
+    assert out.exists() and not scratch.output.exists()
+
+
+def test_a_dump_names_every_live_process(tmp_path):
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, "stuck", -1)]
+        pids = _pids(files)
+        dumps = group.dump()
+        assert set(map(int, dumps)) == set(pids) == set(group_pids(pids[0]))
+    assert _all_gone(pids)
