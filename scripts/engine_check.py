@@ -20,8 +20,15 @@ Cases:
     The 0.9-style global stream cache injected in every worker (``engine_connectors``), with the
     audit turned on by the vLLM plugin (wheel), by the start-up hook alone (no entry points), and
     under ``vllm serve``. The first pynccl collective must be stopped on every rank.
-``faulty_tp2_sync`` / ``clean_tp2_sync``
-    ``faulty_tp2`` with the connector's sync loads, with and without the injected faults.
+``clean_tp2`` / ``clean_tp2_sync``
+    ``faulty_tp2`` without the injected faults (async loads, sync loads).
+``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
+    ``faulty_tp2`` with a KV cache that holds every request (no preemption), a store that
+    holds everything (no eviction), vLLM's async scheduling off, float32.
+``ref_tp2_roomy`` / ``ref_tp2_pc`` / ``offloading_tp2`` / ``simple_cpu_tp2`` / ``ref_tp2_f32``
+    Controls without streamcheck: no preemption, vLLM's own prefix cache, vLLM's own
+    connectors under the same pressure, float32. Every TP=2 case reports vLLM's counters
+    (preemptions, prefix-cache hits) beside its tokens.
 ``ttft_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off, sc_host_sync,
 sc_host_sync_off, sc_disk)
     TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector, pass 2 (prefix caching off) can
@@ -86,22 +93,27 @@ CONNECTORS = {  # name -> (connector class, module path; None: one of vLLM's own
 
 
 def kv_config(name: str, extra: dict[str, Any]) -> Any:
+    """Failed loads are recomputed, except with sync loads, which the connector allows only
+    under the ``fail`` policy."""
     from vllm.config import KVTransferConfig
 
     if name == "none":
         return None
     connector, module = CONNECTORS[name]
+    policy = "fail" if extra.get("load") == "sync" else "recompute"
     return KVTransferConfig(kv_connector=connector, kv_connector_module_path=module,
                             kv_role="kv_both", kv_connector_extra_config=extra,
-                            kv_load_failure_policy="recompute")
+                            kv_load_failure_policy=policy)
 
 
 def make_llm(model: str, tp: int, connector: str, extra: dict[str, Any], **kw: Any) -> Any:
+    """The engine as every case builds it; ``kw`` (a case's ``llm`` entry among them) wins."""
     from vllm import LLM
 
+    kw = {"enable_prefix_caching": False, **kw}
     return LLM(model=model, tensor_parallel_size=tp, enforce_eager=True,
-               enable_prefix_caching=False, disable_custom_all_reduce=True,
-               kv_transfer_config=kv_config(connector, extra), **kw)
+               disable_custom_all_reduce=True, kv_transfer_config=kv_config(connector, extra),
+               **kw)
 
 
 def generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
@@ -114,9 +126,11 @@ def generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[list[i
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def case_tp2(model: str, connector: str, extra: dict[str, Any]) -> dict[str, Any]:
-    llm = make_llm(model, 2, connector, extra, max_model_len=1536, num_gpu_blocks_override=320,
-                   max_num_seqs=24, gpu_memory_utilization=0.3)
+def case_tp2(model: str, connector: str, extra: dict[str, Any],
+             llm_args: dict[str, Any]) -> dict[str, Any]:
+    llm = make_llm(model, 2, connector, extra, **{
+        "max_model_len": 1536, "num_gpu_blocks_override": 320, "max_num_seqs": 24,
+        "gpu_memory_utilization": 0.3, "disable_log_stats": False, **llm_args})
     vocab = llm.get_tokenizer().vocab_size
     prompts = family_prompts(vocab)
     rng = random.Random(3)
@@ -128,10 +142,23 @@ def case_tp2(model: str, connector: str, extra: dict[str, Any]) -> dict[str, Any
         for i, t in zip(order, out, strict=True):
             tokens.setdefault(i, []).append(t)
     stats = {}
-    with_connector = connector != "none"
+    with_connector = connector.startswith(("sc", "faulty", "leaky"))
     if with_connector:
         stats = _connector_stats(llm)
-    return {"tokens": tokens, "stats": stats}
+    return {"tokens": tokens, "stats": stats, "engine": _engine_counters(llm)}
+
+
+def _engine_counters(llm: Any) -> dict[str, float]:
+    """vLLM's own counters of the run (preemptions above all: they change what is computed
+    by a prefill and what by a decode, and what a connector must load back)."""
+    wanted = ("vllm:num_preemptions", "vllm:prefix_cache_hits", "vllm:external_prefix_cache_hits",
+              "vllm:prompt_tokens")
+    out: dict[str, float] = {}
+    with contextlib.suppress(Exception):
+        for metric in llm.get_metrics():
+            if metric.name in wanted:
+                out[metric.name] = out.get(metric.name, 0) + float(getattr(metric, "value", 0))
+    return out
 
 
 def _connector_stats(llm: Any) -> dict[str, Any]:
@@ -184,11 +211,12 @@ def run_case(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     try:
         if spec["kind"] == "tp2":
-            result.update(case_tp2(args.model, spec["connector"], spec["extra"]))
+            result.update(case_tp2(args.model, spec["connector"], spec["extra"],
+                                   spec.get("llm", {})))
         elif spec["kind"] == "ttft":
             result.update(case_ttft(args.model, spec["connector"], spec["extra"]))
         elif spec["kind"] == "leak":
-            result.update(case_tp2(args.model, spec["connector"], spec["extra"]))
+            result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
         result["error"] = f"{type(exc).__name__}: {str(exc)[:1500]}"
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -209,15 +237,64 @@ CASES: dict[str, dict[str, Any]] = {
                    "activation": "plugin", "ref": "ref_tp2",
                    "env": {"STREAMCHECK_FAULT_EVERY": "7", "STREAMCHECK_SLOW_SAVE_MS": "2",
                            "VLLM_BATCH_INVARIANT": "1"}},
-    "faulty_tp2_sync": {"kind": "tp2", "connector": "faulty",
-                        "extra": {"backend": "host", "capacity_blocks": 400, "load": "sync"},
-                        "activation": "plugin", "ref": "ref_tp2",
-                        "env": {"STREAMCHECK_FAULT_EVERY": "7", "STREAMCHECK_SLOW_SAVE_MS": "2",
-                                "VLLM_BATCH_INVARIANT": "1"}},
     "clean_tp2_sync": {"kind": "tp2", "connector": "faulty",
                        "extra": {"backend": "host", "capacity_blocks": 400, "load": "sync"},
                        "activation": "plugin", "ref": "ref_tp2",
                        "env": {"STREAMCHECK_SLOW_SAVE_MS": "2", "VLLM_BATCH_INVARIANT": "1"}},
+    # Controls for the outputs that differ after injected faults: vLLM's own prefix cache (its
+    # partial hits recompute from a block boundary, as a failed load does), and the async
+    # mode with vLLM's async scheduling off (a step may be scheduled before the last one's
+    # output).
+    "ref_tp2_pc": {"kind": "tp2", "connector": "none", "extra": {}, "activation": "none",
+                   "ref": "ref_tp2", "llm": {"enable_prefix_caching": True},
+                   "env": {"VLLM_BATCH_INVARIANT": "1"}},
+    "faulty_tp2_nas": {"kind": "tp2", "connector": "faulty",
+                       "extra": {"backend": "host", "capacity_blocks": 400},
+                       "activation": "plugin", "ref": "ref_tp2",
+                       "llm": {"async_scheduling": False},
+                       "env": {"STREAMCHECK_FAULT_EVERY": "7", "STREAMCHECK_SLOW_SAVE_MS": "2",
+                               "VLLM_BATCH_INVARIANT": "1"}},
+    # Which path the async mode's differing outputs come from: no fault, no eviction (the
+    # store holds everything), no preemption (the KV cache holds every request).
+    "clean_tp2": {"kind": "tp2", "connector": "faulty",
+                  "extra": {"backend": "host", "capacity_blocks": 400},
+                  "activation": "plugin", "ref": "ref_tp2",
+                  "env": {"STREAMCHECK_SLOW_SAVE_MS": "2", "VLLM_BATCH_INVARIANT": "1"}},
+    "faulty_tp2_roomy": {"kind": "tp2", "connector": "faulty",
+                         "extra": {"backend": "host", "capacity_blocks": 4096},
+                         "activation": "plugin", "ref": "ref_tp2",
+                         "env": {"STREAMCHECK_FAULT_EVERY": "7",
+                                 "STREAMCHECK_SLOW_SAVE_MS": "2",
+                                 "VLLM_BATCH_INVARIANT": "1"}},
+    "faulty_tp2_nopreempt": {"kind": "tp2", "connector": "faulty",
+                             "extra": {"backend": "host", "capacity_blocks": 400},
+                             "activation": "plugin", "ref": "ref_tp2",
+                             "llm": {"num_gpu_blocks_override": 2400},
+                             "env": {"STREAMCHECK_FAULT_EVERY": "7",
+                                     "STREAMCHECK_SLOW_SAVE_MS": "2",
+                                     "VLLM_BATCH_INVARIANT": "1"}},
+    # Preemption is where the async mode's outputs differ: the same engine without a connector
+    # and without preemption, and vLLM's own connectors under the same pressure.
+    "ref_tp2_roomy": {"kind": "tp2", "connector": "none", "extra": {}, "activation": "none",
+                      "ref": "ref_tp2", "llm": {"num_gpu_blocks_override": 2400},
+                      "env": {"VLLM_BATCH_INVARIANT": "1"}},
+    "offloading_tp2": {"kind": "tp2", "connector": "offloading", "activation": "none",
+                       "extra": {"cpu_bytes_to_use": 4 << 30}, "ref": "ref_tp2",
+                       "env": {"VLLM_BATCH_INVARIANT": "1"}},
+    "simple_cpu_tp2": {"kind": "tp2", "connector": "simple_cpu", "activation": "none",
+                       "extra": {"cpu_bytes_to_use": 4 << 30}, "ref": "ref_tp2",
+                       "env": {"VLLM_BATCH_INVARIANT": "1"}},
+    # float32: a prefill and a decode of one token differ in the last bits, so where a request
+    # is preempted (which its recompute makes a prefill) can flip a bf16 greedy token; in
+    # float32 such flips are rare while wrong KV still changes tokens.
+    "ref_tp2_f32": {"kind": "tp2", "connector": "none", "extra": {}, "activation": "none",
+                    "llm": {"dtype": "float32"}, "env": {"VLLM_BATCH_INVARIANT": "1"}},
+    "faulty_tp2_f32": {"kind": "tp2", "connector": "faulty",
+                       "extra": {"backend": "host", "capacity_blocks": 400},
+                       "activation": "plugin", "ref": "ref_tp2_f32",
+                       "llm": {"dtype": "float32"},
+                       "env": {"STREAMCHECK_FAULT_EVERY": "7", "STREAMCHECK_SLOW_SAVE_MS": "2",
+                               "VLLM_BATCH_INVARIANT": "1"}},
     "inv_recompute": {"kind": "ttft", "connector": "none", "extra": {}, "activation": "none",
                       "env": {"VLLM_BATCH_INVARIANT": "1"}},
     "inv_sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
@@ -324,22 +401,35 @@ def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {"processes": len(rows), "rows": rows}
 
 
+def token_differences(tokens: dict[Any, list[list[int]]],
+                      ref: dict[Any, list[list[int]]]) -> list[str]:
+    """Outputs that differ from the reference run's first pass: counts by pass, and which
+    (pass, prompt, first differing token) so a pattern (a family, a pass, drift) shows."""
+    pairs = [(p, int(k), next(i for i, (a, b) in enumerate(zip(outs[p], ref[k][0], strict=True))
+                              if a != b))
+             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] != ref[k][0]]
+    if not pairs:
+        return []
+    by_pass = [sum(p == q for p, _, _ in pairs) for q in range(3)]
+    return [f"outputs that differ from the no-connector run's first pass, by pass: {by_pass} "
+            f"of {len(tokens)} each; (pass, prompt, first differing token): {sorted(pairs)}"]
+
+
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             ref: dict[str, Any] | None) -> list[str]:
     problems: list[str] = []
     rows = audit["rows"] if audit else []
     workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
-    if case.startswith(("faulty_tp2", "clean_tp2")):
+    vllm_own = ("ref_tp2_", "offloading_tp2", "simple_cpu_tp2")  # tokens only, no audit
+    if case.startswith(("faulty_tp2", "clean_tp2", *vllm_own)):
         if "error" in result:
             return [result["error"]]
         if ref is None or "tokens" not in ref:
             problems.append("no reference tokens")
         else:
-            by_pass = [sum(outs[p] != ref["tokens"][k][0] for k, outs in result["tokens"].items())
-                       for p in range(3)]
-            if any(by_pass):
-                problems.append(f"outputs that differ from the no-connector run's first pass, "
-                                f"by pass: {by_pass} of {len(result['tokens'])} each")
+            problems += token_differences(result["tokens"], ref["tokens"])
+        if case.startswith(vllm_own):
+            return problems
         if len(rows) < 4:
             problems.append(f"only {len(rows)} process reports (front end, engine, 2 workers)")
         if len(workers) < 2 or any(r["pynccl"] == 0 or r["connector"] == 0 for r in workers):
@@ -373,6 +463,8 @@ def main() -> int:
     p.add_argument("--vllm-site", default="/tmp/vllm_site/site")
     p.add_argument("--timeout", type=float, default=240)
     p.add_argument("--tiny-model", default="/tmp/vllm_site/tiny-llama")
+    p.add_argument("--ref-from", type=Path, help="a directory with the reference cases' JSON "
+                   "files from an earlier run (used when a reference case is not run now)")
     p.add_argument("--run", dest="case")
     p.add_argument("--spec")
     args = p.parse_args()
@@ -411,6 +503,9 @@ def main() -> int:
         time.sleep(2)  # let killed workers release the GPUs
         audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
         ref = results.get(spec["ref"]) if "ref" in spec else None
+        if ref is None and "ref" in spec and args.ref_from is not None:
+            with contextlib.suppress(OSError):
+                ref = json.loads((args.ref_from / f"{spec['ref']}.json").read_text())["result"]
         problems = verdict(case, result, audit, ref)
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}

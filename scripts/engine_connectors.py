@@ -34,7 +34,8 @@ class FaultyConnector(StreamcheckConnector):
         every = int(os.environ.get("STREAMCHECK_FAULT_EVERY", "0"))
         slow = float(os.environ.get("STREAMCHECK_SLOW_SAVE_MS", "0")) / 1000
         issue_save, issue_load = runtime._slab_save, runtime._slab_load
-        loads = [0]
+        loads = self._loads_seen = [0]
+        self._faults = faults = [0]
 
         def save(job: Any) -> Any:
             if slow:
@@ -45,6 +46,7 @@ class FaultyConnector(StreamcheckConnector):
             loads[0] += 1
             if every and loads[0] % every == 0 and job.slots:
                 runtime.slab.data[job.layer, job.slots[0], 7] ^= 0x20  # one flipped bit
+                faults[0] += 1
             return issue_load(job)
 
         issue_now = runtime.load_planes_now
@@ -54,10 +56,15 @@ class FaultyConnector(StreamcheckConnector):
             loads[0] += 1
             if every and loads[0] % every == 0 and slots:
                 runtime.slab.data[planes[0], slots[0], 7] ^= 0x20
+                faults[0] += 1
             return issue_now(planes, block_ids, slots, tags)
 
         runtime._slab_save, runtime._slab_load = save, load
         runtime.load_planes_now = load_now  # type: ignore[method-assign]
+
+    def metrics(self) -> dict[str, float | int]:
+        return {**super().metrics(), "load_calls": self._loads_seen[0],
+                "faults_injected": self._faults[0]}
 
 
 class LeakyConnector(StreamcheckConnector):

@@ -24,10 +24,11 @@ class ConnectorConfig:
     request (issued on the engine's stream before the forward: no extra engine steps, which
     is what a warm request's time to first token is made of); ``"async"`` parks the request
     until a worker thread has loaded it (a slow store then never holds up a step). ``"auto"``
-    is async: in the real engine (TP=2, a corrupt block injected every 7th load, recomputed
-    by vLLM) sync loads changed 38-41 of 72 outputs against 8 of 72 for async, and 0 of 72
-    with no fault injected (docs/measurements.md); until that failure path is understood,
-    sync is for whoever wants its speed."""
+    is async. Sync loads are refused under vLLM's ``kv_load_failure_policy="recompute"``: in
+    the real engine (vLLM 0.24, TP=2, a corrupt block injected every 7th load and caught by
+    the device check) vLLM's recovery of a failed in-step load went on to read the block (46
+    of 72 outputs changed, most to NaN logits), where async loads under the same faults
+    changed none that vLLM's own connector did not also change (docs/measurements.md)."""
 
     backend: str = "host"
     capacity_blocks: int | None = None

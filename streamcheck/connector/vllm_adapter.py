@@ -127,20 +127,21 @@ def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> No
             config.backend)
 
 
-def _warn_if_sync_loads_run_ahead(config: ConnectorConfig, vllm_config: Any) -> None:
-    """Sync loads under vLLM's async scheduling: a failed load is reported with its step's
-    output, by which time the next step (scheduled ahead) has already run from the context
-    that output discards. In the real engine, with corruption injected, sync loads changed
-    more outputs than async ones (docs/measurements.md); say so once, at start-up."""
-    scheduler = getattr(vllm_config, "scheduler_config", None)
-    if config.sync_loads and getattr(scheduler, "async_scheduling", False):
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "streamcheck connector: load='sync' with vLLM's async scheduling: after a failed "
-            "load (a corrupt or missing block) the request's next step may already have run "
-            "from the context vLLM then discards, and outputs were seen to change in that "
-            "case; use load='async' (the default) where a load can fail.")
+def _refuse_sync_loads_recomputed(config: ConnectorConfig, transfer_config: Any) -> None:
+    """Sync loads are refused under ``kv_load_failure_policy="recompute"``: in the real engine
+    (vLLM 0.24, TP=2, a corrupt host block injected every 7th load and caught by the device
+    check) vLLM's recovery of a failed in-step load went on to read the corrupt block: 46 of
+    72 greedy outputs changed, most of them to NaN logits, with async scheduling on or off
+    (docs/measurements.md). Async loads under the same faults never let a failed block be
+    read. Under the ``fail`` policy vLLM ends such a request with an error instead, which is
+    wrong-free, so sync loads stay available there."""
+    policy = getattr(transfer_config, "kv_load_failure_policy", "recompute")
+    if config.sync_loads and policy != "fail":
+        raise ValueError(
+            "streamcheck connector: load='sync' needs kv_load_failure_policy='fail': with "
+            f"{policy!r}, vLLM's recovery from a failed in-step load was measured to read the "
+            "failed block (changed outputs). Use load='async' (the default), which recomputes "
+            "failed blocks safely, or set kv_load_failure_policy='fail'.")
 
 
 class StreamcheckConnector(KVConnectorBase_V1):
@@ -175,7 +176,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 placement=Placement(capacity) if capacity is not None else None,
                 sync_loads=self.config.sync_loads)
             _warn_if_loads_can_fail(self.config, self._kv_transfer_config)
-            _warn_if_sync_loads_run_ahead(self.config, vllm_config)
+            _refuse_sync_loads_recomputed(self.config, self._kv_transfer_config)
         else:
             self.shard = _shard(vllm_config)
 

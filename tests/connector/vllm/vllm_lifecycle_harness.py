@@ -323,13 +323,15 @@ class Engine:
     by vLLM's own ``KVOutputAggregator``."""
 
     def __init__(self, extra: dict[str, Any], *, num_blocks: int = 64, max_batched: int = 256,
-                 prefix_caching: bool = False, policy: str = "recompute",
+                 prefix_caching: bool = False, policy: str | None = None,
                  workers: int = 1, long_prefill: int = 0) -> None:
         from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.structured_output import StructuredOutputManager
 
+        if policy is None:  # the connector refuses sync loads under "recompute"
+            policy = "fail" if extra.get("load") == "sync" else "recompute"
         self.config = make_vllm_config(extra, num_blocks=num_blocks, max_batched=max_batched,
                                        prefix_caching=prefix_caching, policy=policy,
                                        long_prefill=long_prefill)

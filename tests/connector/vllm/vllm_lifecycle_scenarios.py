@@ -363,9 +363,11 @@ def sync_hit(extra: dict[str, Any]) -> Facts:
 
 
 def sync_load_failure(extra: dict[str, Any]) -> Facts:
-    """A block corrupted or dropped in the slab after the scheduler counted it a hit: the
-    sync load feeds the forward of its step, reports the block invalid in that step's output,
-    and vLLM drops that output and recomputes from the block; the hash leaves the index."""
+    """A block corrupted or dropped in the slab after the scheduler counted it a hit, under
+    the ``fail`` policy that sync loads require: the sync load reports the block invalid in
+    its step's output, vLLM ends the request with an error (never an output computed from
+    the block), the hash leaves the index, nothing the failing step computed is saved, and
+    the next request with the prompt loads the good prefix and recomputes the rest."""
     eng, facts = Engine(extra), {}
     prompt = tokens(50, 4 * BLOCK + 8)
     hashes = eng.block_hashes(prompt)
@@ -382,9 +384,14 @@ def sync_load_failure(extra: dict[str, Any]) -> Facts:
         eng.step()  # lookup, load, forward, failure reported: all in this step
         facts[f"{name}_bad_hash_served_after"] = hashes[bad_block] in eng.side.committed
         eng.drain()
-        facts[f"{name}_computes"] = eng.computes[req][:2]
-        facts[f"{name}_expected_computed"] = bad_block * BLOCK
-        facts[f"{name}_committed_after_recompute"] = eng.committed(prompt)
+        facts[f"{name}_finish"] = eng.finish_reasons.get(req, "")
+        facts[f"{name}_committed_after_failure"] = eng.committed(prompt)
+        retry = f"C-{name}"
+        eng.add(retry, prompt, max_tokens=2)
+        eng.drain()
+        facts[f"{name}_retry_first_compute"] = eng.first_compute.get(retry, (0, 0))[0]
+        facts[f"{name}_expected_loaded"] = bad_block * BLOCK
+        facts[f"{name}_committed_after_retry"] = eng.committed(prompt)
     facts["failed_loads"] = sum(w.runtime.metrics.failed_loads for w in eng.workers)
     return finish(eng, facts)
 
