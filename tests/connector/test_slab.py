@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamcheck.connector.runtime import ConnectorRuntime
 from streamcheck.connector.slab import HostSlab, block_sums, runs
+from streamcheck.connector.transfers import ConnectorRuntime
 from tests.connector.test_runtime_cpu import BLOCKS, LAYERS, block_nbytes, drain, kv_caches
 
 

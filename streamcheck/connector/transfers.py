@@ -1,4 +1,5 @@
-"""The connector runtime: worker threads, a transfer stream, event ordering, gathered copies.
+"""The connector's transfers: a worker thread, a transfer stream, event ordering, gathered
+copies (the module is not :mod:`streamcheck.runtime`, the CUDA/simulator backends).
 
 It gives a backend (which only moves host blocks) everything else a KV connector needs:
 
