@@ -26,19 +26,13 @@ Observed = dict[str, Any]
 @dataclass(frozen=True, kw_only=True)
 class RankRecord:
     kind: ClassVar[str] = ""
+    #: the rank's last word on its ``run_rank``: done, blocked or error
+    ends_rank: ClassVar[bool] = False
+    #: the rank stopped short (blocked by the audit, or an error): peers may now hang
+    failed: ClassVar[bool] = False
     rank: int
     pid: int = 0
     t: float = 0.0
-
-    @property
-    def ends_rank(self) -> bool:
-        """The rank's last word on its ``run_rank``: done, blocked or error."""
-        return False
-
-    @property
-    def failed(self) -> bool:
-        """The rank stopped short (blocked by the audit, or an error): peers may now hang."""
-        return False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
@@ -103,11 +97,8 @@ class Progress(RankRecord):
 @dataclass(frozen=True, kw_only=True)
 class Done(RankRecord):
     kind: ClassVar[str] = "done"
+    ends_rank: ClassVar[bool] = True
     observed: Observed = field(default_factory=dict)
-
-    @property
-    def ends_rank(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,17 +106,11 @@ class Blocked(RankRecord):
     """The audit (``assert`` mode) stopped a launch before it ran."""
 
     kind: ClassVar[str] = "blocked"
+    ends_rank: ClassVar[bool] = True
+    failed: ClassVar[bool] = True
     rules: list[str] = field(default_factory=list)
     observed: Observed = field(default_factory=dict)
     text: str = ""
-
-    @property
-    def ends_rank(self) -> bool:
-        return True
-
-    @property
-    def failed(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,18 +118,12 @@ class Error(RankRecord):
     """``run_rank`` raised; ``error_kind`` is the class (``error-400``, or the type's name)."""
 
     kind: ClassVar[str] = "error"
+    ends_rank: ClassVar[bool] = True
+    failed: ClassVar[bool] = True
     error_kind: str = ""
     message: str = ""
     traceback: str = ""
     observed: Observed = field(default_factory=dict)
-
-    @property
-    def ends_rank(self) -> bool:
-        return True
-
-    @property
-    def failed(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, kw_only=True)
