@@ -55,7 +55,7 @@ def per_block_gbps(device_blocks: torch.Tensor, host_blocks: torch.Tensor) -> fl
 
 def scatter_us(words: bool, reps: int = 20) -> float:
     """Median microseconds of the load path's device scatter of 2048 64 KiB blocks."""
-    from streamcheck.connector.transfers import word_view
+    from streamcheck.connector.worker_side import word_view
 
     kv = torch.zeros(4 * N_BLOCKS, BLOCK, dtype=torch.uint8, device="cuda")
     src = torch.ones(N_BLOCKS, BLOCK, dtype=torch.uint8, device="cuda")
@@ -75,7 +75,7 @@ def scatter_us(words: bool, reps: int = 20) -> float:
 
 def connector_gbps(rounds: int = 5) -> dict[str, float]:
     from streamcheck.connector.backends import HostBackend
-    from streamcheck.connector.transfers import ConnectorRuntime
+    from streamcheck.connector.worker_side import ConnectorRuntime
 
     total_blocks = 4 * N_BLOCKS
     kv = torch.randint(0, 255, (total_blocks, BLOCK), dtype=torch.uint8, device="cuda")
@@ -125,7 +125,7 @@ def slab_gbps(scattered: bool, rounds: int = 4) -> dict[str, float]:
     consecutive per request (the placement's usual case) or ``scattered`` (every block its own
     run: the worst fragmentation)."""
     from streamcheck.connector.slab import HostSlab
-    from streamcheck.connector.transfers import ConnectorRuntime
+    from streamcheck.connector.worker_side import ConnectorRuntime
 
     total = 2 * REQUESTS * REQUEST_BLOCKS
     kv = [torch.randint(0, 255, (total, BLOCK), dtype=torch.uint8, device="cuda")

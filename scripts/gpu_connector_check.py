@@ -23,7 +23,7 @@ from _ranks import run_ranks
 
 import streamcheck
 from streamcheck.connector.backends import HostBackend
-from streamcheck.connector.transfers import ConnectorRuntime
+from streamcheck.connector.worker_side import ConnectorRuntime
 from streamcheck.repro.patterns import GlobalStreamCache
 from streamcheck.runtime.nccl import NcclCommunicator, unique_id
 

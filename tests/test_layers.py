@@ -177,7 +177,7 @@ def test_the_import_reader_sees_the_imports():
     assert "streamcheck.wrappers.events" in edges["streamcheck.installer"]  # module level
     assert "streamcheck.runtime.cuda" in edges["streamcheck.installer"]  # inside a function
     assert "streamcheck.installer" in edges["streamcheck.pytest_support.audit_handle"]
-    assert "streamcheck" in edges["streamcheck.connector.transfers"]  # the public API
+    assert "streamcheck" in edges["streamcheck.connector.worker_side"]  # the public API
     assert "torch" in imported_names("streamcheck.runtime.sim.tensor")
 
 

@@ -7,7 +7,7 @@ point vLLM at it: ``--kv-transfer-config '{"kv_connector": "StreamcheckConnector
 
 Scheduler side: :class:`~streamcheck.connector.scheduler_side.SchedulerSide` (lookups from an
 index of committed blocks; async loads park the request in ``WAITING_FOR_REMOTE_KVS`` until a
-worker reports them). Worker side: :class:`~streamcheck.connector.transfers.ConnectorRuntime`
+worker reports them). Worker side: :class:`~streamcheck.connector.worker_side.ConnectorRuntime`
 (own thread and stream, event ordering, gathered copies). A CUDA worker installs streamcheck in
 the configured mode (``assert`` by default), so every collective in the worker process and every
 launch of the connector is audited.
@@ -52,7 +52,7 @@ from streamcheck.connector.keys import layer_key
 from streamcheck.connector.placement import Placement
 from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
 from streamcheck.connector.slab import key_tag
-from streamcheck.connector.transfers import ConnectorRuntime, SlabLoad
+from streamcheck.connector.worker_side import ConnectorRuntime, SlabLoad
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from streamcheck.connector.backends import DiskBackend, HostBackend
 from streamcheck.connector.keys import block_hashes, layer_key
-from streamcheck.connector.transfers import ConnectorRuntime, word_view
+from streamcheck.connector.worker_side import ConnectorRuntime, word_view
 
 LAYERS, BLOCKS, BLOCK_SHAPE = 3, 32, (2, 16, 8)  # (k/v, tokens, head dim): 1 KiB of fp32
 

@@ -13,7 +13,7 @@ import torch
 
 import streamcheck
 from streamcheck.connector.backends import HostBackend
-from streamcheck.connector.transfers import ConnectorRuntime, PollResult
+from streamcheck.connector.worker_side import ConnectorRuntime, PollResult
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

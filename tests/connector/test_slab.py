@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamcheck.connector.slab import HostSlab, block_sums, runs
-from streamcheck.connector.transfers import ConnectorRuntime
+from streamcheck.connector.worker_side import ConnectorRuntime
 from tests.connector.test_runtime_cpu import BLOCKS, LAYERS, block_nbytes, drain, kv_caches
 
 

@@ -1,5 +1,6 @@
-"""The connector's transfers: a worker thread, a transfer stream, event ordering, gathered
-copies (the module is not :mod:`streamcheck.runtime`, the CUDA/simulator backends).
+"""The connector's worker side (beside :mod:`~streamcheck.connector.scheduler_side`): a worker
+thread, a transfer stream, event ordering, gathered copies. (Not :mod:`streamcheck.runtime`,
+the CUDA and simulator backends the audit runs on.)
 
 It gives a backend (which only moves host blocks) everything else a KV connector needs:
 
