@@ -27,8 +27,9 @@ class ConnectorConfig:
     is async. Sync loads are refused under vLLM's ``kv_load_failure_policy="recompute"``: in
     the real engine (vLLM 0.24, TP=2, a corrupt block injected every 7th load and caught by
     the device check) vLLM's recovery of a failed in-step load went on to read the block (46
-    of 72 outputs changed, most to NaN logits), where async loads under the same faults
-    changed none that vLLM's own connector did not also change (docs/measurements.md)."""
+    of 72 outputs changed, most to NaN logits). Async loads under the same faults changed 0
+    and 1 of 72 in two runs without preemption; with preemption they changed outputs where
+    vLLM's own OffloadingConnector changed them too (docs/measurements.md)."""
 
     backend: str = "host"
     capacity_blocks: int | None = None
@@ -79,6 +80,23 @@ class ConnectorConfig:
     def sync_loads(self) -> bool:
         """Whether hits are loaded inside the step that computes them (``load``)."""
         return self.load == "sync"
+
+    def check_failure_policy(self, policy: str | None) -> None:
+        """Refuse sync loads unless vLLM's ``kv_load_failure_policy`` is ``"fail"`` (None: a
+        vLLM without the setting). Under ``"recompute"``, vLLM's recovery of a failed in-step
+        load was measured reading the failed block (see the class docstring); under ``"fail"``
+        such a request ends with an error instead, never with a wrong output."""
+        if not self.sync_loads or policy == "fail":
+            return
+        if policy is None:
+            raise ValueError(
+                "streamcheck connector: load='sync' needs vLLM's kv_load_failure_policy='fail', "
+                "which this vLLM does not have; use load='async' (the default)")
+        raise ValueError(
+            f"streamcheck connector: load='sync' needs kv_load_failure_policy='fail', not "
+            f"{policy!r}: vLLM's recovery from a failed in-step load was measured to read the "
+            "failed block (changed outputs). Use load='async' (the default), which recomputes "
+            "failed blocks safely, or set kv_load_failure_policy='fail'.")
 
     def placement_capacity(self) -> int | None:
         """Blocks the scheduler places and evicts in, or None for a store it cannot bound."""

@@ -127,23 +127,6 @@ def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> No
             config.backend)
 
 
-def _refuse_sync_loads_recomputed(config: ConnectorConfig, transfer_config: Any) -> None:
-    """Sync loads are refused under ``kv_load_failure_policy="recompute"``: in the real engine
-    (vLLM 0.24, TP=2, a corrupt host block injected every 7th load and caught by the device
-    check) vLLM's recovery of a failed in-step load went on to read the corrupt block: 46 of
-    72 greedy outputs changed, most of them to NaN logits, with async scheduling on or off
-    (docs/measurements.md). Async loads under the same faults never let a failed block be
-    read. Under the ``fail`` policy vLLM ends such a request with an error instead, which is
-    wrong-free, so sync loads stay available there."""
-    policy = getattr(transfer_config, "kv_load_failure_policy", "recompute")
-    if config.sync_loads and policy != "fail":
-        raise ValueError(
-            "streamcheck connector: load='sync' needs kv_load_failure_policy='fail': with "
-            f"{policy!r}, vLLM's recovery from a failed in-step load was measured to read the "
-            "failed block (changed outputs). Use load='async' (the default), which recomputes "
-            "failed blocks safely, or set kv_load_failure_policy='fail'.")
-
-
 class StreamcheckConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
@@ -176,7 +159,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 placement=Placement(capacity) if capacity is not None else None,
                 sync_loads=self.config.sync_loads)
             _warn_if_loads_can_fail(self.config, self._kv_transfer_config)
-            _refuse_sync_loads_recomputed(self.config, self._kv_transfer_config)
+            self.config.check_failure_policy(
+                getattr(self._kv_transfer_config, "kv_load_failure_policy", None))
         else:
             self.shard = _shard(vllm_config)
 

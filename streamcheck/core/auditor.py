@@ -94,6 +94,7 @@ class Auditor:
         # and host-wait hooks pass on this one attribute read (kept by the clocks' activation).
         self.ordering = False
         self._first_access: Callable[[], None] | None = None
+        self.clocks.on_active = self._ordering_on
         self.clocks.on_activate = self._ordering_begins
         self.context = RuleContext(self.book, self.clocks, select=select, role_of=self.role_of,
                                    engine_threads=self.roles.engine_threads)
@@ -213,9 +214,13 @@ class Auditor:
         if self.ordering:
             callback()
 
+    def _ordering_on(self) -> None:
+        """The clocks' first mark, inside their lock: the hooks' flag is up before any other
+        thread can see the clocks live, so no event record in between goes unsnapshotted."""
+        self.ordering = True
+
     def _ordering_begins(self) -> None:
         """The clocks took their first mark: from now on event records and waits matter."""
-        self.ordering = True
         if self._first_access is not None:
             self._first_access()
 

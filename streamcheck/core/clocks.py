@@ -53,6 +53,9 @@ class HappensBefore:
         self._done: Clock = {}  # what the host has waited for: done before anything later
         self.active = False
         # Called once, at the first mark: whoever feeds events here may start only then.
+        # ``on_active`` runs inside the lock, before any record or wait can see the clocks
+        # live (it must be quick: a flag); ``on_activate`` after it (installing hooks).
+        self.on_active: Callable[[], None] | None = None
         self.on_activate: Callable[[], None] | None = None
 
     def mark(self, stream: StreamKey) -> Mark:
@@ -62,6 +65,8 @@ class HappensBefore:
             self._clocks[stream] = clock
             first = not self.active
             self.active = True
+            if first and self.on_active is not None:
+                self.on_active()
             mark = Mark(stream, clock[stream])
         if first and self.on_activate is not None:
             self.on_activate()

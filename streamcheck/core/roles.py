@@ -43,6 +43,9 @@ class ThreadRoles:
         # ident -> (role, the thread it was declared for; None when it was not known then)
         self._roles: dict[int, tuple[str, threading.Thread | None]] = {}
         self._lock = threading.Lock()
+        # serialises computing and publishing main_engine: the last writer to publish reads
+        # the table after every write that came before it
+        self._publish = threading.Lock()
         self._followers: weakref.WeakSet[object] = weakref.WeakSet()
         #: The main thread's ident while it is an engine thread, else None: the one thread the
         #: hooks' fast paths let through on a comparison. Never a stale ident: it changes only
@@ -53,7 +56,7 @@ class ThreadRoles:
 
     def declare(self, role: str, ident: int | None = None) -> None:
         """Name the role of a thread (the calling thread when ``ident`` is None)."""
-        if role not in (ENGINE, CONNECTOR) and not role:
+        if not role:
             raise ValueError(f"thread role must be a non-empty name such as {ENGINE!r}")
         if ident is None:
             ident, thread = threading.get_ident(), threading.current_thread()
@@ -75,11 +78,12 @@ class ThreadRoles:
         follower.main_engine = self.main_engine  # type: ignore[attr-defined]
 
     def _changed(self) -> None:
-        main = threading.main_thread().ident
-        engine = main is not None and self._is_engine(main)
-        self.main_engine = main if engine else None
-        for follower in list(self._followers):
-            follower.main_engine = self.main_engine  # type: ignore[attr-defined]
+        with self._publish:
+            main = threading.main_thread().ident
+            engine = main is not None and self._is_engine(main)
+            self.main_engine = main if engine else None
+            for follower in list(self._followers):
+                follower.main_engine = self.main_engine  # type: ignore[attr-defined]
 
     # ---- reading -------------------------------------------------------------------------
 

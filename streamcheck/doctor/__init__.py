@@ -8,7 +8,8 @@ Without a GPU, the child runs the same code against streamcheck's CPU stream sim
 
 One job per module:
 
-* :mod:`.hazards` — the three hazards the probe tells apart: title, symptom, one-line fix.
+* :mod:`.hazards` — the three hazards the probe tells apart, their titles and fixes from the
+  core's hazard catalogue.
 * :mod:`.model` — verdicts and results, and their JSON form (shared by parent and child).
 * :mod:`.environment` — Python, torch, CUDA, NCCL, vLLM, py-spy, read without side effects.
 * :mod:`.streams` — stream back ends for the probes: real CUDA, or the simulator.

@@ -5,7 +5,8 @@ does) name, explain and fix each hazard with the same words. Each probe id maps 
 the hazard catalogue (:mod:`streamcheck.core.hazards`): ``rule`` is that entry's slug, the runtime
 finding id that ``streamcheck`` audits report for the same mechanism (see docs/hazards.md), so a
 person can go from "the doctor says affected" to "this is the finding my test run will show";
-``fix`` is that entry's fix, the same words the audit and the scan give.
+``fix`` is that entry's fix, the same words the audit and the scan give, after the remedy a
+vLLM user has without touching code (``upgrade``), where there is one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Hazard:
 
     id: str
     title: str
+    #: what a user of the installed vLLM can do without changing code, said before the fix
+    upgrade: str = ""
 
     @property
     def rule(self) -> str:
@@ -29,12 +32,14 @@ class Hazard:
 
     @property
     def fix(self) -> str:
-        return for_doctor_id(self.id).fix
+        fix = for_doctor_id(self.id).fix
+        return f"{self.upgrade} In code you maintain: {fix}" if self.upgrade else fix
 
 
 # What each probe asks is its probe's docstring (:mod:`streamcheck.doctor.probes`); what the
 # hazard looks like is its catalogue entry's section in docs/hazards.md.
-MODULE_GLOBAL = Hazard("module-global-cache", "module-global cache")
+MODULE_GLOBAL = Hazard("module-global-cache", "module-global cache",
+                       upgrade="Upgrade to vLLM >= 0.10 (its current-stream cache is per thread).")
 FRESH_THREAD_DEVICE = Hazard("fresh-thread-device", "fresh-thread device")
 STALE_CACHE = Hazard("stale-cache", "stale cache")
 

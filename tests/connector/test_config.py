@@ -26,3 +26,19 @@ def test_the_load_mode(extra, sync):
 def test_a_bad_load_mode_is_refused_naming_the_key(extra, message):
     with pytest.raises(ValueError, match=message):
         ConnectorConfig.from_extra(extra)
+
+
+@pytest.mark.parametrize(("extra", "policy", "refused"), [
+    ({"load": "sync"}, "fail", None),
+    ({"load": "sync"}, "recompute", "not 'recompute'"),
+    ({"load": "sync"}, None, "this vLLM does not have"),
+    ({"load": "async"}, "recompute", None),
+    ({}, None, None),
+])
+def test_sync_loads_need_the_fail_policy(extra, policy, refused):
+    config = ConnectorConfig.from_extra(extra)
+    if refused is None:
+        config.check_failure_policy(policy)
+    else:
+        with pytest.raises(ValueError, match=refused):
+            config.check_failure_policy(policy)
