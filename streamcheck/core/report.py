@@ -117,10 +117,6 @@ class AuditReport:
     per_process: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def merged(self) -> bool:
-        return self.merged_from is not None
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (key order as the schema's examples have it)."""
         head: dict[str, Any] = {"schema": SCHEMA}
