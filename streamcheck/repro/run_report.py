@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from streamcheck.documents import RUN_SCHEMA, DocumentError, validate
 from streamcheck.repro.records import RankRecord
 
+#: a row's possible verdicts; schemas/run-1.json lists the same (a test holds them together)
 VERDICTS = ("pass", "fail", "skip", "cancelled")
 
 
@@ -36,6 +37,11 @@ class VariantResult:
     dumps: dict[str, str] = field(default_factory=dict)  # pid -> stacks of a hung process
     ranks: dict[int, list[RankRecord]] = field(default_factory=dict)
     stderr: dict[str, str] = field(default_factory=dict)  # file name -> its last 6000 chars
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:  # the counts and the exit code read only these
+            raise ValueError(f"{self.repro} {self.variant}: verdict {self.verdict!r} is not "
+                             f"one of {', '.join(VERDICTS)}")
 
     def to_json(self) -> dict[str, Any]:
         return {

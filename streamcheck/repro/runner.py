@@ -2,8 +2,10 @@
 
 On the simulator the variant is one process (``python -m streamcheck.repro.variant_main``) that
 runs every rank as a thread; on CUDA it is one process per rank (``python -m
-streamcheck.repro.launch_cuda``) that meet through an NCCL unique id made here. Each of those
-processes loads the repro module once; this process takes the already loaded ``SPEC``.
+streamcheck.repro.launch_cuda``) that meet through an NCCL unique id rank 0 makes and
+publishes in the variant's directory. Nothing of NCCL runs in this process: the bootstrap root
+``ncclGetUniqueId`` starts lives until every rank joined, so it must die with the variant. Each
+of those processes loads the repro module once; this process takes the already loaded ``SPEC``.
 
 The processes run in a :class:`~streamcheck.runtime.procgroup.ProcessGroup`. Ranks write typed
 records (:mod:`streamcheck.repro.records`); while they run, a rank's ``blocked`` or ``error``
@@ -18,7 +20,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,11 @@ from streamcheck.repro.outcome import Observation, judge, observe
 from streamcheck.repro.records import RecordTail, read_records
 from streamcheck.repro.run_report import VariantResult
 from streamcheck.repro.spec import ReproSpec
-from streamcheck.runtime.procgroup import Cancel, ProcessGroup
+from streamcheck.runtime.procgroup import REAP_S, Cancel, ProcessGroup
 
 #: what each process of a variant runs: the simulator's one process, a CUDA rank
 SIM_MODULE = "streamcheck.repro.variant_main"
 RANK_MODULE = "streamcheck.repro.launch_cuda"
-_uid_lock = threading.Lock()
 
 
 def cancelled_result(repro: ReproFile, variant: str, backend: str, world_size: int,
@@ -84,11 +84,10 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
                          str(repro.path), variant, str(world_size), str(out)],
                         env=env, output=out / "variant.stderr")
         else:
-            uid = _nccl_unique_id()
-            for rank in range(world_size):
+            for rank in range(world_size):  # they meet through out/UID_FILE (launch_cuda)
                 group.spawn([sys.executable, "-m", RANK_MODULE,
-                             str(repro.path), variant, str(rank), str(world_size), uid,
-                             str(out)], env=env, output=out / f"rank{rank}.stderr")
+                             str(repro.path), variant, str(rank), str(world_size), str(out)],
+                            env=env, output=out / f"rank{rank}.stderr")
         waited = group.wait(limit, grace=grace, failed=RecordTail(out).any_failed, poll=0.1)
         if waited.stopped and not cancel.is_set:
             dumps = group.dump()
@@ -103,22 +102,15 @@ def run_variant(repro: ReproFile, variant: str, backend: str, world_size: int,
     if waited.stopped and not obs.hung and not obs.not_started:
         obs.symptoms["hang"] = "variant process stuck until killed"
     ok, why = judge(spec.expect[variant], obs, world_size)
+    if group.survivors:  # SIGKILL did not end them within REAP_S (uninterruptible sleep)
+        why += (f"; still alive {REAP_S:g} s after SIGKILL (left running): "
+                f"pid(s) {', '.join(map(str, group.survivors))}")
     stderr = {p.name: p.read_text(errors="replace")[-6000:] for p in sorted(out.glob("*.stderr"))}
     return VariantResult(
         repro=repro.name, variant=variant, backend=backend, world_size=world_size,
         expected=expected, observed=obs.describe(), verdict="pass" if ok else "fail",
         seconds=round(seconds, 2), reason=why, dumps=dumps, ranks=records, stderr=stderr,
     )
-
-
-def _nccl_unique_id() -> str:
-    """A fresh NCCL unique id, hex: the ranks' rendezvous. NCCL's bootstrap root for it runs
-    in this process until every rank has joined (variants run on several threads: one at a
-    time here)."""
-    from streamcheck.runtime.nccl import unique_id
-
-    with _uid_lock:
-        return unique_id().hex()
 
 
 def plan_world(spec: Any, backend: str, gpus: int | None, available: int) -> tuple[int, str]:

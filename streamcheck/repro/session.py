@@ -6,7 +6,10 @@
 
 The plan loads each repro module once (for its ``SPEC``); every variant then runs in process
 groups of its own (:func:`~streamcheck.repro.runner.run_variant`), ``jobs`` at a time. A stopped
-:attr:`cancel` kills every group alive and leaves the variants not yet started cancelled. The
+:attr:`cancel` kills every group alive and leaves the variants not yet started cancelled. A
+variant that raises is a failed row naming the error, and the run goes on; an exception that
+reaches :meth:`ReproSession.run` itself (KeyboardInterrupt without ``stop_on_signals``) stops
+the cancel, starts no queued variant and is re-raised. The
 rank logs stay in the work directory when asked (``keep_dir``), when a variant mismatched, or
 when the run was stopped; otherwise they are removed.
 """
@@ -17,6 +20,7 @@ import os
 import shutil
 import signal
 import time
+import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -130,17 +134,32 @@ class ReproSession:
             if item.skip:
                 return skipped_result(item.repro, item.variant, self.backend.name,
                                       item.spec.expect[item.variant].describe(), item.skip)
-            listener.started(item.label)
-            return run_variant(item.repro, item.variant, self.backend.name, item.world_size,
-                               self.timeout, work, self.cancel, spec=item.spec, engine=engine)
+            begun = time.perf_counter()
+            try:
+                listener.started(item.label)
+                return run_variant(item.repro, item.variant, self.backend.name,
+                                   item.world_size, self.timeout, work, self.cancel,
+                                   spec=item.spec, engine=engine)
+            except Exception as exc:  # one broken variant is one failed row; the run goes on
+                return failed_result(item, self.backend.name, exc, time.perf_counter() - begun)
 
         results: dict[int, VariantResult] = {}
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.jobs)
+        try:
             futures = {pool.submit(one, item): i for i, item in enumerate(self.plan)}
             for future in as_completed(futures):  # each variant is its own process group
                 index = futures[future]
                 results[index] = future.result()
                 listener.finished(self.plan[index].label, results[index])
+        except BaseException as exc:
+            # KeyboardInterrupt without stop_on_signals, or the listener failing: kill the
+            # variants running, start none of those queued, then let it go on up. (Leaving a
+            # ``with ThreadPoolExecutor`` would first run every queued variant to its end.)
+            self.cancel.stop(signal.SIGINT if isinstance(exc, KeyboardInterrupt)
+                             else signal.SIGTERM)
+            pool.shutdown(wait=True, cancel_futures=True)  # the running ones end at once
+            raise
+        pool.shutdown(wait=True)
         signum = self.cancel.signum if self.cancel.is_set else None
         report = RunReport(
             backend=self.backend.name, backend_note=self.backend.note,
@@ -154,6 +173,18 @@ class ReproSession:
         if not report.logs_kept:
             shutil.rmtree(work, ignore_errors=True)
         return report
+
+
+def failed_result(item: PlannedVariant, backend: str, exc: Exception,
+                  seconds: float) -> VariantResult:
+    """The row of a variant that could not be run or judged: an error in streamcheck itself
+    (or the listener), named with its traceback, instead of ending the run."""
+    return VariantResult(
+        item.repro.name, item.variant, backend, item.world_size,
+        item.spec.expect[item.variant].describe(), "-", "fail", round(seconds, 2),
+        f"streamcheck failed running this variant: {type(exc).__name__}: {exc}",
+        stderr={"streamcheck.traceback": traceback.format_exc()[-6000:]},
+    )
 
 
 def _check_writable(directory: Path) -> None:

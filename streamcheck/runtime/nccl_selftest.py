@@ -7,7 +7,9 @@ passed, 1 on any mismatch, error or timeout, 2 when it cannot run (no GPU, no NC
 Why subprocesses in their own session: a rank that fails leaves its peers blocked inside NCCL
 forever, and a plain timeout on the parent would leave them running. The ranks run in a
 :class:`~streamcheck.runtime.procgroup.ProcessGroup`, which kills whatever is still alive on
-failure, timeout, Ctrl-C or SIGTERM.
+failure, timeout, Ctrl-C or SIGTERM. Rank 0 makes the NCCL unique id and the others read it
+from a file (:func:`~streamcheck.runtime.procgroup.rendezvous`, as repro ranks do), so NCCL's
+bootstrap root never runs in the parent.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from typing import Any
 import torch
 
 from streamcheck.runtime.nccl import NcclCommunicator, NcclLibrary, NcclUnavailable
-from streamcheck.runtime.procgroup import ProcessGroup
+from streamcheck.runtime.procgroup import ProcessGroup, rendezvous
 
 _MODULE = "streamcheck.runtime.nccl_selftest"
 _N = 4099  # odd on purpose: no chunk boundary lines up with a power of two
 _ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
                torch.uint8, torch.int32, torch.int64)
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+UID_FILE = "nccl-unique-id.json"
+UID_WAIT_S = 60.0  # how long ranks other than 0 wait for rank 0's unique id
 
 
 # --------------------------------------------------------------------------- rank side
@@ -212,14 +216,16 @@ def _rank_checks(comm: NcclCommunicator) -> _Checks:
     return c
 
 
-def _rank_main(rank: int, world: int, uid_hex: str, result_path: str) -> int:
+def _rank_main(rank: int, world: int, uid_file: str, result_path: str) -> int:
     t0 = time.monotonic()
     res: dict[str, Any] = {"rank": rank, "world": world, "device": f"cuda:{rank}", "ok": False}
     try:
         torch.cuda.set_device(rank)
         lib = NcclLibrary()
         res.update(nccl=lib.version(), nccl_path=lib.path)
-        comm = NcclCommunicator(world, rank, bytes.fromhex(uid_hex), rank, library=lib)
+        uid = rendezvous(Path(uid_file), rank, lib.get_unique_id, UID_WAIT_S,
+                         what="the NCCL unique id")
+        comm = NcclCommunicator(world, rank, uid, rank, library=lib)
         try:
             checks = _rank_checks(comm)
         except BaseException:
@@ -241,7 +247,7 @@ def _rank_main(rank: int, world: int, uid_hex: str, result_path: str) -> int:
 # --------------------------------------------------------------------------- parent side
 
 
-def _spawn_and_wait(world: int, uid: bytes, timeout: float, grace: float) -> list[dict[str, Any]]:
+def _spawn_and_wait(world: int, timeout: float, grace: float) -> list[dict[str, Any]]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # so ranks import this very package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -250,7 +256,7 @@ def _spawn_and_wait(world: int, uid: bytes, timeout: float, grace: float) -> lis
         with ProcessGroup(tdir) as group:
             for r in range(world):
                 group.spawn([sys.executable, "-m", _MODULE, "--rank", str(r), "--world",
-                             str(world), "--uid", uid.hex(), "--result",
+                             str(world), "--uid-file", str(tdir / UID_FILE), "--result",
                              str(tdir / f"rank{r}.json")],
                             env=env, output=tdir / f"rank{r}.log")
             # A failed rank leaves its peers blocked in NCCL: they get a short grace.
@@ -291,13 +297,12 @@ def _parent_main(world: int | None, timeout: float, grace: float) -> int:
     if not 1 <= world <= n:
         return _fail(f"--world {world} needs 1..{n} GPUs (one rank per GPU; {n} visible)")
     try:
-        lib = NcclLibrary()
-        uid = lib.get_unique_id()  # its bootstrap root lives in this process until ranks join
+        lib = NcclLibrary()  # can it load at all; rank 0 makes the unique id
     except NcclUnavailable as exc:
         return _fail(str(exc))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        results = _spawn_and_wait(world, uid, timeout, grace)
+        results = _spawn_and_wait(world, timeout, grace)
     finally:
         signal.signal(signal.SIGTERM, previous)
     for res in results:
@@ -321,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace", type=float, default=15.0,
                     help="seconds the other ranks get once one rank has failed")
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--uid", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--uid-file", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rank is not None:
-        if args.world is None or args.uid is None or args.result is None:
-            ap.error("--rank needs --world, --uid and --result")
-        return _rank_main(args.rank, args.world, args.uid, args.result)
+        if args.world is None or args.uid_file is None or args.result is None:
+            ap.error("--rank needs --world, --uid-file and --result")
+        return _rank_main(args.rank, args.world, args.uid_file, args.result)
     return _parent_main(args.world, args.timeout, args.grace)
 
 

@@ -1,7 +1,9 @@
 """Run child processes that must never outlive their caller: spawn, wait with a deadline, kill.
 
-One helper for every place streamcheck starts processes that may hang (a repro variant's ranks
-stuck in NCCL, the doctor's probe stuck in vLLM's import, the NCCL self-test's ranks):
+The helper for the processes streamcheck's package starts that may hang (a repro variant's
+ranks stuck in NCCL, the doctor's probe stuck in vLLM's import, the NCCL self-test's ranks).
+The device scripts under ``scripts/`` (``engine_check.py``, ``gpu_vllm_ranks.py``) do not use
+it: they keep their own spawn and ``killpg`` code.
 
     with ProcessGroup(cancel=cancel) as group:
         for rank in range(world):
@@ -9,18 +11,23 @@ stuck in NCCL, the doctor's probe stuck in vLLM's import, the NCCL self-test's r
         waited = group.wait(timeout, grace=12.0, failed=records_say_failed)
         if waited.stopped:
             dumps = group.dump()
-    # here every member and everything it started is dead and reaped
+    # here every member and everything it started is dead and reaped (or, for a process
+    # SIGKILL could not end within REAP_S, named in group.survivors)
 
 Each member starts in a session of its own, so it and whatever it starts share a process group
 that one ``killpg`` ends. Members are not reaped while the group lives (their exit is observed
 with ``waitid(WNOWAIT)``): an exited, unreaped member keeps its pid, which is also its group's
 id, from being reused, so the final SIGKILL to the group never reaches a stranger. Leaving the
 ``with`` block in any way (a timeout, an exception, KeyboardInterrupt) kills every group.
+
+Members that must meet (NCCL ranks sharing a unique id) do it through a file:
+:func:`rendezvous` has rank 0 make the value and publish it, and the others wait for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -40,32 +47,43 @@ REAP_S = 10.0
 class Cancel:
     """Stops every group that tracks it: groups not yet waited on stop at once, live ones die.
 
-    Set from a signal handler (:func:`stop_on_signals`) or another thread; :meth:`stop` kills
-    every group alive now, so nothing keeps GPUs or NCCL once a run is stopped.
+    :meth:`stop` (from any thread) kills every group alive now, so nothing keeps GPUs or NCCL
+    once a run is stopped. A signal handler calls :meth:`request` instead, which takes no lock:
+    the handler runs on the main thread between two bytecodes, possibly while that thread holds
+    the lock inside :meth:`track` or :meth:`untrack`, and a plain Lock taken again there would
+    deadlock. (An RLock would avoid that one deadlock; the flag is used so that nothing a
+    handler does can block or wait on another thread.) After a request, each group is killed by
+    the thread waiting on it (:meth:`ProcessGroup.wait` returns "cancelled" at its next poll and
+    leaving the group kills it), and a group that starts later is killed by :meth:`track`.
     """
 
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.signum: int | None = None
+        self._stopped = False  # only ever set, never cleared: a plain attribute is enough
         self._groups: set[int] = set()
         self._lock = threading.Lock()
 
     @property
     def is_set(self) -> bool:
-        return self.event.is_set()
+        return self._stopped
+
+    def request(self, signum: int) -> None:
+        """Mark the run stopped, nothing more: safe inside a signal handler."""
+        if not self._stopped:
+            self.signum = signum
+        self._stopped = True
 
     def stop(self, signum: int) -> None:
-        self.signum = signum
-        self.event.set()
-        with self._lock:
-            groups = list(self._groups)
-        for pgid in groups:
-            _killpg(pgid)
+        """Mark the run stopped and kill every tracked group now (not from a signal handler)."""
+        self.request(signum)
+        with self._lock:  # held while killing: untrack() (then reaping) waits for the kills
+            for pgid in self._groups:
+                _killpg(pgid)
 
     def track(self, pgid: int) -> None:
         with self._lock:
             self._groups.add(pgid)
-        if self.event.is_set():  # stopped while this one was starting
+        if self._stopped:  # stopped while this one was starting
             self.stop(self.signum or signal.SIGTERM)
 
     def untrack(self, pgid: int) -> None:
@@ -78,19 +96,70 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @contextlib.contextmanager
 def stop_on_signals(cancel: Cancel, signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """While inside, these signals stop ``cancel`` (every tracked group is killed at once)
-    instead of ending the process; the old handlers come back on the way out. Outside the main
-    thread, where Python cannot set handlers, the caller's own handling stays."""
+    """While inside, these signals stop ``cancel`` instead of ending the process: the handler
+    only calls :meth:`Cancel.request`, and every group is killed by the thread waiting on it
+    within one poll. The old handlers come back on the way out. Outside the main thread, where
+    Python cannot set handlers, the caller's own handling stays."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: cancel.stop(signum))
+    previous = {sig: signal.signal(sig, lambda signum, _frame: cancel.request(signum))
                 for sig in signals}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class RendezvousError(RuntimeError):
+    """Rank 0's value never came: rank 0 could not make it, or the deadline passed first."""
+
+
+def publish(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that no reader sees part of it: a temporary file beside
+    it, then a rename (atomic within one file system)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rendezvous(path: Path, rank: int, make: Callable[[], bytes], timeout: float, *,
+               what: str = "", poll: float = 0.05) -> bytes:
+    """A value every member of a group shares, made once, by rank 0, and passed through a file.
+
+    Rank 0 calls ``make()`` and publishes the value at ``path``; when ``make`` raises, it
+    publishes the error instead (so the others fail at once with it, not at their deadline) and
+    re-raises. Any other rank waits at most ``timeout`` seconds for the file and returns the
+    value, or raises :class:`RendezvousError` naming ``what`` (default: the file's name).
+
+    Used for NCCL unique ids: ``ncclGetUniqueId`` starts NCCL's bootstrap root (a thread and a
+    listening socket that end only once every rank has joined) in the process that calls it,
+    so it is called in a rank, which dies with its group, never in a long-lived parent.
+    """
+    what = what or path.name
+    if rank == 0:
+        try:
+            value = make()
+        except Exception as exc:
+            publish(path, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            raise
+        publish(path, json.dumps({"value": value.hex()}))
+        return value
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = json.loads(path.read_text())
+            break
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise RendezvousError(
+                    f"rank {rank}: rank 0 did not publish {what} within {timeout:g} s "
+                    f"(no {path}); rank 0 died or is stuck before making it") from None
+            time.sleep(poll)
+    if "error" in data:
+        raise RendezvousError(f"rank {rank}: rank 0 could not make {what}: {data['error']}")
+    return bytes.fromhex(data["value"])
 
 
 @dataclass
@@ -144,6 +213,9 @@ class ProcessGroup:
         self._own_dir: Path | None = None
         self._cancel = cancel
         self.members: list[Member] = []
+        #: after :meth:`kill`: pids still alive (or members not reaped) REAP_S seconds after
+        #: SIGKILL, as a process in uninterruptible sleep stays; empty when all ended
+        self.survivors: list[int] = []
         self._closed = False
 
     def __enter__(self) -> ProcessGroup:
@@ -221,27 +293,43 @@ class ProcessGroup:
 
     def pids(self) -> list[int]:
         """Every live process of the members' groups (members and whatever they started)."""
-        return sorted(pid for m in self.members for pid in group_pids(m.pid))
+        return group_pids(*(m.pid for m in self.members))
 
     def dump(self) -> dict[str, str]:
-        """The stacks of every live process of the group, by pid (see :func:`dump_stacks`)."""
-        dumps = {str(pid): dump_stacks(pid) for pid in self.pids()}
+        """The stacks of every live process of the group, by pid (see :func:`dump_stacks`);
+        the processes not reached yet are skipped once the run is cancelled."""
+        dumps = {}
+        for pid in self.pids():
+            if self._cancel is not None and self._cancel.is_set:
+                break
+            dumps[str(pid)] = dump_stacks(pid)
         if dumps:
             time.sleep(0.2)  # let faulthandler write
         return dumps
 
-    def kill(self) -> None:
-        """SIGKILL every member's group, reap the members, wait until the groups are empty."""
+    def kill(self) -> list[int]:
+        """SIGKILL every member's group, reap the members, wait until the groups are empty;
+        all of it bounded by REAP_S. Returns (and keeps in :attr:`survivors`) the pids still
+        there after that: a process in uninterruptible sleep outlives SIGKILL until its I/O
+        (a driver call) returns, and waiting for it here would hang the caller."""
         for m in self.members:
             if self._cancel is not None:  # before the reaping below frees the pid for reuse
                 self._cancel.untrack(m.pid)
             if m.proc.returncode is None:  # never reaped: its pid is still its group's id
                 _killpg(m.pid)
-        for m in self.members:
-            m.proc.wait()
         deadline = time.monotonic() + REAP_S
-        while self.pids() and time.monotonic() < deadline:
+        unreaped = []
+        for m in self.members:
+            try:
+                m.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                unreaped.append(m.pid)
+        left = self.pids()
+        while left and time.monotonic() < deadline:
             time.sleep(0.05)
+            left = self.pids()  # one /proc scan for every member's group
+        self.survivors = sorted(set(left) | set(unreaped))
+        return self.survivors
 
     def close(self) -> None:
         """:meth:`kill`, then remove the output files the group made itself."""
@@ -268,8 +356,9 @@ def exit_status(proc: subprocess.Popen[bytes]) -> int | None:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Every live (not zombie) process in a process group, read from /proc."""
+def group_pids(*pgids: int) -> list[int]:
+    """Every live (not zombie) process in any of these process groups, from one /proc scan."""
+    wanted = set(pgids)
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -279,7 +368,7 @@ def group_pids(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if int(fields[2]) in wanted and fields[0] not in ("Z", "X"):
             pids.append(int(entry))
     return sorted(pids)
 

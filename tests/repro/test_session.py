@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from streamcheck.documents import DocumentError, validate
+from streamcheck.repro import session as session_module
 from streamcheck.repro.discover import ReproFile
 from streamcheck.repro.records import Done, Findings, Progress, Start
-from streamcheck.repro.run_report import RunReport, VariantResult
+from streamcheck.repro.run_report import VERDICTS, RunReport, VariantResult
+from streamcheck.repro.runner import cancelled_result
 from streamcheck.repro.session import ReproSession
 from streamcheck.runtime.select import BackendChoice
 
@@ -125,3 +128,69 @@ def test_what_cannot_run_at_all_is_refused_before_anything_starts(tmp_path):
     session.run()
     with pytest.raises(RuntimeError, match="runs once"):
         session.run()
+
+
+def test_a_variant_that_raises_is_one_failed_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = session_module.run_variant
+
+    def broken_for_buggy(repro, variant, *args, **kwargs):
+        if variant == "buggy":
+            raise RuntimeError("boom in the runner")
+        return real(repro, variant, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "run_variant", broken_for_buggy)
+    repro, _ = tiny(tmp_path)
+    listener = Listener()
+    report = ReproSession([repro], SIM, variants=["fixed", "buggy"], jobs=1).run(listener)
+    assert [r.verdict for r in report.results] == ["pass", "fail"]
+    broken = report.results[1]
+    assert "RuntimeError: boom in the runner" in broken.reason
+    assert "boom in the runner" in broken.stderr["streamcheck.traceback"]
+    assert ("fail", "repro_tiny buggy") in listener.events
+    assert report.exit_code == 1 and report.logs_kept
+    assert validate(json.loads(report.to_text()), "test") == "streamcheck.run/1"
+
+
+def test_a_keyboard_interrupt_from_a_variant_starts_no_queued_variant(tmp_path, monkeypatch):
+    started: list[str] = []
+
+    def interrupted_first(repro, variant, backend, world, timeout, work, cancel, **kwargs):
+        if variant != "buggy":  # queued behind it: picked up only once it has ended
+            deadline = time.monotonic() + 20  # (a bound for the broken case: no timing here)
+            while not cancel.is_set and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if cancel.is_set:  # what run_variant does for a stopped run: start nothing
+            return cancelled_result(repro, variant, backend, world, "-")
+        started.append(variant)
+        if variant == "buggy":
+            raise KeyboardInterrupt
+        return VariantResult(repro.name, variant, backend, world, "-", "-", "pass", 0.0)
+
+    monkeypatch.setattr(session_module, "run_variant", interrupted_first)
+    repro, _ = tiny(tmp_path)
+    session = ReproSession([repro], SIM, variants=["buggy", "fixed", "guarded"], jobs=1)
+    with pytest.raises(KeyboardInterrupt):
+        session.run()
+    assert started == ["buggy"]
+    assert session.cancel.is_set and session.cancel.signum == signal.SIGINT
+
+
+def test_a_row_refuses_a_verdict_the_document_does_not_know(tmp_path):
+    schema = json.loads((Path(session_module.__file__).parents[1] / "schemas" / "run-1.json")
+                        .read_text())
+    enums = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "verdict" in node.get("properties", {}):
+                enums.append(node["properties"]["verdict"]["enum"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert enums == [list(VERDICTS)]  # the rows' verdicts and the document's are the same
+    with pytest.raises(ValueError, match="verdict 'passed' is not one of pass, fail"):
+        VariantResult("repro_x", "fixed", "sim", 1, "clean", "clean", "passed", 0.1)

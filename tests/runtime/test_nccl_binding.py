@@ -483,10 +483,14 @@ def test_mismatch_reports_first_difference():
 
 _FAKE_RANK = """
 import os, subprocess, sys, time
+from pathlib import Path
+from streamcheck.runtime.procgroup import rendezvous
 rank = int(sys.argv[sys.argv.index("--rank") + 1])
+uid_file = Path(sys.argv[sys.argv.index("--uid-file") + 1])
 kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+uid = rendezvous(uid_file, rank, lambda: bytes([0xc0, 0xff, 0xee, rank]), 60)
 with open(os.path.join({tmp!r}, f"pids{{rank}}"), "w") as f:
-    f.write(f"{{os.getpid()}} {{kid.pid}}")
+    f.write(f"{{os.getpid()}} {{kid.pid}} {{uid.hex()}}")
 if rank == 0 and {fail_fast}:
     sys.exit(3)
 time.sleep(600)
@@ -510,9 +514,12 @@ def _run_fake_ranks(monkeypatch, tmp_path, fail_fast: bool, timeout: float, grac
     monkeypatch.setattr(nccl_selftest, "_MODULE", "fake_rank")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     t0 = time.monotonic()
-    results = nccl_selftest._spawn_and_wait(2, UID, timeout=timeout, grace=grace)
+    results = nccl_selftest._spawn_and_wait(2, timeout=timeout, grace=grace)
     elapsed = time.monotonic() - t0
-    pids = [int(p) for r in range(2) for p in (tmp_path / f"pids{r}").read_text().split()]
+    written = [(tmp_path / f"pids{r}").read_text().split() for r in range(2)]
+    # rank 0 made the id (its maker appends its rank) and rank 1 read it from the file
+    assert [w[2] for w in written] == ["c0ffee00", "c0ffee00"]
+    pids = [int(p) for w in written for p in w[:2]]
     deadline = time.monotonic() + 10
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)

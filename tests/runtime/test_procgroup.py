@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from streamcheck.runtime.procgroup import Cancel, ProcessGroup, group_pids
+from streamcheck.runtime import procgroup
+from streamcheck.runtime.procgroup import (
+    Cancel,
+    ProcessGroup,
+    group_pids,
+    rendezvous,
+    stop_on_signals,
+)
+
+ROOT = str(Path(procgroup.__file__).resolve().parents[2])
 
 CHILD = """
 import os, subprocess, sys, time
@@ -162,3 +173,100 @@ def test_a_dump_names_every_live_process(tmp_path):
         dumps = group.dump()
         assert set(map(int, dumps)) == set(pids) == set(group_pids(pids[0]))
     assert _all_gone(pids)
+
+
+def test_a_signal_while_the_main_thread_holds_the_cancel_lock_does_not_deadlock(tmp_path):
+    # The handler runs on the main thread between two bytecodes, here while that thread is
+    # inside track()/untrack() (holding the cancel's lock): it must not take that lock again.
+    script = (
+        "import signal\n"
+        "from streamcheck.runtime.procgroup import Cancel, stop_on_signals\n"
+        "cancel = Cancel()\n"
+        "with stop_on_signals(cancel):\n"
+        "    with cancel._lock:\n"
+        "        signal.raise_signal(signal.SIGINT)\n"
+        "    cancel.track(999999999)  # a stopped cancel kills what starts later, outside it\n"
+        "print('stopped', cancel.is_set, cancel.signum)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the signal handler deadlocked on the cancel's lock")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"stopped True {int(signal.SIGINT)}"
+
+
+def test_a_signal_stops_a_waiting_group_and_leaving_it_kills_everything(tmp_path):
+    cancel = Cancel()
+    with stop_on_signals(cancel), ProcessGroup(cancel=cancel) as group:
+        files = [_start(group, tmp_path, "stuck", -1)]
+        pids = _pids(files)
+        threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+        waited = group.wait(120)
+    assert waited.reason == "cancelled" and cancel.signum == signal.SIGTERM
+    assert _all_gone(pids) and group.survivors == []
+
+
+class _StuckInKernel:
+    """A member's Popen as seen when SIGKILL cannot end it yet (uninterruptible sleep): every
+    wait times out. Without a timeout, a real wait would block for as long as it lasts."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.real = proc
+        self.pid = proc.pid
+        self.returncode = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            raise AssertionError("kill() waited without a timeout: it would hang here")
+        raise subprocess.TimeoutExpired("member", timeout)
+
+
+def test_kill_is_bounded_and_names_what_it_could_not_reap(tmp_path, monkeypatch):
+    monkeypatch.setattr(procgroup, "REAP_S", 0.5)
+    group = ProcessGroup()
+    files = [_start(group, tmp_path, "stuck", -1)]
+    pids = _pids(files)
+    member = group.members[0]
+    real = member.proc
+    member.proc = _StuckInKernel(real)  # type: ignore[assignment]
+    try:
+        survivors = group.kill()
+        assert survivors == group.survivors and member.pid in survivors
+    finally:
+        real.wait()
+    assert _all_gone(pids)
+
+
+def test_pids_reads_proc_once_for_all_members(tmp_path, monkeypatch):
+    with ProcessGroup() as group:
+        files = [_start(group, tmp_path, f"m{i}", -1) for i in range(3)]
+        pids = _pids(files)
+        scans = []
+        listdir = os.listdir
+
+        def counting(path):
+            scans.append(path)
+            return listdir(path)
+
+        monkeypatch.setattr(os, "listdir", counting)
+        assert set(group.pids()) == set(pids)
+        monkeypatch.undo()
+        assert scans == ["/proc"]
+    assert _all_gone(pids)
+
+
+def test_rendezvous_across_processes(tmp_path):
+    path = tmp_path / "id.json"
+    reader = (
+        "import sys\nfrom pathlib import Path\n"
+        "from streamcheck.runtime.procgroup import rendezvous\n"
+        "print(rendezvous(Path(sys.argv[1]), 1, lambda: b'not me', 60).hex())\n"
+    )
+    with ProcessGroup() as group:
+        peer = group.spawn([sys.executable, "-c", reader, str(path)],
+                           env={**os.environ, "PYTHONPATH": ROOT})
+        assert rendezvous(path, 0, lambda: b"\xab\xcd", 60) == b"\xab\xcd"
+        assert group.wait(120).reason == "exited"
+        assert peer.returncode == 0 and peer.read_output().strip() == "abcd"
