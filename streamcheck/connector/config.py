@@ -27,7 +27,9 @@ class ConnectorConfig:
     is async. Sync loads are refused under vLLM's ``kv_load_failure_policy="recompute"``: in
     the real engine (vLLM 0.24, TP=2, a corrupt block injected every 7th load and caught by
     the device check) vLLM's recovery of a failed in-step load went on to read the block (46
-    of 72 outputs changed, most to NaN logits). Async loads under the same faults changed 0
+    of 72 outputs changed, most to NaN logits): its Model Runner V2 keeps its own count of a
+    running request's computed tokens and ignores the scheduler's rollback to the failed
+    block, so the block is never recomputed. Async loads under the same faults changed 0
     and 1 of 72 in two runs without preemption; with preemption they changed outputs where
     vLLM's own OffloadingConnector changed them too (docs/measurements.md)."""
 
