@@ -17,6 +17,7 @@ from streamcheck.repro.discover import ReproFile
 from streamcheck.repro.launch_cuda import UID_FILE, shared_unique_id
 from streamcheck.repro.records import Error, Start
 from streamcheck.runtime.procgroup import RendezvousError
+from tests.processes import process_gone
 
 FAKE_RANK = '''
 import faulthandler, os, signal, subprocess, sys, time
@@ -69,16 +70,6 @@ def run_rank(ctx):
 '''
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
-    except OSError:
-        return True
-
 
 def test_cuda_ranks_are_processes_that_meet_and_a_hung_peer_is_dumped_and_killed(
         tmp_path, monkeypatch):
@@ -107,9 +98,9 @@ def test_cuda_ranks_are_processes_that_meet_and_a_hung_peer_is_dumped_and_killed
     assert "all_reduce" in text, text
     deadline = time.monotonic() + 10
     everyone = [int(p) for r in pids.values() for p in r[:2]]
-    while not all(map(_gone, everyone)) and time.monotonic() < deadline:
+    while not all(map(process_gone, everyone)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert all(map(_gone, everyone)), "a rank or what it started outlived the variant"
+    assert all(map(process_gone, everyone)), "a rank or what it started outlived the variant"
 
 
 def test_rank_0_publishes_the_id_and_the_others_read_it(tmp_path):

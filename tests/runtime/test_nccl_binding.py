@@ -33,6 +33,7 @@ from streamcheck.runtime.nccl import (
     NcclUnavailable,
     find_nccl_library,
 )
+from tests.processes import process_gone
 
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and an NCCL library")
@@ -497,16 +498,6 @@ time.sleep(600)
 """
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state in ("Z", "X")  # killed, waiting for init to reap it
-    return False
-
 
 def _run_fake_ranks(monkeypatch, tmp_path, fail_fast: bool, timeout: float, grace: float):
     (tmp_path / "fake_rank.py").write_text(textwrap.dedent(
@@ -521,7 +512,7 @@ def _run_fake_ranks(monkeypatch, tmp_path, fail_fast: bool, timeout: float, grac
     assert [w[2] for w in written] == ["c0ffee00", "c0ffee00"]
     pids = [int(p) for w in written for p in w[:2]]
     deadline = time.monotonic() + 10
-    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+    while not all(process_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return results, elapsed, pids
 
@@ -531,7 +522,7 @@ def test_selftest_kills_every_rank_group_on_timeout(monkeypatch, tmp_path):
     assert [r["ok"] for r in results] == [False, False]
     assert all("killed" in r["error"] for r in results)
     assert all(r["returncode"] == -signal.SIGKILL for r in results)
-    assert all(_gone(p) for p in pids), "a rank or its child outlived the self-test"
+    assert all(process_gone(p) for p in pids), "a rank or its child outlived the self-test"
     assert elapsed < 40
 
 
@@ -540,7 +531,7 @@ def test_selftest_stops_waiting_for_peers_of_a_failed_rank(monkeypatch, tmp_path
     assert results[0]["returncode"] == 3 and "exited without a result" in results[0]["error"]
     assert results[1]["returncode"] == -signal.SIGKILL
     assert elapsed < 60  # the grace period, not the 120 s timeout
-    assert all(_gone(p) for p in pids), "a rank or its child outlived the self-test"
+    assert all(process_gone(p) for p in pids), "a rank or its child outlived the self-test"
 
 
 # --------------------------------------------------------------------------- real GPU

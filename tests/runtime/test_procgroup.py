@@ -6,7 +6,6 @@ left running" covers what a member started, not only the member.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from streamcheck.runtime.procgroup import (
     rendezvous,
     stop_on_signals,
 )
+from tests.processes import process_gone
 
 ROOT = str(Path(procgroup.__file__).resolve().parents[2])
 
@@ -40,16 +40,6 @@ if code >= 0:
 time.sleep(600)
 """
 
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state in ("Z", "X")  # killed, waiting for init to reap it
-    return False
 
 
 def _start(group: ProcessGroup, tmp: Path, name: str, code: int, **kw) -> Path:
@@ -69,9 +59,9 @@ def _pids(files: list[Path]) -> list[int]:
 
 def _all_gone(pids: list[int]) -> bool:
     deadline = time.monotonic() + 10  # init may take a moment to reap a killed grandchild
-    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+    while not all(process_gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return all(_gone(p) for p in pids)
+    return all(process_gone(p) for p in pids)
 
 
 def test_members_that_exit_are_collected_and_their_grandchildren_killed(tmp_path):
