@@ -104,18 +104,25 @@ def _write_all(fd: int, parts: list[memoryview | bytes]) -> None:
             views[0] = views[0][written:]
 
 
-def _read_exact(fd: int, target: memoryview) -> int:
-    """Read until ``target`` is full or the file ends; return the bytes read."""
+def _read_exact(fd: int, parts: list[memoryview]) -> int:
+    """Fill ``parts`` in order (one ``readv`` unless the read comes back short) until all are
+    full or the file ends; return the bytes read."""
+    want = sum(len(p) for p in parts)
     got = 0
-    while got < len(target):
-        n = os.readv(fd, [target[got:]])
+    while got < want:
+        n = os.readv(fd, parts)
         if n == 0:
             break
         got += n
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts = parts[1:]
+        if parts and n:
+            parts = [parts[0][n:], *parts[1:]]
     return got
 
 
-def _is_regular(path: Path) -> bool:
+def _is_regular(path: str) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
@@ -144,15 +151,21 @@ class DiskBackend:
         private_dir(self.root)
         for i in range(256):
             private_dir(self.root / f"{i:02x}")
+        # the per-block paths are plain strings built from these: a pathlib object per save or
+        # load cost about as much main-thread time as the rest of the call
+        self._fans = {f"{i:02x}": os.path.join(self.root, f"{i:02x}") for i in range(256)}
         self._scan(stale_tmp_s)
         self._io = IOPool(io_threads, "kv-disk-io", self._counters)
 
     def path(self, key: str) -> Path:
         """The final file of ``key`` (validated; always directly inside a fan-out dir)."""
-        key = validate_key(key)
-        fan = self.root / fan_dir(key)
-        final = fan / (key + SUFFIX)
-        if final.parent != fan:  # cannot happen for a valid key; refuse rather than trust it
+        return Path(self._final(validate_key(key)))
+
+    def _final(self, key: str) -> str:
+        """``path`` of an already validated key, as a string."""
+        fan = self._fans[fan_dir(key)]
+        final = os.path.join(fan, key + SUFFIX)
+        if os.path.dirname(final) != fan:  # cannot happen for a valid key; refuse, never trust
             raise ValueError(f"key {key!r} does not map inside {self.root}")
         return final
 
@@ -187,32 +200,33 @@ class DiskBackend:
             self._index[key] = None
 
     def lookup(self, keys: Sequence[str]) -> list[bool]:
-        paths = [self.path(k) for k in validate_keys(keys)]
+        keys = validate_keys(keys)
+        paths = [self._final(k) for k in keys]
         if self._io.closed:
             return [False] * len(paths)
         found = [_is_regular(p) for p in paths]  # the final name only, never a temp file
         with self._lock:
-            for p, present in zip(paths, found, strict=True):
-                key = p.name[: -len(SUFFIX)]
+            for key, present in zip(keys, found, strict=True):
                 if present and key in self._index:
                     self._index.move_to_end(key)
         return self._counters.lookup(found)
 
     def save(self, key: str, block: memoryview | bytes) -> Transfer:
         """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""
-        final = self.path(key)
+        key = validate_key(key)
+        final = self._final(key)
         source = as_block_view(block, self.block_nbytes, writable=False)
-        return self._io.submit(lambda: self._save(final, source), "bytes_saved")
+        return self._io.submit(lambda: self._save(key, final, source), "bytes_saved")
 
     def load(self, key: str, into: memoryview) -> Transfer:
         """Zero-copy: ``into`` is filled in place on an IO thread; leave it alone until done."""
-        final = self.path(key)
+        key = validate_key(key)
+        final = self._final(key)
         target = as_block_view(into, self.block_nbytes, writable=True)
-        return self._io.submit(lambda: self._load(final, target), "bytes_loaded")
+        return self._io.submit(lambda: self._load(key, final, target), "bytes_loaded")
 
-    def _save(self, final: Path, source: memoryview) -> int:
-        key = final.name[: -len(SUFFIX)]
-        tmp = final.parent / f".{key}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    def _save(self, key: str, final: str, source: memoryview) -> int:
+        tmp = os.path.join(os.path.dirname(final), f".{key}.{uuid.uuid4().hex}{TMP_SUFFIX}")
         header = encode_header(key, source)
         try:
             fd = os.open(tmp, _OPEN_WRITE, 0o600)
@@ -239,12 +253,11 @@ class DiskBackend:
         while self.capacity_blocks is not None and len(self._index) > self.capacity_blocks:
             victim, _ = self._index.popitem(last=False)
             with contextlib.suppress(OSError):  # a failed unlink must not fail the save
-                os.unlink(self.path(victim))
+                os.unlink(self._final(victim))
             evicted += 1
         return evicted
 
-    def _load(self, final: Path, target: memoryview) -> int:
-        key = final.name[: -len(SUFFIX)]
+    def _load(self, key: str, final: str, target: memoryview) -> int:
         try:
             fd = os.open(final, _OPEN_READ)
         except FileNotFoundError:
@@ -253,18 +266,23 @@ class DiskBackend:
             raise BackendError(f"block {key!r}: refusing to open {final} "
                                f"({exc.strerror or exc})") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise BackendError(f"block {key!r}: {final} is not a regular file")
             os.set_blocking(fd, True)  # a regular file: reads block as usual from here
+            # header and payload in one readv (a committed block file is never written again,
+            # so its size from fstat tells trailing bytes without a read past the end)
             header = bytearray(HEADER_NBYTES)
-            crc = decode_header(header[:_read_exact(fd, memoryview(header))], self.block_nbytes)
-            got = _read_exact(fd, target)
-            if got != self.block_nbytes:
-                raise BackendError(f"corrupt block {key!r}: truncated ({got} payload bytes)")
-            if os.read(fd, 1):
-                raise BackendError(f"corrupt block {key!r}: trailing bytes")
+            got = _read_exact(fd, [memoryview(header), target])
         finally:
             os.close(fd)
+        crc = decode_header(header[:got], self.block_nbytes)
+        if got != HEADER_NBYTES + self.block_nbytes:
+            raise BackendError(f"corrupt block {key!r}: truncated "
+                               f"({got - HEADER_NBYTES} payload bytes)")
+        if st.st_size != got:
+            raise BackendError(f"corrupt block {key!r}: trailing bytes "
+                               f"({st.st_size - got} past the payload)")
         verify_payload(key, target, crc)
         with self._lock:
             if key in self._index:
@@ -272,12 +290,13 @@ class DiskBackend:
         return self.block_nbytes
 
     def delete(self, keys: Sequence[str]) -> None:
-        paths = [self.path(k) for k in validate_keys(keys)]
+        keys = validate_keys(keys)
+        paths = [self._final(k) for k in keys]
         with self._lock:
-            for p in paths:
+            for key, p in zip(keys, paths, strict=True):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
-                self._index.pop(p.name[: -len(SUFFIX)], None)
+                self._index.pop(key, None)
 
     def stats(self) -> dict[str, int | float]:
         stats = self._counters.snapshot()

@@ -4,18 +4,25 @@ Any engine that can reach the server shares the blocks, which is what makes a pr
 one worker reusable on another. Uses the ``redis`` client library (``pip install
 'streamcheck[connector]'``).
 
-Commit protocol. A save runs one MULTI/EXEC transaction: ``SET`` the header under a unique
-staging key, ``APPEND`` the payload, then a server-side script that renames the staging key onto
-the final key only if it holds exactly header + payload bytes, and deletes it otherwise. The
-server applies the transaction all at once, so ``EXISTS`` on the final key (the lookup) sees
-either nothing or a complete block; if the connection drops before EXEC the server discards the
-queued commands, so a failed save leaves nothing behind. A command that fails *inside* the
-transaction (an ``APPEND`` over the server's ``proto-max-bulk-len``, a full server) does not
-stop the others: the length check is what keeps a header-only value from replacing a good
-block then. The payload is sent from the caller's buffer without a copy
-(``redis`` writes memoryview arguments straight to the socket), hence the buffer lifetime rule in
-``base``. A load is one ``GET``, verified (header, length, key-seeded CRC-32) before a byte is
-copied into the caller's buffer.
+Commit protocol. A save runs one MULTI/EXEC transaction: ``SETRANGE`` the payload at offset
+``HEADER_NBYTES`` of a unique staging key (which creates the value at its exact size, the header
+bytes zero), ``SETRANGE`` the header over those first bytes, then a server-side script that
+renames the staging key onto the final key only if it holds exactly header + payload bytes and
+starts with that header, and deletes it otherwise. The server applies the transaction all at
+once, so ``EXISTS`` on the final key (the lookup) sees either nothing or a complete block; if
+the connection drops before EXEC the server discards the queued commands, so a failed save
+leaves nothing behind. A command that fails *inside* the transaction (a value over the server's
+``proto-max-bulk-len``, a full server) does not stop the others: the length and header checks
+are what keep a header-only or headerless value from replacing a good block then. The payload is
+sent from the caller's buffer without a copy (``redis`` writes memoryview arguments straight to
+the socket), hence the buffer lifetime rule in ``base``. (Until 2026-11-30 the staging value was
+``SET`` to the header and the payload ``APPEND``-ed; the server grows an appended string
+greedily, doubling it below 1 MiB, so every 64 KiB block held 160 KiB of server memory;
+``SETRANGE`` on a new key allocates the value once, at its size: 80 KiB per block, the same as a
+plain ``SET``.)
+
+A load is one ``GET``, verified (header, length, key-seeded CRC-32) before a byte is copied into
+the caller's buffer.
 
 Failure behaviour. Every socket operation has a timeout (``timeout_s``; ``lookup_timeout_s`` for
 lookups, which have their own small connection pool so they never queue behind bulk IO), and a
@@ -64,11 +71,13 @@ except ImportError:  # pragma: no cover - exercised only without the optional ex
 
 LOG = logging.getLogger(__name__)
 
-# KEYS[1] staging, KEYS[2] final; ARGV[1] the expected length. Returns 1 if the final key
-# existed before, 0 if not, -1 (staging deleted, nothing committed) on a length mismatch.
+# KEYS[1] staging, KEYS[2] final; ARGV[1] the expected length, ARGV[2] the header. Returns 1 if
+# the final key existed before, 0 if not, -1 (staging deleted, nothing committed) on a length or
+# header mismatch.
 COMMIT_SCRIPT = """
 local length = redis.call('STRLEN', KEYS[1])
-if length ~= tonumber(ARGV[1]) then
+if length ~= tonumber(ARGV[1])
+    or redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) ~= ARGV[2] then
   redis.call('DEL', KEYS[1])
   return -1
 end
@@ -169,9 +178,11 @@ class RedisBackend:
         final, staging = self.final_key(key), self._staging_key(key)
         header = encode_header(key, source)
         pipe = self._client.pipeline(transaction=True)
-        pipe.set(staging, header)
-        pipe.append(staging, source)  # sent straight from the caller's buffer
-        pipe.eval(COMMIT_SCRIPT, 2, staging, final, len(header) + len(source))
+        # payload first, on the new key: the value is allocated once at its final size (the
+        # header's bytes zero until the next command fills them)
+        pipe.setrange(staging, len(header), source)  # sent straight from the caller's buffer
+        pipe.setrange(staging, 0, header)
+        pipe.eval(COMMIT_SCRIPT, 2, staging, final, len(header) + len(source), header)
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
@@ -180,7 +191,8 @@ class RedisBackend:
         errors = [r for r in results if isinstance(r, Exception)]
         existed = results[-1]
         if errors or existed == -1:
-            why = f"{type(errors[0]).__name__}: {errors[0]}" if errors else "short write"
+            why = (f"{type(errors[0]).__name__}: {errors[0]}" if errors
+                   else "staged value short or without its header")
             raise BackendError(f"save of {key!r} failed inside the transaction ({why}); "
                                "nothing was committed")
         if not existed:

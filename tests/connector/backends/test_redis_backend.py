@@ -8,7 +8,9 @@ import time
 import pytest
 
 from streamcheck.connector.backends import RedisBackend, Transfer, TransferResult, TransferState
+from streamcheck.connector.backends.blockformat import HEADER_NBYTES
 from streamcheck.connector.backends.redis_server import LocalRedisServer, free_port
+from streamcheck.connector.backends.redis_store import COMMIT_SCRIPT
 
 from .conftest import raw_client, require_redis_server
 
@@ -163,6 +165,30 @@ def test_namespaces_are_isolated(redis_url: str) -> None:
     two.close()
 
 
+def test_a_stored_block_holds_no_more_server_memory_than_a_plain_set(redis_url: str) -> None:
+    """The staged value is created at its size: before, SET header + APPEND payload let the
+    server grow it greedily, and every 64 KiB block held 160 KiB (a plain SET: 80 KiB)."""
+    backend = _backend(redis_url, namespace="mem")
+    assert backend.save("k", os.urandom(BIG)).wait(10).state is DONE
+    client = raw_client(redis_url)
+    client.set("mem:plain", os.urandom(HEADER_NBYTES + BIG))
+    used, plain = client.memory_usage(backend.final_key("k")), client.memory_usage("mem:plain")
+    client.delete("mem:plain")
+    backend.delete(["k"])
+    backend.close()
+    assert used <= plain + 1024, (used, plain)
+
+
+def test_the_commit_refuses_a_staged_value_without_its_header(redis_url: str) -> None:
+    """The payload is staged first (the header's bytes zero) and the header written over it:
+    a value of the right length whose header write did not land is never committed."""
+    client = raw_client(redis_url)
+    client.setrange("hdr:s:k", HEADER_NBYTES, os.urandom(BIG))
+    header = b"SCKV" + bytes(HEADER_NBYTES - 4)
+    assert client.eval(COMMIT_SCRIPT, 2, "hdr:s:k", "hdr:b:k", HEADER_NBYTES + BIG, header) == -1
+    assert client.exists("hdr:s:k", "hdr:b:k") == 0
+
+
 def test_bad_namespace_is_rejected(redis_url: str) -> None:
     with pytest.raises(ValueError):
         _backend(redis_url, namespace="a b")
@@ -179,10 +205,11 @@ def test_each_process_gets_its_own_server(redis_server: LocalRedisServer) -> Non
 
 def test_a_save_that_fails_inside_the_transaction_leaves_the_good_block(
         own_redis_server: LocalRedisServer) -> None:
-    """An APPEND whose result would exceed the server's proto-max-bulk-len fails inside
-    MULTI/EXEC while the other commands run: the commit must notice the short value and keep
-    the previous good block (before: a header-only value was renamed over it, and every load
-    failed). The payload alone fits the limit; header + payload does not."""
+    """A staging write whose result would exceed the server's proto-max-bulk-len (the payload's
+    SETRANGE after the header; an APPEND before 2026-11-30) fails inside MULTI/EXEC while the
+    other commands run: the commit must notice the short value and keep the previous good block
+    (before: a header-only value was renamed over it, and every load failed). The payload alone
+    fits the limit; header + payload does not."""
     size = 1024 * 1024
     backend = RedisBackend(own_redis_server.url, size, namespace="bulk")
     good = os.urandom(size)
