@@ -15,14 +15,15 @@ filesystem's state of the moment):
   chunks and fsynced once at the end; read back with ``readv`` after fsync +
   ``posix_fadvise(DONTNEED)`` (page cache dropped; the share still resident is checked with
   ``mincore`` and printed), and again with ``O_DIRECT`` where the filesystem allows it;
-* anchor B, the backend's layout: one file per block in the disk backend's own 256 fan-out dirs
-  (next to the blocks it writes next), each created, written, fsynced and closed by one thread
-  (no checksum, no rename); read back file by file after the same cache drop.
+* anchor B, the disk backend's former layout: one file per block in 256 fan-out dirs (as the
+  backend kept them until it moved to segment files of fixed-size slots), each created,
+  written, fsynced and closed by one thread (no checksum, no rename); read back file by file
+  after the same cache drop.
 
-The disk backend's load is timed after the same cache drop of its block files (``load``), then
-once more with the blocks now in the page cache (``load warm``). The ratios backend / anchor A
-are the issue's target (>= 70 %); backend / anchor B says what the one-file-per-block layout
-itself costs on this filesystem.
+The disk backend's load is timed after the same cache drop of its segment files (``load``),
+then once more with the blocks now in the page cache (``load warm``). The ratios backend /
+anchor A are the issue's target (>= 70 %); anchor B says what a file per block costs on this
+filesystem.
 
 Redis runs against a local ``redis-server`` on loopback that this script starts (persistence
 off), or ``--redis-url``; the same blocks go through a plain redis-py loop of ``SET``/``GET``
@@ -40,6 +41,7 @@ import argparse
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import mmap
 import os
 import statistics
@@ -247,7 +249,7 @@ def anchor_direct_read(path: str, total: int, chunk: int) -> float | str:
 
 def anchor_files_write(paths: list[str], blocks: list[memoryview]) -> float:
     """The backend's layout without the backend: a file per block (``paths``: in the backend's
-    own fan-out dirs), each created, written, fsynced and closed in turn by one thread."""
+    256 fan-out dirs), each created, written, fsynced and closed in turn by one thread."""
     start = time.perf_counter()
     for path, block in zip(paths, blocks, strict=True):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -269,6 +271,11 @@ def anchor_files_read(paths: list[str], nbytes: int) -> float:
         finally:
             os.close(fd)
     return time.perf_counter() - start
+
+
+def fan_dir(key: str) -> str:
+    """The former layout's fan-out dir of a key: two hex digits of its hash."""
+    return hashlib.blake2b(key.encode("ascii"), digest_size=1).hexdigest()
 
 
 def fs_type(path: str) -> str:
@@ -431,11 +438,11 @@ def bench_disk(args: argparse.Namespace, tmp: str, blocks: list[memoryview], nby
             keep.add("A direct", anchor_direct_read(seq_path, total, nbytes))
             os.unlink(seq_path)
 
-            # next to the blocks the disk backend will write this round, named so that the
-            # backend never takes them for blocks (no ".kv")
-            fans = [backends["disk"].path(f"bench{run}.{i:06d}").parent  # type: ignore[attr-defined]
-                    for i in range(args.blocks)]
-            paths = [str(fan / f"anchor.{i:06d}.bin") for i, fan in enumerate(fans)]
+            # the former one-file-per-block layout: 256 fan-out dirs, two hex digits of a hash
+            fans = [f"{tmp}/anchor-b/{fan_dir(f'bench{run}.{i:06d}')}" for i in range(args.blocks)]
+            for fan in set(fans):
+                os.makedirs(fan, mode=0o700, exist_ok=True)
+            paths = [f"{fan}/anchor.{i:06d}.bin" for i, fan in enumerate(fans)]
             keep.add("B write", anchor_files_write(paths, blocks))
             drop_cache(paths)
             keep.add("B read", anchor_files_read(paths, nbytes))
@@ -444,9 +451,9 @@ def bench_disk(args: argparse.Namespace, tmp: str, blocks: list[memoryview], nby
 
             for name, backend in backends.items():
                 keys = [f"bench{run}.{i:06d}" for i in range(args.blocks)]
-                files = [str(backend.path(k)) for k in keys]  # type: ignore[attr-defined]
 
-                def before_load(files: list[str] = files) -> float | None:
+                def before_load(backend: KVBackend = backend) -> float | None:
+                    files = [str(p) for p in backend.segment_paths()]  # type: ignore[attr-defined]
                     drop_cache(files)
                     return resident_share(files)
 
@@ -472,15 +479,15 @@ def bench_disk(args: argparse.Namespace, tmp: str, blocks: list[memoryview], nby
         g("A read", total), note=f"read: readv {kib} KiB, buffered", cols=3)
     row(f"anchor A, read with O_DIRECT ({kib} KiB reads)", None, g("A direct", total),
         note=best.notes.get("A direct", ""), cols=3)
-    row(f"anchor B: {args.blocks} files in the backend's dirs, create+write+fsync",
+    row(f"anchor B: {args.blocks} files in 256 fan-out dirs, create+write+fsync",
         g("B write", total), g("B read", total),
         note="1 thread; read: open+readv+close per file", cols=3)
     for name in backends:
-        row(f"{name} backend ({args.io_threads} io threads, CRC-32, temp+rename)",
+        row(f"{name} backend ({args.io_threads} io threads, CRC-32, slots)",
             g(f"{name} save", total), g(f"{name} load", total), g(f"{name} load warm", total),
             note="" if name == "disk" else "no fsync: its save may end in the page cache",
             cols=3)
-    print("ratios (anchor A is the issue's 'sequential rate'; B is the backend's own layout):")
+    print("ratios (anchor A is the issue's 'sequential rate'; B is a file per block):")
     ratio_line("disk save / anchor A write", best, "disk save", "A write", total, True)
     ratio_line("disk load / anchor A read ", best, "disk load", "A read", total, True)
     ratio_line("disk save / anchor B write", best, "disk save", "B write", total, False)

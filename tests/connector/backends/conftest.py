@@ -18,6 +18,7 @@ import pytest
 
 from streamcheck.connector.backends import DiskBackend, HostBackend, KVBackend, RedisBackend
 from streamcheck.connector.backends.blockformat import HEADER_NBYTES
+from streamcheck.connector.backends.disk import SLOT_HEADER_NBYTES
 from streamcheck.connector.backends.redis_server import (
     INSTALL_HINT,
     LocalRedisServer,
@@ -106,8 +107,13 @@ class Kit:
         if isinstance(backend, HostBackend):
             slot = backend._slots[key]
             return bytes(backend.slab[slot].numpy())
-        if isinstance(backend, DiskBackend):
-            return backend.path(key).read_bytes()
+        if isinstance(backend, DiskBackend):  # the slot: its header, then the payload
+            where = backend.locate(key)
+            assert where is not None, key
+            path, offset = where
+            with path.open("rb") as f:
+                f.seek(offset)
+                return f.read(SLOT_HEADER_NBYTES + backend.block_nbytes)
         return raw_client(self.url).get(backend.final_key(key))
 
     def overwrite(self, backend: KVBackend, key: str, data: bytes) -> None:
@@ -116,37 +122,51 @@ class Kit:
             slot = backend._slots[key]
             backend.slab[slot].numpy()[:] = memoryview(data)
         elif isinstance(backend, DiskBackend):
-            backend.path(key).write_bytes(data)
+            # a torn or short write in place: what the slot does not get is zeros
+            where = backend.locate(key)
+            assert where is not None, key
+            path, offset = where
+            size = SLOT_HEADER_NBYTES + backend.block_nbytes
+            assert len(data) <= size, "a slot has no room for trailing bytes"
+            with path.open("r+b") as f:
+                f.seek(offset)
+                f.write(data + bytes(size - len(data)))
         else:
             raw_client(self.url).set(backend.final_key(key), data)
 
     def flip_payload_byte(self, backend: KVBackend, key: str, index: int = 100) -> None:
         data = bytearray(self.stored(backend, key))
-        offset = 0 if isinstance(backend, HostBackend) else HEADER_NBYTES
+        offset = self.header_nbytes(backend)
         data[offset + index] ^= 0x40
         self.overwrite(backend, key, bytes(data))
+
+    def header_nbytes(self, backend: KVBackend) -> int:
+        """Bytes in front of the payload in ``stored``."""
+        if isinstance(backend, HostBackend):
+            return 0
+        return SLOT_HEADER_NBYTES if isinstance(backend, DiskBackend) else HEADER_NBYTES
 
     def store_keys(self, backend: KVBackend) -> list[str]:
         """Every name the store holds for this backend (files, Redis keys, slots)."""
         if isinstance(backend, HostBackend):
             return list(backend._slots)
-        if isinstance(backend, DiskBackend):
-            return sorted(
-                str(p.relative_to(backend.root)) for p in backend.root.rglob("*") if p.is_file())
+        if isinstance(backend, DiskBackend):  # committed slots, read back from the segments
+            return backend.scan_committed()
         return sorted(k.decode() for k in raw_client(self.url).keys(f"{backend.namespace}:*"))
 
     @contextlib.contextmanager
     def failing_saves(self, backend: KVBackend, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-        """Make the store refuse saves for real where we can: a full disk at commit time, a
+        """Make the store refuse saves for real where we can: a full disk at the fdatasync before
+        the commit, a
         Redis server out of memory. Host saves are a memcpy and cannot fail this way."""
         if isinstance(backend, HostBackend):
             pytest.skip("host saves are a synchronous memcpy: nothing fails before the commit")
         if isinstance(backend, DiskBackend):
-            def no_space(src: object, dst: object) -> None:
+            def no_space(fd: int) -> None:
                 raise OSError(28, "No space left on device")
 
             with monkeypatch.context() as m:
-                m.setattr(os, "replace", no_space)
+                m.setattr(os, "fdatasync", no_space)
                 yield
             return
         client = raw_client(self.url)

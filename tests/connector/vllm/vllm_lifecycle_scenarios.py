@@ -124,10 +124,14 @@ def corrupt(eng: Engine, key: str) -> None:
     if inner.name == "host":
         eng.backend.corrupt(key)
     elif inner.name == "disk":
-        path = inner.path(key)
-        data = bytearray(path.read_bytes())
-        data[-100] ^= 0x40
-        path.write_bytes(bytes(data))
+        from streamcheck.connector.backends.disk import SLOT_HEADER_NBYTES
+
+        path, offset = inner.locate(key)
+        with path.open("r+b") as f:  # the payload's 100th byte from its end
+            f.seek(offset + SLOT_HEADER_NBYTES + inner.block_nbytes - 100)
+            byte = f.read(1)[0]
+            f.seek(-1, 1)
+            f.write(bytes([byte ^ 0x40]))
     else:
         import redis
 
