@@ -248,8 +248,8 @@ def anchor_direct_read(path: str, total: int, chunk: int) -> float | str:
 
 
 def anchor_files_write(paths: list[str], blocks: list[memoryview]) -> float:
-    """The backend's layout without the backend: a file per block (``paths``: in the backend's
-    256 fan-out dirs), each created, written, fsynced and closed in turn by one thread."""
+    """The former layout without the backend: a file per block (``paths``: in 256 fan-out
+    dirs), each created, written, fsynced and closed in turn by one thread."""
     start = time.perf_counter()
     for path, block in zip(paths, blocks, strict=True):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
