@@ -398,7 +398,7 @@ class DiskBackend:
         except BaseException:
             os.close(fd)
             raise
-        used = min(self.slots_per_segment, -(-st.st_size // self.slot_nbytes))
+        used = -(-st.st_size // self.slot_nbytes)  # full at slots_per_segment, not capped
         segment = _Segment(number, path, fd, owned, used)
         self._segments[number] = segment
         return segment
@@ -539,15 +539,13 @@ class DiskBackend:
         tail = max((s for s in self._segments.values() if s.owned and
                     s.used < self.slots_per_segment), key=lambda s: s.number, default=None)
         if tail is None:
-            number = max(self._segments, default=-1) + 1
-            while True:
-                try:
+            number = max(self._segments, default=-1)
+            while tail is None or not tail.owned:
+                number += 1
+                if number > 10**9:
+                    raise BackendError(f"no segment number left under {self.root}")
+                with contextlib.suppress(FileExistsError):  # another process's, or planted
                     tail = self._open_segment(number, create=True)
-                    break
-                except FileExistsError:  # another process made it, or something was planted
-                    number += 1
-            if tail is None or not tail.owned:
-                raise BackendError(f"cannot use new segment {number} under {self.root}")
         tail.used += 1
         return tail.number, tail.used - 1
 
@@ -578,10 +576,19 @@ class DiskBackend:
                 if not loads and not saves:
                     self._runners -= 1
                     return
-            if loads:
-                self._load_batch(loads)
-            if saves:
-                self._save_batch(saves)
+            try:
+                if loads:
+                    self._load_batch(loads)
+                if saves:
+                    self._save_batch(saves)
+            except BaseException as exc:  # a bug, not a store error: never leave a handle hanging
+                stuck = [op for op in (*loads, *saves) if op.result is PENDING_RESULT
+                         and op not in self._written]
+                self._counters.add(failures=len(stuck))
+                self._finish(stuck, TransferResult(TransferState.FAILED,
+                                                   error=f"{type(exc).__name__}: {exc}"))
+                if not isinstance(exc, Exception):
+                    raise
 
     def _finish(self, ops: list[_Op], result: TransferResult | None = None) -> None:
         """Publish the results of ``ops`` (each its own ``result`` unless one is given) and
@@ -745,7 +752,16 @@ class DiskBackend:
                 if not batch:
                     self._committing = False
                     return
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as exc:
+                with self._commit_lock:  # let the next thread commit what is left
+                    self._committing = False
+                stuck = [op for op in batch if op.result is PENDING_RESULT]
+                self._counters.add(failures=len(stuck))
+                self._finish(stuck, TransferResult(TransferState.FAILED,
+                                                   error=f"{type(exc).__name__}: {exc}"))
+                raise
 
     def _commit(self, saves: list[_Op]) -> None:
         """fdatasync what the saves wrote (and the cleared markers of freed slots), then write
