@@ -1,31 +1,37 @@
 """Local-disk backend: blocks in fixed-size slots of a few segment files, checked on load.
 
 Layout: ``root/b<block_nbytes>-<n>.kvs`` segment files of ``slots_per_segment`` slots each. A
-slot is a 512-byte header followed by the payload, padded to 4 KiB. The header holds a magic,
-the payload length, the key-seeded CRC-32 of the payload (``blockformat.block_crc``), the key
-itself, a sequence number, a CRC of the header, and last a commit marker derived from that
-header CRC. Saves and loads are one ``pwritev``/``preadv`` at the slot's offset into file
-descriptors opened once: no file is created or opened per block (on ext4 the per-file inode
-allocation bounded the former one-file-per-block layout to a few % of the disk's sequential
-rate). The in-memory index (key -> slot, in LRU order) is rebuilt at open by reading every
-slot's header, so a new backend on the same root finds the blocks committed before.
+slot is a header page (4 KiB, so the payload is page aligned) followed by the payload, padded
+to 4 KiB. The header holds a magic, the payload length, the key-seeded CRC-32 of the payload
+(``blockformat.block_crc``), the key itself, a sequence number, a CRC of the header, and last a
+commit marker derived from that header CRC. Saves and loads are one ``pwritev``/``preadv`` at
+the slot's offset into file descriptors opened once: no file is created or opened per block (on
+ext4 the per-file inode allocation bounded the former one-file-per-block layout to a few % of
+the disk's sequential rate; files of that layout left under a root are ignored, not migrated).
+The in-memory index (key -> slot, in LRU order of sequence numbers) is rebuilt at open by
+reading every slot's header, so a new backend on the same root finds the blocks committed
+before.
 
-A save writes header (commit marker zero) + payload into a free slot; the IO thread then
-fdatasyncs the segments it wrote once for its whole batch of saves, writes each slot's commit
-marker, publishes the slots in the index, and only then reports the saves DONE. The marker
-therefore reaches the disk only after the payload it vouches for did: after a crash a slot is
-either committed and whole, or uncommitted and free (a miss). As before (when the directory
-was not fsynced after a rename), a marker written just before a power loss may not be durable
-yet: a just-committed block may be missing, never bad. A load checks the header CRC, the
-marker, the key and the length, then the payload's CRC: a torn write, a flipped bit or a block
-under the wrong key fails the load, never returns wrong bytes. ``lookup`` answers from the
-index and only sees published (committed) slots.
+A save writes header (commit marker zero) + payload into a free slot (one ``pwritev``). Saves
+are group-committed: one IO thread at a time commits every save written so far (by any
+thread): one fdatasync of the segments they wrote, then each slot's commit marker, then the
+slots go into the index, and only then are the saves reported DONE (so a DONE save is durable,
+as before); the other IO threads keep writing meanwhile. The marker therefore reaches the disk
+only after the payload it vouches for did: after a crash a slot is either committed and whole,
+or uncommitted and free (a miss). As before (when the directory was not fsynced after a
+rename), a marker written just before a power loss may not be durable yet: a just-committed
+block may be missing, never bad. A load checks the header CRC, the marker, the key and the
+length, then the payload's CRC: a torn write, a flipped bit or a block under the wrong key
+fails the load, never returns wrong bytes; a load that loses a race with a re-save or delete
+of its key (the slot cleared or reused under it) looks the key up again. ``lookup`` answers
+from the index and only sees published (committed) slots. Loads of consecutive slots are read
+with one ``preadv``, by at most ``LOAD_STREAMS`` threads at once.
 
-A delete (or an eviction, or a re-save of the key, which goes to a new slot) clears the slot's
-commit marker; the slot is reused only after that clear has been fdatasynced (with the next
-batch of saves), so a crash can never revive an old header over a half-written new payload. A
-crashed writer leaves only uncommitted slots, which the next backend on the root frees at
-open.
+A delete (or an eviction, or a re-save of the key, which goes to a new slot) overwrites the
+slot's header page with zeros; the slot is reused only after that has been fdatasynced (by the
+next commit), so a crash can never revive an old header over a half-written new payload. A
+crashed writer leaves only uncommitted slots, which the next backend on the root frees at open
+(older copies of a key saved again are cleared then too).
 
 Processes: every segment a backend writes to is held with ``flock(LOCK_EX)``: a backend writes
 only to segments it holds (those it created, or found unheld at open), so two processes on one
@@ -312,7 +318,7 @@ class DiskBackend:
         self._index: OrderedDict[str, tuple[int, int]] = OrderedDict()  # oldest use first
         self._segments: dict[int, _Segment] = {}
         self._free: list[tuple[int, int]] = []  # a heap: the lowest slot is reused first
-        self._freeing: list[tuple[int, int]] = []  # marker cleared, not yet fdatasynced
+        self._freeing: list[tuple[int, int]] = []  # header cleared, not yet fdatasynced
         self._seq = 0
         self._counters = Counters()
         private_dir(self.root)

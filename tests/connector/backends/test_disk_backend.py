@@ -255,6 +255,19 @@ def test_segments_fill_then_a_new_one_starts(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_reopen_with_fewer_slots_per_segment_still_finds_every_block(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path, N, slots_per_segment=8)
+    blocks = {f"k{i}": _save(backend, f"k{i}") for i in range(6)}
+    backend.close()
+    again = DiskBackend(tmp_path, N, slots_per_segment=2)
+    assert again.stats()["blocks"] == 6
+    _save(again, "new")  # segment 0 counts as full: a new one starts
+    assert again.locate("new")[0].name == f"b{N}-00001.kvs"  # type: ignore[index]
+    for key, data in blocks.items():
+        assert _load(again, key)[:2] == (DONE, data)
+    again.close()
+
+
 def test_another_block_size_on_the_same_root_is_separate(tmp_path: Path) -> None:
     small, big = DiskBackend(tmp_path, N), DiskBackend(tmp_path, 2 * N)
     a = _save(small, "k")
