@@ -13,19 +13,23 @@ reading every slot's header, so a new backend on the same root finds the blocks 
 before.
 
 A save writes header (commit marker zero) + payload into a free slot (one ``pwritev``). Saves
-are group-committed: one IO thread at a time commits every save written so far (by any
-thread): one fdatasync of the segments they wrote, then each slot's commit marker, then the
-slots go into the index, and only then are the saves reported DONE (so a DONE save is durable,
-as before); the other IO threads keep writing meanwhile. The marker therefore reaches the disk
-only after the payload it vouches for did: after a crash a slot is either committed and whole,
-or uncommitted and free (a miss). As before (when the directory was not fsynced after a
-rename), a marker written just before a power loss may not be durable yet: a just-committed
-block may be missing, never bad. A load checks the header CRC, the marker, the key and the
-length, then the payload's CRC: a torn write, a flipped bit or a block under the wrong key
-fails the load, never returns wrong bytes; a load that loses a race with a re-save or delete
-of its key (the slot cleared or reused under it) looks the key up again. ``lookup`` answers
-from the index and only sees published (committed) slots. Loads of consecutive slots are read
-with one ``preadv``, by at most ``LOAD_STREAMS`` threads at once.
+are group-committed: one IO thread at a time commits every save written so far (by any thread):
+one fdatasync of the segments they wrote, then each slot's commit marker, then a second
+fdatasync of those segments (it writes back only the marker pages), then the slots go into the
+index, and only then are the saves reported DONE; the other IO threads keep writing meanwhile.
+The marker reaches the disk only after the payload it vouches for did, so after a crash a slot
+is either committed and whole, or uncommitted and free (a miss); and a save reported DONE (with
+``fsync``) is durable: its payload and its marker were fdatasynced, and a segment file's
+directory entry is fsynced when the file is created, before any slot in it is used. (If the
+second fdatasync fails, the saves are reported FAILED and their headers cleared; a marker of
+such a save that did reach the disk may still commit the block after a crash, whole.) Without
+``fsync`` nothing is synced: a crash may lose any recent save, and a slot may then hold a
+marker over a torn payload, which the payload CRC rejects at load. A load checks the header
+CRC, the marker, the key and the length, then the payload's CRC: a torn write, a flipped bit or
+a block under the wrong key fails the load, never returns wrong bytes; a load that loses a race
+with a re-save or delete of its key (the slot cleared or reused under it) looks the key up
+again. ``lookup`` answers from the index and only sees published (committed) slots. Loads of
+consecutive slots are read with one ``preadv``, by at most ``LOAD_STREAMS`` threads at once.
 
 A delete (or an eviction, or a re-save of the key, which goes to a new slot) overwrites the
 slot's header page with zeros; the slot is reused only after that has been fdatasynced (by the
@@ -289,6 +293,14 @@ def _pread_all(fd: int, parts: list[memoryview], offset: int) -> int:
     return got
 
 
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DiskBackend:
     """KV blocks in checksummed slots of segment files under ``root``; ``io_threads`` threads
     do the IO (saves in batches that share one fdatasync)."""
@@ -406,6 +418,8 @@ class DiskBackend:
                 owned = True
             except BlockingIOError:
                 owned = False  # another live backend writes here: read only
+            if create and self.fsync:  # the new file's directory entry is durable before
+                _fsync_dir(self.root)  # any block in it is reported saved
         except BaseException:
             os.close(fd)
             raise
@@ -797,6 +811,7 @@ class DiskBackend:
                 sync_error = f"{type(exc).__name__}: {exc}"
                 for s in written:
                     s.error = sync_error
+        unsure: list[tuple[int, int]] = []  # a marker written, not known durable: clear it
         if not sync_error:
             for s in written:
                 assert s.slot is not None
@@ -805,7 +820,21 @@ class DiskBackend:
                               s.slot[1] * self.slot_nbytes + MARKER_OFFSET)
                 except Exception as exc:
                     s.error = f"{type(exc).__name__}: {exc}"
+            marked = [s for s in written if not s.error]
+            if self.fsync and marked:
+                try:  # the markers themselves are durable before any save is reported DONE
+                    for number in sorted({s.slot[0] for s in marked if s.slot}):
+                        os.fdatasync(fds[number])
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    for s in marked:
+                        assert s.slot is not None
+                        s.error = error
+                        with contextlib.suppress(OSError):
+                            os.pwrite(s.fd, _CLEARED, s.slot[1] * self.slot_nbytes)
+                        unsure.append(s.slot)
         with self._lock:
+            self._freeing.extend(unsure)  # reused only after a later sync clears them
             if sync_error:
                 self._freeing.extend(freeing)
             else:
@@ -813,6 +842,8 @@ class DiskBackend:
                     heapq.heappush(self._free, slot)
             for s in saves:
                 if s.slot is None:
+                    continue
+                if s.slot in unsure:
                     continue
                 if s.error:  # allocated, never committed (marker zero): free at once
                     heapq.heappush(self._free, s.slot)

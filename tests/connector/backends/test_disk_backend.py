@@ -4,6 +4,7 @@ index rebuilt at open, slot reuse, and a shared host (links, FIFOs, modes)."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -369,6 +370,62 @@ def test_many_saves_share_few_fdatasyncs(tmp_path: Path, monkeypatch: pytest.Mon
     assert all(t.wait(10).state is DONE for t in transfers)
     assert 1 <= len(calls) < 200
     backend.close()
+
+
+def test_commit_markers_are_synced_before_done(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """DONE means durable: the marker writes of a group are followed by an fdatasync of
+    their segment before any save of the group is reported."""
+    events: list[tuple[str, int]] = []
+    real_pwrite, real_sync = os.pwrite, os.fdatasync
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if offset % SLOT == MARKER_OFFSET and len(data) == 4:
+            events.append(("marker", fd))
+        return real_pwrite(fd, data, offset)
+
+    def fdatasync(fd: int) -> None:
+        real_sync(fd)
+        events.append(("sync", fd))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    backend = DiskBackend(tmp_path, N)
+    real_finish = backend._finish
+
+    def finish(ops, result=None):  # type: ignore[no-untyped-def]
+        if any(op.buf.readonly for op in ops):  # saves (a load's target is writable)
+            events.append(("done", -1))
+        real_finish(ops, result)
+
+    monkeypatch.setattr(backend, "_finish", finish)
+    transfers = [backend.save(f"k{i}", os.urandom(N)) for i in range(20)]
+    assert all(t.wait(10).state is DONE for t in transfers)
+    backend.close()
+    assert ("done", -1) in events
+    for i, (what, fd) in enumerate(events):
+        if what == "marker":
+            rest = events[i + 1:]
+            done = rest.index(("done", -1))
+            assert ("sync", fd) in rest[:done], events
+
+
+def test_a_new_segment_is_fsynced_into_its_directory(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    backend = DiskBackend(tmp_path / "s", N, slots_per_segment=2)
+    for key in "abc":
+        _save(backend, key)
+    backend.close()
+    assert synced == [str(tmp_path / "s")] * 2  # once per segment created
 
 
 # ---- a shared host: trust nothing the store did not make ------------------------------------
