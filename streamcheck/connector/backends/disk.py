@@ -26,10 +26,15 @@ such a save that did reach the disk may still commit the block after a crash, wh
 ``fsync`` nothing is synced: a crash may lose any recent save, and a slot may then hold a
 marker over a torn payload, which the payload CRC rejects at load. A load checks the header
 CRC, the marker, the key and the length, then the payload's CRC: a torn write, a flipped bit or
-a block under the wrong key fails the load, never returns wrong bytes; a load that loses a race
-with a re-save or delete of its key (the slot cleared or reused under it) looks the key up
-again. ``lookup`` answers from the index and only sees published (committed) slots. Loads of
-consecutive slots are read with one ``preadv``, by at most ``LOAD_STREAMS`` threads at once.
+a block under the wrong key fails the load, never returns wrong bytes. After the payload a load
+reads the slot's header again and requires it unchanged (same key, sequence number and marker):
+a slot cleared or reused (by a delete and another save) while its payload was read is never
+vouched for by the payload CRC alone; such a load, or one that failed its checks because of
+such a race, looks the key up again. Sequence numbers are a counter in the high 32 bits (the
+newest copy of a key wins at open) and a random tag of the backend in the low 32, so two
+processes never write the same one. ``lookup`` answers from the index and only sees published
+(committed) slots. Loads of consecutive slots are read with one ``preadv``, by at most
+``LOAD_STREAMS`` threads at once.
 
 A delete (or an eviction, or a re-save of the key, which goes to a new slot) overwrites the
 slot's header page with zeros; the slot is reused only after that has been fdatasynced (by the
@@ -116,6 +121,7 @@ LOAD_STREAMS = 2
 _RUN_SLOTS = 256  # slots in one preadv: 3 buffers each, under IOV_MAX (1024)
 _OPEN_SEGMENT = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _CLEARED = bytes(SLOT_HEADER_NBYTES)  # a whole header page: no read-modify-write to clear
+_HEADER_CHECK_NBYTES = MARKER_OFFSET + _MARKER.size  # the header through its commit marker
 
 
 def default_root() -> Path:
@@ -331,7 +337,10 @@ class DiskBackend:
         self._segments: dict[int, _Segment] = {}
         self._free: list[tuple[int, int]] = []  # a heap: the lowest slot is reused first
         self._freeing: list[tuple[int, int]] = []  # header cleared, not yet fdatasynced
+        # sequence numbers: a counter (newest wins at open) in the high 32 bits, a tag of this
+        # backend in the low 32, so two processes never write the same number
         self._seq = 0
+        self._seq_tag = int.from_bytes(os.urandom(4), "little")
         self._counters = Counters()
         private_dir(self.root)
         self._open_segments()
@@ -372,7 +381,7 @@ class DiskBackend:
                     seen = found.get(header.key)
                     if seen is None or header.seq > seen[0]:
                         found[header.key] = (header.seq, (segment.number, index))
-                    self._seq = max(self._seq, header.seq)
+                    self._seq = max(self._seq, header.seq >> 32)
         live = {slot for _, slot in found.values()}
         stale: set[int] = set()
         for segment in self._segments.values():
@@ -669,6 +678,8 @@ class DiskBackend:
                     self._verify(key, headers[n], mine, target)
                 except BackendError:
                     continue
+                if self._header_changed(fds[slot[0]], slot, headers[n]):
+                    continue  # the slot moved while it was read: retried on its own below
                 loads[n].result = self._done_result
                 good.append((key, slot))
         with self._lock:
@@ -708,11 +719,25 @@ class DiskBackend:
                     if self._index.get(key) != slot:
                         continue  # re-saved or deleted while we read: look again
                 raise
+            if self._header_changed(fd, slot, header):
+                continue  # the payload may be another block's (a slot reused): look again
             with self._lock:
                 if self._index.get(key) == slot:
                     self._index.move_to_end(key)
             return self.block_nbytes
         raise BackendError(f"block {key!r} kept moving while it was read")
+
+    def _header_changed(self, fd: int, slot: tuple[int, int], header: bytearray) -> bool:
+        """Whether the slot's header (through its commit marker: key, sequence number, CRCs)
+        differs now from ``header``, read before its payload was: then the slot was cleared or
+        reused while the payload was read, and the payload proves nothing, even if its CRC-32
+        matches."""
+        now = bytearray(_HEADER_CHECK_NBYTES)
+        try:
+            got = _pread_all(fd, [memoryview(now)], slot[1] * self.slot_nbytes)
+        except OSError:
+            return True
+        return got != _HEADER_CHECK_NBYTES or now != header[:_HEADER_CHECK_NBYTES]
 
     def _verify(self, key: str, header: bytearray, got: int, target: memoryview) -> None:
         try:
@@ -751,7 +776,7 @@ class DiskBackend:
                         f"{type(exc).__name__}: {exc}")
                     continue
                 self._seq += 1
-                s.seq = self._seq
+                s.seq = self._seq << 32 | self._seq_tag
             fds = {n: seg.fd for n, seg in self._segments.items()}
         for s in saves:
             if s.slot is None or s.error:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcheck.connector.backends import BackendError, DiskBackend, TransferState
+from streamcheck.connector.backends import BackendError, DiskBackend, TransferState, disk
 from streamcheck.connector.backends.disk import (
     MARKER_OFFSET,
     SLOT_HEADER_NBYTES,
@@ -197,6 +197,65 @@ def test_torn_payload_under_a_committed_header_fails_the_load(tmp_path: Path) ->
     state, out, error = _load(again, "k")
     assert state is FAILED and "checksum mismatch" in error and out != data
     again.close()
+
+
+class _PausedRead:
+    """Stands in for ``disk._pread_all``: the first read of a header and a payload (a load)
+    stops after the header until ``resume`` is set, as a reader preempted there would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.armed = True
+        self.real = disk._pread_all
+        monkeypatch.setattr(disk, "_pread_all", self)
+
+    def __call__(self, fd: int, parts: list[memoryview], offset: int) -> int:
+        if not self.armed or len(parts) < 2:
+            return self.real(fd, parts, offset)
+        self.armed = False
+        got = self.real(fd, parts[:1], offset)
+        self.paused.set()
+        assert self.resume.wait(10)
+        return got + self.real(fd, parts[1:], offset + got)
+
+
+@pytest.mark.parametrize("path", ["load", "_load"])
+def test_a_slot_reused_under_a_paused_load_never_serves_the_other_block(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """The reader has read a's header; meanwhile a is deleted and b saved into the same slot.
+    Even with b's checksum passing for a (forced here), the load must not return b's bytes
+    as a's."""
+    monkeypatch.setattr(disk, "block_crc", lambda key, buf: 0)  # every payload CRC "matches"
+    backend = DiskBackend(tmp_path, N, io_threads=2, fsync=False)
+    _save(backend, "a")
+    pause = _PausedRead(monkeypatch)
+    out = bytearray(N)
+    results: list[object] = []
+    if path == "load":
+        transfer = backend.load("a", memoryview(out))
+    else:  # the single-block path, which the batch path falls back to
+        def run() -> None:
+            try:
+                results.append(backend._load("a", memoryview(out)))
+            except BackendError as exc:
+                results.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+    assert pause.paused.wait(10)
+    backend.delete(["a"])
+    other = _save(backend, "b")
+    assert _offset(backend, "b") == 0  # a's slot
+    pause.resume.set()
+    if path == "load":
+        result = transfer.wait(10)
+        assert result.state is FAILED and "not found" in result.error
+    else:
+        thread.join(10)
+        assert isinstance(results[0], BackendError) and "not found" in str(results[0])
+    assert bytes(out) == other  # the bytes were read: only the header re-check caught them
+    backend.close()
+
 
 
 def test_index_is_rebuilt_at_open(tmp_path: Path) -> None:
