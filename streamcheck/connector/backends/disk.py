@@ -716,8 +716,8 @@ class DiskBackend:
                 self._verify(key, header, got, target)
             except BackendError:
                 with self._lock:
-                    if self._index.get(key) != slot:
-                        continue  # re-saved or deleted while we read: look again
+                    if self._index.get(key) != slot or self._header_changed(fd, slot, header):
+                        continue  # deleted or re-saved (the slot cleared or reused) meanwhile
                 raise
             if self._header_changed(fd, slot, header):
                 continue  # the payload may be another block's (a slot reused): look again

@@ -257,6 +257,35 @@ def test_a_slot_reused_under_a_paused_load_never_serves_the_other_block(
     backend.close()
 
 
+def test_a_key_resaved_into_its_slot_under_a_paused_load_is_loaded_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delete + re-save of the same key into the same slot while a read is in flight: the
+    index points at the slot again, yet the read mixed two versions; look again, not fail."""
+    backend = DiskBackend(tmp_path, N, io_threads=2, fsync=False)
+    _save(backend, "k")
+    pause = _PausedRead(monkeypatch)
+    out = bytearray(N)
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(backend._load("k", memoryview(out)))
+        except BackendError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert pause.paused.wait(10)
+    backend.delete(["k"])
+    new = _save(backend, "k")
+    assert _offset(backend, "k") == 0
+    pause.resume.set()
+    thread.join(10)
+    assert results == [N] and bytes(out) == new
+    assert backend.lookup(["k"]) == [True]
+    backend.close()
+
+
 
 def test_index_is_rebuilt_at_open(tmp_path: Path) -> None:
     backend = DiskBackend(tmp_path, N)
