@@ -26,9 +26,11 @@ such a save that did reach the disk may still commit the block after a crash, wh
 ``fsync`` nothing is synced: a crash may lose any recent save, and a slot may then hold a
 marker over a torn payload, which the payload CRC rejects at load. A load checks the header
 CRC, the marker, the key and the length, then the payload's CRC: a torn write, a flipped bit or
-a block under the wrong key fails the load, never returns wrong bytes. After the payload a load
-reads the slot's header again and requires it unchanged (same key, sequence number and marker):
-a slot cleared or reused (by a delete and another save) while its payload was read is never
+a block under the wrong key fails the load, never returns wrong bytes. A block that fails its
+checks while its slot is unchanged (not a race, below) is forgotten: dropped from the index,
+its slot cleared and reused if this backend owns the segment. After the payload a load reads
+the slot's header again and requires it unchanged (same key, sequence number and marker): a
+slot cleared or reused (by a delete and another save) while its payload was read is never
 vouched for by the payload CRC alone; such a load, or one that failed its checks because of
 such a race, looks the key up again. Sequence numbers are a counter in the high 32 bits (the
 newest copy of a key wins at open) and a random tag of the backend in the low 32, so two
@@ -718,6 +720,10 @@ class DiskBackend:
                 with self._lock:
                     if self._index.get(key) != slot or self._header_changed(fd, slot, header):
                         continue  # deleted or re-saved (the slot cleared or reused) meanwhile
+                    # the slot is still as it was read, and bad: forget it, or every lookup
+                    # would promise a block that every load fails
+                    del self._index[key]
+                    self._release_locked(slot)
                 raise
             if self._header_changed(fd, slot, header):
                 continue  # the payload may be another block's (a slot reused): look again

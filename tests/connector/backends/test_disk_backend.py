@@ -199,6 +199,27 @@ def test_torn_payload_under_a_committed_header_fails_the_load(tmp_path: Path) ->
     again.close()
 
 
+def test_a_block_that_fails_its_check_is_forgotten(tmp_path: Path) -> None:
+    backend = DiskBackend(tmp_path, N)
+    _save(backend, "k")
+    keep = _save(backend, "other")
+    with (tmp_path / SEGMENT).open("r+b") as f:  # a flipped bit under the live backend
+        f.seek(_offset(backend, "k") + SLOT_HEADER_NBYTES + 7)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    state, _, error = _load(backend, "k")
+    assert state is FAILED and "checksum mismatch" in error
+    assert backend.lookup(["k", "other"]) == [False, True]  # no promise every load breaks
+    assert _load(backend, "other")[:2] == (DONE, keep)
+    _save(backend, "k")  # the bad slot cleared and reusable
+    assert _load(backend, "k")[0] is DONE
+    backend.close()
+    again = DiskBackend(tmp_path, N)
+    assert again.lookup(["k", "other"]) == [True, True]
+    again.close()
+
+
 class _PausedRead:
     """Stands in for ``disk._pread_all``: the first read of a header and a payload (a load)
     stops after the header until ``resume`` is set, as a reader preempted there would."""
@@ -284,7 +305,6 @@ def test_a_key_resaved_into_its_slot_under_a_paused_load_is_loaded_again(
     assert results == [N] and bytes(out) == new
     assert backend.lookup(["k"]) == [True]
     backend.close()
-
 
 
 def test_index_is_rebuilt_at_open(tmp_path: Path) -> None:
