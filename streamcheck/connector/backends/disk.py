@@ -326,7 +326,9 @@ class DiskBackend:
             raise ValueError("capacity_blocks must be >= 1 or None")
         if io_threads < 1:
             raise ValueError("io_threads must be >= 1")
-        self.root = Path(root).resolve()
+        # as given, not resolved: a symbolic link as the root itself is refused (private_dir
+        # lstat()s it), not followed
+        self.root = Path(root).absolute()
         self.block_nbytes = block_nbytes
         self.capacity_blocks = capacity_blocks
         self.fsync = fsync

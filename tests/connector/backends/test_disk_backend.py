@@ -554,6 +554,18 @@ def test_a_root_others_can_write_is_refused(tmp_path: Path) -> None:
         DiskBackend(root, N)
 
 
+def test_a_root_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    for root in (link, str(link) + "/", os.path.relpath(link)):
+        with pytest.raises(BackendError, match="symbolic link"):
+            DiskBackend(root, N)
+    assert list(private.iterdir()) == []
+    DiskBackend(private, N).close()  # the directory itself is fine
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
 def test_a_root_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "theirs"
