@@ -29,14 +29,14 @@ CRC, the marker, the key and the length, then the payload's CRC: a torn write, a
 a block under the wrong key fails the load, never returns wrong bytes. A block that fails its
 checks while its slot is unchanged (not a race, below) is forgotten: dropped from the index,
 its slot cleared and reused if this backend owns the segment. After the payload a load reads
-the slot's header again and requires it unchanged (same key, sequence number and marker): a
-slot cleared or reused (by a delete and another save) while its payload was read is never
-vouched for by the payload CRC alone; such a load, or one that failed its checks because of
-such a race, looks the key up again. Sequence numbers are a counter in the high 32 bits (the
-newest copy of a key wins at open) and a random tag of the backend in the low 32, so two
-processes never write the same one. ``lookup`` answers from the index and only sees published
-(committed) slots. Loads of consecutive slots are read with one ``preadv``, by at most
-``LOAD_STREAMS`` threads at once.
+the slot's header again (unless no slot of this backend's own segments was released meanwhile)
+and requires it unchanged (same key, sequence number and marker): a slot cleared or reused (by
+a delete and another save) while its payload was read is never vouched for by the payload CRC
+alone; such a load, or one that failed its checks because of such a race, looks the key up
+again. Sequence numbers are a counter in the high 32 bits (the newest copy of a key wins at
+open) and a random tag of the backend in the low 32, so two processes never write the same one.
+``lookup`` answers from the index and only sees published (committed) slots. Loads of
+consecutive slots are read with one ``preadv``, by at most ``LOAD_STREAMS`` threads at once.
 
 A delete (or an eviction, or a re-save of the key, which goes to a new slot) overwrites the
 slot's header page with zeros; the slot is reused only after that has been fdatasynced (by the
@@ -341,6 +341,9 @@ class DiskBackend:
         self._segments: dict[int, _Segment] = {}
         self._free: list[tuple[int, int]] = []  # a heap: the lowest slot is reused first
         self._freeing: list[tuple[int, int]] = []  # header cleared, not yet fdatasynced
+        # slots of owned segments released so far: while this is unchanged, no slot this
+        # backend indexed in its own segments was cleared or reused (loads skip the re-check)
+        self._releases = 0
         # sequence numbers: a counter (newest wins at open) in the high 32 bits, a tag of this
         # backend in the low 32, so two processes never write the same number
         self._seq = 0
@@ -562,6 +565,7 @@ class DiskBackend:
         segment = self._segments.get(slot[0])
         if segment is None or not segment.owned:
             return  # another process writes that segment (or closed): forget it here only
+        self._releases += 1
         try:
             os.pwrite(segment.fd, _CLEARED, slot[1] * self.slot_nbytes)
         except OSError:
@@ -651,6 +655,8 @@ class DiskBackend:
             planned = sorted(((slot, n) for n, op in enumerate(loads)
                               if (slot := self._index.get(op.key)) is not None))
             fds = {number: seg.fd for number, seg in self._segments.items()}
+            owned = {number for number, seg in self._segments.items() if seg.owned}
+            releases = self._releases
         runs: list[list[tuple[tuple[int, int], int]]] = []
         for slot, n in planned:
             last = runs[-1][-1][0] if runs else None
@@ -662,7 +668,7 @@ class DiskBackend:
         headers = {n: bytearray(SLOT_HEADER_NBYTES) for _, n in planned}
         tail = self.slot_nbytes - SLOT_HEADER_NBYTES - self.block_nbytes
         pad = memoryview(bytearray(tail)) if tail else None
-        good: list[tuple[str, tuple[int, int]]] = []
+        verified: list[tuple[int, tuple[int, int]]] = []
         for run in runs:
             parts: list[memoryview] = []
             for i, (_, n) in enumerate(run):
@@ -682,10 +688,16 @@ class DiskBackend:
                     self._verify(key, headers[n], mine, target)
                 except BackendError:
                     continue
-                if self._header_changed(fds[slot[0]], slot, headers[n]):
-                    continue  # the slot moved while it was read: retried on its own below
-                loads[n].result = self._done_result
-                good.append((key, slot))
+                verified.append((n, slot))
+        with self._lock:
+            stable = self._releases == releases
+        good: list[tuple[str, tuple[int, int]]] = []
+        for n, slot in verified:
+            if not (stable and slot[0] in owned) and self._header_changed(
+                    fds[slot[0]], slot, headers[n]):
+                continue  # the slot moved while it was read: retried on its own below
+            loads[n].result = self._done_result
+            good.append((loads[n].key, slot))
         with self._lock:
             for key, slot in good:
                 if self._index.get(key) == slot:
@@ -715,6 +727,7 @@ class DiskBackend:
                     raise BackendError(f"block {key!r} not found")
                 segment = self._segments[slot[0]]
                 fd = segment.fd
+                releases = self._releases
             got = _pread_all(fd, [memoryview(header), target], slot[1] * self.slot_nbytes)
             try:
                 self._verify(key, header, got, target)
@@ -727,7 +740,9 @@ class DiskBackend:
                     del self._index[key]
                     self._release_locked(slot)
                 raise
-            if self._header_changed(fd, slot, header):
+            with self._lock:
+                stable = segment.owned and self._releases == releases
+            if not stable and self._header_changed(fd, slot, header):
                 continue  # the payload may be another block's (a slot reused): look again
             with self._lock:
                 if self._index.get(key) == slot:

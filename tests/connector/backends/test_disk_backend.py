@@ -278,6 +278,28 @@ def test_a_slot_reused_under_a_paused_load_never_serves_the_other_block(
     backend.close()
 
 
+def test_a_slot_reused_by_another_process_under_a_paused_load_is_caught(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader does not own the segment, so it cannot know of the reuse: it always
+    re-reads the header (its own releases only vouch for its own segments)."""
+    monkeypatch.setattr(disk, "block_crc", lambda key, buf: 0)  # every payload CRC "matches"
+    writer = DiskBackend(tmp_path, N, fsync=False)
+    _save(writer, "a")
+    reader = DiskBackend(tmp_path, N)  # the segment is held by the writer: read only here
+    pause = _PausedRead(monkeypatch)
+    transfer = reader.load("a", memoryview(bytearray(N)))
+    assert pause.paused.wait(10)
+    writer.delete(["a"])
+    _save(writer, "b")
+    assert _offset(writer, "b") == 0  # a's slot
+    pause.resume.set()
+    result = transfer.wait(10)
+    assert result.state is FAILED and "holds 'b'" in result.error
+    assert reader.lookup(["a"]) == [False]
+    reader.close()
+    writer.close()
+
+
 def test_a_key_resaved_into_its_slot_under_a_paused_load_is_loaded_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Delete + re-save of the same key into the same slot while a read is in flight: the
