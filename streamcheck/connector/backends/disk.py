@@ -350,7 +350,14 @@ class DiskBackend:
         self._seq_tag = int.from_bytes(os.urandom(4), "little")
         self._counters = Counters()
         private_dir(self.root)
-        self._open_segments()
+        try:
+            self._open_segments()
+        except BaseException:
+            for segment in self._segments.values():  # no file descriptor left behind
+                with contextlib.suppress(OSError):
+                    os.close(segment.fd)
+            self._segments.clear()
+            raise
         # the IO threads: saves and loads queue here; up to io_threads runners drain them
         self._queue_lock = threading.Lock()
         self._saves: deque[_Op] = deque()
@@ -636,6 +643,9 @@ class DiskBackend:
                 self._finish(stuck, TransferResult(TransferState.FAILED,
                                                    error=f"{type(exc).__name__}: {exc}"))
                 if not isinstance(exc, Exception):
+                    with self._queue_lock:  # this runner ends: let the next save start one
+                        self._loading -= loading
+                        self._runners -= 1
                     raise
 
     def _finish(self, ops: list[_Op], result: TransferResult | None = None) -> None:
@@ -834,9 +844,10 @@ class DiskBackend:
             try:
                 self._commit(batch)
             except BaseException as exc:
-                with self._commit_lock:  # let the next thread commit what is left
-                    self._committing = False
-                stuck = [op for op in batch if op.result is PENDING_RESULT]
+                with self._commit_lock:  # saves written meanwhile count on this thread: fail
+                    left, self._written = self._written, []  # them too, never leave them
+                    self._committing = False  # PENDING (their slots are not reused)
+                stuck = [op for op in (*batch, *left) if op.result is PENDING_RESULT]
                 self._counters.add(failures=len(stuck))
                 self._finish(stuck, TransferResult(TransferState.FAILED,
                                                    error=f"{type(exc).__name__}: {exc}"))

@@ -558,6 +558,78 @@ def test_a_new_segment_is_fsynced_into_its_directory(tmp_path: Path,
     assert synced == [str(tmp_path / "s")] * 2  # once per segment created
 
 
+class _Boom(BaseException):
+    pass
+
+
+def test_a_base_exception_in_an_io_thread_does_not_stall_later_transfers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = DiskBackend(tmp_path, N, io_threads=1)
+    real = backend._save_batch
+    calls = []
+
+    def save_batch(saves):  # type: ignore[no-untyped-def]
+        calls.append(len(saves))
+        if len(calls) == 1:
+            raise _Boom("simulated")
+        real(saves)
+
+    monkeypatch.setattr(backend, "_save_batch", save_batch)
+    result = backend.save("a", os.urandom(N)).wait(10)
+    assert result.state is FAILED and "_Boom" in result.error
+    assert backend.save("b", os.urandom(N)).wait(10).state is DONE  # a runner started again
+    assert _load(backend, "b")[0] is DONE
+    backend.close()
+
+
+def test_saves_written_during_a_commit_that_raises_are_not_left_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = DiskBackend(tmp_path, N, io_threads=2)
+    committing, more_written = threading.Event(), threading.Event()
+    real_commit = backend._commit
+
+    def commit(saves):  # type: ignore[no-untyped-def]
+        if not committing.is_set():
+            committing.set()
+            assert more_written.wait(10)
+            raise RuntimeError("simulated commit bug")
+        real_commit(saves)
+
+    real_save_batch = backend._save_batch
+
+    def save_batch(saves):  # type: ignore[no-untyped-def]
+        real_save_batch(saves)
+        if committing.is_set():  # handed to the committing thread, which is stuck
+            more_written.set()
+
+    monkeypatch.setattr(backend, "_commit", commit)
+    monkeypatch.setattr(backend, "_save_batch", save_batch)
+    first = backend.save("a", os.urandom(N))
+    assert committing.wait(10)
+    second = backend.save("b", os.urandom(N))
+    assert first.wait(10).state is FAILED
+    assert second.wait(10).state is not PENDING
+    assert backend.save("c", os.urandom(N)).wait(10).state is DONE
+    backend.close()
+
+
+def test_a_failed_open_leaves_no_file_descriptor(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = DiskBackend(tmp_path, N, slots_per_segment=1)
+    for key in "abc":
+        _save(backend, key)
+    backend.close()
+    before = len(os.listdir("/proc/self/fd"))
+
+    def broken(self, segment):  # type: ignore[no-untyped-def]
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(DiskBackend, "_scan_segment", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        DiskBackend(tmp_path, N)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # ---- a shared host: trust nothing the store did not make ------------------------------------
 
 def test_files_and_directories_are_private(tmp_path: Path) -> None:
