@@ -504,25 +504,21 @@ class DiskBackend:
 
     def save(self, key: str, block: memoryview | bytes) -> Transfer:
         """Zero-copy: keep ``block`` alive and unchanged until the transfer is not PENDING."""
-        key = validate_key(key)
         source = as_block_view(block, self.block_nbytes, writable=False)
-        op = _Op(key, source, self._done)
-        with self._queue_lock:
-            if self._closed:
-                return failed(self._counters, "backend closed")
-            self._saves.append(op)
-            self._wake_locked()
-        return op
+        return self._enqueue(self._saves, validate_key(key), source)
 
     def load(self, key: str, into: memoryview) -> Transfer:
         """Zero-copy: ``into`` is filled in place on an IO thread; leave it alone until done."""
-        key = validate_key(key)
         target = as_block_view(into, self.block_nbytes, writable=True)
-        op = _Op(key, target, self._done)
+        return self._enqueue(self._loads, validate_key(key), target)
+
+    def _enqueue(self, queue: deque[_Op], key: str, view: memoryview) -> Transfer:
+        """One save or load for the IO threads (failed at once once the backend is closed)."""
+        op = _Op(key, view, self._done)
         with self._queue_lock:
             if self._closed:
                 return failed(self._counters, "backend closed")
-            self._loads.append(op)
+            queue.append(op)
             self._wake_locked()
         return op
 
