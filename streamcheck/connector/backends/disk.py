@@ -270,17 +270,23 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
+def _past(parts: list[memoryview], n: int) -> list[memoryview]:
+    """What is left of ``parts`` once a vectored call moved its first ``n`` bytes."""
+    while parts and n >= len(parts[0]):
+        n -= len(parts[0])
+        parts = parts[1:]
+    if parts and n:
+        parts = [parts[0][n:], *parts[1:]]
+    return parts
+
+
 def _pwrite_all(fd: int, parts: list[memoryview], offset: int) -> None:
     while parts:
         written = os.pwritev(fd, parts, offset)
         if written == 0:
             raise OSError("pwritev wrote nothing")
         offset += written
-        while parts and written >= len(parts[0]):
-            written -= len(parts[0])
-            parts = parts[1:]
-        if parts and written:
-            parts = [parts[0][written:], *parts[1:]]
+        parts = _past(parts, written)
 
 
 def _pread_all(fd: int, parts: list[memoryview], offset: int) -> int:
@@ -293,11 +299,7 @@ def _pread_all(fd: int, parts: list[memoryview], offset: int) -> int:
         if n == 0:
             break
         got += n
-        while parts and n >= len(parts[0]):
-            n -= len(parts[0])
-            parts = parts[1:]
-        if parts and n:
-            parts = [parts[0][n:], *parts[1:]]
+        parts = _past(parts, n)
     return got
 
 

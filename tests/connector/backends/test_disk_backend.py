@@ -240,6 +240,23 @@ class _PausedRead:
         return got + self.real(fd, parts[1:], offset + got)
 
 
+def _load_in_thread(backend: DiskBackend, key: str, out: bytearray
+                    ) -> tuple[threading.Thread, list[object]]:
+    """``backend._load(key, out)`` on a thread of its own (started), and where its result or
+    its BackendError will be."""
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(backend._load(key, memoryview(out)))
+        except BackendError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, results
+
+
 @pytest.mark.parametrize("path", ["load", "_load"])
 def test_a_slot_reused_under_a_paused_load_never_serves_the_other_block(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
@@ -251,18 +268,10 @@ def test_a_slot_reused_under_a_paused_load_never_serves_the_other_block(
     _save(backend, "a")
     pause = _PausedRead(monkeypatch)
     out = bytearray(N)
-    results: list[object] = []
     if path == "load":
         transfer = backend.load("a", memoryview(out))
     else:  # the single-block path, which the batch path falls back to
-        def run() -> None:
-            try:
-                results.append(backend._load("a", memoryview(out)))
-            except BackendError as exc:
-                results.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, results = _load_in_thread(backend, "a", out)
     assert pause.paused.wait(10)
     backend.delete(["a"])
     other = _save(backend, "b")
@@ -308,16 +317,7 @@ def test_a_key_resaved_into_its_slot_under_a_paused_load_is_loaded_again(
     _save(backend, "k")
     pause = _PausedRead(monkeypatch)
     out = bytearray(N)
-    results: list[object] = []
-
-    def run() -> None:
-        try:
-            results.append(backend._load("k", memoryview(out)))
-        except BackendError as exc:
-            results.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread, results = _load_in_thread(backend, "k", out)
     assert pause.paused.wait(10)
     backend.delete(["k"])
     new = _save(backend, "k")
