@@ -244,3 +244,45 @@ def test_a_sync_load_on_the_engine_stream_needs_no_event_and_is_bit_exact():
     assert rt.settle_now(load) == [22]
     assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
     rt.shutdown()
+
+
+def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked():
+    """``load_planes`` (the default, asynchronous load): issued by the engine thread on the
+    runtime's load stream after the engine's stream, retired by ``poll``; the forward orders
+    itself after it per plane (``wait_for_layer_load``). Bit-exact, a corrupt block named,
+    and nothing for assert mode to find."""
+    from streamcheck.connector.slab import HostSlab, key_tag
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    slab = HostSlab(2, 8, nbytes, pin_memory=True)
+    rt = ConnectorRuntime(slab, kv, device)
+    ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
+    tags = [key_tag(h) for h in ("a", "b", "c")]
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        rt.save_planes("g", [0, 1], ids, slots, tags)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    expected = [layer[ids].clone() for layer in kv]
+    with torch.cuda.stream(compute):
+        torch.cuda._sleep(50_000_000)  # the engine's stream is busy when the load is asked for
+        rt.load_planes("r", [0, 1], targets, slots, tags)
+    news = settle(rt)
+    assert news.loads_done == {"r"} and news.failed_load_blocks == set()
+    with torch.cuda.stream(compute):
+        for plane in (0, 1):
+            rt.wait_for_layer_load(plane)
+        got = [layer[targets].clone() for layer in kv]
+    compute.synchronize()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    slab.data[0, 1, 3] ^= 0x02  # "b" of plane 0 damaged in host memory
+    with torch.cuda.stream(compute):
+        rt.load_planes("r2", [0, 1], targets, slots, tags)
+    news = settle(rt)
+    assert news.loads_done == {"r2"} and news.failed_load_blocks == {21}
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+    rt.shutdown()

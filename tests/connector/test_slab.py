@@ -122,3 +122,50 @@ def test_a_sync_load_that_raises_fails_its_blocks_instead_of_the_engine_step(sla
     load = rt.load_planes_now([0], [20, 21], [0, 1], [1, 2])
     assert rt.settle_now(load) == [20, 21]
     assert "out of memory" in rt.last_error
+
+
+def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_runtime,
+                                                                       monkeypatch):
+    """``load_planes`` issues its copies on the calling (engine) thread and ``poll`` retires
+    them, so a load never waits for the worker thread, which may be busy with saves (or, in
+    an engine, waiting for the GIL). Here the worker is held inside a save the whole time."""
+    import threading
+
+    from streamcheck.connector.slab import key_tag
+
+    rt, _ = slab_runtime
+    src = [kv.clone() for kv in rt.kv_caches]
+    hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
+    for layer in range(LAYERS):
+        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
+    rt.seal(["g"])
+    drain(rt)
+    for kv in rt.kv_caches:
+        kv.zero_()
+    held, entered = threading.Event(), threading.Event()
+    issue_save = rt._slab_save
+    issuers: list[str] = []
+    issue_load = rt._issue_slab_load
+
+    def slow_save(job):
+        entered.set()
+        held.wait(10)
+        return issue_save(job)
+
+    def recorded_load(*args):
+        issuers.append(threading.current_thread().name)
+        return issue_load(*args)
+
+    monkeypatch.setattr(rt, "_slab_save", slow_save)
+    monkeypatch.setattr(rt, "_issue_slab_load", recorded_load)
+    rt.save_layer("busy", 0, [9], ["z.L0"], slots=[9])
+    assert entered.wait(10)  # the worker thread is now held in that save
+    tags = [key_tag(f"{h}.L0") for h in hashes]
+    rt.load_planes("r", [0], [20, 21], slots, tags)
+    assert issuers == [threading.current_thread().name]
+    done = rt.poll()
+    assert done.loads_done == {"r"} and not done.failed_load_blocks
+    assert torch.equal(rt.kv_caches[0][[20, 21]], src[0][ids])
+    held.set()
+    rt.seal(["busy"])
+    drain(rt)

@@ -115,6 +115,38 @@ class GatedBackend:
         self.inner.close(drain=drain)
 
 
+class HeldTransfer:
+    """A CPU stand-in for a slab load still in flight on the device. The engine thread issues
+    slab loads itself and polls their event; a device copy reads the slab when it runs, not
+    when it is issued. So the transfer runs (``issue``) when the gate is open and the event is
+    asked about (``query``/``synchronize``), and until then the load is in flight: the request
+    stays parked, and the store can change under it."""
+
+    def __init__(self, gate: threading.Event, issue: Callable[[], Any]) -> None:
+        self.gate, self.issue = gate, issue
+        self.inner: Any = None
+        self.ran = False
+
+    def _run(self) -> None:
+        if not self.ran:
+            self.ran = True
+            self.inner = self.issue()
+
+    def query(self) -> bool:
+        if not self.gate.is_set():
+            return False
+        self._run()
+        return True
+
+    def synchronize(self) -> None:
+        self.gate.wait(GATE_TIMEOUT_S)
+        self._run()
+
+    def retire(self) -> None:
+        if self.inner is not None:
+            self.inner.retire()
+
+
 class GatedSlab(GatedBackend):
     """The same gates over the connector's host slab, which moves whole runs of slots on the
     device instead of calling ``save``/``load`` per key: its two transfer methods are wrapped on
@@ -135,9 +167,12 @@ class GatedSlab(GatedBackend):
                 raise RuntimeError("injected save failure")
             return issue_save(job)
 
-        def gated_load(job: Any) -> Any:
-            self.load_gate.wait(GATE_TIMEOUT_S)
-            return issue_load(job)
+        def gated_load(job: Any, stream: Any) -> Any:
+            from streamcheck.connector.worker_side import _InFlight
+
+            held = HeldTransfer(self.load_gate, lambda: runtime._run_job(
+                job, lambda: issue_load(job, stream)))
+            return _InFlight(held, held.retire, job)
 
         runtime._slab_save, runtime._slab_load = gated_save, gated_load
 

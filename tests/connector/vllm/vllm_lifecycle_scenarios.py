@@ -56,10 +56,12 @@ def lifecycles(extra: dict[str, Any]) -> Facts:
         [f"{h}.L{p}" for h in eng.block_hashes(prompt) for p in range(4)]))
 
     hit = prompt[:4 * BLOCK] + tokens(2, 10)
+    eng.backend.load_gate.clear()  # the load's copies are still running after this step
     eng.add("B", hit, max_tokens=3)
     eng.step()
     facts["hit_status_after_lookup"] = eng.status("B")
     facts["hit_parked_in_side"] = "B" in eng.side.parked
+    eng.backend.load_gate.set()
     facts["hit_steps_parked"] = 1 + eng.run_until(lambda: "B" in eng.first_compute)
     facts["hit_first_compute"] = eng.first_compute["B"]
     facts["hit_bit_exact_to_writer"] = eng.same_as_snapshot("B", "A", 4)
@@ -83,10 +85,12 @@ def local_plus_external(extra: dict[str, Any]) -> Facts:
     facts["reset_local_cache"] = eng.scheduler.reset_prefix_cache()
     eng.add("D", prompt[:BLOCK] + tokens(6, 5), max_tokens=2)  # puts block 0 back locally
     eng.drain()
+    eng.backend.load_gate.clear()  # the load's copies are still running after this step
     eng.add("B", prompt[:4 * BLOCK] + tokens(7, 6), max_tokens=2)
     eng.step()
     facts["status_after_lookup"] = eng.status("B")
     facts["load_starts_at_block"] = eng.side.parked["B"].first
+    eng.backend.load_gate.set()
     eng.run_until(lambda: "B" in eng.first_compute)
     facts["first_compute"] = eng.first_compute["B"]
     eng.drain()
