@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -114,23 +115,10 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_audit needs a CUDA GPU; none is visible here")
-        return 2
-    torch.cuda.set_device(0)
-    x = torch.ones(1024, device="cuda")  # 4 KiB of float32
-    out = torch.empty_like(x)
-    s = torch.cuda.current_stream()
-    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-
-    # 3. off: nothing installed
-    streamcheck.install("off")
-    results["off_patched_attributes"] = installer.installed_patches()
+def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any]:
+    """Hook costs, the audit alone per launch, a real 4 KiB all-reduce and a decode-like step,
+    with the hooks ``STREAMCHECK_CORE`` chooses."""
+    results: dict[str, Any] = {}
     results.update(hook_costs(args.calls, args.rounds))
 
     # 1. the audit alone
@@ -203,6 +191,36 @@ def main() -> int:
     results["decode-like step (64 all-reduces) unwrapped us"] = round(bare / 1000, 1)
     results["decode-like step assert-mode us"] = round(wrapped / 1000, 1)
     results["decode-like step ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
+
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_audit needs a CUDA GPU; none is visible here")
+        return 2
+    torch.cuda.set_device(0)
+    x = torch.ones(1024, device="cuda")  # 4 KiB of float32
+    out = torch.empty_like(x)
+    s = torch.cuda.current_stream()
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    # 3. off: nothing installed
+    streamcheck.install("off")
+    results["off_patched_attributes"] = installer.installed_patches()
+
+    from streamcheck.wrappers import speedups
+
+    cores = ["compiled", "python"] if speedups.built() else ["python"]
+    results["hooks compared"] = ", ".join(cores)
+    for core in cores:  # the same measurements with the compiled hooks and the Python ones
+        os.environ["STREAMCHECK_CORE"] = core
+        results.update({f"[{core}] {k}": v for k, v in measure(args, x, out, s).items()})
+    os.environ.pop("STREAMCHECK_CORE", None)
 
     # reference costs of the reads the audit makes, and of candidates for them
     reader = torch._C._cuda_getCurrentStream

@@ -125,7 +125,7 @@ def slab_gbps(scattered: bool, rounds: int = 4) -> dict[str, float]:
     consecutive per request (the placement's usual case) or ``scattered`` (every block its own
     run: the worst fragmentation)."""
     from streamcheck.connector.slab import HostSlab
-    from streamcheck.connector.worker_side import ConnectorRuntime
+    from streamcheck.connector.worker_side import ConnectorRuntime, PollResult
 
     total = 2 * REQUESTS * REQUEST_BLOCKS
     kv = [torch.randint(0, 255, (total, BLOCK), dtype=torch.uint8, device="cuda")
@@ -158,10 +158,12 @@ def slab_gbps(scattered: bool, rounds: int = 4) -> dict[str, float]:
             part = slots[q * REQUEST_BLOCKS:(q + 1) * REQUEST_BLOCKS]
             tags = [hash(f"r{r}q{q}b{b}") | 1 for b in src]
             rt.load_planes(f"l{q}", range(PLANES), dst, part, tags)
-        while rt.pending():
+        news = PollResult()
+        while rt.pending():  # polled as the engine's get_finished does: it retires the loads
+            news.merge(rt.poll())
             time.sleep(0.0001)
         loaded = time.perf_counter()
-        news = rt.poll()
+        news.merge(rt.poll())
         assert not news.failed_load_blocks and len(news.saves_ok) == REQUESTS
         torch.cuda.synchronize()
         if r:  # the first round warms up (pinned allocations, kernels)

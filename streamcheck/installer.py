@@ -20,7 +20,7 @@ from streamcheck.core import coverage
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode, parse_mode
 from streamcheck.settings import ENV_MODE, AuditSettings
-from streamcheck.wrappers import events, streams
+from streamcheck.wrappers import events, speedups, streams
 from streamcheck.wrappers.imports import ImportWatch
 from streamcheck.wrappers.instrument import apply_site
 from streamcheck.wrappers.launches import wrap_stream_method
@@ -66,6 +66,7 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
             return auditor
         auditor = Auditor(settings.mode, select=settings.select,
                           runtime=runtime or _reader_name(), roles=ROLES)
+        speedups.use(settings.core)  # before any hook is made
         _gate.auditor = auditor
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):

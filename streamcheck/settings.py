@@ -20,6 +20,7 @@ STREAMCHECK_REPORT_DIR report_dir                   each audited process keeps i
 STREAMCHECK_TARGETS    targets                      extra launch sites (``wrappers.sites``)
 STREAMCHECK_SELECT     select                       rule ids to apply (default: all)
 STREAMCHECK_STRICT     strict                       refuse to run unaudited when asked to audit
+STREAMCHECK_CORE       core                         auto, compiled, python: the hooks' build
 =====================  ===========================  ========================================
 """
 
@@ -33,16 +34,18 @@ from typing import Any
 
 from streamcheck.core.modes import ConfigError, Mode, parse_mode
 from streamcheck.wrappers.sites import LaunchSite, SiteError, parse_sites
+from streamcheck.wrappers.speedups import CORES
 
 ENV_MODE = "STREAMCHECK"
 ENV_REPORT_DIR = "STREAMCHECK_REPORT_DIR"
 ENV_TARGETS = "STREAMCHECK_TARGETS"
 ENV_SELECT = "STREAMCHECK_SELECT"
 ENV_STRICT = "STREAMCHECK_STRICT"
+ENV_CORE = "STREAMCHECK_CORE"
 
 PYPROJECT_TABLE = "tool.streamcheck"
 _KEYS = {"mode": ENV_MODE, "report_dir": ENV_REPORT_DIR, "targets": ENV_TARGETS,
-         "select": ENV_SELECT, "strict": ENV_STRICT}
+         "select": ENV_SELECT, "strict": ENV_STRICT, "core": ENV_CORE}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -56,6 +59,7 @@ class AuditSettings:
     targets: tuple[LaunchSite, ...] = ()
     select: frozenset[str] | None = None
     strict: bool = False
+    core: str = "auto"  # wrappers.speedups: the compiled hooks where built, or Python
     target_lines: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -100,6 +104,8 @@ class AuditSettings:
             env[ENV_SELECT] = ",".join(sorted(self.select))
         if self.strict:
             env[ENV_STRICT] = "1"
+        if self.core != "auto":
+            env[ENV_CORE] = self.core
         return env
 
     def source_of(self, key: str) -> str:
@@ -125,6 +131,10 @@ def _parse(key: str, value: Any, source: str) -> dict[str, Any]:
         return {"select": _rule_ids(_lines(value, source, split=","), source)}
     if key == "strict":
         return {"strict": _flag(value, source)}
+    if key == "core":
+        if not isinstance(value, str) or value.strip().lower() not in CORES:
+            raise ConfigError(f"{source}={value!r}: expected one of {', '.join(CORES)}")
+        return {"core": value.strip().lower()}
     raise AssertionError(key)
 
 

@@ -27,8 +27,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("core",)),
     # what a runtime or an engine is: CUDA and the simulator, vLLM's layout, our version
     ("runtimes", ("runtime", "vllm_compat", "version")),
-    # the hooks and launch wrappers that feed the auditor
-    ("hooks", ("wrappers",)),
+    # the hooks and launch wrappers that feed the auditor, and their compiled fast paths
+    ("hooks", ("wrappers", "_speedups")),
     # turning the audit on: settings, the installer, the process's report writer, activation
     # at start-up, and the public API
     ("audit", ("settings", "installer", "report_writer", "activation", "")),
@@ -45,9 +45,10 @@ LAYER_OF = {group: n for n, (_, groups) in enumerate(LAYERS) for group in groups
 
 @cache
 def modules() -> dict[str, Path]:
-    """Every module of the package by its dotted name (a package by its ``__init__``)."""
+    """Every module of the package by its dotted name (a package by its ``__init__``; a C
+    extension by its source, which imports nothing of ours)."""
     found = {}
-    for path in ROOT.rglob("*.py"):
+    for path in [*ROOT.rglob("*.py"), *ROOT.rglob("*.c")]:
         parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
@@ -72,6 +73,8 @@ def imported_names(module: str) -> frozenset[str]:
     """The dotted names ``module`` imports anywhere (module level and inside functions): for
     ``from a import b``, ``a.b`` where that is a module of ours, else ``a``."""
     path = modules()[module]
+    if path.suffix == ".c":
+        return frozenset()
     tree = ast.parse(path.read_text(), filename=str(path))
     skipped = _type_checking_only(tree)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]

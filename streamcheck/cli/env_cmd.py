@@ -14,7 +14,14 @@ from rich.console import Console
 
 from streamcheck.activation import child_env
 from streamcheck.core.modes import Mode
-from streamcheck.settings import ENV_MODE, ENV_REPORT_DIR, ENV_SELECT, ENV_STRICT, ENV_TARGETS
+from streamcheck.settings import (
+    ENV_CORE,
+    ENV_MODE,
+    ENV_REPORT_DIR,
+    ENV_SELECT,
+    ENV_STRICT,
+    ENV_TARGETS,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace, console: Console) -> int:
     env = child_env(args.mode, args.report_dir, base={})
-    for key in (ENV_MODE, ENV_REPORT_DIR, ENV_TARGETS, ENV_SELECT, ENV_STRICT):
+    for key in (ENV_MODE, ENV_REPORT_DIR, ENV_TARGETS, ENV_SELECT, ENV_STRICT, ENV_CORE):
         if key in env:
             print(f"export {key}={shlex.quote(env[key])}")
     print(f"export PYTHONPATH={shlex.quote(env['PYTHONPATH'])}${{PYTHONPATH:+:$PYTHONPATH}}")

@@ -17,7 +17,19 @@ from streamcheck.doctor.model import EnvItem
 
 def collect() -> list[EnvItem]:
     """All environment lines, in the order a person reads them."""
-    return [python_item(), *torch_items(), nccl_item(), vllm_item(), py_spy_item()]
+    return [python_item(), hooks_item(), *torch_items(), nccl_item(), vllm_item(),
+            py_spy_item()]
+
+
+def hooks_item() -> EnvItem:
+    """Whether the audit's hottest hooks are compiled here (the Python ones cost more per
+    stream switch and launch; the decisions are the same)."""
+    from streamcheck.wrappers import speedups
+
+    if speedups.built():
+        return EnvItem("audit hooks", "compiled (streamcheck._speedups)", True,
+                       "STREAMCHECK_CORE=python chooses the Python ones")
+    return EnvItem("audit hooks", "Python", None, speedups.describe())
 
 
 def python_item() -> EnvItem:

@@ -24,6 +24,7 @@ from typing import Any
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef, capture_site
 from streamcheck.runtime.reader import StreamReader
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.registry import PatchRegistry
@@ -82,7 +83,25 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                 warn_cannot_audit("Event.record", exc)
             return result
 
-        return record
+        compiled = speedups.active()
+        if compiled is None or thread_device is None:
+            return record
+        # In C, the record of a bound event on its own device while no clocks are live (the
+        # common case) goes straight to torch; every other one to ``record`` above.
+
+        def snapshot(self: Any, stream: Any = None) -> None:
+            """The clocks went live during a record let through in C: keep its snapshot."""
+            auditor = gate.auditor
+            if auditor is not None and auditor.ordering:
+                try:
+                    auditor.event_recorded(self, stream_key_of(self, stream))
+                except Exception as exc:
+                    warn_cannot_audit("Event.record", exc)
+
+        hook = compiled.GuardedCall(compiled.EVENT_RECORD, gate, None, None, original, record,
+                                    thread_device, _BOUND, snapshot, True)
+        functools.update_wrapper(hook, original)
+        return hook
 
     registry.patch(event_class, "record", make_record)
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import sys
 import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
 
@@ -188,7 +191,72 @@ def make(original):
         **(names or {}), **_defaults_namespace(original),
     }
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
-    return registry.patch(cls, method, namespace["make"])
+    make = namespace["make"]
+    compiled = _compiled_maker(gate, owner, counter, make, original, resolve, names or {},
+                               skip_expr, fixed_device and bool(getattr(cls, "__dictoffset__", 0)),
+                               current_raw_stream)
+    return registry.patch(cls, method, compiled or make)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
+
+
+def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[[Any], Any],
+                    original: Any, resolve: Callable[[Any], Any] | str | None,
+                    names: dict[str, Any], skip_expr: str, keeps_device: bool,
+                    current_raw_stream: Callable[[int], int] | None
+                    ) -> Callable[[Any], Any] | None:
+    """A maker of the compiled wrapper (``_speedups.FastLaunch``) around the generated one, or
+    None where the compiled fast path does not apply (not built or not chosen, no ``stream``
+    parameter, a device read per call, a skip test or resolver it does not know): then the
+    Python wrapper alone is installed. The compiled one lets through only what the Python
+    one's own fast paths let through, and hands every other call to it."""
+    compiled = speedups.active()
+    if compiled is None or counter is None or not keeps_device:
+        return None
+    try:
+        params = inspect.signature(original).parameters
+    except (TypeError, ValueError):
+        return None
+    stream = params.get("stream")
+    if stream is None or stream.default is not None or stream.kind is stream.VAR_KEYWORD:
+        return None
+    positional = [n for n, p in params.items()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    stream_pos = positional.index("stream") if "stream" in positional else sys.maxsize
+    if skip_expr == "False":
+        skip_attr = None
+    elif skip_expr.startswith("self.") and _NAME.match(skip_expr[5:]):
+        skip_attr = skip_expr[5:]
+    else:
+        return None
+    kind, holder, name = _resolver_kind(resolve, names)
+    raw = current_raw_stream if kind else None
+
+    def make(original: Any) -> Any:
+        launch = compiled.FastLaunch(gate, owner, counter, original, python_make(original),
+                                     stream_pos, skip_attr, kind, holder, name, raw)
+        functools.update_wrapper(launch, original)
+        return launch
+
+    return make
+
+
+def _resolver_kind(resolve: Callable[[Any], Any] | str | None, names: dict[str, Any]
+                   ) -> tuple[int, Any, str | None]:
+    """(kind, holder, name) of a resolver the compiled wrapper evaluates itself: 1
+    ``_holder.name()``, 2 ``self.name``, 3 ``self.name()``; 0: left to the Python wrapper."""
+    if not isinstance(resolve, str):
+        return 0, None, None
+    call = resolve.endswith("()")
+    head, _, name = (resolve[:-2] if call else resolve).partition(".")
+    if not _NAME.match(name):
+        return 0, None, None
+    if head == "self":
+        return (3 if call else 2), None, name
+    if head == "_holder" and call and "_holder" in names:
+        return 1, names["_holder"], name
+    return 0, None, None
 
 
 def device_index(device: Any) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.ids import StreamRef, ThreadRef, capture_site
 from streamcheck.core.records import StreamEvent
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.registry import PatchRegistry
 
@@ -80,6 +81,11 @@ def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
     calling frames are kept as code objects and instruction offsets (a field read, where a
     line number decodes the line table), turned into lines only for a finding.
     """
+    compiled = speedups.active()
+    if compiled is not None:  # the same record, made in C (streamcheck/_speedups.c)
+        hook = compiled.SetStreamHook(gate, original, via)
+        functools.update_wrapper(hook, original)
+        return hook
     getframe, get_ident = sys._getframe, threading.get_ident
 
     @functools.wraps(original)

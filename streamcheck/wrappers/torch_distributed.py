@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
 from streamcheck.wrappers.launches import site_counter
 from streamcheck.wrappers.registry import PatchRegistry
@@ -59,6 +60,14 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                                       counted=True)
             return original(*args, **kwargs)
 
-        return audited
+        compiled = speedups.active()
+        if compiled is None:
+            return audited
+        # In C, a call whose first argument is a CUDA tensor and whose thread's current stream
+        # there is not a default stream is counted and let through; every other, ``audited``.
+        hook = compiled.GuardedCall(compiled.TENSOR_CALL, gate, owner_auditor, counter, original,
+                                    audited, reader, None, None, False)
+        functools.update_wrapper(hook, original)
+        return hook
 
     return registry.patch(module, name, make)

@@ -27,11 +27,11 @@ def test_environment_only_report_and_json(tmp_path: Path, capsys) -> None:
     out = tmp_path / "doctor.json"
     assert main(["doctor", "--no-probe", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    for name in ("Python", "torch", "CUDA", "NCCL", "vLLM", "py-spy"):
+    for name in ("Python", "audit hooks", "torch", "CUDA", "NCCL", "vLLM", "py-spy"):
         assert name in text
     doc = read_json(out)
-    assert [e["name"] for e in doc["environment"]] == ["Python", "torch", "CUDA", "NCCL",
-                                                      "vLLM", "py-spy"]
+    assert [e["name"] for e in doc["environment"]] == ["Python", "audit hooks", "torch", "CUDA",
+                                                      "NCCL", "vLLM", "py-spy"]
     assert doc["probes"] == [] and doc["hazards"] == [] and doc["exit_code"] == 0
 
 

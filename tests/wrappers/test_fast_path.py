@@ -16,6 +16,7 @@ import pytest
 import streamcheck
 from streamcheck import installer
 from streamcheck.core.ids import StreamRef
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.launches import wrap_stream_method
 from tests.core.fakes import in_thread, made_current
 
@@ -71,12 +72,28 @@ def engine_elsewhere(request):
     installer.install("record").roles.forget(thread.ident)
 
 
+CORES = ["python", pytest.param("compiled", marks=pytest.mark.skipif(
+    speedups._built is None, reason="streamcheck._speedups is not built here"))]
+
+
+@pytest.fixture(params=CORES)
+def core(request, monkeypatch):
+    """A test run with the Python wrappers and with the compiled ones (the ``core`` setting,
+    read when the audit is installed)."""
+    monkeypatch.setenv("STREAMCHECK_CORE", request.param)
+    yield request.param
+    speedups.use("auto")
+
+
 @pytest.mark.parametrize("engine_elsewhere", [False, True], indirect=True)
 @pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("fixed_device", [False, True])
-def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
+@pytest.mark.parametrize("resolver", ["callable", "attribute"])
+def test_fast_path_agrees_with_the_rules(core, fixed_device, raw, engine_elsewhere, resolver):
     """``raw``: the wrapper is also given the thread's current raw stream handle, as on CUDA,
-    and lets a launch on the current stream through on that one comparison."""
+    and lets a launch on the current stream through on that one comparison. ``resolver``: the
+    stream=None accessor as a Python callable, or as ``self.cached``, which the compiled
+    wrapper reads itself. Every launch is counted once, whichever path let it through."""
     aud = installer.install("record")
     assert (aud.main_engine is None) == (engine_elsewhere is not None)
     in_thread(lambda: made_current(aud.book, StreamRef(0, 7)), name="connector")
@@ -89,12 +106,16 @@ def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
 
     wrap_stream_method(installer._registry, installer._gate, FakeComm, "all_reduce",
                        "fake.all_reduce",
-                       resolve=lambda c: FakeComm.cached, device_expr="self.device",
+                       resolve=(lambda c: FakeComm.cached) if resolver == "callable"
+                       else "self.cached", device_expr="self.device",
                        accessor="fake cache", current_of_device=lambda d: FakeComm.current,
                        fixed_device=fixed_device,
                        current_raw_stream=current_raw if raw else None)
+    compiled = type(FakeComm.__dict__["all_reduce"]).__name__ == "FastLaunch"
+    assert compiled == (core == "compiled" and fixed_device)
     streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
     mismatches = []
+    calls = 0
     for (sdev, sid), (cdev, cid), target, implicit, helper in itertools.product(
             streams, streams, (0, 1), (True, False), (False, True)):
         if cdev != target:
@@ -105,13 +126,14 @@ def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
 
         def call(stream=stream, target=target, implicit=implicit, sdev=sdev, sid=sid,
                  cdev=cdev, cid=cid):
-            aud.clear()
             comm = FakeComm(target)
-            if implicit:
-                comm.all_reduce(None)
-            else:
-                comm.all_reduce(None, stream=stream)
-            assert comm.used is stream
+            for _ in range(2):  # the second call finds the device kept on the communicator:
+                aud.clear()  # its findings are the ones compared
+                if implicit:
+                    comm.all_reduce(None)
+                else:
+                    comm.all_reduce(None, stream=stream)
+                assert comm.used is stream
             via_wrapper = sorted(f.rule_id for f in aud.findings())
             aud.clear()
             current = StreamRef(cdev, cid) if implicit else None
@@ -123,10 +145,12 @@ def test_fast_path_agrees_with_the_rules(fixed_device, raw, engine_elsewhere):
             (via_wrapper, direct), _ = in_thread(call)
         else:
             via_wrapper, direct = call()
+        calls += 2
         if via_wrapper != direct:
             mismatches.append(((sdev, sid), (cdev, cid), target, implicit, helper,
                                via_wrapper, direct))
     assert mismatches == []
+    assert aud.coverage.launches_by_op() == {"fake.all_reduce": calls}
     assert threading.active_count() >= 1
 
 

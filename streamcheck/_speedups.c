@@ -1,0 +1,821 @@
+/* streamcheck._speedups: the audit's two hottest paths, compiled.
+ *
+ * Every stream switch (each `with torch.cuda.stream(s)` enters and leaves through set_stream)
+ * and every collective launch passes through a hook. In Python each costs a frame, several
+ * attribute reads and a call; here the same decisions cost a few pointer reads. Nothing is
+ * decided differently: the switch record is the tuple the Python hook builds, and a launch
+ * that is not plainly fine goes to the generated Python wrapper, which applies every rule.
+ * Optional, as coverage.py's C tracer is: without a compiler the pure-Python hooks are used
+ * (streamcheck/wrappers/speedups.py chooses).
+ *
+ *   SetStreamHook(gate, original, via)
+ *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
+ *       for the two calling frames through auditor.made_current, then calls original.
+ *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
+ *              resolve_kind, resolve_obj, resolve_name, raw_reader)
+ *       a communicator method: lets a launch through on the common paths (see
+ *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
+ *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after, method)
+ *       Event.record and torch.distributed functions: the plain call goes straight to the
+ *       original, every other one to the Python hook (see guarded_vectorcall).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#error "streamcheck._speedups needs CPython 3.11 or newer (PyFrame_GetLasti)"
+#endif
+
+static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
+    *s_stream, *s_device_attr;
+
+/* ---- SetStreamHook ------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *gate, *original, *via, *dict;
+    vectorcallfunc vectorcall;
+} SetStreamHook;
+
+/* The frame's code object and instruction offset (f_code, f_lasti), new references;
+ * (None, 0) for no frame. */
+static int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti)
+{
+    if (frame == NULL) {
+        *code = Py_NewRef(Py_None);
+        *lasti = PyLong_FromLong(0);
+    } else {
+        *code = (PyObject *)PyFrame_GetCode(frame);
+        *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
+    }
+    if (*lasti == NULL) {
+        Py_CLEAR(*code);
+        return -1;
+    }
+    return 0;
+}
+
+/* auditor.made_current((stream, ident, via, code, offset, outer code, outer offset)): the
+ * record the Python hook appends, for the caller of set_stream and its caller. */
+static int record_switch(PyObject *auditor, PyObject *stream, PyObject *via)
+{
+    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the caller of set_stream */
+    PyFrameObject *outer = caller == NULL ? NULL : PyFrame_GetBack(caller);
+    PyObject *code1 = NULL, *lasti1 = NULL, *code2 = NULL, *lasti2 = NULL;
+    PyObject *ident = NULL, *record = NULL, *fn = NULL, *result = NULL;
+    int rc = -1;
+    if (frame_site(caller, &code1, &lasti1) < 0 || frame_site(outer, &code2, &lasti2) < 0)
+        goto done;
+    ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL)
+        goto done;
+    record = PyTuple_Pack(7, stream, ident, via, code1, lasti1, code2, lasti2);
+    if (record == NULL)
+        goto done;
+    fn = PyObject_GetAttr(auditor, s_made_current);
+    if (fn == NULL)
+        goto done;
+    result = PyObject_CallOneArg(fn, record);
+    rc = result == NULL ? -1 : 0;
+done:
+    Py_XDECREF(outer);
+    Py_XDECREF(code1);
+    Py_XDECREF(lasti1);
+    Py_XDECREF(code2);
+    Py_XDECREF(lasti2);
+    Py_XDECREF(ident);
+    Py_XDECREF(record);
+    Py_XDECREF(fn);
+    Py_XDECREF(result);
+    return rc;
+}
+
+static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames)
+{
+    SetStreamHook *self = (SetStreamHook *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *stream = NULL;
+    if (nargs == 1 && kwnames == NULL)
+        stream = args[0];
+    else if (nargs == 0 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1 &&
+             PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_stream) == 0)
+        stream = args[0];
+    if (stream != NULL && stream != Py_None) {
+        PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+        if (auditor == NULL)
+            return NULL;
+        int bad = auditor != Py_None && record_switch(auditor, stream, self->via) < 0;
+        Py_DECREF(auditor);
+        if (bad)
+            return NULL;
+    }
+    return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+}
+
+static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *gate, *original, *via;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SetStreamHook takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOU:SetStreamHook", &gate, &original, &via))
+        return NULL;
+    SetStreamHook *self = (SetStreamHook *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->gate = Py_NewRef(gate);
+    self->original = Py_NewRef(original);
+    self->via = Py_NewRef(via);
+    self->dict = NULL;
+    self->vectorcall = hook_vectorcall;
+    return (PyObject *)self;
+}
+
+static int hook_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SetStreamHook *self = (SetStreamHook *)op;
+    Py_VISIT(self->gate);
+    Py_VISIT(self->original);
+    Py_VISIT(self->via);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int hook_clear(PyObject *op)
+{
+    SetStreamHook *self = (SetStreamHook *)op;
+    Py_CLEAR(self->gate);
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->via);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void hook_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    hook_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyMemberDef hook_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(SetStreamHook, vectorcall), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(SetStreamHook, dict), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef dict_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL}, {NULL}};
+
+static PyTypeObject SetStreamHookType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.SetStreamHook",
+    .tp_basicsize = sizeof(SetStreamHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "set_stream(stream) that first records which thread made stream current.",
+    .tp_new = hook_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(SetStreamHook, vectorcall),
+    .tp_dictoffset = offsetof(SetStreamHook, dict),
+    .tp_traverse = hook_traverse,
+    .tp_clear = hook_clear,
+    .tp_dealloc = hook_dealloc,
+    .tp_members = hook_members,
+    .tp_getset = dict_getset,
+};
+
+/* ---- FastLaunch ---------------------------------------------------------------------- */
+
+enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METHOD_CALL = 3 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
+        *resolve_name, *raw_reader, *dict;
+    Py_ssize_t stream_pos;
+    int resolve_kind;
+    vectorcallfunc vectorcall;
+} FastLaunch;
+
+/* 1: equal ints, 0: not (or not ints), -1: error */
+static int same_long(PyObject *a, PyObject *b)
+{
+    if (!PyLong_CheckExact(a) || !PyLong_CheckExact(b))
+        return 0;
+    int overflow_a = 0, overflow_b = 0;
+    long long x = PyLong_AsLongLongAndOverflow(a, &overflow_a);
+    long long y = PyLong_AsLongLongAndOverflow(b, &overflow_b);
+    if ((x == -1 || y == -1) && PyErr_Occurred())
+        return -1;
+    return !overflow_a && !overflow_b && x == y;
+}
+
+static int is_calling_thread(PyObject *ident)
+{
+    if (!PyLong_CheckExact(ident))
+        return 0;
+    unsigned long value = PyLong_AsUnsignedLong(ident);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return value == PyThread_get_thread_ident();
+}
+
+static int count_launch(FastLaunch *self)
+{
+    PyObject *n = PyIter_Next(self->counter);
+    if (n == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_DECREF(n);
+    return 0;
+}
+
+/* The stream the callee would pick for stream=None (a new reference), NULL + error set. */
+static PyObject *resolve_stream(FastLaunch *self, PyObject *comm)
+{
+    switch (self->resolve_kind) {
+    case RESOLVE_MODULE_CALL: { /* holder.name(): looked up at every call, as Python does */
+        PyObject *fn = PyObject_GetAttr(self->resolve_obj, self->resolve_name);
+        if (fn == NULL)
+            return NULL;
+        PyObject *stream = PyObject_CallNoArgs(fn);
+        Py_DECREF(fn);
+        return stream;
+    }
+    case RESOLVE_ATTR:
+        return PyObject_GetAttr(comm, self->resolve_name);
+    case RESOLVE_METHOD_CALL:
+        return PyObject_CallMethodNoArgs(comm, self->resolve_name);
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "no resolver");
+        return NULL;
+    }
+}
+
+/* original(...) with the stream argument set to `stream` (the resolved one). */
+static PyObject *call_with_stream(FastLaunch *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames, Py_ssize_t kw_index, PyObject *stream)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    Py_ssize_t total = nargs + nkw;
+    int append = self->stream_pos >= nargs && kw_index < 0;
+    PyObject *small[16];
+    PyObject **copy = total + 1 <= 16 ? small : PyMem_Malloc((total + 1) * sizeof(PyObject *));
+    if (copy == NULL)
+        return PyErr_NoMemory();
+    memcpy(copy, args, total * sizeof(PyObject *));
+    PyObject *names = kwnames;
+    if (self->stream_pos < nargs)
+        copy[self->stream_pos] = stream;
+    else if (kw_index >= 0)
+        copy[nargs + kw_index] = stream;
+    else {
+        copy[total] = stream;
+        names = PyTuple_New(nkw + 1);
+        if (names == NULL)
+            goto fail;
+        for (Py_ssize_t i = 0; i < nkw; i++)
+            PyTuple_SET_ITEM(names, i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+        PyTuple_SET_ITEM(names, nkw, Py_NewRef(s_stream));
+    }
+    PyObject *result = PyObject_Vectorcall(self->original, copy, nargs, names);
+    if (append)
+        Py_DECREF(names);
+    if (copy != small)
+        PyMem_Free(copy);
+    return result;
+fail:
+    if (copy != small)
+        PyMem_Free(copy);
+    return NULL;
+}
+
+/*
+ * The paths let through here, each exactly where the Python wrapper lets it through:
+ *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
+ *   - an explicit stream on the communicator's device from the main engine thread;
+ *   - stream=None where the resolved stream's handle (above 2: not a default stream) is the
+ *     calling thread's current one on the communicator's device; it is passed on explicitly.
+ * Each counted launch advances the installing auditor's counter. Everything else, errors
+ * included (cleared here), goes to `slow`, which decides, counts and warns on its own.
+ */
+static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    FastLaunch *self = (FastLaunch *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *auditor = NULL, *target = NULL, *value = NULL, *stream = NULL, *result = NULL;
+    if (nargs < 1)
+        goto slow;
+    PyObject *comm = args[0];
+    auditor = PyObject_GetAttr(self->gate, s_auditor);
+    if (auditor == NULL)
+        return NULL;
+    if (auditor == Py_None) {
+        Py_DECREF(auditor);
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    if (auditor != self->owner)
+        goto slow;
+    if (self->skip_attr != Py_None) {
+        value = PyObject_GetAttr(comm, self->skip_attr);
+        if (value == NULL)
+            goto slow_clear;
+        int skip = PyObject_IsTrue(value);
+        Py_CLEAR(value);
+        if (skip < 0)
+            goto slow_clear;
+        if (skip) {
+            Py_DECREF(auditor);
+            return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        }
+    }
+    target = PyObject_GetAttr(comm, s_device_attr); /* kept there by the Python wrapper */
+    if (target == NULL)
+        goto slow_clear;
+    Py_ssize_t kw_index = -1;
+    PyObject *given = Py_None;
+    if (self->stream_pos < nargs)
+        given = args[self->stream_pos];
+    else if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), s_stream) == 0) {
+                kw_index = i;
+                given = args[nargs + i];
+                break;
+            }
+        }
+    }
+    if (given != Py_None) {
+        value = PyObject_GetAttr(given, s_device_index);
+        if (value == NULL)
+            goto slow_clear;
+        int same = same_long(value, target);
+        Py_CLEAR(value);
+        if (same < 0)
+            goto slow_clear;
+        if (!same)
+            goto slow;
+        value = PyObject_GetAttr(auditor, s_main_engine);
+        if (value == NULL)
+            goto slow_clear;
+        int engine = is_calling_thread(value);
+        Py_CLEAR(value);
+        if (!engine)
+            goto slow;
+        if (count_launch(self) < 0)
+            goto error;
+        Py_DECREF(auditor);
+        Py_DECREF(target);
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    if (self->resolve_kind == RESOLVE_NONE || self->raw_reader == Py_None)
+        goto slow;
+    stream = resolve_stream(self, comm);
+    if (stream == NULL)
+        goto slow_clear;
+    value = PyObject_GetAttr(stream, s_cuda_stream);
+    if (value == NULL)
+        goto slow_clear;
+    long long handle = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+    Py_CLEAR(value);
+    if (handle == -1 && PyErr_Occurred())
+        goto slow_clear;
+    if (handle <= 2)
+        goto slow;
+    value = PyObject_CallOneArg(self->raw_reader, target);
+    if (value == NULL)
+        goto slow_clear;
+    long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+    Py_CLEAR(value);
+    if (current == -1 && PyErr_Occurred())
+        goto slow_clear;
+    if (current != handle)
+        goto slow;
+    if (count_launch(self) < 0)
+        goto error;
+    result = call_with_stream(self, args, nargs, kwnames, kw_index, stream);
+    Py_DECREF(stream);
+    Py_DECREF(auditor);
+    Py_DECREF(target);
+    return result;
+slow_clear:
+    PyErr_Clear();
+slow:
+    Py_XDECREF(auditor);
+    Py_XDECREF(target);
+    Py_XDECREF(stream);
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+error:
+    Py_XDECREF(auditor);
+    Py_XDECREF(target);
+    Py_XDECREF(stream);
+    return NULL;
+}
+
+static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
+        *resolve_name, *raw_reader;
+    Py_ssize_t stream_pos;
+    int resolve_kind;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "FastLaunch takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOnOiOOO:FastLaunch", &gate, &owner, &counter, &original,
+                          &slow, &stream_pos, &skip_attr, &resolve_kind, &resolve_obj,
+                          &resolve_name, &raw_reader))
+        return NULL;
+    if (stream_pos < 1 || resolve_kind < RESOLVE_NONE || resolve_kind > RESOLVE_METHOD_CALL ||
+        !PyIter_Check(counter)) {
+        PyErr_SetString(PyExc_ValueError, "FastLaunch: bad stream position, resolver or counter");
+        return NULL;
+    }
+    if (resolve_kind != RESOLVE_NONE && !PyUnicode_Check(resolve_name)) {
+        PyErr_SetString(PyExc_TypeError, "FastLaunch: the resolver's name is a string");
+        return NULL;
+    }
+    if (skip_attr != Py_None && !PyUnicode_Check(skip_attr)) {
+        PyErr_SetString(PyExc_TypeError, "FastLaunch: skip_attr is a string or None");
+        return NULL;
+    }
+    FastLaunch *self = (FastLaunch *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->gate = Py_NewRef(gate);
+    self->owner = Py_NewRef(owner);
+    self->counter = Py_NewRef(counter);
+    self->original = Py_NewRef(original);
+    self->slow = Py_NewRef(slow);
+    self->skip_attr = Py_NewRef(skip_attr);
+    self->resolve_obj = Py_NewRef(resolve_obj);
+    self->resolve_name = Py_NewRef(resolve_name);
+    self->raw_reader = Py_NewRef(raw_reader);
+    self->dict = NULL;
+    self->stream_pos = stream_pos;
+    self->resolve_kind = resolve_kind;
+    self->vectorcall = launch_vectorcall;
+    return (PyObject *)self;
+}
+
+static int launch_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    FastLaunch *self = (FastLaunch *)op;
+    Py_VISIT(self->gate);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->counter);
+    Py_VISIT(self->original);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->skip_attr);
+    Py_VISIT(self->resolve_obj);
+    Py_VISIT(self->resolve_name);
+    Py_VISIT(self->raw_reader);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int launch_clear(PyObject *op)
+{
+    FastLaunch *self = (FastLaunch *)op;
+    Py_CLEAR(self->gate);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->counter);
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->skip_attr);
+    Py_CLEAR(self->resolve_obj);
+    Py_CLEAR(self->resolve_name);
+    Py_CLEAR(self->raw_reader);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void launch_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    launch_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* A method on a class: bound to the instance like a function. */
+static PyObject *launch_descr_get(PyObject *op, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(op);
+    return PyMethod_New(op, obj);
+}
+
+static PyMemberDef launch_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastLaunch, vectorcall), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(FastLaunch, dict), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject FastLaunchType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.FastLaunch",
+    .tp_basicsize = sizeof(FastLaunch),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A communicator method whose common launches are let through in C.",
+    .tp_new = launch_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(FastLaunch, vectorcall),
+    .tp_dictoffset = offsetof(FastLaunch, dict),
+    .tp_descr_get = launch_descr_get,
+    .tp_traverse = launch_traverse,
+    .tp_clear = launch_clear,
+    .tp_dealloc = launch_dealloc,
+    .tp_members = launch_members,
+    .tp_getset = dict_getset,
+};
+
+/* ---- GuardedCall: EventRecord and TensorCall ---------------------------------------- */
+
+/*
+ * A callable (a method where `method` is set) that lets the plain call through to `original`
+ * and hands every other one to `slow`, the Python hook, before anything runs:
+ *
+ *   EVENT_RECORD, Event.record(self, stream=None): plain when no clocks are live
+ *     (auditor.ordering false) and the event is already bound to a device (its attribute
+ *     `bound`), the device of the stream it is recorded on (the thread's current device,
+ *     `reader()`, for stream=None); `after(event[, stream])` snapshots the record if the
+ *     clocks went live meanwhile;
+ *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
+ *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
+ *     (stream id, device, type) tuple) is not a default stream (id 0); the launch is counted.
+ */
+enum { EVENT_RECORD = 1, TENSOR_CALL = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *dict;
+    int kind, method;
+    vectorcallfunc vectorcall;
+} GuardedCall;
+
+static PyObject *s_ordering, *s_get_device;
+
+/* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
+static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1 || nargs > 2 || kwnames != NULL)
+        return 0;
+    PyObject *ordering = PyObject_GetAttr(auditor, s_ordering);
+    if (ordering == NULL)
+        goto error;
+    int live = PyObject_IsTrue(ordering);
+    Py_DECREF(ordering);
+    if (live != 0)
+        goto error;
+    PyObject *bound = PyObject_GetAttr(args[0], self->bound);
+    if (bound == NULL)
+        goto error;
+    PyObject *now = (nargs == 2 && args[1] != Py_None)
+                        ? PyObject_GetAttr(args[1], s_device_index)
+                        : PyObject_CallNoArgs(self->reader);
+    if (now == NULL) {
+        Py_DECREF(bound);
+        goto error;
+    }
+    int same = same_long(now, bound);
+    Py_DECREF(now);
+    Py_DECREF(bound);
+    if (same < 0)
+        goto error;
+    return same;
+error:
+    PyErr_Clear();
+    return 0;
+}
+
+static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || self->counter == Py_None)
+        return 0;
+    PyObject *device = PyObject_CallMethodNoArgs(args[0], s_get_device);
+    if (device == NULL)
+        goto error;
+    long index = PyLong_Check(device) ? PyLong_AsLong(device) : -1;
+    if (index < 0) {
+        Py_DECREF(device);
+        goto error;
+    }
+    PyObject *current = PyObject_CallOneArg(self->reader, device);
+    Py_DECREF(device);
+    if (current == NULL)
+        goto error;
+    int plain = 0;
+    if (PyTuple_Check(current) && PyTuple_GET_SIZE(current) >= 1) {
+        PyObject *sid = PyTuple_GET_ITEM(current, 0);
+        plain = PyLong_Check(sid) && PyObject_IsTrue(sid) == 1;
+    }
+    Py_DECREF(current);
+    return plain;
+error:
+    PyErr_Clear();
+    return 0;
+}
+
+static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames)
+{
+    GuardedCall *self = (GuardedCall *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+    if (auditor == NULL)
+        return NULL;
+    int plain;
+    if (auditor == Py_None)
+        plain = 1;
+    else if (self->kind == EVENT_RECORD)
+        plain = event_record_is_plain(self, auditor, args, nargs, kwnames);
+    else
+        plain = auditor == self->owner && tensor_call_is_plain(self, args, nargs);
+    Py_DECREF(auditor);
+    if (!plain)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    if (self->kind == TENSOR_CALL && auditor != Py_None) {
+        PyObject *n = PyIter_Next(self->counter);
+        if (n == NULL && PyErr_Occurred())
+            return NULL;
+        Py_XDECREF(n);
+    }
+    PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (result == NULL || self->kind != EVENT_RECORD || auditor == Py_None)
+        return result;
+    /* The clocks may have gone live while the event was recorded (another thread's first
+     * mark): the Python hook reads the flag after the record, so this does too. */
+    auditor = PyObject_GetAttr(self->gate, s_auditor);
+    if (auditor == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyObject *ordering = auditor == Py_None ? NULL : PyObject_GetAttr(auditor, s_ordering);
+    Py_DECREF(auditor);
+    int live = ordering == NULL ? 0 : PyObject_IsTrue(ordering);
+    Py_XDECREF(ordering);
+    PyErr_Clear();
+    if (live == 1) {
+        PyObject *done = PyObject_Vectorcall(self->after, args, nargs, NULL);
+        if (done == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
+    return result;
+}
+
+static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after;
+    int kind, method;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "GuardedCall takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "iOOOOOOOOp:GuardedCall", &kind, &gate, &owner, &counter,
+                          &original, &slow, &reader, &bound, &after, &method))
+        return NULL;
+    if ((kind != EVENT_RECORD && kind != TENSOR_CALL) ||
+        (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
+        (kind == TENSOR_CALL && counter != Py_None && !PyIter_Check(counter))) {
+        PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute or counter");
+        return NULL;
+    }
+    GuardedCall *self = (GuardedCall *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->gate = Py_NewRef(gate);
+    self->owner = Py_NewRef(owner);
+    self->counter = Py_NewRef(counter);
+    self->original = Py_NewRef(original);
+    self->slow = Py_NewRef(slow);
+    self->reader = Py_NewRef(reader);
+    self->bound = Py_NewRef(bound);
+    self->after = Py_NewRef(after);
+    self->dict = NULL;
+    self->kind = kind;
+    self->method = method;
+    self->vectorcall = guarded_vectorcall;
+    return (PyObject *)self;
+}
+
+static int guarded_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    GuardedCall *self = (GuardedCall *)op;
+    Py_VISIT(self->gate);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->counter);
+    Py_VISIT(self->original);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->reader);
+    Py_VISIT(self->bound);
+    Py_VISIT(self->after);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int guarded_clear(PyObject *op)
+{
+    GuardedCall *self = (GuardedCall *)op;
+    Py_CLEAR(self->gate);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->counter);
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->bound);
+    Py_CLEAR(self->after);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void guarded_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    guarded_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *guarded_descr_get(PyObject *op, PyObject *obj, PyObject *type)
+{
+    if (!((GuardedCall *)op)->method || obj == NULL || obj == Py_None)
+        return Py_NewRef(op);
+    return PyMethod_New(op, obj);
+}
+
+static PyMemberDef guarded_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(GuardedCall, vectorcall), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(GuardedCall, dict), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject GuardedCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.GuardedCall",
+    .tp_basicsize = sizeof(GuardedCall),
+    /* a method descriptor: `event.record(...)` calls it with the event first, no bound
+     * method made; on a module (torch.distributed) no descriptor applies anyway */
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A hooked call whose plain case goes straight to the original.",
+    .tp_new = guarded_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(GuardedCall, vectorcall),
+    .tp_dictoffset = offsetof(GuardedCall, dict),
+    .tp_descr_get = guarded_descr_get,
+    .tp_traverse = guarded_traverse,
+    .tp_clear = guarded_clear,
+    .tp_dealloc = guarded_dealloc,
+    .tp_members = guarded_members,
+    .tp_getset = dict_getset,
+};
+
+/* ---- module -------------------------------------------------------------------------- */
+
+static int intern_all(void)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {{&s_auditor, "auditor"},         {&s_made_current, "made_current"},
+                 {&s_device_index, "device_index"}, {&s_main_engine, "main_engine"},
+                 {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
+                 {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
+                 {&s_get_device, "get_device"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        *names[i].slot = PyUnicode_InternFromString(names[i].text);
+        if (*names[i].slot == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "streamcheck._speedups",
+    .m_doc = "Compiled fast paths of the audit's stream-switch hook and launch wrappers.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    if (intern_all() < 0 || PyType_Ready(&SetStreamHookType) < 0 ||
+        PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
+        PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
+        PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
+        PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
+        PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

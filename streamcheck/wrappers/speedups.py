@@ -1,0 +1,61 @@
+"""Which implementation the hottest hooks use: compiled (``streamcheck._speedups``) or Python.
+
+Every stream switch goes through the ``set_stream`` hook and every collective through a launch
+wrapper; in Python each costs a frame and a handful of attribute reads and calls, in C a few
+pointer reads (docs/measurements.md has both, measured in one run). The C versions decide
+nothing themselves that the Python ones would decide differently: a launch that is not plainly
+fine is handed to the Python wrapper. The extension is optional, as coverage.py's C tracer is:
+where it was not built (no compiler at install, CPython before 3.11, another interpreter) the
+Python hooks are used, and ``streamcheck env`` says which and why.
+
+The choice is the ``core`` setting (``STREAMCHECK_CORE``): ``auto`` (compiled when built),
+``compiled`` (an error when it was not built), ``python``. It applies to hooks made after it.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from streamcheck.core.modes import ConfigError
+
+CORES = ("auto", "compiled", "python")
+
+try:
+    from streamcheck import _speedups as _built
+except ImportError as exc:  # not built here
+    _built: ModuleType | None = None  # type: ignore[no-redef]
+    _missing = f"{type(exc).__name__}: {exc}"
+else:
+    _missing = ""
+
+_active: ModuleType | None = _built
+
+
+def use(core: str) -> None:
+    """Use ``core`` for the hooks made from now on."""
+    global _active
+    if core not in CORES:
+        raise ConfigError(f"core {core!r}: expected one of {', '.join(CORES)}")
+    if core == "compiled" and _built is None:
+        raise ConfigError(f"core 'compiled': streamcheck._speedups is not built here "
+                          f"({_missing}); reinstall with a C compiler, or use 'auto'")
+    _active = None if core == "python" else _built
+
+
+def built() -> bool:
+    """Whether the extension was built for this interpreter."""
+    return _built is not None
+
+
+def active() -> ModuleType | None:
+    """The compiled module the next hooks use, or None for the Python ones."""
+    return _active
+
+
+def describe() -> str:
+    """One line for ``streamcheck env`` and reports."""
+    if _active is not None:
+        return "compiled (streamcheck._speedups)"
+    if _built is None:
+        return f"python (the extension is not built: {_missing})"
+    return "python (chosen)"

@@ -1,0 +1,225 @@
+"""The compiled hooks (``streamcheck._speedups``) record and decide what the Python ones do.
+
+The launch wrappers' decisions are compared case by case in ``test_fast_path.py`` (both
+cores); here: the switch record, how a compiled wrapper presents itself, and the ``core``
+setting. The compiled cases are skipped, and say so, where the extension is not built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from streamcheck import installer
+from streamcheck.core.errors import StreamHazardError
+from streamcheck.core.ids import StreamRef
+from streamcheck.core.modes import ConfigError
+from streamcheck.core.provenance import site_stack
+from streamcheck.runtime.reader import StreamReader
+from streamcheck.settings import AuditSettings
+from streamcheck.wrappers import speedups
+from streamcheck.wrappers.events import hook_event_record
+from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.streams import made_current_hook
+from streamcheck.wrappers.torch_distributed import wrap_tensor_function
+from tests.core.fakes import in_thread, made_current
+
+needs_build = pytest.mark.skipif(not speedups.built(),
+                                 reason="streamcheck._speedups is not built here")
+
+
+class Stream:
+    device_index, stream_id, cuda_stream = 0, 5, 0x7F00_0005
+
+
+def switch(hook, stream):
+    return hook(stream)  # the caller the record must name
+
+
+STREAM = Stream()
+RECORD_LINE = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+                   if text.rstrip().endswith("# RECORD_LINE") and "next(" not in text)
+
+
+def record_of(core: str, monkeypatch) -> tuple:
+    monkeypatch.setenv("STREAMCHECK_CORE", core)
+    aud = installer.install("record")
+    seen = []
+    hook = made_current_hook(installer._gate, lambda s: seen.append(s) or "set", "ns.set_stream")
+    stream = STREAM
+    for _ in range(2):  # the same call site both times
+        assert switch(hook, stream) == "set"  # RECORD_LINE
+    record = aud.book._log[-1]
+    installer.uninstall()
+    assert seen == [stream, stream]
+    return type(hook).__name__, record
+
+
+@needs_build
+def test_a_switch_is_recorded_the_same_by_both_hooks(monkeypatch):
+    py_type, py_record = record_of("python", monkeypatch)
+    c_type, c_record = record_of("compiled", monkeypatch)
+    assert (py_type, c_type) == ("function", "SetStreamHook")
+    assert c_record[3] is switch.__code__ and c_record[5] is record_of.__code__
+    assert c_record[:3] == py_record[:3]  # stream, thread, via
+    # the frames as a report shows them (the offset C sees may be an earlier instruction of
+    # the same call: 3.11 updates it lazily; the line is what counts)
+    assert site_stack(c_record) == site_stack(py_record)
+    assert [line for _file, line, _name in site_stack(c_record)] == [
+        switch.__code__.co_firstlineno + 1, RECORD_LINE]
+
+
+@needs_build
+def test_a_compiled_hook_passes_none_and_keywords_through(monkeypatch):
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    aud = installer.install("record")
+    before = len(aud.book._log)
+    hook = made_current_hook(installer._gate, lambda stream: stream, "ns.set_stream")
+    assert hook(None) is None and len(aud.book._log) == before  # nothing made current
+    assert hook(stream="s") == "s" and len(aud.book._log) == before + 1
+    with pytest.raises(TypeError):
+        hook()  # the original's own error
+    assert hook.__wrapped__ is not None and hook.__name__ == "<lambda>"
+
+
+class Comm:
+    def __init__(self, device: int) -> None:
+        self.device = device
+
+    def all_reduce(self, tensor, out=None, *, stream=None):
+        """Reduce."""
+        return stream
+
+
+@needs_build
+def test_a_compiled_wrapper_is_a_method_with_the_original_signature(monkeypatch):
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    aud = installer.install("record")
+    original = Comm.__dict__["all_reduce"]
+    assert wrap_stream_method(installer._registry, installer._gate, Comm, "all_reduce",
+                              "c.all_reduce", resolve="self.cached", device_expr="self.device",
+                              accessor="", current_of_device=lambda d: (5, 0, 1),
+                              current_raw_stream=lambda d: Stream.cuda_stream,
+                              fixed_device=True)
+    wrapped = Comm.__dict__["all_reduce"]
+    assert type(wrapped).__name__ == "FastLaunch"
+    assert inspect.signature(Comm.all_reduce) == inspect.signature(original)
+    assert Comm.all_reduce.__doc__ == "Reduce." and Comm.all_reduce.__wrapped__ is original
+    comm = Comm(0)
+    comm.cached = Stream()
+    for _ in range(2):  # the first call keeps the device on the communicator
+        assert comm.all_reduce(None) is comm.cached  # the keyword-only stream, passed on
+        assert Comm.all_reduce(comm, None, stream=comm.cached) is comm.cached
+    assert aud.coverage.launches_by_op() == {"c.all_reduce": 4}
+    assert aud.findings() == []
+    installer.uninstall()
+    assert Comm.__dict__["all_reduce"] is original
+
+
+def test_the_core_setting_is_checked_and_passed_to_children(monkeypatch):
+    with pytest.raises(ConfigError, match="STREAMCHECK_CORE"):
+        AuditSettings.load({"STREAMCHECK_CORE": "fast"}, pyproject=False)
+    settings = AuditSettings.load({"STREAMCHECK_CORE": "Python"}, pyproject=False)
+    assert settings.core == "python" and settings.to_env()["STREAMCHECK_CORE"] == "python"
+    assert "STREAMCHECK_CORE" not in AuditSettings.load({}, pyproject=False).to_env()
+    monkeypatch.setattr(speedups, "_built", None)
+    with pytest.raises(ConfigError, match="not built"):
+        speedups.use("compiled")
+    speedups.use("auto")
+    assert speedups.active() is None and speedups.describe().startswith("python")
+
+
+CORES = ["python", pytest.param("compiled", marks=needs_build)]
+
+
+@pytest.fixture(params=CORES)
+def core(request, monkeypatch):
+    """The ``core`` setting, read when the audit is installed."""
+    monkeypatch.setenv("STREAMCHECK_CORE", request.param)
+    yield request.param
+    speedups.use("auto")
+
+
+class FakeEvent:
+    """An event bound to a device at its first record, as torch.cuda.Event is."""
+
+    def __init__(self) -> None:
+        self.device = None
+        self.records: list = []
+
+    def record(self, stream=None):
+        dev = stream.device_index if stream is not None else READER_STATE["device"]
+        self.device = self.device if self.device is not None else SimpleNamespace(index=dev)
+        self.records.append(stream)
+        if READER_STATE.get("flip_ordering"):  # another thread's first mark, meanwhile
+            installer.current_auditor().ordering = True
+        return "recorded"
+
+
+READER_STATE: dict = {"device": 0}
+
+
+def fake_reader() -> StreamReader:
+    return StreamReader(current_stream=lambda d: (READER_STATE.get("sid", 5), d, 1),
+                        current_device=lambda: READER_STATE["device"])
+
+
+def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
+    """Bound on its first record; a record on its own device while no clocks are live goes
+    straight through (compiled: in C); a record on another device is stopped before it runs;
+    once the clocks are live, or when they go live during the record, it is snapshotted."""
+    monkeypatch.setitem(READER_STATE, "device", 0)
+    aud = installer.install("assert")
+    hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
+    is_compiled = type(FakeEvent.__dict__["record"]).__name__ == "GuardedCall"
+    assert is_compiled == (core == "compiled")
+    snapshots = []
+    monkeypatch.setattr(aud, "event_recorded", lambda ev, key: snapshots.append(key))
+    event = FakeEvent()
+    assert event.record() == "recorded"  # binds it to device 0
+    assert event.record(Stream()) == "recorded" and snapshots == []
+    other = SimpleNamespace(device_index=1, stream_id=3, cuda_stream=0x33)
+    with pytest.raises(StreamHazardError, match="event-device-mismatch"):
+        event.record(other)
+    monkeypatch.setitem(READER_STATE, "device", 1)
+    with pytest.raises(StreamHazardError, match="event-device-mismatch"):
+        event.record()  # the thread's current device is another one
+    monkeypatch.setitem(READER_STATE, "device", 0)
+    assert len(event.records) == 2  # the stopped records never ran
+    monkeypatch.setitem(READER_STATE, "flip_ordering", True)
+    event.record()
+    assert snapshots == [(0, 5)]
+    event.record(Stream())
+    assert snapshots == [(0, 5), (0, 5)]
+
+
+class FakeTensor:
+    def __init__(self, device: int) -> None:
+        self.device = device
+
+    def get_device(self) -> int:
+        return self.device
+
+
+def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(core,
+                                                                             monkeypatch):
+    """Counted once per call on a CUDA tensor (not on a CPU one); the current stream's id
+    decides: a helper on the default stream while the engine computes elsewhere is found."""
+    aud = installer.install("record")
+    made_current(aud.book, StreamRef(0, 9))  # the main (engine) thread computes on a side stream
+    module = SimpleNamespace(all_reduce=lambda tensor, op=None, group=None: "done")
+    wrap_tensor_function(installer._registry, installer._gate, module, "all_reduce",
+                         "dist.all_reduce", fake_reader().current_stream, "torch.distributed")
+    assert (type(module.all_reduce).__name__ == "GuardedCall") == (core == "compiled")
+    monkeypatch.setitem(READER_STATE, "sid", 7)
+    assert module.all_reduce(FakeTensor(0)) == "done"
+    assert module.all_reduce(tensor=FakeTensor(0)) == "done"  # found among the keywords
+    assert module.all_reduce(FakeTensor(-1)) == "done"  # a CPU tensor: not counted
+    assert aud.findings() == []
+    monkeypatch.setitem(READER_STATE, "sid", 0)
+    assert in_thread(lambda: module.all_reduce(FakeTensor(0)))[0] == "done"
+    assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
+    assert aud.coverage.launches_by_op() == {"dist.all_reduce": 3}
