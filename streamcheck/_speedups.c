@@ -12,7 +12,7 @@
  *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
  *       for the two calling frames through auditor.made_current, then calls original.
  *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
- *              resolve_kind, resolve_obj, resolve_name, raw_reader)
+ *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after, method)
@@ -29,7 +29,7 @@
 #endif
 
 static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
-    *s_stream, *s_device_attr;
+    *s_stream, *s_device_attr, *s_stream_id;
 
 /* ---- SetStreamHook ------------------------------------------------------------------- */
 
@@ -193,7 +193,7 @@ enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METH
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *dict;
+        *resolve_name, *raw_reader, *current_reader, *dict;
     Py_ssize_t stream_pos;
     int resolve_kind;
     vectorcallfunc vectorcall;
@@ -231,6 +231,48 @@ static int count_launch(FastLaunch *self)
         return PyErr_Occurred() ? -1 : 0;
     Py_DECREF(n);
     return 0;
+}
+
+/* The Python wrapper's own pass-through test for a stream it did not tell by its handle:
+ * `stream` is the calling thread's current stream on the target device (read through
+ * current_reader(target): (stream id, device, type)), on that device, and either not a
+ * default stream or used by the main engine thread. 1: let through, 0: not, -1: error. */
+static int is_current_and_fine(FastLaunch *self, PyObject *auditor, PyObject *stream,
+                               PyObject *target)
+{
+    int ok = -1;
+    PyObject *sid = NULL, *sdev = NULL, *cur = NULL, *main = NULL;
+    if (self->current_reader == Py_None)
+        return 0;
+    sid = PyObject_GetAttr(stream, s_stream_id);
+    sdev = sid == NULL ? NULL : PyObject_GetAttr(stream, s_device_index);
+    cur = sdev == NULL ? NULL : PyObject_CallOneArg(self->current_reader, target);
+    if (cur == NULL)
+        goto done;
+    if (!PyTuple_Check(cur) || PyTuple_GET_SIZE(cur) < 1) {
+        ok = 0;
+        goto done;
+    }
+    int same = same_long(sid, PyTuple_GET_ITEM(cur, 0));
+    if (same == 1)
+        same = same_long(sdev, target);
+    if (same != 1) {
+        ok = same;
+        goto done;
+    }
+    int nonzero = PyObject_IsTrue(sid);
+    if (nonzero != 0) {
+        ok = nonzero;
+        goto done;
+    }
+    main = PyObject_GetAttr(auditor, s_main_engine);
+    ok = main == NULL ? -1 : is_calling_thread(main);
+done:
+    Py_XDECREF(sid);
+    Py_XDECREF(sdev);
+    Py_XDECREF(cur);
+    Py_XDECREF(main);
+    return ok;
 }
 
 /* The stream the callee would pick for stream=None (a new reference), NULL + error set. */
@@ -296,9 +338,13 @@ fail:
 /*
  * The paths let through here, each exactly where the Python wrapper lets it through:
  *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
- *   - an explicit stream on the communicator's device from the main engine thread;
- *   - stream=None where the resolved stream's handle (above 2: not a default stream) is the
- *     calling thread's current one on the communicator's device; it is passed on explicitly.
+ *   - an explicit stream on the communicator's device, from the main engine thread or not a
+ *     default stream;
+ *   - stream=None where the resolved stream is the calling thread's current one on the
+ *     communicator's device (told by its handle, above 2, or by current_reader's stream id),
+ *     and not a default stream unless the main engine thread launches; it is passed on
+ *     explicitly. Once resolved here, a stream is never resolved again for the same call
+ *     unless the launch looks wrong (then the Python wrapper resolves and decides).
  * Each counted launch advances the installing auditor's counter. Everything else, errors
  * included (cleared here), goes to `slow`, which decides, counts and warns on its own.
  */
@@ -365,37 +411,52 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
             goto slow_clear;
         int engine = is_calling_thread(value);
         Py_CLEAR(value);
-        if (!engine)
-            goto slow;
+        if (!engine) { /* another thread: fine on a stream that is not a default stream */
+            value = PyObject_GetAttr(given, s_stream_id);
+            if (value == NULL)
+                goto slow_clear;
+            int nondefault = PyObject_IsTrue(value);
+            Py_CLEAR(value);
+            if (nondefault != 1)
+                goto slow_clear;
+        }
         if (count_launch(self) < 0)
             goto error;
         Py_DECREF(auditor);
         Py_DECREF(target);
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     }
-    if (self->resolve_kind == RESOLVE_NONE || self->raw_reader == Py_None)
+    if (self->resolve_kind == RESOLVE_NONE)
         goto slow;
     stream = resolve_stream(self, comm);
     if (stream == NULL)
         goto slow_clear;
-    value = PyObject_GetAttr(stream, s_cuda_stream);
-    if (value == NULL)
+    int fine = 0;
+    if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
+        value = PyObject_GetAttr(stream, s_cuda_stream);
+        if (value == NULL)
+            goto slow_clear;
+        long long handle = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+        Py_CLEAR(value);
+        if (handle == -1 && PyErr_Occurred())
+            goto slow_clear;
+        if (handle > 2) { /* 0-2 name a default stream on every device */
+            value = PyObject_CallOneArg(self->raw_reader, target);
+            if (value == NULL)
+                goto slow_clear;
+            long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+            Py_CLEAR(value);
+            if (current == -1 && PyErr_Occurred())
+                goto slow_clear;
+            fine = current == handle;
+        }
+    }
+    if (!fine) /* the full test, without resolving the stream a second time */
+        fine = is_current_and_fine(self, auditor, stream, target);
+    if (fine < 0)
         goto slow_clear;
-    long long handle = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-    Py_CLEAR(value);
-    if (handle == -1 && PyErr_Occurred())
-        goto slow_clear;
-    if (handle <= 2)
-        goto slow;
-    value = PyObject_CallOneArg(self->raw_reader, target);
-    if (value == NULL)
-        goto slow_clear;
-    long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-    Py_CLEAR(value);
-    if (current == -1 && PyErr_Occurred())
-        goto slow_clear;
-    if (current != handle)
-        goto slow;
+    if (!fine)
+        goto slow; /* something looks wrong: the Python wrapper resolves and decides */
     if (count_launch(self) < 0)
         goto error;
     result = call_with_stream(self, args, nargs, kwnames, kw_index, stream);
@@ -420,16 +481,16 @@ error:
 static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader;
+        *resolve_name, *raw_reader, *current_reader;
     Py_ssize_t stream_pos;
     int resolve_kind;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "FastLaunch takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOnOiOOO:FastLaunch", &gate, &owner, &counter, &original,
-                          &slow, &stream_pos, &skip_attr, &resolve_kind, &resolve_obj,
-                          &resolve_name, &raw_reader))
+    if (!PyArg_ParseTuple(args, "OOOOOnOiOOOO:FastLaunch", &gate, &owner, &counter,
+                          &original, &slow, &stream_pos, &skip_attr, &resolve_kind,
+                          &resolve_obj, &resolve_name, &raw_reader, &current_reader))
         return NULL;
     if (stream_pos < 1 || resolve_kind < RESOLVE_NONE || resolve_kind > RESOLVE_METHOD_CALL ||
         !PyIter_Check(counter)) {
@@ -456,6 +517,7 @@ static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->resolve_obj = Py_NewRef(resolve_obj);
     self->resolve_name = Py_NewRef(resolve_name);
     self->raw_reader = Py_NewRef(raw_reader);
+    self->current_reader = Py_NewRef(current_reader);
     self->dict = NULL;
     self->stream_pos = stream_pos;
     self->resolve_kind = resolve_kind;
@@ -475,6 +537,7 @@ static int launch_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->resolve_obj);
     Py_VISIT(self->resolve_name);
     Py_VISIT(self->raw_reader);
+    Py_VISIT(self->current_reader);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -491,6 +554,7 @@ static int launch_clear(PyObject *op)
     Py_CLEAR(self->resolve_obj);
     Py_CLEAR(self->resolve_name);
     Py_CLEAR(self->raw_reader);
+    Py_CLEAR(self->current_reader);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -786,7 +850,7 @@ static int intern_all(void)
                  {&s_device_index, "device_index"}, {&s_main_engine, "main_engine"},
                  {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
-                 {&s_get_device, "get_device"}};
+                 {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)

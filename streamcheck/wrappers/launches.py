@@ -194,7 +194,7 @@ def make(original):
     make = namespace["make"]
     compiled = _compiled_maker(gate, owner, counter, make, original, resolve, names or {},
                                skip_expr, fixed_device and bool(getattr(cls, "__dictoffset__", 0)),
-                               current_raw_stream)
+                               current_raw_stream, current_of_device)
     return registry.patch(cls, method, compiled or make)
 
 
@@ -204,7 +204,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
 def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[[Any], Any],
                     original: Any, resolve: Callable[[Any], Any] | str | None,
                     names: dict[str, Any], skip_expr: str, keeps_device: bool,
-                    current_raw_stream: Callable[[int], int] | None
+                    current_raw_stream: Callable[[int], int] | None,
+                    current_of_device: Callable[[int], CurrentStreamTuple] | None
                     ) -> Callable[[Any], Any] | None:
     """A maker of the compiled wrapper (``_speedups.FastLaunch``) around the generated one, or
     None where the compiled fast path does not apply (not built or not chosen, no ``stream``
@@ -235,7 +236,8 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
 
     def make(original: Any) -> Any:
         launch = compiled.FastLaunch(gate, owner, counter, original, python_make(original),
-                                     stream_pos, skip_attr, kind, holder, name, raw)
+                                     stream_pos, skip_attr, kind, holder, name, raw,
+                                     current_of_device)
         functools.update_wrapper(launch, original)
         return launch
 

@@ -21,7 +21,7 @@ from streamcheck.core.modes import ConfigError
 CORES = ("auto", "compiled", "python")
 
 try:
-    from streamcheck import _speedups as _built
+    import streamcheck._speedups as _built
 except ImportError as exc:  # not built here
     _built: ModuleType | None = None  # type: ignore[no-redef]
     _missing = f"{type(exc).__name__}: {exc}"

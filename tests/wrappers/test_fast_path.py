@@ -150,7 +150,7 @@ def test_fast_path_agrees_with_the_rules(core, fixed_device, raw, engine_elsewhe
             mismatches.append(((sdev, sid), (cdev, cid), target, implicit, helper,
                                via_wrapper, direct))
     assert mismatches == []
-    assert aud.coverage.launches_by_op() == {"fake.all_reduce": calls}
+    assert aud.coverage.launches_by_op()["fake.all_reduce"] == calls
     assert threading.active_count() >= 1
 
 

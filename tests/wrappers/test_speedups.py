@@ -113,7 +113,7 @@ def test_a_compiled_wrapper_is_a_method_with_the_original_signature(monkeypatch)
     for _ in range(2):  # the first call keeps the device on the communicator
         assert comm.all_reduce(None) is comm.cached  # the keyword-only stream, passed on
         assert Comm.all_reduce(comm, None, stream=comm.cached) is comm.cached
-    assert aud.coverage.launches_by_op() == {"c.all_reduce": 4}
+    assert aud.coverage.launches_by_op()["c.all_reduce"] == 4
     assert aud.findings() == []
     installer.uninstall()
     assert Comm.__dict__["all_reduce"] is original
@@ -222,4 +222,41 @@ def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(
     monkeypatch.setitem(READER_STATE, "sid", 0)
     assert in_thread(lambda: module.all_reduce(FakeTensor(0)))[0] == "done"
     assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
-    assert aud.coverage.launches_by_op() == {"dist.all_reduce": 3}
+    assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
+
+
+class CountingResolver:
+    """A communicator whose stream=None accessor counts its calls (torch.cuda.current_stream
+    costs microseconds: a wrapper must not ask twice)."""
+
+    asked = 0
+
+    def __init__(self) -> None:
+        self.device = 0
+
+    def _current(self):
+        type(self).asked += 1
+        return DEFAULT
+
+    def all_reduce(self, tensor, stream=None):
+        return stream
+
+
+DEFAULT = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)  # the legacy default
+
+
+def test_a_stream_none_launch_asks_for_its_stream_once(core):
+    """The main engine thread on the default stream (handle 0, which names a default stream on
+    every device, so the handle comparison cannot tell): still one accessor call per launch."""
+    aud = installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, CountingResolver, "all_reduce",
+                       "count.all_reduce", resolve="self._current()", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (0, 0, 1),
+                       current_raw_stream=lambda d: 0, fixed_device=True)
+    comm = CountingResolver()
+    comm.all_reduce(None)  # keeps the device on the communicator
+    CountingResolver.asked = 0
+    for _ in range(3):
+        assert comm.all_reduce(None) is DEFAULT
+    assert CountingResolver.asked == 3
+    assert aud.findings() == [] and aud.coverage.launches_by_op()["count.all_reduce"] == 4
