@@ -35,6 +35,31 @@ class DirectionStats:
 
 
 @dataclass
+class LoadTiming:
+    """Where a host-slab load's time goes: issuing it on the engine thread (Python and
+    torch calls), the device running it (its copies, checks and scatters, from CUDA timing
+    events), and from the end of the issue to its retirement (the device's time plus the wait
+    for the engine's next poll). Milliseconds, summed over ``loads``."""
+
+    loads: int = 0
+    issue_ms: float = 0.0
+    device_ms: float = 0.0
+    retire_ms: float = 0.0
+
+    def add(self, issue_ms: float, device_ms: float, retire_ms: float) -> None:
+        self.loads += 1
+        self.issue_ms += issue_ms
+        self.device_ms += device_ms
+        self.retire_ms += retire_ms
+
+    def averages(self) -> dict[str, float]:
+        n = max(self.loads, 1)
+        return {"slab_loads": self.loads, "load_issue_ms": round(self.issue_ms / n, 3),
+                "load_device_ms": round(self.device_ms / n, 3),
+                "load_retire_ms": round(self.retire_ms / n, 3)}
+
+
+@dataclass
 class ConnectorMetrics:
     save: DirectionStats = field(default_factory=DirectionStats)
     load: DirectionStats = field(default_factory=DirectionStats)
@@ -43,6 +68,8 @@ class ConnectorMetrics:
     failed_saves: int = 0
     failed_loads: int = 0
     hazards_stopped: int = 0
+    polls: int = 0
+    slab_load: LoadTiming = field(default_factory=LoadTiming)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self, pending: int = 0) -> dict[str, float | int]:
@@ -55,4 +82,5 @@ class ConnectorMetrics:
                 "lookup_hits": self.lookup_hits, "lookup_misses": self.lookup_misses,
                 "failed_saves": self.failed_saves, "failed_loads": self.failed_loads,
                 "hazards_stopped": self.hazards_stopped, "pending": pending,
+                "polls": self.polls, **self.slab_load.averages(),
             }

@@ -41,7 +41,7 @@ def _weights(words: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(words, dtype=torch.int64, device=device) * 2 + 1).unsqueeze(0)
 
 
-def block_sums(rows: torch.Tensor) -> torch.Tensor:
+def block_sums(rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """One 64-bit checksum per row: the sum of its words times odd position weights.
 
     Integer sums wrap modulo 2**64 and do not depend on the order of addition, so the device's
@@ -51,7 +51,7 @@ def block_sums(rows: torch.Tensor) -> torch.Tensor:
     words = rows.reshape(rows.shape[0], -1)
     if words.dtype != torch.int64:
         words = words.to(torch.int64)
-    return (words * _weights(words.shape[1], words.device)).sum(dim=1)
+    return torch.sum(words * _weights(words.shape[1], words.device), dim=1, out=out)
 
 
 def runs(slots: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -103,9 +103,12 @@ class HostSlab:
         self.sums[plane, index] = sums
         self.tags[plane, index] = tags
 
-    def holds(self, plane: int, slots: Sequence[int], tags: Sequence[int]) -> np.ndarray:
-        """Which of ``slots`` hold the block of the same position's tag."""
-        return self.tags[plane, list(slots)] == np.asarray(tags, dtype=np.int64)
+    def holds_all(self, planes: Sequence[int], slots: Sequence[int], tags: Sequence[int]
+                  ) -> np.ndarray:
+        """Which of ``slots`` hold the block of the same position's tag in every plane (one
+        array operation for a whole load, not one per plane)."""
+        found = self.tags[np.ix_(list(planes), list(slots))]
+        return (found == np.asarray(tags, dtype=np.int64)).all(axis=0)
 
     def stats(self) -> dict[str, int | float]:
         return {"blocks": int(np.count_nonzero(self.tags)), "capacity_blocks": self.capacity,

@@ -106,6 +106,8 @@ class SlabLoad:
     start: float
     nbytes: int
     error: str = ""  # why nothing was issued (every block then fails)
+    issued: float = 0.0  # perf_counter when the issue returned
+    began: Any = None  # a timing event recorded before the copies (CUDA)
     _failed: list[int] | None = None
 
     def failed(self) -> list[int]:
@@ -118,11 +120,16 @@ class SlabLoad:
             bad = [b for b, ok in zip(self.ids, verdicts, strict=True) if not ok]
             self._failed = self.missing + bad
             rt = self.runtime
-            seconds = time.perf_counter() - self.start
+            now = time.perf_counter()
+            seconds = now - self.start
+            device_ms = self.began.elapsed_time(self.done) if self.began is not None else 0.0
             with rt.metrics._lock:
                 good = self.nbytes * (len(self.ids) - len(bad)) // max(len(self.ids), 1)
                 rt.metrics.load.add(good, seconds)
                 rt.metrics.load.add_copy(good, seconds)
+                if self.issued:
+                    rt.metrics.slab_load.add((self.issued - self.start) * 1e3, device_ms,
+                                             (now - self.issued) * 1e3)
             self.keep = ()
         return self._failed
 
@@ -447,6 +454,8 @@ class ConnectorRuntime:
 
     def poll(self) -> PollResult:
         """What finished since the last poll (never blocks)."""
+        with self.metrics._lock:
+            self.metrics.polls += 1
         self._retire(self._issued, block=False)
         with self._lock:
             done, self._done = self._done, PollResult()
@@ -857,9 +866,7 @@ class ConnectorRuntime:
         slab = self.slab
         assert slab is not None
         start = time.perf_counter()
-        held = np.ones(len(block_ids), dtype=bool)
-        for plane in planes:
-            held &= slab.holds(plane, slots, tags)
+        held = slab.holds_all(planes, slots, tags)
         missing = [b for b, ok in zip(block_ids, held.tolist(), strict=True) if not ok]
         good = np.flatnonzero(held).tolist()
         if not good:
@@ -867,35 +874,41 @@ class ConnectorRuntime:
         ids = [block_ids[i] for i in good]
         slots = [slots[i] for i in good]
         spans = runs(slots)
-        expected = torch.from_numpy(np.stack([slab.sums[plane, slots] for plane in planes]))
+        expected = torch.from_numpy(slab.sums[np.ix_(planes, slots)])
         index = self._index(ids, stream)
         done = None
         keep: list[Any] = [index]
+        began = None
         if self.is_cuda:
             host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
             with torch.cuda.stream(stream):
-                ok = torch.ones(len(ids), dtype=torch.bool, device=self.device)
                 expected_dev = self._upload(expected, stream)
+                sums = torch.empty((len(planes), len(ids)), dtype=torch.int64,
+                                   device=self.device)
                 if ready is not None:
                     stream.wait_event(ready)  # the forward's reads come first
+                began = torch.cuda.Event(enable_timing=True)
+                began.record()
                 with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
                                         writes=self._blocksets(planes, ids)):
+                    # One buffer for every plane, in turn: made and used on ``stream``, each
+                    # plane's copy into it runs after the previous plane's scatter out of it,
+                    # and the caching allocator hands it out again only to work queued after.
+                    blocks = self._blocks(planes[0])
+                    arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,
+                                          device=self.device)
                     for i, plane in enumerate(planes):
                         blocks = self._blocks(plane)
-                        arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,
-                                              device=self.device)
                         for pos, first, count in spans:
                             arrived[pos:pos + count].copy_(
                                 slab.rows(plane, first, count, blocks.dtype), non_blocking=True)
-                        ok &= block_sums(arrived) == expected_dev[i]
+                        block_sums(arrived, out=sums[i])
                         blocks.index_copy_(0, index, arrived)
-                        # ``arrived`` is not kept: made and used on ``stream``, the caching
-                        # allocator hands its memory out again only to work queued after
-                        # this (keeping every plane's would hold a second copy of the load)
+                    ok = (sums == expected_dev).all(dim=0)  # every plane of a block checks out
                     host_ok.copy_(ok, non_blocking=True)
-                keep += [ok, expected_dev]
-                done = torch.cuda.Event()
+                keep += [ok, expected_dev, sums]
+                done = torch.cuda.Event(enable_timing=True)
                 done.record()
         else:
             host_ok = torch.ones(len(ids), dtype=torch.bool)
@@ -907,7 +920,8 @@ class ConnectorRuntime:
                 host_ok &= block_sums(arrived) == expected[i]
                 blocks.index_copy_(0, index, arrived)
         return SlabLoad(self, missing, ids, host_ok, done, tuple(keep), start,
-                        len(ids) * len(planes) * self.block_nbytes)
+                        len(ids) * len(planes) * self.block_nbytes,
+                        issued=time.perf_counter(), began=began)
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:
