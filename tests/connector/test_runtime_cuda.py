@@ -275,7 +275,7 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
     assert news.loads_done == {"r"} and news.failed_load_blocks == set()
     snap = rt.metrics.snapshot()  # where the load's time went
     assert snap["slab_loads"] == 1 and snap["polls"] >= 1
-    assert snap["load_device_ms"] > 0 and snap["load_retire_ms"] >= snap["load_device_ms"] * 0.5
+    assert snap["load_device_ms"] > 0 and snap["load_retire_ms"] > 0
     with torch.cuda.stream(compute):
         for plane in (0, 1):
             rt.wait_for_layer_load(plane)
