@@ -16,10 +16,11 @@ Cases:
     ``STREAMCHECK=assert`` and a report directory. Its tokens must equal ``ref_tp2``'s; every
     engine and worker process must leave a report; each worker must have audited pynccl and
     connector launches; no finding.
-``leak_plugin`` / ``leak_hook`` / ``leak_serve``
+``leak_plugin`` / ``leak_plugin_python`` / ``leak_hook`` / ``leak_serve``
     The 0.9-style global stream cache injected in every worker (``engine_connectors``), with the
-    audit turned on by the vLLM plugin (wheel), by the start-up hook alone (no entry points), and
-    under ``vllm serve``. The first pynccl collective must be stopped on every rank.
+    audit turned on by the vLLM plugin (wheel; with the compiled hooks where built, and with the
+    Python ones), by the start-up hook alone (no entry points), and under ``vllm serve``. The
+    first pynccl collective must be stopped on every rank.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -309,6 +310,9 @@ CASES: dict[str, dict[str, Any]] = {
                          "env": {"VLLM_BATCH_INVARIANT": "1"}, "ref": "inv_recompute"},
     "leak_plugin": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
                     "activation": "plugin", "model": "tiny"},
+    "leak_plugin_python": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
+                           "activation": "plugin", "model": "tiny",
+                           "env": {"STREAMCHECK_CORE": "python"}},
     "leak_hook": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
                   "activation": "hook", "model": "tiny"},
     "leak_serve": {"kind": "serve", "connector": "leaky", "extra": {"backend": "host"},
