@@ -427,6 +427,20 @@ def token_differences(tokens: dict[Any, list[list[int]]],
             f"of {len(tokens)} each; (pass, prompt, first differing token): {sorted(pairs)}"]
 
 
+def loads_exercised(stats: dict[str, Any]) -> list[str]:
+    """A connector case tests loads only if its loads ran: every load failing (a harness that
+    no longer fits the runtime, say) would also give the reference's tokens, by recomputing."""
+    problems = []
+    for rank, worker in enumerate(stats.get("workers", [])):
+        failed, calls = worker.get("failed_loads", 0), worker.get("load_calls")
+        if calls == 0 and failed:
+            problems.append(f"worker {rank}: {failed} loads failed and the fault injector saw "
+                            "none: the loads never ran")
+        elif worker.get("load_bytes", 0) == 0 and failed:
+            problems.append(f"worker {rank}: every load failed ({failed}); nothing was loaded")
+    return problems
+
+
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             ref: dict[str, Any] | None, wants_ref: bool = True) -> list[str]:
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
@@ -452,6 +466,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             problems.append("a worker audited no pynccl or no connector launch")
         if any(r["findings"] for r in rows):
             problems.append("findings in a correct run")
+        problems += loads_exercised(result.get("stats", {}))
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]

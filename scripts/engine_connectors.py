@@ -42,12 +42,12 @@ class FaultyConnector(StreamcheckConnector):
                 time.sleep(slow)
             return issue_save(job)
 
-        def load(job: Any) -> Any:
+        def load(job: Any, stream: Any) -> Any:
             loads[0] += 1
             if every and loads[0] % every == 0 and job.slots:
                 runtime.slab.data[job.layer, job.slots[0], 7] ^= 0x20  # one flipped bit
                 faults[0] += 1
-            return issue_load(job)
+            return issue_load(job, stream)
 
         issue_now = runtime.load_planes_now
 
