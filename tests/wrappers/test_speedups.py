@@ -260,3 +260,16 @@ def test_a_stream_none_launch_asks_for_its_stream_once(core):
         assert comm.all_reduce(None) is DEFAULT
     assert CountingResolver.asked == 3
     assert aud.findings() == [] and aud.coverage.launches_by_op()["count.all_reduce"] == 4
+
+
+def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
+    from streamcheck.doctor.environment import hooks_item
+
+    item = hooks_item()
+    assert item.name == "audit hooks"
+    assert item.value == ("compiled (streamcheck._speedups)" if speedups.built() else "Python")
+    monkeypatch.setattr(speedups, "_built", None)
+    monkeypatch.setattr(speedups, "_missing", "ModuleNotFoundError: no compiler at install")
+    monkeypatch.setattr(speedups, "_active", None)
+    item = hooks_item()
+    assert item.value == "Python" and item.ok is None and "no compiler" in item.detail
