@@ -40,6 +40,19 @@ def slab_runtime():
     rt.shutdown()
 
 
+def saved_then_cleared(rt, hashes: list[str], ids: list[int], slots: list[int]) -> list:
+    """Save ``ids`` of every layer into ``slots`` as group "g", wait for it, zero the KV
+    cache; returns the KV as it was (what a load must bring back)."""
+    src = [kv.clone() for kv in rt.kv_caches]
+    for layer in range(LAYERS):
+        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
+    rt.seal(["g"])
+    drain(rt)
+    for kv in rt.kv_caches:
+        kv.zero_()
+    return src
+
+
 def test_round_trip_through_the_slab_is_bit_exact(slab_runtime):
     rt, _ = slab_runtime
     src = [kv.clone() for kv in rt.kv_caches]
@@ -90,14 +103,8 @@ def test_a_sync_load_runs_on_the_calling_thread_and_names_its_failed_blocks(slab
     from streamcheck.connector.slab import key_tag
 
     rt, slab = slab_runtime
-    src = [kv.clone() for kv in rt.kv_caches]
     hashes, ids, slots = ["a", "b", "c"], [3, 7, 8], [4, 5, 6]
-    for layer in range(LAYERS):
-        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
-    rt.seal(["g"])
-    drain(rt)
-    for kv in rt.kv_caches:
-        kv.zero_()
+    src = saved_then_cleared(rt, hashes, ids, slots)
     tags = [key_tag(f"{h}.L0") for h in hashes]  # save_layer tags each plane by its key
     load = rt.load_planes_now([0], [20, 21, 22], slots, tags)
     assert rt.settle_now(load) == []
@@ -134,14 +141,8 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
     from streamcheck.connector.slab import key_tag
 
     rt, _ = slab_runtime
-    src = [kv.clone() for kv in rt.kv_caches]
     hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
-    for layer in range(LAYERS):
-        rt.save_layer("g", layer, ids, keys(hashes, layer), slots=slots)
-    rt.seal(["g"])
-    drain(rt)
-    for kv in rt.kv_caches:
-        kv.zero_()
+    src = saved_then_cleared(rt, hashes, ids, slots)
     held, entered = threading.Event(), threading.Event()
     issue_save = rt._slab_save
     issuers: list[str] = []
