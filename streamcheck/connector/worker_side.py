@@ -351,9 +351,9 @@ class ConnectorRuntime:
         Issued here, on the calling (engine) thread, on the runtime's load stream after the
         engine's stream as it is now, and retired by ``poll`` (the engine's ``get_finished``)
         once its event completed: the copies are the copy engine's work, so no thread needs
-        to wait for them. Handing the load to the worker thread instead made it take the GIL
-        back from the engine's busy loop after every torch call, up to one switch interval
-        (5 ms) each: in the engine, 13.4 GB/s where the same copies alone run at 35.6.
+        to wait for them. A worker thread in between adds a hand-over, its own wake-ups, and a
+        GIL hand-back after each of its torch calls while the engine's loop runs Python
+        (docs/measurements.md has the warm TTFT before and after, on different hosts).
         """
         if self.slab is None:
             raise ValueError("load_planes needs the host slab")
