@@ -15,7 +15,7 @@
  *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
- *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after, method)
+ *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after)
  *       Event.record and torch.distributed functions: the plain call goes straight to the
  *       original, every other one to the Python hook (see guarded_vectorcall).
  */
@@ -63,6 +63,8 @@ static int record_switch(PyObject *auditor, PyObject *stream, PyObject *via)
 {
     PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the caller of set_stream */
     PyFrameObject *outer = caller == NULL ? NULL : PyFrame_GetBack(caller);
+    if (outer == NULL && PyErr_Occurred())
+        return -1;
     PyObject *code1 = NULL, *lasti1 = NULL, *code2 = NULL, *lasti2 = NULL;
     PyObject *ident = NULL, *record = NULL, *fn = NULL, *result = NULL;
     int rc = -1;
@@ -103,7 +105,9 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
     else if (nargs == 0 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1 &&
              PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_stream) == 0)
         stream = args[0];
-    if (stream != NULL && stream != Py_None) {
+    if (stream == NULL) /* another call shape: the original's own error */
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (stream != Py_None) {
         PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
         if (auditor == NULL)
             return NULL;
@@ -112,7 +116,7 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
         if (bad)
             return NULL;
     }
-    return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    return PyObject_CallOneArg(self->original, stream); /* by position, as the Python hook */
 }
 
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -163,8 +167,6 @@ static void hook_dealloc(PyObject *op)
 }
 
 static PyMemberDef hook_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(SetStreamHook, vectorcall), READONLY, NULL},
-    {"__dictoffset__", T_PYSSIZET, offsetof(SetStreamHook, dict), READONLY, NULL},
     {NULL}};
 
 static PyGetSetDef dict_getset[] = {
@@ -198,6 +200,17 @@ typedef struct {
     int resolve_kind;
     vectorcallfunc vectorcall;
 } FastLaunch;
+
+/* Drop a pending Exception (the Python wrapper will meet it again and decide); keep the
+ * BaseException-only ones (KeyboardInterrupt, SystemExit), which no Python wrapper catches.
+ * 0: dropped (or none pending), -1: one is still set and must propagate. */
+static int drop_ordinary_error(void)
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
 
 /* 1: equal ints, 0: not (or not ints), -1: error */
 static int same_long(PyObject *a, PyObject *b)
@@ -417,8 +430,10 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
                 goto slow_clear;
             int nondefault = PyObject_IsTrue(value);
             Py_CLEAR(value);
-            if (nondefault != 1)
+            if (nondefault < 0)
                 goto slow_clear;
+            if (!nondefault)
+                goto slow;
         }
         if (count_launch(self) < 0)
             goto error;
@@ -465,7 +480,8 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
     Py_DECREF(target);
     return result;
 slow_clear:
-    PyErr_Clear();
+    if (drop_ordinary_error() < 0)
+        goto error;
 slow:
     Py_XDECREF(auditor);
     Py_XDECREF(target);
@@ -575,8 +591,6 @@ static PyObject *launch_descr_get(PyObject *op, PyObject *obj, PyObject *type)
 }
 
 static PyMemberDef launch_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastLaunch, vectorcall), READONLY, NULL},
-    {"__dictoffset__", T_PYSSIZET, offsetof(FastLaunch, dict), READONLY, NULL},
     {NULL}};
 
 static PyTypeObject FastLaunchType = {
@@ -600,8 +614,9 @@ static PyTypeObject FastLaunchType = {
 /* ---- GuardedCall: EventRecord and TensorCall ---------------------------------------- */
 
 /*
- * A callable (a method where `method` is set) that lets the plain call through to `original`
- * and hands every other one to `slow`, the Python hook, before anything runs:
+ * A callable (bound like a function where it is a class attribute) that lets the plain call
+ * through to `original` and hands every other one to `slow`, the Python hook, before
+ * anything runs:
  *
  *   EVENT_RECORD, Event.record(self, stream=None): plain when no clocks are live
  *     (auditor.ordering false) and the event is already bound to a device (its attribute
@@ -617,7 +632,7 @@ enum { EVENT_RECORD = 1, TENSOR_CALL = 2 };
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *dict;
-    int kind, method;
+    int kind;
     vectorcallfunc vectorcall;
 } GuardedCall;
 
@@ -634,8 +649,10 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
         goto error;
     int live = PyObject_IsTrue(ordering);
     Py_DECREF(ordering);
-    if (live != 0)
+    if (live < 0)
         goto error;
+    if (live)
+        return 0;
     PyObject *bound = PyObject_GetAttr(args[0], self->bound);
     if (bound == NULL)
         goto error;
@@ -653,8 +670,7 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
         goto error;
     return same;
 error:
-    PyErr_Clear();
-    return 0;
+    return drop_ordinary_error();
 }
 
 static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs)
@@ -667,7 +683,7 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssi
     long index = PyLong_Check(device) ? PyLong_AsLong(device) : -1;
     if (index < 0) {
         Py_DECREF(device);
-        goto error;
+        goto error; /* no exception for a CPU tensor (-1): nothing to drop */
     }
     PyObject *current = PyObject_CallOneArg(self->reader, device);
     Py_DECREF(device);
@@ -681,8 +697,7 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssi
     Py_DECREF(current);
     return plain;
 error:
-    PyErr_Clear();
-    return 0;
+    return drop_ordinary_error();
 }
 
 static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -693,24 +708,26 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
     if (auditor == NULL)
         return NULL;
-    int plain;
-    if (auditor == Py_None)
+    int plain, audited = auditor != Py_None;
+    if (!audited)
         plain = 1;
     else if (self->kind == EVENT_RECORD)
         plain = event_record_is_plain(self, auditor, args, nargs, kwnames);
     else
-        plain = auditor == self->owner && tensor_call_is_plain(self, args, nargs);
+        plain = auditor == self->owner ? tensor_call_is_plain(self, args, nargs) : 0;
     Py_DECREF(auditor);
+    if (plain < 0)
+        return NULL;
     if (!plain)
         return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
-    if (self->kind == TENSOR_CALL && auditor != Py_None) {
+    if (self->kind == TENSOR_CALL && audited) {
         PyObject *n = PyIter_Next(self->counter);
         if (n == NULL && PyErr_Occurred())
             return NULL;
         Py_XDECREF(n);
     }
     PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-    if (result == NULL || self->kind != EVENT_RECORD || auditor == Py_None)
+    if (result == NULL || self->kind != EVENT_RECORD || !audited)
         return result;
     /* The clocks may have gone live while the event was recorded (another thread's first
      * mark): the Python hook reads the flag after the record, so this does too. */
@@ -723,7 +740,10 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     Py_DECREF(auditor);
     int live = ordering == NULL ? 0 : PyObject_IsTrue(ordering);
     Py_XDECREF(ordering);
-    PyErr_Clear();
+    if (drop_ordinary_error() < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
     if (live == 1) {
         PyObject *done = PyObject_Vectorcall(self->after, args, nargs, NULL);
         if (done == NULL) {
@@ -738,13 +758,13 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
 static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after;
-    int kind, method;
+    int kind;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "GuardedCall takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "iOOOOOOOOp:GuardedCall", &kind, &gate, &owner, &counter,
-                          &original, &slow, &reader, &bound, &after, &method))
+    if (!PyArg_ParseTuple(args, "iOOOOOOOO:GuardedCall", &kind, &gate, &owner, &counter,
+                          &original, &slow, &reader, &bound, &after))
         return NULL;
     if ((kind != EVENT_RECORD && kind != TENSOR_CALL) ||
         (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
@@ -765,7 +785,6 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->after = Py_NewRef(after);
     self->dict = NULL;
     self->kind = kind;
-    self->method = method;
     self->vectorcall = guarded_vectorcall;
     return (PyObject *)self;
 }
@@ -809,14 +828,12 @@ static void guarded_dealloc(PyObject *op)
 
 static PyObject *guarded_descr_get(PyObject *op, PyObject *obj, PyObject *type)
 {
-    if (!((GuardedCall *)op)->method || obj == NULL || obj == Py_None)
+    if (obj == NULL || obj == Py_None)
         return Py_NewRef(op);
     return PyMethod_New(op, obj);
 }
 
 static PyMemberDef guarded_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(GuardedCall, vectorcall), READONLY, NULL},
-    {"__dictoffset__", T_PYSSIZET, offsetof(GuardedCall, dict), READONLY, NULL},
     {NULL}};
 
 static PyTypeObject GuardedCallType = {

@@ -99,7 +99,7 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                     warn_cannot_audit("Event.record", exc)
 
         hook = compiled.GuardedCall(compiled.EVENT_RECORD, gate, None, None, original, record,
-                                    thread_device, _BOUND, snapshot, True)
+                                    thread_device, _BOUND, snapshot)
         functools.update_wrapper(hook, original)
         return hook
 

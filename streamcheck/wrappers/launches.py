@@ -220,8 +220,9 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
     except (TypeError, ValueError):
         return None
     stream = params.get("stream")
-    if stream is None or stream.default is not None or stream.kind is stream.VAR_KEYWORD:
-        return None
+    if (stream is None or stream.default is not None
+            or stream.kind in (stream.VAR_KEYWORD, stream.POSITIONAL_ONLY)):
+        return None  # the resolved stream is passed on by keyword when it was left out
     positional = [n for n, p in params.items()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     stream_pos = positional.index("stream") if "stream" in positional else sys.maxsize

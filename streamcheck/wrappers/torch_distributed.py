@@ -66,7 +66,7 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
         # In C, a call whose first argument is a CUDA tensor and whose thread's current stream
         # there is not a default stream is counted and let through; every other, ``audited``.
         hook = compiled.GuardedCall(compiled.TENSOR_CALL, gate, owner_auditor, counter, original,
-                                    audited, reader, None, None, False)
+                                    audited, reader, None, None)
         functools.update_wrapper(hook, original)
         return hook
 

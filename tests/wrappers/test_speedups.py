@@ -273,3 +273,73 @@ def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
     monkeypatch.setattr(speedups, "_active", None)
     item = hooks_item()
     assert item.value == "Python" and item.ok is None and "no compiler" in item.detail
+
+
+class Interrupted:
+    """A communicator whose stream accessor is interrupted once (a Ctrl-C arrives once: a
+    hook that drops it and asks again never sees it again)."""
+
+    def __init__(self) -> None:
+        self.device = 0
+        self.interrupt = False
+
+    def _current(self):
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return STREAM
+
+    def all_reduce(self, tensor, stream=None):
+        return stream
+
+
+def test_an_interrupt_inside_a_hook_is_never_swallowed(core, monkeypatch):
+    """The hooks set aside what goes wrong while they read (an ``Exception``: the call goes
+    ahead, audited by the Python wrapper or unaudited with a warning); a KeyboardInterrupt or
+    SystemExit always reaches the caller, as it does through the Python hooks."""
+    installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, Interrupted, "all_reduce",
+                       "int.all_reduce", resolve="self._current()", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (5, 0, 1),
+                       current_raw_stream=lambda d: 5, fixed_device=True)
+    comm = Interrupted()
+    assert comm.all_reduce(None) is STREAM  # keeps the device on the communicator
+    comm.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        comm.all_reduce(None)
+    once = [True]
+
+    def interrupted_device() -> int:
+        if once.pop() if once else False:
+            raise KeyboardInterrupt
+        return 0
+
+    reader = StreamReader(current_stream=lambda d: (5, d, 1), current_device=interrupted_device)
+    hook_event_record(installer._registry, installer._gate, FakeEvent, reader)
+    event = FakeEvent()
+    event.device = SimpleNamespace(index=0)
+    event._streamcheck_event_device = 0  # bound already: the record reads the current device
+    with pytest.raises(KeyboardInterrupt):
+        event.record()
+
+
+class PositionalOnly:
+    def __init__(self) -> None:
+        self.device = 0
+
+    def all_reduce(self, tensor, stream=None, /):
+        return stream
+
+
+def test_a_positional_only_stream_parameter_keeps_the_python_wrapper(core):
+    """The compiled wrapper passes a resolved stream by keyword when the caller left it out,
+    which a positional-only parameter refuses: such a method keeps the Python wrapper."""
+    installer.install("record")
+    wrap_stream_method(installer._registry, installer._gate, PositionalOnly, "all_reduce",
+                       "po.all_reduce", resolve="self.cached", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (5, 0, 1),
+                       current_raw_stream=lambda d: Stream.cuda_stream, fixed_device=True)
+    assert type(PositionalOnly.__dict__["all_reduce"]).__name__ == "function"
+    comm = PositionalOnly()
+    comm.cached = Stream()
+    assert comm.all_reduce(None) is comm.cached and comm.all_reduce(None) is comm.cached
