@@ -35,7 +35,7 @@ static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *original, *via, *dict;
+    PyObject *gate, *original, *via, *dict, *weakrefs;
     vectorcallfunc vectorcall;
 } SetStreamHook;
 
@@ -162,6 +162,8 @@ static int hook_clear(PyObject *op)
 static void hook_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    if (((SetStreamHook *)op)->weakrefs != NULL)
+        PyObject_ClearWeakRefs(op);
     hook_clear(op);
     Py_TYPE(op)->tp_free(op);
 }
@@ -181,6 +183,7 @@ static PyTypeObject SetStreamHookType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(SetStreamHook, vectorcall),
     .tp_dictoffset = offsetof(SetStreamHook, dict),
+    .tp_weaklistoffset = offsetof(SetStreamHook, weakrefs), /* as a function can be weakly referenced */
     .tp_traverse = hook_traverse,
     .tp_clear = hook_clear,
     .tp_dealloc = hook_dealloc,
@@ -195,7 +198,7 @@ enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METH
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader, *dict;
+        *resolve_name, *raw_reader, *current_reader, *dict, *weakrefs;
     Py_ssize_t stream_pos;
     int resolve_kind;
     vectorcallfunc vectorcall;
@@ -578,6 +581,8 @@ static int launch_clear(PyObject *op)
 static void launch_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    if (((FastLaunch *)op)->weakrefs != NULL)
+        PyObject_ClearWeakRefs(op);
     launch_clear(op);
     Py_TYPE(op)->tp_free(op);
 }
@@ -603,6 +608,7 @@ static PyTypeObject FastLaunchType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(FastLaunch, vectorcall),
     .tp_dictoffset = offsetof(FastLaunch, dict),
+    .tp_weaklistoffset = offsetof(FastLaunch, weakrefs), /* as a function can be weakly referenced */
     .tp_descr_get = launch_descr_get,
     .tp_traverse = launch_traverse,
     .tp_clear = launch_clear,
@@ -631,7 +637,8 @@ enum { EVENT_RECORD = 1, TENSOR_CALL = 2 };
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *dict;
+    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *dict,
+        *weakrefs;
     int kind;
     vectorcallfunc vectorcall;
 } GuardedCall;
@@ -822,6 +829,8 @@ static int guarded_clear(PyObject *op)
 static void guarded_dealloc(PyObject *op)
 {
     PyObject_GC_UnTrack(op);
+    if (((GuardedCall *)op)->weakrefs != NULL)
+        PyObject_ClearWeakRefs(op);
     guarded_clear(op);
     Py_TYPE(op)->tp_free(op);
 }
@@ -848,6 +857,7 @@ static PyTypeObject GuardedCallType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(GuardedCall, vectorcall),
     .tp_dictoffset = offsetof(GuardedCall, dict),
+    .tp_weaklistoffset = offsetof(GuardedCall, weakrefs), /* as a function can be weakly referenced */
     .tp_descr_get = guarded_descr_get,
     .tp_traverse = guarded_traverse,
     .tp_clear = guarded_clear,

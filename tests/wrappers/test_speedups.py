@@ -8,6 +8,7 @@ setting. The compiled cases are skipped, and say so, where the extension is not 
 from __future__ import annotations
 
 import inspect
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,6 +116,7 @@ def test_a_compiled_wrapper_is_a_method_with_the_original_signature(monkeypatch)
         assert Comm.all_reduce(comm, None, stream=comm.cached) is comm.cached
     assert aud.coverage.launches_by_op()["c.all_reduce"] == 4
     assert aud.findings() == []
+    assert weakref.ref(wrapped)() is wrapped  # as a function, it can be weakly referenced
     installer.uninstall()
     assert Comm.__dict__["all_reduce"] is original
 
