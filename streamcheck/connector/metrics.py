@@ -37,24 +37,29 @@ class DirectionStats:
 @dataclass
 class LoadTiming:
     """Where a host-slab load's time goes: issuing it on the engine thread (Python and
-    torch calls), the device running it (its copies, checks and scatters, from CUDA timing
-    events), and from the end of the issue to its retirement (the device's time plus the wait
-    for the engine's next poll). Milliseconds, summed over ``loads``."""
+    torch calls); on the device, waiting for the engine's stream as it was at the issue (the
+    forward's reads of the blocks come first) and then running (copies, checks, scatters),
+    both from CUDA timing events; and from the end of the issue to its retirement (those two
+    plus the wait for the engine's next poll). Milliseconds, summed over ``loads``."""
 
     loads: int = 0
     issue_ms: float = 0.0
+    ready_wait_ms: float = 0.0
     device_ms: float = 0.0
     retire_ms: float = 0.0
 
-    def add(self, issue_ms: float, device_ms: float, retire_ms: float) -> None:
+    def add(self, issue_ms: float, ready_wait_ms: float, device_ms: float,
+            retire_ms: float) -> None:
         self.loads += 1
         self.issue_ms += issue_ms
+        self.ready_wait_ms += ready_wait_ms
         self.device_ms += device_ms
         self.retire_ms += retire_ms
 
     def averages(self) -> dict[str, float]:
         n = max(self.loads, 1)
         return {"slab_loads": self.loads, "load_issue_ms": round(self.issue_ms / n, 3),
+                "load_ready_wait_ms": round(self.ready_wait_ms / n, 3),
                 "load_device_ms": round(self.device_ms / n, 3),
                 "load_retire_ms": round(self.retire_ms / n, 3)}
 

@@ -107,7 +107,8 @@ class SlabLoad:
     nbytes: int
     error: str = ""  # why nothing was issued (every block then fails)
     issued: float = 0.0  # perf_counter when the issue returned
-    began: Any = None  # a timing event recorded before the copies (CUDA)
+    queued: Any = None  # a timing event recorded on the load stream before it waits (CUDA)
+    began: Any = None  # a timing event recorded after that wait, before the copies (CUDA)
     _failed: list[int] | None = None
 
     def failed(self) -> list[int]:
@@ -123,13 +124,14 @@ class SlabLoad:
             now = time.perf_counter()
             seconds = now - self.start
             device_ms = self.began.elapsed_time(self.done) if self.began is not None else 0.0
+            ready_ms = self.queued.elapsed_time(self.began) if self.queued is not None else 0.0
             with rt.metrics._lock:
                 good = self.nbytes * (len(self.ids) - len(bad)) // max(len(self.ids), 1)
                 rt.metrics.load.add(good, seconds)
                 rt.metrics.load.add_copy(good, seconds)
                 if self.issued:
-                    rt.metrics.slab_load.add((self.issued - self.start) * 1e3, device_ms,
-                                             (now - self.issued) * 1e3)
+                    rt.metrics.slab_load.add((self.issued - self.start) * 1e3, ready_ms,
+                                             device_ms, (now - self.issued) * 1e3)
             self.keep = ()
         return self._failed
 
@@ -878,13 +880,15 @@ class ConnectorRuntime:
         index = self._index(ids, stream)
         done = None
         keep: list[Any] = [index]
-        began = None
+        queued = began = None
         if self.is_cuda:
             host_ok = torch.empty(len(ids), dtype=torch.bool, pin_memory=True)
             with torch.cuda.stream(stream):
                 expected_dev = self._upload(expected, stream)
                 sums = torch.empty((len(planes), len(ids)), dtype=torch.int64,
                                    device=self.device)
+                queued = torch.cuda.Event(enable_timing=True)
+                queued.record()
                 if ready is not None:
                     stream.wait_event(ready)  # the forward's reads come first
                 began = torch.cuda.Event(enable_timing=True)
@@ -921,7 +925,7 @@ class ConnectorRuntime:
                 blocks.index_copy_(0, index, arrived)
         return SlabLoad(self, missing, ids, host_ok, done, tuple(keep), start,
                         len(ids) * len(planes) * self.block_nbytes,
-                        issued=time.perf_counter(), began=began)
+                        issued=time.perf_counter(), queued=queued, began=began)
 
     def _finish(self, job: _Job, ok: bool, error: str = "",
                 failed_blocks: Sequence[int] = ()) -> None:

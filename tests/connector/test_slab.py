@@ -164,9 +164,13 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
     tags = [key_tag(f"{h}.L0") for h in hashes]
     rt.load_planes("r", [0], [20, 21], slots, tags)
     assert issuers == [threading.current_thread().name]
+    polls = rt.metrics.polls
     done = rt.poll()
     assert done.loads_done == {"r"} and not done.failed_load_blocks
     assert torch.equal(rt.kv_caches[0][[20, 21]], src[0][ids])
+    snap = rt.metrics.snapshot()  # one slab load timed; no device on a CPU, so no device time
+    assert snap["slab_loads"] == 1 and snap["polls"] == polls + 1
+    assert snap["load_device_ms"] == snap["load_ready_wait_ms"] == 0
     held.set()
     rt.seal(["busy"])
     drain(rt)
