@@ -23,6 +23,7 @@ blocks of one layer-plane in consecutive slots are one contiguous region.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,6 +85,10 @@ class HostSlab:
                                 pin_memory=pin_memory)
         self.sums = np.zeros((planes, capacity), dtype=np.int64)
         self.tags = np.zeros((planes, capacity), dtype=np.int64)  # 0: holds nothing
+        # Saves (the worker thread) forget and commit slots while loads (the engine thread)
+        # read which slots hold what and their sums: one lock makes each of those one step,
+        # so a load never pairs one block's tag check with another block's sum.
+        self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -95,20 +100,26 @@ class HostSlab:
 
     def forget(self, plane: int, slots: Sequence[int]) -> None:
         """These slots are being overwritten: they hold nothing until the save completes."""
-        self.tags[plane, list(slots)] = 0
+        with self._lock:
+            self.tags[plane, list(slots)] = 0
 
     def commit(self, plane: int, slots: Sequence[int], tags: Sequence[int],
                sums: np.ndarray) -> None:
         index = list(slots)
-        self.sums[plane, index] = sums
-        self.tags[plane, index] = tags
+        with self._lock:
+            self.sums[plane, index] = sums
+            self.tags[plane, index] = tags
 
-    def holds_all(self, planes: Sequence[int], slots: Sequence[int], tags: Sequence[int]
-                  ) -> np.ndarray:
-        """Which of ``slots`` hold the block of the same position's tag in every plane (one
-        array operation for a whole load, not one per plane)."""
-        found = self.tags[np.ix_(list(planes), list(slots))]
-        return (found == np.asarray(tags, dtype=np.int64)).all(axis=0)
+    def expect(self, planes: Sequence[int], slots: Sequence[int], tags: Sequence[int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``slots`` hold the block of the same position's tag in every plane, the
+        sums they hold: planes x slots), read in one step against saves. What a load then
+        copies is checked against these sums on the device: a slot overwritten after this
+        fails its block."""
+        index = np.ix_(list(planes), list(slots))
+        with self._lock:
+            found, sums = self.tags[index], self.sums[index]
+        return (found == np.asarray(tags, dtype=np.int64)).all(axis=0), sums
 
     def stats(self) -> dict[str, int | float]:
         return {"blocks": int(np.count_nonzero(self.tags)), "capacity_blocks": self.capacity,

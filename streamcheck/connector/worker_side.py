@@ -137,6 +137,18 @@ class SlabLoad:
 
 
 @dataclass
+class SlabLoadPlan:
+    """A slab load's first half, done at once: the blocks whose slots hold them (``ids`` in
+    ``slots``), the rest (``missing``), the sums their copies must match (planes x ids)."""
+
+    missing: list[int]
+    ids: list[int]
+    slots: list[int]
+    sums: Any  # numpy int64, planes x len(ids)
+    start: float  # perf_counter when the load began
+
+
+@dataclass
 class _GroupState:
     """The transfers of one save group or one request's load."""
 
@@ -210,7 +222,9 @@ class ConnectorRuntime:
         # plane -> (event after a load's last write, the block ids it wrote)
         self._layer_done: dict[int, list[tuple[Any, list[int]]]] = {}
         # slab loads issued by the engine thread itself (``load_planes``), retired by ``poll``
+        # (and ``shutdown``: the lock makes each retirement happen once, whoever calls)
         self._issued: deque[_InFlight] = deque()
+        self._issued_lock = threading.Lock()
         self._load_stream = (torch.cuda.Stream(self.device)
                              if self.is_cuda and self.slab is not None else None)
         self._ready = threading.Event()
@@ -369,9 +383,13 @@ class ConnectorRuntime:
             state = self._loads.setdefault(req_id, _GroupState(sealed=True))
             state.pending += 1
             state.queued += 1
+        if self._closed:  # nothing would ever retire it
+            self._finish(job, ok=False, error="the connector was shut down")
+            return
         issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream))
         if issued is not None:
-            self._issued.append(issued)
+            with self._issued_lock:
+                self._issued.append(issued)
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
@@ -458,7 +476,8 @@ class ConnectorRuntime:
         """What finished since the last poll (never blocks)."""
         with self.metrics._lock:
             self.metrics.polls += 1
-        self._retire(self._issued, block=False)
+        with self._issued_lock:
+            self._retire(self._issued, block=False)
         with self._lock:
             done, self._done = self._done, PollResult()
         return done
@@ -516,10 +535,13 @@ class ConnectorRuntime:
                         self._finish(job, ok=False, error="cancelled at shutdown")
             except queue.Empty:
                 pass
-        while self._issued:  # on the device already: they run to the end either way
-            self._retire(self._issued, block=True)
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        try:
+            with self._issued_lock:  # on the device already: they run to the end either way
+                while self._issued:
+                    self._retire(self._issued, block=True)
+        finally:  # the worker is told to stop even if waiting for the device failed
+            self._jobs.put(None)
+            self._thread.join(timeout)
         if self._thread.is_alive():
             # Closing the backend under a running transfer would fail it half-way; say so.
             raise TimeoutError(f"connector worker still busy after {timeout:.0f} s; the backend "
@@ -802,13 +824,16 @@ class ConnectorRuntime:
 
         return _InFlight(done, retire, job, tuple(keep))
 
-    def _slab_load(self, job: _Job, stream: Any) -> _InFlight | None:
+    def _slab_load(self, job: _Job, stream: Any, plan: SlabLoadPlan | None = None
+                   ) -> _InFlight | None:
         """An asynchronous load, issued on ``stream`` after the engine's stream as it was when
         the load was asked for (``job.ready``); the forward waits for it per layer
-        (``wait_for_layer_load``)."""
+        (``wait_for_layer_load``). ``plan``: which slots were found holding the blocks, made
+        earlier (default: now)."""
         planes = job.planes or [job.layer]
-        issued = self._issue_slab_load(planes, job.block_ids, job.slots, job.tags,
-                                       stream, job.ready)
+        if plan is None:
+            plan = self._plan_slab_load(planes, job.block_ids, job.slots, job.tags)
+        issued = self._launch_slab_load(planes, plan, stream, job.ready)
         if issued.done is None and not issued.ids:
             self._finish(job, ok=False, error=f"{len(issued.missing)} block(s) not in the slab",
                          failed_blocks=issued.missing)
@@ -865,18 +890,32 @@ class ConnectorRuntime:
         check every block's sum there, scatter into the KV cache. A block whose slot (in any
         plane) holds another block is not copied; one whose sum is wrong is reported failed
         (vLLM recomputes it, overwriting whatever landed in it)."""
+        return self._launch_slab_load(planes, self._plan_slab_load(planes, block_ids, slots,
+                                                                    tags), stream, ready)
+
+    def _plan_slab_load(self, planes: list[int], block_ids: list[int], slots: list[int],
+                        tags: list[int]) -> SlabLoadPlan:
+        """Which blocks' slots hold them in every plane, and the sums the copies must match,
+        read from the slab in one step against the worker's saves."""
         slab = self.slab
         assert slab is not None
         start = time.perf_counter()
-        held = slab.holds_all(planes, slots, tags)
+        held, sums = slab.expect(planes, slots, tags)
         missing = [b for b, ok in zip(block_ids, held.tolist(), strict=True) if not ok]
-        good = np.flatnonzero(held).tolist()
-        if not good:
+        good = np.flatnonzero(held)
+        return SlabLoadPlan(missing, [block_ids[i] for i in good.tolist()],
+                            [slots[i] for i in good.tolist()], sums[:, good], start)
+
+    def _launch_slab_load(self, planes: list[int], plan: SlabLoadPlan, stream: Any,
+                          ready: Any) -> SlabLoad:
+        """The copies, checks and scatters of ``plan`` (see :meth:`_issue_slab_load`)."""
+        slab = self.slab
+        assert slab is not None
+        missing, ids, slots, start = plan.missing, plan.ids, plan.slots, plan.start
+        if not ids:
             return SlabLoad(self, missing, [], None, None, (), start, 0)
-        ids = [block_ids[i] for i in good]
-        slots = [slots[i] for i in good]
         spans = runs(slots)
-        expected = torch.from_numpy(slab.sums[np.ix_(planes, slots)])
+        expected = torch.from_numpy(np.ascontiguousarray(plan.sums))
         index = self._index(ids, stream)
         done = None
         keep: list[Any] = [index]
@@ -896,14 +935,19 @@ class ConnectorRuntime:
                 with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
                                         writes=self._blocksets(planes, ids)):
-                    # One buffer for every plane, in turn: made and used on ``stream``, each
-                    # plane's copy into it runs after the previous plane's scatter out of it,
-                    # and the caching allocator hands it out again only to work queued after.
-                    blocks = self._blocks(planes[0])
-                    arrived = torch.empty((len(ids), blocks.shape[1]), dtype=blocks.dtype,
-                                          device=self.device)
+                    # One buffer for every plane of one word layout, in turn: made and used on
+                    # ``stream``, each plane's copy into it runs after the previous plane's
+                    # scatter out of it, and the caching allocator hands it out again only to
+                    # work queued after. (Planes can differ in word size: their alignment.)
+                    buffers: dict[tuple[torch.dtype, int], torch.Tensor] = {}
                     for i, plane in enumerate(planes):
                         blocks = self._blocks(plane)
+                        layout = (blocks.dtype, blocks.shape[1])
+                        arrived = buffers.get(layout)
+                        if arrived is None:
+                            arrived = buffers[layout] = torch.empty(
+                                (len(ids), blocks.shape[1]), dtype=blocks.dtype,
+                                device=self.device)
                         for pos, first, count in spans:
                             arrived[pos:pos + count].copy_(
                                 slab.rows(plane, first, count, blocks.dtype), non_blocking=True)

@@ -24,12 +24,22 @@ def collect() -> list[EnvItem]:
 def hooks_item() -> EnvItem:
     """Whether the audit's hottest hooks are compiled here (the Python ones cost more per
     stream switch and launch; the decisions are the same)."""
+    from streamcheck.core.modes import ConfigError
+    from streamcheck.settings import AuditSettings
     from streamcheck.wrappers import speedups
 
-    if speedups.built():
-        return EnvItem("audit hooks", "compiled (streamcheck._speedups)", True,
-                       "STREAMCHECK_CORE=python chooses the Python ones")
-    return EnvItem("audit hooks", "Python", None, speedups.describe())
+    try:
+        settings = AuditSettings.load()
+    except ConfigError as exc:
+        return EnvItem("audit hooks", "bad setting", False, str(exc))
+    if not speedups.built():
+        return EnvItem("audit hooks", "Python", None, speedups.describe())
+    if settings.core == "python":
+        return EnvItem("audit hooks", "Python (chosen)", None,
+                       f"the compiled ones are built; {settings.source_of('core')} chooses "
+                       "the Python ones")
+    return EnvItem("audit hooks", "compiled (streamcheck._speedups)", True,
+                   "STREAMCHECK_CORE=python chooses the Python ones")
 
 
 def python_item() -> EnvItem:

@@ -146,7 +146,7 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
     held, entered = threading.Event(), threading.Event()
     issue_save = rt._slab_save
     issuers: list[str] = []
-    issue_load = rt._issue_slab_load
+    issue_load = rt._launch_slab_load
 
     def slow_save(job):
         entered.set()
@@ -158,7 +158,7 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
         return issue_load(*args)
 
     monkeypatch.setattr(rt, "_slab_save", slow_save)
-    monkeypatch.setattr(rt, "_issue_slab_load", recorded_load)
+    monkeypatch.setattr(rt, "_launch_slab_load", recorded_load)
     rt.save_layer("busy", 0, [9], ["z.L0"], slots=[9])
     assert entered.wait(10)  # the worker thread is now held in that save
     tags = [key_tag(f"{h}.L0") for h in hashes]
@@ -174,3 +174,14 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
     held.set()
     rt.seal(["busy"])
     drain(rt)
+
+
+def test_a_slab_load_after_shutdown_fails_at_once(slab_runtime):
+    """Nothing retires a load issued after ``shutdown``: it is reported failed instead of
+    being left on the device unretired."""
+    rt, _ = slab_runtime
+    rt.shutdown()
+    rt.load_planes("late", [0], [1, 2], [3, 4], [5, 6])
+    done = rt.poll()
+    assert done.loads_done == {"late"} and done.failed_load_blocks == {1, 2}
+    assert rt.pending() == 0 and "shut down" in rt.last_error

@@ -270,6 +270,13 @@ def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
     item = hooks_item()
     assert item.name == "audit hooks"
     assert item.value == ("compiled (streamcheck._speedups)" if speedups.built() else "Python")
+    monkeypatch.setenv("STREAMCHECK_CORE", "python")
+    if speedups.built():
+        item = hooks_item()
+        assert item.value == "Python (chosen)" and "STREAMCHECK_CORE" in item.detail
+    monkeypatch.setenv("STREAMCHECK_CORE", "fastest")
+    assert hooks_item().ok is False and "fastest" in hooks_item().detail
+    monkeypatch.delenv("STREAMCHECK_CORE")
     monkeypatch.setattr(speedups, "_built", None)
     monkeypatch.setattr(speedups, "_missing", "ModuleNotFoundError: no compiler at install")
     monkeypatch.setattr(speedups, "_active", None)

@@ -117,10 +117,10 @@ class GatedBackend:
 
 class HeldTransfer:
     """A CPU stand-in for a slab load still in flight on the device. The engine thread issues
-    slab loads itself and polls their event; a device copy reads the slab when it runs, not
-    when it is issued. So the transfer runs (``issue``) when the gate is open and the event is
-    asked about (``query``/``synchronize``), and until then the load is in flight: the request
-    stays parked, and the store can change under it."""
+    slab loads itself and polls their event: the slots and sums are read at the issue, but a
+    device copy reads the slab's bytes when it runs. So the copies run (``issue``) when the
+    gate is open and the event is asked about (``query``/``synchronize``), and until then the
+    load is in flight: the request stays parked, and the slab's bytes can change under it."""
 
     def __init__(self, gate: threading.Event, issue: Callable[[], Any]) -> None:
         self.gate, self.issue = gate, issue
@@ -167,11 +167,15 @@ class GatedSlab(GatedBackend):
                 raise RuntimeError("injected save failure")
             return issue_save(job)
 
-        def gated_load(job: Any, stream: Any) -> Any:
+        def gated_load(job: Any, stream: Any, plan: Any = None) -> Any:
             from streamcheck.connector.worker_side import _InFlight
 
+            # As the runtime does at the issue: which slots hold the blocks, and their sums,
+            # now; the copies (which read the slab) when the "device" runs them.
+            planes = job.planes or [job.layer]
+            plan = plan or runtime._plan_slab_load(planes, job.block_ids, job.slots, job.tags)
             held = HeldTransfer(self.load_gate, lambda: runtime._run_job(
-                job, lambda: issue_load(job, stream)))
+                job, lambda: issue_load(job, stream, plan)))
             return _InFlight(held, held.retire, job)
 
         runtime._slab_save, runtime._slab_load = gated_save, gated_load

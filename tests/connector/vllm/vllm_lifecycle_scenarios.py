@@ -146,6 +146,17 @@ def corrupt(eng: Engine, key: str) -> None:
         client.set(name, bytes(data))
 
 
+def drop(eng: Engine, keys: list[str]) -> None:
+    """The store drops these blocks. In the host slab a dropped slot is then written by
+    another save: a load issued before the drop read which slots hold what at its issue, and
+    its copies read the slot's bytes when they run, so the bytes change under it (a drop alone
+    leaves them intact, and they are served, rightly)."""
+    if eng.backend.inner.name == "host":
+        for key in keys:
+            eng.backend.corrupt(key)
+    eng.backend.delete(keys)
+
+
 def load_failure(extra: dict[str, Any]) -> Facts:
     """Blocks deleted or corrupted between lookup and load: reported, recomputed, never read."""
     eng, facts = Engine(extra), {}
@@ -154,7 +165,7 @@ def load_failure(extra: dict[str, Any]) -> Facts:
     eng.add("A", prompt, max_tokens=2)
     eng.drain()
     for name, damage, bad_block in (
-        ("deleted", lambda: eng.backend.delete([f"{hashes[2]}.L{p}" for p in range(4)]), 2),
+        ("deleted", lambda: drop(eng, [f"{hashes[2]}.L{p}" for p in range(4)]), 2),
         ("corrupt", lambda: corrupt(eng, f"{hashes[1]}.L2"), 1),
     ):
         req = f"B-{name}"
