@@ -31,6 +31,45 @@
 static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
     *s_stream, *s_device_attr, *s_stream_id;
 
+/* ---- what the three types share ------------------------------------------------------ */
+
+/* Each type keeps its object fields one after another, from `first` to `last` (its __dict__),
+ * and a weak-reference list after them: the GC visits and clears that run of fields, and
+ * deallocation clears weak references first, as for a function. */
+#define OBJECT_FIELDS(prefix, Type, first, last)                                              \
+    static const size_t prefix##_nfields =                                                      \
+        (offsetof(Type, last) - offsetof(Type, first)) / sizeof(PyObject *) + 1;                \
+    static int prefix##_traverse(PyObject *op, visitproc visit, void *arg)                     \
+    {                                                                                           \
+        PyObject **field = &((Type *)op)->first;                                                \
+        for (size_t i = 0; i < prefix##_nfields; i++)                                           \
+            Py_VISIT(field[i]);                                                                 \
+        return 0;                                                                               \
+    }                                                                                           \
+    static int prefix##_clear(PyObject *op)                                                     \
+    {                                                                                           \
+        PyObject **field = &((Type *)op)->first;                                                \
+        for (size_t i = 0; i < prefix##_nfields; i++)                                           \
+            Py_CLEAR(field[i]);                                                                 \
+        return 0;                                                                               \
+    }                                                                                           \
+    static void prefix##_dealloc(PyObject *op)                                                  \
+    {                                                                                           \
+        PyObject_GC_UnTrack(op);                                                                \
+        if (((Type *)op)->weakrefs != NULL)                                                     \
+            PyObject_ClearWeakRefs(op);                                                         \
+        prefix##_clear(op);                                                                     \
+        Py_TYPE(op)->tp_free(op);                                                               \
+    }
+
+/* A method on a class: bound to the instance like a function. */
+static PyObject *bind_as_method(PyObject *op, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(op);
+    return PyMethod_New(op, obj);
+}
+
 /* ---- SetStreamHook ------------------------------------------------------------------- */
 
 typedef struct {
@@ -139,37 +178,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int hook_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    SetStreamHook *self = (SetStreamHook *)op;
-    Py_VISIT(self->gate);
-    Py_VISIT(self->original);
-    Py_VISIT(self->via);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int hook_clear(PyObject *op)
-{
-    SetStreamHook *self = (SetStreamHook *)op;
-    Py_CLEAR(self->gate);
-    Py_CLEAR(self->original);
-    Py_CLEAR(self->via);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void hook_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    if (((SetStreamHook *)op)->weakrefs != NULL)
-        PyObject_ClearWeakRefs(op);
-    hook_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyMemberDef hook_members[] = {
-    {NULL}};
+OBJECT_FIELDS(hook, SetStreamHook, gate, dict)
 
 static PyGetSetDef dict_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL}, {NULL}};
@@ -187,7 +196,6 @@ static PyTypeObject SetStreamHookType = {
     .tp_traverse = hook_traverse,
     .tp_clear = hook_clear,
     .tp_dealloc = hook_dealloc,
-    .tp_members = hook_members,
     .tp_getset = dict_getset,
 };
 
@@ -544,59 +552,7 @@ static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int launch_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    FastLaunch *self = (FastLaunch *)op;
-    Py_VISIT(self->gate);
-    Py_VISIT(self->owner);
-    Py_VISIT(self->counter);
-    Py_VISIT(self->original);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->skip_attr);
-    Py_VISIT(self->resolve_obj);
-    Py_VISIT(self->resolve_name);
-    Py_VISIT(self->raw_reader);
-    Py_VISIT(self->current_reader);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int launch_clear(PyObject *op)
-{
-    FastLaunch *self = (FastLaunch *)op;
-    Py_CLEAR(self->gate);
-    Py_CLEAR(self->owner);
-    Py_CLEAR(self->counter);
-    Py_CLEAR(self->original);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->skip_attr);
-    Py_CLEAR(self->resolve_obj);
-    Py_CLEAR(self->resolve_name);
-    Py_CLEAR(self->raw_reader);
-    Py_CLEAR(self->current_reader);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void launch_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    if (((FastLaunch *)op)->weakrefs != NULL)
-        PyObject_ClearWeakRefs(op);
-    launch_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-/* A method on a class: bound to the instance like a function. */
-static PyObject *launch_descr_get(PyObject *op, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None)
-        return Py_NewRef(op);
-    return PyMethod_New(op, obj);
-}
-
-static PyMemberDef launch_members[] = {
-    {NULL}};
+OBJECT_FIELDS(launch, FastLaunch, gate, dict)
 
 static PyTypeObject FastLaunchType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.FastLaunch",
@@ -609,11 +565,10 @@ static PyTypeObject FastLaunchType = {
     .tp_vectorcall_offset = offsetof(FastLaunch, vectorcall),
     .tp_dictoffset = offsetof(FastLaunch, dict),
     .tp_weaklistoffset = offsetof(FastLaunch, weakrefs), /* as a function can be weakly referenced */
-    .tp_descr_get = launch_descr_get,
+    .tp_descr_get = bind_as_method,
     .tp_traverse = launch_traverse,
     .tp_clear = launch_clear,
     .tp_dealloc = launch_dealloc,
-    .tp_members = launch_members,
     .tp_getset = dict_getset,
 };
 
@@ -796,54 +751,7 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int guarded_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    GuardedCall *self = (GuardedCall *)op;
-    Py_VISIT(self->gate);
-    Py_VISIT(self->owner);
-    Py_VISIT(self->counter);
-    Py_VISIT(self->original);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->reader);
-    Py_VISIT(self->bound);
-    Py_VISIT(self->after);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int guarded_clear(PyObject *op)
-{
-    GuardedCall *self = (GuardedCall *)op;
-    Py_CLEAR(self->gate);
-    Py_CLEAR(self->owner);
-    Py_CLEAR(self->counter);
-    Py_CLEAR(self->original);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->reader);
-    Py_CLEAR(self->bound);
-    Py_CLEAR(self->after);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void guarded_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    if (((GuardedCall *)op)->weakrefs != NULL)
-        PyObject_ClearWeakRefs(op);
-    guarded_clear(op);
-    Py_TYPE(op)->tp_free(op);
-}
-
-static PyObject *guarded_descr_get(PyObject *op, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None)
-        return Py_NewRef(op);
-    return PyMethod_New(op, obj);
-}
-
-static PyMemberDef guarded_members[] = {
-    {NULL}};
+OBJECT_FIELDS(guarded, GuardedCall, gate, dict)
 
 static PyTypeObject GuardedCallType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.GuardedCall",
@@ -858,11 +766,10 @@ static PyTypeObject GuardedCallType = {
     .tp_vectorcall_offset = offsetof(GuardedCall, vectorcall),
     .tp_dictoffset = offsetof(GuardedCall, dict),
     .tp_weaklistoffset = offsetof(GuardedCall, weakrefs), /* as a function can be weakly referenced */
-    .tp_descr_get = guarded_descr_get,
+    .tp_descr_get = bind_as_method,
     .tp_traverse = guarded_traverse,
     .tp_clear = guarded_clear,
     .tp_dealloc = guarded_dealloc,
-    .tp_members = guarded_members,
     .tp_getset = dict_getset,
 };
 

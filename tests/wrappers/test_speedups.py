@@ -352,3 +352,26 @@ def test_a_positional_only_stream_parameter_keeps_the_python_wrapper(core):
     comm = PositionalOnly()
     comm.cached = Stream()
     assert comm.all_reduce(None) is comm.cached and comm.all_reduce(None) is comm.cached
+
+
+@needs_build
+def test_compiled_hooks_in_a_reference_cycle_are_collected():
+    """Each compiled type lets the GC see and clear its references (a hook whose __dict__
+    refers back to it, as ``functools.update_wrapper`` data may)."""
+    import gc
+
+    from streamcheck import _speedups as compiled
+
+    gate = SimpleNamespace(auditor=None)
+    hooks = [compiled.SetStreamHook(gate, print, "via"),
+             compiled.FastLaunch(gate, None, iter(()), print, print, 2, None, 0, None, None,
+                                 None, None),
+             compiled.GuardedCall(compiled.EVENT_RECORD, gate, None, None, print, print, print,
+                                  "bound", print)]
+    refs = []
+    for hook in hooks:
+        hook.me = hook
+        refs.append(weakref.ref(hook))
+    del hooks, hook
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
