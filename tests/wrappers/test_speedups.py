@@ -267,6 +267,7 @@ def test_a_stream_none_launch_asks_for_its_stream_once(core):
 def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
     from streamcheck.doctor.environment import hooks_item
 
+    monkeypatch.delenv("STREAMCHECK_CORE", raising=False)  # the default: compiled where built
     item = hooks_item()
     assert item.name == "audit hooks"
     assert item.value == ("compiled (streamcheck._speedups)" if speedups.built() else "Python")
