@@ -40,13 +40,27 @@ class LoadTiming:
     torch calls); on the device, waiting for the engine's stream as it was at the issue (the
     forward's reads of the blocks come first) and then running (copies, checks, scatters),
     both from CUDA timing events; and from the end of the issue to its retirement (those two
-    plus the wait for the engine's next poll). Milliseconds, summed over ``loads``."""
+    plus the wait for the engine's next poll). Milliseconds, summed over ``loads``.
+
+    Which of the two ends a load's wait, the device or the engine's polling, shows in
+    ``first_poll_ms`` (the end of the issue to the first poll that looked at the load) and
+    ``polls_waiting`` (polls that found it still running): a late first poll and none
+    waiting is the engine's step cadence; many waiting polls is the device."""
 
     loads: int = 0
     issue_ms: float = 0.0
     ready_wait_ms: float = 0.0
     device_ms: float = 0.0
     retire_ms: float = 0.0
+    polled_loads: int = 0
+    first_poll_ms: float = 0.0
+    polls_waiting: int = 0
+
+    def polled(self, first_poll_ms: float, polls_waiting: int) -> None:
+        """A load retired by polls: when the first came, and how many found it running."""
+        self.polled_loads += 1
+        self.first_poll_ms += first_poll_ms
+        self.polls_waiting += polls_waiting
 
     def add(self, issue_ms: float, ready_wait_ms: float, device_ms: float,
             retire_ms: float) -> None:
@@ -61,7 +75,9 @@ class LoadTiming:
         return {"slab_loads": self.loads, "load_issue_ms": round(self.issue_ms / n, 3),
                 "load_ready_wait_ms": round(self.ready_wait_ms / n, 3),
                 "load_device_ms": round(self.device_ms / n, 3),
-                "load_retire_ms": round(self.retire_ms / n, 3)}
+                "load_retire_ms": round(self.retire_ms / n, 3),
+                "load_first_poll_ms": round(self.first_poll_ms / max(self.polled_loads, 1), 3),
+                "load_polls_waiting": round(self.polls_waiting / max(self.polled_loads, 1), 2)}
 
 
 @dataclass

@@ -88,6 +88,9 @@ class _InFlight:
     retire: Callable[[], None]
     job: _Job
     keep: tuple[Any, ...] = ()  # device buffers the copies still read or write
+    issued_at: float = 0.0  # perf_counter when an engine-thread issue returned (0: untimed)
+    first_poll: float = 0.0  # perf_counter of the first poll that looked at it
+    polls_waiting: int = 0  # polls that found it still running on the device
 
 
 @dataclass
@@ -611,12 +614,19 @@ class ConnectorRuntime:
         waiting for it, when ``block``)."""
         while in_flight:
             head = in_flight[0]
+            if head.issued_at and not head.first_poll:
+                head.first_poll = time.perf_counter()
             if head.done is not None and not head.done.query():
                 if not block:
+                    head.polls_waiting += 1
                     return
                 head.done.synchronize()
             in_flight.popleft()
             block = False
+            if head.issued_at:
+                with self.metrics._lock:
+                    self.metrics.slab_load.polled((head.first_poll - head.issued_at) * 1e3,
+                                                  head.polls_waiting)
             try:
                 head.retire()
             except Exception as exc:
@@ -848,7 +858,7 @@ class ConnectorRuntime:
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)
 
-        return _InFlight(issued.done, retire, job, issued.keep)
+        return _InFlight(issued.done, retire, job, issued.keep, issued_at=issued.issued)
 
     def load_planes_now(self, planes: Sequence[int], block_ids: Sequence[int],
                         slots: Sequence[int], tags: Sequence[int]) -> SlabLoad:

@@ -277,6 +277,7 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
     assert snap["slab_loads"] == 1 and snap["polls"] >= 1
     assert snap["load_device_ms"] > 0 and snap["load_retire_ms"] > 0
     assert snap["load_ready_wait_ms"] > 0  # the engine's stream was busy (the sleep above)
+    assert snap["load_polls_waiting"] >= 1  # ``settle`` polled while the sleep ran
     with torch.cuda.stream(compute):
         for plane in (0, 1):
             rt.wait_for_layer_load(plane)

@@ -176,6 +176,45 @@ def test_an_async_slab_load_is_issued_by_the_caller_and_retired_by_poll(slab_run
     drain(rt)
 
 
+def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkeypatch):
+    """A load's wait is the device's or the engine's polling: the metrics say which, with
+    the time from the issue to the first poll and the polls that found the load running."""
+    from streamcheck.connector.slab import key_tag
+
+    class Pending:
+        """A completion event that is still running for the first ``n`` queries."""
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def query(self) -> bool:
+            self.n -= 1
+            return self.n < 0
+
+        def synchronize(self) -> None:
+            self.n = -1
+
+    rt, _ = slab_runtime
+    hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
+    saved_then_cleared(rt, hashes, ids, slots)
+    issue_load = rt._launch_slab_load
+
+    def still_running(*args):
+        load = issue_load(*args)
+        load.done = Pending(2)
+        return load
+
+    monkeypatch.setattr(rt, "_launch_slab_load", still_running)
+    rt.load_planes("r", [0], [20, 21], slots, [key_tag(f"{h}.L0") for h in hashes])
+    assert rt.poll().loads_done == set()
+    assert rt.poll().loads_done == set()
+    assert rt.poll().loads_done == {"r"}
+    snap = rt.metrics.snapshot()
+    assert snap["load_polls_waiting"] == 2 and snap["load_first_poll_ms"] >= 0
+    assert snap["load_retire_ms"] >= snap["load_first_poll_ms"]
+    drain(rt)
+
+
 def test_a_slab_load_after_shutdown_fails_at_once(slab_runtime):
     """Nothing retires a load issued after ``shutdown``: it is reported failed instead of
     being left on the device unretired."""
