@@ -323,7 +323,7 @@ CASES: dict[str, dict[str, Any]] = {
     "ttft_offloading": {"kind": "ttft", "connector": "offloading",
                         "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
     "ttft_sc_host": {"kind": "ttft", "connector": "sc",
-                     "extra": {"backend": "host", "capacity_blocks": 2048},
+                     "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000},
                      "activation": "plugin"},
     "ttft_sc_host_sync": {"kind": "ttft", "connector": "sc",
                           "extra": {"backend": "host", "capacity_blocks": 2048, "load": "sync"},

@@ -41,6 +41,7 @@ class ConnectorConfig:
     staging_blocks: int = 256
     streamcheck: Mode = Mode.ASSERT
     load: str = "auto"
+    trace: int = 0  # records of the connector's timeline to keep (0: none; ``timeline``)
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None) -> ConnectorConfig:
@@ -63,6 +64,12 @@ class ConnectorConfig:
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"{source}[{key!r}]={value!r}: must be a positive integer")
                 values[key] = value
+        if "trace" in extra:
+            value = extra["trace"]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{source}['trace']={value!r}: must be an integer >= 0 "
+                                 "(records of the timeline to keep)")
+            values["trace"] = value
         if "load" in extra:
             if extra["load"] not in LOAD_MODES:
                 raise ValueError(f"{source}['load']={extra['load']!r}: choose {LOAD_MODES}")

@@ -52,6 +52,7 @@ from streamcheck.connector.keys import layer_key
 from streamcheck.connector.placement import Placement
 from streamcheck.connector.scheduler_side import SchedulerSide, StepMeta
 from streamcheck.connector.slab import key_tag
+from streamcheck.connector.timeline import Timeline
 from streamcheck.connector.worker_side import ConnectorRuntime, SlabLoad
 
 
@@ -132,6 +133,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.config = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
+        self.timeline = Timeline(self.config.trace)
         source = _cache_hit_source(self.config.backend)
         if source is not None:
             self._cache_hit_source = source
@@ -237,6 +239,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self.runtime = ConnectorRuntime(self.config.make_backend(nbytes, len(planes)), planes,
                                         device, staging_blocks=self.config.staging_blocks,
                                         hold_saves=True)
+        self.runtime.timeline = self.timeline
 
     def block_key(self, block_hash: str, plane: int) -> str:
         """The store key of one plane of one block, as this worker saves and loads it."""
@@ -276,6 +279,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         assert self.runtime is not None
+        self.timeline.note("start_load_kv", len(self._meta().loads))
         for plan in self._meta().loads:
             blocks = dict(zip(plan.block_ids, plan.hashes, strict=True))
             if self.runtime.slab is not None and self.config.sync_loads:
@@ -301,6 +305,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
                       **kwargs: Any) -> None:
         assert self.runtime is not None
+        self.timeline.note("save_kv_layer", layer_name)
         planes = self._layers.get(layer_name, ())
         slab = self.runtime.slab is not None
         for plan in self._meta().saves:
@@ -324,6 +329,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         sync loads: a request whose load failed computed this step from wrong KV, so its
         saves of this step are dropped before they are issued, never committed."""
         assert self.runtime is not None
+        self.timeline.note("wait_for_save", len(self._meta().saves))
         self._settle_sync_loads()
         plans = self._meta().saves
         for plan in plans:
@@ -375,6 +381,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
         sending = {r for r in self._finishing if r not in self._req_groups}
         self._finishing -= sending
         recving, self._recving = self._recving, set()
+        if recving:
+            self.timeline.note("loads.reported", len(recving))
         return sending or None, recving or None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
@@ -389,9 +397,13 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def get_kv_connector_stats(self) -> Any:
         return None
 
-    def metrics(self) -> dict[str, float | int]:
+    def metrics(self) -> dict[str, Any]:
+        """The runtime's metrics, and the timeline's records when ``trace`` keeps any."""
         assert self.runtime is not None
-        return self.runtime.metrics.snapshot(self.runtime.pending())
+        snapshot: dict[str, Any] = dict(self.runtime.metrics.snapshot(self.runtime.pending()))
+        if self.timeline.on:
+            snapshot["timeline"] = self.timeline.records()
+        return snapshot
 
     def shutdown(self) -> None:
         if self.runtime is not None:

@@ -55,6 +55,7 @@ import streamcheck
 from streamcheck.connector.backends.base import KVBackend, TransferResult, TransferState
 from streamcheck.connector.metrics import ConnectorMetrics
 from streamcheck.connector.slab import HostSlab, block_sums, key_tag, runs
+from streamcheck.connector.timeline import Timeline
 from streamcheck.wrappers.user_launch import BlockSet
 
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
@@ -216,6 +217,7 @@ class ConnectorRuntime:
             raise ValueError("staging_blocks must be >= 1")
         self.staging_blocks = staging_blocks
         self.metrics = ConnectorMetrics()
+        self.timeline = Timeline()  # off; the vLLM connector sets its own (``trace``)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._saves: dict[str, _GroupState] = {}
@@ -389,10 +391,12 @@ class ConnectorRuntime:
         if self._closed:  # nothing would ever retire it
             self._finish(job, ok=False, error="the connector was shut down")
             return
+        self.timeline.note("load.issue", req_id)
         issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream))
         if issued is not None:
             with self._issued_lock:
                 self._issued.append(issued)
+        self.timeline.note("load.issued", req_id)
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
@@ -480,6 +484,7 @@ class ConnectorRuntime:
         with self.metrics._lock:
             self.metrics.polls += 1
         with self._issued_lock:
+            self.timeline.note("poll", len(self._issued))
             self._retire(self._issued, block=False)
         with self._lock:
             done, self._done = self._done, PollResult()
@@ -579,9 +584,11 @@ class ConnectorRuntime:
                 while in_flight:
                     self._retire(in_flight, block=True)
                 return
+            self.timeline.note("job", f"{job.kind} {job.group}")
             issued = self._run_job(job, lambda job=job: self._do_job(job))
             if issued is not None:
                 in_flight.append(issued)
+            self.timeline.note("job.issued", job.group)
             self._retire(in_flight, block=len(in_flight) > MAX_IN_FLIGHT)
 
     def _do_job(self, job: _Job) -> _InFlight | None:
@@ -623,6 +630,7 @@ class ConnectorRuntime:
                 head.done.synchronize()
             in_flight.popleft()
             block = False
+            self.timeline.note("retire", f"{head.job.kind} {head.job.group}")
             if head.issued_at:
                 with self.metrics._lock:
                     self.metrics.slab_load.polled((head.first_poll - head.issued_at) * 1e3,

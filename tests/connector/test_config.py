@@ -42,3 +42,14 @@ def test_sync_loads_need_the_fail_policy(extra, policy, refused):
     else:
         with pytest.raises(ValueError, match=refused):
             config.check_failure_policy(policy)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "100", True])
+def test_a_bad_trace_size_is_refused_naming_the_key(value):
+    with pytest.raises(ValueError, match=r"\['trace'\]="):
+        ConnectorConfig.from_extra({"trace": value})
+
+
+def test_the_trace_is_off_unless_asked_for():
+    assert ConnectorConfig.from_extra({}).trace == 0
+    assert ConnectorConfig.from_extra({"trace": 500}).trace == 500

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from streamcheck.connector.slab import HostSlab, block_sums, runs
+from streamcheck.connector.timeline import Timeline
 from streamcheck.connector.worker_side import ConnectorRuntime
 from tests.connector.test_runtime_cpu import BLOCKS, LAYERS, block_nbytes, drain, kv_caches
 
@@ -205,6 +206,7 @@ def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkey
         return load
 
     monkeypatch.setattr(rt, "_launch_slab_load", still_running)
+    rt.timeline = Timeline(100)
     rt.load_planes("r", [0], [20, 21], slots, [key_tag(f"{h}.L0") for h in hashes])
     assert rt.poll().loads_done == set()
     assert rt.poll().loads_done == set()
@@ -212,6 +214,9 @@ def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkey
     snap = rt.metrics.snapshot()
     assert snap["load_polls_waiting"] == 2 and snap["load_first_poll_ms"] >= 0
     assert snap["load_retire_ms"] >= snap["load_first_poll_ms"]
+    assert [(what, detail) for _, _, what, detail in rt.timeline.records()] == [
+        ("load.issue", "r"), ("load.issued", "r"), ("poll", "1"), ("poll", "1"), ("poll", "1"),
+        ("retire", "load r")]
     drain(rt)
 
 
