@@ -34,6 +34,8 @@ Cases:
 sc_host_sync_off, sc_disk)
     TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector, pass 2 (prefix caching off) can
     only be served by it: time to first token per prompt, tokens/s of a batch, token ids.
+``prof_<connector>`` (sc_host, sc_host_off, simple_cpu)
+    The same, with the engine's thread under cProfile over the warm pass and the batch.
 """
 
 from __future__ import annotations
@@ -175,14 +177,45 @@ def _worker_metrics(worker: Any) -> dict[str, Any]:
     return get_kv_transfer_group().metrics()
 
 
-def case_ttft(model: str, connector: str, extra: dict[str, Any]) -> dict[str, Any]:
+_PROFILE: Any = None
+
+
+def _profile_start(_worker: Any) -> None:
+    """Profile the engine's thread (scheduler, worker and forward at TP=1) from now on."""
+    import cProfile
+
+    global _PROFILE
+    _PROFILE = cProfile.Profile()
+    _PROFILE.enable()
+
+
+def _profile_stop(_worker: Any) -> str:
+    """The profile since ``_profile_start``: the top functions by own time and by total."""
+    import io
+    import pstats
+
+    _PROFILE.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(_PROFILE, stream=out)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    return out.getvalue()
+
+
+def case_ttft(model: str, connector: str, extra: dict[str, Any],
+              profile: bool = False) -> dict[str, Any]:
+    """``profile``: cProfile the engine's thread over the warm pass and the batch (its own
+    cost inflates every Python call; compare shares between cases, not times)."""
     llm = make_llm(model, 1, connector, extra, max_model_len=2048, gpu_memory_utilization=0.5)
     vocab = llm.get_tokenizer().vocab_size
     prompts = long_prompts(vocab)
     filler = [[5 + i % 7] * 40 for i in range(4)]
     ttft: dict[str, list[float]] = {}
     tokens: dict[str, list[list[int]]] = {}
+    profiled = ""
     for name in ("cold", "warm"):
+        if name == "warm" and profile:
+            llm.collective_rpc(_profile_start)
         times = []
         for p in prompts:
             start = time.perf_counter()
@@ -196,12 +229,14 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any]) -> dict[str, An
     out = generate(llm, prompts, 64)
     seconds = time.perf_counter() - start
     tokens["warm_batch"] = out
+    if profile:
+        profiled = llm.collective_rpc(_profile_stop)[0]
     stats = _connector_stats(llm) if connector.startswith("sc") else {}
     return {"ttft_ms": {k: [round(t, 2) for t in v] for k, v in ttft.items()},
             "ttft_warm_median_ms": round(statistics.median(ttft["warm"]), 2),
             "ttft_cold_median_ms": round(statistics.median(ttft["cold"]), 2),
             "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
-            "stats": stats}
+            "stats": stats, **({"profile": profiled} if profile else {})}
 
 
 def run_case(args: argparse.Namespace) -> None:
@@ -215,7 +250,8 @@ def run_case(args: argparse.Namespace) -> None:
             result.update(case_tp2(args.model, spec["connector"], spec["extra"],
                                    spec.get("llm", {})))
         elif spec["kind"] == "ttft":
-            result.update(case_ttft(args.model, spec["connector"], spec["extra"]))
+            result.update(case_ttft(args.model, spec["connector"], spec["extra"],
+                                    profile=bool(spec.get("profile"))))
         elif spec["kind"] == "leak":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
@@ -325,6 +361,15 @@ CASES: dict[str, dict[str, Any]] = {
     "ttft_sc_host": {"kind": "ttft", "connector": "sc",
                      "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000},
                      "activation": "plugin"},
+    # The same engine, its thread profiled over the warm pass and the batch (cProfile).
+    "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,
+                     "extra": {"backend": "host", "capacity_blocks": 2048},
+                     "activation": "plugin"},
+    "prof_sc_host_off": {"kind": "ttft", "connector": "sc", "profile": True,
+                         "extra": {"backend": "host", "capacity_blocks": 2048,
+                                   "streamcheck": "off"}, "activation": "none"},
+    "prof_simple_cpu": {"kind": "ttft", "connector": "simple_cpu", "profile": True,
+                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
     "ttft_sc_host_sync": {"kind": "ttft", "connector": "sc",
                           "extra": {"backend": "host", "capacity_blocks": 2048, "load": "sync"},
                           "activation": "plugin"},
@@ -474,7 +519,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             problems.append(f"the leak was stopped on {len(stopped)} rank(s), expected 2")
         if case == "leak_serve" and result.get("server_came_up"):
             problems.append("the server came up despite the leak")
-    elif case.startswith(("ttft_", "inv_")):
+    elif case.startswith(("ttft_", "inv_", "prof_")):
         if "error" in result:
             problems.append(result["error"])
         elif ref is not None and "tokens" in ref and (
