@@ -177,26 +177,25 @@ def _worker_metrics(worker: Any) -> dict[str, Any]:
     return get_kv_transfer_group().metrics()
 
 
-_PROFILE: Any = None
-
-
-def _profile_start(_worker: Any) -> None:
-    """Profile the engine's thread (scheduler, worker and forward at TP=1) from now on."""
+def _profile_start(worker: Any) -> None:
+    """Profile the engine's thread (scheduler, worker and forward at TP=1) from now on. The
+    profiler lives on the worker object: these functions reach the worker by value, each
+    call with globals of its own."""
     import cProfile
 
-    global _PROFILE
-    _PROFILE = cProfile.Profile()
-    _PROFILE.enable()
+    worker._engine_check_profile = cProfile.Profile()
+    worker._engine_check_profile.enable()
 
 
-def _profile_stop(_worker: Any) -> str:
+def _profile_stop(worker: Any) -> str:
     """The profile since ``_profile_start``: the top functions by own time and by total."""
     import io
     import pstats
 
-    _PROFILE.disable()
+    profile = worker._engine_check_profile
+    profile.disable()
     out = io.StringIO()
-    stats = pstats.Stats(_PROFILE, stream=out)
+    stats = pstats.Stats(profile, stream=out)
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats(60)
     return out.getvalue()
