@@ -60,6 +60,7 @@ from streamcheck.wrappers.user_launch import BlockSet
 
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
+CHECK_PLANES = 8  # planes of one word layout whose blocks one slab transfer sums at once
 
 
 @dataclass
@@ -216,6 +217,8 @@ class ConnectorRuntime:
         if staging_blocks < 1:
             raise ValueError("staging_blocks must be >= 1")
         self.staging_blocks = staging_blocks
+        self._block_views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._slab_views: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self.metrics = ConnectorMetrics()
         self.timeline = Timeline()  # off; the vLLM connector sets its own (``trace``)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -260,9 +263,40 @@ class ConnectorRuntime:
         return sizes.pop()
 
     def _blocks(self, layer: int) -> torch.Tensor:
-        """The layer's KV as one row per block, in the widest words its layout allows."""
+        """The layer's KV as one row per block, in the widest words its layout allows; made
+        once per KV tensor (a slab transfer asks for every plane, and views cost torch calls
+        on the engine's thread)."""
         kv = self.kv_caches[layer]
-        return word_view(kv.view(kv.shape[0], -1).view(torch.uint8))
+        made = self._block_views.get(layer)
+        if made is None or made[0] is not kv:
+            made = self._block_views[layer] = (
+                kv, word_view(kv.view(kv.shape[0], -1).view(torch.uint8)))
+        return made[1]
+
+    def _slab_plane(self, plane: int, dtype: torch.dtype) -> torch.Tensor:
+        """Every slot of one slab plane as rows of ``dtype`` words, made once."""
+        slab = self.slab
+        assert slab is not None
+        view = self._slab_views.get((plane, dtype))
+        if view is None:
+            view = self._slab_views[(plane, dtype)] = slab.rows(plane, 0, slab.capacity, dtype)
+        return view
+
+    def _check_groups(self, planes: Sequence[int]) -> list[list[tuple[int, int, torch.Tensor]]]:
+        """``planes`` as runs of at most :data:`CHECK_PLANES` consecutive planes that share
+        a word layout: ``(position in planes, plane, its blocks)``. A slab transfer moves
+        each run through one device buffer and sums it in one call, where one buffer and
+        one sum per plane cost the engine's thread some ten torch calls a plane."""
+        groups: list[list[tuple[int, int, torch.Tensor]]] = []
+        layout = None
+        for i, plane in enumerate(planes):
+            blocks = self._blocks(plane)
+            this = (blocks.dtype, blocks.shape[1])
+            if this != layout or len(groups[-1]) == CHECK_PLANES:
+                groups.append([])
+                layout = this
+            groups[-1].append((i, plane, blocks))
+        return groups
 
     # ---- engine-side API: never blocks ----------------------------------------------------
 
@@ -808,12 +842,19 @@ class ConnectorRuntime:
                 with streamcheck.launch("connector.save.gather", stream=self._stream,
                                         device=self.device.index, reads=job.handoffs):
                     sums = torch.empty((len(planes), n), dtype=torch.int64, device=self.device)
-                    for i, plane in enumerate(planes):
-                        gathered = self._blocks(plane).index_select(0, index)
-                        sums[i] = block_sums(gathered)
-                        for pos, first, count in spans:
-                            slab.rows(plane, first, count, gathered.dtype).copy_(
-                                gathered[pos:pos + count], non_blocking=True)
+                    for group in self._check_groups(planes):  # a buffer and a sum per run
+                        first_i, _, blocks = group[0]
+                        gathered = torch.empty((len(group), n, blocks.shape[1]),
+                                               dtype=blocks.dtype, device=self.device)
+                        for j, (_, _, plane_blocks) in enumerate(group):
+                            torch.index_select(plane_blocks, 0, index, out=gathered[j])
+                        block_sums(gathered.view(-1, blocks.shape[1]),
+                                   out=sums[first_i:first_i + len(group)].view(-1))
+                        for j, (_, plane, _) in enumerate(group):
+                            rows = self._slab_plane(plane, blocks.dtype)
+                            for pos, first, count in spans:
+                                rows[first:first + count].copy_(gathered[j, pos:pos + count],
+                                                                non_blocking=True)
                         keep.append(gathered)
                     host_sums.copy_(sums, non_blocking=True)
                     keep.append(sums)
@@ -953,24 +994,27 @@ class ConnectorRuntime:
                 with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
                                         writes=self._blocksets(planes, ids)):
-                    # One buffer for every plane of one word layout, in turn: made and used on
-                    # ``stream``, each plane's copy into it runs after the previous plane's
-                    # scatter out of it, and the caching allocator hands it out again only to
-                    # work queued after. (Planes can differ in word size: their alignment.)
-                    buffers: dict[tuple[torch.dtype, int], torch.Tensor] = {}
-                    for i, plane in enumerate(planes):
-                        blocks = self._blocks(plane)
-                        layout = (blocks.dtype, blocks.shape[1])
-                        arrived = buffers.get(layout)
+                    # One buffer per run of planes that share a word layout, reused by the
+                    # next run of the same shape: made and used on ``stream``, so a run's
+                    # copies into it follow the previous run's scatters out of it, and the
+                    # caching allocator hands it out again only to work queued after.
+                    buffers: dict[tuple[torch.dtype, int, int], torch.Tensor] = {}
+                    for group in self._check_groups(planes):
+                        first_i, _, blocks = group[0]
+                        shape = (len(group), len(ids), blocks.shape[1])
+                        arrived = buffers.get((blocks.dtype, *shape[::2]))
                         if arrived is None:
-                            arrived = buffers[layout] = torch.empty(
-                                (len(ids), blocks.shape[1]), dtype=blocks.dtype,
-                                device=self.device)
-                        for pos, first, count in spans:
-                            arrived[pos:pos + count].copy_(
-                                slab.rows(plane, first, count, blocks.dtype), non_blocking=True)
-                        block_sums(arrived, out=sums[i])
-                        blocks.index_copy_(0, index, arrived)
+                            arrived = buffers[(blocks.dtype, *shape[::2])] = torch.empty(
+                                shape, dtype=blocks.dtype, device=self.device)
+                        for j, (_, plane, _) in enumerate(group):
+                            rows = self._slab_plane(plane, blocks.dtype)
+                            for pos, first, count in spans:
+                                arrived[j, pos:pos + count].copy_(rows[first:first + count],
+                                                                  non_blocking=True)
+                        block_sums(arrived.view(-1, shape[2]),
+                                   out=sums[first_i:first_i + len(group)].view(-1))
+                        for j, (_, _, plane_blocks) in enumerate(group):
+                            plane_blocks.index_copy_(0, index, arrived[j])
                     ok = (sums == expected_dev).all(dim=0)  # every plane of a block checks out
                     host_ok.copy_(ok, non_blocking=True)
                 keep += [ok, expected_dev, sums]

@@ -291,3 +291,52 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
     assert news.loads_done == {"r2"} and news.failed_load_blocks == {21}
     assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
     rt.shutdown()
+
+
+def test_slab_transfers_across_runs_of_planes_and_word_layouts_are_bit_exact_and_checked():
+    """A layer count that spans several runs of planes (CHECK_PLANES each), one plane whose
+    alignment allows only 4-byte words, slots in two runs: saved and loaded back bit-exact
+    by both load paths, and a block damaged in a later run's plane, or in the odd plane, is
+    the one named failed."""
+    from streamcheck.connector.slab import HostSlab, key_tag
+    from streamcheck.connector.worker_side import CHECK_PLANES
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    nbytes, blocks = 256, 24
+    kv = [torch.randint(0, 255, (blocks, nbytes), dtype=torch.uint8, device=device)
+          for _ in range(2 * CHECK_PLANES + 3)]
+    backing = torch.randint(0, 255, (blocks * nbytes + 4,), dtype=torch.uint8, device=device)
+    kv.insert(5, backing[4:].view(blocks, nbytes))  # 4-byte aligned: int32 words
+    planes = list(range(len(kv)))
+    slab = HostSlab(len(kv), 16, nbytes, pin_memory=True)
+    rt = ConnectorRuntime(slab, kv, device)
+    assert [b.dtype for b in (rt._blocks(4), rt._blocks(5))] == [torch.int64, torch.int32]
+    ids, slots, targets = [1, 2, 3, 4], [0, 1, 7, 8], [20, 21, 22, 23]
+    tags = [key_tag(h) for h in ("a", "b", "c", "d")]
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        rt.save_planes("g", planes, ids, slots, tags)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    expected = [plane[ids].clone() for plane in kv]
+    with torch.cuda.stream(compute):
+        rt.load_planes("r", planes, targets, slots, tags)
+    assert settle(rt).failed_load_blocks == set()
+    with torch.cuda.stream(compute):
+        for plane in planes:
+            rt.wait_for_layer_load(plane)
+        got = [plane[targets].clone() for plane in kv]
+    compute.synchronize()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    slab.data[len(kv) - 2, 7, 9] ^= 0x10  # "c" damaged in a plane of the last run
+    slab.data[5, 1, 200] ^= 0x01  # "b" damaged in the int32 plane
+    with torch.cuda.stream(compute):
+        rt.load_planes("r2", planes, targets, slots, tags)
+    assert settle(rt).failed_load_blocks == {21, 22}
+    with torch.cuda.stream(compute):
+        load = rt.load_planes_now(planes, targets, slots, tags)
+    assert sorted(rt.settle_now(load)) == [21, 22]
+    assert auditor.findings() == [] and rt.metrics.hazards_stopped == 0
+    rt.shutdown()

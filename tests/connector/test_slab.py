@@ -229,3 +229,26 @@ def test_a_slab_load_after_shutdown_fails_at_once(slab_runtime):
     done = rt.poll()
     assert done.loads_done == {"late"} and done.failed_load_blocks == {1, 2}
     assert rt.pending() == 0 and "shut down" in rt.last_error
+
+
+def test_slab_transfers_check_planes_in_runs_of_one_word_layout():
+    """A slab transfer sums and moves runs of planes that share a word layout (at most
+    CHECK_PLANES each), in order: a plane whose alignment allows only narrower words starts
+    a run of its own, and every plane lands in exactly one run at its own position."""
+    from streamcheck.connector.worker_side import CHECK_PLANES
+
+    nbytes = 64
+    backing = torch.zeros(13 * 4 * nbytes + 4, dtype=torch.uint8)
+    planes = [backing[i * 4 * nbytes:(i + 1) * 4 * nbytes].view(4, nbytes) for i in range(10)]
+    odd = backing[10 * 4 * nbytes + 4:11 * 4 * nbytes + 4].view(4, nbytes)  # 4-byte aligned
+    planes += [odd] + [torch.zeros(4, nbytes, dtype=torch.uint8) for _ in range(2)]
+    rt = ConnectorRuntime(HostSlab(len(planes), 4, nbytes, pin_memory=False), planes, "cpu")
+    try:
+        groups = rt._check_groups(list(range(len(planes))))
+        assert [len(g) for g in groups] == [CHECK_PLANES, 10 - CHECK_PLANES, 1, 2]
+        assert [i for g in groups for i, _, _ in g] == list(range(len(planes)))
+        assert [{blocks.dtype for _, _, blocks in g} for g in groups] == [
+            {torch.int64}, {torch.int64}, {torch.int32}, {torch.int64}]
+        assert rt._blocks(3) is rt._blocks(3)  # views made once per KV tensor
+    finally:
+        rt.shutdown()
