@@ -34,6 +34,11 @@ Cases:
 sc_host_sync_off, sc_disk)
     TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector, pass 2 (prefix caching off) can
     only be served by it: time to first token per prompt, tokens/s of a batch, token ids.
+``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host)
+    The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
+    until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
+    itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
+    (prefix-cache hits, hits served by the connector).
 ``prof_<connector>`` (sc_host, sc_host_off, simple_cpu)
     The same, with the engine's thread under cProfile over the warm pass and the batch.
 """
@@ -201,11 +206,14 @@ def _profile_stop(worker: Any) -> str:
     return out.getvalue()
 
 
-def case_ttft(model: str, connector: str, extra: dict[str, Any],
+def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[str, Any],
               profile: bool = False) -> dict[str, Any]:
-    """``profile``: cProfile the engine's thread over the warm pass and the batch (its own
-    cost inflates every Python call; compare shares between cases, not times)."""
-    llm = make_llm(model, 1, connector, extra, max_model_len=2048, gpu_memory_utilization=0.5)
+    """``llm_args``: the case's engine settings over the defaults (prefix caching off).
+    ``profile``: cProfile the engine's thread over the warm pass and the batch (its own cost
+    inflates every Python call; compare shares between cases, not times)."""
+    llm = make_llm(model, 1, connector, extra, **{
+        "max_model_len": 2048, "gpu_memory_utilization": 0.5, "disable_log_stats": False,
+        **llm_args})
     vocab = llm.get_tokenizer().vocab_size
     prompts = long_prompts(vocab)
     filler = [[5 + i % 7] * 40 for i in range(4)]
@@ -235,7 +243,8 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any],
             "ttft_warm_median_ms": round(statistics.median(ttft["warm"]), 2),
             "ttft_cold_median_ms": round(statistics.median(ttft["cold"]), 2),
             "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
-            "stats": stats, **({"profile": profiled} if profile else {})}
+            "stats": stats, "engine": _engine_counters(llm),
+            **({"profile": profiled} if profile else {})}
 
 
 def run_case(args: argparse.Namespace) -> None:
@@ -250,7 +259,7 @@ def run_case(args: argparse.Namespace) -> None:
                                    spec.get("llm", {})))
         elif spec["kind"] == "ttft":
             result.update(case_ttft(args.model, spec["connector"], spec["extra"],
-                                    profile=bool(spec.get("profile"))))
+                                    spec.get("llm", {}), profile=bool(spec.get("profile"))))
         elif spec["kind"] == "leak":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
@@ -360,6 +369,22 @@ CASES: dict[str, dict[str, Any]] = {
     "ttft_sc_host": {"kind": "ttft", "connector": "sc",
                      "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000},
                      "activation": "plugin"},
+    # With vLLM's prefix cache on and a GPU KV cache of 256 blocks (a prompt is 112): each
+    # prompt's blocks are evicted from the GPU before its warm turn, so a warm hit is a load
+    # from the connector. vLLM's SimpleCPUOffloadConnector turns itself off without prefix
+    # caching (it then measures recomputing), so the ttft_* cases above cannot compare with it.
+    **{f"ttft_pc_{name}": {**spec, "llm": {"enable_prefix_caching": True,
+                                           "num_gpu_blocks_override": 256}}
+       for name, spec in {
+           "recompute": {"kind": "ttft", "connector": "none", "extra": {},
+                         "activation": "none"},
+           "simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
+                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+           "offloading": {"kind": "ttft", "connector": "offloading",
+                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+           "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
+                       "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000}},
+       }.items()},
     # The same engine, its thread profiled over the warm pass and the batch (cProfile).
     "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,
                      "extra": {"backend": "host", "capacity_blocks": 2048},
