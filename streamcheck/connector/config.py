@@ -31,7 +31,11 @@ class ConnectorConfig:
     running request's computed tokens and ignores the scheduler's rollback to the failed
     block, so the block is never recomputed. Async loads under the same faults changed 0
     and 1 of 72 in two runs without preemption; with preemption they changed outputs where
-    vLLM's own OffloadingConnector changed them too (docs/measurements.md)."""
+    vLLM's own OffloadingConnector changed them too (docs/measurements.md).
+
+    ``trace``: how many records of the connector's timeline to keep (``timeline.py``: every
+    engine call and worker job, with times and threads; 0, the default, keeps none). The
+    records come back with the worker's metrics."""
 
     backend: str = "host"
     capacity_blocks: int | None = None
