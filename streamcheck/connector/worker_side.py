@@ -80,6 +80,9 @@ class _Job:
     slots: list[int] = field(default_factory=list)  # slab: where each block lives
     planes: list[int] = field(default_factory=list)  # slab: every plane this job moves
     tags: list[int] = field(default_factory=list)  # slab: which block each slot must hold
+    # a slab save merged from several layers' (``merge_held_saves``): their own ready events,
+    # each waited for too (the layers may have queued on different streams)
+    also_ready: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -376,8 +379,34 @@ class ConnectorRuntime:
     def _release_held(self) -> None:
         with self._lock:
             held, self._held = self._held, []
-        for job in held:
+            jobs = self._merge_held_saves(held)
+        for job in jobs:
             self._jobs.put(job)
+
+    def _merge_held_saves(self, held: list[_Job]) -> list[_Job]:
+        """Held slab saves of one group into the same blocks and slots, as one job for all
+        their planes (the caller holds the lock): a step's saves reach the worker as one job
+        per request instead of one per layer, so the worker's Python (a job's index, events,
+        bookkeeping) runs once while the engine's next step wants the GIL. The merged job
+        waits for every layer's ready event; its group counts it as one transfer."""
+        if self.slab is None:
+            return held
+        first: dict[tuple[str, tuple[int, ...], tuple[int, ...]], _Job] = {}
+        out: list[_Job] = []
+        for job in held:
+            key = (job.group, tuple(job.block_ids), tuple(job.slots))
+            into = first.get(key) if job.kind == "save" and job.planes else None
+            if into is None or job.tags != into.tags:
+                if job.kind == "save" and job.planes:
+                    first.setdefault(key, job)
+                out.append(job)
+                continue
+            into.planes = into.planes + job.planes
+            into.handoffs = into.handoffs + job.handoffs
+            into.also_ready = (*into.also_ready, job.ready)
+            self._saves[job.group].pending -= 1
+            self._unread_saves -= 1
+        return out
 
     def save_planes(self, group: str, planes: Sequence[int], block_ids: Sequence[int],
                     slots: Sequence[int], tags: Sequence[int]) -> None:
@@ -838,14 +867,23 @@ class ConnectorRuntime:
         if self.is_cuda:
             host_sums = torch.empty((len(planes), n), dtype=torch.int64, pin_memory=True)
             with torch.cuda.stream(self._stream):
-                self._stream.wait_event(job.ready)  # the forward's writes come first
+                for ready in (job.ready, *job.also_ready):
+                    self._stream.wait_event(ready)  # the forward's writes come first
                 with streamcheck.launch("connector.save.gather", stream=self._stream,
                                         device=self.device.index, reads=job.handoffs):
                     sums = torch.empty((len(planes), n), dtype=torch.int64, device=self.device)
+                    # One buffer per run shape, reused by the next run of that shape and not
+                    # kept past the issue: made and used on our stream only, so the caching
+                    # allocator hands it out again only to work queued after these copies (a
+                    # save of every plane of a request would otherwise hold its whole KV).
+                    buffers: dict[tuple[torch.dtype, int, int], torch.Tensor] = {}
                     for group in self._check_groups(planes):  # a buffer and a sum per run
                         first_i, _, blocks = group[0]
-                        gathered = torch.empty((len(group), n, blocks.shape[1]),
-                                               dtype=blocks.dtype, device=self.device)
+                        shape = (len(group), n, blocks.shape[1])
+                        gathered = buffers.get((blocks.dtype, *shape[::2]))
+                        if gathered is None:
+                            gathered = buffers[(blocks.dtype, *shape[::2])] = torch.empty(
+                                shape, dtype=blocks.dtype, device=self.device)
                         for j, (_, _, plane_blocks) in enumerate(group):
                             torch.index_select(plane_blocks, 0, index, out=gathered[j])
                         block_sums(gathered.view(-1, blocks.shape[1]),
@@ -855,7 +893,6 @@ class ConnectorRuntime:
                             for pos, first, count in spans:
                                 rows[first:first + count].copy_(gathered[j, pos:pos + count],
                                                                 non_blocking=True)
-                        keep.append(gathered)
                     host_sums.copy_(sums, non_blocking=True)
                     keep.append(sums)
                 done = torch.cuda.Event()

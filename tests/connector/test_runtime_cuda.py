@@ -295,9 +295,10 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
 
 def test_slab_transfers_across_runs_of_planes_and_word_layouts_are_bit_exact_and_checked():
     """A layer count that spans several runs of planes (CHECK_PLANES each), one plane whose
-    alignment allows only 4-byte words, slots in two runs: saved and loaded back bit-exact
-    by both load paths, and a block damaged in a later run's plane, or in the odd plane, is
-    the one named failed."""
+    alignment allows only 4-byte words, slots in two runs: saved layer by layer with saves
+    held until ``seal`` (the vLLM adapter's way: one merged job waiting for every layer's
+    event), loaded back bit-exact by both load paths, and a block damaged in a later run's
+    plane, or in the odd plane, is the one named failed."""
     from streamcheck.connector.slab import HostSlab, key_tag
     from streamcheck.connector.worker_side import CHECK_PLANES
 
@@ -311,13 +312,15 @@ def test_slab_transfers_across_runs_of_planes_and_word_layouts_are_bit_exact_and
     kv.insert(5, backing[4:].view(blocks, nbytes))  # 4-byte aligned: int32 words
     planes = list(range(len(kv)))
     slab = HostSlab(len(kv), 16, nbytes, pin_memory=True)
-    rt = ConnectorRuntime(slab, kv, device)
+    rt = ConnectorRuntime(slab, kv, device, hold_saves=True)
     assert [b.dtype for b in (rt._blocks(4), rt._blocks(5))] == [torch.int64, torch.int32]
     ids, slots, targets = [1, 2, 3, 4], [0, 1, 7, 8], [20, 21, 22, 23]
     tags = [key_tag(h) for h in ("a", "b", "c", "d")]
     compute = torch.cuda.Stream(device)
     with torch.cuda.stream(compute):
-        rt.save_planes("g", planes, ids, slots, tags)
+        for layer in range(0, len(planes), 2):  # K and V of a layer, as the adapter saves
+            torch.cuda._sleep(1_000_000)  # the layer's forward, still running when queued
+            rt.save_planes("g", planes[layer:layer + 2], ids, slots, tags)
     rt.seal(["g"])
     assert settle(rt).saves_ok == {"g"}
     expected = [plane[ids].clone() for plane in kv]

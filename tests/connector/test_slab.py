@@ -252,3 +252,43 @@ def test_slab_transfers_check_planes_in_runs_of_one_word_layout():
         assert rt._blocks(3) is rt._blocks(3)  # views made once per KV tensor
     finally:
         rt.shutdown()
+
+
+def test_a_steps_held_saves_of_one_request_reach_the_worker_as_one_job(monkeypatch):
+    """With saves held until ``seal`` (the vLLM adapter's way), each layer's save of one group
+    into the same blocks and slots becomes one job for all planes: the worker runs a job's
+    Python once per request and step, not once per layer. A group saving elsewhere, or
+    another group, stays a job of its own; every group is reported once, bit-exact."""
+    from streamcheck.connector.slab import key_tag
+
+    slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(slab, kv_caches(3), "cpu", hold_saves=True)
+    jobs: list[tuple[str, list[int]]] = []
+    issue_save = rt._slab_save
+
+    def recorded(job):
+        jobs.append((job.group, list(job.planes)))
+        return issue_save(job)
+
+    monkeypatch.setattr(rt, "_slab_save", recorded)
+    try:
+        src = [kv.clone() for kv in rt.kv_caches]
+        tags = [key_tag(h) for h in ("a", "b")]
+        for layer in range(LAYERS):
+            rt.save_planes("g", [layer], [3, 7], [4, 5], tags)
+            rt.save_planes("h", [layer], [9], [8], [key_tag("c")])
+        rt.save_planes("g", [0], [11], [6], [key_tag("d")])  # the same group, other blocks
+        assert rt._unread_saves == 2 * LAYERS + 1
+        rt.seal(["g", "h"])
+        saves, _, _ = drain(rt)
+        assert saves == {"g", "h"} and rt._unread_saves == 0
+        assert sorted(jobs) == [("g", [0]), ("g", list(range(LAYERS))),
+                                ("h", list(range(LAYERS)))]
+        for kv in rt.kv_caches:
+            kv.zero_()
+        rt.load_planes("r", list(range(LAYERS)), [20, 21], [4, 5], tags)
+        assert rt.poll().loads_done == {"r"}
+        assert all(torch.equal(kv[[20, 21]], s[[3, 7]]) for kv, s in
+                   zip(rt.kv_caches, src, strict=True))
+    finally:
+        rt.shutdown()
