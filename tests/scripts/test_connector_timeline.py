@@ -1,0 +1,65 @@
+"""``scripts/connector_timeline.py``: a load's phases from a connector timeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "connector_timeline.py"
+spec = importlib.util.spec_from_file_location("connector_timeline", SCRIPT)
+connector_timeline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(connector_timeline)
+
+MS = 1_000_000
+
+
+def record(ms: float, what: str, detail: str = "") -> list:
+    return [int(ms * MS), "MainThread", what, detail]
+
+
+def warm_request(t: float, req: str) -> list[list]:
+    """One warm request as the connector sees it: the load issued in an idle step, retired
+    two polls later, reported, an idle step, then the forward of the last block."""
+    return [
+        record(t, "start_load_kv", "1"), record(t + 0.1, "load.issue", req),
+        record(t + 2.1, "load.issued", req), record(t + 2.2, "poll", "1"),
+        record(t + 3.0, "start_load_kv", "0"), record(t + 3.1, "poll", "1"),
+        record(t + 6.1, "retire", f"load {req}"), record(t + 6.2, "loads.reported", "1"),
+        record(t + 7.0, "start_load_kv", "0"), record(t + 7.1, "poll", "0"),
+        record(t + 11.2, "start_load_kv", "0"),
+        *[record(t + 12.0 + i * 0.5, "save_kv_layer", f"layers.{i}") for i in range(16)],
+        record(t + 20.5, "wait_for_save", "1"), record(t + 20.6, "poll", "0"),
+    ]
+
+
+def test_a_warm_requests_phases_are_measured_between_the_right_records():
+    records = warm_request(0, "r1") + warm_request(100, "r2")
+    loads, missed = connector_timeline.phases(records)
+    assert missed == 0 and len(loads) == 2
+    expected = {"issue": 2.0, "to_retire": 4.0, "to_reported": 0.1, "to_forward": 5.0,
+                "to_layer0": 0.8, "layers": 7.5, "to_save": 1.0}
+    for load in loads:
+        assert load == pytest.approx(expected)
+
+
+def test_a_load_whose_records_ran_out_is_counted_not_timed():
+    records = warm_request(0, "r1") + warm_request(100, "r2")[:6]
+    loads, missed = connector_timeline.phases(records)
+    assert len(loads) == 1 and missed == 1
+
+
+def test_the_command_reads_an_engine_check_result_and_says_when_it_has_no_timeline(
+        tmp_path, capsys):
+    result = tmp_path / "ttft.json"
+    result.write_text(json.dumps({"result": {"stats": {"workers": [
+        {"slab_loads": 1, "timeline": warm_request(0, "r1")}]}}}))
+    assert connector_timeline.main([str(result)]) == 0
+    out = capsys.readouterr().out
+    assert "1 loads timed, 0 left out" in out and "median" in out
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"result": {"stats": {"workers": [{"slab_loads": 1}]}}}))
+    assert connector_timeline.main([str(bare)]) == 2
+    assert "no timeline" in capsys.readouterr().err
