@@ -80,7 +80,7 @@ class _Job:
     slots: list[int] = field(default_factory=list)  # slab: where each block lives
     planes: list[int] = field(default_factory=list)  # slab: every plane this job moves
     tags: list[int] = field(default_factory=list)  # slab: which block each slot must hold
-    # a slab save merged from several layers' (``merge_held_saves``): their own ready events,
+    # a slab save merged from several layers' (``_merge_held_saves``): their ready events,
     # each waited for too (the layers may have queued on different streams)
     also_ready: tuple[Any, ...] = ()
 
@@ -300,6 +300,19 @@ class ConnectorRuntime:
                 layout = this
             groups[-1].append((i, plane, blocks))
         return groups
+
+    def _run_buffer(self, buffers: dict[tuple[torch.dtype, int, int], torch.Tensor],
+                    planes: int, blocks: int, like: torch.Tensor) -> torch.Tensor:
+        """A device buffer for a run of ``planes`` planes of ``blocks`` rows shaped like
+        ``like``'s, one per run shape in a transfer (``buffers``): made and used on the
+        transfer's stream only, so a later run's work into it follows the earlier run's out
+        of it, and the caching allocator hands it out again only to work queued after."""
+        key = (like.dtype, planes, like.shape[1])
+        buffer = buffers.get(key)
+        if buffer is None:
+            buffer = buffers[key] = torch.empty((planes, blocks, like.shape[1]),
+                                                dtype=like.dtype, device=self.device)
+        return buffer
 
     # ---- engine-side API: never blocks ----------------------------------------------------
 
@@ -872,18 +885,12 @@ class ConnectorRuntime:
                 with streamcheck.launch("connector.save.gather", stream=self._stream,
                                         device=self.device.index, reads=job.handoffs):
                     sums = torch.empty((len(planes), n), dtype=torch.int64, device=self.device)
-                    # One buffer per run shape, reused by the next run of that shape and not
-                    # kept past the issue: made and used on our stream only, so the caching
-                    # allocator hands it out again only to work queued after these copies (a
-                    # save of every plane of a request would otherwise hold its whole KV).
+                    # not kept past the issue (see _run_buffer): a save of every plane of a
+                    # request would otherwise hold its whole KV until it completed
                     buffers: dict[tuple[torch.dtype, int, int], torch.Tensor] = {}
                     for group in self._check_groups(planes):  # a buffer and a sum per run
                         first_i, _, blocks = group[0]
-                        shape = (len(group), n, blocks.shape[1])
-                        gathered = buffers.get((blocks.dtype, *shape[::2]))
-                        if gathered is None:
-                            gathered = buffers[(blocks.dtype, *shape[::2])] = torch.empty(
-                                shape, dtype=blocks.dtype, device=self.device)
+                        gathered = self._run_buffer(buffers, len(group), n, blocks)
                         for j, (_, _, plane_blocks) in enumerate(group):
                             torch.index_select(plane_blocks, 0, index, out=gathered[j])
                         block_sums(gathered.view(-1, blocks.shape[1]),
@@ -1031,24 +1038,16 @@ class ConnectorRuntime:
                 with streamcheck.launch("connector.load.scatter", stream=stream,
                                         device=self.device.index,
                                         writes=self._blocksets(planes, ids)):
-                    # One buffer per run of planes that share a word layout, reused by the
-                    # next run of the same shape: made and used on ``stream``, so a run's
-                    # copies into it follow the previous run's scatters out of it, and the
-                    # caching allocator hands it out again only to work queued after.
                     buffers: dict[tuple[torch.dtype, int, int], torch.Tensor] = {}
-                    for group in self._check_groups(planes):
+                    for group in self._check_groups(planes):  # a buffer and a sum per run
                         first_i, _, blocks = group[0]
-                        shape = (len(group), len(ids), blocks.shape[1])
-                        arrived = buffers.get((blocks.dtype, *shape[::2]))
-                        if arrived is None:
-                            arrived = buffers[(blocks.dtype, *shape[::2])] = torch.empty(
-                                shape, dtype=blocks.dtype, device=self.device)
+                        arrived = self._run_buffer(buffers, len(group), len(ids), blocks)
                         for j, (_, plane, _) in enumerate(group):
                             rows = self._slab_plane(plane, blocks.dtype)
                             for pos, first, count in spans:
                                 arrived[j, pos:pos + count].copy_(rows[first:first + count],
                                                                   non_blocking=True)
-                        block_sums(arrived.view(-1, shape[2]),
+                        block_sums(arrived.view(-1, blocks.shape[1]),
                                    out=sums[first_i:first_i + len(group)].view(-1))
                         for j, (_, _, plane_blocks) in enumerate(group):
                             plane_blocks.index_copy_(0, index, arrived[j])
