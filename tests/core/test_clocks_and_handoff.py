@@ -28,6 +28,25 @@ def test_clock_query():
     assert not hb.ordered(SAVE.key, late)
 
 
+def test_a_wait_takes_in_what_it_lacks_and_a_repeated_wait_changes_nothing():
+    """A wait on a snapshot the stream already holds entry for entry keeps its clock (the
+    same object: nothing allocated); one that brings a newer tick merges it, keeping the
+    stream's own higher entries."""
+    hb = HappensBefore()
+    first = hb.mark(ENGINE.key)
+    hb.record(1, ENGINE.key)
+    hb.wait(SAVE.key, 1)
+    taken = hb.clock_of(SAVE.key)
+    hb.wait(SAVE.key, 1)
+    assert hb.clock_of(SAVE.key) is taken and hb.ordered(SAVE.key, first)
+    own = hb.mark(SAVE.key)  # the waiting stream moves on past what it took in
+    second = hb.mark(ENGINE.key)
+    hb.record(2, ENGINE.key)
+    hb.wait(SAVE.key, 2)
+    assert hb.ordered(SAVE.key, second) and hb.ordered(SAVE.key, own)
+    assert hb.clock_of(SAVE.key) == {ENGINE.key: second.tick, SAVE.key: own.tick}
+
+
 def test_ordering_begins_at_the_first_declared_access():
     """The hooks' one-attribute test: False until a handoff; the callback runs once then, or at
     once when it is given after (a surface hooked again while the audit runs)."""
