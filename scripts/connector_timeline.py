@@ -17,7 +17,9 @@ request passes through, in milliseconds:
 ``to_save``      to that step's ``wait_for_save``.
 
 Prints the median of each phase over the loads (``--all``: every load). A load whose phases
-cannot all be found (the trace ended first) is left out and counted.
+cannot all be found (the trace ended first, or nothing was issued) is left out and counted.
+The forward phases are those of the first forward after the report, whichever requests it
+runs: meaningful for requests sent one at a time (``engine_check.py``'s warm pass).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ Record = list[Any]  # [ns since the connector started, thread, what, detail]
 PHASES = ("issue", "to_retire", "to_reported", "to_forward", "to_layer0", "layers", "to_save")
 
 
-def _next(records: list[Record], start: int, what: str, detail: str | None = None) -> int | None:
-    for i in range(start, len(records)):
+def _next(records: list[Record], start: int, what: str, detail: str | None = None,
+          stop: int | None = None) -> int | None:
+    for i in range(start, len(records) if stop is None else stop):
         if records[i][2] == what and (detail is None or records[i][3] == detail):
             return i
     return None
@@ -47,10 +50,11 @@ def _forward_step(records: list[Record], start: int) -> tuple[int, int, int, int
     while step is not None:
         end = _next(records, step + 1, "start_load_kv")
         stop = len(records) if end is None else end
-        layers = [i for i in range(step, stop) if records[i][2] == "save_kv_layer"]
-        save = _next(records, step, "wait_for_save")
-        if layers and save is not None and save < stop:
-            return step, layers[0], max(i for i in layers if i < save), save
+        save = _next(records, step, "wait_for_save", stop=stop)
+        layers = [i for i in range(step, stop if save is None else save)
+                  if records[i][2] == "save_kv_layer"]
+        if layers and save is not None:
+            return step, layers[0], layers[-1], save
         step = end
     return None
 
@@ -64,8 +68,9 @@ def phases(records: list[Record]) -> tuple[list[dict[str, float]], int]:
         if record[2] != "load.issue":
             continue
         req = record[3]
-        issued = _next(records, begin, "load.issued", req)
-        retired = _next(records, begin, "retire", f"load {req}")
+        again = _next(records, begin + 1, "load.issue", req)  # the same request loading again
+        issued = _next(records, begin, "load.issued", req, stop=again)
+        retired = _next(records, begin, "retire", f"load {req}", stop=again)
         reported = None if retired is None else _next(records, retired, "loads.reported")
         forward = None if reported is None else _forward_step(records, reported)
         if issued is None or retired is None or reported is None or forward is None:

@@ -45,7 +45,9 @@ class LoadTiming:
     Which of the two ends a load's wait, the device or the engine's polling, shows in
     ``first_poll_ms`` (the end of the issue to the first poll that looked at the load) and
     ``polls_waiting`` (polls that found it still running): a late first poll and none
-    waiting is the engine's step cadence; many waiting polls is the device."""
+    waiting is the engine's step cadence; many waiting polls is the device. Polls look at the
+    oldest issued load first, so a load behind a slower one counts from when it became the
+    oldest."""
 
     loads: int = 0
     issue_ms: float = 0.0

@@ -468,7 +468,8 @@ class ConnectorRuntime:
             self._finish(job, ok=False, error="the connector was shut down")
             return
         self.timeline.note("load.issue", req_id)
-        issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream))
+        issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream,
+                                                            polled=True))
         if issued is not None:
             with self._issued_lock:
                 self._issued.append(issued)
@@ -927,8 +928,8 @@ class ConnectorRuntime:
 
         return _InFlight(done, retire, job, tuple(keep))
 
-    def _slab_load(self, job: _Job, stream: Any, plan: SlabLoadPlan | None = None
-                   ) -> _InFlight | None:
+    def _slab_load(self, job: _Job, stream: Any, plan: SlabLoadPlan | None = None,
+                   polled: bool = False) -> _InFlight | None:
         """An asynchronous load, issued on ``stream`` after the engine's stream as it was when
         the load was asked for (``job.ready``); the forward waits for it per layer
         (``wait_for_layer_load``). ``plan``: which slots were found holding the blocks, made
@@ -951,7 +952,10 @@ class ConnectorRuntime:
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)
 
-        return _InFlight(issued.done, retire, job, issued.keep, issued_at=issued.issued)
+        # ``polled``: issued by the engine thread and retired by its polls, which the load
+        # metrics then time (a worker's own retirement is not the engine's polling)
+        return _InFlight(issued.done, retire, job, issued.keep,
+                         issued_at=issued.issued if polled else 0.0)
 
     def load_planes_now(self, planes: Sequence[int], block_ids: Sequence[int],
                         slots: Sequence[int], tags: Sequence[int]) -> SlabLoad:

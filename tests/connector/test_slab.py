@@ -71,6 +71,7 @@ def test_round_trip_through_the_slab_is_bit_exact(slab_runtime):
     assert loads == {"r"} and failed == set()
     for layer in range(LAYERS):
         assert torch.equal(rt.kv_caches[layer][[0, 1, 2]], src[layer][ids])
+    assert rt.metrics.slab_load.polled_loads == 0  # the worker retired them, not the engine
 
 
 def test_a_corrupt_or_foreign_slot_fails_its_block_only(slab_runtime):
@@ -213,6 +214,7 @@ def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkey
     assert rt.poll().loads_done == {"r"}
     snap = rt.metrics.snapshot()
     assert snap["load_polls_waiting"] == 2 and snap["load_first_poll_ms"] >= 0
+    assert rt.metrics.slab_load.polled_loads == 1
     assert snap["load_retire_ms"] >= snap["load_first_poll_ms"]
     assert [(what, detail) for _, _, what, detail in rt.timeline.records()] == [
         ("load.issue", "r"), ("load.issued", "r"), ("poll", "1"), ("poll", "1"), ("poll", "1"),

@@ -63,3 +63,15 @@ def test_the_command_reads_an_engine_check_result_and_says_when_it_has_no_timeli
     bare.write_text(json.dumps({"result": {"stats": {"workers": [{"slab_loads": 1}]}}}))
     assert connector_timeline.main([str(bare)]) == 2
     assert "no timeline" in capsys.readouterr().err
+
+
+def test_a_load_that_issued_nothing_is_not_paired_with_the_same_requests_next_load():
+    """A load that never reached the device leaves no retire record: a later load of the
+    same request must not lend it its own, and a forward without layers before its
+    ``wait_for_save`` is skipped, not an error."""
+    failed = [record(0, "start_load_kv", "1"), record(0.1, "load.issue", "r1"),
+              record(0.2, "load.issued", "r1"), record(0.3, "start_load_kv", "0"),
+              record(0.4, "wait_for_save", "0")]
+    loads, missed = connector_timeline.phases(failed + warm_request(10, "r1"))
+    assert missed == 1 and len(loads) == 1
+    assert loads[0]["issue"] == pytest.approx(2.0)

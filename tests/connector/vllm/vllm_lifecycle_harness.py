@@ -167,7 +167,9 @@ class GatedSlab(GatedBackend):
                 raise RuntimeError("injected save failure")
             return issue_save(job)
 
-        def gated_load(job: Any, stream: Any, plan: Any = None) -> Any:
+        def gated_load(job: Any, stream: Any, plan: Any = None, polled: bool = False) -> Any:
+            """(Its in-flight record is untimed whatever ``polled`` says: the gate, not the
+            device, decides when it completes.)"""
             from streamcheck.connector.worker_side import _InFlight
 
             # As the runtime does at the issue: which slots hold the blocks, and their sums,
