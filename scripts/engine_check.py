@@ -32,8 +32,10 @@ Cases:
     (preemptions, prefix-cache hits) beside its tokens.
 ``ttft_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off, sc_host_sync,
 sc_host_sync_off, sc_disk)
-    TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector, pass 2 (prefix caching off) can
-    only be served by it: time to first token per prompt, tokens/s of a batch, token ids.
+    TP=1, 8 prompts of 1,792 tokens; pass 1 fills the connector (two tokens a request: see
+    ``case_ttft``), pass 2 (prefix caching off) can only be served by it: time to first token
+    per prompt, tokens/s of a batch, token ids. vLLM's SimpleCPUOffloadConnector turns itself
+    off without prefix caching: compare with it in ``ttft_pc_*`` only.
 ``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host)
     The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
     until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
@@ -206,11 +208,20 @@ def _profile_stop(worker: Any) -> str:
     return out.getvalue()
 
 
+COLD_TOKENS = 2  # tokens a cold request generates: see case_ttft
+
+
 def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[str, Any],
               profile: bool = False) -> dict[str, Any]:
-    """``llm_args``: the case's engine settings over the defaults (prefix caching off).
-    ``profile``: cProfile the engine's thread over the warm pass and the batch (its own cost
-    inflates every Python call; compare shares between cases, not times)."""
+    """Warm TTFT: each prompt alone, one token, after a cold pass that filled the connector.
+
+    The cold pass generates :data:`COLD_TOKENS` tokens per prompt, so its times are not
+    TTFTs (``cold_ms``): vLLM's SimpleCPUOffloadConnector stores a block only in the step after
+    the one that computed it ("If a request finishes in the same step as its last full block,
+    that block may be missed", ``vllm/v1/simple_kv_offload/manager.py``), so one-token cold
+    requests left it nothing to serve. ``llm_args``: the case's engine settings over the
+    defaults (prefix caching off). ``profile``: cProfile the engine's thread over the warm pass
+    and the batch (its own cost inflates every Python call; compare shares, not times)."""
     llm = make_llm(model, 1, connector, extra, **{
         "max_model_len": 2048, "gpu_memory_utilization": 0.5, "disable_log_stats": False,
         **llm_args})
@@ -226,7 +237,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
         times = []
         for p in prompts:
             start = time.perf_counter()
-            generate(llm, [p], 1)
+            generate(llm, [p], COLD_TOKENS if name == "cold" else 1)
             times.append((time.perf_counter() - start) * 1000)
         ttft[name] = times
         generate(llm, filler, 2)  # a few steps: the connector reports its saves
@@ -239,9 +250,10 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
     if profile:
         profiled = llm.collective_rpc(_profile_stop)[0]
     stats = _connector_stats(llm) if connector.startswith("sc") else {}
-    return {"ttft_ms": {k: [round(t, 2) for t in v] for k, v in ttft.items()},
+    return {"ttft_ms": {"warm": [round(t, 2) for t in ttft["warm"]]},
             "ttft_warm_median_ms": round(statistics.median(ttft["warm"]), 2),
-            "ttft_cold_median_ms": round(statistics.median(ttft["cold"]), 2),
+            "cold_ms": [round(t, 2) for t in ttft["cold"]], "cold_tokens": COLD_TOKENS,
+            "cold_median_ms": round(statistics.median(ttft["cold"]), 2),
             "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
             "stats": stats, "engine": _engine_counters(llm),
             **({"profile": profiled} if profile else {})}
