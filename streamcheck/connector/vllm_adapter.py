@@ -279,8 +279,9 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
         assert self.runtime is not None
-        self.timeline.note("start_load_kv", len(self._meta().loads))
-        for plan in self._meta().loads:
+        loads = self._meta().loads
+        self.timeline.note("start_load_kv", len(loads))
+        for plan in loads:
             blocks = dict(zip(plan.block_ids, plan.hashes, strict=True))
             if self.runtime.slab is not None and self.config.sync_loads:
                 # here, on the engine's stream, ahead of the forward that reads the blocks
@@ -329,9 +330,9 @@ class StreamcheckConnector(KVConnectorBase_V1):
         sync loads: a request whose load failed computed this step from wrong KV, so its
         saves of this step are dropped before they are issued, never committed."""
         assert self.runtime is not None
-        self.timeline.note("wait_for_save", len(self._meta().saves))
-        self._settle_sync_loads()
         plans = self._meta().saves
+        self.timeline.note("wait_for_save", len(plans))
+        self._settle_sync_loads()
         for plan in plans:
             self._open_group(plan.group, plan.req_id)
         self.runtime.seal(plan.group for plan in plans)

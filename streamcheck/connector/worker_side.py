@@ -661,7 +661,7 @@ class ConnectorRuntime:
                 while in_flight:
                     self._retire(in_flight, block=True)
                 return
-            self.timeline.note("job", f"{job.kind} {job.group}")
+            self.timeline.note("job", job.kind, job.group)
             issued = self._run_job(job, lambda job=job: self._do_job(job))
             if issued is not None:
                 in_flight.append(issued)
@@ -707,7 +707,7 @@ class ConnectorRuntime:
                 head.done.synchronize()
             in_flight.popleft()
             block = False
-            self.timeline.note("retire", f"{head.job.kind} {head.job.group}")
+            self.timeline.note("retire", head.job.kind, head.job.group)
             if head.issued_at:
                 with self.metrics._lock:
                     self.metrics.slab_load.polled((head.first_poll - head.issued_at) * 1e3,
