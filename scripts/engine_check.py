@@ -396,6 +396,18 @@ CASES: dict[str, dict[str, Any]] = {
                           "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
            "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
                        "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000}},
+           # the same without waiting for loads in idle steps (``idle_wait_ms``)
+           "sc_host_nowait": {"kind": "ttft", "connector": "sc", "activation": "plugin",
+                              "extra": {"backend": "host", "capacity_blocks": 2048,
+                                        "trace": 20000, "idle_wait_ms": 0}},
+           # loads inside the step that computes the request (vLLM's policy: "fail")
+           "sc_host_sync": {"kind": "ttft", "connector": "sc", "activation": "plugin",
+                            "extra": {"backend": "host", "capacity_blocks": 2048,
+                                      "load": "sync"}},
+           # the audit's cost in the engine: the connector's ``streamcheck`` setting off
+           "sc_host_off": {"kind": "ttft", "connector": "sc", "activation": "none",
+                           "extra": {"backend": "host", "capacity_blocks": 2048,
+                                     "streamcheck": "off"}},
        }.items()},
     # The same engine, its thread profiled over the warm pass and the batch (cProfile).
     "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,

@@ -33,6 +33,12 @@ class ConnectorConfig:
     and 1 of 72 in two runs without preemption; with preemption they changed outputs where
     vLLM's own OffloadingConnector changed them too (docs/measurements.md).
 
+    ``idle_wait_ms``: in an engine step that computes nothing, how long a worker waits for
+    the host slab's loads it issued before it answers (0: never). vLLM sees a load's report
+    one step after the step that reported it, so a load that completes just after a step's
+    poll costs its request a whole engine step more; with no forward in the step, waiting
+    costs no one else anything (a request arriving meanwhile waits at most this long).
+
     ``trace``: how many records of the connector's timeline to keep (``timeline.py``: every
     engine call and worker job, with times and threads; 0, the default, keeps none). The
     records come back with the worker's metrics."""
@@ -46,6 +52,7 @@ class ConnectorConfig:
     streamcheck: Mode = Mode.ASSERT
     load: str = "auto"
     trace: int = 0  # records of the connector's timeline to keep (0: none; ``timeline``)
+    idle_wait_ms: int = 20
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any] | None) -> ConnectorConfig:
@@ -68,12 +75,14 @@ class ConnectorConfig:
                 if not isinstance(value, int) or value < 1:
                     raise ValueError(f"{source}[{key!r}]={value!r}: must be a positive integer")
                 values[key] = value
-        if "trace" in extra:
-            value = extra["trace"]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{source}['trace']={value!r}: must be an integer >= 0 "
-                                 "(records of the timeline to keep)")
-            values["trace"] = value
+        for key, what in (("trace", "records of the timeline to keep"),
+                          ("idle_wait_ms", "milliseconds")):
+            if key in extra:
+                value = extra[key]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{source}[{key!r}]={value!r}: must be an integer >= 0 "
+                                     f"({what})")
+                values[key] = value
         if "load" in extra:
             if extra["load"] not in LOAD_MODES:
                 raise ValueError(f"{source}['load']={extra['load']!r}: choose {LOAD_MODES}")

@@ -55,6 +55,9 @@ class StepMeta:
     preempted: list[str] = field(default_factory=list)  # flush saves before blocks are reused
     delayed: list[str] = field(default_factory=list)  # report in finished_sending when saved
     evicted: list[str] = field(default_factory=list)  # placed key stores: delete these first
+    # nothing is computed this step, so no forward waits behind a worker that waits for its
+    # loads here: their report goes out in this step's output, an engine step sooner
+    idle: bool = False
 
 
 @dataclass

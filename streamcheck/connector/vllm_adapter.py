@@ -204,7 +204,9 @@ class StreamcheckConnector(KVConnectorBase_V1):
                               cached.num_computed_tokens[i] + counts.get(req_id, 0)))
         for req_id in scheduler_output.preempted_req_ids or ():
             self.scheduler.preempted(req_id)
-        return StreamcheckMeta(self.scheduler.build(scheduled))
+        step = self.scheduler.build(scheduled)
+        step.idle = not scheduler_output.total_num_scheduled_tokens
+        return StreamcheckMeta(step)
 
     def update_connector_output(self, connector_output: Any) -> None:
         assert self.scheduler is not None
@@ -357,10 +359,17 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self.runtime.fail_groups(plan.group for plan in self._meta().saves)
 
     def _collect(self) -> None:
+        """Take in what the runtime finished. In a step that computes nothing, wait for the
+        loads already issued: vLLM parks a request until a load is reported, and sees a report
+        only in a later step, so a load that completes just after this step's poll would cost
+        the request a further engine step; with no forward queued, waiting delays no one but
+        a request that arrives meanwhile (by at most ``idle_wait_ms``)."""
         assert self.runtime is not None
         if self._sync_loads:  # wait_for_save was skipped (vLLM defers it in some steps)
             self._settle_sync_loads()
-        news = self.runtime.poll()
+        meta = getattr(self, "_connector_metadata", None)  # bound by vLLM for this step
+        idle = isinstance(meta, StreamcheckMeta) and meta.step.idle
+        news = self.runtime.poll(self.config.idle_wait_ms / 1e3 if idle else 0.0)
         for name in news.saves_ok | news.saves_failed:
             report = self._report.saves_ok if name in news.saves_ok else self._report.saves_failed
             report[name] = 1

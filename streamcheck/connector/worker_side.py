@@ -556,16 +556,34 @@ class ConnectorRuntime:
             # (a load after the blocks were freed and handed to another request) must wait
             self._declare([layer], block_ids, "read", stream)
 
-    def poll(self) -> PollResult:
-        """What finished since the last poll (never blocks)."""
+    def poll(self, wait_loads_s: float = 0.0) -> PollResult:
+        """What finished since the last poll. Never blocks, unless ``wait_loads_s``: then
+        the loads the caller issued are waited for, up to that long."""
         with self.metrics._lock:
             self.metrics.polls += 1
         with self._issued_lock:
             self.timeline.note("poll", len(self._issued))
             self._retire(self._issued, block=False)
+            if wait_loads_s > 0 and self._issued:
+                self._wait_for_issued(wait_loads_s)
         with self._lock:
             done, self._done = self._done, PollResult()
         return done
+
+    def _wait_for_issued(self, seconds: float) -> None:
+        """Retire the issued loads as they complete, for up to ``seconds``. It sleeps between
+        queries (a few tens of microseconds each): the worker thread keeps the GIL meanwhile,
+        and a load still running at the deadline stays issued for a later poll."""
+        deadline = time.perf_counter() + seconds
+        self.timeline.note("poll.wait", len(self._issued))
+        while self._issued:
+            head = self._issued[0]
+            if head.done is None or head.done.query():
+                self._retire(self._issued, block=False)
+            elif time.perf_counter() >= deadline:
+                return
+            else:
+                time.sleep(0.00005)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Block until every queued save has copied its blocks out of the KV cache.

@@ -44,12 +44,15 @@ def test_sync_loads_need_the_fail_policy(extra, policy, refused):
             config.check_failure_policy(policy)
 
 
+@pytest.mark.parametrize("key", ["trace", "idle_wait_ms"])
 @pytest.mark.parametrize("value", [-1, 2.5, "100", True])
-def test_a_bad_trace_size_is_refused_naming_the_key(value):
-    with pytest.raises(ValueError, match=r"\['trace'\]="):
-        ConnectorConfig.from_extra({"trace": value})
+def test_a_bad_trace_size_or_idle_wait_is_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=rf"\['{key}'\]="):
+        ConnectorConfig.from_extra({key: value})
 
 
-def test_the_trace_is_off_unless_asked_for():
+def test_the_trace_is_off_unless_asked_for_and_idle_steps_wait_for_loads_by_default():
     assert ConnectorConfig.from_extra({}).trace == 0
     assert ConnectorConfig.from_extra({"trace": 500}).trace == 500
+    assert ConnectorConfig.from_extra({}).idle_wait_ms == 20
+    assert ConnectorConfig.from_extra({"idle_wait_ms": 0}).idle_wait_ms == 0

@@ -222,6 +222,59 @@ def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkey
     drain(rt)
 
 
+def test_a_poll_told_to_wait_for_loads_retires_each_issued_load_or_gives_up_in_time(
+        slab_runtime, monkeypatch):
+    """In an engine step that computes nothing the adapter polls with ``wait_loads_s``: a load
+    the engine thread issued is waited for and reported in that step, not a step later; one
+    still running at the deadline stays issued for a later poll."""
+    import time
+
+    from streamcheck.connector.slab import key_tag
+
+    class Running:
+        """A completion event that completes after ``n`` queries (never, for None)."""
+
+        def __init__(self, n: int | None) -> None:
+            self.n = n
+
+        def query(self) -> bool:
+            if self.n is None:
+                return False
+            self.n -= 1
+            return self.n < 0
+
+        def synchronize(self) -> None:
+            self.n = -1
+
+    rt, _ = slab_runtime
+    hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
+    src = saved_then_cleared(rt, hashes, ids, slots)
+    issue_load = rt._launch_slab_load
+    queries = iter([5, 3, None])
+
+    def running(*args):
+        load = issue_load(*args)
+        load.done = Running(next(queries))
+        return load
+
+    monkeypatch.setattr(rt, "_launch_slab_load", running)
+    tags = [key_tag(f"{h}.L0") for h in hashes]
+    rt.load_planes("r1", [0], [20, 21], slots, tags)
+    rt.load_planes("r2", [0], [22, 23], slots, tags)
+    assert rt.poll().loads_done == set()  # a plain poll never waits
+    assert rt.poll(wait_loads_s=10).loads_done == {"r1", "r2"}
+    assert torch.equal(rt.kv_caches[0][[22, 23]], src[0][ids])
+    assert rt.poll(wait_loads_s=10).loads_done == set()  # nothing issued: returns at once
+
+    rt.load_planes("r3", [0], [24, 25], slots, tags)  # never completes by itself
+    start = time.perf_counter()
+    assert rt.poll(wait_loads_s=0.02).loads_done == set()
+    assert time.perf_counter() - start >= 0.02  # it waited, then gave up
+    rt._issued[0].done.n = 0  # the device finished it
+    assert rt.poll().loads_done == {"r3"}
+    drain(rt)
+
+
 def test_a_slab_load_after_shutdown_fails_at_once(slab_runtime):
     """Nothing retires a load issued after ``shutdown``: it is reported failed instead of
     being left on the device unretired."""

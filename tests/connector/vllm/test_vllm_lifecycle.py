@@ -91,6 +91,8 @@ def test_hit_parks_loads_asynchronously_and_is_bit_exact(report: dict, backend: 
     assert f["hit_steps_parked"] >= 1
     assert f["hit_first_compute"] == [4 * BLOCK, 10]  # rescheduled after the load
     assert f["hit_bit_exact_to_writer"], "loaded KV differs from what the first request wrote"
+    # a step is marked idle (its worker may wait for loads) exactly when vLLM computes nothing
+    assert f["idle_marks"] == [[False, False], [True, True]]
 
 
 @pytest.mark.parametrize("backend", ALL)

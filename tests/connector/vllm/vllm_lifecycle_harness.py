@@ -394,6 +394,8 @@ class Engine:
         self.worker, self.backend = self.workers[0].connector, self.workers[0].backend
         self.reqs: dict[str, RunnerRequest] = {}
         self.stale_reads: list[str] = []
+        # per step: (vLLM scheduled no tokens, the connector's metadata says the step is idle)
+        self.idle_marks: list[tuple[bool, bool]] = []
         self.excused_reads: list[str] = []  # wrong KV read in a step that reported it invalid
         # this step's wrong reads: (request, the blocks read wrong, what)
         self._step_reads: list[tuple[str, set[int], str]] = []
@@ -490,6 +492,7 @@ class Engine:
 
         w = worker.connector
         meta = _across_processes(out.kv_connector_metadata)
+        self.idle_marks.append((not out.total_num_scheduled_tokens, meta.step.idle))
         w.handle_preemptions(meta)
         w.bind_connector_metadata(meta)
         if out.has_sync_kv_loads:

@@ -33,6 +33,7 @@ def tokens(seed: int, n: int) -> list[int]:
 def finish(eng: Engine, facts: Facts) -> Facts:
     """Common end checks: no stale KV read, the store holds only true KV, clean shutdown."""
     facts["stale_reads"] = eng.stale_reads
+    facts["idle_marks"] = sorted(set(eng.idle_marks))
     facts["excused_reads"] = eng.excused_reads
     facts["store_audit"] = eng.audit_store()
     facts["blocks_held_after"] = eng.block_usage() - eng.idle_blocks
