@@ -86,9 +86,9 @@ def family_prompts(vocab: int) -> list[list[int]]:
     return prompts
 
 
-def long_prompts(vocab: int) -> list[list[int]]:
+def long_prompts(vocab: int, tokens: int = 1792) -> list[list[int]]:
     rng = random.Random(11)
-    return [[rng.randrange(3, vocab) for _ in range(1792)] for _ in range(8)]
+    return [[rng.randrange(3, vocab) for _ in range(tokens)] for _ in range(8)]
 
 
 # ---- inside the case's own interpreter ------------------------------------------------------
@@ -212,7 +212,7 @@ COLD_TOKENS = 2  # tokens a cold request generates: see case_ttft
 
 
 def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[str, Any],
-              profile: bool = False) -> dict[str, Any]:
+              profile: bool = False, prompt_tokens: int = 1792) -> dict[str, Any]:
     """Warm TTFT: each prompt alone, one token, after a cold pass that filled the connector.
 
     The cold pass generates :data:`COLD_TOKENS` tokens per prompt, so its times are not
@@ -221,12 +221,13 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
     that block may be missed", ``vllm/v1/simple_kv_offload/manager.py``), so one-token cold
     requests left it nothing to serve. ``llm_args``: the case's engine settings over the
     defaults (prefix caching off). ``profile``: cProfile the engine's thread over the warm pass
-    and the batch (its own cost inflates every Python call; compare shares, not times)."""
+    and the batch (its own cost inflates every Python call; compare shares, not times).
+    ``prompt_tokens``: each of the 8 prompts' length."""
     llm = make_llm(model, 1, connector, extra, **{
-        "max_model_len": 2048, "gpu_memory_utilization": 0.5, "disable_log_stats": False,
-        **llm_args})
+        "max_model_len": max(2048, prompt_tokens + 256), "gpu_memory_utilization": 0.5,
+        "disable_log_stats": False, **llm_args})
     vocab = llm.get_tokenizer().vocab_size
-    prompts = long_prompts(vocab)
+    prompts = long_prompts(vocab, prompt_tokens)
     filler = [[5 + i % 7] * 40 for i in range(4)]
     ttft: dict[str, list[float]] = {}
     tokens: dict[str, list[list[int]]] = {}
@@ -271,7 +272,8 @@ def run_case(args: argparse.Namespace) -> None:
                                    spec.get("llm", {})))
         elif spec["kind"] == "ttft":
             result.update(case_ttft(args.model, spec["connector"], spec["extra"],
-                                    spec.get("llm", {}), profile=bool(spec.get("profile"))))
+                                    spec.get("llm", {}), profile=bool(spec.get("profile")),
+                                    prompt_tokens=spec.get("prompt_tokens", 1792)))
         elif spec["kind"] == "leak":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
@@ -408,6 +410,22 @@ CASES: dict[str, dict[str, Any]] = {
            "sc_host_off": {"kind": "ttft", "connector": "sc", "activation": "none",
                            "extra": {"backend": "host", "capacity_blocks": 2048,
                                      "streamcheck": "off"}},
+       }.items()},
+    # Prompts of 8,192 tokens (512 blocks; a GPU cache of 1,024), for a model where loading
+    # can beat recomputing (scripts/make_random_llama.py: grouped-query attention).
+    **{f"ttft_long_{name}": {**spec, "prompt_tokens": 8192,
+                             "llm": {"enable_prefix_caching": True,
+                                     "num_gpu_blocks_override": 1024}}
+       for name, spec in {
+           "recompute": {"kind": "ttft", "connector": "none", "extra": {},
+                         "activation": "none"},
+           "offloading": {"kind": "ttft", "connector": "offloading",
+                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+           "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
+                       "extra": {"backend": "host", "capacity_blocks": 4096}},
+           "sc_host_sync": {"kind": "ttft", "connector": "sc", "activation": "plugin",
+                            "extra": {"backend": "host", "capacity_blocks": 4096,
+                                      "load": "sync"}},
        }.items()},
     # The same engine, its thread profiled over the warm pass and the batch (cProfile).
     "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,
@@ -595,6 +613,10 @@ def main() -> int:
     if args.case:
         run_case(args)
         return 0
+    unknown = [case for case in args.cases if case not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {unknown} (cases are separate arguments); known: "
+                f"{sorted(CASES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}

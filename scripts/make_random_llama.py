@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--intermediate", type=int, default=14336)
+    p.add_argument("--max-positions", type=int, default=16384)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     if a.hidden % a.heads or a.heads % a.kv_heads:
@@ -48,7 +49,7 @@ def main() -> None:
         vocab_size=like["vocab_size"], hidden_size=a.hidden, intermediate_size=a.intermediate,
         num_hidden_layers=a.layers, num_attention_heads=a.heads,
         num_key_value_heads=a.kv_heads, head_dim=a.hidden // a.heads,
-        max_position_embeddings=like.get("max_position_embeddings", 2048), rms_norm_eps=1e-5,
+        max_position_embeddings=a.max_positions, rms_norm_eps=1e-5,
         bos_token_id=like.get("bos_token_id"), eos_token_id=like.get("eos_token_id"),
         pad_token_id=like.get("pad_token_id"), tie_word_embeddings=False)
     torch.manual_seed(a.seed)
