@@ -421,6 +421,8 @@ CASES: dict[str, dict[str, Any]] = {
                          "activation": "none"},
            "offloading": {"kind": "ttft", "connector": "offloading",
                           "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+           "simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
+                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
            "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
                        "extra": {"backend": "host", "capacity_blocks": 4096}},
            "sc_host_sync": {"kind": "ttft", "connector": "sc", "activation": "plugin",

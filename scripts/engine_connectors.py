@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any
 
 import torch
+from fault_injection import inject_faults
 
 from streamcheck.connector.vllm_adapter import StreamcheckConnector
 
@@ -29,42 +29,13 @@ from streamcheck.connector.vllm_adapter import StreamcheckConnector
 class FaultyConnector(StreamcheckConnector):
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         super().register_kv_caches(kv_caches)
-        runtime = self.runtime
-        assert runtime is not None and runtime.slab is not None, "needs the host backend"
-        every = int(os.environ.get("STREAMCHECK_FAULT_EVERY", "0"))
-        slow = float(os.environ.get("STREAMCHECK_SLOW_SAVE_MS", "0")) / 1000
-        issue_save, issue_load = runtime._slab_save, runtime._slab_load
-        loads = self._loads_seen = [0]
-        self._faults = faults = [0]
-
-        def save(job: Any) -> Any:
-            if slow:
-                time.sleep(slow)
-            return issue_save(job)
-
-        def load(job: Any, stream: Any) -> Any:
-            loads[0] += 1
-            if every and loads[0] % every == 0 and job.slots:
-                runtime.slab.data[job.layer, job.slots[0], 7] ^= 0x20  # one flipped bit
-                faults[0] += 1
-            return issue_load(job, stream)
-
-        issue_now = runtime.load_planes_now
-
-        def load_now(planes: Any, block_ids: Any, slots: Any, tags: Any) -> Any:
-            """A sync load (the slab's default): the same fault, on the engine's thread."""
-            loads[0] += 1
-            if every and loads[0] % every == 0 and slots:
-                runtime.slab.data[planes[0], slots[0], 7] ^= 0x20
-                faults[0] += 1
-            return issue_now(planes, block_ids, slots, tags)
-
-        runtime._slab_save, runtime._slab_load = save, load
-        runtime.load_planes_now = load_now  # type: ignore[method-assign]
+        self._counts = inject_faults(
+            self.runtime, int(os.environ.get("STREAMCHECK_FAULT_EVERY", "0")),
+            float(os.environ.get("STREAMCHECK_SLOW_SAVE_MS", "0")) / 1000)
 
     def metrics(self) -> dict[str, float | int]:
-        return {**super().metrics(), "load_calls": self._loads_seen[0],
-                "faults_injected": self._faults[0]}
+        return {**super().metrics(), "load_calls": self._counts[0],
+                "faults_injected": self._counts[1]}
 
 
 class LeakyConnector(StreamcheckConnector):
