@@ -235,6 +235,9 @@ class ConnectorRuntime:
         # slab loads issued by the engine thread itself (``load_planes``), retired by ``poll``
         # (and ``shutdown``: the lock makes each retirement happen once, whoever calls)
         self._issued: deque[_InFlight] = deque()
+        # held slab saves, issued by the engine thread at ``seal`` and retired by ``poll``
+        # (apart from the loads: a long save must not hold up a finished load's report)
+        self._issued_saves: deque[_InFlight] = deque()
         self._issued_lock = threading.Lock()
         self._load_stream = (torch.cuda.Stream(self.device)
                              if self.is_cuda and self.slab is not None else None)
@@ -390,11 +393,27 @@ class ConnectorRuntime:
             self._jobs.put(job)
 
     def _release_held(self) -> None:
+        """Send the held saves on. Slab saves are issued here, on the calling (engine)
+        thread, and retired by ``poll``, as slab loads are: given to the worker thread, a
+        request's save (some hundred torch calls for 32 planes) ran while the engine's next
+        step ran Python, each call handing the GIL back and forth, and that step took 17 ms
+        instead of 10 (docs/measurements.md); issued here it costs the engine the calls alone."""
         with self._lock:
             held, self._held = self._held, []
             jobs = self._merge_held_saves(held)
         for job in jobs:
-            self._jobs.put(job)
+            if self.slab is not None and job.kind == "save" and not self._closed:
+                self._issue_save_here(job)
+            else:
+                self._jobs.put(job)
+
+    def _issue_save_here(self, job: _Job) -> None:
+        self.timeline.note("save.issue", job.group)
+        issued = self._run_job(job, lambda: self._slab_save(job))
+        if issued is not None:
+            with self._issued_lock:
+                self._issued_saves.append(issued)
+        self.timeline.note("save.issued", job.group)
 
     def _merge_held_saves(self, held: list[_Job]) -> list[_Job]:
         """Held slab saves of one group into the same blocks and slots, as one job for all
@@ -564,6 +583,7 @@ class ConnectorRuntime:
         with self._issued_lock:
             self.timeline.note("poll", len(self._issued))
             self._retire(self._issued, block=False)
+            self._retire(self._issued_saves, block=False)
             if wait_loads_s > 0 and self._issued:
                 self._wait_for_issued(wait_loads_s)
         with self._lock:
@@ -592,6 +612,9 @@ class ConnectorRuntime:
         not for the backend to store them: the copies already sit in pinned staging.
         """
         self._release_held()
+        with self._issued_lock:  # the saves this thread issued: nothing else retires them
+            while self._issued_saves:
+                self._retire(self._issued_saves, block=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
             with self._lock:
@@ -640,8 +663,9 @@ class ConnectorRuntime:
                 pass
         try:
             with self._issued_lock:  # on the device already: they run to the end either way
-                while self._issued:
-                    self._retire(self._issued, block=True)
+                for issued in (self._issued, self._issued_saves):
+                    while issued:
+                        self._retire(issued, block=True)
         finally:  # the worker is told to stop even if waiting for the device failed
             self._jobs.put(None)
             self._thread.join(timeout)

@@ -160,12 +160,23 @@ class GatedSlab(GatedBackend):
         issue_save, issue_load = runtime._slab_save, runtime._slab_load
 
         def gated_save(job: Any) -> Any:
-            self.save_gate.wait(GATE_TIMEOUT_S)
-            if self.save_delay_s:
-                time.sleep(self.save_delay_s)
-            if any(self.fail_save(key) for key in self._keys_of(job)):
-                raise RuntimeError("injected save failure")
-            return issue_save(job)
+            """A save in flight on the "device" until the gate opens, as a load is: held
+            saves are issued by the engine thread, which must not wait here. Its copies read
+            the KV cache when they run, as a device copy queued behind other work would."""
+            from streamcheck.connector.worker_side import _InFlight
+
+            def run() -> Any:
+                if self.save_delay_s:
+                    time.sleep(self.save_delay_s)
+                if any(self.fail_save(key) for key in self._keys_of(job)):
+                    raise RuntimeError("injected save failure")
+                return issue_save(job)
+
+            if not runtime.hold_saves:  # a worker thread's save: it may wait for the gate
+                self.save_gate.wait(GATE_TIMEOUT_S)
+                return run()
+            held = HeldTransfer(self.save_gate, lambda: runtime._run_job(job, run))
+            return _InFlight(held, held.retire, job)
 
         def gated_load(job: Any, stream: Any, plan: Any = None, polled: bool = False) -> Any:
             """(Its in-flight record is untimed whatever ``polled`` says: the gate, not the

@@ -175,11 +175,15 @@ def load_failure(extra: dict[str, Any]) -> Facts:
         eng.step()
         facts[f"{name}_status_after_lookup"] = eng.status(req)
         damage()
+        # the recompute's own saves wait, so a hit now can only be the failed block left
+        # standing (slab saves are issued and retired within a step)
+        eng.backend.save_gate.clear()
         eng.backend.load_gate.set()
         eng.run_until(lambda r=req: r in eng.first_compute)
         facts[f"{name}_first_compute"] = eng.first_compute[req]
         facts[f"{name}_expected_computed"] = bad_block * BLOCK
         facts[f"{name}_bad_hash_served_after"] = hashes[bad_block] in eng.side.committed
+        eng.backend.save_gate.set()
         eng.drain()
         facts[f"{name}_committed_after_recompute"] = eng.committed(prompt)
     return finish(eng, facts)
@@ -260,9 +264,11 @@ def shutdown_in_flight(extra: dict[str, Any]) -> Facts:
     """Shutdown with saves still queued: they drain, the runtime thread ends."""
     eng, facts = Engine(extra), {}
     eng.backend.save_delay_s = 0.01
+    eng.backend.save_gate.clear()  # still running when the shutdown starts
     eng.add("A", tokens(60, 4 * BLOCK + 8), max_tokens=8)
     eng.step()
     facts["pending_at_shutdown"] = eng.workers[0].runtime.pending()
+    threading.Timer(0.05, eng.backend.save_gate.set).start()  # the shutdown waits for them
     facts["shutdown"] = eng.shutdown()
     return facts
 
