@@ -309,11 +309,11 @@ def test_slab_transfers_check_planes_in_runs_of_one_word_layout():
         rt.shutdown()
 
 
-def test_a_steps_held_saves_of_one_request_reach_the_worker_as_one_job(monkeypatch):
+def test_a_steps_held_saves_of_one_request_are_issued_as_one_job(monkeypatch):
     """With saves held until ``seal`` (the vLLM adapter's way), each layer's save of one group
-    into the same blocks and slots becomes one job for all planes: the worker runs a job's
-    Python once per request and step, not once per layer. A group saving elsewhere, or
-    another group, stays a job of its own; every group is reported once, bit-exact."""
+    into the same blocks and slots becomes one job for all planes: its Python runs once per
+    request and step, not once per layer. A group saving elsewhere, or another group, stays a
+    job of its own; every group is reported once, bit-exact."""
     from streamcheck.connector.slab import key_tag
 
     slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
@@ -345,5 +345,56 @@ def test_a_steps_held_saves_of_one_request_reach_the_worker_as_one_job(monkeypat
         assert rt.poll().loads_done == {"r"}
         assert all(torch.equal(kv[[20, 21]], s[[3, 7]]) for kv, s in
                    zip(rt.kv_caches, src, strict=True))
+    finally:
+        rt.shutdown()
+
+
+def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_polls(
+        monkeypatch):
+    """Held slab saves never go through the worker thread (on a GPU its Python, handing the
+    GIL back and forth with the engine's next step, slowed that step by 70 %): ``seal``
+    issues them on the calling thread and ``poll`` retires them once their copies completed;
+    ``flush`` (before vLLM reuses preempted blocks) waits for them itself."""
+    import threading
+
+    from streamcheck.connector.slab import key_tag
+
+    class Running:
+        """A completion event still running until waited for."""
+
+        def query(self) -> bool:
+            return False
+
+        def synchronize(self) -> None:
+            self.query = lambda: True  # type: ignore[method-assign]
+
+    slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(slab, kv_caches(1), "cpu", hold_saves=True)
+    issuers: list[str] = []
+    issue_save = rt._slab_save
+
+    def running(job):
+        issuers.append(threading.current_thread().name)
+        issued = issue_save(job)
+        issued.done = Running()
+        return issued
+
+    monkeypatch.setattr(rt, "_slab_save", running)
+    try:
+        tags = [key_tag(h) for h in ("a", "b")]
+        for layer in range(LAYERS):
+            rt.save_planes("g", [layer], [3, 7], [4, 5], tags)
+        rt.seal(["g"])
+        assert issuers == [threading.current_thread().name]
+        assert rt.poll().saves_ok == set()  # its copies are still running
+        assert rt._unread_saves == 1 and rt.pending() == 1
+        rt.flush()  # waits for the copies out of the KV cache: the blocks may be reused now
+        assert rt._unread_saves == 0
+        assert rt.poll().saves_ok == {"g"} and rt.pending() == 0
+
+        rt.save_planes("h", [0], [9], [8], [key_tag("c")])
+        rt.seal(["h"])
+        rt.shutdown()  # retires what it issued: nothing is left pending
+        assert rt.pending() == 0 and rt.poll().saves_ok == {"h"}
     finally:
         rt.shutdown()
