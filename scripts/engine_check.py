@@ -622,6 +622,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    verdicts: list[str] = []
     ok = True
     for case in args.cases:
         spec = CASES[case]
@@ -658,9 +659,13 @@ def main() -> int:
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}
         summary.update(wall_s=round(time.time() - start, 1), problems=problems, audit=audit)
-        (out / f"{case}.json").write_text(json.dumps({"result": result, "audit": audit}))
+        (out / f"{case}.json").write_text(json.dumps({"result": result, "audit": audit,
+                                                      "problems": problems}))
         print(json.dumps(summary), flush=True)
+        verdicts.append(f"{case}: " + ("PASS" if not problems else
+                                       "FAIL: " + "; ".join(problems)))
         ok &= not problems
+    print("\n".join(verdicts))  # one line a case, after the long result lines
     print("engine checks:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
