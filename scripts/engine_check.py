@@ -289,6 +289,22 @@ def run_case(args: argparse.Namespace) -> None:
 
 # ---- the driver -----------------------------------------------------------------------------
 
+# The TTFT comparisons' rows: recomputing and vLLM's own CPU connectors, then ours.
+PEERS: dict[str, dict[str, Any]] = {
+    "recompute": {"kind": "ttft", "connector": "none", "extra": {}, "activation": "none"},
+    "simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
+                   "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+    "offloading": {"kind": "ttft", "connector": "offloading",
+                   "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
+}
+
+
+def sc_host(capacity: int, **extra: Any) -> dict[str, Any]:
+    """A TTFT case of streamcheck's host slab, ``assert`` on through the installed wheel."""
+    return {"kind": "ttft", "connector": "sc", "activation": "plugin",
+            "extra": {"backend": "host", "capacity_blocks": capacity, **extra}}
+
+
 CASES: dict[str, dict[str, Any]] = {
     # Token comparisons between runs only mean something with batch-invariant kernels: in the
     # default mode the same engine gives other greedy tokens when the batch changes (measured:
@@ -390,45 +406,22 @@ CASES: dict[str, dict[str, Any]] = {
     **{f"ttft_pc_{name}": {**spec, "llm": {"enable_prefix_caching": True,
                                            "num_gpu_blocks_override": 256}}
        for name, spec in {
-           "recompute": {"kind": "ttft", "connector": "none", "extra": {},
-                         "activation": "none"},
-           "simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
-                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-           "offloading": {"kind": "ttft", "connector": "offloading",
-                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-           "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
-                       "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000}},
+           **PEERS,
+           "sc_host": sc_host(2048, trace=20000),
            # the same without waiting for loads in idle steps (``idle_wait_ms``)
-           "sc_host_nowait": {"kind": "ttft", "connector": "sc", "activation": "plugin",
-                              "extra": {"backend": "host", "capacity_blocks": 2048,
-                                        "trace": 20000, "idle_wait_ms": 0}},
+           "sc_host_nowait": sc_host(2048, trace=20000, idle_wait_ms=0),
            # loads inside the step that computes the request (vLLM's policy: "fail")
-           "sc_host_sync": {"kind": "ttft", "connector": "sc", "activation": "plugin",
-                            "extra": {"backend": "host", "capacity_blocks": 2048,
-                                      "load": "sync"}},
+           "sc_host_sync": sc_host(2048, load="sync"),
            # the audit's cost in the engine: the connector's ``streamcheck`` setting off
-           "sc_host_off": {"kind": "ttft", "connector": "sc", "activation": "none",
-                           "extra": {"backend": "host", "capacity_blocks": 2048,
-                                     "streamcheck": "off"}},
+           "sc_host_off": {**sc_host(2048, streamcheck="off"), "activation": "none"},
        }.items()},
     # Prompts of 8,192 tokens (512 blocks; a GPU cache of 1,024), for a model where loading
     # can beat recomputing (scripts/make_random_llama.py: grouped-query attention).
     **{f"ttft_long_{name}": {**spec, "prompt_tokens": 8192,
                              "llm": {"enable_prefix_caching": True,
                                      "num_gpu_blocks_override": 1024}}
-       for name, spec in {
-           "recompute": {"kind": "ttft", "connector": "none", "extra": {},
-                         "activation": "none"},
-           "offloading": {"kind": "ttft", "connector": "offloading",
-                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-           "simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
-                          "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-           "sc_host": {"kind": "ttft", "connector": "sc", "activation": "plugin",
-                       "extra": {"backend": "host", "capacity_blocks": 4096}},
-           "sc_host_sync": {"kind": "ttft", "connector": "sc", "activation": "plugin",
-                            "extra": {"backend": "host", "capacity_blocks": 4096,
-                                      "load": "sync"}},
-       }.items()},
+       for name, spec in {**PEERS, "sc_host": sc_host(4096),
+                          "sc_host_sync": sc_host(4096, load="sync")}.items()},
     # The same engine, its thread profiled over the warm pass and the batch (cProfile).
     "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,
                      "extra": {"backend": "host", "capacity_blocks": 2048},

@@ -33,6 +33,23 @@ def keys(hashes: list[str], layer: int) -> list[str]:
     return [f"{h}.L{layer}" for h in hashes]
 
 
+class Pending:
+    """A fake completion event: still running for its first ``n`` queries (None: until
+    waited for with ``synchronize``)."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n
+
+    def query(self) -> bool:
+        if self.n is None:
+            return False
+        self.n -= 1
+        return self.n < 0
+
+    def synchronize(self) -> None:
+        self.n = -1
+
+
 @pytest.fixture
 def slab_runtime():
     slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
@@ -183,19 +200,6 @@ def test_the_polls_that_wait_for_an_issued_load_are_counted(slab_runtime, monkey
     the time from the issue to the first poll and the polls that found the load running."""
     from streamcheck.connector.slab import key_tag
 
-    class Pending:
-        """A completion event that is still running for the first ``n`` queries."""
-
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def query(self) -> bool:
-            self.n -= 1
-            return self.n < 0
-
-        def synchronize(self) -> None:
-            self.n = -1
-
     rt, _ = slab_runtime
     hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
     saved_then_cleared(rt, hashes, ids, slots)
@@ -231,21 +235,6 @@ def test_a_poll_told_to_wait_for_loads_retires_each_issued_load_or_gives_up_in_t
 
     from streamcheck.connector.slab import key_tag
 
-    class Running:
-        """A completion event that completes after ``n`` queries (never, for None)."""
-
-        def __init__(self, n: int | None) -> None:
-            self.n = n
-
-        def query(self) -> bool:
-            if self.n is None:
-                return False
-            self.n -= 1
-            return self.n < 0
-
-        def synchronize(self) -> None:
-            self.n = -1
-
     rt, _ = slab_runtime
     hashes, ids, slots = ["a", "b"], [3, 7], [4, 5]
     src = saved_then_cleared(rt, hashes, ids, slots)
@@ -254,7 +243,7 @@ def test_a_poll_told_to_wait_for_loads_retires_each_issued_load_or_gives_up_in_t
 
     def running(*args):
         load = issue_load(*args)
-        load.done = Running(next(queries))
+        load.done = Pending(next(queries))
         return load
 
     monkeypatch.setattr(rt, "_launch_slab_load", running)
@@ -359,15 +348,6 @@ def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_pol
 
     from streamcheck.connector.slab import key_tag
 
-    class Running:
-        """A completion event still running until waited for."""
-
-        def query(self) -> bool:
-            return False
-
-        def synchronize(self) -> None:
-            self.query = lambda: True  # type: ignore[method-assign]
-
     slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(slab, kv_caches(1), "cpu", hold_saves=True)
     issuers: list[str] = []
@@ -376,7 +356,7 @@ def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_pol
     def running(job):
         issuers.append(threading.current_thread().name)
         issued = issue_save(job)
-        issued.done = Running()
+        issued.done = Pending()
         return issued
 
     monkeypatch.setattr(rt, "_slab_save", running)
