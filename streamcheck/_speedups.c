@@ -16,8 +16,10 @@
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after)
- *       Event.record and torch.distributed functions: the plain call goes straight to the
- *       original, every other one to the Python hook (see guarded_vectorcall).
+ *       Event.record, Event.wait and torch.distributed functions: the plain call goes
+ *       straight to the original, every other one to the Python hook (see
+ *       guarded_vectorcall); with the happens-before clocks live, a record on a given stream
+ *       keeps its snapshot here and a wait that adds nothing to its stream's clock is plain.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,7 +31,15 @@
 #endif
 
 static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
-    *s_stream, *s_device_attr, *s_stream_id;
+    *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr;
+/* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
+ * (device, stream id); an event's snapshot in its attribute _streamcheck_clock; an empty clock
+ * is an empty dict, never changed. (CLOCK_ATTR is exported: the hooks use these paths only
+ * while it matches clocks.py.) */
+#define CLOCKS_NAME "clocks"
+#define STREAM_CLOCKS_NAME "_clocks"
+#define CLOCK_ATTR_NAME "_streamcheck_clock"
+static PyObject *empty_clock;
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -584,11 +594,17 @@ static PyTypeObject FastLaunchType = {
  *     `bound`), the device of the stream it is recorded on (the thread's current device,
  *     `reader()`, for stream=None); `after(event[, stream])` snapshots the record if the
  *     clocks went live meanwhile;
+ *     With the clocks live, a record on a stream given as an argument is plain too, and
+ *     keeps its snapshot (the stream's clock) on the event here; on the current stream
+ *     (stream=None) it goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
  *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
- *     (stream id, device, type) tuple) is not a default stream (id 0); the launch is counted.
+ *     (stream id, device, type) tuple) is not a default stream (id 0); the launch is counted;
+ *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
+ *     stream is given and its clock already holds every entry of the event's snapshot (the
+ *     common wait: it adds nothing); any other wait goes to `slow`, which merges.
  */
-enum { EVENT_RECORD = 1, TENSOR_CALL = 2 };
+enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
 
 typedef struct {
     PyObject_HEAD
@@ -600,20 +616,102 @@ typedef struct {
 
 static PyObject *s_ordering, *s_get_device;
 
-/* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
+/* 1: the auditor's clocks are live, 0: not, -1: error */
+static int clocks_live(PyObject *auditor)
+{
+    PyObject *ordering = PyObject_GetAttr(auditor, s_ordering);
+    if (ordering == NULL)
+        return -1;
+    int live = PyObject_IsTrue(ordering);
+    Py_DECREF(ordering);
+    return live;
+}
+
+/* The (device, stream id) key of a stream object, as the Python hooks make it (a new tuple);
+ * NULL + error where either is not an int (the Python hook then converts or complains). */
+static PyObject *stream_key(PyObject *stream)
+{
+    PyObject *key = NULL, *sid = NULL, *dev = PyObject_GetAttr(stream, s_device_index);
+    if (dev != NULL)
+        sid = PyObject_GetAttr(stream, s_stream_id);
+    if (sid != NULL) {
+        if (PyLong_CheckExact(dev) && PyLong_CheckExact(sid))
+            key = PyTuple_Pack(2, dev, sid);
+        else
+            PyErr_SetString(PyExc_TypeError, "a stream's device or id is not an int");
+    }
+    Py_XDECREF(dev);
+    Py_XDECREF(sid);
+    return key;
+}
+
+/* The clock of `stream` (borrowed from the clocks' table, or empty_clock); NULL + error. The
+ * table's clocks are replaced, never changed, so reading one needs no lock (as in Python). */
+static PyObject *clock_of(PyObject *auditor, PyObject *stream)
+{
+    PyObject *clock = NULL, *table = NULL, *key = NULL;
+    PyObject *clocks = PyObject_GetAttr(auditor, s_clocks);
+    if (clocks != NULL)
+        table = PyObject_GetAttr(clocks, s_stream_clocks);
+    if (table != NULL && !PyDict_CheckExact(table))
+        PyErr_SetString(PyExc_TypeError, "the clocks' table is not a dict");
+    else if (table != NULL)
+        key = stream_key(stream);
+    if (key != NULL) {
+        clock = PyDict_GetItemWithError(table, key);
+        if (clock == NULL && !PyErr_Occurred())
+            clock = empty_clock;
+    }
+    /* borrowed from the table, which the clocks object keeps: valid while the caller holds
+     * the GIL and runs no Python code before using it */
+    Py_XDECREF(clocks);
+    Py_XDECREF(table);
+    Py_XDECREF(key);
+    return clock;
+}
+
+/* 1: every (stream, tick) of `snapshot` is in `own` with a tick at least as large (a wait
+ * on it adds nothing), 0: not, -1: error. Both are dicts of ints. */
+static int holds_all(PyObject *own, PyObject *snapshot)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *tick;
+    while (PyDict_Next(snapshot, &pos, &key, &tick)) {
+        PyObject *mine = PyDict_GetItemWithError(own, key);
+        if (mine == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        int ge = PyObject_RichCompareBool(mine, tick, Py_GE);
+        if (ge != 1)
+            return ge;
+    }
+    return 1;
+}
+
+/* The live record's snapshot, kept on the event: 0, or -1 + error (the caller then asks the
+ * Python `after`, which can also keep it for an event that takes no attribute). */
+static int keep_snapshot(PyObject *auditor, PyObject *event, PyObject *stream)
+{
+    PyObject *clock = clock_of(auditor, stream);
+    if (clock == NULL)
+        return -1;
+    Py_INCREF(clock);
+    int rc = PyObject_SetAttr(event, s_clock_attr, clock);
+    Py_DECREF(clock);
+    return rc;
+}
+
+/* 1: plain (2: and the clocks are live, the stream given: keep the snapshot), 0: not (or an
+ * error, cleared: the Python hook then sees it for itself) */
 static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
-    PyObject *ordering = PyObject_GetAttr(auditor, s_ordering);
-    if (ordering == NULL)
-        goto error;
-    int live = PyObject_IsTrue(ordering);
-    Py_DECREF(ordering);
+    int live = clocks_live(auditor);
     if (live < 0)
         goto error;
-    if (live)
+    int given = nargs == 2 && args[1] != Py_None;
+    if (live && !given)
         return 0;
     PyObject *bound = PyObject_GetAttr(args[0], self->bound);
     if (bound == NULL)
@@ -630,9 +728,38 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     Py_DECREF(bound);
     if (same < 0)
         goto error;
-    return same;
+    return same == 1 && live ? 2 : same;
 error:
     return drop_ordinary_error();
+}
+
+/* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
+static int event_wait_is_plain(PyObject *auditor, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    if (nargs < 1 || nargs > 2 || kwnames != NULL)
+        return 0;
+    int live = clocks_live(auditor);
+    if (live <= 0)
+        return live == 0 ? 1 : drop_ordinary_error();
+    if (nargs < 2 || args[1] == Py_None)
+        return 0;
+    PyObject *snapshot = PyObject_GetAttr(args[0], s_clock_attr);
+    if (snapshot == NULL)
+        return drop_ordinary_error(); /* never recorded here, or kept by id: Python's */
+    int plain = 0;
+    if (PyDict_CheckExact(snapshot)) {
+        if (PyDict_GET_SIZE(snapshot) == 0) {
+            plain = 1; /* a snapshot of nothing orders nothing */
+        } else {
+            PyObject *own = clock_of(auditor, args[1]);
+            Py_XINCREF(own);
+            plain = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : 0;
+            Py_XDECREF(own);
+        }
+    }
+    Py_DECREF(snapshot);
+    return plain < 0 ? drop_ordinary_error() : plain;
 }
 
 static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs)
@@ -675,13 +802,32 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
         plain = 1;
     else if (self->kind == EVENT_RECORD)
         plain = event_record_is_plain(self, auditor, args, nargs, kwnames);
+    else if (self->kind == EVENT_WAIT)
+        plain = event_wait_is_plain(auditor, args, nargs, kwnames);
     else
         plain = auditor == self->owner ? tensor_call_is_plain(self, args, nargs) : 0;
-    Py_DECREF(auditor);
-    if (plain < 0)
+    if (plain < 0) {
+        Py_DECREF(auditor);
         return NULL;
-    if (!plain)
+    }
+    if (!plain) {
+        Py_DECREF(auditor);
         return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    if (plain == 2) { /* a live record on a given stream: its snapshot is kept here */
+        PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        if (result != NULL && keep_snapshot(auditor, args[0], args[1]) < 0) {
+            PyObject *done = NULL;
+            if (drop_ordinary_error() == 0) /* Python's own way, for an unusual event */
+                done = PyObject_Vectorcall(self->after, args, nargs, NULL);
+            if (done == NULL)
+                Py_CLEAR(result);
+            Py_XDECREF(done);
+        }
+        Py_DECREF(auditor);
+        return result;
+    }
+    Py_DECREF(auditor);
     if (self->kind == TENSOR_CALL && audited) {
         PyObject *n = PyIter_Next(self->counter);
         if (n == NULL && PyErr_Occurred())
@@ -690,7 +836,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     }
     PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     if (result == NULL || self->kind != EVENT_RECORD || !audited)
-        return result;
+        return result; /* a wait needs nothing after it */
     /* The clocks may have gone live while the event was recorded (another thread's first
      * mark): the Python hook reads the flag after the record, so this does too. */
     auditor = PyObject_GetAttr(self->gate, s_auditor);
@@ -728,7 +874,7 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTuple(args, "iOOOOOOOO:GuardedCall", &kind, &gate, &owner, &counter,
                           &original, &slow, &reader, &bound, &after))
         return NULL;
-    if ((kind != EVENT_RECORD && kind != TENSOR_CALL) ||
+    if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT) ||
         (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
         (kind == TENSOR_CALL && counter != Py_None && !PyIter_Check(counter))) {
         PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute or counter");
@@ -784,13 +930,16 @@ static int intern_all(void)
                  {&s_device_index, "device_index"}, {&s_main_engine, "main_engine"},
                  {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
-                 {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"}};
+                 {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"},
+                 {&s_clocks, CLOCKS_NAME}, {&s_stream_clocks, STREAM_CLOCKS_NAME},
+                 {&s_clock_attr, CLOCK_ATTR_NAME}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
             return -1;
     }
-    return 0;
+    empty_clock = PyDict_New();
+    return empty_clock == NULL ? -1 : 0;
 }
 
 static struct PyModuleDef speedups_module = {
@@ -811,7 +960,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
-        PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0) {
+        PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
+        PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||
+        PyModule_AddStringConstant(module, "CLOCK_ATTR", CLOCK_ATTR_NAME) < 0 ||
+        PyModule_AddStringConstant(module, "STREAM_CLOCKS", STREAM_CLOCKS_NAME) < 0) {
         Py_DECREF(module);
         return NULL;
     }

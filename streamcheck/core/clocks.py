@@ -32,7 +32,11 @@ from typing import Any
 StreamKey = tuple[int, int]  # (device, stream id)
 Clock = dict[StreamKey, int]  # never mutated once published
 _EMPTY: Clock = {}
-_ATTR = "_streamcheck_clock"
+# Where an event's snapshot and the streams' clocks live. The compiled event hooks
+# (streamcheck/_speedups.c) read and keep them there too, while these names match theirs.
+SNAPSHOT_ATTR = "_streamcheck_clock"
+STREAM_CLOCKS_ATTR = "_clocks"
+_ATTR = SNAPSHOT_ATTR
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.core.clocks import SNAPSHOT_ATTR, STREAM_CLOCKS_ATTR
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef, capture_site
 from streamcheck.runtime.reader import StreamReader
@@ -84,10 +85,12 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
             return result
 
         compiled = speedups.active()
-        if compiled is None or thread_device is None:
+        if compiled is None or thread_device is None or not _clock_paths_match(compiled,
+                                                                               reader):
             return record
-        # In C, the record of a bound event on its own device while no clocks are live (the
-        # common case) goes straight to torch; every other one to ``record`` above.
+        # In C, the record of a bound event on its own device goes straight to torch, and
+        # with the clocks live on a given stream keeps its snapshot there too; every other
+        # one goes to ``record`` above.
 
         def snapshot(self: Any, stream: Any = None) -> None:
             """The clocks went live during a record let through in C: keep its snapshot."""
@@ -104,6 +107,15 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
         return hook
 
     registry.patch(event_class, "record", make_record)
+
+
+def _clock_paths_match(compiled: Any, reader: StreamReader) -> bool:
+    """Whether the compiled hooks may keep and read the clocks themselves: they find an
+    event's snapshot and a stream's clock where ``clocks.py`` keeps them, under the key a
+    stream object gives (not a runtime's own ``event_stream``)."""
+    return (reader.event_stream is None
+            and getattr(compiled, "CLOCK_ATTR", None) == SNAPSHOT_ATTR
+            and getattr(compiled, "STREAM_CLOCKS", None) == STREAM_CLOCKS_ATTR)
 
 
 def _ref(key: tuple[int, int], stream: Any) -> StreamRef:
@@ -151,7 +163,15 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
                 auditor.event_waited(stream_key_of(self, stream), self)
             return original(self, stream)
 
-        return wait
+        compiled = speedups.active()
+        if compiled is None or not _clock_paths_match(compiled, reader):
+            return wait
+        # In C, a wait on a given stream whose clock already holds the event's snapshot (the
+        # common case: it adds nothing) goes straight to torch; every other one to ``wait``.
+        hook = compiled.GuardedCall(compiled.EVENT_WAIT, gate, None, None, original, wait,
+                                    None, SNAPSHOT_ATTR, None)
+        functools.update_wrapper(hook, original)
+        return hook
 
     registry.patch(event_class, "wait", make_wait)
 

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from streamcheck import installer
+from streamcheck.core.clocks import SNAPSHOT_ATTR
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import ConfigError
@@ -22,7 +23,7 @@ from streamcheck.core.provenance import site_stack
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.events import hook_event_record
+from streamcheck.wrappers.events import hook_event_record, hook_event_wait
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.streams import made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
@@ -172,17 +173,18 @@ def fake_reader() -> StreamReader:
 def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
     """Bound on its first record; a record on its own device while no clocks are live goes
     straight through (compiled: in C); a record on another device is stopped before it runs;
-    once the clocks are live, or when they go live during the record, it is snapshotted."""
+    once the clocks are live, or when they go live during the record, the recording stream's
+    clock is kept on the event (compiled: in C for a given stream)."""
     monkeypatch.setitem(READER_STATE, "device", 0)
     aud = installer.install("assert")
     hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
     is_compiled = type(FakeEvent.__dict__["record"]).__name__ == "GuardedCall"
     assert is_compiled == (core == "compiled")
-    snapshots = []
-    monkeypatch.setattr(aud, "event_recorded", lambda ev, key: snapshots.append(key))
+    aud.clocks._clocks[(0, 5)] = clock = {(0, 5): 3, (1, 2): 1}  # stream 5's, kept as is
     event = FakeEvent()
     assert event.record() == "recorded"  # binds it to device 0
-    assert event.record(Stream()) == "recorded" and snapshots == []
+    assert event.record(Stream()) == "recorded"
+    assert not hasattr(event, SNAPSHOT_ATTR)  # no clocks live: nothing kept
     other = SimpleNamespace(device_index=1, stream_id=3, cuda_stream=0x33)
     with pytest.raises(StreamHazardError, match="event-device-mismatch"):
         event.record(other)
@@ -192,10 +194,55 @@ def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
     monkeypatch.setitem(READER_STATE, "device", 0)
     assert len(event.records) == 2  # the stopped records never ran
     monkeypatch.setitem(READER_STATE, "flip_ordering", True)
-    event.record()
-    assert snapshots == [(0, 5)]
-    event.record(Stream())
-    assert snapshots == [(0, 5), (0, 5)]
+    event.record()  # the clocks go live during this record
+    assert getattr(event, SNAPSHOT_ATTR) is clock
+    delattr(event, SNAPSHOT_ATTR)
+    aud.clocks._clocks[(0, 5)] = later = {(0, 5): 4}
+    event.record(Stream())  # live: kept by the compiled hook itself
+    assert getattr(event, SNAPSHOT_ATTR) is later
+    event.record(SimpleNamespace(device_index=0, stream_id=6))  # a stream with no clock yet
+    assert getattr(event, SNAPSHOT_ATTR) == {}
+    assert len(event.records) == 5
+
+
+class FakeWaitEvent:
+    """An event whose waits are only counted."""
+
+    def __init__(self) -> None:
+        self.waits: list = []
+
+    def wait(self, stream=None):
+        self.waits.append(stream)
+        return "waited"
+
+
+def test_an_event_wait_is_decided_the_same_by_both_hooks(core):
+    """Before the clocks are live a wait goes straight through; after, a wait that adds
+    nothing to its stream's clock leaves the clock as it is (compiled: decided in C), any
+    other merges the event's snapshot into it; every wait reaches the original."""
+    aud = installer.install("assert")
+    hook_event_wait(installer._registry, installer._gate, FakeWaitEvent, fake_reader())
+    is_compiled = type(FakeWaitEvent.__dict__["wait"]).__name__ == "GuardedCall"
+    assert is_compiled == (core == "compiled")
+    table = aud.clocks._clocks
+    event = FakeWaitEvent()
+    setattr(event, SNAPSHOT_ATTR, {(0, 5): 2})
+    s6, s7 = (SimpleNamespace(device_index=0, stream_id=i) for i in (6, 7))
+    assert event.wait(s7) == "waited" and table == {}  # not live: orders nothing
+    aud.ordering = True
+    table[(0, 6)] = held = {(0, 5): 3, (0, 6): 1}
+    event.wait(s6)
+    assert table[(0, 6)] is held  # it held the snapshot already: nothing replaced
+    event.wait(s7)
+    assert table[(0, 7)] == {(0, 5): 2}  # merged
+    event.wait()  # the current stream (0, 5), read through the reader
+    assert table[(0, 5)] == {(0, 5): 2}
+    empty, unrecorded = FakeWaitEvent(), FakeWaitEvent()
+    setattr(empty, SNAPSHOT_ATTR, {})
+    empty.wait(SimpleNamespace(device_index=0, stream_id=8))
+    unrecorded.wait(SimpleNamespace(device_index=0, stream_id=9))
+    assert (0, 8) not in table and (0, 9) not in table
+    assert len(event.waits) == 4 and len(empty.waits) == len(unrecorded.waits) == 1
 
 
 class FakeTensor:
