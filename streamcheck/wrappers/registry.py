@@ -38,6 +38,15 @@ class PatchRegistry:
             self._applied.append(_Applied(owner, name, raw, replacement))
             return True
 
+    def original(self, owner: Any, name: str) -> Any:
+        """``owner.__dict__[name]`` as it was before this registry patched it (as it is now,
+        if it did not), or None where the owner has no such entry."""
+        with self._lock:
+            for a in self._applied:
+                if a.owner is owner and a.name == name:
+                    return None if a.original is _MISSING else a.original
+            return owner.__dict__.get(name) if hasattr(owner, "__dict__") else None
+
     def restore_all(self) -> None:
         """Undo every patch, newest first. A patch someone replaced since is left alone."""
         with self._lock:

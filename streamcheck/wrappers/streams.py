@@ -164,12 +164,14 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
     The hook on ``Stream.__new__`` (creations) would otherwise run for every
     ``current_stream()`` too, which wraps an existing stream: stream contexts, event records
     and engines call it on every switch. This does what torch's own does, with one Python frame
-    fewer than torch's plus the hook: the same answer, at no added cost.
+    fewer than torch's plus the hook: the same answer, at no added cost. The original is the
+    one from before ``registry`` hooked ``__new__``, whichever was patched first (read from the
+    class after the hook, it was the hook, and every ``current_stream()`` paid its frame).
     """
     import torch
 
     stream_class = cuda.Stream
-    impl = stream_class.__dict__.get("__new__")
+    impl = registry.original(stream_class, "__new__")
     index = getattr(cuda, "_get_device_index", None)
     reader = getattr(torch._C, "_cuda_getCurrentStream", None)
     lazy_init = getattr(cuda, "_lazy_init", None)

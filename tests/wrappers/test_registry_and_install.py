@@ -139,3 +139,49 @@ def test_the_engine_device_is_unknown_once_engine_threads_chose_two():
     assert home.device is None
     home.chosen(1)
     assert home.device is None
+
+
+def test_the_registry_gives_back_what_it_replaced():
+    class Owner:
+        def method(self):
+            return "original"
+
+    registry = PatchRegistry()
+    raw = Owner.__dict__["method"]
+    assert registry.original(Owner, "method") is raw  # not patched: as it is
+    registry.patch(Owner, "method", lambda original: lambda self: "patched")
+    assert registry.original(Owner, "method") is raw
+    assert registry.original(Owner, "absent") is None
+    registry.restore_all()
+
+
+def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monkeypatch):
+    """``current_stream()`` runs on every stream switch: it must build its object with the
+    Stream ``__new__`` from before the creation hook (which would add a Python frame to every
+    switch and never records these anyway), whichever of the two was installed first."""
+    from streamcheck.wrappers.streams import fast_current_stream
+
+    class Stream:
+        def __new__(cls, *args, **kwargs):
+            made = object.__new__(cls)
+            made.fields = kwargs
+            return made
+
+    cuda = types.SimpleNamespace(Stream=Stream, _get_device_index=lambda d, optional: 0,
+                                 _lazy_init=lambda: None, current_stream=lambda device=None: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", lambda device: (7, device, 1),
+                        raising=False)
+    created = []
+    registry = PatchRegistry()
+    impl = Stream.__dict__["__new__"]  # the creation hook's stand-in, installed first
+    registry.patch(Stream, "__new__", lambda _: staticmethod(
+        lambda cls, *a, **k: created.append(k) or impl(cls, *a, **k)))
+    fast_current_stream(registry, cuda)
+    try:
+        stream = cuda.current_stream()
+        assert stream.fields == {"stream_id": 7, "device_index": 0, "device_type": 1}
+        assert created == []  # the hooked __new__ never ran
+        Stream(device_index=0)
+        assert len(created) == 1  # a creation still goes through it
+    finally:
+        registry.restore_all()
