@@ -645,25 +645,26 @@ static PyObject *stream_key(PyObject *stream)
     return key;
 }
 
-/* The clock of `stream` (borrowed from the clocks' table, or empty_clock); NULL + error. The
- * table's clocks are replaced, never changed, so reading one needs no lock (as in Python). */
+/* The clock of `stream` (a new reference: the table's, or empty_clock); NULL + error. The
+ * table's clocks are replaced, never changed, so reading one needs no lock (as in Python).
+ * The key is made first: reading a stream's attributes may run Python code, which must not
+ * find the table half-read. */
 static PyObject *clock_of(PyObject *auditor, PyObject *stream)
 {
-    PyObject *clock = NULL, *table = NULL, *key = NULL;
-    PyObject *clocks = PyObject_GetAttr(auditor, s_clocks);
+    PyObject *clock = NULL, *clocks = NULL, *table = NULL;
+    PyObject *key = stream_key(stream);
+    if (key != NULL)
+        clocks = PyObject_GetAttr(auditor, s_clocks);
     if (clocks != NULL)
         table = PyObject_GetAttr(clocks, s_stream_clocks);
-    if (table != NULL && !PyDict_CheckExact(table))
+    if (table != NULL && !PyDict_CheckExact(table)) {
         PyErr_SetString(PyExc_TypeError, "the clocks' table is not a dict");
-    else if (table != NULL)
-        key = stream_key(stream);
-    if (key != NULL) {
-        clock = PyDict_GetItemWithError(table, key);
+    } else if (table != NULL) {
+        clock = PyDict_GetItemWithError(table, key); /* a tuple of ints: no Python code */
         if (clock == NULL && !PyErr_Occurred())
             clock = empty_clock;
+        Py_XINCREF(clock);
     }
-    /* borrowed from the table, which the clocks object keeps: valid while the caller holds
-     * the GIL and runs no Python code before using it */
     Py_XDECREF(clocks);
     Py_XDECREF(table);
     Py_XDECREF(key);
@@ -677,10 +678,17 @@ static int holds_all(PyObject *own, PyObject *snapshot)
     Py_ssize_t pos = 0;
     PyObject *key, *tick;
     while (PyDict_Next(snapshot, &pos, &key, &tick)) {
+        /* owned across the lookup and the comparison, either of which may run Python code
+         * for keys or ticks that are not ints (the clocks hold ints: then none runs) */
+        Py_INCREF(key);
+        Py_INCREF(tick);
         PyObject *mine = PyDict_GetItemWithError(own, key);
-        if (mine == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        int ge = PyObject_RichCompareBool(mine, tick, Py_GE);
+        Py_XINCREF(mine);
+        int ge = mine == NULL ? (PyErr_Occurred() ? -1 : 0)
+                              : PyObject_RichCompareBool(mine, tick, Py_GE);
+        Py_XDECREF(mine);
+        Py_DECREF(tick);
+        Py_DECREF(key);
         if (ge != 1)
             return ge;
     }
@@ -694,7 +702,6 @@ static int keep_snapshot(PyObject *auditor, PyObject *event, PyObject *stream)
     PyObject *clock = clock_of(auditor, stream);
     if (clock == NULL)
         return -1;
-    Py_INCREF(clock);
     int rc = PyObject_SetAttr(event, s_clock_attr, clock);
     Py_DECREF(clock);
     return rc;
@@ -753,7 +760,6 @@ static int event_wait_is_plain(PyObject *auditor, PyObject *const *args, Py_ssiz
             plain = 1; /* a snapshot of nothing orders nothing */
         } else {
             PyObject *own = clock_of(auditor, args[1]);
-            Py_XINCREF(own);
             plain = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : 0;
             Py_XDECREF(own);
         }

@@ -350,3 +350,17 @@ def test_accesses_kept_per_buffer_are_bounded():
     reads = aud.write_target(BLOCK).reads
     assert len(reads) == MAX_ACCESSES
     assert reads[0].blocks == frozenset({10})  # the oldest were forgotten
+
+
+def test_the_clocks_keep_their_state_where_the_compiled_hooks_look_for_it():
+    """The compiled event hooks read a stream's clock from the attribute named
+    ``STREAM_CLOCKS_ATTR`` and an event's snapshot from ``SNAPSHOT_ATTR``: renaming either here
+    must fail this, not leave the compiled hooks reading something else."""
+    from streamcheck.core.clocks import SNAPSHOT_ATTR, STREAM_CLOCKS_ATTR, HappensBefore
+
+    hb = HappensBefore()
+    hb.mark((0, 5))
+    assert vars(hb)[STREAM_CLOCKS_ATTR] == {(0, 5): {(0, 5): 1}}
+    event = type("Event", (), {})()
+    hb.record(event, (0, 5))
+    assert getattr(event, SNAPSHOT_ATTR) == {(0, 5): 1}
