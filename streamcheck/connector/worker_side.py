@@ -408,12 +408,17 @@ class ConnectorRuntime:
                 self._jobs.put(job)
 
     def _issue_save_here(self, job: _Job) -> None:
-        self.timeline.note("save.issue", job.group)
-        issued = self._run_job(job, lambda: self._slab_save(job))
-        if issued is not None:
-            with self._issued_lock:
+        """Issue and keep the save under the lock ``shutdown`` drains with, after checking
+        it has not begun: a save issued after its drain would never be retired."""
+        with self._issued_lock:
+            if self._closed:
+                self._finish(job, ok=False, error="the connector was shut down")
+                return
+            self.timeline.note("save.issue", job.group)
+            issued = self._run_job(job, lambda: self._slab_save(job))
+            if issued is not None:
                 self._issued_saves.append(issued)
-        self.timeline.note("save.issued", job.group)
+            self.timeline.note("save.issued", job.group)
 
     def _merge_held_saves(self, held: list[_Job]) -> list[_Job]:
         """Held slab saves of one group into the same blocks and slots, as one job for all
@@ -483,16 +488,16 @@ class ConnectorRuntime:
             state = self._loads.setdefault(req_id, _GroupState(sealed=True))
             state.pending += 1
             state.queued += 1
-        if self._closed:  # nothing would ever retire it
-            self._finish(job, ok=False, error="the connector was shut down")
-            return
-        self.timeline.note("load.issue", req_id)
-        issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream,
-                                                            polled=True))
-        if issued is not None:
-            with self._issued_lock:
+        with self._issued_lock:  # as a held save: checked and kept under shutdown's lock
+            if self._closed:  # nothing would ever retire it
+                self._finish(job, ok=False, error="the connector was shut down")
+                return
+            self.timeline.note("load.issue", req_id)
+            issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream,
+                                                                polled=True))
+            if issued is not None:
                 self._issued.append(issued)
-        self.timeline.note("load.issued", req_id)
+            self.timeline.note("load.issued", req_id)
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
@@ -585,25 +590,26 @@ class ConnectorRuntime:
             self._retire(self._issued, block=False)
             self._retire(self._issued_saves, block=False)
             if wait_loads_s > 0 and self._issued:
-                self._wait_for_issued(wait_loads_s)
+                self.timeline.note("poll.wait", len(self._issued))
+                self._retire_within(self._issued, wait_loads_s)
         with self._lock:
             done, self._done = self._done, PollResult()
         return done
 
-    def _wait_for_issued(self, seconds: float) -> None:
-        """Retire the issued loads as they complete, for up to ``seconds``. It sleeps between
-        queries (a few tens of microseconds each): the worker thread keeps the GIL meanwhile,
-        and a load still running at the deadline stays issued for a later poll."""
+    def _retire_within(self, in_flight: deque[_InFlight], seconds: float) -> bool:
+        """Retire ``in_flight`` transfers as they complete, for up to ``seconds``; whether
+        none is left. It sleeps between queries (a few tens of microseconds each): the worker
+        thread keeps the GIL meanwhile, and one still running at the deadline stays issued."""
         deadline = time.perf_counter() + seconds
-        self.timeline.note("poll.wait", len(self._issued))
-        while self._issued:
-            head = self._issued[0]
+        while in_flight:
+            head = in_flight[0]
             if head.done is None or head.done.query():
-                self._retire(self._issued, block=False)
+                self._retire(in_flight, block=False)
             elif time.perf_counter() >= deadline:
-                return
+                return False
             else:
                 time.sleep(0.00005)
+        return True
 
     def flush(self, timeout: float = 60.0) -> None:
         """Block until every queued save has copied its blocks out of the KV cache.
@@ -612,10 +618,10 @@ class ConnectorRuntime:
         not for the backend to store them: the copies already sit in pinned staging.
         """
         self._release_held()
-        with self._issued_lock:  # the saves this thread issued: nothing else retires them
-            while self._issued_saves:
-                self._retire(self._issued_saves, block=True)
         deadline = time.time() + timeout
+        with self._issued_lock:  # the saves this thread issued: nothing else retires them
+            if not self._retire_within(self._issued_saves, timeout):
+                raise TimeoutError("connector saves did not finish reading their blocks in time")
         while time.time() < deadline:
             with self._lock:
                 if self._unread_saves == 0:

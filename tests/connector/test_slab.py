@@ -356,7 +356,7 @@ def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_pol
     def running(job):
         issuers.append(threading.current_thread().name)
         issued = issue_save(job)
-        issued.done = Pending()
+        issued.done = Pending(3)  # running for the next three queries
         return issued
 
     monkeypatch.setattr(rt, "_slab_save", running)
@@ -372,6 +372,20 @@ def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_pol
         assert rt._unread_saves == 0
         assert rt.poll().saves_ok == {"g"} and rt.pending() == 0
 
+        def stuck(job):
+            issued = issue_save(job)
+            issued.done = Pending(None)  # a copy that never ends by itself
+            return issued
+
+        monkeypatch.setattr(rt, "_slab_save", stuck)
+        rt.save_planes("s", [0], [9], [8], [key_tag("c")])
+        rt.seal(["s"])
+        with pytest.raises(TimeoutError):
+            rt.flush(timeout=0.05)  # says so in time, as for the worker's saves
+        rt._issued_saves[0].done.n = 0  # the device finished it after all
+        assert rt.poll().saves_ok == {"s"}
+
+        monkeypatch.setattr(rt, "_slab_save", running)
         rt.save_planes("h", [0], [9], [8], [key_tag("c")])
         rt.seal(["h"])
         rt.shutdown()  # retires what it issued: nothing is left pending

@@ -95,6 +95,13 @@ def test_hit_parks_loads_asynchronously_and_is_bit_exact(report: dict, backend: 
     assert f["idle_marks"] == [[False, False], [True, True]]
 
 
+def test_an_idle_step_waits_for_its_slab_load_and_reports_it_there(report: dict):
+    f = scenario(report, "host", "idle_wait")
+    assert f["waits_reported_in_issuing_step"]
+    assert not f["no_wait_reported_in_issuing_step"]  # left to a later step's poll
+    assert f["waits_first_compute"] == f["no_wait_first_compute"] == [4 * BLOCK, 6]
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_partial_hit_loads_the_shared_blocks_only(report: dict, backend: str):
     f = scenario(report, backend, "lifecycles")

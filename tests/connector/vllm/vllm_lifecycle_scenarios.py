@@ -422,8 +422,33 @@ def sync_load_failure(extra: dict[str, Any]) -> Facts:
     return finish(eng, facts)
 
 
+def idle_wait(extra: dict[str, Any]) -> Facts:
+    """In a step that computes nothing, the worker waits (``idle_wait_ms``) for the slab
+    load it issued there: one that completes meanwhile is reported in that same step, so vLLM
+    can schedule the request a step sooner. With the wait off it is reported a step later."""
+    facts: Facts = {}
+    for name, wait_ms in (("waits", 5000), ("no_wait", 0)):
+        eng = Engine(dict(extra, idle_wait_ms=wait_ms))
+        prompt = tokens(90, 4 * BLOCK + 8)
+        eng.add("A", prompt, max_tokens=2)
+        eng.drain()
+        eng.backend.load_gate.clear()  # the load's copies are still running at its issue
+        if wait_ms:
+            threading.Timer(0.02, eng.backend.load_gate.set).start()  # ... and end meanwhile
+        eng.add("B", prompt[:4 * BLOCK] + tokens(91, 6), max_tokens=2)
+        eng.step()  # B looked up and parked, its load issued; nothing is computed
+        facts[f"{name}_reported_in_issuing_step"] = (
+            "B" in eng.scheduler.finished_recving_kv_req_ids)
+        eng.backend.load_gate.set()
+        eng.drain()
+        facts[f"{name}_first_compute"] = eng.first_compute["B"]
+        facts.update(finish(eng, {}))
+    return facts
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Facts]] = {
     "lifecycles": lifecycles,
+    "idle_wait": idle_wait,
     "local_plus_external": local_plus_external,
     "async_timing": async_timing,
     "load_failure": load_failure,
