@@ -850,10 +850,8 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
         Py_DECREF(result);
         return NULL;
     }
-    PyObject *ordering = auditor == Py_None ? NULL : PyObject_GetAttr(auditor, s_ordering);
+    int live = auditor == Py_None ? 0 : clocks_live(auditor);
     Py_DECREF(auditor);
-    int live = ordering == NULL ? 0 : PyObject_IsTrue(ordering);
-    Py_XDECREF(ordering);
     if (drop_ordinary_error() < 0) {
         Py_DECREF(result);
         return NULL;
