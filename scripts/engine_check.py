@@ -36,11 +36,15 @@ sc_host_sync_off, sc_disk)
     ``case_ttft``), pass 2 (prefix caching off) can only be served by it: time to first token
     per prompt, tokens/s of a batch, token ids. vLLM's SimpleCPUOffloadConnector turns itself
     off without prefix caching: compare with it in ``ttft_pc_*`` only.
-``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host)
+``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_nowait,
+sc_host_sync, sc_host_off)
     The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
     until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
     itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
     (prefix-cache hits, hits served by the connector).
+``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
+    The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
+    recomputing (``scripts/make_random_llama.py``: grouped-query attention).
 ``prof_<connector>`` (sc_host, sc_host_off, simple_cpu)
     The same, with the engine's thread under cProfile over the warm pass and the batch.
 """
@@ -391,14 +395,8 @@ CASES: dict[str, dict[str, Any]] = {
                   "activation": "hook", "model": "tiny"},
     "leak_serve": {"kind": "serve", "connector": "leaky", "extra": {"backend": "host"},
                    "activation": "plugin"},
-    "ttft_recompute": {"kind": "ttft", "connector": "none", "extra": {}, "activation": "none"},
-    "ttft_simple_cpu": {"kind": "ttft", "connector": "simple_cpu",
-                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-    "ttft_offloading": {"kind": "ttft", "connector": "offloading",
-                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-    "ttft_sc_host": {"kind": "ttft", "connector": "sc",
-                     "extra": {"backend": "host", "capacity_blocks": 2048, "trace": 20000},
-                     "activation": "plugin"},
+    **{f"ttft_{name}": spec for name, spec in PEERS.items()},
+    "ttft_sc_host": sc_host(2048, trace=20000),
     # With vLLM's prefix cache on and a GPU KV cache of 256 blocks (a prompt is 112): each
     # prompt's blocks are evicted from the GPU before its warm turn, so a warm hit is a load
     # from the connector. vLLM's SimpleCPUOffloadConnector turns itself off without prefix
@@ -423,24 +421,14 @@ CASES: dict[str, dict[str, Any]] = {
        for name, spec in {**PEERS, "sc_host": sc_host(4096),
                           "sc_host_sync": sc_host(4096, load="sync")}.items()},
     # The same engine, its thread profiled over the warm pass and the batch (cProfile).
-    "prof_sc_host": {"kind": "ttft", "connector": "sc", "profile": True,
-                     "extra": {"backend": "host", "capacity_blocks": 2048},
-                     "activation": "plugin"},
-    "prof_sc_host_off": {"kind": "ttft", "connector": "sc", "profile": True,
-                         "extra": {"backend": "host", "capacity_blocks": 2048,
-                                   "streamcheck": "off"}, "activation": "none"},
-    "prof_simple_cpu": {"kind": "ttft", "connector": "simple_cpu", "profile": True,
-                        "extra": {"cpu_bytes_to_use": 8 << 30}, "activation": "none"},
-    "ttft_sc_host_sync": {"kind": "ttft", "connector": "sc",
-                          "extra": {"backend": "host", "capacity_blocks": 2048, "load": "sync"},
-                          "activation": "plugin"},
-    "ttft_sc_host_sync_off": {"kind": "ttft", "connector": "sc",
-                              "extra": {"backend": "host", "capacity_blocks": 2048,
-                                        "load": "sync", "streamcheck": "off"},
+    "prof_sc_host": {**sc_host(2048), "profile": True},
+    "prof_sc_host_off": {**sc_host(2048, streamcheck="off"), "profile": True,
+                         "activation": "none"},
+    "prof_simple_cpu": {**PEERS["simple_cpu"], "profile": True},
+    "ttft_sc_host_sync": sc_host(2048, load="sync"),
+    "ttft_sc_host_sync_off": {**sc_host(2048, load="sync", streamcheck="off"),
                               "activation": "none"},
-    "ttft_sc_host_off": {"kind": "ttft", "connector": "sc",
-                         "extra": {"backend": "host", "capacity_blocks": 2048,
-                                   "streamcheck": "off"}, "activation": "none"},
+    "ttft_sc_host_off": {**sc_host(2048, streamcheck="off"), "activation": "none"},
     "ttft_sc_disk": {"kind": "ttft", "connector": "sc",
                      "extra": {"backend": "disk", "path": "/tmp/sc-kv-disk"},
                      "activation": "plugin"},
