@@ -403,22 +403,24 @@ class ConnectorRuntime:
             jobs = self._merge_held_saves(held)
         for job in jobs:
             if self.slab is not None and job.kind == "save" and not self._closed:
-                self._issue_save_here(job)
+                self._issue_here(job, self._issued_saves, lambda job=job: self._slab_save(job))
             else:
                 self._jobs.put(job)
 
-    def _issue_save_here(self, job: _Job) -> None:
-        """Issue and keep the save under the lock ``shutdown`` drains with, after checking
-        it has not begun: a save issued after its drain would never be retired."""
+    def _issue_here(self, job: _Job, into: deque[_InFlight],
+                    issue: Callable[[], _InFlight | None]) -> None:
+        """Issue ``job`` on the calling (engine) thread and keep it in ``into`` for ``poll``
+        to retire: checked against ``shutdown`` and kept under the lock it drains with (one
+        issued after its drain would never be retired, so it fails instead)."""
         with self._issued_lock:
             if self._closed:
                 self._finish(job, ok=False, error="the connector was shut down")
                 return
-            self.timeline.note("save.issue", job.group)
-            issued = self._run_job(job, lambda: self._slab_save(job))
+            self.timeline.note(f"{job.kind}.issue", job.group)
+            issued = self._run_job(job, issue)
             if issued is not None:
-                self._issued_saves.append(issued)
-            self.timeline.note("save.issued", job.group)
+                into.append(issued)
+            self.timeline.note(f"{job.kind}.issued", job.group)
 
     def _merge_held_saves(self, held: list[_Job]) -> list[_Job]:
         """Held slab saves of one group into the same blocks and slots, as one job for all
@@ -488,16 +490,8 @@ class ConnectorRuntime:
             state = self._loads.setdefault(req_id, _GroupState(sealed=True))
             state.pending += 1
             state.queued += 1
-        with self._issued_lock:  # as a held save: checked and kept under shutdown's lock
-            if self._closed:  # nothing would ever retire it
-                self._finish(job, ok=False, error="the connector was shut down")
-                return
-            self.timeline.note("load.issue", req_id)
-            issued = self._run_job(job, lambda: self._slab_load(job, self._load_stream,
-                                                                polled=True))
-            if issued is not None:
-                self._issued.append(issued)
-            self.timeline.note("load.issued", req_id)
+        self._issue_here(job, self._issued,
+                         lambda: self._slab_load(job, self._load_stream, polled=True))
 
     def _check_slots(self, block_ids: Sequence[int], slots: Sequence[int] | None) -> None:
         if self.slab is None:
