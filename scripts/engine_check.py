@@ -21,6 +21,11 @@ Cases:
     audit turned on by the vLLM plugin (wheel; with the compiled hooks where built, and with the
     Python ones), by the start-up hook alone (no entry points), and under ``vllm serve``. The
     first pynccl collective must be stopped on every rank.
+``soak_serve``
+    ``vllm serve`` (TP=2) with streamcheck's connector from the wheel, ``assert`` on, under a
+    bounded concurrent load of the same 24 prompts for a few minutes (``serve_soak.py``): no
+    failed request, every answer equal to ``ref_tp2``'s, the server's memory flat after the
+    warm-up, both workers audited, the connector's loads among their launches.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -62,6 +67,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -394,7 +400,23 @@ CASES: dict[str, dict[str, Any]] = {
     "leak_hook": {"kind": "leak", "connector": "leaky", "extra": {"backend": "host"},
                   "activation": "hook", "model": "tiny"},
     "leak_serve": {"kind": "serve", "connector": "leaky", "extra": {"backend": "host"},
-                   "activation": "plugin"},
+                   "activation": "plugin",
+                   "serve_args": ["--max-model-len", "1024", "--gpu-memory-utilization", "0.3",
+                                  "--no-enable-prefix-caching"]},
+    # ``vllm serve`` with streamcheck's connector under a bounded concurrent load: 6 clients,
+    # the 24 prompts of the TP=2 cases, vLLM's prefix cache on with a GPU cache of 512 blocks
+    # (the prompts need about 900: evictions, hits served by the connector) that 6 requests
+    # cannot fill (no preemption: its recomputes change bf16 tokens on their own), and a host
+    # store of 400 blocks (evictions there too). Every answer must equal ``ref_tp2``'s.
+    "soak_serve": {"kind": "soak", "connector": "sc", "activation": "plugin", "ref": "ref_tp2",
+                   "extra": {"backend": "host", "capacity_blocks": 400},
+                   "kv": {"kv_load_failure_policy": "recompute"},
+                   # the offline engine's batch budget (the server's default is half)
+                   "serve_args": ["--max-model-len", "1536", "--num-gpu-blocks-override", "512",
+                                  "--max-num-seqs", "24", "--gpu-memory-utilization", "0.3",
+                                  "--max-num-batched-tokens", "16384",
+                                  "--enable-prefix-caching"],
+                   "seconds": 150, "concurrency": 6, "env": {"VLLM_BATCH_INVARIANT": "1"}},
     **{f"ttft_{name}": spec for name, spec in PEERS.items()},
     "ttft_sc_host": sc_host(2048, trace=20000),
     # With vLLM's prefix cache on and a GPU KV cache of 256 blocks (a prompt is 112): each
@@ -456,33 +478,109 @@ def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,
     return env
 
 
-def run_serve(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
-              timeout: float) -> dict[str, Any]:
-    cfg = {"kv_connector": "LeakyConnector", "kv_connector_module_path": "engine_connectors",
-           "kv_role": "kv_both", "kv_connector_extra_config": spec["extra"]}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
-           "127.0.0.1", "--port", "8013", "--max-model-len", "1024",
-           "--gpu-memory-utilization", "0.3", "--enforce-eager", "--tensor-parallel-size", "2",
-           "--disable-custom-all-reduce", "--no-enable-prefix-caching",
-           "--kv-transfer-config", json.dumps(cfg)]
+SERVE_PORT = 8013
+SERVED_NAME = "engine-check"
+
+
+def serve_command(model: str, spec: dict[str, Any]) -> list[str]:
+    """``vllm serve`` as a user runs it, with the case's connector and engine settings (TP=2,
+    eager, as every TP=2 case here)."""
+    connector, module = CONNECTORS[spec["connector"]]
+    cfg = {"kv_connector": connector, "kv_connector_module_path": module,
+           "kv_role": "kv_both", "kv_connector_extra_config": spec["extra"],
+           **spec.get("kv", {})}
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
+            "127.0.0.1", "--port", str(SERVE_PORT), "--served-model-name", SERVED_NAME,
+            "--enforce-eager", "--tensor-parallel-size", "2", "--disable-custom-all-reduce",
+            *spec["serve_args"], "--kv-transfer-config", json.dumps(cfg)]
+
+
+@contextlib.contextmanager
+def served(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
+           timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], bool]]:
+    """The server started in a session of its own, whether it answered ``/health`` within
+    ``timeout``; on leaving, SIGTERM to its whole process group (engine core and workers),
+    then SIGKILL to whatever is left."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    healthy = False
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen("http://127.0.0.1:8013/health", timeout=1)
-            healthy = True
-            break
-        except Exception:
-            time.sleep(1)
-    with contextlib.suppress(Exception):
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    with contextlib.suppress(Exception):
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc = subprocess.Popen(serve_command(model, spec), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        healthy = False
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/health", timeout=1)
+                healthy = True
+                break
+            except Exception:
+                time.sleep(1)
+        yield proc, healthy
+    finally:
+        with contextlib.suppress(Exception):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        with contextlib.suppress(Exception):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.wait(10)
+
+
+def run_leak_serve(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
+                   timeout: float) -> dict[str, Any]:
+    with served(model, spec, env, log, timeout) as (proc, healthy):
+        pass
     return {"case": "leak_serve", "server_came_up": healthy, "rc": proc.returncode}
+
+
+def tokenizer_vocab(model: str, env: dict[str, str]) -> int:
+    """The tokenizer's vocabulary size as the engine cases read it (their prompts depend on
+    it), from an interpreter with the case's paths."""
+    code = ("import sys; from vllm.tokenizers import get_tokenizer; "
+            "print(get_tokenizer(sys.argv[1]).vocab_size)")
+    out = subprocess.run([sys.executable, "-c", code, model], env=env, capture_output=True,
+                         text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not read the tokenizer: {out.stderr[-400:]}")
+    return int(out.stdout.split()[-1])
+
+
+def run_soak(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
+             timeout: float, ref: dict[str, Any] | None) -> dict[str, Any]:
+    """The TP=2 cases' 24 prompts under a bounded concurrent load for ``spec["seconds"]``,
+    each answer compared with the no-connector run's first pass (``ref``); the server's memory
+    sampled meanwhile."""
+    import serve_soak
+
+    if ref is None or "tokens" not in ref:
+        return {"case": "soak", "error": "no reference tokens (run ref_tp2 or --ref-from)"}
+    try:
+        prompts = family_prompts(tokenizer_vocab(model, env))
+    except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        return {"case": "soak", "error": str(exc)}
+    expected = [ref["tokens"][str(i)][0] for i in range(len(prompts))]
+    url = f"http://127.0.0.1:{SERVE_PORT}"
+    with served(model, spec, env, log, timeout) as (proc, healthy):
+        if not healthy:
+            return {"case": "soak", "server_came_up": False,
+                    "error": "the server did not come up; log tail: "
+                             + log.read_text()[-600:]}
+
+        def sample() -> dict[str, Any]:
+            gpu = serve_soak.gpu_used_mib()
+            return {"rss_mib": serve_soak.group_rss_bytes(proc.pid) >> 20,
+                    "gpu_mib": sum(gpu) if gpu else None}
+
+        load = serve_soak.run_load(url, SERVED_NAME, prompts, expected, spec["seconds"],
+                                   spec["concurrency"], max_tokens=48, seed=5, sample=sample,
+                                   sample_every=spec.get("sample_every", 5.0))
+        with contextlib.suppress(Exception):
+            load["counters"] = serve_soak.counters(url)
+        load["alive_at_end"] = proc.poll() is None
+        load["server_pid"] = proc.pid
+    load.update(case="soak", server_came_up=True,
+                rss_growth=serve_soak.memory_growth(load["memory"], "rss_mib"),
+                gpu_growth=serve_soak.memory_growth(load["memory"], "gpu_mib"))
+    return load
 
 
 def read_reports(directory: Path) -> list[dict[str, Any]]:
@@ -498,6 +596,7 @@ def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "final": r.get("final"), "launches": r.get("launches_audited", 0),
             "pynccl": sum(n for op, n in ops.items() if op.startswith("vllm.pynccl.")),
             "connector": sum(n for op, n in ops.items() if op.startswith("connector.")),
+            "loads": sum(n for op, n in ops.items() if op.startswith("connector.load.")),
             "findings": sorted({(f["rule"], f["launch"]["op"]) for f in r.get("findings", [])}),
         })
     return {"processes": len(rows), "rows": rows}
@@ -535,6 +634,46 @@ def loads_exercised(stats: dict[str, Any]) -> list[str]:
     return problems
 
 
+MEMORY_SLACK_MIB = 256  # growth after the warm-up that a soak tolerates (allocator caches)
+
+
+def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """A soak passes with every request answered right, the server alive, its memory flat
+    after the warm-up, both workers audited and the connector's loads among their launches."""
+    if "error" in result:
+        return [result["error"]]
+    problems = []
+    answers = result.get("answers", 0)
+    if not answers:
+        problems.append("no request was answered")
+    if result.get("error_count"):
+        problems.append(f"{result['error_count']} requests failed; first: {result['errors'][:2]}")
+    if result.get("wrong"):
+        preempted = result.get("counters", {}).get("vllm:num_preemptions_total", 0)
+        problems.append(f"{len(result['wrong'])} of {answers} answers differ from the "
+                        f"no-connector run ({preempted:.0f} preemptions); (prompt, first "
+                        f"differing token): {sorted({tuple(w) for w in result['wrong']})[:20]}")
+    if not result.get("alive_at_end"):
+        problems.append("the server exited before the load ended")
+    for key, slack in (("rss_growth", None), ("gpu_growth", MEMORY_SLACK_MIB)):
+        growth = result.get(key)
+        if growth is None:
+            if key == "rss_growth":
+                problems.append("too few memory samples to tell")
+            continue
+        allowed = slack or max(MEMORY_SLACK_MIB, growth["after_warmup"] // 10)
+        if growth["growth"] > allowed:
+            problems.append(f"{key}: {growth['after_warmup']} -> {growth['end']} MiB after the "
+                            f"warm-up (more than {allowed} MiB)")
+    if sum(r["pynccl"] > 0 for r in rows) < 2:
+        problems.append("fewer than 2 processes audited pynccl launches (2 workers expected)")
+    if not any(r["loads"] for r in rows):
+        problems.append("no connector load was audited: the connector served nothing")
+    if any(r["findings"] for r in rows):
+        problems.append("findings in a correct run")
+    return problems
+
+
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             ref: dict[str, Any] | None, wants_ref: bool = True) -> list[str]:
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
@@ -561,6 +700,8 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
         if any(r["findings"] for r in rows):
             problems.append("findings in a correct run")
         problems += loads_exercised(result.get("stats", {}))
+    elif case.startswith("soak_"):
+        problems += soak_problems(result, rows)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]
@@ -577,6 +718,18 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
                                               ref["tokens"]["warm_batch"], strict=True))
             problems.append(f"{diff} of 8 prompts' tokens differ from recomputing")
     return problems
+
+
+def reference(spec: dict[str, Any], results: dict[str, Any],
+              ref_from: Path | None) -> dict[str, Any] | None:
+    """The result of the case's reference: run earlier in this run, else from ``ref_from``."""
+    if "ref" not in spec:
+        return None
+    ref = results.get(spec["ref"])
+    if ref is None and ref_from is not None:
+        with contextlib.suppress(OSError):
+            ref = json.loads((ref_from / f"{spec['ref']}.json").read_text())["result"]
+    return ref
 
 
 def main() -> int:
@@ -613,7 +766,10 @@ def main() -> int:
         log = out / f"{case}.log"
         start = time.time()
         if spec["kind"] == "serve":
-            result = run_serve(args.tiny_model, spec, env, log, args.timeout)
+            result = run_leak_serve(args.tiny_model, spec, env, log, args.timeout)
+        elif spec["kind"] == "soak":
+            result = run_soak(args.model, spec, env, log, args.timeout,
+                              reference(spec, results, args.ref_from))
         else:
             cmd = [sys.executable, str(HERE / "engine_check.py"), args.model, "--run", case,
                    "--spec", json.dumps(spec), "--tiny-model", args.tiny_model]
@@ -632,10 +788,7 @@ def main() -> int:
                 "case": case, "error": "no result; log tail: " + log.read_text()[-600:]}
         time.sleep(2)  # let killed workers release the GPUs
         audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
-        ref = results.get(spec["ref"]) if "ref" in spec else None
-        if ref is None and "ref" in spec and args.ref_from is not None:
-            with contextlib.suppress(OSError):
-                ref = json.loads((args.ref_from / f"{spec['ref']}.json").read_text())["result"]
+        ref = reference(spec, results, args.ref_from)
         problems = verdict(case, result, audit, ref, wants_ref="ref" in spec)
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}

@@ -7,6 +7,7 @@ is plain Python and is checked here, above all that a case which tested nothing 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "engine_check.py"
@@ -46,3 +47,57 @@ def test_token_differences_name_the_pass_prompt_and_first_token():
     assert engine_check.token_differences(TOKENS, TOKENS) == []
     (line,) = engine_check.token_differences(changed, TOKENS)
     assert "[0, 1, 0]" in line and "(1, 0, 1)" in line
+
+
+def soak(**kw):
+    """A soak result as ``run_soak`` gives it: 300 right answers, memory flat."""
+    flat = {"after_warmup": 9000, "end": 9010, "max": 9010, "growth": 10}
+    return {"answers": 300, "wrong": [], "errors": [], "error_count": 0,
+            "alive_at_end": True, "rss_growth": flat, "gpu_growth": None,
+            "counters": {"vllm:num_preemptions_total": 0.0}, **kw}
+
+
+SOAK_ROWS = [{"pid": p, "pynccl": n, "connector": n, "loads": n, "findings": []} for p, n in
+             ((1, 0), (2, 0), (3, 90), (4, 90))]
+
+
+def test_a_soak_passes_only_with_right_answers_flat_memory_and_audited_loads():
+    assert engine_check.verdict("soak_serve", soak(), {"rows": SOAK_ROWS}, None) == []
+    wrong = engine_check.verdict("soak_serve", soak(wrong=[[2, 5], [2, 5], [7, 0]]),
+                                 {"rows": SOAK_ROWS}, None)
+    assert wrong == ["3 of 300 answers differ from the no-connector run (0 preemptions); "
+                     "(prompt, first differing token): [(2, 5), (7, 0)]"]
+    grew = {"after_warmup": 9000, "end": 10000, "max": 10000, "growth": 1000}
+    assert engine_check.verdict("soak_serve", soak(rss_growth=grew), {"rows": SOAK_ROWS},
+                                None) == ["rss_growth: 9000 -> 10000 MiB after the warm-up "
+                                          "(more than 900 MiB)"]
+    assert engine_check.verdict("soak_serve", soak(rss_growth=None), {"rows": SOAK_ROWS},
+                                None) == ["too few memory samples to tell"]
+
+
+def test_a_soak_that_loaded_nothing_or_answered_nothing_fails():
+    no_loads = [{**r, "loads": 0} for r in SOAK_ROWS]
+    assert engine_check.verdict("soak_serve", soak(), {"rows": no_loads}, None) == [
+        "no connector load was audited: the connector served nothing"]
+    assert "no request was answered" in engine_check.verdict(
+        "soak_serve", soak(answers=0), {"rows": SOAK_ROWS}, None)
+    failed = engine_check.verdict("soak_serve", soak(error_count=4, errors=["prompt 1: x"]),
+                                  {"rows": SOAK_ROWS}, None)
+    assert failed == ["4 requests failed; first: ['prompt 1: x']"]
+    unaudited = engine_check.verdict("soak_serve", soak(), {"rows": SOAK_ROWS[:3]}, None)
+    assert unaudited == ["fewer than 2 processes audited pynccl launches (2 workers expected)"]
+    assert engine_check.verdict("soak_serve", {"error": "no reference tokens"}, None,
+                                None) == ["no reference tokens"]
+
+
+def test_the_soak_serves_the_connector_and_engine_settings_it_names():
+    cmd = engine_check.serve_command("/m", engine_check.CASES["soak_serve"])
+    config = json.loads(cmd[cmd.index("--kv-transfer-config") + 1])
+    assert config["kv_connector"] == "StreamcheckConnector"
+    assert config["kv_connector_module_path"] == "streamcheck.connector.vllm_adapter"
+    assert config["kv_load_failure_policy"] == "recompute"
+    assert config["kv_connector_extra_config"] == {"backend": "host", "capacity_blocks": 400}
+    assert cmd[cmd.index("--num-gpu-blocks-override") + 1] == "512"
+    assert "--enable-prefix-caching" in cmd and "--served-model-name" in cmd
+    leak = engine_check.serve_command("/m", engine_check.CASES["leak_serve"])
+    assert "--no-enable-prefix-caching" in leak and "LeakyConnector" in leak[-1]

@@ -1,0 +1,89 @@
+"""The ``soak_serve`` case's driver (``scripts/engine_check.py``) end to end, against a fake
+``vllm serve`` (``fake_vllm/``): the server started as the case starts it, the load, the
+comparison with the reference tokens, the memory samples, and the whole server process group
+gone afterwards. The real engine runs this on the GPU machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE.parents[1] / "scripts"
+FAKE = HERE / "fake_vllm"
+
+
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+engine_check = load("engine_check", SCRIPTS / "engine_check.py")
+fake = load("fake_vllm_answers", FAKE / "vllm" / "__init__.py")  # not as ``vllm``
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def soak(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_check, "SERVE_PORT", free_port())
+    prompts = engine_check.family_prompts(fake.VOCAB)
+    ref = {"tokens": {str(i): [fake.answer(p, 48)] for i, p in enumerate(prompts)}}
+    spec = {**engine_check.CASES["soak_serve"], "seconds": 1.5, "sample_every": 0.2}
+
+    def run(path: Path | None = FAKE, **env: str):
+        environ = {**os.environ, **env,
+                   "PYTHONPATH": os.pathsep.join(str(p) for p in (path, SCRIPTS) if p)}
+        return engine_check.run_soak("/model", spec, environ, tmp_path / "serve.log",
+                                     timeout=30, ref=ref)
+    return run
+
+
+def gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_right_server_passes_and_is_gone_afterwards(soak):
+    result = soak()
+    assert result["answers"] > 10 and result["wrong"] == [] and result["error_count"] == 0
+    assert result["alive_at_end"] and result["rss_growth"] is not None
+    assert result["counters"] == {"vllm:num_preemptions_total": 0.0}
+    assert gone(result["server_pid"])
+    rows = [{"pid": 1, "pynccl": 5, "connector": 5, "loads": 2, "findings": []}] * 2
+    assert engine_check.soak_problems(result, rows) == []
+
+
+def test_wrong_answers_from_the_server_fail_the_soak(soak):
+    result = soak(FAKE_VLLM_WRONG="1")
+    assert result["wrong"] and all(first == 3 for _prompt, first in result["wrong"])
+    assert gone(result["server_pid"])
+
+
+def test_a_server_that_never_comes_up_is_an_error_with_its_log(soak):
+    result = soak(FAKE_VLLM_CRASH="1")
+    assert result["server_came_up"] is False
+    assert "did not come up" in result["error"] and "crashed on start" in result["error"]
+
+
+def test_no_vllm_to_read_the_tokenizer_with_is_an_error(soak):
+    assert soak(path=None)["error"].startswith("could not read the tokenizer")
+
+
+def test_no_reference_no_soak(tmp_path):
+    result = engine_check.run_soak("/m", engine_check.CASES["soak_serve"], {}, tmp_path / "l",
+                                   timeout=1, ref=None)
+    assert result["error"].startswith("no reference tokens")
