@@ -42,7 +42,7 @@ sc_host_sync_off, sc_disk)
     per prompt, tokens/s of a batch, token ids. vLLM's SimpleCPUOffloadConnector turns itself
     off without prefix caching: compare with it in ``ttft_pc_*`` only.
 ``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_nowait,
-sc_host_sync, sc_host_off)
+sc_host_sync, sc_host_off, sc_disk, sc_redis)
     The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
     until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
     itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
@@ -61,6 +61,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -434,6 +435,10 @@ CASES: dict[str, dict[str, Any]] = {
            "sc_host_sync": sc_host(2048, load="sync"),
            # the audit's cost in the engine: the connector's ``streamcheck`` setting off
            "sc_host_off": {**sc_host(2048, streamcheck="off"), "activation": "none"},
+           # the other stores (the driver empties the directory, starts the Redis server)
+           "sc_disk": {**sc_host(2048), "extra": {"backend": "disk", "capacity_blocks": 2048,
+                                                  "path": "/tmp/sc-kv-disk-pc"}},
+           "sc_redis": {**sc_host(2048), "extra": {"backend": "redis"}},
        }.items()},
     # Prompts of 8,192 tokens (512 blocks; a GPU cache of 1,024), for a model where loading
     # can beat recomputing (scripts/make_random_llama.py: grouped-query attention).
@@ -720,6 +725,44 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
     return problems
 
 
+@contextlib.contextmanager
+def case_store(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The case's spec, with what its connector's store needs made ready: a disk store's
+    directory emptied (no blocks of an earlier case), a Redis store's server started for the
+    case (its URL put in the spec) and stopped after it."""
+    extra = spec.get("extra", {})
+    if extra.get("backend") == "disk":
+        shutil.rmtree(extra["path"], ignore_errors=True)
+    if extra.get("backend") != "redis" or "url" in extra:
+        yield spec
+        return
+    from streamcheck.connector.backends.redis_server import LocalRedisServer
+
+    with LocalRedisServer() as server:
+        yield {**spec, "extra": {**extra, "url": server.url}}
+
+
+def run_in_interpreter(args: argparse.Namespace, case: str, spec: dict[str, Any],
+                       env: dict[str, str], log: Path) -> dict[str, Any]:
+    """An engine case in a fresh interpreter of its own session (``--run``); its process
+    group killed after it, so no worker is left holding a GPU."""
+    cmd = [sys.executable, str(HERE / "engine_check.py"), args.model, "--run", case,
+           "--spec", json.dumps(spec), "--tiny-model", args.tiny_model]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(Exception):
+        os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
+    line = next((x for x in log.read_text().splitlines() if x.startswith(MARK)), None)
+    return json.loads(line[len(MARK):]) if line else {
+        "case": case, "error": "no result; log tail: " + log.read_text()[-600:]}
+
+
 def reference(spec: dict[str, Any], results: dict[str, Any],
               ref_from: Path | None) -> dict[str, Any] | None:
     """The result of the case's reference: run earlier in this run, else from ``ref_from``."""
@@ -765,27 +808,14 @@ def main() -> int:
         env = case_env(spec, reports, args.wheel_site, args.vllm_site)
         log = out / f"{case}.log"
         start = time.time()
-        if spec["kind"] == "serve":
-            result = run_leak_serve(args.tiny_model, spec, env, log, args.timeout)
-        elif spec["kind"] == "soak":
-            result = run_soak(args.model, spec, env, log, args.timeout,
-                              reference(spec, results, args.ref_from))
-        else:
-            cmd = [sys.executable, str(HERE / "engine_check.py"), args.model, "--run", case,
-                   "--spec", json.dumps(spec), "--tiny-model", args.tiny_model]
-            with open(log, "w") as f:
-                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-                try:
-                    proc.wait(args.timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            with contextlib.suppress(Exception):
-                os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
-            line = next((x for x in log.read_text().splitlines() if x.startswith(MARK)), None)
-            result = json.loads(line[len(MARK):]) if line else {
-                "case": case, "error": "no result; log tail: " + log.read_text()[-600:]}
+        with case_store(spec) as spec:
+            if spec["kind"] == "serve":
+                result = run_leak_serve(args.tiny_model, spec, env, log, args.timeout)
+            elif spec["kind"] == "soak":
+                result = run_soak(args.model, spec, env, log, args.timeout,
+                                  reference(spec, results, args.ref_from))
+            else:
+                result = run_in_interpreter(args, case, spec, env, log)
         time.sleep(2)  # let killed workers release the GPUs
         audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
         ref = reference(spec, results, args.ref_from)
