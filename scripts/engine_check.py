@@ -21,11 +21,13 @@ Cases:
     audit turned on by the vLLM plugin (wheel; with the compiled hooks where built, and with the
     Python ones), by the start-up hook alone (no entry points), and under ``vllm serve``. The
     first pynccl collective must be stopped on every rank.
-``soak_serve``
+``soak_serve`` / ``soak_serve_none`` / ``soak_serve_offloading``
     ``vllm serve`` (TP=2) with streamcheck's connector from the wheel, ``assert`` on, under a
     bounded concurrent load of the same 24 prompts for a few minutes (``serve_soak.py``): no
     failed request, every answer equal to ``ref_tp2``'s, the server's memory flat after the
-    warm-up, both workers audited, the connector's loads among their launches.
+    warm-up, both workers audited, the connector's loads among their launches. The controls:
+    the same server and load without a connector, and with vLLM's ``OffloadingConnector``
+    (each distinct wrong answer is kept, to compare the runs' wrong answers).
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -316,6 +318,16 @@ def sc_host(capacity: int, **extra: Any) -> dict[str, Any]:
             "extra": {"backend": "host", "capacity_blocks": capacity, **extra}}
 
 
+# What every soak case shares (``run_soak``): the server's settings (the offline engine's
+# batch budget: the server's default is half), the load, batch-invariant kernels.
+SOAK: dict[str, Any] = {
+    "kind": "soak", "ref": "ref_tp2", "seconds": 90, "concurrency": 6,
+    "serve_args": ["--max-model-len", "1536", "--num-gpu-blocks-override", "512",
+                   "--max-num-seqs", "24", "--gpu-memory-utilization", "0.3",
+                   "--max-num-batched-tokens", "16384", "--enable-prefix-caching"],
+    "env": {"VLLM_BATCH_INVARIANT": "1"},
+}
+
 CASES: dict[str, dict[str, Any]] = {
     # Token comparisons between runs only mean something with batch-invariant kernels: in the
     # default mode the same engine gives other greedy tokens when the batch changes (measured:
@@ -409,15 +421,13 @@ CASES: dict[str, dict[str, Any]] = {
     # (the prompts need about 900: evictions, hits served by the connector) that 6 requests
     # cannot fill (no preemption: its recomputes change bf16 tokens on their own), and a host
     # store of 400 blocks (evictions there too). Every answer must equal ``ref_tp2``'s.
-    "soak_serve": {"kind": "soak", "connector": "sc", "activation": "plugin", "ref": "ref_tp2",
+    "soak_serve": {**SOAK, "connector": "sc", "activation": "plugin",
                    "extra": {"backend": "host", "capacity_blocks": 400},
-                   "kv": {"kv_load_failure_policy": "recompute"},
-                   # the offline engine's batch budget (the server's default is half)
-                   "serve_args": ["--max-model-len", "1536", "--num-gpu-blocks-override", "512",
-                                  "--max-num-seqs", "24", "--gpu-memory-utilization", "0.3",
-                                  "--max-num-batched-tokens", "16384",
-                                  "--enable-prefix-caching"],
-                   "seconds": 150, "concurrency": 6, "env": {"VLLM_BATCH_INVARIANT": "1"}},
+                   "kv": {"kv_load_failure_policy": "recompute"}},
+    # Controls: the same server and load without a connector, and with vLLM's own
+    "soak_serve_none": {**SOAK, "connector": "none", "activation": "none", "extra": {}},
+    "soak_serve_offloading": {**SOAK, "connector": "offloading", "activation": "none",
+                              "extra": {"cpu_bytes_to_use": 4 << 30}},
     **{f"ttft_{name}": spec for name, spec in PEERS.items()},
     "ttft_sc_host": sc_host(2048, trace=20000),
     # With vLLM's prefix cache on and a GPU KV cache of 256 blocks (a prompt is 112): each
@@ -490,14 +500,17 @@ SERVED_NAME = "engine-check"
 def serve_command(model: str, spec: dict[str, Any]) -> list[str]:
     """``vllm serve`` as a user runs it, with the case's connector and engine settings (TP=2,
     eager, as every TP=2 case here)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
+           "127.0.0.1", "--port", str(SERVE_PORT), "--served-model-name", SERVED_NAME,
+           "--enforce-eager", "--tensor-parallel-size", "2", "--disable-custom-all-reduce",
+           *spec["serve_args"]]
+    if spec["connector"] == "none":
+        return cmd
     connector, module = CONNECTORS[spec["connector"]]
     cfg = {"kv_connector": connector, "kv_connector_module_path": module,
            "kv_role": "kv_both", "kv_connector_extra_config": spec["extra"],
            **spec.get("kv", {})}
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
-            "127.0.0.1", "--port", str(SERVE_PORT), "--served-model-name", SERVED_NAME,
-            "--enforce-eager", "--tensor-parallel-size", "2", "--disable-custom-all-reduce",
-            *spec["serve_args"], "--kv-transfer-config", json.dumps(cfg)]
+    return [*cmd, "--kv-transfer-config", json.dumps(cfg)]
 
 
 @contextlib.contextmanager
@@ -642,9 +655,11 @@ def loads_exercised(stats: dict[str, Any]) -> list[str]:
 MEMORY_SLACK_MIB = 256  # growth after the warm-up that a soak tolerates (allocator caches)
 
 
-def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
+                  audited: bool = True) -> list[str]:
     """A soak passes with every request answered right, the server alive, its memory flat
-    after the warm-up, both workers audited and the connector's loads among their launches."""
+    after the warm-up, and (``audited``: streamcheck's connector) both workers audited and
+    the connector's loads among their launches."""
     if "error" in result:
         return [result["error"]]
     problems = []
@@ -670,6 +685,8 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         if growth["growth"] > allowed:
             problems.append(f"{key}: {growth['after_warmup']} -> {growth['end']} MiB after the "
                             f"warm-up (more than {allowed} MiB)")
+    if not audited:
+        return problems
     if sum(r["pynccl"] > 0 for r in rows) < 2:
         problems.append("fewer than 2 processes audited pynccl launches (2 workers expected)")
     if not any(r["loads"] for r in rows):
@@ -706,7 +723,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             problems.append("findings in a correct run")
         problems += loads_exercised(result.get("stats", {}))
     elif case.startswith("soak_"):
-        problems += soak_problems(result, rows)
+        problems += soak_problems(result, rows, audited=audit is not None)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]

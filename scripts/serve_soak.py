@@ -99,6 +99,7 @@ class Soak:
 
     answers: int = 0
     wrong: list[tuple[int, int]] = field(default_factory=list)  # (prompt, first differing)
+    variants: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,6 +141,8 @@ def run_load(url: str, model: str, prompts: Sequence[Sequence[int]],
                 soak.latencies_ms.append((time.perf_counter() - began) * 1000)
                 if list(got) != list(expected[i][:max_tokens]):
                     soak.wrong.append((i, first_difference(got, expected[i])))
+                    key = (i, tuple(got))
+                    soak.variants[key] = soak.variants.get(key, 0) + 1
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True)
                for n in range(concurrency)]
@@ -154,6 +157,9 @@ def run_load(url: str, model: str, prompts: Sequence[Sequence[int]],
     latencies = sorted(soak.latencies_ms)
     return {"seconds": round(time.monotonic() - start, 1), "concurrency": concurrency,
             "answers": soak.answers, "wrong": soak.wrong, "errors": soak.errors[:20],
+            # each distinct wrong answer once, with how often it came: whether another run
+            # (no connector, another connector) gives the same ones
+            "variants": [[i, list(tokens), n] for (i, tokens), n in sorted(soak.variants.items())],
             "error_count": len(soak.errors),
             "latency_ms": ({"p50": round(latencies[len(latencies) // 2], 1),
                             "p99": round(latencies[int(len(latencies) * 0.99)], 1)}

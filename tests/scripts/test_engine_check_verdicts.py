@@ -101,3 +101,15 @@ def test_the_soak_serves_the_connector_and_engine_settings_it_names():
     assert "--enable-prefix-caching" in cmd and "--served-model-name" in cmd
     leak = engine_check.serve_command("/m", engine_check.CASES["leak_serve"])
     assert "--no-enable-prefix-caching" in leak and "LeakyConnector" in leak[-1]
+
+
+def test_a_soak_control_without_streamcheck_is_judged_on_its_answers_only():
+    """No audit ran in a control (no connector, or vLLM's own): no audit rows to ask for."""
+    assert engine_check.verdict("soak_serve_none", soak(), None, None) == []
+    assert engine_check.verdict("soak_serve_offloading", soak(wrong=[[1, 2]]), None, None) == [
+        "1 of 300 answers differ from the no-connector run (0 preemptions); (prompt, first "
+        "differing token): [(1, 2)]"]
+    cmd = engine_check.serve_command("/m", engine_check.CASES["soak_serve_none"])
+    assert "--kv-transfer-config" not in cmd
+    own = engine_check.serve_command("/m", engine_check.CASES["soak_serve_offloading"])
+    assert json.loads(own[-1])["kv_connector"] == "OffloadingConnector"

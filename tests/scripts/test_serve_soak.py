@@ -103,7 +103,7 @@ def test_a_right_server_gives_only_right_answers_with_the_bounded_concurrency(fa
                                  max_tokens=4, sample=lambda: {"rss_mib": next(samples)},
                                  sample_every=0.1)
     assert result["answers"] == server.requests > 10
-    assert result["wrong"] == [] and result["error_count"] == 0
+    assert result["wrong"] == [] == result["variants"] and result["error_count"] == 0
     assert server.most_in_flight <= 3
     assert {r["prompt"][0] for r in server.seen} == {10, 11, 12, 13}  # every prompt asked
     first = server.seen[0]
@@ -121,6 +121,7 @@ def test_wrong_answers_and_failed_requests_are_counted_with_where_they_part(fake
     result = serve_soak.run_load(url, "m", PROMPTS, EXPECTED, seconds=0.8, concurrency=2,
                                  max_tokens=4)
     assert result["wrong"] and set(map(tuple, result["wrong"])) == {(2, 1)}
+    assert result["variants"] == [[2, [12, 999, 32, 7], len(result["wrong"])]]
     assert result["error_count"] > 0
     assert all(e.startswith("prompt 3: HTTPError") for e in result["errors"])
 
