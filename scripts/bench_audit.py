@@ -76,7 +76,8 @@ def toggled(fn: Any, calls: int, rounds: int) -> tuple[float, float]:
 
 def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     """ns each stream hook adds: set_stream, a stream context, event record/wait (clocks idle,
-    then live after a handoff), stream creation, current_stream()."""
+    then live after a handoff), ``wait_stream`` (torch records a new event in each: its first
+    record), stream creation, current_stream()."""
     s0, s1 = torch.cuda.current_stream(), torch.cuda.Stream()
     ev = torch.cuda.Event()
     probe = torch.empty(4, device="cuda")
@@ -96,6 +97,7 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, fn, per in (("set_stream", switch, 2), ("stream context (enter+exit)", context, 1),
                           ("event record+wait, clocks idle", record_wait, 1),
+                          ("wait_stream (a new event each)", lambda: s1.wait_stream(s0), 1),
                           ("torch.cuda.Stream()", torch.cuda.Stream, 1),
                           ("torch.cuda.current_stream()", torch.cuda.current_stream, 1)):
         n = calls // 10 if name == "torch.cuda.Stream()" else calls

@@ -30,6 +30,14 @@
 #error "streamcheck._speedups needs CPython 3.11 or newer (PyFrame_GetLasti)"
 #endif
 
+/* An attribute that may be missing, without making the AttributeError a plain GetAttr would
+ * (most of the cost of a miss): 1 found (*out set), 0 missing, -1 error. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define lookup_optional_attr PyObject_GetOptionalAttr
+#else
+#define lookup_optional_attr _PyObject_LookupAttr
+#endif
+
 static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
     *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr;
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
@@ -593,7 +601,9 @@ static PyTypeObject FastLaunchType = {
  *     (auditor.ordering false) and the event is already bound to a device (its attribute
  *     `bound`), the device of the stream it is recorded on (the thread's current device,
  *     `reader()`, for stream=None); `after(event[, stream])` snapshots the record if the
- *     clocks went live meanwhile;
+ *     clocks went live meanwhile; an event not bound yet (its first record: torch makes a
+ *     new one in every `wait_stream`) is plain too, and bound here after the record, to the
+ *     device it was recorded on (torch creates the event there);
  *     With the clocks live, a record on a stream given as an argument is plain too, and
  *     keeps its snapshot (the stream's clock) on the event here; on the current stream
  *     (stream=None) it goes to `slow`;
@@ -707,11 +717,16 @@ static int keep_snapshot(PyObject *auditor, PyObject *event, PyObject *stream)
     return rc;
 }
 
-/* 1: plain (2: and the clocks are live, the stream given: keep the snapshot), 0: not (or an
- * error, cleared: the Python hook then sees it for itself) */
+enum { RECORD_PLAIN = 1, RECORD_SNAPSHOT = 2 };
+
+/* RECORD_PLAIN, with RECORD_SNAPSHOT where the clocks are live and the stream given (keep
+ * the snapshot), or 0: not plain (or an error, cleared: the Python hook then sees it for
+ * itself). `*bind` (a new reference, else NULL): the device to bind an event not bound yet
+ * to, after its record. */
 static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
-                                 Py_ssize_t nargs, PyObject *kwnames)
+                                 Py_ssize_t nargs, PyObject *kwnames, PyObject **bind)
 {
+    *bind = NULL;
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
     int live = clocks_live(auditor);
@@ -720,24 +735,46 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     int given = nargs == 2 && args[1] != Py_None;
     if (live && !given)
         return 0;
-    PyObject *bound = PyObject_GetAttr(args[0], self->bound);
-    if (bound == NULL)
+    PyObject *now = given ? PyObject_GetAttr(args[1], s_device_index)
+                          : PyObject_CallNoArgs(self->reader);
+    if (now == NULL)
         goto error;
-    PyObject *now = (nargs == 2 && args[1] != Py_None)
-                        ? PyObject_GetAttr(args[1], s_device_index)
-                        : PyObject_CallNoArgs(self->reader);
-    if (now == NULL) {
-        Py_DECREF(bound);
+    if (!PyLong_CheckExact(now)) {
+        Py_DECREF(now);
+        return 0; /* the Python hook converts or complains */
+    }
+    PyObject *bound = NULL;
+    int found = lookup_optional_attr(args[0], self->bound, &bound);
+    if (found < 0) {
+        Py_DECREF(now);
         goto error;
+    }
+    if (!found) { /* its first record: nothing to check before it, bind it after */
+        *bind = now;
+        return live ? RECORD_PLAIN | RECORD_SNAPSHOT : RECORD_PLAIN;
     }
     int same = same_long(now, bound);
     Py_DECREF(now);
     Py_DECREF(bound);
     if (same < 0)
         goto error;
-    return same == 1 && live ? 2 : same;
+    return same != 1 ? 0 : live ? RECORD_PLAIN | RECORD_SNAPSHOT : RECORD_PLAIN;
 error:
     return drop_ordinary_error();
+}
+
+/* Bind a first-recorded event to `device` (stolen), as the Python hook does after the
+ * record; an event that takes no attribute stays unbound there too. 0, or -1 + error. */
+static int bind_event(GuardedCall *self, PyObject *event, PyObject *device)
+{
+    int rc = PyObject_SetAttr(event, self->bound, device);
+    Py_DECREF(device);
+    if (rc < 0 && (PyErr_ExceptionMatches(PyExc_AttributeError) ||
+                   PyErr_ExceptionMatches(PyExc_TypeError))) {
+        PyErr_Clear();
+        rc = 0;
+    }
+    return rc;
 }
 
 /* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
@@ -795,6 +832,34 @@ error:
     return drop_ordinary_error();
 }
 
+/* After a plain record (`result`, stolen): the clocks may have gone live while the event was
+ * recorded (another thread's first mark); the Python hook reads the flag after the record,
+ * so this does too, and has `after` keep the snapshot. `result`, or NULL + error. */
+static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *result)
+{
+    PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+    if (auditor == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    int live = auditor == Py_None ? 0 : clocks_live(auditor);
+    Py_DECREF(auditor);
+    if (drop_ordinary_error() < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    if (live == 1) {
+        PyObject *done = PyObject_Vectorcall(self->after, args, nargs, NULL);
+        if (done == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
+    return result;
+}
+
 static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                     PyObject *kwnames)
 {
@@ -804,10 +869,11 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     if (auditor == NULL)
         return NULL;
     int plain, audited = auditor != Py_None;
+    PyObject *bind = NULL;
     if (!audited)
         plain = 1;
     else if (self->kind == EVENT_RECORD)
-        plain = event_record_is_plain(self, auditor, args, nargs, kwnames);
+        plain = event_record_is_plain(self, auditor, args, nargs, kwnames, &bind);
     else if (self->kind == EVENT_WAIT)
         plain = event_wait_is_plain(auditor, args, nargs, kwnames);
     else
@@ -820,8 +886,18 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
         Py_DECREF(auditor);
         return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
     }
-    if (plain == 2) { /* a live record on a given stream: its snapshot is kept here */
+    if (bind != NULL || plain & RECORD_SNAPSHOT) {
+        /* a first record, bound after it runs; a live record on a given stream, its
+         * snapshot kept here */
         PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        if (bind != NULL && result == NULL)
+            Py_DECREF(bind);
+        else if (bind != NULL && bind_event(self, args[0], bind) < 0)
+            Py_CLEAR(result);
+        if (result != NULL && !(plain & RECORD_SNAPSHOT)) {
+            Py_DECREF(auditor);
+            return record_after(self, args, nargs, result);
+        }
         if (result != NULL && keep_snapshot(auditor, args[0], args[1]) < 0) {
             PyObject *done = NULL;
             if (drop_ordinary_error() == 0) /* Python's own way, for an unusual event */
@@ -843,28 +919,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     if (result == NULL || self->kind != EVENT_RECORD || !audited)
         return result; /* a wait needs nothing after it */
-    /* The clocks may have gone live while the event was recorded (another thread's first
-     * mark): the Python hook reads the flag after the record, so this does too. */
-    auditor = PyObject_GetAttr(self->gate, s_auditor);
-    if (auditor == NULL) {
-        Py_DECREF(result);
-        return NULL;
-    }
-    int live = auditor == Py_None ? 0 : clocks_live(auditor);
-    Py_DECREF(auditor);
-    if (drop_ordinary_error() < 0) {
-        Py_DECREF(result);
-        return NULL;
-    }
-    if (live == 1) {
-        PyObject *done = PyObject_Vectorcall(self->after, args, nargs, NULL);
-        if (done == NULL) {
-            Py_DECREF(result);
-            return NULL;
-        }
-        Py_DECREF(done);
-    }
-    return result;
+    return record_after(self, args, nargs, result);
 }
 
 static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)

@@ -205,6 +205,48 @@ def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
     assert len(event.records) == 5
 
 
+class SlottedEvent:
+    """An event that takes no attribute: it can never be bound (the hooks keep going)."""
+
+    __slots__ = ("device", "records")
+    __init__ = FakeEvent.__init__
+    record = FakeEvent.record
+
+
+def test_a_first_record_binds_the_event_the_same_in_both_hooks(core, monkeypatch):
+    """torch makes a new event in every ``wait_stream``: its first record binds it to the
+    device it was recorded on, without the Python hook in the compiled core (it would read the
+    event's device afterwards), and keeps its snapshot once the clocks are live."""
+    monkeypatch.setitem(READER_STATE, "device", 1)
+    asked: list = []
+
+    def event_device(event):
+        asked.append(event)
+        return event.device.index
+
+    reader = StreamReader(current_stream=lambda d: (5, d, 1),
+                          current_device=lambda: READER_STATE["device"],
+                          event_device=event_device)
+    aud = installer.install("assert")
+    for cls in (FakeEvent, SlottedEvent):
+        hook_event_record(installer._registry, installer._gate, cls, reader)
+    s0 = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x55)
+    on_stream, on_current = FakeEvent(), FakeEvent()
+    assert on_stream.record(s0) == "recorded" and on_current.record() == "recorded"
+    assert (on_stream._streamcheck_event_device, on_current._streamcheck_event_device) == (0, 1)
+    assert len(asked) == (0 if core == "compiled" else 2)  # the Python hook asks the event
+    with pytest.raises(StreamHazardError, match="event-device-mismatch"):
+        on_stream.record()  # bound to 0; the thread is on device 1
+    aud.ordering = True
+    aud.clocks._clocks[(0, 5)] = clock = {(0, 5): 7}
+    live = FakeEvent()
+    live.record(s0)
+    assert live._streamcheck_event_device == 0 and getattr(live, SNAPSHOT_ATTR) is clock
+    slotted = SlottedEvent()
+    assert slotted.record(s0) == "recorded" and slotted.record(s0) == "recorded"
+    assert not hasattr(slotted, "_streamcheck_event_device") and len(slotted.records) == 2
+
+
 class FakeWaitEvent:
     """An event whose waits are only counted."""
 
