@@ -76,6 +76,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(HERE) not in sys.path:  # its sibling modules, also when loaded from a file path
+    sys.path.insert(0, str(HERE))
+
+import serve_soak  # noqa: E402 (needs the path above; the standard library only)
+from serve_soak import first_difference  # noqa: E402
+
 SAFE_ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
@@ -321,7 +327,7 @@ def sc_host(capacity: int, **extra: Any) -> dict[str, Any]:
 # What every soak case shares (``run_soak``): the server's settings (the offline engine's
 # batch budget: the server's default is half), the load, batch-invariant kernels.
 SOAK: dict[str, Any] = {
-    "kind": "soak", "ref": "ref_tp2", "seconds": 90, "concurrency": 6,
+    "kind": "soak", "ref": "ref_tp2", "seconds": 180, "concurrency": 6,
     "serve_args": ["--max-model-len", "1536", "--num-gpu-blocks-override", "512",
                    "--max-num-seqs", "24", "--gpu-memory-utilization", "0.3",
                    "--max-num-batched-tokens", "16384", "--enable-prefix-caching"],
@@ -418,12 +424,21 @@ CASES: dict[str, dict[str, Any]] = {
                                   "--no-enable-prefix-caching"]},
     # ``vllm serve`` with streamcheck's connector under a bounded concurrent load: 6 clients,
     # the 24 prompts of the TP=2 cases, vLLM's prefix cache on with a GPU cache of 512 blocks
-    # (the prompts need about 900: evictions, hits served by the connector) that 6 requests
-    # cannot fill (no preemption: its recomputes change bf16 tokens on their own), and a host
-    # store of 400 blocks (evictions there too). Every answer must equal ``ref_tp2``'s.
+    # (the prompts' full blocks are 804: evictions, hits served by the connector) that 6
+    # requests cannot fill (no preemption: its recomputes change bf16 tokens on their own), and
+    # a host store of 600 blocks (larger than the GPU cache, so it holds blocks the GPU lost;
+    # smaller than the prompts: evictions there too). Every answer must equal ``ref_tp2``'s,
+    # or be one the same server gives without a connector (``control``).
     "soak_serve": {**SOAK, "connector": "sc", "activation": "plugin",
-                   "extra": {"backend": "host", "capacity_blocks": 400},
+                   "control": "soak_serve_none",
+                   "extra": {"backend": "host", "capacity_blocks": 600},
                    "kv": {"kv_load_failure_policy": "recompute"}},
+    # the same with the connector's audit off and no plugin: what the audit costs a server
+    "soak_serve_off": {**SOAK, "connector": "sc", "activation": "none",
+                       "control": "soak_serve_none",
+                       "extra": {"backend": "host", "capacity_blocks": 600,
+                                 "streamcheck": "off"},
+                       "kv": {"kv_load_failure_policy": "recompute"}},
     # Controls: the same server and load without a connector, and with vLLM's own
     "soak_serve_none": {**SOAK, "connector": "none", "activation": "none", "extra": {}},
     "soak_serve_offloading": {**SOAK, "connector": "offloading", "activation": "none",
@@ -567,8 +582,6 @@ def run_soak(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
     """The TP=2 cases' 24 prompts under a bounded concurrent load for ``spec["seconds"]``,
     each answer compared with the no-connector run's first pass (``ref``); the server's memory
     sampled meanwhile."""
-    import serve_soak
-
     if ref is None or "tokens" not in ref:
         return {"case": "soak", "error": "no reference tokens (run ref_tp2 or --ref-from)"}
     try:
@@ -624,11 +637,6 @@ def token_differences(tokens: dict[Any, list[list[int]]],
                       ref: dict[Any, list[list[int]]]) -> list[str]:
     """Outputs that differ from the reference run's first pass: counts by pass, and which
     (pass, prompt, first differing token) so a pattern (a family, a pass, drift) shows."""
-    def first_difference(a: list[int], b: list[int]) -> int:
-        """Where two outputs part (an output cut short by an error parts where it ends)."""
-        parted = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
-        return next(parted, min(len(a), len(b)))
-
     pairs = [(p, int(k), first_difference(outs[p], ref[k][0]))
              for k, outs in tokens.items() for p in range(len(outs)) if outs[p] != ref[k][0]]
     if not pairs:
@@ -655,11 +663,40 @@ def loads_exercised(stats: dict[str, Any]) -> list[str]:
 MEMORY_SLACK_MIB = 256  # growth after the warm-up that a soak tolerates (allocator caches)
 
 
+def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
+                  ref: dict[str, Any] | None = None) -> str | None:
+    """The soak's answers that differ from the offline reference, described; with a
+    ``control`` (the same server and load without a connector), only those the control never
+    gave: the engine under a concurrent load answers some prompts otherwise on its own
+    (measured with batch-invariant kernels, no preemption, no connector: 20 of 600), and a
+    connector is wrong where it adds answers the engine does not give. None: nothing wrong."""
+    answers = result.get("answers", 0)
+    preempted = result.get("counters", {}).get("vllm:num_preemptions_total", 0)
+    if control is None or "variants" not in control:
+        if not result.get("wrong"):
+            return None
+        return (f"{len(result['wrong'])} of {answers} answers differ from the no-connector run "
+                f"({preempted:.0f} preemptions); (prompt, first differing token): "
+                f"{sorted({tuple(w) for w in result['wrong']})[:20]}")
+    known = {(i, tuple(tokens)) for i, tokens, _n in control["variants"]}
+    new = [(i, tokens, n) for i, tokens, n in result.get("variants", [])
+           if (i, tuple(tokens)) not in known]
+    if not new:
+        return None
+    expected = (ref or {}).get("tokens", {})
+    where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]))
+                    for i, tokens, _ in new})
+    return (f"{sum(n for *_, n in new)} of {answers} answers are ones the server without a "
+            f"connector never gave in {control.get('answers', 0)} ({preempted:.0f} "
+            f"preemptions); (prompt, first differing token): {where[:20]}")
+
+
 def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
-                  audited: bool = True) -> list[str]:
-    """A soak passes with every request answered right, the server alive, its memory flat
-    after the warm-up, and (``audited``: streamcheck's connector) both workers audited and
-    the connector's loads among their launches."""
+                  audited: bool = True, control: dict[str, Any] | None = None,
+                  ref: dict[str, Any] | None = None) -> list[str]:
+    """A soak passes with every request answered right (see :func:`wrong_answers`), the
+    server alive, its memory flat after the warm-up, and (``audited``: streamcheck's
+    connector) both workers audited and the connector's loads among their launches."""
     if "error" in result:
         return [result["error"]]
     problems = []
@@ -668,11 +705,9 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
         problems.append("no request was answered")
     if result.get("error_count"):
         problems.append(f"{result['error_count']} requests failed; first: {result['errors'][:2]}")
-    if result.get("wrong"):
-        preempted = result.get("counters", {}).get("vllm:num_preemptions_total", 0)
-        problems.append(f"{len(result['wrong'])} of {answers} answers differ from the "
-                        f"no-connector run ({preempted:.0f} preemptions); (prompt, first "
-                        f"differing token): {sorted({tuple(w) for w in result['wrong']})[:20]}")
+    wrong = wrong_answers(result, control, ref)
+    if wrong:
+        problems.append(wrong)
     if not result.get("alive_at_end"):
         problems.append("the server exited before the load ended")
     for key, slack in (("rss_growth", None), ("gpu_growth", MEMORY_SLACK_MIB)):
@@ -697,9 +732,10 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
 
 
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
-            ref: dict[str, Any] | None, wants_ref: bool = True) -> list[str]:
+            ref: dict[str, Any] | None, wants_ref: bool = True,
+            control: dict[str, Any] | None = None) -> list[str]:
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
-    checked for having run."""
+    checked for having run; ``control``: a soak's run without a connector."""
     problems: list[str] = []
     rows = audit["rows"] if audit else []
     workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
@@ -723,7 +759,8 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             problems.append("findings in a correct run")
         problems += loads_exercised(result.get("stats", {}))
     elif case.startswith("soak_"):
-        problems += soak_problems(result, rows, audited=audit is not None)
+        problems += soak_problems(result, rows, audited=audit is not None, control=control,
+                                  ref=ref)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]
@@ -836,7 +873,9 @@ def main() -> int:
         time.sleep(2)  # let killed workers release the GPUs
         audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
         ref = reference(spec, results, args.ref_from)
-        problems = verdict(case, result, audit, ref, wants_ref="ref" in spec)
+        control = (reference({"ref": spec["control"]}, results, args.ref_from)
+                   if "control" in spec else None)
+        problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control)
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}
         summary.update(wall_s=round(time.time() - start, 1), problems=problems, audit=audit)

@@ -106,6 +106,7 @@ class Soak:
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """Where two outputs part (an output cut short by an error parts where it ends)."""
     parted = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
     return next(parted, min(len(a), len(b)))
 

@@ -96,7 +96,7 @@ def test_the_soak_serves_the_connector_and_engine_settings_it_names():
     assert config["kv_connector"] == "StreamcheckConnector"
     assert config["kv_connector_module_path"] == "streamcheck.connector.vllm_adapter"
     assert config["kv_load_failure_policy"] == "recompute"
-    assert config["kv_connector_extra_config"] == {"backend": "host", "capacity_blocks": 400}
+    assert config["kv_connector_extra_config"] == {"backend": "host", "capacity_blocks": 600}
     assert cmd[cmd.index("--num-gpu-blocks-override") + 1] == "512"
     assert "--enable-prefix-caching" in cmd and "--served-model-name" in cmd
     leak = engine_check.serve_command("/m", engine_check.CASES["leak_serve"])
@@ -113,3 +113,25 @@ def test_a_soak_control_without_streamcheck_is_judged_on_its_answers_only():
     assert "--kv-transfer-config" not in cmd
     own = engine_check.serve_command("/m", engine_check.CASES["soak_serve_offloading"])
     assert json.loads(own[-1])["kv_connector"] == "OffloadingConnector"
+
+
+def test_a_soak_fails_only_on_answers_its_control_never_gave():
+    """Without a connector the same server answers some prompts otherwise under load (the
+    control); the connector's run fails on answers outside those, with where they part from
+    the reference."""
+    ref = {"tokens": {"2": [[1, 2, 3, 4]], "7": [[5, 6, 7, 8]]}}
+    control = {"answers": 600, "variants": [[2, [1, 2, 9, 9], 3]]}
+    known = soak(wrong=[[2, 2]], variants=[[2, [1, 2, 9, 9], 1]])
+    assert engine_check.verdict("soak_serve", known, {"rows": SOAK_ROWS}, ref,
+                                control=control) == []
+    new = soak(wrong=[[2, 2], [7, 1], [7, 1]],
+               variants=[[2, [1, 2, 9, 9], 1], [7, [5, 0, 7, 8], 2]])
+    assert engine_check.verdict("soak_serve", new, {"rows": SOAK_ROWS}, ref,
+                                control=control) == [
+        "2 of 300 answers are ones the server without a connector never gave in 600 (0 "
+        "preemptions); (prompt, first differing token): [(7, 1)]"]
+    assert engine_check.verdict("soak_serve", new, {"rows": SOAK_ROWS}, ref)[0].startswith(
+        "3 of 300 answers differ from the no-connector run")  # no control: every one counts
+    off = engine_check.CASES["soak_serve_off"]
+    assert off["activation"] == "none" and off["extra"]["streamcheck"] == "off"
+    assert engine_check.verdict("soak_serve_off", known, None, ref, control=control) == []
