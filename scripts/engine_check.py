@@ -672,8 +672,8 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
     connector is wrong where it adds answers the engine does not give. None: nothing wrong."""
     answers = result.get("answers", 0)
     preempted = result.get("counters", {}).get("vllm:num_preemptions_total", 0)
-    if control is None or "variants" not in control:
-        if not result.get("wrong"):
+    if control is None or "variants" not in control or "variants" not in result:
+        if not result.get("wrong"):  # no distinct answers to compare: every one counts
             return None
         return (f"{len(result['wrong'])} of {answers} answers differ from the no-connector run "
                 f"({preempted:.0f} preemptions); (prompt, first differing token): "
