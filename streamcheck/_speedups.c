@@ -39,7 +39,8 @@
 #endif
 
 static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
-    *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr;
+    *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr,
+    *stream_only; /* ("stream",): the keyword names of a call that added only the stream */
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
  * (device, stream id); an event's snapshot in its attribute _streamcheck_clock; an empty clock
  * is an empty dict, never changed. (CLOCK_ATTR is exported: the hooks use these paths only
@@ -356,7 +357,10 @@ static PyObject *call_with_stream(FastLaunch *self, PyObject *const *args, Py_ss
         copy[self->stream_pos] = stream;
     else if (kw_index >= 0)
         copy[nargs + kw_index] = stream;
-    else {
+    else if (nkw == 0) { /* the usual stream=None launch: no tuple made per call */
+        copy[total] = stream;
+        names = Py_NewRef(stream_only);
+    } else {
         copy[total] = stream;
         names = PyTuple_New(nkw + 1);
         if (names == NULL)
@@ -997,8 +1001,9 @@ static int intern_all(void)
         if (*names[i].slot == NULL)
             return -1;
     }
+    stream_only = PyTuple_Pack(1, s_stream);
     empty_clock = PyDict_New();
-    return empty_clock == NULL ? -1 : 0;
+    return empty_clock == NULL || stream_only == NULL ? -1 : 0;
 }
 
 static struct PyModuleDef speedups_module = {
