@@ -768,17 +768,20 @@ error:
 }
 
 /* Bind a first-recorded event to `device` (stolen), as the Python hook does after the
- * record; an event that takes no attribute stays unbound there too. 0, or -1 + error. */
+ * record: 1 go on (bound, or an event that takes no attribute); 0 stop auditing this record
+ * (any other ordinary error: the record has run and is never failed by its audit; the Python
+ * hook warns there); -1 + error (KeyboardInterrupt and the like). */
 static int bind_event(GuardedCall *self, PyObject *event, PyObject *device)
 {
     int rc = PyObject_SetAttr(event, self->bound, device);
     Py_DECREF(device);
-    if (rc < 0 && (PyErr_ExceptionMatches(PyExc_AttributeError) ||
-                   PyErr_ExceptionMatches(PyExc_TypeError))) {
+    if (rc == 0)
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_AttributeError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
         PyErr_Clear();
-        rc = 0;
+        return 1;
     }
-    return rc;
+    return drop_ordinary_error();
 }
 
 /* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
@@ -894,10 +897,15 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
         /* a first record, bound after it runs; a live record on a given stream, its
          * snapshot kept here */
         PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        int bound = 1;
         if (bind != NULL && result == NULL)
             Py_DECREF(bind);
-        else if (bind != NULL && bind_event(self, args[0], bind) < 0)
+        else if (bind != NULL && (bound = bind_event(self, args[0], bind)) < 0)
             Py_CLEAR(result);
+        if (result != NULL && bound == 0) { /* as in Python: no snapshot of an unbound one */
+            Py_DECREF(auditor);
+            return result;
+        }
         if (result != NULL && !(plain & RECORD_SNAPSHOT)) {
             Py_DECREF(auditor);
             return record_after(self, args, nargs, result);

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamcheck.runtime.cuda import StreamReader, use_reader
+from streamcheck.runtime.reader import torch_event_device
 from streamcheck.runtime.sim import SimCuda, SimMachine
 from streamcheck.runtime.sim.api import SimStreamBase, SimStreamContext
 
@@ -100,4 +101,11 @@ def reader_of(fake: FakeCuda) -> StreamReader:
     """The audit's stream reader for the simulated CUDA: the sim's per-thread truth."""
     machine = fake.sim.machine
     return StreamReader(machine.current_stream_tuple, machine.current_device, name="sim",
-                        current_raw_stream=machine.current_raw_stream)
+                        current_raw_stream=machine.current_raw_stream,
+                        event_device=sim_event_device)
+
+
+def sim_event_device(event: Any) -> int | None:
+    """The device a simulated event is bound to, as the audit reads a torch event's (not
+    torch's reader itself: the compiled hooks bind first records only under torch's rule)."""
+    return torch_event_device(event)

@@ -20,6 +20,7 @@ from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import ConfigError
 from streamcheck.core.provenance import site_stack
+from streamcheck.runtime import reader as reader_module
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
 from streamcheck.wrappers import speedups
@@ -224,6 +225,8 @@ def test_a_first_record_binds_the_event_the_same_in_both_hooks(core, monkeypatch
         asked.append(event)
         return event.device.index
 
+    # as torch's own reader (the compiled hook binds first records only under torch's rule)
+    monkeypatch.setattr(reader_module, "torch_event_device", event_device)
     reader = StreamReader(current_stream=lambda d: (5, d, 1),
                           current_device=lambda: READER_STATE["device"],
                           event_device=event_device)
@@ -465,3 +468,23 @@ def test_compiled_hooks_in_a_reference_cycle_are_collected():
     del hooks, hook
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+class RefusingEvent(FakeEvent):
+    """An event that refuses the audit's attribute with an error of its own."""
+
+    def __setattr__(self, name, value):
+        if name == "_streamcheck_event_device":
+            raise RuntimeError("no attributes here")
+        super().__setattr__(name, value)
+
+
+def test_a_record_that_ran_is_never_failed_by_its_audit(core, monkeypatch, recwarn):
+    """The event refuses to be bound after its first record: the record has run, so both
+    hooks return its result (the Python one also warns that it could not audit)."""
+    monkeypatch.setitem(READER_STATE, "device", 0)
+    installer.install("assert")
+    hook_event_record(installer._registry, installer._gate, RefusingEvent, fake_reader())
+    event = RefusingEvent()
+    assert event.record(SimpleNamespace(device_index=0, stream_id=5)) == "recorded"
+    assert len(event.records) == 1
