@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamcheck.runtime.cuda import StreamReader, use_reader
-from streamcheck.runtime.reader import torch_event_device
 from streamcheck.runtime.sim import SimCuda, SimMachine
 from streamcheck.runtime.sim.api import SimStreamBase, SimStreamContext
 
@@ -102,10 +101,5 @@ def reader_of(fake: FakeCuda) -> StreamReader:
     machine = fake.sim.machine
     return StreamReader(machine.current_stream_tuple, machine.current_device, name="sim",
                         current_raw_stream=machine.current_raw_stream,
-                        event_device=sim_event_device)
-
-
-def sim_event_device(event: Any) -> int | None:
-    """The device a simulated event is bound to, as the audit reads a torch event's (not
-    torch's reader itself: the compiled hooks bind first records only under torch's rule)."""
-    return torch_event_device(event)
+                        # torch's reader of an event's device finds none on a simulated one
+                        event_takes_stream_device=False)

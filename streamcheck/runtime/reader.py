@@ -37,7 +37,9 @@ class StreamReader:
     thread's current device as the event's runtime sees it. The last two are given by a runtime
     whose answer depends on the event (the simulator: each event belongs to a machine); None
     means "read through ``current_stream``/``current_device``", which the hooks then call
-    directly (no Python frame in between)."""
+    directly (no Python frame in between). ``event_takes_stream_device``: an event is bound
+    by its first record to the recording stream's device, which ``event_device`` then reports
+    (torch's rule): the compiled hooks bind first records themselves only where it holds."""
 
     current_stream: Callable[[int], CurrentStreamTuple]
     current_device: Callable[[], int]
@@ -46,6 +48,7 @@ class StreamReader:
     event_device: Callable[[Any], int | None] = torch_event_device
     event_stream: Callable[[Any, Any], StreamKey] | None = None
     event_thread_device: Callable[[Any], int] | None = None
+    event_takes_stream_device: bool = True
 
     def event_stream_key(self) -> Callable[[Any, Any], StreamKey]:
         """(event, stream or None) -> the (device, stream id) the call applies to."""

@@ -24,7 +24,6 @@ from typing import Any
 from streamcheck.core.clocks import SNAPSHOT_ATTR, STREAM_CLOCKS_ATTR
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef, capture_site
-from streamcheck.runtime import reader as reader_module
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
@@ -86,11 +85,9 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
             return result
 
         compiled = speedups.active()
-        # the compiled hook binds a first-recorded event to the device it was recorded on,
-        # which is torch's rule (``torch_event_device`` reads it); a runtime that tells an
-        # event's device otherwise (the doctor's simulator) keeps the Python hook
-        if (compiled is None or thread_device is None
-                or device_of is not reader_module.torch_event_device
+        # the compiled hook binds a first-recorded event to the device it was recorded on
+        # (torch's rule); a runtime whose events say otherwise keeps the Python hook
+        if (compiled is None or thread_device is None or not reader.event_takes_stream_device
                 or not _clock_paths_match(compiled, reader)):
             return record
         # In C, the record of a bound event on its own device goes straight to torch, and

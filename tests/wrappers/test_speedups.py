@@ -20,7 +20,6 @@ from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.modes import ConfigError
 from streamcheck.core.provenance import site_stack
-from streamcheck.runtime import reader as reader_module
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
 from streamcheck.wrappers import speedups
@@ -225,8 +224,6 @@ def test_a_first_record_binds_the_event_the_same_in_both_hooks(core, monkeypatch
         asked.append(event)
         return event.device.index
 
-    # as torch's own reader (the compiled hook binds first records only under torch's rule)
-    monkeypatch.setattr(reader_module, "torch_event_device", event_device)
     reader = StreamReader(current_stream=lambda d: (5, d, 1),
                           current_device=lambda: READER_STATE["device"],
                           event_device=event_device)
