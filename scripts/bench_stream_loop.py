@@ -11,7 +11,11 @@ One process per GPU (2 ranks on 2 GPUs). Rounds alternate audited and unaudited 
 uninstall between rounds, outside the timed region) so drift hits both; the median per-iteration
 time of each is printed with their ratio. The correct program must produce zero findings.
 
-    python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16]
+    python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
+
+``--ablate`` also runs the loop with one part left out at a time (the side stream, the
+all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
+variant's ratio: where the audit's cost in this loop comes from, measured, not guessed.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class KVSaver(threading.Thread):
         self.jobs: queue.Queue[Any] = queue.Queue()
         self.pinned = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
         self.done = 0
+        self.submitted = 0
 
     def run(self) -> None:
         torch.cuda.set_device(self.device)
@@ -53,28 +58,40 @@ class KVSaver(threading.Thread):
                 return
             event, handoff = job
             stream.wait_event(event)
+            reads = [handoff] if handoff is not None else []
             with torch.cuda.stream(stream), streamcheck.launch(
-                    "bench.kv.save", stream=stream, device=self.device, reads=[handoff]):
+                    "bench.kv.save", stream=stream, device=self.device, reads=reads):
                 self.pinned.copy_(self.kv, non_blocking=True)
             stream.synchronize()
             self.done += 1
 
 
+PARTS = ("side", "allreduce", "saver", "handoff")
+
+
 def step(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.Stream,
-         kv: torch.Tensor, saver: KVSaver) -> torch.Tensor:
+         kv: torch.Tensor, saver: KVSaver, parts: frozenset[str] = frozenset(PARTS)
+         ) -> torch.Tensor:
+    """One engine step; ``parts`` leaves out what it does not name (``--ablate``)."""
     main = torch.cuda.current_stream()
     for _ in range(layers):
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
+        if "side" in parts:
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                y = x @ w
+            main.wait_stream(side)
+        else:
             y = x @ w
-        main.wait_stream(side)
         x = torch.tanh(x @ w + y)
-        dist.all_reduce(x)
+        if "allreduce" in parts:
+            dist.all_reduce(x)
     kv.copy_(x[: kv.shape[0]], non_blocking=True)
-    handoff = streamcheck.handoff(kv)
-    event = torch.cuda.Event()
-    event.record()
-    saver.jobs.put((event, handoff))
+    if "saver" in parts:
+        handoff = streamcheck.handoff(kv) if "handoff" in parts else None
+        event = torch.cuda.Event()
+        event.record()
+        saver.jobs.put((event, handoff))
+        saver.submitted += 1
     return x
 
 
@@ -92,20 +109,18 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     saver = KVSaver(rank, kv)
     saver.start()
 
-    def run(iters: int) -> float:
+    def run(iters: int, parts: frozenset[str] = frozenset(PARTS)) -> float:
         dist.barrier()
         torch.cuda.synchronize()
         start = time.perf_counter()
         x = x0
         for _ in range(iters):
-            x = step(args.layers, x, w, side, kv, saver)
+            x = step(args.layers, x, w, side, kv, saver, parts)
         torch.cuda.synchronize()
-        while saver.done < run.submitted + iters:  # the connector keeps up or this waits
+        while saver.done < saver.submitted:  # the connector keeps up or this waits
             time.sleep(0.0001)
-        run.submitted += iters
         return (time.perf_counter() - start) / iters * 1e6
 
-    run.submitted = 0  # type: ignore[attr-defined]
     run(5)  # warm up: NCCL, kernels, allocator
     plain: list[float] = []
     audited: dict[str, list[float]] = {core: [] for core in cores()}
@@ -121,6 +136,19 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             launches += auditor.launches
             streamcheck.uninstall()
     os.environ.pop("STREAMCHECK_CORE", None)
+    ablation: dict[str, float] = {}
+    for left_out in PARTS if args.ablate else ():
+        parts = frozenset(PARTS) - {left_out} - ({"handoff"} if left_out == "saver" else set())
+        bare, checked = [], []
+        for _ in range(args.rounds):
+            bare.append(run(args.iters, parts))
+            auditor = streamcheck.install("assert")
+            checked.append(run(args.iters, parts))
+            findings += [f.rule_id for f in auditor.findings()]
+            streamcheck.uninstall()
+        ablation[f"without_{left_out}"] = round(statistics.median(checked)
+                                                / statistics.median(bare), 4)
+        ablation[f"without_{left_out}_unaudited_us"] = round(statistics.median(bare), 1)
     profile = ""
     if args.profile and rank == 0:
         import cProfile
@@ -153,7 +181,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
              **{f"audited_us_{core}": statistics.median(t) for core, t in audited.items()},
              "findings": findings,
              "launches_audited": launches, "layers": args.layers, "iters": args.iters,
-             "rounds": args.rounds, "profile": profile})
+             "rounds": args.rounds, "ablation": ablation, "profile": profile})
 
 
 def main() -> int:
@@ -163,6 +191,8 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--profile", action="store_true",
                    help="also run one audited round under cProfile on rank 0 and print it")
+    p.add_argument("--ablate", action="store_true",
+                   help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
     world = min(torch.cuda.device_count(), 2)
     if world < 1:

@@ -840,9 +840,13 @@ def main() -> int:
     p.add_argument("--tiny-model", default="/tmp/vllm_site/tiny-llama")
     p.add_argument("--ref-from", type=Path, help="a directory with the reference cases' JSON "
                    "files from an earlier run (used when a reference case is not run now)")
+    p.add_argument("--soak-seconds", type=float,
+                   help=f"how long each soak case loads its server (default {SOAK['seconds']})")
     p.add_argument("--run", dest="case")
     p.add_argument("--spec")
     args = p.parse_args()
+    if args.soak_seconds is not None and args.soak_seconds <= 0:
+        p.error("--soak-seconds must be positive")
     if args.case:
         run_case(args)
         return 0
@@ -857,6 +861,8 @@ def main() -> int:
     ok = True
     for case in args.cases:
         spec = CASES[case]
+        if spec["kind"] == "soak" and args.soak_seconds is not None:
+            spec = {**spec, "seconds": args.soak_seconds}
         reports = out / f"reports-{case}"
         reports.mkdir(exist_ok=True)
         env = case_env(spec, reports, args.wheel_site, args.vllm_site)
