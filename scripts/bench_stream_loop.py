@@ -15,7 +15,10 @@ time of each is printed with their ratio. The correct program must produce zero 
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
-variant's ratio: where the audit's cost in this loop comes from, measured, not guessed.
+variant's ratio: where the audit's cost in this loop comes from, measured, not guessed. Each
+rank also prints ``split``: per iteration, the time to queue the steps, the main thread's CPU
+time in them, the waits for the GPU and for the connector thread's backlog afterwards, and that
+thread's CPU time (unaudited and audited, median over rounds).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class KVSaver(threading.Thread):
         self.pinned = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
         self.done = 0
         self.submitted = 0
+        self.cpu_s = 0.0  # this thread's CPU time in its jobs (time.thread_time)
 
     def run(self) -> None:
         torch.cuda.set_device(self.device)
@@ -57,12 +61,14 @@ class KVSaver(threading.Thread):
             if job is None:
                 return
             event, handoff = job
+            cpu = time.thread_time()
             stream.wait_event(event)
             reads = [handoff] if handoff is not None else []
             with torch.cuda.stream(stream), streamcheck.launch(
                     "bench.kv.save", stream=stream, device=self.device, reads=reads):
                 self.pinned.copy_(self.kv, non_blocking=True)
             stream.synchronize()
+            self.cpu_s += time.thread_time() - cpu
             self.done += 1
 
 
@@ -109,17 +115,31 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     saver = KVSaver(rank, kv)
     saver.start()
 
-    def run(iters: int, parts: frozenset[str] = frozenset(PARTS)) -> float:
+    split: dict[str, list[dict[str, float]]] = {"unaudited": [], "audited": []}
+
+    def run(iters: int, parts: frozenset[str] = frozenset(PARTS), into: str = "") -> float:
+        """Microseconds per iteration; with ``into``, also where they went (``split``)."""
         dist.barrier()
         torch.cuda.synchronize()
-        start = time.perf_counter()
+        saver_cpu = saver.cpu_s
+        start, cpu = time.perf_counter(), time.thread_time()
         x = x0
         for _ in range(iters):
             x = step(args.layers, x, w, side, kv, saver, parts)
+        steps_end, steps_cpu = time.perf_counter(), time.thread_time()
         torch.cuda.synchronize()
+        synced = time.perf_counter()
         while saver.done < saver.submitted:  # the connector keeps up or this waits
             time.sleep(0.0001)
-        return (time.perf_counter() - start) / iters * 1e6
+        end = time.perf_counter()
+        if into:
+            split[into].append({
+                "steps_us": (steps_end - start) / iters * 1e6,
+                "main_cpu_us": (steps_cpu - cpu) / iters * 1e6,
+                "gpu_drain_us": (synced - steps_end) / iters * 1e6,
+                "saver_drain_us": (end - synced) / iters * 1e6,
+                "saver_cpu_us": (saver.cpu_s - saver_cpu) / iters * 1e6})
+        return (end - start) / iters * 1e6
 
     run(5)  # warm up: NCCL, kernels, allocator
     plain: list[float] = []
@@ -127,11 +147,11 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     findings: list[str] = []
     launches = 0
     for _ in range(args.rounds):
-        plain.append(run(args.iters))
+        plain.append(run(args.iters, into="unaudited"))
         for core, times in audited.items():  # the compiled hooks and the Python ones
             os.environ["STREAMCHECK_CORE"] = core
             auditor = streamcheck.install("assert")
-            times.append(run(args.iters))
+            times.append(run(args.iters, into="audited" if core == cores()[0] else ""))
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
@@ -181,7 +201,10 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
              **{f"audited_us_{core}": statistics.median(t) for core, t in audited.items()},
              "findings": findings,
              "launches_audited": launches, "layers": args.layers, "iters": args.iters,
-             "rounds": args.rounds, "ablation": ablation, "profile": profile})
+             "rounds": args.rounds, "ablation": ablation,
+             "split": {name: {key: round(statistics.median(r[key] for r in rows), 1)
+                              for key in rows[0]} for name, rows in split.items()},
+             "profile": profile})
 
 
 def main() -> int:
@@ -194,6 +217,8 @@ def main() -> int:
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
+    if args.iters < 1 or args.rounds < 1 or args.layers < 1:
+        p.error("--iters, --rounds and --layers must be at least 1")
     world = min(torch.cuda.device_count(), 2)
     if world < 1:
         print("bench_stream_loop needs a CUDA GPU")
