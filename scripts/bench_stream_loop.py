@@ -156,6 +156,17 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             launches += auditor.launches
             streamcheck.uninstall()
     os.environ.pop("STREAMCHECK_CORE", None)
+    if args.spy_iters:  # for a sampling profiler: the phases apart, by function name
+        def steps_unaudited() -> None:
+            run(args.spy_iters)
+
+        def steps_audited() -> None:
+            run(args.spy_iters)
+
+        steps_unaudited()
+        streamcheck.install("assert")
+        steps_audited()
+        streamcheck.uninstall()
     ablation: dict[str, float] = {}
     for left_out in PARTS if args.ablate else ():
         parts = frozenset(PARTS) - {left_out} - ({"handoff"} if left_out == "saver" else set())
@@ -214,6 +225,9 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--profile", action="store_true",
                    help="also run one audited round under cProfile on rank 0 and print it")
+    p.add_argument("--spy-iters", type=int, default=0,
+                   help="then run this many iterations unaudited and audited in functions "
+                        "named steps_unaudited / steps_audited (for py-spy)")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
