@@ -156,8 +156,8 @@ def generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[list[i
 
 
 def case_tp2(model: str, connector: str, extra: dict[str, Any],
-             llm_args: dict[str, Any]) -> dict[str, Any]:
-    llm = make_llm(model, 2, connector, extra, **{
+             llm_args: dict[str, Any], tp: int = 2) -> dict[str, Any]:
+    llm = make_llm(model, tp, connector, extra, **{
         "max_model_len": 1536, "num_gpu_blocks_override": 320, "max_num_seqs": 24,
         "gpu_memory_utilization": 0.3, "disable_log_stats": False, **llm_args})
     vocab = llm.get_tokenizer().vocab_size
@@ -288,7 +288,7 @@ def run_case(args: argparse.Namespace) -> None:
     try:
         if spec["kind"] == "tp2":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"],
-                                   spec.get("llm", {})))
+                                   spec.get("llm", {}), tp=spec.get("tp", 2)))
         elif spec["kind"] == "ttft":
             result.update(case_ttft(args.model, spec["connector"], spec["extra"],
                                     spec.get("llm", {}), profile=bool(spec.get("profile")),
@@ -441,6 +441,10 @@ CASES: dict[str, dict[str, Any]] = {
                        "kv": {"kv_load_failure_policy": "recompute"}},
     # Controls: the same server and load without a connector, and with vLLM's own
     "soak_serve_none": {**SOAK, "connector": "none", "activation": "none", "extra": {}},
+    # The same three servers at TP=1 (a one-GPU machine), against a TP=1 reference
+    "ref_tp1": {"kind": "tp2", "tp": 1, "connector": "none", "extra": {}, "activation": "none",
+                "env": {"VLLM_BATCH_INVARIANT": "1"}},
+
     "soak_serve_offloading": {**SOAK, "connector": "offloading", "activation": "none",
                               "extra": {"cpu_bytes_to_use": 4 << 30}},
     **{f"ttft_{name}": spec for name, spec in PEERS.items()},
@@ -485,6 +489,11 @@ CASES: dict[str, dict[str, Any]] = {
                      "extra": {"backend": "disk", "path": "/tmp/sc-kv-disk"},
                      "activation": "plugin"},
 }
+# The soaks at TP=1 (a one-GPU machine): soak1_serve, soak1_serve_off, soak1_serve_none
+CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
+                                    **({"control": "soak1_serve_none"}
+                                       if "control" in CASES[name] else {})}
+              for name in ("soak_serve", "soak_serve_off", "soak_serve_none")})
 
 
 def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,
@@ -513,12 +522,12 @@ SERVED_NAME = "engine-check"
 
 
 def serve_command(model: str, spec: dict[str, Any]) -> list[str]:
-    """``vllm serve`` as a user runs it, with the case's connector and engine settings (TP=2,
-    eager, as every TP=2 case here)."""
+    """``vllm serve`` as a user runs it, with the case's connector and engine settings (TP=2
+    unless the case says ``tp``; eager, as every TP=2 case here)."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model, "--host",
            "127.0.0.1", "--port", str(SERVE_PORT), "--served-model-name", SERVED_NAME,
-           "--enforce-eager", "--tensor-parallel-size", "2", "--disable-custom-all-reduce",
-           *spec["serve_args"]]
+           "--enforce-eager", "--tensor-parallel-size", str(spec.get("tp", 2)),
+           "--disable-custom-all-reduce", *spec["serve_args"]]
     if spec["connector"] == "none":
         return cmd
     connector, module = CONNECTORS[spec["connector"]]
@@ -693,10 +702,11 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
 
 def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
                   audited: bool = True, control: dict[str, Any] | None = None,
-                  ref: dict[str, Any] | None = None) -> list[str]:
+                  ref: dict[str, Any] | None = None, tp: int = 2) -> list[str]:
     """A soak passes with every request answered right (see :func:`wrong_answers`), the
     server alive, its memory flat after the warm-up, and (``audited``: streamcheck's
-    connector) both workers audited and the connector's loads among their launches."""
+    connector) the connector's loads among the launches audited and, at ``tp`` 2, both
+    workers' pynccl launches too (TP=1 has no collectives)."""
     if "error" in result:
         return [result["error"]]
     problems = []
@@ -722,8 +732,11 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
                             f"warm-up (more than {allowed} MiB)")
     if not audited:
         return problems
-    if sum(r["pynccl"] > 0 for r in rows) < 2:
-        problems.append("fewer than 2 processes audited pynccl launches (2 workers expected)")
+    if tp > 1 and sum(r["pynccl"] > 0 for r in rows) < tp:
+        problems.append(f"fewer than {tp} processes audited pynccl launches ({tp} workers "
+                        "expected)")
+    if tp == 1 and not any(r["connector"] for r in rows):
+        problems.append("no process audited a connector launch")
     if not any(r["loads"] for r in rows):
         problems.append("no connector load was audited: the connector served nothing")
     if any(r["findings"] for r in rows):
@@ -737,6 +750,8 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
     checked for having run; ``control``: a soak's run without a connector."""
     problems: list[str] = []
+    if case.startswith("ref_") and "error" in result:
+        return [result["error"]]  # a reference that did not run is no reference
     rows = audit["rows"] if audit else []
     workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
     vllm_own = ("ref_tp2_", "offloading_tp2", "simple_cpu_tp2")  # tokens only, no audit
@@ -758,9 +773,9 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
         if any(r["findings"] for r in rows):
             problems.append("findings in a correct run")
         problems += loads_exercised(result.get("stats", {}))
-    elif case.startswith("soak_"):
+    elif case.startswith(("soak_", "soak1_")):
         problems += soak_problems(result, rows, audited=audit is not None, control=control,
-                                  ref=ref)
+                                  ref=ref, tp=2 if case.startswith("soak_") else 1)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]

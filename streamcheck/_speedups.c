@@ -613,7 +613,8 @@ static PyTypeObject FastLaunchType = {
  *     (stream=None) it goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
  *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
- *     (stream id, device, type) tuple) is not a default stream (id 0); the launch is counted;
+ *     (stream id, device, type) tuple) is not a default stream (id 0), or is one and the
+ *     calling thread is the main engine thread (`auditor.main_engine`); the launch is counted;
  *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
  *     stream is given and its clock already holds every entry of the event's snapshot (the
  *     common wait: it adds nothing); any other wait goes to `slow`, which merges.
@@ -812,7 +813,8 @@ static int event_wait_is_plain(PyObject *auditor, PyObject *const *args, Py_ssiz
     return plain < 0 ? drop_ordinary_error() : plain;
 }
 
-static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs)
+static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
+                                Py_ssize_t nargs)
 {
     if (nargs < 1 || self->counter == Py_None)
         return 0;
@@ -832,6 +834,16 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *const *args, Py_ssi
     if (PyTuple_Check(current) && PyTuple_GET_SIZE(current) >= 1) {
         PyObject *sid = PyTuple_GET_ITEM(current, 0);
         plain = PyLong_Check(sid) && PyObject_IsTrue(sid) == 1;
+        if (!plain && PyLong_Check(sid) && PyObject_IsTrue(sid) == 0) {
+            /* a default stream: fine for the main engine thread (engines run there) */
+            PyObject *main = PyObject_GetAttr(auditor, s_main_engine);
+            if (main == NULL) {
+                Py_DECREF(current);
+                goto error;
+            }
+            plain = is_calling_thread(main);
+            Py_DECREF(main);
+        }
     }
     Py_DECREF(current);
     return plain;
@@ -884,7 +896,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     else if (self->kind == EVENT_WAIT)
         plain = event_wait_is_plain(auditor, args, nargs, kwnames);
     else
-        plain = auditor == self->owner ? tensor_call_is_plain(self, args, nargs) : 0;
+        plain = auditor == self->owner ? tensor_call_is_plain(self, auditor, args, nargs) : 0;
     if (plain < 0) {
         Py_DECREF(auditor);
         return NULL;

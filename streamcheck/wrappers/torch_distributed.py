@@ -54,8 +54,10 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                     next(counter if auditor is owner_auditor
                          else auditor.coverage.counter(op, target))
                     # The thread's own current stream on the tensor's device: only the
-                    # default-stream rule can object, and it spares engine threads.
-                    if sid == 0 and not auditor.is_engine_thread(get_ident()):
+                    # default-stream rule can object, and it spares engine threads (the
+                    # main engine thread, the common caller, told by one attribute read).
+                    if (sid == 0 and get_ident() != auditor.main_engine
+                            and not auditor.is_engine_thread(get_ident())):
                         auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
                                       counted=True)
             return original(*args, **kwargs)

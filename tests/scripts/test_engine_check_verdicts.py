@@ -138,3 +138,30 @@ def test_a_soak_fails_only_on_answers_its_control_never_gave():
     off = engine_check.CASES["soak_serve_off"]
     assert off["activation"] == "none" and off["extra"]["streamcheck"] == "off"
     assert engine_check.verdict("soak_serve_off", known, None, ref, control=control) == []
+
+
+def test_the_tp1_soaks_serve_on_one_gpu_and_ask_for_no_collectives():
+    """soak1_*: the same servers at TP=1, against a TP=1 reference; one worker, which has no
+    pynccl launches to audit, but must still have audited the connector's loads."""
+    for name in ("soak1_serve", "soak1_serve_off", "soak1_serve_none"):
+        spec = engine_check.CASES[name]
+        cmd = engine_check.serve_command("/m", spec)
+        assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+        assert spec["ref"] == "ref_tp1"
+    assert engine_check.CASES["soak1_serve"]["control"] == "soak1_serve_none"
+    assert engine_check.CASES["ref_tp1"]["tp"] == 1
+    one = [{"pid": 9, "pynccl": 0, "connector": 40, "loads": 3, "findings": []}]
+    assert engine_check.verdict("soak1_serve", soak(), {"rows": one}, None) == []
+    assert engine_check.verdict("soak_serve", soak(), {"rows": one}, None) == [
+        "fewer than 2 processes audited pynccl launches (2 workers expected)"]
+    none = [{**one[0], "connector": 0, "loads": 0}]
+    assert engine_check.verdict("soak1_serve", soak(), {"rows": none}, None) == [
+        "no process audited a connector launch",
+        "no connector load was audited: the connector served nothing"]
+
+
+def test_a_reference_case_that_failed_is_reported():
+    assert engine_check.verdict("ref_tp1", {"error": "RuntimeError: no GPU"}, None, None,
+                                wants_ref=False) == ["RuntimeError: no GPU"]
+    assert engine_check.verdict("ref_tp1", {"tokens": TOKENS}, None, None,
+                                wants_ref=False) == []

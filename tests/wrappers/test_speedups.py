@@ -8,12 +8,14 @@ setting. The compiled cases are skipped, and say so, where the extension is not 
 from __future__ import annotations
 
 import inspect
+import threading
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import streamcheck
 from streamcheck import installer
 from streamcheck.core.clocks import SNAPSHOT_ATTR
 from streamcheck.core.errors import StreamHazardError
@@ -314,6 +316,28 @@ def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(
     assert in_thread(lambda: module.all_reduce(FakeTensor(0)))[0] == "done"
     assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
     assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
+    # the main engine thread on a default stream: its own, fine (engines run there), counted,
+    # told without asking the thread roles
+    asked = []
+    is_engine = aud.is_engine_thread
+    monkeypatch.setattr(aud, "is_engine_thread", lambda ident: asked.append(ident)
+                        or is_engine(ident))
+    assert aud.main_engine is not None and module.all_reduce(FakeTensor(0)) == "done"
+    assert [e.count for e in aud.entries()] == [1] and asked == []
+    assert aud.coverage.launches_by_op()["dist.all_reduce"] == 4
+    # once another thread is declared the engine, the main thread is a helper there
+    stop = threading.Event()
+    engine = threading.Thread(target=stop.wait, name="engine")
+    engine.start()
+    try:
+        streamcheck.declare_thread_role(streamcheck.ENGINE, engine.ident)
+        assert aud.main_engine is None
+        module.all_reduce(FakeTensor(0))
+        assert set(asked) == {threading.get_ident()}  # the roles decide
+        assert aud.coverage.launches_by_op()["dist.all_reduce"] == 5
+    finally:
+        stop.set()
+        engine.join()
 
 
 class CountingResolver:
