@@ -28,6 +28,10 @@ Cases:
     warm-up, both workers audited, the connector's loads among their launches. The controls:
     the same server and load without a connector, and with vLLM's ``OffloadingConnector``
     (each distinct wrong answer is kept, to compare the runs' wrong answers).
+    ``soak_serve_off``: the same connector with its audit off and no plugin (the audit's cost).
+``soak1_serve`` / ``soak1_serve_off`` / ``soak1_serve_none`` / ``ref_tp1`` (and ``*_f32``)
+    The soaks at TP=1, for a one-GPU machine, against a TP=1 reference (``--soak-seconds``
+    shortens every soak); float32 to tell numerics from wrong KV.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -494,6 +498,15 @@ CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}
                                        if "control" in CASES[name] else {})}
               for name in ("soak_serve", "soak_serve_off", "soak_serve_none")})
+# ... and in float32: a connector moves prefill split points (a hit of N blocks leaves a
+# partial prefill of the rest), which in bf16 alone gives outputs a server without it never
+# gives (measured: soak1_serve); in float32 such flips are rare, wrong KV still shows.
+CASES["ref_tp1_f32"] = {**CASES["ref_tp1"], "llm": {"dtype": "float32"}}
+CASES.update({f"{name}_f32": {**CASES[name], "ref": "ref_tp1_f32",
+                              "serve_args": [*CASES[name]["serve_args"], "--dtype", "float32"],
+                              **({"control": "soak1_serve_none_f32"}
+                                 if "control" in CASES[name] else {})}
+              for name in ("soak1_serve", "soak1_serve_none")})
 
 
 def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,

@@ -79,6 +79,14 @@ def classify(runs: dict[str, dict[str, Any]], controls: dict[str, dict[str, Any]
     return rows
 
 
+def labelled(paths: list[Path]) -> dict[Path, str]:
+    """A name for each result file: ``case (directory)``, or its whole path where two files
+    would share that name (two runs of one case are two controls, not one)."""
+    short = {p: f"{p.stem} ({p.parent.name})" for p in paths}
+    taken = [short[p] for p in dict.fromkeys(paths)]
+    return {p: str(p) if taken.count(short[p]) > 1 else short[p] for p in paths}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ref", type=Path, help="the no-connector reference case (ref_tp2.json)")
@@ -88,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ref = load_result(args.ref)
-        controls = {f"{p.stem} ({p.parent.name})": load_result(p) for p in args.control}
-        runs = {f"{p.stem} ({p.parent.name})": load_result(p) for p in args.runs}
+        labels = labelled([*args.control, *args.runs])
+        controls = {labels[p]: load_result(p) for p in args.control}
+        runs = {labels[p]: load_result(p) for p in args.runs}
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read a result: {exc}")
     if "tokens" not in ref:

@@ -66,3 +66,20 @@ def test_unreadable_or_wrong_inputs_are_refused_plainly(files, tmp_path, capsys)
     with pytest.raises(SystemExit):
         engine_variants.main([str(files["soak"]), str(files["run"])])
     assert "holds no tokens" in capsys.readouterr().err
+
+
+def test_two_runs_of_one_case_are_two_controls(files, tmp_path, capsys):
+    """Two controls from two runs of the same case (same file name, other directories) both
+    count: an output the second gave is not suspect because the first did not."""
+    first, second = tmp_path / "a" / "engine", tmp_path / "b" / "engine"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    write(first / "soak_serve_none.json", {"answers": 9, "variants": []})
+    write(second / "soak_serve_none.json", {"answers": 9, "variants": [[0, [1, 2, 3, 0], 1]]})
+    code = engine_variants.main([str(files["ref"]), str(files["soak"]),
+                                 "--control", str(first / "soak_serve_none.json"),
+                                 "--control", str(second / "soak_serve_none.json")])
+    out = capsys.readouterr().out
+    assert "(2 controls)" in out
+    assert f"prompt 0 (1 x), parts at token 3: {second / 'soak_serve_none.json'}" in out
+    assert code == 1  # prompt 1's [5, 6, 0, 0]: neither control gave it
