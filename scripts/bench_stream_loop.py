@@ -15,7 +15,10 @@ time of each is printed with their ratio. The correct program must produce zero 
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
-variant's ratio: where the audit's cost in this loop comes from, measured, not guessed. Each
+variant's ratio: where the audit's cost in this loop comes from, measured, not guessed.
+``--hook-ablate`` runs the whole loop audited with one group of hooks taken out again (set
+and current stream, stream creation, event record and wait, host waits, the collective): what
+each hook costs where it runs, beside everything else, not in a loop of its own. Each
 rank also prints ``split``: per iteration, the time to queue the steps, the main thread's CPU
 time in them, the waits for the GPU and for the connector thread's backlog afterwards, and that
 thread's CPU time (unaudited and audited, median over rounds).
@@ -39,6 +42,7 @@ import torch.multiprocessing as mp
 from _ranks import run_ranks
 
 import streamcheck
+from streamcheck import installer
 
 
 class KVSaver(threading.Thread):
@@ -168,6 +172,20 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         steps_audited()
         streamcheck.uninstall()
     ablation: dict[str, float] = {}
+    for hook, targets in hook_groups().items() if args.hook_ablate else ():
+        bare, checked = [], []
+        for _ in range(args.rounds):
+            bare.append(run(args.iters))
+            auditor = streamcheck.install("assert")
+            run(1)  # the first handoff: the event hooks go in now
+            restored = sum(installer._registry.restore(owner, names)
+                           for owner, names in targets if owner is not None)
+            checked.append(run(args.iters))
+            findings += [f.rule_id for f in auditor.findings()]
+            streamcheck.uninstall()
+        ablation[f"audited_but_{hook}"] = round(statistics.median(checked)
+                                                / statistics.median(bare), 4)
+        ablation[f"audited_but_{hook}_restored"] = restored
     for left_out in PARTS if args.ablate else ():
         parts = frozenset(PARTS) - {left_out} - ({"handoff"} if left_out == "saver" else set())
         bare, checked = [], []
@@ -228,6 +246,8 @@ def main() -> int:
     p.add_argument("--spy-iters", type=int, default=0,
                    help="then run this many iterations unaudited and audited in functions "
                         "named steps_unaudited / steps_audited (for py-spy)")
+    p.add_argument("--hook-ablate", action="store_true",
+                   help="also run the audited loop with each group of hooks restored")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
@@ -253,6 +273,23 @@ def main() -> int:
               f"iteration = {ratio} (target <= 1.03: {'met' if ratio <= 1.03 else 'NOT met'})")
     print(f"findings: {'none' if ok else 'PRESENT'}")
     return 0 if ok else 1
+
+
+def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
+    """``--hook-ablate``: the audit with one group of its hooks taken out again (the patched
+    attributes restored to torch's), to see what each costs inside the loop."""
+    return {
+        "set_stream": [(torch.cuda, ("set_stream",)),
+                       (getattr(torch, "accelerator", None), ("set_stream",))],
+        "current_stream": [(torch.cuda, ("current_stream",))],
+        "Stream.__new__": [(torch.cuda.Stream, ("__new__",))],
+        "Event.record": [(torch.cuda.Event, ("record",))],
+        "Event.wait": [(torch.cuda.Event, ("wait",))],
+        "host_waits": [(torch.cuda, ("synchronize",)),
+                       (torch.cuda.Stream, ("synchronize", "query")),
+                       (torch.cuda.Event, ("synchronize", "query"))],
+        "all_reduce": [(dist, ("all_reduce",)), (dist.distributed_c10d, ("all_reduce",))],
+    }
 
 
 def cores() -> list[str]:
