@@ -17,13 +17,15 @@ time of each is printed with their ratio. The correct program must produce zero 
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
 variant's ratio: where the audit's cost in this loop comes from, measured, not guessed.
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
-again (set and current stream, stream creation, event record and wait, host waits, the
-collective): what each hook costs where it runs, beside everything else, not in a loop of its
-own. Without the event hooks the audit cannot see the connector wait for the step's event and
+again (set stream, stream creation, event record and wait, host waits, the collective; and
+none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
+of its own. Without the event hooks the audit cannot see the connector wait for the step's event and
 records the handoff as unsynced (the count is printed; the correct program is unchanged). Each
 rank also prints ``split``: per iteration, the time to queue the steps, the main thread's CPU
 time in them, the waits for the GPU and for the connector thread's backlog afterwards, and that
-thread's CPU time (unaudited and audited, median over rounds).
+thread's CPU time in its jobs (unaudited and audited, median over rounds; it includes the
+time ``stream.synchronize()`` spins, so it says how long the thread held a core, not what the
+audit cost it).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             restored = sum(installer._registry.restore(owner, names)
                            for owner, names in targets if owner is not None)
             checked.append(run(args.iters))
-            seen += len(auditor.findings())
+            seen += sum(e.count for e in auditor.entries())
             streamcheck.uninstall()
         ablation[f"audited_but_{hook}"] = round(statistics.median(checked)
                                                 / statistics.median(bare), 4)
@@ -258,8 +260,8 @@ def main() -> int:
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
-    if args.iters < 1 or args.rounds < 1 or args.layers < 1:
-        p.error("--iters, --rounds and --layers must be at least 1")
+    if args.iters < 1 or args.rounds < 1 or args.layers < 1 or args.spy_iters < 0:
+        p.error("--iters, --rounds and --layers must be at least 1, --spy-iters at least 0")
     world = min(torch.cuda.device_count(), 2)
     if world < 1:
         print("bench_stream_loop needs a CUDA GPU")
@@ -284,11 +286,14 @@ def main() -> int:
 
 def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
     """``--hook-ablate``: the audit with one group of its hooks taken out again (the patched
-    attributes restored to torch's), to see what each costs inside the loop."""
+    attributes restored to torch's), to see what each costs inside the loop; ``nothing``, the
+    same ``record``-mode audit with every hook in, is the group's baseline. Not a group:
+    ``current_stream``, whose restored original builds its stream through the still-hooked
+    ``Stream.__new__`` and would cost more than the audit's own."""
     return {
+        "nothing": [],
         "set_stream": [(torch.cuda, ("set_stream",)),
                        (getattr(torch, "accelerator", None), ("set_stream",))],
-        "current_stream": [(torch.cuda, ("current_stream",))],
         "Stream.__new__": [(torch.cuda.Stream, ("__new__",))],
         "Event.record": [(torch.cuda.Event, ("record",))],
         "Event.wait": [(torch.cuda.Event, ("wait",))],

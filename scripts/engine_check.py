@@ -29,7 +29,8 @@ Cases:
     the same server and load without a connector, and with vLLM's ``OffloadingConnector``
     (each distinct wrong answer is kept, to compare the runs' wrong answers).
     ``soak_serve_off``: the same connector with its audit off and no plugin (the audit's cost).
-``soak1_serve`` / ``soak1_serve_off`` / ``soak1_serve_none`` / ``ref_tp1`` (and ``*_f32``)
+``soak1_serve`` / ``soak1_serve_off`` / ``soak1_serve_none`` / ``ref_tp1``; ``soak1_serve_f32`` /
+``soak1_serve_none_f32`` / ``ref_tp1_f32``
     The soaks at TP=1, for a one-GPU machine, against a TP=1 reference (``--soak-seconds``
     shortens every soak); float32 to tell numerics from wrong KV.
 ``clean_tp2`` / ``clean_tp2_sync``
@@ -605,7 +606,8 @@ def run_soak(model: str, spec: dict[str, Any], env: dict[str, str], log: Path,
     each answer compared with the no-connector run's first pass (``ref``); the server's memory
     sampled meanwhile."""
     if ref is None or "tokens" not in ref:
-        return {"case": "soak", "error": "no reference tokens (run ref_tp2 or --ref-from)"}
+        return {"case": "soak", "error": f"no reference tokens (run {spec['ref']} or "
+                                         "--ref-from)"}
     try:
         prompts = family_prompts(tokenizer_vocab(model, env))
     except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
@@ -715,11 +717,13 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
 
 def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
                   audited: bool = True, control: dict[str, Any] | None = None,
-                  ref: dict[str, Any] | None = None, tp: int = 2) -> list[str]:
+                  ref: dict[str, Any] | None = None, tp: int = 2,
+                  connector: bool = False) -> list[str]:
     """A soak passes with every request answered right (see :func:`wrong_answers`), the
     server alive, its memory flat after the warm-up, and (``audited``: streamcheck's
     connector) the connector's loads among the launches audited and, at ``tp`` 2, both
-    workers' pynccl launches too (TP=1 has no collectives)."""
+    workers' pynccl launches too (TP=1 has no collectives). A server with a ``connector``,
+    audited or not, must have served prompt tokens from it (vLLM's own counter)."""
     if "error" in result:
         return [result["error"]]
     problems = []
@@ -743,6 +747,10 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
         if growth["growth"] > allowed:
             problems.append(f"{key}: {growth['after_warmup']} -> {growth['end']} MiB after the "
                             f"warm-up (more than {allowed} MiB)")
+    hits = result.get("counters", {}).get("vllm:external_prefix_cache_hits_total")
+    if connector and not hits:
+        problems.append("vLLM counted no prompt token served by the connector"
+                        + (" (no counter read)" if hits is None else ""))
     if not audited:
         return problems
     if tp > 1 and sum(r["pynccl"] > 0 for r in rows) < tp:
@@ -759,12 +767,14 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
 
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             ref: dict[str, Any] | None, wants_ref: bool = True,
-            control: dict[str, Any] | None = None) -> list[str]:
+            control: dict[str, Any] | None = None, connector: bool = False) -> list[str]:
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
-    checked for having run; ``control``: a soak's run without a connector."""
+    checked for having run; ``control``: a soak's run without a connector; ``connector``:
+    the case's server has one (a soak must have been served by it)."""
     problems: list[str] = []
-    if case.startswith("ref_") and "error" in result:
-        return [result["error"]]  # a reference that did not run is no reference
+    if case.startswith("ref_") and ("error" in result or "tokens" not in result):
+        # a reference that did not run is no reference
+        return [result.get("error", "the reference case gave no tokens")]
     rows = audit["rows"] if audit else []
     workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
     vllm_own = ("ref_tp2_", "offloading_tp2", "simple_cpu_tp2")  # tokens only, no audit
@@ -788,7 +798,8 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
         problems += loads_exercised(result.get("stats", {}))
     elif case.startswith(("soak_", "soak1_")):
         problems += soak_problems(result, rows, audited=audit is not None, control=control,
-                                  ref=ref, tp=2 if case.startswith("soak_") else 1)
+                                  ref=ref, tp=2 if case.startswith("soak_") else 1,
+                                  connector=connector)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
                    in {tuple(f) for f in r["findings"]}]
@@ -847,10 +858,13 @@ def run_in_interpreter(args: argparse.Namespace, case: str, spec: dict[str, Any]
 
 def reference(spec: dict[str, Any], results: dict[str, Any],
               ref_from: Path | None) -> dict[str, Any] | None:
-    """The result of the case's reference: run earlier in this run, else from ``ref_from``."""
+    """The result of the case's reference: run earlier in this run (if it gave tokens), else
+    from ``ref_from``."""
     if "ref" not in spec:
         return None
     ref = results.get(spec["ref"])
+    if ref is not None and "tokens" not in ref:
+        ref = None  # it failed in this run: an earlier run's may still serve
     if ref is None and ref_from is not None:
         with contextlib.suppress(OSError):
             ref = json.loads((ref_from / f"{spec['ref']}.json").read_text())["result"]
@@ -909,7 +923,8 @@ def main() -> int:
         ref = reference(spec, results, args.ref_from)
         control = (reference({"ref": spec["control"]}, results, args.ref_from)
                    if "control" in spec else None)
-        problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control)
+        problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control,
+                           connector=spec.get("connector", "none") != "none")
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}
         summary.update(wall_s=round(time.time() - start, 1), problems=problems, audit=audit)

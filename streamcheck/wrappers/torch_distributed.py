@@ -66,7 +66,8 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
         if compiled is None:
             return audited
         # In C, a call whose first argument is a CUDA tensor and whose thread's current stream
-        # there is not a default stream is counted and let through; every other, ``audited``.
+        # there is not a default stream, or is one and the thread is the main engine thread,
+        # is counted and let through; every other, ``audited``.
         hook = compiled.GuardedCall(compiled.TENSOR_CALL, gate, owner_auditor, counter, original,
                                     audited, reader, None, None)
         functools.update_wrapper(hook, original)

@@ -165,3 +165,26 @@ def test_a_reference_case_that_failed_is_reported():
                                 wants_ref=False) == ["RuntimeError: no GPU"]
     assert engine_check.verdict("ref_tp1", {"tokens": TOKENS}, None, None,
                                 wants_ref=False) == []
+
+
+def test_a_soak_with_a_connector_must_be_served_by_it_audited_or_not():
+    served = {"vllm:num_preemptions_total": 0.0, "vllm:external_prefix_cache_hits_total": 96.0}
+    assert engine_check.verdict("soak1_serve_off", soak(counters=served), None, None,
+                                connector=True) == []
+    idle = {**served, "vllm:external_prefix_cache_hits_total": 0.0}
+    assert engine_check.verdict("soak1_serve_off", soak(counters=idle), None, None,
+                                connector=True) == [
+        "vLLM counted no prompt token served by the connector"]
+    assert engine_check.verdict("soak1_serve_off", soak(), None, None, connector=True) == [
+        "vLLM counted no prompt token served by the connector (no counter read)"]
+    assert engine_check.verdict("soak1_serve_none", soak(), None, None) == []
+
+
+def test_a_reference_that_failed_now_falls_back_to_an_earlier_one(tmp_path):
+    (tmp_path / "ref_tp1.json").write_text(json.dumps({"result": {"tokens": TOKENS}}))
+    spec = engine_check.CASES["soak1_serve"]
+    failed_now = {"ref_tp1": {"error": "CUDA out of memory"}}
+    assert engine_check.reference(spec, failed_now, tmp_path) == {"tokens": TOKENS}
+    assert engine_check.reference(spec, failed_now, None) is None
+    assert engine_check.verdict("ref_tp1", {"seconds": 3}, None, None, wants_ref=False) == [
+        "the reference case gave no tokens"]

@@ -27,6 +27,7 @@ from streamcheck.settings import AuditSettings
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.events import hook_event_record, hook_event_wait
 from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
 from tests.core.fakes import in_thread, made_current
@@ -338,6 +339,8 @@ def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(
     finally:
         stop.set()
         engine.join()
+        ROLES.forget(engine.ident)  # the role table is the process's: leave it as it was
+    assert aud.main_engine is not None
 
 
 class CountingResolver:
