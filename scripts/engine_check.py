@@ -723,7 +723,9 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
     server alive, its memory flat after the warm-up, and (``audited``: streamcheck's
     connector) the connector's loads among the launches audited and, at ``tp`` 2, both
     workers' pynccl launches too (TP=1 has no collectives). A server with a ``connector``,
-    audited or not, must have served prompt tokens from it (vLLM's own counter)."""
+    audited or not, must have served prompt tokens from it (vLLM's own counter). A server
+    without one is the control: its answers that differ from the offline run are kept in its
+    result (``wrong``, ``variants``) to judge the others by, not held against it."""
     if "error" in result:
         return [result["error"]]
     problems = []
@@ -732,7 +734,7 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
         problems.append("no request was answered")
     if result.get("error_count"):
         problems.append(f"{result['error_count']} requests failed; first: {result['errors'][:2]}")
-    wrong = wrong_answers(result, control, ref)
+    wrong = wrong_answers(result, control, ref) if connector else None
     if wrong:
         problems.append(wrong)
     if not result.get("alive_at_end"):
@@ -767,10 +769,12 @@ def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
 
 def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             ref: dict[str, Any] | None, wants_ref: bool = True,
-            control: dict[str, Any] | None = None, connector: bool = False) -> list[str]:
+            control: dict[str, Any] | None = None, connector: bool | None = None) -> list[str]:
     """What is wrong with a case's result; a reference case (``wants_ref`` False) is only
     checked for having run; ``control``: a soak's run without a connector; ``connector``:
-    the case's server has one (a soak must have been served by it)."""
+    the case's server has one (default: as the case table says)."""
+    if connector is None:
+        connector = CASES.get(case, {}).get("connector", "none") != "none"
     problems: list[str] = []
     if case.startswith("ref_") and ("error" in result or "tokens" not in result):
         # a reference that did not run is no reference
