@@ -14,7 +14,7 @@ from streamcheck.core.roles import CONNECTOR, ENGINE
 from streamcheck.installer import current_auditor, install, uninstall
 from streamcheck.version import package_version
 from streamcheck.wrappers.state import declare_thread_role
-from streamcheck.wrappers.user_launch import blocks, handoff, launch
+from streamcheck.wrappers.user_launch import blocks, handoff, handoffs, launch
 
 __version__ = package_version()
 
@@ -28,6 +28,7 @@ __all__ = [
     "current_auditor",
     "declare_thread_role",
     "handoff",
+    "handoffs",
     "install",
     "launch",
     "uninstall",

@@ -357,8 +357,7 @@ class ConnectorRuntime:
         default the thread's current one); nothing on a CPU device or when not auditing."""
         if not self.is_cuda:
             return ()
-        made = (streamcheck.handoff(b, stream, access) for b in self._blocksets(planes, block_ids))
-        return tuple(h for h in made if h is not None)
+        return streamcheck.handoffs(self._blocksets(planes, block_ids), stream, access)
 
     def _admit_save(self, group: str, planes: Sequence[int], block_ids: Sequence[int]
                     ) -> tuple[Any, tuple[Any, ...]] | None:

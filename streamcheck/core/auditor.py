@@ -61,6 +61,14 @@ class StreamHazardWarning(RuntimeWarning):
     """Emitted once per distinct finding in ``warn`` mode."""
 
 
+def _not_covered(accesses: list[Handoff], new: Blocks) -> list[Handoff]:
+    """The ``accesses`` an access to ``new`` does not cover (:func:`covers`, inlined: a
+    buffer keeps up to :data:`MAX_ACCESSES` of them, scanned at every declared write)."""
+    if new is None:
+        return []
+    return [a for a in accesses if a.blocks is None or not a.blocks <= new]
+
+
 class Auditor:
     """Holds the mode, the stream book and the findings of one process."""
 
@@ -172,8 +180,7 @@ class Auditor:
                     self._keep_access(self._writes, handoff, same_stream=False)
                     reads_now = self._reads.get(handoff.tensor)
                     if reads_now:
-                        reads_now[:] = [r for r in reads_now
-                                        if not covers(handoff.blocks, r.blocks)]
+                        reads_now[:] = _not_covered(reads_now, handoff.blocks)
                 else:
                     self._keep_access(self._reads, handoff, same_stream=True)
         return made
@@ -184,8 +191,12 @@ class Auditor:
         """Add ``access`` to its buffer's list, dropping the earlier ones it covers (reads: only
         the same stream's, which run before it anyway)."""
         kept = table.setdefault(access.tensor, [])
-        kept[:] = [a for a in kept if not covers(access.blocks, a.blocks)
-                   or (same_stream and a.stream.key != access.stream.key)]
+        if same_stream:
+            key = access.stream.key
+            kept[:] = [a for a in kept if a.stream.key != key or not covers(access.blocks,
+                                                                             a.blocks)]
+        else:
+            kept[:] = _not_covered(kept, access.blocks)
         kept.append(access)
         if len(kept) > MAX_ACCESSES:
             del kept[:len(kept) - MAX_ACCESSES]

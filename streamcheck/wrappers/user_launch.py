@@ -109,7 +109,34 @@ def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff |
     if ref is None:
         return None
     chosen = tensor.ids if isinstance(tensor, BlockSet) else None
-    return auditor.handoff(ref[0], ref[1], access=access, skip=3, blocks=chosen)
+    return auditor.handoff(ref[0], ref[1], access=access, skip=2, blocks=chosen)
+
+
+def handoffs(tensors: Iterable[Any], stream: Any = None, access: str = "write"
+             ) -> tuple[Handoff, ...]:
+    """:func:`handoff` of several tensors (or :func:`blocks` of them) at one point on one
+    stream (default: the thread's current one on the first tensor's device): one clock tick,
+    one call site, one lock for them all, where a call each would make one of each. A
+    connector's ``save_kv_layer`` declares a layer's K and V planes so, once per layer per
+    step. Returns the handoffs in the order of ``tensors`` (empty when not auditing)."""
+    auditor = current_auditor()
+    if auditor is None:
+        return ()
+    if access not in ("write", "read"):
+        raise ValueError(f"access must be 'write' or 'read', not {access!r}")
+    items = list(tensors)
+    if not items:
+        return ()
+    first = _access_stream(items[0], stream)
+    if first is None:
+        return ()
+    try:
+        accesses = [_access(item) for item in items]
+    except Exception as exc:
+        warn_cannot_audit("streamcheck.handoffs", exc)
+        return ()
+    reads, writes = ((), accesses) if access == "write" else (accesses, ())
+    return tuple(auditor.declare(first[1], reads, writes, skip=2))
 
 
 def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef] | None:

@@ -200,3 +200,38 @@ def test_blocks_of_one_kv_tensor_are_ordered_only_against_the_same_blocks(sim):
                                                    writes=[kv]):
         pass  # the compute stream's whole-tensor write must wait for the load's blocks
     assert _rules(auditor) == ["write-after-write"]
+
+
+def declare_one(tensor):
+    return streamcheck.handoff(tensor)  # HANDOFF_LINE
+
+
+def declare_two(first, second):
+    return streamcheck.handoffs([first, streamcheck.blocks(second, [0, 2])])  # HANDOFFS_LINE
+
+
+def test_a_handoff_names_the_line_that_declared_it(sim):
+    """The site a report shows for a handoff starts at the call of ``streamcheck.handoff``
+    (it used to start one frame further out, at the caller of the declaring function)."""
+    from pathlib import Path
+
+    from streamcheck.core.ids import frames_of
+
+    _auditor, api, tensors = sim
+    lines = Path(__file__).read_text().splitlines()
+    line_of = {tag: n for n, text in enumerate(lines, 1) for tag in ("# HANDOFF_LINE",
+                                                                       "# HANDOFFS_LINE")
+               if text.rstrip().endswith(tag)}
+    a, b = tensors.randn(4, 4), tensors.randn(4, 4)
+    with api.stream(api.Stream()):
+        one = declare_one(a)
+        two = declare_two(a, b)
+    assert frames_of(one.stack)[0][1:] == (line_of["# HANDOFF_LINE"], "declare_one")
+    assert frames_of(two[0].stack)[0][1:] == (line_of["# HANDOFFS_LINE"], "declare_two")
+    # one point for both: one clock tick, one site; each with its own buffer and blocks
+    assert two[0].mark == two[1].mark and two[0].stack == two[1].stack
+    assert (two[0].blocks, two[1].blocks) == (None, frozenset({0, 2}))
+    assert two[0].tensor != two[1].tensor and two[0].stream == one.stream
+    assert streamcheck.handoffs([]) == ()
+    with pytest.raises(ValueError, match="access must be"):
+        streamcheck.handoffs([a], access="readwrite")
