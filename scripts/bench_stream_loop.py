@@ -38,6 +38,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -177,36 +178,42 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         streamcheck.install("assert")
         steps_audited()
         streamcheck.uninstall()
-    ablation: dict[str, float] = {}
-    for hook, targets in hook_groups().items() if args.hook_ablate else ():
-        # ``record``, not ``assert``: without its event hooks the audit cannot see the
-        # connector wait for the step's event, and rightly reports the handoff unsynced
-        bare, checked, seen = [], [], 0
-        for _ in range(args.rounds):
-            bare.append(run(args.iters))
-            auditor = streamcheck.install("record")
-            run(1)  # the first handoff: the event hooks go in now
-            restored = sum(installer._registry.restore(owner, names)
-                           for owner, names in targets if owner is not None)
-            checked.append(run(args.iters))
-            seen += sum(e.count for e in auditor.entries())
-            streamcheck.uninstall()
-        ablation[f"audited_but_{hook}"] = round(statistics.median(checked)
-                                                / statistics.median(bare), 4)
-        ablation[f"audited_but_{hook}_restored"] = restored
-        ablation[f"audited_but_{hook}_findings"] = seen
-    for left_out in PARTS if args.ablate else ():
-        parts = frozenset(PARTS) - {left_out} - ({"handoff"} if left_out == "saver" else set())
-        bare, checked = [], []
+
+    def audited_vs_not(parts: frozenset[str], mode: str, prepare: Callable[[], int] | None = None
+                       ) -> tuple[float, float, list[Any], int]:
+        """Over ``args.rounds`` rounds of ``parts``, unaudited then audited in ``mode``: the
+        ratio of the medians, the unaudited median (us), every round's finding entries, and
+        what ``prepare`` (run after each install, before the timed run) returned last."""
+        bare, checked, entries, prepared = [], [], [], 0
         for _ in range(args.rounds):
             bare.append(run(args.iters, parts))
-            auditor = streamcheck.install("assert")
+            auditor = streamcheck.install(mode)
+            prepared = prepare() if prepare is not None else 0
             checked.append(run(args.iters, parts))
-            findings += [f.rule_id for f in auditor.findings()]
+            entries += auditor.entries()
             streamcheck.uninstall()
-        ablation[f"without_{left_out}"] = round(statistics.median(checked)
-                                                / statistics.median(bare), 4)
-        ablation[f"without_{left_out}_unaudited_us"] = round(statistics.median(bare), 1)
+        return (round(statistics.median(checked) / statistics.median(bare), 4),
+                round(statistics.median(bare), 1), entries, prepared)
+
+    ablation: dict[str, float] = {}
+    for hook, targets in hook_groups().items() if args.hook_ablate else ():
+        def restore(targets: list[tuple[Any, tuple[str, ...]]] = targets) -> int:
+            run(1)  # the first handoff: the event hooks go in now
+            return sum(installer._registry.restore(owner, names)
+                       for owner, names in targets if owner is not None)
+
+        # ``record``, not ``assert``: without its event hooks the audit cannot see the
+        # connector wait for the step's event, and rightly reports the handoff unsynced
+        ratio, _bare, entries, restored = audited_vs_not(frozenset(PARTS), "record", restore)
+        ablation[f"audited_but_{hook}"] = ratio
+        ablation[f"audited_but_{hook}_restored"] = restored
+        ablation[f"audited_but_{hook}_findings"] = sum(e.count for e in entries)
+    for left_out in PARTS if args.ablate else ():
+        parts = frozenset(PARTS) - {left_out} - ({"handoff"} if left_out == "saver" else set())
+        ratio, bare_us, entries, _ = audited_vs_not(parts, "assert")
+        findings += [e.finding.rule_id for e in entries]
+        ablation[f"without_{left_out}"] = ratio
+        ablation[f"without_{left_out}_unaudited_us"] = bare_us
     profile = ""
     if args.profile and rank == 0:
         import cProfile

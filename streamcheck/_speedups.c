@@ -833,8 +833,9 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
     int plain = 0;
     if (PyTuple_Check(current) && PyTuple_GET_SIZE(current) >= 1) {
         PyObject *sid = PyTuple_GET_ITEM(current, 0);
-        plain = PyLong_Check(sid) && PyObject_IsTrue(sid) == 1;
-        if (!plain && PyLong_Check(sid) && PyObject_IsTrue(sid) == 0) {
+        int nonzero = PyLong_Check(sid) ? PyObject_IsTrue(sid) : -1; /* an int: no error */
+        plain = nonzero == 1;
+        if (nonzero == 0) {
             /* a default stream: fine for the main engine thread (engines run there) */
             PyObject *main = PyObject_GetAttr(auditor, s_main_engine);
             if (main == NULL) {

@@ -56,8 +56,9 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                     # The thread's own current stream on the tensor's device: only the
                     # default-stream rule can object, and it spares engine threads (the
                     # main engine thread, the common caller, told by one attribute read).
-                    if (sid == 0 and get_ident() != auditor.main_engine
-                            and not auditor.is_engine_thread(get_ident())):
+                    ident = get_ident()
+                    if (sid == 0 and ident != auditor.main_engine
+                            and not auditor.is_engine_thread(ident)):
                         auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
                                       counted=True)
             return original(*args, **kwargs)

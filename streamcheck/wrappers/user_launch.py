@@ -102,14 +102,8 @@ def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff |
     pass it in ``reads``, because the same tensor may be handed off again before the queued
     work runs.
     """
-    auditor = current_auditor()
-    if auditor is None:
-        return None
-    ref = _access_stream(tensor, stream)
-    if ref is None:
-        return None
-    chosen = tensor.ids if isinstance(tensor, BlockSet) else None
-    return auditor.handoff(ref[0], ref[1], access=access, skip=2, blocks=chosen)
+    made = _declare_accesses([tensor], stream, access)
+    return made[0] if made else None
 
 
 def handoffs(tensors: Iterable[Any], stream: Any = None, access: str = "write"
@@ -119,24 +113,27 @@ def handoffs(tensors: Iterable[Any], stream: Any = None, access: str = "write"
     one call site, one lock for them all, where a call each would make one of each. A
     connector's ``save_kv_layer`` declares a layer's K and V planes so, once per layer per
     step. Returns the handoffs in the order of ``tensors`` (empty when not auditing)."""
+    return _declare_accesses(list(tensors), stream, access)
+
+
+def _declare_accesses(items: list[Any], stream: Any, access: str) -> tuple[Handoff, ...]:
+    """What :func:`handoff` and :func:`handoffs` do; the site kept is their caller's line."""
     auditor = current_auditor()
-    if auditor is None:
-        return ()
-    if access not in ("write", "read"):
-        raise ValueError(f"access must be 'write' or 'read', not {access!r}")
-    items = list(tensors)
-    if not items:
+    if auditor is None or not items:
         return ()
     first = _access_stream(items[0], stream)
     if first is None:
         return ()
+    if access not in ("write", "read"):
+        raise ValueError(f"access must be 'write' or 'read', not {access!r}")
     try:
         accesses = [_access(item) for item in items]
     except Exception as exc:
-        warn_cannot_audit("streamcheck.handoffs", exc)
+        warn_cannot_audit("streamcheck.handoff", exc)
         return ()
     reads, writes = ((), accesses) if access == "write" else (accesses, ())
-    return tuple(auditor.declare(first[1], reads, writes, skip=2))
+    # the frames between the caller and the site: declare, this, handoff(s)
+    return tuple(auditor.declare(first[1], reads, writes, skip=3))
 
 
 def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef] | None:
