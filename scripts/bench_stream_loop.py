@@ -25,7 +25,9 @@ rank also prints ``split``: per iteration, the time to queue the steps, the main
 time in them, the waits for the GPU and for the connector thread's backlog afterwards, and that
 thread's CPU time in its jobs (unaudited and audited, median over rounds; it includes the
 time ``stream.synchronize()`` spins, so it says how long the thread held a core, not what the
-audit cost it).
+audit cost it). ``--phases`` times each part of a step in the main thread, unaudited and
+audited: which calls the audit makes slower in place, hooked or not (a call it does not hook
+that slows down is waiting for the GIL).
 """
 
 from __future__ import annotations
@@ -107,6 +109,57 @@ def step(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.Stream,
         event.record()
         saver.jobs.put((event, handoff))
         saver.submitted += 1
+    return x
+
+
+class Phases:
+    """``--phases``: the main thread's wall time in each part of a step, summed over a run."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.last = 0
+
+    def __call__(self, name: str) -> None:
+        """The time since the previous call goes to ``name``."""
+        now = time.perf_counter_ns()
+        self.totals[name] = self.totals.get(name, 0) + now - self.last
+        self.last = now
+
+
+def step_phased(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.Stream,
+                kv: torch.Tensor, saver: KVSaver, tick: Phases) -> torch.Tensor:
+    """:func:`step` with every part timed (``--phases``): which calls the audit makes slower
+    in place, hooked or not (a call it does not hook that slows down waits for the GIL)."""
+    tick.last = time.perf_counter_ns()
+    main = torch.cuda.current_stream()
+    tick("current_stream")
+    for _ in range(layers):
+        side.wait_stream(main)
+        tick("side.wait_stream(main)")
+        ctx = torch.cuda.stream(side)
+        ctx.__enter__()
+        tick("stream context enter")
+        y = x @ w
+        tick("matmul on side")
+        ctx.__exit__(None, None, None)
+        tick("stream context exit")
+        main.wait_stream(side)
+        tick("main.wait_stream(side)")
+        x = torch.tanh(x @ w + y)
+        tick("matmul, add, tanh")
+        dist.all_reduce(x)
+        tick("all_reduce")
+    kv.copy_(x[: kv.shape[0]], non_blocking=True)
+    tick("kv copy")
+    handoff = streamcheck.handoff(kv)
+    tick("handoff")
+    event = torch.cuda.Event()
+    tick("Event()")
+    event.record()
+    tick("Event.record")
+    saver.jobs.put((event, handoff))
+    saver.submitted += 1
+    tick("queue put")
     return x
 
 
@@ -214,6 +267,31 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         findings += [e.finding.rule_id for e in entries]
         ablation[f"without_{left_out}"] = ratio
         ablation[f"without_{left_out}_unaudited_us"] = bare_us
+    phases: dict[str, dict[str, float]] = {}
+    if args.phases:
+        ticks = {"unaudited": Phases(), "audited": Phases()}
+        for _ in range(args.rounds):
+            for name, tick in ticks.items():
+                if name == "audited":
+                    streamcheck.install("assert")
+                dist.barrier()
+                torch.cuda.synchronize()
+                x = x0
+                for _ in range(args.iters):
+                    x = step_phased(args.layers, x, w, side, kv, saver, tick)
+                torch.cuda.synchronize()
+                while saver.done < saver.submitted:
+                    if not saver.is_alive():
+                        raise RuntimeError("the connector thread died (its traceback is above)")
+                    time.sleep(0.0001)
+                if name == "audited":
+                    streamcheck.uninstall()
+        per_iter = args.iters * args.rounds * 1000
+        phases = {part: {name: round(tick.totals[part] / per_iter, 1)
+                         for name, tick in ticks.items()}
+                  for part in ticks["unaudited"].totals}
+        for row in phases.values():
+            row["added"] = round(row["audited"] - row["unaudited"], 1)
     profile = ""
     if args.profile and rank == 0:
         import cProfile
@@ -246,7 +324,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
              **{f"audited_us_{core}": statistics.median(t) for core, t in audited.items()},
              "findings": findings,
              "launches_audited": launches, "layers": args.layers, "iters": args.iters,
-             "rounds": args.rounds, "ablation": ablation,
+             "rounds": args.rounds, "ablation": ablation, "phases": phases,
              "split": {name: {key: round(statistics.median(r[key] for r in rows), 1)
                               for key in rows[0]} for name, rows in split.items()},
              "profile": profile})
@@ -264,6 +342,8 @@ def main() -> int:
                         "named steps_unaudited / steps_audited (for py-spy)")
     p.add_argument("--hook-ablate", action="store_true",
                    help="also run the audited loop with each group of hooks restored")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
@@ -279,7 +359,14 @@ def main() -> int:
         for core in cores():
             r[f"ratio_{core}"] = round(r[f"audited_us_{core}"] / r["unaudited_us"], 4)
         profile = r.pop("profile")
+        phases = r.pop("phases")
         print(json.dumps(r))
+        if phases:
+            print(f"rank {r['rank']}: us per iteration in each part of a step "
+                  "(unaudited, audited, added), most added first")
+            for part, row in sorted(phases.items(), key=lambda kv: -kv[1]["added"]):
+                print(f"  {part:<24} {row['unaudited']:>9.1f} {row['audited']:>9.1f} "
+                      f"{row['added']:>+8.1f}")
         if profile:
             print(profile)
         ok &= not r["findings"] and r["launches_audited"] > 0
