@@ -308,7 +308,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         prof.disable()
         streamcheck.uninstall()
         buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        stats = pstats.Stats(prof, stream=buf)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(30)
         profile = buf.getvalue()
     elif args.profile:
         streamcheck.install("assert")
