@@ -1,0 +1,123 @@
+"""What each prefill split point makes the real engine answer, without any connector.
+
+    VLLM_BATCH_INVARIANT=1 python scripts/engine_splits.py MODEL --prompts 5,12,22 \\
+        [--dtype float32] [--first 32] --out splits.json
+
+A KV connector's hit of N blocks leaves the engine a partial prefill of the rest, exactly as
+vLLM's own prefix cache does after a local hit of N blocks; even with batch-invariant kernels
+the greedy tokens can depend on where a prompt's prefill was split (a no-connector server gives
+some prompts a second answer). So an answer a connector's server gave and a no-connector server
+did not is either wrong KV, or a split point the no-connector server did not happen to meet.
+
+This settles which, for the soak's prompts (``engine_check.py``'s ``family_prompts``), with no
+connector at all: for each prompt and each block boundary k, the prefix cache is emptied, the
+first k blocks are prefilled alone (one token generated), then the whole prompt is answered
+(a local hit of exactly k blocks); ``--first`` adds two-stage splits (the family's shared
+prefix first, as a sibling request leaves it, then k blocks). The engine is built as the soak's
+server is (eager, prefix caching, the same lengths and block counts; ``--dtype``).
+
+The output is a case JSON ``engine_variants.py`` takes as a ``--control``: each prompt's
+answers, one per split, under ``tokens``, and which splits gave each distinct answer under
+``splits``. An answer of a connector run that some split gives here is the engine's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from engine_check import family_prompts, generate  # noqa: E402 (needs the path above)
+
+BLOCK = 16  # vLLM's default block size, the soak server's
+
+
+def split_plans(length: int, first: list[int]) -> list[tuple[int, ...]]:
+    """The prefixes prefilled before the whole prompt, in order: none, each single block
+    boundary k (the last token is always computed, so k stops short of the prompt's end), and
+    each ``first`` boundary followed by every later k."""
+    full = (length - 1) // BLOCK
+    plans: list[tuple[int, ...]] = [()]
+    plans += [(k,) for k in range(1, full + 1)]
+    plans += [(f, k) for f in first if 0 < f < full for k in range(f + 1, full + 1)]
+    return plans
+
+
+def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens: int
+                 ) -> list[int]:
+    """The whole prompt's greedy answer after prefilling the prefixes of ``plan`` alone, on
+    an emptied prefix cache."""
+    if llm.reset_prefix_cache() is False:
+        raise RuntimeError("vLLM did not empty its prefix cache (requests still running?)")
+    for blocks in plan:
+        generate(llm, [prompt[: blocks * BLOCK]], 1)
+    return generate(llm, [prompt], max_tokens)[0]
+
+
+def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int
+          ) -> dict[str, Any]:
+    tokens: dict[str, list[list[int]]] = {}
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for index, prompt in prompts.items():
+        answers: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        outs = []
+        for plan in split_plans(len(prompt), first):
+            out = answer_after(llm, prompt, plan, max_tokens)
+            outs.append(out)
+            answers.setdefault(tuple(out), []).append(plan)
+        tokens[str(index)] = outs
+        splits[str(index)] = [{"tokens": list(out), "plans": [list(p) for p in plans]}
+                              for out, plans in answers.items()]
+        print(f"prompt {index} ({len(prompt)} tokens, {len(outs)} splits): "
+              f"{len(answers)} distinct answers; split plans per answer: "
+              f"{[len(p) for p in answers.values()]}", flush=True)
+    return {"tokens": tokens, "splits": splits}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--prompts", required=True,
+                   help="comma-separated indices into the soak's 24 prompts")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--first", default="32",
+                   help="comma-separated first split points for two-stage splits ('' for none)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    try:
+        wanted = [int(x) for x in args.prompts.split(",")]
+        first = [int(x) for x in args.first.split(",") if x.strip()]
+    except ValueError:
+        p.error("--prompts and --first take comma-separated integers")
+    if os.environ.get("VLLM_BATCH_INVARIANT") != "1":
+        print("note: VLLM_BATCH_INVARIANT is not 1; the soak's servers run with it",
+              file=sys.stderr)
+    from vllm import LLM
+
+    llm = LLM(model=args.model, enforce_eager=True, enable_prefix_caching=True,
+              dtype=args.dtype, max_model_len=1536, num_gpu_blocks_override=512,
+              max_num_seqs=24, max_num_batched_tokens=16384, gpu_memory_utilization=0.3)
+    prompts = family_prompts(llm.get_tokenizer().vocab_size)
+    bad = [i for i in wanted if not 0 <= i < len(prompts)]
+    if bad:
+        p.error(f"prompt indices {bad} are outside 0..{len(prompts) - 1}")
+    start = time.time()
+    result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens)
+    result.update(case="splits", dtype=args.dtype, first=first,
+                  seconds=round(time.time() - start, 1))
+    args.out.write_text(json.dumps({"result": result}))
+    print(f"wrote {args.out} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``scripts/engine_splits.py``: every split plan runs on an emptied prefix cache, prefixes
+first, and its output is a control ``engine_variants.py`` reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def load(name: str):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+engine_splits = load("engine_splits")
+engine_variants = load("engine_variants")
+
+
+def test_split_plans_cover_every_block_boundary_and_the_two_stage_ones():
+    # 50 tokens: blocks of 16 end at 16, 32, 48; the last token is always computed, so a
+    # local hit of 3 blocks (48 tokens) still leaves it
+    assert engine_splits.split_plans(50, []) == [(), (1,), (2,), (3,)]
+    assert engine_splits.split_plans(49, []) == [(), (1,), (2,), (3,)]
+    assert engine_splits.split_plans(48, []) == [(), (1,), (2,)]
+    assert engine_splits.split_plans(50, [2, 9]) == [(), (1,), (2,), (3,), (2, 3)]
+
+
+class FakeLLM:
+    """Answers as if the split point (the cached prefix) chose between two outputs."""
+
+    def __init__(self) -> None:
+        self.cached = 0
+        self.calls: list[tuple[str, int]] = []
+
+    def reset_prefix_cache(self) -> bool:
+        self.cached = 0
+        self.calls.append(("reset", 0))
+        return True
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    def generate(llm, prompts, max_tokens):
+        (prompt,) = prompts
+        llm.calls.append(("generate", len(prompt)))
+        hit = llm.cached
+        llm.cached = max(llm.cached, len(prompt) // 16)
+        if max_tokens == 1:
+            return [[0]]
+        return [[7, 7, 7] if hit == 2 else [1, 2, 3]]
+
+    monkeypatch.setattr(engine_splits, "generate", generate)
+
+
+def test_each_plan_empties_the_cache_then_prefills_its_prefixes_in_order(fake_generate):
+    llm = FakeLLM()
+    assert engine_splits.answer_after(llm, list(range(50)), (1, 2), 3) == [7, 7, 7]
+    assert llm.calls == [("reset", 0), ("generate", 16), ("generate", 32), ("generate", 50)]
+
+
+def test_a_cache_that_will_not_empty_stops_the_sweep(fake_generate):
+    llm = FakeLLM()
+    llm.reset_prefix_cache = lambda: False
+    with pytest.raises(RuntimeError, match="prefix cache"):
+        engine_splits.answer_after(llm, list(range(50)), (1,), 3)
+
+
+def test_the_sweep_is_a_control_that_explains_a_split_point_answer(fake_generate, tmp_path):
+    result = engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [], 3)
+    assert result["tokens"]["0"] == [[1, 2, 3], [1, 2, 3], [7, 7, 7], [1, 2, 3]]
+    assert result["splits"]["0"] == [{"tokens": [1, 2, 3], "plans": [[], [1], [3]]},
+                                     {"tokens": [7, 7, 7], "plans": [[2]]}]
+    ref = {"tokens": {"0": [[1, 2, 3]]}}
+    soak = {"variants": [[0, [7, 7, 7], 2], [0, [1, 2, 9], 1]]}
+    rows = engine_variants.classify({"soak": soak}, {"splits": result}, ref)
+    assert [(r["count"], r["also_given_by"]) for r in rows] == [(2, ["splits"]), (1, [])]
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"result": result}))
+    assert engine_variants.load_result(path)["tokens"] == result["tokens"]
