@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from engine_check import family_prompts, generate  # noqa: E402 (needs the path above)
+from engine_check import SAFE_ENV, family_prompts, generate  # noqa: E402 (needs the path)
 
 BLOCK = 16  # vLLM's default block size, the soak server's
 
@@ -98,6 +98,8 @@ def main() -> int:
         first = [int(x) for x in args.first.split(",") if x.strip()]
     except ValueError:
         p.error("--prompts and --first take comma-separated integers")
+    for key, value in SAFE_ENV.items():  # as engine_check.py's cases run (offline, no
+        os.environ.setdefault(key, value)  # FlashInfer sampler in the shared engine build)
     if os.environ.get("VLLM_BATCH_INVARIANT") != "1":
         print("note: VLLM_BATCH_INVARIANT is not 1; the soak's servers run with it",
               file=sys.stderr)
