@@ -32,7 +32,11 @@ Cases:
 ``soak1_serve`` / ``soak1_serve_off`` / ``soak1_serve_none`` / ``ref_tp1``; ``soak1_serve_f32`` /
 ``soak1_serve_none_f32`` / ``ref_tp1_f32``
     The soaks at TP=1, for a one-GPU machine, against a TP=1 reference (``--soak-seconds``
-    shortens every soak); float32 to tell numerics from wrong KV.
+    shortens every soak); float32 to tell numerics from wrong KV. ``--explain-splits``: a
+    connector soak's answers that its control never gave are then looked for among the
+    engine's own answers at every prefill split of those prompts (``engine_splits.py``, no
+    connector): a hit moves where a prefill splits, as vLLM's prefix cache does; only an
+    answer no split gives fails.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -702,17 +706,65 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
         return (f"{len(result['wrong'])} of {answers} answers differ from the no-connector run "
                 f"({preempted:.0f} preemptions); (prompt, first differing token): "
                 f"{sorted({tuple(w) for w in result['wrong']})[:20]}")
-    known = {(i, tuple(tokens)) for i, tokens, _n in control["variants"]}
-    new = [(i, tokens, n) for i, tokens, n in result.get("variants", [])
-           if (i, tuple(tokens)) not in known]
+    new = novel_variants(result, control)
     if not new:
         return None
     expected = (ref or {}).get("tokens", {})
     where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]))
                     for i, tokens, _ in new})
+    swept = control.get("split_prompts")
+    nor = (f" nor any prefill split of prompts {swept} (engine_splits.py)"
+           if swept else "")
     return (f"{sum(n for *_, n in new)} of {answers} answers are ones the server without a "
-            f"connector never gave in {control.get('answers', 0)} ({preempted:.0f} "
+            f"connector never gave in {control.get('answers', 0)}{nor} ({preempted:.0f} "
             f"preemptions); (prompt, first differing token): {where[:20]}")
+
+
+def novel_variants(result: dict[str, Any], control: dict[str, Any]
+                   ) -> list[tuple[int, list[int], int]]:
+    """The soak's distinct answers (prompt, tokens, count) that the control never gave."""
+    known = {(i, tuple(tokens)) for i, tokens, _n in control["variants"]}
+    return [(i, tokens, n) for i, tokens, n in result.get("variants", [])
+            if (i, tuple(tokens)) not in known]
+
+
+def with_splits(control: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
+    """The control widened by a split sweep's answers (``engine_splits.py``'s ``tokens``):
+    what the engine itself answers after some prefill split counts as the engine's own."""
+    extra = [[int(i), tokens, 0] for i, outs in sweep["tokens"].items() for tokens in outs]
+    return {**control, "variants": [*control["variants"], *extra],
+            "split_prompts": sorted(int(i) for i in sweep["tokens"])}
+
+
+def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
+                      control: dict[str, Any] | None, env: dict[str, str], out: Path,
+                      timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    """For a connector soak's answers its control never gave: run ``engine_splits.py`` on
+    those prompts (the soak's dtype, no connector) and return the control widened by every
+    answer a prefill split gives, or a problem if the sweep did not run. A connector's hit
+    moves where a prefill splits, as vLLM's own prefix cache does; only an answer no split
+    gives is the connector's."""
+    if control is None or "variants" not in control or "variants" not in result:
+        return control, None
+    prompts = sorted({i for i, _tokens, _n in novel_variants(result, control)})
+    if not prompts:
+        return control, None
+    args = spec.get("serve_args", [])
+    dtype = args[args.index("--dtype") + 1] if "--dtype" in args else "auto"
+    env = {k: v for k, v in env.items() if not k.startswith("STREAMCHECK")}  # no audit
+    path = out.with_suffix(".json")
+    cmd = [sys.executable, str(HERE / "engine_splits.py"), model, "--dtype", dtype,
+           "--prompts", ",".join(map(str, prompts)), "--out", str(path)]
+    with open(out.with_suffix(".log"), "w") as log:
+        try:
+            done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return control, f"the split sweep of prompts {prompts} ran past {timeout:.0f} s"
+    if done.returncode != 0 or not path.exists():
+        tail = out.with_suffix(".log").read_text()[-400:]
+        return control, f"the split sweep of prompts {prompts} failed: {tail}"
+    return with_splits(control, json.loads(path.read_text())["result"]), None
 
 
 def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
@@ -888,6 +940,11 @@ def main() -> int:
                    "files from an earlier run (used when a reference case is not run now)")
     p.add_argument("--soak-seconds", type=float,
                    help=f"how long each soak case loads its server (default {SOAK['seconds']})")
+    p.add_argument("--explain-splits", action="store_true",
+                   help="after a connector soak, run engine_splits.py on the prompts whose "
+                        "answers its control never gave; answers a prefill split gives pass")
+    p.add_argument("--split-timeout", type=float, default=420,
+                   help="seconds for that sweep (about 80 s a prompt on one H200)")
     p.add_argument("--run", dest="case")
     p.add_argument("--spec")
     args = p.parse_args()
@@ -927,8 +984,16 @@ def main() -> int:
         ref = reference(spec, results, args.ref_from)
         control = (reference({"ref": spec["control"]}, results, args.ref_from)
                    if "control" in spec else None)
+        sweep_problem = None
+        if args.explain_splits and spec["kind"] == "soak" and spec["connector"] != "none":
+            control, sweep_problem = explain_by_splits(
+                args.model, spec, result, control, env, out / f"{case}-splits",
+                args.split_timeout)
+            if control is not None and "split_prompts" in control:
+                result["split_prompts"] = control["split_prompts"]
         problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control,
                            connector=spec.get("connector", "none") != "none")
+        problems += [sweep_problem] if sweep_problem else []
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}
         summary.update(wall_s=round(time.time() - start, 1), problems=problems, audit=audit)

@@ -192,3 +192,58 @@ def test_a_reference_that_failed_now_falls_back_to_an_earlier_one(tmp_path):
     assert engine_check.reference(spec, failed_now, None) is None
     assert engine_check.verdict("ref_tp1", {"seconds": 3}, None, None, wants_ref=False) == [
         "the reference case gave no tokens"]
+
+
+def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch):
+    """``--explain-splits``: the soak's answers its control never gave are swept (only those
+    prompts, the soak's dtype, no audit); what a split gives passes, the rest still fails and
+    says it was looked for there."""
+    ref = {"tokens": {"5": [[1, 2, 3, 4]], "12": [[5, 6, 7, 8]]}}
+    control = {"answers": 1092, "variants": []}
+    result = soak(wrong=[[5, 2], [12, 3], [12, 3]],
+                  variants=[[5, [1, 2, 9, 9], 1], [12, [5, 6, 7, 0], 2]])
+    spec = engine_check.CASES["soak1_serve_f32"]
+    ran = {}
+
+    def fake_run(cmd, env, stdout, stderr, timeout, check):
+        ran.update(cmd=cmd, env=env)
+        out = Path(cmd[cmd.index("--out") + 1])
+        tokens = {"5": [[1, 2, 3, 4], [1, 2, 9, 9]], "12": [[5, 6, 7, 8]]}
+        out.write_text(json.dumps({"result": {"case": "splits", "tokens": tokens}}))
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(engine_check.subprocess, "run", fake_run)
+    widened, problem = engine_check.explain_by_splits(
+        "/m", spec, result, control, {"STREAMCHECK": "assert", "X": "1"},
+        tmp_path / "soak1_serve_f32-splits", timeout=60)
+    assert problem is None
+    cmd = ran["cmd"]
+    assert cmd[cmd.index("--prompts") + 1] == "5,12"
+    assert cmd[cmd.index("--dtype") + 1] == "float32"
+    assert ran["env"] == {"X": "1"}  # the sweep runs without the audit
+    assert widened["split_prompts"] == [5, 12]
+    assert engine_check.wrong_answers(result, widened, ref) == (
+        "2 of 300 answers are ones the server without a connector never gave in 1092 nor any "
+        "prefill split of prompts [5, 12] (engine_splits.py) (0 preemptions); (prompt, first "
+        "differing token): [(12, 3)]")
+    explained = soak(wrong=[[5, 2]], variants=[[5, [1, 2, 9, 9], 1]])
+    assert engine_check.wrong_answers(explained, widened, ref) is None
+    assert engine_check.wrong_answers(explained, control, ref) is not None
+
+
+def test_a_split_sweep_that_fails_is_a_problem_not_a_pass(tmp_path, monkeypatch):
+    control = {"answers": 10, "variants": []}
+    result = soak(variants=[[5, [1, 2, 9, 9], 1]])
+
+    def failing(cmd, env, stdout, stderr, timeout, check):
+        stdout.write("no GPU\n")
+        return type("Done", (), {"returncode": 1})()
+
+    monkeypatch.setattr(engine_check.subprocess, "run", failing)
+    same, problem = engine_check.explain_by_splits(
+        "/m", engine_check.CASES["soak1_serve"], result, control, {}, tmp_path / "s",
+        timeout=60)
+    assert same is control and "split sweep of prompts [5] failed: no GPU" in problem
+    nothing_new = soak(variants=[])
+    assert engine_check.explain_by_splits("/m", engine_check.CASES["soak1_serve"], nothing_new,
+                                          control, {}, tmp_path / "t", 60) == (control, None)
