@@ -28,7 +28,9 @@ rank also prints ``split``: per iteration, the time to queue the steps, the main
 time in them, the waits for the GPU and for the connector thread's backlog afterwards, and that
 thread's CPU time in its jobs (unaudited and audited, median over rounds; it includes the
 time ``stream.synchronize()`` spins, so it says how long the thread held a core, not what the
-audit cost it). ``--phases`` times each part of a step in the main thread, unaudited and
+audit cost it; ``saver_queue_us`` is its part before that wait: its Python and launches), and
+the cyclic collector's time and runs per iteration (``gc_us``, ``gc0_per_iter``...).
+``--phases`` times each part of a step in the main thread, unaudited and
 audited: which calls the audit makes slower in place, hooked or not (a call it does not hook
 that slows down is waiting for the GIL).
 """
@@ -36,6 +38,7 @@ that slows down is waiting for the GIL).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import queue
@@ -66,6 +69,7 @@ class KVSaver(threading.Thread):
         self.done = 0
         self.submitted = 0
         self.cpu_s = 0.0  # this thread's CPU time in its jobs (time.thread_time)
+        self.queue_s = 0.0  # of which before stream.synchronize(): its Python and launches
 
     def run(self) -> None:
         torch.cuda.set_device(self.device)
@@ -81,10 +85,43 @@ class KVSaver(threading.Thread):
             with torch.cuda.stream(stream), streamcheck.launch(
                     "bench.kv.save", stream=stream, device=self.device, reads=reads):
                 self.pinned.copy_(self.kv, non_blocking=True)
+            queued = time.thread_time()
             stream.synchronize()
+            self.queue_s += queued - cpu
             self.cpu_s += time.thread_time() - cpu
             self.done += 1
 
+
+class GcMeter:
+    """The cyclic collector's work in this process (``gc.callbacks``): whether the audit's
+    allocations (its records, kept until newer ones push them out) make the collector run
+    more often, and what that costs an iteration."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds += time.perf_counter() - self._start
+
+    def snapshot(self) -> tuple[list[int], float]:
+        return list(self.count), self.seconds
+
+    def since(self, before: tuple[list[int], float], iters: int) -> dict[str, float]:
+        """Per iteration since ``before``: microseconds collecting, and collections of each
+        generation (all threads)."""
+        counts, seconds = before
+        return {"gc_us": (self.seconds - seconds) / iters * 1e6,
+                **{f"gc{g}_per_iter": (self.count[g] - counts[g]) / iters for g in range(3)}}
+
+
+gc_meter = GcMeter()
 
 PARTS = ("side", "allreduce", "saver", "handoff")
 
@@ -186,7 +223,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         """Microseconds per iteration; with ``into``, also where they went (``split``)."""
         dist.barrier()
         torch.cuda.synchronize()
-        saver_cpu = saver.cpu_s
+        saver_cpu, saver_queue, collected = saver.cpu_s, saver.queue_s, gc_meter.snapshot()
         start, cpu = time.perf_counter(), time.thread_time()
         x = x0
         for _ in range(iters):
@@ -205,7 +242,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 "main_cpu_us": (steps_cpu - cpu) / iters * 1e6,
                 "gpu_drain_us": (synced - steps_end) / iters * 1e6,
                 "saver_drain_us": (end - synced) / iters * 1e6,
-                "saver_cpu_us": (saver.cpu_s - saver_cpu) / iters * 1e6})
+                "saver_cpu_us": (saver.cpu_s - saver_cpu) / iters * 1e6,
+                "saver_queue_us": (saver.queue_s - saver_queue) / iters * 1e6,
+                **gc_meter.since(collected, iters)})
         return (end - start) / iters * 1e6
 
     run(5)  # warm up: NCCL, kernels, allocator
