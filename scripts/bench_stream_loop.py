@@ -31,8 +31,9 @@ time ``stream.synchronize()`` spins, so it says how long the thread held a core,
 audit cost it; ``saver_queue_us`` is its part before that wait: its Python and launches), and
 the cyclic collector's time and runs per iteration (``gc_us``, ``gc0_per_iter``...).
 ``--phases`` times each part of a step in the main thread, unaudited and
-audited: which calls the audit makes slower in place, hooked or not (a call it does not hook
-that slows down is waiting for the GIL).
+audited, with the connector thread and without it: which calls the audit makes slower in
+place, hooked or not (a call it does not hook that slows down only beside the connector thread
+is waiting for the GIL).
 """
 
 from __future__ import annotations
@@ -167,9 +168,10 @@ class Phases:
 
 
 def step_phased(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.Stream,
-                kv: torch.Tensor, saver: KVSaver, tick: Phases) -> torch.Tensor:
+                kv: torch.Tensor, saver: KVSaver | None, tick: Phases) -> torch.Tensor:
     """:func:`step` with every part timed (``--phases``): which calls the audit makes slower
-    in place, hooked or not (a call it does not hook that slows down waits for the GIL)."""
+    in place, hooked or not (a call it does not hook that slows down waits for the GIL).
+    ``saver`` None: the step without its connector thread (no handoff, event or job)."""
     tick.last = time.perf_counter_ns()
     main = torch.cuda.current_stream()
     tick("current_stream")
@@ -191,6 +193,8 @@ def step_phased(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.
         tick("all_reduce")
     kv.copy_(x[: kv.shape[0]], non_blocking=True)
     tick("kv copy")
+    if saver is None:  # no connector thread to take the GIL in between
+        return x
     handoff = streamcheck.handoff(kv)
     tick("handoff")
     event = torch.cuda.Event()
@@ -315,19 +319,20 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         findings += [e.finding.rule_id for e in entries]
         ablation[f"without_{left_out}"] = ratio
         ablation[f"without_{left_out}_unaudited_us"] = bare_us
-    phases: dict[str, dict[str, float]] = {}
-    if args.phases:
+    def phase_table(with_saver: bool) -> dict[str, dict[str, float]]:
+        """``--phases``: us per iteration in each part of a step, unaudited and audited."""
         ticks = {"unaudited": Phases(), "audited": Phases()}
         firsts = {"unaudited": Phases(), "audited": Phases()}  # each round's first iteration
+        job = saver if with_saver else None
         for _ in range(args.rounds):
             for name, tick in ticks.items():
                 if name == "audited":
                     streamcheck.install("assert")
                 dist.barrier()
                 torch.cuda.synchronize()
-                x = step_phased(args.layers, x0, w, side, kv, saver, firsts[name])
+                x = step_phased(args.layers, x0, w, side, kv, job, firsts[name])
                 for _ in range(args.iters):
-                    x = step_phased(args.layers, x, w, side, kv, saver, tick)
+                    x = step_phased(args.layers, x, w, side, kv, job, tick)
                 torch.cuda.synchronize()
                 while saver.done < saver.submitted:
                     if not saver.is_alive():
@@ -336,14 +341,18 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 if name == "audited":
                     streamcheck.uninstall()
         per_iter = args.iters * args.rounds * 1000
-        phases = {part: {name: round(tick.totals[part] / per_iter, 1)
-                         for name, tick in ticks.items()}
-                  for part in ticks["unaudited"].totals}
-        for part, row in phases.items():
+        table = {part: {name: round(tick.totals[part] / per_iter, 1)
+                        for name, tick in ticks.items()}
+                 for part in ticks["unaudited"].totals}
+        for part, row in table.items():
             row["added"] = round(row["audited"] - row["unaudited"], 1)
             row["first_added"] = round((firsts["audited"].totals[part]
                                         - firsts["unaudited"].totals[part])
                                        / args.rounds / 1000, 1)
+        return table
+
+    phases = ({"with the connector thread": phase_table(True),
+               "without it": phase_table(False)} if args.phases else {})
     profile = ""
     if args.profile and rank == 0:
         import cProfile
@@ -417,11 +426,11 @@ def main() -> int:
         profile = r.pop("profile")
         phases = r.pop("phases")
         print(json.dumps(r))
-        if phases:
-            print(f"rank {r['rank']}: us per iteration in each part of a step (unaudited, "
-                  "audited, added; and added in each round's first iteration, left out of "
-                  "the others), most added first")
-            for part, row in sorted(phases.items(), key=lambda kv: -kv[1]["added"]):
+        for variant, table in phases.items():
+            print(f"rank {r['rank']}, {variant}: us per iteration in each part of a step "
+                  "(unaudited, audited, added; and added in each round's first iteration, "
+                  "left out of the others), most added first")
+            for part, row in sorted(table.items(), key=lambda kv: -kv[1]["added"]):
                 print(f"  {part:<24} {row['unaudited']:>9.1f} {row['audited']:>9.1f} "
                       f"{row['added']:>+8.1f} {row['first_added']:>+9.1f}")
         if profile:
