@@ -3,27 +3,14 @@ first, and its output is a control ``engine_variants.py`` reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from tests.scripts.script_modules import load_script
 
-
-def load(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-engine_splits = load("engine_splits")
-engine_variants = load("engine_variants")
+engine_splits = load_script("engine_splits")
+engine_variants = load_script("engine_variants")
 
 
 def test_split_plans_cover_every_block_boundary_and_the_two_stage_ones():

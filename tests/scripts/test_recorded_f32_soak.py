@@ -6,27 +6,15 @@ reach those conclusions from the recorded files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SCRIPTS = HERE.parents[1] / "scripts"
-RECORDED = HERE / "recorded" / "f32_soak"
+from tests.scripts.script_modules import load_script
 
+RECORDED = Path(__file__).resolve().parent / "recorded" / "f32_soak"
 
-def load(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-engine_check = load("engine_check")
-engine_variants = load("engine_variants")
+engine_check = load_script("engine_check")
+engine_variants = load_script("engine_variants")
 
 
 def result(name: str) -> dict:
