@@ -35,8 +35,8 @@ Cases:
     shortens every soak); float32 to tell numerics from wrong KV. ``--explain-splits``: a
     connector soak's answers that its control never gave are then looked for among the
     engine's own answers at every prefill split of those prompts (``engine_splits.py``, no
-    connector): a hit moves where a prefill splits, as vLLM's prefix cache does; only an
-    answer no split gives fails.
+    connector, the soak's dtype and TP size; ``--split-seconds`` a prompt): a hit moves where
+    a prefill splits, as vLLM's prefix cache does; only an answer no split gives fails.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -736,14 +736,18 @@ def with_splits(control: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any
             "split_prompts": sorted(int(i) for i in sweep["tokens"])}
 
 
+SPLIT_SECONDS = {"start": 120.0, "prompt": 120.0}  # one H200: ~40 s to start, ~80 s a prompt
+
+
 def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
                       control: dict[str, Any] | None, env: dict[str, str], out: Path,
-                      timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+                      per_prompt: float = SPLIT_SECONDS["prompt"]
+                      ) -> tuple[dict[str, Any] | None, str | None]:
     """For a connector soak's answers its control never gave: run ``engine_splits.py`` on
-    those prompts (the soak's dtype, no connector) and return the control widened by every
-    answer a prefill split gives, or a problem if the sweep did not run. A connector's hit
-    moves where a prefill splits, as vLLM's own prefix cache does; only an answer no split
-    gives is the connector's."""
+    those prompts (the soak's dtype and TP size, no connector, no audit) and return the control
+    widened by every answer a prefill split gives, or the control as it was and a problem if
+    the sweep did not run to the end. A connector's hit moves where a prefill splits, as
+    vLLM's own prefix cache does; only an answer no split gives is the connector's."""
     if control is None or "variants" not in control or "variants" not in result:
         return control, None
     prompts = sorted({i for i, _tokens, _n in novel_variants(result, control)})
@@ -751,20 +755,33 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
         return control, None
     args = spec.get("serve_args", [])
     dtype = args[args.index("--dtype") + 1] if "--dtype" in args else "auto"
-    env = {k: v for k, v in env.items() if not k.startswith("STREAMCHECK")}  # no audit
-    path = out.with_suffix(".json")
+    env = {k: v for k, v in env.items() if not k.startswith("STREAMCHECK")}
+    path, log_path = out.with_suffix(".json"), out.with_suffix(".log")
+    path.unlink(missing_ok=True)  # an earlier sweep's answers are not this one's
     cmd = [sys.executable, str(HERE / "engine_splits.py"), model, "--dtype", dtype,
+           "--tensor-parallel-size", str(spec.get("tp", 2)),
            "--prompts", ",".join(map(str, prompts)), "--out", str(path)]
-    with open(out.with_suffix(".log"), "w") as log:
+    timeout = SPLIT_SECONDS["start"] + per_prompt * len(prompts)
+    what = f"the split sweep of prompts {prompts}"
+    try:
+        with open(log_path, "w") as log:
+            # a session of its own: vLLM's engine core is a process of its own, and a sweep
+            # cut short must not leave it holding the GPU for the cases after it
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         try:
-            done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout, check=False)
+            returncode = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            return control, f"the split sweep of prompts {prompts} ran past {timeout:.0f} s"
-    if done.returncode != 0 or not path.exists():
-        tail = out.with_suffix(".log").read_text()[-400:]
-        return control, f"the split sweep of prompts {prompts} failed: {tail}"
-    return with_splits(control, json.loads(path.read_text())["result"]), None
+            return control, f"{what} ran past {timeout:.0f} s"
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if returncode != 0 or not path.exists():
+            return control, f"{what} failed (exit {returncode}): {log_path.read_text()[-400:]}"
+        return with_splits(control, json.loads(path.read_text())["result"]), None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return control, f"{what} could not run or be read: {exc!r}"
 
 
 def soak_problems(result: dict[str, Any], rows: list[dict[str, Any]],
@@ -943,13 +960,16 @@ def main() -> int:
     p.add_argument("--explain-splits", action="store_true",
                    help="after a connector soak, run engine_splits.py on the prompts whose "
                         "answers its control never gave; answers a prefill split gives pass")
-    p.add_argument("--split-timeout", type=float, default=420,
-                   help="seconds for that sweep (about 80 s a prompt on one H200)")
+    p.add_argument("--split-seconds", type=float, default=SPLIT_SECONDS["prompt"],
+                   help="seconds the sweep may take per prompt, after "
+                        f"{SPLIT_SECONDS['start']:.0f} s to start (one H200: about 80 s)")
     p.add_argument("--run", dest="case")
     p.add_argument("--spec")
     args = p.parse_args()
     if args.soak_seconds is not None and args.soak_seconds <= 0:
         p.error("--soak-seconds must be positive")
+    if args.split_seconds <= 0:
+        p.error("--split-seconds must be positive")
     if args.case:
         run_case(args)
         return 0
@@ -988,7 +1008,7 @@ def main() -> int:
         if args.explain_splits and spec["kind"] == "soak" and spec["connector"] != "none":
             control, sweep_problem = explain_by_splits(
                 args.model, spec, result, control, env, out / f"{case}-splits",
-                args.split_timeout)
+                args.split_seconds)
             if control is not None and "split_prompts" in control:
                 result["split_prompts"] = control["split_prompts"]
         problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control,

@@ -14,7 +14,8 @@ connector at all: for each prompt and each block boundary k, the prefix cache is
 first k blocks are prefilled alone (one token generated), then the whole prompt is answered
 (a local hit of exactly k blocks); ``--first`` adds two-stage splits (the family's shared
 prefix first, as a sibling request leaves it, then k blocks). The engine is built as the soak's
-server is (eager, prefix caching, the same lengths and block counts; ``--dtype``).
+server is (eager, prefix caching, the same lengths and block counts; ``--dtype``,
+``--tensor-parallel-size``).
 
 The output is a case JSON ``engine_variants.py`` takes as a ``--control``: each prompt's
 answers, one per split, under ``tokens``, and which splits gave each distinct answer under
@@ -88,6 +89,8 @@ def main() -> int:
     p.add_argument("--prompts", required=True,
                    help="comma-separated indices into the soak's 24 prompts")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="as the soak's server (its numbers are those of its TP size)")
     p.add_argument("--first", default="32",
                    help="comma-separated first split points for two-stage splits ('' for none)")
     p.add_argument("--max-tokens", type=int, default=48)
@@ -98,6 +101,8 @@ def main() -> int:
         first = [int(x) for x in args.first.split(",") if x.strip()]
     except ValueError:
         p.error("--prompts and --first take comma-separated integers")
+    if args.tensor_parallel_size < 1 or args.max_tokens < 1:
+        p.error("--tensor-parallel-size and --max-tokens must be at least 1")
     for key, value in SAFE_ENV.items():  # as engine_check.py's cases run (offline, no
         os.environ.setdefault(key, value)  # FlashInfer sampler in the shared engine build)
     if os.environ.get("VLLM_BATCH_INVARIANT") != "1":
@@ -107,7 +112,8 @@ def main() -> int:
 
     llm = LLM(model=args.model, enforce_eager=True, enable_prefix_caching=True,
               dtype=args.dtype, max_model_len=1536, num_gpu_blocks_override=512,
-              max_num_seqs=24, max_num_batched_tokens=16384, gpu_memory_utilization=0.3)
+              max_num_seqs=24, max_num_batched_tokens=16384, gpu_memory_utilization=0.3,
+              tensor_parallel_size=args.tensor_parallel_size, disable_custom_all_reduce=True)
     prompts = family_prompts(llm.get_tokenizer().vocab_size)
     bad = [i for i in wanted if not 0 <= i < len(prompts)]
     if bad:

@@ -111,3 +111,34 @@ def test_soak_seconds_must_be_positive(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         engine_check.main()
     assert "--soak-seconds must be positive" in capsys.readouterr().err
+
+
+def test_explain_splits_sweeps_connector_soaks_only_and_its_problem_is_the_cases(
+        tmp_path, monkeypatch):
+    """``--explain-splits`` asks for the sweep after a soak with a connector (never after its
+    control), with ``--split-seconds``; a sweep that did not finish fails the case."""
+    recorded = HERE / "recorded" / "f32_soak"
+    soak_result = {**engine_check.json.loads(
+        (recorded / "soak1_serve_f32.json").read_text())["result"]}
+    calls = []
+
+    def fake_explain(model, spec, result, control, env, out, per_prompt):
+        calls.append((spec["connector"], out.name, per_prompt, control["answers"]))
+        return control, "the split sweep of prompts [5, 12] failed (exit 1): stub"
+
+    monkeypatch.setattr(engine_check, "explain_by_splits", fake_explain)
+    monkeypatch.setattr(engine_check, "run_soak", lambda *args: dict(soak_result))
+    monkeypatch.setattr(engine_check.time, "sleep", lambda _s: None)
+    cases = ["soak1_serve_f32", "soak1_serve_none_f32"]
+    argv = ["engine_check.py", "/model", *cases, "--out", str(tmp_path), "--ref-from",
+            str(recorded), "--split-seconds", "99"]
+    monkeypatch.setattr("sys.argv", [*argv, "--explain-splits"])
+    assert engine_check.main() == 1
+    assert calls == [("sc", "soak1_serve_f32-splits", 99.0, 1092)]  # the recorded control
+    problems = engine_check.json.loads((tmp_path / "soak1_serve_f32.json").read_text())[
+        "problems"]
+    assert "the split sweep of prompts [5, 12] failed (exit 1): stub" in problems
+    calls.clear()
+    monkeypatch.setattr("sys.argv", argv)  # not asked for: no sweep
+    engine_check.main()
+    assert calls == []

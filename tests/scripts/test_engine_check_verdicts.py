@@ -194,33 +194,63 @@ def test_a_reference_that_failed_now_falls_back_to_an_earlier_one(tmp_path):
         "the reference case gave no tokens"]
 
 
+class FakeSweep:
+    """``subprocess.Popen`` of the split sweep: writes ``tokens`` (unless None) to its
+    ``--out``, exits with ``code``, or runs past any timeout (``hang``)."""
+
+    def __init__(self, tokens, code=0, hang=False):
+        self.tokens, self.code, self.hang = tokens, code, hang
+        self.cmd = self.env = None
+        self.killed = []
+
+    def popen(self, cmd, env, stdout, stderr, start_new_session):
+        assert start_new_session  # so the whole group can be killed
+        self.cmd, self.env = cmd, env
+        stdout.write("sweep log\n")
+        if self.tokens is not None:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.write_text(json.dumps({"result": {"case": "splits", "tokens": self.tokens}}))
+        sweep = self
+
+        class Proc:
+            pid = 4242
+
+            def wait(self, timeout=None):
+                if sweep.hang and timeout is not None:
+                    raise engine_check.subprocess.TimeoutExpired(cmd, timeout)
+                return sweep.code
+
+        return Proc()
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(engine_check.subprocess, "Popen", self.popen)
+        monkeypatch.setattr(engine_check.os, "killpg", lambda pid, sig: self.killed.append(pid))
+        return self
+
+
+SPLIT_RESULT = soak(wrong=[[5, 2], [12, 3], [12, 3]],
+                    variants=[[5, [1, 2, 9, 9], 1], [12, [5, 6, 7, 0], 2]])
+
+
 def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch):
     """``--explain-splits``: the soak's answers its control never gave are swept (only those
-    prompts, the soak's dtype, no audit); what a split gives passes, the rest still fails and
-    says it was looked for there."""
+    prompts, the soak's dtype and TP size, no audit); what a split gives passes, the rest still
+    fails and says it was looked for there."""
     ref = {"tokens": {"5": [[1, 2, 3, 4]], "12": [[5, 6, 7, 8]]}}
     control = {"answers": 1092, "variants": []}
-    result = soak(wrong=[[5, 2], [12, 3], [12, 3]],
-                  variants=[[5, [1, 2, 9, 9], 1], [12, [5, 6, 7, 0], 2]])
-    spec = engine_check.CASES["soak1_serve_f32"]
-    ran = {}
-
-    def fake_run(cmd, env, stdout, stderr, timeout, check):
-        ran.update(cmd=cmd, env=env)
-        out = Path(cmd[cmd.index("--out") + 1])
-        tokens = {"5": [[1, 2, 3, 4], [1, 2, 9, 9]], "12": [[5, 6, 7, 8]]}
-        out.write_text(json.dumps({"result": {"case": "splits", "tokens": tokens}}))
-        return type("Done", (), {"returncode": 0})()
-
-    monkeypatch.setattr(engine_check.subprocess, "run", fake_run)
+    result = SPLIT_RESULT
+    sweep = FakeSweep({"5": [[1, 2, 3, 4], [1, 2, 9, 9]], "12": [[5, 6, 7, 8]]})
+    sweep.install(monkeypatch)
     widened, problem = engine_check.explain_by_splits(
-        "/m", spec, result, control, {"STREAMCHECK": "assert", "X": "1"},
-        tmp_path / "soak1_serve_f32-splits", timeout=60)
+        "/m", engine_check.CASES["soak1_serve_f32"], result, control,
+        {"STREAMCHECK": "assert", "X": "1"}, tmp_path / "soak1_serve_f32-splits")
     assert problem is None
-    cmd = ran["cmd"]
+    cmd = sweep.cmd
     assert cmd[cmd.index("--prompts") + 1] == "5,12"
     assert cmd[cmd.index("--dtype") + 1] == "float32"
-    assert ran["env"] == {"X": "1"}  # the sweep runs without the audit
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+    assert sweep.env == {"X": "1"}  # the sweep runs without the audit
+    assert sweep.killed == [4242]  # its process group is gone afterwards
     assert widened["split_prompts"] == [5, 12]
     assert engine_check.wrong_answers(result, widened, ref) == (
         "2 of 300 answers are ones the server without a connector never gave in 1092 nor any "
@@ -229,21 +259,38 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
     explained = soak(wrong=[[5, 2]], variants=[[5, [1, 2, 9, 9], 1]])
     assert engine_check.wrong_answers(explained, widened, ref) is None
     assert engine_check.wrong_answers(explained, control, ref) is not None
+    # a TP=2 soak is swept at TP=2: its numbers are not TP=1's
+    two = FakeSweep({"5": []}).install(monkeypatch)
+    engine_check.explain_by_splits("/m", engine_check.CASES["soak_serve"], result, control, {},
+                                   tmp_path / "soak_serve-splits")
+    assert two.cmd[two.cmd.index("--tensor-parallel-size") + 1] == "2"
 
 
-def test_a_split_sweep_that_fails_is_a_problem_not_a_pass(tmp_path, monkeypatch):
+def test_a_split_sweep_that_did_not_finish_is_a_problem_not_a_pass(tmp_path, monkeypatch):
+    """Whatever goes wrong, the control comes back as it was (the soak still fails on its
+    answers) and the reason is a problem of its own; a sweep cut short is killed."""
     control = {"answers": 10, "variants": []}
-    result = soak(variants=[[5, [1, 2, 9, 9], 1]])
-
-    def failing(cmd, env, stdout, stderr, timeout, check):
-        stdout.write("no GPU\n")
-        return type("Done", (), {"returncode": 1})()
-
-    monkeypatch.setattr(engine_check.subprocess, "run", failing)
-    same, problem = engine_check.explain_by_splits(
-        "/m", engine_check.CASES["soak1_serve"], result, control, {}, tmp_path / "s",
-        timeout=60)
-    assert same is control and "split sweep of prompts [5] failed: no GPU" in problem
+    spec = engine_check.CASES["soak1_serve"]
+    answers = {"5": [[1, 2, 9, 9]], "12": [[5, 6, 7, 0]]}
+    cases = {
+        "exit 1 with a file": (FakeSweep(answers, code=1), "failed (exit 1): sweep log"),
+        "no file": (FakeSweep(None), "failed (exit 0): sweep log"),
+        "past its time": (FakeSweep(answers, hang=True), "ran past 360 s"),
+        "unreadable": (FakeSweep({"5": 3}), "could not run or be read"),
+    }
+    for name, (sweep, message) in cases.items():
+        sweep.install(monkeypatch)
+        same, problem = engine_check.explain_by_splits(
+            "/m", spec, SPLIT_RESULT, control, {}, tmp_path / "s", per_prompt=120)
+        assert same is control, name
+        assert problem is not None and message in problem, (name, problem)
+        assert problem.startswith("the split sweep of prompts [5, 12]"), name
+        assert sweep.killed == [4242], name
+    stale = tmp_path / "s.json"  # an earlier sweep's file does not count for this one
+    stale.write_text(json.dumps({"result": {"tokens": answers}}))
+    FakeSweep(None, code=0).install(monkeypatch)
+    assert engine_check.explain_by_splits("/m", spec, SPLIT_RESULT, control, {},
+                                          tmp_path / "s")[0] is control
     nothing_new = soak(variants=[])
-    assert engine_check.explain_by_splits("/m", engine_check.CASES["soak1_serve"], nothing_new,
-                                          control, {}, tmp_path / "t", 60) == (control, None)
+    assert engine_check.explain_by_splits("/m", spec, nothing_new, control, {},
+                                          tmp_path / "t") == (control, None)
