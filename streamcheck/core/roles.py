@@ -120,6 +120,8 @@ class ThreadRoles:
         return engine
 
     def role_of(self, ident: int) -> str:
+        if ident == self.main_engine:  # kept in step with every declaration: an engine
+            return ENGINE
         role = self.declared_role(ident)
         if role is not None:
             return role
