@@ -126,9 +126,8 @@ def _declare_accesses(items: list[Any], stream: Any, access: str) -> tuple[Hando
         return ()
     if access not in ("write", "read"):
         raise ValueError(f"access must be 'write' or 'read', not {access!r}")
-    try:  # the first item's key is read already
-        accesses = [(first[0], items[0].ids if isinstance(items[0], BlockSet) else None),
-                    *(_access(item) for item in items[1:])]
+    try:
+        accesses = [_access(item) for item in items]
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
         return ()
