@@ -223,6 +223,13 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
 
     split: dict[str, list[dict[str, float]]] = {"unaudited": [], "audited": []}
 
+    def drain() -> None:
+        """Wait for the connector thread's backlog: it keeps up, or this waits."""
+        while saver.done < saver.submitted:
+            if not saver.is_alive():
+                raise RuntimeError("the connector thread died (its traceback is above)")
+            time.sleep(0.0001)
+
     def run(iters: int, parts: frozenset[str] = frozenset(PARTS), into: str = "") -> float:
         """Microseconds per iteration; with ``into``, also where they went (``split``)."""
         dist.barrier()
@@ -235,10 +242,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         steps_end, steps_cpu = time.perf_counter(), time.thread_time()
         torch.cuda.synchronize()
         synced = time.perf_counter()
-        while saver.done < saver.submitted:  # the connector keeps up or this waits
-            if not saver.is_alive():
-                raise RuntimeError("the connector thread died (its traceback is above)")
-            time.sleep(0.0001)
+        drain()
         end = time.perf_counter()
         if into:
             split[into].append({
@@ -338,10 +342,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 for _ in range(args.iters):
                     x = step_phased(args.layers, x, w, side, kv, job, tick)
                 torch.cuda.synchronize()
-                while saver.done < saver.submitted:
-                    if not saver.is_alive():
-                        raise RuntimeError("the connector thread died (its traceback is above)")
-                    time.sleep(0.0001)
+                drain()
                 if auditor is not None:
                     findings.extend(f.rule_id for f in auditor.findings())
                     streamcheck.uninstall()
