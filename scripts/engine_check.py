@@ -871,7 +871,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
         problems += loads_exercised(result.get("stats", {}))
     elif case.startswith(("soak_", "soak1_")):
         problems += soak_problems(result, rows, audited=audit is not None, control=control,
-                                  ref=ref, tp=2 if case.startswith("soak_") else 1,
+                                  ref=ref, tp=CASES.get(case, {}).get("tp", 2),
                                   connector=connector)
     elif case.startswith("leak_"):
         stopped = [r for r in rows if ("foreign-stream", "vllm.pynccl.all_reduce")
@@ -1005,14 +1005,15 @@ def main() -> int:
         control = (reference({"ref": spec["control"]}, results, args.ref_from)
                    if "control" in spec else None)
         sweep_problem = None
-        if args.explain_splits and spec["kind"] == "soak" and spec["connector"] != "none":
+        has_connector = spec.get("connector", "none") != "none"
+        if args.explain_splits and spec["kind"] == "soak" and has_connector:
             control, sweep_problem = explain_by_splits(
                 args.model, spec, result, control, env, out / f"{case}-splits",
                 args.split_seconds)
             if control is not None and "split_prompts" in control:
                 result["split_prompts"] = control["split_prompts"]
         problems = verdict(case, result, audit, ref, wants_ref="ref" in spec, control=control,
-                           connector=spec.get("connector", "none") != "none")
+                           connector=has_connector)
         problems += [sweep_problem] if sweep_problem else []
         results[case] = result
         summary = {k: v for k, v in result.items() if k not in ("tokens",)}
