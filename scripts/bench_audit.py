@@ -7,7 +7,8 @@ Prints, each a ratio or difference measured here, now:
    and a decode-like step of 64 of them between matmuls: the ratios a user sees;
 3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
-   live), stream creation, current_stream().
+   live), stream creation, current_stream(); and a connector's own calls
+   (``streamcheck.handoff``, and a declared read ordered by an event) on one thread.
 Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy TP loop.
 """
 
@@ -113,6 +114,24 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
 
     off, on = toggled(record_wait_live, calls, rounds)
     out["hook event record+wait, clocks live: added ns"] = round(on - off, 1)
+
+    # a connector's own calls, one thread: declaring a step's KV, and the audited launch that
+    # reads it (ordered by an event, as a correct connector does); unaudited they return at once
+    def declare() -> None:
+        streamcheck.handoff(probe)
+
+    def declared_read() -> None:
+        made = streamcheck.handoff(probe)
+        ev.record()
+        s1.wait_event(ev)
+        with streamcheck.launch("bench.kv.load", stream=s1, device=0,
+                                reads=[made] if made is not None else []):
+            pass
+
+    for name, fn in (("streamcheck.handoff", declare),
+                     ("handoff + event + launch(reads=...)", declared_read)):
+        off, on = toggled(fn, calls // 10, rounds)
+        out[f"connector {name}: added ns"] = round(on - off, 1)
     torch.cuda.synchronize()
     return out
 
