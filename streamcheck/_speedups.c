@@ -318,6 +318,26 @@ done:
     return ok;
 }
 
+/* A default stream (handle 0-2) equal to the current one on the target device: let through
+ * when it is on that device and the main engine thread launches. 1: yes, 0: not (the full
+ * test decides), -1: error. */
+static int default_stream_is_fine(PyObject *auditor, PyObject *stream, PyObject *target)
+{
+    PyObject *value = PyObject_GetAttr(stream, s_device_index);
+    if (value == NULL)
+        return -1;
+    int same = same_long(value, target);
+    Py_DECREF(value);
+    if (same != 1)
+        return same;
+    value = PyObject_GetAttr(auditor, s_main_engine);
+    if (value == NULL)
+        return -1;
+    int engine = is_calling_thread(value);
+    Py_DECREF(value);
+    return engine;
+}
+
 /* The stream the callee would pick for stream=None (a new reference), NULL + error set. */
 static PyObject *resolve_stream(FastLaunch *self, PyObject *comm)
 {
@@ -387,8 +407,9 @@ fail:
  *   - an explicit stream on the communicator's device, from the main engine thread or not a
  *     default stream;
  *   - stream=None where the resolved stream is the calling thread's current one on the
- *     communicator's device (told by its handle, above 2, or by current_reader's stream id),
- *     and not a default stream unless the main engine thread launches; it is passed on
+ *     communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
+ *     or by current_reader's stream id), and not a default stream unless the main engine
+ *     thread launches; it is passed on
  *     explicitly. Once resolved here, a stream is never resolved again for the same call
  *     unless the launch looks wrong (then the Python wrapper resolves and decides).
  * Each counted launch advances the installing auditor's counter. Everything else, errors
@@ -488,15 +509,22 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         Py_CLEAR(value);
         if (handle == -1 && PyErr_Occurred())
             goto slow_clear;
-        if (handle > 2) { /* 0-2 name a default stream on every device */
-            value = PyObject_CallOneArg(self->raw_reader, target);
-            if (value == NULL)
+        value = PyObject_CallOneArg(self->raw_reader, target);
+        if (value == NULL)
+            goto slow_clear;
+        long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+        Py_CLEAR(value);
+        if (current == -1 && PyErr_Occurred())
+            goto slow_clear;
+        if (current == handle && handle > 2)
+            fine = 1;
+        else if (current == handle && handle >= 0) {
+            /* 0-2 name a default stream on every device: the resolved one is the current
+             * one if it is on the target device, and a default stream is fine only for the
+             * main engine thread (the full test's answer, without its stream id and tuple) */
+            fine = default_stream_is_fine(auditor, stream, target);
+            if (fine < 0)
                 goto slow_clear;
-            long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-            Py_CLEAR(value);
-            if (current == -1 && PyErr_Occurred())
-                goto slow_clear;
-            fine = current == handle;
         }
     }
     if (!fine) /* the full test, without resolving the stream a second time */

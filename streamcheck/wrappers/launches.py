@@ -90,7 +90,9 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
     * ``stream=None`` with ``current_raw_stream`` (the thread's current ``cudaStream_t`` on a
       device): the resolved stream's handle equal to the current one on the target device
       means the same stream, on that device. Handles 0-2 (the legacy and per-thread default
-      streams) name a stream on every device, so those take the full test;
+      streams) name a stream on every device, so those take the full test here; the compiled
+      wrapper checks the stream's device and the main engine thread instead, which is that
+      test's answer without the stream id and the current-stream tuple;
     * an explicit stream from the main thread while it is the engine thread
       (``auditor.main_engine``): its device is all there is to check (the default-stream rule
       spares engine threads), so its id is not read.
