@@ -1007,6 +1007,10 @@ def main() -> int:
         sweep_problem = None
         has_connector = spec.get("connector", "none") != "none"
         if args.explain_splits and spec["kind"] == "soak" and has_connector:
+            # kept before the sweep, which can run long: a run cut short keeps its soak
+            (out / f"{case}.json").write_text(json.dumps({
+                "result": result, "audit": audit,
+                "problems": ["the split sweep did not finish"]}))
             control, sweep_problem = explain_by_splits(
                 args.model, spec, result, control, env, out / f"{case}-splits",
                 args.split_seconds)
