@@ -116,7 +116,8 @@ def test_soak_seconds_must_be_positive(tmp_path, monkeypatch, capsys):
 def test_explain_splits_sweeps_connector_soaks_only_and_its_problem_is_the_cases(
         tmp_path, monkeypatch):
     """``--explain-splits`` asks for the sweep after a soak with a connector (never after its
-    control), with ``--split-seconds``; a sweep that did not finish fails the case."""
+    control), with ``--split-seconds``; a sweep that did not finish fails the case. The soak's
+    result is on disk before the sweep starts (a run cut short during it keeps its soak)."""
     recorded = HERE / "recorded" / "f32_soak"
     soak_result = {**engine_check.json.loads(
         (recorded / "soak1_serve_f32.json").read_text())["result"]}
@@ -124,6 +125,9 @@ def test_explain_splits_sweeps_connector_soaks_only_and_its_problem_is_the_cases
 
     def fake_explain(model, spec, result, control, env, out, per_prompt):
         calls.append((spec["connector"], out.name, per_prompt, control["answers"]))
+        kept = engine_check.json.loads((out.parent / "soak1_serve_f32.json").read_text())
+        assert kept["problems"] == ["the split sweep did not finish"]
+        assert kept["result"]["answers"] == soak_result["answers"]
         return control, "the split sweep of prompts [5, 12] failed (exit 1): stub"
 
     monkeypatch.setattr(engine_check, "explain_by_splits", fake_explain)
