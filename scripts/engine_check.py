@@ -770,13 +770,20 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
-            returncode = proc.wait(timeout)
+            returncode: int | None = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            return control, f"{what} ran past {timeout:.0f} s"
+            returncode = None
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if returncode is None:  # the prompts it finished still explain their answers
+            problem = f"{what} ran past {timeout:.0f} s"
+            if not path.exists():
+                return control, problem
+            swept = json.loads(path.read_text())["result"]
+            done = sorted(int(i) for i in swept["tokens"])
+            return with_splits(control, swept), f"{problem} (finished: prompts {done})"
         if returncode != 0 or not path.exists():
             return control, f"{what} failed (exit {returncode}): {log_path.read_text()[-400:]}"
         return with_splits(control, json.loads(path.read_text())["result"]), None

@@ -20,6 +20,8 @@ server is (eager, prefix caching, the same lengths and block counts; ``--dtype``
 The output is a case JSON ``engine_variants.py`` takes as a ``--control``: each prompt's
 answers, one per split, under ``tokens``, and which splits gave each distinct answer under
 ``splits``. An answer of a connector run that some split gives here is the engine's own.
+The file is written after every prompt (``complete`` false until the last): a sweep stopped
+part way keeps the prompts it finished.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +66,10 @@ def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens:
     return generate(llm, [prompt], max_tokens)[0]
 
 
-def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int
-          ) -> dict[str, Any]:
+def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int,
+          keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every prompt's answer after each split plan; ``keep`` is given the answers so far after
+    each prompt (a sweep stopped part way keeps the prompts it finished)."""
     tokens: dict[str, list[list[int]]] = {}
     splits: dict[str, list[dict[str, Any]]] = {}
     for index, prompt in prompts.items():
@@ -80,6 +85,8 @@ def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens:
         print(f"prompt {index} ({len(prompt)} tokens, {len(outs)} splits): "
               f"{len(answers)} distinct answers; split plans per answer: "
               f"{[len(p) for p in answers.values()]}", flush=True)
+        if keep is not None:
+            keep({"tokens": tokens, "splits": splits})
     return {"tokens": tokens, "splits": splits}
 
 
@@ -119,10 +126,15 @@ def main() -> int:
     if bad:
         p.error(f"prompt indices {bad} are outside 0..{len(prompts) - 1}")
     start = time.time()
-    result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens)
-    result.update(case="splits", dtype=args.dtype, first=first,
-                  seconds=round(time.time() - start, 1))
-    args.out.write_text(json.dumps({"result": result}))
+
+    def write(result: dict[str, Any], complete: bool) -> None:
+        result.update(case="splits", dtype=args.dtype, first=first, complete=complete,
+                      seconds=round(time.time() - start, 1))
+        args.out.write_text(json.dumps({"result": result}))
+
+    result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens,
+                   keep=lambda so_far: write(so_far, complete=False))
+    write(result, complete=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0
 

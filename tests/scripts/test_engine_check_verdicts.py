@@ -268,14 +268,15 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
 
 def test_a_split_sweep_that_did_not_finish_is_a_problem_not_a_pass(tmp_path, monkeypatch):
     """Whatever goes wrong, the control comes back as it was (the soak still fails on its
-    answers) and the reason is a problem of its own; a sweep cut short is killed."""
+    answers) and the reason is a problem of its own; a sweep cut short is killed, and the
+    prompts it finished (its file is written after each) still widen the control."""
     control = {"answers": 10, "variants": []}
     spec = engine_check.CASES["soak1_serve"]
     answers = {"5": [[1, 2, 9, 9]], "12": [[5, 6, 7, 0]]}
     cases = {
         "exit 1 with a file": (FakeSweep(answers, code=1), "failed (exit 1): sweep log"),
         "no file": (FakeSweep(None), "failed (exit 0): sweep log"),
-        "past its time": (FakeSweep(answers, hang=True), "ran past 360 s"),
+        "past its time": (FakeSweep(None, hang=True), "ran past 360 s"),
         "unreadable": (FakeSweep({"5": 3}), "could not run or be read"),
     }
     for name, (sweep, message) in cases.items():
@@ -286,6 +287,16 @@ def test_a_split_sweep_that_did_not_finish_is_a_problem_not_a_pass(tmp_path, mon
         assert problem is not None and message in problem, (name, problem)
         assert problem.startswith("the split sweep of prompts [5, 12]"), name
         assert sweep.killed == [4242], name
+    # cut short after some prompts: those explain their answers, the case still fails
+    part = FakeSweep({"5": [[1, 2, 9, 9]]}, hang=True).install(monkeypatch)
+    widened, problem = engine_check.explain_by_splits("/m", spec, SPLIT_RESULT, control, {},
+                                                      tmp_path / "p", per_prompt=120)
+    assert part.killed == [4242]
+    assert problem == ("the split sweep of prompts [5, 12] ran past 360 s "
+                       "(finished: prompts [5])")
+    assert widened["split_prompts"] == [5]
+    ref = {"tokens": {"5": [[1, 2, 3, 4]], "12": [[5, 6, 7, 8]]}}
+    assert "[(12, 3)]" in engine_check.wrong_answers(SPLIT_RESULT, widened, ref)
     stale = tmp_path / "s.json"  # an earlier sweep's file does not count for this one
     stale.write_text(json.dumps({"result": {"tokens": answers}}))
     FakeSweep(None, code=0).install(monkeypatch)

@@ -74,3 +74,11 @@ def test_the_sweep_is_a_control_that_explains_a_split_point_answer(fake_generate
     path = tmp_path / "splits.json"
     path.write_text(json.dumps({"result": result}))
     assert engine_variants.load_result(path)["tokens"] == result["tokens"]
+
+
+def test_the_answers_so_far_are_kept_after_each_prompt(fake_generate):
+    """A sweep stopped part way keeps the prompts it finished (``main`` writes them)."""
+    kept: list[list[str]] = []
+    engine_splits.sweep(FakeLLM(), {0: list(range(50)), 3: list(range(40))}, [], 3,
+                        keep=lambda so_far: kept.append(sorted(so_far["tokens"])))
+    assert kept == [["0"], ["0", "3"]]
