@@ -39,7 +39,7 @@ STREAM_CLOCKS_ATTR = "_clocks"
 _ATTR = SNAPSHOT_ATTR
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see ids.StreamRef
 class Mark:
     """A point in a stream's history: its own clock entry after a handoff."""
 

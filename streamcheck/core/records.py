@@ -12,7 +12,7 @@ from streamcheck.core.clocks import Mark
 from streamcheck.core.ids import Stack, StreamRef, ThreadRef
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see ids.StreamRef
 class StreamEvent:
     """A stream was created, made current, or left as current, by one thread."""
 
@@ -39,7 +39,7 @@ def covers(new: Blocks, old: Blocks) -> bool:
     return new is None or (old is not None and old <= new)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see ids.StreamRef
 class Handoff:
     """A buffer access declared on a stream (see ``streamcheck.handoff``): a ``"write"`` is the
     buffer (or its ``blocks``) complete on that stream now (later readers and writers must be
