@@ -95,6 +95,9 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     then live after a handoff), ``wait_stream`` (torch records a new event in each: its first
     record), stream creation, current_stream()."""
     s0, s1 = torch.cuda.current_stream(), torch.cuda.Stream()
+    torch_current_stream = torch.cuda.current_stream
+    if streamcheck.current_auditor() is not None:
+        raise RuntimeError("hook_costs takes torch's current_stream before any audit starts")
     ev = torch.cuda.Event()
     probe = torch.empty(4, device="cuda")
 
@@ -114,8 +117,15 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     for name, fn, per in (("set_stream", switch, 2), ("stream context (enter+exit)", context, 1),
                           ("event record+wait, clocks idle", record_wait, 1),
                           ("wait_stream (a new event each)", lambda: s1.wait_stream(s0), 1),
-                          ("torch.cuda.Stream()", torch.cuda.Stream, 1),
-                          ("torch.cuda.current_stream()", torch.cuda.current_stream, 1)):
+                          ("torch.cuda.Stream()", lambda: torch.cuda.Stream(), 1),
+                          # looked up at each call, as a stream context does: the audit's
+                          # own current_stream then
+                          ("torch.cuda.current_stream()", lambda: torch.cuda.current_stream(),
+                           1),
+                          # torch's, taken before the audit started (``from torch.cuda import
+                          # current_stream`` at import): its Stream() goes through the
+                          # creation hook on Stream.__new__
+                          ("current_stream taken before the audit", torch_current_stream, 1)):
         n = calls // 10 if name == "torch.cuda.Stream()" else calls
         off, on = toggled(fn, n, rounds)
         out[f"hook {name}: added ns"] = round((on - off) / per, 1)
