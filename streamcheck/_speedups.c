@@ -15,11 +15,12 @@
  *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
- *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after)
+ *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after[, current])
  *       Event.record, Event.wait and torch.distributed functions: the plain call goes
  *       straight to the original, every other one to the Python hook (see
- *       guarded_vectorcall); with the happens-before clocks live, a record on a given stream
- *       keeps its snapshot here and a wait that adds nothing to its stream's clock is plain.
+ *       guarded_vectorcall); with the happens-before clocks live, a record keeps its
+ *       snapshot here (on the current stream: with `current`, the reader of a device's
+ *       current stream) and a wait that adds nothing to its stream's clock is plain.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -636,9 +637,10 @@ static PyTypeObject FastLaunchType = {
  *     clocks went live meanwhile; an event not bound yet (its first record: torch makes a
  *     new one in every `wait_stream`) is plain too, and bound here after the record, to the
  *     device it was recorded on (torch creates the event there);
- *     With the clocks live, a record on a stream given as an argument is plain too, and
- *     keeps its snapshot (the stream's clock) on the event here; on the current stream
- *     (stream=None) it goes to `slow`;
+ *     With the clocks live, a record is plain too, and keeps its snapshot (the stream's
+ *     clock) on the event here: the given stream's, or for stream=None the thread's current
+ *     stream on its current device (`current(reader())`), read after the record as the
+ *     Python hook reads it; without `current`, a record on the current stream goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
  *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
  *     (stream id, device, type) tuple) is not a default stream (id 0), or is one and the
@@ -651,8 +653,8 @@ enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *dict,
-        *weakrefs;
+    PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *current,
+        *dict, *weakrefs;
     int kind;
     vectorcallfunc vectorcall;
 } GuardedCall;
@@ -692,12 +694,10 @@ static PyObject *stream_key(PyObject *stream)
  * table's clocks are replaced, never changed, so reading one needs no lock (as in Python).
  * The key is made first: reading a stream's attributes may run Python code, which must not
  * find the table half-read. */
-static PyObject *clock_of(PyObject *auditor, PyObject *stream)
+static PyObject *clock_of_key(PyObject *auditor, PyObject *key)
 {
-    PyObject *clock = NULL, *clocks = NULL, *table = NULL;
-    PyObject *key = stream_key(stream);
-    if (key != NULL)
-        clocks = PyObject_GetAttr(auditor, s_clocks);
+    PyObject *clock = NULL, *table = NULL;
+    PyObject *clocks = PyObject_GetAttr(auditor, s_clocks);
     if (clocks != NULL)
         table = PyObject_GetAttr(clocks, s_stream_clocks);
     if (table != NULL && !PyDict_CheckExact(table)) {
@@ -710,7 +710,16 @@ static PyObject *clock_of(PyObject *auditor, PyObject *stream)
     }
     Py_XDECREF(clocks);
     Py_XDECREF(table);
-    Py_XDECREF(key);
+    return clock;
+}
+
+static PyObject *clock_of(PyObject *auditor, PyObject *stream)
+{
+    PyObject *key = stream_key(stream);
+    if (key == NULL)
+        return NULL;
+    PyObject *clock = clock_of_key(auditor, key);
+    Py_DECREF(key);
     return clock;
 }
 
@@ -738,11 +747,39 @@ static int holds_all(PyObject *own, PyObject *snapshot)
     return 1;
 }
 
-/* The live record's snapshot, kept on the event: 0, or -1 + error (the caller then asks the
- * Python `after`, which can also keep it for an event that takes no attribute). */
-static int keep_snapshot(PyObject *auditor, PyObject *event, PyObject *stream)
+/* The (device, stream id) key of the thread's current stream on its current device, read
+ * as the Python hook reads it after a record on the current stream: `reader()` (the device),
+ * then `current(device)`, a (stream id, device, type) tuple. A new tuple, or NULL + error. */
+static PyObject *current_stream_key(GuardedCall *self)
 {
-    PyObject *clock = clock_of(auditor, stream);
+    PyObject *key = NULL, *device = PyObject_CallNoArgs(self->reader);
+    PyObject *cur = device == NULL ? NULL : PyObject_CallOneArg(self->current, device);
+    Py_XDECREF(device);
+    if (cur == NULL)
+        return NULL;
+    if (PyTuple_Check(cur) && PyTuple_GET_SIZE(cur) >= 2 &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(cur, 0)) && PyLong_CheckExact(PyTuple_GET_ITEM(cur, 1)))
+        key = PyTuple_Pack(2, PyTuple_GET_ITEM(cur, 1), PyTuple_GET_ITEM(cur, 0));
+    else
+        PyErr_SetString(PyExc_TypeError, "the current stream is not (int, int, ...)");
+    Py_DECREF(cur);
+    return key;
+}
+
+/* The live record's snapshot, kept on the event: the clock of `stream`, or of the thread's
+ * current stream where it is None. 0, or -1 + error (the caller then asks the Python `after`,
+ * which can also keep it for an event that takes no attribute). */
+static int keep_snapshot(GuardedCall *self, PyObject *auditor, PyObject *event,
+                         PyObject *stream)
+{
+    PyObject *clock;
+    if (stream != Py_None) {
+        clock = clock_of(auditor, stream);
+    } else {
+        PyObject *key = current_stream_key(self);
+        clock = key == NULL ? NULL : clock_of_key(auditor, key);
+        Py_XDECREF(key);
+    }
     if (clock == NULL)
         return -1;
     int rc = PyObject_SetAttr(event, s_clock_attr, clock);
@@ -766,8 +803,8 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     if (live < 0)
         goto error;
     int given = nargs == 2 && args[1] != Py_None;
-    if (live && !given)
-        return 0;
+    if (live && !given && self->current == Py_None)
+        return 0; /* no reader of the current stream: the Python hook keeps the snapshot */
     PyObject *now = given ? PyObject_GetAttr(args[1], s_device_index)
                           : PyObject_CallNoArgs(self->reader);
     if (now == NULL)
@@ -951,7 +988,8 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
             Py_DECREF(auditor);
             return record_after(self, args, nargs, result);
         }
-        if (result != NULL && keep_snapshot(auditor, args[0], args[1]) < 0) {
+        PyObject *stream = nargs == 2 ? args[1] : Py_None;
+        if (result != NULL && keep_snapshot(self, auditor, args[0], stream) < 0) {
             PyObject *done = NULL;
             if (drop_ordinary_error() == 0) /* Python's own way, for an unusual event */
                 done = PyObject_Vectorcall(self->after, args, nargs, NULL);
@@ -978,13 +1016,14 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
 static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after;
+    PyObject *current = Py_None;
     int kind;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "GuardedCall takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "iOOOOOOOO:GuardedCall", &kind, &gate, &owner, &counter,
-                          &original, &slow, &reader, &bound, &after))
+    if (!PyArg_ParseTuple(args, "iOOOOOOOO|O:GuardedCall", &kind, &gate, &owner, &counter,
+                          &original, &slow, &reader, &bound, &after, &current))
         return NULL;
     if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT) ||
         (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
@@ -1003,6 +1042,7 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->reader = Py_NewRef(reader);
     self->bound = Py_NewRef(bound);
     self->after = Py_NewRef(after);
+    self->current = Py_NewRef(current);
     self->dict = NULL;
     self->kind = kind;
     self->vectorcall = guarded_vectorcall;

@@ -91,8 +91,9 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                 or not _clock_paths_match(compiled, reader)):
             return record
         # In C, the record of a bound event on its own device goes straight to torch, and
-        # with the clocks live on a given stream keeps its snapshot there too; every other
-        # one goes to ``record`` above.
+        # with the clocks live keeps its snapshot there too (on the current stream: read
+        # through ``reader.current_stream``, as ``stream_key_of`` reads it); every other one
+        # goes to ``record`` above.
 
         def snapshot(self: Any, stream: Any = None) -> None:
             """The clocks went live during a record let through in C: keep its snapshot."""
@@ -104,7 +105,7 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                     warn_cannot_audit("Event.record", exc)
 
         hook = compiled.GuardedCall(compiled.EVENT_RECORD, gate, None, None, original, record,
-                                    thread_device, _BOUND, snapshot)
+                                    thread_device, _BOUND, snapshot, reader.current_stream)
         functools.update_wrapper(hook, original)
         return hook
 

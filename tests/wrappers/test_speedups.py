@@ -177,7 +177,7 @@ def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
     """Bound on its first record; a record on its own device while no clocks are live goes
     straight through (compiled: in C); a record on another device is stopped before it runs;
     once the clocks are live, or when they go live during the record, the recording stream's
-    clock is kept on the event (compiled: in C for a given stream)."""
+    clock is kept on the event (compiled: in C, for a given stream and for the current one)."""
     monkeypatch.setitem(READER_STATE, "device", 0)
     aud = installer.install("assert")
     hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
@@ -205,7 +205,24 @@ def test_an_event_record_is_decided_the_same_by_both_hooks(core, monkeypatch):
     assert getattr(event, SNAPSHOT_ATTR) is later
     event.record(SimpleNamespace(device_index=0, stream_id=6))  # a stream with no clock yet
     assert getattr(event, SNAPSHOT_ATTR) == {}
-    assert len(event.records) == 5
+    # live, on the current stream: the clock of the thread's current stream, (0, 5) here; the
+    # compiled hook keeps it itself (the Python one asks the auditor)
+    asked: list = []
+    monkeypatch.setattr(aud, "event_recorded",
+                        lambda ev, key: asked.append(key) or aud.clocks.record(ev, key))
+    aud.clocks._clocks[(0, 5)] = current = {(0, 5): 5}
+    event.record()
+    assert getattr(event, SNAPSHOT_ATTR) is current
+    assert asked == ([] if core == "compiled" else [(0, 5)])
+    monkeypatch.setitem(READER_STATE, "sid", 7)  # now (0, 7), which has no clock yet
+    event.record()
+    assert getattr(event, SNAPSHOT_ATTR) == {}
+    # a reader answer the compiled hook does not take (a str id): the Python one converts it
+    monkeypatch.setitem(READER_STATE, "sid", "5")
+    event.record()
+    assert getattr(event, SNAPSHOT_ATTR) is current
+    assert asked[-1] == (0, 5)
+    assert len(event.records) == 8
 
 
 class SlottedEvent:
