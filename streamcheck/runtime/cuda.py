@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from streamcheck.runtime.reader import CurrentStreamTuple, StreamReader
 
-__all__ = ["CurrentStreamTuple", "StreamReader", "cuda_available", "device_count",
-           "stream_reader", "use_reader"]
+__all__ = ["CurrentStreamTuple", "StreamReader", "cuda_available", "current_stream_of",
+           "device_count", "stream_reader", "use_reader"]
 
 _override: StreamReader | None = None
 
@@ -41,6 +41,21 @@ def stream_reader() -> StreamReader | None:
         return None
     return StreamReader(current, device,
                         current_raw_stream=getattr(torch._C, "_cuda_getCurrentRawStream", None))
+
+
+def current_stream_of(device: int) -> CurrentStreamTuple:
+    """The calling thread's current stream on ``device``, (stream id, device, device type):
+    through the reader :func:`use_reader` installed, else torch's C read, called directly.
+    For a path that asks at every call (``streamcheck.launch``), where building a reader with
+    :func:`stream_reader` would cost more than the read (about 1.5 us against 0.1)."""
+    if _override is not None:
+        return _override.current_stream(device)
+    import torch
+
+    read = getattr(torch._C, "_cuda_getCurrentStream", None)
+    if read is None:
+        raise RuntimeError("torch has no CUDA in this build")
+    return read(device)
 
 
 def cuda_available() -> bool:

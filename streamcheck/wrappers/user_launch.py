@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from streamcheck.core.ids import StreamRef
 from streamcheck.core.records import Blocks, Handoff
+from streamcheck.runtime.cuda import current_stream_of
 from streamcheck.wrappers.launches import warn_cannot_audit
 from streamcheck.wrappers.state import current_auditor
 from streamcheck.wrappers.streams import stream_ref
@@ -44,12 +45,7 @@ def _current_of(stream: Any, device: int) -> tuple[int, int, int]:
     own = getattr(stream, "stream_reader", None)
     if own is not None:  # a simulated stream: its machine's reader
         return own().current_stream(device)
-    from streamcheck.runtime.cuda import stream_reader
-
-    reader = stream_reader()
-    if reader is None:
-        raise RuntimeError("torch has no CUDA in this build")
-    return reader.current_stream(device)
+    return current_stream_of(device)
 
 
 def _current_stream_obj(device: int | None) -> Any:
@@ -148,9 +144,7 @@ def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef
                 sid, dev, _ = reader.current_stream(key[0])
                 ref = StreamRef(dev, sid, reader.current_raw_stream(key[0]))
             else:
-                import torch
-
-                sid, dev, _ = torch._C._cuda_getCurrentStream(key[0])
+                sid, dev, _ = current_stream_of(key[0])
                 ref = StreamRef(int(dev), int(sid))
         else:
             ref = stream_ref(stream)
