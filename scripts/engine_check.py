@@ -747,10 +747,12 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
     those prompts (the soak's dtype and TP size, no connector, no audit) and return the control
     widened by every answer a prefill split gives, or the control as it was and a problem if
     the sweep did not run to the end. A connector's hit moves where a prefill splits, as
-    vLLM's own prefix cache does; only an answer no split gives is the connector's."""
+    vLLM's own prefix cache does; only an answer no split gives is the connector's. The sweep
+    is told those answers (``--want``): a prompt's sweep stops once it has given them all."""
     if control is None or "variants" not in control or "variants" not in result:
         return control, None
-    prompts = sorted({i for i, _tokens, _n in novel_variants(result, control)})
+    novel = novel_variants(result, control)
+    prompts = sorted({i for i, _tokens, _n in novel})
     if not prompts:
         return control, None
     args = spec.get("serve_args", [])
@@ -758,12 +760,17 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
     env = {k: v for k, v in env.items() if not k.startswith("STREAMCHECK")}
     path, log_path = out.with_suffix(".json"), out.with_suffix(".log")
     path.unlink(missing_ok=True)  # an earlier sweep's answers are not this one's
+    want = out.with_suffix(".want.json")  # a prompt's sweep stops once these are all given
+    want_of: dict[str, list[list[int]]] = {}
+    for i, tokens, _n in novel:
+        want_of.setdefault(str(i), []).append(tokens)
     cmd = [sys.executable, str(HERE / "engine_splits.py"), model, "--dtype", dtype,
            "--tensor-parallel-size", str(spec.get("tp", 2)),
-           "--prompts", ",".join(map(str, prompts)), "--out", str(path)]
+           "--prompts", ",".join(map(str, prompts)), "--out", str(path), "--want", str(want)]
     timeout = SPLIT_SECONDS["start"] + per_prompt * len(prompts)
     what = f"the split sweep of prompts {prompts}"
     try:
+        want.write_text(json.dumps(want_of))
         with open(log_path, "w") as log:
             # a session of its own: vLLM's engine core is a process of its own, and a sweep
             # cut short must not leave it holding the GPU for the cases after it

@@ -21,7 +21,9 @@ The output is a case JSON ``engine_variants.py`` takes as a ``--control``: each 
 answers, one per split, under ``tokens``, and which splits gave each distinct answer under
 ``splits``. An answer of a connector run that some split gives here is the engine's own.
 The file is written after every prompt (``complete`` false until the last): a sweep stopped
-part way keeps the prompts it finished.
+part way keeps the prompts it finished. ``--want`` (the answers to explain, a prompt's token
+lists) stops a prompt's sweep once every answer wanted of it has been given
+(``stopped_early``: plans run of plans there were).
 """
 
 from __future__ import annotations
@@ -67,27 +69,41 @@ def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens:
 
 
 def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int,
-          keep: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          keep: Callable[[dict[str, Any]], None] | None = None,
+          want: dict[int, list[list[int]]] | None = None) -> dict[str, Any]:
     """Every prompt's answer after each split plan; ``keep`` is given the answers so far after
-    each prompt (a sweep stopped part way keeps the prompts it finished)."""
+    each prompt (a sweep stopped part way keeps the prompts it finished). With ``want`` (a
+    prompt's answers to look for), a prompt's sweep stops at the plan that gave the last of
+    its wanted answers: the question is whether the engine gives them, not how often."""
     tokens: dict[str, list[list[int]]] = {}
     splits: dict[str, list[dict[str, Any]]] = {}
+    stopped: dict[str, list[int]] = {}
     for index, prompt in prompts.items():
         answers: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         outs = []
-        for plan in split_plans(len(prompt), first):
+        plans = split_plans(len(prompt), first)
+        missing = {tuple(t) for t in (want or {}).get(index, [])}
+        for plan in plans:
             out = answer_after(llm, prompt, plan, max_tokens)
             outs.append(out)
             answers.setdefault(tuple(out), []).append(plan)
+            if missing:
+                missing.discard(tuple(out))
+                if not missing:
+                    break
         tokens[str(index)] = outs
-        splits[str(index)] = [{"tokens": list(out), "plans": [list(p) for p in plans]}
-                              for out, plans in answers.items()]
-        print(f"prompt {index} ({len(prompt)} tokens, {len(outs)} splits): "
+        splits[str(index)] = [{"tokens": list(out), "plans": [list(p) for p in made]}
+                              for out, made in answers.items()]
+        early = ""
+        if len(outs) < len(plans):
+            stopped[str(index)] = [len(outs), len(plans)]
+            early = f" (stopped after {len(outs)} of {len(plans)}: every wanted answer given)"
+        print(f"prompt {index} ({len(prompt)} tokens, {len(outs)} splits{early}): "
               f"{len(answers)} distinct answers; split plans per answer: "
               f"{[len(p) for p in answers.values()]}", flush=True)
         if keep is not None:
-            keep({"tokens": tokens, "splits": splits})
-    return {"tokens": tokens, "splits": splits}
+            keep({"tokens": tokens, "splits": splits, "stopped_early": stopped})
+    return {"tokens": tokens, "splits": splits, "stopped_early": stopped}
 
 
 def main() -> int:
@@ -102,6 +118,9 @@ def main() -> int:
                    help="comma-separated first split points for two-stage splits ('' for none)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--want", type=Path,
+                   help="a JSON object of prompt index -> answers (token lists) to look for: "
+                        "a prompt's sweep stops once the engine gave every one of them")
     args = p.parse_args()
     try:
         wanted = [int(x) for x in args.prompts.split(",")]
@@ -110,6 +129,13 @@ def main() -> int:
         p.error("--prompts and --first take comma-separated integers")
     if args.tensor_parallel_size < 1 or args.max_tokens < 1:
         p.error("--tensor-parallel-size and --max-tokens must be at least 1")
+    want = None
+    if args.want is not None:
+        try:
+            want = {int(i): [[int(t) for t in out] for out in outs]
+                    for i, outs in json.loads(args.want.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            p.error(f"--want {args.want}: {exc}")
     for key, value in SAFE_ENV.items():  # as engine_check.py's cases run (offline, no
         os.environ.setdefault(key, value)  # FlashInfer sampler in the shared engine build)
     if os.environ.get("VLLM_BATCH_INVARIANT") != "1":
@@ -133,7 +159,7 @@ def main() -> int:
         args.out.write_text(json.dumps({"result": result}))
 
     result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens,
-                   keep=lambda so_far: write(so_far, complete=False))
+                   keep=lambda so_far: write(so_far, complete=False), want=want)
     write(result, complete=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0

@@ -249,6 +249,9 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
     assert cmd[cmd.index("--prompts") + 1] == "5,12"
     assert cmd[cmd.index("--dtype") + 1] == "float32"
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+    # told what to look for: the answers the control never gave, a prompt's own
+    assert json.loads(Path(cmd[cmd.index("--want") + 1]).read_text()) == {
+        "5": [[1, 2, 9, 9]], "12": [[5, 6, 7, 0]]}
     assert sweep.env == {"X": "1"}  # the sweep runs without the audit
     assert sweep.killed == [4242]  # its process group is gone afterwards
     assert widened["split_prompts"] == [5, 12]

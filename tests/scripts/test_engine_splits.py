@@ -82,3 +82,27 @@ def test_the_answers_so_far_are_kept_after_each_prompt(fake_generate):
     engine_splits.sweep(FakeLLM(), {0: list(range(50)), 3: list(range(40))}, [], 3,
                         keep=lambda so_far: kept.append(sorted(so_far["tokens"])))
     assert kept == [["0"], ["0", "3"]]
+
+
+def test_a_prompt_sweep_stops_once_every_wanted_answer_was_given(fake_generate):
+    """The answer after a hit of 2 blocks is the one wanted: plans (), (1,), (2,) run, (3,)
+    does not; a prompt with nothing wanted of it runs every plan."""
+    llm = FakeLLM()
+    result = engine_splits.sweep(llm, {0: list(range(50)), 1: list(range(50))}, [], 3,
+                                 want={0: [[7, 7, 7]]})
+    assert result["tokens"]["0"] == [[1, 2, 3], [1, 2, 3], [7, 7, 7]]
+    assert result["stopped_early"] == {"0": [3, 4]}
+    assert len(result["tokens"]["1"]) == 4
+    never = engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [], 3, want={0: [[9]]})
+    assert len(never["tokens"]["0"]) == 4 and never["stopped_early"] == {}
+
+
+def test_an_unreadable_want_file_is_refused_before_the_engine_starts(tmp_path, monkeypatch,
+                                                                      capsys):
+    bad = tmp_path / "want.json"
+    bad.write_text('{"5": "not token lists"}')
+    monkeypatch.setattr("sys.argv", ["engine_splits.py", "/model", "--prompts", "5",
+                                     "--out", str(tmp_path / "o.json"), "--want", str(bad)])
+    with pytest.raises(SystemExit):
+        engine_splits.main()
+    assert "--want" in capsys.readouterr().err
