@@ -226,8 +226,10 @@ enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METH
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader, *dict, *weakrefs;
+        *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *dict,
+        *weakrefs;
     Py_ssize_t stream_pos;
+    long long last_handle; /* last_stream's handle; last_device its device (NULL: not read) */
     int resolve_kind;
     vectorcallfunc vectorcall;
 } FastLaunch;
@@ -319,12 +321,52 @@ done:
     return ok;
 }
 
+/* The resolved stream's handle, read once per stream object: an accessor that keeps its
+ * stream (vLLM's current_stream()) hands the same object to every launch, and a stream
+ * object's handle and device never change (it is kept alive here, so its address is not
+ * reused). 0 with *handle set (-1: not an int), or -1 + error. */
+static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
+{
+    if (stream == self->last_stream) {
+        *handle = self->last_handle;
+        return 0;
+    }
+    PyObject *value = PyObject_GetAttr(stream, s_cuda_stream);
+    if (value == NULL)
+        return -1;
+    long long read = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+    Py_DECREF(value);
+    if (read == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *old_stream = self->last_stream, *old_device = self->last_device;
+    self->last_stream = Py_NewRef(stream); /* consistent before anything is released */
+    self->last_device = NULL;
+    self->last_handle = read;
+    Py_XDECREF(old_stream);
+    Py_XDECREF(old_device);
+    *handle = read;
+    return 0;
+}
+
+/* The resolved stream's device index (a new reference, or NULL + error), kept with its
+ * handle for the same stream object. */
+static PyObject *stream_device(FastLaunch *self, PyObject *stream)
+{
+    if (stream == self->last_stream && self->last_device != NULL)
+        return Py_NewRef(self->last_device);
+    PyObject *device = PyObject_GetAttr(stream, s_device_index);
+    if (device != NULL && stream == self->last_stream && self->last_device == NULL)
+        self->last_device = Py_NewRef(device);
+    return device;
+}
+
 /* A default stream (handle 0-2) equal to the current one on the target device: let through
  * when it is on that device and the main engine thread launches. 1: yes, 0: not (the full
  * test decides), -1: error. */
-static int default_stream_is_fine(PyObject *auditor, PyObject *stream, PyObject *target)
+static int default_stream_is_fine(FastLaunch *self, PyObject *auditor, PyObject *stream,
+                                  PyObject *target)
 {
-    PyObject *value = PyObject_GetAttr(stream, s_device_index);
+    PyObject *value = stream_device(self, stream);
     if (value == NULL)
         return -1;
     int same = same_long(value, target);
@@ -410,7 +452,8 @@ fail:
  *   - stream=None where the resolved stream is the calling thread's current one on the
  *     communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
  *     or by current_reader's stream id), and not a default stream unless the main engine
- *     thread launches; it is passed on
+ *     thread launches (the handle and device of the last stream object resolved are kept:
+ *     an accessor that keeps its stream is read once); it is passed on
  *     explicitly. Once resolved here, a stream is never resolved again for the same call
  *     unless the launch looks wrong (then the Python wrapper resolves and decides).
  * Each counted launch advances the installing auditor's counter. Everything else, errors
@@ -503,12 +546,8 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         goto slow_clear;
     int fine = 0;
     if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
-        value = PyObject_GetAttr(stream, s_cuda_stream);
-        if (value == NULL)
-            goto slow_clear;
-        long long handle = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-        Py_CLEAR(value);
-        if (handle == -1 && PyErr_Occurred())
+        long long handle;
+        if (stream_handle(self, stream, &handle) < 0)
             goto slow_clear;
         value = PyObject_CallOneArg(self->raw_reader, target);
         if (value == NULL)
@@ -523,7 +562,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
             /* 0-2 name a default stream on every device: the resolved one is the current
              * one if it is on the target device, and a default stream is fine only for the
              * main engine thread (the full test's answer, without its stream id and tuple) */
-            fine = default_stream_is_fine(auditor, stream, target);
+            fine = default_stream_is_fine(self, auditor, stream, target);
             if (fine < 0)
                 goto slow_clear;
         }

@@ -397,6 +397,43 @@ def test_a_stream_none_launch_asks_for_its_stream_once(core):
     assert aud.findings() == [] and aud.coverage.launches_by_op()["count.all_reduce"] == 4
 
 
+class SwitchingResolver:
+    """A communicator on cuda:0 whose stream=None accessor returns ``stream``: the same object
+    at every launch (as vLLM's kept current_stream() does) until the test swaps it."""
+
+    stream = None
+
+    def __init__(self) -> None:
+        self.device = 0
+
+    def _current(self):
+        return type(self).stream
+
+    def all_reduce(self, tensor, stream=None):
+        return stream
+
+
+def test_a_kept_stream_is_read_once_and_another_object_again(core):
+    """The compiled wrapper keeps the handle and device of the last stream object it resolved;
+    a different object (here the leak: cuda:1's default stream, the same handle 0) is read
+    afresh and stopped, and the first one is let through again."""
+    installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
+                       "switch.all_reduce", resolve="self._current()", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (0, d, 1),
+                       current_raw_stream=lambda d: 0, fixed_device=True)
+    comm = SwitchingResolver()
+    here = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
+    SwitchingResolver.stream = here
+    for _ in range(3):
+        assert comm.all_reduce(None) is here
+    SwitchingResolver.stream = SimpleNamespace(device_index=1, stream_id=0, cuda_stream=0)
+    with pytest.raises(StreamHazardError):
+        comm.all_reduce(None)
+    SwitchingResolver.stream = here
+    assert comm.all_reduce(None) is here
+
+
 def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
     from streamcheck.doctor.environment import hooks_item
 
