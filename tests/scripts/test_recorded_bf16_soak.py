@@ -46,3 +46,25 @@ def test_in_bfloat16_a_prompt_has_many_split_answers():
                                     {"control": result("soak1_serve_none"), "splits": splits},
                                     result("ref_tp1"))
     assert [r["prompt"] for r in rows if not r["also_given_by"]] == [22]
+
+
+def test_told_what_to_look_for_the_sweep_would_have_stopped_early(monkeypatch):
+    """The recorded sweep replayed through ``engine_splits.sweep`` with ``want``, the
+    answers ``engine_check`` asks it to explain: each prompt stops at the plan that gave the
+    last of them (111 of the 441 plans run on the GPU)."""
+    engine_splits = load_script("engine_splits")
+    recorded = result("splits_bf16")["tokens"]
+    monkeypatch.setattr(engine_splits, "split_plans",
+                        lambda length, first: [(k,) for k in range(length)])
+    monkeypatch.setattr(engine_splits, "answer_after",
+                        lambda llm, prompt, plan, max_tokens: prompt[plan[0]])
+    soak, control = result("soak1_serve"), result("soak1_serve_none")
+    want: dict[int, list[list[int]]] = {}
+    for i, tokens, _n in engine_check.novel_variants(soak, control):
+        want.setdefault(i, []).append(tokens)
+    prompts = {int(i): outs for i, outs in recorded.items()}  # "prompt" k: the k-th answer
+    swept = engine_splits.sweep(None, prompts, [], 48, want=want)
+    assert swept["stopped_early"] == {"4": [42, 81], "6": [42, 71], "9": [8, 79],
+                                      "11": [9, 97], "20": [10, 113]}
+    widened = engine_check.with_splits(control, swept)
+    assert engine_check.wrong_answers(soak, widened, result("ref_tp1")).endswith("[(22, 31)]")
