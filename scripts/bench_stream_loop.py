@@ -18,7 +18,8 @@ The correct program must produce zero findings.
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
-variant's ratio: where the audit's cost in this loop comes from, measured, not guessed.
+variant's ratio: where the audit's cost in this loop comes from, measured, not guessed; and
+the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``).
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -324,6 +325,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         findings += [e.finding.rule_id for e in entries]
         ablation[f"without_{left_out}"] = ratio
         ablation[f"without_{left_out}_unaudited_us"] = bare_us
+    if args.ablate:  # the audit's kept state, not its hooks: is that what slows the rest?
+        ablation.update(state_ablation(audited_vs_not, findings))
     def phase_table(with_saver: bool) -> dict[str, dict[str, float]]:
         """``--phases``: us per iteration in each part of a step, unaudited and audited."""
         ticks = {"unaudited": Phases(), "audited": Phases()}
@@ -453,6 +456,34 @@ def main() -> int:
         print(f"rank {r['rank']}: each round's first iteration (not in the ratios): {firsts}")
     print(f"findings: {'none' if ok else 'PRESENT'}")
     return 0 if ok else 1
+
+
+def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], int]],
+                   findings: list[str]) -> dict[str, float]:
+    """The whole loop audited with less of the audit's state kept: a switch log of 64 entries
+    (the stream objects its records hold die young, before the collector's older generations
+    take them in), and the collector's generations frozen (``gc.freeze()``, both arms: what
+    its passes over every object of the process cost). Each ratio against the loop audited
+    as shipped, where the added time lands in calls no hook touches."""
+    from streamcheck.core import provenance
+
+    out: dict[str, float] = {}
+    kept = provenance.LOG_LENGTH
+    provenance.LOG_LENGTH = 64  # read when each round's auditor makes its book
+    try:
+        ratio, _bare, entries, _ = audited_vs_not(frozenset(PARTS), "assert")
+    finally:
+        provenance.LOG_LENGTH = kept
+    findings += [e.finding.rule_id for e in entries]
+    out["short_switch_log"] = ratio
+    gc.freeze()
+    try:
+        ratio, _bare, entries, _ = audited_vs_not(frozenset(PARTS), "assert")
+    finally:
+        gc.unfreeze()
+    findings += [e.finding.rule_id for e in entries]
+    out["gc_frozen"] = ratio
+    return out
 
 
 def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:

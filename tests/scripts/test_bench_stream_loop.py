@@ -1,0 +1,30 @@
+"""``scripts/bench_stream_loop.py``'s state ablation (the loop itself needs a GPU): each variant
+runs with exactly the state it names changed, and everything is put back afterwards."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+from streamcheck.core import provenance
+from tests.scripts.script_modules import load_script
+
+bench = load_script("bench_stream_loop")
+
+
+def test_the_state_variants_change_what_they_name_and_restore_it():
+    seen = []
+    entry = SimpleNamespace(finding=SimpleNamespace(rule_id="unsynced-handoff"))
+
+    def audited_vs_not(parts, mode):
+        seen.append((provenance.LOG_LENGTH, gc.get_freeze_count() > frozen, mode, parts))
+        return 1.01 * len(seen), 100.0, [entry], 0
+
+    kept, frozen = provenance.LOG_LENGTH, gc.get_freeze_count()
+    findings: list[str] = []
+    out = bench.state_ablation(audited_vs_not, findings)
+    assert out == {"short_switch_log": 1.01, "gc_frozen": 2.02}
+    assert [s[:3] for s in seen] == [(64, False, "assert"), (kept, True, "assert")]
+    assert all(s[3] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
+    assert findings == ["unsynced-handoff"] * 2  # what a variant finds is not dropped
+    assert (provenance.LOG_LENGTH, gc.get_freeze_count()) == (kept, frozen)
