@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,3 +20,11 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+RECORDED = Path(__file__).resolve().parent / "recorded"
+
+
+def recorded_result(folder: str, name: str) -> dict:
+    """The ``result`` of a case file kept from a GPU run (``recorded/<folder>/<name>.json``)."""
+    return json.loads((RECORDED / folder / f"{name}.json").read_text())["result"]

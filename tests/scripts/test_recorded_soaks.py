@@ -1,0 +1,96 @@
+"""The soaks recorded on one H200 (2026-12-01, ``docs/measurements.md``): the verdict tools on
+the real engine's answers, which they must read as they were read then.
+
+float32 (second session): the connector's server gave 3 answers (prompts 5 and 12) that two
+no-connector servers never gave; the engine gives both itself, with no connector, when those
+prompts' prefills split at some block (``engine_splits.py``).
+
+bfloat16 (third session): the connector's server gave 16 answers (6 prompts) the no-connector
+server never gave; a split sweep of 5 of those prompts (the device time ran out before prompt
+22) gives 13 of them itself: prompt 22's 3 answers stay unexplained until it is swept."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tests.scripts.script_modules import load_script, recorded_result
+
+engine_check = load_script("engine_check")
+engine_variants = load_script("engine_variants")
+
+f32 = partial(recorded_result, "f32_soak")
+bf16 = partial(recorded_result, "bf16_soak")
+
+
+def test_the_two_no_connector_servers_give_the_same_other_answers():
+    ref, first, second = (f32(n) for n in ("ref_tp1_f32", "soak1_serve_none_f32",
+                                               "soak1_serve_none_f32_2"))
+    rows = engine_variants.classify({"second": second}, {"first": first}, ref)
+    assert sorted(r["prompt"] for r in rows) == [0, 7, 22]
+    assert all(r["also_given_by"] == ["first"] for r in rows)
+
+
+def test_the_connector_only_answers_are_split_point_answers_of_the_engine():
+    ref, soak, control = (f32(n) for n in ("ref_tp1_f32", "soak1_serve_f32",
+                                              "soak1_serve_none_f32"))
+    splits = f32("splits_f32")
+    assert engine_check.wrong_answers(soak, control, ref).startswith(
+        "3 of 810 answers are ones the server without a connector never gave in 1092")
+    assert "[(5, 22), (12, 31)]" in engine_check.wrong_answers(soak, control, ref)
+    assert engine_check.wrong_answers(soak, engine_check.with_splits(control, splits),
+                                      ref) is None
+    # which splits: prompt 12's other answer only after a local hit of 51 or 57 blocks
+    plans = {tuple(row["tokens"]): row["plans"] for row in splits["splits"]["12"]}
+    other = next(p for t, p in plans.items() if list(t) != ref["tokens"]["12"][0])
+    assert sorted(tuple(p) for p in other) == [(32, 51), (32, 57), (51,), (57,)]
+    rows = engine_variants.classify({"soak": soak}, {"control": control, "splits": splits},
+                                    ref)
+    assert len(rows) == 5 and all(r["also_given_by"] for r in rows)
+
+
+def test_the_sweep_explains_the_prompts_it_finished_and_only_those():
+    ref, soak, control = (bf16(n) for n in ("ref_tp1", "soak1_serve", "soak1_serve_none"))
+    splits = bf16("splits_bf16")
+    assert splits["complete"] is False  # stopped by its time limit after five prompts
+    assert sorted(int(i) for i in splits["tokens"]) == [4, 6, 9, 11, 20]
+    before = engine_check.wrong_answers(soak, control, ref)
+    assert before.startswith("16 of 840 answers are ones the server without a connector "
+                             "never gave in 786")
+    assert "[(4, 14), (6, 18), (9, 18), (11, 9), (20, 17), (22, 31)]" in before
+    after = engine_check.wrong_answers(soak, engine_check.with_splits(control, splits), ref)
+    assert after.startswith("3 of 840 answers")
+    assert after.endswith("[(22, 31)]")
+
+
+def test_in_bfloat16_a_prompt_has_many_split_answers():
+    """Unlike float32 (two answers a prompt), bfloat16 gives 4-9 answers a prompt across its
+    split points: why a no-connector control meets fewer of them."""
+    splits = bf16("splits_bf16")
+    assert {k: len(rows) for k, rows in splits["splits"].items()} == {
+        "4": 7, "6": 6, "9": 4, "11": 5, "20": 9}
+    rows = engine_variants.classify({"soak": bf16("soak1_serve")},
+                                    {"control": bf16("soak1_serve_none"), "splits": splits},
+                                    bf16("ref_tp1"))
+    assert [r["prompt"] for r in rows if not r["also_given_by"]] == [22]
+
+
+def test_told_what_to_look_for_the_sweep_would_have_stopped_early(monkeypatch):
+    """The recorded sweep replayed through ``engine_splits.sweep`` with ``want``, the
+    answers ``engine_check`` asks it to explain: each prompt stops at the plan that gave the
+    last of them (111 of the 441 plans run on the GPU)."""
+    engine_splits = load_script("engine_splits")
+    recorded = bf16("splits_bf16")["tokens"]
+    monkeypatch.setattr(engine_splits, "split_plans",
+                        lambda length, first: [(k,) for k in range(length)])
+    monkeypatch.setattr(engine_splits, "answer_after",
+                        lambda llm, prompt, plan, max_tokens: prompt[plan[0]])
+    soak, control = bf16("soak1_serve"), bf16("soak1_serve_none")
+    want: dict[int, list[list[int]]] = {}
+    for i, tokens, _n in engine_check.novel_variants(soak, control):
+        want.setdefault(i, []).append(tokens)
+    prompts = {int(i): outs for i, outs in recorded.items()}  # "prompt" k: the k-th answer
+    swept = engine_splits.sweep(None, prompts, [], 48, want=want)
+    assert swept["stopped_early"] == {"4": [42, 81], "6": [42, 71], "9": [8, 79],
+                                      "11": [9, 97], "20": [10, 113]}
+    widened = engine_check.with_splits(control, swept)
+    assert engine_check.wrong_answers(soak, widened, bf16("ref_tp1")).endswith("[(22, 31)]")
