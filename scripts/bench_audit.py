@@ -140,25 +140,57 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     off, on = toggled(record_wait_live, calls, rounds)
     out["hook event record+wait, clocks live: added ns"] = round(on - off, 1)
 
-    # a connector's own calls, one thread: declaring a step's KV, and the audited launch that
-    # reads it (ordered by an event, as a correct connector does); unaudited they return at once
-    def declare() -> None:
-        streamcheck.handoff(probe)
-
-    def declared_read() -> None:
-        made = streamcheck.handoff(probe)
-        ev.record()
-        s1.wait_event(ev)
-        with streamcheck.launch("bench.kv.load", stream=s1, device=0,
-                                reads=[made] if made is not None else []):
-            pass
-
+    declare, declared_read = connector_calls(probe, ev, s1)
     for name, fn in (("streamcheck.handoff", declare),
                      ("handoff + event + launch(reads=...)", declared_read)):
         off, on = toggled(fn, calls // 10, rounds)
         out[f"connector {name}: added ns"] = round(on - off, 1)
     torch.cuda.synchronize()
     return out
+
+
+def connector_calls(probe: Any, ev: Any, side: Any) -> tuple[Any, Any]:
+    """A connector's own calls, one thread: declaring a step's KV (``probe``), and the audited
+    launch on ``side`` that reads it, ordered by ``ev`` as a correct connector orders it.
+    Unaudited, both return at once."""
+
+    def declare() -> None:
+        streamcheck.handoff(probe)
+
+    def declared_read() -> None:
+        made = streamcheck.handoff(probe)
+        ev.record()
+        side.wait_event(ev)
+        with streamcheck.launch("bench.kv.load", stream=side, device=0,
+                                reads=[made] if made is not None else []):
+            pass
+
+    return declare, declared_read
+
+
+def profile_connector(calls: int) -> str:
+    """``--profile-connector``: the declared read above under cProfile, audited with the
+    compiled hooks where built: which functions its time goes to on this machine."""
+    import cProfile
+    import io
+    import pstats
+
+    _declare, declared_read = connector_calls(torch.empty(4, device="cuda"),
+                                              torch.cuda.Event(), torch.cuda.Stream())
+    streamcheck.install("assert")
+    try:
+        for _ in range(100):  # the first handoff puts the event hooks in
+            declared_read()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            declared_read()
+        prof.disable()
+    finally:
+        streamcheck.uninstall()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    return buf.getvalue()
 
 
 def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any]:
@@ -251,7 +283,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--profile-connector", type=int, default=0, metavar="CALLS",
+                        help="also run a connector's declared read CALLS times under cProfile "
+                             "and print where its time goes")
     args = parser.parse_args()
+    if args.calls < 10 or args.rounds < 1 or args.profile_connector < 0:
+        parser.error("--calls must be at least 10, --rounds at least 1, "
+                     "--profile-connector at least 0")
     if not torch.cuda.is_available():
         print("bench_audit needs a CUDA GPU; none is visible here")
         return 2
@@ -290,6 +328,8 @@ def main() -> int:
     for key, value in results.items():
         print(f"{key:<{width}}  {value}")
     print(json.dumps(results))
+    if args.profile_connector:
+        print(profile_connector(args.profile_connector))
     return 0
 
 
