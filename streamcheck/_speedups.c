@@ -229,7 +229,10 @@ typedef struct {
         *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *dict,
         *weakrefs;
     Py_ssize_t stream_pos;
-    long long last_handle; /* last_stream's handle; last_device its device (NULL: not read) */
+    /* what was read of last_stream: its handle (if have_handle) and its device (last_device,
+     * NULL: not read yet) */
+    long long last_handle;
+    int have_handle;
     int resolve_kind;
     vectorcallfunc vectorcall;
 } FastLaunch;
@@ -321,13 +324,26 @@ done:
     return ok;
 }
 
-/* The resolved stream's handle, read once per stream object: an accessor that keeps its
- * stream (vLLM's current_stream()) hands the same object to every launch, and a stream
- * object's handle and device never change (it is kept alive here, so its address is not
- * reused). 0 with *handle set (-1: not an int), or -1 + error. */
+/* A launch's stream is read once per stream object: an accessor that keeps its stream (vLLM's
+ * current_stream()) hands the same object to every launch, a caller that passes its stream
+ * mostly passes the same one, and a stream object's handle and device never change (the
+ * object is kept alive here, so its address is not reused). Make `stream` the one kept,
+ * with nothing read of it yet; called with the GIL and no Python code run in between, so
+ * the fields are consistent before the old object is released. */
+static void keep_stream(FastLaunch *self, PyObject *stream)
+{
+    PyObject *old_stream = self->last_stream, *old_device = self->last_device;
+    self->last_stream = Py_NewRef(stream);
+    self->last_device = NULL;
+    self->have_handle = 0;
+    Py_XDECREF(old_stream);
+    Py_XDECREF(old_device);
+}
+
+/* The stream's handle (-1: not an int): 0 with *handle set, or -1 + error. */
 static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
 {
-    if (stream == self->last_stream) {
+    if (stream == self->last_stream && self->have_handle) {
         *handle = self->last_handle;
         return 0;
     }
@@ -338,24 +354,25 @@ static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
     Py_DECREF(value);
     if (read == -1 && PyErr_Occurred())
         return -1;
-    PyObject *old_stream = self->last_stream, *old_device = self->last_device;
-    self->last_stream = Py_NewRef(stream); /* consistent before anything is released */
-    self->last_device = NULL;
+    if (stream != self->last_stream) /* read first: the read may have let another thread in */
+        keep_stream(self, stream);
     self->last_handle = read;
-    Py_XDECREF(old_stream);
-    Py_XDECREF(old_device);
+    self->have_handle = 1;
     *handle = read;
     return 0;
 }
 
-/* The resolved stream's device index (a new reference, or NULL + error), kept with its
- * handle for the same stream object. */
+/* The stream's device index: a new reference, or NULL + error. */
 static PyObject *stream_device(FastLaunch *self, PyObject *stream)
 {
     if (stream == self->last_stream && self->last_device != NULL)
         return Py_NewRef(self->last_device);
     PyObject *device = PyObject_GetAttr(stream, s_device_index);
-    if (device != NULL && stream == self->last_stream && self->last_device == NULL)
+    if (device == NULL)
+        return NULL;
+    if (stream != self->last_stream)
+        keep_stream(self, stream);
+    if (self->last_device == NULL)
         self->last_device = Py_NewRef(device);
     return device;
 }
@@ -448,7 +465,7 @@ fail:
  * The paths let through here, each exactly where the Python wrapper lets it through:
  *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
  *   - an explicit stream on the communicator's device, from the main engine thread or not a
- *     default stream;
+ *     default stream (its device read once per stream object, as below);
  *   - stream=None where the resolved stream is the calling thread's current one on the
  *     communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
  *     or by current_reader's stream id), and not a default stream unless the main engine
@@ -508,7 +525,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         }
     }
     if (given != Py_None) {
-        value = PyObject_GetAttr(given, s_device_index);
+        value = stream_device(self, given);
         if (value == NULL)
             goto slow_clear;
         int same = same_long(value, target);

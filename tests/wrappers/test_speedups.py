@@ -414,8 +414,8 @@ class SwitchingResolver:
 
 
 def test_a_kept_stream_is_read_once_and_another_object_again(core):
-    """The compiled wrapper keeps the handle and device of the last stream object it resolved;
-    a different object (here the leak: cuda:1's default stream, the same handle 0) is read
+    """The compiled wrapper keeps the handle and device of the last stream object it read; a
+    different object (here the leak: cuda:1's default stream, the same handle 0) is read
     afresh and stopped, and the first one is let through again."""
     installer.install("assert")
     wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
@@ -432,6 +432,17 @@ def test_a_kept_stream_is_read_once_and_another_object_again(core):
         comm.all_reduce(None)
     SwitchingResolver.stream = here
     assert comm.all_reduce(None) is here
+    # a stream passed in is kept the same way: the same object again is let through, another
+    # object (on cuda:1) is read afresh and stopped, and so is one resolved after it
+    side = SimpleNamespace(device_index=0, stream_id=4, cuda_stream=0x7F04)
+    for _ in range(2):
+        assert comm.all_reduce(None, stream=side) is side
+    with pytest.raises(StreamHazardError):
+        comm.all_reduce(None, stream=SimpleNamespace(device_index=1, stream_id=4,
+                                                     cuda_stream=0x7F14))
+    SwitchingResolver.stream = SimpleNamespace(device_index=1, stream_id=0, cuda_stream=0)
+    with pytest.raises(StreamHazardError):
+        comm.all_reduce(None)
 
 
 def test_the_doctor_says_which_hooks_this_install_has(monkeypatch):
