@@ -157,12 +157,15 @@ def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef
 class launch:
     """Audit one launch of ``name``; see the module docstring."""
 
+    __slots__ = ("device", "name", "reads", "resolved_from", "stream", "writes")
+
     def __init__(self, name: str, stream: Any = None, device: int | None = None,
                  resolved_from: str = "", reads: tuple[Any, ...] | list[Any] = (),
                  writes: tuple[Any, ...] | list[Any] = ()) -> None:
         self.name = name
         self.reads = tuple(reads)
-        self.writes = tuple(w for w in writes if w is not None)
+        # made at every connector launch: no generator for one that writes nothing
+        self.writes = tuple(w for w in writes if w is not None) if writes else ()
         self.stream = stream
         self.device = device
         self.resolved_from = resolved_from
