@@ -15,6 +15,9 @@
  *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
+ *   CreationHook(impl, created)
+ *       torch.cuda.Stream.__new__: a wrap of an existing stream (a `stream_id` given) goes
+ *       straight to `impl`; a creation also calls `created(stream, args, kwargs)`.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after[, current])
  *       Event.record, Event.wait and torch.distributed functions: the plain call goes
  *       straight to the original, every other one to the Python hook (see
@@ -1127,6 +1130,91 @@ static PyTypeObject GuardedCallType = {
     .tp_getset = dict_getset,
 };
 
+/* ---- CreationHook -------------------------------------------------------------------- */
+
+/*
+ * torch.cuda.Stream.__new__ (as a staticmethod): `impl(cls, ...)` makes the stream; a call
+ * that names a `stream_id` wraps an existing stream (torch.cuda.current_stream() taken before
+ * the audit, ExternalStream) and is not a creation, so it ends there; any other call then
+ * tells `created(stream, args, kwargs)`, the Python hook's own recording.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *impl, *created, *dict, *weakrefs;
+    vectorcallfunc vectorcall;
+} CreationHook;
+
+static PyObject *creation_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames)
+{
+    CreationHook *self = (CreationHook *)op;
+    PyObject *stream = PyObject_Vectorcall(self->impl, args, nargsf, kwnames);
+    if (stream == NULL)
+        return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        int named = PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), s_stream_id) == 0;
+        if (named)
+            return stream; /* a wrap of an existing stream */
+    }
+    PyObject *given = PyTuple_New(nargs > 1 ? nargs - 1 : 0);
+    PyObject *kwargs = given == NULL ? NULL : PyDict_New();
+    int ok = kwargs != NULL;
+    for (Py_ssize_t i = 1; ok && i < nargs; i++)
+        PyTuple_SET_ITEM(given, i - 1, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; ok && i < nkw; i++)
+        ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
+    PyObject *done = ok ? PyObject_CallFunctionObjArgs(self->created, stream, given, kwargs,
+                                                       NULL)
+                        : NULL;
+    Py_XDECREF(given);
+    Py_XDECREF(kwargs);
+    if (done == NULL) {
+        Py_DECREF(stream);
+        return NULL;
+    }
+    Py_DECREF(done);
+    return stream;
+}
+
+static PyObject *creation_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *impl, *created;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "CreationHook takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO:CreationHook", &impl, &created))
+        return NULL;
+    CreationHook *self = (CreationHook *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->impl = Py_NewRef(impl);
+    self->created = Py_NewRef(created);
+    self->dict = NULL;
+    self->vectorcall = creation_vectorcall;
+    return (PyObject *)self;
+}
+
+OBJECT_FIELDS(creation, CreationHook, impl, dict)
+
+static PyTypeObject CreationHookType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.CreationHook",
+    .tp_basicsize = sizeof(CreationHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Stream.__new__ that tells the audit of each creation, not of a wrap.",
+    .tp_new = creation_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(CreationHook, vectorcall),
+    .tp_dictoffset = offsetof(CreationHook, dict),
+    .tp_weaklistoffset = offsetof(CreationHook, weakrefs),
+    .tp_traverse = creation_traverse,
+    .tp_clear = creation_clear,
+    .tp_dealloc = creation_dealloc,
+    .tp_getset = dict_getset,
+};
+
 /* ---- module -------------------------------------------------------------------------- */
 
 static int intern_all(void)
@@ -1160,7 +1248,8 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     if (intern_all() < 0 || PyType_Ready(&SetStreamHookType) < 0 ||
-        PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0)
+        PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0 ||
+        PyType_Ready(&CreationHookType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
@@ -1168,6 +1257,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
     if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
+        PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

@@ -136,7 +136,11 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
                 created(stream, args, kwargs)
             return stream
 
-        registry.patch(stream_class, "__new__", lambda _current: staticmethod(__new__))
+        compiled = speedups.active()
+        # the same in C: a wrap (torch's own current_stream() taken before the audit started,
+        # which some kernels' modules import by name) then costs no Python frame
+        hook = compiled.CreationHook(impl, created) if compiled is not None else __new__
+        registry.patch(stream_class, "__new__", lambda _current: staticmethod(hook))
         return
 
     def make_init(original: Any) -> Any:

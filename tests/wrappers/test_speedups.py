@@ -28,7 +28,7 @@ from streamcheck.wrappers import speedups
 from streamcheck.wrappers.events import hook_event_record, hook_event_wait
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.state import ROLES
-from streamcheck.wrappers.streams import made_current_hook
+from streamcheck.wrappers.streams import hook_stream_creation, made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
 from tests.core.fakes import in_thread, made_current
 
@@ -395,6 +395,45 @@ def test_a_stream_none_launch_asks_for_its_stream_once(core):
         assert comm.all_reduce(None) is DEFAULT
     assert CountingResolver.asked == 3
     assert aud.findings() == [] and aud.coverage.launches_by_op()["count.all_reduce"] == 4
+
+
+class TorchLikeStream:
+    """A stream class shaped as torch.cuda.Stream: its own ``__new__`` takes a device, or the
+    ``stream_id`` of an existing stream to wrap (what ``current_stream()`` passes)."""
+
+    made = 0
+
+    def __new__(cls, device=None, priority=0, **kwargs):
+        stream = object.__new__(cls)
+        if "stream_id" in kwargs:
+            stream.stream_id = kwargs["stream_id"]
+        else:
+            cls.made += 1
+            stream.stream_id = 100 + cls.made
+        stream.device_index, stream.cuda_stream = 0, 0x7F00 + stream.stream_id
+        return stream
+
+
+def test_a_stream_creation_is_recorded_the_same_by_both_hooks(core):
+    """A creation is recorded with the line that made it; a wrap of an existing stream (a
+    ``stream_id`` given) is not a creation and records nothing (compiled: no Python frame)."""
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda")
+    try:
+        hook = TorchLikeStream.__dict__["__new__"].__func__
+        assert (type(hook).__name__ == "CreationHook") == (core == "compiled")
+        made = TorchLikeStream(device=0)  # CREATION_LINE
+        wrapped = TorchLikeStream(stream_id=7, device_index=0, device_type=1)
+        assert wrapped.stream_id == 7 and isinstance(made, TorchLikeStream)
+        origin = aud.book.origin(StreamRef(0, made.stream_id))
+        assert origin is not None and origin.via == "torch.cuda.Stream()"
+        line = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+                    if text.rstrip().endswith("# CREATION_LINE") and "next(" not in text)
+        assert origin.stack[0][:2] == (__file__, line)
+        assert aud.book.origin(StreamRef(0, 7)) is None
+    finally:
+        registry.restore(TorchLikeStream, ("__new__",))
 
 
 class SwitchingResolver:
