@@ -122,8 +122,8 @@ def _declare_accesses(items: list[Any], stream: Any, access: str) -> tuple[Hando
         return ()
     if access not in ("write", "read"):
         raise ValueError(f"access must be 'write' or 'read', not {access!r}")
-    try:
-        accesses = [_access(item) for item in items]
+    try:  # the first one's access was read with its stream
+        accesses = [first[0], *[_access(item) for item in items[1:]]]
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
         return ()
@@ -132,10 +132,13 @@ def _declare_accesses(items: list[Any], stream: Any, access: str) -> tuple[Hando
     return tuple(auditor.declare(first[1], reads, writes, skip=3))
 
 
-def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef] | None:
-    """(tensor key, stream ref) for a declared access, or None (warned) when unreadable."""
+def _access_stream(tensor: Any, stream: Any
+                   ) -> tuple[tuple[tuple[int, int], Blocks], StreamRef] | None:
+    """((tensor key, blocks), stream ref) for a declared access, or None (warned) when
+    unreadable."""
     try:
-        key = tensor_key(tensor)
+        first = _access(tensor)
+        key = first[0]
         if stream is None:
             whole = tensor.tensor if isinstance(tensor, BlockSet) else tensor
             own = getattr(whole, "stream_reader", None)
@@ -151,7 +154,7 @@ def _access_stream(tensor: Any, stream: Any) -> tuple[tuple[int, int], StreamRef
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
         return None
-    return key, ref
+    return first, ref
 
 
 class launch:
