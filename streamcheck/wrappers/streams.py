@@ -171,6 +171,10 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
     fewer than torch's plus the hook: the same answer, at no added cost. The original is the
     one from before ``registry`` hooked ``__new__``, whichever was patched first (read from the
     class after the hook, it was the hook, and every ``current_stream()`` paid its frame).
+
+    ``device`` None (a stream context's every enter, an event record's) or an int is resolved
+    as torch's ``_get_device_index`` resolves it (the current device; the int itself) with one
+    C read instead of its three Python frames; anything else goes through that function.
     """
     import torch
 
@@ -178,8 +182,10 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
     impl = registry.original(stream_class, "__new__")
     index = getattr(cuda, "_get_device_index", None)
     reader = getattr(torch._C, "_cuda_getCurrentStream", None)
+    get_device = getattr(torch._C, "_cuda_getDevice", None)
     lazy_init = getattr(cuda, "_lazy_init", None)
-    if None in (impl, getattr(cuda, "current_stream", None), index, reader, lazy_init):
+    if None in (impl, getattr(cuda, "current_stream", None), index, reader, get_device,
+                lazy_init):
         return  # another torch layout: keep its own current_stream
     impl = impl.__func__ if isinstance(impl, staticmethod) else impl
 
@@ -187,7 +193,11 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
         @functools.wraps(_original)
         def current_stream(device: Any = None) -> Any:
             lazy_init()
-            sid, dev, kind = reader(index(device, optional=True))
+            if device is None:
+                device = get_device()
+            elif type(device) is not int:  # a str, torch.device, torch.cuda.device
+                device = index(device, optional=True)
+            sid, dev, kind = reader(device)
             return impl(stream_class, stream_id=sid, device_index=dev, device_type=kind)
 
         return current_stream

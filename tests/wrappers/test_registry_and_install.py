@@ -167,10 +167,17 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
             made.fields = kwargs
             return made
 
-    cuda = types.SimpleNamespace(Stream=Stream, _get_device_index=lambda d, optional: 0,
+    indexed = []
+
+    def get_device_index(device, optional):
+        indexed.append(device)
+        return int(str(device).rpartition(":")[2])
+
+    cuda = types.SimpleNamespace(Stream=Stream, _get_device_index=get_device_index,
                                  _lazy_init=lambda: None, current_stream=lambda device=None: 0)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", lambda device: (7, device, 1),
                         raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
     created = []
     registry = PatchRegistry()
     impl = Stream.__dict__["__new__"]  # the creation hook's stand-in, installed first
@@ -181,6 +188,10 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
         stream = cuda.current_stream()
         assert stream.fields == {"stream_id": 7, "device_index": 0, "device_type": 1}
         assert created == []  # the hooked __new__ never ran
+        # None: the current device, an int: itself, both read in C; anything else as torch
+        assert [cuda.current_stream(d).fields["device_index"] for d in (None, 1, "cuda:2")] \
+            == [0, 1, 2]
+        assert indexed == ["cuda:2"]
         Stream(device_index=0)
         assert len(created) == 1  # a creation still goes through it
     finally:
