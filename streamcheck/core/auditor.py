@@ -55,6 +55,7 @@ Access = tuple[tuple[int, int], Blocks]
 #: one read per stream; block accesses spread over many blocks keep up to this many, and the
 #: oldest beyond it are forgotten (a hazard against one of those goes unseen).
 MAX_ACCESSES = 64
+MAX_THREADS = 4096  # thread records kept for reuse (Auditor.thread_ref)
 
 
 class StreamHazardWarning(RuntimeWarning):
@@ -115,8 +116,22 @@ class Auditor:
         # per buffer: the latest writes (of its blocks) and the reads declared since them
         self._writes: dict[tuple[int, int], list[Handoff]] = {}
         self._reads: dict[tuple[int, int], list[Handoff]] = {}
+        self._threads: dict[int, ThreadRef] = {}  # see thread_ref
 
     # ---- hot path -------------------------------------------------------------------------
+
+    def thread_ref(self, ident: int) -> ThreadRef:
+        """The calling thread (``ident``) as a record names it, with its name and role as
+        they are now. A connector declares accesses several times a step: one record is made
+        per thread and made again only when its name or role changed (a record is a value, so
+        a reused ident with the same name and role may share it)."""
+        name, role = threading.current_thread().name, self.role_of(ident)
+        ref = self._threads.get(ident)
+        if ref is None or ref.name != name or ref.role != role:
+            if len(self._threads) >= MAX_THREADS:
+                self._threads.clear()  # many threads came and went: start again
+            ref = self._threads[ident] = ThreadRef(ident, name, role)
+        return ref
 
     def admit(self, op: str, stream_device: int, stream_id: int, stream_obj: object,
               current_device: int | None, current_id: int | None, target_device: int | None,
@@ -168,7 +183,7 @@ class Auditor:
         Returns the handoffs, reads first."""
         ident = threading.get_ident()
         mark = self.clocks.mark(stream.key)
-        thread = ThreadRef(ident, threading.current_thread().name, self.role_of(ident))
+        thread = self.thread_ref(ident)
         when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
         made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
                         stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
@@ -279,7 +294,7 @@ class Auditor:
         ident = threading.get_ident()
         launch = LaunchRecord(
             op=op,
-            thread=ThreadRef(ident, threading.current_thread().name, self.role_of(ident)),
+            thread=self.thread_ref(ident),
             stream=stream,
             current=current,
             target_device=target_device,

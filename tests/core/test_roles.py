@@ -51,3 +51,27 @@ def test_an_undeclared_helper_thread_has_no_role():
     roles = ThreadRoles()
     role, _t = in_thread(lambda: roles.role_of(threading.get_ident()))
     assert role == ""
+
+
+def test_a_threads_record_is_made_once_and_again_when_its_name_or_role_changes():
+    """Declared accesses name their thread with one record per thread, reused; a rename or a
+    new role must show in the records made after it, never the stale name or role."""
+    from streamcheck.core.auditor import Auditor
+    from streamcheck.core.modes import Mode
+
+    aud = Auditor(Mode.RECORD)
+
+    def records():
+        me = threading.get_ident()
+        first, again = aud.thread_ref(me), aud.thread_ref(me)
+        threading.current_thread().name = "renamed"
+        renamed = aud.thread_ref(me)
+        aud.roles.declare(CONNECTOR)
+        declared = aud.thread_ref(me)
+        return first, again, renamed, declared
+
+    (first, again, renamed, declared), t = in_thread(records)
+    assert again is first and first.role == ""
+    assert (renamed.name, renamed.role) == ("renamed", "")
+    assert (declared.name, declared.role) == ("renamed", CONNECTOR)
+    assert first.ident == declared.ident == t.ident
