@@ -25,6 +25,7 @@ def load_script(name: str) -> ModuleType:
 RECORDED = Path(__file__).resolve().parent / "recorded"
 
 
-def recorded_result(folder: str, name: str) -> dict:
-    """The ``result`` of a case file kept from a GPU run (``recorded/<folder>/<name>.json``)."""
-    return json.loads((RECORDED / folder / f"{name}.json").read_text())["result"]
+def recorded_result(folder: str, name: str, part: str = "result") -> dict:
+    """The ``result`` (or another ``part``: ``audit``) of a case file kept from a GPU run
+    (``recorded/<folder>/<name>.json``)."""
+    return json.loads((RECORDED / folder / f"{name}.json").read_text())[part]

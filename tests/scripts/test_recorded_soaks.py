@@ -7,7 +7,13 @@ prompts' prefills split at some block (``engine_splits.py``).
 
 bfloat16 (third session): the connector's server gave 16 answers (6 prompts) the no-connector
 server never gave; a split sweep of 5 of those prompts (the device time ran out before prompt
-22) gives 13 of them itself: prompt 22's 3 answers stay unexplained until it is swept."""
+22) gives 13 of them itself, and the fourth session's sweep (prompt 22 among its prompts) the
+other 3.
+
+bfloat16 (fourth session, ``bf16_soak2``): a second soak of the same server, 1,020 answers, 33
+the no-connector server never gave (7 prompts); its own sweep (``--explain-splits``, run to
+the end) gives 30 of them: 3 answers of prompt 7, from its token 41, are given by no split plan
+of that prompt (75 of them, one- and two-stage)."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ engine_variants = load_script("engine_variants")
 
 f32 = partial(recorded_result, "f32_soak")
 bf16 = partial(recorded_result, "bf16_soak")
+bf16_2 = partial(recorded_result, "bf16_soak2")
 
 
 def test_the_two_no_connector_servers_give_the_same_other_answers():
@@ -94,3 +101,33 @@ def test_told_what_to_look_for_the_sweep_would_have_stopped_early(monkeypatch):
                                       "11": [9, 97], "20": [10, 113]}
     widened = engine_check.with_splits(control, swept)
     assert engine_check.wrong_answers(soak, widened, bf16("ref_tp1")).endswith("[(22, 31)]")
+
+
+def test_the_second_sweep_explains_the_first_soaks_last_answers():
+    """Prompt 22's 3 answers (from token 31), the first soak's only unexplained ones, are
+    answers the engine gives itself after some prefill split of prompt 22."""
+    ref, soak, control = (bf16(n) for n in ("ref_tp1", "soak1_serve", "soak1_serve_none"))
+    first_sweep, second_sweep = bf16("splits_bf16"), bf16_2("splits_bf16")
+    assert "22" in second_sweep["tokens"] and "22" not in first_sweep["tokens"]
+    widened = engine_check.with_splits(control, first_sweep)
+    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(22, 31)]")
+    assert engine_check.wrong_answers(
+        soak, engine_check.with_splits(widened, second_sweep), ref) is None
+
+
+def test_the_second_soak_leaves_three_answers_of_prompt_7_unexplained():
+    ref, control = bf16("ref_tp1"), bf16("soak1_serve_none")
+    soak, sweep = bf16_2("soak1_serve"), bf16_2("splits_bf16")
+    assert soak["answers"] == 1020 and soak["error_count"] == 0
+    assert engine_check.wrong_answers(soak, control, ref).startswith(
+        "33 of 1020 answers are ones the server without a connector never gave in 786")
+    assert sweep["complete"] is True
+    # every prompt but 7 stopped once its wanted answers were given; 7 ran all its plans
+    assert sorted(sweep["stopped_early"]) == ["10", "17", "20", "22", "4"]
+    assert sum(len(row["plans"]) for row in sweep["splits"]["7"]) == 75
+    left = engine_check.wrong_answers(soak, engine_check.with_splits(control, sweep), ref)
+    assert left.startswith("3 of 1020 answers") and left.endswith("[(7, 41)]")
+    audit = bf16_2("soak1_serve", "audit")["rows"]  # the engine's processes, as reported
+    assert sum(row["connector"] for row in audit) == 287126
+    assert sum(row["loads"] for row in audit) == 214
+    assert not any(row["findings"] for row in audit)
