@@ -11,7 +11,7 @@ server never gave; a split sweep of 5 of those prompts (the device time ran out 
 other 3.
 
 bfloat16 (fourth session, ``bf16_soak2``): a second soak of the same server, 1,020 answers, 33
-the no-connector server never gave (7 prompts); its own sweep (``--explain-splits``, run to
+the no-connector server never gave (6 prompts); its own sweep (``--explain-splits``, run to
 the end) gives 30 of them: 3 answers of prompt 7, from its token 41, are given by no split plan
 of that prompt (75 of them, one- and two-stage)."""
 
