@@ -1239,10 +1239,96 @@ static int intern_all(void)
     return empty_clock == NULL || stream_only == NULL ? -1 : 0;
 }
 
+/* ---- capture_site --------------------------------------------------------------------- */
+
+/*
+ * capture_site(skip=1, depth=4): streamcheck.core.ids.capture_site, the same tuple (code
+ * object, instruction offset, ... of up to `depth` frames, starting `skip` frames above the
+ * caller; () when the stack is not that deep). Every declared access and stream creation
+ * keeps one; in Python the walk costs a loop iteration per frame. At most MAX_SITE_DEPTH
+ * frames (the audit asks for 12 at most).
+ */
+#define MAX_SITE_DEPTH 64
+
+static PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *given[2] = {NULL, NULL}; /* skip, depth */
+    if (nargs > 2)
+        goto usage;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        given[i] = args[i];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int which = PyUnicode_CompareWithASCIIString(name, "skip") == 0    ? 0
+                    : PyUnicode_CompareWithASCIIString(name, "depth") == 0 ? 1
+                                                                          : -1;
+        if (which < 0 || given[which] != NULL)
+            goto usage;
+        given[which] = args[nargs + i];
+    }
+    Py_ssize_t skip = 1, depth = 4;
+    if (given[0] != NULL && (skip = PyLong_AsSsize_t(given[0])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (given[1] != NULL && (depth = PyLong_AsSsize_t(given[1])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (skip < 0 || depth < 0 || depth > MAX_SITE_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "capture_site: skip >= 0 and 0 <= depth <= %d",
+                     MAX_SITE_DEPTH);
+        return NULL;
+    }
+    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed: the caller */
+    Py_XINCREF(frame);
+    for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    PyObject *items[2 * MAX_SITE_DEPTH];
+    Py_ssize_t count = 0, limit = 2 * depth;
+    while (frame != NULL && count < limit) {
+        PyObject *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
+        if (lasti == NULL)
+            goto fail;
+        items[count++] = (PyObject *)PyFrame_GetCode(frame);
+        items[count++] = lasti;
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    Py_XDECREF(frame);
+    PyObject *site = PyTuple_New(count);
+    if (site == NULL) {
+        for (Py_ssize_t i = 0; i < count; i++)
+            Py_DECREF(items[i]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        PyTuple_SET_ITEM(site, i, items[i]); /* steals */
+    return site;
+fail:
+    Py_XDECREF(frame);
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_DECREF(items[i]);
+    return NULL;
+usage:
+    PyErr_SetString(PyExc_TypeError, "capture_site(skip=1, depth=4)");
+    return NULL;
+}
+
+static PyMethodDef speedups_functions[] = {
+    {"capture_site", (PyCFunction)(void (*)(void))capture_site, METH_FASTCALL | METH_KEYWORDS,
+     "capture_site(skip=1, depth=4): the caller's frames as (code, offset, ...), flat."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT, .m_name = "streamcheck._speedups",
     .m_doc = "Compiled fast paths of the audit's stream-switch hook and launch wrappers.",
     .m_size = -1,
+    .m_methods = speedups_functions,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void)

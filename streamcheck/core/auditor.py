@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from streamcheck.core import ids
 from streamcheck.core.clocks import HappensBefore
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
@@ -25,7 +26,6 @@ from streamcheck.core.ids import (
     DEFAULT_STREAM_ID,
     StreamRef,
     ThreadRef,
-    capture_site,
     capture_stack,
 )
 from streamcheck.core.modes import Mode
@@ -184,7 +184,7 @@ class Auditor:
         ident = threading.get_ident()
         mark = self.clocks.mark(stream.key)
         thread = self.thread_ref(ident)
-        when, site = time.time(), capture_site(skip=skip)  # a site, not a formatted stack
+        when, site = time.time(), ids.site_capture(skip=skip)  # a site, not a formatted stack
         made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
                         stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
                 for accesses, access in ((reads, "read"), (writes, "write"))

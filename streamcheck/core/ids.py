@@ -8,6 +8,7 @@ the Python object, because the same stream reaches us through different wrapper 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType
 
@@ -84,7 +85,7 @@ _AUDIT_PARTS = ("/streamcheck/core/", "/streamcheck/wrappers/", "/streamcheck/in
 
 def capture_site(skip: int = 1, depth: int = 4) -> tuple[object, ...]:
     """A cheap stand-in for a stack: (code object, instruction offset) of up to ``depth``
-    frames, flat.
+    frames, flat, starting ``skip`` frames above the caller.
 
     No file names, no strings, no filtering, and no line numbers: ``f_lineno`` decodes the
     code's line table on every read, ``f_lasti`` is a field. What a hot path can afford;
@@ -100,6 +101,13 @@ def capture_site(skip: int = 1, depth: int = 4) -> tuple[object, ...]:
         out += (frame.f_code, frame.f_lasti)
         frame = frame.f_back
     return tuple(out)
+
+
+#: What the records call for a site: :func:`capture_site`, or the same tuple made in C, which
+#: the hooks layer puts here with the compiled core (``wrappers.speedups``; every declared
+#: access and stream creation keeps a site, and the Python walk costs about 0.4 us a frame on
+#: a slow host). Called as ``ids.site_capture(...)``, looked up at each call.
+site_capture: Callable[..., tuple[object, ...]] = capture_site
 
 
 def line_of(code: CodeType, offset: int) -> int:

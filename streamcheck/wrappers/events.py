@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from streamcheck.core import ids
 from streamcheck.core.clocks import SNAPSHOT_ATTR, STREAM_CLOCKS_ATTR
 from streamcheck.core.errors import StreamHazardError
-from streamcheck.core.ids import StreamRef, capture_site
+from streamcheck.core.ids import StreamRef
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
@@ -140,7 +141,7 @@ def hook_set_device(registry: PatchRegistry, gate: Gate, namespace: Any,
             if auditor is not None:
                 try:
                     ident, now = threading.get_ident(), current_device()
-                    auditor.device_set(ident, now, capture_site(skip=1), time.time())
+                    auditor.device_set(ident, now, ids.site_capture(skip=1), time.time())
                     if home is not None and auditor.is_engine_thread(ident):
                         home.chosen(now)
                 except Exception as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from streamcheck.core import ids
 from streamcheck.core.modes import ConfigError
 
 CORES = ("auto", "compiled", "python")
@@ -40,6 +41,13 @@ def use(core: str) -> None:
         raise ConfigError(f"core 'compiled': streamcheck._speedups is not built here "
                           f"({_missing}); reinstall with a C compiler, or use 'auto'")
     _active = None if core == "python" else _built
+    _use_site_capture()
+
+
+def _use_site_capture() -> None:
+    """Records take their sites (``core.ids.site_capture``) from the chosen core: the same
+    tuple either way, made in C with the compiled one."""
+    ids.site_capture = ids.capture_site if _active is None else _active.capture_site
 
 
 def built() -> bool:
@@ -59,3 +67,6 @@ def describe() -> str:
     if _built is None:
         return f"python (the extension is not built: {_missing})"
     return "python (chosen)"
+
+
+_use_site_capture()  # the default core, until use() chooses

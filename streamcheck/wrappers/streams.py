@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Any
 
+from streamcheck.core import ids
 from streamcheck.core.auditor import Auditor
-from streamcheck.core.ids import StreamRef, ThreadRef, capture_site
+from streamcheck.core.ids import StreamRef
 from streamcheck.core.records import StreamEvent
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
@@ -69,8 +70,8 @@ def _event(auditor: Auditor, kind: str, stream: Any, via: str) -> StreamEvent:
     ident = threading.get_ident()
     return StreamEvent(
         kind=kind, stream=stream_ref(stream),
-        thread=ThreadRef(ident, threading.current_thread().name, auditor.role_of(ident)),
-        time=time.time(), stack=capture_site(skip=2, depth=12), via=via,  # type: ignore[arg-type]
+        thread=auditor.thread_ref(ident), time=time.time(),
+        stack=ids.site_capture(skip=2, depth=12), via=via,  # type: ignore[arg-type]
     )
 
 

@@ -616,3 +616,42 @@ def test_a_record_that_ran_is_never_failed_by_its_audit(core, monkeypatch, recwa
     event = RefusingEvent()
     assert event.record(SimpleNamespace(device_index=0, stream_id=5)) == "recorded"
     assert len(event.records) == 1
+
+
+@needs_build
+def test_the_compiled_site_is_the_python_one():
+    """Every declared access and stream creation keeps a site made in C where the extension
+    is built: the same frames, the same offsets, the same lines once formatted, the same
+    answer where the stack is shallower than asked."""
+    from streamcheck._speedups import capture_site as compiled
+
+    from streamcheck.core import ids
+    from streamcheck.core.ids import frames_of
+
+    try:
+        speedups.use("compiled")
+        assert ids.site_capture is compiled
+        speedups.use("python")  # the Python core takes its sites in Python too
+        assert ids.site_capture is ids.capture_site
+    finally:
+        speedups.use("auto")
+    assert ids.site_capture is compiled
+
+    def both(skip, depth):
+        return compiled(skip=skip, depth=depth), ids.capture_site(skip, depth)
+
+    def outer():
+        return both(1, 3), both(0, 12), both(10_000, 4), both(2, 0)
+
+    for c_site, py_site in outer():
+        assert len(c_site) == len(py_site)
+        assert c_site[0::2] == py_site[0::2]  # the same code objects, innermost first
+        # outer frames are at the same instruction; the innermost calls from another offset
+        skip_inner = 2 if c_site and c_site[0] is both.__code__ else 0
+        assert c_site[skip_inner + 1::2] == py_site[skip_inner + 1::2]
+        assert frames_of(c_site) == frames_of(py_site)  # one line: the same lines
+    assert outer()[2] == ((), ())  # deeper than the stack: nothing
+    with pytest.raises(ValueError):
+        compiled(depth=65)
+    with pytest.raises(TypeError):
+        compiled(1, skip=1)
