@@ -179,7 +179,8 @@ class launch:
             return
         try:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
-            device = self.device if self.device is not None else int(stream.device_index)
+            ref = stream_ref(stream)  # the stream's fields, read once
+            device = self.device if self.device is not None else ref.device
             current = _current_of(stream, device)
             handoffs: list[Handoff] = []
             read: list[tuple[tuple[int, int], Blocks]] = []  # each read access, once
@@ -192,11 +193,10 @@ class launch:
                     read.append((key, chosen))
                     handoffs += auditor.writes_of(key, chosen)  # their latest writes
             written = [_access(t) for t in self.writes]
-            ref = stream_ref(stream)
         except Exception as exc:  # no GPU, a CPU tensor's device, ...: say so, never crash
             warn_cannot_audit(self.name, exc)
             return
-        auditor.admit(self.name, int(stream.device_index), int(stream.stream_id), stream,
+        auditor.admit(self.name, ref.device, ref.stream_id, stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
                       self.resolved_from, reads=tuple(handoffs),
                       writes=tuple(auditor.write_target(k, chosen) for k, chosen in written))
