@@ -396,6 +396,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     dist.destroy_process_group()
     out.put({"rank": rank, "unaudited_us": statistics.median(plain),
              **{f"audited_us_{core}": statistics.median(t) for core, t in audited.items()},
+             **{f"paired_ratio_{core}": paired_ratio(t, plain) for core, t in audited.items()},
              "findings": findings,
              "launches_audited": launches, "layers": args.layers, "iters": args.iters,
              "rounds": args.rounds, "ablation": ablation, "phases": phases,
@@ -451,11 +452,23 @@ def main() -> int:
         ratio = max(r[f"ratio_{core}"] for r in results)
         print(f"stream-heavy TP loop ({world} ranks), {core} hooks: audited/unaudited per "
               f"iteration = {ratio} (target <= 1.03: {'met' if ratio <= 1.03 else 'NOT met'})")
+        spread = "; ".join(f"rank {r['rank']}: median {r[f'paired_ratio_{core}'][0]}, "
+                           f"rounds {r[f'paired_ratio_{core}'][1]}-{r[f'paired_ratio_{core}'][2]}"
+                           for r in sorted(results, key=lambda r: r["rank"]))
+        print(f"  each round's own ratio (audited after unaudited, back to back): {spread}")
     for r in sorted(results, key=lambda r: r["rank"]):
         firsts = ", ".join(f"{name} {us} us" for name, us in r["first_iteration_us"].items())
         print(f"rank {r['rank']}: each round's first iteration (not in the ratios): {firsts}")
     print(f"findings: {'none' if ok else 'PRESENT'}")
     return 0 if ok else 1
+
+
+def paired_ratio(audited: list[float], plain: list[float]) -> tuple[float, float, float]:
+    """Each round's audited time over the same round's unaudited one (run back to back):
+    their median, least and most. Beside the ratio of the medians, it tells a drift of the
+    host over the run (which the pairs cancel) from spread within a round."""
+    ratios = [a / p for a, p in zip(audited, plain, strict=True)]
+    return (round(statistics.median(ratios), 4), round(min(ratios), 4), round(max(ratios), 4))
 
 
 def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], int]],

@@ -32,3 +32,11 @@ def test_the_state_variants_change_what_they_name_and_restore_it():
     assert all(s[3] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
     assert findings == ["unsynced-handoff"] * 3  # what a variant finds is not dropped
     assert (provenance.LOG_LENGTH, gc.get_freeze_count()) == (kept, frozen)
+
+
+def test_each_rounds_own_ratio_is_paired_with_its_own_unaudited_run():
+    """A host that slows down over the run moves both runs of a round: the paired ratios stay
+    put where the ratio of the medians would not."""
+    plain = [100.0, 200.0, 400.0]
+    audited = [110.0, 204.0, 480.0]
+    assert bench.paired_ratio(audited, plain) == (1.1, 1.02, 1.2)
