@@ -1,7 +1,7 @@
 """What each prefill split point makes the real engine answer, without any connector.
 
     VLLM_BATCH_INVARIANT=1 python scripts/engine_splits.py MODEL --prompts 5,12,22 \\
-        [--dtype float32] [--first 32] --out splits.json
+        [--dtype float32] [--first 32] [--stages 3] --out splits.json
 
 A KV connector's hit of N blocks leaves the engine a partial prefill of the rest, exactly as
 vLLM's own prefix cache does after a local hit of N blocks; even with batch-invariant kernels
@@ -13,7 +13,8 @@ This settles which, for the soak's prompts (``engine_check.py``'s ``family_promp
 connector at all: for each prompt and each block boundary k, the prefix cache is emptied, the
 first k blocks are prefilled alone (one token generated), then the whole prompt is answered
 (a local hit of exactly k blocks); ``--first`` adds two-stage splits (the family's shared
-prefix first, as a sibling request leaves it, then k blocks). The engine is built as the soak's
+prefix first, as a sibling request leaves it, then k blocks), and ``--stages 3`` three-stage ones
+(that prefix, then m blocks, then k: see :func:`split_plans`). The engine is built as the soak's
 server is (eager, prefix caching, the same lengths and block counts; ``--dtype``,
 ``--tensor-parallel-size``).
 
@@ -29,6 +30,7 @@ lists) stops a prompt's sweep once every answer wanted of it has been given
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -46,14 +48,23 @@ from engine_check import SAFE_ENV, family_prompts, generate  # noqa: E402 (needs
 BLOCK = 16  # vLLM's default block size, the soak server's
 
 
-def split_plans(length: int, first: list[int]) -> list[tuple[int, ...]]:
+def split_plans(length: int, first: list[int], stages: int = 2) -> list[tuple[int, ...]]:
     """The prefixes prefilled before the whole prompt, in order: none, each single block
-    boundary k (the last token is always computed, so k stops short of the prompt's end), and
-    each ``first`` boundary followed by every later k."""
+    boundary k (the last token is always computed, so k stops short of the prompt's end),
+    each ``first`` boundary followed by every later k, and with ``stages`` above 2 each
+    ``first`` boundary followed by every rising run of ``stages - 1`` later boundaries (fewer
+    pieces first, so a sweep told what to look for stops at the cheapest plan that gives it).
+
+    Three stages is what a soak's loads can make of a prompt: its blocks after the family's
+    prefix computed once after that prefix, saved, evicted; computed again by a request that
+    had some of them (m) in the GPU's prefix cache, saved again; then loaded (k) by a later
+    request that computes the rest: the plan (first, m, k)."""
     full = (length - 1) // BLOCK
     plans: list[tuple[int, ...]] = [()]
     plans += [(k,) for k in range(1, full + 1)]
-    plans += [(f, k) for f in first if 0 < f < full for k in range(f + 1, full + 1)]
+    for later in range(1, stages):
+        plans += [(f, *rest) for f in first if 0 < f < full
+                  for rest in itertools.combinations(range(f + 1, full + 1), later)]
     return plans
 
 
@@ -70,7 +81,7 @@ def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens:
 
 def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int,
           keep: Callable[[dict[str, Any]], None] | None = None,
-          want: dict[int, list[list[int]]] | None = None) -> dict[str, Any]:
+          want: dict[int, list[list[int]]] | None = None, stages: int = 2) -> dict[str, Any]:
     """Every prompt's answer after each split plan; ``keep`` is given the answers so far after
     each prompt (a sweep stopped part way keeps the prompts it finished). With ``want`` (a
     prompt's answers to look for), a prompt's sweep stops at the plan that gave the last of
@@ -81,7 +92,7 @@ def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens:
     for index, prompt in prompts.items():
         answers: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         outs = []
-        plans = split_plans(len(prompt), first)
+        plans = split_plans(len(prompt), first, stages)
         missing = {tuple(t) for t in (want or {}).get(index, [])}
         for plan in plans:
             out = answer_after(llm, prompt, plan, max_tokens)
@@ -116,6 +127,10 @@ def main() -> int:
                    help="as the soak's server (its numbers are those of its TP size)")
     p.add_argument("--first", default="32",
                    help="comma-separated first split points for two-stage splits ('' for none)")
+    p.add_argument("--stages", type=int, default=2,
+                   help="most prefixes prefilled before the whole prompt, the first from "
+                        "--first (3: a prompt's KV in four pieces, as a soak's loads can make "
+                        "it; many more plans)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--want", type=Path,
@@ -127,8 +142,8 @@ def main() -> int:
         first = [int(x) for x in args.first.split(",") if x.strip()]
     except ValueError:
         p.error("--prompts and --first take comma-separated integers")
-    if args.tensor_parallel_size < 1 or args.max_tokens < 1:
-        p.error("--tensor-parallel-size and --max-tokens must be at least 1")
+    if args.tensor_parallel_size < 1 or args.max_tokens < 1 or args.stages < 1:
+        p.error("--tensor-parallel-size, --max-tokens and --stages must be at least 1")
     want = None
     if args.want is not None:
         try:
@@ -154,12 +169,14 @@ def main() -> int:
     start = time.time()
 
     def write(result: dict[str, Any], complete: bool) -> None:
-        result.update(case="splits", dtype=args.dtype, first=first, complete=complete,
+        result.update(case="splits", dtype=args.dtype, first=first, stages=args.stages,
+                      complete=complete,
                       seconds=round(time.time() - start, 1))
         args.out.write_text(json.dumps({"result": result}))
 
     result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens,
-                   keep=lambda so_far: write(so_far, complete=False), want=want)
+                   keep=lambda so_far: write(so_far, complete=False), want=want,
+                   stages=args.stages)
     write(result, complete=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0

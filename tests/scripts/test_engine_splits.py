@@ -22,6 +22,18 @@ def test_split_plans_cover_every_block_boundary_and_the_two_stage_ones():
     assert engine_splits.split_plans(50, [2, 9]) == [(), (1,), (2,), (3,), (2, 3)]
 
 
+def test_three_stage_plans_follow_the_two_stage_ones():
+    """``--stages 3``: after the first boundary, every rising pair of later boundaries (the
+    KV of a prompt in four pieces), after every plan of fewer pieces."""
+    plans = engine_splits.split_plans(16 * 6 + 1, [2], stages=3)
+    assert plans[:11] == [(), (1,), (2,), (3,), (4,), (5,), (6,),
+                          (2, 3), (2, 4), (2, 5), (2, 6)]
+    assert plans[11:] == [(2, 3, 4), (2, 3, 5), (2, 3, 6), (2, 4, 5), (2, 4, 6), (2, 5, 6)]
+    # prompt 7 of the soaks (860 tokens, first 32): 75 plans with two stages, 285 with three
+    assert len(engine_splits.split_plans(860, [32])) == 75
+    assert len(engine_splits.split_plans(860, [32], stages=3)) == 285
+
+
 class FakeLLM:
     """Answers as if the split point (the cached prefix) chose between two outputs."""
 
