@@ -455,7 +455,8 @@ def main() -> int:
         spread = "; ".join(f"rank {r['rank']}: median {r[f'paired_ratio_{core}'][0]}, "
                            f"rounds {r[f'paired_ratio_{core}'][1]}-{r[f'paired_ratio_{core}'][2]}"
                            for r in sorted(results, key=lambda r: r["rank"]))
-        print(f"  each round's own ratio (audited after unaudited, back to back): {spread}")
+        print(f"  each round's own ratio (audited over the same round's unaudited run): "
+              f"{spread}")
     for r in sorted(results, key=lambda r: r["rank"]):
         firsts = ", ".join(f"{name} {us} us" for name, us in r["first_iteration_us"].items())
         print(f"rank {r['rank']}: each round's first iteration (not in the ratios): {firsts}")

@@ -129,8 +129,8 @@ def main() -> int:
                    help="comma-separated first split points for two-stage splits ('' for none)")
     p.add_argument("--stages", type=int, default=2,
                    help="most prefixes prefilled before the whole prompt, the first from "
-                        "--first (3: a prompt's KV in four pieces, as a soak's loads can make "
-                        "it; many more plans)")
+                        "--first (1: single splits only, --first unused; 3: a prompt's KV in "
+                        "four pieces, as a soak's loads can make it; many more plans)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--want", type=Path,

@@ -74,6 +74,14 @@ def test_a_cache_that_will_not_empty_stops_the_sweep(fake_generate):
         engine_splits.answer_after(llm, list(range(50)), (1,), 3)
 
 
+def test_the_sweep_asks_for_the_plans_of_its_stages(fake_generate, monkeypatch):
+    asked = []
+    monkeypatch.setattr(engine_splits, "split_plans",
+                        lambda length, first, stages: asked.append((first, stages)) or [()])
+    engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, stages=3)
+    assert asked == [([2], 3)]
+
+
 def test_the_sweep_is_a_control_that_explains_a_split_point_answer(fake_generate, tmp_path):
     result = engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [], 3)
     assert result["tokens"]["0"] == [[1, 2, 3], [1, 2, 3], [7, 7, 7], [1, 2, 3]]

@@ -177,7 +177,7 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
                                  _lazy_init=lambda: None, current_stream=lambda device=None: 0)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", lambda device: (7, device, 1),
                         raising=False)
-    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 3, raising=False)
     created = []
     registry = PatchRegistry()
     impl = Stream.__dict__["__new__"]  # the creation hook's stand-in, installed first
@@ -186,11 +186,11 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
     fast_current_stream(registry, cuda)
     try:
         stream = cuda.current_stream()
-        assert stream.fields == {"stream_id": 7, "device_index": 0, "device_type": 1}
+        assert stream.fields == {"stream_id": 7, "device_index": 3, "device_type": 1}
         assert created == []  # the hooked __new__ never ran
         # None: the current device, an int: itself, both read in C; anything else as torch
         assert [cuda.current_stream(d).fields["device_index"] for d in (None, 1, "cuda:2")] \
-            == [0, 1, 2]
+            == [3, 1, 2]
         assert indexed == ["cuda:2"]
         Stream(device_index=0)
         assert len(created) == 1  # a creation still goes through it
