@@ -1289,11 +1289,9 @@ static PyObject *capture_site(PyObject *module, PyObject *const *args, size_t na
     PyObject *items[2 * MAX_SITE_DEPTH];
     Py_ssize_t count = 0, limit = 2 * depth;
     while (frame != NULL && count < limit) {
-        PyObject *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
-        if (lasti == NULL)
+        if (frame_site(frame, &items[count], &items[count + 1]) < 0)
             goto fail;
-        items[count++] = (PyObject *)PyFrame_GetCode(frame);
-        items[count++] = lasti;
+        count += 2;
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         frame = back;
