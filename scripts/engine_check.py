@@ -37,6 +37,8 @@ Cases:
     engine's own answers at every prefill split of those prompts (``engine_splits.py``, no
     connector, the soak's dtype and TP size; ``--split-seconds`` a prompt): a hit moves where
     a prefill splits, as vLLM's prefix cache does; only an answer no split gives fails.
+    ``--soak-from DIR`` judges (and explains) a soak an earlier run wrote to ``DIR`` instead of
+    running it again.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -958,6 +960,21 @@ def reference(spec: dict[str, Any], results: dict[str, Any],
     return ref
 
 
+def earlier_soak(soak_from: Path | None, case: str) -> dict[str, Any] | None:
+    """A soak case's result and audit as an earlier run wrote them (``--soak-from``), or None
+    where there is none: a soak of a few minutes need not run again to be judged against
+    another reference or to have its answers explained by a split sweep."""
+    if soak_from is None:
+        return None
+    try:
+        earlier = json.loads((soak_from / f"{case}.json").read_text())
+    except FileNotFoundError:
+        return None
+    if "result" not in earlier or "audit" not in earlier:
+        raise ValueError(f"{soak_from / f'{case}.json'} is not a soak case's result file")
+    return earlier
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model")
@@ -977,6 +994,10 @@ def main() -> int:
     p.add_argument("--split-seconds", type=float, default=SPLIT_SECONDS["prompt"],
                    help="seconds the sweep may take per prompt, after "
                         f"{SPLIT_SECONDS['start']:.0f} s to start (one H200: about 80 s)")
+    p.add_argument("--soak-from", type=Path,
+                   help="a directory with an earlier run's soak cases' JSON files: a soak "
+                        "case found there is judged (and, with --explain-splits, explained) "
+                        "from that run instead of being run again")
     p.add_argument("--run", dest="case")
     p.add_argument("--spec")
     args = p.parse_args()
@@ -984,6 +1005,8 @@ def main() -> int:
         p.error("--soak-seconds must be positive")
     if args.split_seconds <= 0:
         p.error("--split-seconds must be positive")
+    if args.soak_from is not None and not args.soak_from.is_dir():
+        p.error(f"--soak-from {args.soak_from}: no such directory")
     if args.case:
         run_case(args)
         return 0
@@ -1005,16 +1028,21 @@ def main() -> int:
         env = case_env(spec, reports, args.wheel_site, args.vllm_site)
         log = out / f"{case}.log"
         start = time.time()
-        with case_store(spec) as spec:
-            if spec["kind"] == "serve":
-                result = run_leak_serve(args.tiny_model, spec, env, log, args.timeout)
-            elif spec["kind"] == "soak":
-                result = run_soak(args.model, spec, env, log, args.timeout,
-                                  reference(spec, results, args.ref_from))
-            else:
-                result = run_in_interpreter(args, case, spec, env, log)
-        time.sleep(2)  # let killed workers release the GPUs
-        audit = audit_summary(read_reports(reports)) if spec["activation"] != "none" else None
+        earlier = earlier_soak(args.soak_from, case) if spec["kind"] == "soak" else None
+        if earlier is not None:
+            result, audit = earlier["result"], earlier["audit"]
+        else:
+            with case_store(spec) as spec:
+                if spec["kind"] == "serve":
+                    result = run_leak_serve(args.tiny_model, spec, env, log, args.timeout)
+                elif spec["kind"] == "soak":
+                    result = run_soak(args.model, spec, env, log, args.timeout,
+                                      reference(spec, results, args.ref_from))
+                else:
+                    result = run_in_interpreter(args, case, spec, env, log)
+            time.sleep(2)  # let killed workers release the GPUs
+            audit = (audit_summary(read_reports(reports)) if spec["activation"] != "none"
+                     else None)
         ref = reference(spec, results, args.ref_from)
         control = (reference({"ref": spec["control"]}, results, args.ref_from)
                    if "control" in spec else None)

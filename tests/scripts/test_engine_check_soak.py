@@ -146,3 +146,41 @@ def test_explain_splits_sweeps_connector_soaks_only_and_its_problem_is_the_cases
     monkeypatch.setattr("sys.argv", argv)  # not asked for: no sweep
     engine_check.main()
     assert calls == []
+
+
+def test_soak_from_judges_and_explains_an_earlier_soak_without_running_it(tmp_path, monkeypatch):
+    """``--soak-from``: the recorded soak is read, not run; its answers go to the sweep and its
+    audit into the verdict; a soak case not in that directory runs as usual."""
+    recorded = HERE / "recorded" / "f32_soak"
+    seen = []
+
+    def fake_explain(model, spec, result, control, env, out, per_prompt):
+        seen.append(("explain", result.get("answers")))
+        return control, None
+
+    def fake_run_soak(model, spec, env, log, timeout, ref):
+        seen.append(("run", spec["connector"]))
+        return {"case": "soak", "error": "not run here"}
+
+    monkeypatch.setattr(engine_check, "explain_by_splits", fake_explain)
+    monkeypatch.setattr(engine_check, "run_soak", fake_run_soak)
+    monkeypatch.setattr(engine_check.time, "sleep", lambda _s: None)
+    monkeypatch.setattr("sys.argv", [
+        "engine_check.py", "/model", "soak1_serve_f32", "soak1_serve_off", "--out",
+        str(tmp_path), "--ref-from", str(recorded), "--soak-from", str(recorded),
+        "--explain-splits"])
+    engine_check.main()
+    recorded_soak = engine_check.json.loads((recorded / "soak1_serve_f32.json").read_text())
+    assert seen == [("explain", recorded_soak["result"]["answers"]), ("run", "sc"),
+                    ("explain", None)]  # the soak that ran (and failed) here
+    judged = engine_check.json.loads((tmp_path / "soak1_serve_f32.json").read_text())
+    assert judged["audit"] == recorded_soak["audit"]
+    assert judged["result"]["answers"] == recorded_soak["result"]["answers"]
+
+
+def test_soak_from_must_be_a_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["engine_check.py", "/model", "soak_serve", "--out",
+                                     str(tmp_path), "--soak-from", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit):
+        engine_check.main()
+    assert "--soak-from" in capsys.readouterr().err
