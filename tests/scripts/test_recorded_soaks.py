@@ -13,7 +13,14 @@ other 3.
 bfloat16 (fourth session, ``bf16_soak2``): a second soak of the same server, 1,020 answers, 33
 the no-connector server never gave (6 prompts); its own sweep (``--explain-splits``, run to
 the end) gives 30 of them: 3 answers of prompt 7, from its token 41, are given by no split plan
-of that prompt (75 of them, one- and two-stage)."""
+of that prompt (75 of them, one- and two-stage). A three-piece sweep of prompt 7 (fifth
+session, 285 plans) gives none of them either, nor one nearer to them (the nearest answer
+of either sweep shares their first 44 tokens).
+
+bfloat16 at TP=2 (fifth session, ``bf16_tp2``, two H200): the connector's server gave 552
+answers, 19 of them outputs the no-connector server (588 answers) never gave, on 5 prompts; its
+sweep at TP=2 (two-piece, ``--soak-from``) gives 18: one answer of prompt 17, from its token
+22, is given by none of that prompt's 99 plans."""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ engine_variants = load_script("engine_variants")
 f32 = partial(recorded_result, "f32_soak")
 bf16 = partial(recorded_result, "bf16_soak")
 bf16_2 = partial(recorded_result, "bf16_soak2")
+bf16_tp2 = partial(recorded_result, "bf16_tp2")
 
 
 def test_the_two_no_connector_servers_give_the_same_other_answers():
@@ -131,3 +139,49 @@ def test_the_second_soak_leaves_three_answers_of_prompt_7_unexplained():
     assert sum(row["connector"] for row in audit) == 287126
     assert sum(row["loads"] for row in audit) == 214
     assert not any(row["findings"] for row in audit)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+
+
+def test_three_piece_splits_of_prompt_7_do_not_give_its_answers():
+    """``engine_splits.py --stages 3`` on prompt 7 (285 plans: a prompt's KV computed in up to
+    four prefills, as a soak's loads can make it): six answers, none of the soak's three and
+    none nearer to them than the two-piece sweep's nearest (their first 44 tokens)."""
+    ref, control = bf16("ref_tp1"), bf16("soak1_serve_none")
+    soak, two_piece, three_piece = (bf16_2(n) for n in ("soak1_serve", "splits_bf16",
+                                                           "splits7_stages3"))
+    assert three_piece["complete"] is True and three_piece["stages"] == 3
+    assert sum(len(row["plans"]) for row in three_piece["splits"]["7"]) == 285
+    assert len(three_piece["splits"]["7"]) == 6
+    widened = engine_check.with_splits(engine_check.with_splits(control, two_piece),
+                                       three_piece)
+    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(7, 41)]")
+    wanted = [tokens for _i, tokens, _n in engine_check.novel_variants(
+        soak, engine_check.with_splits(control, two_piece))]
+    assert len(wanted) == 1  # the three answers are one output
+    nearest = {name: max(common_prefix(wanted[0], out) for out in sweep["tokens"]["7"])
+               for name, sweep in (("two", two_piece), ("three", three_piece))}
+    assert nearest == {"two": 44, "three": 44}
+
+
+def test_at_tp2_the_sweep_leaves_one_answer_of_prompt_17_unexplained():
+    ref, control, soak = (bf16_tp2(n) for n in ("ref_tp2", "soak_serve_none", "soak_serve"))
+    sweep = bf16_tp2("splits_bf16")
+    assert soak["answers"] == 552 and soak["error_count"] == 0
+    assert soak["counters"]["vllm:num_preemptions_total"] == 0
+    before = engine_check.wrong_answers(soak, control, ref)
+    assert before.startswith("19 of 552 answers are ones the server without a connector "
+                             "never gave in 588")
+    assert sweep["complete"] is True and sweep["stages"] == 2
+    assert sorted(sweep["stopped_early"]) == ["0", "21", "4", "6"]
+    assert sum(len(row["plans"]) for row in sweep["splits"]["17"]) == 99
+    after = engine_check.wrong_answers(soak, engine_check.with_splits(control, sweep), ref)
+    assert after.startswith("1 of 552 answers") and after.endswith("[(17, 22)]")
+    rows = bf16_tp2("soak_serve", "audit")["rows"]
+    workers = [row for row in rows if row["launches"]]
+    assert len(workers) == 2  # both TP workers, each with collectives and the connector
+    assert all(row["pynccl"] > 150_000 and row["connector"] > 150_000 and row["loads"] == 119
+               for row in workers)
+    assert not any(row["findings"] for row in rows)
