@@ -185,10 +185,14 @@ class Auditor:
         mark = self.clocks.mark(stream.key)
         thread = self.thread_ref(ident)
         when, site = time.time(), ids.site_capture(skip=skip)  # a site, not a formatted stack
-        made = [Handoff(tensor=key, mark=mark, stream=stream, thread=thread, time=when,
-                        stack=site, access=access, blocks=blocks)  # type: ignore[arg-type]
-                for accesses, access in ((reads, "read"), (writes, "write"))
-                for key, blocks in accesses]
+        # positional: a connector declares several times a step, and keywords cost a
+        # dataclass's __init__ more than its eight fields do (0.6 against 0.24 us on the CPU
+        # machine). Order: tensor, mark, stream, thread, time, stack, access, blocks.
+        made = [Handoff(key, mark, stream, thread, when, site, "read", blocks)
+                for key, blocks in reads]
+        if writes:
+            made += [Handoff(key, mark, stream, thread, when, site, "write", blocks)
+                     for key, blocks in writes]
         with self._lock:
             for handoff in made:
                 if handoff.access == "write":
