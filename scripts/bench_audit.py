@@ -11,6 +11,10 @@ Prints, each a ratio or difference measured here, now:
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
    live), stream creation, current_stream(); and a connector's own calls
    (``streamcheck.handoff``, and a declared read ordered by an event) on one thread.
+Where the issue set a target (each stream hook <= 300 ns, a launch <= 150 / 200 ns, the 4 KiB
+all-reduce <= 1.02, the decode-like step <= 1.01), the rounds' own figures (audited minus, or
+over, the same round's unaudited run) give a 95 % interval and the verdict (``_stats.py``):
+met only if the whole interval is within the target.
 Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy TP loop.
 """
 
@@ -19,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
+from statistics import median
 from typing import Any
 
 import torch
+from _stats import Paired, paired_added, paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
@@ -56,6 +61,14 @@ class CachedNoOpComm:
     all_reduce = NoOpComm.all_reduce  # its own attribute: wrapped apart from NoOpComm's
 
 
+# The issue's targets, ns added: each stream hook, and a collective launch by how its stream is
+# given (a kept stream's accessor is what vLLM's stream=None launches go through).
+HOOK_TARGETS = {"set_stream": 300, "wait_stream (a new event each)": 300,
+                "torch.cuda.Stream()": 300, "current_stream taken before the audit": 300}
+LAUNCH_TARGETS = {"explicit stream": 150, "stream=None": 200,
+                  "stream=None, a kept stream's accessor": 200}
+
+
 def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
     """ns per call; ``drain`` (e.g. a device synchronize) ends the round inside the timing, so
     GPU work a round queued is paid by that round, not by the next one."""
@@ -68,18 +81,19 @@ def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
 
 
 def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
-                ) -> tuple[float, float]:
-    """Median ns per call of a and b, measured in alternating rounds so drift hits both."""
+                ) -> tuple[list[float], list[float]]:
+    """ns per call of a and b in each round, measured in alternating rounds so drift hits
+    both (and each round's pair can be compared on its own)."""
     sa, sb = [], []
     for _ in range(rounds):
         sa.append(per_call_ns(a, calls, drain))
         sb.append(per_call_ns(b, calls, drain))
-    return statistics.median(sa), statistics.median(sb)
+    return sa, sb
 
 
-def toggled(fn: Any, calls: int, rounds: int) -> tuple[float, float]:
-    """Median ns per call of ``fn`` without the audit and with it (``assert``), in alternating
-    rounds: the same callable, so what differs is the hooks alone."""
+def toggled(fn: Any, calls: int, rounds: int) -> tuple[list[float], list[float]]:
+    """ns per call of ``fn`` without the audit and with it (``assert``) in each round, the
+    rounds alternating: the same callable, so what differs is the hooks alone."""
     off, on = [], []
     for _ in range(rounds):
         streamcheck.uninstall()
@@ -87,7 +101,15 @@ def toggled(fn: Any, calls: int, rounds: int) -> tuple[float, float]:
         streamcheck.install("assert")
         on.append(per_call_ns(fn, calls))
     streamcheck.uninstall()
-    return statistics.median(off), statistics.median(on)
+    return off, on
+
+
+def judged(label: str, paired: Paired, target: float) -> dict[str, Any]:
+    """The rows that say what a paired measurement shows against its target: the 95 %
+    interval of the rounds' own figures and the verdict it gives (``_stats``)."""
+    _median, _least, _most, lo, hi = paired
+    return {f"{label}, 95 % interval": f"{lo}-{hi}",
+            f"{label}: target <= {target}": target_verdict([(lo, hi)], target)}
 
 
 def hook_costs(calls: int, rounds: int) -> dict[str, float]:
@@ -128,8 +150,11 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
                           ("current_stream taken before the audit", torch_current_stream, 1)):
         n = calls // 10 if name == "torch.cuda.Stream()" else calls
         off, on = toggled(fn, n, rounds)
-        out[f"hook {name}: added ns"] = round((on - off) / per, 1)
-        out[f"hook {name}: unaudited ns"] = round(off / per, 1)
+        out[f"hook {name}: added ns"] = round((median(on) - median(off)) / per, 1)
+        out[f"hook {name}: unaudited ns"] = round(median(off) / per, 1)
+        if name in HOOK_TARGETS:
+            out.update(judged(f"hook {name}: added ns", paired_added(on, off, per),
+                              HOOK_TARGETS[name]))
 
     def record_wait_live() -> None:
         auditor = streamcheck.current_auditor()
@@ -138,13 +163,13 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
         record_wait()
 
     off, on = toggled(record_wait_live, calls, rounds)
-    out["hook event record+wait, clocks live: added ns"] = round(on - off, 1)
+    out["hook event record+wait, clocks live: added ns"] = round(median(on) - median(off), 1)
 
     declare, declared_read = connector_calls(probe, ev, s1)
     for name, fn in (("streamcheck.handoff", declare),
                      ("handoff + event + launch(reads=...)", declared_read)):
         off, on = toggled(fn, calls // 10, rounds)
-        out[f"connector {name}: added ns"] = round(on - off, 1)
+        out[f"connector {name}: added ns"] = round(median(on) - median(off), 1)
     torch.cuda.synchronize()
     return out
 
@@ -216,9 +241,12 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
         unwrapped, wrapped = interleaved(
             lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw),
             lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), args.calls, args.rounds)
-        results[f"noop {label}: unwrapped ns"] = round(unwrapped, 1)
-        results[f"noop {label}: assert-mode ns"] = round(wrapped, 1)
-        results[f"noop {label}: added ns per launch"] = round(wrapped - unwrapped, 1)
+        results[f"noop {label}: unwrapped ns"] = round(median(unwrapped), 1)
+        results[f"noop {label}: assert-mode ns"] = round(median(wrapped), 1)
+        results[f"noop {label}: added ns per launch"] = round(
+            median(wrapped) - median(unwrapped), 1)
+        results.update(judged(f"noop {label}: added ns per launch",
+                              paired_added(wrapped, unwrapped), LAUNCH_TARGETS[label]))
     streamcheck.uninstall()
 
     # 2. a real NCCL all-reduce
@@ -243,9 +271,12 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                 drain=torch.cuda.synchronize)
     torch.cuda.synchronize()
     auditor = streamcheck.current_auditor()
-    results["nccl 4KiB all_reduce unwrapped us"] = round(bare / 1000, 3)
-    results["nccl 4KiB all_reduce assert-mode us"] = round(wrapped / 1000, 3)
-    results["nccl 4KiB all_reduce ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
+    results["nccl 4KiB all_reduce unwrapped us"] = round(median(bare) / 1000, 3)
+    results["nccl 4KiB all_reduce assert-mode us"] = round(median(wrapped) / 1000, 3)
+    results["nccl 4KiB all_reduce ratio wrapped/unwrapped"] = round(
+        median(wrapped) / median(bare), 4)
+    results.update(judged("nccl 4KiB all_reduce, each round's own ratio",
+                          paired_ratio(wrapped, bare), 1.02))
     results["findings during bench"] = len(auditor.findings()) if auditor else None
     streamcheck.uninstall()
 
@@ -272,9 +303,12 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                 20, args.rounds)
     streamcheck.uninstall()
     comm.close()
-    results["decode-like step (64 all-reduces) unwrapped us"] = round(bare / 1000, 1)
-    results["decode-like step assert-mode us"] = round(wrapped / 1000, 1)
-    results["decode-like step ratio wrapped/unwrapped"] = round(wrapped / bare, 4)
+    results["decode-like step (64 all-reduces) unwrapped us"] = round(median(bare) / 1000, 1)
+    results["decode-like step assert-mode us"] = round(median(wrapped) / 1000, 1)
+    results["decode-like step ratio wrapped/unwrapped"] = round(
+        median(wrapped) / median(bare), 4)
+    results.update(judged("decode-like step, each round's own ratio",
+                          paired_ratio(wrapped, bare), 1.01))
 
     return results
 

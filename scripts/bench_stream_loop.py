@@ -11,10 +11,11 @@ One process per GPU (2 ranks on 2 GPUs). Rounds alternate audited and unaudited 
 uninstall between rounds, outside the timed region) so drift hits both; the median per-iteration
 time of each is printed with their ratio, and each round's own ratio (audited over the same
 round's unaudited run) with a 95 % interval for its median: the verdict on the 1.03 target
-comes from that interval (met only if it lies at or under 1.03 on every rank), because on a
-noisy host one ratio can land on either side of the target by chance. Each round's first iteration is timed apart
-(``first_iteration_us``): the audit's first declared access puts its event hooks in, once per
-process in an engine but once per round here, so it is shown, not spread over the round.
+comes from that interval (``_stats.py``: met only if it lies at or under 1.03 on every rank),
+because on a noisy host one ratio can land on either side of the target by chance. Each
+round's first iteration is timed apart (``first_iteration_us``): the audit's first declared
+access puts its event hooks in, once per process in an engine but once per round here, so it
+is shown, not spread over the round.
 The correct program must produce zero findings.
 
     python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import queue
 import statistics
@@ -59,6 +59,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _ranks import run_ranks
+from _stats import paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
@@ -411,6 +412,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
              "profile": profile})
 
 
+TARGET = 1.03  # the loop's audited / unaudited time, at most
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=50)
@@ -455,7 +459,7 @@ def main() -> int:
     for core in cores():
         ratio = max(r[f"ratio_{core}"] for r in results)
         paired = [r[f"paired_ratio_{core}"] for r in sorted(results, key=lambda r: r["rank"])]
-        verdict = target_verdict([(lo, hi) for _m, _least, _most, lo, hi in paired])
+        verdict = target_verdict([(lo, hi) for _m, _least, _most, lo, hi in paired], TARGET)
         print(f"stream-heavy TP loop ({world} ranks), {core} hooks: audited/unaudited per "
               f"iteration = {ratio} (the ratio of the medians; target <= {TARGET}: {verdict})")
         spread = "; ".join(f"rank {rank}: median {median}, 95 % interval {lo}-{hi}, rounds "
@@ -468,51 +472,6 @@ def main() -> int:
         print(f"rank {r['rank']}: each round's first iteration (not in the ratios): {firsts}")
     print(f"findings: {'none' if ok else 'PRESENT'}")
     return 0 if ok else 1
-
-
-TARGET = 1.03  # the loop's audited / unaudited time, at most
-
-
-def paired_ratio(audited: list[float], plain: list[float]
-                 ) -> tuple[float, float, float, float | None, float | None]:
-    """Each round's audited time over the same round's unaudited one (run back to back):
-    their median, least and most, and a 95 % interval for the median (None, None with fewer
-    than 6 rounds). Beside the ratio of the medians, it tells a drift of the host over the
-    run (which the pairs cancel) from spread within a round, and says how sure the median is."""
-    ratios = [a / p for a, p in zip(audited, plain, strict=True)]
-    lo, hi = median_interval(ratios) or (None, None)
-    return (round(statistics.median(ratios), 4), round(min(ratios), 4), round(max(ratios), 4),
-            None if lo is None else round(lo, 4), None if hi is None else round(hi, 4))
-
-
-def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """An interval that holds the median of the values' distribution with at least ``level``
-    probability, from order statistics alone (the binomial(n, 1/2) tails): a round's ratio on
-    a noisy host is far from normal, and this assumes only that rounds are independent. None
-    when there are too few values for ``level`` (fewer than 6 for 95 %)."""
-    n = len(values)
-    tail, below, j = (1 - level) / 2, 0.0, 0
-    for i in range(n):  # j: the most values that may lie outside on one side
-        below += math.comb(n, i) / 2 ** n
-        if below > tail:
-            break
-        j = i + 1
-    if j == 0:
-        return None
-    ordered = sorted(values)
-    return ordered[j - 1], ordered[n - j]
-
-
-def target_verdict(intervals: list[tuple[float | None, float | None]]) -> str:
-    """Met only if every rank's interval lies at or under :data:`TARGET`, not met if one lies
-    above it; a single ratio on either side of it, inside the spread, shows neither."""
-    if any(lo is None or hi is None for lo, hi in intervals):
-        return "not shown either way: too few rounds for an interval (6 at least)"
-    if all(hi <= TARGET for _lo, hi in intervals):  # type: ignore[operator]
-        return "met"
-    if any(lo > TARGET for lo, _hi in intervals):  # type: ignore[operator]
-        return "NOT met"
-    return "not shown either way: the interval holds it"
 
 
 def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], int]],

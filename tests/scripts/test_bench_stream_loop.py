@@ -40,20 +40,3 @@ def test_each_rounds_own_ratio_is_paired_with_its_own_unaudited_run():
     plain = [100.0, 200.0, 400.0]
     audited = [110.0, 204.0, 480.0]
     assert bench.paired_ratio(audited, plain) == (1.1, 1.02, 1.2, None, None)  # 3 rounds
-
-
-def test_the_medians_interval_is_the_order_statistics_binomial_one():
-    """21 rounds: the 6th and 16th smallest (the binomial(21, 1/2) tails below 2.5 % hold 5
-    values each side); 6 rounds: least and most (2 x 1/64 = 3.1 % outside); 5: none."""
-    values = [float(v) for v in range(21, 0, -1)]
-    assert bench.median_interval(values) == (6.0, 16.0)
-    assert bench.median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
-    assert bench.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
-
-
-def test_the_target_is_met_only_when_the_whole_interval_is_under_it():
-    assert bench.target_verdict([(0.99, 1.02), (1.0, 1.03)]) == "met"
-    assert bench.target_verdict([(0.99, 1.02), (1.04, 1.2)]) == "NOT met"
-    # a median under the target with the interval across it (call 8's 0.9851) shows nothing
-    assert bench.target_verdict([(0.95, 1.08)]).startswith("not shown either way")
-    assert bench.target_verdict([(None, None)]).startswith("not shown either way: too few")

@@ -1,0 +1,43 @@
+"""``scripts/_stats.py``: the interval a benchmark's target is judged by."""
+
+from __future__ import annotations
+
+from tests.scripts.script_modules import load_script
+
+stats = load_script("_stats")
+
+
+def test_each_rounds_own_ratio_with_an_interval_from_six_rounds():
+    plain = [100.0] * 6
+    audited = [101.0, 102.0, 103.0, 104.0, 105.0, 106.0]
+    assert stats.paired_ratio(audited, plain) == (1.035, 1.01, 1.06, 1.01, 1.06)
+
+
+def test_the_medians_interval_is_the_order_statistics_binomial_one():
+    """21 rounds: the 6th and 16th smallest (the binomial(21, 1/2) tails below 2.5 % hold 5
+    values each side); 6 rounds: least and most (2 x 1/64 = 3.1 % outside); 5: none."""
+    values = [float(v) for v in range(21, 0, -1)]
+    assert stats.median_interval(values) == (6.0, 16.0)
+    assert stats.median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    assert stats.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+
+
+def test_the_target_is_met_only_when_the_whole_interval_is_under_it():
+    assert stats.target_verdict([(0.99, 1.02), (1.0, 1.03)], 1.03) == "met"
+    assert stats.target_verdict([(0.99, 1.02), (1.04, 1.2)], 1.03) == "NOT met"
+    # a median under the target with the interval across it (call 8's 0.9851) shows nothing
+    assert stats.target_verdict([(0.95, 1.08)], 1.03).startswith("not shown either way")
+    assert stats.target_verdict([(None, None)], 1.03).startswith("not shown either way: too few")
+
+
+def test_bench_audit_judges_a_row_by_its_interval_and_keeps_each_rounds_timings():
+    bench_audit = load_script("bench_audit")
+    import streamcheck
+
+    off, on = bench_audit.toggled(lambda: None, 10, 6)
+    assert len(off) == len(on) == 6 and streamcheck.current_auditor() is None
+    rows = bench_audit.judged("hook x: added ns", (250.0, 200.0, 320.0, 210.0, 290.0), 300)
+    assert rows == {"hook x: added ns, 95 % interval": "210.0-290.0",
+                    "hook x: added ns: target <= 300": "met"}
+    rows = bench_audit.judged("r", stats.paired_ratio([1.05] * 6, [1.0] * 6), 1.02)
+    assert rows["r: target <= 1.02"] == "NOT met"
