@@ -729,10 +729,24 @@ class ConnectorRuntime:
         except streamcheck.StreamHazardError as exc:
             with self.metrics._lock:
                 self.metrics.hazards_stopped += 1
-            self._finish(job, ok=False, error=f"stopped by streamcheck: {exc.rule_ids}")
+            self._fail_job(job, f"stopped by streamcheck: {exc.rule_ids}")
         except Exception as exc:  # a failed transfer must never take the worker down
-            self._finish(job, ok=False, error=f"{type(exc).__name__}: {exc}")
+            self._fail_job(job, f"{type(exc).__name__}: {exc}")
         return None
+
+    def _fail_job(self, job: _Job, error: str) -> None:
+        """End ``job`` as failed. A load that failed part way may have queued some of its
+        writes into the KV cache already, and none of them is tied to an event the forward
+        waits on: vLLM recomputes the failed blocks on its own stream as soon as the failure
+        is reported, so the copies still queued would race its writes into the same blocks
+        (a block left with some layers loaded and some recomputed). Its streams are drained
+        first; a failure is rare, the wait is short."""
+        if job.kind == "load":
+            for stream in (self._load_stream, getattr(self, "_stream", None),
+                           getattr(self, "_scatter_stream", None)):
+                if stream is not None:
+                    stream.synchronize()
+        self._finish(job, ok=False, error=error)
 
     def _retire(self, in_flight: deque[_InFlight], block: bool) -> None:
         """Finish the issued transfers that completed, oldest first (the oldest one at least,

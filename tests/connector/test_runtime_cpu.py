@@ -10,7 +10,7 @@ import torch
 
 from streamcheck.connector.backends import DiskBackend, HostBackend
 from streamcheck.connector.keys import block_hashes, layer_key
-from streamcheck.connector.worker_side import ConnectorRuntime, word_view
+from streamcheck.connector.worker_side import ConnectorRuntime, _GroupState, _Job, word_view
 
 LAYERS, BLOCKS, BLOCK_SHAPE = 3, 32, (2, 16, 8)  # (k/v, tokens, head dim): 1 KiB of fp32
 
@@ -118,6 +118,41 @@ def test_failed_load_reports_failed_blocks_and_never_writes_them():
     assert torch.all(dst[0][[4, 5]] == 7.0)  # untouched: vLLM recomputes them
     assert rt.metrics.snapshot()["failed_loads"] == 1
     rt.shutdown()
+
+
+def test_a_load_that_fails_part_way_drains_its_streams_before_it_is_reported():
+    """Writes a failed load queued before it failed must be done before vLLM hears of the
+    failure (and recomputes those blocks on its own stream); a failed save need not wait."""
+    rt = ConnectorRuntime(HostBackend(capacity_blocks=64, block_nbytes=block_nbytes(),
+                                      pin_memory=False), kv_caches(), "cpu")
+    order = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def synchronize(self):
+            order.append(("drained", self.name, set(rt._done.loads_done)))
+
+    rt._load_stream, rt._stream, rt._scatter_stream = (Stream(n) for n in (
+        "load", "worker", "scatter"))
+    job = _Job("load", "req-1", 0, [3, 4], ["k3", "k4"])
+    with rt._lock:
+        rt._loads["req-1"] = _GroupState(pending=1, queued=1, sealed=True)
+
+    def fails_part_way():
+        raise RuntimeError("the second plane's buffer could not be allocated")
+
+    assert rt._run_job(job, fails_part_way) is None
+    assert order == [("drained", name, set()) for name in ("load", "worker", "scatter")]
+    assert "req-1" in rt._done.loads_done and {3, 4} <= rt._done.failed_load_blocks
+    order.clear()
+    save = _Job("save", "req-1@1", 0, [3], ["k3"])
+    with rt._lock:
+        rt._saves["req-1@1"] = _GroupState(pending=1, queued=1, sealed=True)
+    rt._run_job(save, fails_part_way)
+    assert order == []
+    rt.shutdown(drain=False)
 
 
 def test_engine_calls_do_not_block_on_a_slow_backend():
