@@ -299,3 +299,38 @@ def test_a_failed_sync_load_fails_the_groups_planned_past_it():
     side.on_worker_report({group.group: 1}, {}, missing=[], loaded=[])  # the save itself ended
     assert not set(hashes[4:6]) & side.committed
     assert hashes[1] not in side.committed and hashes[0] in side.committed
+
+
+def test_a_hit_can_join_blocks_that_different_requests_saved():
+    """A known property of the store, kept in view (docs/measurements.md, table F5): the head
+    of a prompt's chain is evicted before its tail (commits and loads refresh blocks in prompt
+    order, and a load refreshes only the blocks past vLLM's own hits), and a block already
+    stored is not saved again. So a request that recomputes the head saves only the head, and
+    a later hit joins that head to a tail computed on top of another request's head. Each
+    block's KV is the engine's own for its tokens; in bfloat16 two computations of one block
+    differ in low bits, so the joined KV can be one that no single run of the engine holds."""
+    from streamcheck.connector.placement import Placement
+
+    side = SchedulerSide(BS, placement=Placement(10))
+    p = prompt(30, 5 * BS + 1)
+    hashes = block_hashes(p, BS)
+    saved_by: dict[str, str] = {}
+
+    def run_cold(req: str, tokens: list[int], first_block: int) -> None:
+        side.track(req, tokens)
+        blocks = list(range(first_block, first_block + 6))
+        for save in side.build([(req, blocks, True, len(tokens))]).saves:
+            side.on_worker_report({save.group: 1}, {}, (), ())
+            saved_by.update(dict.fromkeys(save.hashes, req))
+
+    run_cold("A", p, 0)  # computes and saves P0..P4
+    run_cold("B", prompt(31, 5 * BS + 1), 10)  # another prompt fills the store
+    assert side.matched_tokens("D", p, 2 * BS) == (3 * BS, True)  # vLLM holds P0, P1
+    side.after_alloc("D", list(range(20, 26)), 3 * BS)  # loads P2..P4: they become the newest
+    side.build([])
+    side.on_worker_report({}, {}, (), {"D"})
+    run_cold("F", prompt(32, 2 * BS + 1), 40)  # a third prompt's 2 blocks evict P0, P1
+    assert side.matched_tokens("C", p, 0) == (0, False)  # P0 is gone: C computes it all
+    run_cold("C", p, 30)  # ...and saves P0, P1 only: P2..P4 are still stored
+    assert side.matched_tokens("E", p, 0) == (5 * BS, True)
+    assert [saved_by[h] for h in hashes[:5]] == ["C", "C", "A", "A", "A"]
