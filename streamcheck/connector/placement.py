@@ -12,7 +12,16 @@ and the step. So capacity is managed here, where lookups are answered:
 * a block with a load in flight is *pinned*: it is never chosen for eviction until the load is
   reported done, so a planned load can never find its block gone or overwritten;
 * eviction takes the least recently used committed, unpinned block; evicted hashes leave the
-  index at once, so no later lookup counts them.
+  index at once, so no later lookup counts them;
+* a prompt's blocks form a chain (a block's KV was computed on top of the blocks before it),
+  and a chain's head outlives its tail: commits and uses (:meth:`touch`, :meth:`pin`) make a
+  chain's stored blocks the most recently used with the head last, so a stored block is
+  always more recent than the blocks stored after it in any prompt, and the least recently
+  used one is a tail. The store stays closed under prefixes: it never holds a tail without
+  the head it was computed on, which a request that computed the head again would save under
+  it (its tail then computed on another computation of the head: in bfloat16 they differ in
+  low bits). A load pins its whole chain, so skipping pinned blocks never takes a head whose
+  tail is kept. (A block a load found corrupt leaves at once, head or not: :meth:`drop`.)
 
 Slots are handed out lowest first, so a request's blocks usually form a few contiguous runs:
 the host store moves each run with one copy.
@@ -86,12 +95,20 @@ class Placement:
                 return True
         return False
 
-    def commit(self, hashes: Iterable[str]) -> None:
-        """Every worker stored these blocks: they are hits from now on (most recently used)."""
-        for h in hashes:
+    def commit(self, hashes: Sequence[str]) -> None:
+        """Every worker stored these blocks (a run of one prompt's chain, in order): they are
+        hits from now on, the most recently used, the first of them last."""
+        for h in reversed(hashes):
             slot = self._saving.pop(h, None)
             if slot is not None:
                 self._committed[h] = slot
+
+    def touch(self, chain: Sequence[str]) -> None:
+        """A request used the blocks of ``chain`` (a prompt's blocks, in order, from its
+        first): the stored ones become the most recently used, the head last."""
+        for h in reversed(chain):
+            if h in self._committed:
+                self._committed.move_to_end(h)
 
     def abandon(self, hashes: Iterable[str]) -> None:
         """These saves failed somewhere: their slots are free again, nothing is served."""
@@ -102,12 +119,12 @@ class Placement:
 
     # ---- loads ------------------------------------------------------------------------------
 
-    def pin(self, hashes: Iterable[str]) -> None:
-        """A load of these committed blocks is planned: keep them until :meth:`unpin`."""
-        for h in hashes:
+    def pin(self, chain: Sequence[str]) -> None:
+        """A load (or a save on top) of these blocks of one prompt's chain is planned: keep
+        them until :meth:`unpin`; they are used now (:meth:`touch`)."""
+        for h in chain:
             self._pins[h] = self._pins.get(h, 0) + 1
-            if h in self._committed:
-                self._committed.move_to_end(h)
+        self.touch(chain)
 
     def unpin(self, hashes: Iterable[str]) -> None:
         for h in hashes:

@@ -67,6 +67,8 @@ class _Request:
     block_ids: list[int] = field(default_factory=list)
     saved_blocks: int = 0  # blocks planned for saving (or loaded: already in the store)
     lookup_computed: int = 0  # tokens vLLM had computed locally at the last lookup
+    loaded: tuple[int, int] = (0, 0)  # the blocks its last load brought: first, end
+    own: set[str] = field(default_factory=set)  # blocks it planned to save itself
     open_groups: set[str] = field(default_factory=set)
     steps: int = 0
     finished: bool = False
@@ -76,6 +78,8 @@ class _Request:
 class _Group:
     req_id: str
     hashes: list[str]
+    chain: list[str] = field(default_factory=list)  # the prompt's blocks up to its last
+    held: list[str] = field(default_factory=list)  # its stored ancestors, pinned meanwhile
     reports: int = 0  # workers that ended this group
     failed: bool = False
 
@@ -156,9 +160,11 @@ class SchedulerSide:
         plan = LoadPlan(req_id, list(block_ids[first:last]), hashes, first)
         if self.placement is not None:  # held until the workers report this load done
             self._release(req_id)
-            self.placement.pin(hashes)
-            self._pins[req_id] = hashes
+            chain = state.hashes[:last]  # with the heads they hang on (see placement)
+            self.placement.pin(chain)
+            self._pins[req_id] = chain
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
+        state.loaded = (first, last)
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         if not self.sync_loads:
@@ -194,27 +200,54 @@ class SchedulerSide:
                     if state.hashes[i] not in self.committed]
             state.saved_blocks = full
             slots: list[int] = []
+            held: list[str] = []
             if self.placement is not None:
                 todo = [i for i in todo if not self.placement.is_placed(state.hashes[i])]
+            todo = self._on_its_own_blocks(state, todo)
+            if self.placement is not None and todo:
+                held = [h for h in state.hashes[:todo[0]] if self.placement.is_committed(h)]
+                self.placement.pin(held)  # what the saved blocks hang on stays meanwhile
                 slots, evicted = self.placement.reserve([state.hashes[i] for i in todo])
                 todo = todo[:len(slots)]  # no room for the rest: they stay unsaved
                 self.committed.difference_update(evicted)
                 meta.evicted.extend(evicted)
+                if not todo:
+                    self.placement.unpin(held)
             if todo:
                 state.steps += 1
                 group = f"{req_id}@{state.steps}"
                 hashes = [state.hashes[i] for i in todo]
+                state.own.update(hashes)
                 state.open_groups.add(group)
-                self._groups[group] = _Group(req_id, hashes)
+                self._groups[group] = _Group(req_id, hashes, state.hashes[:todo[-1] + 1], held)
                 meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
                                            hashes, slots))
         return meta
+
+    def _on_its_own_blocks(self, state: _Request, todo: list[int]) -> list[int]:
+        """The blocks of ``todo`` (indices, in order) to save: up to the first earlier block
+        that the store holds from another request's computation while this request computed
+        it itself (not a local hit, not loaded). Two requests that both computed a block
+        (each missed it at their lookup) hold two computations of it, which differ in low
+        bits in bfloat16; this request's later blocks were computed on its own, so saving them
+        under the other's would make the store serve KV that no single run computed."""
+        if not todo:
+            return todo
+        planned = set(todo)
+        local = state.lookup_computed // self.block_size
+        first, end = state.loaded
+        for j in range(todo[-1]):
+            if (j in planned or j < local or first <= j < end
+                    or state.hashes[j] in state.own):
+                continue
+            return [i for i in todo if i < j]
+        return todo
 
     def on_worker_report(self, saves_ok: Mapping[str, int], saves_failed: Mapping[str, int],
                          missing: Iterable[str], loaded: Iterable[str]) -> None:
         """The workers' news, summed over workers: save groups that ended (how many workers
         ended each, ok or failed), hashes a load found missing or corrupt, finished loads."""
-        missing = set(missing)
+        missing = self._with_tails(set(missing))
         self.committed.difference_update(missing)
         if self.placement is not None:
             self.placement.drop(missing)
@@ -223,6 +256,7 @@ class SchedulerSide:
                 for i, h in enumerate(state.hashes[:state.saved_blocks]):
                     if h in missing:
                         state.saved_blocks = i
+                        state.loaded = (state.loaded[0], min(state.loaded[1], i))
                         break
             # A group planned before this report (the next step, scheduled ahead of the
             # failing one's output) may hold blocks computed after a failed one: fail it.
@@ -251,7 +285,23 @@ class SchedulerSide:
             for i, h in enumerate(plan.hashes):  # vLLM recomputes from here: save it again
                 if h in missing:
                     state.saved_blocks = min(state.saved_blocks, plan.first + i)
+                    # the blocks after it are this request's own computation now
+                    state.loaded = (state.loaded[0], min(state.loaded[1], plan.first + i))
                     break
+
+    def _with_tails(self, missing: set[str]) -> set[str]:
+        """``missing`` with the stored blocks that follow one of them in a known prompt: they
+        were computed on the block that is gone, and the block computed again would not be
+        the one under them (a scan of the requests: failures are rare)."""
+        if not missing:
+            return missing
+        tails = set(missing)
+        for state in self._requests.values():
+            for i, h in enumerate(state.hashes):
+                if h in missing:
+                    tails.update(t for t in state.hashes[i + 1:] if t in self.committed)
+                    break
+        return tails
 
     def _unplan(self, req_id: str) -> None:
         """The request is gone before its load was sent: drop the plan and its pins. A load
@@ -273,6 +323,8 @@ class SchedulerSide:
                 self.placement.abandon(entry.hashes)
             else:
                 self.placement.commit(entry.hashes)
+                self.placement.touch(entry.chain)  # its heads more recent than these
+            self.placement.unpin(entry.held)
         if not entry.failed:
             self.committed.update(entry.hashes)
         state = self._requests.get(entry.req_id)

@@ -22,12 +22,24 @@ def test_slots_are_handed_out_lowest_first_in_runs():
 
 
 def test_eviction_takes_the_least_recently_used_unpinned_block():
+    p = Placement(4)
+    saved(p, "a", "b")  # one prompt's chain: "b" was computed on top of "a"
+    saved(p, "c")  # another prompt's
+    p.pin(["c"])  # a load of "c" is in flight (and "c" becomes most recently used)
+    slots, evicted = p.reserve(["d", "e"])
+    assert evicted == ["b"] and slots == [3, 1]
+    assert not p.is_committed("b") and p.is_committed("a") and p.is_committed("c")
+
+
+def test_a_chains_tail_is_evicted_before_its_head_and_a_use_renews_the_head_last():
     p = Placement(3)
-    saved(p, "a", "b", "c")
-    p.pin(["a"])  # a load of "a" is in flight (and "a" becomes most recently used)
-    slots, evicted = p.reserve(["d"])
-    assert evicted == ["b"] and slots == [1]
-    assert not p.is_committed("b") and p.is_committed("a")
+    saved(p, "h", "t1", "t2")  # committed head last: the tail is the least recently used
+    assert p.reserve(["x"]) == ([2], ["t2"])
+    p.commit(["x"])
+    p.touch(["h", "t1"])  # a request used the chain: both newer than "x", the head newest
+    assert p.reserve(["y"]) == ([2], ["x"])
+    p.commit(["y"])
+    assert p.reserve(["z"]) == ([1], ["t1"])  # the tail, then its head: never the other way
 
 
 def test_a_pinned_block_is_never_evicted_and_saves_stop_when_nothing_is_free():
@@ -67,3 +79,53 @@ def test_asking_to_save_a_placed_block_is_an_error():
     saved(p, "a")
     with pytest.raises(ValueError, match="already stored"):
         p.reserve(["a"])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_store_never_holds_a_tail_without_its_head(seed):
+    """Random traffic through the scheduler (families of prompts sharing heads, local hits,
+    loads, saves that fail, reports late and out of order, requests that end): after every
+    step, whatever the store holds of a prompt is a prefix of its blocks."""
+    import random
+
+    from streamcheck.connector.keys import block_hashes
+    from streamcheck.connector.scheduler_side import SchedulerSide
+
+    rng = random.Random(seed)
+    bs = 4
+    side = SchedulerSide(bs, placement=Placement(24))
+    heads = [[rng.randrange(1, 999) for _ in range(3 * bs)] for _ in range(3)]
+    prompts = [h + [rng.randrange(1, 999) for _ in range(rng.randrange(1, 5) * bs + 1)]
+               for h in heads for _ in range(3)]
+    chains = [block_hashes(p, bs) for p in prompts]
+    open_saves: list[str] = []
+    loads: list[str] = []
+
+    def prefix_closed() -> bool:
+        for chain in chains:
+            held = [h in side.committed for h in chain]
+            if held != sorted(held, reverse=True):
+                return False
+        return True
+
+    for step in range(300):
+        req = f"r{step}"
+        tokens = prompts[rng.randrange(len(prompts))]
+        usable = (len(tokens) - 1) // bs
+        local = rng.randrange(0, usable + 1) * bs if rng.random() < 0.3 else 0
+        new, _ = side.matched_tokens(req, tokens, local)
+        if new > 0 and rng.random() < 0.8:
+            side.after_alloc(req, list(range(100)), new)
+            loads.append(req)
+        meta = side.build([(req, list(range(100)), True, len(tokens))])
+        open_saves += [s.group for s in meta.saves]
+        rng.shuffle(open_saves)
+        while open_saves and rng.random() < 0.6:
+            group = open_saves.pop()
+            ok = rng.random() < 0.9
+            side.on_worker_report({group: 1} if ok else {}, {} if ok else {group: 1}, (), ())
+        if loads and rng.random() < 0.7:
+            side.on_worker_report({}, {}, (), {loads.pop(rng.randrange(len(loads)))})
+        if rng.random() < 0.5:
+            side.finished(req)
+        assert prefix_closed(), f"step {step}"

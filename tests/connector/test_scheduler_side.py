@@ -81,6 +81,7 @@ def test_saves_cover_newly_full_prompt_blocks_not_already_committed():
     hashes = block_hashes(p, BS)
     side.committed.add(hashes[1])
     side.track("r", p)
+    assert side.matched_tokens("r", p, 2 * BS) == (0, False)  # vLLM holds the first two
     meta = side.build([("r", [5, 6, 7], True, 2 * BS + 3)])  # chunk 1: 11 tokens
     assert [(s.block_ids, s.hashes) for s in meta.saves] == [([5], [hashes[0]])]
     meta = side.build([("r", [8, 9], False, 4 * BS + 2)])  # chunk 2: the rest of the prompt
@@ -117,10 +118,11 @@ def test_missing_blocks_leave_the_index_and_are_saved_again():
     side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
     side.build([])
     side.on_worker_report({}, {}, [hashes[2]], {"r"})  # block 2 failed to load
-    assert hashes[2] not in side.committed
+    # block 3 goes too: it was computed on the block 2 that is gone
+    assert hashes[2] not in side.committed and hashes[3] not in side.committed
     assert side.matched_tokens("x", p, 0) == (2 * BS, True)
     meta = side.build([("r", [1, 2, 3, 4, 5], True, 4 * BS + 1)])  # vLLM recomputes 2 and 3
-    assert [s.hashes for s in meta.saves] == [[hashes[2]]]  # 3 is still committed
+    assert [s.hashes for s in meta.saves] == [hashes[2:4]]
 
 
 def test_finished_with_open_saves_holds_blocks_and_is_named_once():
@@ -301,14 +303,14 @@ def test_a_failed_sync_load_fails_the_groups_planned_past_it():
     assert hashes[1] not in side.committed and hashes[0] in side.committed
 
 
-def test_a_hit_can_join_blocks_that_different_requests_saved():
-    """A known property of the store, kept in view (docs/measurements.md, table F5): the head
-    of a prompt's chain is evicted before its tail (commits and loads refresh blocks in prompt
-    order, and a load refreshes only the blocks past vLLM's own hits), and a block already
-    stored is not saved again. So a request that recomputes the head saves only the head, and
-    a later hit joins that head to a tail computed on top of another request's head. Each
-    block's KV is the engine's own for its tokens; in bfloat16 two computations of one block
-    differ in low bits, so the joined KV can be one that no single run of the engine holds."""
+def test_a_hit_never_joins_blocks_that_different_requests_computed():
+    """In bfloat16 two computations of one block differ in low bits, and a block's KV is
+    computed on top of the blocks before it; a hit that joined a block one request saved to
+    the blocks after it that another request computed on its own would serve KV no single run
+    of the engine holds (docs/measurements.md, tables F4, F5: answers no prefill split
+    gives). Two ways it could: the store evicting a chain's head before its tail, then a
+    request that computed the head again saving it under the old tail; and two requests
+    computing the same head at once, the later one saving its tail under the earlier's head."""
     from streamcheck.connector.placement import Placement
 
     side = SchedulerSide(BS, placement=Placement(10))
@@ -326,11 +328,32 @@ def test_a_hit_can_join_blocks_that_different_requests_saved():
     run_cold("A", p, 0)  # computes and saves P0..P4
     run_cold("B", prompt(31, 5 * BS + 1), 10)  # another prompt fills the store
     assert side.matched_tokens("D", p, 2 * BS) == (3 * BS, True)  # vLLM holds P0, P1
-    side.after_alloc("D", list(range(20, 26)), 3 * BS)  # loads P2..P4: they become the newest
+    side.after_alloc("D", list(range(20, 26)), 3 * BS)  # loads P2..P4 (and keeps P0, P1)
     side.build([])
     side.on_worker_report({}, {}, (), {"D"})
-    run_cold("F", prompt(32, 2 * BS + 1), 40)  # a third prompt's 2 blocks evict P0, P1
-    assert side.matched_tokens("C", p, 0) == (0, False)  # P0 is gone: C computes it all
-    run_cold("C", p, 30)  # ...and saves P0, P1 only: P2..P4 are still stored
+    run_cold("F", prompt(32, 2 * BS + 1), 40)  # a third prompt's 2 blocks: B's tail goes
     assert side.matched_tokens("E", p, 0) == (5 * BS, True)
-    assert [saved_by[h] for h in hashes[:5]] == ["C", "C", "A", "A", "A"]
+    assert {saved_by[h] for h in hashes[:5]} == {"A"}
+
+    # two requests of one family computing its head at once: the head is the first's
+    side = SchedulerSide(BS, placement=Placement(20))
+    head = prompt(40, 2 * BS)
+    first, second = head + prompt(41, 2 * BS + 1), head + prompt(42, 2 * BS + 1)
+    for req, tokens in (("R1", first), ("R2", second)):
+        side.track(req, tokens)
+        assert side.matched_tokens(req, tokens, 0) == (0, False)  # both miss
+    (save1,) = side.build([("R1", list(range(5)), True, len(first))]).saves
+    side.on_worker_report({save1.group: 1}, {}, (), ())  # R1's head and tail are stored
+    assert side.build([("R2", list(range(10, 15)), True, len(second))]).saves == []
+    assert side.matched_tokens("R3", second, 0) == (2 * BS, True)  # the head only
+
+    # a request that loaded the head, or holds it locally, saves its tail on it
+    for req, local in (("R4", 0), ("R5", 2 * BS)):
+        third = head + prompt(43 + local, 2 * BS + 1)
+        assert side.matched_tokens(req, third, local)[0] == 2 * BS - local
+        if local == 0:
+            side.after_alloc(req, list(range(20, 25)), 2 * BS)
+            side.build([])
+            side.on_worker_report({}, {}, (), {req})
+        (save,) = side.build([(req, list(range(20, 25)), True, len(third))]).saves
+        assert save.hashes == block_hashes(third, BS)[2:4]
