@@ -112,6 +112,16 @@ def judged(label: str, paired: Paired, target: float) -> dict[str, Any]:
             f"{label}: target <= {target}": target_verdict([(lo, hi)], target)}
 
 
+def ratio_rows(label: str, bare: list[float], wrapped: list[float], digits: int,
+               target: float) -> dict[str, Any]:
+    """A real operation timed bare and audited (ns a call, each round): the medians in us,
+    their ratio, and the target judged by the interval of each round's own ratio."""
+    return {f"{label} unwrapped us": round(median(bare) / 1000, digits),
+            f"{label} assert-mode us": round(median(wrapped) / 1000, digits),
+            f"{label} ratio wrapped/unwrapped": round(median(wrapped) / median(bare), 4),
+            **judged(f"{label}, each round's own ratio", paired_ratio(wrapped, bare), target)}
+
+
 def hook_costs(calls: int, rounds: int) -> dict[str, float]:
     """ns each stream hook adds: set_stream, a stream context, event record/wait (clocks idle,
     then live after a handoff), ``wait_stream`` (torch records a new event in each: its first
@@ -271,12 +281,7 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                 drain=torch.cuda.synchronize)
     torch.cuda.synchronize()
     auditor = streamcheck.current_auditor()
-    results["nccl 4KiB all_reduce unwrapped us"] = round(median(bare) / 1000, 3)
-    results["nccl 4KiB all_reduce assert-mode us"] = round(median(wrapped) / 1000, 3)
-    results["nccl 4KiB all_reduce ratio wrapped/unwrapped"] = round(
-        median(wrapped) / median(bare), 4)
-    results.update(judged("nccl 4KiB all_reduce, each round's own ratio",
-                          paired_ratio(wrapped, bare), 1.02))
+    results.update(ratio_rows("nccl 4KiB all_reduce", bare, wrapped, 3, 1.02))
     results["findings during bench"] = len(auditor.findings()) if auditor else None
     streamcheck.uninstall()
 
@@ -303,12 +308,7 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                 20, args.rounds)
     streamcheck.uninstall()
     comm.close()
-    results["decode-like step (64 all-reduces) unwrapped us"] = round(median(bare) / 1000, 1)
-    results["decode-like step assert-mode us"] = round(median(wrapped) / 1000, 1)
-    results["decode-like step ratio wrapped/unwrapped"] = round(
-        median(wrapped) / median(bare), 4)
-    results.update(judged("decode-like step, each round's own ratio",
-                          paired_ratio(wrapped, bare), 1.01))
+    results.update(ratio_rows("decode-like step (64 all-reduces)", bare, wrapped, 1, 1.01))
 
     return results
 

@@ -41,3 +41,12 @@ def test_bench_audit_judges_a_row_by_its_interval_and_keeps_each_rounds_timings(
                     "hook x: added ns: target <= 300": "met"}
     rows = bench_audit.judged("r", stats.paired_ratio([1.05] * 6, [1.0] * 6), 1.02)
     assert rows["r: target <= 1.02"] == "NOT met"
+
+
+def test_bench_audit_ratio_rows_name_the_medians_the_ratio_and_the_verdict():
+    bench_audit = load_script("bench_audit")
+    rows = bench_audit.ratio_rows("op", [1000.0] * 6, [1010.0] * 6, 3, 1.02)
+    assert rows == {"op unwrapped us": 1.0, "op assert-mode us": 1.01,
+                    "op ratio wrapped/unwrapped": 1.01,
+                    "op, each round's own ratio, 95 % interval": "1.01-1.01",
+                    "op, each round's own ratio: target <= 1.02": "met"}
