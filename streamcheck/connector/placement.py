@@ -13,15 +13,17 @@ and the step. So capacity is managed here, where lookups are answered:
   reported done, so a planned load can never find its block gone or overwritten;
 * eviction takes the least recently used committed, unpinned block; evicted hashes leave the
   index at once, so no later lookup counts them;
-* a prompt's blocks form a chain (a block's KV was computed on top of the blocks before it),
-  and a chain's head outlives its tail: commits and uses (:meth:`touch`, :meth:`pin`) make a
-  chain's stored blocks the most recently used with the head last, so a stored block is
-  always more recent than the blocks stored after it in any prompt, and the least recently
-  used one is a tail. The store stays closed under prefixes: it never holds a tail without
-  the head it was computed on, which a request that computed the head again would save under
-  it (its tail then computed on another computation of the head: in bfloat16 they differ in
-  low bits). A load pins its whole chain, so skipping pinned blocks never takes a head whose
-  tail is kept. (A block a load found corrupt leaves at once, head or not: :meth:`drop`.)
+* a prompt's blocks form a chain: a block's KV was computed on top of the blocks before it
+  (its *parent*, named at :meth:`reserve`). The store is closed under prefixes: a block is
+  committed only on top of its stored parent, only a block with no stored child is evicted,
+  and a block a load found corrupt leaves with every block stored on top of it. Otherwise a
+  request that computed a head again would save it under a tail computed on another
+  computation of it, and in bfloat16 two computations of a block differ in low bits: the
+  store would serve KV that no single run of the engine computed. Commits and uses
+  (:meth:`touch`, :meth:`pin`) renew a chain head last, so the least recently used blocks
+  are tails, and a load pins its whole chain. Each stored block keeps the *owner* of its
+  save, so a request can tell whether the store's copy of a block is the one its own KV was
+  computed on (:meth:`owner`).
 
 Slots are handed out lowest first, so a request's blocks usually form a few contiguous runs:
 the host store moves each run with one copy.
@@ -46,6 +48,9 @@ class Placement:
         self._saving: dict[str, int] = {}  # hash -> slot, save in flight
         self._pins: dict[str, int] = {}  # hash -> loads in flight
         self._dropped: dict[str, int] = {}  # hash -> slot: dropped while pinned, freed at unpin
+        self._parent: dict[str, str | None] = {}  # saving or committed hash -> its parent
+        self._children: dict[str, set[str]] = {}  # committed hash -> its committed children
+        self._owner: dict[str, str] = {}  # saving or committed hash -> who saved it
         self.evictions = 0
 
     # ---- queries ----------------------------------------------------------------------------
@@ -57,27 +62,37 @@ class Placement:
     def is_committed(self, block_hash: str) -> bool:
         return block_hash in self._committed
 
+    def owner(self, block_hash: str) -> str | None:
+        """Who saved the stored (or being saved) copy of a block (None: not stored)."""
+        return self._owner.get(block_hash)
+
     def used(self) -> int:
         return self.capacity - len(self._free)
 
     # ---- saves ------------------------------------------------------------------------------
 
-    def reserve(self, hashes: Sequence[str]) -> tuple[list[int], list[str]]:
+    def reserve(self, hashes: Sequence[str], parents: Sequence[str | None] | None = None,
+                owner: str = "") -> tuple[list[int], list[str]]:
         """Slots for saving ``hashes``, in order, evicting as needed: ``(slots, evicted)``.
+        ``parents``: the block before each in its prompt (None: the first block; default
+        all None); ``owner``: who saves them.
 
-        Stops at the first block it cannot place (every other block pinned or being saved),
-        so what is saved is always a prefix of what was asked. Evicted hashes are no longer
-        committed when this returns. Asking for a block that :meth:`is_placed` is an error.
+        Stops at the first block it cannot place (every other block pinned, being saved or
+        under a stored child), so what is saved is always a prefix of what was asked. Evicted
+        hashes are no longer committed when this returns. Asking for a block that
+        :meth:`is_placed` is an error.
         """
         slots: list[int] = []
         evicted: list[str] = []
-        for h in hashes:
+        for i, h in enumerate(hashes):
             if self.is_placed(h):
                 raise ValueError(f"block {h} is already stored or being saved")
             if not self._free and not self._evict_one(evicted):
                 break
             slot = heapq.heappop(self._free)
             self._saving[h] = slot
+            self._parent[h] = parents[i] if parents is not None else None
+            self._owner[h] = owner
             slots.append(slot)
         return slots, evicted
 
@@ -88,20 +103,47 @@ class Placement:
 
     def _evict_one(self, evicted: list[str]) -> bool:
         for h in self._committed:
-            if self._pins.get(h, 0) == 0:
-                heapq.heappush(self._free, self._committed.pop(h))
+            if self._pins.get(h, 0) == 0 and not self._children.get(h):
+                heapq.heappush(self._free, self._uncommit(h))
                 evicted.append(h)
                 self.evictions += 1
                 return True
         return False
 
-    def commit(self, hashes: Sequence[str]) -> None:
-        """Every worker stored these blocks (a run of one prompt's chain, in order): they are
-        hits from now on, the most recently used, the first of them last."""
-        for h in reversed(hashes):
+    def _uncommit(self, h: str) -> int:
+        """Take a committed block out of the index and the chains; its slot."""
+        slot = self._committed.pop(h)
+        parent = self._parent.pop(h, None)
+        if parent is not None and parent in self._children:
+            self._children[parent].discard(h)
+            if not self._children[parent]:
+                del self._children[parent]
+        self._children.pop(h, None)
+        self._owner.pop(h, None)
+        return slot
+
+    def commit(self, hashes: Sequence[str]) -> list[str]:
+        """Every worker stored these blocks (a run of one prompt's chain, in order): each is a
+        hit from now on if its parent is stored, and fails otherwise (a parent that failed,
+        was evicted or was dropped meanwhile), the blocks after it with it. The committed
+        ones are the most recently used, the first of them last; returns them."""
+        done: list[str] = []
+        for h in hashes:
             slot = self._saving.pop(h, None)
-            if slot is not None:
-                self._committed[h] = slot
+            if slot is None:
+                continue
+            parent = self._parent.get(h)
+            if parent is not None and parent not in self._committed:
+                heapq.heappush(self._free, slot)
+                self._parent.pop(h, None)
+                self._owner.pop(h, None)
+                continue
+            self._committed[h] = slot
+            if parent is not None:
+                self._children.setdefault(parent, set()).add(h)
+            done.append(h)
+        self.touch(done)
+        return done
 
     def touch(self, chain: Sequence[str]) -> None:
         """A request used the blocks of ``chain`` (a prompt's blocks, in order, from its
@@ -116,6 +158,8 @@ class Placement:
             slot = self._saving.pop(h, None)
             if slot is not None:
                 heapq.heappush(self._free, slot)
+                self._parent.pop(h, None)
+                self._owner.pop(h, None)
 
     # ---- loads ------------------------------------------------------------------------------
 
@@ -137,14 +181,21 @@ class Placement:
             if slot is not None:
                 heapq.heappush(self._free, slot)
 
-    def drop(self, hashes: Iterable[str]) -> None:
-        """A load found these blocks missing or corrupt: no more hits; the slot is free once
-        no other load still reads it."""
-        for h in hashes:
-            slot = self._committed.pop(h, None)
-            if slot is None:
+    def drop(self, hashes: Iterable[str]) -> set[str]:
+        """A load found these blocks missing or corrupt: no more hits for them nor for the
+        blocks stored on top of them (computed on the copy that is gone); a slot is free once
+        no load still reads it. Returns every block dropped."""
+        dropped: set[str] = set()
+        todo = [h for h in hashes if h in self._committed]
+        while todo:
+            h = todo.pop()
+            if h not in self._committed:
                 continue
+            todo.extend(self._children.get(h, ()))
+            slot = self._uncommit(h)
+            dropped.add(h)
             if self._pins.get(h, 0):
                 self._dropped[h] = slot
             else:
                 heapq.heappush(self._free, slot)
+        return dropped

@@ -67,8 +67,9 @@ class _Request:
     block_ids: list[int] = field(default_factory=list)
     saved_blocks: int = 0  # blocks planned for saving (or loaded: already in the store)
     lookup_computed: int = 0  # tokens vLLM had computed locally at the last lookup
-    loaded: tuple[int, int] = (0, 0)  # the blocks its last load brought: first, end
-    own: set[str] = field(default_factory=set)  # blocks it planned to save itself
+    # blocks whose KV this request holds as the store's copy: block hash -> that copy's
+    # owner (the save group that stored it), for the blocks it loaded and the ones it saved
+    sources: dict[str, str] = field(default_factory=dict)
     open_groups: set[str] = field(default_factory=set)
     steps: int = 0
     finished: bool = False
@@ -164,7 +165,8 @@ class SchedulerSide:
             self.placement.pin(chain)
             self._pins[req_id] = chain
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
-        state.loaded = (first, last)
+        for h in hashes:
+            state.sources[h] = self._owner(h) or ""
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         if not self.sync_loads:
@@ -204,10 +206,13 @@ class SchedulerSide:
             if self.placement is not None:
                 todo = [i for i in todo if not self.placement.is_placed(state.hashes[i])]
             todo = self._on_its_own_blocks(state, todo)
+            group = f"{req_id}@{state.steps + 1}"
             if self.placement is not None and todo:
                 held = [h for h in state.hashes[:todo[0]] if self.placement.is_committed(h)]
                 self.placement.pin(held)  # what the saved blocks hang on stays meanwhile
-                slots, evicted = self.placement.reserve([state.hashes[i] for i in todo])
+                slots, evicted = self.placement.reserve(
+                    [state.hashes[i] for i in todo],
+                    [state.hashes[i - 1] if i else None for i in todo], group)
                 todo = todo[:len(slots)]  # no room for the rest: they stay unsaved
                 self.committed.difference_update(evicted)
                 meta.evicted.extend(evicted)
@@ -215,30 +220,36 @@ class SchedulerSide:
                     self.placement.unpin(held)
             if todo:
                 state.steps += 1
-                group = f"{req_id}@{state.steps}"
                 hashes = [state.hashes[i] for i in todo]
-                state.own.update(hashes)
+                state.sources.update(dict.fromkeys(hashes, group))
                 state.open_groups.add(group)
                 self._groups[group] = _Group(req_id, hashes, state.hashes[:todo[-1] + 1], held)
                 meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
                                            hashes, slots))
         return meta
 
+    def _owner(self, block_hash: str) -> str | None:
+        """Who saved the store's copy of a block (without a placement: "" if stored)."""
+        if self.placement is not None:
+            return self.placement.owner(block_hash)
+        return "" if block_hash in self.committed else None
+
     def _on_its_own_blocks(self, state: _Request, todo: list[int]) -> list[int]:
         """The blocks of ``todo`` (indices, in order) to save: up to the first earlier block
-        that the store holds from another request's computation while this request computed
-        it itself (not a local hit, not loaded). Two requests that both computed a block
-        (each missed it at their lookup) hold two computations of it, which differ in low
-        bits in bfloat16; this request's later blocks were computed on its own, so saving them
-        under the other's would make the store serve KV that no single run computed."""
+        whose stored copy is not the one this request's KV holds (it computed the block
+        itself while another request's copy was stored, or the copy it loaded or saved was
+        replaced since). Two computations of a block differ in low bits in bfloat16, and this
+        request's later blocks were computed on its own: saved under another copy, the store
+        would serve KV that no single run computed. Blocks vLLM held locally at the lookup are
+        taken as they are: the connector cannot see which copy vLLM's own cache holds."""
         if not todo:
             return todo
         planned = set(todo)
         local = state.lookup_computed // self.block_size
-        first, end = state.loaded
         for j in range(todo[-1]):
-            if (j in planned or j < local or first <= j < end
-                    or state.hashes[j] in state.own):
+            h = state.hashes[j]
+            if j in planned or j < local or (
+                    h in state.sources and self._owner(h) == state.sources[h]):
                 continue
             return [i for i in todo if i < j]
         return todo
@@ -247,16 +258,15 @@ class SchedulerSide:
                          missing: Iterable[str], loaded: Iterable[str]) -> None:
         """The workers' news, summed over workers: save groups that ended (how many workers
         ended each, ok or failed), hashes a load found missing or corrupt, finished loads."""
-        missing = self._with_tails(set(missing))
+        missing = set(missing)
+        if self.placement is not None:  # with the blocks stored on top of them
+            missing |= self.placement.drop(missing)
         self.committed.difference_update(missing)
-        if self.placement is not None:
-            self.placement.drop(missing)
         if missing and self.sync_loads:  # vLLM recomputes from the first failed block: save
             for state in self._requests.values():  # it again (failures are rare: a scan)
                 for i, h in enumerate(state.hashes[:state.saved_blocks]):
                     if h in missing:
                         state.saved_blocks = i
-                        state.loaded = (state.loaded[0], min(state.loaded[1], i))
                         break
             # A group planned before this report (the next step, scheduled ahead of the
             # failing one's output) may hold blocks computed after a failed one: fail it.
@@ -285,23 +295,7 @@ class SchedulerSide:
             for i, h in enumerate(plan.hashes):  # vLLM recomputes from here: save it again
                 if h in missing:
                     state.saved_blocks = min(state.saved_blocks, plan.first + i)
-                    # the blocks after it are this request's own computation now
-                    state.loaded = (state.loaded[0], min(state.loaded[1], plan.first + i))
                     break
-
-    def _with_tails(self, missing: set[str]) -> set[str]:
-        """``missing`` with the stored blocks that follow one of them in a known prompt: they
-        were computed on the block that is gone, and the block computed again would not be
-        the one under them (a scan of the requests: failures are rare)."""
-        if not missing:
-            return missing
-        tails = set(missing)
-        for state in self._requests.values():
-            for i, h in enumerate(state.hashes):
-                if h in missing:
-                    tails.update(t for t in state.hashes[i + 1:] if t in self.committed)
-                    break
-        return tails
 
     def _unplan(self, req_id: str) -> None:
         """The request is gone before its load was sent: drop the plan and its pins. A load
@@ -321,12 +315,14 @@ class SchedulerSide:
         if self.placement is not None:
             if entry.failed:
                 self.placement.abandon(entry.hashes)
-            else:
-                self.placement.commit(entry.hashes)
+                stored: list[str] = []
+            else:  # each only on top of its stored parent
+                stored = self.placement.commit(entry.hashes)
                 self.placement.touch(entry.chain)  # its heads more recent than these
             self.placement.unpin(entry.held)
-        if not entry.failed:
-            self.committed.update(entry.hashes)
+        else:
+            stored = [] if entry.failed else entry.hashes
+        self.committed.update(stored)
         state = self._requests.get(entry.req_id)
         if state is None:
             return
@@ -336,11 +332,14 @@ class SchedulerSide:
 
     def preempted(self, req_id: str) -> None:
         """vLLM freed its blocks: the workers must finish reading them before they are reused,
-        so the request no longer holds anything for its earlier saves."""
+        so the request no longer holds anything for its earlier saves. Resumed, it computes
+        or loads its KV anew: what it held before says nothing of it then."""
         state = self._requests.get(req_id)
         if state is not None:
             state.block_ids = []
             state.open_groups.clear()
+            state.sources.clear()
+            state.saved_blocks = 0
         self.parked.pop(req_id, None)
         self._unplan(req_id)
         self._preempted.append(req_id)

@@ -111,9 +111,15 @@ def test_a_group_failed_on_any_worker_is_never_served():
 
 
 def test_missing_blocks_leave_the_index_and_are_saved_again():
-    side = SchedulerSide(BS)
+    from streamcheck.connector.placement import Placement
+
+    side = SchedulerSide(BS, placement=Placement(8))
     p = prompt(11, 4 * BS + 1)
-    hashes = commit(side, p)
+    hashes = block_hashes(p, BS)
+    side.track("w", p)
+    (save,) = side.build([("w", [20, 21, 22, 23, 24], True, len(p))]).saves
+    side.on_worker_report({save.group: 1}, {}, (), ())
+    side.finished("w")
     side.matched_tokens("r", p, 0)
     side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
     side.build([])
@@ -357,3 +363,154 @@ def test_a_hit_never_joins_blocks_that_different_requests_computed():
             side.on_worker_report({}, {}, (), {req})
         (save,) = side.build([(req, list(range(20, 25)), True, len(third))]).saves
         assert save.hashes == block_hashes(third, BS)[2:4]
+
+
+def placed_side(capacity: int = 20) -> SchedulerSide:
+    from streamcheck.connector.placement import Placement
+
+    return SchedulerSide(BS, placement=Placement(capacity))
+
+
+def saved(side: SchedulerSide, req: str, tokens: list[int], blocks: list[int],
+          computed: int | None = None, ok: bool = True) -> list[str]:
+    """``req`` computed up to ``computed`` tokens (default all) and its saves ended ``ok``:
+    the hashes of the groups planned."""
+    side.track(req, tokens)
+    planned = []
+    for save in side.build([(req, blocks, True, computed or len(tokens))]).saves:
+        side.on_worker_report({save.group: 1} if ok else {}, {} if ok else {save.group: 1},
+                              (), ())
+        planned += save.hashes
+    return planned
+
+
+def test_a_tail_whose_head_failed_or_was_evicted_meanwhile_is_never_stored():
+    # chunked prefill: the first chunk's save fails after the second chunk's ended
+    side = placed_side()
+    p = prompt(50, 4 * BS + 1)
+    side.track("R", p)
+    side.matched_tokens("R", p, 0)
+    (first,) = side.build([("R", list(range(5)), True, 2 * BS)]).saves
+    (second,) = side.build([("R", [], False, len(p))]).saves
+    side.on_worker_report({second.group: 1}, {}, (), ())
+    side.on_worker_report({}, {first.group: 1}, (), ())
+    assert not side.committed
+    # the first chunk stored, then evicted before the second is planned: nothing on nothing
+    side = placed_side(4)
+    side.track("R", p)
+    side.matched_tokens("R", p, 0)
+    (first,) = side.build([("R", list(range(5)), True, 2 * BS)]).saves
+    side.on_worker_report({first.group: 1}, {}, (), ())
+    saved(side, "O", prompt(51, 2 * BS + 1), [20, 21, 22])
+    saved(side, "O2", prompt(52, 2 * BS + 1), [30, 31, 32])  # R's head goes
+    assert side.build([("R", [], False, len(p))]).saves == []
+    # a tail saved on a head another request is still saving, whose save then fails
+    side = placed_side()
+    head = prompt(53, 2 * BS)
+    a, b = head + prompt(54, 2 * BS + 1), head + prompt(55, 2 * BS + 1)
+    side.track("R1", a)
+    side.matched_tokens("R1", a, 0)
+    (s1,) = side.build([("R1", list(range(5)), True, len(a))]).saves
+    side.track("R2", b)
+    side.matched_tokens("R2", b, 2 * BS)  # vLLM holds the head locally
+    (s2,) = side.build([("R2", [0, 1, 10, 11, 12], True, len(b))]).saves
+    side.on_worker_report({s2.group: 1}, {}, (), ())
+    side.on_worker_report({}, {s1.group: 1}, (), ())
+    assert not side.committed
+
+
+def test_a_request_resumed_after_preemption_saves_on_what_it_computed_anew():
+    """Preempted with its own save in flight and resumed cold, a request computes its head
+    again: its tail is not saved on the copy its earlier computation stored."""
+    side = placed_side()
+    p = prompt(56, 4 * BS + 1)
+    side.track("R", p)
+    side.matched_tokens("R", p, 0)
+    (old,) = side.build([("R", list(range(5)), True, 2 * BS)]).saves
+    side.preempted("R")
+    side.build([])
+    assert side.matched_tokens("R", p, 0) == (0, False)  # its head is not stored yet
+    side.on_worker_report({old.group: 1}, {}, (), ())
+    assert side.build([("R", list(range(40, 45)), True, len(p))]).saves == []
+
+
+def test_a_missing_block_takes_every_block_stored_on_it_with_it():
+    side = placed_side(40)
+    head = prompt(57, 3 * BS)
+    x, y = head + prompt(58, 2 * BS + 1), head + prompt(59, 2 * BS + 1)
+    hx = block_hashes(x, BS)
+    saved(side, "X", x, list(range(6)))
+    side.finished("X")  # a finished request's blocks too
+    side.track("Y", y)
+    side.matched_tokens("Y", y, 0)
+    side.after_alloc("Y", list(range(6)), 3 * BS)
+    side.build([])
+    side.on_worker_report({}, {}, [hx[1]], {"Y"})  # Y's load found block 1 corrupt
+    assert [h in side.committed for h in hx[:5]] == [True, False, False, False, False]
+    # a request that loaded the dropped blocks does not save its tail on them
+    p = prompt(60, 6 * BS + 1)
+    hp = block_hashes(p, BS)
+    side = placed_side(40)
+    saved(side, "A", p, list(range(7)), computed=3 * BS)
+    side.finished("A")
+    for req in ("S", "R"):
+        side.track(req, p)
+        side.matched_tokens(req, p, 0)
+        side.after_alloc(req, list(range(7)), 3 * BS)
+    side.build([])
+    side.on_worker_report({}, {}, (), {"S"})
+    side.on_worker_report({}, {}, [hp[1]], {"R"})
+    assert [save.hashes for save in side.build([("S", list(range(7)), True, len(p))]).saves] \
+        == []
+    assert [h in side.committed for h in hp[:3]] == [True, False, False]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_traffic_never_leaves_a_stored_block_without_its_stored_parent(seed):
+    """Families of prompts sharing heads, local hits, loads, chunked prefills, saves that
+    fail, reports late and out of order, preemptions, corrupt blocks, requests that end:
+    after every step a prompt's stored blocks are a prefix of it."""
+    import random
+
+    from streamcheck.connector.placement import Placement
+
+    rng = random.Random(seed)
+    side = SchedulerSide(BS, placement=Placement(24))
+    placement = side.placement
+    heads = [[rng.randrange(1, 999) for _ in range(3 * BS)] for _ in range(3)]
+    prompts = [h + [rng.randrange(1, 999) for _ in range(rng.randrange(1, 5) * BS + 1)]
+               for h in heads for _ in range(3)]
+    chains = [block_hashes(p, BS) for p in prompts]
+    open_saves: list[str] = []
+    loads: list[str] = []
+    for step in range(400):
+        req = f"r{step}"
+        tokens = prompts[rng.randrange(len(prompts))]
+        usable = (len(tokens) - 1) // BS
+        local = rng.randrange(0, usable + 1) * BS if rng.random() < 0.3 else 0
+        new, _ = side.matched_tokens(req, tokens, local)
+        if new > 0 and rng.random() < 0.8:
+            side.after_alloc(req, list(range(100)), new)
+            loads.append(req)
+        cuts = [2 * BS, len(tokens)] if rng.random() < 0.5 else [len(tokens)]
+        for k, cut in enumerate(cuts):
+            open_saves += [s.group for s in side.build([(req, list(range(100)), k == 0,
+                                                         cut)]).saves]
+        if rng.random() < 0.1:
+            side.preempted(req)
+        rng.shuffle(open_saves)
+        while open_saves and rng.random() < 0.6:
+            group = open_saves.pop()
+            ok = rng.random() < 0.9
+            side.on_worker_report({group: 1} if ok else {}, {} if ok else {group: 1}, (), ())
+        if loads and rng.random() < 0.7:
+            stored = sorted(side.committed)
+            bad = [rng.choice(stored)] if stored and rng.random() < 0.2 else []
+            side.on_worker_report({}, {}, bad, {loads.pop(rng.randrange(len(loads)))})
+        if rng.random() < 0.5:
+            side.finished(req)
+        assert all(placement.is_committed(h) for h in side.committed), f"step {step}"
+        for chain in chains:  # every stored block is one of these prompts'
+
+            held = [h in side.committed for h in chain]
+            assert held == sorted(held, reverse=True), f"step {step}"
