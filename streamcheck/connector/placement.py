@@ -51,6 +51,9 @@ class Placement:
         self._parent: dict[str, str | None] = {}  # saving or committed hash -> its parent
         self._children: dict[str, set[str]] = {}  # committed hash -> its committed children
         self._owner: dict[str, str] = {}  # saving or committed hash -> who saved it
+        # saving hash -> its parent's owner at reserve: the copy of the parent it was
+        # computed on (or the copy the saver's KV holds), which it may be committed on alone
+        self._parent_owner: dict[str, str | None] = {}
         self.evictions = 0
 
     # ---- queries ----------------------------------------------------------------------------
@@ -91,7 +94,9 @@ class Placement:
                 break
             slot = heapq.heappop(self._free)
             self._saving[h] = slot
-            self._parent[h] = parents[i] if parents is not None else None
+            parent = parents[i] if parents is not None else None
+            self._parent[h] = parent
+            self._parent_owner[h] = None if parent is None else self._owner.get(parent)
             self._owner[h] = owner
             slots.append(slot)
         return slots, evicted
@@ -124,16 +129,18 @@ class Placement:
 
     def commit(self, hashes: Sequence[str]) -> list[str]:
         """Every worker stored these blocks (a run of one prompt's chain, in order): each is a
-        hit from now on if its parent is stored, and fails otherwise (a parent that failed,
-        was evicted or was dropped meanwhile), the blocks after it with it. The committed
-        ones are the most recently used, the first of them last; returns them."""
+        hit from now on if the store holds the copy of its parent it was saved on, and fails
+        otherwise (that copy failed, was evicted or dropped meanwhile, or another request's
+        copy took its place), the blocks after it with it. The committed ones are the most
+        recently used, the first of them last; returns them."""
         done: list[str] = []
         for h in hashes:
             slot = self._saving.pop(h, None)
             if slot is None:
                 continue
-            parent = self._parent.get(h)
-            if parent is not None and parent not in self._committed:
+            parent, on = self._parent.get(h), self._parent_owner.pop(h, None)
+            if parent is not None and (parent not in self._committed
+                                       or self._owner.get(parent) != on):
                 heapq.heappush(self._free, slot)
                 self._parent.pop(h, None)
                 self._owner.pop(h, None)
@@ -159,6 +166,7 @@ class Placement:
             if slot is not None:
                 heapq.heappush(self._free, slot)
                 self._parent.pop(h, None)
+                self._parent_owner.pop(h, None)
                 self._owner.pop(h, None)
 
     # ---- loads ------------------------------------------------------------------------------

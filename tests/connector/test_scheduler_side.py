@@ -514,3 +514,34 @@ def test_random_traffic_never_leaves_a_stored_block_without_its_stored_parent(se
 
             held = [h in side.committed for h in chain]
             assert held == sorted(held, reverse=True), f"step {step}"
+
+
+def test_a_later_chunk_is_stored_only_on_the_copy_of_its_head_it_was_computed_on():
+    """A request's second chunk is planned while its first is still being saved; the first
+    fails (or is evicted once stored) and another request saves its own copy of the head: the
+    second chunk, computed on the first request's head, is not stored on that copy."""
+    p = prompt(61, 4 * BS + 1)
+    hashes = block_hashes(p, BS)
+    for failed in (True, False):
+        side = placed_side(20 if failed else 5)
+        side.track("R", p)
+        side.matched_tokens("R", p, 0)
+        (first,) = side.build([("R", list(range(5)), True, 2 * BS)]).saves
+        (second,) = side.build([("R", [], False, len(p))]).saves
+        if failed:
+            side.on_worker_report({}, {first.group: 1}, (), ())
+            saved(side, "S", p, list(range(10, 15)), computed=2 * BS)  # S's head, cold
+        else:
+            side.on_worker_report({first.group: 1}, {}, (), ())
+            saved(side, "O", prompt(62, 2 * BS + 1), [30, 31, 32])
+            assert hashes[1] not in side.committed  # another prompt's save evicted it
+            side.track("S", p)
+            assert side.matched_tokens("S", p, 0) == (BS, True)
+            side.after_alloc("S", list(range(10, 15)), BS)
+            side.build([])
+            side.on_worker_report({}, {}, (), {"S"})
+            (s,) = side.build([("S", list(range(10, 15)), True, 2 * BS)]).saves
+            side.on_worker_report({s.group: 1}, {}, (), ())  # S's block 1 on R's block 0
+        assert hashes[1] in side.committed
+        side.on_worker_report({second.group: 1}, {}, (), ())
+        assert hashes[2] not in side.committed and hashes[3] not in side.committed
