@@ -67,9 +67,9 @@ class _Request:
     block_ids: list[int] = field(default_factory=list)
     saved_blocks: int = 0  # blocks planned for saving (or loaded: already in the store)
     lookup_computed: int = 0  # tokens vLLM had computed locally at the last lookup
-    # blocks whose KV this request holds as the store's copy: block hash -> that copy's
-    # owner (the save group that stored it), for the blocks it loaded and the ones it saved
-    sources: dict[str, str] = field(default_factory=dict)
+    life: int = 0  # preemptions so far: each life computes its KV anew
+    full_seen: int = 0  # prompt blocks full at the last step seen, in this life
+    loaded_end: int = 0  # the end of the blocks its load brought, in this life
     open_groups: set[str] = field(default_factory=set)
     steps: int = 0
     finished: bool = False
@@ -115,6 +115,10 @@ class SchedulerSide:
         self._groups: dict[str, _Group] = {}
         self._pending_loads: list[LoadPlan] = []
         self._pins: dict[str, list[str]] = {}  # request -> hashes its load holds (placement)
+        # GPU block id -> which computation its KV is: the computing request's life, or for a
+        # loaded block the owner of the store's copy (see _on_its_own_blocks); as many
+        # entries as vLLM has GPU blocks at most
+        self._gpu: dict[int, str] = {}
         self._preempted: list[str] = []
         self._delayed: list[str] = []
 
@@ -165,8 +169,9 @@ class SchedulerSide:
             self.placement.pin(chain)
             self._pins[req_id] = chain
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
-        for h in hashes:
-            state.sources[h] = self._owner(h) or ""
+            for i in range(first, last):  # vLLM's copy of these is the store's
+                self._gpu[block_ids[i]] = self.placement.owner(state.hashes[i]) or ""
+        state.loaded_end = last
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         if not self.sync_loads:
@@ -196,6 +201,12 @@ class SchedulerSide:
                 state.block_ids.extend(blocks)
             full = min(computed_after, state.prompt_len) // self.block_size
             full = min(full, len(state.hashes), len(state.block_ids))
+            tag = f"{req_id}#{state.life}"  # this computation of the request's KV
+            start = max(state.full_seen, state.lookup_computed // self.block_size,
+                        state.loaded_end)
+            for i in range(start, full):  # blocks it computed itself (not local, not loaded)
+                self._gpu[state.block_ids[i]] = tag
+            state.full_seen = max(state.full_seen, full)
             if full <= state.saved_blocks:
                 continue
             todo = [i for i in range(state.saved_blocks, full)
@@ -206,13 +217,12 @@ class SchedulerSide:
             if self.placement is not None:
                 todo = [i for i in todo if not self.placement.is_placed(state.hashes[i])]
             todo = self._on_its_own_blocks(state, todo)
-            group = f"{req_id}@{state.steps + 1}"
             if self.placement is not None and todo:
                 held = [h for h in state.hashes[:todo[0]] if self.placement.is_committed(h)]
                 self.placement.pin(held)  # what the saved blocks hang on stays meanwhile
                 slots, evicted = self.placement.reserve(
                     [state.hashes[i] for i in todo],
-                    [state.hashes[i - 1] if i else None for i in todo], group)
+                    [state.hashes[i - 1] if i else None for i in todo], tag)
                 todo = todo[:len(slots)]  # no room for the rest: they stay unsaved
                 self.committed.difference_update(evicted)
                 meta.evicted.extend(evicted)
@@ -220,38 +230,33 @@ class SchedulerSide:
                     self.placement.unpin(held)
             if todo:
                 state.steps += 1
+                group = f"{req_id}@{state.steps}"
                 hashes = [state.hashes[i] for i in todo]
-                state.sources.update(dict.fromkeys(hashes, group))
                 state.open_groups.add(group)
                 self._groups[group] = _Group(req_id, hashes, state.hashes[:todo[-1] + 1], held)
                 meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
                                            hashes, slots))
         return meta
 
-    def _owner(self, block_hash: str) -> str | None:
-        """Who saved the store's copy of a block (without a placement: "" if stored)."""
-        if self.placement is not None:
-            return self.placement.owner(block_hash)
-        return "" if block_hash in self.committed else None
-
     def _on_its_own_blocks(self, state: _Request, todo: list[int]) -> list[int]:
         """The blocks of ``todo`` (indices, in order) to save: up to the first earlier block
-        whose stored copy is not the one this request's KV holds (it computed the block
-        itself while another request's copy was stored, or the copy it loaded or saved was
-        replaced since). Two computations of a block differ in low bits in bfloat16, and this
-        request's later blocks were computed on its own: saved under another copy, the store
-        would serve KV that no single run computed. Blocks vLLM held locally at the lookup are
-        taken as they are: the connector cannot see which copy vLLM's own cache holds."""
-        if not todo:
+        whose stored copy is not the computation this request's KV holds. Two computations of
+        a block differ in low bits in bfloat16 (two requests that both missed it, a request
+        resumed after preemption), and this request's later blocks were computed on its
+        copy: saved under another, the store would serve KV that no single run computed.
+        Which copy the request holds is known per GPU block (``_gpu``): what the request
+        computed itself, what it loaded, and for blocks vLLM's own cache gave it, whatever
+        computed or loaded that GPU block. Without a placement (a store that bounds itself)
+        the store's copies are not told apart, and every block is saved."""
+        if not todo or self.placement is None:
             return todo
         planned = set(todo)
-        local = state.lookup_computed // self.block_size
         for j in range(todo[-1]):
-            h = state.hashes[j]
-            if j in planned or j < local or (
-                    h in state.sources and self._owner(h) == state.sources[h]):
+            if j in planned:
                 continue
-            return [i for i in todo if i < j]
+            held = self._gpu.get(state.block_ids[j]) if j < len(state.block_ids) else None
+            if held is None or held != self.placement.owner(state.hashes[j]):
+                return [i for i in todo if i < j]
         return todo
 
     def on_worker_report(self, saves_ok: Mapping[str, int], saves_failed: Mapping[str, int],
@@ -338,8 +343,8 @@ class SchedulerSide:
         if state is not None:
             state.block_ids = []
             state.open_groups.clear()
-            state.sources.clear()
-            state.saved_blocks = 0
+            state.life += 1
+            state.full_seen = state.loaded_end = state.saved_blocks = 0
         self.parked.pop(req_id, None)
         self._unplan(req_id)
         self._preempted.append(req_id)

@@ -545,3 +545,25 @@ def test_a_later_chunk_is_stored_only_on_the_copy_of_its_head_it_was_computed_on
         assert hashes[1] in side.committed
         side.on_worker_report({second.group: 1}, {}, (), ())
         assert hashes[2] not in side.committed and hashes[3] not in side.committed
+
+
+def test_a_local_hit_counts_as_the_computation_that_wrote_its_gpu_block():
+    """vLLM's own cache may hold another computation of a block than the store: two
+    requests computed a family's head at once, the store kept the first's, vLLM's cache gives
+    a later request the second's GPU blocks. Its tail is saved only on the copy it holds."""
+    side = placed_side()
+    head = prompt(63, 2 * BS)
+    first, second = head + prompt(64, 2 * BS + 1), head + prompt(65, 2 * BS + 1)
+    for req, tokens in (("R1", first), ("R2", second)):
+        side.track(req, tokens)
+        side.matched_tokens(req, tokens, 0)
+    meta = side.build([("R1", [0, 1, 2, 3, 4], True, len(first)),
+                       ("R2", [10, 11, 12, 13, 14], True, len(second))])
+    assert [s.req_id for s in meta.saves] == ["R1"]  # R2 computed the head too: not on R1's
+    side.on_worker_report({meta.saves[0].group: 1}, {}, (), ())
+    for req, local_blocks, saves in (("R3", [10, 11], 0), ("R4", [0, 1], 1)):
+        tokens = head + prompt(66 + saves, 2 * BS + 1)
+        side.track(req, tokens)
+        side.matched_tokens(req, tokens, 2 * BS)  # vLLM holds the head: R2's, then R1's
+        planned = side.build([(req, [*local_blocks, 30, 31, 32], True, len(tokens))]).saves
+        assert len(planned) == saves, req
