@@ -15,7 +15,8 @@ and the step. So capacity is managed here, where lookups are answered:
   index at once, so no later lookup counts them;
 * a prompt's blocks form a chain: a block's KV was computed on top of the blocks before it
   (its *parent*, named at :meth:`reserve`). The store is closed under prefixes: a block is
-  committed only on top of its stored parent, only a block with no stored child is evicted,
+  committed only on top of the stored copy of its parent it was saved on, only a block with
+  no stored child is evicted,
   and a block a load found corrupt leaves with every block stored on top of it. Otherwise a
   request that computed a head again would save it under a tail computed on another
   computation of it, and in bfloat16 two computations of a block differ in low bits: the

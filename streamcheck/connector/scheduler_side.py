@@ -254,8 +254,8 @@ class SchedulerSide:
         for j in range(todo[-1]):
             if j in planned:
                 continue
-            held = self._gpu.get(state.block_ids[j]) if j < len(state.block_ids) else None
-            if held is None or held != self.placement.owner(state.hashes[j]):
+            copy = self._gpu.get(state.block_ids[j]) if j < len(state.block_ids) else None
+            if copy is None or copy != self.placement.owner(state.hashes[j]):
                 return [i for i in todo if i < j]
         return todo
 
