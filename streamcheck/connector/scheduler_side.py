@@ -35,6 +35,7 @@ class LoadPlan:
     hashes: list[str]
     first: int = 0  # index of the first planned block in the request's prompt blocks
     slots: list[int] = field(default_factory=list)  # placed stores: where each block lives
+    copies: list[str] = field(default_factory=list)  # placed stores: see SavePlan
 
 
 @dataclass
@@ -44,6 +45,10 @@ class SavePlan:
     block_ids: list[int]
     hashes: list[str]
     slots: list[int] = field(default_factory=list)  # placed stores: where each block goes
+    # placed stores: what each block's slot tag names, the block and the computation its KV
+    # is, so a slot that still holds planes of another computation of the same block (a
+    # save that missed some planes) never passes a load's tag check
+    copies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +174,7 @@ class SchedulerSide:
             self.placement.pin(chain)
             self._pins[req_id] = chain
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
+            plan.copies = [f"{h}/{self.placement.owner(h)}" for h in hashes]
             for i in range(first, last):  # vLLM's copy of these is the store's
                 self._gpu[block_ids[i]] = self.placement.owner(state.hashes[i]) or ""
         state.loaded_end = last
@@ -234,8 +240,9 @@ class SchedulerSide:
                 hashes = [state.hashes[i] for i in todo]
                 state.open_groups.add(group)
                 self._groups[group] = _Group(req_id, hashes, state.hashes[:todo[-1] + 1], held)
-                meta.saves.append(SavePlan(group, req_id, [state.block_ids[i] for i in todo],
-                                           hashes, slots))
+                meta.saves.append(SavePlan(
+                    group, req_id, [state.block_ids[i] for i in todo], hashes, slots,
+                    [f"{h}/{tag}" for h in hashes] if self.placement is not None else []))
         return meta
 
     def _on_its_own_blocks(self, state: _Request, todo: list[int]) -> list[int]:

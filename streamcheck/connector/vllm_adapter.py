@@ -273,7 +273,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self.runtime.flush()
 
     def _tags(self, name: str, hashes: list[str]) -> list[int]:
-        """The slab tags of a plan's blocks, made once per step (every layer reuses them)."""
+        """The slab tags of a plan's blocks (of the copies it names: ``SavePlan.copies``),
+        made once per step (every layer reuses them)."""
         tags = self._step_tags.get(name)
         if tags is None:
             tags = self._step_tags[name] = [key_tag(h) for h in hashes]
@@ -289,12 +290,12 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 # here, on the engine's stream, ahead of the forward that reads the blocks
                 self._sync_loads.append((self.runtime.load_planes_now(
                     self._planes, plan.block_ids, plan.slots,
-                    self._tags(plan.req_id, plan.hashes)), blocks))
+                    self._tags(plan.req_id, plan.copies or plan.hashes)), blocks))
                 continue
             self._load_blocks[plan.req_id] = blocks
             if self.runtime.slab is not None:  # one job for every plane of the request
                 self.runtime.load_planes(plan.req_id, self._planes, plan.block_ids, plan.slots,
-                                         self._tags(plan.req_id, plan.hashes))
+                                         self._tags(plan.req_id, plan.copies or plan.hashes))
                 continue
             self.runtime.start_load(plan.req_id, {
                 plane: (plan.block_ids, [self.block_key(h, plane) for h in plan.hashes])
@@ -315,7 +316,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self._open_group(plan.group, plan.req_id)
             if slab:  # K and V of the layer in one job
                 self.runtime.save_planes(plan.group, planes, plan.block_ids, plan.slots,
-                                         self._tags(plan.group, plan.hashes))
+                                         self._tags(plan.group, plan.copies or plan.hashes))
                 continue
             for plane in planes:
                 self.runtime.save_layer(plan.group, plane, plan.block_ids,

@@ -567,3 +567,25 @@ def test_a_local_hit_counts_as_the_computation_that_wrote_its_gpu_block():
         side.matched_tokens(req, tokens, 2 * BS)  # vLLM holds the head: R2's, then R1's
         planned = side.build([(req, [*local_blocks, 30, 31, 32], True, len(tokens))]).saves
         assert len(planned) == saves, req
+
+
+def test_a_load_asks_for_the_copy_that_was_saved_and_another_computation_is_another_copy():
+    """Slab tags name a block's copy (the block and the computation its KV is): a load asks
+    for the copy its save stored, and the same block saved again by another computation has
+    other tags, so planes a save missed that still hold the old copy never pass."""
+    side = placed_side(4)
+    p = prompt(70, 2 * BS + 1)
+    side.track("A", p)
+    (save,) = side.build([("A", [0, 1, 2], True, len(p))]).saves
+    side.on_worker_report({save.group: 1}, {}, (), ())
+    side.track("B", p)
+    side.matched_tokens("B", p, 0)
+    side.after_alloc("B", [5, 6, 7], 2 * BS)
+    (load,) = side.build([]).loads
+    assert load.copies == save.copies and len(set(save.copies)) == 2
+    side.on_worker_report({}, {}, [load.hashes[0]], {"B"})  # corrupt: both blocks go
+    side.finished("A")
+    side.finished("B")
+    side.track("C", p)
+    (again,) = side.build([("C", [10, 11, 12], True, len(p))]).saves
+    assert again.hashes == save.hashes and not set(again.copies) & set(save.copies)
