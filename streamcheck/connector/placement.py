@@ -37,6 +37,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 
+def copy_name(block_hash: str, owner: str | None) -> str:
+    """What a stored block's slot tags name: the block and the computation its KV is (its
+    save's owner), so planes a save missed that still hold another computation of the same
+    block never pass a load's tag check."""
+    return f"{block_hash}/{owner}"
+
+
 class Placement:
     """Slots ``0 .. capacity - 1`` for block hashes; LRU eviction of unpinned committed ones."""
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from streamcheck.connector.keys import block_hashes
-from streamcheck.connector.placement import Placement
+from streamcheck.connector.placement import Placement, copy_name
 
 
 @dataclass
@@ -45,10 +45,8 @@ class SavePlan:
     block_ids: list[int]
     hashes: list[str]
     slots: list[int] = field(default_factory=list)  # placed stores: where each block goes
-    # placed stores: what each block's slot tag names, the block and the computation its KV
-    # is, so a slot that still holds planes of another computation of the same block (a
-    # save that missed some planes) never passes a load's tag check
-    copies: list[str] = field(default_factory=list)
+    copies: list[str] = field(default_factory=list)  # placed stores: what slot tags name
+
 
 
 @dataclass
@@ -174,7 +172,7 @@ class SchedulerSide:
             self.placement.pin(chain)
             self._pins[req_id] = chain
             plan.slots = [self.placement.slot(h) for h in hashes]  # type: ignore[misc]
-            plan.copies = [f"{h}/{self.placement.owner(h)}" for h in hashes]
+            plan.copies = [copy_name(h, self.placement.owner(h)) for h in hashes]
             for i in range(first, last):  # vLLM's copy of these is the store's
                 self._gpu[block_ids[i]] = self.placement.owner(state.hashes[i]) or ""
         state.loaded_end = last
@@ -242,7 +240,7 @@ class SchedulerSide:
                 self._groups[group] = _Group(req_id, hashes, state.hashes[:todo[-1] + 1], held)
                 meta.saves.append(SavePlan(
                     group, req_id, [state.block_ids[i] for i in todo], hashes, slots,
-                    [f"{h}/{tag}" for h in hashes] if self.placement is not None else []))
+                    [copy_name(h, tag) for h in hashes] if self.placement is not None else []))
         return meta
 
     def _on_its_own_blocks(self, state: _Request, todo: list[int]) -> list[int]:

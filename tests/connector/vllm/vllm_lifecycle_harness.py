@@ -201,12 +201,15 @@ class GatedSlab(GatedBackend):
         return [f"{by_slot.get(slot, '?')}.L{plane}" for plane in planes for slot in job.slots]
 
     def _where(self, key: str) -> tuple[int, int] | None:
+        from streamcheck.connector.placement import copy_name
         from streamcheck.connector.slab import key_tag
 
         block_hash, _, plane = key.partition(".L")
-        slot = self.placement().slot(block_hash)
+        placement = self.placement()
+        slot = placement.slot(block_hash)
         plane_index = int(plane.split(".")[0])
-        if slot is None or self.inner.tags[plane_index, slot] != key_tag(block_hash):
+        tag = key_tag(copy_name(block_hash, placement.owner(block_hash)))
+        if slot is None or self.inner.tags[plane_index, slot] != tag:
             return None
         return plane_index, slot
 
