@@ -966,12 +966,15 @@ def earlier_soak(soak_from: Path | None, case: str) -> dict[str, Any] | None:
     another reference or to have its answers explained by a split sweep."""
     if soak_from is None:
         return None
+    path = soak_from / f"{case}.json"
     try:
-        earlier = json.loads((soak_from / f"{case}.json").read_text())
+        earlier = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    if "result" not in earlier or "audit" not in earlier:
-        raise ValueError(f"{soak_from / f'{case}.json'} is not a soak case's result file")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON ({exc})") from exc
+    if not isinstance(earlier, dict) or "result" not in earlier or "audit" not in earlier:
+        raise ValueError(f"{path} is not a soak case's result file")
     return earlier
 
 
@@ -1028,7 +1031,10 @@ def main() -> int:
         env = case_env(spec, reports, args.wheel_site, args.vllm_site)
         log = out / f"{case}.log"
         start = time.time()
-        earlier = earlier_soak(args.soak_from, case) if spec["kind"] == "soak" else None
+        try:
+            earlier = earlier_soak(args.soak_from, case) if spec["kind"] == "soak" else None
+        except ValueError as exc:
+            p.error(f"--soak-from: {exc}")
         if earlier is not None:
             result, audit = earlier["result"], earlier["audit"]
         else:

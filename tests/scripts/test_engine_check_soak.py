@@ -184,3 +184,14 @@ def test_soak_from_must_be_a_directory(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         engine_check.main()
     assert "--soak-from" in capsys.readouterr().err
+
+
+def test_a_soak_from_file_that_is_not_a_result_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    for text in ("{not json", '{"result": {}}'):
+        (tmp_path / "soak_serve.json").write_text(text)
+        monkeypatch.setattr("sys.argv", ["engine_check.py", "/model", "soak_serve", "--out",
+                                         str(tmp_path / "out"), "--soak-from", str(tmp_path)])
+        with pytest.raises(SystemExit):
+            engine_check.main()
+        err = capsys.readouterr().err
+        assert "--soak-from:" in err and "soak_serve.json" in err
