@@ -9,6 +9,7 @@ import pytest
 
 from streamcheck.connector import scheduler_side
 from streamcheck.connector.keys import block_hashes
+from streamcheck.connector.placement import Placement
 from streamcheck.connector.scheduler_side import SchedulerSide
 
 BS = 4
@@ -22,6 +23,24 @@ def commit(side: SchedulerSide, tokens: list[int], blocks: int | None = None) ->
     hashes = block_hashes(tokens, BS, side.namespace)[:blocks]
     side.committed.update(hashes)
     return hashes
+
+
+def placed_side(capacity: int = 20) -> SchedulerSide:
+    """A scheduler whose store it places (``capacity`` blocks), as the host slab's is."""
+    return SchedulerSide(BS, placement=Placement(capacity))
+
+
+def saved(side: SchedulerSide, req: str, tokens: list[int], blocks: list[int],
+          computed: int | None = None, ok: bool = True) -> list[str]:
+    """``req`` computed up to ``computed`` tokens (default all) and its saves ended ``ok``:
+    the hashes of the groups planned."""
+    side.track(req, tokens)
+    planned = []
+    for save in side.build([(req, blocks, True, computed or len(tokens))]).saves:
+        side.on_worker_report({save.group: 1} if ok else {}, {} if ok else {save.group: 1},
+                              (), ())
+        planned += save.hashes
+    return planned
 
 
 def test_matched_tokens_counts_leading_committed_blocks_beyond_computed():
@@ -111,14 +130,10 @@ def test_a_group_failed_on_any_worker_is_never_served():
 
 
 def test_missing_blocks_leave_the_index_and_are_saved_again():
-    from streamcheck.connector.placement import Placement
-
-    side = SchedulerSide(BS, placement=Placement(8))
+    side = placed_side(8)
     p = prompt(11, 4 * BS + 1)
     hashes = block_hashes(p, BS)
-    side.track("w", p)
-    (save,) = side.build([("w", [20, 21, 22, 23, 24], True, len(p))]).saves
-    side.on_worker_report({save.group: 1}, {}, (), ())
+    saved(side, "w", p, [20, 21, 22, 23, 24])
     side.finished("w")
     side.matched_tokens("r", p, 0)
     side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
@@ -274,8 +289,6 @@ def test_step_work_does_not_grow_with_parked_requests(parked: int):
 
 
 def test_sync_loads_are_not_parked_and_their_pins_end_at_the_next_step():
-    from streamcheck.connector.placement import Placement
-
     side = SchedulerSide(BS, placement=Placement(16), sync_loads=True)
     p = prompt(30, 4 * BS + 1)
     hashes = block_hashes(p, BS)
@@ -317,32 +330,24 @@ def test_a_hit_never_joins_blocks_that_different_requests_computed():
     gives). Two ways it could: the store evicting a chain's head before its tail, then a
     request that computed the head again saving it under the old tail; and two requests
     computing the same head at once, the later one saving its tail under the earlier's head."""
-    from streamcheck.connector.placement import Placement
-
-    side = SchedulerSide(BS, placement=Placement(10))
+    side = placed_side(10)
     p = prompt(30, 5 * BS + 1)
     hashes = block_hashes(p, BS)
     saved_by: dict[str, str] = {}
-
-    def run_cold(req: str, tokens: list[int], first_block: int) -> None:
-        side.track(req, tokens)
-        blocks = list(range(first_block, first_block + 6))
-        for save in side.build([(req, blocks, True, len(tokens))]).saves:
-            side.on_worker_report({save.group: 1}, {}, (), ())
-            saved_by.update(dict.fromkeys(save.hashes, req))
-
-    run_cold("A", p, 0)  # computes and saves P0..P4
-    run_cold("B", prompt(31, 5 * BS + 1), 10)  # another prompt fills the store
+    saved_by.update(dict.fromkeys(saved(side, "A", p, list(range(6))), "A"))  # P0..P4
+    saved_by.update(dict.fromkeys(saved(side, "B", prompt(31, 5 * BS + 1),
+                                        list(range(10, 16))), "B"))  # fills the store
     assert side.matched_tokens("D", p, 2 * BS) == (3 * BS, True)  # vLLM holds P0, P1
     side.after_alloc("D", list(range(20, 26)), 3 * BS)  # loads P2..P4 (and keeps P0, P1)
     side.build([])
     side.on_worker_report({}, {}, (), {"D"})
-    run_cold("F", prompt(32, 2 * BS + 1), 40)  # a third prompt's 2 blocks: B's tail goes
+    saved_by.update(dict.fromkeys(saved(side, "F", prompt(32, 2 * BS + 1), [40, 41, 42]),
+                                  "F"))  # a third prompt: B's tail goes
     assert side.matched_tokens("E", p, 0) == (5 * BS, True)
     assert {saved_by[h] for h in hashes[:5]} == {"A"}
 
     # two requests of one family computing its head at once: the head is the first's
-    side = SchedulerSide(BS, placement=Placement(20))
+    side = placed_side()
     head = prompt(40, 2 * BS)
     first, second = head + prompt(41, 2 * BS + 1), head + prompt(42, 2 * BS + 1)
     for req, tokens in (("R1", first), ("R2", second)):
@@ -363,25 +368,6 @@ def test_a_hit_never_joins_blocks_that_different_requests_computed():
             side.on_worker_report({}, {}, (), {req})
         (save,) = side.build([(req, list(range(20, 25)), True, len(third))]).saves
         assert save.hashes == block_hashes(third, BS)[2:4]
-
-
-def placed_side(capacity: int = 20) -> SchedulerSide:
-    from streamcheck.connector.placement import Placement
-
-    return SchedulerSide(BS, placement=Placement(capacity))
-
-
-def saved(side: SchedulerSide, req: str, tokens: list[int], blocks: list[int],
-          computed: int | None = None, ok: bool = True) -> list[str]:
-    """``req`` computed up to ``computed`` tokens (default all) and its saves ended ``ok``:
-    the hashes of the groups planned."""
-    side.track(req, tokens)
-    planned = []
-    for save in side.build([(req, blocks, True, computed or len(tokens))]).saves:
-        side.on_worker_report({save.group: 1} if ok else {}, {} if ok else {save.group: 1},
-                              (), ())
-        planned += save.hashes
-    return planned
 
 
 def test_a_tail_whose_head_failed_or_was_evicted_meanwhile_is_never_stored():
@@ -472,10 +458,8 @@ def test_random_traffic_never_leaves_a_stored_block_without_its_stored_parent(se
     after every step a prompt's stored blocks are a prefix of it."""
     import random
 
-    from streamcheck.connector.placement import Placement
-
     rng = random.Random(seed)
-    side = SchedulerSide(BS, placement=Placement(24))
+    side = placed_side(24)
     placement = side.placement
     heads = [[rng.randrange(1, 999) for _ in range(3 * BS)] for _ in range(3)]
     prompts = [h + [rng.randrange(1, 999) for _ in range(rng.randrange(1, 5) * BS + 1)]
