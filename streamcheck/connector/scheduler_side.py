@@ -8,8 +8,10 @@ step costs O(requests scheduled + events this step), never O(parked requests).
 
 A block hash enters the index only after EVERY worker saved and committed every layer of it
 (each worker holds its own shard of the layers or heads), and a failed save never does. A hash
-leaves the index when a load finds it missing or corrupt, so one bad block is recomputed once,
-not on every hit. Only full prompt blocks are saved.
+leaves the index when a load finds it missing or corrupt (with a placement, together with the
+blocks stored on top of it), so one bad block is recomputed once, not on every hit. Only full
+prompt blocks are saved, and with a placement only on the computation of the blocks before
+them that the saving request's KV holds (``_on_its_own_blocks``).
 
 Block lifetime, the part vLLM leaves to the connector: a finished request whose saves still read
 its blocks is reported as "delay the free" (``finished`` returns True) and named in the next
@@ -35,7 +37,7 @@ class LoadPlan:
     hashes: list[str]
     first: int = 0  # index of the first planned block in the request's prompt blocks
     slots: list[int] = field(default_factory=list)  # placed stores: where each block lives
-    copies: list[str] = field(default_factory=list)  # placed stores: see SavePlan
+    copies: list[str] = field(default_factory=list)  # placed stores: see copy_name
 
 
 @dataclass
@@ -45,7 +47,7 @@ class SavePlan:
     block_ids: list[int]
     hashes: list[str]
     slots: list[int] = field(default_factory=list)  # placed stores: where each block goes
-    copies: list[str] = field(default_factory=list)  # placed stores: what slot tags name
+    copies: list[str] = field(default_factory=list)  # placed stores: see copy_name
 
 
 
