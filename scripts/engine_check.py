@@ -15,7 +15,8 @@ Cases:
     a corrupted host block every 7th load, slow saves, ``kv_load_failure_policy=recompute``,
     ``STREAMCHECK=assert`` and a report directory. Its tokens must equal ``ref_tp2``'s; every
     engine and worker process must leave a report; each worker must have audited pynccl and
-    connector launches; no finding.
+    connector launches; no finding. ``faulty_tp1`` / ``faulty_tp1_nopreempt`` /
+    ``faulty_tp1_f32``: the same at TP=1 (a one-GPU machine), against ``ref_tp1`` (``_f32``).
 ``leak_plugin`` / ``leak_plugin_python`` / ``leak_hook`` / ``leak_serve``
     The 0.9-style global stream cache injected in every worker (``engine_connectors``), with the
     audit turned on by the vLLM plugin (wheel; with the compiled hooks where built, and with the
@@ -505,6 +506,11 @@ CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}
                                        if "control" in CASES[name] else {})}
               for name in ("soak_serve", "soak_serve_off", "soak_serve_none")})
+# The fault-injecting cases at TP=1, against the TP=1 reference of their dtype:
+# faulty_tp1, faulty_tp1_nopreempt, faulty_tp1_f32
+CASES.update({name.replace("_tp2", "_tp1"): {**CASES[name], "tp": 1,
+                                             "ref": CASES[name]["ref"].replace("_tp2", "_tp1")}
+              for name in ("faulty_tp2", "faulty_tp2_nopreempt", "faulty_tp2_f32")})
 # ... and in float32: a connector moves prefill split points (a hit of N blocks leaves a
 # partial prefill of the rest), which in bf16 alone gives outputs a server without it never
 # gives (measured: soak1_serve); in float32 such flips are rare, wrong KV still shows.

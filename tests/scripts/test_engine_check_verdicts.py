@@ -308,3 +308,24 @@ def test_a_split_sweep_that_did_not_finish_is_a_problem_not_a_pass(tmp_path, mon
     nothing_new = soak(variants=[])
     assert engine_check.explain_by_splits("/m", spec, nothing_new, control, {},
                                           tmp_path / "t") == (control, None)
+
+
+def test_every_case_is_judged_against_a_reference_of_its_own_tp_size_and_dtype() -> None:
+    """A case compared with a reference run at another TP size or dtype would fail on
+    numerics alone (or pass a wrong run against the wrong tokens)."""
+    for name, spec in engine_check.CASES.items():
+        for key in ("ref", "control"):
+            if key not in spec:
+                continue
+            other = engine_check.CASES[spec[key]]
+            assert other.get("tp", 2) == spec.get("tp", 2), (name, key)
+            assert dtype(other) == dtype(spec), (name, key)
+
+
+def dtype(spec):
+    """The dtype a case asks of the engine (an offline engine's ``llm`` setting, or a
+    server's ``--dtype``), None for the model's own."""
+    args = spec.get("serve_args", [])
+    if "--dtype" in args:
+        return args[args.index("--dtype") + 1]
+    return spec.get("llm", {}).get("dtype")
