@@ -671,15 +671,18 @@ def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 def token_differences(tokens: dict[Any, list[list[int]]],
                       ref: dict[Any, list[list[int]]]) -> list[str]:
-    """Outputs that differ from the reference run's first pass: counts by pass, and which
-    (pass, prompt, first differing token) so a pattern (a family, a pass, drift) shows."""
+    """Outputs the no-connector run never gave for their prompt in any of its passes (under
+    preemption the reference's own passes differ: a preempted request is recomputed as a
+    prefill, which is not bitwise its decode): counts by pass, and which (pass, prompt,
+    first token that differs from the reference's first pass) so a pattern shows."""
     pairs = [(p, int(k), first_difference(outs[p], ref[k][0]))
-             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] != ref[k][0]]
+             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] not in ref[k]]
     if not pairs:
         return []
     by_pass = [sum(p == q for p, _, _ in pairs) for q in range(3)]
-    return [f"outputs that differ from the no-connector run's first pass, by pass: {by_pass} "
-            f"of {len(tokens)} each; (pass, prompt, first differing token): {sorted(pairs)}"]
+    return [f"outputs the no-connector run never gave in its {len(ref[next(iter(ref))])} "
+            f"passes, by pass: {by_pass} of {len(tokens)} each; (pass, prompt, first token "
+            f"that differs from its first pass): {sorted(pairs)}"]
 
 
 def loads_exercised(stats: dict[str, Any]) -> list[str]:
@@ -718,14 +721,25 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
     if not new:
         return None
     expected = (ref or {}).get("tokens", {})
-    where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]))
+    where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]),
+                     nearest_shared(tokens, [*expected.get(str(i), []), *(
+                         t for j, t, _ in control["variants"] if j == i)]))
                     for i, tokens, _ in new})
     swept = control.get("split_prompts")
     nor = (f" nor any prefill split of prompts {swept} (engine_splits.py)"
            if swept else "")
     return (f"{sum(n for *_, n in new)} of {answers} answers are ones the server without a "
             f"connector never gave in {control.get('answers', 0)}{nor} ({preempted:.0f} "
-            f"preemptions); (prompt, first differing token): {where[:20]}")
+            f"preemptions); (prompt, first token that differs from the reference, tokens "
+            f"shared with the nearest answer of the reference or those): {where[:20]}")
+
+
+def nearest_shared(tokens: list[int], others: list[list[int]]) -> int:
+    """How many leading tokens ``tokens`` shares with the nearest of ``others`` (the
+    engine's own answers to that prompt). KV that belongs to other tokens changes a greedy
+    answer from its first tokens; two computations of the same KV that differ in low bits
+    change it late, if at all."""
+    return max((first_difference(tokens, other) for other in others), default=0)
 
 
 def novel_variants(result: dict[str, Any], control: dict[str, Any]
@@ -873,7 +887,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
     rows = audit["rows"] if audit else []
     workers = [r for r in rows if r["pynccl"] > 0 or r["connector"] > 0]
     vllm_own = ("ref_tp2_", "offloading_tp2", "simple_cpu_tp2")  # tokens only, no audit
-    if case.startswith(("faulty_tp2", "clean_tp2", *vllm_own)):
+    if case.startswith(("faulty_tp", "clean_tp", *vllm_own)):
         if "error" in result:
             return [result["error"]]
         if not wants_ref:
@@ -884,10 +898,16 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
             problems += token_differences(result["tokens"], ref["tokens"])
         if case.startswith(vllm_own):
             return problems
-        if len(rows) < 4:
-            problems.append(f"only {len(rows)} process reports (front end, engine, 2 workers)")
-        if len(workers) < 2 or any(r["pynccl"] == 0 or r["connector"] == 0 for r in workers):
-            problems.append("a worker audited no pynccl or no connector launch")
+        tp = CASES.get(case, {}).get("tp", 2)
+        # front end and engine, and a worker process each at TP > 1 (at TP=1 the engine's
+        # process is the worker); pynccl runs only between TP ranks
+        if len(rows) < (2 + tp if tp > 1 else 2):
+            problems.append(f"only {len(rows)} process reports (front end, engine"
+                            + (f", {tp} workers)" if tp > 1 else " with its worker)"))
+        if len(workers) < tp or any((tp > 1 and r["pynccl"] == 0) or r["connector"] == 0
+                                    for r in workers):
+            problems.append("a worker audited no " + ("pynccl or no " if tp > 1 else "")
+                            + "connector launch")
         if any(r["findings"] for r in rows):
             problems.append("findings in a correct run")
         problems += loads_exercised(result.get("stats", {}))

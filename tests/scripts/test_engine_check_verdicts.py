@@ -49,6 +49,47 @@ def test_token_differences_name_the_pass_prompt_and_first_token():
     assert "[0, 1, 0]" in line and "(1, 0, 1)" in line
 
 
+def test_an_output_the_reference_gives_in_another_pass_is_its_own():
+    """Under preemption the no-connector run's passes differ among themselves (measured:
+    prompt 21 at TP=1, bf16); an output equal to one of them is the engine's own."""
+    ref = {"0": [[1, 2, 3], [1, 9, 3], [1, 2, 3]], "1": [[4, 5, 6]] * 3}
+    seen = {"0": [[1, 9, 3], [1, 9, 3], [1, 2, 3]], "1": [[4, 5, 6]] * 3}
+    assert engine_check.token_differences(seen, ref) == []
+    (line,) = engine_check.token_differences({**seen, "1": [[4, 5, 6], [4, 7, 6], [4, 5, 6]]},
+                                             ref)
+    assert "[0, 1, 0]" in line and "(1, 1, 1)" in line
+
+
+TP1_ROWS = [{"pid": 1, "pynccl": 0, "connector": 0, "findings": []},
+            {"pid": 2, "pynccl": 0, "connector": 9, "findings": []}]
+
+
+def test_the_tp1_fault_cases_are_judged_as_the_tp2_ones_with_one_process_a_rank():
+    """A case name the verdict does not know passes with no check at all: the TP=1 cases
+    once did (their tokens were never compared)."""
+    ran = {"tokens": TOKENS, "stats": {"workers": [worker()]}}
+    audit, ref = {"rows": TP1_ROWS}, {"tokens": TOKENS}
+    for case in ("faulty_tp1", "faulty_tp1_nopreempt", "faulty_tp1_f32"):
+        assert engine_check.verdict(case, ran, audit, ref) == []
+        wrong = {**ran, "tokens": {**TOKENS, "1": [[4, 5, 7]] * 3}}
+        (line,) = engine_check.verdict(case, wrong, audit, ref)
+        assert "(0, 1, 2), (1, 1, 2), (2, 1, 2)" in line
+        assert engine_check.verdict(case, ran, {"rows": TP1_ROWS[:1]}, ref) == [
+            "only 1 process reports (front end, engine with its worker)",
+            "a worker audited no connector launch"]
+    # at TP=2 the same audit (one worker, no pynccl) is short
+    assert len(engine_check.verdict("faulty_tp2", ran, audit, ref)) == 2
+
+
+def test_every_case_name_has_a_verdict_that_checks_something():
+    """Each case kind's verdict looks at the result: a result with an error fails."""
+    for name, spec in engine_check.CASES.items():
+        if spec["kind"] in ("tp2", "ttft", "soak") and not name.startswith("ref_"):
+            problems = engine_check.verdict(name, {"error": "boom", "tokens": TOKENS,
+                                                   "answers": 0}, None, None)
+            assert problems, name
+
+
 def soak(**kw):
     """A soak result as ``run_soak`` gives it: 300 right answers, memory flat."""
     flat = {"after_warmup": 9000, "end": 9010, "max": 9010, "growth": 10}
@@ -132,7 +173,8 @@ def test_a_soak_fails_only_on_answers_its_control_never_gave():
     assert engine_check.verdict("soak_serve", new, {"rows": SOAK_ROWS}, ref,
                                 control=control) == [
         "2 of 300 answers are ones the server without a connector never gave in 600 (0 "
-        "preemptions); (prompt, first differing token): [(7, 1)]"]
+        "preemptions); (prompt, first token that differs from the reference, tokens shared "
+        "with the nearest answer of the reference or those): [(7, 1, 1)]"]
     assert engine_check.verdict("soak_serve", new, {"rows": SOAK_ROWS}, ref)[0].startswith(
         "3 of 300 answers differ from the no-connector run")  # no control: every one counts
     unkept = {k: v for k, v in new.items() if k != "variants"}  # a result of an older client
@@ -258,7 +300,8 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
     assert engine_check.wrong_answers(result, widened, ref) == (
         "2 of 300 answers are ones the server without a connector never gave in 1092 nor any "
         "prefill split of prompts [5, 12] (engine_splits.py) (0 preemptions); (prompt, first "
-        "differing token): [(12, 3)]")
+        "token that differs from the reference, tokens shared with the nearest answer of the "
+        "reference or those): [(12, 3, 3)]")
     explained = soak(wrong=[[5, 2]], variants=[[5, [1, 2, 9, 9], 1]])
     assert engine_check.wrong_answers(explained, widened, ref) is None
     assert engine_check.wrong_answers(explained, control, ref) is not None
@@ -299,7 +342,7 @@ def test_a_split_sweep_that_did_not_finish_is_a_problem_not_a_pass(tmp_path, mon
                        "(finished: prompts [5])")
     assert widened["split_prompts"] == [5]
     ref = {"tokens": {"5": [[1, 2, 3, 4]], "12": [[5, 6, 7, 8]]}}
-    assert "[(12, 3)]" in engine_check.wrong_answers(SPLIT_RESULT, widened, ref)
+    assert "[(12, 3, 3)]" in engine_check.wrong_answers(SPLIT_RESULT, widened, ref)
     stale = tmp_path / "s.json"  # an earlier sweep's file does not count for this one
     stale.write_text(json.dumps({"result": {"tokens": answers}}))
     FakeSweep(None, code=0).install(monkeypatch)

@@ -51,7 +51,7 @@ def test_the_connector_only_answers_are_split_point_answers_of_the_engine():
     splits = f32("splits_f32")
     assert engine_check.wrong_answers(soak, control, ref).startswith(
         "3 of 810 answers are ones the server without a connector never gave in 1092")
-    assert "[(5, 22), (12, 31)]" in engine_check.wrong_answers(soak, control, ref)
+    assert "[(5, 22, 48), (12, 31, 31)]" in engine_check.wrong_answers(soak, control, ref)
     assert engine_check.wrong_answers(soak, engine_check.with_splits(control, splits),
                                       ref) is None
     # which splits: prompt 12's other answer only after a local hit of 51 or 57 blocks
@@ -71,10 +71,11 @@ def test_the_sweep_explains_the_prompts_it_finished_and_only_those():
     before = engine_check.wrong_answers(soak, control, ref)
     assert before.startswith("16 of 840 answers are ones the server without a connector "
                              "never gave in 786")
-    assert "[(4, 14), (6, 18), (9, 18), (11, 9), (20, 17), (22, 31)]" in before
+    assert ("[(4, 14, 15), (6, 18, 18), (9, 18, 18), (11, 9, 9), (20, 17, 17), (22, 31, 31)]"
+            in before)
     after = engine_check.wrong_answers(soak, engine_check.with_splits(control, splits), ref)
     assert after.startswith("3 of 840 answers")
-    assert after.endswith("[(22, 31)]")
+    assert after.endswith("[(22, 31, 31)]")
 
 
 def test_in_bfloat16_a_prompt_has_many_split_answers():
@@ -108,7 +109,7 @@ def test_told_what_to_look_for_the_sweep_would_have_stopped_early(monkeypatch):
     assert swept["stopped_early"] == {"4": [42, 81], "6": [42, 71], "9": [8, 79],
                                       "11": [9, 97], "20": [10, 113]}
     widened = engine_check.with_splits(control, swept)
-    assert engine_check.wrong_answers(soak, widened, bf16("ref_tp1")).endswith("[(22, 31)]")
+    assert engine_check.wrong_answers(soak, widened, bf16("ref_tp1")).endswith("[(22, 31, 31)]")
 
 
 def test_the_second_sweep_explains_the_first_soaks_last_answers():
@@ -118,7 +119,7 @@ def test_the_second_sweep_explains_the_first_soaks_last_answers():
     first_sweep, second_sweep = bf16("splits_bf16"), bf16_2("splits_bf16")
     assert "22" in second_sweep["tokens"] and "22" not in first_sweep["tokens"]
     widened = engine_check.with_splits(control, first_sweep)
-    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(22, 31)]")
+    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(22, 31, 31)]")
     assert engine_check.wrong_answers(
         soak, engine_check.with_splits(widened, second_sweep), ref) is None
 
@@ -134,7 +135,7 @@ def test_the_second_soak_leaves_three_answers_of_prompt_7_unexplained():
     assert sorted(sweep["stopped_early"]) == ["10", "17", "20", "22", "4"]
     assert sum(len(row["plans"]) for row in sweep["splits"]["7"]) == 75
     left = engine_check.wrong_answers(soak, engine_check.with_splits(control, sweep), ref)
-    assert left.startswith("3 of 1020 answers") and left.endswith("[(7, 41)]")
+    assert left.startswith("3 of 1020 answers") and left.endswith("[(7, 41, 44)]")
     audit = bf16_2("soak1_serve", "audit")["rows"]  # the engine's processes, as reported
     assert sum(row["connector"] for row in audit) == 287126
     assert sum(row["loads"] for row in audit) == 214
@@ -157,7 +158,7 @@ def test_three_piece_splits_of_prompt_7_do_not_give_its_answers():
     assert len(three_piece["splits"]["7"]) == 6
     widened = engine_check.with_splits(engine_check.with_splits(control, two_piece),
                                        three_piece)
-    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(7, 41)]")
+    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(7, 41, 44)]")
     wanted = [tokens for _i, tokens, _n in engine_check.novel_variants(
         soak, engine_check.with_splits(control, two_piece))]
     assert len(wanted) == 1  # the three answers are one output
@@ -178,7 +179,7 @@ def test_at_tp2_the_sweep_leaves_one_answer_of_prompt_17_unexplained():
     assert sorted(sweep["stopped_early"]) == ["0", "21", "4", "6"]
     assert sum(len(row["plans"]) for row in sweep["splits"]["17"]) == 99
     after = engine_check.wrong_answers(soak, engine_check.with_splits(control, sweep), ref)
-    assert after.startswith("1 of 552 answers") and after.endswith("[(17, 22)]")
+    assert after.startswith("1 of 552 answers") and after.endswith("[(17, 22, 40)]")
     rows = bf16_tp2("soak_serve", "audit")["rows"]
     workers = [row for row in rows if row["launches"]]
     assert len(workers) == 2  # both TP workers, each with collectives and the connector
