@@ -20,7 +20,16 @@ of either sweep shares their first 44 tokens).
 bfloat16 at TP=2 (fifth session, ``bf16_tp2``, two H200): the connector's server gave 552
 answers, 19 of them outputs the no-connector server (588 answers) never gave, on 5 prompts; its
 sweep at TP=2 (two-piece, ``--soak-from``) gives 18: one answer of prompt 17, from its token
-22, is given by none of that prompt's 99 plans."""
+22, is given by none of that prompt's 99 plans.
+
+bfloat16 at TP=1 on the chain-keeping store (sixth session, ``bf16_soak3``): 1,044 answers,
+37 the no-connector server never gave; the sweep (run to the end) leaves 2: one of prompt 4
+(45 tokens shared with an answer of the engine) and one of prompt 7, the very answer the
+fourth session's soak gave 3 times (before the store kept chains).
+
+The fault-injecting cases at TP=1 (sixth session, ``tp1_faults``): every output is one the
+no-connector run gives in one of its passes, but for one float32 output, which the engine
+gives itself at a prefill split of its prompt (the second session's sweep)."""
 
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ f32 = partial(recorded_result, "f32_soak")
 bf16 = partial(recorded_result, "bf16_soak")
 bf16_2 = partial(recorded_result, "bf16_soak2")
 bf16_tp2 = partial(recorded_result, "bf16_tp2")
+bf16_3 = partial(recorded_result, "bf16_soak3")
+tp1_faults = partial(recorded_result, "tp1_faults")
 
 
 def test_the_two_no_connector_servers_give_the_same_other_answers():
@@ -186,3 +197,47 @@ def test_at_tp2_the_sweep_leaves_one_answer_of_prompt_17_unexplained():
     assert all(row["pynccl"] > 150_000 and row["connector"] > 150_000 and row["loads"] == 119
                for row in workers)
     assert not any(row["findings"] for row in rows)
+
+
+def test_on_the_chain_keeping_store_two_answers_stay_one_of_them_the_earlier_soaks():
+    ref, control = bf16("ref_tp1"), bf16("soak1_serve_none")
+    soak, splits = bf16_3("soak1_serve"), bf16_3("splits_bf16")
+    assert soak["answers"] == 1044 and soak["error_count"] == 0
+    assert soak["counters"]["vllm:num_preemptions_total"] == 0
+    assert engine_check.wrong_answers(soak, control, ref).startswith("37 of 1044 answers")
+    assert splits["complete"] is True
+    assert sorted(int(i) for i in splits["tokens"]) == [4, 5, 6, 7, 10, 11, 22]
+    widened = engine_check.with_splits(control, splits)
+    left = engine_check.wrong_answers(soak, widened, ref)
+    assert left.startswith("2 of 1044 answers")
+    assert left.endswith("[(4, 5, 45), (7, 41, 44)]")
+    # prompt 7's answer is the fourth session's unexplained one, token for token
+    earlier = engine_check.with_splits(engine_check.with_splits(
+        control, bf16_2("splits_bf16")), bf16_2("splits7_stages3"))
+    (before,) = engine_check.novel_variants(bf16_2("soak1_serve"), earlier)
+    now = {i: tokens for i, tokens, _ in engine_check.novel_variants(soak, widened)}
+    assert sorted(now) == [4, 7] and now[7] == before[1]
+    (engine,) = [row for row in recorded_result("bf16_soak3", "soak1_serve", "audit")["rows"]
+                 if row["launches"]]
+    assert (engine["connector"], engine["loads"], engine["findings"]) == (297650, 278, [])
+
+
+def test_at_tp1_faults_preemption_and_capacity_give_only_the_engines_own_outputs():
+    ref, ref_f32 = bf16("ref_tp1"), tp1_faults("ref_tp1_f32")
+    for case, reference, failed, injected, preempted in (
+            ("faulty_tp1_nopreempt", ref, 24, 6, 0), ("faulty_tp1", ref, 16, 13, 30),
+            ("faulty_tp1_f32", ref_f32, 16, 13, 30)):
+        result, audit = tp1_faults(case), recorded_result("tp1_faults", case, "audit")
+        (worker,) = result["stats"]["workers"]
+        assert (worker["failed_loads"], worker["faults_injected"]) == (failed, injected)
+        assert result["engine"]["vllm:num_preemptions"] == preempted
+        problems = engine_check.verdict(case, result, audit, reference)
+        if case != "faulty_tp1_f32":
+            assert problems == [], case
+            continue
+        (line,) = problems
+        assert line.endswith("[(2, 12, 31)]")
+        rows = engine_variants.classify({case: result}, {
+            "reference": reference, "splits": f32("splits_f32")}, reference)
+        assert rows and all(row["also_given_by"] for row in rows)
+        assert any(row["also_given_by"] == ["splits"] for row in rows)
