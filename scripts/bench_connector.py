@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from streamcheck.connector.placement import Placement
 from streamcheck.connector.scheduler_side import SchedulerSide
 
 BLOCK = 64 * 1024
@@ -200,6 +201,36 @@ def scheduler_cost(parked: int, steps: int = 200) -> float:
     return statistics.median(times) / 1000
 
 
+def request_cost(rounds: int = 100) -> tuple[float, float]:
+    """Median microseconds of the scheduler's bookkeeping for one request of the engine TTFT
+    cases' shape (1,792 tokens: 112 blocks of 16, a placed store of 2,048 blocks): cold
+    (looked up, saved, its saves reported) and warm (looked up, its load planned, sent and
+    reported, its prefill built). What the store's placement costs the engine's thread."""
+    prompts = [[(s * 7919 + i * 104729) % 50_000 + 1 for i in range(1792)] for s in range(8)]
+    cold, warm = [], []
+    for _ in range(rounds):
+        side = SchedulerSide(block_size=16, placement=Placement(2048))
+        t = time.perf_counter_ns()
+        for k, prompt in enumerate(prompts):
+            side.matched_tokens(f"c{k}", prompt, 0)
+            meta = side.build([(f"c{k}", list(range(k * 112, k * 112 + 112)), True, 1792)])
+            side.on_worker_report({s.group: 1 for s in meta.saves}, {}, (), ())
+            side.finished(f"c{k}")
+        cold.append((time.perf_counter_ns() - t) / len(prompts))
+        t = time.perf_counter_ns()
+        for k, prompt in enumerate(prompts):
+            hit, _ = side.matched_tokens(f"w{k}", prompt, 0)
+            blocks = list(range(1000 + k * 112, 1000 + k * 112 + 112))
+            side.after_alloc(f"w{k}", blocks, hit)
+            if not side.build([]).loads:
+                raise RuntimeError("the warm request planned no load: nothing was measured")
+            side.on_worker_report({}, {}, (), [f"w{k}"])
+            side.build([(f"w{k}", blocks, True, 1792)])
+            side.finished(f"w{k}")
+        warm.append((time.perf_counter_ns() - t) / len(prompts))
+    return statistics.median(cold) / 1000, statistics.median(warm) / 1000
+
+
 def main() -> None:
     rows: list[tuple[str, str]] = []
     if torch.cuda.is_available():
@@ -249,6 +280,9 @@ def main() -> None:
     costs = {n: scheduler_cost(n) for n in (10, 1000, 10000)}
     rows += [(f"scheduler build() with {n} parked, us", f"{v:.1f}") for n, v in costs.items()]
     rows.append(("ratio 10,000 / 10 parked", f"{costs[10000] / costs[10]:.3f}"))
+    cold_us, warm_us = request_cost()
+    rows.append(("scheduler, one 112-block request on a placed store: cold / warm us",
+                 f"{cold_us:.0f} / {warm_us:.0f}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -174,7 +174,7 @@ def test_a_soak_fails_only_on_answers_its_control_never_gave():
                                 control=control) == [
         "2 of 300 answers are ones the server without a connector never gave in 600 (0 "
         "preemptions); (prompt, first token that differs from the reference, tokens shared "
-        "with the nearest answer of the reference or those): [(7, 1, 1)]"]
+        "with the nearest answer of the reference or the control): [(7, 1, 1)]"]
     assert engine_check.verdict("soak_serve", new, {"rows": SOAK_ROWS}, ref)[0].startswith(
         "3 of 300 answers differ from the no-connector run")  # no control: every one counts
     unkept = {k: v for k, v in new.items() if k != "variants"}  # a result of an older client
@@ -301,7 +301,7 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
         "2 of 300 answers are ones the server without a connector never gave in 1092 nor any "
         "prefill split of prompts [5, 12] (engine_splits.py) (0 preemptions); (prompt, first "
         "token that differs from the reference, tokens shared with the nearest answer of the "
-        "reference or those): [(12, 3, 3)]")
+        "reference or the control): [(12, 3, 3)]")
     explained = soak(wrong=[[5, 2]], variants=[[5, [1, 2, 9, 9], 1]])
     assert engine_check.wrong_answers(explained, widened, ref) is None
     assert engine_check.wrong_answers(explained, control, ref) is not None
@@ -372,3 +372,13 @@ def dtype(spec):
     if "--dtype" in args:
         return args[args.index("--dtype") + 1]
     return spec.get("llm", {}).get("dtype")
+
+
+def test_every_offline_case_with_a_reference_fails_on_outputs_the_reference_never_gave():
+    wrong = {"tokens": {**TOKENS, "1": [[4, 5, 7]] * 3}, "stats": {"workers": [worker()]}}
+    judged = [name for name, spec in engine_check.CASES.items()
+              if spec["kind"] == "tp2" and "ref" in spec]
+    assert "faulty_tp1_f32" in judged and "offloading_tp2" in judged
+    for name in judged:
+        problems = engine_check.verdict(name, wrong, {"rows": ROWS}, {"tokens": TOKENS})
+        assert any("never gave" in p for p in problems), name

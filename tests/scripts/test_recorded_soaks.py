@@ -60,9 +60,12 @@ def test_the_connector_only_answers_are_split_point_answers_of_the_engine():
     ref, soak, control = (f32(n) for n in ("ref_tp1_f32", "soak1_serve_f32",
                                               "soak1_serve_none_f32"))
     splits = f32("splits_f32")
+    # prompt 5's 2 answers are the offline reference's own (its second pass): not counted
     assert engine_check.wrong_answers(soak, control, ref).startswith(
-        "3 of 810 answers are ones the server without a connector never gave in 1092")
-    assert "[(5, 22, 48), (12, 31, 31)]" in engine_check.wrong_answers(soak, control, ref)
+        "1 of 810 answers are ones the server without a connector never gave in 1092")
+    assert engine_check.wrong_answers(soak, control, ref).endswith("[(12, 31, 31)]")
+    (five,) = [t for i, t, _ in engine_check.novel_variants(soak, control) if i == 5]
+    assert five in ref["tokens"]["5"] and five != ref["tokens"]["5"][0]
     assert engine_check.wrong_answers(soak, engine_check.with_splits(control, splits),
                                       ref) is None
     # which splits: prompt 12's other answer only after a local hit of 51 or 57 blocks
