@@ -298,16 +298,20 @@ class SchedulerSide:
             entry.failed = entry.failed or saves_failed.get(group, 0) > 0
             if entry.reports >= self.workers:
                 self._close(group, entry)
-        for req_id in loaded:
-            self._release(req_id)
-            plan = self.parked.pop(req_id, None)
+        # A parked load that read a missing block: vLLM recomputes from there, so save it
+        # again. Not only loads that end in this report: at TP > 1 a worker's failure can
+        # come a step before every worker finished the load (vLLM reports it only then).
+        for req_id, plan in self.parked.items() if missing else ():
             state = self._requests.get(req_id)
-            if plan is None or state is None or not missing:
+            if state is None:
                 continue
-            for i, h in enumerate(plan.hashes):  # vLLM recomputes from here: save it again
+            for i, h in enumerate(plan.hashes):
                 if h in missing:
                     state.saved_blocks = min(state.saved_blocks, plan.first + i)
                     break
+        for req_id in loaded:
+            self._release(req_id)
+            self.parked.pop(req_id, None)
 
     def _unplan(self, req_id: str) -> None:
         """The request is gone before its load was sent: drop the plan and its pins. A load

@@ -146,6 +146,24 @@ def test_missing_blocks_leave_the_index_and_are_saved_again():
     assert [s.hashes for s in meta.saves] == [hashes[2:4]]
 
 
+def test_a_failed_block_reported_before_the_load_ends_is_saved_again():
+    """At TP > 1 one worker's failed block can reach the scheduler a step before every worker
+    finished the load (vLLM reports a load only once all have): the blocks vLLM recomputes
+    from there must still be saved again."""
+    side = placed_side(8)
+    p = prompt(11, 4 * BS + 1)
+    hashes = block_hashes(p, BS)
+    saved(side, "w", p, [20, 21, 22, 23, 24])
+    side.finished("w")
+    side.matched_tokens("r", p, 0)
+    side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
+    side.build([])
+    side.on_worker_report({}, {}, [hashes[2]], ())  # worker 0: block 2 failed
+    side.on_worker_report({}, {}, (), {"r"})  # a step later: the load ended on every worker
+    meta = side.build([("r", [1, 2, 3, 4, 5], True, 4 * BS + 1)])  # vLLM recomputes 2 and 3
+    assert [s.hashes for s in meta.saves] == [hashes[2:4]]
+
+
 def test_finished_with_open_saves_holds_blocks_and_is_named_once():
     side = SchedulerSide(BS)
     p = prompt(12, 2 * BS + 1)
