@@ -129,15 +129,21 @@ def test_a_group_failed_on_any_worker_is_never_served():
     assert side.matched_tokens("x", p, 0) == (0, False)
 
 
-def test_missing_blocks_leave_the_index_and_are_saved_again():
-    side = placed_side(8)
+def loading(side: SchedulerSide) -> tuple[list[int], list[str]]:
+    """A prompt of 4 blocks that "w" saved, and "r" loading all of it (the load sent to the
+    workers): the prompt and its hashes."""
     p = prompt(11, 4 * BS + 1)
-    hashes = block_hashes(p, BS)
     saved(side, "w", p, [20, 21, 22, 23, 24])
     side.finished("w")
     side.matched_tokens("r", p, 0)
     side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
     side.build([])
+    return p, block_hashes(p, BS)
+
+
+def test_missing_blocks_leave_the_index_and_are_saved_again():
+    side = placed_side(8)
+    p, hashes = loading(side)
     side.on_worker_report({}, {}, [hashes[2]], {"r"})  # block 2 failed to load
     # block 3 goes too: it was computed on the block 2 that is gone
     assert hashes[2] not in side.committed and hashes[3] not in side.committed
@@ -151,13 +157,7 @@ def test_a_failed_block_reported_before_the_load_ends_is_saved_again():
     finished the load (vLLM reports a load only once all have): the blocks vLLM recomputes
     from there must still be saved again."""
     side = placed_side(8)
-    p = prompt(11, 4 * BS + 1)
-    hashes = block_hashes(p, BS)
-    saved(side, "w", p, [20, 21, 22, 23, 24])
-    side.finished("w")
-    side.matched_tokens("r", p, 0)
-    side.after_alloc("r", [1, 2, 3, 4, 5], 4 * BS)
-    side.build([])
+    _, hashes = loading(side)
     side.on_worker_report({}, {}, [hashes[2]], ())  # worker 0: block 2 failed
     side.on_worker_report({}, {}, (), {"r"})  # a step later: the load ended on every worker
     meta = side.build([("r", [1, 2, 3, 4, 5], True, 4 * BS + 1)])  # vLLM recomputes 2 and 3
