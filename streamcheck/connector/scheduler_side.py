@@ -4,7 +4,8 @@ What the scheduler asks must cost it nothing that grows with the number of reque
 for KV: lookups answer from an in-memory index of committed block hashes (kept up to date by
 the workers' reports), so ``matched_tokens`` is O(prompt blocks) and repeatable; requests whose
 KV is loading are parked in a dict and touched again only when a worker reports them done, so a
-step costs O(requests scheduled + events this step), never O(parked requests).
+step costs O(requests scheduled + events this step), not O(parked requests) (but for a report
+of missing or corrupt blocks, which are rare: every parked load is checked for them).
 
 A block hash enters the index only after EVERY worker saved and committed every layer of it
 (each worker holds its own shard of the layers or heads), and a failed save never does. A hash
