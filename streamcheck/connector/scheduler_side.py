@@ -299,9 +299,10 @@ class SchedulerSide:
             entry.failed = entry.failed or saves_failed.get(group, 0) > 0
             if entry.reports >= self.workers:
                 self._close(group, entry)
-        # A parked load that read a missing block: vLLM recomputes from there, so save it
-        # again. Not only loads that end in this report: at TP > 1 a worker's failure can
-        # come a step before every worker finished the load (vLLM reports it only then).
+        # A parked load that read a missing block: vLLM recomputes from there, so those blocks
+        # are the request's own computation (tagged as such when built) and are saved again.
+        # Not only loads that end in this report: at TP > 1 a worker's failure can come a
+        # step before every worker finished the load (vLLM reports it only then).
         for req_id, plan in self.parked.items() if missing else ():
             state = self._requests.get(req_id)
             if state is None:
@@ -309,6 +310,7 @@ class SchedulerSide:
             for i, h in enumerate(plan.hashes):
                 if h in missing:
                     state.saved_blocks = min(state.saved_blocks, plan.first + i)
+                    state.loaded_end = min(state.loaded_end, plan.first + i)
                     break
         for req_id in loaded:
             self._release(req_id)

@@ -164,6 +164,22 @@ def test_a_failed_block_reported_before_the_load_ends_is_saved_again():
     assert [s.hashes for s in meta.saves] == [hashes[2:4]]
 
 
+def test_blocks_recomputed_after_a_failed_load_hold_the_requests_own_kv():
+    """vLLM recomputes a failed load from its first failed block: those GPU blocks then hold
+    the request's own computation, not the store's copy it asked for. A later request that
+    finds them in vLLM's cache saves on top of them (the store holds the same copy)."""
+    side = placed_side(12)
+    p, hashes = loading(side)  # "r" loads blocks 0-3 into GPU blocks 1-4
+    side.on_worker_report({}, {}, [hashes[2]], {"r"})  # block 2 failed: vLLM recomputes 2, 3
+    (save,) = side.build([("r", [1, 2, 3, 4, 5], True, 4 * BS + 1)]).saves
+    assert save.hashes == hashes[2:4]
+    side.on_worker_report({save.group: 1}, {}, (), ())  # r's copies of blocks 2, 3 stored
+    longer = p[:4 * BS] + prompt(12, 2 * BS)
+    assert side.matched_tokens("x", longer, 4 * BS) == (0, False)  # all 4 in vLLM's cache
+    meta = side.build([("x", [1, 2, 3, 4, 6, 7], True, 6 * BS)])
+    assert [s.hashes for s in meta.saves] == [block_hashes(longer, BS)[4:6]]
+
+
 def test_finished_with_open_saves_holds_blocks_and_is_named_once():
     side = SchedulerSide(BS)
     p = prompt(12, 2 * BS + 1)
