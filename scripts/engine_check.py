@@ -793,7 +793,8 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
         want_of.setdefault(str(i), []).append(tokens)
     cmd = [sys.executable, str(HERE / "engine_splits.py"), model, "--dtype", dtype,
            "--tensor-parallel-size", str(spec.get("tp", 2)),
-           "--prompts", ",".join(map(str, prompts)), "--out", str(path), "--want", str(want)]
+           "--prompts", ",".join(map(str, prompts)), "--out", str(path), "--want", str(want),
+           "--inner"]
     timeout = SPLIT_SECONDS["start"] + per_prompt * len(prompts)
     what = f"the split sweep of prompts {prompts}"
     try:

@@ -13,8 +13,9 @@ This settles which, for the soak's prompts (``engine_check.py``'s ``family_promp
 connector at all: for each prompt and each block boundary k, the prefix cache is emptied, the
 first k blocks are prefilled alone (one token generated), then the whole prompt is answered
 (a local hit of exactly k blocks); ``--first`` adds two-stage splits (the family's shared
-prefix first, as a sibling request leaves it, then k blocks), and ``--stages 3`` three-stage ones
-(that prefix, then m blocks, then k: see :func:`split_plans`). The engine is built as the soak's
+prefix first, as a sibling request leaves it, then k blocks), ``--stages 3`` three-stage ones
+(that prefix, then m blocks, then k), and ``--inner`` the plans that split that prefix itself
+(m blocks, then the prefix: see :func:`split_plans`). The engine is built as the soak's
 server is (eager, prefix caching, the same lengths and block counts; ``--dtype``,
 ``--tensor-parallel-size``).
 
@@ -48,7 +49,8 @@ from engine_check import SAFE_ENV, family_prompts, generate  # noqa: E402 (needs
 BLOCK = 16  # vLLM's default block size, the soak server's
 
 
-def split_plans(length: int, first: list[int], stages: int = 2) -> list[tuple[int, ...]]:
+def split_plans(length: int, first: list[int], stages: int = 2, inner: bool = False
+                ) -> list[tuple[int, ...]]:
     """The prefixes prefilled before the whole prompt, in order: none, each single block
     boundary k (the last token is always computed, so k stops short of the prompt's end),
     each ``first`` boundary followed by every later k, and with ``stages`` above 2 each
@@ -58,14 +60,27 @@ def split_plans(length: int, first: list[int], stages: int = 2) -> list[tuple[in
     Three stages is what a soak's loads can make of a prompt: its blocks after the family's
     prefix computed once after that prefix, saved, evicted; computed again by a request that
     had some of them (m) in the GPU's prefix cache, saved again; then loaded (k) by a later
-    request that computes the rest: the plan (first, m, k)."""
+    request that computes the rest: the plan (first, m, k).
+
+    ``inner`` adds, after all of those, the plans that split a ``first`` prefix itself: (m, f)
+    for every m below f, and with ``stages`` above 2 each of those followed by the later runs
+    as above. A sibling that loaded m blocks of the family's prefix computed the rest of it on
+    top of them; a request that then takes the whole prefix from it (a load, or vLLM's cache)
+    and computes its own blocks holds the plan (m, f)."""
     full = (length - 1) // BLOCK
-    plans: list[tuple[int, ...]] = [()]
-    plans += [(k,) for k in range(1, full + 1)]
-    for later in range(1, stages):
-        plans += [(f, *rest) for f in first if 0 < f < full
-                  for rest in itertools.combinations(range(f + 1, full + 1), later)]
+    plans: list[tuple[int, ...]] = [(), *((k,) for k in range(1, full + 1))]
+    plans += later_runs([(f,) for f in first if 0 < f < full], full, stages - 1)
+    if inner:
+        split_heads = [(m, f) for f in first if 0 < f < full for m in range(1, f)]
+        plans += split_heads + later_runs(split_heads, full, stages - 2)
     return plans
+
+
+def later_runs(heads: list[tuple[int, ...]], full: int, most: int) -> list[tuple[int, ...]]:
+    """Each head followed by every rising run of 1 to ``most`` later block boundaries (up to
+    ``full``), shorter runs first."""
+    return [(*head, *rest) for later in range(1, most + 1) for head in heads
+            for rest in itertools.combinations(range(head[-1] + 1, full + 1), later)]
 
 
 def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens: int
@@ -81,7 +96,8 @@ def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens:
 
 def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int,
           keep: Callable[[dict[str, Any]], None] | None = None,
-          want: dict[int, list[list[int]]] | None = None, stages: int = 2) -> dict[str, Any]:
+          want: dict[int, list[list[int]]] | None = None, stages: int = 2,
+          inner: bool = False) -> dict[str, Any]:
     """Every prompt's answer after each split plan; ``keep`` is given the answers so far after
     each prompt (a sweep stopped part way keeps the prompts it finished). With ``want`` (a
     prompt's answers to look for), a prompt's sweep stops at the plan that gave the last of
@@ -92,7 +108,7 @@ def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens:
     for index, prompt in prompts.items():
         answers: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         outs = []
-        plans = split_plans(len(prompt), first, stages)
+        plans = split_plans(len(prompt), first, stages, inner)
         missing = {tuple(t) for t in (want or {}).get(index, [])}
         for plan in plans:
             out = answer_after(llm, prompt, plan, max_tokens)
@@ -131,6 +147,10 @@ def main() -> int:
                    help="most prefixes prefilled before the whole prompt, the first from "
                         "--first (1: single splits only, --first unused; 3: a prompt's KV in "
                         "four pieces, as a soak's loads can make it; many more plans)")
+    p.add_argument("--inner", action="store_true",
+                   help="also split the --first prefixes themselves: (m, first) for every m "
+                        "below, after every other plan (as a sibling that loaded part of the "
+                        "family's prefix leaves it)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--want", type=Path,
@@ -170,13 +190,13 @@ def main() -> int:
 
     def write(result: dict[str, Any], complete: bool) -> None:
         result.update(case="splits", dtype=args.dtype, first=first, stages=args.stages,
-                      complete=complete,
+                      inner=args.inner, complete=complete,
                       seconds=round(time.time() - start, 1))
         args.out.write_text(json.dumps({"result": result}))
 
     result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens,
                    keep=lambda so_far: write(so_far, complete=False), want=want,
-                   stages=args.stages)
+                   stages=args.stages, inner=args.inner)
     write(result, complete=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0

@@ -290,6 +290,7 @@ def test_answers_a_prefill_split_gives_are_the_engines_own(tmp_path, monkeypatch
     cmd = sweep.cmd
     assert cmd[cmd.index("--prompts") + 1] == "5,12"
     assert cmd[cmd.index("--dtype") + 1] == "float32"
+    assert "--inner" in cmd  # a family prefix split by a sibling's partial load is swept too
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
     # told what to look for: the answers the control never gave, a prompt's own
     assert json.loads(Path(cmd[cmd.index("--want") + 1]).read_text()) == {

@@ -34,6 +34,19 @@ def test_three_stage_plans_follow_the_two_stage_ones():
     assert len(engine_splits.split_plans(860, [32], stages=3)) == 285
 
 
+def test_inner_plans_split_the_first_prefix_itself_after_every_other_plan():
+    """``--inner``: (m, f) for every m below a first boundary f, as a sibling that loaded m
+    blocks of the family's prefix leaves it, then with three stages each followed by k."""
+    plain = engine_splits.split_plans(16 * 6 + 1, [3], stages=3)
+    plans = engine_splits.split_plans(16 * 6 + 1, [3], stages=3, inner=True)
+    assert plans[:len(plain)] == plain
+    assert plans[len(plain):] == [(1, 3), (2, 3), (1, 3, 4), (1, 3, 5), (1, 3, 6),
+                                  (2, 3, 4), (2, 3, 5), (2, 3, 6)]
+    assert engine_splits.split_plans(16 * 6 + 1, [3], inner=True)[-2:] == [(1, 3), (2, 3)]
+    # prompt 7 of the soaks: 31 more plans with two stages
+    assert len(engine_splits.split_plans(860, [32], inner=True)) == 75 + 31
+
+
 class FakeLLM:
     """Answers as if the split point (the cached prefix) chose between two outputs."""
 
@@ -77,9 +90,11 @@ def test_a_cache_that_will_not_empty_stops_the_sweep(fake_generate):
 def test_the_sweep_asks_for_the_plans_of_its_stages(fake_generate, monkeypatch):
     asked = []
     monkeypatch.setattr(engine_splits, "split_plans",
-                        lambda length, first, stages: asked.append((first, stages)) or [()])
+                        lambda length, first, stages, inner: asked.append((first, stages, inner))
+                        or [()])
     engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, stages=3)
-    assert asked == [([2], 3)]
+    engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, inner=True)
+    assert asked == [([2], 3, False), ([2], 2, True)]
 
 
 def test_the_sweep_is_a_control_that_explains_a_split_point_answer(fake_generate, tmp_path):
