@@ -39,9 +39,10 @@ Cases:
     connector soak's answers that its control never gave are then looked for among the
     engine's own answers at every prefill split of those prompts (``engine_splits.py``, no
     connector, the soak's dtype and TP size; ``--split-seconds`` a prompt): a hit moves where
-    a prefill splits, as vLLM's prefix cache does; only an answer no split gives fails.
-    ``--soak-from DIR`` judges (and explains) a soak an earlier run wrote to ``DIR`` instead of
-    running it again.
+    a prefill splits, as vLLM's prefix cache does; only an answer no split gives fails. The
+    same for an offline connector case (``faulty_*``): its outputs that no pass of its
+    reference gave. ``--soak-from DIR`` judges (and explains) a soak an earlier run wrote to
+    ``DIR`` instead of running it again.
 ``clean_tp2`` / ``clean_tp2_sync``
     ``faulty_tp2`` without the injected faults (async loads, sync loads).
 ``faulty_tp2_nopreempt`` / ``faulty_tp2_roomy`` / ``faulty_tp2_nas`` / ``faulty_tp2_f32``
@@ -671,21 +672,37 @@ def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {"processes": len(rows), "rows": rows}
 
 
-def token_differences(tokens: dict[Any, list[list[int]]],
-                      ref: dict[Any, list[list[int]]]) -> list[str]:
+def token_differences(tokens: dict[Any, list[list[int]]], ref: dict[Any, list[list[int]]],
+                      splits: dict[str, Any] | None = None) -> list[str]:
     """Outputs the no-connector run never gave for their prompt in any of its passes (under
     preemption the reference's own passes differ: a preempted request is recomputed as a
-    prefill, which is not bitwise its decode): counts by pass, and which (pass, prompt,
-    first token that differs from the reference's first pass) so a pattern shows."""
+    prefill, which is not bitwise its decode), nor, with ``splits`` (a control widened by a
+    split sweep, :func:`explain_by_splits`), any prefill split of the prompt: counts by pass,
+    and which (pass, prompt, first token that differs from its first pass) so a pattern shows."""
+    known = {k: [*outs, *(t for i, t, _n in (splits or {}).get("variants", ()) if str(i) == k)]
+             for k, outs in ref.items()}
     pairs = [(p, int(k), first_difference(outs[p], ref[k][0]))
-             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] not in ref[k]]
+             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] not in known[k]]
     if not pairs:
         return []
     passes = max(len(outs) for outs in tokens.values())
     by_pass = [sum(p == q for p, _, _ in pairs) for q in range(passes)]
+    swept = (splits or {}).get("split_prompts")
+    nor = f" nor any prefill split of prompts {swept} (engine_splits.py)" if swept else ""
     return [f"outputs the no-connector run never gave in its {len(ref[next(iter(ref))])} "
-            f"passes, by pass: {by_pass} of {len(tokens)} each; (pass, prompt, first token "
-            f"that differs from its first pass): {sorted(pairs)}"]
+            f"passes{nor}, by pass: {by_pass} of {len(tokens)} each; (pass, prompt, first "
+            f"token that differs from its first pass): {sorted(pairs)}"]
+
+
+def as_variants(result: dict[str, Any]) -> dict[str, Any]:
+    """An offline case's outputs (``tokens``: each prompt's passes) as a soak's distinct
+    answers (``variants``: prompt, tokens, count), so a split sweep can explain them."""
+    counts: dict[tuple[int, tuple[int, ...]], int] = {}
+    for k, outs in result["tokens"].items():
+        for out in outs:
+            counts[(int(k), tuple(out))] = counts.get((int(k), tuple(out)), 0) + 1
+    return {"variants": [[i, list(t), n] for (i, t), n in counts.items()],
+            "answers": sum(counts.values())}
 
 
 def loads_exercised(stats: dict[str, Any]) -> list[str]:
@@ -763,6 +780,15 @@ def with_splits(control: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any
             "split_prompts": sorted(int(i) for i in sweep["tokens"])}
 
 
+def case_dtype(spec: dict[str, Any]) -> str | None:
+    """The dtype a case asks of the engine (a server's ``--dtype``, an offline engine's
+    ``llm`` setting), None for the model's own."""
+    args = spec.get("serve_args", [])
+    if "--dtype" in args:
+        return args[args.index("--dtype") + 1]
+    return spec.get("llm", {}).get("dtype")
+
+
 SPLIT_SECONDS = {"start": 120.0, "prompt": 120.0}  # one H200: ~40 s to start, ~80 s a prompt
 
 
@@ -770,8 +796,9 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
                       control: dict[str, Any] | None, env: dict[str, str], out: Path,
                       per_prompt: float = SPLIT_SECONDS["prompt"]
                       ) -> tuple[dict[str, Any] | None, str | None]:
-    """For a connector soak's answers its control never gave: run ``engine_splits.py`` on
-    those prompts (the soak's dtype and TP size, no connector, no audit) and return the control
+    """For a connector run's answers its control never gave (a soak's; an offline case's
+    outputs and reference through :func:`as_variants`): run ``engine_splits.py`` on those
+    prompts (the run's dtype and TP size, no connector, no audit) and return the control
     widened by every answer a prefill split gives, or the control as it was and a problem if
     the sweep did not run to the end. A connector's hit moves where a prefill splits, as
     vLLM's own prefix cache does; only an answer no split gives is the connector's. The sweep
@@ -782,8 +809,7 @@ def explain_by_splits(model: str, spec: dict[str, Any], result: dict[str, Any],
     prompts = sorted({i for i, _tokens, _n in novel})
     if not prompts:
         return control, None
-    args = spec.get("serve_args", [])
-    dtype = args[args.index("--dtype") + 1] if "--dtype" in args else "auto"
+    dtype = case_dtype(spec) or "auto"
     env = {k: v for k, v in env.items() if not k.startswith("STREAMCHECK")}
     path, log_path = out.with_suffix(".json"), out.with_suffix(".log")
     path.unlink(missing_ok=True)  # an earlier sweep's answers are not this one's
@@ -901,7 +927,7 @@ def verdict(case: str, result: dict[str, Any], audit: dict[str, Any] | None,
         if ref is None or "tokens" not in ref:
             problems.append("no reference tokens")
         else:
-            problems += token_differences(result["tokens"], ref["tokens"])
+            problems += token_differences(result["tokens"], ref["tokens"], control)
         if case.startswith(vllm_own):
             return problems
         tp = CASES.get(case, {}).get("tp", 2)
@@ -1024,8 +1050,9 @@ def main() -> int:
     p.add_argument("--soak-seconds", type=float,
                    help=f"how long each soak case loads its server (default {SOAK['seconds']})")
     p.add_argument("--explain-splits", action="store_true",
-                   help="after a connector soak, run engine_splits.py on the prompts whose "
-                        "answers its control never gave; answers a prefill split gives pass")
+                   help="after a connector soak (or an offline connector case), run "
+                        "engine_splits.py on the prompts whose answers its control (or "
+                        "reference) never gave; answers a prefill split gives pass")
     p.add_argument("--split-seconds", type=float, default=SPLIT_SECONDS["prompt"],
                    help="seconds the sweep may take per prompt, after "
                         f"{SPLIT_SECONDS['start']:.0f} s to start (one H200: about 80 s)")
@@ -1086,6 +1113,11 @@ def main() -> int:
                    if "control" in spec else None)
         sweep_problem = None
         has_connector = spec.get("connector", "none") != "none"
+        if (args.explain_splits and spec["kind"] == "tp2" and has_connector
+                and "tokens" in result and ref is not None and "tokens" in ref):
+            control, sweep_problem = explain_by_splits(
+                args.model, spec, as_variants(result), as_variants(ref), env,
+                out / f"{case}-splits", args.split_seconds)
         if args.explain_splits and spec["kind"] == "soak" and has_connector:
             # kept before the sweep, which can run long: a run cut short keeps its soak
             (out / f"{case}.json").write_text(json.dumps({

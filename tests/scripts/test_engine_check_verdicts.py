@@ -363,16 +363,7 @@ def test_every_case_is_judged_against_a_reference_of_its_own_tp_size_and_dtype()
                 continue
             other = engine_check.CASES[spec[key]]
             assert other.get("tp", 2) == spec.get("tp", 2), (name, key)
-            assert dtype(other) == dtype(spec), (name, key)
-
-
-def dtype(spec):
-    """The dtype a case asks of the engine (an offline engine's ``llm`` setting, or a
-    server's ``--dtype``), None for the model's own."""
-    args = spec.get("serve_args", [])
-    if "--dtype" in args:
-        return args[args.index("--dtype") + 1]
-    return spec.get("llm", {}).get("dtype")
+            assert engine_check.case_dtype(other) == engine_check.case_dtype(spec), (name, key)
 
 
 def test_every_offline_case_with_a_reference_fails_on_outputs_the_reference_never_gave():
@@ -383,3 +374,32 @@ def test_every_offline_case_with_a_reference_fails_on_outputs_the_reference_neve
     for name in judged:
         problems = engine_check.verdict(name, wrong, {"rows": ROWS}, {"tokens": TOKENS})
         assert any("never gave" in p for p in problems), name
+
+
+def test_an_offline_case_output_a_prefill_split_gives_is_the_engines_own(tmp_path, monkeypatch):
+    """``--explain-splits`` on an offline connector case: the outputs no pass of the reference
+    gave are swept (the case's dtype and TP size); what a split gives passes, the rest fails
+    and says where it was looked for."""
+    ref = {"tokens": {"0": [[1, 2, 3]] * 3, "1": [[4, 5, 6], [4, 5, 8], [4, 5, 6]]}}
+    result = {"tokens": {"0": [[1, 2, 3], [1, 7, 3], [1, 2, 3]], "1": [[4, 5, 8]] * 3},
+              "stats": {"workers": [worker()]}}
+    variants = engine_check.as_variants(result)
+    assert sorted((i, tuple(t), n) for i, t, n in variants["variants"]) == [
+        (0, (1, 2, 3), 2), (0, (1, 7, 3), 1), (1, (4, 5, 8), 3)]
+    sweep = FakeSweep({"0": [[1, 2, 3], [1, 7, 3]]}).install(monkeypatch)
+    spec = engine_check.CASES["faulty_tp1_f32"]
+    widened, problem = engine_check.explain_by_splits(
+        "/m", spec, variants, engine_check.as_variants(ref), {}, tmp_path / "f-splits")
+    assert problem is None
+    assert sweep.cmd[sweep.cmd.index("--prompts") + 1] == "0"  # prompt 1's is the reference's
+    assert sweep.cmd[sweep.cmd.index("--dtype") + 1] == "float32"
+    assert sweep.cmd[sweep.cmd.index("--tensor-parallel-size") + 1] == "1"
+    audit = {"rows": TP1_ROWS}
+    assert engine_check.verdict("faulty_tp1_f32", result, audit, ref, control=widened) == []
+    (line,) = engine_check.verdict("faulty_tp1_f32", result, audit, ref)
+    assert line.endswith("[(1, 0, 1)]")
+    FakeSweep({"0": [[1, 2, 3]]}).install(monkeypatch)  # a sweep that does not give it
+    narrow, _ = engine_check.explain_by_splits(
+        "/m", spec, variants, engine_check.as_variants(ref), {}, tmp_path / "g-splits")
+    (line,) = engine_check.verdict("faulty_tp1_f32", result, audit, ref, control=narrow)
+    assert "nor any prefill split of prompts [0]" in line and line.endswith("[(1, 0, 1)]")

@@ -240,6 +240,10 @@ def test_at_tp1_faults_preemption_and_capacity_give_only_the_engines_own_outputs
             continue
         (line,) = problems
         assert line.endswith("[(2, 12, 31)]")
+        # --explain-splits on this case: the second session's sweep gives that output
+        widened = engine_check.with_splits(engine_check.as_variants(reference),
+                                           f32("splits_f32"))
+        assert engine_check.verdict(case, result, audit, reference, control=widened) == []
         rows = engine_variants.classify({case: result}, {
             "reference": reference, "splits": f32("splits_f32")}, reference)
         assert rows and all(row["also_given_by"] for row in rows)
