@@ -135,29 +135,29 @@ class Placement:
         self._owner.pop(h, None)
         return slot
 
-    def commit(self, hashes: Sequence[str]) -> list[str]:
+    def commit(self, hashes: Sequence[str], chain: Sequence[str] | None = None) -> list[str]:
         """Every worker stored these blocks (a run of one prompt's chain, in order): each is a
         hit from now on if the store holds the copy of its parent it was saved on, and fails
         otherwise (that copy failed, was evicted or dropped meanwhile, or another request's
-        copy took its place), the blocks after it with it. The committed ones are the most
-        recently used, the first of them last; returns them."""
+        copy took its place), the blocks after it with it. Then ``chain`` (the prompt's
+        blocks up to these; default the committed ones) is used (:meth:`touch`): the committed
+        ones are among the most recently used, behind their heads. Returns them."""
         done: list[str] = []
         for h in hashes:
             slot = self._saving.pop(h, None)
             if slot is None:
                 continue
-            parent, on = self._parent.get(h), self._parent_owner.pop(h, None)
+            parent, on = self._parent.get(h), self._parent_owner.get(h)
             if parent is not None and (parent not in self._committed
                                        or self._owner.get(parent) != on):
-                heapq.heappush(self._free, slot)
-                self._parent.pop(h, None)
-                self._owner.pop(h, None)
+                self._free_saving(h, slot)
                 continue
+            self._parent_owner.pop(h, None)
             self._committed[h] = slot
             if parent is not None:
                 self._children.setdefault(parent, set()).add(h)
             done.append(h)
-        self.touch(done)
+        self.touch(done if chain is None else chain)
         return done
 
     def touch(self, chain: Sequence[str]) -> None:
@@ -172,10 +172,15 @@ class Placement:
         for h in hashes:
             slot = self._saving.pop(h, None)
             if slot is not None:
-                heapq.heappush(self._free, slot)
-                self._parent.pop(h, None)
-                self._parent_owner.pop(h, None)
-                self._owner.pop(h, None)
+                self._free_saving(h, slot)
+
+    def _free_saving(self, h: str, slot: int) -> None:
+        """A save that will never be served (taken out of ``_saving``): its slot is free and
+        its chain entries go."""
+        heapq.heappush(self._free, slot)
+        self._parent.pop(h, None)
+        self._parent_owner.pop(h, None)
+        self._owner.pop(h, None)
 
     # ---- loads ------------------------------------------------------------------------------
 

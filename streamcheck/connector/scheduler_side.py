@@ -335,9 +335,8 @@ class SchedulerSide:
             if entry.failed:
                 self.placement.abandon(entry.hashes)
                 stored: list[str] = []
-            else:  # each only on top of its stored parent
-                stored = self.placement.commit(entry.hashes)
-                self.placement.touch(entry.chain)  # its heads more recent than these
+            else:  # each only on top of its stored parent; its heads more recent than these
+                stored = self.placement.commit(entry.hashes, entry.chain)
             self.placement.unpin(entry.held)
         else:
             stored = [] if entry.failed else entry.hashes
