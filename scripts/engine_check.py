@@ -679,10 +679,9 @@ def token_differences(tokens: dict[Any, list[list[int]]], ref: dict[Any, list[li
     prefill, which is not bitwise its decode), nor, with ``splits`` (a control widened by a
     split sweep, :func:`explain_by_splits`), any prefill split of the prompt: counts by pass,
     and which (pass, prompt, first token that differs from its first pass) so a pattern shows."""
-    known = {k: [*outs, *(t for i, t, _n in (splits or {}).get("variants", ()) if str(i) == k)]
-             for k, outs in ref.items()}
-    pairs = [(p, int(k), first_difference(outs[p], ref[k][0]))
-             for k, outs in tokens.items() for p in range(len(outs)) if outs[p] not in known[k]]
+    known = engine_answers(ref, splits)
+    pairs = [(p, int(k), first_difference(outs[p], ref[k][0])) for k, outs in tokens.items()
+             for p in range(len(outs)) if outs[p] not in known.get(k, [])]
     if not pairs:
         return []
     passes = max(len(outs) for outs in tokens.values())
@@ -692,6 +691,17 @@ def token_differences(tokens: dict[Any, list[list[int]]], ref: dict[Any, list[li
     return [f"outputs the no-connector run never gave in its {len(ref[next(iter(ref))])} "
             f"passes{nor}, by pass: {by_pass} of {len(tokens)} each; (pass, prompt, first "
             f"token that differs from its first pass): {sorted(pairs)}"]
+
+
+def engine_answers(ref: dict[str, list[list[int]]], control: dict[str, Any] | None
+                   ) -> dict[str, list[list[int]]]:
+    """Each prompt's answers the engine gives without a connector: every pass of the offline
+    reference (``ref``: its ``tokens``), and a control's distinct answers (a no-connector run's,
+    or a split sweep's through :func:`with_splits`)."""
+    known = {k: list(outs) for k, outs in ref.items()}
+    for i, tokens, _n in (control or {}).get("variants", ()):
+        known.setdefault(str(i), []).append(tokens)
+    return known
 
 
 def as_variants(result: dict[str, Any]) -> dict[str, Any]:
@@ -739,13 +749,13 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
                 f"{sorted({tuple(w) for w in result['wrong']})[:20]}")
     expected = (ref or {}).get("tokens", {})
     # an answer the offline reference gives in any of its passes is the engine's own too
-    new = [(i, tokens, n) for i, tokens, n in novel_variants(result, control)
-           if tokens not in expected.get(str(i), [])]
+    known = engine_answers(expected, control)
+    new = [(i, tokens, n) for i, tokens, n in result["variants"]
+           if tokens not in known.get(str(i), [])]
     if not new:
         return None
     where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]),
-                     nearest_shared(tokens, [*expected.get(str(i), []), *(
-                         t for j, t, _ in control["variants"] if j == i)]))
+                     nearest_shared(tokens, known.get(str(i), [])))
                     for i, tokens, _ in new})
     swept = control.get("split_prompts")
     nor = (f" nor any prefill split of prompts {swept} (engine_splits.py)"
