@@ -94,6 +94,7 @@ REPO = HERE.parent
 if str(HERE) not in sys.path:  # its sibling modules, also when loaded from a file path
     sys.path.insert(0, str(HERE))
 
+import engine_steps  # noqa: E402 (needs the path above; vLLM imported only in its calls)
 import serve_soak  # noqa: E402 (needs the path above; the standard library only)
 from serve_soak import first_difference  # noqa: E402
 
@@ -246,7 +247,8 @@ COLD_TOKENS = 2  # tokens a cold request generates: see case_ttft
 
 
 def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[str, Any],
-              profile: bool = False, prompt_tokens: int = 1792) -> dict[str, Any]:
+              profile: bool = False, prompt_tokens: int = 1792, steps: bool = False
+              ) -> dict[str, Any]:
     """Warm TTFT: each prompt alone, one token, after a cold pass that filled the connector.
 
     The cold pass generates :data:`COLD_TOKENS` tokens per prompt, so its times are not
@@ -256,7 +258,8 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
     requests left it nothing to serve. ``llm_args``: the case's engine settings over the
     defaults (prefix caching off). ``profile``: cProfile the engine's thread over the warm pass
     and the batch (its own cost inflates every Python call; compare shares, not times).
-    ``prompt_tokens``: each of the 8 prompts' length."""
+    ``prompt_tokens``: each of the 8 prompts' length. ``steps``: the engine's steps in each
+    warm request (``engine_steps.py``; its wrappers cost a few microseconds a step)."""
     llm = make_llm(model, 1, connector, extra, **{
         "max_model_len": max(2048, prompt_tokens + 256), "gpu_memory_utilization": 0.5,
         "disable_log_stats": False, **llm_args})
@@ -266,15 +269,23 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
     ttft: dict[str, list[float]] = {}
     tokens: dict[str, list[list[int]]] = {}
     profiled = ""
+    windows: list[tuple[int, int]] = []
     for name in ("cold", "warm"):
         if name == "warm" and profile:
             llm.collective_rpc(_profile_start)
+        if name == "warm" and steps:
+            llm.collective_rpc(engine_steps.start)
         times = []
         for p in prompts:
-            start = time.perf_counter()
+            start = time.perf_counter_ns()
             generate(llm, [p], COLD_TOKENS if name == "cold" else 1)
-            times.append((time.perf_counter() - start) * 1000)
+            end = time.perf_counter_ns()
+            times.append((end - start) / 1e6)
+            if name == "warm":
+                windows.append((start, end))
         ttft[name] = times
+        if name == "warm" and steps:
+            traced = engine_steps.summarize(llm.collective_rpc(engine_steps.stop)[0], windows)
         generate(llm, filler, 2)  # a few steps: the connector reports its saves
         time.sleep(0.5)
         generate(llm, filler, 2)
@@ -291,7 +302,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
             "cold_median_ms": round(statistics.median(ttft["cold"]), 2),
             "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
             "stats": stats, "engine": _engine_counters(llm),
-            **({"profile": profiled} if profile else {})}
+            **({"profile": profiled} if profile else {}), **({"steps": traced} if steps else {})}
 
 
 def run_case(args: argparse.Namespace) -> None:
@@ -307,7 +318,8 @@ def run_case(args: argparse.Namespace) -> None:
         elif spec["kind"] == "ttft":
             result.update(case_ttft(args.model, spec["connector"], spec["extra"],
                                     spec.get("llm", {}), profile=bool(spec.get("profile")),
-                                    prompt_tokens=spec.get("prompt_tokens", 1792)))
+                                    prompt_tokens=spec.get("prompt_tokens", 1792),
+                                    steps=bool(spec.get("steps"))))
         elif spec["kind"] == "leak":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
@@ -468,8 +480,10 @@ CASES: dict[str, dict[str, Any]] = {
     # prompt's blocks are evicted from the GPU before its warm turn, so a warm hit is a load
     # from the connector. vLLM's SimpleCPUOffloadConnector turns itself off without prefix
     # caching (it then measures recomputing), so the ttft_* cases above cannot compare with it.
-    **{f"ttft_pc_{name}": {**spec, "llm": {"enable_prefix_caching": True,
-                                           "num_gpu_blocks_override": 256}}
+    # Each warm request's engine steps are traced (``engine_steps.py``), whichever connector.
+    **{f"ttft_pc_{name}": {**spec, "steps": True,
+                           "llm": {"enable_prefix_caching": True,
+                                   "num_gpu_blocks_override": 256}}
        for name, spec in {
            **PEERS,
            "sc_host": sc_host(2048, trace=20000),

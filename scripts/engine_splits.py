@@ -49,8 +49,8 @@ from engine_check import SAFE_ENV, family_prompts, generate  # noqa: E402 (needs
 BLOCK = 16  # vLLM's default block size, the soak server's
 
 
-def split_plans(length: int, first: list[int], stages: int = 2, inner: bool = False
-                ) -> list[tuple[int, ...]]:
+def split_plans(length: int, first: list[int], stages: int = 2, inner: bool = False,
+                inner_only: bool = False) -> list[tuple[int, ...]]:
     """The prefixes prefilled before the whole prompt, in order: none, each single block
     boundary k (the last token is always computed, so k stops short of the prompt's end),
     each ``first`` boundary followed by every later k, and with ``stages`` above 2 each
@@ -66,13 +66,15 @@ def split_plans(length: int, first: list[int], stages: int = 2, inner: bool = Fa
     for every m below f, and with ``stages`` above 2 each of those followed by the later runs
     as above. A sibling that loaded m blocks of the family's prefix computed the rest of it on
     top of them; a request that then takes the whole prefix from it (a load, or vLLM's cache)
-    and computes its own blocks holds the plan (m, f)."""
+    and computes its own blocks holds the plan (m, f). ``inner_only``: those plans alone (a
+    sweep that already ran the others need not run them again)."""
     full = (length - 1) // BLOCK
     plans: list[tuple[int, ...]] = [(), *((k,) for k in range(1, full + 1))]
     plans += later_runs([(f,) for f in first if 0 < f < full], full, stages - 1)
-    if inner:
+    if inner or inner_only:
         split_heads = [(m, f) for f in first if 0 < f < full for m in range(1, f)]
-        plans += split_heads + later_runs(split_heads, full, stages - 2)
+        inner_plans = split_heads + later_runs(split_heads, full, stages - 2)
+        return inner_plans if inner_only else plans + inner_plans
     return plans
 
 
@@ -97,7 +99,7 @@ def answer_after(llm: Any, prompt: list[int], plan: tuple[int, ...], max_tokens:
 def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens: int,
           keep: Callable[[dict[str, Any]], None] | None = None,
           want: dict[int, list[list[int]]] | None = None, stages: int = 2,
-          inner: bool = False) -> dict[str, Any]:
+          inner: bool = False, inner_only: bool = False) -> dict[str, Any]:
     """Every prompt's answer after each split plan; ``keep`` is given the answers so far after
     each prompt (a sweep stopped part way keeps the prompts it finished). With ``want`` (a
     prompt's answers to look for), a prompt's sweep stops at the plan that gave the last of
@@ -108,7 +110,7 @@ def sweep(llm: Any, prompts: dict[int, list[int]], first: list[int], max_tokens:
     for index, prompt in prompts.items():
         answers: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         outs = []
-        plans = split_plans(len(prompt), first, stages, inner)
+        plans = split_plans(len(prompt), first, stages, inner, inner_only)
         missing = {tuple(t) for t in (want or {}).get(index, [])}
         for plan in plans:
             out = answer_after(llm, prompt, plan, max_tokens)
@@ -151,6 +153,9 @@ def main() -> int:
                    help="also split the --first prefixes themselves: (m, first) for every m "
                         "below, after every other plan (as a sibling that loaded part of the "
                         "family's prefix leaves it)")
+    p.add_argument("--inner-only", action="store_true",
+                   help="only the plans --inner adds (for prompts whose other plans a "
+                        "sweep already ran)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--want", type=Path,
@@ -190,13 +195,14 @@ def main() -> int:
 
     def write(result: dict[str, Any], complete: bool) -> None:
         result.update(case="splits", dtype=args.dtype, first=first, stages=args.stages,
-                      inner=args.inner, complete=complete,
+                      inner=args.inner or args.inner_only, inner_only=args.inner_only,
+                      complete=complete,
                       seconds=round(time.time() - start, 1))
         args.out.write_text(json.dumps({"result": result}))
 
     result = sweep(llm, {i: prompts[i] for i in wanted}, first, args.max_tokens,
                    keep=lambda so_far: write(so_far, complete=False), want=want,
-                   stages=args.stages, inner=args.inner)
+                   stages=args.stages, inner=args.inner, inner_only=args.inner_only)
     write(result, complete=True)
     print(f"wrote {args.out} ({result['seconds']} s)")
     return 0

@@ -45,6 +45,9 @@ def test_inner_plans_split_the_first_prefix_itself_after_every_other_plan():
     assert engine_splits.split_plans(16 * 6 + 1, [3], inner=True)[-2:] == [(1, 3), (2, 3)]
     # prompt 7 of the soaks: 31 more plans with two stages
     assert len(engine_splits.split_plans(860, [32], inner=True)) == 75 + 31
+    # --inner-only: those alone, for a prompt whose other plans a sweep already ran
+    assert engine_splits.split_plans(16 * 6 + 1, [3], stages=3, inner_only=True) == \
+        plans[len(plain):]
 
 
 class FakeLLM:
@@ -90,11 +93,12 @@ def test_a_cache_that_will_not_empty_stops_the_sweep(fake_generate):
 def test_the_sweep_asks_for_the_plans_of_its_stages(fake_generate, monkeypatch):
     asked = []
     monkeypatch.setattr(engine_splits, "split_plans",
-                        lambda length, first, stages, inner: asked.append((first, stages, inner))
-                        or [()])
+                        lambda length, first, stages, inner, inner_only:
+                        asked.append((first, stages, inner, inner_only)) or [()])
     engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, stages=3)
     engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, inner=True)
-    assert asked == [([2], 3, False), ([2], 2, True)]
+    engine_splits.sweep(FakeLLM(), {0: list(range(50))}, [2], 3, inner_only=True)
+    assert asked == [([2], 3, False, False), ([2], 2, True, False), ([2], 2, False, True)]
 
 
 def test_the_sweep_is_a_control_that_explains_a_split_point_answer(fake_generate, tmp_path):

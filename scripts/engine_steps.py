@@ -1,0 +1,151 @@
+"""Where a warm request's time goes in the real engine, step by step, for any connector.
+
+A connector's own timeline (``connector_timeline.py``) sees only its own calls, so it cannot
+say why vLLM's ``OffloadingConnector`` answers a warm request sooner than ours. This records
+what the engine itself does, whichever connector it runs: every scheduler ``schedule()`` and
+``update_from_output()`` (tokens scheduled, loads reported finished), every model runner
+``execute_model()`` and ``sample_tokens()``, and when a request reaches the scheduler, in the
+engine core's process (TP=1: scheduler and worker share it), on ``CLOCK_MONOTONIC`` like the
+driver's ``time.perf_counter_ns``, so the driver's request windows line up with the engine's
+steps.
+
+``engine_check.py``'s TTFT cases call :func:`start` and :func:`stop` through
+``collective_rpc`` around the warm pass (``"steps": true`` in a case) and
+:func:`summarize` on what comes back. Record: ``[ns, what, detail]``; ``what`` ends in ``+``
+(entered) or ``-`` (returned).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+Record = list[Any]  # [ns (CLOCK_MONOTONIC), what, detail]
+_ATTR = "_engine_steps"
+
+
+def _tokens(scheduler_output: Any) -> int:
+    return int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
+
+
+def _finished_recving(model_output: Any) -> int:
+    kv = getattr(model_output, "kv_connector_output", None)
+    return len(getattr(kv, "finished_recving", None) or ())
+
+
+def _wrap(records: list[Record], what: str, fn: Callable[..., Any],
+          enter: Callable[..., int] | None = None, leave: Callable[..., int] | None = None
+          ) -> Callable[..., Any]:
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        records.append([time.perf_counter_ns(), what + "+",
+                        enter(*args, **kwargs) if enter is not None else 0])
+        result = fn(*args, **kwargs)
+        records.append([time.perf_counter_ns(), what + "-",
+                        leave(result, *args, **kwargs) if leave is not None else 0])
+        return result
+
+    traced.__wrapped__ = fn  # type: ignore[attr-defined]
+    return traced
+
+
+def _schedulers() -> list[Any]:
+    """The live vLLM v1 schedulers of this process (the engine core's, at TP=1)."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    return [o for o in gc.get_objects() if isinstance(o, Scheduler)]
+
+
+def start(worker: Any) -> int:
+    """Trace this process's engine from now on (``collective_rpc``: ``worker`` is the
+    worker). Returns how many schedulers were found: 0 means the scheduler runs elsewhere
+    (TP > 1 or another executor) and only the worker's steps are traced."""
+    records: list[Record] = []
+    setattr(worker, _ATTR, records)
+    runner = worker.model_runner
+    runner.execute_model = _wrap(records, "execute", runner.execute_model,
+                                 enter=lambda so, *a, **k: _tokens(so))
+    runner.sample_tokens = _wrap(records, "sample", runner.sample_tokens)
+    found = _schedulers()
+    for sched in found:
+        sched.schedule = _wrap(records, "schedule", sched.schedule,
+                               leave=lambda out, *a, **k: _tokens(out))
+        sched.update_from_output = _wrap(
+            records, "update", sched.update_from_output,
+            enter=lambda so, mo, *a, **k: _finished_recving(mo))
+        sched.add_request = _wrap(records, "add_request", sched.add_request)
+    return len(found)
+
+
+def stop(worker: Any) -> list[Record]:
+    """The records since :func:`start`; the engine's methods are themselves again."""
+    runner = worker.model_runner
+    for name in ("execute_model", "sample_tokens"):
+        _unwrap(runner, name)
+    for sched in _schedulers():
+        for name in ("schedule", "update_from_output", "add_request"):
+            _unwrap(sched, name)
+    return getattr(worker, _ATTR, [])
+
+
+def _unwrap(obj: Any, name: str) -> None:
+    if hasattr(obj.__dict__.get(name), "__wrapped__"):
+        del obj.__dict__[name]  # the class's method again
+
+
+def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, Any]:
+    """One request's steps: ``window`` is the driver's (start, end) of a request sent alone.
+
+    ``steps``: each ``schedule()`` in the window as [ms from the window's start, its ms,
+    tokens it scheduled]; ``to_forward``: ms to the first ``schedule()`` that scheduled
+    tokens; ``forward``: that step's ``execute_model()`` ms; ``after_forward``: ms from its
+    ``sample_tokens()`` (or ``execute_model()``) return to the window's end;
+    ``loads_reported``: ms to the ``update_from_output()`` that reported a finished load
+    (None: none in the window); ``arrive``: ms to ``add_request``."""
+    begin, end = window
+    inside = [r for r in records if begin <= r[0] <= end]
+
+    def ms(ns: int) -> float:
+        return round((ns - begin) / 1e6, 3)
+
+    steps, opened = [], None
+    arrive = loads = forward_sched = forward_ms = forward_end = None
+    exec_open = None
+    for ns, what, detail in inside:
+        if what == "schedule+":
+            opened = ns
+        elif what == "schedule-" and opened is not None:
+            steps.append([ms(opened), round((ns - opened) / 1e6, 3), detail])
+            if detail and forward_sched is None:
+                forward_sched = ms(opened)
+            opened = None
+        elif what == "add_request+" and arrive is None:
+            arrive = ms(ns)
+        elif what == "update+" and detail and loads is None:
+            loads = ms(ns)
+        elif what == "execute+":
+            exec_open = (ns, detail)
+        elif what == "execute-" and exec_open is not None:
+            if exec_open[1] and forward_ms is None:
+                forward_ms = round((ns - exec_open[0]) / 1e6, 3)
+                forward_end = ns
+            exec_open = None
+        elif what == "sample-" and forward_end is not None and forward_end >= ns - 10**9:
+            forward_end = max(forward_end, ns)
+    return {"total": ms(end), "arrive": arrive, "loads_reported": loads,
+            "to_forward": forward_sched, "forward": forward_ms,
+            "after_forward": None if forward_end is None else round((end - forward_end) / 1e6, 3),
+            "schedules": len(steps), "steps": steps}
+
+
+def summarize(records: list[Record], windows: list[tuple[int, int]]) -> dict[str, Any]:
+    """Each request's steps (:func:`request_steps`) and the medians of their phases."""
+    rows = [request_steps(records, w) for w in windows]
+    medians = {}
+    for key in ("total", "arrive", "loads_reported", "to_forward", "forward",
+                "after_forward", "schedules"):
+        values = [r[key] for r in rows if r[key] is not None]
+        medians[key] = round(statistics.median(values), 3) if values else None
+    return {"median": medians, "requests": rows}
