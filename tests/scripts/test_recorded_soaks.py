@@ -111,7 +111,8 @@ def test_told_what_to_look_for_the_sweep_would_have_stopped_early(monkeypatch):
     engine_splits = load_script("engine_splits")
     recorded = bf16("splits_bf16")["tokens"]
     monkeypatch.setattr(engine_splits, "split_plans",
-                        lambda length, first, stages, inner: [(k,) for k in range(length)])
+                        lambda length, first, stages, inner, inner_only:
+                        [(k,) for k in range(length)])
     monkeypatch.setattr(engine_splits, "answer_after",
                         lambda llm, prompt, plan, max_tokens: prompt[plan[0]])
     soak, control = bf16("soak1_serve"), bf16("soak1_serve_none")
