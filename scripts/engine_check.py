@@ -274,6 +274,10 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
         if name == "warm" and profile:
             llm.collective_rpc(_profile_start)
         if name == "warm" and steps:
+            import cloudpickle  # vLLM's: it sends collective_rpc's functions
+
+            # by value: the engine's process need not find this directory on its path
+            cloudpickle.register_pickle_by_value(engine_steps)
             llm.collective_rpc(engine_steps.start)
         times = []
         for p in prompts:
