@@ -52,10 +52,19 @@ def _wrap(records: list[Record], what: str, fn: Callable[..., Any],
 
 
 def _schedulers() -> list[Any]:
-    """The live vLLM v1 schedulers of this process (the engine core's, at TP=1)."""
+    """The live vLLM v1 schedulers of this process (the engine core's, at TP=1). vLLM freezes
+    its start-up heap (``gc.freeze()``), which hides the scheduler from ``gc.get_objects``:
+    thawed for the search, frozen again after it."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    return [o for o in gc.get_objects() if isinstance(o, Scheduler)]
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        return [o for o in gc.get_objects() if isinstance(o, Scheduler)]
+    finally:
+        if frozen:
+            gc.freeze()
 
 
 def start(worker: Any) -> int:
