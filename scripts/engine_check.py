@@ -278,7 +278,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
 
             # by value: the engine's process need not find this directory on its path
             cloudpickle.register_pickle_by_value(engine_steps)
-            llm.collective_rpc(engine_steps.start)
+            schedulers = llm.collective_rpc(engine_steps.start)[0]
         times = []
         for p in prompts:
             start = time.perf_counter_ns()
@@ -290,6 +290,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
         ttft[name] = times
         if name == "warm" and steps:
             traced = engine_steps.summarize(llm.collective_rpc(engine_steps.stop)[0], windows)
+            traced["schedulers_traced"] = schedulers  # 0: the worker's steps only
         generate(llm, filler, 2)  # a few steps: the connector reports its saves
         time.sleep(0.5)
         generate(llm, filler, 2)
