@@ -303,8 +303,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         assert self.runtime is not None
-        for plane in self._layers.get(layer_name, ()):
-            self.runtime.wait_for_layer_load(plane)
+        self.runtime.wait_for_layer_load(*self._layers.get(layer_name, ()))
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
                       **kwargs: Any) -> None:

@@ -560,18 +560,29 @@ class ConnectorRuntime:
         for job in jobs:
             self._jobs.put(job)
 
-    def wait_for_layer_load(self, layer: int) -> None:
-        """Order the engine's current stream after every finished load of ``layer``."""
+    def wait_for_layer_load(self, *planes: int) -> None:
+        """Order the engine's current stream after every finished load of ``planes`` (a
+        layer's K and V: vLLM asks once a layer, in every forward). One stream read, one wait
+        per event (a slab load's one event serves all its planes) and one declaration for
+        them all; nothing at all in a forward with no load to wait for."""
         if not self.is_cuda:
             return
         with self._lock:
-            loaded = self._layer_done.pop(layer, [])
+            loaded = [(plane, done) for plane in planes
+                      for done in self._layer_done.pop(plane, ())]
+        if not loaded:
+            return
         stream = torch.cuda.current_stream(self.device)
-        for event, block_ids in loaded:
-            stream.wait_event(event)
-            # the forward reads the loaded blocks next, on this stream: a later write of them
-            # (a load after the blocks were freed and handed to another request) must wait
-            self._declare([layer], block_ids, "read", stream)
+        waited: set[int] = set()
+        for _plane, (event, _ids) in loaded:
+            if id(event) not in waited:
+                waited.add(id(event))
+                stream.wait_event(event)
+        # the forward reads the loaded blocks next, on this stream: a later write of them (a
+        # load after the blocks were freed and handed to another request) must wait
+        if streamcheck.current_auditor() is not None:
+            streamcheck.handoffs([BlockSet(self.kv_caches[plane], frozenset(ids))
+                                  for plane, (_event, ids) in loaded], stream, "read")
 
     def poll(self, wait_loads_s: float = 0.0) -> PollResult:
         """What finished since the last poll. Never blocks, unless ``wait_loads_s``: then

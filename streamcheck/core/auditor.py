@@ -38,7 +38,6 @@ from streamcheck.core.records import (
     LaunchRecord,
     StreamEvent,
     WriteTarget,
-    covers,
     overlaps,
 )
 from streamcheck.core.report import AuditReport, build_report
@@ -63,8 +62,10 @@ class StreamHazardWarning(RuntimeWarning):
 
 
 def _not_covered(accesses: list[Handoff], new: Blocks) -> list[Handoff]:
-    """The ``accesses`` an access to ``new`` does not cover (:func:`covers`, inlined: a
-    buffer keeps up to :data:`MAX_ACCESSES` of them, scanned at every declared write)."""
+    """The ``accesses`` an access to ``new`` does not cover: an access covers an earlier one
+    when it touches every block that one did (``None``: the whole buffer). Inlined here and in
+    :meth:`Auditor._keep_access`: a buffer keeps up to :data:`MAX_ACCESSES` accesses, scanned
+    at every declared access."""
     if new is None:
         return []
     return [a for a in accesses if a.blocks is None or not a.blocks <= new]
@@ -210,10 +211,15 @@ class Auditor:
         """Add ``access`` to its buffer's list, dropping the earlier ones it covers (reads: only
         the same stream's, which run before it anyway)."""
         kept = table.setdefault(access.tensor, [])
-        if same_stream:
-            key = access.stream.key
-            kept[:] = [a for a in kept if a.stream.key != key or not covers(access.blocks,
-                                                                             a.blocks)]
+        if same_stream:  # the stream's key read as fields, not through the property
+            device, sid, new = access.stream.device, access.stream.stream_id, access.blocks
+            if new is None:
+                kept[:] = [a for a in kept
+                           if a.stream.stream_id != sid or a.stream.device != device]
+            else:
+                kept[:] = [a for a in kept
+                           if a.stream.stream_id != sid or a.stream.device != device
+                           or a.blocks is None or not a.blocks <= new]
         else:
             kept[:] = _not_covered(kept, access.blocks)
         kept.append(access)

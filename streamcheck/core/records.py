@@ -34,11 +34,6 @@ def overlaps(a: Blocks, b: Blocks) -> bool:
     return a is None or b is None or not a.isdisjoint(b)
 
 
-def covers(new: Blocks, old: Blocks) -> bool:
-    """Whether an access to ``new`` touches every block ``old`` did."""
-    return new is None or (old is not None and old <= new)
-
-
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: see ids.StreamRef
 class Handoff:
     """A buffer access declared on a stream (see ``streamcheck.handoff``): a ``"write"`` is the

@@ -211,6 +211,55 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
     rt.shutdown()
 
 
+def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each():
+    """vLLM asks ``wait_for_layer_load`` once a layer: the adapter passes the layer's K and V
+    planes in one call. The forward's stream waits for the slab load of both, and the reads
+    of both are declared: a later load into those blocks ordered only before them is stopped
+    (``write-after-read``), one ordered after them is clean."""
+    from streamcheck.connector.slab import HostSlab
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
+    nbytes = kv[0][0].numel() * kv[0].element_size()
+    ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
+    rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
+    layers = {plane: (targets, [f"k{b}.L{plane}" for b in ids]) for plane in range(2)}
+    compute = torch.cuda.Stream(device)
+    with torch.cuda.stream(compute):
+        for plane in range(2):
+            rt.save_layer("g", plane, ids, [f"k{b}.L{plane}" for b in ids], slots=slots)
+    rt.seal(["g"])
+    assert settle(rt).saves_ok == {"g"}
+    expected = [kv[plane][ids].clone() for plane in range(2)]
+
+    def load(req: str) -> PollResult:
+        with torch.cuda.stream(compute):
+            rt.start_load(req, layers, slots=slots)
+        return settle(rt)
+
+    assert load("a").failed_load_blocks == set()
+    with torch.cuda.stream(compute):
+        rt.wait_for_layer_load(0, 1)
+        assert all(torch.equal(kv[plane][targets], expected[plane]) for plane in range(2))
+    assert rt._layer_done == {}  # both planes' loads waited for by the one call
+    with torch.cuda.stream(compute):
+        rt.start_load("b", layers, slots=slots)  # ordered after the reads: clean
+    assert settle(rt).failed_load_blocks == set() and auditor.findings() == []
+    early = torch.cuda.Event()
+    early.record(compute)  # after "b" landed, before the reads below
+    with torch.cuda.stream(compute):
+        rt.wait_for_layer_load(0, 1)
+        kv[1][targets].float().sum()
+    rt._engine_mark = lambda: early  # a load ordered before those reads only
+    with torch.cuda.stream(compute):
+        rt.start_load("c", layers, slots=slots)
+    assert settle(rt).failed_load_blocks == set(targets)
+    assert {f.rule_id for f in auditor.findings()} == {"write-after-read"}
+    rt.shutdown()
+
+
 def test_a_sync_load_on_the_engine_stream_needs_no_event_and_is_bit_exact():
     """``load_planes_now`` from the engine thread: copies, checks and scatters on the engine's
     current stream, so the forward queued next reads the blocks in order (no event, no worker);
