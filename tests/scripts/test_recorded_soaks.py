@@ -29,7 +29,11 @@ fourth session's soak gave 3 times (before the store kept chains).
 
 The fault-injecting cases at TP=1 (sixth session, ``tp1_faults``): every output is one the
 no-connector run gives in one of its passes, but for one float32 output, which the engine
-gives itself at a prefill split of its prompt (the second session's sweep)."""
+gives itself at a prefill split of its prompt (the second session's sweep).
+
+Seventh session: the plans that split the family's prefix itself, (m, 32) (``--inner-only``),
+give neither of the two answers the chain-keeping store's soak left; ``faulty_tp1`` again on
+the connector that waits for a layer's loaded planes in one call (``tp1_faults2``)."""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ bf16_2 = partial(recorded_result, "bf16_soak2")
 bf16_tp2 = partial(recorded_result, "bf16_tp2")
 bf16_3 = partial(recorded_result, "bf16_soak3")
 tp1_faults = partial(recorded_result, "tp1_faults")
+tp1_faults2 = partial(recorded_result, "tp1_faults2")
 
 
 def test_the_two_no_connector_servers_give_the_same_other_answers():
@@ -249,3 +254,26 @@ def test_at_tp1_faults_preemption_and_capacity_give_only_the_engines_own_outputs
             "reference": reference, "splits": f32("splits_f32")}, reference)
         assert rows and all(row["also_given_by"] for row in rows)
         assert any(row["also_given_by"] == ["splits"] for row in rows)
+
+
+def test_no_plan_splitting_the_family_prefix_itself_gives_the_two_answers_left():
+    inner = bf16_3("splits_inner")
+    assert inner["complete"] is True and inner["inner_only"] is True
+    assert {i: len(outs) for i, outs in inner["tokens"].items()} == {"4": 31, "7": 31}
+    assert inner["stopped_early"] == {}  # told what to look for, it never found it
+    ref, control, soak = bf16("ref_tp1"), bf16("soak1_serve_none"), bf16_3("soak1_serve")
+    widened = engine_check.with_splits(engine_check.with_splits(
+        control, bf16_3("splits_bf16")), inner)
+    assert engine_check.wrong_answers(soak, widened, ref).endswith("[(4, 5, 45), (7, 41, 44)]")
+
+
+def test_faults_and_preemption_on_the_one_wait_a_layer_give_only_the_engines_own_outputs():
+    result, audit = tp1_faults2("faulty_tp1"), recorded_result("tp1_faults2", "faulty_tp1",
+                                                              "audit")
+    (worker,) = result["stats"]["workers"]
+    assert (worker["slab_loads"], worker["failed_loads"], worker["faults_injected"]) == (
+        93, 16, 13)
+    assert result["engine"]["vllm:num_preemptions"] == 30
+    assert engine_check.verdict("faulty_tp1", result, audit, bf16("ref_tp1")) == []
+    (engine,) = [row for row in audit["rows"] if row["connector"]]
+    assert engine["findings"] == [] and engine["loads"] > 0
