@@ -7,6 +7,7 @@ Skipped where no CUDA device is visible; ``scripts/gpu_connector_check.py`` and
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -148,6 +149,16 @@ def test_slab_round_trip_on_cuda_checks_every_block_on_the_device(dtype):
     rt.shutdown()
 
 
+def _audited_two_planes() -> tuple[torch.device, Any, list[torch.Tensor], int]:
+    """cuda:0 made current, ``assert`` installed, two bf16 KV planes of 32 blocks, and a
+    block's bytes."""
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    auditor = streamcheck.install("assert")
+    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
+    return device, auditor, kv, kv[0][0].numel() * kv[0].element_size()
+
+
 @pytest.mark.parametrize("store", ["host", "slab"])
 def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
         store, monkeypatch):
@@ -159,11 +170,7 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
     and the blocks are reported failed (recomputed) instead of overwritten under the read."""
     from streamcheck.connector.slab import HostSlab
 
-    device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
-    auditor = streamcheck.install("assert")
-    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
-    nbytes = kv[0][0].numel() * kv[0].element_size()
+    device, auditor, kv, nbytes = _audited_two_planes()
     ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
     layers = {layer: (targets, [f"k{b}.L{layer}" for b in ids]) for layer in range(2)}
     if store == "slab":
@@ -218,11 +225,7 @@ def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each():
     (``write-after-read``), one ordered after them is clean."""
     from streamcheck.connector.slab import HostSlab
 
-    device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
-    auditor = streamcheck.install("assert")
-    kv = [torch.randn(32, 2, 16, 8, device=device).to(torch.bfloat16) for _ in range(2)]
-    nbytes = kv[0][0].numel() * kv[0].element_size()
+    device, auditor, kv, nbytes = _audited_two_planes()
     ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
     rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
     layers = {plane: (targets, [f"k{b}.L{plane}" for b in ids]) for plane in range(2)}
