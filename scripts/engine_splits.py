@@ -69,13 +69,15 @@ def split_plans(length: int, first: list[int], stages: int = 2, inner: bool = Fa
     and computes its own blocks holds the plan (m, f). ``inner_only``: those plans alone (a
     sweep that already ran the others need not run them again)."""
     full = (length - 1) // BLOCK
-    plans: list[tuple[int, ...]] = [(), *((k,) for k in range(1, full + 1))]
-    plans += later_runs([(f,) for f in first if 0 < f < full], full, stages - 1)
+    inner_plans: list[tuple[int, ...]] = []
     if inner or inner_only:
         split_heads = [(m, f) for f in first if 0 < f < full for m in range(1, f)]
         inner_plans = split_heads + later_runs(split_heads, full, stages - 2)
-        return inner_plans if inner_only else plans + inner_plans
-    return plans
+        if inner_only:
+            return inner_plans
+    plans: list[tuple[int, ...]] = [(), *((k,) for k in range(1, full + 1))]
+    return plans + later_runs([(f,) for f in first if 0 < f < full], full, stages - 1) + \
+        inner_plans
 
 
 def later_runs(heads: list[tuple[int, ...]], full: int, most: int) -> list[tuple[int, ...]]:

@@ -53,8 +53,9 @@ def _wrap(records: list[Record], what: str, fn: Callable[..., Any],
 
 def _schedulers() -> list[Any]:
     """The live vLLM v1 schedulers of this process (the engine core's, at TP=1). vLLM freezes
-    its start-up heap (``gc.freeze()``), which hides the scheduler from ``gc.get_objects``:
-    thawed for the search, frozen again after it."""
+    its start-up heap (``gc.freeze()``), which hides the scheduler from ``gc.get_objects``: the
+    heap is thawed for the search and frozen again after it (which then freezes every object
+    alive at that moment, a few more than vLLM froze: the collector just skips them)."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
     frozen = gc.get_freeze_count()
@@ -72,10 +73,9 @@ def start(worker: Any) -> int:
     worker). Returns how many schedulers were found: 0 means the scheduler runs elsewhere
     (TP > 1 or another executor) and only the worker's steps are traced."""
     records: list[Record] = []
-    setattr(worker, _ATTR, records)
     runner = worker.model_runner
     runner.execute_model = _wrap(records, "execute", runner.execute_model,
-                                 enter=lambda so, *a, **k: _tokens(so))
+                                 enter=lambda *a, **k: _tokens(_arg(a, k, 0, "scheduler_output")))
     runner.sample_tokens = _wrap(records, "sample", runner.sample_tokens)
     found = _schedulers()
     for sched in found:
@@ -83,20 +83,29 @@ def start(worker: Any) -> int:
                                leave=lambda out, *a, **k: _tokens(out))
         sched.update_from_output = _wrap(
             records, "update", sched.update_from_output,
-            enter=lambda so, mo, *a, **k: _finished_recving(mo))
+            enter=lambda *a, **k: _finished_recving(_arg(a, k, 1, "model_runner_output")))
         sched.add_request = _wrap(records, "add_request", sched.add_request)
+    setattr(worker, _ATTR, (records, found))
     return len(found)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """A wrapped method's argument, passed by position or by name."""
+    return args[index] if len(args) > index else kwargs.get(name)
 
 
 def stop(worker: Any) -> list[Record]:
     """The records since :func:`start`; the engine's methods are themselves again."""
+    records, schedulers = getattr(worker, _ATTR, ([], []))
     runner = worker.model_runner
     for name in ("execute_model", "sample_tokens"):
         _unwrap(runner, name)
-    for sched in _schedulers():
+    for sched in schedulers:
         for name in ("schedule", "update_from_output", "add_request"):
             _unwrap(sched, name)
-    return getattr(worker, _ATTR, [])
+    if hasattr(worker, _ATTR):
+        delattr(worker, _ATTR)
+    return records
 
 
 def _unwrap(obj: Any, name: str) -> None:
@@ -108,11 +117,14 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
     """One request's steps: ``window`` is the driver's (start, end) of a request sent alone.
 
     ``steps``: each ``schedule()`` in the window as [ms from the window's start, its ms,
-    tokens it scheduled]; ``to_forward``: ms to the first ``schedule()`` that scheduled
-    tokens; ``forward``: that step's ``execute_model()`` ms; ``after_forward``: ms from its
-    ``sample_tokens()`` (or ``execute_model()``) return to the window's end;
-    ``loads_reported``: ms to the ``update_from_output()`` that reported a finished load
-    (None: none in the window); ``arrive``: ms to ``add_request``."""
+    tokens it scheduled]; ``schedules``: how many (None when no scheduler was traced);
+    ``to_forward``: ms to the first ``schedule()`` that scheduled tokens; ``forward``: the
+    first ``execute_model()`` with tokens, in ms (at TP=1 the engine runs its steps one after
+    another, so it is that step's); ``after_forward``: ms from the first ``sample_tokens()``
+    return after it (or its own return, when no sample follows before the next
+    ``schedule()``) to the window's end; ``loads_reported``: ms to the first
+    ``update_from_output()`` that reported a finished load; ``arrive``: ms to
+    ``add_request``. A phase not in the window is None."""
     begin, end = window
     inside = [r for r in records if begin <= r[0] <= end]
 
@@ -122,9 +134,11 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
     steps, opened = [], None
     arrive = loads = forward_sched = forward_ms = forward_end = None
     exec_open = None
+    sampled = False  # the forward's sample_tokens came back (or a later step began)
     for ns, what, detail in inside:
         if what == "schedule+":
             opened = ns
+            sampled = sampled or forward_end is not None
         elif what == "schedule-" and opened is not None:
             steps.append([ms(opened), round((ns - opened) / 1e6, 3), detail])
             if detail and forward_sched is None:
@@ -141,12 +155,13 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
                 forward_ms = round((ns - exec_open[0]) / 1e6, 3)
                 forward_end = ns
             exec_open = None
-        elif what == "sample-" and forward_end is not None and forward_end >= ns - 10**9:
-            forward_end = max(forward_end, ns)
+        elif what == "sample-" and forward_end is not None and not sampled:
+            forward_end, sampled = ns, True
+    traced = any(r[1].startswith("schedule") for r in records)
     return {"total": ms(end), "arrive": arrive, "loads_reported": loads,
             "to_forward": forward_sched, "forward": forward_ms,
             "after_forward": None if forward_end is None else round((end - forward_end) / 1e6, 3),
-            "schedules": len(steps), "steps": steps}
+            "schedules": len(steps) if traced else None, "steps": steps}
 
 
 def summarize(records: list[Record], windows: list[tuple[int, int]]) -> dict[str, Any]:

@@ -218,37 +218,52 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
     rt.shutdown()
 
 
-def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each():
+@pytest.mark.parametrize("store", ["host", "slab"])
+def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each(store):
     """vLLM asks ``wait_for_layer_load`` once a layer: the adapter passes the layer's K and V
-    planes in one call. The forward's stream waits for the slab load of both, and the reads
-    of both are declared: a later load into those blocks ordered only before them is stopped
-    (``write-after-read``), one ordered after them is clean."""
+    planes in one call. The forward's stream waits for the loads of both (one event for a slab
+    load's planes, one a plane for the host store's), and the reads of both are declared: a
+    later load into those blocks ordered only before them is stopped (``write-after-read``),
+    one ordered after them is clean."""
     from streamcheck.connector.slab import HostSlab
+    from streamcheck.wrappers.user_launch import tensor_key
 
     device, auditor, kv, nbytes = _audited_two_planes()
     ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
-    rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
+    if store == "slab":
+        rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
+        placed: dict = {"slots": slots}
+    else:
+        rt = ConnectorRuntime(HostBackend(capacity_blocks=16, block_nbytes=nbytes,
+                                          pin_memory=True), kv, device)
+        placed = {}
     layers = {plane: (targets, [f"k{b}.L{plane}" for b in ids]) for plane in range(2)}
     compute = torch.cuda.Stream(device)
     with torch.cuda.stream(compute):
         for plane in range(2):
-            rt.save_layer("g", plane, ids, [f"k{b}.L{plane}" for b in ids], slots=slots)
+            rt.save_layer("g", plane, ids, [f"k{b}.L{plane}" for b in ids],
+                          slots=placed.get("slots"))
     rt.seal(["g"])
     assert settle(rt).saves_ok == {"g"}
     expected = [kv[plane][ids].clone() for plane in range(2)]
 
     def load(req: str) -> PollResult:
         with torch.cuda.stream(compute):
-            rt.start_load(req, layers, slots=slots)
+            rt.start_load(req, layers, **placed)
         return settle(rt)
+
+    def reads_on_compute(plane: int) -> int:
+        target = auditor.write_target(tensor_key(kv[plane]), frozenset(targets))
+        return sum(r.stream.stream_id == compute.stream_id for r in target.reads)
 
     assert load("a").failed_load_blocks == set()
     with torch.cuda.stream(compute):
         rt.wait_for_layer_load(0, 1)
         assert all(torch.equal(kv[plane][targets], expected[plane]) for plane in range(2))
     assert rt._layer_done == {}  # both planes' loads waited for by the one call
+    assert reads_on_compute(0) == 1 and reads_on_compute(1) == 1  # and both planes' reads
     with torch.cuda.stream(compute):
-        rt.start_load("b", layers, slots=slots)  # ordered after the reads: clean
+        rt.start_load("b", layers, **placed)  # ordered after the reads: clean
     assert settle(rt).failed_load_blocks == set() and auditor.findings() == []
     early = torch.cuda.Event()
     early.record(compute)  # after "b" landed, before the reads below
@@ -257,7 +272,7 @@ def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each():
         kv[1][targets].float().sum()
     rt._engine_mark = lambda: early  # a load ordered before those reads only
     with torch.cuda.stream(compute):
-        rt.start_load("c", layers, slots=slots)
+        rt.start_load("c", layers, **placed)
     assert settle(rt).failed_load_blocks == set(targets)
     assert {f.rule_id for f in auditor.findings()} == {"write-after-read"}
     rt.shutdown()

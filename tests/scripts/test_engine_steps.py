@@ -37,6 +37,25 @@ def test_a_request_s_steps_say_when_its_load_was_reported_and_its_forward_ran():
     assert summary["median"]["forward"] == 18.0  # the second has none: not counted
 
 
+def test_after_the_forward_counts_from_its_own_sample_not_a_later_steps():
+    records = [
+        [0, "schedule+", 0], [1 * MS, "schedule-", 1],
+        [1 * MS, "execute+", 1], [5 * MS, "execute-", 0],
+        [6 * MS, "schedule+", 0], [7 * MS, "schedule-", 0],  # the next step, queued first
+        [8 * MS, "sample+", 0], [9 * MS, "sample-", 0],  # the next step's: not the forward's
+    ]
+    assert engine_steps.request_steps(records, (0, 10 * MS))["after_forward"] == 5.0
+    records[4:4] = [[5 * MS, "sample+", 0], [5.5 * MS, "sample-", 0]]
+    assert engine_steps.request_steps(records, (0, 10 * MS))["after_forward"] == 4.5
+
+
+def test_with_no_scheduler_traced_the_steps_are_unknown_not_zero():
+    worker_only = [[1 * MS, "execute+", 16], [9 * MS, "execute-", 0]]
+    row = engine_steps.request_steps(worker_only, (0, 10 * MS))
+    assert row["schedules"] is None and row["forward"] == 8.0 and row["to_forward"] is None
+    assert engine_steps.summarize(worker_only, [(0, 10 * MS)])["median"]["schedules"] is None
+
+
 def test_tracing_wraps_the_runner_and_schedulers_and_stop_puts_their_methods_back(
         monkeypatch):
     class Runner:
@@ -60,8 +79,9 @@ def test_tracing_wraps_the_runner_and_schedulers_and_stop_puts_their_methods_bac
     sched = Sched()
     monkeypatch.setattr(engine_steps, "_schedulers", lambda: [sched])
     assert engine_steps.start(worker) == 1
+    monkeypatch.setattr(engine_steps, "_schedulers", list)  # stop() unwraps what start found
     out = sched.schedule()
-    worker.model_runner.execute_model(out)
+    worker.model_runner.execute_model(scheduler_output=out)  # by name, as well as by position
     sched.update_from_output(out, SimpleNamespace(
         kv_connector_output=SimpleNamespace(finished_recving={"a", "b"})))
     records = engine_steps.stop(worker)
@@ -70,3 +90,4 @@ def test_tracing_wraps_the_runner_and_schedulers_and_stop_puts_their_methods_bac
         ("update+", 2), ("update-", 0)]
     assert "schedule" not in vars(sched) and "execute_model" not in vars(worker.model_runner)
     assert sched.schedule().total_num_scheduled_tokens == 5
+    assert not hasattr(worker, "_engine_steps") and engine_steps.stop(worker) == []

@@ -11,8 +11,6 @@ several milliseconds from one engine to the next for the same work."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 
 from tests.scripts.script_modules import load_script, recorded_result
@@ -30,13 +28,14 @@ def case(call: str, name: str) -> dict:
 
 
 @pytest.mark.parametrize("call", CALLS)
-def test_each_traced_case_traced_the_scheduler_and_its_medians_are_its_requests(call):
+def test_every_warm_request_was_traced_from_its_arrival_to_its_forward(call):
     for name in CALLS[call]:
         steps = case(call, name)["steps"]
         assert steps["schedulers_traced"] == 1 and len(steps["requests"]) == 8
-        for key in ("to_forward", "forward", "schedules"):
-            rows = [r[key] for r in steps["requests"] if r[key] is not None]
-            assert steps["median"][key] == round(statistics.median(rows), 3), (call, name, key)
+        for row in steps["requests"]:
+            # it arrived, its load was reported, then its forward was scheduled and ran
+            assert 0 < row["arrive"] < row["loads_reported"] < row["to_forward"], (call, name)
+            assert row["forward"] > 0 and row["schedules"] >= 3, (call, name)
 
 
 def test_the_warm_ttft_table():
