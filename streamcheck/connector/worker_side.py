@@ -564,7 +564,7 @@ class ConnectorRuntime:
         """Order the engine's current stream after every finished load of ``planes`` (a
         layer's K and V: vLLM asks once a layer, in every forward). One stream read, one wait
         per event (a slab load's one event serves all its planes) and one declaration for
-        them all; nothing at all in a forward with no load to wait for."""
+        them all; in a forward with no load to wait for, a lock and no stream read."""
         if not self.is_cuda:
             return
         with self._lock:
