@@ -159,6 +159,19 @@ def _audited_two_planes() -> tuple[torch.device, Any, list[torch.Tensor], int]:
     return device, auditor, kv, kv[0][0].numel() * kv[0].element_size()
 
 
+def _runtime(store: str, kv: list[torch.Tensor], device: torch.device, nbytes: int,
+             slots: list[int]) -> tuple[ConnectorRuntime, dict[str, Any]]:
+    """A runtime on the pinned host ``slab`` (8 slots; loads are told ``slots``) or the
+    ``host`` store (16 blocks; loads find their blocks by key), and what its loads take."""
+    from streamcheck.connector.slab import HostSlab
+
+    if store == "slab":
+        return ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device), {
+            "slots": slots}
+    return ConnectorRuntime(HostBackend(capacity_blocks=16, block_nbytes=nbytes,
+                                        pin_memory=True), kv, device), {}
+
+
 @pytest.mark.parametrize("store", ["host", "slab"])
 def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
         store, monkeypatch):
@@ -168,18 +181,10 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
     stream as it was when the load was queued, so a second load is clean; with that event
     taken too early (before the reads), assert mode stops the scatter as write-after-read
     and the blocks are reported failed (recomputed) instead of overwritten under the read."""
-    from streamcheck.connector.slab import HostSlab
-
     device, auditor, kv, nbytes = _audited_two_planes()
     ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
     layers = {layer: (targets, [f"k{b}.L{layer}" for b in ids]) for layer in range(2)}
-    if store == "slab":
-        rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
-        load_slots: dict = {"slots": slots}
-    else:
-        rt = ConnectorRuntime(HostBackend(capacity_blocks=16, block_nbytes=nbytes,
-                                          pin_memory=True), kv, device)
-        load_slots = {}
+    rt, load_slots = _runtime(store, kv, device, nbytes, slots)
     compute = torch.cuda.Stream(device)
     with torch.cuda.stream(compute):
         for layer in range(2):
@@ -225,18 +230,11 @@ def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each(stor
     load's planes, one a plane for the host store's), and the reads of both are declared: a
     later load into those blocks ordered only before them is stopped (``write-after-read``),
     one ordered after them is clean."""
-    from streamcheck.connector.slab import HostSlab
     from streamcheck.wrappers.user_launch import tensor_key
 
     device, auditor, kv, nbytes = _audited_two_planes()
     ids, slots, targets = [1, 2, 3], [0, 1, 2], [20, 21, 22]
-    if store == "slab":
-        rt = ConnectorRuntime(HostSlab(2, 8, nbytes, pin_memory=True), kv, device)
-        placed: dict = {"slots": slots}
-    else:
-        rt = ConnectorRuntime(HostBackend(capacity_blocks=16, block_nbytes=nbytes,
-                                          pin_memory=True), kv, device)
-        placed = {}
+    rt, placed = _runtime(store, kv, device, nbytes, slots)
     layers = {plane: (targets, [f"k{b}.L{plane}" for b in ids]) for plane in range(2)}
     compute = torch.cuda.Stream(device)
     with torch.cuda.stream(compute):
