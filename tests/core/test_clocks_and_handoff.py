@@ -341,6 +341,16 @@ def test_a_read_replaces_the_same_streams_reads_it_covers_only():
     assert sorted(r.stream.stream_id for r in aud.write_target(BLOCK).reads) == [3, 9]
 
 
+def test_a_read_keeps_another_devices_read_on_a_stream_of_the_same_id():
+    """Streams are told apart by (device, id): ids repeat across devices."""
+    aud = Auditor(Mode.RECORD)
+    aud.handoff(BLOCK, StreamRef(0, 9), access="read", blocks=frozenset({1}))
+    aud.handoff(BLOCK, StreamRef(1, 9), access="read", blocks=frozenset({1, 2}))
+    aud.handoff(BLOCK, StreamRef(1, 9), access="read")  # the whole buffer, same stream
+    assert sorted((r.stream.device, r.blocks) for r in aud.write_target(BLOCK).reads) == [
+        (0, frozenset({1})), (1, None)]
+
+
 def test_accesses_kept_per_buffer_are_bounded():
     from streamcheck.core.auditor import MAX_ACCESSES
 
