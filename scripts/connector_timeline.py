@@ -18,6 +18,8 @@ request passes through, in milliseconds:
 
 Prints the median of each phase over the loads (``--all``: every load). A load whose phases
 cannot all be found (the trace ended first, or nothing was issued) is left out and counted.
+Then each forward's time a layer, the first forwards after a load apart from the others
+(:func:`layer_times`).
 The forward phases are those of the first forward after the report, whichever requests it
 runs: meaningful for requests sent one at a time (``engine_check.py``'s warm pass).
 """
@@ -84,6 +86,29 @@ def phases(records: list[Record]) -> tuple[list[dict[str, float]], int]:
     return out, missed
 
 
+def layer_times(records: list[Record]) -> dict[str, list[float]]:
+    """Each forward's time a layer (ms: its first to its last ``save_kv_layer``, over the
+    layers between), under ``after_load`` for the first forward after a load was reported
+    (it waits for the loaded blocks and declares their reads, a layer at a time) and
+    ``other`` for the rest: the connector's per-layer cost in that forward, against the same
+    engine's other forwards."""
+    out: dict[str, list[float]] = {"after_load": [], "other": []}
+    reported = False  # a load reported since the last forward
+    step: list[int] = []  # this step's save_kv_layer times
+    for ns, _thread, what, _detail in [*records, (0, "", "start_load_kv", "")]:
+        if what == "start_load_kv":
+            if len(step) > 1:
+                out["after_load" if reported else "other"].append(
+                    (step[-1] - step[0]) / (len(step) - 1) / 1e6)
+                reported = False
+            step = []
+        elif what == "save_kv_layer":
+            step.append(ns)
+        elif what == "loads.reported":
+            reported = True
+    return out
+
+
 def timelines(result: dict[str, Any]) -> list[list[Record]]:
     """The timelines in an ``engine_check.py`` result file (one per worker)."""
     body = result.get("result", result)
@@ -116,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         if loads:
             print("  " + " ".join(f"{statistics.median(x[p] for x in loads):11.2f}"
                                   for p in PHASES) + "   median")
+        for kind, times in layer_times(records).items():
+            if times:
+                print(f"  a layer, {kind.replace('_', ' ')} forwards ({len(times)}): median "
+                      f"{statistics.median(times):.3f} ms")
     return 0
 
 

@@ -75,3 +75,17 @@ def test_a_load_that_issued_nothing_is_not_paired_with_the_same_requests_next_lo
     loads, missed = connector_timeline.phases(failed + warm_request(10, "r1"))
     assert missed == 1 and len(loads) == 1
     assert loads[0]["issue"] == pytest.approx(2.0)
+
+
+def test_a_layers_time_is_told_apart_for_the_first_forward_after_a_load():
+    decode = [record(200, "start_load_kv", "0"),
+              *[record(201 + i * 0.25, "save_kv_layer", f"layers.{i}") for i in range(16)],
+              record(206, "wait_for_save", "0"),
+              record(207, "start_load_kv", "0"),  # an idle step: no layer, not a forward
+              record(208, "start_load_kv", "0"),
+              *[record(209 + i * 0.25, "save_kv_layer", f"layers.{i}") for i in range(16)]]
+    times = connector_timeline.layer_times(warm_request(0, "r1") + decode)
+    assert times == {"after_load": [0.5], "other": [0.25, 0.25]}
+    # a load reported in an idle step still marks the next forward, not a later one
+    again = connector_timeline.layer_times(decode[:18] + warm_request(300, "r2") + decode[18:])
+    assert again == {"after_load": [0.5], "other": [0.25, 0.25]}
