@@ -68,10 +68,19 @@ def _schedulers() -> list[Any]:
             gc.freeze()
 
 
+def _connector() -> Any:
+    """This worker's KV connector, None without one."""
+    from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
+
+    return get_kv_transfer_group() if has_kv_transfer_group() else None
+
+
 def start(worker: Any) -> int:
     """Trace this process's engine from now on (``collective_rpc``: ``worker`` is the
     worker). Returns how many schedulers were found: 0 means the scheduler runs elsewhere
-    (TP > 1 or another executor) and only the worker's steps are traced."""
+    (TP > 1 or another executor) and only the worker's steps are traced. The KV connector's
+    ``save_kv_layer``, which vLLM calls after every attention layer of a forward whatever the
+    connector, marks the layers (``layer``)."""
     records: list[Record] = []
     runner = worker.model_runner
     runner.execute_model = _wrap(records, "execute", runner.execute_model,
@@ -85,7 +94,10 @@ def start(worker: Any) -> int:
             records, "update", sched.update_from_output,
             enter=lambda *a, **k: _finished_recving(_arg(a, k, 1, "model_runner_output")))
         sched.add_request = _wrap(records, "add_request", sched.add_request)
-    setattr(worker, _ATTR, (records, found))
+    connector = _connector()
+    if connector is not None:
+        connector.save_kv_layer = _wrap(records, "layer", connector.save_kv_layer)
+    setattr(worker, _ATTR, (records, found, connector))
     return len(found)
 
 
@@ -96,13 +108,15 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -
 
 def stop(worker: Any) -> list[Record]:
     """The records since :func:`start`; the engine's methods are themselves again."""
-    records, schedulers = getattr(worker, _ATTR, ([], []))
+    records, schedulers, connector = getattr(worker, _ATTR, ([], [], None))
     runner = worker.model_runner
     for name in ("execute_model", "sample_tokens"):
         _unwrap(runner, name)
     for sched in schedulers:
         for name in ("schedule", "update_from_output", "add_request"):
             _unwrap(sched, name)
+    if connector is not None:
+        _unwrap(connector, "save_kv_layer")
     if hasattr(worker, _ATTR):
         delattr(worker, _ATTR)
     return records
@@ -124,7 +138,8 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
     return after it (or its own return, when no sample follows before the next
     ``schedule()``) to the window's end; ``loads_reported``: ms to the first
     ``update_from_output()`` that reported a finished load; ``arrive``: ms to
-    ``add_request``. A phase not in the window is None."""
+    ``add_request``; ``per_layer``: the forward's ms a layer, its first to its last layer
+    (``layer`` records), over the layers between. A phase not in the window is None."""
     begin, end = window
     inside = [r for r in records if begin <= r[0] <= end]
 
@@ -135,6 +150,7 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
     arrive = loads = forward_sched = forward_ms = forward_end = None
     exec_open = None
     sampled = False  # the forward's sample_tokens came back (or a later step began)
+    layers: list[int] = []  # the forward's layers (in the first execute with tokens)
     for ns, what, detail in inside:
         if what == "schedule+":
             opened = ns
@@ -150,6 +166,8 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
             loads = ms(ns)
         elif what == "execute+":
             exec_open = (ns, detail)
+        elif what == "layer+" and exec_open is not None and exec_open[1] and forward_ms is None:
+            layers.append(ns)
         elif what == "execute-" and exec_open is not None:
             if exec_open[1] and forward_ms is None:
                 forward_ms = round((ns - exec_open[0]) / 1e6, 3)
@@ -161,6 +179,8 @@ def request_steps(records: list[Record], window: tuple[int, int]) -> dict[str, A
     return {"total": ms(end), "arrive": arrive, "loads_reported": loads,
             "to_forward": forward_sched, "forward": forward_ms,
             "after_forward": None if forward_end is None else round((end - forward_end) / 1e6, 3),
+            "per_layer": (round((layers[-1] - layers[0]) / (len(layers) - 1) / 1e6, 3)
+                          if len(layers) > 1 else None),
             "schedules": len(steps) if traced else None, "steps": steps}
 
 
@@ -169,7 +189,7 @@ def summarize(records: list[Record], windows: list[tuple[int, int]]) -> dict[str
     rows = [request_steps(records, w) for w in windows]
     medians = {}
     for key in ("total", "arrive", "loads_reported", "to_forward", "forward",
-                "after_forward", "schedules"):
+                "after_forward", "per_layer", "schedules"):
         values = [r[key] for r in rows if r[key] is not None]
         medians[key] = round(statistics.median(values), 3) if values else None
     return {"median": medians, "requests": rows}

@@ -22,14 +22,16 @@ def test_a_request_s_steps_say_when_its_load_was_reported_and_its_forward_ran():
         [17 * MS, "execute+", 0], [18 * MS, "execute-", 0],
         [18 * MS, "update+", 1], [19 * MS, "update-", 0],  # the load reported
         [19 * MS, "schedule+", 0], [21 * MS, "schedule-", 1],  # the forward scheduled
-        [21 * MS, "execute+", 1], [39 * MS, "execute-", 0],
+        [21 * MS, "execute+", 1],
+        *[[(22 + 2 * i) * MS, "layer+", 0] for i in range(8)],  # 8 layers, 2 ms apart
+        [39 * MS, "execute-", 0],
         [39 * MS, "sample+", 0], [40 * MS, "sample-", 0],
         [40 * MS, "update+", 0], [41 * MS, "update-", 0],
     ]
     row = engine_steps.request_steps(records, (10 * MS, 43 * MS))
     assert row["total"] == 33.0 and row["arrive"] == 0.0
     assert row["loads_reported"] == 8.0 and row["to_forward"] == 9.0
-    assert row["forward"] == 18.0 and row["after_forward"] == 3.0
+    assert row["forward"] == 18.0 and row["after_forward"] == 3.0 and row["per_layer"] == 2.0
     assert row["schedules"] == 3
     assert row["steps"] == [[1.0, 1.0, 0], [6.0, 1.0, 0], [9.0, 2.0, 1]]
     summary = engine_steps.summarize(records, [(10 * MS, 43 * MS), (40 * MS, 41 * MS)])
@@ -75,19 +77,26 @@ def test_tracing_wraps_the_runner_and_schedulers_and_stop_puts_their_methods_bac
         def add_request(self, request):
             return None
 
+    class Connector:
+        def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
+            return None
+
     worker = SimpleNamespace(model_runner=Runner())
-    sched = Sched()
+    sched, connector = Sched(), Connector()
     monkeypatch.setattr(engine_steps, "_schedulers", lambda: [sched])
+    monkeypatch.setattr(engine_steps, "_connector", lambda: connector)
     assert engine_steps.start(worker) == 1
     monkeypatch.setattr(engine_steps, "_schedulers", list)  # stop() unwraps what start found
     out = sched.schedule()
     worker.model_runner.execute_model(scheduler_output=out)  # by name, as well as by position
+    connector.save_kv_layer("layers.0", None, None)
     sched.update_from_output(out, SimpleNamespace(
         kv_connector_output=SimpleNamespace(finished_recving={"a", "b"})))
     records = engine_steps.stop(worker)
     assert [(what, detail) for _ns, what, detail in records] == [
         ("schedule+", 0), ("schedule-", 5), ("execute+", 5), ("execute-", 0),
-        ("update+", 2), ("update-", 0)]
+        ("layer+", 0), ("layer-", 0), ("update+", 2), ("update-", 0)]
     assert "schedule" not in vars(sched) and "execute_model" not in vars(worker.model_runner)
+    assert "save_kv_layer" not in vars(connector)
     assert sched.schedule().total_num_scheduled_tokens == 5
     assert not hasattr(worker, "_engine_steps") and engine_steps.stop(worker) == []
