@@ -63,7 +63,8 @@ sc_host_sync, sc_host_off, sc_disk, sc_redis)
     The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
     until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
     itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
-    (prefix-cache hits, hits served by the connector).
+    (prefix-cache hits, hits served by the connector) and each warm request's engine steps
+    (``engine_steps.py``); the warm pass asks for every prompt twice.
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
     The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
     recomputing (``scripts/make_random_llama.py``: grouped-query attention).
@@ -247,8 +248,8 @@ COLD_TOKENS = 2  # tokens a cold request generates: see case_ttft
 
 
 def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[str, Any],
-              profile: bool = False, prompt_tokens: int = 1792, steps: bool = False
-              ) -> dict[str, Any]:
+              profile: bool = False, prompt_tokens: int = 1792, steps: bool = False,
+              warm_rounds: int = 1) -> dict[str, Any]:
     """Warm TTFT: each prompt alone, one token, after a cold pass that filled the connector.
 
     The cold pass generates :data:`COLD_TOKENS` tokens per prompt, so its times are not
@@ -259,7 +260,10 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
     defaults (prefix caching off). ``profile``: cProfile the engine's thread over the warm pass
     and the batch (its own cost inflates every Python call; compare shares, not times).
     ``prompt_tokens``: each of the 8 prompts' length. ``steps``: the engine's steps in each
-    warm request (``engine_steps.py``; its wrappers cost a few microseconds a step)."""
+    warm request (``engine_steps.py``; its wrappers cost a few microseconds a step).
+    ``warm_rounds``: how many times the warm pass asks for the 8 prompts, each a load again
+    when the GPU cache is too small to keep a prompt until its next turn (more samples of a
+    forward whose host time varies a lot between requests)."""
     llm = make_llm(model, 1, connector, extra, **{
         "max_model_len": max(2048, prompt_tokens + 256), "gpu_memory_utilization": 0.5,
         "disable_log_stats": False, **llm_args})
@@ -280,7 +284,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
             cloudpickle.register_pickle_by_value(engine_steps)
             schedulers = llm.collective_rpc(engine_steps.start)[0]
         times = []
-        for p in prompts:
+        for p in prompts * (warm_rounds if name == "warm" else 1):
             start = time.perf_counter_ns()
             generate(llm, [p], COLD_TOKENS if name == "cold" else 1)
             end = time.perf_counter_ns()
@@ -324,7 +328,8 @@ def run_case(args: argparse.Namespace) -> None:
             result.update(case_ttft(args.model, spec["connector"], spec["extra"],
                                     spec.get("llm", {}), profile=bool(spec.get("profile")),
                                     prompt_tokens=spec.get("prompt_tokens", 1792),
-                                    steps=bool(spec.get("steps"))))
+                                    steps=bool(spec.get("steps")),
+                                    warm_rounds=int(spec.get("warm_rounds", 1))))
         elif spec["kind"] == "leak":
             result.update(case_tp2(args.model, spec["connector"], spec["extra"], {}))
     except BaseException as exc:  # the leak cases must end here
@@ -485,8 +490,9 @@ CASES: dict[str, dict[str, Any]] = {
     # prompt's blocks are evicted from the GPU before its warm turn, so a warm hit is a load
     # from the connector. vLLM's SimpleCPUOffloadConnector turns itself off without prefix
     # caching (it then measures recomputing), so the ttft_* cases above cannot compare with it.
-    # Each warm request's engine steps are traced (``engine_steps.py``), whichever connector.
-    **{f"ttft_pc_{name}": {**spec, "steps": True,
+    # Each warm request's engine steps are traced (``engine_steps.py``), whichever connector;
+    # the warm pass asks for every prompt twice (16 warm requests, each a load).
+    **{f"ttft_pc_{name}": {**spec, "steps": True, "warm_rounds": 2,
                            "llm": {"enable_prefix_caching": True,
                                    "num_gpu_blocks_override": 256}}
        for name, spec in {
