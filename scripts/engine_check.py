@@ -775,8 +775,7 @@ def wrong_answers(result: dict[str, Any], control: dict[str, Any] | None,
     expected = (ref or {}).get("tokens", {})
     # an answer the offline reference gives in any of its passes is the engine's own too
     known = engine_answers(expected, control)
-    new = [(i, tokens, n) for i, tokens, n in result["variants"]
-           if tokens not in known.get(str(i), [])]
+    new = answers_not_in(result, known)
     if not new:
         return None
     where = sorted({(i, first_difference(tokens, expected.get(str(i), [[]])[0]),
@@ -802,9 +801,15 @@ def nearest_shared(tokens: list[int], others: list[list[int]]) -> int:
 def novel_variants(result: dict[str, Any], control: dict[str, Any]
                    ) -> list[tuple[int, list[int], int]]:
     """The soak's distinct answers (prompt, tokens, count) that the control never gave."""
-    known = {(i, tuple(tokens)) for i, tokens, _n in control["variants"]}
+    return answers_not_in(result, engine_answers({}, control))
+
+
+def answers_not_in(result: dict[str, Any], known: dict[str, list[list[int]]]
+                   ) -> list[tuple[int, list[int], int]]:
+    """The run's distinct answers (prompt, tokens, count) not among ``known`` (each prompt's
+    answers of the engine's own, :func:`engine_answers`)."""
     return [(i, tokens, n) for i, tokens, n in result.get("variants", [])
-            if (i, tuple(tokens)) not in known]
+            if tokens not in known.get(str(i), [])]
 
 
 def with_splits(control: dict[str, Any], sweep: dict[str, Any]) -> dict[str, Any]:
