@@ -104,6 +104,24 @@ def _shard(vllm_config: Any) -> str:
     return shard
 
 
+def _refuse_full_cudagraphs(vllm_config: Any) -> None:
+    """A full CUDA graph replays the forward without calling ``wait_for_layer_load`` or
+    ``save_kv_layer`` (they run in Python inside each attention call): the forward would read
+    loaded blocks without waiting for them, and a step's saves would never be issued. vLLM
+    versions that ask :meth:`StreamcheckConnector.requires_piecewise_for_cudagraph` have
+    switched to piecewise graphs before the connector is built; an older one has not, and the
+    connector refuses to start rather than serve or save wrong KV."""
+    mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
+    full = getattr(mode, "has_full_cudagraphs", None)
+    if callable(full) and full():
+        raise ValueError(
+            f"streamcheck connector: cudagraph_mode {getattr(mode, 'name', mode)} captures "
+            "full CUDA graphs, whose replays skip the connector's per-layer calls (loads not "
+            "waited for, saves not issued). Use piecewise graphs (compilation_config="
+            "{\"cudagraph_mode\": \"PIECEWISE\"}) or enforce_eager=True; vLLM versions "
+            "that ask the connector choose piecewise graphs themselves.")
+
+
 def _cache_hit_source(backend: str) -> Any:
     try:
         from vllm.v1.metrics.cache_hit_source import CacheHitSource
@@ -131,6 +149,7 @@ def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> No
 class StreamcheckConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        _refuse_full_cudagraphs(vllm_config)
         self.config = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
         self.timeline = Timeline(self.config.trace)
@@ -165,6 +184,14 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 getattr(self._kv_transfer_config, "kv_load_failure_policy", None))
         else:
             self.shard = _shard(vllm_config)
+
+    @classmethod
+    def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
+        """Always: the forward's waits for loaded layers and its saves are made in Python
+        inside each attention call (``wait_for_layer_load``, ``save_kv_layer``), which a full
+        CUDA graph's replay skips. vLLM then captures piecewise graphs, which leave attention,
+        and these calls, eager."""
+        return True
 
     @property
     def requires_kv_delivery(self) -> bool:
