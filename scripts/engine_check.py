@@ -65,6 +65,11 @@ sc_host_sync, sc_host_off, sc_disk, sc_redis)
     itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
     (prefix-cache hits, hits served by the connector) and each warm request's engine steps
     (``engine_steps.py``); the warm pass asks for every prompt twice.
+``ttft_graphs_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off,
+sc_host_sync)
+    The ``ttft_pc`` setting with vLLM's default compilation and CUDA graphs (capture sizes up
+    to 64) instead of eager mode; each result says the graph mode its engine settled on, and
+    the warm batch's tokens are compared with ``ttft_graphs_recompute``'s.
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
     The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
     recomputing (``scripts/make_random_llama.py``: grouped-query attention).
@@ -156,10 +161,18 @@ def make_llm(model: str, tp: int, connector: str, extra: dict[str, Any], **kw: A
     """The engine as every case builds it; ``kw`` (a case's ``llm`` entry among them) wins."""
     from vllm import LLM
 
-    kw = {"enable_prefix_caching": False, **kw}
-    return LLM(model=model, tensor_parallel_size=tp, enforce_eager=True,
-               disable_custom_all_reduce=True, kv_transfer_config=kv_config(connector, extra),
-               **kw)
+    kw = {"enable_prefix_caching": False, "enforce_eager": True, **kw}
+    return LLM(model=model, tensor_parallel_size=tp, disable_custom_all_reduce=True,
+               kv_transfer_config=kv_config(connector, extra), **kw)
+
+
+def graph_mode(llm: Any) -> str:
+    """The CUDA graph mode the engine settled on (vLLM switches a connector that asks for it
+    to piecewise graphs; eager engines say NONE)."""
+    try:
+        return llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name
+    except AttributeError as exc:
+        return f"unknown ({exc})"
 
 
 def generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
@@ -191,7 +204,8 @@ def case_tp2(model: str, connector: str, extra: dict[str, Any],
     with_connector = connector.startswith(("sc", "faulty", "leaky"))
     if with_connector:
         stats = _connector_stats(llm)
-    return {"tokens": tokens, "stats": stats, "engine": _engine_counters(llm)}
+    return {"tokens": tokens, "stats": stats, "engine": _engine_counters(llm),
+            "cudagraph_mode": graph_mode(llm)}
 
 
 def _engine_counters(llm: Any) -> dict[str, float]:
@@ -310,7 +324,7 @@ def case_ttft(model: str, connector: str, extra: dict[str, Any], llm_args: dict[
             "cold_ms": [round(t, 2) for t in ttft["cold"]], "cold_tokens": COLD_TOKENS,
             "cold_median_ms": round(statistics.median(ttft["cold"]), 2),
             "batch_tokens_per_s": round(8 * 64 / seconds, 1), "tokens": tokens,
-            "stats": stats, "engine": _engine_counters(llm),
+            "stats": stats, "engine": _engine_counters(llm), "cudagraph_mode": graph_mode(llm),
             **({"profile": profiled} if profile else {}), **({"steps": traced} if steps else {})}
 
 
@@ -529,6 +543,19 @@ CASES: dict[str, dict[str, Any]] = {
                      "extra": {"backend": "disk", "path": "/tmp/sc-kv-disk"},
                      "activation": "plugin"},
 }
+# The ttft_pc cases with vLLM's default compilation and CUDA graphs instead of eager mode (a
+# user's engine): the forward's host time, which varies a lot between eager engines, shrinks.
+# Each engine settles its own graph mode: ours asks for piecewise graphs, vLLM's connectors
+# keep full ones for decode batches (the mode is in each result). Capture sizes up to 64 keep
+# each engine's start short. The warm batch's tokens are compared with recomputing's.
+GRAPHS = {"enforce_eager": False,
+          "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}}
+CASES.update({
+    f"ttft_graphs_{name}": {**CASES[f"ttft_pc_{name}"],
+                            "llm": {**CASES[f"ttft_pc_{name}"]["llm"], **GRAPHS},
+                            **({} if name == "recompute" else {"ref": "ttft_graphs_recompute"})}
+    for name in ("recompute", "simple_cpu", "offloading", "sc_host", "sc_host_off",
+                 "sc_host_sync")})
 # The soaks at TP=1 (a one-GPU machine): soak1_serve, soak1_serve_off, soak1_serve_none
 CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}

@@ -70,3 +70,28 @@ def test_the_warm_pass_asks_for_each_prompt_each_round_and_traces_every_request(
                for row in steps["requests"])
     assert not hasattr(llm.worker, "_engine_steps")  # the trace stopped after the warm pass
     assert registered == [engine_steps]  # sent to the engine's process by value
+
+
+def test_engines_are_eager_unless_a_case_asks_for_graphs_and_say_which_mode_they_run(
+        monkeypatch):
+    built: list[dict[str, Any]] = []
+
+    def LLM(**kw: Any) -> Any:
+        built.append(kw)
+        mode = "NONE" if kw["enforce_eager"] else "PIECEWISE"
+        return SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
+            compilation_config=SimpleNamespace(cudagraph_mode=SimpleNamespace(name=mode)))))
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=LLM))
+    monkeypatch.setattr(engine_check, "kv_config", lambda name, extra: None)
+    eager = engine_check.make_llm("m", 1, "none", {})
+    spec = engine_check.CASES["ttft_graphs_sc_host"]
+    graphs = engine_check.make_llm("m", 1, spec["connector"], spec["extra"], **spec["llm"])
+    assert [kw["enforce_eager"] for kw in built] == [True, False]
+    assert built[1]["compilation_config"] == engine_check.GRAPHS["compilation_config"]
+    assert built[1]["enable_prefix_caching"] is True  # the ttft_pc setting kept
+    assert (engine_check.graph_mode(eager), engine_check.graph_mode(graphs)) == (
+        "NONE", "PIECEWISE")
+    assert engine_check.graph_mode(object()).startswith("unknown")
+    assert spec["ref"] == "ttft_graphs_recompute"
+    assert "ref" not in engine_check.CASES["ttft_graphs_recompute"]
