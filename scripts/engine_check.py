@@ -70,6 +70,8 @@ sc_host_sync)
     The ``ttft_pc`` setting with vLLM's default compilation and CUDA graphs (capture sizes up
     to 64) instead of eager mode; each result says the graph mode its engine settled on, and
     the warm batch's tokens are compared with ``ttft_graphs_recompute``'s.
+``inv_graphs_<connector>`` (recompute, sc_host, sc_host_sync)
+    ``inv_*`` (batch-invariant kernels, tokens compared with recomputing's) under graphs.
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
     The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
     recomputing (``scripts/make_random_llama.py``: grouped-query attention).
@@ -556,6 +558,12 @@ CASES.update({
                             **({} if name == "recompute" else {"ref": "ttft_graphs_recompute"})}
     for name in ("recompute", "simple_cpu", "offloading", "sc_host", "sc_host_off",
                  "sc_host_sync")})
+# Under graphs, with batch-invariant kernels: loaded KV must give recomputing's tokens exactly
+# (without them, two engines' batches differ in low bits and greedy tokens part: table TTFT8)
+CASES.update({f"inv_graphs_{name}": {**CASES[f"inv_{name}"], "llm": GRAPHS,
+                                     **({"ref": "inv_graphs_recompute"}
+                                        if "ref" in CASES[f"inv_{name}"] else {})}
+              for name in ("recompute", "sc_host", "sc_host_sync")})
 # The soaks at TP=1 (a one-GPU machine): soak1_serve, soak1_serve_off, soak1_serve_none
 CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}
