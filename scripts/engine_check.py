@@ -75,7 +75,7 @@ sc_host_sync)
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
     The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
     recomputing (``scripts/make_random_llama.py``: grouped-query attention).
-``prof_<connector>`` (sc_host, sc_host_off, simple_cpu)
+``prof_<connector>`` (sc_host, sc_host_off, simple_cpu), ``prof_graphs_sc_host``
     The same, with the engine's thread under cProfile over the warm pass and the batch.
 """
 
@@ -564,6 +564,8 @@ CASES.update({f"inv_graphs_{name}": {**CASES[f"inv_{name}"], "llm": GRAPHS,
                                      **({"ref": "inv_graphs_recompute"}
                                         if "ref" in CASES[f"inv_{name}"] else {})}
               for name in ("recompute", "sc_host", "sc_host_sync")})
+# The graphs setting with the engine's thread under cProfile (its shares, not its times)
+CASES["prof_graphs_sc_host"] = {**CASES["ttft_graphs_sc_host"], "profile": True}
 # The soaks at TP=1 (a one-GPU machine): soak1_serve, soak1_serve_off, soak1_serve_none
 CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}
