@@ -70,6 +70,8 @@ sc_host_sync)
     The ``ttft_pc`` setting with vLLM's default compilation and CUDA graphs (capture sizes up
     to 64) instead of eager mode; each result says the graph mode its engine settled on, and
     the warm batch's tokens are compared with ``ttft_graphs_recompute``'s.
+``ref_tp1_graphs`` / ``faulty_tp1_graphs``
+    ``ref_tp1`` and ``faulty_tp1`` under graphs (the ``ttft_graphs`` setting).
 ``inv_graphs_<connector>`` (recompute, sc_host, sc_host_sync)
     ``inv_*`` (batch-invariant kernels, tokens compared with recomputing's) under graphs.
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
@@ -585,6 +587,13 @@ CASES.update({f"{name}_f32": {**CASES[name], "ref": "ref_tp1_f32",
                               **({"control": "soak1_serve_none_f32"}
                                  if "control" in CASES[name] else {})}
               for name in ("soak1_serve", "soak1_serve_none")})
+# Faults, preemption and a small store (faulty_tp1) under graphs, against a reference run
+# under graphs (both batch-invariant; ours settles on piecewise graphs, the reference keeps
+# vLLM's default)
+CASES["ref_tp1_graphs"] = {**CASES["ref_tp1"], "llm": {**CASES["ref_tp1"].get("llm", {}),
+                                                       **GRAPHS}}
+CASES["faulty_tp1_graphs"] = {**CASES["faulty_tp1"], "ref": "ref_tp1_graphs",
+                              "llm": {**CASES["faulty_tp1"].get("llm", {}), **GRAPHS}}
 
 
 def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,
