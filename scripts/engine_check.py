@@ -549,8 +549,9 @@ CASES: dict[str, dict[str, Any]] = {
 }
 # The ttft_pc cases with vLLM's default compilation and CUDA graphs instead of eager mode (a
 # user's engine): the forward's host time, which varies a lot between eager engines, shrinks.
-# Each engine settles its own graph mode: ours asks for piecewise graphs, vLLM's connectors
-# keep full ones for decode batches (the mode is in each result). Capture sizes up to 64 keep
+# Each engine settles its own graph mode (in each result): vLLM's default full graphs for
+# decode batches and piecewise ones for the rest, piecewise only where the connector asks (ours
+# with sync loads). Capture sizes up to 64 keep
 # each engine's start short. The warm batch's tokens are compared with recomputing's.
 GRAPHS = {"enforce_eager": False,
           "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}}
@@ -588,8 +589,7 @@ CASES.update({f"{name}_f32": {**CASES[name], "ref": "ref_tp1_f32",
                                  if "control" in CASES[name] else {})}
               for name in ("soak1_serve", "soak1_serve_none")})
 # Faults, preemption and a small store (faulty_tp1) under graphs, against a reference run
-# under graphs (both batch-invariant; ours settles on piecewise graphs, the reference keeps
-# vLLM's default)
+# under graphs (both batch-invariant)
 CASES["ref_tp1_graphs"] = {**CASES["ref_tp1"], "llm": {**CASES["ref_tp1"].get("llm", {}),
                                                        **GRAPHS}}
 CASES["faulty_tp1_graphs"] = {**CASES["faulty_tp1"], "ref": "ref_tp1_graphs",

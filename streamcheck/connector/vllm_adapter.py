@@ -104,22 +104,23 @@ def _shard(vllm_config: Any) -> str:
     return shard
 
 
-def _refuse_full_cudagraphs(vllm_config: Any) -> None:
-    """A full CUDA graph replays the forward without calling ``wait_for_layer_load`` or
-    ``save_kv_layer`` (they run in Python inside each attention call): the forward would read
-    loaded blocks without waiting for them, and a step's saves would never be issued. vLLM
+def _refuse_full_cudagraphs(vllm_config: Any, config: ConnectorConfig) -> None:
+    """With sync loads, a full CUDA graph replays the forward without calling
+    ``wait_for_layer_load`` (it runs in Python inside each attention call): the forward would
+    read blocks whose loads were issued in its own step without waiting for them. vLLM
     versions that ask :meth:`StreamcheckConnector.requires_piecewise_for_cudagraph` have
     switched to piecewise graphs before the connector is built; an older one has not, and the
-    connector refuses to start rather than serve or save wrong KV."""
+    connector refuses to start rather than serve wrong KV."""
     mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
     full = getattr(mode, "has_full_cudagraphs", None)
-    if callable(full) and full():
+    if config.sync_loads and callable(full) and full():
         raise ValueError(
-            f"streamcheck connector: cudagraph_mode {getattr(mode, 'name', mode)} captures "
-            "full CUDA graphs, whose replays skip the connector's per-layer calls (loads not "
-            "waited for, saves not issued). Use piecewise graphs (compilation_config="
-            "{\"cudagraph_mode\": \"PIECEWISE\"}) or enforce_eager=True; vLLM versions "
-            "that ask the connector choose piecewise graphs themselves.")
+            f"streamcheck connector: sync loads under cudagraph_mode "
+            f"{getattr(mode, 'name', mode)}, which captures full CUDA graphs: their replays "
+            "skip the per-layer wait for the step's loads. Use piecewise graphs "
+            "(compilation_config={\"cudagraph_mode\": \"PIECEWISE\"}), enforce_eager=True, "
+            "or async loads; vLLM versions that ask the connector choose piecewise graphs "
+            "themselves.")
 
 
 def _cache_hit_source(backend: str) -> Any:
@@ -149,9 +150,9 @@ def _warn_if_loads_can_fail(config: ConnectorConfig, transfer_config: Any) -> No
 class StreamcheckConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
-        _refuse_full_cudagraphs(vllm_config)
         self.config = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
+        _refuse_full_cudagraphs(vllm_config, self.config)
         self.timeline = Timeline(self.config.trace)
         source = _cache_hit_source(self.config.backend)
         if source is not None:
@@ -187,11 +188,15 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
-        """Always: the forward's waits for loaded layers and its saves are made in Python
-        inside each attention call (``wait_for_layer_load``, ``save_kv_layer``), which a full
-        CUDA graph's replay skips. vLLM then captures piecewise graphs, which leave attention,
-        and these calls, eager."""
-        return True
+        """With sync loads (``"load": "sync"``): the forward reads blocks whose loads were
+        issued in its own step, and only ``wait_for_layer_load``, called in Python inside
+        each attention call, orders it after them; a full CUDA graph's replay skips that
+        call, so vLLM must capture piecewise graphs, which leave attention eager. Async loads
+        need no such wait: a request's forward is scheduled only after its load was seen
+        complete, and saves are queued after the forward (:meth:`wait_for_save`), so full
+        graphs stay on (what such a replay skips is the audit's declaration of the forward's
+        reads of loaded blocks, in the rare batch of one-token forwards that gets one)."""
+        return ConnectorConfig.from_extra(extra_config or {}).sync_loads
 
     @property
     def requires_kv_delivery(self) -> bool:
@@ -334,17 +339,25 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
                       **kwargs: Any) -> None:
-        assert self.runtime is not None
+        """Nothing to do per layer: a step's saves are queued once, for every layer, by
+        :meth:`wait_for_save`, after the forward. So the forward runs no connector Python
+        between its layers but a lock in ``wait_for_layer_load``, and a full CUDA graph's
+        replay, which skips this call, skips nothing (only the trace notes the layer)."""
         self.timeline.note("save_kv_layer", layer_name)
-        planes = self._layers.get(layer_name, ())
+
+    def _queue_saves(self, plans: list[Any]) -> None:
+        """Every layer's K and V of each save plan, queued after the forward: with the slab,
+        one job a plan (one declaration of the forward's writes, one event, one transfer);
+        otherwise one job a plane."""
+        assert self.runtime is not None
         slab = self.runtime.slab is not None
-        for plan in self._meta().saves:
+        for plan in plans:
             self._open_group(plan.group, plan.req_id)
-            if slab:  # K and V of the layer in one job
-                self.runtime.save_planes(plan.group, planes, plan.block_ids, plan.slots,
+            if slab:
+                self.runtime.save_planes(plan.group, self._planes, plan.block_ids, plan.slots,
                                          self._tags(plan.group, plan.copies or plan.hashes))
                 continue
-            for plane in planes:
+            for plane in self._planes:
                 self.runtime.save_layer(plan.group, plane, plan.block_ids,
                                         [self.block_key(h, plane) for h in plan.hashes])
 
@@ -354,13 +367,16 @@ class StreamcheckConnector(KVConnectorBase_V1):
             self._req_groups.setdefault(req_id, set()).add(name)
 
     def wait_for_save(self) -> None:
-        """Saves stay asynchronous (their blocks are held until reported); this seals this
-        step's groups, since every layer has been queued by now, after settling the step's
-        sync loads: a request whose load failed computed this step from wrong KV, so its
-        saves of this step are dropped before they are issued, never committed."""
+        """Queues this step's saves, every layer, now that the forward is queued (vLLM calls
+        this after every forward, after the draft model's under speculative decoding), and
+        seals their groups; saves stay asynchronous (their blocks are held until reported).
+        Before sealing, the step's sync loads are settled: a request whose load failed
+        computed this step from wrong KV, so its saves of this step are dropped before they
+        are issued, never committed."""
         assert self.runtime is not None
         plans = self._meta().saves
         self.timeline.note("wait_for_save", len(plans))
+        self._queue_saves(plans)
         self._settle_sync_loads()
         for plan in plans:
             self._open_group(plan.group, plan.req_id)
