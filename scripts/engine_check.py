@@ -68,8 +68,7 @@ sc_host_sync, sc_host_off, sc_disk, sc_redis)
 ``ttft_graphs_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off,
 sc_host_sync)
     The ``ttft_pc`` setting with vLLM's default compilation and CUDA graphs (capture sizes up
-    to 64) instead of eager mode; each result says the graph mode its engine settled on, and
-    the warm batch's tokens are compared with ``ttft_graphs_recompute``'s.
+    to 64) instead of eager mode; each result says the graph mode its engine settled on.
 ``ref_tp1_graphs`` / ``faulty_tp1_graphs``
     ``ref_tp1`` and ``faulty_tp1`` under graphs (the ``ttft_graphs`` setting).
 ``inv_graphs_<connector>`` (recompute, sc_host, sc_host_sync)
@@ -552,13 +551,15 @@ CASES: dict[str, dict[str, Any]] = {
 # Each engine settles its own graph mode (in each result): vLLM's default full graphs for
 # decode batches and piecewise ones for the rest, piecewise only where the connector asks (ours
 # with sync loads). Capture sizes up to 64 keep
-# each engine's start short. The warm batch's tokens are compared with recomputing's.
+# each engine's start short. Their tokens are not compared with recomputing's: without
+# batch-invariant kernels two engines' batches differ in low bits and greedy tokens part (6 of
+# 8 warm-batch prompts in G8, as between vLLM's own connectors in eager mode): that check is
+# inv_graphs_* and faulty_tp1_graphs.
 GRAPHS = {"enforce_eager": False,
           "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}}
 CASES.update({
     f"ttft_graphs_{name}": {**CASES[f"ttft_pc_{name}"],
-                            "llm": {**CASES[f"ttft_pc_{name}"]["llm"], **GRAPHS},
-                            **({} if name == "recompute" else {"ref": "ttft_graphs_recompute"})}
+                            "llm": {**CASES[f"ttft_pc_{name}"]["llm"], **GRAPHS}}
     for name in ("recompute", "simple_cpu", "offloading", "sc_host", "sc_host_off",
                  "sc_host_sync")})
 # Under graphs, with batch-invariant kernels: loaded KV must give recomputing's tokens exactly

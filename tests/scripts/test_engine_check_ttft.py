@@ -93,5 +93,5 @@ def test_engines_are_eager_unless_a_case_asks_for_graphs_and_say_which_mode_they
     assert (engine_check.graph_mode(eager), engine_check.graph_mode(graphs)) == (
         "NONE", "PIECEWISE")
     assert engine_check.graph_mode(object()).startswith("unknown")
-    assert spec["ref"] == "ttft_graphs_recompute"
-    assert "ref" not in engine_check.CASES["ttft_graphs_recompute"]
+    assert engine_check.CASES["inv_graphs_sc_host"]["ref"] == "inv_graphs_recompute"
+    assert engine_check.CASES["faulty_tp1_graphs"]["ref"] == "ref_tp1_graphs"
