@@ -104,25 +104,6 @@ def _shard(vllm_config: Any) -> str:
     return shard
 
 
-def _refuse_full_cudagraphs(vllm_config: Any, config: ConnectorConfig) -> None:
-    """With sync loads, a full CUDA graph replays the forward without calling
-    ``wait_for_layer_load`` (it runs in Python inside each attention call): the forward would
-    read blocks whose loads were issued in its own step without waiting for them. vLLM
-    versions that ask :meth:`StreamcheckConnector.requires_piecewise_for_cudagraph` have
-    switched to piecewise graphs before the connector is built; an older one has not, and the
-    connector refuses to start rather than serve wrong KV."""
-    mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
-    full = getattr(mode, "has_full_cudagraphs", None)
-    if config.sync_loads and callable(full) and full():
-        raise ValueError(
-            f"streamcheck connector: sync loads under cudagraph_mode "
-            f"{getattr(mode, 'name', mode)}, which captures full CUDA graphs: their replays "
-            "skip the per-layer wait for the step's loads. Use piecewise graphs "
-            "(compilation_config={\"cudagraph_mode\": \"PIECEWISE\"}), enforce_eager=True, "
-            "or async loads; vLLM versions that ask the connector choose piecewise graphs "
-            "themselves.")
-
-
 def _cache_hit_source(backend: str) -> Any:
     try:
         from vllm.v1.metrics.cache_hit_source import CacheHitSource
@@ -152,7 +133,6 @@ class StreamcheckConnector(KVConnectorBase_V1):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.config = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
-        _refuse_full_cudagraphs(vllm_config, self.config)
         self.timeline = Timeline(self.config.trace)
         source = _cache_hit_source(self.config.backend)
         if source is not None:
@@ -188,15 +168,14 @@ class StreamcheckConnector(KVConnectorBase_V1):
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
-        """With sync loads (``"load": "sync"``): the forward reads blocks whose loads were
-        issued in its own step, and only ``wait_for_layer_load``, called in Python inside
-        each attention call, orders it after them; a full CUDA graph's replay skips that
-        call, so vLLM must capture piecewise graphs, which leave attention eager. Async loads
-        need no such wait: a request's forward is scheduled only after its load was seen
-        complete, and saves are queued after the forward (:meth:`wait_for_save`), so full
-        graphs stay on (what such a replay skips is the audit's declaration of the forward's
-        reads of loaded blocks, in the rare batch of one-token forwards that gets one)."""
-        return ConnectorConfig.from_extra(extra_config or {}).sync_loads
+        """No: a full CUDA graph's replay skips the Python vLLM runs inside attention
+        (``wait_for_layer_load``, ``save_kv_layer``), and nothing the KV depends on runs there.
+        Saves are queued after the forward (:meth:`wait_for_save`); an async load is reported
+        to vLLM, and its request scheduled, only after the host saw it complete; a sync load is
+        queued on the engine's stream ahead of the forward. What a replay skips is the audit's
+        declaration of that forward's reads of loaded blocks (the wait it comes with costs
+        nothing: the loads are complete), so vLLM's default graphs stay on."""
+        return False
 
     @property
     def requires_kv_delivery(self) -> bool:
@@ -340,9 +319,8 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
                       **kwargs: Any) -> None:
         """Nothing to do per layer: a step's saves are queued once, for every layer, by
-        :meth:`wait_for_save`, after the forward. So the forward runs no connector Python
-        between its layers but a lock in ``wait_for_layer_load``, and a full CUDA graph's
-        replay, which skips this call, skips nothing (only the trace notes the layer)."""
+        :meth:`wait_for_save`, after the forward, so a full CUDA graph's replay, which skips
+        this call, skips nothing (only the trace notes the layer)."""
         self.timeline.note("save_kv_layer", layer_name)
 
     def _queue_saves(self, plans: list[Any]) -> None:

@@ -61,6 +61,9 @@ from streamcheck.wrappers.user_launch import BlockSet
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
 CHECK_PLANES = 8  # planes of one word layout whose blocks one slab transfer sums at once
+# completed loads a plane keeps for the next forward's wait (a forward replayed from a full
+# CUDA graph calls no ``wait_for_layer_load``: without a bound they would pile up)
+MAX_LAYER_WAITS = 64
 
 
 @dataclass
@@ -230,7 +233,8 @@ class ConnectorRuntime:
         self._loads: dict[str, _GroupState] = {}
         self._done = PollResult()
         self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
-        # plane -> (event after a load's last write, the block ids it wrote)
+        # plane -> (event after a completed load's last write, the block ids it wrote), for
+        # the next forward's wait (``_offer_layer_wait``)
         self._layer_done: dict[int, list[tuple[Any, list[int]]]] = {}
         # slab loads issued by the engine thread itself (``load_planes``), retired by ``poll``
         # (and ``shutdown``: the lock makes each retirement happen once, whoever calls)
@@ -366,6 +370,15 @@ class ConnectorRuntime:
         (compute) stream that the copy will wait on, and streamcheck's records of the blocks
         the forward handed off; None when there is nothing to move."""
         has_blocks = bool(block_ids)
+        with self._lock:
+            state = self._saves.get(group)
+            if state is not None and state.failed and not state.sealed:
+                # its KV is known wrong (a failed sync load, reported before the step's saves
+                # were queued under speculative decoding): count the layer, issue nothing
+                state.queued += 1
+                if has_blocks:
+                    self.metrics.failed_saves += 1
+                return None
         ready, handoffs = None, ()
         if self.is_cuda and has_blocks:
             handoffs = self._declare(planes, block_ids, "write")
@@ -888,8 +901,7 @@ class ConnectorRuntime:
                 with self.metrics._lock:
                     self.metrics.load.add_copy(source.numel() * source.element_size(),
                                                time.perf_counter() - copy_start)
-                with self._lock:
-                    self._layer_done.setdefault(job.layer, []).append((done, good_ids))
+                self._offer_layer_wait([job.layer], done, good_ids)
             else:
                 blocks.index_copy_(0, index, source)
         with self.metrics._lock:
@@ -994,12 +1006,25 @@ class ConnectorRuntime:
 
         return _InFlight(done, retire, job, tuple(keep))
 
+    def _offer_layer_wait(self, planes: Sequence[int], done: Any, ids: list[int]) -> None:
+        """A load of ``ids`` into ``planes`` completed (``done`` is its last event): the next
+        forward's ``wait_for_layer_load`` orders its stream after it, at no cost on the device
+        (the event has completed), and declares its reads of those blocks. Offered only once
+        complete: a forward of other requests queued while a load is in flight must not wait
+        for it. Each plane keeps the latest :data:`MAX_LAYER_WAITS`."""
+        with self._lock:
+            for plane in planes:
+                kept = self._layer_done.setdefault(plane, [])
+                kept.append((done, ids))
+                if len(kept) > MAX_LAYER_WAITS:
+                    del kept[:len(kept) - MAX_LAYER_WAITS]
+
     def _slab_load(self, job: _Job, stream: Any, plan: SlabLoadPlan | None = None,
                    polled: bool = False) -> _InFlight | None:
         """An asynchronous load, issued on ``stream`` after the engine's stream as it was when
-        the load was asked for (``job.ready``); the forward waits for it per layer
-        (``wait_for_layer_load``). ``plan``: which slots were found holding the blocks, made
-        earlier (default: now)."""
+        the load was asked for (``job.ready``); once retired, the next forward waits for it per
+        layer (``wait_for_layer_load``, :meth:`_offer_layer_wait`). ``plan``: which slots were
+        found holding the blocks, made earlier (default: now)."""
         planes = job.planes or [job.layer]
         if plan is None:
             plan = self._plan_slab_load(planes, job.block_ids, job.slots, job.tags)
@@ -1008,13 +1033,12 @@ class ConnectorRuntime:
             self._finish(job, ok=False, error=f"{len(issued.missing)} block(s) not in the slab",
                          failed_blocks=issued.missing)
             return None
-        if self.is_cuda:
-            with self._lock:
-                for plane in planes:
-                    self._layer_done.setdefault(plane, []).append((issued.done, issued.ids))
-
         def retire() -> None:
             bad = issued.failed()
+            if self.is_cuda:
+                failed = set(bad)
+                self._offer_layer_wait(planes, issued.done,
+                                       [b for b in issued.ids if b not in failed])
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)
 

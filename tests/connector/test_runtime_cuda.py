@@ -314,8 +314,9 @@ def test_a_sync_load_on_the_engine_stream_needs_no_event_and_is_bit_exact():
 def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked():
     """``load_planes`` (the default, asynchronous load): issued by the engine thread on the
     runtime's load stream after the engine's stream, retired by ``poll``; the forward orders
-    itself after it per plane (``wait_for_layer_load``). Bit-exact, a corrupt block named,
-    and nothing for assert mode to find."""
+    itself after it per plane (``wait_for_layer_load``), once it completed: a forward queued
+    while it is in flight does not wait for it. Bit-exact, a corrupt block named, and nothing
+    for assert mode to find."""
     from streamcheck.connector.slab import HostSlab, key_tag
 
     device = torch.device("cuda", 0)
@@ -336,7 +337,10 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
     with torch.cuda.stream(compute):
         torch.cuda._sleep(50_000_000)  # the engine's stream is busy when the load is asked for
         rt.load_planes("r", [0, 1], targets, slots, tags)
+    # in flight: a forward of other requests queued now must not wait for it
+    assert rt._layer_done == {}
     news = settle(rt)
+    assert sorted(rt._layer_done) == [0, 1]  # complete: offered to the next forward
     assert news.loads_done == {"r"} and news.failed_load_blocks == set()
     snap = rt.metrics.snapshot()  # where the load's time went
     assert snap["slab_loads"] == 1 and snap["polls"] >= 1

@@ -392,3 +392,47 @@ def test_held_slab_saves_are_issued_by_the_sealing_thread_and_retired_by_its_pol
         assert rt.pending() == 0 and rt.poll().saves_ok == {"h"}
     finally:
         rt.shutdown()
+
+
+def test_saves_of_a_group_failed_before_they_are_queued_are_never_issued(monkeypatch):
+    """A failed sync load spoils its step's saves: under speculative decoding vLLM asks for
+    the step's transfer results (which fail the groups) before ``wait_for_save`` queues the
+    saves. Queued after the failure, they are counted and dropped, never copied into the slab;
+    the group is reported failed once sealed."""
+    from streamcheck.connector.slab import key_tag
+
+    slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(slab, kv_caches(3), "cpu", hold_saves=True)
+    issued: list[str] = []
+    issue_save = rt._slab_save
+    monkeypatch.setattr(rt, "_slab_save", lambda job: issued.append(job.group) or
+                        issue_save(job))
+    try:
+        tags = [key_tag(h) for h in ("a", "b")]
+        rt.fail_groups(["g"])
+        rt.save_planes("g", list(range(LAYERS)), [3, 7], [4, 5], tags)
+        rt.save_planes("h", list(range(LAYERS)), [9], [8], [key_tag("c")])
+        rt.seal(["g", "h"])
+        result = rt.poll()
+        assert issued == ["h"] and result.saves_failed == {"g"}
+        assert drain(rt)[0] | result.saves_ok == {"h"}
+        assert rt.metrics.failed_saves == 1 and rt._unread_saves == 0
+    finally:
+        rt.shutdown()
+
+
+def test_a_plane_keeps_the_latest_completed_loads_for_the_next_forwards_wait():
+    """A forward replayed from a full CUDA graph calls no ``wait_for_layer_load``: the
+    completed loads offered to it are bounded per plane, the latest kept."""
+    from streamcheck.connector.worker_side import MAX_LAYER_WAITS
+
+    slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
+    rt = ConnectorRuntime(slab, kv_caches(3), "cpu")
+    try:
+        for n in range(MAX_LAYER_WAITS + 5):
+            rt._offer_layer_wait([0, 1], f"event{n}", [n])
+        for plane in (0, 1):
+            kept = rt._layer_done[plane]
+            assert [ids for _event, ids in kept] == [[n] for n in range(5, MAX_LAYER_WAITS + 5)]
+    finally:
+        rt.shutdown()

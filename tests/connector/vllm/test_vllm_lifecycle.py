@@ -95,6 +95,18 @@ def test_hit_parks_loads_asynchronously_and_is_bit_exact(report: dict, backend: 
     assert f["idle_marks"] == [[False, False], [True, True]]
 
 
+@pytest.mark.parametrize("backend", LOCAL)
+def test_forwards_replayed_from_full_cuda_graphs_still_save_and_load_bit_exact(
+        report: dict, backend: str):
+    """No connector call inside attention (a full CUDA graph's replay skips them): the same
+    blocks are saved and the hit is as exact as with them."""
+    graphs, eager = (scenario(report, backend, name) for name in ("full_graphs", "lifecycles"))
+    assert graphs["miss_committed_blocks"] == eager["miss_committed_blocks"] == 4
+    assert graphs["miss_keys_in_store"] == 4 * 2 * 2
+    assert graphs["hit_first_compute"] == [4 * BLOCK, 10]
+    assert graphs["hit_bit_exact_to_writer"]
+
+
 def test_an_idle_step_waits_for_its_slab_load_and_reports_it_there(report: dict):
     f = scenario(report, "host", "idle_wait")
     assert f["waits_reported_in_issuing_step"]

@@ -379,12 +379,15 @@ class Engine:
 
     def __init__(self, extra: dict[str, Any], *, num_blocks: int = 64, max_batched: int = 256,
                  prefix_caching: bool = False, policy: str | None = None,
-                 workers: int = 1, long_prefill: int = 0) -> None:
+                 workers: int = 1, long_prefill: int = 0, layer_calls: bool = True) -> None:
+        """``layer_calls`` False: every forward as a full CUDA graph replays it, without the
+        Python vLLM runs inside attention (``wait_for_layer_load``, ``save_kv_layer``)."""
         from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.structured_output import StructuredOutputManager
 
+        self.layer_calls = layer_calls
         if policy is None:  # the connector refuses sync loads under "recompute"
             policy = "fail" if extra.get("load") == "sync" else "recompute"
         self.config = make_vllm_config(extra, num_blocks=num_blocks, max_batched=max_batched,
@@ -513,10 +516,12 @@ class Engine:
             w.start_load_kv(None)
         if out.total_num_scheduled_tokens:
             for layer, name in enumerate(LAYERS):
-                w.wait_for_layer_load(name)
+                if self.layer_calls:
+                    w.wait_for_layer_load(name)
                 for req_id, n in out.num_scheduled_tokens.items():
                     self._attention(worker, req_id, layer, name, n)
-                w.save_kv_layer(name, worker.kv[name], attn_metadata=object())
+                if self.layer_calls:
+                    w.save_kv_layer(name, worker.kv[name], attn_metadata=object())
         if not out.has_sync_kv_loads:
             w.start_load_kv(None)
         w.wait_for_save()

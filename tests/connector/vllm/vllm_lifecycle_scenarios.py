@@ -43,9 +43,9 @@ def finish(eng: Engine, facts: Facts) -> Facts:
     return facts
 
 
-def lifecycles(extra: dict[str, Any]) -> Facts:
+def lifecycles(extra: dict[str, Any], layer_calls: bool = True) -> Facts:
     """Miss, hit (async load, parked, bit-exact) and partial hit."""
-    eng, facts = Engine(extra), {}
+    eng, facts = Engine(extra, layer_calls=layer_calls), {}
     prompt = tokens(1, 4 * BLOCK + 8)
     eng.add("A", prompt, max_tokens=3)
     eng.step()
@@ -75,6 +75,12 @@ def lifecycles(extra: dict[str, Any]) -> Facts:
     facts["partial_prompt_len"] = len(partial)
     facts["all_gone"] = [eng.status(r) for r in "ABC"]
     return finish(eng, facts)
+
+
+def full_graphs(extra: dict[str, Any]) -> Facts:
+    """:func:`lifecycles` with every forward replayed from a full CUDA graph: vLLM calls no
+    ``wait_for_layer_load`` or ``save_kv_layer``, and the saves and loads must not need them."""
+    return lifecycles(extra, layer_calls=False)
 
 
 def local_plus_external(extra: dict[str, Any]) -> Facts:
@@ -448,6 +454,7 @@ def idle_wait(extra: dict[str, Any]) -> Facts:
 
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Facts]] = {
     "lifecycles": lifecycles,
+    "full_graphs": full_graphs,
     "idle_wait": idle_wait,
     "local_plus_external": local_plus_external,
     "async_timing": async_timing,
