@@ -170,8 +170,8 @@ def make_llm(model: str, tp: int, connector: str, extra: dict[str, Any], **kw: A
 
 
 def graph_mode(llm: Any) -> str:
-    """The CUDA graph mode the engine settled on (vLLM switches a connector that asks for it
-    to piecewise graphs; eager engines say NONE)."""
+    """The CUDA graph mode of the engine's config, as the front end resolved it (vLLM
+    switches to piecewise graphs for a connector that asks; eager engines say NONE)."""
     try:
         return llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name
     except AttributeError as exc:
@@ -548,13 +548,12 @@ CASES: dict[str, dict[str, Any]] = {
 }
 # The ttft_pc cases with vLLM's default compilation and CUDA graphs instead of eager mode (a
 # user's engine): the forward's host time, which varies a lot between eager engines, shrinks.
-# Each engine settles its own graph mode (in each result): vLLM's default full graphs for
-# decode batches and piecewise ones for the rest, piecewise only where the connector asks (ours
-# with sync loads). Capture sizes up to 64 keep
-# each engine's start short. Their tokens are not compared with recomputing's: without
-# batch-invariant kernels two engines' batches differ in low bits and greedy tokens part (6 of
-# 8 warm-batch prompts in G8, as between vLLM's own connectors in eager mode): that check is
-# inv_graphs_* and faulty_tp1_graphs.
+# Each result names the graph mode its engine's config resolved to: vLLM's default (full
+# graphs for decode batches, piecewise ones for the rest) unless the connector asks for
+# piecewise graphs only. Capture sizes up to 64 keep each engine's start short. Their tokens
+# are not compared with recomputing's: without batch-invariant kernels two engines' batches
+# differ in low bits and greedy tokens part (6 of 8 warm-batch prompts in G8, as between vLLM's
+# own connectors in eager mode): that check is inv_graphs_* and faulty_tp1_graphs.
 GRAPHS = {"enforce_eager": False,
           "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}}
 CASES.update({
