@@ -368,17 +368,9 @@ class ConnectorRuntime:
         """Count one more layer into ``group`` (refused once it is sealed). For a layer with
         blocks to move: ``(event, handoffs)``, the event recorded on the engine's current
         (compute) stream that the copy will wait on, and streamcheck's records of the blocks
-        the forward handed off; None when there is nothing to move."""
+        the forward handed off; None when there is nothing to move or the group already
+        failed."""
         has_blocks = bool(block_ids)
-        with self._lock:
-            state = self._saves.get(group)
-            if state is not None and state.failed and not state.sealed:
-                # its KV is known wrong (a failed sync load, reported before the step's saves
-                # were queued under speculative decoding): count the layer, issue nothing
-                state.queued += 1
-                if has_blocks:
-                    self.metrics.failed_saves += 1
-                return None
         ready, handoffs = None, ()
         if self.is_cuda and has_blocks:
             handoffs = self._declare(planes, block_ids, "write")
@@ -389,6 +381,11 @@ class ConnectorRuntime:
                 raise ValueError(f"save group {group!r} was already sealed")
             state.queued += 1
             if not has_blocks:
+                return None
+            if state.failed:
+                # its KV is known wrong (a failed sync load, reported before the step's saves
+                # were queued under speculative decoding): counted, never issued
+                self.metrics.failed_saves += 1
                 return None
             state.pending += 1
             self._unread_saves += 1
