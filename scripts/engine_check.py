@@ -556,16 +556,22 @@ CASES: dict[str, dict[str, Any]] = {
 # own connectors in eager mode): that check is inv_graphs_* and faulty_tp1_graphs.
 GRAPHS = {"enforce_eager": False,
           "compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64]}}
+
+
+def under_graphs(spec: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """``spec`` (and ``more``) with :data:`GRAPHS` over its engine settings."""
+    return {**spec, **more, "llm": {**spec.get("llm", {}), **GRAPHS}}
+
+
 CASES.update({
-    f"ttft_graphs_{name}": {**CASES[f"ttft_pc_{name}"],
-                            "llm": {**CASES[f"ttft_pc_{name}"]["llm"], **GRAPHS}}
+    f"ttft_graphs_{name}": under_graphs(CASES[f"ttft_pc_{name}"])
     for name in ("recompute", "simple_cpu", "offloading", "sc_host", "sc_host_off",
                  "sc_host_sync")})
 # Under graphs, with batch-invariant kernels: loaded KV must give recomputing's tokens exactly
 # (without them, two engines' batches differ in low bits and greedy tokens part: table TTFT8)
-CASES.update({f"inv_graphs_{name}": {**CASES[f"inv_{name}"], "llm": GRAPHS,
-                                     **({"ref": "inv_graphs_recompute"}
-                                        if "ref" in CASES[f"inv_{name}"] else {})}
+CASES.update({f"inv_graphs_{name}": under_graphs(
+                  CASES[f"inv_{name}"],
+                  **({"ref": "inv_graphs_recompute"} if "ref" in CASES[f"inv_{name}"] else {}))
               for name in ("recompute", "sc_host", "sc_host_sync")})
 # The graphs setting with the engine's thread under cProfile (its shares, not its times), the
 # step tracer off: its search of the engine's heap at start dominated the profile (G8, call 4)
@@ -592,10 +598,8 @@ CASES.update({f"{name}_f32": {**CASES[name], "ref": "ref_tp1_f32",
               for name in ("soak1_serve", "soak1_serve_none")})
 # Faults, preemption and a small store (faulty_tp1) under graphs, against a reference run
 # under graphs (both batch-invariant)
-CASES["ref_tp1_graphs"] = {**CASES["ref_tp1"], "llm": {**CASES["ref_tp1"].get("llm", {}),
-                                                       **GRAPHS}}
-CASES["faulty_tp1_graphs"] = {**CASES["faulty_tp1"], "ref": "ref_tp1_graphs",
-                              "llm": {**CASES["faulty_tp1"].get("llm", {}), **GRAPHS}}
+CASES["ref_tp1_graphs"] = under_graphs(CASES["ref_tp1"])
+CASES["faulty_tp1_graphs"] = under_graphs(CASES["faulty_tp1"], ref="ref_tp1_graphs")
 
 
 def case_env(spec: dict[str, Any], reports: Path, wheel_site: str,
