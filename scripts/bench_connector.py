@@ -101,7 +101,7 @@ def connector_gbps(rounds: int = 5) -> dict[str, float]:
             time.sleep(0.0005)
         news = rt.poll()
         assert news.saves_ok == {f"s{r}"} and not news.failed_load_blocks
-        rt.wait_for_layer_load(0)
+        rt.wait_for_loads()
         torch.cuda.synchronize()
         exact &= bool(torch.equal(kv[dst], kv[src]))
         if r:  # the first round warms up

@@ -87,8 +87,7 @@ def scenario(rank: int, world: int, uid: bytes, injected: bool) -> dict:
     news.merge(rt.poll())
     failed = news.failed_load_blocks
     torch.cuda.synchronize()
-    for layer in range(LAYERS):
-        rt.wait_for_layer_load(layer)
+    rt.wait_for_loads()
     torch.cuda.synchronize()
     mismatched = 0
     for step in range(1, out["steps"]):

@@ -9,8 +9,9 @@ It gives a backend (which only moves host blocks) everything else a KV connector
   stream);
 * a save waits on an event the engine records on its compute stream at the handoff
   (``save_layer``), so the copy reads the KV the forward wrote, not a half-written one;
-* a load records an event after its last scatter; the forward waits on it
-  (``wait_for_layer_load``) before reading the blocks. Host-slab loads are issued by the
+* a load records an event after its last scatter; once the host saw it complete, the next
+  forward's stream waits on it (``wait_for_loads``, before the forward) and declares its reads
+  of the blocks. Host-slab loads are issued by the
   engine thread itself on a load stream and retired when the engine polls (``load_planes``):
   a thread in between only waits for the GIL;
 * scattered blocks are gathered on the device into one contiguous buffer and moved with ONE
@@ -61,9 +62,9 @@ from streamcheck.wrappers.user_launch import BlockSet
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
 CHECK_PLANES = 8  # planes of one word layout whose blocks one slab transfer sums at once
-# completed loads a plane keeps for the next forward's wait (a forward replayed from a full
-# CUDA graph calls no ``wait_for_layer_load``: without a bound they would pile up)
-MAX_LAYER_WAITS = 64
+# completed loads (an entry a load, or a plane's chunk without the slab) kept for the next
+# forward's ``wait_for_loads``; vLLM calls it every step, the bound is for a caller that does not
+MAX_LOAD_WAITS = 1024
 
 
 @dataclass
@@ -233,9 +234,10 @@ class ConnectorRuntime:
         self._loads: dict[str, _GroupState] = {}
         self._done = PollResult()
         self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
-        # plane -> (event after a completed load's last write, the block ids it wrote), for
-        # the next forward's wait (``_offer_layer_wait``)
-        self._layer_done: dict[int, list[tuple[Any, list[int]]]] = {}
+        # (event after a completed load's last write, its planes, the block ids it wrote), for
+        # the next forward's wait (``_offer_load_wait``)
+        self._loads_done: deque[tuple[Any, tuple[int, ...], list[int]]] = deque(
+            maxlen=MAX_LOAD_WAITS)
         # slab loads issued by the engine thread itself (``load_planes``), retired by ``poll``
         # (and ``shutdown``: the lock makes each retirement happen once, whoever calls)
         self._issued: deque[_InFlight] = deque()
@@ -570,29 +572,33 @@ class ConnectorRuntime:
         for job in jobs:
             self._jobs.put(job)
 
-    def wait_for_layer_load(self, *planes: int) -> None:
-        """Order the engine's current stream after every finished load of ``planes`` (a
-        layer's K and V: vLLM asks once a layer, in every forward). One stream read, one wait
-        per event (a slab load's one event serves all its planes) and one declaration for
-        them all; in a forward with no load to wait for, a lock and no stream read."""
+    def wait_for_loads(self) -> None:
+        """Order the engine's current stream after every load completed since the last call
+        and declare the reads of their blocks, once, before the forward that reads them (vLLM's
+        ``start_load_kv``). A load is offered here only once the host saw it complete
+        (:meth:`_offer_load_wait`), so the waits cost the device nothing and no layer needs
+        one of its own: done a layer at a time, in vLLM's per-layer ``wait_for_layer_load``,
+        it added host work to every layer of a forward whose length, under piecewise CUDA
+        graphs, the host's per-layer work sets. One stream read, one wait per event, one
+        declaration; with nothing completed, a lock and no stream read."""
         if not self.is_cuda:
             return
         with self._lock:
-            loaded = [(plane, done) for plane in planes
-                      for done in self._layer_done.pop(plane, ())]
+            loaded, self._loads_done = self._loads_done, deque(maxlen=MAX_LOAD_WAITS)
         if not loaded:
             return
         stream = torch.cuda.current_stream(self.device)
         waited: set[int] = set()
-        for _plane, (event, _ids) in loaded:
+        for event, _planes, _ids in loaded:
             if id(event) not in waited:
                 waited.add(id(event))
                 stream.wait_event(event)
-        # the forward reads the loaded blocks next, on this stream: a later write of them (a
-        # load after the blocks were freed and handed to another request) must wait
+        # the forward reads the loaded blocks after this, on this stream: a later write of
+        # them (a load after the blocks were freed and handed to another request) must wait
         if streamcheck.current_auditor() is not None:
             streamcheck.handoffs([BlockSet(self.kv_caches[plane], frozenset(ids))
-                                  for plane, (_event, ids) in loaded], stream, "read")
+                                  for _event, planes, ids in loaded for plane in planes],
+                                 stream, "read")
 
     def poll(self, wait_loads_s: float = 0.0) -> PollResult:
         """What finished since the last poll. Never blocks, unless ``wait_loads_s``: then
@@ -898,7 +904,7 @@ class ConnectorRuntime:
                 with self.metrics._lock:
                     self.metrics.load.add_copy(source.numel() * source.element_size(),
                                                time.perf_counter() - copy_start)
-                self._offer_layer_wait([job.layer], done, good_ids)
+                self._offer_load_wait([job.layer], done, good_ids)
             else:
                 blocks.index_copy_(0, index, source)
         with self.metrics._lock:
@@ -1003,24 +1009,20 @@ class ConnectorRuntime:
 
         return _InFlight(done, retire, job, tuple(keep))
 
-    def _offer_layer_wait(self, planes: Sequence[int], done: Any, ids: list[int]) -> None:
+    def _offer_load_wait(self, planes: Sequence[int], done: Any, ids: list[int]) -> None:
         """A load of ``ids`` into ``planes`` completed (``done`` is its last event): the next
-        forward's ``wait_for_layer_load`` orders its stream after it, at no cost on the device
-        (the event has completed), and declares its reads of those blocks. Offered only once
+        :meth:`wait_for_loads` orders its stream after it, at no cost on the device (the event
+        has completed), and declares the forward's reads of those blocks. Offered only once
         complete: a forward of other requests queued while a load is in flight must not wait
-        for it. Each plane keeps the latest :data:`MAX_LAYER_WAITS`."""
+        for it. The latest :data:`MAX_LOAD_WAITS` are kept."""
         with self._lock:
-            for plane in planes:
-                kept = self._layer_done.setdefault(plane, [])
-                kept.append((done, ids))
-                if len(kept) > MAX_LAYER_WAITS:
-                    del kept[:len(kept) - MAX_LAYER_WAITS]
+            self._loads_done.append((done, tuple(planes), ids))
 
     def _slab_load(self, job: _Job, stream: Any, plan: SlabLoadPlan | None = None,
                    polled: bool = False) -> _InFlight | None:
         """An asynchronous load, issued on ``stream`` after the engine's stream as it was when
-        the load was asked for (``job.ready``); once retired, the next forward waits for it per
-        layer (``wait_for_layer_load``, :meth:`_offer_layer_wait`). ``plan``: which slots were
+        the load was asked for (``job.ready``); once retired, the next forward waits for it
+        (:meth:`wait_for_loads`, :meth:`_offer_load_wait`). ``plan``: which slots were
         found holding the blocks, made earlier (default: now)."""
         planes = job.planes or [job.layer]
         if plan is None:
@@ -1034,7 +1036,7 @@ class ConnectorRuntime:
             bad = issued.failed()
             if self.is_cuda:
                 failed = set(bad)
-                self._offer_layer_wait(planes, issued.done,
+                self._offer_load_wait(planes, issued.done,
                                        [b for b in issued.ids if b not in failed])
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)

@@ -67,8 +67,7 @@ def test_round_trip_on_cuda_is_bit_exact_and_a_missing_block_is_never_written(
     news = settle(rt)
     assert news.loads_done == {"l"} and news.failed_load_blocks == {52}
     with torch.cuda.stream(compute):
-        for layer in range(2):
-            rt.wait_for_layer_load(layer)  # the forward orders itself after the loads
+        rt.wait_for_loads()  # the forward orders itself after the loads
         loaded = [layer_kv[targets].clone() for layer_kv in kv]
     compute.synchronize()
     assert torch.equal(loaded[0], expected[0])
@@ -138,8 +137,7 @@ def test_slab_round_trip_on_cuda_checks_every_block_on_the_device(dtype):
     news = settle(rt)
     assert news.loads_done == {"l"} and news.failed_load_blocks == {53}
     with torch.cuda.stream(compute):
-        for layer in range(2):
-            rt.wait_for_layer_load(layer)
+        rt.wait_for_loads()
         loaded = [layer_kv[targets].clone() for layer_kv in kv]
     compute.synchronize()
     assert torch.equal(loaded[0], expected[0])
@@ -176,7 +174,7 @@ def _runtime(store: str, kv: list[torch.Tensor], device: torch.device, nbytes: i
 def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
         store, monkeypatch):
     """vllm#47282 on the connector's own path: blocks loaded for one request are read by the
-    forward (declared at ``wait_for_layer_load``); freed and handed to the next request, a load
+    forward (declared at ``wait_for_loads``); freed and handed to the next request, a load
     into them must wait for those reads. The runtime orders every load after the engine's
     stream as it was when the load was queued, so a second load is clean; with that event
     taken too early (before the reads), assert mode stops the scatter as write-after-read
@@ -198,8 +196,8 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
             rt.start_load(req, layers, **load_slots)
         news = settle(rt)
         with torch.cuda.stream(compute):
+            rt.wait_for_loads()
             for layer in range(2):
-                rt.wait_for_layer_load(layer)
                 kv[layer][targets].float().sum()  # the forward reads the loaded blocks
         return news
 
@@ -224,10 +222,11 @@ def test_a_load_into_blocks_the_forward_still_reads_waits_for_it_or_is_stopped(
 
 
 @pytest.mark.parametrize("store", ["host", "slab"])
-def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each(store):
-    """vLLM asks ``wait_for_layer_load`` once a layer: the adapter passes the layer's K and V
-    planes in one call. The forward's stream waits for the loads of both (one event for a slab
-    load's planes, one a plane for the host store's), and the reads of both are declared: a
+def test_one_wait_before_the_forward_orders_and_declares_the_reads_of_every_plane(store):
+    """The adapter calls ``wait_for_loads`` once, before the forward (vLLM's
+    ``start_load_kv``). The forward's stream waits for the completed loads of every plane (one
+    event for a slab load's planes, one a plane for the host store's), and the reads of all
+    are declared: a
     later load into those blocks ordered only before them is stopped (``write-after-read``),
     one ordered after them is clean."""
     from streamcheck.wrappers.user_launch import tensor_key
@@ -256,9 +255,9 @@ def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each(stor
 
     assert load("a").failed_load_blocks == set()
     with torch.cuda.stream(compute):
-        rt.wait_for_layer_load(0, 1)
+        rt.wait_for_loads()
         assert all(torch.equal(kv[plane][targets], expected[plane]) for plane in range(2))
-    assert rt._layer_done == {}  # both planes' loads waited for by the one call
+    assert not rt._loads_done  # both planes' loads waited for by the one call
     assert reads_on_compute(0) == 1 and reads_on_compute(1) == 1  # and both planes' reads
     with torch.cuda.stream(compute):
         rt.start_load("b", layers, **placed)  # ordered after the reads: clean
@@ -266,7 +265,7 @@ def test_one_wait_for_a_layers_planes_orders_and_declares_the_reads_of_each(stor
     early = torch.cuda.Event()
     early.record(compute)  # after "b" landed, before the reads below
     with torch.cuda.stream(compute):
-        rt.wait_for_layer_load(0, 1)
+        rt.wait_for_loads()
         kv[1][targets].float().sum()
     rt._engine_mark = lambda: early  # a load ordered before those reads only
     with torch.cuda.stream(compute):
@@ -314,7 +313,7 @@ def test_a_sync_load_on_the_engine_stream_needs_no_event_and_is_bit_exact():
 def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked():
     """``load_planes`` (the default, asynchronous load): issued by the engine thread on the
     runtime's load stream after the engine's stream, retired by ``poll``; the forward orders
-    itself after it per plane (``wait_for_layer_load``), once it completed: a forward queued
+    itself after it (``wait_for_loads``, before the forward), once it completed: a forward queued
     while it is in flight does not wait for it. Bit-exact, a corrupt block named, and nothing
     for assert mode to find."""
     from streamcheck.connector.slab import HostSlab, key_tag
@@ -338,9 +337,10 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
         torch.cuda._sleep(50_000_000)  # the engine's stream is busy when the load is asked for
         rt.load_planes("r", [0, 1], targets, slots, tags)
     # in flight: a forward of other requests queued now must not wait for it
-    assert rt._layer_done == {}
+    assert not rt._loads_done
     news = settle(rt)
-    assert sorted(rt._layer_done) == [0, 1]  # complete: offered to the next forward
+    # complete: offered to the next forward, every plane with the load's one event
+    assert [planes for _event, planes, _ids in rt._loads_done] == [(0, 1)]
     assert news.loads_done == {"r"} and news.failed_load_blocks == set()
     snap = rt.metrics.snapshot()  # where the load's time went
     assert snap["slab_loads"] == 1 and snap["polls"] >= 1
@@ -348,8 +348,7 @@ def test_an_async_slab_load_issued_by_the_engine_thread_is_ordered_and_checked()
     assert snap["load_ready_wait_ms"] > 0  # the engine's stream was busy (the sleep above)
     assert snap["load_polls_waiting"] >= 1  # ``settle`` polled while the sleep ran
     with torch.cuda.stream(compute):
-        for plane in (0, 1):
-            rt.wait_for_layer_load(plane)
+        rt.wait_for_loads()
         got = [layer[targets].clone() for layer in kv]
     compute.synchronize()
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
@@ -397,8 +396,7 @@ def test_slab_transfers_across_runs_of_planes_and_word_layouts_are_bit_exact_and
         rt.load_planes("r", planes, targets, slots, tags)
     assert settle(rt).failed_load_blocks == set()
     with torch.cuda.stream(compute):
-        for plane in planes:
-            rt.wait_for_layer_load(plane)
+        rt.wait_for_loads()
         got = [plane[targets].clone() for plane in kv]
     compute.synchronize()
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))

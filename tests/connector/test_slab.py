@@ -421,18 +421,17 @@ def test_saves_of_a_group_failed_before_they_are_queued_are_never_issued(monkeyp
         rt.shutdown()
 
 
-def test_a_plane_keeps_the_latest_completed_loads_for_the_next_forwards_wait():
-    """A forward replayed from a full CUDA graph calls no ``wait_for_layer_load``: the
-    completed loads offered to it are bounded per plane, the latest kept."""
-    from streamcheck.connector.worker_side import MAX_LAYER_WAITS
+def test_the_completed_loads_kept_for_the_next_forwards_wait_are_bounded():
+    """A runtime whose caller never calls ``wait_for_loads`` (vLLM calls it every step) keeps
+    the latest :data:`MAX_LOAD_WAITS` completed loads, not all of them."""
+    from streamcheck.connector.worker_side import MAX_LOAD_WAITS
 
     slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
     rt = ConnectorRuntime(slab, kv_caches(3), "cpu")
     try:
-        for n in range(MAX_LAYER_WAITS + 5):
-            rt._offer_layer_wait([0, 1], f"event{n}", [n])
-        for plane in (0, 1):
-            kept = rt._layer_done[plane]
-            assert [ids for _event, ids in kept] == [[n] for n in range(5, MAX_LAYER_WAITS + 5)]
+        for n in range(MAX_LOAD_WAITS + 5):
+            rt._offer_load_wait([0, 1], f"event{n}", [n])
+        assert [ids for _event, _planes, ids in rt._loads_done] == [
+            [n] for n in range(5, MAX_LOAD_WAITS + 5)]
     finally:
         rt.shutdown()
