@@ -59,14 +59,14 @@ sc_host_sync_off, sc_disk)
     per prompt, tokens/s of a batch, token ids. vLLM's SimpleCPUOffloadConnector turns itself
     off without prefix caching: compare with it in ``ttft_pc_*`` only.
 ``ttft_pc_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_nowait,
-sc_host_sync, sc_host_off, sc_disk, sc_redis)
+sc_host_sync, sc_host_off, sc_host_sync_off, sc_host_quiet, sc_disk, sc_redis)
     The same with vLLM's prefix cache on and a GPU KV cache too small to keep a prompt's blocks
     until its warm turn: the only setting where vLLM's SimpleCPUOffloadConnector runs (it turns
     itself off without prefix caching, and then measures recomputing). Reports vLLM's counters
     (prefix-cache hits, hits served by the connector) and each warm request's engine steps
     (``engine_steps.py``); the warm pass asks for every prompt twice.
 ``ttft_graphs_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_off,
-sc_host_sync)
+sc_host_sync, sc_host_sync_off, sc_host_quiet: async, ``assert``, no trace)
     The ``ttft_pc`` setting with vLLM's default compilation and CUDA graphs (capture sizes up
     to 64) instead of eager mode; each result says the graph mode its engine settled on.
 ``ref_tp1_graphs`` / ``faulty_tp1_graphs``
@@ -521,6 +521,10 @@ CASES: dict[str, dict[str, Any]] = {
            "sc_host_sync": sc_host(2048, load="sync"),
            # the audit's cost in the engine: the connector's ``streamcheck`` setting off
            "sc_host_off": {**sc_host(2048, streamcheck="off"), "activation": "none"},
+           "sc_host_sync_off": {**sc_host(2048, load="sync", streamcheck="off"),
+                                "activation": "none"},
+           # the trace's share: ``assert`` on, no timeline
+           "sc_host_quiet": sc_host(2048),
            # the other stores (the driver empties the directory, starts the Redis server)
            "sc_disk": {**sc_host(2048), "extra": {"backend": "disk", "capacity_blocks": 2048,
                                                   "path": "/tmp/sc-kv-disk-pc"}},
@@ -566,7 +570,7 @@ def under_graphs(spec: dict[str, Any], **more: Any) -> dict[str, Any]:
 CASES.update({
     f"ttft_graphs_{name}": under_graphs(CASES[f"ttft_pc_{name}"])
     for name in ("recompute", "simple_cpu", "offloading", "sc_host", "sc_host_off",
-                 "sc_host_sync")})
+                 "sc_host_sync", "sc_host_sync_off", "sc_host_quiet")})
 # Under graphs, with batch-invariant kernels: loaded KV must give recomputing's tokens exactly
 # (without them, two engines' batches differ in low bits and greedy tokens part: table TTFT8)
 CASES.update({f"inv_graphs_{name}": under_graphs(
