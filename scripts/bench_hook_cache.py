@@ -5,15 +5,19 @@ stay in the CPU's caches. In an engine's step the dispatcher and the launches of
 calls run between two stream switches and evict them, and the stream-heavy loop measured its
 hooks at several times their tight-loop figures in place (``docs/measurements.md``, tables G
 and H: "the parts it hooks cost several times their per-hook figures"). This times the
-``set_stream`` hook (compiled, and Python) in a tight loop and after a buffer of each size was
-swept through the caches before every few calls: the cold cost, which is what an engine pays.
+``set_stream`` hook in a tight loop and after a buffer of each size was swept through the
+caches before every few calls: the cold cost, which is what an engine pays. Three hooks:
+``compiled`` (the compiled hook writing a switch into the compiled log's slot), ``compiled,
+tuples`` (the same hook making the record tuple for a deque of them, as it did before the
+compiled log: what the slots save) and ``python``.
 
 Each round times the bare call (a C builtin standing for torch's own ``set_stream``, so only
-the hook's work differs) and the hooked one back to back, on fresh stream-like objects as
-``torch.cuda.current_stream()`` makes them, with the auditor's switch log already full (a
+the hook's work differs) and each hook, back to back, on fresh stream-like objects as
+``torch.cuda.current_stream()`` makes them, with each auditor's switch log already full (a
 long-running engine's); printed: the added ns a call, median over the rounds with a 95 %
-interval (``_stats.py``). No GPU is needed: the hook does the same work on any machine; run it
-on the engine's host to see that host's caches.
+interval (``_stats.py``), and what the slots save over the tuples, paired the same way. No GPU
+is needed: the hook does the same work on any machine; run it on the engine's host to see that
+host's caches.
 
     python scripts/bench_hook_cache.py [--sweeps 0,1024,4096,16384] [--rounds 15] [--groups 300]
 """
@@ -73,28 +77,51 @@ def ns_per_call(fn: Callable[[Any], Any], sweep: Sweeper, groups: int) -> float:
     return statistics.median(times) / CALLS
 
 
-def hooked(core: str, gate: Gate) -> Callable[[Any], Any]:
-    """The ``set_stream`` hook the audit installs with ``core``, around the stand-in."""
+# hook -> (core, the switch log its auditor's book keeps: None for the core's own)
+HOOKS: dict[str, tuple[str, Callable[[int], Any] | None]] = {
+    "compiled": ("compiled", None),
+    "compiled, tuples": ("compiled", provenance.deque_log),
+    "python": ("python", None),
+}
+
+
+def hooked(name: str) -> tuple[Gate, Callable[[Any], Any]]:
+    """An auditor made with the hook's core and switch log, and the ``set_stream`` hook the
+    audit installs with that core, around the stand-in."""
+    core, log = HOOKS[name]
     speedups.use(core)
     try:
-        return made_current_hook(gate, id, "bench.set_stream")
+        if log is not None:
+            provenance.make_switch_log = log
+        gate = Gate(Auditor(Mode.RECORD))
+        return gate, made_current_hook(gate, id, "bench.set_stream")
     finally:
-        speedups.use("auto")
+        speedups.use("auto")  # and the core's own switch log again
 
 
-def measure(core: str, kib: int, rounds: int, groups: int) -> dict[str, Any]:
-    gate = Gate(Auditor(Mode.RECORD))
-    hook = hooked(core, gate)
-    for _ in range(provenance.LOG_LENGTH):  # the switch log full, as in a running engine
-        hook(StreamLike())
+def measure(names: list[str], kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:
+    """One row a hook, its rounds interleaved with the others' and the bare call's."""
+    hooks = {name: hooked(name)[1] for name in names}
+    for hook in hooks.values():
+        for _ in range(provenance.LOG_LENGTH):  # the switch log full, as in a running engine
+            hook(StreamLike())
     sweep = Sweeper(kib)
-    bare, audited = [], []
+    bare: list[float] = []
+    audited: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
         bare.append(ns_per_call(id, sweep, groups))
-        audited.append(ns_per_call(hook, sweep, groups))
-    added, least, most, low, high = paired_added(audited, bare)
-    return {"core": core, "sweep_kib": kib, "added_ns": added, "interval": [low, high],
-            "least": least, "most": most, "bare_ns": round(statistics.median(bare), 1)}
+        for name, hook in hooks.items():
+            audited[name].append(ns_per_call(hook, sweep, groups))
+    rows = []
+    for name in names:
+        added, least, most, low, high = paired_added(audited[name], bare)
+        row = {"hook": name, "sweep_kib": kib, "added_ns": added, "interval": [low, high],
+               "least": least, "most": most, "bare_ns": round(statistics.median(bare), 1)}
+        if name == "compiled" and "compiled, tuples" in audited:
+            saved, _, _, low, high = paired_added(audited["compiled, tuples"], audited[name])
+            row["saved_over_tuples_ns"], row["saved_interval"] = saved, [low, high]
+        rows.append(row)
+    return rows
 
 
 def main() -> int:
@@ -107,17 +134,22 @@ def main() -> int:
     sweeps = [int(s) for s in args.sweeps.split(",")]
     if any(s < 0 for s in sweeps) or args.rounds < 1 or args.groups < 1:
         parser.error("sweeps must be >= 0 KiB, rounds and groups >= 1")
-    cores = ["compiled", "python"] if speedups.built() else ["python"]
-    rows = [measure(core, kib, args.rounds, args.groups) for core in cores for kib in sweeps]
+    names = list(HOOKS) if speedups.built() else ["python"]
+    rows = [row for kib in sweeps for row in measure(names, kib, args.rounds, args.groups)]
     for row in rows:
         print(json.dumps(row))
-    for core in cores:
-        mine = [r for r in rows if r["core"] == core]
+    for name in names:
+        mine = [r for r in rows if r["hook"] == name]
         hot = next((r["added_ns"] for r in mine if r["sweep_kib"] == 0), None)
-        if hot:
-            print(f"{core}: added ns a call, cold over hot: " + ", ".join(
-                f"{r['sweep_kib']} KiB {r['added_ns'] / hot:.2f}x" for r in mine
-                if r["sweep_kib"]))
+        print(f"{name}: added ns a call " + ", ".join(
+            f"{r['sweep_kib']} KiB {r['added_ns']:.0f}" for r in mine) + (
+            "; cold over hot " + ", ".join(f"{r['sweep_kib']} KiB {r['added_ns'] / hot:.2f}x"
+                                           for r in mine if r["sweep_kib"]) if hot else ""))
+    for r in rows:
+        if "saved_over_tuples_ns" in r:
+            low, high = r["saved_interval"]
+            print(f"slots save over tuples at {r['sweep_kib']} KiB: {r['saved_over_tuples_ns']:.0f}"
+                  f" ns a switch ({low}-{high})")
     return 0
 
 

@@ -10,7 +10,10 @@
  *
  *   SetStreamHook(gate, original, via)
  *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
- *       for the two calling frames through auditor.made_current, then calls original.
+ *       for the two calling frames through auditor.made_current (into a SwitchLog's slot
+ *       without making the tuple, when made_current is one's append), then calls original.
+ *   SwitchLog(capacity)
+ *       the stream book's bounded log of switches, a ring of plain slots.
  *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
  *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
@@ -93,6 +96,246 @@ static PyObject *bind_as_method(PyObject *op, PyObject *obj, PyObject *type)
     return PyMethod_New(op, obj);
 }
 
+/* ---- SwitchLog ------------------------------------------------------------------------ */
+
+/*
+ * SwitchLog(capacity): the stream book's log of switches (streamcheck/core/provenance.py),
+ * a ring of `capacity` slots, the oldest overwritten, as a deque(maxlen=capacity) would drop
+ * it. The set_stream hook writes a switch into a slot as plain fields: no tuple, no integer
+ * objects, nothing freed but the stream object the overwritten switch held. A deque of tuples
+ * makes a 7-tuple and three integers per switch and frees the ones made 16,384 switches
+ * earlier, memory long gone from the CPU's caches when an engine's other work runs between
+ * two switches (scripts/bench_hook_cache.py). Reading (rules, only for a launch that already
+ * looks wrong) builds the same tuples the Python hook appends. append(record) keeps any
+ * other record (a creation, a test's) whole.
+ */
+typedef struct {
+    PyObject *stream, *via, *code1, *code2; /* a switch; NULL stream: `whole` or empty */
+    PyObject *whole;                        /* a record appended from Python */
+    unsigned long ident;
+    int lasti1, lasti2;
+} SwitchSlot;
+
+typedef struct {
+    PyObject_HEAD
+    SwitchSlot *slots;
+    Py_ssize_t capacity, next, count;
+    PyObject *weakrefs;
+} SwitchLog;
+
+static PyTypeObject SwitchLogType;
+
+/* Empty `slot`; the references it held are handed to `drop` (decref them after the log is
+ * consistent again: a stream's deallocation may run code that switches streams). */
+static void take_slot(SwitchSlot *slot, PyObject *drop[5])
+{
+    drop[0] = slot->stream;
+    drop[1] = slot->via;
+    drop[2] = slot->code1;
+    drop[3] = slot->code2;
+    drop[4] = slot->whole;
+    memset(slot, 0, sizeof(*slot));
+}
+
+static void drop_all(PyObject *drop[5])
+{
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(drop[i]);
+}
+
+static SwitchSlot *next_slot(SwitchLog *log)
+{
+    SwitchSlot *slot = &log->slots[log->next];
+    log->next = (log->next + 1) % log->capacity;
+    if (log->count < log->capacity)
+        log->count++;
+    return slot;
+}
+
+/* A switch; code1 and code2 are new references, stolen (stream and via are borrowed). */
+static void switchlog_put(SwitchLog *log, PyObject *stream, unsigned long ident, PyObject *via,
+                          PyObject *code1, int lasti1, PyObject *code2, int lasti2)
+{
+    PyObject *drop[5];
+    SwitchSlot *slot = next_slot(log);
+    take_slot(slot, drop);
+    slot->stream = Py_NewRef(stream);
+    slot->via = Py_NewRef(via);
+    slot->code1 = code1;
+    slot->code2 = code2;
+    slot->ident = ident;
+    slot->lasti1 = lasti1;
+    slot->lasti2 = lasti2;
+    drop_all(drop);
+}
+
+static PyObject *switchlog_append(PyObject *op, PyObject *record)
+{
+    SwitchLog *log = (SwitchLog *)op;
+    PyObject *drop[5];
+    SwitchSlot *slot = next_slot(log);
+    take_slot(slot, drop);
+    slot->whole = Py_NewRef(record);
+    drop_all(drop);
+    Py_RETURN_NONE;
+}
+
+static PyObject *slot_record(SwitchSlot *slot)
+{
+    if (slot->stream == NULL)
+        return Py_NewRef(slot->whole);
+    return Py_BuildValue("(OkOOiOi)", slot->stream, slot->ident, slot->via, slot->code1,
+                         slot->lasti1, slot->code2, slot->lasti2);
+}
+
+/* The records, oldest first, as list(deque) gives them. */
+static PyObject *switchlog_snapshot(SwitchLog *log)
+{
+    PyObject *out = PyList_New(log->count);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t first = (log->next - log->count + log->capacity) % log->capacity;
+    for (Py_ssize_t i = 0; i < log->count; i++) {
+        PyObject *record = slot_record(&log->slots[(first + i) % log->capacity]);
+        if (record == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, record);
+    }
+    return out;
+}
+
+static PyObject *switchlog_iter(PyObject *op)
+{
+    PyObject *records = switchlog_snapshot((SwitchLog *)op);
+    if (records == NULL)
+        return NULL;
+    PyObject *it = PyObject_GetIter(records);
+    Py_DECREF(records);
+    return it;
+}
+
+static Py_ssize_t switchlog_len(PyObject *op)
+{
+    return ((SwitchLog *)op)->count;
+}
+
+/* log[i], oldest first (negative from the newest), as deque indexing. */
+static PyObject *switchlog_item(PyObject *op, Py_ssize_t i)
+{
+    SwitchLog *log = (SwitchLog *)op;
+    if (i < 0 || i >= log->count) {
+        PyErr_SetString(PyExc_IndexError, "SwitchLog index out of range");
+        return NULL;
+    }
+    Py_ssize_t first = (log->next - log->count + log->capacity) % log->capacity;
+    return slot_record(&log->slots[(first + i) % log->capacity]);
+}
+
+static int switchlog_clear(PyObject *op)
+{
+    SwitchLog *log = (SwitchLog *)op;
+    for (Py_ssize_t i = 0; log->slots != NULL && i < log->capacity; i++) {
+        PyObject *drop[5];
+        take_slot(&log->slots[i], drop);
+        drop_all(drop);
+    }
+    log->next = log->count = 0;
+    return 0;
+}
+
+static PyObject *switchlog_clear_method(PyObject *op, PyObject *unused)
+{
+    switchlog_clear(op);
+    Py_RETURN_NONE;
+}
+
+static int switchlog_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SwitchLog *log = (SwitchLog *)op;
+    for (Py_ssize_t i = 0; log->slots != NULL && i < log->capacity; i++) {
+        SwitchSlot *slot = &log->slots[i];
+        Py_VISIT(slot->stream);
+        Py_VISIT(slot->via);
+        Py_VISIT(slot->code1);
+        Py_VISIT(slot->code2);
+        Py_VISIT(slot->whole);
+    }
+    return 0;
+}
+
+static void switchlog_dealloc(PyObject *op)
+{
+    SwitchLog *log = (SwitchLog *)op;
+    PyObject_GC_UnTrack(op);
+    if (log->weakrefs != NULL)
+        PyObject_ClearWeakRefs(op);
+    switchlog_clear(op);
+    PyMem_Free(log->slots);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *switchlog_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t capacity;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SwitchLog takes its capacity by position only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "n:SwitchLog", &capacity))
+        return NULL;
+    if (capacity < 1) {
+        PyErr_SetString(PyExc_ValueError, "SwitchLog: capacity >= 1");
+        return NULL;
+    }
+    SwitchLog *log = (SwitchLog *)type->tp_alloc(type, 0);
+    if (log == NULL)
+        return NULL;
+    log->slots = PyMem_Calloc((size_t)capacity, sizeof(SwitchSlot));
+    if (log->slots == NULL) {
+        Py_DECREF(log);
+        return PyErr_NoMemory();
+    }
+    log->capacity = capacity;
+    return (PyObject *)log;
+}
+
+static PyObject *switchlog_maxlen(PyObject *op, void *closure)
+{
+    return PyLong_FromSsize_t(((SwitchLog *)op)->capacity);
+}
+
+static PyMethodDef switchlog_methods[] = {
+    {"append", switchlog_append, METH_O, "append(record): keep a record whole."},
+    {"clear", switchlog_clear_method, METH_NOARGS, "Forget every record."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef switchlog_getset[] = {
+    {"maxlen", switchlog_maxlen, NULL, "the records kept", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods switchlog_as_sequence = {.sq_length = switchlog_len,
+                                                  .sq_item = switchlog_item};
+
+static PyTypeObject SwitchLogType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.SwitchLog",
+    .tp_basicsize = sizeof(SwitchLog),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "SwitchLog(capacity): the stream book's bounded log of switches.",
+    .tp_new = switchlog_new,
+    .tp_dealloc = switchlog_dealloc,
+    .tp_traverse = switchlog_traverse,
+    .tp_clear = switchlog_clear,
+    .tp_iter = switchlog_iter,
+    .tp_as_sequence = &switchlog_as_sequence,
+    .tp_methods = switchlog_methods,
+    .tp_getset = switchlog_getset,
+    .tp_weaklistoffset = offsetof(SwitchLog, weakrefs),
+};
+
 /* ---- SetStreamHook ------------------------------------------------------------------- */
 
 typedef struct {
@@ -119,16 +362,49 @@ static int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti)
     return 0;
 }
 
+/* Whether `fn` is a SwitchLog's own append (auditor.made_current, when the book's log is
+ * one): then the switch goes into its slot directly. */
+static SwitchLog *switch_log_of(PyObject *fn)
+{
+    if (!PyCFunction_Check(fn))
+        return NULL;
+    PyObject *owner = PyCFunction_GET_SELF(fn);
+    if (owner == NULL || !Py_IS_TYPE(owner, &SwitchLogType) ||
+        PyCFunction_GET_FUNCTION(fn) != (PyCFunction)switchlog_append)
+        return NULL;
+    return (SwitchLog *)owner;
+}
+
+static PyObject *frame_code(PyFrameObject *frame)
+{
+    return frame == NULL ? Py_NewRef(Py_None) : (PyObject *)PyFrame_GetCode(frame);
+}
+
 /* auditor.made_current((stream, ident, via, code, offset, outer code, outer offset)): the
- * record the Python hook appends, for the caller of set_stream and its caller. */
+ * record the Python hook appends, for the caller of set_stream and its caller; written into a
+ * SwitchLog's slot without making it, when made_current is one's append. */
 static int record_switch(PyObject *auditor, PyObject *stream, PyObject *via)
 {
+    PyObject *fn = PyObject_GetAttr(auditor, s_made_current);
+    if (fn == NULL)
+        return -1;
     PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the caller of set_stream */
     PyFrameObject *outer = caller == NULL ? NULL : PyFrame_GetBack(caller);
-    if (outer == NULL && PyErr_Occurred())
+    if (outer == NULL && PyErr_Occurred()) {
+        Py_DECREF(fn);
         return -1;
+    }
+    SwitchLog *log = switch_log_of(fn);
+    if (log != NULL) {
+        switchlog_put(log, stream, PyThread_get_thread_ident(), via, frame_code(caller),
+                      caller == NULL ? 0 : PyFrame_GetLasti(caller), frame_code(outer),
+                      outer == NULL ? 0 : PyFrame_GetLasti(outer));
+        Py_XDECREF(outer);
+        Py_DECREF(fn);
+        return 0;
+    }
     PyObject *code1 = NULL, *lasti1 = NULL, *code2 = NULL, *lasti2 = NULL;
-    PyObject *ident = NULL, *record = NULL, *fn = NULL, *result = NULL;
+    PyObject *ident = NULL, *record = NULL, *result = NULL;
     int rc = -1;
     if (frame_site(caller, &code1, &lasti1) < 0 || frame_site(outer, &code2, &lasti2) < 0)
         goto done;
@@ -137,9 +413,6 @@ static int record_switch(PyObject *auditor, PyObject *stream, PyObject *via)
         goto done;
     record = PyTuple_Pack(7, stream, ident, via, code1, lasti1, code2, lasti2);
     if (record == NULL)
-        goto done;
-    fn = PyObject_GetAttr(auditor, s_made_current);
-    if (fn == NULL)
         goto done;
     result = PyObject_CallOneArg(fn, record);
     rc = result == NULL ? -1 : 0;
@@ -1333,7 +1606,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
 {
     if (intern_all() < 0 || PyType_Ready(&SetStreamHookType) < 0 ||
         PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0 ||
-        PyType_Ready(&CreationHookType) < 0)
+        PyType_Ready(&CreationHookType) < 0 || PyType_Ready(&SwitchLogType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
@@ -1342,6 +1615,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
         PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
+        PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

@@ -64,9 +64,9 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
         if auditor is not None:
             auditor.mode = settings.mode
             return auditor
+        speedups.use(settings.core)  # before the book's switch log and any hook are made
         auditor = Auditor(settings.mode, select=settings.select,
                           runtime=runtime or _reader_name(), roles=ROLES)
-        speedups.use(settings.core)  # before any hook is made
         _gate.auditor = auditor
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):

@@ -7,7 +7,9 @@ this one (``stale-stream-cache``).
 ``set_stream`` runs twice per ``with torch.cuda.stream(s)`` and engines switch streams many
 times per step, so recording a switch must cost what the decision needs and nothing more: one
 small tuple appended to a bounded log and one per-thread slot update, with the stream object,
-the thread ident and the code objects and line numbers of the two calling frames. Thread names,
+the thread ident and the code objects and line numbers of the two calling frames (with the
+compiled hooks, written into a ring of plain slots without making the tuple: see
+:data:`make_switch_log`). Thread names,
 roles, file names and full :class:`StreamEvent` records are made only when a rule asks, which
 happens only for a launch that already looks wrong.
 
@@ -36,6 +38,19 @@ LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old lau
 CREATED = "created"
 
 
+def deque_log(capacity: int) -> Any:
+    """The switch log of the Python hooks: a deque of the records they append."""
+    return deque(maxlen=capacity)
+
+
+# What a new book keeps its switches in: anything with ``append``, ``clear``, ``len`` and
+# iteration oldest first, as a bounded deque. streamcheck/wrappers/speedups.py sets the compiled
+# ``SwitchLog`` with the compiled hooks: the set_stream hook writes a switch into its slot with
+# no tuple or integers made, and none freed (what a deque of tuples costs in an engine, with
+# caches cold between switches: scripts/bench_hook_cache.py).
+make_switch_log: Callable[[int], Any] = deque_log
+
+
 def _is_full(record: tuple[Any, ...]) -> bool:
     return len(record) == 7 and isinstance(record[3], tuple)
 
@@ -60,15 +75,16 @@ def _key(record: tuple[Any, ...]) -> tuple[int, int]:
 class StreamBook:
     """History of stream switches and creations, newest last, bounded.
 
-    Writing is one ``deque.append`` (atomic, no lock): :attr:`record_switch` is that bound
-    method, called by the hooks with a ready tuple. Reading scans the log backwards, which
+    Writing is one ``append`` of the log (atomic, no lock): :attr:`record_switch` is that bound
+    method, called by the Python hook with a ready tuple (the compiled hook fills the compiled
+    log's slot without calling it). Reading scans the log backwards, which
     only rules do, and only for a launch that already looks wrong.
     """
 
     def __init__(self, role_of: Callable[[int], str] = main_thread_role) -> None:
         self._role_of = role_of  # a thread's role, for the events a query hands back
         self._lock = threading.Lock()
-        self._log: deque[tuple[Any, ...]] = deque(maxlen=LOG_LENGTH)
+        self._log = make_switch_log(LOG_LENGTH)
         self.record_switch = self._log.append
         self._created: dict[tuple[int, int], StreamEvent] = {}
         # the latest set_device of each thread: (device, where, time); the current device is

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from streamcheck.core import ids
+from streamcheck.core import ids, provenance
 from streamcheck.core.modes import ConfigError
 
 CORES = ("auto", "compiled", "python")
@@ -41,13 +41,17 @@ def use(core: str) -> None:
         raise ConfigError(f"core 'compiled': streamcheck._speedups is not built here "
                           f"({_missing}); reinstall with a C compiler, or use 'auto'")
     _active = None if core == "python" else _built
-    _use_site_capture()
+    _use_core_parts()
 
 
-def _use_site_capture() -> None:
+def _use_core_parts() -> None:
     """Records take their sites (``core.ids.site_capture``) from the chosen core: the same
-    tuple either way, made in C with the compiled one."""
+    tuple either way, made in C with the compiled one; and books made from now on keep their
+    switches in its log (``core.provenance.make_switch_log``), which the compiled hook fills
+    without making the tuples."""
     ids.site_capture = ids.capture_site if _active is None else _active.capture_site
+    provenance.make_switch_log = (provenance.deque_log if _active is None
+                                  else _active.SwitchLog)
 
 
 def built() -> bool:
@@ -69,4 +73,4 @@ def describe() -> str:
     return "python (chosen)"
 
 
-_use_site_capture()  # the default core, until use() chooses
+_use_core_parts()  # the default core, until use() chooses

@@ -3,6 +3,8 @@ installs, it records what a switch records, and the core choice is left as it wa
 
 from __future__ import annotations
 
+import pytest
+
 from tests.scripts.script_modules import load_script
 
 bench = load_script("bench_hook_cache")
@@ -11,19 +13,33 @@ bench = load_script("bench_hook_cache")
 def test_the_timed_hook_records_each_switch_and_leaves_the_core_choice_alone(monkeypatch):
     monkeypatch.setattr(bench.provenance, "LOG_LENGTH", 32)
     before = bench.speedups.active()
-    for core in (["compiled", "python"] if bench.speedups.built() else ["python"]):
-        gate = bench.Gate(bench.Auditor(bench.Mode.RECORD))
-        hook = bench.hooked(core, gate)
+    logs = {"compiled": "SwitchLog", "compiled, tuples": "deque", "python": "deque"}
+    for name in (list(logs) if bench.speedups.built() else ["python"]):
+        gate, hook = bench.hooked(name)
         stream = bench.StreamLike()
         assert hook(stream) == id(stream)  # the stand-in's answer passes through
-        assert gate.auditor.book._log[-1][0] is stream  # the switch is in the book
+        log = gate.auditor.book._log
+        assert log[-1][0] is stream  # the switch is in the book
+        assert type(log).__name__ == logs[name]
         assert bench.speedups.active() is before
+        assert bench.provenance.make_switch_log is (
+            bench.provenance.deque_log if before is None else before.SwitchLog)
 
 
 def test_a_measurement_pairs_its_rounds_and_says_what_it_swept(monkeypatch):
     monkeypatch.setattr(bench.provenance, "LOG_LENGTH", 32)
-    row = bench.measure("python", 64, rounds=6, groups=3)
-    assert row["core"] == "python" and row["sweep_kib"] == 64
+    (row,) = bench.measure(["python"], 64, rounds=6, groups=3)
+    assert row["hook"] == "python" and row["sweep_kib"] == 64
     assert isinstance(row["added_ns"], float) and len(row["interval"]) == 2
     assert row["interval"][0] is not None and row["least"] <= row["added_ns"] <= row["most"]
     assert bench.Sweeper(0)() == 0 and bench.Sweeper(1)() == 0  # zeros, touched or not
+
+
+def test_the_slots_are_compared_with_the_tuples_in_the_same_rounds(monkeypatch):
+    if not bench.speedups.built():
+        pytest.skip("streamcheck._speedups is not built here")
+    monkeypatch.setattr(bench.provenance, "LOG_LENGTH", 32)
+    rows = bench.measure(["compiled", "compiled, tuples"], 0, rounds=6, groups=3)
+    assert [r["hook"] for r in rows] == ["compiled", "compiled, tuples"]
+    assert isinstance(rows[0]["saved_over_tuples_ns"], float)
+    assert "saved_over_tuples_ns" not in rows[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -655,3 +656,89 @@ def test_the_compiled_site_is_the_python_one():
         compiled(depth=65)
     with pytest.raises(TypeError):
         compiled(1, skip=1)
+
+
+@needs_build
+def test_the_compiled_switch_log_keeps_what_a_bounded_deque_keeps():
+    from collections import deque
+
+    from streamcheck._speedups import SwitchLog
+
+    log, reference = SwitchLog(4), deque(maxlen=4)
+    for n in range(7):
+        record = (f"stream{n}", n, "via", None, 0, None, 0)
+        log.append(record)
+        reference.append(record)
+        assert list(log) == list(reference) and len(log) == len(reference)
+    assert log[-1] == reference[-1] and log[0] == reference[0] and log.maxlen == 4
+    with pytest.raises(IndexError):
+        log[4]
+    log.clear()
+    assert list(log) == [] and len(log) == 0
+    with pytest.raises(ValueError):
+        SwitchLog(0)
+
+
+def _book_answers(core: str, monkeypatch) -> tuple[str, list]:
+    """Switches made through the compiled hook by two threads into an auditor made under
+    ``core`` (its book's log is that core's), and what the book answers about them."""
+    monkeypatch.setenv("STREAMCHECK_CORE", core)
+    aud = installer.install("record")
+    kind = type(aud.book._log).__name__
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    speedups.use("compiled")
+    hook = made_current_hook(installer._gate, lambda s: s, "ns.set_stream")
+    side = SimpleNamespace(device_index=0, stream_id=9, cuda_stream=0x99)
+    main = SimpleNamespace(device_index=0, stream_id=3, cuda_stream=0x33)
+    ident, other = threading.get_ident(), in_thread(lambda: (hook(side), threading.get_ident()))
+    switch(hook, main)
+    book = aud.book
+    elsewhere = book.made_current_elsewhere(StreamRef(0, 9), ident)
+    answers = [book.is_current_in(StreamRef(0, 3), ident),
+               book.is_current_in(StreamRef(0, 9), ident), book.current_of(ident, 0),
+               # the helper thread is another one each time: the rest of its event
+               elsewhere.thread.ident == other[1], replace(elsewhere, thread=None)]
+    installer.uninstall()
+    return kind, answers
+
+
+@needs_build
+def test_the_book_answers_the_same_over_either_switch_log(monkeypatch):
+    """The compiled hook fills the compiled log's slots without making the records, and makes
+    the tuple for a deque; the rules read the same switches, streams, threads and sites."""
+    slots, slot_answers = _book_answers("compiled", monkeypatch)
+    tuples, tuple_answers = _book_answers("python", monkeypatch)
+    assert (slots, tuples) == ("SwitchLog", "deque")
+    assert slot_answers == tuple_answers
+    here, there, current, by_the_helper, elsewhere = slot_answers
+    assert (here, there, by_the_helper) == (True, False, True)
+    assert current.stream.key == (0, 3)
+    assert current.stack[0][1] == switch.__code__.co_firstlineno + 1
+    assert elsewhere.stream.key == (0, 9) and elsewhere.via == "ns.set_stream"
+
+
+@needs_build
+def test_a_switch_logs_streams_are_released_when_overwritten_cleared_or_collected():
+    import gc
+
+    from streamcheck._speedups import SwitchLog
+
+    class Obj:
+        pass
+
+    log = SwitchLog(2)
+    first = Obj()
+    gone = weakref.ref(first)
+    log.append((first,))
+    del first
+    assert gone() is not None  # kept while its record is
+    log.append((Obj(),))
+    log.append((Obj(),))  # overwrites the first
+    assert gone() is None
+    kept = Obj()
+    kept.log = log  # a cycle through the log
+    log.append((kept,))
+    watch = weakref.ref(kept)
+    del kept, log
+    gc.collect()
+    assert watch() is None
