@@ -23,7 +23,9 @@ The correct program must produce zero findings.
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
 variant's ratio: where the audit's cost in this loop comes from, measured, not guessed; and
-the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``).
+the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``) and,
+with the compiled hooks, with the switches kept as tuples (``tuple_switch_log``: what the
+compiled log's slots save in place).
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -63,6 +65,7 @@ from _stats import paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
+from streamcheck.wrappers import speedups
 
 
 class KVSaver(threading.Thread):
@@ -474,6 +477,27 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def tuple_switch_log(run: Callable[[], Any]) -> Any:
+    """``run`` with each new auditor's book keeping its switches in a deque of tuples, which
+    the compiled hook then makes (a 7-tuple and three integers a switch) instead of filling the
+    compiled log's slots: the slots' saving in place. The installer chooses the log with the
+    core (``speedups.use``), so the choice is wrapped for the run."""
+    from streamcheck.core import provenance
+
+    choose = speedups._use_core_parts
+
+    def with_tuples() -> None:
+        choose()
+        provenance.make_switch_log = provenance.deque_log
+
+    speedups._use_core_parts = with_tuples
+    try:
+        return run()
+    finally:
+        speedups._use_core_parts = choose
+        choose()
+
+
 def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], int]],
                    findings: list[str]) -> dict[str, float]:
     """The whole loop audited with less of the audit's state kept: a switch log of 64 entries
@@ -497,6 +521,11 @@ def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], 
         provenance.LOG_LENGTH = kept
     findings += [e.finding.rule_id for e in entries]
     out["short_switch_log"], out["short_switch_log_unaudited_us"] = ratio, bare
+    if speedups.active() is not None:  # the compiled hook making tuples, as before its slots
+        ratio, bare, entries, _ = tuple_switch_log(
+            lambda: audited_vs_not(frozenset(PARTS), "assert"))
+        findings += [e.finding.rule_id for e in entries]
+        out["tuple_switch_log"], out["tuple_switch_log_unaudited_us"] = ratio, bare
     gc.freeze()
     try:
         ratio, bare, entries, _ = audited_vs_not(frozenset(PARTS), "assert")
@@ -529,7 +558,6 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
 
 def cores() -> list[str]:
     """The hooks compared: compiled (where built) and Python."""
-    from streamcheck.wrappers import speedups
 
     return ["compiled", "python"] if speedups.built() else ["python"]
 

@@ -17,21 +17,30 @@ def test_the_state_variants_change_what_they_name_and_restore_it():
     entry = SimpleNamespace(finding=SimpleNamespace(rule_id="unsynced-handoff"))
 
     def audited_vs_not(parts, mode):
-        seen.append((provenance.LOG_LENGTH, gc.get_freeze_count() > frozen, mode, parts))
+        bench.speedups.use("auto")  # as each round's install does, before making the book
+        tuples = provenance.make_switch_log is provenance.deque_log
+        seen.append((provenance.LOG_LENGTH, gc.get_freeze_count() > frozen, tuples, mode,
+                     parts))
         return 1.0 + len(seen) / 100, 100.0, [entry], 0
 
     kept, frozen = provenance.LOG_LENGTH, gc.get_freeze_count()
+    compiled = bench.speedups.active() is not None
     findings: list[str] = []
     out = bench.state_ablation(audited_vs_not, findings)
-    assert out == {"as_shipped_again": 1.01, "as_shipped_again_unaudited_us": 100.0,
-                   "short_switch_log": 1.02, "short_switch_log_unaudited_us": 100.0,
-                   "gc_frozen": 1.03, "gc_frozen_unaudited_us": 100.0}
+    variants = ["as_shipped_again", "short_switch_log", *(["tuple_switch_log"] * compiled),
+                "gc_frozen"]
+    assert out == {key: value for n, name in enumerate(variants, 1) for key, value in
+                   ((name, 1.0 + n / 100), (f"{name}_unaudited_us", 100.0))}
     # the control first, as shipped; then each variant with only its own state changed
-    assert [s[:3] for s in seen] == [(kept, False, "assert"), (64, False, "assert"),
-                                     (kept, True, "assert")]
-    assert all(s[3] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
-    assert findings == ["unsynced-handoff"] * 3  # what a variant finds is not dropped
+    shipped = not compiled  # the shipped log is a deque of tuples only without the build
+    assert [s[:4] for s in seen] == [
+        (kept, False, shipped, "assert"), (64, False, shipped, "assert"),
+        *([(kept, False, True, "assert")] * compiled), (kept, True, shipped, "assert")]
+    assert all(s[4] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
+    assert findings == ["unsynced-handoff"] * len(variants)  # what a variant finds is kept
     assert (provenance.LOG_LENGTH, gc.get_freeze_count()) == (kept, frozen)
+    bench.speedups.use("auto")
+    assert (provenance.make_switch_log is provenance.deque_log) is shipped
 
 
 def test_each_rounds_own_ratio_is_paired_with_its_own_unaudited_run():
