@@ -33,7 +33,7 @@ Cases:
     (each distinct wrong answer is kept, to compare the runs' wrong answers).
     ``soak_serve_off``: the same connector with its audit off and no plugin (the audit's cost).
 ``soak1_serve`` / ``soak1_serve_off`` / ``soak1_serve_none`` / ``ref_tp1``; ``soak1_serve_f32`` /
-``soak1_serve_none_f32`` / ``ref_tp1_f32``
+``soak1_serve_none_f32`` / ``ref_tp1_f32``; ``soak1_serve_sync_f32`` (sync loads)
     The soaks at TP=1, for a one-GPU machine, against a TP=1 reference (``--soak-seconds``
     shortens every soak); float32 to tell numerics from wrong KV. ``--explain-splits``: a
     connector soak's answers that its control never gave are then looked for among the
@@ -600,6 +600,11 @@ CASES.update({f"{name}_f32": {**CASES[name], "ref": "ref_tp1_f32",
                               **({"control": "soak1_serve_none_f32"}
                                  if "control" in CASES[name] else {})}
               for name in ("soak1_serve", "soak1_serve_none")})
+# The float32 soak with sync loads (the setting of the lowest warm TTFT, table G9), under the
+# failure policy they need: the same references and control
+CASES["soak1_serve_sync_f32"] = {
+    **CASES["soak1_serve_f32"], "kv": {"kv_load_failure_policy": "fail"},
+    "extra": {**CASES["soak1_serve_f32"]["extra"], "load": "sync"}}
 # Faults, preemption and a small store (faulty_tp1) under graphs, against a reference run
 # under graphs (both batch-invariant)
 CASES["ref_tp1_graphs"] = under_graphs(CASES["ref_tp1"])
