@@ -6,7 +6,8 @@ What the runs say, and the docs repeat: with sync loads (the load on the engine'
 of the forward, no engine step between the lookup and the forward) the host store's warm TTFT
 is under vLLM's best connector and under recomputing in every call that ran them; the async
 load's forward varies by 2.5 ms between engines of one call, whichever the audit setting;
-faults with preemption and batch-invariant sync loads give no wrong output."""
+faults with preemption and batch-invariant sync loads give no wrong output; a float32 server
+with sync loads under 6 clients gives only answers a server without a connector gives."""
 
 from __future__ import annotations
 
@@ -88,3 +89,31 @@ def test_faults_and_preemption_with_the_wait_before_the_forward_give_no_wrong_ou
     assert engine_check.verdict("faulty_tp1_graphs", wrong, audit, ref) != []
     (engine,) = [row for row in audit["rows"] if row["connector"]]
     assert engine["findings"] == [] and engine["loads"] == 82 and engine["launches"] == 3153
+
+
+def test_a_server_with_sync_loads_gives_only_answers_the_engine_gives_without_a_connector():
+    """``soak1_serve_sync_f32`` (call 10, 90 s, 6 clients, float32): no failed request, every
+    answer that differs from the offline reference is one the server without a connector gave
+    too (its differing answers are the same three prompts'), memory flat after a step."""
+    folder = "ttft_graphs9/c10"
+    result = recorded_result(folder, "soak1_serve_sync_f32")
+    audit = recorded_result(folder, "soak1_serve_sync_f32", "audit")
+    ref = recorded_result("f32_soak", "ref_tp1_f32")
+    control = recorded_result("f32_soak", "soak1_serve_none_f32")
+    assert engine_check.verdict("soak1_serve_sync_f32", result, audit, ref,
+                                control=control) == []
+    assert (result["answers"], len(result["wrong"]), result["error_count"]) == (588, 22, 0)
+    assert {prompt for prompt, _token in result["wrong"]} == {0, 7, 22}
+    assert engine_check.novel_variants(result, control) == []
+    counters = result["counters"]
+    assert counters["vllm:external_prefix_cache_hits_total"] == 58768
+    assert counters["vllm:num_preemptions_total"] == 0
+    (engine,) = [row for row in audit["rows"] if row["connector"]]
+    assert (engine["loads"], engine["findings"]) == (157, [])
+    assert result["rss_growth"]["growth"] <= 1
+    assert [m["gpu_mib"] for m in result["memory"][5:]] == [6599] * 14  # flat from 25 s
+    # an answer no server without a connector gave would fail it
+    novel = {**result, "variants": [[5, [1, 2, 3], 1], *result["variants"]]}
+    assert engine_check.novel_variants(novel, control) == [(5, [1, 2, 3], 1)]
+    assert engine_check.verdict("soak1_serve_sync_f32", novel, audit, ref,
+                                control=control) != []
