@@ -89,6 +89,7 @@ def hooked(name: str) -> tuple[Gate, Callable[[Any], Any]]:
     """An auditor made with the hook's core and switch log, and the ``set_stream`` hook the
     audit installs with that core, around the stand-in."""
     core, log = HOOKS[name]
+    before = "python" if speedups.active() is None else "compiled"
     speedups.use(core)
     try:
         if log is not None:
@@ -96,7 +97,7 @@ def hooked(name: str) -> tuple[Gate, Callable[[Any], Any]]:
         gate = Gate(Auditor(Mode.RECORD))
         return gate, made_current_hook(gate, id, "bench.set_stream")
     finally:
-        speedups.use("auto")  # and the core's own switch log again
+        speedups.use(before)  # and that core's own switch log again
 
 
 def measure(names: list[str], kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:

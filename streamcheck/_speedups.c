@@ -188,32 +188,116 @@ static PyObject *slot_record(SwitchSlot *slot)
                          slot->lasti1, slot->code2, slot->lasti2);
 }
 
-/* The records, oldest first, as list(deque) gives them. */
-static PyObject *switchlog_snapshot(SwitchLog *log)
+static void hold_slot(SwitchSlot *slot)
 {
-    PyObject *out = PyList_New(log->count);
-    if (out == NULL)
-        return NULL;
-    Py_ssize_t first = (log->next - log->count + log->capacity) % log->capacity;
-    for (Py_ssize_t i = 0; i < log->count; i++) {
-        PyObject *record = slot_record(&log->slots[(first + i) % log->capacity]);
-        if (record == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, i, record);
-    }
-    return out;
+    Py_XINCREF(slot->stream);
+    Py_XINCREF(slot->via);
+    Py_XINCREF(slot->code1);
+    Py_XINCREF(slot->code2);
+    Py_XINCREF(slot->whole);
 }
 
+static void release_slots(SwitchSlot *slots, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *drop[5];
+        take_slot(&slots[i], drop);
+        drop_all(drop);
+    }
+}
+
+/* Reading copies the slots first, every field held, allocating no object on the way: making
+ * a record allocates, which on 3.11 can run the collector and a finalizer, which can switch
+ * streams and overwrite the slot being read. Records are then made from the copy. */
+static SwitchSlot *copy_slots(SwitchLog *log, Py_ssize_t from, Py_ssize_t n)
+{
+    SwitchSlot *copy = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(SwitchSlot));
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Py_ssize_t first = (log->next - log->count + log->capacity) % log->capacity;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        copy[i] = log->slots[(first + from + i) % log->capacity];
+        hold_slot(&copy[i]);
+    }
+    return copy;
+}
+
+/* An iterator over a copy of the records, oldest or newest first. */
+typedef struct {
+    PyObject_HEAD
+    SwitchSlot *copy;
+    Py_ssize_t n, done;
+    int newest_first;
+} SwitchLogIter;
+
+static PyTypeObject SwitchLogIterType;
+
+static PyObject *records_of(SwitchLog *log, int newest_first)
+{
+    Py_ssize_t n = log->count;
+    SwitchSlot *copy = copy_slots(log, 0, n);
+    if (copy == NULL)
+        return NULL;
+    SwitchLogIter *it = PyObject_New(SwitchLogIter, &SwitchLogIterType);
+    if (it == NULL) {
+        release_slots(copy, n);
+        PyMem_Free(copy);
+        return NULL;
+    }
+    it->copy = copy;
+    it->n = n;
+    it->done = 0;
+    it->newest_first = newest_first;
+    return (PyObject *)it;
+}
+
+static PyObject *switchlog_iter_next(PyObject *op)
+{
+    SwitchLogIter *it = (SwitchLogIter *)op;
+    if (it->done >= it->n)
+        return NULL;
+    Py_ssize_t i = it->newest_first ? it->n - 1 - it->done : it->done;
+    it->done++;
+    return slot_record(&it->copy[i]);
+}
+
+static void switchlog_iter_dealloc(PyObject *op)
+{
+    SwitchLogIter *it = (SwitchLogIter *)op;
+    SwitchSlot *copy = it->copy;
+    Py_ssize_t n = it->n;
+    it->copy = NULL;
+    it->n = 0;
+    if (copy != NULL) {
+        release_slots(copy, n);
+        PyMem_Free(copy);
+    }
+    PyObject_Free(op);
+}
+
+static PyTypeObject SwitchLogIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.SwitchLogIterator",
+    .tp_basicsize = sizeof(SwitchLogIter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The records of a SwitchLog as they were when iteration began.",
+    .tp_dealloc = switchlog_iter_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = switchlog_iter_next,
+};
+
+/* iter(log): oldest first, as a deque iterates. */
 static PyObject *switchlog_iter(PyObject *op)
 {
-    PyObject *records = switchlog_snapshot((SwitchLog *)op);
-    if (records == NULL)
-        return NULL;
-    PyObject *it = PyObject_GetIter(records);
-    Py_DECREF(records);
-    return it;
+    return records_of((SwitchLog *)op, 0);
+}
+
+/* log.newest_first(): what the book's rules read (they stop at the first match), without
+ * making the records they never reach. */
+static PyObject *switchlog_newest_first(PyObject *op, PyObject *unused)
+{
+    return records_of((SwitchLog *)op, 1);
 }
 
 static Py_ssize_t switchlog_len(PyObject *op)
@@ -229,19 +313,33 @@ static PyObject *switchlog_item(PyObject *op, Py_ssize_t i)
         PyErr_SetString(PyExc_IndexError, "SwitchLog index out of range");
         return NULL;
     }
-    Py_ssize_t first = (log->next - log->count + log->capacity) % log->capacity;
-    return slot_record(&log->slots[(first + i) % log->capacity]);
+    SwitchSlot *copy = copy_slots(log, i, 1);
+    if (copy == NULL)
+        return NULL;
+    PyObject *record = slot_record(copy);
+    release_slots(copy, 1);
+    PyMem_Free(copy);
+    return record;
 }
 
+/* Forget every record. The slots are swapped for empty ones before the old ones' references
+ * are dropped (a stream's deallocation may switch streams: those switches are kept). */
 static int switchlog_clear(PyObject *op)
 {
     SwitchLog *log = (SwitchLog *)op;
-    for (Py_ssize_t i = 0; log->slots != NULL && i < log->capacity; i++) {
-        PyObject *drop[5];
-        take_slot(&log->slots[i], drop);
-        drop_all(drop);
+    if (log->slots == NULL)
+        return 0;
+    SwitchSlot *fresh = PyMem_Calloc((size_t)log->capacity, sizeof(SwitchSlot));
+    if (fresh == NULL) { /* no memory for a fresh ring: empty this one in place */
+        release_slots(log->slots, log->capacity);
+        log->next = log->count = 0;
+        return 0;
     }
+    SwitchSlot *old = log->slots;
+    log->slots = fresh;
     log->next = log->count = 0;
+    release_slots(old, log->capacity);
+    PyMem_Free(old);
     return 0;
 }
 
@@ -271,8 +369,13 @@ static void switchlog_dealloc(PyObject *op)
     PyObject_GC_UnTrack(op);
     if (log->weakrefs != NULL)
         PyObject_ClearWeakRefs(op);
-    switchlog_clear(op);
-    PyMem_Free(log->slots);
+    SwitchSlot *slots = log->slots;
+    log->slots = NULL;
+    log->next = log->count = 0;
+    if (slots != NULL) {
+        release_slots(slots, log->capacity);
+        PyMem_Free(slots);
+    }
     Py_TYPE(op)->tp_free(op);
 }
 
@@ -309,6 +412,8 @@ static PyObject *switchlog_maxlen(PyObject *op, void *closure)
 static PyMethodDef switchlog_methods[] = {
     {"append", switchlog_append, METH_O, "append(record): keep a record whole."},
     {"clear", switchlog_clear_method, METH_NOARGS, "Forget every record."},
+    {"newest_first", switchlog_newest_first, METH_NOARGS,
+     "newest_first(): an iterator over the records, newest first."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1606,7 +1711,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
 {
     if (intern_all() < 0 || PyType_Ready(&SetStreamHookType) < 0 ||
         PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0 ||
-        PyType_Ready(&CreationHookType) < 0 || PyType_Ready(&SwitchLogType) < 0)
+        PyType_Ready(&CreationHookType) < 0 || PyType_Ready(&SwitchLogType) < 0 ||
+        PyType_Ready(&SwitchLogIterType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)

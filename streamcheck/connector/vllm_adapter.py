@@ -172,9 +172,9 @@ class StreamcheckConnector(KVConnectorBase_V1):
         (``wait_for_layer_load``, ``save_kv_layer``), and nothing the KV depends on runs there.
         Saves are queued after the forward (:meth:`wait_for_save`); an async load is reported
         to vLLM, and its request scheduled, only after the host saw it complete; a sync load is
-        queued on the engine's stream ahead of the forward; the forward's wait for completed
-        loads and the declaration of its reads are made in :meth:`start_load_kv`, which vLLM
-        calls before every forward, replayed or not. So vLLM's default graphs stay on."""
+        queued on the engine's stream ahead of the forward; the wait for completed loads and
+        the declaration of their reads are made in :meth:`start_load_kv`, which vLLM calls
+        every step, outside the graphs. So vLLM's default graphs stay on."""
         return False
 
     @property
@@ -295,7 +295,7 @@ class StreamcheckConnector(KVConnectorBase_V1):
         assert self.runtime is not None
         loads = self._meta().loads
         self.timeline.note("start_load_kv", len(loads))
-        self.runtime.wait_for_loads()  # before the forward: the loads reported done so far
+        self.runtime.wait_for_loads()  # the loads completed so far, before any forward reads them
         for plan in loads:
             blocks = dict(zip(plan.block_ids, plan.hashes, strict=True))
             if self.runtime.slab is not None and self.config.sync_loads:
@@ -314,9 +314,10 @@ class StreamcheckConnector(KVConnectorBase_V1):
                 for plane in self._planes})
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Nothing to do per layer: the forward's stream was ordered after every completed
-        load, and its reads declared, once in :meth:`start_load_kv` (vLLM reports a load done,
-        and schedules its request, only after it completed)."""
+        """Nothing to do per layer: the engine's stream is ordered after every completed
+        load, and the reads of its blocks declared, once a step in :meth:`start_load_kv`, a
+        step before any forward reads them (vLLM is told a load is done, and schedules its
+        request, only after it completed)."""
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata: Any,
                       **kwargs: Any) -> None:

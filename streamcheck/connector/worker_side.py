@@ -62,9 +62,10 @@ from streamcheck.wrappers.user_launch import BlockSet
 LOAD_PIECES = 4  # a loaded chunk's copy and scatter overlap in this many pieces
 MAX_IN_FLIGHT = 8  # slab transfers issued to the device and not yet retired
 CHECK_PLANES = 8  # planes of one word layout whose blocks one slab transfer sums at once
-# completed loads (an entry a load, or a plane's chunk without the slab) kept for the next
-# forward's ``wait_for_loads``; vLLM calls it every step, the bound is for a caller that does not
-MAX_LOAD_WAITS = 1024
+# completed loads kept for the next forward's ``wait_for_loads``, this many a plane (an entry
+# a slab load, or a plane's chunk of a load without the slab): vLLM calls it every step, the
+# bound is for a caller that does not, and leaves room for every plane's chunks of many loads
+MAX_LOAD_WAITS_A_PLANE = 64
 
 
 @dataclass
@@ -236,8 +237,9 @@ class ConnectorRuntime:
         self._unread_saves = 0  # saves whose blocks have not been copied out of the KV cache yet
         # (event after a completed load's last write, its planes, the block ids it wrote), for
         # the next forward's wait (``_offer_load_wait``)
+        self._load_waits_kept = MAX_LOAD_WAITS_A_PLANE * max(1, len(self.kv_caches))
         self._loads_done: deque[tuple[Any, tuple[int, ...], list[int]]] = deque(
-            maxlen=MAX_LOAD_WAITS)
+            maxlen=self._load_waits_kept)
         # slab loads issued by the engine thread itself (``load_planes``), retired by ``poll``
         # (and ``shutdown``: the lock makes each retirement happen once, whoever calls)
         self._issued: deque[_InFlight] = deque()
@@ -574,17 +576,20 @@ class ConnectorRuntime:
 
     def wait_for_loads(self) -> None:
         """Order the engine's current stream after every load completed since the last call
-        and declare the reads of their blocks, once, before the forward that reads them (vLLM's
-        ``start_load_kv``). A load is offered here only once the host saw it complete
-        (:meth:`_offer_load_wait`), so the waits cost the device nothing and no layer needs
-        one of its own: done a layer at a time, in vLLM's per-layer ``wait_for_layer_load``,
-        it added host work to every layer of a forward whose length, under piecewise CUDA
-        graphs, the host's per-layer work sets. One stream read, one wait per event, one
-        declaration; with nothing completed, a lock and no stream read."""
+        and declare the reads of their blocks, once a step (vLLM's ``start_load_kv``), before
+        any forward that reads them: a load is offered here only once the host saw it complete
+        (:meth:`_offer_load_wait`) and reported to vLLM, which schedules its request, only
+        after that, so its blocks are read in a later step. (vLLM 0.24 calls ``start_load_kv``
+        before the step's forward, vLLM 0.33 after it unless the step has sync loads: either
+        way the reading forward comes after.) The waits cost the device nothing, so no layer
+        needs one of its own: done a layer at a time, in vLLM's per-layer
+        ``wait_for_layer_load``, it added host work to every layer of a forward whose length,
+        under piecewise CUDA graphs, the host's per-layer work sets. One stream read, one wait
+        per event, one declaration; with nothing completed, a lock and no stream read."""
         if not self.is_cuda:
             return
         with self._lock:
-            loaded, self._loads_done = self._loads_done, deque(maxlen=MAX_LOAD_WAITS)
+            loaded, self._loads_done = self._loads_done, deque(maxlen=self._load_waits_kept)
         if not loaded:
             return
         stream = torch.cuda.current_stream(self.device)
@@ -1014,7 +1019,7 @@ class ConnectorRuntime:
         :meth:`wait_for_loads` orders its stream after it, at no cost on the device (the event
         has completed), and declares the forward's reads of those blocks. Offered only once
         complete: a forward of other requests queued while a load is in flight must not wait
-        for it. The latest :data:`MAX_LOAD_WAITS` are kept."""
+        for it. The latest :data:`MAX_LOAD_WAITS_A_PLANE` a plane of the KV cache are kept."""
         with self._lock:
             self._loads_done.append((done, tuple(planes), ids))
 

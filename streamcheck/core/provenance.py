@@ -44,10 +44,11 @@ def deque_log(capacity: int) -> Any:
 
 
 # What a new book keeps its switches in: anything with ``append``, ``clear``, ``len`` and
-# iteration oldest first, as a bounded deque. streamcheck/wrappers/speedups.py sets the compiled
-# ``SwitchLog`` with the compiled hooks: the set_stream hook writes a switch into its slot with
-# no tuple or integers made, and none freed (what a deque of tuples costs in an engine, with
-# caches cold between switches: scripts/bench_hook_cache.py).
+# iteration oldest first, as a bounded deque (and, optionally, ``newest_first()``).
+# streamcheck/wrappers/speedups.py sets the compiled ``SwitchLog`` with the compiled hooks: the
+# set_stream hook writes a switch into its slot with no tuple or integers made, and none freed
+# (what a deque of tuples costs in an engine, with caches cold between switches:
+# scripts/bench_hook_cache.py).
 make_switch_log: Callable[[int], Any] = deque_log
 
 
@@ -111,7 +112,13 @@ class StreamBook:
     # ---- reading: only for launches that already look wrong -----------------------------
 
     def _records(self) -> Iterator[tuple[Any, ...]]:
-        return reversed(list(self._log))  # newest first; one copy, so writers never wait
+        """Newest first, from one copy taken now, so writers never wait: the compiled log
+        copies its slots and makes a record only when the reader reaches it (the rules stop
+        at their first match); a deque is copied whole."""
+        newest_first = getattr(self._log, "newest_first", None)
+        if newest_first is not None:
+            return newest_first()
+        return reversed(list(self._log))
 
     def origin(self, stream: StreamRef) -> StreamEvent | None:
         """The creation of this stream, if a hook saw it."""

@@ -423,15 +423,17 @@ def test_saves_of_a_group_failed_before_they_are_queued_are_never_issued(monkeyp
 
 def test_the_completed_loads_kept_for_the_next_forwards_wait_are_bounded():
     """A runtime whose caller never calls ``wait_for_loads`` (vLLM calls it every step) keeps
-    the latest :data:`MAX_LOAD_WAITS` completed loads, not all of them."""
-    from streamcheck.connector.worker_side import MAX_LOAD_WAITS
+    the latest :data:`MAX_LOAD_WAITS_A_PLANE` a plane of its KV cache, not all of them."""
+    from streamcheck.connector.worker_side import MAX_LOAD_WAITS_A_PLANE
 
     slab = HostSlab(LAYERS, 16, block_nbytes(), pin_memory=False)
-    rt = ConnectorRuntime(slab, kv_caches(3), "cpu")
+    caches = kv_caches(3)
+    rt = ConnectorRuntime(slab, caches, "cpu")
+    kept = MAX_LOAD_WAITS_A_PLANE * len(caches)
     try:
-        for n in range(MAX_LOAD_WAITS + 5):
+        for n in range(kept + 5):
             rt._offer_load_wait([0, 1], f"event{n}", [n])
         assert [ids for _event, _planes, ids in rt._loads_done] == [
-            [n] for n in range(5, MAX_LOAD_WAITS + 5)]
+            [n] for n in range(5, kept + 5)]
     finally:
         rt.shutdown()

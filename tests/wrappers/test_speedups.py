@@ -742,3 +742,65 @@ def test_a_switch_logs_streams_are_released_when_overwritten_cleared_or_collecte
     del kept, log
     gc.collect()
     assert watch() is None
+
+
+@needs_build
+@pytest.mark.parametrize("read", ["oldest_first", "newest_first", "item", "list"])
+def test_a_read_is_not_spoiled_by_switches_a_collection_makes_meanwhile(read):
+    """Making a record allocates; a collection it starts can run a finalizer that switches
+    streams, overwriting the slots being read and freeing the streams they held. A read
+    returns the records as they were when it began (it copies the slots first)."""
+    import gc
+
+    from streamcheck._speedups import SetStreamHook, SwitchLog
+
+    log = SwitchLog(4)
+    gate = SimpleNamespace(auditor=SimpleNamespace(made_current=log.append))
+    hook = SetStreamHook(gate, lambda stream: None, "ns.set_stream")
+    freed: list[int] = []
+
+    class Owned:  # a stream only the log keeps alive
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __del__(self) -> None:
+            freed.append(self.n)
+
+    class SwitchesWhenCollected:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: freed by the collector, not by its count
+
+        def __del__(self) -> None:
+            for n in range(100, 104):
+                hook(Owned(n))  # fills the log anew
+
+    for n in range(4):
+        hook(Owned(n))
+    gc.collect()
+    threshold = gc.get_threshold()
+    gc.disable()
+    SwitchesWhenCollected()
+    started = {"oldest_first": iter, "newest_first": SwitchLog.newest_first}.get(read)
+    reading = started(log) if started else None  # the copy is taken here
+    gc.set_threshold(1)  # the next allocation collects: the finalizer runs mid-read
+    gc.enable()
+    try:
+        if read == "list":  # list() allocates before it iterates: either state, whole
+            records = list(log)
+            assert [r[0].n for r in records] in ([0, 1, 2, 3], [100, 101, 102, 103])
+            assert not {r[0].n for r in records} & set(freed)
+        elif reading is not None:
+            records = [record for record in reading]
+            assert freed == []  # the streams the read copied stay alive through it
+            if read == "newest_first":
+                records.reverse()
+            assert [r[0].n for r in records] == [0, 1, 2, 3]
+        else:
+            record = log[0]
+            assert record[0].n == 0  # the record read, not the one written meanwhile
+    finally:
+        gc.set_threshold(*threshold)
+    assert [r[0].n for r in log] == [100, 101, 102, 103]  # the finalizer's switches are kept
+    reading = records = record = None
+    gc.collect()
+    assert sorted(freed) == [0, 1, 2, 3]
