@@ -240,7 +240,7 @@ static PyObject *records_of(SwitchLog *log, int newest_first)
     SwitchSlot *copy = copy_slots(log, 0, n);
     if (copy == NULL)
         return NULL;
-    SwitchLogIter *it = PyObject_New(SwitchLogIter, &SwitchLogIterType);
+    SwitchLogIter *it = PyObject_GC_New(SwitchLogIter, &SwitchLogIterType);
     if (it == NULL) {
         release_slots(copy, n);
         PyMem_Free(copy);
@@ -250,14 +250,46 @@ static PyObject *records_of(SwitchLog *log, int newest_first)
     it->n = n;
     it->done = 0;
     it->newest_first = newest_first;
+    PyObject_GC_Track(it);
     return (PyObject *)it;
+}
+
+/* Drop the copy (its references last): when exhausted, cleared by the collector, freed. */
+static int switchlog_iter_clear(PyObject *op)
+{
+    SwitchLogIter *it = (SwitchLogIter *)op;
+    SwitchSlot *copy = it->copy;
+    Py_ssize_t n = it->n;
+    it->copy = NULL;
+    it->n = it->done = 0;
+    if (copy != NULL) {
+        release_slots(copy, n);
+        PyMem_Free(copy);
+    }
+    return 0;
+}
+
+static int switchlog_iter_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SwitchLogIter *it = (SwitchLogIter *)op;
+    for (Py_ssize_t i = 0; it->copy != NULL && i < it->n; i++) {
+        SwitchSlot *slot = &it->copy[i];
+        Py_VISIT(slot->stream);
+        Py_VISIT(slot->via);
+        Py_VISIT(slot->code1);
+        Py_VISIT(slot->code2);
+        Py_VISIT(slot->whole);
+    }
+    return 0;
 }
 
 static PyObject *switchlog_iter_next(PyObject *op)
 {
     SwitchLogIter *it = (SwitchLogIter *)op;
-    if (it->done >= it->n)
+    if (it->copy == NULL || it->done >= it->n) {
+        switchlog_iter_clear(op); /* exhausted: keep no stream alive */
         return NULL;
+    }
     Py_ssize_t i = it->newest_first ? it->n - 1 - it->done : it->done;
     it->done++;
     return slot_record(&it->copy[i]);
@@ -265,24 +297,19 @@ static PyObject *switchlog_iter_next(PyObject *op)
 
 static void switchlog_iter_dealloc(PyObject *op)
 {
-    SwitchLogIter *it = (SwitchLogIter *)op;
-    SwitchSlot *copy = it->copy;
-    Py_ssize_t n = it->n;
-    it->copy = NULL;
-    it->n = 0;
-    if (copy != NULL) {
-        release_slots(copy, n);
-        PyMem_Free(copy);
-    }
-    PyObject_Free(op);
+    PyObject_GC_UnTrack(op);
+    switchlog_iter_clear(op);
+    PyObject_GC_Del(op);
 }
 
 static PyTypeObject SwitchLogIterType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.SwitchLogIterator",
     .tp_basicsize = sizeof(SwitchLogIter),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The records of a SwitchLog as they were when iteration began.",
     .tp_dealloc = switchlog_iter_dealloc,
+    .tp_traverse = switchlog_iter_traverse,
+    .tp_clear = switchlog_iter_clear,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = switchlog_iter_next,
 };
@@ -330,9 +357,12 @@ static int switchlog_clear(PyObject *op)
     if (log->slots == NULL)
         return 0;
     SwitchSlot *fresh = PyMem_Calloc((size_t)log->capacity, sizeof(SwitchSlot));
-    if (fresh == NULL) { /* no memory for a fresh ring: empty this one in place */
-        release_slots(log->slots, log->capacity);
+    if (fresh == NULL) {
+        /* No memory for a fresh ring: empty this one in place, the log empty before any
+         * reference is dropped (a finalizer then reads nothing; a switch it makes may land in
+         * a slot emptied after it, and is lost). */
         log->next = log->count = 0;
+        release_slots(log->slots, log->capacity);
         return 0;
     }
     SwitchSlot *old = log->slots;
