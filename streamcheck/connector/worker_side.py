@@ -9,11 +9,11 @@ It gives a backend (which only moves host blocks) everything else a KV connector
   stream);
 * a save waits on an event the engine records on its compute stream at the handoff
   (``save_layer``), so the copy reads the KV the forward wrote, not a half-written one;
-* a load records an event after its last scatter; once the host saw it complete, the next
-  forward's stream waits on it (``wait_for_loads``, before the forward) and declares its reads
-  of the blocks. Host-slab loads are issued by the
-  engine thread itself on a load stream and retired when the engine polls (``load_planes``):
-  a thread in between only waits for the GIL;
+* a load records an event after its last scatter; once the host saw it complete, the engine's
+  stream waits on it and the reads of its blocks are declared (``wait_for_loads``, once a
+  step, before any forward reads them). Host-slab loads are issued by the engine thread
+  itself on a load stream and retired when the engine polls (``load_planes``): a thread in
+  between only waits for the GIL;
 * scattered blocks are gathered on the device into one contiguous buffer and moved with ONE
   host copy into pinned staging (on H200 one gathered copy runs at ~53 GB/s, 2048 separate
   64 KiB copies at ~9.5 GB/s), then handed to the backend block by block; loads go the other
@@ -1042,7 +1042,7 @@ class ConnectorRuntime:
             if self.is_cuda:
                 failed = set(bad)
                 self._offer_load_wait(planes, issued.done,
-                                       [b for b in issued.ids if b not in failed])
+                                      [b for b in issued.ids if b not in failed])
             self._finish(job, ok=not bad, error=f"{len(bad)} block(s) failed their slot or sum "
                          "check" if bad else "", failed_blocks=bad)
 
