@@ -23,9 +23,10 @@ The correct program must produce zero findings.
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
 variant's ratio: where the audit's cost in this loop comes from, measured, not guessed; and
-the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``) and,
-with the compiled hooks, with the switches kept as tuples (``tuple_switch_log``: what the
-compiled log's slots save in place).
+the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``),
+with the compiled hooks with the switches kept as tuples (``tuple_switch_log``: what the
+compiled log's slots save in place), and with the GIL handed over ten times as often
+(``short_gil_switch``).
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -134,6 +135,7 @@ class GcMeter:
 gc_meter = GcMeter()
 
 PARTS = ("side", "allreduce", "saver", "handoff")
+SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
 def step(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.Stream,
@@ -503,7 +505,11 @@ def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], 
     """The whole loop audited with less of the audit's state kept: a switch log of 64 entries
     (the stream objects its records hold die young, before the collector's older generations
     take them in), and the collector's generations frozen (``gc.freeze()``, both arms: what
-    its passes over every object of the process cost). First the loop as shipped once more
+    its passes over every object of the process cost), and the GIL handed between threads
+    every :data:`SHORT_GIL_SWITCH_S` instead of CPython's 5 ms (``short_gil_switch``, both
+    arms: if the main thread's added time is its waits for the GIL while the connector
+    thread's audited calls hold it, a thread waiting for the GIL gets it sooner and the ratio
+    moves). First the loop as shipped once more
     (``as_shipped_again``), measured as late in the process as the variants: the control
     they are read against, since the main rounds run first and the ratios drift over a run.
     Each with its unaudited median (us)."""
@@ -533,6 +539,14 @@ def state_ablation(audited_vs_not: Callable[..., tuple[float, float, list[Any], 
         gc.unfreeze()
     findings += [e.finding.rule_id for e in entries]
     out["gc_frozen"], out["gc_frozen_unaudited_us"] = ratio, bare
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(SHORT_GIL_SWITCH_S)
+    try:
+        ratio, bare, entries, _ = audited_vs_not(frozenset(PARTS), "assert")
+    finally:
+        sys.setswitchinterval(interval)
+    findings += [e.finding.rule_id for e in entries]
+    out["short_gil_switch"], out["short_gil_switch_unaudited_us"] = ratio, bare
     return out
 
 

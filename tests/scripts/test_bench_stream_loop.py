@@ -4,6 +4,7 @@ runs with exactly the state it names changed, and everything is put back afterwa
 from __future__ import annotations
 
 import gc
+import sys
 from types import SimpleNamespace
 
 from streamcheck.core import provenance
@@ -19,26 +20,28 @@ def test_the_state_variants_change_what_they_name_and_restore_it():
     def audited_vs_not(parts, mode):
         bench.speedups.use("auto")  # as each round's install does, before making the book
         tuples = provenance.make_switch_log is provenance.deque_log
-        seen.append((provenance.LOG_LENGTH, gc.get_freeze_count() > frozen, tuples, mode,
-                     parts))
+        seen.append((provenance.LOG_LENGTH, gc.get_freeze_count() > frozen, tuples,
+                     sys.getswitchinterval() != interval, mode, parts))
         return 1.0 + len(seen) / 100, 100.0, [entry], 0
 
-    kept, frozen = provenance.LOG_LENGTH, gc.get_freeze_count()
+    kept, frozen, interval = provenance.LOG_LENGTH, gc.get_freeze_count(), sys.getswitchinterval()
     compiled = bench.speedups.active() is not None
     findings: list[str] = []
     out = bench.state_ablation(audited_vs_not, findings)
     variants = ["as_shipped_again", "short_switch_log", *(["tuple_switch_log"] * compiled),
-                "gc_frozen"]
+                "gc_frozen", "short_gil_switch"]
     assert out == {key: value for n, name in enumerate(variants, 1) for key, value in
                    ((name, 1.0 + n / 100), (f"{name}_unaudited_us", 100.0))}
     # the control first, as shipped; then each variant with only its own state changed
     shipped = not compiled  # the shipped log is a deque of tuples only without the build
-    assert [s[:4] for s in seen] == [
-        (kept, False, shipped, "assert"), (64, False, shipped, "assert"),
-        *([(kept, False, True, "assert")] * compiled), (kept, True, shipped, "assert")]
-    assert all(s[4] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
+    assert [s[:5] for s in seen] == [
+        (kept, False, shipped, False, "assert"), (64, False, shipped, False, "assert"),
+        *([(kept, False, True, False, "assert")] * compiled),
+        (kept, True, shipped, False, "assert"), (kept, False, shipped, True, "assert")]
+    assert all(s[5] == frozenset(bench.PARTS) for s in seen)  # the whole loop each time
     assert findings == ["unsynced-handoff"] * len(variants)  # what a variant finds is kept
-    assert (provenance.LOG_LENGTH, gc.get_freeze_count()) == (kept, frozen)
+    assert (provenance.LOG_LENGTH, gc.get_freeze_count(), sys.getswitchinterval()) == (
+        kept, frozen, interval)
     bench.speedups.use("auto")
     assert (provenance.make_switch_log is provenance.deque_log) is shipped
 
