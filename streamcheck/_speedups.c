@@ -206,6 +206,28 @@ static void release_slots(SwitchSlot *slots, Py_ssize_t n)
     }
 }
 
+/* Release `n` slots and free their array (NULL: nothing). */
+static void free_slots(SwitchSlot *slots, Py_ssize_t n)
+{
+    if (slots == NULL)
+        return;
+    release_slots(slots, n);
+    PyMem_Free(slots);
+}
+
+/* The collector's visit of `n` slots' references (the log's ring, or a reading's copy). */
+static int visit_slots(SwitchSlot *slots, Py_ssize_t n, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; slots != NULL && i < n; i++) {
+        Py_VISIT(slots[i].stream);
+        Py_VISIT(slots[i].via);
+        Py_VISIT(slots[i].code1);
+        Py_VISIT(slots[i].code2);
+        Py_VISIT(slots[i].whole);
+    }
+    return 0;
+}
+
 /* Reading copies the slots first, every field held, allocating no object on the way: making
  * a record allocates, which on 3.11 can run the collector and a finalizer, which can switch
  * streams and overwrite the slot being read. Records are then made from the copy. */
@@ -242,8 +264,7 @@ static PyObject *records_of(SwitchLog *log, int newest_first)
         return NULL;
     SwitchLogIter *it = PyObject_GC_New(SwitchLogIter, &SwitchLogIterType);
     if (it == NULL) {
-        release_slots(copy, n);
-        PyMem_Free(copy);
+        free_slots(copy, n);
         return NULL;
     }
     it->copy = copy;
@@ -262,25 +283,14 @@ static int switchlog_iter_clear(PyObject *op)
     Py_ssize_t n = it->n;
     it->copy = NULL;
     it->n = it->done = 0;
-    if (copy != NULL) {
-        release_slots(copy, n);
-        PyMem_Free(copy);
-    }
+    free_slots(copy, n);
     return 0;
 }
 
 static int switchlog_iter_traverse(PyObject *op, visitproc visit, void *arg)
 {
     SwitchLogIter *it = (SwitchLogIter *)op;
-    for (Py_ssize_t i = 0; it->copy != NULL && i < it->n; i++) {
-        SwitchSlot *slot = &it->copy[i];
-        Py_VISIT(slot->stream);
-        Py_VISIT(slot->via);
-        Py_VISIT(slot->code1);
-        Py_VISIT(slot->code2);
-        Py_VISIT(slot->whole);
-    }
-    return 0;
+    return visit_slots(it->copy, it->n, visit, arg);
 }
 
 static PyObject *switchlog_iter_next(PyObject *op)
@@ -344,8 +354,7 @@ static PyObject *switchlog_item(PyObject *op, Py_ssize_t i)
     if (copy == NULL)
         return NULL;
     PyObject *record = slot_record(copy);
-    release_slots(copy, 1);
-    PyMem_Free(copy);
+    free_slots(copy, 1);
     return record;
 }
 
@@ -368,8 +377,7 @@ static int switchlog_clear(PyObject *op)
     SwitchSlot *old = log->slots;
     log->slots = fresh;
     log->next = log->count = 0;
-    release_slots(old, log->capacity);
-    PyMem_Free(old);
+    free_slots(old, log->capacity);
     return 0;
 }
 
@@ -382,15 +390,7 @@ static PyObject *switchlog_clear_method(PyObject *op, PyObject *unused)
 static int switchlog_traverse(PyObject *op, visitproc visit, void *arg)
 {
     SwitchLog *log = (SwitchLog *)op;
-    for (Py_ssize_t i = 0; log->slots != NULL && i < log->capacity; i++) {
-        SwitchSlot *slot = &log->slots[i];
-        Py_VISIT(slot->stream);
-        Py_VISIT(slot->via);
-        Py_VISIT(slot->code1);
-        Py_VISIT(slot->code2);
-        Py_VISIT(slot->whole);
-    }
-    return 0;
+    return visit_slots(log->slots, log->capacity, visit, arg);
 }
 
 static void switchlog_dealloc(PyObject *op)
@@ -402,10 +402,7 @@ static void switchlog_dealloc(PyObject *op)
     SwitchSlot *slots = log->slots;
     log->slots = NULL;
     log->next = log->count = 0;
-    if (slots != NULL) {
-        release_slots(slots, log->capacity);
-        PyMem_Free(slots);
-    }
+    free_slots(slots, log->capacity);
     Py_TYPE(op)->tp_free(op);
 }
 
