@@ -140,7 +140,6 @@ class StreamcheckConnector(KVConnectorBase_V1):
         self.block_size = vllm_config.cache_config.block_size
         self.scheduler: SchedulerSide | None = None
         self.runtime: ConnectorRuntime | None = None
-        self._layers: dict[str, list[int]] = {}
         self._group_req: dict[str, str] = {}  # open save group -> its request (worker side)
         self._req_groups: dict[str, set[str]] = {}  # request -> its open save groups
         self._finishing: set[str] = set()  # delayed by the scheduler: report when saved
@@ -237,14 +236,9 @@ class StreamcheckConnector(KVConnectorBase_V1):
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Blocks along dim 0, or (k, v) planes first then blocks (FlashAttention's layout)."""
         planes: list[torch.Tensor] = []
-        for name, kv in kv_caches.items():
-            indices = []
-            parts = [kv[0], kv[1]] if kv.dim() >= 3 and kv.shape[0] == 2 else [kv]
-            for part in parts:
-                indices.append(len(planes))
-                planes.append(part)
-            self._layers[name] = indices
-        self._planes = [plane for indices in self._layers.values() for plane in indices]
+        for kv in kv_caches.values():
+            planes += [kv[0], kv[1]] if kv.dim() >= 3 and kv.shape[0] == 2 else [kv]
+        self._planes = list(range(len(planes)))  # every layer's planes, saved and loaded together
         device = next(iter(kv_caches.values())).device
         if device.type == "cuda":  # on CPU there is no stream to audit
             streamcheck.install(self.config.streamcheck)
