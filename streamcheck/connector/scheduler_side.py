@@ -145,17 +145,31 @@ class SchedulerSide:
                        ) -> tuple[int, bool]:
         """(new tokens loadable beyond ``num_computed``, load asynchronously?).
 
+        The prompt's last token is always computed (its logits give the first output token).
+        When the prompt ends on a block boundary and its last block is stored too, that block
+        is loaded with the others, and the step that follows computes the one last token, not
+        a block's worth: a one-token step, which vLLM runs as a decode (under its default
+        compilation, a full CUDA graph's replay) where a 16-token one runs piecewise, layer by
+        layer from the host. As vLLM's own connectors do: an async load of the whole prompt
+        is reported in full (vLLM's scheduler then takes the last token back to compute it);
+        a sync load's count stops one token short (the scheduler needs a token to schedule).
+        An async load of the last block alone (vLLM's own cache held the rest) is not worth an
+        extra engine step and is not offered; a sync one costs only the block's copy.
+
         Repeatable: vLLM may ask again next step for the same request.
         """
         state = self._request(req_id, prompt)
         state.lookup_computed = num_computed  # where a load planned after this lookup starts
-        usable = (len(prompt) - 1) // self.block_size  # the last token is always computed
+        usable = (len(prompt) - 1) // self.block_size  # blocks wholly before the last token
         hits = 0
         for h in state.hashes[:usable]:
             if h not in self.committed:
                 break
             hits += 1
         new = hits * self.block_size - num_computed
+        if (hits == usable < len(state.hashes) and state.hashes[usable] in self.committed
+                and (new > 0 or self.sync_loads)):  # the block holding the last token too
+            new = len(prompt) - num_computed - (1 if self.sync_loads else 0)
         return (new, not self.sync_loads) if new > 0 else (0, False)
 
     def after_alloc(self, req_id: str, block_ids: list[int], num_external: int) -> None:
@@ -166,7 +180,8 @@ class SchedulerSide:
             return
         state.block_ids = list(block_ids)
         first = state.lookup_computed // self.block_size
-        last = (state.lookup_computed + num_external) // self.block_size
+        end = state.lookup_computed + num_external
+        last = -(-end // self.block_size)  # a sync load of the last block stops a token short
         hashes = state.hashes[first:last]
         plan = LoadPlan(req_id, list(block_ids[first:last]), hashes, first)
         if self.placement is not None:  # held until the workers report this load done
@@ -178,7 +193,10 @@ class SchedulerSide:
             plan.copies = [copy_name(h, self.placement.owner(h)) for h in hashes]
             for i in range(first, last):  # vLLM's copy of these is the store's
                 self._gpu[block_ids[i]] = self.placement.owner(state.hashes[i]) or ""
-        state.loaded_end = last
+        # the block holding the prompt's last token gets that token's KV computed into it by
+        # this request: from then on the GPU block is this request's computation, not the
+        # store's copy (it is tagged so in ``build``), though the store keeps its own copy
+        state.loaded_end = last - 1 if last * self.block_size >= state.prompt_len else last
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         if not self.sync_loads:

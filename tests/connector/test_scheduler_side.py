@@ -54,10 +54,72 @@ def test_matched_tokens_counts_leading_committed_blocks_beyond_computed():
 
 
 def test_a_full_prompt_hit_leaves_the_last_token_to_compute():
-    side = SchedulerSide(BS)
+    """A prompt ending on a block boundary, all stored: every block is loaded and one token
+    is left to compute (a one-token step, not a block's), as vLLM's own connectors do. Async:
+    the whole prompt is reported and vLLM's scheduler takes the last token back itself; sync:
+    the count stops a token short, since the scheduler must have a token to schedule."""
     p = prompt(2, 3 * BS)
+    side = SchedulerSide(BS)
     commit(side, p)
-    assert side.matched_tokens("r", p, 0) == (2 * BS, True)
+    assert side.matched_tokens("r", p, 0) == (3 * BS, True)
+    side.after_alloc("r", [10, 11, 12], 3 * BS)
+    assert side.parked["r"].block_ids == [10, 11, 12]
+    sync = SchedulerSide(BS, sync_loads=True)
+    commit(sync, p)
+    assert sync.matched_tokens("r", p, 0) == (3 * BS - 1, False)
+    sync.after_alloc("r", [10, 11, 12], 3 * BS - 1)
+    assert [plan.block_ids for plan in sync.build([]).loads] == [[10, 11, 12]]
+
+
+def test_the_last_block_alone_is_loaded_only_when_the_load_is_sync():
+    """vLLM's own cache holds all but the last block: an async load of it would cost an
+    engine step more than computing it; a sync load costs the block's copy."""
+    p = prompt(3, 3 * BS)
+    side, sync = SchedulerSide(BS), SchedulerSide(BS, sync_loads=True)
+    commit(side, p)
+    commit(sync, p)
+    assert side.matched_tokens("r", p, 2 * BS) == (0, False)
+    assert sync.matched_tokens("r", p, 2 * BS) == (BS - 1, False)
+    sync.after_alloc("r", [10, 11, 12], BS - 1)
+    assert [(plan.block_ids, plan.first) for plan in sync.build([]).loads] == [([12], 2)]
+
+
+def test_a_prompt_past_a_block_boundary_loads_its_full_blocks_only():
+    p = prompt(4, 3 * BS + 1)
+    for side in (SchedulerSide(BS), SchedulerSide(BS, sync_loads=True)):
+        commit(side, p)
+        assert side.matched_tokens("r", p, 0) == (3 * BS, not side.sync_loads)
+    side = SchedulerSide(BS)
+    hashes = commit(side, p)
+    side.committed.discard(hashes[2])  # the last block of the prompt is not stored
+    assert side.matched_tokens("r", prompt(4, 3 * BS), 0) == (2 * BS, True)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_the_block_a_full_hit_computes_its_last_token_into_is_the_requests_own(sync: bool):
+    """The request computes the prompt's last token into its loaded last block, so that GPU
+    block is no longer the store's copy: a request that gets it from vLLM's cache and goes on
+    past it must not save its later blocks on the store's copy (they were computed on this
+    one); the block itself is not saved again."""
+    side = SchedulerSide(BS, placement=Placement(20), sync_loads=sync)
+    p = prompt(5, 3 * BS)
+    assert len(saved(side, "A", p, [0, 1, 2])) == 3
+    side.finished("A")
+    got, _ = side.matched_tokens("R", p, 0)
+    side.after_alloc("R", [10, 11, 12], got)
+    meta = side.build([("R", [10, 11, 12], True, 3 * BS)])  # the load's step / the forward's
+    assert meta.saves == [] and [plan.block_ids for plan in meta.loads] == [[10, 11, 12]]
+    if not sync:
+        side.on_worker_report({}, {}, (), {"R"})
+        assert side.build([("R", [10, 11, 12], True, 3 * BS)]).saves == []  # the one token
+    longer = p + prompt(6, 2 * BS + 1)
+    side.track("X", longer)
+    side.matched_tokens("X", longer, 3 * BS)  # vLLM's cache gives it R's three blocks
+    assert side.build([("X", [10, 11, 12, 20, 21, 22], True, len(longer))]).saves == []
+    other = p[:2 * BS] + prompt(7, 2 * BS + 1)  # on R's loaded blocks only: saved
+    side.track("Y", other)
+    side.matched_tokens("Y", other, 2 * BS)
+    assert len(side.build([("Y", [10, 11, 30, 31, 32], True, len(other))]).saves) == 1
 
 
 def test_partial_hit_stops_at_the_first_missing_block():

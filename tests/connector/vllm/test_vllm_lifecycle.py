@@ -107,6 +107,19 @@ def test_forwards_replayed_from_full_cuda_graphs_still_save_and_load_bit_exact(
     assert graphs["hit_bit_exact_to_writer"]
 
 
+@pytest.mark.parametrize("backend", [*LOCAL, "host-sync"])
+def test_a_block_aligned_full_hit_loads_every_block_and_computes_one_token(
+        report: dict, backend: str):
+    """The one-token step (vLLM runs it as a decode, from a full CUDA graph under its default
+    compilation) reads all the loaded blocks bit for bit; the next prompt on them goes on."""
+    f = scenario(report, backend, "aligned_full_hit")
+    assert f["first_compute"] == [4 * BLOCK - 1, 1]
+    assert f["bit_exact_to_writer"]
+    assert f["longer_first_compute"] == [4 * BLOCK, BLOCK + 3]
+    assert f["longer_committed"] == 5
+    assert f.get("excused_reads", []) == []
+
+
 def test_an_idle_step_waits_for_its_slab_load_and_reports_it_there(report: dict):
     f = scenario(report, "host", "idle_wait")
     assert f["waits_reported_in_issuing_step"]

@@ -394,6 +394,30 @@ def sync_hit(extra: dict[str, Any]) -> Facts:
     return finish(eng, facts)
 
 
+def aligned_full_hit(extra: dict[str, Any]) -> Facts:
+    """A prompt that ends on a block boundary, every block stored: all its blocks are loaded
+    and one token is computed, into the loaded last block, in a step replayed from a full CUDA
+    graph (no per-layer connector calls, as vLLM runs a one-token step); the request reads
+    the writer's KV bit for bit, and a longer prompt on the same blocks loads and extends it."""
+    eng, facts = Engine(extra, layer_calls=False), {}
+    prompt = tokens(60, 4 * BLOCK)
+    eng.add("A", prompt, max_tokens=3)
+    eng.step()
+    eng.snapshot("A", 4)
+    eng.drain()
+    eng.add("B", prompt, max_tokens=3)
+    eng.run_until(lambda: "B" in eng.first_compute)
+    facts["first_compute"] = eng.first_compute["B"]
+    facts["bit_exact_to_writer"] = eng.same_as_snapshot("B", "A", 4)
+    eng.drain()
+    longer = prompt + tokens(61, BLOCK + 3)
+    eng.add("C", longer, max_tokens=2)
+    eng.drain()
+    facts["longer_first_compute"] = eng.first_compute["C"]
+    facts["longer_committed"] = eng.committed(longer)
+    return finish(eng, facts)
+
+
 def sync_load_failure(extra: dict[str, Any]) -> Facts:
     """A block corrupted or dropped in the slab after the scheduler counted it a hit, under
     the ``fail`` policy that sync loads require: the sync load reports the block invalid in
@@ -465,6 +489,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Facts]] = {
     "shutdown_in_flight": shutdown_in_flight,
     "two_workers": two_workers,
     "capacity_pressure": capacity_pressure,
+    "aligned_full_hit": aligned_full_hit,
 }
 REDIS_SCENARIOS = ("lifecycles", "load_failure", "abort", "two_workers")
 #: With sync loads (the host slab's default) loads never pass the worker thread's gates, so the
@@ -477,6 +502,7 @@ SYNC_SCENARIOS: dict[str, Callable[[dict[str, Any]], Facts]] = {
     "shutdown_in_flight": shutdown_in_flight,
     "two_workers": two_workers,
     "capacity_pressure": capacity_pressure,
+    "aligned_full_hit": aligned_full_hit,
 }
 #: How each backend name of a run is configured.
 MODES: dict[str, dict[str, Any]] = {
