@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamcheck.core import ids
-from streamcheck.core.clocks import HappensBefore
+from streamcheck.core.clocks import Clock, HappensBefore
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.explain import explain_finding
@@ -51,8 +51,10 @@ Access = tuple[tuple[int, int], Blocks]
 
 #: Accesses kept per buffer and kind. A write drops the earlier accesses it covers and a read
 #: the same stream's earlier reads it covers, so a buffer accessed whole keeps one write and
-#: one read per stream; block accesses spread over many blocks keep up to this many, and the
-#: oldest beyond it are forgotten (a hazard against one of those goes unseen).
+#: one read per stream; any access drops those the host has since waited for (they are
+#: ordered before everything queued after the wait). Block accesses spread over many blocks,
+#: none waited for, keep up to this many, and the oldest beyond it are forgotten (a hazard
+#: against one of those goes unseen).
 MAX_ACCESSES = 64
 MAX_THREADS = 4096  # thread records kept for reuse (Auditor.thread_ref)
 
@@ -61,14 +63,25 @@ class StreamHazardWarning(RuntimeWarning):
     """Emitted once per distinct finding in ``warn`` mode."""
 
 
-def _not_covered(accesses: list[Handoff], new: Blocks) -> list[Handoff]:
-    """The ``accesses`` an access to ``new`` does not cover: an access covers an earlier one
-    when it touches every block that one did (``None``: the whole buffer). Inlined here and in
+def _not_covered(accesses: list[Handoff], new: Blocks, done: Clock) -> list[Handoff]:
+    """The ``accesses`` an access to ``new`` does not cover and the host has not waited for
+    (``done``: :meth:`HappensBefore.done_clock`): an access covers an earlier one when it
+    touches every block that one did (``None``: the whole buffer). Inlined here and in
     :meth:`Auditor._keep_access`: a buffer keeps up to :data:`MAX_ACCESSES` accesses, scanned
-    at every declared access."""
+    at every declared access. Dropping the waited-for ones keeps a paged KV cache's lists
+    short: each load and forward touches other blocks, none covering the last, and every
+    engine step waits for its forward (measured: ``scripts/bench_block_accesses.py``)."""
     if new is None:
         return []
-    return [a for a in accesses if a.blocks is None or not a.blocks <= new]
+    return [a for a in accesses if done.get(a.mark.stream, 0) < a.mark.tick
+            and (a.blocks is None or not a.blocks <= new)]
+
+
+def _pending(accesses: Sequence[Handoff], blocks: Blocks, done: Clock) -> tuple[Handoff, ...]:
+    """The ``accesses`` that touch ``blocks`` and that the host has not waited for (``done``):
+    what a new access of those blocks may still race with."""
+    return tuple(a for a in accesses
+                 if done.get(a.mark.stream, 0) < a.mark.tick and overlaps(a.blocks, blocks))
 
 
 class Auditor:
@@ -195,33 +208,35 @@ class Auditor:
             made += [Handoff(key, mark, stream, thread, when, site, "write", blocks)
                      for key, blocks in writes]
         with self._lock:
+            done = self.clocks.done_clock()
             for handoff in made:
                 if handoff.access == "write":
-                    self._keep_access(self._writes, handoff, same_stream=False)
+                    self._keep_access(self._writes, handoff, False, done)
                     reads_now = self._reads.get(handoff.tensor)
                     if reads_now:
-                        reads_now[:] = _not_covered(reads_now, handoff.blocks)
+                        reads_now[:] = _not_covered(reads_now, handoff.blocks, done)
                 else:
-                    self._keep_access(self._reads, handoff, same_stream=True)
+                    self._keep_access(self._reads, handoff, True, done)
         return made
 
     @staticmethod
     def _keep_access(table: dict[tuple[int, int], list[Handoff]], access: Handoff,
-                     same_stream: bool) -> None:
+                     same_stream: bool, done: Clock) -> None:
         """Add ``access`` to its buffer's list, dropping the earlier ones it covers (reads: only
-        the same stream's, which run before it anyway)."""
+        the same stream's, which run before it anyway) and those the host waited for
+        (``done``)."""
         kept = table.setdefault(access.tensor, [])
         if same_stream:  # the stream's key read as fields, not through the property
             device, sid, new = access.stream.device, access.stream.stream_id, access.blocks
             if new is None:
-                kept[:] = [a for a in kept
-                           if a.stream.stream_id != sid or a.stream.device != device]
+                kept[:] = [a for a in kept if done.get(a.mark.stream, 0) < a.mark.tick
+                           and (a.stream.stream_id != sid or a.stream.device != device)]
             else:
-                kept[:] = [a for a in kept
-                           if a.stream.stream_id != sid or a.stream.device != device
-                           or a.blocks is None or not a.blocks <= new]
+                kept[:] = [a for a in kept if done.get(a.mark.stream, 0) < a.mark.tick
+                           and (a.stream.stream_id != sid or a.stream.device != device
+                                or a.blocks is None or not a.blocks <= new)]
         else:
-            kept[:] = _not_covered(kept, access.blocks)
+            kept[:] = _not_covered(kept, access.blocks, done)
         kept.append(access)
         if len(kept) > MAX_ACCESSES:
             del kept[:len(kept) - MAX_ACCESSES]
@@ -282,14 +297,15 @@ class Auditor:
         """The latest writes declared for ``tensor`` that touch ``blocks`` (None: any): what a
         read of them must be ordered after."""
         with self._lock:
-            return tuple(w for w in self._writes.get(tensor, ()) if overlaps(w.blocks, blocks))
+            return _pending(self._writes.get(tensor, ()), blocks, self.clocks.done_clock())
 
     def write_target(self, tensor: tuple[int, int], blocks: Blocks = None) -> WriteTarget:
         """What a write to ``tensor`` (its ``blocks``) must be ordered after: the latest writes
         of those blocks and the reads of them declared since."""
         with self._lock:
-            writes = tuple(w for w in self._writes.get(tensor, ()) if overlaps(w.blocks, blocks))
-            reads = tuple(r for r in self._reads.get(tensor, ()) if overlaps(r.blocks, blocks))
+            done = self.clocks.done_clock()
+            writes = _pending(self._writes.get(tensor, ()), blocks, done)
+            reads = _pending(self._reads.get(tensor, ()), blocks, done)
         return WriteTarget(tensor, writes, reads, blocks)
 
     # ---- slow path ------------------------------------------------------------------------

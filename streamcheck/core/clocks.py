@@ -116,6 +116,12 @@ class HappensBefore:
                         done[key] = tick
             self._done = done
 
+    def done_clock(self) -> Clock:
+        """What the host has waited for (never modified in place: a snapshot). Work behind
+        a mark it covers is ordered before anything queued from now on, on any stream, so a
+        declared access at such a mark can no longer be raced with and need not be kept."""
+        return self._done
+
     def clock_of(self, stream: StreamKey) -> Clock:
         """The stream's clock now (never modified in place: a snapshot)."""
         return self._clocks.get(stream, _EMPTY)

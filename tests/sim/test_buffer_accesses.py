@@ -16,6 +16,7 @@ import streamcheck
 from streamcheck import installer
 from streamcheck.runtime.sim import SimCuda, SimMachine
 from streamcheck.runtime.sim.tensor import SimTensors
+from streamcheck.wrappers.user_launch import tensor_key
 
 
 @pytest.fixture
@@ -235,3 +236,54 @@ def test_a_handoff_names_the_line_that_declared_it(sim):
     assert streamcheck.handoffs([]) == ()
     with pytest.raises(ValueError, match="access must be"):
         streamcheck.handoffs([a], access="readwrite")
+
+
+def _load_then_read(api, kv, load, compute, ids, poll: bool) -> None:
+    """A load of ``ids`` checked on ``load``, then the forward's read of them on ``compute``
+    (ordered after the load by its event); ``poll``: the engine saw the load and its own
+    forward done (the host waited for both), as a serving step does."""
+    ready = api.Event()
+    ready.record(compute)
+    load.wait_event(ready)
+    with streamcheck.launch("kv.load", stream=load, device=0,
+                            writes=[streamcheck.blocks(kv, ids)]):
+        pass
+    done = api.Event()
+    done.record(load)
+    compute.wait_event(done)
+    streamcheck.handoff(streamcheck.blocks(kv, ids), compute, access="read")
+    if poll:
+        load.synchronize()
+        compute.synchronize()
+
+
+def test_accesses_the_host_waited_for_are_not_kept(sim):
+    """Each load and forward touches other blocks, none covering the last: without host waits
+    a block access list grows to its bound; a step's host waits leave only the latest."""
+    auditor, api, tensors = sim
+    compute, load = api.Stream(), api.Stream()
+    kv = tensors.randn(512, 4)
+    key = tensor_key(kv)
+    for step in range(40):
+        _load_then_read(api, kv, load, compute, range(step * 4, step * 4 + 4), poll=True)
+    assert len(auditor._writes[key]) + len(auditor._reads[key]) <= 2
+    for step in range(40, 80):
+        _load_then_read(api, kv, load, compute, range(step * 4, step * 4 + 4), poll=False)
+    assert len(auditor._writes[key]) == len(auditor._reads[key]) == 40
+    assert _rules(auditor) == []
+
+
+def test_an_access_after_the_hosts_wait_is_still_checked(sim):
+    """The host waited for the load stream up to one load; a read declared after that wait is
+    kept, and a write of its blocks on another stream, unordered, is found."""
+    auditor, api, tensors = sim
+    compute, load = api.Stream(), api.Stream()
+    kv = tensors.randn(64, 4)
+    _load_then_read(api, kv, load, compute, [0, 1], poll=True)
+    with api.stream(compute):
+        streamcheck.handoff(streamcheck.blocks(kv, [2, 3]), access="read")
+    load.synchronize()  # the host waits for the load stream, not the compute stream
+    with streamcheck.launch("kv.load", stream=load, device=0,
+                            writes=[streamcheck.blocks(kv, [3, 9])]):
+        pass
+    assert _rules(auditor) == ["write-after-read"]
