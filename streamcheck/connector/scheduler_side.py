@@ -193,10 +193,15 @@ class SchedulerSide:
             plan.copies = [copy_name(h, self.placement.owner(h)) for h in hashes]
             for i in range(first, last):  # vLLM's copy of these is the store's
                 self._gpu[block_ids[i]] = self.placement.owner(state.hashes[i]) or ""
-        # the block holding the prompt's last token gets that token's KV computed into it by
-        # this request: from then on the GPU block is this request's computation, not the
-        # store's copy (it is tagged so in ``build``), though the store keeps its own copy
-        state.loaded_end = last - 1 if last * self.block_size >= state.prompt_len else last
+        # The block holding the prompt's last token gets that token's KV computed into it by
+        # this request in its next forward: from now on the GPU block is this request's
+        # computation, not the store's copy (which the store keeps). Tagged so here, not when
+        # ``build`` reaches the request: another request given the block by vLLM's cache in
+        # the same step may come first in that step's list.
+        state.loaded_end = last
+        if last * self.block_size >= state.prompt_len:
+            state.loaded_end = last - 1
+            self._gpu[block_ids[last - 1]] = f"{req_id}#{state.life}"
         state.saved_blocks = max(state.saved_blocks, last)  # these are in the store already
         self._pending_loads.append(plan)
         if not self.sync_loads:

@@ -122,6 +122,31 @@ def test_the_block_a_full_hit_computes_its_last_token_into_is_the_requests_own(s
     assert len(side.build([("Y", [10, 11, 30, 31, 32], True, len(other))]).saves) == 1
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_a_request_sharing_the_block_in_the_same_step_does_not_save_on_the_stores_copy(sync):
+    """A resumed request loads the whole prompt; a new one, given that last block by vLLM's
+    cache in the same step, comes first in the step's list (new requests are listed before
+    resumed ones): the block is already the resumed request's own computation then."""
+    side = SchedulerSide(BS, placement=Placement(40), sync_loads=sync)
+    p = prompt(8, 3 * BS)
+    assert len(saved(side, "X", p, [0, 1, 2])) == 3
+    side.finished("X")
+    side.track("R", p)
+    side.preempted("R")
+    side.build([])
+    got, _ = side.matched_tokens("R", p, 0)
+    side.after_alloc("R", [10, 11, 12], got)
+    if not sync:
+        side.build([])  # the load's step
+        side.on_worker_report({}, {}, (), {"R"})
+    longer = p + prompt(9, 2 * BS + 1)
+    side.track("Z", longer)
+    side.matched_tokens("Z", longer, 3 * BS)
+    meta = side.build([("Z", [10, 11, 12, 20, 21, 22], True, len(longer)),
+                       ("R", [10, 11, 12], True, 3 * BS)])
+    assert meta.saves == []
+
+
 def test_partial_hit_stops_at_the_first_missing_block():
     side = SchedulerSide(BS)
     p = prompt(3, 5 * BS)
