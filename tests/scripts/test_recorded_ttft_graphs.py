@@ -27,6 +27,16 @@ def ttft(call: str, name: str) -> dict:
     return recorded_result(f"ttft_graphs/{call}", f"ttft_graphs_{name}")
 
 
+def default_graphs_ttft_table(folder: str, calls: dict[str, tuple[str, ...]]
+                              ) -> dict[tuple[str, str], float]:
+    """The warm TTFT of each recorded ``ttft_graphs_<name>`` case of ``folder``/``call``,
+    after checking that every engine ran vLLM's default graphs."""
+    results = {(call, name): recorded_result(f"{folder}/{call}", f"ttft_graphs_{name}")
+               for call, names in calls.items() for name in names}
+    assert {r["cudagraph_mode"] for r in results.values()} == {"FULL_AND_PIECEWISE"}
+    return {key: r["ttft_warm_median_ms"] for key, r in results.items()}
+
+
 def test_the_warm_ttft_table_and_the_graph_mode_each_engine_ran():
     table = {(call, name): (ttft(call, name)["ttft_warm_median_ms"],
                             ttft(call, name)["cudagraph_mode"])
@@ -92,6 +102,28 @@ def checked_faulty_run(folder: str, mode: str, preemptions: int, loads: tuple[in
     (engine,) = [row for row in audit["rows"] if row["connector"]]
     assert engine["findings"] == []
     return engine
+
+
+def checked_f32_soak(folder: str, case: str = "soak1_serve_sync_f32") -> tuple[dict, dict]:
+    """A recorded float32 soak's checks (no failed request; its verdict against the offline
+    reference with the no-connector server as control, which an answer that server never gave
+    fails; every answer that differs from the reference one that server gave, of prompts 0, 7
+    and 22; no finding); returns its result and the connector's engine row of its audit."""
+    result = recorded_result(folder, case)
+    audit = recorded_result(folder, case, "audit")
+    ref = recorded_result("f32_soak", "ref_tp1_f32")
+    control = recorded_result("f32_soak", "soak1_serve_none_f32")
+    assert engine_check.verdict(case, result, audit, ref, control=control) == []
+    assert result["error_count"] == 0
+    assert {prompt for prompt, _token in result["wrong"]} == {0, 7, 22}
+    assert engine_check.novel_variants(result, control) == []
+    (engine,) = [row for row in audit["rows"] if row["connector"]]
+    assert engine["findings"] == []
+    # an answer no server without a connector gave would fail it
+    novel = {**result, "variants": [[5, [1, 2, 3], 1], *result["variants"]]}
+    assert engine_check.novel_variants(novel, control) == [(5, [1, 2, 3], 1)]
+    assert engine_check.verdict(case, novel, audit, ref, control=control) != []
+    return result, engine
 
 
 @pytest.mark.parametrize(("call", "mode", "preemptions", "loads"), [
