@@ -22,7 +22,10 @@ The correct program must produce zero findings.
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
-variant's ratio: where the audit's cost in this loop comes from, measured, not guessed; and
+variant's ratio: where the audit's cost in this loop comes from, measured, not guessed; the
+loop without the step's handoff but with the clocks made live once
+(``without_handoff_clocks_live``: the event hooks' work stays, the handoff and the connector
+thread's checked read go); and
 the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_frozen``),
 with the compiled hooks with the switches kept as tuples (``tuple_switch_log``: what the
 compiled log's slots save in place), and with the GIL handed over ten times as often
@@ -335,6 +338,16 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         findings += [e.finding.rule_id for e in entries]
         ablation[f"without_{left_out}"] = ratio
         ablation[f"without_{left_out}_unaudited_us"] = bare_us
+    if args.ablate:
+        # without the step's handoff, but with the clocks live (one handoff declared after
+        # each install): the event hooks' work on every wait_stream stays, the handoff's
+        # declaration and the connector thread's checked read go; which of the two the
+        # ``without_handoff`` ratio took away
+        ratio, bare_us, entries, _ = audited_vs_not(
+            frozenset(PARTS) - {"handoff"}, "assert", lambda: 0 if streamcheck.handoff(kv) else 1)
+        findings += [e.finding.rule_id for e in entries]
+        ablation["without_handoff_clocks_live"] = ratio
+        ablation["without_handoff_clocks_live_unaudited_us"] = bare_us
     if args.ablate:  # the audit's kept state, not its hooks: is that what slows the rest?
         ablation.update(state_ablation(audited_vs_not, findings))
     def phase_table(with_saver: bool) -> dict[str, dict[str, float]]:
