@@ -339,16 +339,19 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         ablation[f"without_{left_out}"] = ratio
         ablation[f"without_{left_out}_unaudited_us"] = bare_us
     if args.ablate:
-        # without the step's handoff, but with the clocks live (one handoff declared after
-        # each install): the event hooks' work on every wait_stream stays, the handoff's
-        # declaration and the connector thread's checked read go; which of the two the
-        # ``without_handoff`` ratio took away
+        def clocks_live() -> int:
+            """One handoff after each install: the clocks (and the event hooks' work on every
+            wait_stream) live without the step's handoff and the connector's checked read,
+            which of the two ``without_handoff`` took away."""
+            streamcheck.handoff(kv)
+            return 0
+
         ratio, bare_us, entries, _ = audited_vs_not(
-            frozenset(PARTS) - {"handoff"}, "assert", lambda: 0 if streamcheck.handoff(kv) else 1)
+            frozenset(PARTS) - {"handoff"}, "assert", clocks_live)
         findings += [e.finding.rule_id for e in entries]
         ablation["without_handoff_clocks_live"] = ratio
         ablation["without_handoff_clocks_live_unaudited_us"] = bare_us
-    if args.ablate:  # the audit's kept state, not its hooks: is that what slows the rest?
+        # the audit's kept state, not its hooks: is that what slows the rest?
         ablation.update(state_ablation(audited_vs_not, findings))
     def phase_table(with_saver: bool) -> dict[str, dict[str, float]]:
         """``--phases``: us per iteration in each part of a step, unaudited and audited."""
@@ -585,7 +588,6 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
 
 def cores() -> list[str]:
     """The hooks compared: compiled (where built) and Python."""
-
     return ["compiled", "python"] if speedups.built() else ["python"]
 
 

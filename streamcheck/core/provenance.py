@@ -9,9 +9,9 @@ times per step, so recording a switch must cost what the decision needs and noth
 small tuple appended to a bounded log and one per-thread slot update, with the stream object,
 the thread ident and the code objects and line numbers of the two calling frames (with the
 compiled hooks, written into a ring of plain slots without making the tuple: see
-:data:`make_switch_log`). Thread names,
-roles, file names and full :class:`StreamEvent` records are made only when a rule asks, which
-happens only for a launch that already looks wrong.
+:data:`make_switch_log`). Thread names, roles, file names and full :class:`StreamEvent`
+records are made only when a rule asks, which happens only for a launch that already looks
+wrong.
 
 Runtimes reuse stream ids (PyTorch's pool hands out 32 per device and priority, round robin):
 a creation starts a new life for its id, and a query never looks past the latest creation.
