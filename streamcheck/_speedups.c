@@ -18,9 +18,11 @@
  *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
  *       a communicator method: lets a launch through on the common paths (see
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
- *   CreationHook(impl, created)
+ *   CreationHook(impl, created[, gate, via, home, threads])
  *       torch.cuda.Stream.__new__: a wrap of an existing stream (a `stream_id` given) goes
- *       straight to `impl`; a creation also calls `created(stream, args, kwargs)`.
+ *       straight to `impl`; a plain creation on the engine's device is recorded in the
+ *       auditor's book here (see creation_vectorcall), any other one calls
+ *       `created(stream, args, kwargs)`.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after[, current])
  *       Event.record, Event.wait and torch.distributed functions: the plain call goes
  *       straight to the original, every other one to the Python hook (see
@@ -32,6 +34,7 @@
 #include <Python.h>
 #include <pythread.h>
 #include <structmember.h>
+#include <time.h>
 
 #if PY_VERSION_HEX < 0x030B0000
 #error "streamcheck._speedups needs CPython 3.11 or newer (PyFrame_GetLasti)"
@@ -56,6 +59,10 @@ static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s
 #define STREAM_CLOCKS_NAME "_clocks"
 #define CLOCK_ATTR_NAME "_streamcheck_clock"
 static PyObject *empty_clock;
+static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_thread_name,
+    *s_created_kind;
+
+static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's walk */
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -1540,14 +1547,144 @@ static PyTypeObject GuardedCallType = {
 /*
  * torch.cuda.Stream.__new__ (as a staticmethod): `impl(cls, ...)` makes the stream; a call
  * that names a `stream_id` wraps an existing stream (torch.cuda.current_stream() taken before
- * the audit, ExternalStream) and is not a creation, so it ends there; any other call then
- * tells `created(stream, args, kwargs)`, the Python hook's own recording.
+ * the audit, ExternalStream) and is not a creation, so it ends there.
+ *
+ * A creation that names nothing (`torch.cuda.Stream()`, `Stream(priority=-1)`: the thread's
+ * current device), on the device of the process's engine (`home.device`, a plain attribute;
+ * None: nothing to check) or with no home, is recorded here, in the book's own form: the
+ * record (stream, thread ident, via, site, time, thread name, "created") appended to its log
+ * (`book.record_switch`) and kept under the stream's (device, stream id) in `book._created`,
+ * which makes the StreamEvent only when a finding asks for the stream's origin
+ * (streamcheck/core/provenance.py). The site is the creating frames as capture_site keeps
+ * them (12). The thread's name is the Thread's `_name` from `threads` (threading._active),
+ * None for a thread Python does not know (the book names it when asked).
+ *
+ * Every other creation (a device named, a stream off the engine's device, no auditor's book
+ * shaped so) calls `created(stream, args, kwargs)`, the Python hook, which applies the rules.
  */
+#define CREATION_SITE_DEPTH 12
+
 typedef struct {
     PyObject_HEAD
-    PyObject *impl, *created, *dict, *weakrefs;
+    PyObject *impl, *created, *gate, *via, *home, *threads, *dict, *weakrefs;
     vectorcallfunc vectorcall;
 } CreationHook;
+
+/* Whether a Stream() call's arguments name nothing but a priority: the stream takes the
+ * thread's current device. */
+static int names_nothing(Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs > 1) /* args[0] is the class; a positional argument is the device */
+        return 0;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++)
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "priority") != 0)
+            return 0;
+    return 1;
+}
+
+/* The calling thread's name as threading keeps it, a new reference; None where threading
+ * has no Thread for it. */
+static PyObject *thread_name(CreationHook *self, PyObject *ident)
+{
+    PyObject *thread = PyDict_Check(self->threads) ? PyDict_GetItemWithError(self->threads,
+                                                                             ident)
+                                                   : NULL;
+    if (thread == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return Py_NewRef(Py_None);
+    }
+    PyObject *name;
+    int found = lookup_optional_attr(thread, s_thread_name, &name);
+    if (found < 0)
+        return NULL;
+    return found ? name : Py_NewRef(Py_None);
+}
+
+/* The creation recorded in the book of `auditor`: 1 done, 0 not here (the Python hook
+ * records it), -1 error. */
+static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stream)
+{
+    int done = -1;
+    PyObject *book = NULL, *table = NULL, *append = NULL, *device = NULL, *sid = NULL;
+    PyObject *key = NULL, *ident = NULL, *site = NULL, *when = NULL, *name = NULL;
+    PyObject *record = NULL, *result = NULL;
+    device = PyObject_GetAttr(stream, s_device_index);
+    if (device == NULL)
+        goto end;
+    if (self->home != Py_None) {
+        PyObject *home = PyObject_GetAttr(self->home, s_device);
+        if (home == NULL)
+            goto end;
+        int same = home == Py_None ? 1 : same_long(device, home);
+        Py_DECREF(home);
+        if (same != 1) {
+            done = same;
+            goto end;
+        }
+    }
+    book = PyObject_GetAttr(auditor, s_book);
+    if (book == NULL)
+        goto end;
+    if (lookup_optional_attr(book, s_created_table, &table) < 0 ||
+        lookup_optional_attr(book, s_record_switch, &append) < 0)
+        goto end;
+    if (table == NULL || !PyDict_CheckExact(table) || append == NULL) {
+        done = 0;
+        goto end;
+    }
+    sid = PyObject_GetAttr(stream, s_stream_id);
+    key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
+    ident = key == NULL ? NULL : PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    site = ident == NULL ? NULL : site_of(0, CREATION_SITE_DEPTH);
+    struct timespec now;
+    if (site == NULL || clock_gettime(CLOCK_REALTIME, &now) != 0)
+        goto end;
+    when = PyFloat_FromDouble((double)now.tv_sec + now.tv_nsec * 1e-9);
+    name = when == NULL ? NULL : thread_name(self, ident);
+    record = name == NULL ? NULL
+                          : PyTuple_Pack(7, stream, ident, self->via, site, when, name,
+                                         s_created_kind);
+    if (record == NULL || PyDict_SetItem(table, key, record) < 0)
+        goto end;
+    result = PyObject_CallOneArg(append, record);
+    done = result == NULL ? -1 : 1;
+end:
+    Py_XDECREF(book);
+    Py_XDECREF(table);
+    Py_XDECREF(append);
+    Py_XDECREF(device);
+    Py_XDECREF(sid);
+    Py_XDECREF(key);
+    Py_XDECREF(ident);
+    Py_XDECREF(site);
+    Py_XDECREF(when);
+    Py_XDECREF(name);
+    Py_XDECREF(record);
+    Py_XDECREF(result);
+    return done;
+}
+
+/* created(stream, args, kwargs): the Python hook, with the call's arguments after the class. */
+static PyObject *tell_created(CreationHook *self, PyObject *stream, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *given = PyTuple_New(nargs > 1 ? nargs - 1 : 0);
+    PyObject *kwargs = given == NULL ? NULL : PyDict_New();
+    int ok = kwargs != NULL;
+    for (Py_ssize_t i = 1; ok && i < nargs; i++)
+        PyTuple_SET_ITEM(given, i - 1, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; ok && i < nkw; i++)
+        ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
+    PyObject *done = ok ? PyObject_CallFunctionObjArgs(self->created, stream, given, kwargs,
+                                                       NULL)
+                        : NULL;
+    Py_XDECREF(given);
+    Py_XDECREF(kwargs);
+    return done;
+}
 
 static PyObject *creation_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                      PyObject *kwnames)
@@ -1563,40 +1700,52 @@ static PyObject *creation_vectorcall(PyObject *op, PyObject *const *args, size_t
         if (named)
             return stream; /* a wrap of an existing stream */
     }
-    PyObject *given = PyTuple_New(nargs > 1 ? nargs - 1 : 0);
-    PyObject *kwargs = given == NULL ? NULL : PyDict_New();
-    int ok = kwargs != NULL;
-    for (Py_ssize_t i = 1; ok && i < nargs; i++)
-        PyTuple_SET_ITEM(given, i - 1, Py_NewRef(args[i]));
-    for (Py_ssize_t i = 0; ok && i < nkw; i++)
-        ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
-    PyObject *done = ok ? PyObject_CallFunctionObjArgs(self->created, stream, given, kwargs,
-                                                       NULL)
-                        : NULL;
-    Py_XDECREF(given);
-    Py_XDECREF(kwargs);
-    if (done == NULL) {
-        Py_DECREF(stream);
-        return NULL;
+    int recorded = 0;
+    if (self->gate != Py_None && names_nothing(nargs, kwnames)) {
+        PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+        if (auditor == NULL)
+            goto fail;
+        if (auditor == Py_None) {
+            Py_DECREF(auditor);
+            return stream;
+        }
+        recorded = record_creation(self, auditor, stream);
+        Py_DECREF(auditor);
+        if (recorded < 0)
+            goto fail;
     }
-    Py_DECREF(done);
+    if (!recorded) {
+        PyObject *done = tell_created(self, stream, args, nargs, kwnames);
+        if (done == NULL)
+            goto fail;
+        Py_DECREF(done);
+    }
     return stream;
+fail:
+    Py_DECREF(stream);
+    return NULL;
 }
 
 static PyObject *creation_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *impl, *created;
+    PyObject *impl, *created, *gate = Py_None, *via = Py_None, *home = Py_None,
+                              *threads = Py_None;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "CreationHook takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO:CreationHook", &impl, &created))
+    if (!PyArg_ParseTuple(args, "OO|OOOO:CreationHook", &impl, &created, &gate, &via, &home,
+                          &threads))
         return NULL;
     CreationHook *self = (CreationHook *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->impl = Py_NewRef(impl);
     self->created = Py_NewRef(created);
+    self->gate = Py_NewRef(gate);
+    self->via = Py_NewRef(via);
+    self->home = Py_NewRef(home);
+    self->threads = Py_NewRef(threads);
     self->dict = NULL;
     self->vectorcall = creation_vectorcall;
     return (PyObject *)self;
@@ -1633,7 +1782,10 @@ static int intern_all(void)
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
                  {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"},
                  {&s_clocks, CLOCKS_NAME}, {&s_stream_clocks, STREAM_CLOCKS_NAME},
-                 {&s_clock_attr, CLOCK_ATTR_NAME}};
+                 {&s_clock_attr, CLOCK_ATTR_NAME}, {&s_book, "book"},
+                 {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
+                 {&s_device, "device"}, {&s_thread_name, "_name"},
+                 {&s_created_kind, "created"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
@@ -1684,6 +1836,16 @@ static PyObject *capture_site(PyObject *module, PyObject *const *args, size_t na
                      MAX_SITE_DEPTH);
         return NULL;
     }
+    return site_of(skip, depth);
+usage:
+    PyErr_SetString(PyExc_TypeError, "capture_site(skip=1, depth=4)");
+    return NULL;
+}
+
+/* The site tuple of up to `depth` frames, starting `skip` frames above the running Python
+ * frame (0 <= depth <= MAX_SITE_DEPTH). */
+static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
+{
     PyFrameObject *frame = PyEval_GetFrame(); /* borrowed: the caller */
     Py_XINCREF(frame);
     for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
@@ -1715,9 +1877,6 @@ fail:
     Py_XDECREF(frame);
     for (Py_ssize_t i = 0; i < count; i++)
         Py_DECREF(items[i]);
-    return NULL;
-usage:
-    PyErr_SetString(PyExc_TypeError, "capture_site(skip=1, depth=4)");
     return NULL;
 }
 

@@ -87,7 +87,10 @@ class StreamBook:
         self._lock = threading.Lock()
         self._log = make_switch_log(LOG_LENGTH)
         self.record_switch = self._log.append
-        self._created: dict[tuple[int, int], StreamEvent] = {}
+        # a creation as a StreamEvent (the Python hook, a test) or as the compiled hook's
+        # record (stream, ident, via, site, time, thread name, CREATED), made an event by
+        # origin()
+        self._created: dict[tuple[int, int], StreamEvent | tuple[Any, ...]] = {}
         # the latest set_device of each thread: (device, where, time); the current device is
         # per thread in CUDA, and a wrong one explains a stream or event on the wrong device
         self._device_set: dict[int, tuple[int, Stack, float]] = {}
@@ -124,6 +127,8 @@ class StreamBook:
         """The creation of this stream, if a hook saw it."""
         with self._lock:
             event = self._created.get(stream.key)
+        if isinstance(event, tuple):
+            return _event(event, self._role_of)
         # a hook keeps the creating frames as a cheap site; a report wants them as a stack
         return None if event is None else replace(event, stack=frames_of(event.stack))
 
@@ -171,7 +176,8 @@ def _event(record: tuple[Any, ...], role_of: Callable[[int], str]) -> StreamEven
         thread = threading._active.get(ident)  # type: ignore[attr-defined]
         name = thread.name if thread is not None else f"thread {ident:#x} (ended)"
     return StreamEvent(
-        kind="made-current", stream=StreamRef(device, stream_id, handle),
+        kind=CREATED if _is_creation(record) else "made-current",
+        stream=StreamRef(device, stream_id, handle),
         thread=ThreadRef(ident, name, role_of(ident)), time=when,
         stack=site_stack(record), via=via,
     )

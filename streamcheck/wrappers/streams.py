@@ -28,18 +28,18 @@ class DeviceHome:
     through that namespace (one ``torch.cuda``; one simulated rank's namespace). A stream a
     helper thread creates on its current device is checked against it. Once engine threads
     have chosen two different devices (several engines in one process, an engine that moves)
-    no single device is "the engine's": :attr:`device` is then None and nothing is checked."""
+    no single device is "the engine's": :attr:`device` is then None and nothing is checked.
+    :attr:`device` is a plain attribute, kept in step by :meth:`chosen`: the compiled creation
+    hook reads it at every ``Stream()``."""
 
     def __init__(self, device: int | None = None) -> None:
         self._seen: set[int] = set() if device is None else {device}
-
-    @property
-    def device(self) -> int | None:
-        return next(iter(self._seen)) if len(self._seen) == 1 else None
+        self.device: int | None = device
 
     def chosen(self, device: int) -> None:
         """An engine thread made ``device`` its current device."""
         self._seen.add(device)
+        self.device = next(iter(self._seen)) if len(self._seen) == 1 else None
 
 
 def names_a_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -139,8 +139,12 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
 
         compiled = speedups.active()
         # the same in C: a wrap (torch's own current_stream() taken before the audit started,
-        # which some kernels' modules import by name) then costs no Python frame
-        hook = compiled.CreationHook(impl, created) if compiled is not None else __new__
+        # which some kernels' modules import by name) then costs no Python frame, and a plain
+        # creation on the engine's device is recorded there, in the book's own form, with no
+        # StreamEvent made until a finding asks for the stream's origin
+        hook = (compiled.CreationHook(impl, created, gate, via, home,
+                                      threading._active)  # type: ignore[attr-defined]
+                if compiled is not None else __new__)
         registry.patch(stream_class, "__new__", lambda _current: staticmethod(hook))
         return
 

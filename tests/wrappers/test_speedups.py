@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from streamcheck.wrappers import speedups
 from streamcheck.wrappers.events import hook_event_record, hook_event_wait
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.state import ROLES
-from streamcheck.wrappers.streams import hook_stream_creation, made_current_hook
+from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
 from tests.core.fakes import in_thread, made_current
 
@@ -433,6 +434,84 @@ def test_a_stream_creation_is_recorded_the_same_by_both_hooks(core):
                     if text.rstrip().endswith("# CREATION_LINE") and "next(" not in text)
         assert origin.stack[0][:2] == (__file__, line)
         assert aud.book.origin(StreamRef(0, 7)) is None
+    finally:
+        registry.restore(TorchLikeStream, ("__new__",))
+
+
+PLAIN_CREATION_LINE = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+                           if text.rstrip().endswith("# PLAIN_CREATION") and "next(" not in text)
+
+
+def plain_creation(home=None):
+    """``TorchLikeStream()`` (and with a priority) under the audit: the origin each records."""
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda", home)
+    try:
+        made = TorchLikeStream()  # PLAIN_CREATION
+        urgent = TorchLikeStream(priority=-1)
+        return aud, [aud.book.origin(StreamRef(0, s.stream_id)) for s in (made, urgent)]
+    finally:
+        registry.restore(TorchLikeStream, ("__new__",))
+        installer.uninstall()
+
+
+def test_a_plain_creation_gives_the_same_origin_from_both_hooks(monkeypatch):
+    """``Stream()`` and ``Stream(priority=...)`` on the engine's device: the compiled hook
+    records them itself (no StreamEvent, no Python frame), the origin a finding gets is the
+    Python hook's: stream, creating line, thread name and role, via."""
+    origins = {}
+    for core in ("python", "compiled") if speedups.built() else ("python",):
+        monkeypatch.setenv("STREAMCHECK_CORE", core)
+        before = time.time()
+        aud, origins[core] = plain_creation(DeviceHome(0))
+        for origin in origins[core]:
+            assert origin is not None and origin.kind == "created"
+            assert origin.via == "torch.cuda.Stream()"
+            assert origin.stream.handle == 0x7F00 + origin.stream.stream_id
+            assert origin.thread == aud.thread_ref(threading.get_ident())
+            assert before <= origin.time <= time.time()
+        assert origins[core][0].stack[0][:2] == (__file__, PLAIN_CREATION_LINE)
+        assert aud.findings() == []
+        # the compiled hook kept its own records (made events only when asked), no StreamEvent
+        kept = {type(v).__name__ for v in aud.book._created.values()}
+        assert kept == ({"tuple"} if core == "compiled" else {"StreamEvent"})
+    speedups.use("auto")
+    if "compiled" in origins:
+        stacks = [[o.stack[:2] for o in origins[core]] for core in ("python", "compiled")]
+        assert stacks[0] == stacks[1]
+        assert [replace(o, stack=(), time=0.0, stream=None) for o in origins["python"]
+                ] == [replace(o, stack=(), time=0.0, stream=None) for o in origins["compiled"]]
+
+
+def test_a_plain_creation_off_the_engines_device_is_still_judged(core):
+    """A helper thread's ``Stream()`` landing off the engine's device: the compiled hook hands
+    it to the Python one, which applies the rules (``stream-on-unbound-device``); the engine's
+    own creations there, and any creation with no audit running, are not findings."""
+    home = DeviceHome(1)
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda", home)
+    try:
+        TorchLikeStream()  # the main thread is the engine: its stream is its own business
+        made, _ = in_thread(TorchLikeStream)
+        assert [f.rule_id for f in aud.findings()] == ["stream-on-unbound-device"]
+        assert aud.book.origin(StreamRef(0, made.stream_id)).thread.name == "helper"
+        installer._gate.auditor = None
+        gone = TorchLikeStream()
+        assert aud.book.origin(StreamRef(0, gone.stream_id)) is None
+    finally:
+        registry.restore(TorchLikeStream, ("__new__",))
+
+
+def test_the_compiled_creation_names_a_thread_from_its_record_even_after_it_ended(core):
+    """The name is taken when the stream is made, as the Python hook's ThreadRef is."""
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda", None)
+    try:
+        made, _ = in_thread(TorchLikeStream, name="kv-saver")
+        assert aud.book.origin(StreamRef(0, made.stream_id)).thread.name == "kv-saver"
     finally:
         registry.restore(TorchLikeStream, ("__new__",))
 
