@@ -45,7 +45,7 @@ def test_async_loads_with_assert_on_are_under_the_peer_in_every_run():
 
 
 def test_the_loads_issue_costs_the_same_with_and_without_the_audit():
-    """Each worker's median time to issue a load: within 0.2 ms of the unaudited run's, where
+    """Each worker's mean time to issue a load: within 0.2 ms of the unaudited run's, where
     the tenth session measured the audited issue 0.97 and 1.53 ms longer. The audited issue
     itself: 3.55 / 3.77 ms then, 3.25 / 3.01 in call 5, 2.18 / 2.26 in call 8."""
     for call, own in PEER_AND_OFF.items():
