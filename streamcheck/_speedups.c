@@ -34,7 +34,6 @@
 #include <Python.h>
 #include <pythread.h>
 #include <structmember.h>
-#include <time.h>
 
 #if PY_VERSION_HEX < 0x030B0000
 #error "streamcheck._speedups needs CPython 3.11 or newer (PyFrame_GetLasti)"
@@ -1556,11 +1555,14 @@ static PyTypeObject GuardedCallType = {
  * (`book.record_switch`) and kept under the stream's (device, stream id) in `book._created`,
  * which makes the StreamEvent only when a finding asks for the stream's origin
  * (streamcheck/core/provenance.py). The site is the creating frames as capture_site keeps
- * them (12). The thread's name is the Thread's `_name` from `threads` (threading._active),
- * None for a thread Python does not know (the book names it when asked).
+ * them (12). The thread's name is the Thread's `_name` from `threads` (threading._active);
+ * a thread `threading` does not know (started from C++ or with _thread) goes to the Python
+ * hook, whose threading.current_thread() names it as it always did. This writes what
+ * Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py and
+ * provenance.py point back here): a change to either is a change here too.
  *
- * Every other creation (a device named, a stream off the engine's device, no auditor's book
- * shaped so) calls `created(stream, args, kwargs)`, the Python hook, which applies the rules.
+ * Every other creation (a device named, a stream off the engine's device, an unknown thread,
+ * no auditor's book shaped so) calls `created(stream, args, kwargs)`, the Python hook, which applies the rules.
  */
 #define CREATION_SITE_DEPTH 12
 
@@ -1583,23 +1585,34 @@ static int names_nothing(Py_ssize_t nargs, PyObject *kwnames)
     return 1;
 }
 
-/* The calling thread's name as threading keeps it, a new reference; None where threading
- * has no Thread for it. */
-static PyObject *thread_name(CreationHook *self, PyObject *ident)
+/* The calling thread's name as threading keeps it (*name, a new reference): 1; 0 where
+ * threading has no Thread with a name for it (a thread started outside `threading`: the
+ * Python hook's threading.current_thread() names it), -1 error. */
+static int thread_name(CreationHook *self, PyObject *ident, PyObject **name)
 {
-    PyObject *thread = PyDict_Check(self->threads) ? PyDict_GetItemWithError(self->threads,
-                                                                             ident)
-                                                   : NULL;
-    if (thread == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        return Py_NewRef(Py_None);
-    }
-    PyObject *name;
-    int found = lookup_optional_attr(thread, s_thread_name, &name);
-    if (found < 0)
+    *name = NULL;
+    if (!PyDict_Check(self->threads))
+        return 0;
+    PyObject *thread = PyDict_GetItemWithError(self->threads, ident);
+    if (thread == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(thread); /* borrowed from the dict: held across the attribute lookup */
+    int found = lookup_optional_attr(thread, s_thread_name, name);
+    Py_DECREF(thread);
+    return found;
+}
+
+/* time.time() as a float, NULL + error. */
+static PyObject *wall_time(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t now;
+    if (PyTime_Time(&now) < 0)
         return NULL;
-    return found ? name : Py_NewRef(Py_None);
+    return PyFloat_FromDouble(PyTime_AsSecondsDouble(now));
+#else
+    return PyFloat_FromDouble(_PyTime_AsSecondsDouble(_PyTime_GetSystemClock()));
+#endif
 }
 
 /* The creation recorded in the book of `auditor`: 1 done, 0 not here (the Python hook
@@ -1624,9 +1637,12 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
             goto end;
         }
     }
-    book = PyObject_GetAttr(auditor, s_book);
-    if (book == NULL)
+    if (lookup_optional_attr(auditor, s_book, &book) < 0)
         goto end;
+    if (book == NULL) {
+        done = 0;
+        goto end;
+    }
     if (lookup_optional_attr(book, s_created_table, &table) < 0 ||
         lookup_optional_attr(book, s_record_switch, &append) < 0)
         goto end;
@@ -1634,16 +1650,19 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
         done = 0;
         goto end;
     }
+    ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (ident == NULL)
+        goto end;
+    int named = thread_name(self, ident, &name);
+    if (named <= 0) {
+        done = named;
+        goto end;
+    }
     sid = PyObject_GetAttr(stream, s_stream_id);
     key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
-    ident = key == NULL ? NULL : PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    site = ident == NULL ? NULL : site_of(0, CREATION_SITE_DEPTH);
-    struct timespec now;
-    if (site == NULL || clock_gettime(CLOCK_REALTIME, &now) != 0)
-        goto end;
-    when = PyFloat_FromDouble((double)now.tv_sec + now.tv_nsec * 1e-9);
-    name = when == NULL ? NULL : thread_name(self, ident);
-    record = name == NULL ? NULL
+    site = key == NULL ? NULL : site_of(0, CREATION_SITE_DEPTH);
+    when = site == NULL ? NULL : wall_time();
+    record = when == NULL ? NULL
                           : PyTuple_Pack(7, stream, ident, self->via, site, when, name,
                                          s_created_kind);
     if (record == NULL || PyDict_SetItem(table, key, record) < 0)

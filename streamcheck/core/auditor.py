@@ -279,7 +279,12 @@ class Auditor:
         """A stream was created. ``home_device``: the device of the creating process's engine,
         when the stream took the thread's current device (no device named); a helper thread
         whose stream lands elsewhere is explained (``stream-on-unbound-device``), and
-        ``assert`` stops it there, before anything is queued on that stream."""
+        ``assert`` stops it there, before anything is queued on that stream.
+
+        The compiled creation hook writes a plain creation on the home device into the book
+        itself, as :meth:`StreamBook.record` would, without calling this (``CreationHook`` in
+        streamcheck/_speedups.c): what is added here for such a creation must be added
+        there."""
         self.book.record(event)
         if (home_device is None or event.stream.device == home_device
                 or self.is_engine_thread(event.thread.ident)):

@@ -104,7 +104,9 @@ class StreamBook:
         return self._device_set.get(thread_ident)
 
     def record(self, event: StreamEvent) -> None:
-        """A full event (a stream creation, or one built by a caller or a test)."""
+        """A full event (a stream creation, or one built by a caller or a test). The compiled
+        creation hook writes the same into the log and ``_created`` itself (``CreationHook``
+        in streamcheck/_speedups.c): a change to what is kept here is a change there."""
         s = event.stream
         if event.kind == CREATED:
             with self._lock:

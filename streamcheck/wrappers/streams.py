@@ -35,11 +35,13 @@ class DeviceHome:
     def __init__(self, device: int | None = None) -> None:
         self._seen: set[int] = set() if device is None else {device}
         self.device: int | None = device
+        self._lock = threading.Lock()  # two engines' set_device at once: no update lost
 
     def chosen(self, device: int) -> None:
         """An engine thread made ``device`` its current device."""
-        self._seen.add(device)
-        self.device = next(iter(self._seen)) if len(self._seen) == 1 else None
+        with self._lock:
+            self._seen.add(device)
+            self.device = device if len(self._seen) == 1 else None
 
 
 def names_a_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:

@@ -7,7 +7,9 @@ setting. The compiled cases are skipped, and say so, where the extension is not 
 
 from __future__ import annotations
 
+import _thread
 import inspect
+import sys
 import threading
 import time
 import weakref
@@ -461,27 +463,35 @@ def test_a_plain_creation_gives_the_same_origin_from_both_hooks(monkeypatch):
     records them itself (no StreamEvent, no Python frame), the origin a finding gets is the
     Python hook's: stream, creating line, thread name and role, via."""
     origins = {}
-    for core in ("python", "compiled") if speedups.built() else ("python",):
-        monkeypatch.setenv("STREAMCHECK_CORE", core)
-        before = time.time()
-        aud, origins[core] = plain_creation(DeviceHome(0))
-        for origin in origins[core]:
-            assert origin is not None and origin.kind == "created"
-            assert origin.via == "torch.cuda.Stream()"
-            assert origin.stream.handle == 0x7F00 + origin.stream.stream_id
-            assert origin.thread == aud.thread_ref(threading.get_ident())
-            assert before <= origin.time <= time.time()
-        assert origins[core][0].stack[0][:2] == (__file__, PLAIN_CREATION_LINE)
-        assert aud.findings() == []
-        # the compiled hook kept its own records (made events only when asked), no StreamEvent
-        kept = {type(v).__name__ for v in aud.book._created.values()}
-        assert kept == ({"tuple"} if core == "compiled" else {"StreamEvent"})
-    speedups.use("auto")
+    try:
+        for core in ("python", "compiled") if speedups.built() else ("python",):
+            origins[core] = _plain_origins(core, monkeypatch)
+    finally:
+        speedups.use("auto")
     if "compiled" in origins:
         stacks = [[o.stack[:2] for o in origins[core]] for core in ("python", "compiled")]
         assert stacks[0] == stacks[1]
         assert [replace(o, stack=(), time=0.0, stream=None) for o in origins["python"]
                 ] == [replace(o, stack=(), time=0.0, stream=None) for o in origins["compiled"]]
+
+
+def _plain_origins(core, monkeypatch):
+    """The origins of a plain creation with ``core``'s hook, each checked on its own."""
+    monkeypatch.setenv("STREAMCHECK_CORE", core)
+    before = time.time()
+    aud, origins = plain_creation(DeviceHome(0))
+    for origin in origins:
+        assert origin is not None and origin.kind == "created"
+        assert origin.via == "torch.cuda.Stream()"
+        assert origin.stream.handle == 0x7F00 + origin.stream.stream_id
+        assert origin.thread == aud.thread_ref(threading.get_ident())
+        assert before <= origin.time <= time.time()
+    assert origins[0].stack[0][:2] == (__file__, PLAIN_CREATION_LINE)
+    assert aud.findings() == []
+    # the compiled hook kept its own records (made events only when asked), no StreamEvent
+    kept = {type(v).__name__ for v in aud.book._created.values()}
+    assert kept == ({"tuple"} if core == "compiled" else {"StreamEvent"})
+    return origins
 
 
 def test_a_plain_creation_off_the_engines_device_is_still_judged(core):
@@ -502,6 +512,78 @@ def test_a_plain_creation_off_the_engines_device_is_still_judged(core):
         assert aud.book.origin(StreamRef(0, gone.stream_id)) is None
     finally:
         registry.restore(TorchLikeStream, ("__new__",))
+
+
+def _creation_kept(hook_home, make):
+    """What the book keeps for the stream ``make()`` returns (a record or a StreamEvent) and its
+    origin, with the creation hooked against ``hook_home``."""
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda", hook_home)
+    try:
+        made = make()
+        key = (0, made.stream_id)
+        return aud, type(aud.book._created[key]).__name__, aud.book.origin(StreamRef(*key))
+    finally:
+        registry.restore(TorchLikeStream, ("__new__",))
+
+
+def test_a_creation_with_no_engine_device_chosen_yet_is_recorded_unchecked(core):
+    aud, kept, origin = _creation_kept(DeviceHome(), lambda: in_thread(TorchLikeStream)[0])
+    assert kept == ("tuple" if core == "compiled" else "StreamEvent")
+    assert origin.thread.name == "helper" and aud.findings() == []
+
+
+def test_a_thread_threading_does_not_know_is_named_as_the_python_hook_names_it(core):
+    """A thread started with ``_thread`` (as C++ threads are, to Python): the origin names it
+    as ``threading.current_thread()`` does there. The compiled hook hands such a creation to the
+    Python one, which makes ``threading`` a dummy Thread for it; a later thread given the same
+    ident finds that dummy in ``threading._active`` and is named by it, on either path."""
+    box = {}
+
+    def make():
+        done = threading.Event()
+
+        def run():
+            box["stream"] = TorchLikeStream()
+            box["name"] = threading.current_thread().name
+            done.set()
+
+        _thread.start_new_thread(run, ())
+        assert done.wait(10)
+        return box["stream"]
+
+    _aud, _kept, origin = _creation_kept(DeviceHome(0), make)
+    assert origin.thread.name == box["name"] and box["name"].startswith("Dummy-")
+
+
+def test_an_external_stream_goes_to_the_python_hook(core):
+    """``stream_ptr`` names a stream made elsewhere: not a plain creation."""
+    _aud, kept, origin = _creation_kept(DeviceHome(1), lambda: TorchLikeStream(stream_ptr=5))
+    assert kept == "StreamEvent" and origin.via == "torch.cuda.Stream()"
+
+
+def test_two_engines_choosing_devices_at_once_leave_no_single_home_device():
+    """``DeviceHome.chosen`` from two threads at once: once two devices were chosen there is
+    no home device, whatever the interleaving (a lost update left one, wrongly)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(800):
+            home, both = DeviceHome(), threading.Barrier(2)
+
+            def choose(device, home=home, both=both):
+                both.wait()
+                home.chosen(device)
+
+            threads = [threading.Thread(target=choose, args=(d,)) for d in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert home.device is None
+    finally:
+        sys.setswitchinterval(old)
 
 
 def test_the_compiled_creation_names_a_thread_from_its_record_even_after_it_ended(core):
