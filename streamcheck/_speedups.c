@@ -94,6 +94,48 @@ static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's w
         Py_TYPE(op)->tp_free(op);                                                               \
     }
 
+/* gate.auditor, read by every hook on every call. The gate is a slotted dataclass
+ * (streamcheck/wrappers/gate.py): its `auditor` is a member at a fixed offset in the object,
+ * read here directly once the type was seen, where a generic attribute read looks the name up
+ * in the type and then in the instance (a third of a launch wrapper's own instructions:
+ * scripts/bench_hook_instructions.py). The type's version tag guards the offset: a change to
+ * the class (a property put in its place) makes the next read learn it again. Any other gate
+ * is read generically. A new reference, or NULL + error. */
+static PyTypeObject *gate_type; /* the type learned last (compared, never dereferenced) */
+static unsigned int gate_tag;    /* its version tag then: unique, never reused */
+static Py_ssize_t gate_offset;   /* its slot's offset; 0: read generically */
+
+static void learn_gate(PyTypeObject *type)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, s_auditor); /* tags the type */
+    gate_type = type;
+    gate_tag = type->tp_version_tag;
+    gate_offset = 0;
+    if (descr == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY) && gate_tag != 0)
+            gate_offset = member->offset;
+    }
+    Py_DECREF(descr);
+}
+
+static PyObject *gate_auditor(PyObject *gate)
+{
+    PyTypeObject *type = Py_TYPE(gate);
+    if (type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
+        learn_gate(type);
+    if (gate_offset > 0) {
+        PyObject *value = *(PyObject **)((char *)gate + gate_offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
+}
+
 /* A method on a class: bound to the instance like a function. */
 static PyObject *bind_as_method(PyObject *op, PyObject *obj, PyObject *type)
 {
@@ -478,7 +520,7 @@ static PyTypeObject SwitchLogType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *original, *via, *dict, *weakrefs;
+    PyObject *gate, *original, *via, *seen, *append, *dict, *weakrefs;
     vectorcallfunc vectorcall;
 } SetStreamHook;
 
@@ -518,12 +560,62 @@ static PyObject *frame_code(PyFrameObject *frame)
     return frame == NULL ? Py_NewRef(Py_None) : (PyObject *)PyFrame_GetCode(frame);
 }
 
+/* auditor.made_current, a new reference (NULL + error). An auditor sets it once, when it is
+ * made (its book's log's append), so it is read once per auditor: `seen` is a weak reference
+ * to the auditor it was read from (a new auditor, even one made where an old one was, is read
+ * afresh), `append` what was read. */
+static int refers_to(PyObject *ref, PyObject *obj)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *target;
+    if (PyWeakref_GetRef(ref, &target) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int same = target == obj;
+    Py_XDECREF(target);
+    return same;
+#else
+    return PyWeakref_GET_OBJECT(ref) == obj;
+#endif
+}
+
+static PyObject *made_current_of(SetStreamHook *self, PyObject *auditor)
+{
+    if (self->seen != NULL && self->append != NULL && refers_to(self->seen, auditor))
+        return Py_NewRef(self->append);
+    PyObject *fn = PyObject_GetAttr(auditor, s_made_current);
+    if (fn == NULL)
+        return NULL;
+    PyObject *seen = PyWeakref_NewRef(auditor, NULL);
+    if (seen == NULL) { /* an auditor that takes no weak reference: read it every time */
+        PyErr_Clear();
+        return fn;
+    }
+    PyObject *old_seen = self->seen, *old_append = self->append;
+    self->seen = seen;
+    self->append = Py_NewRef(fn);
+    Py_XDECREF(old_seen);
+    Py_XDECREF(old_append);
+    return fn;
+}
+
+/* Forget the auditor read last (the audit stopped: keep none of its log alive). */
+static void forget_auditor(SetStreamHook *self)
+{
+    PyObject *old_seen = self->seen, *old_append = self->append;
+    self->seen = self->append = NULL;
+    Py_XDECREF(old_seen);
+    Py_XDECREF(old_append);
+}
+
 /* auditor.made_current((stream, ident, via, code, offset, outer code, outer offset)): the
  * record the Python hook appends, for the caller of set_stream and its caller; written into a
  * SwitchLog's slot without making it, when made_current is one's append. */
-static int record_switch(PyObject *auditor, PyObject *stream, PyObject *via)
+static int record_switch(SetStreamHook *self, PyObject *auditor, PyObject *stream)
 {
-    PyObject *fn = PyObject_GetAttr(auditor, s_made_current);
+    PyObject *via = self->via;
+    PyObject *fn = made_current_of(self, auditor);
     if (fn == NULL)
         return -1;
     PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the caller of set_stream */
@@ -581,10 +673,12 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
     if (stream == NULL) /* another call shape: the original's own error */
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     if (stream != Py_None) {
-        PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+        PyObject *auditor = gate_auditor(self->gate);
         if (auditor == NULL)
             return NULL;
-        int bad = auditor != Py_None && record_switch(auditor, stream, self->via) < 0;
+        if (auditor == Py_None && self->seen != NULL)
+            forget_auditor(self);
+        int bad = auditor != Py_None && record_switch(self, auditor, stream) < 0;
         Py_DECREF(auditor);
         if (bad)
             return NULL;
@@ -640,13 +734,14 @@ enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METH
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *dict,
-        *weakrefs;
+        *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *last_comm,
+        *last_target, *dict, *weakrefs;
     Py_ssize_t stream_pos;
     /* what was read of last_stream: its handle (if have_handle) and its device (last_device,
      * NULL: not read yet) */
     long long last_handle;
     int have_handle;
+    int last_nondefault; /* last_stream's id is nonzero: 1, 0; -1 not read yet */
     int resolve_kind;
     vectorcallfunc vectorcall;
 } FastLaunch;
@@ -750,8 +845,27 @@ static void keep_stream(FastLaunch *self, PyObject *stream)
     self->last_stream = Py_NewRef(stream);
     self->last_device = NULL;
     self->have_handle = 0;
+    self->last_nondefault = -1;
     Py_XDECREF(old_stream);
     Py_XDECREF(old_device);
+}
+
+/* Whether the stream is not a default stream (its stream id nonzero): 1, 0, or -1 + error. */
+static int stream_nondefault(FastLaunch *self, PyObject *stream)
+{
+    if (stream == self->last_stream && self->last_nondefault >= 0)
+        return self->last_nondefault;
+    PyObject *value = PyObject_GetAttr(stream, s_stream_id);
+    if (value == NULL)
+        return -1;
+    int nondefault = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    if (nondefault < 0)
+        return -1;
+    if (stream != self->last_stream) /* read first: the read may have let another thread in */
+        keep_stream(self, stream);
+    self->last_nondefault = nondefault;
+    return nondefault;
 }
 
 /* The stream's handle (-1: not an int): 0 with *handle set, or -1 + error. */
@@ -875,11 +989,31 @@ fail:
     return NULL;
 }
 
+/* The communicator's device, a new reference (NULL + error): kept in its
+ * `_streamcheck_device` by the Python wrapper, which reads it once per communicator (a
+ * communicator is bound to one device for life). Read here once per communicator object too:
+ * the last one is kept (alive, so its address is not reused) with its device, and a wrapper
+ * mostly sees one communicator, its group's. */
+static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
+{
+    if (comm == self->last_comm && self->last_target != NULL)
+        return Py_NewRef(self->last_target);
+    PyObject *target = PyObject_GetAttr(comm, s_device_attr);
+    if (target == NULL)
+        return NULL;
+    PyObject *old_comm = self->last_comm, *old_target = self->last_target;
+    self->last_comm = Py_NewRef(comm);
+    self->last_target = Py_NewRef(target);
+    Py_XDECREF(old_comm); /* after the fields are consistent: a deallocation may run code */
+    Py_XDECREF(old_target);
+    return target;
+}
+
 /*
  * The paths let through here, each exactly where the Python wrapper lets it through:
  *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
- *   - an explicit stream on the communicator's device, from the main engine thread or not a
- *     default stream (its device read once per stream object, as below);
+ *   - an explicit stream on the communicator's device, not a default stream or from the main
+ *     engine thread (its device and id read once per stream object, as below);
  *   - stream=None where the resolved stream is the calling thread's current one on the
  *     communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
  *     or by current_reader's stream id), and not a default stream unless the main engine
@@ -899,7 +1033,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
     if (nargs < 1)
         goto slow;
     PyObject *comm = args[0];
-    auditor = PyObject_GetAttr(self->gate, s_auditor);
+    auditor = gate_auditor(self->gate);
     if (auditor == NULL)
         return NULL;
     if (auditor == Py_None) {
@@ -921,7 +1055,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
             return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
         }
     }
-    target = PyObject_GetAttr(comm, s_device_attr); /* kept there by the Python wrapper */
+    target = communicator_device(self, comm);
     if (target == NULL)
         goto slow_clear;
     Py_ssize_t kw_index = -1;
@@ -948,20 +1082,18 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
             goto slow_clear;
         if (!same)
             goto slow;
-        value = PyObject_GetAttr(auditor, s_main_engine);
-        if (value == NULL)
+        /* fine on a stream that is not a default stream (read once per stream object), and
+         * on a default stream from the main engine thread */
+        int nondefault = stream_nondefault(self, given);
+        if (nondefault < 0)
             goto slow_clear;
-        int engine = is_calling_thread(value);
-        Py_CLEAR(value);
-        if (!engine) { /* another thread: fine on a stream that is not a default stream */
-            value = PyObject_GetAttr(given, s_stream_id);
+        if (!nondefault) {
+            value = PyObject_GetAttr(auditor, s_main_engine);
             if (value == NULL)
                 goto slow_clear;
-            int nondefault = PyObject_IsTrue(value);
+            int engine = is_calling_thread(value);
             Py_CLEAR(value);
-            if (nondefault < 0)
-                goto slow_clear;
-            if (!nondefault)
+            if (!engine)
                 goto slow;
         }
         if (count_launch(self) < 0)
@@ -1069,6 +1201,7 @@ static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->dict = NULL;
     self->stream_pos = stream_pos;
     self->resolve_kind = resolve_kind;
+    self->last_nondefault = -1;
     self->vectorcall = launch_vectorcall;
     return (PyObject *)self;
 }
@@ -1393,7 +1526,7 @@ error:
 static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *result)
 {
-    PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+    PyObject *auditor = gate_auditor(self->gate);
     if (auditor == NULL) {
         Py_DECREF(result);
         return NULL;
@@ -1420,7 +1553,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
 {
     GuardedCall *self = (GuardedCall *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+    PyObject *auditor = gate_auditor(self->gate);
     if (auditor == NULL)
         return NULL;
     int plain, audited = auditor != Py_None;
@@ -1721,7 +1854,7 @@ static PyObject *creation_vectorcall(PyObject *op, PyObject *const *args, size_t
     }
     int recorded = 0;
     if (self->gate != Py_None && names_nothing(nargs, kwnames)) {
-        PyObject *auditor = PyObject_GetAttr(self->gate, s_auditor);
+        PyObject *auditor = gate_auditor(self->gate);
         if (auditor == NULL)
             goto fail;
         if (auditor == Py_None) {

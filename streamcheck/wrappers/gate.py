@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from streamcheck.core.auditor import Auditor
 
 
-@dataclass
+@dataclass(slots=True)
 class Gate:
+    """Slotted: the compiled hooks read ``auditor`` at its offset in the object, on every
+    call (``gate_auditor`` in streamcheck/_speedups.c), not through a generic lookup."""
+
     auditor: Auditor | None = None

@@ -993,3 +993,76 @@ def test_a_cycle_through_a_reading_of_the_switch_log_is_collected():
     reading = iter(log)
     assert [r[0] for r in reading] == [kept]
     assert gc.get_referents(reading) == []  # exhausted: the copy is dropped
+
+
+@needs_build
+def test_the_gate_is_read_at_its_slot_and_generically_otherwise():
+    """The compiled hooks read ``gate.auditor`` at the slot's offset once they saw the gate's
+    type, and generically for any other gate: each hook records into the auditor its gate
+    names now, through a change to the gate's class and a gate of another type."""
+    from streamcheck._speedups import SetStreamHook, SwitchLog
+
+    class SlottedGate:
+        __slots__ = ("auditor",)
+
+    logs = [SwitchLog(4) for _ in range(3)]
+    slotted, plain = SlottedGate(), SimpleNamespace()
+    slotted.auditor = SimpleNamespace(made_current=logs[0].append)
+    plain.auditor = SimpleNamespace(made_current=logs[1].append)
+    hooks = [SetStreamHook(gate, lambda stream: None, "ns.set_stream") for gate in (slotted, plain)]
+    for hook in (*hooks, *hooks):
+        hook(STREAM)
+    assert (len(logs[0]), len(logs[1])) == (2, 2)
+    slotted.auditor = SimpleNamespace(made_current=logs[2].append)
+    SlottedGate.note = "the class changed: its version tag with it"
+    hooks[0](STREAM)
+    assert (len(logs[0]), len(logs[2])) == (2, 1)
+    del slotted.auditor  # an empty slot: the generic read's own error
+    with pytest.raises(AttributeError):
+        hooks[0](STREAM)
+
+
+@needs_build
+def test_a_set_stream_hook_records_into_the_auditor_running_now_and_keeps_none_after():
+    """The hook reads an auditor's ``made_current`` once; a later auditor (another audit, the
+    same hook) gets its own switches, and once the audit stops the hook holds nothing of the
+    last one (its log, with the streams in it, is freed)."""
+    import gc
+    import weakref
+
+    speedups.use("compiled")
+    try:
+        first = installer.install("record")
+        hook = made_current_hook(installer._gate, lambda stream: None, "ns.set_stream")
+        hook(STREAM)
+        installer.uninstall()
+        second = installer.install("record")
+        hook(STREAM)
+        hook(STREAM)
+        assert (len(first.book._log), len(second.book._log)) == (1, 2)
+        installer.uninstall()
+        hook(STREAM)  # no audit: nothing recorded, and the hook forgets the last auditor
+        gone = weakref.ref(second.book._log)
+        del first, second
+        gc.collect()
+        assert gone() is None
+    finally:
+        speedups.use("auto")
+
+
+def test_communicators_on_two_devices_are_each_judged_on_their_own(core):
+    """A wrapper keeps the last communicator's device: launches alternating between one on
+    cuda:0 and one on cuda:1, each with cuda:0's stream, are let through on the first and
+    stopped on the second, every time."""
+    installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
+                       "two.all_reduce", resolve="self._current()", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (5, d, 1),
+                       current_raw_stream=lambda d: 0x7F05, fixed_device=True)
+    here, there = SwitchingResolver(), SwitchingResolver()
+    there.device = 1
+    stream = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
+    for _ in range(3):
+        assert here.all_reduce(None, stream=stream) is stream
+        with pytest.raises(StreamHazardError):
+            there.all_reduce(None, stream=stream)

@@ -1,0 +1,199 @@
+"""Count the CPU instructions each compiled hook adds per call, on any machine with valgrind.
+
+The timing benches (``bench_audit.py``, ``bench_stream_loop.py``) need an H200 host, and their
+nanoseconds move between hosts by more than a change to a hook does. An instruction count does
+not: callgrind counts what the CPU executes, the same on every run (``PYTHONHASHSEED`` fixed).
+Each path runs in its own process under callgrind twice, with few and with many calls, audited
+and not, counting only inside the loop that makes the calls (``operator.countOf`` drives it,
+which nothing else in the process calls); (many - few) / (the calls between) is one call's
+count, the collector's share of the loop included, and audited minus unaudited is what the
+audit adds. The hooks are installed as the audit installs them, on objects shaped
+like torch's (a communicator on device 0 with a kept stream, streams with ``device_index``,
+``stream_id`` and ``cuda_stream``), with C callables where torch's are C (the current-stream
+read); no GPU and no torch are needed. Instructions are not nanoseconds (a cache miss costs
+hundreds of cycles and shows as one instruction), so this ranks and tracks the hooks' own work
+between the timed runs; it replaces none of them.
+
+    python scripts/bench_hook_instructions.py [--few 2000] [--many 12000] [--paths ...] [--json]
+
+Needs ``valgrind`` on PATH and the compiled hooks built (``scripts/build_speedups.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = {
+    "collective launch, explicit stream": "explicit",
+    "collective launch, stream=None through a kept stream": "kept",
+    "set_stream": "set_stream",
+    "Stream() creation": "creation",
+}
+TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
+
+
+class KeptStream:
+    """A torch-shaped stream: the attributes the hooks read."""
+
+    __slots__ = ("cuda_stream", "device_index", "stream_id")
+
+    def __init__(self, handle: int, device: int, stream_id: int) -> None:
+        self.cuda_stream, self.device_index, self.stream_id = handle, device, stream_id
+
+
+SIDE = KeptStream(0x7F05, 0, 5)
+KEPT = KeptStream(0x7F03, 0, 3)
+CURRENT_RAW = {0: KEPT.cuda_stream}.__getitem__  # torch's read is C too
+CURRENT = {0: (KEPT.stream_id, 0, 1)}.__getitem__
+
+
+class Communicator:
+    """vLLM's shape: ``stream=None`` resolves through an accessor that keeps its stream."""
+
+    def __init__(self) -> None:
+        self.device = 0
+
+    def current_stream(self) -> KeptStream:
+        return KEPT
+
+    def all_reduce(self, tensor: Any, out: Any = None, stream: Any = None) -> Any:
+        if stream is None:
+            stream = self.current_stream()
+        return out
+
+
+class MadeStream:
+    """``torch.cuda.Stream``'s shape: its own ``__new__`` takes a device and a priority."""
+
+    made = 0
+
+    def __new__(cls, device: Any = None, priority: int = 0, **kwargs: Any) -> MadeStream:
+        stream = object.__new__(cls)
+        cls.made += 1
+        stream.device_index, stream.stream_id = 0, cls.made % 32
+        stream.cuda_stream = 0x7F00 + stream.stream_id
+        return stream
+
+
+def _set_stream(stream: Any) -> None:
+    """The namespace's own ``set_stream`` (a no-op here)."""
+
+
+class Namespace:
+    set_stream = staticmethod(_set_stream)
+
+
+def prepare(path: str, audited: bool) -> Any:
+    """The call to count, with the path's hook installed when ``audited``."""
+    from streamcheck import installer
+    from streamcheck.wrappers.launches import wrap_stream_method
+    from streamcheck.wrappers.streams import DeviceHome, hook_set_stream, hook_stream_creation
+
+    comm, namespace = Communicator(), Namespace()
+    if audited:
+        installer.install("assert")
+        registry, gate = installer._registry, installer._gate
+        if path in ("explicit", "kept"):
+            wrap_stream_method(registry, gate, Communicator, "all_reduce", "bench.all_reduce",
+                               resolve="self.current_stream()", device_expr="self.device",
+                               accessor="", current_of_device=CURRENT,
+                               current_raw_stream=CURRENT_RAW, fixed_device=True)
+        elif path == "set_stream":
+            hook_set_stream(registry, gate, namespace, "bench")
+        else:
+            hook_stream_creation(registry, gate, MadeStream, "torch.cuda", DeviceHome(0))
+    if path == "explicit":
+        return lambda: comm.all_reduce(None, None, stream=SIDE)
+    if path == "kept":
+        return lambda: comm.all_reduce(None, None)
+    if path == "set_stream":
+        set_stream = namespace.set_stream
+        return lambda: set_stream(SIDE)
+    return MadeStream
+
+
+def child(path: str, audited: bool, calls: int) -> None:
+    """Make ``calls`` calls of the path (run under callgrind by :func:`count`)."""
+    sys.path.insert(0, str(ROOT))
+    sys.modules["torch"] = None  # type: ignore[assignment]  # the audit without torch's hooks:
+    # the paths here hook objects of their own, and torch's import under callgrind takes minutes
+    from streamcheck.wrappers import speedups
+
+    if not speedups.built():
+        raise SystemExit("bench_hook_instructions: streamcheck._speedups is not built here "
+                         "(scripts/build_speedups.sh)")
+    call = prepare(path, audited)
+    # the loop runs inside countOf, the one C function callgrind counts in (--toggle-collect)
+    operator.countOf(map(lambda _: call(), range(calls)), Namespace)
+
+
+def count(path: str, audited: bool, calls: int) -> int:
+    """Instructions a whole child process executes making ``calls`` calls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = {**os.environ, "PYTHONHASHSEED": "0", "STREAMCHECK_CORE": "compiled",
+               "PYTHONPATH": str(ROOT)}
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--toggle-collect=_operator_countOf*",
+             f"--callgrind-out-file={out}",
+             os.path.realpath(sys.executable), __file__, "--child", path,
+             "1" if audited else "0", str(calls)],
+            check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        found = TOTALS.search(out.read_text())
+        if found is None:
+            raise RuntimeError(f"no instruction total in callgrind's output for {path}")
+        return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--few", type=int, default=2000)
+    parser.add_argument("--many", type=int, default=12000)
+    parser.add_argument("--paths", nargs="+", choices=sorted(PATHS.values()),
+                        default=list(PATHS.values()), help="the paths to count (default: all)")
+    parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser.add_argument("--child", nargs=3, metavar=("PATH", "AUDITED", "CALLS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        path, audited, calls = args.child
+        child(path, audited == "1", int(calls))
+        return 0
+    if args.few < 0 or args.many <= args.few:
+        parser.error("--many must be larger than --few (and --few at least 0)")
+    if shutil.which("valgrind") is None:
+        print("bench_hook_instructions needs valgrind on PATH; none is here")
+        return 2
+    rows: dict[str, dict[str, float]] = {}
+    between = args.many - args.few
+    for label, path in PATHS.items():
+        if path not in args.paths:
+            continue
+        per_call = {}
+        for audited in (False, True):
+            few, many = count(path, audited, args.few), count(path, audited, args.many)
+            per_call["audited" if audited else "unaudited"] = round((many - few) / between, 1)
+        per_call["added"] = round(per_call["audited"] - per_call["unaudited"], 1)
+        rows[label] = per_call
+        print(f"{label:<56} unaudited {per_call['unaudited']:>8.1f}  audited "
+              f"{per_call['audited']:>8.1f}  added {per_call['added']:>8.1f} instructions a call",
+              flush=True)
+    if args.json:
+        print(json.dumps({"python": sys.version.split()[0], "few": args.few,
+                          "many": args.many, "instructions_per_call": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``scripts/bench_hook_instructions.py``: each path it counts is the hook the audit installs,
+and, where valgrind is installed, a small count gives the audit a positive share of a call."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from streamcheck import installer
+from streamcheck.wrappers import speedups
+from tests.scripts.script_modules import SCRIPTS, load_script
+
+bench = load_script("bench_hook_instructions")
+
+
+@pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+@pytest.mark.parametrize("path", sorted(bench.PATHS.values()))
+def test_each_path_calls_through_the_compiled_hook_when_audited(path, monkeypatch):
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    try:
+        for audited in (False, True):
+            call = bench.prepare(path, audited)
+            call()
+            call()
+            hooked = _hooked(path, call)
+            compiled = type(hooked).__module__ == "streamcheck._speedups"
+            assert compiled == audited, (path, audited, type(hooked))
+            if audited:
+                auditor = installer.current_auditor()
+                assert auditor.findings() == []
+                installer.uninstall()
+    finally:
+        installer.uninstall()
+        speedups.use("auto")
+
+
+def _hooked(path, call):
+    """What ``call`` goes through: the patched method, ``set_stream`` or ``__new__``."""
+    if path in ("explicit", "kept"):
+        return bench.Communicator.__dict__["all_reduce"]
+    if path == "set_stream":
+        return call.__closure__[0].cell_contents
+    return bench.MadeStream.__dict__["__new__"].__func__
+
+
+def test_sizes_that_count_nothing_are_refused():
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
+                           "--few", "10", "--many", "10"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--many must be larger than --few" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed here")
+@pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+def test_a_small_count_gives_the_audit_a_share_of_an_explicit_launch():
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
+                           "--few", "20", "--many", "220", "--paths", "explicit", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    row = bench.json.loads(done.stdout.splitlines()[-1])["instructions_per_call"][
+        "collective launch, explicit stream"]
+    assert row["unaudited"] > 0 and row["added"] > 0
+    assert row["audited"] == pytest.approx(row["unaudited"] + row["added"], abs=0.2)
