@@ -101,35 +101,42 @@ static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's w
  * scripts/bench_hook_instructions.py). The type's version tag guards the offset: a change to
  * the class (a property put in its place) makes the next read learn it again. Any other gate
  * is read generically. A new reference, or NULL + error. */
-static PyTypeObject *gate_type; /* the type learned last (compared, never dereferenced) */
-static unsigned int gate_tag;    /* its version tag then: unique, never reused */
-static Py_ssize_t gate_offset;   /* its slot's offset; 0: read generically */
+static PyObject *gate_type;    /* the type learned last, held: its address is not reused */
+static unsigned int gate_tag;  /* its version tag then (a change to the class changes it) */
+static Py_ssize_t gate_offset; /* its slot's offset; 0: read generically */
 
-static void learn_gate(PyTypeObject *type)
+/* What an instance of `type` reads for `auditor`, learned without running any code: a slot of
+ * `type` (the member descriptor its generic attribute read would use) gives its offset. A
+ * descriptor of another class, a type with its own __getattribute__, a read-only or
+ * possibly-NULL member: 0, read generically. */
+static Py_ssize_t learn_gate(PyTypeObject *type)
 {
-    PyObject *descr = PyObject_GetAttr((PyObject *)type, s_auditor); /* tags the type */
-    gate_type = type;
-    gate_tag = type->tp_version_tag;
-    gate_offset = 0;
-    if (descr == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+    PyObject *descr = _PyType_Lookup(type, s_auditor); /* borrowed; tags the type */
+    Py_ssize_t offset = 0;
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+        type->tp_getattro == PyObject_GenericGetAttr &&
+        PyType_IsSubtype(type, PyDescr_TYPE(descr))) {
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX && !(member->flags & READONLY) && gate_tag != 0)
-            gate_offset = member->offset;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+            offset = member->offset;
     }
-    Py_DECREF(descr);
+    PyObject *old = gate_type;
+    gate_type = Py_NewRef((PyObject *)type);
+    gate_tag = type->tp_version_tag;
+    gate_offset = gate_tag != 0 ? offset : 0;
+    offset = gate_offset;
+    Py_XDECREF(old); /* after the three agree: a release may run code that reads a gate */
+    return offset;
 }
 
 static PyObject *gate_auditor(PyObject *gate)
 {
     PyTypeObject *type = Py_TYPE(gate);
-    if (type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
-        learn_gate(type);
-    if (gate_offset > 0) {
-        PyObject *value = *(PyObject **)((char *)gate + gate_offset);
+    Py_ssize_t offset = gate_offset;
+    if ((PyObject *)type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
+        offset = learn_gate(type);
+    if (offset > 0) {
+        PyObject *value = *(PyObject **)((char *)gate + offset);
         if (value != NULL)
             return Py_NewRef(value);
     }
@@ -837,17 +844,28 @@ done:
  * current_stream()) hands the same object to every launch, a caller that passes its stream
  * mostly passes the same one, and a stream object's handle and device never change (the
  * object is kept alive here, so its address is not reused). Make `stream` the one kept,
- * with nothing read of it yet; called with the GIL and no Python code run in between, so
- * the fields are consistent before the old object is released. */
-static void keep_stream(FastLaunch *self, PyObject *stream)
+ * with nothing read of it yet, and hand back the objects it replaced: the caller writes what
+ * it read of the new stream first and releases them last (a release may run code that
+ * launches, and must find the fields consistent). */
+typedef struct {
+    PyObject *stream, *device;
+} Released;
+
+static Released keep_stream(FastLaunch *self, PyObject *stream)
 {
-    PyObject *old_stream = self->last_stream, *old_device = self->last_device;
+    Released old = {self->last_stream, self->last_device};
     self->last_stream = Py_NewRef(stream);
     self->last_device = NULL;
     self->have_handle = 0;
     self->last_nondefault = -1;
-    Py_XDECREF(old_stream);
-    Py_XDECREF(old_device);
+    return old;
+}
+
+/* Drop what keep_stream replaced, once the caller wrote what it read of the new stream. */
+static void release(Released old)
+{
+    Py_XDECREF(old.stream);
+    Py_XDECREF(old.device);
 }
 
 /* Whether the stream is not a default stream (its stream id nonzero): 1, 0, or -1 + error. */
@@ -862,9 +880,11 @@ static int stream_nondefault(FastLaunch *self, PyObject *stream)
     Py_DECREF(value);
     if (nondefault < 0)
         return -1;
+    Released old = {NULL, NULL};
     if (stream != self->last_stream) /* read first: the read may have let another thread in */
-        keep_stream(self, stream);
+        old = keep_stream(self, stream);
     self->last_nondefault = nondefault;
+    release(old);
     return nondefault;
 }
 
@@ -882,10 +902,12 @@ static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
     Py_DECREF(value);
     if (read == -1 && PyErr_Occurred())
         return -1;
+    Released old = {NULL, NULL};
     if (stream != self->last_stream) /* read first: the read may have let another thread in */
-        keep_stream(self, stream);
+        old = keep_stream(self, stream);
     self->last_handle = read;
     self->have_handle = 1;
+    release(old);
     *handle = read;
     return 0;
 }
@@ -898,10 +920,12 @@ static PyObject *stream_device(FastLaunch *self, PyObject *stream)
     PyObject *device = PyObject_GetAttr(stream, s_device_index);
     if (device == NULL)
         return NULL;
+    Released old = {NULL, NULL};
     if (stream != self->last_stream)
-        keep_stream(self, stream);
+        old = keep_stream(self, stream);
     if (self->last_device == NULL)
         self->last_device = Py_NewRef(device);
+    release(old);
     return device;
 }
 
@@ -992,19 +1016,25 @@ fail:
 /* The communicator's device, a new reference (NULL + error): kept in its
  * `_streamcheck_device` by the Python wrapper, which reads it once per communicator (a
  * communicator is bound to one device for life). Read here once per communicator object too:
- * the last one is kept (alive, so its address is not reused) with its device, and a wrapper
- * mostly sees one communicator, its group's. */
+ * the last one is known by a weak reference (a communicator made where a freed one was is
+ * read afresh, and none is kept alive), with its device; a wrapper mostly sees one
+ * communicator, its group's. */
 static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
 {
-    if (comm == self->last_comm && self->last_target != NULL)
+    if (self->last_comm != NULL && self->last_target != NULL && refers_to(self->last_comm, comm))
         return Py_NewRef(self->last_target);
     PyObject *target = PyObject_GetAttr(comm, s_device_attr);
     if (target == NULL)
         return NULL;
-    PyObject *old_comm = self->last_comm, *old_target = self->last_target;
-    self->last_comm = Py_NewRef(comm);
+    PyObject *seen = PyWeakref_NewRef(comm, NULL);
+    if (seen == NULL) { /* a communicator that takes no weak reference: read every time */
+        PyErr_Clear();
+        return target;
+    }
+    PyObject *old_seen = self->last_comm, *old_target = self->last_target;
+    self->last_comm = seen;
     self->last_target = Py_NewRef(target);
-    Py_XDECREF(old_comm); /* after the fields are consistent: a deallocation may run code */
+    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
     Py_XDECREF(old_target);
     return target;
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import inspect
+import itertools
 import sys
 import threading
 import time
@@ -1066,3 +1067,98 @@ def test_communicators_on_two_devices_are_each_judged_on_their_own(core):
         assert here.all_reduce(None, stream=stream) is stream
         with pytest.raises(StreamHazardError):
             there.all_reduce(None, stream=stream)
+
+
+@needs_build
+def test_a_gate_is_read_at_a_slot_only_where_python_would_read_that_slot():
+    """A member descriptor taken from another class, or a gate class with its own
+    ``__getattribute__``: the compiled read gives what Python's does (an error; the override's
+    answer), never another slot's content."""
+    from streamcheck._speedups import SetStreamHook, SwitchLog
+
+    class Slotted:
+        __slots__ = ("auditor",)
+
+    class Borrowed:  # Slotted's descriptor, on a class it does not apply to
+        __slots__ = ("other",)
+        auditor = Slotted.__dict__["auditor"]
+
+    log = SwitchLog(4)
+    borrowed = Borrowed()
+    borrowed.other = SimpleNamespace(made_current=log.append)
+    with pytest.raises(TypeError):
+        SetStreamHook(borrowed, lambda stream: None, "ns.set_stream")(STREAM)
+    assert len(log) == 0
+
+    class Overridden(Slotted):
+        __slots__ = ()
+
+        def __getattribute__(self, name):
+            return None if name == "auditor" else object.__getattribute__(self, name)
+
+    overridden = Overridden()
+    overridden.auditor = SimpleNamespace(made_current=log.append)
+    SetStreamHook(overridden, lambda stream: None, "ns.set_stream")(STREAM)
+    assert len(log) == 0  # the override says no audit: nothing recorded
+
+
+def test_a_communicator_the_wrapper_saw_is_freed_with_its_owner(core):
+    """The wrapper knows the last communicator by a weak reference: dropping it frees it."""
+    import gc
+    import weakref
+
+    installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
+                       "free.all_reduce", resolve="self._current()", device_expr="self.device",
+                       accessor="", current_of_device=lambda d: (5, d, 1),
+                       current_raw_stream=lambda d: 0x7F05, fixed_device=True)
+    comm = SwitchingResolver()
+    stream = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
+    for _ in range(2):
+        comm.all_reduce(None, stream=stream)
+    gone = weakref.ref(comm)
+    del comm
+    gc.collect()
+    assert gone() is None
+
+
+@needs_build
+def test_a_launch_made_while_the_kept_stream_is_replaced_finds_the_cache_consistent():
+    """Replacing the kept stream releases the old one, which may run code that launches: that
+    launch must not find the new stream's flags on another stream (here a default stream from a
+    thread that is not the engine's, which the Python wrapper must decide, let through)."""
+    from streamcheck._speedups import FastLaunch
+
+    owner = SimpleNamespace(main_engine=-1)  # not this thread
+    gate = SimpleNamespace(auditor=owner)
+    seen = []
+
+    def original(comm, x, stream=None):
+        return "original"
+
+    def slow(comm, x, stream=None):
+        return "slow"
+
+    launch = FastLaunch(gate, owner, itertools.count(), original, slow, 2, None, 0, None, None,
+                        None, None)
+    comm = SimpleNamespace(_streamcheck_device=0)
+    default = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
+
+    class LaunchesWhenFreed:
+        device_index, stream_id = 0, 7
+
+        def __del__(self):
+            seen.append(launch(comm, None, default))
+
+    class LaunchesWhenRead:
+        device_index = 0
+
+        @property
+        def stream_id(self):
+            seen.append(launch(comm, None, LaunchesWhenFreed()))
+            return 5
+
+    assert launch(comm, None, default) == "slow"
+    assert launch(comm, None, LaunchesWhenRead()) == "original"
+    assert launch(comm, None, default) == "slow"  # not the id of the stream read meanwhile
+    assert seen == ["original", "slow"]  # the nested launches: the freed one's, from __del__
