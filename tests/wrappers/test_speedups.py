@@ -615,15 +615,22 @@ class SwitchingResolver:
         return stream
 
 
+def audit_switching(op, stream_id, handle):
+    """``assert`` on, and ``SwitchingResolver.all_reduce`` wrapped as ``op`` with its device
+    kept, the calling thread's current stream on any device being ``stream_id`` (handle
+    ``handle``)."""
+    installer.install("assert")
+    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
+                       op, resolve="self._current()", device_expr="self.device", accessor="",
+                       current_of_device=lambda d: (stream_id, d, 1),
+                       current_raw_stream=lambda d: handle, fixed_device=True)
+
+
 def test_a_kept_stream_is_read_once_and_another_object_again(core):
     """The compiled wrapper keeps the handle and device of the last stream object it read; a
     different object (here the leak: cuda:1's default stream, the same handle 0) is read
     afresh and stopped, and the first one is let through again."""
-    installer.install("assert")
-    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
-                       "switch.all_reduce", resolve="self._current()", device_expr="self.device",
-                       accessor="", current_of_device=lambda d: (0, d, 1),
-                       current_raw_stream=lambda d: 0, fixed_device=True)
+    audit_switching("switch.all_reduce", 0, 0)
     comm = SwitchingResolver()
     here = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
     SwitchingResolver.stream = here
@@ -1055,11 +1062,7 @@ def test_communicators_on_two_devices_are_each_judged_on_their_own(core):
     """A wrapper keeps the last communicator's device: launches alternating between one on
     cuda:0 and one on cuda:1, each with cuda:0's stream, are let through on the first and
     stopped on the second, every time."""
-    installer.install("assert")
-    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
-                       "two.all_reduce", resolve="self._current()", device_expr="self.device",
-                       accessor="", current_of_device=lambda d: (5, d, 1),
-                       current_raw_stream=lambda d: 0x7F05, fixed_device=True)
+    audit_switching("two.all_reduce", 5, 0x7F05)
     here, there = SwitchingResolver(), SwitchingResolver()
     there.device = 1
     stream = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
@@ -1107,11 +1110,7 @@ def test_a_communicator_the_wrapper_saw_is_freed_with_its_owner(core):
     import gc
     import weakref
 
-    installer.install("assert")
-    wrap_stream_method(installer._registry, installer._gate, SwitchingResolver, "all_reduce",
-                       "free.all_reduce", resolve="self._current()", device_expr="self.device",
-                       accessor="", current_of_device=lambda d: (5, d, 1),
-                       current_raw_stream=lambda d: 0x7F05, fixed_device=True)
+    audit_switching("free.all_reduce", 5, 0x7F05)
     comm = SwitchingResolver()
     stream = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
     for _ in range(2):
