@@ -567,10 +567,7 @@ static PyObject *frame_code(PyFrameObject *frame)
     return frame == NULL ? Py_NewRef(Py_None) : (PyObject *)PyFrame_GetCode(frame);
 }
 
-/* auditor.made_current, a new reference (NULL + error). An auditor sets it once, when it is
- * made (its book's log's append), so it is read once per auditor: `seen` is a weak reference
- * to the auditor it was read from (a new auditor, even one made where an old one was, is read
- * afresh), `append` what was read. */
+/* Whether the weak reference `ref` refers to `obj` (a dead one refers to nothing). */
 static int refers_to(PyObject *ref, PyObject *obj)
 {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -587,24 +584,36 @@ static int refers_to(PyObject *ref, PyObject *obj)
 #endif
 }
 
+/* obj.name, read once per object: `*seen` is a weak reference to the object it was read from
+ * last and `*value` what was read (an object made where a freed one was is read afresh, and
+ * none is kept alive). An object that takes no weak reference is read every time. A new
+ * reference, or NULL + error. */
+static PyObject *read_once_per_object(PyObject **seen, PyObject **value, PyObject *obj,
+                                      PyObject *name)
+{
+    if (*seen != NULL && *value != NULL && refers_to(*seen, obj))
+        return Py_NewRef(*value);
+    PyObject *read = PyObject_GetAttr(obj, name);
+    if (read == NULL)
+        return NULL;
+    PyObject *ref = PyWeakref_NewRef(obj, NULL);
+    if (ref == NULL) {
+        PyErr_Clear();
+        return read;
+    }
+    PyObject *old_seen = *seen, *old_value = *value;
+    *seen = ref;
+    *value = Py_NewRef(read);
+    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
+    Py_XDECREF(old_value);
+    return read;
+}
+
+/* auditor.made_current, a new reference (NULL + error). An auditor sets it once, when it is
+ * made (its book's log's append), so it is read once per auditor (`seen`, `append`). */
 static PyObject *made_current_of(SetStreamHook *self, PyObject *auditor)
 {
-    if (self->seen != NULL && self->append != NULL && refers_to(self->seen, auditor))
-        return Py_NewRef(self->append);
-    PyObject *fn = PyObject_GetAttr(auditor, s_made_current);
-    if (fn == NULL)
-        return NULL;
-    PyObject *seen = PyWeakref_NewRef(auditor, NULL);
-    if (seen == NULL) { /* an auditor that takes no weak reference: read it every time */
-        PyErr_Clear();
-        return fn;
-    }
-    PyObject *old_seen = self->seen, *old_append = self->append;
-    self->seen = seen;
-    self->append = Py_NewRef(fn);
-    Py_XDECREF(old_seen);
-    Py_XDECREF(old_append);
-    return fn;
+    return read_once_per_object(&self->seen, &self->append, auditor, s_made_current);
 }
 
 /* Forget the auditor read last (the audit stopped: keep none of its log alive). */
@@ -1021,22 +1030,7 @@ fail:
  * communicator, its group's. */
 static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
 {
-    if (self->last_comm != NULL && self->last_target != NULL && refers_to(self->last_comm, comm))
-        return Py_NewRef(self->last_target);
-    PyObject *target = PyObject_GetAttr(comm, s_device_attr);
-    if (target == NULL)
-        return NULL;
-    PyObject *seen = PyWeakref_NewRef(comm, NULL);
-    if (seen == NULL) { /* a communicator that takes no weak reference: read every time */
-        PyErr_Clear();
-        return target;
-    }
-    PyObject *old_seen = self->last_comm, *old_target = self->last_target;
-    self->last_comm = seen;
-    self->last_target = Py_NewRef(target);
-    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
-    Py_XDECREF(old_target);
-    return target;
+    return read_once_per_object(&self->last_comm, &self->last_target, comm, s_device_attr);
 }
 
 /*
