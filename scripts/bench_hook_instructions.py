@@ -144,12 +144,15 @@ def count(path: str, audited: bool, calls: int) -> int:
         out = Path(tmp) / "callgrind.out"
         env = {**os.environ, "PYTHONHASHSEED": "0", "STREAMCHECK_CORE": "compiled",
                "PYTHONPATH": str(ROOT)}
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--toggle-collect=_operator_countOf*",
              f"--callgrind-out-file={out}",
              os.path.realpath(sys.executable), __file__, "--child", path,
              "1" if audited else "0", str(calls)],
-            check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"counting {path} failed (rc {done.returncode}):\n{tail}")
         found = TOTALS.search(out.read_text())
         if found is None:
             raise RuntimeError(f"no instruction total in callgrind's output for {path}")
@@ -174,6 +177,13 @@ def main() -> int:
         parser.error("--many must be larger than --few (and --few at least 0)")
     if shutil.which("valgrind") is None:
         print("bench_hook_instructions needs valgrind on PATH; none is here")
+        return 2
+    sys.path.insert(0, str(ROOT))
+    from streamcheck.wrappers import speedups
+
+    if not speedups.built():
+        print("bench_hook_instructions counts the compiled hooks: streamcheck._speedups is not "
+              "built here (scripts/build_speedups.sh)")
         return 2
     rows: dict[str, dict[str, float]] = {}
     between = args.many - args.few
