@@ -1,0 +1,110 @@
+"""``scripts/profile_stream_loop.py``: how it reads py-spy's raw stacks, on a made-up profile and
+on the two recorded on an H200 (docs/measurements.md, twelfth session, table P12)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.scripts.script_modules import SCRIPTS, load_script
+
+profile = load_script("profile_stream_loop")
+RECORDED = Path(__file__).parent / "recorded" / "loop_profile12"
+SOURCE = [f"line {n}" for n in range(1, 200)]
+STEP = "step (scripts/bench_stream_loop.py:{})"
+
+
+def _stack(phase: str, *frames: str) -> str:
+    return ";".join(("process 1:\"python\"", "thread (1): MainThread", "run (x.py:1)",
+                     f"{phase} (scripts/bench_stream_loop.py:300)", *frames))
+
+
+MADE_UP = [
+    _stack("steps_unaudited", STEP.format(151), "wait_stream (torch/cuda/streams.py:77)") + " 10",
+    _stack("steps_audited", STEP.format(151), "wait_stream (torch/cuda/streams.py:77)",
+           "guarded_vectorcall (streamcheck/_speedups.cpython-312.so)") + " 4",
+    _stack("steps_audited", STEP.format(151), "wait_stream (torch/cuda/streams.py:77)") + " 9",
+    _stack("steps_audited", STEP.format(159), "cuLaunchKernel (libcuda.so)",
+           "0x7ffb6f899050 (libc.so.6)") + " 3",
+    _stack("steps_unaudited", STEP.format(159), "cuLaunchKernel (libcuda.so)") + " 2",
+    _stack("steps_audited", STEP.format(153),
+           "pybind11::gil_scoped_release::~gil_scoped_release (libtorch_python.so)",
+           "pthread_cond_timedwait (libc.so.6)") + " 5",
+    _stack("steps_audited", "run (scripts/bench_stream_loop.py:255)") + " 1",
+    "process 1:\"python\";thread (2): kv-saver;run (scripts/bench_stream_loop.py:92) 50",
+    "not a sample line",
+]
+
+
+def _read(lines: list[str]):
+    p = profile.Profile(SOURCE)
+    for stack, count in profile.parse_raw(lines):
+        p.add(stack, count)
+    return p.summary(top=10)
+
+
+def test_samples_outside_the_two_phases_are_left_out():
+    summary = _read(MADE_UP)
+    assert summary["samples"] == {"unaudited": 12, "audited": 22}
+    assert summary["added"] == 10
+
+
+def test_parts_are_the_lines_of_step_and_the_rest_is_said_to_be_outside_it():
+    parts = {row["name"]: row for row in _read(MADE_UP)["parts"]}
+    assert parts["line 151 (line 151)"]["unaudited"] == 10
+    assert parts["line 151 (line 151)"]["audited"] == 13
+    assert parts["line 153 (line 153)"]["added"] == 5
+    assert parts["(outside step: the run's own loop, its waits)"]["audited"] == 1
+    ranked = [row["added"] for row in _read(MADE_UP)["parts"]]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+def test_native_frames_are_counted_without_their_address_and_once_a_sample():
+    native = {row["name"]: row for row in _read(MADE_UP)["native"]}
+    assert native["(libc.so.6)"]["audited"] == 3
+    assert native["cuLaunchKernel (libcuda.so)"] == {
+        "name": "cuLaunchKernel (libcuda.so)", "unaudited": 2, "audited": 3, "added": 1}
+    assert "wait_stream (torch/cuda/streams.py:77)" not in native  # a Python frame
+
+
+def test_condition_waits_and_streamcheck_frames_are_counted_apart():
+    summary = _read(MADE_UP)
+    assert summary["gil_wait"] == {"audited": 5}
+    assert summary["streamcheck"] == {"audited": 4}
+    assert summary["streamcheck_self"] == {"audited": 4}  # the hook is the innermost frame
+    outermost = {row["name"]: row["audited"] for row in summary["streamcheck_outermost"]}
+    assert outermost == {"guarded_vectorcall": 4}
+
+
+def test_the_recorded_profiles_give_the_documented_table():
+    source = (SCRIPTS / "bench_stream_loop.py").read_text().splitlines()
+    python = profile.read_profile(RECORDED / "python.txt.gz", source).summary(top=40)
+    native = profile.read_profile(RECORDED / "native.txt.gz", source).summary(top=400)
+    assert python["samples"] == {"unaudited": 2747, "audited": 3298}
+    assert native["samples"] == {"unaudited": 1430, "audited": 1583}
+    by_line = {row["name"].rsplit("(line ", 1)[1].rstrip(")"): row["added"]
+               for row in python["parts"] if "(line " in row["name"]}
+    assert (by_line["159"], by_line["153"], by_line["157"], by_line["162"]) == (186, 118, 89, 34)
+    assert native["gil_wait"] == {"unaudited": 50, "audited": 80}
+    assert native["streamcheck_self"] == {"unaudited": 1, "audited": 69}
+    native_rows = {row["name"]: row for row in native["native"]}
+    launches = native_rows["cuLaunchKernel (libcuda.so.580.159.04)"]
+    assert (launches["unaudited"], launches["audited"]) == (138, 169)
+
+
+def test_the_script_reads_a_recorded_file_and_says_when_it_holds_no_phase(tmp_path):
+    script = str(SCRIPTS / "profile_stream_loop.py")
+    done = subprocess.run([sys.executable, script, "--from-raw",
+                           str(RECORDED / "python.txt.gz"), "--top", "3", "--json"],
+                          capture_output=True, text=True, check=True)
+    assert "main-thread samples: unaudited 2747, audited 3298, added 551" in done.stdout
+    assert '"added": 551' in done.stdout
+    empty = tmp_path / "other.txt"
+    empty.write_text(MADE_UP[-2] + "\n")
+    done = subprocess.run([sys.executable, script, "--from-raw", str(empty)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "no sample inside" in done.stdout
+    done = subprocess.run([sys.executable, script, "--from-raw", str(tmp_path / "missing")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "no file" in done.stderr
