@@ -9,7 +9,8 @@ Prints, each a ratio or difference measured here, now:
    and a decode-like step of 64 of them between matmuls: the ratios a user sees;
 3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
-   live), stream creation, current_stream(); and a connector's own calls
+   live), ``wait_stream`` (clocks idle, and live: an engine step's once a connector declared an
+   access), stream creation, current_stream(); and a connector's own calls
    (``streamcheck.handoff``, and a declared read ordered by an event) on one thread.
 Where the issue set a target (each stream hook <= 300 ns, a launch <= 150 / 200 ns, the 4 KiB
 all-reduce <= 1.02, the decode-like step <= 1.01), the rounds' own figures (audited minus, or
@@ -64,7 +65,8 @@ class CachedNoOpComm:
 # The issue's targets, ns added: each stream hook, and a collective launch by how its stream is
 # given (a kept stream's accessor is what vLLM's stream=None launches go through).
 HOOK_TARGETS = {"set_stream": 300, "wait_stream (a new event each)": 300,
-                "torch.cuda.Stream()": 300, "current_stream taken before the audit": 300}
+                "wait_stream, clocks live": 300, "torch.cuda.Stream()": 300,
+                "current_stream taken before the audit": 300}
 LAUNCH_TARGETS = {"explicit stream": 150, "stream=None": 200,
                   "stream=None, a kept stream's accessor": 200}
 
@@ -174,6 +176,20 @@ def hook_costs(calls: int, rounds: int) -> dict[str, float]:
 
     off, on = toggled(record_wait_live, calls, rounds)
     out["hook event record+wait, clocks live: added ns"] = round(median(on) - median(off), 1)
+
+    def wait_stream_live() -> None:
+        """As an engine step's ``wait_stream`` once a connector declared an access: the new
+        event's record keeps its snapshot, and the wait compares it with the stream's clock."""
+        auditor = streamcheck.current_auditor()
+        if auditor is not None and not auditor.ordering:
+            streamcheck.handoff(probe)
+        s1.wait_stream(s0)
+
+    name = "wait_stream, clocks live"
+    off, on = toggled(wait_stream_live, calls, rounds)
+    out[f"hook {name}: added ns"] = round(median(on) - median(off), 1)
+    out[f"hook {name}: unaudited ns"] = round(median(off), 1)
+    out.update(judged(f"hook {name}: added ns", paired_added(on, off, 1), HOOK_TARGETS[name]))
 
     declare, declared_read = connector_calls(probe, ev, s1)
     for name, fn in (("streamcheck.handoff", declare),

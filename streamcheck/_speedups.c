@@ -1278,11 +1278,17 @@ static PyTypeObject FastLaunchType = {
  */
 enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
 
+/* The (device, stream id) keys of the last few streams an event hook was given: a
+ * `wait_stream` records on one stream and waits on another, and an engine's step alternates
+ * between a few, each the same object for a while (its main stream, a side stream, a
+ * connector's). Entry i is keys[2i], a weak reference to the stream, and keys[2i + 1], its key. */
+#define KEPT_KEYS 4
+
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *current,
-        *dict, *weakrefs;
-    int kind;
+        *keys[2 * KEPT_KEYS], *dict, *weakrefs;
+    int kind, next_key;
     vectorcallfunc vectorcall;
 } GuardedCall;
 
@@ -1340,9 +1346,38 @@ static PyObject *clock_of_key(PyObject *auditor, PyObject *key)
     return clock;
 }
 
-static PyObject *clock_of(PyObject *auditor, PyObject *stream)
+/* stream_key(stream), read once per stream object while it is among the last KEPT_KEYS seen
+ * (a stream object's device and id never change; none is kept alive, and one made where a
+ * freed one was is read afresh). A stream that takes no weak reference is read every time.
+ * A new reference, or NULL + error. */
+static PyObject *kept_stream_key(GuardedCall *self, PyObject *stream)
 {
+    for (int i = 0; i < KEPT_KEYS; i++) {
+        PyObject *seen = self->keys[2 * i];
+        if (seen != NULL && self->keys[2 * i + 1] != NULL && refers_to(seen, stream))
+            return Py_NewRef(self->keys[2 * i + 1]);
+    }
     PyObject *key = stream_key(stream);
+    if (key == NULL)
+        return NULL;
+    PyObject *ref = PyWeakref_NewRef(stream, NULL);
+    if (ref == NULL) {
+        PyErr_Clear();
+        return key;
+    }
+    int i = self->next_key;
+    self->next_key = (i + 1) % KEPT_KEYS;
+    PyObject *old_seen = self->keys[2 * i], *old_key = self->keys[2 * i + 1];
+    self->keys[2 * i] = ref;
+    self->keys[2 * i + 1] = Py_NewRef(key);
+    Py_XDECREF(old_seen); /* after the entry is consistent: a deallocation may run code */
+    Py_XDECREF(old_key);
+    return key;
+}
+
+static PyObject *clock_of(GuardedCall *self, PyObject *auditor, PyObject *stream)
+{
+    PyObject *key = kept_stream_key(self, stream);
     if (key == NULL)
         return NULL;
     PyObject *clock = clock_of_key(auditor, key);
@@ -1401,7 +1436,7 @@ static int keep_snapshot(GuardedCall *self, PyObject *auditor, PyObject *event,
 {
     PyObject *clock;
     if (stream != Py_None) {
-        clock = clock_of(auditor, stream);
+        clock = clock_of(self, auditor, stream);
     } else {
         PyObject *key = current_stream_key(self);
         clock = key == NULL ? NULL : clock_of_key(auditor, key);
@@ -1432,10 +1467,18 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     int given = nargs == 2 && args[1] != Py_None;
     if (live && !given && self->current == Py_None)
         return 0; /* no reader of the current stream: the Python hook keeps the snapshot */
-    PyObject *now = given ? PyObject_GetAttr(args[1], s_device_index)
-                          : PyObject_CallNoArgs(self->reader);
-    if (now == NULL)
-        goto error;
+    PyObject *now;
+    if (given) { /* the stream's device, from its key (read once per stream object) */
+        PyObject *key = kept_stream_key(self, args[1]);
+        if (key == NULL)
+            goto error;
+        now = Py_NewRef(PyTuple_GET_ITEM(key, 0));
+        Py_DECREF(key);
+    } else {
+        now = PyObject_CallNoArgs(self->reader);
+        if (now == NULL)
+            goto error;
+    }
     if (!PyLong_CheckExact(now)) {
         Py_DECREF(now);
         return 0; /* the Python hook converts or complains */
@@ -1478,8 +1521,8 @@ static int bind_event(GuardedCall *self, PyObject *event, PyObject *device)
 }
 
 /* 1: plain, 0: not (or an error, cleared: the Python hook then sees it for itself) */
-static int event_wait_is_plain(PyObject *auditor, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames)
+static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames)
 {
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
@@ -1496,7 +1539,7 @@ static int event_wait_is_plain(PyObject *auditor, PyObject *const *args, Py_ssiz
         if (PyDict_GET_SIZE(snapshot) == 0) {
             plain = 1; /* a snapshot of nothing orders nothing */
         } else {
-            PyObject *own = clock_of(auditor, args[1]);
+            PyObject *own = clock_of(self, auditor, args[1]);
             plain = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : 0;
             Py_XDECREF(own);
         }
@@ -1587,7 +1630,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     else if (self->kind == EVENT_RECORD)
         plain = event_record_is_plain(self, auditor, args, nargs, kwnames, &bind);
     else if (self->kind == EVENT_WAIT)
-        plain = event_wait_is_plain(auditor, args, nargs, kwnames);
+        plain = event_wait_is_plain(self, auditor, args, nargs, kwnames);
     else
         plain = auditor == self->owner ? tensor_call_is_plain(self, auditor, args, nargs) : 0;
     if (plain < 0) {

@@ -312,6 +312,77 @@ def test_an_event_wait_is_decided_the_same_by_both_hooks(core):
     assert len(event.waits) == 4 and len(empty.waits) == len(unrecorded.waits) == 1
 
 
+class CountedStream:
+    """A stream whose device and id reads are counted."""
+
+    reads = 0
+
+    def __init__(self, stream_id: int) -> None:
+        self.sid = stream_id
+
+    @property
+    def device_index(self) -> int:
+        CountedStream.reads += 1
+        return 0
+
+    @property
+    def stream_id(self) -> int:
+        CountedStream.reads += 1
+        return self.sid
+
+
+class SlottedStream:
+    """A stream that takes no weak reference: read at every call."""
+
+    __slots__ = ("device_index", "stream_id")
+
+    def __init__(self, stream_id: int) -> None:
+        self.device_index, self.stream_id = 0, stream_id
+
+
+def test_the_event_hooks_read_a_streams_key_once_while_they_keep_it(core, monkeypatch):
+    """A ``wait_stream`` records on one stream and waits on another, and a step alternates
+    between a few: the compiled hooks read a stream's device and id once while it is among
+    the last four they saw. Every snapshot and merge is the right stream's however many
+    streams come and go, for a new stream made where a freed one was, and for a stream that
+    takes no weak reference (read each time)."""
+    monkeypatch.setattr(CountedStream, "reads", 0)
+    aud = installer.install("assert")
+    hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
+    hook_event_wait(installer._registry, installer._gate, FakeWaitEvent, fake_reader())
+    aud.ordering = True
+    table = aud.clocks._clocks
+
+    def recorded_on(stream):
+        event = FakeEvent()
+        event.record(stream)
+        return getattr(event, SNAPSHOT_ATTR)
+
+    main, side = CountedStream(10), CountedStream(11)
+    table[(0, 10)], table[(0, 11)] = {(0, 10): 1}, {(0, 11): 1}
+    for _ in range(3):
+        assert recorded_on(main) is table[(0, 10)] and recorded_on(side) is table[(0, 11)]
+    # the fake's own record reads the device each time (6); the hooks: each stream's device
+    # and id once (compiled), or both at every record (Python)
+    assert CountedStream.reads == 6 + (4 if core == "compiled" else 12)
+    many = [CountedStream(sid) for sid in range(20, 26)]  # more than the hooks keep
+    for _ in range(2):
+        for stream in many:
+            table[(0, stream.sid)] = clock = {(0, stream.sid): stream.sid}
+            assert recorded_on(stream) is clock
+    for sid in range(30, 40):  # each freed before the next is made (often at its address)
+        table[(0, sid)] = clock = {(0, sid): 1}
+        assert recorded_on(CountedStream(sid)) is clock
+    for sid in (40, 41, 40):
+        table[(0, sid)] = clock = {(0, sid): 2}
+        assert recorded_on(SlottedStream(sid)) is clock
+    waited = FakeWaitEvent()
+    setattr(waited, SNAPSHOT_ATTR, {(0, 10): 5})
+    for stream in (main, side, *many):
+        waited.wait(stream)
+        assert table[(0, stream.sid)][(0, 10)] == 5  # merged into the right stream's clock
+
+
 class FakeTensor:
     def __init__(self, device: int) -> None:
         self.device = device
