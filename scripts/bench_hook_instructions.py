@@ -39,6 +39,7 @@ PATHS = {
     "collective launch, stream=None through a kept stream": "kept",
     "set_stream": "set_stream",
     "Stream() creation": "creation",
+    "wait_stream's record and wait, clocks live": "wait_stream",
 }
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -46,7 +47,7 @@ TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 class KeptStream:
     """A torch-shaped stream: the attributes the hooks read."""
 
-    __slots__ = ("cuda_stream", "device_index", "stream_id")
+    __slots__ = ("__weakref__", "cuda_stream", "device_index", "stream_id")
 
     def __init__(self, handle: int, device: int, stream_id: int) -> None:
         self.cuda_stream, self.device_index, self.stream_id = handle, device, stream_id
@@ -86,6 +87,24 @@ class MadeStream:
         return stream
 
 
+class Event:
+    """``torch.cuda.Event``'s shape: ``wait_stream`` makes a new one, records it on the
+    stream waited for and waits on it on the waiting one (torch's own methods, no-ops here)."""
+
+    def record(self, stream: Any = None) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+
+def wait_stream(waiting: KeptStream, waited: KeptStream) -> None:
+    """torch's ``Stream.wait_stream``: ``waiting.wait_event(waited.record_event())``."""
+    event = Event()
+    event.record(waited)
+    event.wait(waiting)
+
+
 def _set_stream(stream: Any) -> None:
     """The namespace's own ``set_stream`` (a no-op here)."""
 
@@ -97,6 +116,8 @@ class Namespace:
 def prepare(path: str, audited: bool) -> Any:
     """The call to count, with the path's hook installed when ``audited``."""
     from streamcheck import installer
+    from streamcheck.runtime.reader import StreamReader
+    from streamcheck.wrappers.events import hook_event_record, hook_event_wait
     from streamcheck.wrappers.launches import wrap_stream_method
     from streamcheck.wrappers.streams import DeviceHome, hook_set_stream, hook_stream_creation
 
@@ -111,6 +132,15 @@ def prepare(path: str, audited: bool) -> Any:
                                current_raw_stream=CURRENT_RAW, fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
+        elif path == "wait_stream":
+            reader = StreamReader(current_stream=CURRENT, current_device=int)
+            hook_event_record(registry, gate, Event, reader)
+            hook_event_wait(registry, gate, Event, reader)
+            auditor = installer.current_auditor()
+            auditor.ordering = True  # as after a connector's first declared access
+            # the common wait: the waiting stream's clock already holds the waited one's
+            kept, side = (0, KEPT.stream_id), (0, SIDE.stream_id)
+            auditor.clocks._clocks.update({kept: {kept: 2}, side: {kept: 2, side: 1}})
         else:
             hook_stream_creation(registry, gate, MadeStream, "torch.cuda", DeviceHome(0))
     if path == "explicit":
@@ -120,6 +150,8 @@ def prepare(path: str, audited: bool) -> Any:
     if path == "set_stream":
         set_stream = namespace.set_stream
         return lambda: set_stream(SIDE)
+    if path == "wait_stream":
+        return lambda: wait_stream(SIDE, KEPT)
     return MadeStream
 
 

@@ -442,10 +442,14 @@ static PyObject *switchlog_clear_method(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* The ring fills from slot 0 (next and count move together until it is full, and clear
+ * empties both), so the filled slots are the first `count`: a young log, the one a collection
+ * of the youngest generation meets right after an install, costs what it holds, not its
+ * 16,384 slots. */
 static int switchlog_traverse(PyObject *op, visitproc visit, void *arg)
 {
     SwitchLog *log = (SwitchLog *)op;
-    return visit_slots(log->slots, log->capacity, visit, arg);
+    return visit_slots(log->slots, log->count, visit, arg);
 }
 
 static void switchlog_dealloc(PyObject *op)

@@ -43,7 +43,32 @@ def _hooked(path, call):
         return bench.Communicator.__dict__["all_reduce"]
     if path == "set_stream":
         return call.__closure__[0].cell_contents
+    if path == "wait_stream":
+        return bench.Event.__dict__["record"]
     return bench.MadeStream.__dict__["__new__"].__func__
+
+
+@pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+def test_the_wait_stream_path_is_the_plain_live_case_in_c(monkeypatch):
+    """Both event hooks compiled; the record keeps its snapshot (the clocks are live) and the
+    wait adds nothing to the waiting stream's clock, so neither reaches a Python hook."""
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    try:
+        call = bench.prepare("wait_stream", True)
+        hooks = (bench.Event.__dict__["record"], bench.Event.__dict__["wait"])
+        assert all(type(h).__name__ == "GuardedCall" for h in hooks)
+        auditor = installer.current_auditor()
+        table = dict(auditor.clocks._clocks)
+        asked: list = []
+        monkeypatch.setattr(auditor, "event_recorded", lambda *a: asked.append(a))
+        monkeypatch.setattr(auditor, "event_waited", lambda *a: asked.append(a))
+        call()
+        call()
+        assert asked == [] and auditor.clocks._clocks == table
+        assert all(auditor.clocks._clocks[k] is v for k, v in table.items())
+    finally:
+        installer.uninstall()
+        speedups.use("auto")
 
 
 def test_sizes_that_count_nothing_are_refused():

@@ -1075,6 +1075,32 @@ def test_a_cycle_through_a_reading_of_the_switch_log_is_collected():
 
 
 @needs_build
+def test_the_collector_visits_what_the_switch_log_holds_as_it_fills_and_wraps():
+    """The log's traversal visits its filled slots only (the first ``len(log)``: it fills from
+    the start): every record it holds as it fills, after it wraps, and nothing after a clear
+    (none missed: a missed one would leak a cycle through it)."""
+    import gc
+
+    from streamcheck._speedups import SwitchLog
+
+    class Held:
+        pass
+
+    log = SwitchLog(3)
+    assert gc.get_referents(log) == []
+    first, second = Held(), ("whole", Held())
+    log.append(first_record := (first, 1, "via.one", switch.__code__, 0, None, 0))
+    log.append(second)
+    assert {id(o) for o in gc.get_referents(log)} == {id(first_record), id(second)}
+    more = [(Held(),) for _ in range(4)]
+    for record in more:
+        log.append(record)  # wraps: the oldest three are overwritten
+    assert {id(o) for o in gc.get_referents(log)} == {id(r) for r in more[1:]}
+    log.clear()
+    assert gc.get_referents(log) == [] and first_record[0] is first
+
+
+@needs_build
 def test_the_gate_is_read_at_its_slot_and_generically_otherwise():
     """The compiled hooks read ``gate.auditor`` at the slot's offset once they saw the gate's
     type, and generically for any other gate: each hook records into the auditor its gate
