@@ -1291,22 +1291,51 @@ enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *current,
-        *keys[2 * KEPT_KEYS], *dict, *weakrefs;
+        *live_seen, *live_table, *keys[2 * KEPT_KEYS], *dict, *weakrefs;
     int kind, next_key;
     vectorcallfunc vectorcall;
 } GuardedCall;
 
 static PyObject *s_ordering, *s_get_device;
 
-/* 1: the auditor's clocks are live, 0: not, -1: error */
-static int clocks_live(PyObject *auditor)
+/* The auditor's table of stream clocks (`auditor.clocks._clocks`) once its clocks are live
+ * (`auditor.ordering`), Py_None before: a new reference, or NULL + error. An auditor's clocks
+ * go live once and stay live (Auditor._ordering_on), and its table is one dict for its life
+ * (HappensBefore replaces the clocks in it, never the dict), so both are read once per
+ * auditor: `live_seen` is a weak reference to the last auditor seen live and `live_table` its
+ * table (held until another auditor's replaces it). */
+static PyObject *live_clock_table(GuardedCall *self, PyObject *auditor)
 {
+    if (self->live_seen != NULL && self->live_table != NULL && refers_to(self->live_seen, auditor))
+        return Py_NewRef(self->live_table);
     PyObject *ordering = PyObject_GetAttr(auditor, s_ordering);
     if (ordering == NULL)
-        return -1;
+        return NULL;
     int live = PyObject_IsTrue(ordering);
     Py_DECREF(ordering);
-    return live;
+    if (live <= 0)
+        return live < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *table = NULL, *clocks = PyObject_GetAttr(auditor, s_clocks);
+    if (clocks != NULL)
+        table = PyObject_GetAttr(clocks, s_stream_clocks);
+    Py_XDECREF(clocks);
+    if (table != NULL && !PyDict_CheckExact(table)) {
+        PyErr_SetString(PyExc_TypeError, "the clocks' table is not a dict");
+        Py_CLEAR(table);
+    }
+    if (table == NULL)
+        return NULL;
+    PyObject *ref = PyWeakref_NewRef(auditor, NULL);
+    if (ref == NULL) { /* an auditor that takes no weak reference: read every time */
+        PyErr_Clear();
+        return table;
+    }
+    PyObject *old_seen = self->live_seen, *old_table = self->live_table;
+    self->live_seen = ref;
+    self->live_table = Py_NewRef(table);
+    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
+    Py_XDECREF(old_table);
+    return table;
 }
 
 /* The (device, stream id) key of a stream object, as the Python hooks make it (a new tuple);
@@ -1327,26 +1356,16 @@ static PyObject *stream_key(PyObject *stream)
     return key;
 }
 
-/* The clock of `stream` (a new reference: the table's, or empty_clock); NULL + error. The
- * table's clocks are replaced, never changed, so reading one needs no lock (as in Python).
- * The key is made first: reading a stream's attributes may run Python code, which must not
- * find the table half-read. */
-static PyObject *clock_of_key(PyObject *auditor, PyObject *key)
+/* The clock under `key` in `table` (live_clock_table's dict): a new reference, the table's
+ * or empty_clock; NULL + error. The table's clocks are replaced, never changed, so reading
+ * one needs no lock (as in Python). The key is made first: reading a stream's attributes may
+ * run Python code, which must not find the table half-read. */
+static PyObject *clock_of_key(PyObject *table, PyObject *key)
 {
-    PyObject *clock = NULL, *table = NULL;
-    PyObject *clocks = PyObject_GetAttr(auditor, s_clocks);
-    if (clocks != NULL)
-        table = PyObject_GetAttr(clocks, s_stream_clocks);
-    if (table != NULL && !PyDict_CheckExact(table)) {
-        PyErr_SetString(PyExc_TypeError, "the clocks' table is not a dict");
-    } else if (table != NULL) {
-        clock = PyDict_GetItemWithError(table, key); /* a tuple of ints: no Python code */
-        if (clock == NULL && !PyErr_Occurred())
-            clock = empty_clock;
-        Py_XINCREF(clock);
-    }
-    Py_XDECREF(clocks);
-    Py_XDECREF(table);
+    PyObject *clock = PyDict_GetItemWithError(table, key); /* a tuple of ints: no Python code */
+    if (clock == NULL && !PyErr_Occurred())
+        clock = empty_clock;
+    Py_XINCREF(clock);
     return clock;
 }
 
@@ -1379,12 +1398,12 @@ static PyObject *kept_stream_key(GuardedCall *self, PyObject *stream)
     return key;
 }
 
-static PyObject *clock_of(GuardedCall *self, PyObject *auditor, PyObject *stream)
+static PyObject *clock_of(GuardedCall *self, PyObject *table, PyObject *stream)
 {
     PyObject *key = kept_stream_key(self, stream);
     if (key == NULL)
         return NULL;
-    PyObject *clock = clock_of_key(auditor, key);
+    PyObject *clock = clock_of_key(table, key);
     Py_DECREF(key);
     return clock;
 }
@@ -1438,14 +1457,17 @@ static PyObject *current_stream_key(GuardedCall *self)
 static int keep_snapshot(GuardedCall *self, PyObject *auditor, PyObject *event,
                          PyObject *stream)
 {
-    PyObject *clock;
-    if (stream != Py_None) {
-        clock = clock_of(self, auditor, stream);
-    } else {
+    PyObject *clock = NULL, *table = live_clock_table(self, auditor);
+    if (table == Py_None) /* live when the record was let through, and clocks stay live */
+        PyErr_SetString(PyExc_RuntimeError, "the clocks are not live");
+    else if (table != NULL && stream != Py_None) {
+        clock = clock_of(self, table, stream);
+    } else if (table != NULL) {
         PyObject *key = current_stream_key(self);
-        clock = key == NULL ? NULL : clock_of_key(auditor, key);
+        clock = key == NULL ? NULL : clock_of_key(table, key);
         Py_XDECREF(key);
     }
+    Py_XDECREF(table);
     if (clock == NULL)
         return -1;
     int rc = PyObject_SetAttr(event, s_clock_attr, clock);
@@ -1465,9 +1487,11 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     *bind = NULL;
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
-    int live = clocks_live(auditor);
-    if (live < 0)
+    PyObject *table = live_clock_table(self, auditor);
+    if (table == NULL)
         goto error;
+    int live = table != Py_None;
+    Py_DECREF(table);
     int given = nargs == 2 && args[1] != Py_None;
     if (live && !given && self->current == Py_None)
         return 0; /* no reader of the current stream: the Python hook keeps the snapshot */
@@ -1530,25 +1554,31 @@ static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *c
 {
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
-    int live = clocks_live(auditor);
-    if (live <= 0)
-        return live == 0 ? 1 : drop_ordinary_error();
-    if (nargs < 2 || args[1] == Py_None)
-        return 0;
+    PyObject *table = live_clock_table(self, auditor);
+    if (table == NULL)
+        return drop_ordinary_error();
+    int live = table != Py_None;
+    if (!live || nargs < 2 || args[1] == Py_None) {
+        Py_DECREF(table);
+        return !live; /* no clocks live: plain; the current stream's wait: Python's */
+    }
     PyObject *snapshot = PyObject_GetAttr(args[0], s_clock_attr);
-    if (snapshot == NULL)
+    if (snapshot == NULL) {
+        Py_DECREF(table);
         return drop_ordinary_error(); /* never recorded here, or kept by id: Python's */
+    }
     int plain = 0;
     if (PyDict_CheckExact(snapshot)) {
         if (PyDict_GET_SIZE(snapshot) == 0) {
             plain = 1; /* a snapshot of nothing orders nothing */
         } else {
-            PyObject *own = clock_of(self, auditor, args[1]);
+            PyObject *own = clock_of(self, table, args[1]);
             plain = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : 0;
             Py_XDECREF(own);
         }
     }
     Py_DECREF(snapshot);
+    Py_DECREF(table);
     return plain < 0 ? drop_ordinary_error() : plain;
 }
 
@@ -1602,7 +1632,12 @@ static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize
         Py_DECREF(result);
         return NULL;
     }
-    int live = auditor == Py_None ? 0 : clocks_live(auditor);
+    int live = 0;
+    if (auditor != Py_None) {
+        PyObject *table = live_clock_table(self, auditor);
+        live = table == NULL ? -1 : table != Py_None;
+        Py_XDECREF(table);
+    }
     Py_DECREF(auditor);
     if (drop_ordinary_error() < 0) {
         Py_DECREF(result);

@@ -383,6 +383,54 @@ def test_the_event_hooks_read_a_streams_key_once_while_they_keep_it(core, monkey
         assert table[(0, stream.sid)][(0, 10)] == 5  # merged into the right stream's clock
 
 
+def test_the_event_hooks_follow_the_auditor_and_its_clocks_going_live(core, monkeypatch):
+    """The compiled hooks read an auditor's clock table once its clocks are live (they stay
+    live, and the table is one dict for its life): before that a record keeps nothing and a
+    wait orders nothing, after it the clocks are this auditor's, and another auditor behind
+    the same hooks is read afresh, its clocks live or not."""
+    from streamcheck.core.auditor import Auditor
+    from streamcheck.core.modes import Mode
+
+    first = installer.install("assert")
+    hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
+    hook_event_wait(installer._registry, installer._gate, FakeWaitEvent, fake_reader())
+    s5, s6 = CountedStream(5), CountedStream(6)
+
+    def recorded_on(stream):
+        event = FakeEvent()
+        event.record(stream)
+        return getattr(event, SNAPSHOT_ATTR, None)
+
+    def waited(snapshot, stream):
+        event = FakeWaitEvent()
+        setattr(event, SNAPSHOT_ATTR, snapshot)
+        event.wait(stream)
+
+    first.clocks._clocks[(0, 5)] = mine = {(0, 5): 1}
+    assert recorded_on(s5) is None  # not live yet
+    waited({(0, 5): 1}, s6)
+    assert (0, 6) not in first.clocks._clocks
+    first.ordering = True
+    assert recorded_on(s5) is mine
+    waited({(0, 5): 1}, s6)
+    assert first.clocks._clocks[(0, 6)] == {(0, 5): 1}
+    second = Auditor(Mode.ASSERT)
+    try:
+        installer._gate.auditor = second  # the same hooks, another auditor
+        assert recorded_on(s5) is None and (0, 6) not in second.clocks._clocks
+        waited({(0, 5): 1}, s6)
+        assert (0, 6) not in second.clocks._clocks  # its clocks are not live
+        second.ordering = True
+        second.clocks._clocks[(0, 5)] = theirs = {(0, 5): 9}
+        assert recorded_on(s5) is theirs
+        waited({(0, 5): 9}, s6)
+        assert second.clocks._clocks[(0, 6)] == {(0, 5): 9}
+        installer._gate.auditor = first
+        assert recorded_on(s5) is mine
+    finally:
+        installer._gate.auditor = first
+
+
 class FakeTensor:
     def __init__(self, device: int) -> None:
         self.device = device
