@@ -289,18 +289,22 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             launches += auditor.launches
             streamcheck.uninstall()
     os.environ.pop("STREAMCHECK_CORE", None)
-    if args.spy_iters:  # for a sampling profiler: the phases apart, by function name
+    if args.spy_iters:  # for a sampling profiler: the phases apart, by function name, in
+        # alternating blocks (as the rounds alternate) so a drift of the host hits both
+        block = max(1, args.spy_iters // args.spy_blocks)
+
         def steps_unaudited() -> None:
-            run(args.spy_iters)
+            run(block)
 
         def steps_audited() -> None:
-            run(args.spy_iters)
+            run(block)
 
-        steps_unaudited()
-        streamcheck.install("assert")
-        run(1)  # the first handoff puts the event hooks in: not a step's cost
-        steps_audited()
-        streamcheck.uninstall()
+        for _ in range(args.spy_blocks):
+            steps_unaudited()
+            streamcheck.install("assert")
+            run(1)  # the first handoff puts the event hooks in: not a step's cost
+            steps_audited()
+            streamcheck.uninstall()
 
     def audited_vs_not(parts: frozenset[str], mode: str, prepare: Callable[[], int] | None = None
                        ) -> tuple[float, float, list[Any], int]:
@@ -446,6 +450,8 @@ def main() -> int:
     p.add_argument("--spy-iters", type=int, default=0,
                    help="then run this many iterations unaudited and audited in functions "
                         "named steps_unaudited / steps_audited (for py-spy)")
+    p.add_argument("--spy-blocks", type=int, default=6,
+                   help="in this many alternating blocks of each (a drift hits both)")
     p.add_argument("--hook-ablate", action="store_true",
                    help="also run the audited loop with each group of hooks restored")
     p.add_argument("--phases", action="store_true",
@@ -453,8 +459,10 @@ def main() -> int:
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
-    if args.iters < 1 or args.rounds < 1 or args.layers < 1 or args.spy_iters < 0:
-        p.error("--iters, --rounds and --layers must be at least 1, --spy-iters at least 0")
+    if (args.iters < 1 or args.rounds < 1 or args.layers < 1 or args.spy_iters < 0
+            or args.spy_blocks < 1):
+        p.error("--iters, --rounds, --layers and --spy-blocks must be at least 1, "
+                "--spy-iters at least 0")
     world = min(torch.cuda.device_count(), 2)
     if world < 1:
         print("bench_stream_loop needs a CUDA GPU")

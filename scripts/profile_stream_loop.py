@@ -3,8 +3,9 @@
 ``bench_stream_loop.py`` says how much slower the audited loop is; its ``--phases`` says which
 parts of a step got slower, by wall time. Neither says why a part the audit does not hook (a
 matmul, the all-reduce's own C++) got slower. This runs the loop under py-spy
-(``--spy-iters``: the same steps unaudited, then audited, in functions py-spy can tell apart)
-and compares the samples of the rank's main thread in the two phases:
+(``--spy-iters``: the same steps unaudited and audited, in functions py-spy can tell apart, in
+alternating blocks so that a drift of the host's speed hits both) and compares the samples of
+the rank's main thread in the two phases:
 
 * by part of a step (the line of ``step`` it was in, shown as the source line);
 * with ``--native``, by native function (every frame below ``step``, counted once a sample):
@@ -21,7 +22,8 @@ py-spy's sampling slows the loop (``--native`` most), so the counts are shares o
 not microseconds; each phase runs the same number of iterations, so the audited phase's
 extra samples over the unaudited one's total is the audit's cost as this profile sees it.
 
-    python scripts/profile_stream_loop.py [--iters 3000] [--rate 100] [--native] [--raw FILE]
+    python scripts/profile_stream_loop.py [--iters 3000] [--blocks 6] [--rate 100] [--native]
+                                          [--raw FILE]
     python scripts/profile_stream_loop.py --from-raw FILE   # a recorded py-spy raw file
 
 ``--raw`` keeps py-spy's raw (collapsed) stacks; ``--from-raw`` reads such a file (plain or
@@ -180,14 +182,14 @@ def print_summary(summary: dict[str, object]) -> None:
               f"{counts.get('audited', 0)}")
 
 
-def record(raw: Path, iters: int, rate: int, native: bool) -> None:
+def record(raw: Path, iters: int, rate: int, native: bool, blocks: int) -> None:
     spy = shutil.which("py-spy")
     if spy is None:
         sys.exit("py-spy is not on PATH: pip install py-spy")
     command = [spy, "record", "--subprocesses", "--threads", "--idle", "-r", str(rate),
                "-f", "raw", "-o", str(raw), *(["--native"] if native else []), "--",
                sys.executable, str(LOOP), "--rounds", "1", "--iters", "20",
-               "--spy-iters", str(iters)]
+               "--spy-iters", str(iters), "--spy-blocks", str(blocks)]
     done = subprocess.run(command, check=False)
     if done.returncode != 0 or not raw.exists():
         sys.exit(f"py-spy or the loop failed (exit {done.returncode}); nothing to read")
@@ -197,14 +199,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=3000, help="iterations in each phase")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples a second")
+    p.add_argument("--blocks", type=int, default=6,
+                   help="alternating blocks of each phase (unaudited, audited, ...)")
     p.add_argument("--native", action="store_true", help="native frames too (py-spy --native)")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
     p.add_argument("--from-raw", type=Path, help="read a recorded raw file; run nothing")
     p.add_argument("--top", type=int, default=25, help="rows a table")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     args = p.parse_args()
-    if args.iters < 1 or args.rate < 1 or args.top < 1:
-        p.error("--iters, --rate and --top must be at least 1")
+    if min(args.iters, args.rate, args.top, args.blocks) < 1:
+        p.error("--iters, --rate, --blocks and --top must be at least 1")
     source = LOOP.read_text().splitlines()
     if args.from_raw is not None:
         if not args.from_raw.is_file():
@@ -212,7 +216,7 @@ def main() -> int:
         raw = args.from_raw
     else:
         raw = args.raw or Path(tempfile.mkdtemp(prefix="streamcheck-spy-")) / "spy.txt"
-        record(raw, args.iters, args.rate, args.native)
+        record(raw, args.iters, args.rate, args.native, args.blocks)
     summary = read_profile(raw, source).summary(args.top)
     if not summary["samples"]:
         print(f"{raw}: no sample inside steps_unaudited/steps_audited (was it a "

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.scripts.script_modules import SCRIPTS, load_script
 
 profile = load_script("profile_stream_loop")
@@ -108,3 +110,25 @@ def test_the_script_reads_a_recorded_file_and_says_when_it_holds_no_phase(tmp_pa
     done = subprocess.run([sys.executable, script, "--from-raw", str(tmp_path / "missing")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "no file" in done.stderr
+
+
+def test_a_recording_runs_the_loop_in_alternating_blocks_under_py_spy(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run(command, check):
+        ran.append(command)
+        Path(command[command.index("-o") + 1]).write_text("")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(profile.shutil, "which", lambda name: "/bin/py-spy")
+    monkeypatch.setattr(profile.subprocess, "run", fake_run)
+    profile.record(tmp_path / "raw.txt", 600, 50, True, 4)
+    command = ran[0]
+    assert command[:2] == ["/bin/py-spy", "record"] and "--native" in command
+    loop = command[command.index("--") + 1:]
+    assert loop[1].endswith("bench_stream_loop.py")
+    assert loop[loop.index("--spy-iters") + 1] == "600"
+    assert loop[loop.index("--spy-blocks") + 1] == "4"
+    monkeypatch.setattr(profile.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="py-spy is not on PATH"):
+        profile.record(tmp_path / "raw2.txt", 600, 50, False, 4)
