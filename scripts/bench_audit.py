@@ -85,24 +85,32 @@ def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
 def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
                 ) -> tuple[list[float], list[float]]:
     """ns per call of a and b in each round, measured in alternating rounds so drift hits
-    both (and each round's pair can be compared on its own)."""
+    both (and each round's pair can be compared on its own); which goes first turns from
+    round to round, so a run's place in its round favours neither."""
     sa, sb = [], []
-    for _ in range(rounds):
-        sa.append(per_call_ns(a, calls, drain))
-        sb.append(per_call_ns(b, calls, drain))
+    for index in range(rounds):
+        for which in (0, 1) if index % 2 == 0 else (1, 0):
+            if which == 0:
+                sa.append(per_call_ns(a, calls, drain))
+            else:
+                sb.append(per_call_ns(b, calls, drain))
     return sa, sb
 
 
 def toggled(fn: Any, calls: int, rounds: int) -> tuple[list[float], list[float]]:
     """ns per call of ``fn`` without the audit and with it (``assert``) in each round, the
-    rounds alternating: the same callable, so what differs is the hooks alone."""
+    rounds alternating, which goes first turning from round to round: the same callable, so
+    what differs is the hooks alone."""
     off, on = [], []
-    for _ in range(rounds):
-        streamcheck.uninstall()
-        off.append(per_call_ns(fn, calls))
-        streamcheck.install("assert")
-        on.append(per_call_ns(fn, calls))
     streamcheck.uninstall()
+    for index in range(rounds):
+        for audited in (False, True) if index % 2 == 0 else (True, False):
+            if audited:
+                streamcheck.install("assert")
+                on.append(per_call_ns(fn, calls))
+                streamcheck.uninstall()
+            else:
+                off.append(per_call_ns(fn, calls))
     return off, on
 
 

@@ -7,8 +7,10 @@ and wait), a small matmul on each stream and a ``torch.distributed`` all-reduce;
 event the connector thread waits on before copying the step's KV to pinned memory on its own
 stream (declared to streamcheck as a handoff, so the happens-before clocks are live).
 
-One process per GPU (2 ranks on 2 GPUs). Rounds alternate audited and unaudited (install and
-uninstall between rounds, outside the timed region) so drift hits both; the median per-iteration
+One process per GPU (2 ranks on 2 GPUs). Each round runs the loop unaudited and audited
+(install and uninstall between runs, outside the timed region), the runs' order turning from
+round to round (``in_turn``) so that neither a drift nor a run's place in its round favours
+one of them; the median per-iteration
 time of each is printed with their ratio, and each round's own ratio (audited over the same
 round's unaudited run) with a 95 % interval for its median: the verdict on the 1.03 target
 comes from that interval (``_stats.py``: met only if it lies at or under 1.03 on every rank),
@@ -277,20 +279,22 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     first: dict[str, list[float]] = {"unaudited": [], **{core: [] for core in cores()}}
     findings: list[str] = []
     launches = 0
-    for _ in range(args.rounds):
-        first["unaudited"].append(run(1))
-        plain.append(run(args.iters, into="unaudited"))
-        for core, times in audited.items():  # the compiled hooks and the Python ones
-            os.environ["STREAMCHECK_CORE"] = core
+    for index in range(args.rounds):
+        for arm in in_turn(["unaudited", *audited], index):  # the compiled and Python hooks
+            if arm == "unaudited":
+                first["unaudited"].append(run(1))
+                plain.append(run(args.iters, into="unaudited"))
+                continue
+            os.environ["STREAMCHECK_CORE"] = arm
             auditor = streamcheck.install("assert")
-            first[core].append(run(1))
-            times.append(run(args.iters, into="audited" if core == cores()[0] else ""))
+            first[arm].append(run(1))
+            audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
     os.environ.pop("STREAMCHECK_CORE", None)
     if args.spy_iters:  # for a sampling profiler: the phases apart, by function name, in
-        # alternating blocks (as the rounds alternate) so a drift of the host hits both
+        # alternating blocks, in turn first (as the rounds), so a drift of the host hits both
         block = max(1, args.spy_iters // args.spy_blocks)
 
         def steps_unaudited() -> None:
@@ -299,28 +303,35 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         def steps_audited() -> None:
             run(block)
 
-        for _ in range(args.spy_blocks):
-            steps_unaudited()
-            streamcheck.install("assert")
-            run(1)  # the first handoff puts the event hooks in: not a step's cost
-            steps_audited()
-            streamcheck.uninstall()
+        for index in range(args.spy_blocks):
+            for phase in in_turn(["unaudited", "audited"], index):
+                if phase == "unaudited":
+                    steps_unaudited()
+                    continue
+                streamcheck.install("assert")
+                run(1)  # the first handoff puts the event hooks in: not a step's cost
+                steps_audited()
+                streamcheck.uninstall()
 
     def audited_vs_not(parts: frozenset[str], mode: str, prepare: Callable[[], int] | None = None
                        ) -> tuple[float, float, list[Any], int]:
-        """Over ``args.rounds`` rounds of ``parts``, unaudited then audited in ``mode``: the
-        ratio of the medians, the unaudited median (us), every round's finding entries, and
-        what ``prepare`` (run after each install, before the timed run) returned last."""
+        """Over ``args.rounds`` rounds of ``parts``, unaudited and audited in ``mode`` (in turn
+        first): the ratio of the medians, the unaudited median (us), every round's finding
+        entries, and what ``prepare`` (run after each install, before the timed run) returned
+        last."""
         bare, checked, entries, prepared = [], [], [], 0
-        for _ in range(args.rounds):
-            run(1, parts)  # as the main rounds: each round's first iteration left out
-            bare.append(run(args.iters, parts))
-            auditor = streamcheck.install(mode)
-            run(1, parts)  # the first handoff: the event hooks go in now
-            prepared = prepare() if prepare is not None else 0
-            checked.append(run(args.iters, parts))
-            entries += auditor.entries()
-            streamcheck.uninstall()
+        for index in range(args.rounds):
+            for arm in in_turn(["unaudited", "audited"], index):
+                if arm == "unaudited":
+                    run(1, parts)  # as the main rounds: each round's first iteration left out
+                    bare.append(run(args.iters, parts))
+                    continue
+                auditor = streamcheck.install(mode)
+                run(1, parts)  # the first handoff: the event hooks go in now
+                prepared = prepare() if prepare is not None else 0
+                checked.append(run(args.iters, parts))
+                entries += auditor.entries()
+                streamcheck.uninstall()
         return (round(statistics.median(checked) / statistics.median(bare), 4),
                 round(statistics.median(bare), 1), entries, prepared)
 
@@ -592,6 +603,15 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
                        (torch.cuda.Event, ("synchronize", "query"))],
         "all_reduce": [(dist, ("all_reduce",)), (dist.distributed_c10d, ("all_reduce",))],
     }
+
+
+def in_turn(arms: list[str], index: int) -> list[str]:
+    """The arms in round ``index``'s order: each round starts one arm later (unaudited first,
+    then the first audited one, ...), so that whatever a run's place in a round does to it
+    (the run before it, the host speeding up or slowing down within the round) falls on every
+    arm alike; with the unaudited run always first, it fell on the audited ones."""
+    shift = index % len(arms)
+    return arms[shift:] + arms[:shift]
 
 
 def cores() -> list[str]:

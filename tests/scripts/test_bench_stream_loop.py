@@ -52,3 +52,15 @@ def test_each_rounds_own_ratio_is_paired_with_its_own_unaudited_run():
     plain = [100.0, 200.0, 400.0]
     audited = [110.0, 204.0, 480.0]
     assert bench.paired_ratio(audited, plain) == (1.1, 1.02, 1.2, None, None)  # 3 rounds
+
+
+def test_each_arm_takes_each_place_in_a_round_equally_often():
+    """The unaudited run used to come first in every round: whatever a run's place did to it
+    fell on the audited ones alone."""
+    arms = ["unaudited", "compiled", "python"]
+    orders = [bench.in_turn(arms, index) for index in range(6)]
+    assert orders[0] == arms and orders[1] == ["compiled", "python", "unaudited"]
+    for place in range(3):
+        assert sorted(order[place] for order in orders) == sorted(arms * 2)
+    assert [bench.in_turn(["unaudited", "audited"], i)[0] for i in range(4)] == [
+        "unaudited", "audited", "unaudited", "audited"]

@@ -43,6 +43,18 @@ def test_bench_audit_judges_a_row_by_its_interval_and_keeps_each_rounds_timings(
     assert rows["r: target <= 1.02"] == "NOT met"
 
 
+def test_bench_audit_turns_which_run_goes_first_from_round_to_round():
+    bench_audit = load_script("bench_audit")
+    import streamcheck
+
+    seen: list[bool] = []
+    bench_audit.toggled(lambda: seen.append(streamcheck.current_auditor() is not None), 1, 4)
+    assert seen == [False, True, True, False, False, True, True, False]
+    order: list[str] = []
+    a, b = bench_audit.interleaved(lambda: order.append("a"), lambda: order.append("b"), 1, 3)
+    assert order == ["a", "b", "b", "a", "a", "b"] and len(a) == len(b) == 3
+
+
 def test_bench_audit_ratio_rows_name_the_medians_the_ratio_and_the_verdict():
     bench_audit = load_script("bench_audit")
     rows = bench_audit.ratio_rows("op", [1000.0] * 6, [1010.0] * 6, 3, 1.02)
