@@ -24,10 +24,12 @@ extra samples over the unaudited one's total is the audit's cost as this profile
 
     python scripts/profile_stream_loop.py [--iters 3000] [--blocks 6] [--rate 100] [--native]
                                           [--raw FILE]
-    python scripts/profile_stream_loop.py --from-raw FILE   # a recorded py-spy raw file
+    python scripts/profile_stream_loop.py --from-raw FILE [--source OLD_LOOP]  # recorded
 
 ``--raw`` keeps py-spy's raw (collapsed) stacks; ``--from-raw`` reads such a file (plain or
-gzip) instead of running anything. Needs a CUDA GPU and ``py-spy`` on PATH to run the loop.
+gzip) instead of running anything, its parts named from ``--source`` (the
+``bench_stream_loop.py`` it was recorded with, when the lines of ``step`` have moved since).
+Needs a CUDA GPU and ``py-spy`` on PATH to run the loop.
 """
 
 from __future__ import annotations
@@ -204,12 +206,16 @@ def main() -> int:
     p.add_argument("--native", action="store_true", help="native frames too (py-spy --native)")
     p.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here")
     p.add_argument("--from-raw", type=Path, help="read a recorded raw file; run nothing")
+    p.add_argument("--source", type=Path, default=LOOP,
+                   help="the bench_stream_loop.py a recorded file was made with (part names)")
     p.add_argument("--top", type=int, default=25, help="rows a table")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     args = p.parse_args()
     if min(args.iters, args.rate, args.top, args.blocks) < 1:
         p.error("--iters, --rate, --blocks and --top must be at least 1")
-    source = LOOP.read_text().splitlines()
+    if not args.source.is_file():
+        p.error(f"--source: no file {args.source}")
+    source = args.source.read_text().splitlines()
     if args.from_raw is not None:
         if not args.from_raw.is_file():
             p.error(f"--from-raw: no file {args.from_raw}")

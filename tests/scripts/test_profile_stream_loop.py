@@ -80,14 +80,26 @@ def test_condition_waits_and_streamcheck_frames_are_counted_apart():
 
 
 def test_the_recorded_profiles_give_the_documented_table():
-    source = (SCRIPTS / "bench_stream_loop.py").read_text().splitlines()
-    python = profile.read_profile(RECORDED / "python.txt.gz", source).summary(top=40)
-    native = profile.read_profile(RECORDED / "native.txt.gz", source).summary(top=400)
+    """Calls 2 and 3 (one unaudited phase, then one audited) with 3e52815's loop; call 6 (six
+    blocks of each, in turn first) with this one's."""
+    then = (RECORDED / "bench_stream_loop_3e52815.py.txt").read_text().splitlines()
+    python = profile.read_profile(RECORDED / "python.txt.gz", then).summary(top=40)
+    native = profile.read_profile(RECORDED / "native.txt.gz", then).summary(top=400)
     assert python["samples"] == {"unaudited": 2747, "audited": 3298}
     assert native["samples"] == {"unaudited": 1430, "audited": 1583}
-    by_line = {row["name"].rsplit("(line ", 1)[1].rstrip(")"): row["added"]
-               for row in python["parts"] if "(line " in row["name"]}
-    assert (by_line["159"], by_line["153"], by_line["157"], by_line["162"]) == (186, 118, 89, 34)
+    parts = {row["name"]: row["added"] for row in python["parts"]}
+    assert parts["dist.all_reduce(x) (line 159)"] == 186
+    assert parts["y = x @ w (line 153)"] == 118
+    assert parts["x = torch.tanh(x @ w + y) (line 157)"] == 89
+    handoff = 'handoff = streamcheck.handoff(kv) if "handoff" in parts else None (line 162)'
+    assert parts[handoff] == 34
+    now = (SCRIPTS / "bench_stream_loop.py").read_text().splitlines()
+    in_turn = profile.read_profile(RECORDED / "native_in_turn.txt.gz", now).summary(top=40)
+    assert in_turn["samples"] == {"unaudited": 2003, "audited": 2163}
+    assert in_turn["gil_wait"] == {"unaudited": 83, "audited": 106}
+    assert in_turn["streamcheck_self"] == {"unaudited": 3, "audited": 95}
+    parts = {row["name"]: row["added"] for row in in_turn["parts"]}
+    assert parts["main.wait_stream(side) (line 156)"] == 44
     assert native["gil_wait"] == {"unaudited": 50, "audited": 80}
     assert native["streamcheck_self"] == {"unaudited": 1, "audited": 69}
     native_rows = {row["name"]: row for row in native["native"]}
