@@ -55,6 +55,12 @@ _ADDRESS = re.compile(r"0x[0-9a-f]+ ")
 _STEP_LINE = re.compile(r"^step \(.*bench_stream_loop\.py:(\d+)\)$")
 
 Stack = tuple[str, ...]
+Counts = collections.Counter  # a phase's name -> its samples
+Table = dict[str, "collections.Counter[str]"]  # a part or frame -> its Counts
+
+
+def _table() -> Table:
+    return collections.defaultdict(collections.Counter)
 
 
 def parse_raw(lines: Iterable[str]) -> Iterator[tuple[Stack, int]]:
@@ -92,18 +98,9 @@ class Profile:
 
     def __init__(self, source: list[str]) -> None:
         self.source = source  # bench_stream_loop.py's lines: a part's label
-        self.total: collections.Counter[str] = collections.Counter()
-        self.parts: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter)
-        self.native: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter)
-        self.gil: collections.Counter[str] = collections.Counter()
-        self.ours: collections.Counter[str] = collections.Counter()
-        self.ours_frames: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter)
-        self.innermost: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter)
-        self.ours_self: collections.Counter[str] = collections.Counter()
+        self.total, self.gil, self.ours, self.ours_self = (Counts() for _ in range(4))
+        self.parts, self.native, self.ours_frames, self.innermost = (
+            _table() for _ in range(4))
 
     def add(self, stack: Stack, count: int) -> None:
         phase = phase_of(stack)
@@ -135,7 +132,7 @@ class Profile:
         return f"{text} (line {line})"
 
     def summary(self, top: int) -> dict[str, object]:
-        def rows(table: dict[str, collections.Counter[str]]) -> list[dict[str, object]]:
+        def rows(table: Table) -> list[dict[str, object]]:
             ranked = sorted(table.items(),
                             key=lambda kv: -(kv[1]["audited"] - kv[1]["unaudited"]))
             return [{"name": name, "unaudited": c["unaudited"], "audited": c["audited"],
