@@ -587,7 +587,13 @@ static int refers_to(PyObject *ref, PyObject *obj)
 /* obj.name, read once per object: `*seen` is a weak reference to the object it was read from
  * last and `*value` what was read (an object made where a freed one was is read afresh, and
  * none is kept alive). An object that takes no weak reference is read every time. A new
- * reference, or NULL + error. */
+ * reference, or NULL + error.
+ * Only for objects whose deallocation clears their weak references (communicators, auditors:
+ * Python classes). Not for torch.cuda.Stream or Event: in torch 2.11 their C deallocators do
+ * not clear the weak references their base types accept, so one left behind points into freed
+ * memory and dropping it writes there (pytorch/pytorch#183403). A cache of stream keys held by
+ * weak references crashed the stream-heavy loop that way on an H200 (docs/measurements.md,
+ * twelfth session); a stream is kept by a strong reference instead (keep_stream). */
 static PyObject *read_once_per_object(PyObject **seen, PyObject **value, PyObject *obj,
                                       PyObject *name)
 {
