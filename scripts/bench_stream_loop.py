@@ -295,7 +295,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
     os.environ.pop("STREAMCHECK_CORE", None)
     if args.spy_iters:  # for a sampling profiler: the phases apart, by function name, in
         # alternating blocks, in turn first (as the rounds), so a drift of the host hits both
-        block = max(1, args.spy_iters // args.spy_blocks)
+        block = args.spy_iters // args.spy_blocks
 
         def steps_unaudited() -> None:
             run(block)
@@ -462,7 +462,8 @@ def main() -> int:
                    help="then run this many iterations unaudited and audited in functions "
                         "named steps_unaudited / steps_audited (for py-spy)")
     p.add_argument("--spy-blocks", type=int, default=6,
-                   help="in this many alternating blocks of each (a drift hits both)")
+                   help="in this many alternating blocks of each (a drift hits both); "
+                        "--spy-iters must be a multiple of it")
     p.add_argument("--hook-ablate", action="store_true",
                    help="also run the audited loop with each group of hooks restored")
     p.add_argument("--phases", action="store_true",
@@ -474,6 +475,9 @@ def main() -> int:
             or args.spy_blocks < 1):
         p.error("--iters, --rounds, --layers and --spy-blocks must be at least 1, "
                 "--spy-iters at least 0")
+    if args.spy_iters % args.spy_blocks:
+        p.error(f"--spy-iters ({args.spy_iters}) must be a multiple of --spy-blocks "
+                f"({args.spy_blocks}): each phase runs exactly --spy-iters iterations")
     world = min(torch.cuda.device_count(), 2)
     if world < 1:
         print("bench_stream_loop needs a CUDA GPU")
@@ -607,9 +611,11 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
 
 def in_turn(arms: list[str], index: int) -> list[str]:
     """The arms in round ``index``'s order: each round starts one arm later (unaudited first,
-    then the first audited one, ...), so that whatever a run's place in a round does to it
-    (the run before it, the host speeding up or slowing down within the round) falls on every
-    arm alike; with the unaudited run always first, it fell on the audited ones."""
+    then the first audited one, ...), so each arm takes each place in a round equally often
+    and whatever a run's place does to it (the host speeding up or slowing down within the
+    round, a round's first run after the last one's) falls on every arm alike; with the
+    unaudited run always first, it fell on the audited ones. The order stays cyclic: which arm
+    runs just before which is not balanced (a Latin square of every order would be)."""
     shift = index % len(arms)
     return arms[shift:] + arms[:shift]
 

@@ -5,7 +5,7 @@ parts of a step got slower, by wall time. Neither says why a part the audit does
 matmul, the all-reduce's own C++) got slower. This runs the loop under py-spy
 (``--spy-iters``: the same steps unaudited and audited, in functions py-spy can tell apart, in
 alternating blocks so that a drift of the host's speed hits both) and compares the samples of
-the rank's main thread in the two phases:
+the ranks' main threads in the two phases (one rank where one GPU is visible):
 
 * by part of a step (the line of ``step`` it was in, shown as the source line);
 * with ``--native``, by native function (every frame below ``step``, counted once a sample):
@@ -85,7 +85,9 @@ def is_python(frame: str) -> bool:
 
 
 def is_ours(frame: str) -> bool:
-    return "streamcheck/" in frame or "_speedups" in frame
+    """A frame of streamcheck's Python files or of its compiled hooks (its _speedups module's
+    path names the package too)."""
+    return "streamcheck/" in frame
 
 
 def native_name(frame: str) -> str:
@@ -210,6 +212,8 @@ def main() -> int:
     args = p.parse_args()
     if min(args.iters, args.rate, args.top, args.blocks) < 1:
         p.error("--iters, --rate, --blocks and --top must be at least 1")
+    if args.iters % args.blocks:
+        p.error("--iters must be a multiple of --blocks (each phase runs exactly --iters)")
     if not args.source.is_file():
         p.error(f"--source: no file {args.source}")
     source = args.source.read_text().splitlines()

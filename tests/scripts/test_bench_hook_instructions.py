@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from streamcheck import installer
+from streamcheck.core.clocks import SNAPSHOT_ATTR
 from streamcheck.wrappers import speedups
 from tests.scripts.script_modules import SCRIPTS, load_script
 
@@ -62,6 +63,9 @@ def test_the_wait_stream_path_is_the_plain_live_case_in_c(monkeypatch):
         asked: list = []
         monkeypatch.setattr(auditor, "event_recorded", lambda *a: asked.append(a))
         monkeypatch.setattr(auditor, "event_waited", lambda *a: asked.append(a))
+        live = bench.Event()
+        live.record(bench.KEPT)  # the clocks are live: the record keeps the stream's clock
+        assert getattr(live, SNAPSHOT_ATTR) is table[(0, bench.KEPT.stream_id)]
         call()
         call()
         assert asked == [] and auditor.clocks._clocks == table

@@ -34,6 +34,9 @@ MADE_UP = [
            "pybind11::gil_scoped_release::~gil_scoped_release (libtorch_python.so)",
            "pthread_cond_timedwait (libc.so.6)") + " 5",
     _stack("steps_audited", "run (scripts/bench_stream_loop.py:255)") + " 1",
+    _stack("steps_audited", STEP.format(159), "all_reduce (streamcheck/wrappers/x.py:3)",
+           "~TensorImpl (libc10.so)", "guarded_vectorcall (streamcheck/_speedups.so)",
+           "~TensorImpl (libc10.so)", "0x7f01 (libc.so.6)") + " 2",
     "process 1:\"python\";thread (2): kv-saver;run (scripts/bench_stream_loop.py:92) 50",
     "not a sample line",
 ]
@@ -48,8 +51,8 @@ def _read(lines: list[str]):
 
 def test_samples_outside_the_two_phases_are_left_out():
     summary = _read(MADE_UP)
-    assert summary["samples"] == {"unaudited": 12, "audited": 22}
-    assert summary["added"] == 10
+    assert summary["samples"] == {"unaudited": 12, "audited": 24}
+    assert summary["added"] == 12
 
 
 def test_parts_are_the_lines_of_step_and_the_rest_is_said_to_be_outside_it():
@@ -64,7 +67,8 @@ def test_parts_are_the_lines_of_step_and_the_rest_is_said_to_be_outside_it():
 
 def test_native_frames_are_counted_without_their_address_and_once_a_sample():
     native = {row["name"]: row for row in _read(MADE_UP)["native"]}
-    assert native["(libc.so.6)"]["audited"] == 3
+    assert native["(libc.so.6)"]["audited"] == 3 + 2
+    assert native["~TensorImpl (libc10.so)"]["audited"] == 2  # twice in one stack: once
     assert native["cuLaunchKernel (libcuda.so)"] == {
         "name": "cuLaunchKernel (libcuda.so)", "unaudited": 2, "audited": 3, "added": 1}
     assert "wait_stream (torch/cuda/streams.py:77)" not in native  # a Python frame
@@ -73,15 +77,24 @@ def test_native_frames_are_counted_without_their_address_and_once_a_sample():
 def test_condition_waits_and_streamcheck_frames_are_counted_apart():
     summary = _read(MADE_UP)
     assert summary["gil_wait"] == {"audited": 5}
-    assert summary["streamcheck"] == {"audited": 4}
+    assert summary["streamcheck"] == {"audited": 4 + 2}
     assert summary["streamcheck_self"] == {"audited": 4}  # the hook is the innermost frame
     outermost = {row["name"]: row["audited"] for row in summary["streamcheck_outermost"]}
-    assert outermost == {"guarded_vectorcall": 4}
+    assert outermost == {"guarded_vectorcall": 4, "all_reduce": 2}  # the outer one of two
+
+
+def test_the_innermost_frame_is_counted_by_name_without_a_native_address():
+    innermost = {row["name"]: (row["unaudited"], row["audited"])
+                 for row in _read(MADE_UP)["innermost"]}
+    assert innermost["(libc.so.6)"] == (0, 3 + 2)
+    assert innermost["guarded_vectorcall (streamcheck/_speedups.cpython-312.so)"] == (0, 4)
+    assert innermost["wait_stream (torch/cuda/streams.py:77)"] == (10, 9)
+    assert innermost["cuLaunchKernel (libcuda.so)"] == (2, 0)
 
 
 def test_the_recorded_profiles_give_the_documented_table():
     """Calls 2 and 3 (one unaudited phase, then one audited) with 3e52815's loop; call 6 (six
-    blocks of each, in turn first) with this one's."""
+    blocks of each, in turn first) with 31e52b6's."""
     then = (RECORDED / "bench_stream_loop_3e52815.py.txt").read_text().splitlines()
     python = profile.read_profile(RECORDED / "python.txt.gz", then).summary(top=40)
     native = profile.read_profile(RECORDED / "native.txt.gz", then).summary(top=400)
@@ -93,8 +106,8 @@ def test_the_recorded_profiles_give_the_documented_table():
     assert parts["x = torch.tanh(x @ w + y) (line 157)"] == 89
     handoff = 'handoff = streamcheck.handoff(kv) if "handoff" in parts else None (line 162)'
     assert parts[handoff] == 34
-    now = (SCRIPTS / "bench_stream_loop.py").read_text().splitlines()
-    in_turn = profile.read_profile(RECORDED / "native_in_turn.txt.gz", now).summary(top=40)
+    later = (RECORDED / "bench_stream_loop_31e52b6.py.txt").read_text().splitlines()
+    in_turn = profile.read_profile(RECORDED / "native_in_turn.txt.gz", later).summary(top=40)
     assert in_turn["samples"] == {"unaudited": 2003, "audited": 2163}
     assert in_turn["gil_wait"] == {"unaudited": 83, "audited": 106}
     assert in_turn["streamcheck_self"] == {"unaudited": 3, "audited": 95}
@@ -122,6 +135,9 @@ def test_the_script_reads_a_recorded_file_and_says_when_it_holds_no_phase(tmp_pa
     done = subprocess.run([sys.executable, script, "--from-raw", str(tmp_path / "missing")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "no file" in done.stderr
+    done = subprocess.run([sys.executable, script, "--iters", "1000", "--blocks", "6"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "must be a multiple of --blocks" in done.stderr
 
 
 def test_a_recording_runs_the_loop_in_alternating_blocks_under_py_spy(tmp_path, monkeypatch):

@@ -50,6 +50,9 @@ def test_bench_audit_turns_which_run_goes_first_from_round_to_round():
     seen: list[bool] = []
     bench_audit.toggled(lambda: seen.append(streamcheck.current_auditor() is not None), 1, 4)
     assert seen == [False, True, True, False, False, True, True, False]
+    seen.clear()
+    bench_audit.toggled(lambda: seen.append(streamcheck.current_auditor() is not None), 1, 3)
+    assert seen[-1] is True and streamcheck.current_auditor() is None  # none left installed
     order: list[str] = []
     a, b = bench_audit.interleaved(lambda: order.append("a"), lambda: order.append("b"), 1, 3)
     assert order == ["a", "b", "b", "a", "a", "b"] and len(a) == len(b) == 3
