@@ -373,8 +373,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         ticks = {"unaudited": Phases(), "audited": Phases()}
         firsts = {"unaudited": Phases(), "audited": Phases()}  # each round's first iteration
         job = saver if with_saver else None
-        for _ in range(args.rounds):
-            for name, tick in ticks.items():
+        for index in range(args.rounds):
+            for name in in_turn(list(ticks), index):  # as the main rounds: in turn first
+                tick = ticks[name]
                 auditor = streamcheck.install("assert") if name == "audited" else None
                 if auditor is not None and not with_saver:
                     # the hooks of a declared access (Event.wait's, the host waits') go in
