@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import TypeVar
 
 Interval = tuple[float | None, float | None]  # (None, None): too few rounds for one
+T = TypeVar("T")
 
 
 def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -67,3 +69,14 @@ def target_verdict(intervals: list[Interval], target: float) -> str:
     if any(lo > target for lo, _hi in intervals):  # type: ignore[operator]
         return "NOT met"
     return "not shown either way: the interval holds it"
+
+
+def in_turn(arms: list[T], index: int) -> list[T]:
+    """The arms in round ``index``'s order: each round starts one arm later (unaudited first,
+    then the first audited one, ...), so each arm takes each place in a round equally often
+    and whatever a run's place does to it (the host speeding up or slowing down within the
+    round, a round's first run after the last one's) falls on every arm alike; with the
+    unaudited run always first, it fell on the audited ones. The order stays cyclic: which arm
+    runs just before which is not balanced (a Latin square of every order would be)."""
+    shift = index % len(arms)
+    return arms[shift:] + arms[:shift]

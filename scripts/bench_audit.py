@@ -29,7 +29,7 @@ from statistics import median
 from typing import Any
 
 import torch
-from _stats import Paired, paired_added, paired_ratio, target_verdict
+from _stats import Paired, in_turn, paired_added, paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
@@ -89,11 +89,8 @@ def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
     round to round, so a run's place in its round favours neither."""
     sa, sb = [], []
     for index in range(rounds):
-        for which in (0, 1) if index % 2 == 0 else (1, 0):
-            if which == 0:
-                sa.append(per_call_ns(a, calls, drain))
-            else:
-                sb.append(per_call_ns(b, calls, drain))
+        for fn, times in in_turn([(a, sa), (b, sb)], index):
+            times.append(per_call_ns(fn, calls, drain))
     return sa, sb
 
 
@@ -104,7 +101,7 @@ def toggled(fn: Any, calls: int, rounds: int) -> tuple[list[float], list[float]]
     off, on = [], []
     streamcheck.uninstall()
     for index in range(rounds):
-        for audited in (False, True) if index % 2 == 0 else (True, False):
+        for audited in in_turn([False, True], index):
             if audited:
                 streamcheck.install("assert")
                 on.append(per_call_ns(fn, calls))

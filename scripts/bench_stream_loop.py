@@ -67,7 +67,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _ranks import run_ranks
-from _stats import paired_ratio, target_verdict
+from _stats import in_turn, paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
@@ -608,17 +608,6 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
                        (torch.cuda.Event, ("synchronize", "query"))],
         "all_reduce": [(dist, ("all_reduce",)), (dist.distributed_c10d, ("all_reduce",))],
     }
-
-
-def in_turn(arms: list[str], index: int) -> list[str]:
-    """The arms in round ``index``'s order: each round starts one arm later (unaudited first,
-    then the first audited one, ...), so each arm takes each place in a round equally often
-    and whatever a run's place does to it (the host speeding up or slowing down within the
-    round, a round's first run after the last one's) falls on every arm alike; with the
-    unaudited run always first, it fell on the audited ones. The order stays cyclic: which arm
-    runs just before which is not balanced (a Latin square of every order would be)."""
-    shift = index % len(arms)
-    return arms[shift:] + arms[:shift]
 
 
 def cores() -> list[str]:
