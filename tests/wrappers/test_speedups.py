@@ -332,7 +332,7 @@ class CountedStream:
 
 
 class SlottedStream:
-    """A stream that takes no weak reference: read at every call."""
+    """A stream that takes no weak reference."""
 
     __slots__ = ("device_index", "stream_id")
 
@@ -340,12 +340,12 @@ class SlottedStream:
         self.device_index, self.stream_id = 0, stream_id
 
 
-def test_the_event_hooks_keep_each_snapshot_and_merge_on_the_right_streams_clock(core,
-                                                                                  monkeypatch):
+def test_the_event_hooks_read_a_streams_key_once_while_they_keep_it(core, monkeypatch):
     """A ``wait_stream`` records on one stream and waits on another, and a step alternates
-    between a few: every snapshot and merge is the right stream's however many streams come
-    and go, for a new stream made where a freed one was, and for a stream that takes no weak
-    reference; each record reads the stream's device and id."""
+    between a few: the compiled hooks read a stream's device and id once while it is among
+    the last four they saw. Every snapshot and merge is the right stream's however many
+    streams come and go, for streams made and freed one after another, and for a stream that
+    takes no weak reference."""
     monkeypatch.setattr(CountedStream, "reads", 0)
     aud = installer.install("assert")
     hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
@@ -362,7 +362,9 @@ def test_the_event_hooks_keep_each_snapshot_and_merge_on_the_right_streams_clock
     table[(0, 10)], table[(0, 11)] = {(0, 10): 1}, {(0, 11): 1}
     for _ in range(3):
         assert recorded_on(main) is table[(0, 10)] and recorded_on(side) is table[(0, 11)]
-    assert CountedStream.reads >= 6 + 12  # the fake's own 6, and the hooks' at every record
+    # the fake's own record reads the device each time (6); the hooks: each stream's device
+    # and id once (compiled), or both at every record (Python)
+    assert CountedStream.reads == 6 + (4 if core == "compiled" else 12)
     many = [CountedStream(sid) for sid in range(20, 26)]  # more than the hooks keep
     for _ in range(2):
         for stream in many:
@@ -381,10 +383,35 @@ def test_the_event_hooks_keep_each_snapshot_and_merge_on_the_right_streams_clock
         assert table[(0, stream.sid)][(0, 10)] == 5  # merged into the right stream's clock
 
 
+@needs_build
+def test_the_event_hooks_keep_the_last_four_streams_alive_and_no_more():
+    """The compiled hooks hold the streams whose keys they keep by strong references (a weak
+    one to a torch 2.11 stream dangles once it is freed), so a kept stream lives on until four
+    others have replaced it, and is freed then: nothing kept grows."""
+    import gc
+    import weakref
+
+    aud = installer.install("assert")
+    hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
+    aud.ordering = True
+    first = CountedStream(50)
+    gone = weakref.ref(first)
+    FakeEvent().record(first)
+    del first
+    gc.collect()
+    assert gone() is not None  # kept by the hooks
+    for sid in range(51, 54):
+        FakeEvent().record(CountedStream(sid))
+    assert gone() is not None  # three others: still among the last four
+    FakeEvent().record(CountedStream(54))
+    assert gone() is None  # the fourth replaced it
+
+
 def test_the_event_hooks_follow_the_auditor_and_its_clocks_going_live(core, monkeypatch):
-    """Before an auditor's clocks are live a record keeps nothing and a wait orders nothing,
-    after it the clocks are this auditor's, and another auditor behind the same hooks is read
-    afresh, its clocks live or not."""
+    """The compiled hooks read an auditor's clock table once its clocks are live (they stay
+    live, and the table is one dict for its life): before that a record keeps nothing and a
+    wait orders nothing, after it the clocks are this auditor's, and another auditor behind
+    the same hooks is read afresh, its clocks live or not."""
     from streamcheck.core.auditor import Auditor
     from streamcheck.core.modes import Mode
 
@@ -1121,8 +1148,9 @@ def test_a_cycle_through_a_reading_of_the_switch_log_is_collected():
 
 @needs_build
 def test_the_collector_visits_what_the_switch_log_holds_as_it_fills_and_wraps():
-    """The collector sees every record the log holds as it fills and after it wraps, and
-    nothing after a clear (a record missed would leak a cycle through it)."""
+    """The log's traversal visits its filled slots only (the first ``len(log)``: it fills from
+    the start): every record it holds as it fills, after it wraps, and nothing after a clear
+    (none missed: a missed one would leak a cycle through it)."""
     import gc
 
     from streamcheck._speedups import SwitchLog
