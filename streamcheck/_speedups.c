@@ -595,9 +595,10 @@ static int refers_to(PyObject *ref, PyObject *obj)
  * Only for objects whose deallocation clears their weak references (communicators, auditors:
  * Python classes). Not for torch.cuda.Stream or Event: in torch 2.11 their C deallocators do
  * not clear the weak references their base types accept, so one left behind points into freed
- * memory and dropping it writes there (pytorch/pytorch#183403). A cache of stream keys held by
- * weak references crashed the stream-heavy loop that way on an H200 (docs/measurements.md,
- * twelfth session); a stream is kept by a strong reference instead (keep_stream). */
+ * memory and dropping it writes there (pytorch/pytorch#183403; on an H200 a freed stream's weak
+ * reference still answered). A cache of stream keys held by weak references crashed the
+ * stream-heavy loop that way (docs/measurements.md, twelfth and thirteenth sessions); a stream
+ * is kept by a strong reference instead (keep_stream, kept_stream_key). */
 static PyObject *read_once_per_object(PyObject **seen, PyObject **value, PyObject *obj,
                                       PyObject *name)
 {
