@@ -19,7 +19,14 @@ interval (``_stats.py``), and what the slots save over the tuples, paired the sa
 is needed: the hook does the same work on any machine; run it on the engine's host to see that
 host's caches.
 
-    python scripts/bench_hook_cache.py [--sweeps 0,1024,4096,16384] [--rounds 15] [--groups 300]
+``--path handoff`` times a connector's ``streamcheck.handoff`` the same way, with the audit
+installed (the core the install chose): a write of one tensor-like object on a given stream, as
+a step declares its KV once a step. In the stream-heavy loop it cost several times its
+tight-loop figure in place, with the connector thread and without it (docs/measurements.md,
+thirteenth session): this shows how much of that a cold cache explains, without a GPU.
+
+    python scripts/bench_hook_cache.py [--path set_stream|handoff] [--sweeps 0,1024,4096,16384]
+                                       [--rounds 15] [--groups 300]
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import Any
 
 from _stats import paired_added
 
+import streamcheck
+from streamcheck import installer
 from streamcheck.core import provenance
 from streamcheck.core.auditor import Auditor
 from streamcheck.core.modes import Mode
@@ -51,6 +60,29 @@ class StreamLike:
 
     def __init__(self) -> None:
         self.device_index, self.stream_id = 0, 3
+
+
+class TensorLike:
+    """What a declared access reads of a tensor: its device and data pointer."""
+
+    __slots__ = ()
+
+    def get_device(self) -> int:
+        return 0
+
+    def data_ptr(self) -> int:
+        return 0x7F0000
+
+
+KV = TensorLike()
+
+
+def bare_handoff(stream: Any) -> None:
+    """The handoff's stand-in unaudited: a call that returns at once (as the audit's off)."""
+
+
+def audited_handoff(stream: Any) -> Any:
+    return streamcheck.handoff(KV, stream)
 
 
 class Sweeper:
@@ -100,6 +132,25 @@ def hooked(name: str) -> tuple[Gate, Callable[[Any], Any]]:
         speedups.use(before)  # and that core's own switch log again
 
 
+def measure_handoff(kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:
+    """One row: ``streamcheck.handoff`` with the audit installed, its rounds interleaved with
+    the bare call's."""
+    installer.install("assert")
+    try:
+        sweep = Sweeper(kib)
+        bare: list[float] = []
+        audited: list[float] = []
+        for _ in range(rounds):
+            bare.append(ns_per_call(bare_handoff, sweep, groups))
+            audited.append(ns_per_call(audited_handoff, sweep, groups))
+        name = f"handoff ({'compiled' if speedups.active() is not None else 'python'} core)"
+    finally:
+        installer.uninstall()
+    added, least, most, low, high = paired_added(audited, bare)
+    return [{"hook": name, "sweep_kib": kib, "added_ns": added, "interval": [low, high],
+             "least": least, "most": most, "bare_ns": round(statistics.median(bare), 1)}]
+
+
 def measure(names: list[str], kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:
     """One row a hook, its rounds interleaved with the others' and the bare call's."""
     hooks = {name: hooked(name)[1] for name in names}
@@ -131,12 +182,18 @@ def main() -> int:
                         help="buffer sizes swept before each group of calls, KiB (0: none)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--groups", type=int, default=300, help="groups of calls a round")
+    parser.add_argument("--path", choices=("set_stream", "handoff"), default="set_stream",
+                        help="the set_stream hook (each core) or a connector's handoff")
     args = parser.parse_args()
     sweeps = [int(s) for s in args.sweeps.split(",")]
     if any(s < 0 for s in sweeps) or args.rounds < 1 or args.groups < 1:
         parser.error("sweeps must be >= 0 KiB, rounds and groups >= 1")
-    names = list(HOOKS) if speedups.built() else ["python"]
-    rows = [row for kib in sweeps for row in measure(names, kib, args.rounds, args.groups)]
+    if args.path == "handoff":
+        rows = [row for kib in sweeps for row in measure_handoff(kib, args.rounds, args.groups)]
+        names = [rows[0]["hook"]]
+    else:
+        names = list(HOOKS) if speedups.built() else ["python"]
+        rows = [row for kib in sweeps for row in measure(names, kib, args.rounds, args.groups)]
     for row in rows:
         print(json.dumps(row))
     for name in names:

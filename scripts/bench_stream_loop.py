@@ -187,7 +187,9 @@ def step_phased(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.
                 kv: torch.Tensor, saver: KVSaver | None, tick: Phases) -> torch.Tensor:
     """:func:`step` with every part timed (``--phases``): which calls the audit makes slower
     in place, hooked or not (a call it does not hook that slows down waits for the GIL).
-    ``saver`` None: the step without its connector thread (no handoff, event or job)."""
+    ``saver`` None: the step without its connector thread: the same handoff, event and record,
+    no job queued, so that only the thread differs (the handoff's own cost in place, with no
+    other thread's Python to wait for)."""
     tick.last = time.perf_counter_ns()
     main = torch.cuda.current_stream()
     tick("current_stream")
@@ -209,14 +211,14 @@ def step_phased(layers: int, x: torch.Tensor, w: torch.Tensor, side: torch.cuda.
         tick("all_reduce")
     kv.copy_(x[: kv.shape[0]], non_blocking=True)
     tick("kv copy")
-    if saver is None:  # no connector thread to take the GIL in between
-        return x
     handoff = streamcheck.handoff(kv)
     tick("handoff")
     event = torch.cuda.Event()
     tick("Event()")
     event.record()
     tick("Event.record")
+    if saver is None:  # no connector thread to take the GIL in between
+        return x
     saver.jobs.put((event, handoff))
     saver.submitted += 1
     tick("queue put")
@@ -376,11 +378,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
         for index in range(args.rounds):
             for name in in_turn(list(ticks), index):  # as the main rounds: in turn first
                 tick = ticks[name]
+                # without the thread too, the step's handoff puts the hooks of a declared
+                # access (Event.wait's, the host waits') in: only that thread differs
                 auditor = streamcheck.install("assert") if name == "audited" else None
-                if auditor is not None and not with_saver:
-                    # the hooks of a declared access (Event.wait's, the host waits') go in
-                    # as with the connector thread: only that thread differs
-                    streamcheck.handoff(kv)
                 dist.barrier()
                 torch.cuda.synchronize()
                 x = step_phased(args.layers, x0, w, side, kv, job, firsts[name])

@@ -43,3 +43,25 @@ def test_the_slots_are_compared_with_the_tuples_in_the_same_rounds(monkeypatch):
     assert [r["hook"] for r in rows] == ["compiled", "compiled, tuples"]
     assert isinstance(rows[0]["saved_over_tuples_ns"], float)
     assert "saved_over_tuples_ns" not in rows[1]
+
+
+def test_the_handoff_path_declares_through_the_installed_audit_and_uninstalls(monkeypatch):
+    """``--path handoff`` times the real ``streamcheck.handoff`` with the audit installed (a
+    write kept for the tensor-like object on the given stream) and leaves nothing installed."""
+    from streamcheck import installer
+
+    kept = []
+    real = bench.audited_handoff
+
+    def counted(stream):
+        made = real(stream)
+        kept.append((made.tensor, made.access, made.stream.key))
+        return made
+
+    monkeypatch.setattr(bench, "audited_handoff", counted)
+    (row,) = bench.measure_handoff(64, rounds=6, groups=2)
+    assert row["hook"].startswith("handoff (") and row["sweep_kib"] == 64
+    assert row["interval"][0] is not None and row["least"] <= row["added_ns"] <= row["most"]
+    assert len(kept) == 6 * 2 * bench.CALLS
+    assert set(kept) == {((0, 0x7F0000), "write", (0, 3))}
+    assert installer.current_auditor() is None
