@@ -588,6 +588,25 @@ static int refers_to(PyObject *ref, PyObject *obj)
 #endif
 }
 
+/* Keep `read` (a new reference, handed back) as what was read of `obj`: `*seen` a weak
+ * reference to obj, `*value` read. Only for the objects read_once_per_object names below; one
+ * that takes no weak reference is not kept, and is read again next time. */
+static PyObject *remember_read(PyObject **seen, PyObject **value, PyObject *obj,
+                               PyObject *read)
+{
+    PyObject *ref = PyWeakref_NewRef(obj, NULL);
+    if (ref == NULL) {
+        PyErr_Clear();
+        return read;
+    }
+    PyObject *old_seen = *seen, *old_value = *value;
+    *seen = ref;
+    *value = Py_NewRef(read);
+    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
+    Py_XDECREF(old_value);
+    return read;
+}
+
 /* obj.name, read once per object: `*seen` is a weak reference to the object it was read from
  * last and `*value` what was read (an object made where a freed one was is read afresh, and
  * none is kept alive). An object that takes no weak reference is read every time. A new
@@ -605,19 +624,7 @@ static PyObject *read_once_per_object(PyObject **seen, PyObject **value, PyObjec
     if (*seen != NULL && *value != NULL && refers_to(*seen, obj))
         return Py_NewRef(*value);
     PyObject *read = PyObject_GetAttr(obj, name);
-    if (read == NULL)
-        return NULL;
-    PyObject *ref = PyWeakref_NewRef(obj, NULL);
-    if (ref == NULL) {
-        PyErr_Clear();
-        return read;
-    }
-    PyObject *old_seen = *seen, *old_value = *value;
-    *seen = ref;
-    *value = Py_NewRef(read);
-    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
-    Py_XDECREF(old_value);
-    return read;
+    return read == NULL ? NULL : remember_read(seen, value, obj, read);
 }
 
 /* auditor.made_current, a new reference (NULL + error). An auditor sets it once, when it is
@@ -1331,19 +1338,19 @@ static PyObject *live_clock_table(GuardedCall *self, PyObject *auditor)
         PyErr_SetString(PyExc_TypeError, "the clocks' table is not a dict");
         Py_CLEAR(table);
     }
+    return table == NULL ? NULL
+                         : remember_read(&self->live_seen, &self->live_table, auditor, table);
+}
+
+/* 1: the auditor's clocks are live, 0: not, -1: error */
+static int clocks_live(GuardedCall *self, PyObject *auditor)
+{
+    PyObject *table = live_clock_table(self, auditor);
     if (table == NULL)
-        return NULL;
-    PyObject *ref = PyWeakref_NewRef(auditor, NULL);
-    if (ref == NULL) { /* an auditor that takes no weak reference: read every time */
-        PyErr_Clear();
-        return table;
-    }
-    PyObject *old_seen = self->live_seen, *old_table = self->live_table;
-    self->live_seen = ref;
-    self->live_table = Py_NewRef(table);
-    Py_XDECREF(old_seen); /* after the fields are consistent: a deallocation may run code */
-    Py_XDECREF(old_table);
-    return table;
+        return -1;
+    int live = table != Py_None;
+    Py_DECREF(table);
+    return live;
 }
 
 /* The (device, stream id) key of a stream object, as the Python hooks make it (a new tuple);
@@ -1489,11 +1496,9 @@ static int event_record_is_plain(GuardedCall *self, PyObject *auditor, PyObject 
     *bind = NULL;
     if (nargs < 1 || nargs > 2 || kwnames != NULL)
         return 0;
-    PyObject *table = live_clock_table(self, auditor);
-    if (table == NULL)
+    int live = clocks_live(self, auditor);
+    if (live < 0)
         goto error;
-    int live = table != Py_None;
-    Py_DECREF(table);
     int given = nargs == 2 && args[1] != Py_None;
     if (live && !given && self->current == Py_None)
         return 0; /* no reader of the current stream: the Python hook keeps the snapshot */
@@ -1634,12 +1639,7 @@ static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize
         Py_DECREF(result);
         return NULL;
     }
-    int live = 0;
-    if (auditor != Py_None) {
-        PyObject *table = live_clock_table(self, auditor);
-        live = table == NULL ? -1 : table != Py_None;
-        Py_XDECREF(table);
-    }
+    int live = auditor == Py_None ? 0 : clocks_live(self, auditor);
     Py_DECREF(auditor);
     if (drop_ordinary_error() < 0) {
         Py_DECREF(result);
