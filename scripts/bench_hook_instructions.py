@@ -40,6 +40,7 @@ PATHS = {
     "set_stream": "set_stream",
     "Stream() creation": "creation",
     "wait_stream's record and wait, clocks live": "wait_stream",
+    "Stream.wait_stream hooked whole, clocks live": "stream_wait",
 }
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -51,6 +52,18 @@ class KeptStream:
 
     def __init__(self, handle: int, device: int, stream_id: int) -> None:
         self.cuda_stream, self.device_index, self.stream_id = handle, device, stream_id
+
+    # torch.cuda.Stream's own three, as torch writes them (the stream_wait path hooks the first)
+    def wait_stream(self, stream: KeptStream) -> None:
+        self.wait_event(stream.record_event())
+
+    def record_event(self, event: Any = None) -> Any:
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event: Any) -> None:
+        event.wait(self)
 
 
 SIDE = KeptStream(0x7F05, 0, 5)
@@ -117,7 +130,7 @@ def prepare(path: str, audited: bool) -> Any:
     """The call to count, with the path's hook installed when ``audited``."""
     from streamcheck import installer
     from streamcheck.runtime.reader import StreamReader
-    from streamcheck.wrappers.events import hook_event_record, hook_event_wait
+    from streamcheck.wrappers.events import hook_event_record, hook_event_wait, hook_wait_stream
     from streamcheck.wrappers.launches import wrap_stream_method
     from streamcheck.wrappers.streams import DeviceHome, hook_set_stream, hook_stream_creation
 
@@ -132,10 +145,12 @@ def prepare(path: str, audited: bool) -> Any:
                                current_raw_stream=CURRENT_RAW, fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
-        elif path == "wait_stream":
+        elif path in ("wait_stream", "stream_wait"):
             reader = StreamReader(current_stream=CURRENT, current_device=int)
             hook_event_record(registry, gate, Event, reader)
             hook_event_wait(registry, gate, Event, reader)
+            if path == "stream_wait":
+                hook_wait_stream(registry, gate, KeptStream, reader)
             auditor = installer.current_auditor()
             auditor.ordering = True  # as after a connector's first declared access
             # the common wait: the waiting stream's clock already holds the waited one's
@@ -152,6 +167,8 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: set_stream(SIDE)
     if path == "wait_stream":
         return lambda: wait_stream(SIDE, KEPT)
+    if path == "stream_wait":
+        return lambda: SIDE.wait_stream(KEPT)
     return MadeStream
 
 

@@ -21,6 +21,7 @@ is shown, not spread over the round.
 The correct program must produce zero findings.
 
     python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
+                                        [--arm-without Stream.wait_stream]
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
@@ -32,6 +33,9 @@ the whole loop with less of the audit's state kept (``short_switch_log``, ``gc_f
 with the compiled hooks with the switches kept as tuples (``tuple_switch_log``: what the
 compiled log's slots save in place), and with the GIL handed over ten times as often
 (``short_gil_switch``).
+``--arm-without Stream.wait_stream`` adds an audited run to every round, the compiled hooks
+with ``wait_stream``'s own hook taken out again (its edge then made by the event hooks, as the
+Python core makes it): what that hook saves, in the same rounds as the rest.
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -275,10 +279,10 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
 
     run(5)  # warm up: NCCL, kernels, allocator
     plain: list[float] = []
-    audited: dict[str, list[float]] = {core: [] for core in cores()}
+    audited: dict[str, list[float]] = {arm: [] for arm in arms(args)}
     # Each round installs the audit afresh, and its first declared access puts the event
     # hooks in (once per process in an engine): each round's first iteration is timed apart.
-    first: dict[str, list[float]] = {"unaudited": [], **{core: [] for core in cores()}}
+    first: dict[str, list[float]] = {"unaudited": [], **{arm: [] for arm in arms(args)}}
     findings: list[str] = []
     launches = 0
     for index in range(args.rounds):
@@ -287,8 +291,12 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 first["unaudited"].append(run(1))
                 plain.append(run(args.iters, into="unaudited"))
                 continue
-            os.environ["STREAMCHECK_CORE"] = arm
+            core, _but, group = arm.partition(" but ")
+            os.environ["STREAMCHECK_CORE"] = core
             auditor = streamcheck.install("assert")
+            for owner, names in hook_groups()[group] if group else ():
+                if owner is not None:
+                    installer._registry.restore(owner, names)
             first[arm].append(run(1))
             audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
             findings += [f.rule_id for f in auditor.findings()]
@@ -469,6 +477,12 @@ def main() -> int:
                    help="also run the audited loop with each group of hooks restored")
     p.add_argument("--phases", action="store_true",
                    help="also time each part of a step, unaudited and audited (assert)")
+    p.add_argument("--arm-without", action="append", default=[],
+                   choices=["Stream.wait_stream"],
+                   help="also run, in each round, the compiled hooks without this group of "
+                        "hooks, one the audit is as complete without (wait_stream's edge is "
+                        "then made by the event hooks): what the group saves, in the same "
+                        "rounds")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
@@ -486,7 +500,7 @@ def main() -> int:
     results = run_ranks(rank_main, world, (29631, args), expected=world, timeout=600)
     ok = True
     for r in sorted(results, key=lambda r: r["rank"]):
-        for core in cores():
+        for core in arms(args):
             r[f"ratio_{core}"] = round(r[f"audited_us_{core}"] / r["unaudited_us"], 4)
         profile = r.pop("profile")
         phases = r.pop("phases")
@@ -501,7 +515,7 @@ def main() -> int:
         if profile:
             print(profile)
         ok &= not r["findings"] and r["launches_audited"] > 0
-    for core in cores():
+    for core in arms(args):
         ratio = max(r[f"ratio_{core}"] for r in results)
         paired = [r[f"paired_ratio_{core}"] for r in sorted(results, key=lambda r: r["rank"])]
         verdict = target_verdict([(lo, hi) for _m, _least, _most, lo, hi in paired], TARGET)
@@ -603,6 +617,7 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
         "Stream.__new__": [(torch.cuda.Stream, ("__new__",))],
         "Event.record": [(torch.cuda.Event, ("record",))],
         "Event.wait": [(torch.cuda.Event, ("wait",))],
+        "Stream.wait_stream": [(torch.cuda.Stream, ("wait_stream",))],
         "host_waits": [(torch.cuda, ("synchronize",)),
                        (torch.cuda.Stream, ("synchronize", "query")),
                        (torch.cuda.Event, ("synchronize", "query"))],
@@ -613,6 +628,14 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
 def cores() -> list[str]:
     """The hooks compared: compiled (where built) and Python."""
     return ["compiled", "python"] if speedups.built() else ["python"]
+
+
+def arms(args: argparse.Namespace) -> list[str]:
+    """The audited runs of each round: each core, and with ``--arm-without GROUP`` the
+    compiled core with that group of hooks taken out again (``"compiled but GROUP"``): what the
+    group's hooks cost in the same rounds."""
+    extra = [f"{cores()[0]} but {group}" for group in args.arm_without]
+    return [*cores(), *extra]
 
 
 if __name__ == "__main__":

@@ -1292,9 +1292,27 @@ static PyTypeObject FastLaunchType = {
  *     calling thread is the main engine thread (`auditor.main_engine`); the launch is counted;
  *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
  *     stream is given and its clock already holds every entry of the event's snapshot (the
- *     common wait: it adds nothing); any other wait goes to `slow`, which merges.
+ *     common wait: it adds nothing); any other wait goes to `slow`, which merges;
+ *   WAIT_STREAM, Stream.wait_stream(self, other), both of the hooked class itself (`owner`;
+ *     any other call goes to `original` with the event hooks working as ever): torch's own
+ *     (`self.wait_event(other.record_event())`: a new event, recorded on `other`, waited on
+ *     `self`, never seen again) runs with this thread's EVENT_RECORD and EVENT_WAIT hooks
+ *     passing straight through (`inside_wait_stream`), and the edge is made here: `other`'s
+ *     clock read before the call (everything the event will hold), and after it, unless
+ *     `self`'s clock already holds that, `slow(self, clock)` takes it in. The two event hooks'
+ *     work (binding the event, keeping its snapshot on it, reading it back) is not needed for
+ *     an event nobody else sees.
  */
-enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
+enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3, WAIT_STREAM = 4 };
+
+#if defined(_MSC_VER)
+#define THREAD_LOCAL __declspec(thread)
+#else
+#define THREAD_LOCAL _Thread_local
+#endif
+
+/* How many WAIT_STREAM calls this thread is inside (their event hooks pass straight through). */
+static THREAD_LOCAL int inside_wait_stream;
 
 /* The (device, stream id) keys of the last few streams an event hook was given: a
  * `wait_stream` records on one stream and waits on another, and an engine's step alternates
@@ -1306,7 +1324,7 @@ enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3 };
 typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *current,
-        *live_seen, *live_table, *keys[2 * KEPT_KEYS], *dict, *weakrefs;
+        *live_seen, *live_table, *keys[2 * KEPT_KEYS], *held[2], *dict, *weakrefs;
     int kind, next_key;
     vectorcallfunc vectorcall;
 } GuardedCall;
@@ -1439,6 +1457,25 @@ static int holds_all(PyObject *own, PyObject *snapshot)
             return ge;
     }
     return 1;
+}
+
+/* holds_all(own, snapshot), known without a look for the last pair that held (`held`): a
+ * clock is never changed once published (streamcheck/core/clocks.py replaces them), and the
+ * pair is held by strong references, so neither address names another dict meanwhile. In an
+ * engine's step a stream waits on another's unchanged clock layer after layer. */
+static int holds_all_kept(GuardedCall *self, PyObject *own, PyObject *snapshot)
+{
+    if (own == self->held[0] && snapshot == self->held[1] && own != NULL)
+        return 1;
+    int holds = holds_all(own, snapshot);
+    if (holds == 1) {
+        PyObject *old_own = self->held[0], *old_snapshot = self->held[1];
+        self->held[0] = Py_NewRef(own);
+        self->held[1] = Py_NewRef(snapshot);
+        Py_XDECREF(old_own); /* after the pair is consistent: a deallocation may run code */
+        Py_XDECREF(old_snapshot);
+    }
+    return holds;
 }
 
 /* The (device, stream id) key of the thread's current stream on its current device, read
@@ -1580,7 +1617,9 @@ static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *c
             plain = 1; /* a snapshot of nothing orders nothing */
         } else {
             PyObject *own = clock_of(self, table, args[1]);
-            plain = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : 0;
+            plain = own == NULL            ? -1
+                    : PyDict_CheckExact(own) ? holds_all_kept(self, own, snapshot)
+                                             : 0;
             Py_XDECREF(own);
         }
     }
@@ -1656,10 +1695,59 @@ static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* WAIT_STREAM's call (see above). */
+static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL ||
+        (PyObject *)Py_TYPE(args[0]) != self->owner || (PyObject *)Py_TYPE(args[1]) != self->owner)
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    PyObject *auditor = gate_auditor(self->gate);
+    if (auditor == NULL)
+        return NULL;
+    PyObject *table = auditor == Py_None ? Py_NewRef(Py_None) : live_clock_table(self, auditor);
+    Py_DECREF(auditor);
+    PyObject *waited = NULL; /* other's clock now: what the event will hold at least */
+    if (table != NULL && table != Py_None)
+        waited = clock_of(self, table, args[1]);
+    if (table == NULL || (table != Py_None && waited == NULL)) {
+        Py_XDECREF(table);
+        if (drop_ordinary_error() < 0)
+            return NULL;
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames); /* the event hooks' */
+    }
+    inside_wait_stream++;
+    PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    inside_wait_stream--;
+    if (result != NULL && waited != NULL && (!PyDict_CheckExact(waited) || PyDict_GET_SIZE(waited))) {
+        PyObject *own = clock_of(self, table, args[0]);
+        int holds = own != NULL && PyDict_CheckExact(own) && PyDict_CheckExact(waited)
+                        ? holds_all_kept(self, own, waited)
+                        : 0;
+        Py_XDECREF(own);
+        if (holds != 1 && drop_ordinary_error() == 0) { /* Python's merge, which warns */
+            PyObject *done = PyObject_CallFunctionObjArgs(self->slow, args[0], waited, NULL);
+            if (done == NULL)
+                Py_CLEAR(result);
+            Py_XDECREF(done);
+        } else if (holds != 1) {
+            Py_CLEAR(result);
+        }
+    }
+    Py_XDECREF(waited);
+    Py_DECREF(table);
+    return result;
+}
+
 static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                     PyObject *kwnames)
 {
     GuardedCall *self = (GuardedCall *)op;
+    if (self->kind == WAIT_STREAM)
+        return wait_stream_call(self, args, nargsf, kwnames);
+    /* torch's own event, inside a hooked wait_stream: nobody else sees it */
+    if (inside_wait_stream && self->kind != TENSOR_CALL)
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *auditor = gate_auditor(self->gate);
     if (auditor == NULL)
@@ -1736,10 +1824,12 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTuple(args, "iOOOOOOOO|O:GuardedCall", &kind, &gate, &owner, &counter,
                           &original, &slow, &reader, &bound, &after, &current))
         return NULL;
-    if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT) ||
+    if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT &&
+         kind != WAIT_STREAM) ||
         (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
+        (kind == WAIT_STREAM && !PyType_Check(owner)) ||
         (kind == TENSOR_CALL && counter != Py_None && !PyIter_Check(counter))) {
-        PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute or counter");
+        PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute, counter or owner");
         return NULL;
     }
     GuardedCall *self = (GuardedCall *)type->tp_alloc(type, 0);
@@ -2171,6 +2261,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||
+        PyModule_AddIntConstant(module, "WAIT_STREAM", WAIT_STREAM) < 0 ||
         PyModule_AddStringConstant(module, "CLOCK_ATTR", CLOCK_ATTR_NAME) < 0 ||
         PyModule_AddStringConstant(module, "STREAM_CLOCKS", STREAM_CLOCKS_NAME) < 0) {
         Py_DECREF(module);

@@ -113,6 +113,7 @@ def _install_torch_hooks() -> None:
     if reader is not None:
         events.hook_set_device(_registry, _gate, torch.cuda, reader, home)
         events.hook_event_record(_registry, _gate, torch.cuda.Event, reader)
+        events.hook_wait_stream(_registry, _gate, torch.cuda.Stream, reader)
     streams.hook_accelerator_set_stream(_registry, _gate, getattr(torch, "accelerator", None))
     auditor = _gate.auditor
     if auditor is not None:
@@ -148,8 +149,8 @@ def _hook_torch_events() -> None:
             events.hook_record_stream(_registry, _gate, torch.Tensor, tensor_key)
 
 
-_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "current_stream",
-                  "synchronize", "query", "record_stream", "set_device")
+_TORCH_SURFACE = ("set_stream", "__new__", "__init__", "record", "wait", "wait_stream",
+                  "current_stream", "synchronize", "query", "record_stream", "set_device")
 
 
 def release_torch_hooks() -> bool:

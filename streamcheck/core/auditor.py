@@ -109,6 +109,7 @@ class Auditor:
         self.device_set = self.book.device_set
         self.event_recorded = self.clocks.record
         self.event_waited = self.clocks.wait
+        self.stream_waited = self.clocks.take_in
         self.stream_clock = self.clocks.clock_of
         self.host_waited_for = self.clocks.host_waited_for
         self.device_synchronized = self.clocks.device_synchronized

@@ -89,6 +89,12 @@ class HappensBefore:
             snapshot = self._events.get(_key(event))
             if snapshot is None:
                 return  # waiting on a never-recorded event orders nothing
+        self.take_in(stream, snapshot)
+
+    def take_in(self, stream: StreamKey, snapshot: Clock) -> None:
+        """``stream`` waited for the work behind ``snapshot`` (a clock, as an event keeps it):
+        its clock takes in every entry (pointwise max). What a wait does with its event's
+        snapshot, and what ``wait_stream`` does with the waited stream's clock."""
         if not snapshot:
             return
         # Without the lock (clocks are replaced, never changed): the common wait, on an event

@@ -164,7 +164,10 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
         def wait(self: Any, stream: Any = None) -> Any:
             auditor = gate.auditor
             if auditor is not None and auditor.ordering:
-                auditor.event_waited(stream_key_of(self, stream), self)
+                try:
+                    auditor.event_waited(stream_key_of(self, stream), self)
+                except Exception as exc:
+                    warn_cannot_audit("Event.wait", exc)
             return original(self, stream)
 
         compiled = speedups.active()
@@ -178,6 +181,44 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
         return hook
 
     registry.patch(event_class, "wait", make_wait)
+
+
+def hook_wait_stream(registry: PatchRegistry, gate: Gate, stream_class: type,
+                     reader: StreamReader) -> None:
+    """``Stream.wait_stream(other)``, compiled core only: the edge it makes, without the two
+    event hooks' work on the event torch makes for it.
+
+    torch's own (``self.wait_event(other.record_event())``) makes a new event, records it on
+    ``other`` and waits on it on ``self``: with the clocks live, the record hook binds the
+    event and keeps ``other``'s clock on it, and the wait hook reads it back and compares it
+    with ``self``'s, for an event nobody else ever sees. An engine step makes two of these a
+    layer. Here, in C, ``other``'s clock is read before torch's call (everything its event
+    will hold), torch's call runs with this thread's event hooks passing straight through, and
+    ``self``'s clock takes ``other``'s in after it (:meth:`HappensBefore.take_in`, only where it
+    does not hold it already). Streams of another class, and the Python core, keep torch's call
+    as it is, the event hooks making the edge."""
+    compiled = speedups.active()
+    if (compiled is None or not hasattr(compiled, "WAIT_STREAM")
+            or not _clock_paths_match(compiled, reader)):
+        return
+    stream_key_of = reader.event_stream_key()
+
+    def take_in(stream: Any, clock: Any) -> None:
+        """The waiting stream's clock takes in what it did not hold (warned, never raised)."""
+        auditor = gate.auditor
+        if auditor is not None:
+            try:
+                auditor.stream_waited(stream_key_of(None, stream), clock)
+            except Exception as exc:
+                warn_cannot_audit("Stream.wait_stream", exc)
+
+    def make(original: Any) -> Any:
+        hook = compiled.GuardedCall(compiled.WAIT_STREAM, gate, stream_class, None, original,
+                                    take_in, None, None, None)
+        functools.update_wrapper(hook, original)
+        return hook
+
+    registry.patch(stream_class, "wait_stream", make)
 
 
 def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_class: type,

@@ -46,23 +46,29 @@ def _hooked(path, call):
         return call.__closure__[0].cell_contents
     if path == "wait_stream":
         return bench.Event.__dict__["record"]
+    if path == "stream_wait":
+        return bench.KeptStream.__dict__["wait_stream"]
     return bench.MadeStream.__dict__["__new__"].__func__
 
 
 @pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
-def test_the_wait_stream_path_is_the_plain_live_case_in_c(monkeypatch):
-    """Both event hooks compiled; the record keeps its snapshot (the clocks are live) and the
-    wait adds nothing to the waiting stream's clock, so neither reaches a Python hook."""
+@pytest.mark.parametrize("path", ["wait_stream", "stream_wait"])
+def test_the_wait_stream_paths_are_the_plain_live_case_in_c(path, monkeypatch):
+    """Both event hooks compiled (and for ``stream_wait`` the stream's ``wait_stream`` hook);
+    the record keeps its snapshot (the clocks are live) and the wait adds nothing to the
+    waiting stream's clock, so none reaches a Python hook."""
     monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
     try:
-        call = bench.prepare("wait_stream", True)
-        hooks = (bench.Event.__dict__["record"], bench.Event.__dict__["wait"])
+        call = bench.prepare(path, True)
+        hooks = (bench.Event.__dict__["record"], bench.Event.__dict__["wait"],
+                 *((bench.KeptStream.__dict__["wait_stream"],) if path == "stream_wait" else ()))
         assert all(type(h).__name__ == "GuardedCall" for h in hooks)
         auditor = installer.current_auditor()
         table = dict(auditor.clocks._clocks)
         asked: list = []
         monkeypatch.setattr(auditor, "event_recorded", lambda *a: asked.append(a))
         monkeypatch.setattr(auditor, "event_waited", lambda *a: asked.append(a))
+        monkeypatch.setattr(auditor, "stream_waited", lambda *a: asked.append(a))
         live = bench.Event()
         live.record(bench.KEPT)  # the clocks are live: the record keeps the stream's clock
         assert getattr(live, SNAPSHOT_ATTR) is table[(0, bench.KEPT.stream_id)]

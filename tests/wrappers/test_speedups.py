@@ -17,6 +17,7 @@ import weakref
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -30,7 +31,7 @@ from streamcheck.core.provenance import site_stack
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.events import hook_event_record, hook_event_wait
+from streamcheck.wrappers.events import hook_event_record, hook_event_wait, hook_wait_stream
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
@@ -310,6 +311,88 @@ def test_an_event_wait_is_decided_the_same_by_both_hooks(core):
     unrecorded.wait(SimpleNamespace(device_index=0, stream_id=9))
     assert (0, 8) not in table and (0, 9) not in table
     assert len(event.waits) == 4 and len(empty.waits) == len(unrecorded.waits) == 1
+
+
+class TorchShapedEvent:
+    """``torch.cuda.Event``'s record and wait, kept for the test to look at."""
+
+    made: ClassVar[list] = []
+
+    def __init__(self) -> None:
+        TorchShapedEvent.made.append(self)
+        self.calls: list = []
+
+    def record(self, stream=None):
+        self.calls.append(("record", stream))
+
+    def wait(self, stream=None):
+        self.calls.append(("wait", stream))
+
+
+class TorchShapedStream:
+    """``torch.cuda.Stream``'s wait_stream, record_event and wait_event, as torch writes them."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.device_index, self.stream_id, self.cuda_stream = 0, stream_id, 0x100 + stream_id
+
+    def wait_stream(self, stream):
+        self.wait_event(stream.record_event())
+
+    def record_event(self, event=None):
+        event = TorchShapedEvent() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        event.wait(self)
+
+
+class OtherStream(TorchShapedStream):
+    """A subclass: its wait_stream is not taken for torch's own."""
+
+
+def test_a_wait_stream_makes_the_same_edge_in_both_cores_and_in_c_skips_its_events_work(
+        core, monkeypatch):
+    """With the clocks live, ``a.wait_stream(b)`` leaves ``a``'s clock holding ``b``'s in
+    either core. The compiled core makes the edge itself: torch's event inside it is neither
+    bound nor given a snapshot (nobody else sees it), and a stream of a subclass goes through
+    the event hooks as before. With no clocks live, nothing is kept anywhere."""
+    aud = installer.install("assert")
+    registry, gate, reader = installer._registry, installer._gate, fake_reader()
+    hook_event_record(registry, gate, TorchShapedEvent, reader)
+    hook_event_wait(registry, gate, TorchShapedEvent, reader)
+    hook_wait_stream(registry, gate, TorchShapedStream, reader)
+    compiled = core == "compiled"
+    assert (type(TorchShapedStream.__dict__["wait_stream"]).__name__ == "GuardedCall") == compiled
+    main, side = TorchShapedStream(3), TorchShapedStream(5)
+    table, made = aud.clocks._clocks, TorchShapedEvent.made
+    made.clear()
+    side.wait_stream(main)  # no clocks live: orders nothing, keeps nothing
+    assert table == {} and made[-1].calls == [("record", main), ("wait", side)]
+    assert hasattr(made[-1], "_streamcheck_event_device") != compiled  # C: not bound
+    streamcheck.handoff(SimpleNamespace(get_device=lambda: 0, data_ptr=lambda: 64), main)
+    assert aud.ordering and table[(0, 3)] == {(0, 3): 1}
+    side.wait_stream(main)
+    assert table[(0, 5)] == {(0, 3): 1}  # side now holds main's tick
+    assert hasattr(made[-1], SNAPSHOT_ATTR) != compiled
+    assert made[-1].calls == [("record", main), ("wait", side)]
+    held = table[(0, 5)]
+    side.wait_stream(main)  # nothing new: side's clock is left as it is
+    assert table[(0, 5)] is held
+    main.wait_stream(side)
+    assert table[(0, 3)] == {(0, 3): 1}
+    odd, plain = OtherStream(7), TorchShapedStream(9)
+    odd.wait_stream(main)  # another class: the event hooks make the edge, in both cores
+    assert table[(0, 7)] == {(0, 3): 1} and hasattr(made[-1], SNAPSHOT_ATTR)
+    plain.wait_stream(odd)
+    assert table[(0, 9)] == {(0, 3): 1}
+    # the audit's own failure to read a stream never fails the wait_stream: it warns
+    broken = TorchShapedStream(11)
+    broken.stream_id = "eleven"
+    with pytest.warns(RuntimeWarning, match="could not audit"):
+        broken.wait_stream(main)
+    assert made[-1].calls == [("record", main), ("wait", broken)]
+    installer.uninstall()
 
 
 class CountedStream:
