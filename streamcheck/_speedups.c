@@ -2194,15 +2194,43 @@ usage:
 
 /* The site tuple of up to `depth` frames, starting `skip` frames above the running Python
  * frame (0 <= depth <= MAX_SITE_DEPTH). */
+static PyObject *sys_getframe; /* sys._getframe, taken at the module's import */
+
+/* The frame `skip` calls back from the running one (a new reference; NULL with no error where
+ * the stack is not that deep; NULL + error). Since Python 3.11 a frame object is made only
+ * when asked for: sys._getframe walks the interpreter's own frames and makes one for the
+ * frame it returns, where PyFrame_GetBack would make one for every frame it skips (the audit's
+ * own, new at each call: three for a connector's handoff). */
+static PyFrameObject *frame_back(Py_ssize_t skip)
+{
+    if (skip == 0 || sys_getframe == NULL) {
+        PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
+        Py_XINCREF(frame);
+        for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
+            PyFrameObject *back = PyFrame_GetBack(frame);
+            Py_DECREF(frame);
+            frame = back;
+        }
+        return frame;
+    }
+    PyObject *depth = PyLong_FromSsize_t(skip);
+    PyObject *frame = depth == NULL ? NULL : PyObject_CallOneArg(sys_getframe, depth);
+    Py_XDECREF(depth);
+    if (frame == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
+        PyErr_Clear(); /* "call stack is not deep enough": no frame */
+    else if (frame != NULL && !PyFrame_Check(frame)) {
+        Py_DECREF(frame);
+        PyErr_SetString(PyExc_TypeError, "sys._getframe gave no frame");
+        return NULL;
+    }
+    return (PyFrameObject *)frame;
+}
+
 static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
 {
-    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed: the caller */
-    Py_XINCREF(frame);
-    for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
-    }
+    PyFrameObject *frame = frame_back(skip);
+    if (frame == NULL && PyErr_Occurred())
+        return NULL;
     PyObject *items[2 * MAX_SITE_DEPTH];
     Py_ssize_t count = 0, limit = 2 * depth;
     while (frame != NULL && count < limit) {
@@ -2253,6 +2281,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
         return NULL;
+    sys_getframe = PySys_GetObject("_getframe"); /* borrowed; absent: walk as before */
+    Py_XINCREF(sys_getframe);
     if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
