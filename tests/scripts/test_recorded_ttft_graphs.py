@@ -37,6 +37,38 @@ def default_graphs_ttft_table(folder: str, calls: dict[str, tuple[str, ...]]
     return {key: r["ttft_warm_median_ms"] for key, r in results.items()}
 
 
+def audited_worker_rows(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+    """Each call's audited worker as its report lists it (``sc_host_quiet``), after checking
+    that no process of it found anything and that the unaudited case (``sc_host_off``)
+    carries no audit at all."""
+    workers = {}
+    for call in calls:
+        rows = recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_quiet", "audit")["rows"]
+        assert all(row["findings"] == [] for row in rows), call
+        (workers[call],) = [row for row in rows if row["connector"]]
+        assert recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_off", "audit") is None
+    return workers
+
+
+def _only_worker(folder: str, call: str, name: str) -> dict:
+    (worker,) = recorded_result(f"{folder}/{call}", f"ttft_graphs_{name}")["stats"]["workers"]
+    return worker
+
+
+def load_issue_added(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """Each call's mean time to issue a load, audited minus unaudited (ms), after checking
+    that every one of the 28 loads completed and none was stopped in either case."""
+    added = {}
+    for call in calls:
+        audited, off = (_only_worker(folder, call, name) for name in ("sc_host_quiet",
+                                                                      "sc_host_off"))
+        added[call] = round(audited["load_issue_ms"] - off["load_issue_ms"], 2)
+        for worker in (audited, off):
+            assert (worker["slab_loads"], worker["failed_loads"], worker["hazards_stopped"]) == (
+                28, 0, 0), call
+    return added
+
+
 def test_the_warm_ttft_table_and_the_graph_mode_each_engine_ran():
     table = {(call, name): (ttft(call, name)["ttft_warm_median_ms"],
                             ttft(call, name)["cudagraph_mode"])

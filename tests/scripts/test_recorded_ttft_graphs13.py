@@ -10,16 +10,13 @@ eleventh session's calls (G11) saw none."""
 
 from __future__ import annotations
 
-from tests.scripts.script_modules import recorded_result
-from tests.scripts.test_recorded_ttft_graphs import default_graphs_ttft_table
+from tests.scripts.test_recorded_ttft_graphs import (
+    audited_worker_rows,
+    default_graphs_ttft_table,
+    load_issue_added,
+)
 
 CALLS = {"c4": ("sc_host_quiet", "sc_host_off"), "c5": ("sc_host_off", "sc_host_quiet")}
-
-
-def _worker(call: str, name: str) -> dict:
-    (worker,) = recorded_result(f"ttft_graphs13/{call}", f"ttft_graphs_{name}")["stats"][
-        "workers"]
-    return worker
 
 
 def test_the_warm_ttft_table_every_engine_on_vllms_default_graphs():
@@ -31,27 +28,13 @@ def test_the_warm_ttft_table_every_engine_on_vllms_default_graphs():
 def test_the_audit_ran_in_the_engine_and_found_nothing():
     """Each audited engine's worker process reports every connector launch audited; the
     unaudited cases carry no audit at all."""
-    launches = {}
-    for call in CALLS:
-        rows = recorded_result(f"ttft_graphs13/{call}", "ttft_graphs_sc_host_quiet", "audit")[
-            "rows"]
-        assert all(row["findings"] == [] for row in rows), call
-        (worker,) = [row for row in rows if row["connector"]]
-        assert worker["launches"] == worker["connector"], call
-        launches[call] = (worker["connector"], worker["loads"])
-        assert recorded_result(f"ttft_graphs13/{call}", "ttft_graphs_sc_host_off",
-                               "audit") is None, call
-    assert launches == {"c4": (1232, 28), "c5": (1194, 28)}
+    workers = audited_worker_rows("ttft_graphs13", CALLS)
+    assert all(w["launches"] == w["connector"] for w in workers.values())
+    assert {call: (w["connector"], w["loads"]) for call, w in workers.items()} == {
+        "c4": (1232, 28), "c5": (1194, 28)}
 
 
 def test_the_loads_issue_is_longer_with_the_audit_in_both_calls():
     """Each worker's mean time to issue a load, audited minus unaudited: 1.06 and 0.52 ms (G11
     measured it within 0.2 ms); every load completed and none was stopped."""
-    added = {}
-    for call in CALLS:
-        audited, off = _worker(call, "sc_host_quiet"), _worker(call, "sc_host_off")
-        added[call] = round(audited["load_issue_ms"] - off["load_issue_ms"], 2)
-        for worker in (audited, off):
-            assert (worker["slab_loads"], worker["failed_loads"], worker["hazards_stopped"]) == (
-                28, 0, 0), call
-    assert added == {"c4": 1.06, "c5": 0.52}
+    assert load_issue_added("ttft_graphs13", CALLS) == {"c4": 1.06, "c5": 0.52}

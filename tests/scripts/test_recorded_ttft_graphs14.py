@@ -11,16 +11,13 @@ write never ran (``final`` false), and these writes hold 22 and 20 of the 28 loa
 
 from __future__ import annotations
 
-from tests.scripts.script_modules import recorded_result
-from tests.scripts.test_recorded_ttft_graphs import default_graphs_ttft_table
+from tests.scripts.test_recorded_ttft_graphs import (
+    audited_worker_rows,
+    default_graphs_ttft_table,
+    load_issue_added,
+)
 
 CALLS = {"c4": ("sc_host_quiet", "sc_host_off"), "c5": ("sc_host_off", "sc_host_quiet")}
-
-
-def _worker(call: str, name: str) -> dict:
-    (worker,) = recorded_result(f"ttft_graphs14/{call}", f"ttft_graphs_{name}")["stats"][
-        "workers"]
-    return worker
 
 
 def test_the_warm_ttft_table_every_engine_on_vllms_default_graphs():
@@ -33,27 +30,13 @@ def test_the_audit_ran_in_the_engine_found_nothing_and_its_last_write_was_not_fi
     """The audited worker's report, as last written: every connector launch it had seen was
     audited, none found anything, and the write was a periodic one; the unaudited cases carry
     no audit at all."""
-    seen = {}
-    for call in CALLS:
-        rows = recorded_result(f"ttft_graphs14/{call}", "ttft_graphs_sc_host_quiet", "audit")[
-            "rows"]
-        assert all(row["findings"] == [] for row in rows), call
-        (worker,) = [row for row in rows if row["connector"]]
-        assert worker["launches"] == worker["connector"] and not worker["final"], call
-        seen[call] = (worker["connector"], worker["loads"])
-        assert recorded_result(f"ttft_graphs14/{call}", "ttft_graphs_sc_host_off",
-                               "audit") is None, call
-    assert seen == {"c4": (693, 22), "c5": (650, 20)}
+    workers = audited_worker_rows("ttft_graphs14", CALLS)
+    assert all(w["launches"] == w["connector"] and not w["final"] for w in workers.values())
+    assert {call: (w["connector"], w["loads"]) for call, w in workers.items()} == {
+        "c4": (693, 22), "c5": (650, 20)}
 
 
 def test_every_load_completed_and_the_issue_moved_both_ways():
     """Each worker's mean time to issue a load, audited minus unaudited: +1.06 ms in call 4,
     -0.12 in call 5; every load completed and none was stopped."""
-    added = {}
-    for call in CALLS:
-        audited, off = _worker(call, "sc_host_quiet"), _worker(call, "sc_host_off")
-        added[call] = round(audited["load_issue_ms"] - off["load_issue_ms"], 2)
-        for worker in (audited, off):
-            assert (worker["slab_loads"], worker["failed_loads"], worker["hazards_stopped"]) == (
-                28, 0, 0), call
-    assert added == {"c4": 1.06, "c5": -0.12}
+    assert load_issue_added("ttft_graphs14", CALLS) == {"c4": 1.06, "c5": -0.12}
