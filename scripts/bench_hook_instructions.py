@@ -41,6 +41,7 @@ PATHS = {
     "Stream() creation": "creation",
     "wait_stream's record and wait, clocks live": "wait_stream",
     "Stream.wait_stream hooked whole, clocks live": "stream_wait",
+    "Stream.wait_stream through its event's hooks, clocks live": "stream_wait_events",
 }
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -145,7 +146,7 @@ def prepare(path: str, audited: bool) -> Any:
                                current_raw_stream=CURRENT_RAW, fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
-        elif path in ("wait_stream", "stream_wait"):
+        elif path in ("wait_stream", "stream_wait", "stream_wait_events"):
             reader = StreamReader(current_stream=CURRENT, current_device=int)
             hook_event_record(registry, gate, Event, reader)
             hook_event_wait(registry, gate, Event, reader)
@@ -167,7 +168,7 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: set_stream(SIDE)
     if path == "wait_stream":
         return lambda: wait_stream(SIDE, KEPT)
-    if path == "stream_wait":
+    if path in ("stream_wait", "stream_wait_events"):
         return lambda: SIDE.wait_stream(KEPT)
     return MadeStream
 

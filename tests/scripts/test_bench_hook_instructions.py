@@ -48,11 +48,13 @@ def _hooked(path, call):
         return bench.Event.__dict__["record"]
     if path == "stream_wait":
         return bench.KeptStream.__dict__["wait_stream"]
+    if path == "stream_wait_events":
+        return bench.Event.__dict__["record"]
     return bench.MadeStream.__dict__["__new__"].__func__
 
 
 @pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
-@pytest.mark.parametrize("path", ["wait_stream", "stream_wait"])
+@pytest.mark.parametrize("path", ["wait_stream", "stream_wait", "stream_wait_events"])
 def test_the_wait_stream_paths_are_the_plain_live_case_in_c(path, monkeypatch):
     """Both event hooks compiled (and for ``stream_wait`` the stream's ``wait_stream`` hook);
     the record keeps its snapshot (the clocks are live) and the wait adds nothing to the
