@@ -56,6 +56,7 @@ is waiting for the GIL).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -294,9 +295,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             core, _but, group = arm.partition(" but ")
             os.environ["STREAMCHECK_CORE"] = core
             auditor = streamcheck.install("assert")
-            for owner, names in hook_groups()[group] if group else ():
-                if owner is not None:
-                    installer._registry.restore(owner, names)
+            if group:
+                take_out(hook_groups()[group])
             first[arm].append(run(1))
             audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
             findings += [f.rule_id for f in auditor.findings()]
@@ -347,10 +347,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
 
     ablation: dict[str, float] = {}
     for hook, targets in hook_groups().items() if args.hook_ablate else ():
-        def restore(targets: list[tuple[Any, tuple[str, ...]]] = targets) -> int:
-            return sum(installer._registry.restore(owner, names)
-                       for owner, names in targets if owner is not None)
-
+        restore = functools.partial(take_out, targets)
         # ``record``, not ``assert``: without its event hooks the audit cannot see the
         # connector wait for the step's event, and rightly reports the handoff unsynced
         ratio, _bare, entries, restored = audited_vs_not(frozenset(PARTS), "record", restore)
@@ -623,6 +620,12 @@ def hook_groups() -> dict[str, list[tuple[Any, tuple[str, ...]]]]:
                        (torch.cuda.Event, ("synchronize", "query"))],
         "all_reduce": [(dist, ("all_reduce",)), (dist.distributed_c10d, ("all_reduce",))],
     }
+
+
+def take_out(targets: list[tuple[Any, tuple[str, ...]]]) -> int:
+    """Restore a group of hooks (``hook_groups``) to torch's own; how many were restored."""
+    return sum(installer._registry.restore(owner, names)
+               for owner, names in targets if owner is not None)
 
 
 def cores() -> list[str]:
