@@ -61,7 +61,8 @@ static PyObject *empty_clock;
 static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_thread_name,
     *s_created_kind;
 
-static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's walk */
+PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's walk (_declare.c too) */
+int declare_add_types(PyObject *module);              /* streamcheck/_declare.c */
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -2226,7 +2227,7 @@ static PyFrameObject *frame_back(Py_ssize_t skip)
     return (PyFrameObject *)frame;
 }
 
-static PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
+PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
 {
     PyFrameObject *frame = frame_back(skip);
     if (frame == NULL && PyErr_Occurred())
@@ -2288,6 +2289,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
         PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
+        declare_add_types(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streamcheck.core import ids
-from streamcheck.core.clocks import Clock, HappensBefore
+from streamcheck.core.clocks import Clock, HappensBefore, Mark
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.explain import explain_finding
@@ -57,6 +57,13 @@ Access = tuple[tuple[int, int], Blocks]
 #: against one of those goes unseen).
 MAX_ACCESSES = 64
 MAX_THREADS = 4096  # thread records kept for reuse (Auditor.thread_ref)
+
+#: Makes an auditor's ``declare`` in C: ``make_declare(auditor, Auditor.declare, Mark, Handoff,
+#: MAX_ACCESSES)``, the same handoffs, clock tick and kept accesses with no Python frame but
+#: the thread record's (``Declarer`` in streamcheck/_declare.c; a connector declares several
+#: times a step, about 33,000 instructions each in Python). Put here by the hooks layer with
+#: the compiled core (``wrappers.speedups``), read when an auditor is made; None: Python's.
+make_declare: Callable[..., Callable[..., list[Handoff]]] | None = None
 
 
 class StreamHazardWarning(RuntimeWarning):
@@ -132,6 +139,9 @@ class Auditor:
         self._writes: dict[tuple[int, int], list[Handoff]] = {}
         self._reads: dict[tuple[int, int], list[Handoff]] = {}
         self._threads: dict[int, ThreadRef] = {}  # see thread_ref
+        if make_declare is not None:  # last: it reads the attributes above once
+            self.declare = make_declare(  # type: ignore[method-assign]
+                self, Auditor.declare, Mark, Handoff, MAX_ACCESSES)
 
     # ---- hot path -------------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class ThreadRoles:
         #: hooks' fast paths let through on a comparison. Never a stale ident: it changes only
         #: when a declaration does (a stale None only sends the main thread the slow way).
         self.main_engine: int | None = threading.main_thread().ident
+        #: Changes with every change to the table (a declaration, a role forgotten, a role
+        #: found void): a helper thread's role is the same while this is, so a compiled
+        #: thread record made at one version may be reused at it (``Declarer`` in
+        #: streamcheck/_declare.c; the main thread's also turns on other threads' lives).
+        self.version = 0
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -79,6 +84,7 @@ class ThreadRoles:
 
     def _changed(self) -> None:
         with self._publish:
+            self.version += 1
             main = threading.main_thread().ident
             engine = main is not None and self._is_engine(main)
             self.main_engine = main if engine else None
@@ -98,6 +104,7 @@ class ThreadRoles:
             with self._lock:
                 if self._roles.get(ident) is entry:
                     del self._roles[ident]
+                    self.version += 1
             return None
         return role
 

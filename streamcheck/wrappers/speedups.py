@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from streamcheck.core import ids, provenance
+from streamcheck.core import auditor, ids, provenance
 from streamcheck.core.modes import ConfigError
 
 CORES = ("auto", "compiled", "python")
@@ -46,12 +46,14 @@ def use(core: str) -> None:
 
 def _use_core_parts() -> None:
     """Records take their sites (``core.ids.site_capture``) from the chosen core: the same
-    tuple either way, made in C with the compiled one; and books made from now on keep their
+    tuple either way, made in C with the compiled one; books made from now on keep their
     switches in its log (``core.provenance.make_switch_log``), which the compiled hook fills
-    without making the tuples."""
+    without making the tuples; and auditors made from now on declare accesses through its
+    ``Declarer`` (``core.auditor.make_declare``)."""
     ids.site_capture = ids.capture_site if _active is None else _active.capture_site
     provenance.make_switch_log = (provenance.deque_log if _active is None
                                   else _active.SwitchLog)
+    auditor.make_declare = getattr(_active, "Declarer", None)
 
 
 def built() -> bool:

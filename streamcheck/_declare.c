@@ -1,0 +1,709 @@
+/* streamcheck._speedups, its declared accesses: Auditor.declare compiled.
+ *
+ * A connector declares what it touches several times a step: its handoff after the forward
+ * wrote a layer's KV, and every checked launch's reads and writes. In Python
+ * (streamcheck/core/auditor.py, Auditor.declare) one declaration is a dozen Python calls: the
+ * clock tick and its Mark, a Handoff per buffer (a dataclass __init__ each), the thread's
+ * record, the site, and the kept accesses filtered under the lock, about 33,000 instructions
+ * (scripts/bench_hook_instructions.py). Here the same objects are made and the same lists kept
+ * with no Python frame but the thread record's.
+ *
+ *   Declarer(auditor, python_declare, mark_type, handoff_type, max_accesses)
+ *       auditor.declare(stream, reads, writes, skip=2): what Auditor.declare returns and
+ *       keeps, the same Mark and Handoff objects (made as their dataclasses' __init__ would
+ *       make them: each field set, nothing else runs), the same clock tick, the same kept
+ *       accesses. Until the clocks are live (the first declared access installs the event
+ *       hooks) and for any argument of another shape, `python_declare(auditor, ...)` runs.
+ *
+ * The auditor's attributes read here (clocks, _lock, _writes, _reads, thread_ref, and the
+ * clocks' _lock and _clocks) are set once in Auditor.__init__ and HappensBefore.__init__ and
+ * read once, when the Declarer is made; the clocks' `active` and `_done` are read at each
+ * call, as Python reads them. Both locks are taken as the Python code takes them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+#define PyObject_GetOptionalAttr _PyObject_LookupAttr
+#endif
+
+/* From streamcheck/_speedups.c, the same extension: a site as capture_site makes it, `skip`
+ * frames above the running Python frame. */
+PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
+
+#define SITE_DEPTH 4 /* capture_site's default depth, which Auditor.declare keeps */
+
+static PyObject *s_acquire, *s_release, *s_active, *s_done, *s_device, *s_stream_id, *s_read,
+    *s_write, *s_skip, *s_version, *s_name, *s_role, *s_engine, *s_main_engine, *zero, *one;
+
+/* The fields the Declarer reads and writes, by name, and where each lives in its object. */
+enum { M_STREAM, M_TICK, M_FIELDS };
+static const char *mark_names[M_FIELDS] = {"stream", "tick"};
+enum { H_TENSOR, H_MARK, H_STREAM, H_THREAD, H_TIME, H_STACK, H_ACCESS, H_BLOCKS, H_FIELDS };
+static const char *handoff_names[H_FIELDS] = {"tensor", "mark", "stream", "thread",
+                                              "time",   "stack", "access", "blocks"};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *auditor, *python_declare, *mark_type, *handoff_type, *clocks, *clocks_lock,
+        *clock_table, *lock, *writes, *reads, *thread_ref, *time_fn, *roles, *threads,
+        *thread_cache, *main_ident;
+    PyObject *weakrefs;
+    Py_ssize_t max_accesses;
+    Py_ssize_t mark_at[M_FIELDS], handoff_at[H_FIELDS];
+    vectorcallfunc vectorcall;
+} Declarer;
+
+#define FIELD(obj, at) (*(PyObject **)((char *)(obj) + (at)))
+
+/* Where `type` keeps its slot `name`: the offset of a writable object member that an
+ * instance's generic attribute read would use. -1 + error when it has none (a class that is
+ * not a slotted dataclass): the Declarer is then not made, and the Python core declares. */
+static Py_ssize_t slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (key == NULL)
+        return -1;
+    PyObject *descr = _PyType_Lookup(type, key); /* borrowed */
+    Py_DECREF(key);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+        type->tp_getattro == PyObject_GenericGetAttr && PyDescr_TYPE(descr) == type) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+            return member->offset;
+    }
+    PyErr_Format(PyExc_TypeError, "Declarer: %s.%s is not a slot", type->tp_name, name);
+    return -1;
+}
+
+/* An instance of `type` with its fields at `at` set to `values` (new references taken), as
+ * a slotted dataclass's __init__ leaves it. */
+static PyObject *make_record(PyObject *type, const Py_ssize_t *at, PyObject *const *values,
+                             int n)
+{
+    PyTypeObject *tp = (PyTypeObject *)type;
+    PyObject *obj = tp->tp_alloc(tp, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        FIELD(obj, at[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
+/* A field of a record the auditor keeps: read at its slot when it is of the type learned,
+ * else by name. A new reference, or NULL + error. */
+static PyObject *field_of(Declarer *self, PyObject *obj, int which)
+{
+    if ((PyObject *)Py_TYPE(obj) == self->handoff_type) {
+        PyObject *value = FIELD(obj, self->handoff_at[which]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttrString(obj, handoff_names[which]);
+}
+
+static PyObject *mark_field(Declarer *self, PyObject *mark, int which)
+{
+    if ((PyObject *)Py_TYPE(mark) == self->mark_type) {
+        PyObject *value = FIELD(mark, self->mark_at[which]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttrString(mark, mark_names[which]);
+}
+
+/* done.get(a.mark.stream, 0) < a.mark.tick: the host has not waited for `access`. 1, 0, or
+ * -1 + error. */
+static int not_waited_for(Declarer *self, PyObject *access, PyObject *done)
+{
+    PyObject *mark = field_of(self, access, H_MARK);
+    if (mark == NULL)
+        return -1;
+    PyObject *stream = mark_field(self, mark, M_STREAM);
+    PyObject *tick = stream == NULL ? NULL : mark_field(self, mark, M_TICK);
+    Py_DECREF(mark);
+    if (tick == NULL) {
+        Py_XDECREF(stream);
+        return -1;
+    }
+    PyObject *seen = PyDict_GetItemWithError(done, stream); /* borrowed */
+    Py_DECREF(stream);
+    int result = seen == NULL && PyErr_Occurred()
+                     ? -1
+                     : PyObject_RichCompareBool(seen == NULL ? zero : seen, tick, Py_LT);
+    Py_DECREF(tick);
+    return result;
+}
+
+/* a.blocks is None or not a.blocks <= new: `access` touches a block `new` does not. */
+static int not_covered_by(Declarer *self, PyObject *access, PyObject *new)
+{
+    PyObject *blocks = field_of(self, access, H_BLOCKS);
+    if (blocks == NULL)
+        return -1;
+    int result = 1;
+    if (blocks != Py_None) {
+        int covered = PyObject_RichCompareBool(blocks, new, Py_LE);
+        result = covered < 0 ? -1 : !covered;
+    }
+    Py_DECREF(blocks);
+    return result;
+}
+
+/* Another stream than (device, sid): a.stream.stream_id != sid or a.stream.device != device. */
+static int on_other_stream(Declarer *self, PyObject *access, PyObject *device, PyObject *sid)
+{
+    PyObject *stream = field_of(self, access, H_STREAM);
+    if (stream == NULL)
+        return -1;
+    PyObject *other_sid = PyObject_GetAttr(stream, s_stream_id);
+    int result = other_sid == NULL ? -1 : PyObject_RichCompareBool(other_sid, sid, Py_NE);
+    Py_XDECREF(other_sid);
+    if (result == 0) {
+        PyObject *other_device = PyObject_GetAttr(stream, s_device);
+        result = other_device == NULL ? -1
+                                      : PyObject_RichCompareBool(other_device, device, Py_NE);
+        Py_XDECREF(other_device);
+    }
+    Py_DECREF(stream);
+    return result;
+}
+
+/* kept[:] = the accesses of `kept` that stay: those the host has not waited for and that
+ * `new` (an access's blocks) does not cover; with `device` (a read's stream), only the same
+ * stream's are dropped for covering. `new` NULL: none stays that way (a whole-buffer write
+ * covers every access). Auditor._keep_access and _not_covered, in one. 0, or -1 + error. */
+static int keep_uncovered(Declarer *self, PyObject *kept, PyObject *new, PyObject *done,
+                          PyObject *device, PyObject *sid)
+{
+    if (device == NULL && new == Py_None)
+        return PyList_SetSlice(kept, 0, PyList_GET_SIZE(kept), NULL);
+    PyObject *stays = PyList_New(0);
+    if (stays == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(kept); i++) {
+        PyObject *access = PyList_GET_ITEM(kept, i);
+        Py_INCREF(access);
+        int stay = not_waited_for(self, access, done);
+        if (stay == 1 && device != NULL) {
+            stay = on_other_stream(self, access, device, sid);
+            if (stay == 0 && new != Py_None)
+                stay = not_covered_by(self, access, new);
+        }
+        else if (stay == 1)
+            stay = not_covered_by(self, access, new);
+        if (stay == 1 && PyList_Append(stays, access) < 0)
+            stay = -1;
+        Py_DECREF(access);
+        if (stay < 0) {
+            Py_DECREF(stays);
+            return -1;
+        }
+    }
+    int result = PyList_SetSlice(kept, 0, PyList_GET_SIZE(kept), stays);
+    Py_DECREF(stays);
+    return result;
+}
+
+/* Auditor._keep_access: `access` joins its buffer's list in `table`, after the accesses it
+ * makes irrelevant leave it; the list keeps the newest max_accesses. */
+static int keep_access(Declarer *self, PyObject *table, PyObject *access, int same_stream,
+                       PyObject *done)
+{
+    PyObject *tensor = FIELD(access, self->handoff_at[H_TENSOR]);
+    PyObject *kept = PyDict_GetItemWithError(table, tensor); /* borrowed */
+    if (kept == NULL) {
+        if (PyErr_Occurred() || (kept = PyList_New(0)) == NULL)
+            return -1;
+        int failed = PyDict_SetItem(table, tensor, kept);
+        Py_DECREF(kept); /* the table holds it */
+        if (failed < 0)
+            return -1;
+    }
+    if (!PyList_CheckExact(kept)) {
+        PyErr_SetString(PyExc_TypeError, "Declarer: a kept access list is not a list");
+        return -1;
+    }
+    Py_INCREF(kept);
+    PyObject *blocks = FIELD(access, self->handoff_at[H_BLOCKS]);
+    int result;
+    if (same_stream) {
+        PyObject *stream = FIELD(access, self->handoff_at[H_STREAM]);
+        PyObject *device = PyObject_GetAttr(stream, s_device);
+        PyObject *sid = device == NULL ? NULL : PyObject_GetAttr(stream, s_stream_id);
+        result = sid == NULL ? -1 : keep_uncovered(self, kept, blocks, done, device, sid);
+        Py_XDECREF(device);
+        Py_XDECREF(sid);
+    }
+    else
+        result = keep_uncovered(self, kept, blocks, done, NULL, NULL);
+    if (result == 0)
+        result = PyList_Append(kept, access);
+    Py_ssize_t over = PyList_GET_SIZE(kept) - self->max_accesses;
+    if (result == 0 && over > 0)
+        result = PyList_SetSlice(kept, 0, over, NULL);
+    Py_DECREF(kept);
+    return result;
+}
+
+/* The declared accesses in `items` (a list or tuple of (buffer key, blocks) pairs): their
+ * count, or -1 when the Python core should take them (not that shape). */
+static Py_ssize_t pairs_in(PyObject *items)
+{
+    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            return -1;
+    }
+    return n;
+}
+
+static int call_lock(PyObject *lock, PyObject *method)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(lock, method);
+    Py_XDECREF(done);
+    return done == NULL ? -1 : 0;
+}
+
+/* HappensBefore.mark(key), its clocks live: the stream's own entry ticked, in a new clock.
+ * The Mark, or NULL + error. */
+static PyObject *tick(Declarer *self, PyObject *key)
+{
+    if (call_lock(self->clocks_lock, s_acquire) < 0)
+        return NULL;
+    PyObject *mark = NULL, *clock = NULL, *count = NULL;
+    PyObject *own = PyDict_GetItemWithError(self->clock_table, key); /* borrowed */
+    if (own == NULL && PyErr_Occurred())
+        goto done;
+    clock = own == NULL ? PyDict_New() : PyDict_Copy(own);
+    if (clock == NULL)
+        goto done;
+    PyObject *before = PyDict_GetItemWithError(clock, key); /* borrowed */
+    if (before == NULL && PyErr_Occurred())
+        goto done;
+    count = PyNumber_Add(before == NULL ? zero : before, one);
+    if (count == NULL || PyDict_SetItem(clock, key, count) < 0 ||
+        PyDict_SetItem(self->clock_table, key, clock) < 0)
+        goto done;
+    PyObject *values[M_FIELDS] = {key, count};
+    mark = make_record(self->mark_type, self->mark_at, values, M_FIELDS);
+done:
+    Py_XDECREF(clock);
+    Py_XDECREF(count);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the release runs with no error set */
+    if (call_lock(self->clocks_lock, s_release) < 0)
+        Py_CLEAR(mark);
+    if (type != NULL) {
+        Py_XDECREF(mark);
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    return mark;
+}
+
+/* Whether the Python core must take this call: the clocks not live yet (the first mark
+ * installs the event hooks, which only Python does). 1, 0, or -1 + error. */
+static int clocks_idle(Declarer *self)
+{
+    PyObject *active = PyObject_GetAttr(self->clocks, s_active);
+    if (active == NULL)
+        return -1;
+    int idle = active != Py_True;
+    Py_DECREF(active);
+    return idle;
+}
+
+/* The new Handoffs, reads first, in `made` (a new list), sharing one mark, thread, time and
+ * site. */
+static PyObject *make_handoffs(Declarer *self, PyObject *stream, PyObject *reads,
+                               PyObject *writes, PyObject *shared[4])
+{
+    Py_ssize_t nreads = PySequence_Fast_GET_SIZE(reads);
+    Py_ssize_t n = nreads + PySequence_Fast_GET_SIZE(writes);
+    PyObject *made = PyList_New(n);
+    if (made == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = i < nreads ? PySequence_Fast_GET_ITEM(reads, i)
+                                    : PySequence_Fast_GET_ITEM(writes, i - nreads);
+        PyObject *by_field[H_FIELDS];
+        by_field[H_TENSOR] = PyTuple_GET_ITEM(pair, 0);
+        by_field[H_BLOCKS] = PyTuple_GET_ITEM(pair, 1);
+        by_field[H_MARK] = shared[0];
+        by_field[H_STREAM] = stream;
+        by_field[H_THREAD] = shared[1];
+        by_field[H_TIME] = shared[2];
+        by_field[H_STACK] = shared[3];
+        by_field[H_ACCESS] = i < nreads ? s_read : s_write;
+        PyObject *handoff = make_record(self->handoff_type, self->handoff_at, by_field,
+                                        H_FIELDS);
+        if (handoff == NULL) {
+            Py_DECREF(made);
+            return NULL;
+        }
+        PyList_SET_ITEM(made, i, handoff); /* steals */
+    }
+    return made;
+}
+
+/* Under the auditor's lock, each new access kept as Auditor.declare keeps it. */
+static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
+{
+    if (call_lock(self->lock, s_acquire) < 0)
+        return -1;
+    int result = 0;
+    PyObject *done = PyObject_GetAttr(self->clocks, s_done);
+    if (done == NULL || !PyDict_Check(done)) {
+        if (done != NULL)
+            PyErr_SetString(PyExc_TypeError, "Declarer: the clocks' done clock is not a dict");
+        result = -1;
+    }
+    for (Py_ssize_t i = 0; result == 0 && i < PyList_GET_SIZE(made); i++) {
+        PyObject *handoff = PyList_GET_ITEM(made, i);
+        if (i < nreads) {
+            result = keep_access(self, self->reads, handoff, 1, done);
+            continue;
+        }
+        result = keep_access(self, self->writes, handoff, 0, done);
+        if (result < 0)
+            break;
+        PyObject *tensor = FIELD(handoff, self->handoff_at[H_TENSOR]);
+        PyObject *reads_now = PyDict_GetItemWithError(self->reads, tensor); /* borrowed */
+        if (reads_now == NULL) {
+            result = PyErr_Occurred() ? -1 : 0;
+            continue;
+        }
+        Py_INCREF(reads_now);
+        int some = PyObject_IsTrue(reads_now);
+        if (some > 0 && !PyList_CheckExact(reads_now)) {
+            PyErr_SetString(PyExc_TypeError, "Declarer: a kept access list is not a list");
+            some = -1;
+        }
+        if (some > 0)
+            result = keep_uncovered(self, reads_now, FIELD(handoff, self->handoff_at[H_BLOCKS]),
+                                    done, NULL, NULL);
+        else if (some < 0)
+            result = -1;
+        Py_DECREF(reads_now);
+    }
+    Py_XDECREF(done);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (call_lock(self->lock, s_release) < 0)
+        result = -1;
+    if (type != NULL)
+        PyErr_Restore(type, value, traceback);
+    return type != NULL ? -1 : result;
+}
+
+/*
+ * The calling thread's record, auditor.thread_ref(ident), reused where nothing it holds can
+ * have changed since it was made: the same Thread object under the ident (threading._active:
+ * not a new thread that took a finished one's ident), the same name object, and the roles
+ * table at the same version (ThreadRoles.version; a helper thread's role is a function of
+ * the table). The main thread's role also turns on whether declared engine threads still
+ * live, which no version shows: its record is reused only while it is the main engine
+ * thread (auditor.main_engine, which role_of answers first). Otherwise thread_ref runs, and
+ * its record is kept with what it was made at. A new reference, or NULL + error.
+ */
+#define THREAD_CACHE_MAX 4096 /* as auditor.MAX_THREADS: many threads came and went */
+enum { C_THREAD, C_NAME, C_VERSION, C_REF, C_FIELDS };
+
+static int reusable(Declarer *self, PyObject *entry, PyObject *thread, PyObject *name,
+                    PyObject *version, PyObject *ident)
+{
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != C_FIELDS ||
+        PyTuple_GET_ITEM(entry, C_THREAD) != thread || PyTuple_GET_ITEM(entry, C_NAME) != name)
+        return 0;
+    int same = PyObject_RichCompareBool(PyTuple_GET_ITEM(entry, C_VERSION), version, Py_EQ);
+    if (same <= 0)
+        return same;
+    same = PyObject_RichCompareBool(ident, self->main_ident, Py_EQ);
+    if (same != 1)
+        return same < 0 ? -1 : 1; /* a helper thread */
+    PyObject *main_engine = PyObject_GetAttr(self->auditor, s_main_engine);
+    if (main_engine == NULL)
+        return -1;
+    same = PyObject_RichCompareBool(main_engine, ident, Py_EQ);
+    Py_DECREF(main_engine);
+    if (same != 1)
+        return same;
+    PyObject *role = PyObject_GetAttr(PyTuple_GET_ITEM(entry, C_REF), s_role);
+    if (role == NULL)
+        return -1;
+    same = PyObject_RichCompareBool(role, s_engine, Py_EQ);
+    Py_DECREF(role);
+    return same;
+}
+
+static PyObject *thread_record(Declarer *self, PyObject *ident)
+{
+    PyObject *name = NULL, *ref = NULL;
+    PyObject *version = PyObject_GetAttr(self->roles, s_version);
+    if (version == NULL)
+        return NULL;
+    PyObject *thread = PyDict_GetItemWithError(self->threads, ident); /* borrowed */
+    if (thread == NULL && PyErr_Occurred())
+        goto done;
+    if (thread != NULL) {
+        Py_INCREF(thread);
+        if (PyObject_GetOptionalAttr(thread, s_name, &name) < 0)
+            goto done;
+        PyObject *entry = PyDict_GetItemWithError(self->thread_cache, ident); /* borrowed */
+        if (entry == NULL && PyErr_Occurred())
+            goto done;
+        Py_XINCREF(entry);
+        int reuse = reusable(self, entry, thread, name, version, ident);
+        if (reuse > 0)
+            ref = Py_NewRef(PyTuple_GET_ITEM(entry, C_REF));
+        Py_XDECREF(entry);
+        if (reuse != 0)
+            goto done;
+    }
+    ref = PyObject_CallOneArg(self->thread_ref, ident);
+    if (ref == NULL || thread == NULL || name == NULL)
+        goto done;
+    if (PyDict_GET_SIZE(self->thread_cache) >= THREAD_CACHE_MAX)
+        PyDict_Clear(self->thread_cache);
+    PyObject *entry = PyTuple_Pack(C_FIELDS, thread, name, version, ref);
+    if (entry == NULL || PyDict_SetItem(self->thread_cache, ident, entry) < 0)
+        Py_CLEAR(ref);
+    Py_XDECREF(entry);
+done:
+    Py_XDECREF(thread);
+    Py_XDECREF(name);
+    Py_DECREF(version);
+    return ref;
+}
+
+static PyObject *declare_in_python(Declarer *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    /* python_declare(auditor, *args, **kwargs): the auditor first */
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[8], **with_self = total + 1 <= 8 ? small : PyMem_New(PyObject *, total + 1);
+    if (with_self == NULL)
+        return PyErr_NoMemory();
+    with_self[0] = self->auditor;
+    memcpy(with_self + 1, args, total * sizeof(PyObject *));
+    PyObject *result = PyObject_Vectorcall(self->python_declare, with_self, nargs + 1, kwnames);
+    if (with_self != small)
+        PyMem_Free(with_self);
+    return result;
+}
+
+static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames)
+{
+    Declarer *self = (Declarer *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *skip_arg = nargs == 4 ? args[3] : NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs == 3 && nkw == 1 &&
+        PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), s_skip) == 0)
+        skip_arg = args[3];
+    if (nargs < 3 || nargs + nkw > 4 || (nargs + nkw == 4 && skip_arg == NULL))
+        return declare_in_python(self, args, nargs, kwnames); /* its own TypeError */
+    PyObject *stream = args[0], *reads = args[1], *writes = args[2];
+    Py_ssize_t skip = 2;
+    if (skip_arg != NULL && (!PyLong_CheckExact(skip_arg) ||
+                             ((skip = PyLong_AsSsize_t(skip_arg)) < 1)))
+        return declare_in_python(self, args, nargs, kwnames);
+    Py_ssize_t nreads = pairs_in(reads);
+    int idle = nreads < 0 || pairs_in(writes) < 0 ? 1 : clocks_idle(self);
+    if (idle != 0)
+        return idle < 0 ? NULL : declare_in_python(self, args, nargs, kwnames);
+
+    /* as Auditor.declare: the mark, the thread, the time and the site, then the records */
+    PyObject *shared[4] = {NULL, NULL, NULL, NULL}; /* mark, thread, time, site */
+    PyObject *made = NULL, *ident = NULL;
+    PyObject *device = PyObject_GetAttr(stream, s_device);
+    PyObject *sid = device == NULL ? NULL : PyObject_GetAttr(stream, s_stream_id);
+    PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
+    Py_XDECREF(device);
+    Py_XDECREF(sid);
+    if (key == NULL || (shared[0] = tick(self, key)) == NULL ||
+        (ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident())) == NULL ||
+        (shared[1] = thread_record(self, ident)) == NULL ||
+        (shared[2] = PyObject_CallNoArgs(self->time_fn)) == NULL ||
+        /* the site Python's declare takes `skip` frames above its own: here, where no frame
+         * of declare runs, one fewer above its caller's */
+        (shared[3] = site_of(skip - 1, SITE_DEPTH)) == NULL)
+        goto done;
+    made = make_handoffs(self, stream, reads, writes, shared);
+    if (made != NULL && keep_all(self, made, nreads) < 0)
+        Py_CLEAR(made);
+done:
+    Py_XDECREF(key);
+    Py_XDECREF(ident);
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(shared[i]);
+    return made;
+}
+
+static int declarer_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Declarer *self = (Declarer *)op;
+    Py_VISIT(self->auditor);
+    Py_VISIT(self->python_declare);
+    Py_VISIT(self->mark_type);
+    Py_VISIT(self->handoff_type);
+    Py_VISIT(self->clocks);
+    Py_VISIT(self->clocks_lock);
+    Py_VISIT(self->clock_table);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->writes);
+    Py_VISIT(self->reads);
+    Py_VISIT(self->thread_ref);
+    Py_VISIT(self->time_fn);
+    Py_VISIT(self->roles);
+    Py_VISIT(self->threads);
+    Py_VISIT(self->thread_cache);
+    Py_VISIT(self->main_ident);
+    return 0;
+}
+
+static int declarer_clear(PyObject *op)
+{
+    Declarer *self = (Declarer *)op;
+    Py_CLEAR(self->auditor);
+    Py_CLEAR(self->python_declare);
+    Py_CLEAR(self->mark_type);
+    Py_CLEAR(self->handoff_type);
+    Py_CLEAR(self->clocks);
+    Py_CLEAR(self->clocks_lock);
+    Py_CLEAR(self->clock_table);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->writes);
+    Py_CLEAR(self->reads);
+    Py_CLEAR(self->thread_ref);
+    Py_CLEAR(self->time_fn);
+    Py_CLEAR(self->roles);
+    Py_CLEAR(self->threads);
+    Py_CLEAR(self->thread_cache);
+    Py_CLEAR(self->main_ident);
+    return 0;
+}
+
+static void declarer_dealloc(PyObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    if (((Declarer *)op)->weakrefs != NULL)
+        PyObject_ClearWeakRefs(op);
+    declarer_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+/* A dict attribute set once at the owner's creation. */
+static PyObject *dict_attr(PyObject *owner, const char *name)
+{
+    PyObject *value = PyObject_GetAttrString(owner, name);
+    if (value != NULL && !PyDict_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "Declarer: %s is not a dict", name);
+        Py_CLEAR(value);
+    }
+    return value;
+}
+
+static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *auditor, *python_declare, *mark_type, *handoff_type;
+    Py_ssize_t max_accesses;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Declarer takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO!O!n:Declarer", &auditor, &python_declare, &PyType_Type,
+                          &mark_type, &PyType_Type, &handoff_type, &max_accesses))
+        return NULL;
+    if (max_accesses < 1) {
+        PyErr_SetString(PyExc_ValueError, "Declarer: max_accesses >= 1");
+        return NULL;
+    }
+    Declarer *self = (Declarer *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = declarer_vectorcall;
+    self->max_accesses = max_accesses;
+    self->auditor = Py_NewRef(auditor);
+    self->python_declare = Py_NewRef(python_declare);
+    self->mark_type = Py_NewRef(mark_type);
+    self->handoff_type = Py_NewRef(handoff_type);
+    for (int i = 0; i < M_FIELDS; i++)
+        if ((self->mark_at[i] = slot_offset((PyTypeObject *)mark_type, mark_names[i])) < 0)
+            goto fail;
+    for (int i = 0; i < H_FIELDS; i++)
+        if ((self->handoff_at[i] = slot_offset((PyTypeObject *)handoff_type,
+                                               handoff_names[i])) < 0)
+            goto fail;
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL)
+        goto fail;
+    self->time_fn = PyObject_GetAttrString(time_module, "time");
+    Py_DECREF(time_module);
+    if (self->time_fn == NULL || (self->clocks = PyObject_GetAttrString(auditor, "clocks")) == NULL ||
+        (self->clocks_lock = PyObject_GetAttrString(self->clocks, "_lock")) == NULL ||
+        (self->clock_table = dict_attr(self->clocks, "_clocks")) == NULL ||
+        (self->lock = PyObject_GetAttrString(auditor, "_lock")) == NULL ||
+        (self->writes = dict_attr(auditor, "_writes")) == NULL ||
+        (self->reads = dict_attr(auditor, "_reads")) == NULL ||
+        (self->thread_ref = PyObject_GetAttrString(auditor, "thread_ref")) == NULL ||
+        (self->roles = PyObject_GetAttrString(auditor, "roles")) == NULL ||
+        (self->thread_cache = PyDict_New()) == NULL)
+        goto fail;
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL)
+        goto fail;
+    self->threads = dict_attr(threading, "_active");
+    PyObject *main = self->threads == NULL ? NULL
+                                           : PyObject_CallMethod(threading, "main_thread", NULL);
+    Py_DECREF(threading);
+    self->main_ident = main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
+    Py_XDECREF(main);
+    if (self->main_ident == NULL)
+        goto fail;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyTypeObject DeclarerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "streamcheck._speedups.Declarer",
+    .tp_doc = "Declarer(auditor, python_declare, mark_type, handoff_type, max_accesses): "
+              "Auditor.declare compiled.",
+    .tp_basicsize = sizeof(Declarer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = declarer_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Declarer, vectorcall),
+    .tp_weaklistoffset = offsetof(Declarer, weakrefs),
+    .tp_traverse = declarer_traverse,
+    .tp_clear = declarer_clear,
+    .tp_dealloc = declarer_dealloc,
+};
+
+/* Called by PyInit__speedups: the names, then the type on the module. */
+int declare_add_types(PyObject *module)
+{
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {{&s_acquire, "acquire"}, {&s_release, "release"}, {&s_active, "active"},
+                 {&s_done, "_done"},      {&s_device, "device"},   {&s_stream_id, "stream_id"},
+                 {&s_read, "read"},       {&s_write, "write"},     {&s_skip, "skip"},
+                 {&s_version, "version"}, {&s_name, "_name"},      {&s_role, "role"},
+                 {&s_engine, "engine"},   {&s_main_engine, "main_engine"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    if ((zero = PyLong_FromLong(0)) == NULL || (one = PyLong_FromLong(1)) == NULL || PyType_Ready(&DeclarerType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "Declarer", (PyObject *)&DeclarerType);
+}

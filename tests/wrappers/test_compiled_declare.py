@@ -1,0 +1,215 @@
+"""The compiled ``Auditor.declare`` (``Declarer``, streamcheck/_declare.c) makes and keeps what
+the Python one does: the same handoffs, clock ticks, kept accesses and sites, the same thread
+records, and the Python core for whatever it does not take. The compiled cases are skipped,
+and say so, where the extension is not built."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from pathlib import Path
+
+import pytest
+
+from streamcheck.core import auditor as auditor_module
+from streamcheck.core.auditor import MAX_ACCESSES, Auditor
+from streamcheck.core.ids import StreamRef, frames_of
+from streamcheck.core.modes import Mode
+from streamcheck.core.roles import CONNECTOR, ENGINE, ThreadRoles
+from streamcheck.wrappers import speedups
+
+needs_build = pytest.mark.skipif(not speedups.built(),
+                                 reason="streamcheck._speedups is not built here")
+CORES = ["python", pytest.param("compiled", marks=needs_build)]
+
+MAIN, SIDE, LOAD = StreamRef(0, 3), StreamRef(0, 5), StreamRef(1, 7, 0x7F07)
+KV, OTHER = (0, 0x1000), (1, 0x2000)
+
+
+def made_with(core: str, roles: ThreadRoles | None = None) -> Auditor:
+    """An auditor made while ``core`` is chosen (the core is read when it is made)."""
+    speedups.use(core)
+    try:
+        return Auditor(Mode.ASSERT, roles=roles)
+    finally:
+        speedups.use("auto")
+
+
+@pytest.fixture(params=CORES)
+def core(request):
+    return request.param
+
+
+def test_the_compiled_core_gives_each_auditor_its_declarer():
+    assert "declare" not in vars(made_with("python"))
+    if speedups.built():
+        compiled = made_with("compiled")
+        assert type(compiled.declare).__name__ == "Declarer"
+    assert auditor_module.make_declare is getattr(speedups.active(), "Declarer", None)
+
+
+def shape(handoff) -> tuple:
+    """A handoff as a value both cores must agree on (its time aside: a clock reading)."""
+    return (handoff.tensor, handoff.mark.stream, handoff.mark.tick, handoff.stream,
+            handoff.thread.name, handoff.thread.role, handoff.access, handoff.blocks,
+            frames_of(handoff.stack))
+
+
+def kept(aud: Auditor) -> tuple:
+    return ({k: [shape(h) for h in v] for k, v in aud._writes.items()},
+            {k: [shape(h) for h in v] for k, v in aud._reads.items()},
+            dict(aud.clocks._clocks), dict(aud.clocks._done))
+
+
+def script(aud: Auditor) -> list:
+    """Declarations of every kind the auditor keeps differently: whole and block writes and
+    reads on several streams, a host wait that lets accesses go, more block accesses than
+    are kept, the handoff entry point, and a thread of another role."""
+    out = []
+
+    def declare(stream, reads, writes):
+        out.append([shape(h) for h in aud.declare(stream, reads, writes, skip=1)])
+        out.append(kept(aud))  # what is kept after each step, not only at the end
+
+    declare(MAIN, [], [(KV, None)])  # the first: the clocks go live (Python's mark)
+    declare(SIDE, [(KV, None)], [])
+    declare(SIDE, [(KV, frozenset({1}))], [])
+    declare(SIDE, [(KV, frozenset({1, 2}))], [])  # covers the one before, not the whole
+    declare(MAIN, [(KV, frozenset({1}))], [(OTHER, None)])
+    declare(LOAD, [], [(KV, frozenset({3, 4}))])
+    declare(SIDE, [(KV, None), (OTHER, frozenset({0}))], [(KV, frozenset({2}))])
+    aud.clocks.host_waited_for(aud.clocks.clock_of(MAIN.key))  # MAIN's work so far is done
+    declare(LOAD, (), ((KV, frozenset({5})),))
+    for block in range(MAX_ACCESSES + 5):  # more than are kept: the oldest are forgotten
+        declare(LOAD if block % 2 else SIDE, [], [(OTHER, frozenset({block}))])
+    declare(MAIN, [(OTHER, frozenset({1, 2}))], [])
+    declare(SIDE, [(OTHER, None)], [])
+    out.append(shape(aud.handoff(KV, MAIN, "read", skip=1)))
+    roles = aud.roles
+
+    def helper():
+        roles.declare(CONNECTOR)
+        declare(LOAD, [(KV, None)], [(OTHER, frozenset({9}))])
+
+    thread = threading.Thread(target=helper, name="kv-helper")
+    thread.start()
+    thread.join()
+    declare(MAIN, [], [(KV, None)])  # a whole write: every earlier write and read goes
+    return out
+
+
+def test_both_cores_make_and_keep_the_same_accesses():
+    runs = {}
+    for core in ("python", "compiled") if speedups.built() else ("python",):
+        aud = made_with(core, roles=ThreadRoles())
+        runs[core] = (script(aud), kept(aud))
+    if "compiled" not in runs:
+        pytest.skip("streamcheck._speedups is not built here: only the Python core ran")
+    python, compiled = runs["python"], runs["compiled"]
+    assert compiled[0] == python[0]
+    assert compiled[1] == python[1]
+    # what the script is meant to reach: a host wait, a list at its cap
+    writes, _, _, done = python[1]
+    assert len(writes[OTHER]) == MAX_ACCESSES and done
+
+
+def test_the_site_is_the_callers_line_in_both_cores(core):
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])  # the clocks go live
+    made = aud.declare(SIDE, [(KV, None)], [], skip=1)  # SITE_LINE
+    (path, line, function), *_ = frames_of(made[0].stack)
+    assert path == __file__ and function == "test_the_site_is_the_callers_line_in_both_cores"
+    source = Path(__file__).read_text().splitlines()
+    assert source[line - 1].rstrip().endswith("# SITE_LINE")
+
+
+def test_the_first_declaration_makes_the_clocks_live_once(core):
+    aud = made_with(core)
+    calls = []
+    aud.clocks.on_activate = lambda: calls.append("activate")
+    for _ in range(3):
+        aud.declare(MAIN, [], [(KV, None)])
+    assert calls == ["activate"] and aud.clocks.active and aud.ordering
+
+
+@needs_build
+def test_a_thread_record_follows_its_thread_name_and_role():
+    """Reused while nothing changed; made again when the role, the name or the thread under
+    the ident changes, as ``Auditor.thread_ref`` would make it."""
+    roles = ThreadRoles()
+    aud = made_with("compiled", roles=roles)
+    aud.declare(MAIN, [], [(KV, None)])
+    records = []
+
+    def helper():
+        declare = lambda: aud.declare(SIDE, [(KV, None)], [])[0].thread  # noqa: E731
+        records.append(declare())
+        records.append(declare())
+        roles.declare(CONNECTOR)
+        records.append(declare())
+        threading.current_thread().name = "renamed"
+        records.append(declare())
+
+    for _ in range(2):  # the second thread may take the first one's ident
+        thread = threading.Thread(target=helper, name="kv-helper")
+        thread.start()
+        thread.join()
+    first, again, with_role, renamed = records[:4]
+    assert again is first and first.role == "" and first.name == "kv-helper"
+    assert with_role.role == CONNECTOR and renamed.name == "renamed"
+    assert records[4].role == "" and records[4].name == "kv-helper"  # a new thread: its own
+
+
+@needs_build
+def test_the_main_threads_record_turns_on_the_engines_that_live():
+    """The main thread is the engine only while no declared engine thread lives: its role
+    changes when one ends, which no table change shows."""
+    roles = ThreadRoles()
+    aud = made_with("compiled", roles=roles)
+    role = lambda: aud.declare(MAIN, [], [(KV, None)])[0].thread.role  # noqa: E731
+    assert role() == ENGINE
+    started, stop = threading.Event(), threading.Event()
+
+    def engine():
+        roles.declare(ENGINE)
+        started.set()
+        stop.wait()
+
+    thread = threading.Thread(target=engine)
+    thread.start()
+    started.wait()
+    assert role() == ""  # another thread is the engine now
+    stop.set()
+    thread.join()
+    assert role() == ENGINE
+
+
+def test_other_shapes_of_arguments_go_to_the_python_core(core):
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])
+    made = aud.declare(SIDE, iter([(KV, None)]), [], 1)  # an iterator, skip by position
+    assert [h.access for h in made] == ["read"]
+    with pytest.raises(TypeError):
+        aud.declare(SIDE, [], [], skip=1, extra=True)
+    with pytest.raises(TypeError):
+        aud.declare(SIDE)
+
+
+def test_a_failed_declaration_leaves_both_locks_free(core):
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])
+    with pytest.raises(TypeError):
+        aud.declare(SIDE, [([0, 1], None)], [])  # an unhashable buffer key
+    assert not aud._lock.locked() and not aud.clocks._lock.locked()
+    assert aud.declare(SIDE, [(KV, None)], [])[0].access == "read"
+
+
+@needs_build
+def test_an_auditor_and_its_declarer_are_collected_together():
+    aud = made_with("compiled")
+    aud.declare(MAIN, [], [(KV, None)])
+    gone = weakref.ref(aud)
+    del aud
+    gc.collect()
+    assert gone() is None
