@@ -42,6 +42,10 @@ PATHS = {
     "wait_stream's record and wait, clocks live": "wait_stream",
     "Stream.wait_stream hooked whole, clocks live": "stream_wait",
     "Stream.wait_stream through its event's hooks, clocks live": "stream_wait_events",
+    "streamcheck.handoff, clocks live": "handoff",
+    "streamcheck.handoff, Python's declare": "handoff_py",
+    "connector launch reading a handoff, clocks live": "launch_read",
+    "connector launch reading a handoff, Python's declare": "launch_read_py",
 }
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -71,6 +75,18 @@ SIDE = KeptStream(0x7F05, 0, 5)
 KEPT = KeptStream(0x7F03, 0, 3)
 CURRENT_RAW = {0: KEPT.cuda_stream}.__getitem__  # torch's read is C too
 CURRENT = {0: (KEPT.stream_id, 0, 1)}.__getitem__
+
+
+class KVTensor:
+    """A torch-shaped tensor: ``get_device`` and ``data_ptr``, C callables as torch's are."""
+
+    __slots__ = ("data_ptr", "get_device")
+
+    def __init__(self, device: int, pointer: int) -> None:
+        self.get_device, self.data_ptr = device.__index__, pointer.__index__
+
+
+KV = KVTensor(0, 0x7F10_0000)
 
 
 class Communicator:
@@ -129,6 +145,7 @@ class Namespace:
 
 def prepare(path: str, audited: bool) -> Any:
     """The call to count, with the path's hook installed when ``audited``."""
+    import streamcheck
     from streamcheck import installer
     from streamcheck.runtime.reader import StreamReader
     from streamcheck.wrappers.events import hook_event_record, hook_event_wait, hook_wait_stream
@@ -157,6 +174,16 @@ def prepare(path: str, audited: bool) -> Any:
             # the common wait: the waiting stream's clock already holds the waited one's
             kept, side = (0, KEPT.stream_id), (0, SIDE.stream_id)
             auditor.clocks._clocks.update({kept: {kept: 2}, side: {kept: 2, side: 1}})
+        elif path in ("handoff", "handoff_py", "launch_read", "launch_read_py"):
+            from streamcheck.runtime import cuda
+
+            cuda.use_reader(StreamReader(current_stream=CURRENT, current_device=int))
+            auditor = installer.current_auditor()
+            if path.endswith("_py"):  # the class's own declare, as the Python core has it
+                vars(auditor).pop("declare", None)
+            streamcheck.handoff(KV)  # the first declared access: the clocks go live
+            # the connector's stream has waited for the engine's: its reads are ordered
+            auditor.clocks._clocks[(0, SIDE.stream_id)] = {(0, KEPT.stream_id): 1 << 40}
         else:
             hook_stream_creation(registry, gate, MadeStream, "torch.cuda", DeviceHome(0))
     if path == "explicit":
@@ -170,6 +197,16 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: wait_stream(SIDE, KEPT)
     if path in ("stream_wait", "stream_wait_events"):
         return lambda: SIDE.wait_stream(KEPT)
+    if path in ("handoff", "handoff_py"):
+        return lambda: streamcheck.handoff(KV)
+    if path in ("launch_read", "launch_read_py"):
+        def save() -> None:
+            """The engine's handoff, then the connector's checked copy that reads it."""
+            handoff = streamcheck.handoff(KV)
+            with streamcheck.launch("bench.kv.save", stream=SIDE, device=0, reads=[handoff]):
+                pass
+
+        return save
     return MadeStream
 
 

@@ -145,6 +145,7 @@ class GcMeter:
 gc_meter = GcMeter()
 
 PARTS = ("side", "allreduce", "saver", "handoff")
+COMPILED_DECLARE = "Auditor.declare"  # --arm-without: the compiled core, Python's declare
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -295,7 +296,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             core, _but, group = arm.partition(" but ")
             os.environ["STREAMCHECK_CORE"] = core
             auditor = streamcheck.install("assert")
-            if group:
+            if group == COMPILED_DECLARE:  # the auditor's own declare, the Python core's
+                vars(auditor).pop("declare", None)
+            elif group:
                 take_out(hook_groups()[group])
             first[arm].append(run(1))
             audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
@@ -475,11 +478,12 @@ def main() -> int:
     p.add_argument("--phases", action="store_true",
                    help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--arm-without", action="append", default=[],
-                   choices=["Stream.wait_stream"],
+                   choices=["Stream.wait_stream", COMPILED_DECLARE],
                    help="also run, in each round, the compiled hooks without this group of "
                         "hooks, one the audit is as complete without (wait_stream's edge is "
-                        "then made by the event hooks): what the group saves, in the same "
-                        "rounds")
+                        "then made by the event hooks; Auditor.declare: the declared "
+                        "accesses made by the Python core's declare): what the group saves, "
+                        "in the same rounds")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     args = p.parse_args()
