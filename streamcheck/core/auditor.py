@@ -174,9 +174,9 @@ class Auditor:
             and (not implicit or current_id is None
                  or (stream_id == current_id and stream_device == current_device))
             and (stream_id != DEFAULT_STREAM_ID or self.is_engine_thread(threading.get_ident()))
-            and (not reads or all(self.clocks.ordered(key, h.mark) for h in reads))
+            and (not reads or self.clocks.all_ordered(key, reads))
             and (not writes
-                 or all(self.clocks.ordered(key, h.mark) for t in writes for h in t.prior()))
+                 or all(self.clocks.all_ordered(key, t.prior()) for t in writes))
         ):
             return
         current = None

@@ -151,6 +151,17 @@ class HappensBefore:
         if snapshot:
             self._host_waited([snapshot])
 
+    def all_ordered(self, stream: StreamKey, accesses: Any) -> bool:
+        """:meth:`ordered` of every access's ``mark`` (a launch's reads), in one call: a
+        connector checks its reads at every launch."""
+        done, own = self._done, self._clocks.get(stream, _EMPTY)
+        for access in accesses:
+            mark = access.mark
+            at, tick = mark.stream, mark.tick
+            if at != stream and done.get(at, 0) < tick and own.get(at, 0) < tick:
+                return False
+        return True
+
     def ordered(self, stream: StreamKey, mark: Mark) -> bool:
         """Is work queued on ``stream`` now ordered after ``mark``?"""
         if stream == mark.stream:

@@ -41,6 +41,27 @@ from streamcheck.wrappers.streams import stream_ref
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: The last streams launched on, by id, each with its StreamRef: a connector launches on the
+#: same few streams all along, and a stream object's device, id and handle never change, so
+#: its StreamRef is made once (six Python calls a launch otherwise, about 6,000 instructions
+#: of a checked launch's 47,000: scripts/bench_hook_instructions.py). The stream itself is
+#: kept beside it, so an id is never taken for a freed stream's; a few at most.
+_REFS: dict[int, tuple[Any, StreamRef]] = {}
+_REFS_KEPT = 8
+
+
+def _ref_of(stream: Any) -> StreamRef:
+    """``stream_ref(stream)``, made once per stream object while it is among the last few."""
+    kept = _REFS.get(id(stream))
+    if kept is not None and kept[0] is stream:
+        return kept[1]
+    ref = stream_ref(stream)
+    if len(_REFS) >= _REFS_KEPT:
+        _REFS.clear()
+    _REFS[id(stream)] = (stream, ref)
+    return ref
+
+
 def _current_of(stream: Any, device: int) -> tuple[int, int, int]:
     own = getattr(stream, "stream_reader", None)
     if own is not None:  # a simulated stream: its machine's reader
@@ -150,7 +171,7 @@ def _access_stream(tensor: Any, stream: Any
                 sid, dev, _ = current_stream_of(key[0])
                 ref = StreamRef(int(dev), int(sid))
         else:
-            ref = stream_ref(stream)
+            ref = _ref_of(stream)
     except Exception as exc:
         warn_cannot_audit("streamcheck.handoff", exc)
         return None
@@ -179,7 +200,7 @@ class launch:
             return
         try:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
-            ref = stream_ref(stream)  # the stream's fields, read once
+            ref = _ref_of(stream)  # the stream's fields, read once
             device = self.device if self.device is not None else ref.device
             current = _current_of(stream, device)
             handoffs: list[Handoff] = []
