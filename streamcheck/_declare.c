@@ -481,20 +481,11 @@ done:
     return ref;
 }
 
+/* python_declare(auditor, ...): held bound to the auditor, so the arguments pass as they came */
 static PyObject *declare_in_python(Declarer *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
-    /* python_declare(auditor, *args, **kwargs): the auditor first */
-    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
-    PyObject *small[8], **with_self = total + 1 <= 8 ? small : PyMem_New(PyObject *, total + 1);
-    if (with_self == NULL)
-        return PyErr_NoMemory();
-    with_self[0] = self->auditor;
-    memcpy(with_self + 1, args, total * sizeof(PyObject *));
-    PyObject *result = PyObject_Vectorcall(self->python_declare, with_self, nargs + 1, kwnames);
-    if (with_self != small)
-        PyMem_Free(with_self);
-    return result;
+    return PyObject_Vectorcall(self->python_declare, args, nargs, kwnames);
 }
 
 static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -631,7 +622,9 @@ static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->vectorcall = declarer_vectorcall;
     self->max_accesses = max_accesses;
     self->auditor = Py_NewRef(auditor);
-    self->python_declare = Py_NewRef(python_declare);
+    self->python_declare = PyMethod_New(python_declare, auditor); /* bound once */
+    if (self->python_declare == NULL)
+        goto fail;
     self->mark_type = Py_NewRef(mark_type);
     self->handoff_type = Py_NewRef(handoff_type);
     for (int i = 0; i < M_FIELDS; i++)
