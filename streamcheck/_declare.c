@@ -24,11 +24,13 @@
 #include <Python.h>
 #include <structmember.h>
 
-#if PY_VERSION_HEX < 0x030D0000
-#define PyObject_GetOptionalAttr _PyObject_LookupAttr
+#if PY_VERSION_HEX >= 0x030D0000 /* an attribute that may be missing: 1, 0, or -1 + error */
+#define optional_attr PyObject_GetOptionalAttr
+#else
+#define optional_attr _PyObject_LookupAttr
 #endif
 
-/* From streamcheck/_speedups.c, the same extension: a site as capture_site makes it, `skip`
+/* From streamcheck/_sites.c, the same extension: a site as capture_site makes it, `skip`
  * frames above the running Python frame. */
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
 
@@ -271,7 +273,7 @@ static int call_lock(PyObject *lock, PyObject *method)
 
 /* HappensBefore.mark(key), its clocks live: the stream's own entry ticked, in a new clock.
  * The Mark, or NULL + error. */
-static PyObject *tick(Declarer *self, PyObject *key)
+static PyObject *tick_clock(Declarer *self, PyObject *key)
 {
     if (call_lock(self->clocks_lock, s_acquire) < 0)
         return NULL;
@@ -452,7 +454,7 @@ static PyObject *thread_record(Declarer *self, PyObject *ident)
         goto done;
     if (thread != NULL) {
         Py_INCREF(thread);
-        if (PyObject_GetOptionalAttr(thread, s_name, &name) < 0)
+        if (optional_attr(thread, s_name, &name) < 0)
             goto done;
         PyObject *entry = PyDict_GetItemWithError(self->thread_cache, ident); /* borrowed */
         if (entry == NULL && PyErr_Occurred())
@@ -518,7 +520,7 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
     PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
     Py_XDECREF(device);
     Py_XDECREF(sid);
-    if (key == NULL || (shared[0] = tick(self, key)) == NULL ||
+    if (key == NULL || (shared[0] = tick_clock(self, key)) == NULL ||
         (ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident())) == NULL ||
         (shared[1] = thread_record(self, ident)) == NULL ||
         (shared[2] = PyObject_CallNoArgs(self->time_fn)) == NULL ||

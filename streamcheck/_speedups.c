@@ -7,6 +7,8 @@
  * that is not plainly fine goes to the generated Python wrapper, which applies every rule.
  * Optional, as coverage.py's C tracer is: without a compiler the pure-Python hooks are used
  * (streamcheck/wrappers/speedups.py chooses).
+ * One extension, three sources: this file (the hooks), _sites.c (a record's call site) and
+ * _declare.c (Auditor.declare compiled).
  *
  *   SetStreamHook(gate, original, via)
  *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
@@ -61,8 +63,14 @@ static PyObject *empty_clock;
 static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_thread_name,
     *s_created_kind;
 
-PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* capture_site's walk (_declare.c too) */
-int declare_add_types(PyObject *module);              /* streamcheck/_declare.c */
+/* streamcheck/_sites.c: a call site as code objects and offsets (the records' sites) */
+int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti);
+PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
+PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames);
+void sites_init(void);
+/* streamcheck/_declare.c: Auditor.declare compiled */
+int declare_add_types(PyObject *module);
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -535,24 +543,6 @@ typedef struct {
     PyObject *gate, *original, *via, *seen, *append, *dict, *weakrefs;
     vectorcallfunc vectorcall;
 } SetStreamHook;
-
-/* The frame's code object and instruction offset (f_code, f_lasti), new references;
- * (None, 0) for no frame. */
-static int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti)
-{
-    if (frame == NULL) {
-        *code = Py_NewRef(Py_None);
-        *lasti = PyLong_FromLong(0);
-    } else {
-        *code = (PyObject *)PyFrame_GetCode(frame);
-        *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
-    }
-    if (*lasti == NULL) {
-        Py_CLEAR(*code);
-        return -1;
-    }
-    return 0;
-}
 
 /* Whether `fn` is a SwitchLog's own append (auditor.made_current, when the book's log is
  * one): then the switch goes into its slot directly. */
@@ -2147,118 +2137,6 @@ static int intern_all(void)
     return empty_clock == NULL || stream_only == NULL ? -1 : 0;
 }
 
-/* ---- capture_site --------------------------------------------------------------------- */
-
-/*
- * capture_site(skip=1, depth=4): streamcheck.core.ids.capture_site, the same tuple (code
- * object, instruction offset, ... of up to `depth` frames, starting `skip` frames above the
- * caller; () when the stack is not that deep). Every declared access and stream creation
- * keeps one; in Python the walk costs a loop iteration per frame. At most MAX_SITE_DEPTH
- * frames (the audit asks for 12 at most).
- */
-#define MAX_SITE_DEPTH 64
-
-static PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
-                              PyObject *kwnames)
-{
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject *given[2] = {NULL, NULL}; /* skip, depth */
-    if (nargs > 2)
-        goto usage;
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        given[i] = args[i];
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        int which = PyUnicode_CompareWithASCIIString(name, "skip") == 0    ? 0
-                    : PyUnicode_CompareWithASCIIString(name, "depth") == 0 ? 1
-                                                                          : -1;
-        if (which < 0 || given[which] != NULL)
-            goto usage;
-        given[which] = args[nargs + i];
-    }
-    Py_ssize_t skip = 1, depth = 4;
-    if (given[0] != NULL && (skip = PyLong_AsSsize_t(given[0])) == -1 && PyErr_Occurred())
-        return NULL;
-    if (given[1] != NULL && (depth = PyLong_AsSsize_t(given[1])) == -1 && PyErr_Occurred())
-        return NULL;
-    if (skip < 0 || depth < 0 || depth > MAX_SITE_DEPTH) {
-        PyErr_Format(PyExc_ValueError, "capture_site: skip >= 0 and 0 <= depth <= %d",
-                     MAX_SITE_DEPTH);
-        return NULL;
-    }
-    return site_of(skip, depth);
-usage:
-    PyErr_SetString(PyExc_TypeError, "capture_site(skip=1, depth=4)");
-    return NULL;
-}
-
-/* The site tuple of up to `depth` frames, starting `skip` frames above the running Python
- * frame (0 <= depth <= MAX_SITE_DEPTH). */
-static PyObject *sys_getframe; /* sys._getframe, taken at the module's import */
-
-/* The frame `skip` calls back from the running one (a new reference; NULL with no error where
- * the stack is not that deep; NULL + error). Since Python 3.11 a frame object is made only
- * when asked for: sys._getframe walks the interpreter's own frames and makes one for the
- * frame it returns, where PyFrame_GetBack would make one for every frame it skips (the audit's
- * own, new at each call: three for a connector's handoff). */
-static PyFrameObject *frame_back(Py_ssize_t skip)
-{
-    if (skip == 0 || sys_getframe == NULL) {
-        PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
-        Py_XINCREF(frame);
-        for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
-            PyFrameObject *back = PyFrame_GetBack(frame);
-            Py_DECREF(frame);
-            frame = back;
-        }
-        return frame;
-    }
-    PyObject *depth = PyLong_FromSsize_t(skip);
-    PyObject *frame = depth == NULL ? NULL : PyObject_CallOneArg(sys_getframe, depth);
-    Py_XDECREF(depth);
-    if (frame == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
-        PyErr_Clear(); /* "call stack is not deep enough": no frame */
-    else if (frame != NULL && !PyFrame_Check(frame)) {
-        Py_DECREF(frame);
-        PyErr_SetString(PyExc_TypeError, "sys._getframe gave no frame");
-        return NULL;
-    }
-    return (PyFrameObject *)frame;
-}
-
-PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
-{
-    PyFrameObject *frame = frame_back(skip);
-    if (frame == NULL && PyErr_Occurred())
-        return NULL;
-    PyObject *items[2 * MAX_SITE_DEPTH];
-    Py_ssize_t count = 0, limit = 2 * depth;
-    while (frame != NULL && count < limit) {
-        if (frame_site(frame, &items[count], &items[count + 1]) < 0)
-            goto fail;
-        count += 2;
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
-    }
-    Py_XDECREF(frame);
-    PyObject *site = PyTuple_New(count);
-    if (site == NULL) {
-        for (Py_ssize_t i = 0; i < count; i++)
-            Py_DECREF(items[i]);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++)
-        PyTuple_SET_ITEM(site, i, items[i]); /* steals */
-    return site;
-fail:
-    Py_XDECREF(frame);
-    for (Py_ssize_t i = 0; i < count; i++)
-        Py_DECREF(items[i]);
-    return NULL;
-}
-
 static PyMethodDef speedups_functions[] = {
     {"capture_site", (PyCFunction)(void (*)(void))capture_site, METH_FASTCALL | METH_KEYWORDS,
      "capture_site(skip=1, depth=4): the caller's frames as (code, offset, ...), flat."},
@@ -2282,8 +2160,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
         return NULL;
-    sys_getframe = PySys_GetObject("_getframe"); /* borrowed; absent: walk as before */
-    Py_XINCREF(sys_getframe);
+    sites_init();
     if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
