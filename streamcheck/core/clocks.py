@@ -137,6 +137,8 @@ class HappensBefore:
         ``stream.synchronize()`` returned, or ``stream.query()`` said True. Read before the
         wait, not after: work another thread queues on the stream meanwhile
         is not what the host waited for."""
+        if clock.items() <= self._done.items():
+            return  # waited for already, entry for entry: nothing to merge (a poll repeated)
         self._host_waited([clock])
 
     def device_synchronized(self, device: int) -> None:

@@ -194,6 +194,20 @@ def test_stream_synchronize_covers_that_stream_and_what_it_waited_for():
     assert not hb.ordered(LOAD.key, late)
 
 
+def test_a_repeated_host_wait_keeps_the_done_clock_and_a_new_tick_still_counts():
+    """A poll that sees the same work done again changes nothing (the done clock is the same
+    object: nothing copied); one that sees newer work merges it."""
+    hb = HappensBefore()
+    hb.mark(SAVE.key)
+    hb.host_waited_for(hb.clock_of(SAVE.key))
+    done = hb.done_clock()
+    hb.host_waited_for(hb.clock_of(SAVE.key))
+    assert hb.done_clock() is done
+    newer = hb.mark(SAVE.key)
+    hb.host_waited_for(hb.clock_of(SAVE.key))
+    assert hb.done_clock() is not done and hb.ordered(LOAD.key, newer)
+
+
 def test_event_synchronize_covers_its_snapshot_only():
     hb = HappensBefore()
     early = hb.mark(ENGINE.key)
