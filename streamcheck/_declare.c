@@ -53,6 +53,7 @@ typedef struct {
         *thread_cache, *main_ident;
     PyObject *weakrefs;
     Py_ssize_t max_accesses;
+    unsigned long forks; /* forks_seen when main_ident was read */
     Py_ssize_t mark_at[M_FIELDS], handoff_at[H_FIELDS];
     vectorcallfunc vectorcall;
 } Declarer;
@@ -249,19 +250,26 @@ static int keep_access(Declarer *self, PyObject *table, PyObject *access, int sa
     return result;
 }
 
-/* The declared accesses in `items` (a list or tuple of (buffer key, blocks) pairs): their
- * count, or -1 when the Python core should take them (not that shape). */
-static Py_ssize_t pairs_in(PyObject *items)
+/* The declared accesses in `items` (a list or tuple of (buffer key, blocks) pairs) as a
+ * tuple of their own, taken before anything else runs: a caller's list changed meanwhile (the
+ * locks and the thread record may let another thread in) cannot change what was checked. A
+ * new reference; NULL with no error when the Python core should take them (not that shape);
+ * NULL + error. */
+static PyObject *pairs_in(PyObject *items)
 {
-    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
+    PyObject *pairs;
+    if (PyTuple_CheckExact(items))
+        pairs = Py_NewRef(items);
+    else if (PyList_CheckExact(items))
+        pairs = PyList_AsTuple(items);
+    else
+        return NULL;
+    for (Py_ssize_t i = 0; pairs != NULL && i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *item = PyTuple_GET_ITEM(pairs, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
-            return -1;
+            Py_CLEAR(pairs);
     }
-    return n;
+    return pairs;
 }
 
 static int call_lock(PyObject *lock, PyObject *method)
@@ -325,14 +333,14 @@ static int clocks_idle(Declarer *self)
 static PyObject *make_handoffs(Declarer *self, PyObject *stream, PyObject *reads,
                                PyObject *writes, PyObject *shared[4])
 {
-    Py_ssize_t nreads = PySequence_Fast_GET_SIZE(reads);
-    Py_ssize_t n = nreads + PySequence_Fast_GET_SIZE(writes);
+    Py_ssize_t nreads = PyTuple_GET_SIZE(reads);
+    Py_ssize_t n = nreads + PyTuple_GET_SIZE(writes);
     PyObject *made = PyList_New(n);
     if (made == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = i < nreads ? PySequence_Fast_GET_ITEM(reads, i)
-                                    : PySequence_Fast_GET_ITEM(writes, i - nreads);
+        PyObject *pair = i < nreads ? PyTuple_GET_ITEM(reads, i)
+                                    : PyTuple_GET_ITEM(writes, i - nreads);
         PyObject *by_field[H_FIELDS];
         by_field[H_TENSOR] = PyTuple_GET_ITEM(pair, 0);
         by_field[H_BLOCKS] = PyTuple_GET_ITEM(pair, 1);
@@ -414,6 +422,34 @@ static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
  * its record is kept with what it was made at. A new reference, or NULL + error.
  */
 #define THREAD_CACHE_MAX 4096 /* as auditor.MAX_THREADS: many threads came and went */
+
+/* Counts the forks this process came from (os.register_at_fork, at the module's import): a
+ * child forked from a helper thread has that thread as its main thread, so a Declarer made
+ * before the fork learns the main thread again and forgets its records. */
+static unsigned long forks_seen;
+
+static PyObject *after_fork_in_child(PyObject *module, PyObject *unused)
+{
+    forks_seen++;
+    Py_RETURN_NONE;
+}
+
+/* The main thread's ident as threading has it now: 0, or -1 + error. */
+static int learn_main_thread(Declarer *self)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading == NULL ? NULL
+                                       : PyObject_CallMethod(threading, "main_thread", NULL);
+    Py_XDECREF(threading);
+    PyObject *ident = main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
+    Py_XDECREF(main);
+    if (ident == NULL)
+        return -1;
+    Py_XSETREF(self->main_ident, ident);
+    PyDict_Clear(self->thread_cache);
+    self->forks = forks_seen;
+    return 0;
+}
 enum { C_THREAD, C_NAME, C_VERSION, C_REF, C_FIELDS };
 
 static int reusable(Declarer *self, PyObject *entry, PyObject *thread, PyObject *name,
@@ -445,6 +481,8 @@ static int reusable(Declarer *self, PyObject *entry, PyObject *thread, PyObject 
 
 static PyObject *thread_record(Declarer *self, PyObject *ident)
 {
+    if (self->forks != forks_seen && learn_main_thread(self) < 0)
+        return NULL;
     PyObject *name = NULL, *ref = NULL;
     PyObject *version = PyObject_GetAttr(self->roles, s_version);
     if (version == NULL)
@@ -502,15 +540,24 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
         skip_arg = args[3];
     if (nargs < 3 || nargs + nkw > 4 || (nargs + nkw == 4 && skip_arg == NULL))
         return declare_in_python(self, args, nargs, kwnames); /* its own TypeError */
-    PyObject *stream = args[0], *reads = args[1], *writes = args[2];
+    PyObject *stream = args[0];
     Py_ssize_t skip = 2;
     if (skip_arg != NULL && (!PyLong_CheckExact(skip_arg) ||
-                             ((skip = PyLong_AsSsize_t(skip_arg)) < 1)))
+                             ((skip = PyLong_AsSsize_t(skip_arg)) < 1))) {
+        if (skip == -1 && PyErr_Occurred())
+            PyErr_Clear(); /* too large for here: Python's declare takes it */
         return declare_in_python(self, args, nargs, kwnames);
-    Py_ssize_t nreads = pairs_in(reads);
-    int idle = nreads < 0 || pairs_in(writes) < 0 ? 1 : clocks_idle(self);
-    if (idle != 0)
-        return idle < 0 ? NULL : declare_in_python(self, args, nargs, kwnames);
+    }
+    PyObject *reads = pairs_in(args[1]);
+    PyObject *writes = reads == NULL ? NULL : pairs_in(args[2]);
+    int idle = writes == NULL ? (PyErr_Occurred() ? -1 : 1) : clocks_idle(self);
+    if (idle != 0) {
+        Py_XDECREF(reads);
+        Py_XDECREF(writes);
+        if (idle < 0)
+            return NULL;
+        return declare_in_python(self, args, nargs, kwnames);
+    }
 
     /* as Auditor.declare: the mark, the thread, the time and the site, then the records */
     PyObject *shared[4] = {NULL, NULL, NULL, NULL}; /* mark, thread, time, site */
@@ -529,9 +576,11 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
         (shared[3] = site_of(skip - 1, SITE_DEPTH)) == NULL)
         goto done;
     made = make_handoffs(self, stream, reads, writes, shared);
-    if (made != NULL && keep_all(self, made, nreads) < 0)
+    if (made != NULL && keep_all(self, made, PyTuple_GET_SIZE(reads)) < 0)
         Py_CLEAR(made);
 done:
+    Py_DECREF(reads);
+    Py_DECREF(writes);
     Py_XDECREF(key);
     Py_XDECREF(ident);
     for (int i = 0; i < 4; i++)
@@ -655,12 +704,8 @@ static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     if (threading == NULL)
         goto fail;
     self->threads = dict_attr(threading, "_active");
-    PyObject *main = self->threads == NULL ? NULL
-                                           : PyObject_CallMethod(threading, "main_thread", NULL);
     Py_DECREF(threading);
-    self->main_ident = main == NULL ? NULL : PyObject_GetAttrString(main, "ident");
-    Py_XDECREF(main);
-    if (self->main_ident == NULL)
+    if (self->threads == NULL || learn_main_thread(self) < 0)
         goto fail;
     return (PyObject *)self;
 fail:
@@ -698,7 +743,24 @@ int declare_add_types(PyObject *module)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return -1;
-    if ((zero = PyLong_FromLong(0)) == NULL || (one = PyLong_FromLong(1)) == NULL || PyType_Ready(&DeclarerType) < 0)
+    if ((zero = PyLong_FromLong(0)) == NULL || (one = PyLong_FromLong(1)) == NULL ||
+        PyType_Ready(&DeclarerType) < 0 ||
+        PyModule_AddObjectRef(module, "Declarer", (PyObject *)&DeclarerType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Declarer", (PyObject *)&DeclarerType);
+    static PyMethodDef forked = {"_declare_after_fork", after_fork_in_child, METH_NOARGS,
+                                 "os.register_at_fork's after_in_child: see _declare.c"};
+    PyObject *hook = PyCFunction_New(&forked, NULL);
+    PyObject *os = hook == NULL ? NULL : PyImport_ImportModule("os");
+    PyObject *reg = os == NULL ? NULL : PyObject_GetAttrString(os, "register_at_fork");
+    PyObject *kwargs = reg == NULL ? NULL : Py_BuildValue("{sO}", "after_in_child", hook);
+    PyObject *args = kwargs == NULL ? NULL : PyTuple_New(0);
+    PyObject *done = args == NULL ? NULL : PyObject_Call(reg, args, kwargs);
+    int failed = done == NULL;
+    Py_XDECREF(done);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(reg);
+    Py_XDECREF(os);
+    Py_XDECREF(hook);
+    return failed ? -1 : 0;
 }

@@ -6,6 +6,7 @@ and say so, where the extension is not built."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -213,3 +214,65 @@ def test_an_auditor_and_its_declarer_are_collected_together():
     del aud
     gc.collect()
     assert gone() is None
+
+
+@needs_build
+def test_the_accesses_are_taken_as_they_were_when_the_call_began():
+    """The lists a declaration is given are read once, first: a list changed while it runs
+    (here by the thread record's call, where another thread could run) changes nothing."""
+    from streamcheck.core.clocks import Mark
+    from streamcheck.core.records import Handoff
+
+    aud = made_with("python")
+    aud.declare(MAIN, [], [(KV, None)])
+    reads = [(KV, None)]
+    own = aud.thread_ref
+
+    def changing(ident):
+        reads[0] = [OTHER, None]  # no longer a pair
+        reads.append((OTHER, None))
+        return own(ident)
+
+    aud.thread_ref = changing
+    declare = speedups.active().Declarer(aud, Auditor.declare, Mark, Handoff, MAX_ACCESSES)
+    made = declare(SIDE, reads, [])
+    assert [(h.tensor, h.access) for h in made] == [(KV, "read")]
+    assert [h.tensor for h in aud._reads[KV]] == [KV] and OTHER not in aud._reads
+
+
+def test_a_skip_too_large_is_pythons_error_and_leaves_the_locks_free(core):
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])
+    with pytest.raises(OverflowError):
+        aud.declare(SIDE, [(KV, None)], [], skip=2 ** 70)
+    assert not aud._lock.locked() and not aud.clocks._lock.locked()
+
+
+@needs_build
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_from_a_helper_thread_names_its_new_main_thread():
+    """After a fork from a helper thread, that thread is the child's main thread (and so its
+    engine thread): the compiled declare's record says so, as thread_ref does."""
+    aud = made_with("compiled", roles=ThreadRoles())
+    aud.declare(MAIN, [], [(KV, None)])
+    read, write = os.pipe()
+
+    def helper():
+        aud.declare(SIDE, [(KV, None)], [])  # a record made while it is a helper
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ident = threading.get_ident()
+                roles = (aud.declare(SIDE, [(KV, None)], [])[0].thread.role,
+                         aud.thread_ref(ident).role)
+                os.write(write, repr(roles).encode())
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    os.close(write)
+    with os.fdopen(read) as answer:
+        assert answer.read() == repr((ENGINE, ENGINE))
