@@ -47,6 +47,8 @@ PATHS = {
     "connector launch reading a handoff, clocks live": "launch_read",
     "connector launch reading a handoff, Python's declare": "launch_read_py",
 }
+#: The paths that declare accesses (a "_py" one keeps the auditor's declare in Python).
+DECLARING = ("handoff", "handoff_py", "launch_read", "launch_read_py")
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
 
@@ -174,7 +176,7 @@ def prepare(path: str, audited: bool) -> Any:
             # the common wait: the waiting stream's clock already holds the waited one's
             kept, side = (0, KEPT.stream_id), (0, SIDE.stream_id)
             auditor.clocks._clocks.update({kept: {kept: 2}, side: {kept: 2, side: 1}})
-        elif path in ("handoff", "handoff_py", "launch_read", "launch_read_py"):
+        elif path in DECLARING:
             from streamcheck.runtime import cuda
 
             cuda.use_reader(StreamReader(current_stream=CURRENT, current_device=int))

@@ -54,7 +54,7 @@ def _hooked(path, call):
         return bench.KeptStream.__dict__["wait_stream"]
     if path == "stream_wait_events":
         return bench.Event.__dict__["record"]
-    if path in ("handoff", "handoff_py", "launch_read", "launch_read_py"):
+    if path in bench.DECLARING:
         auditor = installer.current_auditor()  # declared accesses: its declare
         return None if auditor is None else auditor.declare
     return bench.MadeStream.__dict__["__new__"].__func__
