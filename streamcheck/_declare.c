@@ -62,8 +62,9 @@ typedef struct {
 
 /* Where `type` keeps its slot `name`: the offset of a writable object member that an
  * instance's generic attribute read would use. -1 + error when it has none (a class that is
- * not a slotted dataclass): the Declarer is then not made, and the Python core declares. */
-static Py_ssize_t slot_offset(PyTypeObject *type, const char *name)
+ * not a slotted dataclass): the Declarer (or streamcheck/_launch_check.c's LaunchCheck) is
+ * then not made, and the Python core runs. */
+Py_ssize_t slot_offset(PyTypeObject *type, const char *name)
 {
     PyObject *key = PyUnicode_InternFromString(name);
     if (key == NULL)
@@ -76,7 +77,7 @@ static Py_ssize_t slot_offset(PyTypeObject *type, const char *name)
         if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
             return member->offset;
     }
-    PyErr_Format(PyExc_TypeError, "Declarer: %s.%s is not a slot", type->tp_name, name);
+    PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, name);
     return -1;
 }
 

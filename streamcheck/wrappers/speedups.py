@@ -14,6 +14,7 @@ The choice is the ``core`` setting (``STREAMCHECK_CORE``): ``auto`` (compiled wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 from streamcheck.core import auditor, ids, provenance
@@ -30,6 +31,9 @@ else:
     _missing = ""
 
 _active: ModuleType | None = _built
+#: Called with the chosen module (None: Python) at every choice: the wrappers above that keep
+#: a compiled part of their own (``user_launch``) choose it here, as hooks made later do.
+_followers: list[Callable[[ModuleType | None], None]] = []
 
 
 def use(core: str) -> None:
@@ -54,6 +58,15 @@ def _use_core_parts() -> None:
     provenance.make_switch_log = (provenance.deque_log if _active is None
                                   else _active.SwitchLog)
     auditor.make_declare = getattr(_active, "Declarer", None)
+    for follower in _followers:
+        follower(_active)
+
+
+def follow(choose: Callable[[ModuleType | None], None]) -> None:
+    """Call ``choose`` with the chosen core's module (None: Python) now and at every
+    :func:`use`: how a module above this one picks its own compiled part."""
+    _followers.append(choose)
+    choose(_active)
 
 
 def built() -> bool:

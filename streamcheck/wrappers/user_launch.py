@@ -29,13 +29,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, TypeVar
 
-from streamcheck.core.ids import StreamRef
+from streamcheck.core.clocks import Mark
+from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef
 from streamcheck.core.records import Blocks, Handoff
 from streamcheck.runtime.cuda import current_stream_of
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.launches import warn_cannot_audit
-from streamcheck.wrappers.state import current_auditor
+from streamcheck.wrappers.state import GATE, current_auditor
 from streamcheck.wrappers.streams import stream_ref
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -195,6 +198,9 @@ class launch:
         self.resolved_from = resolved_from
 
     def check(self) -> None:
+        """Check the launch (raises in ``assert`` mode on a hazard), then declare its accesses.
+        The compiled check (:data:`_fast_check`) takes the common case first: it returns
+        False, having done nothing, for any launch it leaves to this method."""
         auditor = current_auditor()
         if auditor is None:
             return
@@ -202,7 +208,12 @@ class launch:
             stream = self.stream if self.stream is not None else _current_stream_obj(self.device)
             ref = _ref_of(stream)  # the stream's fields, read once
             device = self.device if self.device is not None else ref.device
-            current = _current_of(stream, device)
+            try:
+                current: tuple[Any, Any, Any] = _current_of(stream, device)
+            except Exception:
+                if self.resolved_from:  # the launch is checked against it: cannot audit
+                    raise
+                current = (None, None, None)  # only a finding's report would name it
             handoffs: list[Handoff] = []
             read: list[tuple[tuple[int, int], Blocks]] = []  # each read access, once
             for t in self.reads:
@@ -227,7 +238,8 @@ class launch:
             auditor.declare(ref, list(dict.fromkeys(read)), list(dict.fromkeys(written)), skip=3)
 
     def __enter__(self) -> launch:
-        self.check()
+        if _fast_check is None or not _fast_check(self):
+            self.check()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -236,7 +248,24 @@ class launch:
     def __call__(self, fn: F) -> F:
         @functools.wraps(fn)
         def audited(*args: Any, **kwargs: Any) -> Any:
-            self.check()
+            if _fast_check is None or not _fast_check(self):
+                self.check()
             return fn(*args, **kwargs)
 
         return audited  # type: ignore[return-value]
+
+
+#: launch.check's common case compiled (``LaunchCheck``, streamcheck/_launch_check.c): an
+#: explicit stream, reads that are ordered handoffs, no writes. It returns False, having done
+#: nothing, for every other launch, which :meth:`launch.check` then decides. None with the
+#: Python core.
+_fast_check: Callable[[launch], bool] | None = None
+
+
+def _choose_check(compiled: ModuleType | None) -> None:
+    global _fast_check
+    _fast_check = None if compiled is None or not hasattr(compiled, "LaunchCheck") else (
+        compiled.LaunchCheck(GATE, launch, Handoff, Mark, _ref_of, DEFAULT_STREAM_ID))
+
+
+speedups.follow(_choose_check)

@@ -1,0 +1,231 @@
+"""The compiled check of a connector's launch (``LaunchCheck``, streamcheck/_launch_check.c)
+takes only a launch that plainly passes, and does with it what ``launch.check`` does: the same
+count at its site, the same reads declared on its stream, at the same line. Anything else it
+leaves, untouched, to the Python check, which finds and words the hazard as before. The
+compiled cases are skipped, and say so, where the extension is not built."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import streamcheck
+from streamcheck import installer
+from streamcheck.core.errors import StreamHazardError
+from streamcheck.core.ids import line_of
+from streamcheck.wrappers import speedups, user_launch
+
+needs_build = pytest.mark.skipif(not speedups.built(),
+                                 reason="streamcheck._speedups is not built here")
+CORES = ["python", pytest.param("compiled", marks=needs_build)]
+
+MAIN_ID, SIDE_ID = 3, 5
+SIDE = SimpleNamespace(device_index=0, stream_id=SIDE_ID, cuda_stream=0x7F05)
+OTHER = SimpleNamespace(device_index=0, stream_id=9, cuda_stream=0x7F09)
+LEGACY = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
+
+
+class FakeTensor:
+    """A CUDA-shaped tensor: a device and an address."""
+
+    def __init__(self, address: int = 0x1000) -> None:
+        self.address = address
+
+    def get_device(self) -> int:
+        return 0
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+@pytest.fixture(params=CORES)
+def audit(request, monkeypatch):
+    """An ``assert`` audit made under the core asked for; the thread's current stream is
+    MAIN_ID (torch's C read, as on a GPU), its reads counted."""
+    reads = {"n": 0}
+
+    def read(device):
+        reads["n"] += 1
+        return (MAIN_ID, device, 1)
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", read, raising=False)
+    monkeypatch.setenv("STREAMCHECK_CORE", request.param)  # install chooses the core
+    aud = installer.install("assert")
+    try:
+        yield SimpleNamespace(aud=aud, core=request.param, reads=reads)
+    finally:
+        installer.uninstall()
+        speedups.use("auto")
+
+
+def ordered_handoff(aud, tensor=None):
+    """The engine's handoff on its current stream, and SIDE made to wait for it (what
+    ``SIDE.wait_stream(main)`` tells the clocks)."""
+    made = streamcheck.handoff(tensor if tensor is not None else FakeTensor())
+    aud.clocks.take_in((0, SIDE_ID), aud.clocks.clock_of((0, MAIN_ID)))
+    return made
+
+
+def kept_reads(aud) -> dict:
+    return {key: [(h.stream.key, h.access, h.blocks, h.thread.name) for h in handoffs]
+            for key, handoffs in aud._reads.items()}
+
+
+def test_the_compiled_core_chooses_the_compiled_check_and_python_none():
+    speedups.use("python")
+    try:
+        assert user_launch._fast_check is None
+    finally:
+        speedups.use("auto")
+    expected = "LaunchCheck" if speedups.built() else "NoneType"
+    assert type(user_launch._fast_check).__name__ == expected
+
+
+def test_an_ordered_read_is_counted_and_declared_as_python_does(audit):
+    """Both cores: one count, the read kept on the launch's stream, the site the ``with``
+    line; with the compiled check the thread's current stream is not read at all (an
+    explicit stream's launch is not checked against it)."""
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+    aud.coverage.counter("kv.save")  # made: the first launch of a name is Python's
+    before = audit.reads["n"]
+    with streamcheck.launch("kv.save", stream=SIDE, device=0, reads=[handoff, None, handoff]):
+        line = _line() - 1
+    assert aud.coverage.launches_by_op()["kv.save"] == 1
+    assert kept_reads(aud) == {(0, 0x1000): [((0, SIDE_ID), "read", None, "MainThread")]}
+    (read,) = aud._reads[(0, 0x1000)]
+    assert site_line(read) == (__file__, line)
+    assert audit.reads["n"] - before == (0 if audit.core == "compiled" else 1)
+    assert not aud.findings()
+
+
+def _line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+def site_line(handoff) -> tuple[str, int]:
+    """The file and line of the first frame the site kept: the exact frame, no audit frame
+    filtered out, so a site taken one frame too deep or too shallow shows."""
+    code, offset = handoff.stack[0], handoff.stack[1]
+    return code.co_filename, line_of(code, offset)
+
+
+def test_the_decorator_keeps_the_caller_line_too(audit):
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+
+    @streamcheck.launch("kv.save", stream=SIDE, device=0, reads=[handoff])
+    def save() -> int:
+        return 7
+
+    assert save() == 7
+    line = _line() - 1
+    (read,) = aud._reads[(0, 0x1000)]
+    assert site_line(read) == (__file__, line)
+    assert aud.coverage.launches_by_op()["kv.save"] == 1
+
+
+def unordered(aud):
+    """A launch on OTHER, which never waited for the handoff: an ``unsynced-handoff``."""
+    return streamcheck.launch("kv.save", stream=OTHER, device=0,
+                              reads=[streamcheck.handoff(FakeTensor())])
+
+
+@pytest.mark.parametrize("case", ["unordered", "writes", "resolved", "no stream", "legacy",
+                                  "other device", "tensor read"])
+def test_what_the_compiled_check_leaves_to_python_it_leaves_untouched(audit, case):
+    """For every launch not plainly passing, the compiled check returns False having counted
+    and declared nothing; Python's check then decides it as before."""
+    if audit.core != "compiled":
+        pytest.skip("the compiled check's own refusal (Python has none)")
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+    made = {
+        "unordered": lambda: unordered(aud),
+        "writes": lambda: streamcheck.launch("kv.load", stream=SIDE, device=0,
+                                             writes=[FakeTensor(0x2000)]),
+        "resolved": lambda: streamcheck.launch("kv.save", stream=SIDE, device=0,
+                                               resolved_from="a cache", reads=[handoff]),
+        "no stream": lambda: streamcheck.launch("kv.save", device=0, reads=[handoff]),
+        "legacy": lambda: streamcheck.launch("kv.save", stream=LEGACY, device=0,
+                                             reads=[handoff]),
+        "other device": lambda: streamcheck.launch("kv.save", stream=SIDE, device=1,
+                                                   reads=[handoff]),
+        "tensor read": lambda: streamcheck.launch("kv.save", stream=SIDE, device=0,
+                                                  reads=[FakeTensor()]),
+    }[case]()
+    for op in ("kv.save", "kv.load"):  # the counters exist: only the case itself refuses
+        aud.coverage.counter(op)
+    reads, writes, counts = kept_reads(aud), dict(aud._writes), aud.coverage.launches_by_op()
+    assert user_launch._fast_check(made) is False
+    assert (kept_reads(aud), dict(aud._writes), aud.coverage.launches_by_op()) == (
+        reads, writes, counts)
+
+
+def test_an_unordered_read_raises_the_same_finding_in_both_cores(audit):
+    aud = audit.aud
+    ordered_handoff(aud)
+    with pytest.raises(StreamHazardError, match="unsynced-handoff"), unordered(aud):
+        pass
+    assert aud.coverage.launches_by_op()["kv.save"] == 1
+    assert [f.rule_id for f in aud.findings()] == ["unsynced-handoff"]
+
+
+def test_a_site_first_seen_is_counted_once(audit):
+    """The first launch of a name makes its counter (Python's part); the next are the
+    compiled check's. Each is counted once."""
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+    for _ in range(3):
+        with streamcheck.launch("kv.first", stream=SIDE, device=0, reads=[handoff]):
+            pass
+    assert aud.coverage.launches_by_op()["kv.first"] == 3
+
+
+def test_many_streams_each_declared_on_its_own(audit):
+    """More streams than the compiled check keeps records of: each launch's reads are kept
+    on its own stream, never another's."""
+    aud = audit.aud
+    streams = [SimpleNamespace(device_index=0, stream_id=100 + i, cuda_stream=0x7000 + i)
+               for i in range(11)]
+    handoff = streamcheck.handoff(FakeTensor())
+    for stream in streams:
+        aud.clocks.take_in((0, stream.stream_id), aud.clocks.clock_of((0, MAIN_ID)))
+    for stream in streams * 2:
+        with streamcheck.launch("kv.save", stream=stream, device=0, reads=[handoff]):
+            pass
+    kept = sorted(h.stream.stream_id for h in aud._reads[(0, 0x1000)])
+    assert kept == [100 + i for i in range(11)]
+    assert aud.coverage.launches_by_op()["kv.save"] == 22
+
+
+def test_not_auditing_is_nothing_to_do():
+    if not speedups.built():
+        pytest.skip("streamcheck._speedups is not built here")
+    installer.uninstall()
+    check = speedups.active().LaunchCheck(
+        user_launch.GATE, user_launch.launch, user_launch.Handoff, user_launch.Mark,
+        user_launch._ref_of, 0)
+    assert check(streamcheck.launch("kv.save", stream=SIDE)) is True
+    assert check(object()) is False  # not a launch: Python's to refuse
+    with pytest.raises(TypeError):
+        check()
+
+
+def test_a_launch_from_another_thread_names_that_thread(audit):
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+
+    def save() -> None:
+        with streamcheck.launch("kv.save", stream=SIDE, device=0, reads=[handoff]):
+            pass
+
+    worker = threading.Thread(target=save, name="kv-saver")
+    worker.start()
+    worker.join()
+    assert kept_reads(aud) == {(0, 0x1000): [((0, SIDE_ID), "read", None, "kv-saver")]}
