@@ -36,6 +36,8 @@ compiled log's slots save in place), and with the GIL handed over ten times as o
 ``--arm-without Stream.wait_stream`` adds an audited run to every round, the compiled hooks
 with ``wait_stream``'s own hook taken out again (its edge then made by the event hooks, as the
 Python core makes it): what that hook saves, in the same rounds as the rest.
+``--arm-without Auditor.declare`` and ``--arm-without launch.check`` do the same with the
+auditor's declare, and the connector's checked launch, left in Python.
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -76,7 +78,7 @@ from _stats import in_turn, paired_ratio, target_verdict
 
 import streamcheck
 from streamcheck import installer
-from streamcheck.wrappers import speedups
+from streamcheck.wrappers import speedups, user_launch
 
 
 class KVSaver(threading.Thread):
@@ -146,6 +148,7 @@ gc_meter = GcMeter()
 
 PARTS = ("side", "allreduce", "saver", "handoff")
 COMPILED_DECLARE = "Auditor.declare"  # --arm-without: the compiled core, Python's declare
+COMPILED_LAUNCH_CHECK = "launch.check"  # --arm-without: the compiled core, Python's check
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -298,6 +301,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             auditor = streamcheck.install("assert")
             if group == COMPILED_DECLARE:  # the auditor's own declare, the Python core's
                 vars(auditor).pop("declare", None)
+            elif group == COMPILED_LAUNCH_CHECK:  # every checked launch by launch.check
+                user_launch._fast_check = None  # (the next install chooses it again)
             elif group:
                 take_out(hook_groups()[group])
             first[arm].append(run(1))
@@ -478,7 +483,7 @@ def main() -> int:
     p.add_argument("--phases", action="store_true",
                    help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--arm-without", action="append", default=[],
-                   choices=["Stream.wait_stream", COMPILED_DECLARE],
+                   choices=["Stream.wait_stream", COMPILED_DECLARE, COMPILED_LAUNCH_CHECK],
                    help="also run, in each round, the compiled hooks without this group of "
                         "hooks, one the audit is as complete without (wait_stream's edge is "
                         "then made by the event hooks; Auditor.declare: the declared "

@@ -93,7 +93,7 @@ static int reaches(PyObject *value, PyObject *tick)
 /* HappensBefore.all_ordered(key, reads), the reads checked as Handoffs: 1 when every read is
  * a Handoff whose mark the stream `key` is ordered after, 0 when Python must decide (a read
  * of another kind, or one not ordered), -1 + error. `pairs` gets each read's (tensor,
- * blocks), once, in order. */
+ * blocks), in order, repeats included. */
 static int reads_ordered(LaunchCheck *self, PyObject *auditor, PyObject *key, PyObject *reads,
                          PyObject *pairs)
 {
@@ -143,8 +143,7 @@ static int reads_ordered(LaunchCheck *self, PyObject *auditor, PyObject *key, Py
         Py_DECREF(tick);
         PyObject *pair = ordered == 1 ? PyTuple_Pack(2, tensor, blocks) : NULL;
         if (pair != NULL) {
-            int seen_before = PySequence_Contains(pairs, pair);
-            if (seen_before < 0 || (seen_before == 0 && PyList_Append(pairs, pair) < 0))
+            if (PyList_Append(pairs, pair) < 0)
                 ordered = -1;
             Py_DECREF(pair);
         }
@@ -226,6 +225,27 @@ static int passes(LaunchCheck *self, PyObject *launch, PyObject *auditor, PyObje
     return result;
 }
 
+/* *pairs with each pair once, first places kept: list(dict.fromkeys(pairs)), as
+ * launch.check declares a launch's reads (a save reads the handoffs of all its layers, a
+ * few dozen). 0, or -1 + error. */
+static int once_each(PyObject **pairs)
+{
+    PyObject *seen = PyDict_New();
+    if (seen == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(*pairs); i++)
+        if (PyDict_SetDefault(seen, PyList_GET_ITEM(*pairs, i), Py_None) == NULL) {
+            Py_DECREF(seen);
+            return -1;
+        }
+    PyObject *keys = PyDict_Keys(seen);
+    Py_DECREF(seen);
+    if (keys == NULL)
+        return -1;
+    Py_SETREF(*pairs, keys);
+    return 0;
+}
+
 static PyObject *launch_check_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                          PyObject *kwnames)
 {
@@ -248,6 +268,8 @@ static PyObject *launch_check_vectorcall(PyObject *op, PyObject *const *args, si
         result = Py_NewRef(Py_False);
         goto done;
     }
+    if (PyList_GET_SIZE(pairs) > 1 && once_each(&pairs) < 0)
+        goto done;
     if (PyList_GET_SIZE(pairs) != 0) { /* passed: its reads are what later launches follow */
         PyObject *declare = PyObject_GetAttr(auditor, s_declare);
         if (declare == NULL)

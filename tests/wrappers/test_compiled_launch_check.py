@@ -229,3 +229,20 @@ def test_a_launch_from_another_thread_names_that_thread(audit):
     worker.start()
     worker.join()
     assert kept_reads(aud) == {(0, 0x1000): [((0, SIDE_ID), "read", None, "kv-saver")]}
+
+
+def test_a_save_reading_many_handoffs_declares_each_once(audit):
+    """A save reads the handoffs of several layers' blocks, some named twice: each buffer's
+    read is kept once, on the save's stream, in both cores."""
+    aud = audit.aud
+    made = [streamcheck.handoff(streamcheck.blocks(FakeTensor(0x1000 * (1 + i % 5)), {i, i + 1}))
+            for i in range(12)]
+    aud.clocks.take_in((0, SIDE_ID), aud.clocks.clock_of((0, MAIN_ID)))
+    aud.coverage.counter("kv.save")
+    with streamcheck.launch("kv.save", stream=SIDE, device=0, reads=made + made[:4]):
+        pass
+    kept = kept_reads(aud)
+    assert sorted(kept) == [(0, 0x1000 * (1 + i)) for i in range(5)]
+    assert sum(len(v) for v in kept.values()) == 12  # one read of each handoff's blocks
+    assert all(stream == (0, SIDE_ID) for v in kept.values() for stream, *_ in v)
+    assert aud.coverage.launches_by_op()["kv.save"] == 1
