@@ -1295,8 +1295,16 @@ static PyTypeObject FastLaunchType = {
  *     `self`'s clock already holds that, `slow(self, clock)` takes it in. The two event hooks'
  *     work (binding the event, keeping its snapshot on it, reading it back) is not needed for
  *     an event nobody else sees.
+ *   HOST_WAIT, Stream.synchronize(self), and HOST_POLL, Stream.query(self), of the hooked
+ *     class itself (`owner`; any other call goes to `slow`, the Python hook): with the
+ *     clocks live, `self`'s clock is read before the call (what the host is about to wait
+ *     for: work another thread queues meanwhile is not), and after it (for a poll, only when
+ *     it said True) the clocks' done clock takes it in, as HappensBefore.host_waited_for
+ *     does: nothing when it holds it already, else a new merged dict under the clocks' lock.
+ *     A connector syncs its copy stream at every job; in Python the hook is five frames.
  */
-enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3, WAIT_STREAM = 4 };
+enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3, WAIT_STREAM = 4, HOST_WAIT = 5,
+       HOST_POLL = 6 };
 
 #if defined(_MSC_VER)
 #define THREAD_LOCAL __declspec(thread)
@@ -1322,7 +1330,7 @@ typedef struct {
     vectorcallfunc vectorcall;
 } GuardedCall;
 
-static PyObject *s_ordering, *s_get_device;
+static PyObject *s_ordering, *s_get_device, *s_lock, *s_done, *s_acquire, *s_release;
 
 /* The auditor's table of stream clocks (`auditor.clocks._clocks`) once its clocks are live
  * (`auditor.ordering`), Py_None before: a new reference, or NULL + error. An auditor's clocks
@@ -1732,12 +1740,117 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
     return result;
 }
 
+/* HappensBefore._host_waited([clock]) for a clock the done clock does not hold: under the
+ * clocks' lock, a copy of the done clock takes in each entry of `clock` that is newer, and
+ * replaces it (a done clock is never changed in place: readers hold it without the lock).
+ * 0, or -1 + error. */
+static int merge_into_done(PyObject *clocks, PyObject *clock)
+{
+    PyObject *lock = PyObject_GetAttr(clocks, s_lock);
+    if (lock == NULL)
+        return -1;
+    PyObject *got = PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (got == NULL) {
+        Py_DECREF(lock);
+        return -1;
+    }
+    Py_DECREF(got);
+    int result = -1;
+    PyObject *done = PyObject_GetAttr(clocks, s_done);
+    PyObject *merged = done != NULL && PyDict_CheckExact(done) ? PyDict_Copy(done) : NULL;
+    if (done != NULL && merged == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "the clocks' done clock is not a dict");
+    Py_ssize_t pos = 0;
+    PyObject *key, *tick;
+    result = merged == NULL ? -1 : 0;
+    while (result == 0 && PyDict_Next(clock, &pos, &key, &tick)) {
+        Py_INCREF(key);
+        Py_INCREF(tick);
+        PyObject *seen = PyDict_GetItemWithError(merged, key);
+        int newer = seen == NULL ? (PyErr_Occurred() ? -1 : 1)
+                                 : PyObject_RichCompareBool(tick, seen, Py_GT);
+        if (newer == 1 && PyDict_SetItem(merged, key, tick) < 0)
+            newer = -1;
+        result = newer < 0 ? -1 : 0;
+        Py_DECREF(key);
+        Py_DECREF(tick);
+    }
+    if (result == 0)
+        result = PyObject_SetAttr(clocks, s_done, merged);
+    Py_XDECREF(merged);
+    Py_XDECREF(done);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* the release runs with no error set */
+    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_DECREF(lock);
+    if (type != NULL) { /* the first error is the one to tell */
+        if (released == NULL)
+            PyErr_Clear();
+        Py_XDECREF(released);
+        PyErr_Restore(type, value, traceback);
+        return -1;
+    }
+    if (released == NULL)
+        return -1;
+    Py_DECREF(released);
+    return result;
+}
+
+/* HOST_WAIT's and HOST_POLL's call (see above). */
+static PyObject *host_wait_call(GuardedCall *self, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL ||
+        (PyObject *)Py_TYPE(args[0]) != self->owner)
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    PyObject *auditor = gate_auditor(self->gate);
+    if (auditor == NULL)
+        return NULL;
+    if (auditor == Py_None) {
+        Py_DECREF(auditor);
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    PyObject *clock = NULL, *clocks = NULL, *table = live_clock_table(self, auditor);
+    if (table != NULL && table != Py_None) {
+        clock = clock_of(self, table, args[0]); /* before the wait: what it waits for */
+        clocks = clock == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
+    }
+    Py_DECREF(auditor);
+    if (table == NULL || (table != Py_None && clocks == NULL)) { /* Python's, which warns */
+        Py_XDECREF(table);
+        Py_XDECREF(clock);
+        if (drop_ordinary_error() < 0)
+            return NULL;
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    Py_DECREF(table);
+    PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    int seen = result != NULL && clock != NULL && PyDict_CheckExact(clock) &&
+               PyDict_GET_SIZE(clock) != 0;
+    if (seen && self->kind == HOST_POLL && (seen = PyObject_IsTrue(result)) < 0)
+        Py_CLEAR(result);
+    if (seen == 1) {
+        PyObject *done = PyObject_GetAttr(clocks, s_done);
+        int holds = done == NULL ? -1 : PyDict_CheckExact(done) ? holds_all(done, clock) : 0;
+        Py_XDECREF(done);
+        if (holds == 0 && merge_into_done(clocks, clock) < 0)
+            holds = -1;
+        if (holds < 0)
+            Py_CLEAR(result);
+    }
+    Py_XDECREF(clock);
+    Py_XDECREF(clocks);
+    return result;
+}
+
 static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                     PyObject *kwnames)
 {
     GuardedCall *self = (GuardedCall *)op;
     if (self->kind == WAIT_STREAM)
         return wait_stream_call(self, args, nargsf, kwnames);
+    if (self->kind == HOST_WAIT || self->kind == HOST_POLL)
+        return host_wait_call(self, args, nargsf, kwnames);
     /* torch's own event, inside a hooked wait_stream: nobody else sees it */
     if (inside_wait_stream && self->kind != TENSOR_CALL)
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
@@ -1818,9 +1931,10 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                           &original, &slow, &reader, &bound, &after, &current))
         return NULL;
     if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT &&
-         kind != WAIT_STREAM) ||
+         kind != WAIT_STREAM && kind != HOST_WAIT && kind != HOST_POLL) ||
         (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
-        (kind == WAIT_STREAM && !PyType_Check(owner)) ||
+        ((kind == WAIT_STREAM || kind == HOST_WAIT || kind == HOST_POLL) &&
+         !PyType_Check(owner)) ||
         (kind == TENSOR_CALL && counter != Py_None && !PyIter_Check(counter))) {
         PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute, counter or owner");
         return NULL;
@@ -2128,7 +2242,9 @@ static int intern_all(void)
                  {&s_clock_attr, CLOCK_ATTR_NAME}, {&s_book, "book"},
                  {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
                  {&s_device, "device"}, {&s_thread_name, "_name"},
-                 {&s_created_kind, "created"}};
+                 {&s_created_kind, "created"}, {&s_lock, "_lock"},
+                 {&s_done, "_done"}, {&s_acquire, "acquire"},
+                 {&s_release, "release"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
@@ -2173,6 +2289,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||
         PyModule_AddIntConstant(module, "WAIT_STREAM", WAIT_STREAM) < 0 ||
+        PyModule_AddIntConstant(module, "HOST_WAIT", HOST_WAIT) < 0 ||
+        PyModule_AddIntConstant(module, "HOST_POLL", HOST_POLL) < 0 ||
         PyModule_AddStringConstant(module, "CLOCK_ATTR", CLOCK_ATTR_NAME) < 0 ||
         PyModule_AddStringConstant(module, "STREAM_CLOCKS", STREAM_CLOCKS_NAME) < 0) {
         Py_DECREF(module);

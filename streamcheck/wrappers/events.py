@@ -290,15 +290,35 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return make
 
+    compiled = speedups.active()
+    if (compiled is None or not hasattr(compiled, "HOST_WAIT")
+            or not _clock_paths_match(compiled, reader)):
+        compiled = None
+
+    def stream_waits(label: str, polled: bool) -> Any:
+        """The maker for ``Stream.synchronize`` or ``query``: in C with the compiled core (a
+        connector syncs its copy stream at every job), the Python hook for any call it does
+        not take (a stream of another class, a stream whose key it cannot read)."""
+        python = after(label, stream_work, stream_done, polled)
+        if compiled is None:
+            return python
+
+        def make(original: Any) -> Any:
+            kind = compiled.HOST_POLL if polled else compiled.HOST_WAIT
+            hook = compiled.GuardedCall(kind, gate, stream_class, None, original,
+                                        python(original), None, None, None)
+            functools.update_wrapper(hook, original)
+            return hook
+
+        return make
+
     registry.patch(namespace, "synchronize", make_device)
-    registry.patch(stream_class, "synchronize",
-                   after("Stream.synchronize", stream_work, stream_done, False))
+    registry.patch(stream_class, "synchronize", stream_waits("Stream.synchronize", False))
     registry.patch(event_class, "synchronize",
                    after("Event.synchronize", event_work, event_done, False))
     registry.patch(event_class, "query", after("Event.query", event_work, event_done, True))
     if callable(getattr(stream_class, "query", None)):
-        registry.patch(stream_class, "query",
-                       after("Stream.query", stream_work, stream_done, True))
+        registry.patch(stream_class, "query", stream_waits("Stream.query", True))
 
 
 def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,

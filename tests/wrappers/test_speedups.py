@@ -30,8 +30,13 @@ from streamcheck.core.modes import ConfigError
 from streamcheck.core.provenance import site_stack
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
-from streamcheck.wrappers import speedups
-from streamcheck.wrappers.events import hook_event_record, hook_event_wait, hook_wait_stream
+from streamcheck.wrappers import launches, speedups
+from streamcheck.wrappers.events import (
+    hook_event_record,
+    hook_event_wait,
+    hook_host_waits,
+    hook_wait_stream,
+)
 from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
@@ -392,6 +397,82 @@ def test_a_wait_stream_makes_the_same_edge_in_both_cores_and_in_c_skips_its_even
     with pytest.warns(RuntimeWarning, match="could not audit"):
         broken.wait_stream(main)
     assert made[-1].calls == [("record", main), ("wait", broken)]
+    installer.uninstall()
+
+
+class WaitedStream(TorchShapedStream):
+    """A stream whose ``synchronize`` and ``query`` are logged; ``query`` says ``done``."""
+
+    done = True
+
+    def synchronize(self):
+        self.calls.append("synchronize")
+
+    def query(self):
+        self.calls.append("query")
+        return self.done
+
+
+class OtherWaitedStream(WaitedStream):
+    """A subclass: the compiled hook leaves it to the Python one."""
+
+
+class WaitedNamespace:
+    def synchronize(self, device=None):
+        return None
+
+
+class WaitedEvent(TorchShapedEvent):
+    def synchronize(self):
+        return None
+
+    def query(self):
+        return True
+
+
+def test_a_host_wait_on_a_stream_is_told_the_same_by_both_cores(core, monkeypatch):
+    """``stream.synchronize()`` (and a ``query()`` that said True) leaves the done clock
+    holding what the stream's clock held when the wait began, in either core; the compiled
+    core takes it in C, and a stream of another class, one it cannot read, a poll that said
+    False, and a wait with the clocks not live are what Python does."""
+    aud = installer.install("assert")
+    registry, gate, reader = installer._registry, installer._gate, fake_reader()
+    hook_host_waits(registry, gate, WaitedNamespace(), WaitedStream, WaitedEvent, reader)
+    compiled = core == "compiled"
+    assert (type(WaitedStream.__dict__["synchronize"]).__name__ == "GuardedCall") == compiled
+    assert (type(WaitedStream.__dict__["query"]).__name__ == "GuardedCall") == compiled
+    load, main = WaitedStream(5), WaitedStream(3)
+    load.calls = main.calls = []
+    load.synchronize()  # no clocks live: nothing to take in
+    assert aud.clocks.done_clock() == {}
+    tensor = SimpleNamespace(get_device=lambda: 0, data_ptr=lambda: 64)
+    streamcheck.handoff(tensor, main)  # the clocks go live: main ticks
+    streamcheck.handoff(tensor, load)  # load ticks too
+    aud.clocks.take_in((0, 5), aud.clocks.clock_of((0, 3)))  # load waited for main
+    load.synchronize()
+    assert aud.clocks.done_clock() == {(0, 3): 1, (0, 5): 1}
+    held = aud.clocks.done_clock()
+    load.synchronize()  # nothing new: the done clock is left as it is
+    assert aud.clocks.done_clock() is held
+    streamcheck.handoff(tensor, load)
+    load.done = False
+    assert load.query() is False  # not done: nothing taken in
+    assert aud.clocks.done_clock() == {(0, 3): 1, (0, 5): 1}
+    load.done = True
+    assert load.query() is True
+    assert aud.clocks.done_clock() == {(0, 3): 1, (0, 5): 2}
+    odd = OtherWaitedStream(7)
+    odd.calls = []
+    streamcheck.handoff(tensor, odd)
+    odd.synchronize()  # another class: the Python hook, the same result
+    assert aud.clocks.done_clock()[(0, 7)] == 1
+    broken = WaitedStream(11)
+    broken.calls, broken.stream_id = [], "eleven"
+    monkeypatch.setattr(launches, "_warned", set())  # said once a process: say it here
+    with pytest.warns(RuntimeWarning, match="could not audit"):
+        broken.synchronize()  # the audit's failure never fails the wait
+    assert broken.calls == ["synchronize"]
+    assert load.calls == ["synchronize"] * 3 + ["query"] * 2
     installer.uninstall()
 
 
