@@ -48,6 +48,8 @@ PATHS = {
     "connector launch reading a handoff, Python's declare": "launch_read_py",
     "a handoff on a stream, then its synchronize, clocks live": "host_wait",
     "a handoff on a stream, then its synchronize, Python's hook": "host_wait_py",
+    "a handoff, an event on its stream, waited on by another": "event_wait",
+    "a handoff, an event on its stream, waited on by another, Python's hooks": "event_wait_py",
 }
 #: The paths that declare accesses (a "_py" one keeps the auditor's declare in Python).
 DECLARING = ("handoff", "handoff_py", "launch_read", "launch_read_py")
@@ -205,16 +207,20 @@ def prepare(path: str, audited: bool) -> Any:
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
             # the connector's stream has waited for the engine's: its reads are ordered
             auditor.clocks._clocks[(0, SIDE.stream_id)] = {(0, KEPT.stream_id): 1 << 40}
-        elif path in ("host_wait", "host_wait_py"):
+        elif path in ("host_wait", "host_wait_py", "event_wait", "event_wait_py"):
             from streamcheck.runtime import cuda
             from streamcheck.wrappers import speedups
             from streamcheck.wrappers.events import hook_host_waits
 
             reader = StreamReader(current_stream=CURRENT, current_device=int)
             cuda.use_reader(reader)
-            if path.endswith("_py"):  # the Python hook, everything else compiled
+            if path.endswith("_py"):  # the Python hooks, everything else compiled
                 speedups.use("python")
-            hook_host_waits(registry, gate, Namespace, KeptStream, Event, reader)
+            if path.startswith("host_wait"):
+                hook_host_waits(registry, gate, Namespace, KeptStream, Event, reader)
+            else:
+                hook_event_record(registry, gate, Event, reader)
+                hook_event_wait(registry, gate, Event, reader)
             speedups.use("compiled")
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
         else:
@@ -254,6 +260,18 @@ def prepare(path: str, audited: bool) -> Any:
             SIDE.synchronize()
 
         return host_wait
+    if path in ("event_wait", "event_wait_py"):
+        event = Event()
+
+        def event_wait() -> None:
+            """The engine's handoff and an event recorded after it on its stream, and the
+            connector's stream waiting on that event (``stream.wait_event``): each wait has
+            a new tick to take in."""
+            streamcheck.handoff(KV, KEPT)
+            event.record(KEPT)
+            SIDE.wait_event(event)
+
+        return event_wait
     return MadeStream
 
 

@@ -1479,6 +1479,103 @@ static int holds_all_kept(GuardedCall *self, PyObject *own, PyObject *snapshot)
     return holds;
 }
 
+/* The clocks' lock (HappensBefore._lock), taken: a new reference, or NULL + error. The
+ * merges below replace a clock under it, as clocks.py does, so that two threads' merges of
+ * the same clock cannot lose one. */
+static PyObject *clocks_locked(PyObject *clocks)
+{
+    PyObject *lock = PyObject_GetAttr(clocks, s_lock);
+    PyObject *got = lock == NULL ? NULL : PyObject_CallMethodNoArgs(lock, s_acquire);
+    if (got == NULL) {
+        Py_XDECREF(lock);
+        return NULL;
+    }
+    Py_DECREF(got);
+    return lock;
+}
+
+/* `lock` (from clocks_locked) released, run with no error set; an error set before stays
+ * the one told. `result`, or -1 (+ error). */
+static int clocks_unlocked(PyObject *lock, int result)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    Py_DECREF(lock);
+    if (type != NULL) {
+        if (released == NULL)
+            PyErr_Clear();
+        Py_XDECREF(released);
+        PyErr_Restore(type, value, traceback);
+        return -1;
+    }
+    if (released == NULL)
+        return -1;
+    Py_DECREF(released);
+    return result;
+}
+
+/* A new clock: `base` with each entry of `snapshot` that is newer (pointwise max), as
+ * clocks.py merges; NULL + error. */
+static PyObject *merged_clock(PyObject *base, PyObject *snapshot)
+{
+    if (!PyDict_CheckExact(base) || !PyDict_CheckExact(snapshot)) {
+        PyErr_SetString(PyExc_TypeError, "a clock is not a dict");
+        return NULL;
+    }
+    PyObject *merged = PyDict_Copy(base);
+    Py_ssize_t pos = 0;
+    PyObject *key, *tick;
+    while (merged != NULL && PyDict_Next(snapshot, &pos, &key, &tick)) {
+        Py_INCREF(key);
+        Py_INCREF(tick);
+        PyObject *seen = PyDict_GetItemWithError(merged, key);
+        int newer = seen == NULL ? (PyErr_Occurred() ? -1 : 1)
+                                 : PyObject_RichCompareBool(tick, seen, Py_GT);
+        if (newer < 0 || (newer == 1 && PyDict_SetItem(merged, key, tick) < 0))
+            Py_CLEAR(merged);
+        Py_DECREF(key);
+        Py_DECREF(tick);
+    }
+    return merged;
+}
+
+/* HappensBefore._host_waited([clock]): under the clocks' lock, the done clock replaced by
+ * one that takes in `clock`. 0, or -1 + error. */
+static int merge_into_done(PyObject *clocks, PyObject *clock)
+{
+    PyObject *lock = clocks_locked(clocks);
+    if (lock == NULL)
+        return -1;
+    PyObject *done = PyObject_GetAttr(clocks, s_done);
+    PyObject *merged = done == NULL ? NULL : merged_clock(done, clock);
+    int result = merged == NULL ? -1 : PyObject_SetAttr(clocks, s_done, merged);
+    Py_XDECREF(merged);
+    Py_XDECREF(done);
+    return clocks_unlocked(lock, result);
+}
+
+/* HappensBefore.take_in(key, snapshot), under the clocks' lock: the stream's clock in
+ * `table` replaced by one that takes in `snapshot`, unless it holds it already (another
+ * thread's merge may have come first). 0, or -1 + error. */
+static int take_in_clock(PyObject *clocks, PyObject *table, PyObject *key, PyObject *snapshot)
+{
+    PyObject *lock = clocks_locked(clocks);
+    if (lock == NULL)
+        return -1;
+    PyObject *own = clock_of_key(table, key);
+    int result = own == NULL ? -1 : PyDict_CheckExact(own) ? holds_all(own, snapshot) : -1;
+    if (result == -1 && own != NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "a clock is not a dict");
+    if (result == 0) {
+        PyObject *merged = merged_clock(own, snapshot);
+        result = merged == NULL ? -1 : PyDict_SetItem(table, key, merged);
+        Py_XDECREF(merged);
+    }
+    Py_XDECREF(own);
+    return clocks_unlocked(lock, result < 0 ? -1 : 0);
+}
+
 /* The (device, stream id) key of the thread's current stream on its current device, read
  * as the Python hook reads it after a record on the current stream: `reader()` (the device),
  * then `current(device)`, a (stream id, device, type) tuple. A new tuple, or NULL + error. */
@@ -1622,6 +1719,15 @@ static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *c
                     : PyDict_CheckExact(own) ? holds_all_kept(self, own, snapshot)
                                              : 0;
             Py_XDECREF(own);
+            if (plain == 0) { /* the wait adds to the stream's clock: merged here, as take_in */
+                PyObject *key = kept_stream_key(self, args[1]);
+                PyObject *clocks = key == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
+                plain = clocks != NULL && take_in_clock(clocks, table, key, snapshot) == 0
+                            ? 1
+                            : -1;
+                Py_XDECREF(clocks);
+                Py_XDECREF(key);
+            }
         }
     }
     Py_DECREF(snapshot);
@@ -1737,62 +1843,6 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
     }
     Py_XDECREF(waited);
     Py_DECREF(table);
-    return result;
-}
-
-/* HappensBefore._host_waited([clock]) for a clock the done clock does not hold: under the
- * clocks' lock, a copy of the done clock takes in each entry of `clock` that is newer, and
- * replaces it (a done clock is never changed in place: readers hold it without the lock).
- * 0, or -1 + error. */
-static int merge_into_done(PyObject *clocks, PyObject *clock)
-{
-    PyObject *lock = PyObject_GetAttr(clocks, s_lock);
-    if (lock == NULL)
-        return -1;
-    PyObject *got = PyObject_CallMethodNoArgs(lock, s_acquire);
-    if (got == NULL) {
-        Py_DECREF(lock);
-        return -1;
-    }
-    Py_DECREF(got);
-    int result = -1;
-    PyObject *done = PyObject_GetAttr(clocks, s_done);
-    PyObject *merged = done != NULL && PyDict_CheckExact(done) ? PyDict_Copy(done) : NULL;
-    if (done != NULL && merged == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_TypeError, "the clocks' done clock is not a dict");
-    Py_ssize_t pos = 0;
-    PyObject *key, *tick;
-    result = merged == NULL ? -1 : 0;
-    while (result == 0 && PyDict_Next(clock, &pos, &key, &tick)) {
-        Py_INCREF(key);
-        Py_INCREF(tick);
-        PyObject *seen = PyDict_GetItemWithError(merged, key);
-        int newer = seen == NULL ? (PyErr_Occurred() ? -1 : 1)
-                                 : PyObject_RichCompareBool(tick, seen, Py_GT);
-        if (newer == 1 && PyDict_SetItem(merged, key, tick) < 0)
-            newer = -1;
-        result = newer < 0 ? -1 : 0;
-        Py_DECREF(key);
-        Py_DECREF(tick);
-    }
-    if (result == 0)
-        result = PyObject_SetAttr(clocks, s_done, merged);
-    Py_XDECREF(merged);
-    Py_XDECREF(done);
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback); /* the release runs with no error set */
-    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
-    Py_DECREF(lock);
-    if (type != NULL) { /* the first error is the one to tell */
-        if (released == NULL)
-            PyErr_Clear();
-        Py_XDECREF(released);
-        PyErr_Restore(type, value, traceback);
-        return -1;
-    }
-    if (released == NULL)
-        return -1;
-    Py_DECREF(released);
     return result;
 }
 

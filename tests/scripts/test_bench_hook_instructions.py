@@ -57,6 +57,8 @@ def _hooked(path, call):
         return bench.Event.__dict__["record"]
     if path in ("host_wait", "host_wait_py"):
         return bench.KeptStream.__dict__["synchronize"]
+    if path in ("event_wait", "event_wait_py"):
+        return bench.Event.__dict__["wait"]
     if path in bench.DECLARING:
         auditor = installer.current_auditor()  # declared accesses: its declare
         return None if auditor is None else auditor.declare

@@ -306,8 +306,15 @@ def test_an_event_wait_is_decided_the_same_by_both_hooks(core):
     table[(0, 6)] = held = {(0, 5): 3, (0, 6): 1}
     event.wait(s6)
     assert table[(0, 6)] is held  # it held the snapshot already: nothing replaced
+    asked: list = []
+    merge = aud.event_waited
+    aud.event_waited = lambda *a: (asked.append(a), merge(*a))
     event.wait(s7)
     assert table[(0, 7)] == {(0, 5): 2}  # merged
+    table[(0, 6)] = {(0, 5): 1, (0, 6): 4}
+    event.wait(s6)
+    assert table[(0, 6)] == {(0, 5): 2, (0, 6): 4}  # merged, its own entry kept
+    assert len(asked) == (0 if is_compiled else 2)  # compiled: merged in C, as take_in
     event.wait()  # the current stream (0, 5), read through the reader
     assert table[(0, 5)] == {(0, 5): 2}
     empty, unrecorded = FakeWaitEvent(), FakeWaitEvent()
@@ -315,7 +322,7 @@ def test_an_event_wait_is_decided_the_same_by_both_hooks(core):
     empty.wait(SimpleNamespace(device_index=0, stream_id=8))
     unrecorded.wait(SimpleNamespace(device_index=0, stream_id=9))
     assert (0, 8) not in table and (0, 9) not in table
-    assert len(event.waits) == 4 and len(empty.waits) == len(unrecorded.waits) == 1
+    assert len(event.waits) == 5 and len(empty.waits) == len(unrecorded.waits) == 1
 
 
 class TorchShapedEvent:
