@@ -14,23 +14,8 @@
 
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* below: capture_site's walk */
 
-/* The frame's code object and instruction offset (f_code, f_lasti), new references;
- * (None, 0) for no frame. */
-int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti)
-{
-    if (frame == NULL) {
-        *code = Py_NewRef(Py_None);
-        *lasti = PyLong_FromLong(0);
-    } else {
-        *code = (PyObject *)PyFrame_GetCode(frame);
-        *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
-    }
-    if (*lasti == NULL) {
-        Py_CLEAR(*code);
-        return -1;
-    }
-    return 0;
-}
+/* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
+int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n);
 
 /* ---- capture_site --------------------------------------------------------------------- */
 
@@ -79,74 +64,24 @@ usage:
 }
 
 /* The site tuple of up to `depth` frames, starting `skip` frames above the running Python
- * frame (0 <= depth <= MAX_SITE_DEPTH). */
-static PyObject *sys_getframe; /* sys._getframe, taken at the module's import */
-
-/* The frame `skip` calls back from the running one (a new reference; NULL with no error where
- * the stack is not that deep; NULL + error). Since Python 3.11 a frame object is made only
- * when asked for: sys._getframe walks the interpreter's own frames and makes one for the
- * frame it returns, where PyFrame_GetBack would make one for every frame it skips (the audit's
- * own, new at each call: three for a connector's handoff). */
-static PyFrameObject *frame_back(Py_ssize_t skip)
-{
-    if (skip == 0 || sys_getframe == NULL) {
-        PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
-        Py_XINCREF(frame);
-        for (Py_ssize_t i = 0; i < skip && frame != NULL; i++) {
-            PyFrameObject *back = PyFrame_GetBack(frame);
-            Py_DECREF(frame);
-            frame = back;
-        }
-        return frame;
-    }
-    PyObject *depth = PyLong_FromSsize_t(skip);
-    PyObject *frame = depth == NULL ? NULL : PyObject_CallOneArg(sys_getframe, depth);
-    Py_XDECREF(depth);
-    if (frame == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
-        PyErr_Clear(); /* "call stack is not deep enough": no frame */
-    else if (frame != NULL && !PyFrame_Check(frame)) {
-        Py_DECREF(frame);
-        PyErr_SetString(PyExc_TypeError, "sys._getframe gave no frame");
-        return NULL;
-    }
-    return (PyFrameObject *)frame;
-}
-
+ * frame (the caller of the C function asking): (code, offset, code, offset, ...), as
+ * capture_site(skip, depth) makes it from Python. A new reference, or NULL + error. */
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
 {
-    PyFrameObject *frame = frame_back(skip);
-    if (frame == NULL && PyErr_Occurred())
-        return NULL;
-    PyObject *items[2 * MAX_SITE_DEPTH];
-    Py_ssize_t count = 0, limit = 2 * depth;
-    while (frame != NULL && count < limit) {
-        if (frame_site(frame, &items[count], &items[count + 1]) < 0)
-            goto fail;
-        count += 2;
-        PyFrameObject *back = PyFrame_GetBack(frame);
-        Py_DECREF(frame);
-        frame = back;
+    PyObject *codes[MAX_SITE_DEPTH];
+    int lastis[MAX_SITE_DEPTH];
+    int found = running_frames(skip, codes, lastis,
+                               (int)(depth < MAX_SITE_DEPTH ? depth : MAX_SITE_DEPTH));
+    PyObject *site = PyTuple_New(2 * (Py_ssize_t)found);
+    for (int i = 0; i < found; i++) {
+        PyObject *lasti = site == NULL ? NULL : PyLong_FromLong(lastis[i]);
+        if (lasti == NULL) {
+            Py_CLEAR(site);
+            Py_DECREF(codes[i]);
+            continue;
+        }
+        PyTuple_SET_ITEM(site, 2 * i, codes[i]); /* steals */
+        PyTuple_SET_ITEM(site, 2 * i + 1, lasti);
     }
-    Py_XDECREF(frame);
-    PyObject *site = PyTuple_New(count);
-    if (site == NULL) {
-        for (Py_ssize_t i = 0; i < count; i++)
-            Py_DECREF(items[i]);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++)
-        PyTuple_SET_ITEM(site, i, items[i]); /* steals */
     return site;
-fail:
-    Py_XDECREF(frame);
-    for (Py_ssize_t i = 0; i < count; i++)
-        Py_DECREF(items[i]);
-    return NULL;
-}
-
-/* At the module's import: sys._getframe, which site_of walks with. */
-void sites_init(void)
-{
-    sys_getframe = PySys_GetObject("_getframe"); /* borrowed; absent: walk as before */
-    Py_XINCREF(sys_getframe);
 }

@@ -64,11 +64,12 @@ static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_threa
     *s_created_kind;
 
 /* streamcheck/_sites.c: a call site as code objects and offsets (the records' sites) */
-int frame_site(PyFrameObject *frame, PyObject **code, PyObject **lasti);
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
 PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
                        PyObject *kwnames);
-void sites_init(void);
+/* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
+int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n);
+int frames_in_place(void);
 /* streamcheck/_declare.c: Auditor.declare compiled */
 int declare_add_types(PyObject *module);
 /* streamcheck/_launch_check.c: a connector's checked launch, its common case compiled */
@@ -559,11 +560,6 @@ static SwitchLog *switch_log_of(PyObject *fn)
     return (SwitchLog *)owner;
 }
 
-static PyObject *frame_code(PyFrameObject *frame)
-{
-    return frame == NULL ? Py_NewRef(Py_None) : (PyObject *)PyFrame_GetCode(frame);
-}
-
 /* Whether the weak reference `ref` refers to `obj` (a dead one refers to nothing). */
 static int refers_to(PyObject *ref, PyObject *obj)
 {
@@ -645,25 +641,24 @@ static int record_switch(SetStreamHook *self, PyObject *auditor, PyObject *strea
     PyObject *fn = made_current_of(self, auditor);
     if (fn == NULL)
         return -1;
-    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed: the caller of set_stream */
-    PyFrameObject *outer = caller == NULL ? NULL : PyFrame_GetBack(caller);
-    if (outer == NULL && PyErr_Occurred()) {
-        Py_DECREF(fn);
-        return -1;
-    }
+    /* the caller of set_stream and its caller, read in place (None, 0 where there is none) */
+    PyObject *codes[2] = {Py_None, Py_None};
+    int lastis[2] = {0, 0};
+    int found = running_frames(0, codes, lastis, 2);
+    for (int i = found; i < 2; i++)
+        Py_INCREF(Py_None);
     SwitchLog *log = switch_log_of(fn);
-    if (log != NULL) {
-        switchlog_put(log, stream, PyThread_get_thread_ident(), via, frame_code(caller),
-                      caller == NULL ? 0 : PyFrame_GetLasti(caller), frame_code(outer),
-                      outer == NULL ? 0 : PyFrame_GetLasti(outer));
-        Py_XDECREF(outer);
+    if (log != NULL) { /* the slot takes the two code references */
+        switchlog_put(log, stream, PyThread_get_thread_ident(), via, codes[0], lastis[0],
+                      codes[1], lastis[1]);
         Py_DECREF(fn);
         return 0;
     }
-    PyObject *code1 = NULL, *lasti1 = NULL, *code2 = NULL, *lasti2 = NULL;
+    PyObject *code1 = codes[0], *code2 = codes[1];
+    PyObject *lasti1 = PyLong_FromLong(lastis[0]), *lasti2 = PyLong_FromLong(lastis[1]);
     PyObject *ident = NULL, *record = NULL, *result = NULL;
     int rc = -1;
-    if (frame_site(caller, &code1, &lasti1) < 0 || frame_site(outer, &code2, &lasti2) < 0)
+    if (lasti1 == NULL || lasti2 == NULL)
         goto done;
     ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
     if (ident == NULL)
@@ -674,7 +669,6 @@ static int record_switch(SetStreamHook *self, PyObject *auditor, PyObject *strea
     result = PyObject_CallOneArg(fn, record);
     rc = result == NULL ? -1 : 0;
 done:
-    Py_XDECREF(outer);
     Py_XDECREF(code1);
     Py_XDECREF(lasti1);
     Py_XDECREF(code2);
@@ -2328,7 +2322,6 @@ PyMODINIT_FUNC PyInit__speedups(void)
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
         return NULL;
-    sites_init();
     if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
         PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
@@ -2340,6 +2333,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||
         PyModule_AddIntConstant(module, "WAIT_STREAM", WAIT_STREAM) < 0 ||
         PyModule_AddIntConstant(module, "HOST_WAIT", HOST_WAIT) < 0 ||
+        PyModule_AddIntConstant(module, "FRAMES_IN_PLACE", frames_in_place()) < 0 ||
         PyModule_AddIntConstant(module, "HOST_POLL", HOST_POLL) < 0 ||
         PyModule_AddStringConstant(module, "CLOCK_ATTR", CLOCK_ATTR_NAME) < 0 ||
         PyModule_AddStringConstant(module, "STREAM_CLOCKS", STREAM_CLOCKS_NAME) < 0) {

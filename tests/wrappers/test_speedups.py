@@ -1142,6 +1142,48 @@ def test_the_compiled_site_is_the_python_one():
 
 
 @needs_build
+def test_the_compiled_site_reads_generator_coroutine_and_nested_frames_as_python_does():
+    """The frames are read where the interpreter keeps them (``FRAMES_IN_PLACE``, where its
+    internal headers were installed at the build), not made into frame objects: the same
+    frames and offsets as Python's walk through a generator, a coroutine awaited by another,
+    a lambda, a comprehension and recursion, at every skip and depth."""
+    import asyncio
+
+    from streamcheck._speedups import FRAMES_IN_PLACE
+    from streamcheck._speedups import capture_site as compiled
+
+    from streamcheck.core import ids
+
+    assert FRAMES_IN_PLACE in (0, 1)
+
+    def both(skip, depth):
+        return compiled(skip, depth), ids.capture_site(skip, depth)
+
+    def nested(n, skip, depth):
+        return nested(n - 1, skip, depth) if n else both(skip, depth)
+
+    pairs = [nested(n, skip, depth) for n in range(3) for skip in range(1, 7)
+             for depth in (0, 1, 4, 9)]
+
+    def gen():
+        yield both(1, 6)
+        yield both(2, 6)
+
+    async def inner():
+        await asyncio.sleep(0)
+        return both(1, 6), both(3, 8)
+
+    async def awaiting():
+        return await inner()
+
+    pairs += [*gen(), *asyncio.run(awaiting()), (lambda: both(1, 5))(),
+              *[both(1, 5) for _ in range(1)]]
+    differ = [i for i, (c_site, py_site) in enumerate(pairs) if c_site != py_site]
+    assert differ == []
+    assert sum(1 for c_site, _ in pairs if not c_site) == 3 * 6  # depth 0 only: nothing
+
+
+@needs_build
 def test_the_compiled_switch_log_keeps_what_a_bounded_deque_keeps():
     from collections import deque
 
