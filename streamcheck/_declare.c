@@ -45,16 +45,20 @@ static const char *mark_names[M_FIELDS] = {"stream", "tick"};
 enum { H_TENSOR, H_MARK, H_STREAM, H_THREAD, H_TIME, H_STACK, H_ACCESS, H_BLOCKS, H_FIELDS };
 static const char *handoff_names[H_FIELDS] = {"tensor", "mark", "stream", "thread",
                                               "time",   "stack", "access", "blocks"};
+enum { R_DEVICE, R_STREAM_ID, R_FIELDS };
+static const char *ref_names[R_FIELDS] = {"device", "stream_id"};
 
 typedef struct {
     PyObject_HEAD
     PyObject *auditor, *python_declare, *mark_type, *handoff_type, *clocks, *clocks_lock,
         *clock_table, *lock, *writes, *reads, *thread_ref, *time_fn, *roles, *threads,
-        *thread_cache, *main_ident;
+        *thread_cache, *main_ident, *ref_type;
+    /* the two locks' acquire and release, bound once: a call each, no method lookup */
+    PyObject *clocks_acquire, *clocks_release, *lock_acquire, *lock_release;
     PyObject *weakrefs;
     Py_ssize_t max_accesses;
     unsigned long forks; /* forks_seen when main_ident was read */
-    Py_ssize_t mark_at[M_FIELDS], handoff_at[H_FIELDS];
+    Py_ssize_t mark_at[M_FIELDS], handoff_at[H_FIELDS], ref_at[R_FIELDS];
     vectorcallfunc vectorcall;
 } Declarer;
 
@@ -117,6 +121,18 @@ static PyObject *mark_field(Declarer *self, PyObject *mark, int which)
     return PyObject_GetAttrString(mark, mark_names[which]);
 }
 
+/* A stream's device or id (a StreamRef's field): read at its slot when it is of the type
+ * learned, else by name. A new reference, or NULL + error. */
+static PyObject *ref_field(Declarer *self, PyObject *stream, int which)
+{
+    if (self->ref_type != NULL && (PyObject *)Py_TYPE(stream) == self->ref_type) {
+        PyObject *value = FIELD(stream, self->ref_at[which]);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(stream, which == R_DEVICE ? s_device : s_stream_id);
+}
+
 /* done.get(a.mark.stream, 0) < a.mark.tick: the host has not waited for `access`. 1, 0, or
  * -1 + error. */
 static int not_waited_for(Declarer *self, PyObject *access, PyObject *done)
@@ -161,11 +177,11 @@ static int on_other_stream(Declarer *self, PyObject *access, PyObject *device, P
     PyObject *stream = field_of(self, access, H_STREAM);
     if (stream == NULL)
         return -1;
-    PyObject *other_sid = PyObject_GetAttr(stream, s_stream_id);
+    PyObject *other_sid = ref_field(self, stream, R_STREAM_ID);
     int result = other_sid == NULL ? -1 : PyObject_RichCompareBool(other_sid, sid, Py_NE);
     Py_XDECREF(other_sid);
     if (result == 0) {
-        PyObject *other_device = PyObject_GetAttr(stream, s_device);
+        PyObject *other_device = ref_field(self, stream, R_DEVICE);
         result = other_device == NULL ? -1
                                       : PyObject_RichCompareBool(other_device, device, Py_NE);
         Py_XDECREF(other_device);
@@ -234,8 +250,8 @@ static int keep_access(Declarer *self, PyObject *table, PyObject *access, int sa
     int result;
     if (same_stream) {
         PyObject *stream = FIELD(access, self->handoff_at[H_STREAM]);
-        PyObject *device = PyObject_GetAttr(stream, s_device);
-        PyObject *sid = device == NULL ? NULL : PyObject_GetAttr(stream, s_stream_id);
+        PyObject *device = ref_field(self, stream, R_DEVICE);
+        PyObject *sid = device == NULL ? NULL : ref_field(self, stream, R_STREAM_ID);
         result = sid == NULL ? -1 : keep_uncovered(self, kept, blocks, done, device, sid);
         Py_XDECREF(device);
         Py_XDECREF(sid);
@@ -273,9 +289,10 @@ static PyObject *pairs_in(PyObject *items)
     return pairs;
 }
 
-static int call_lock(PyObject *lock, PyObject *method)
+/* A lock's bound acquire or release, called. 0, or -1 + error. */
+static int call_lock(PyObject *bound)
 {
-    PyObject *done = PyObject_CallMethodNoArgs(lock, method);
+    PyObject *done = PyObject_CallNoArgs(bound);
     Py_XDECREF(done);
     return done == NULL ? -1 : 0;
 }
@@ -284,7 +301,7 @@ static int call_lock(PyObject *lock, PyObject *method)
  * The Mark, or NULL + error. */
 static PyObject *tick_clock(Declarer *self, PyObject *key)
 {
-    if (call_lock(self->clocks_lock, s_acquire) < 0)
+    if (call_lock(self->clocks_acquire) < 0)
         return NULL;
     PyObject *mark = NULL, *clock = NULL, *count = NULL;
     PyObject *own = PyDict_GetItemWithError(self->clock_table, key); /* borrowed */
@@ -307,7 +324,7 @@ done:
     Py_XDECREF(count);
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback); /* the release runs with no error set */
-    if (call_lock(self->clocks_lock, s_release) < 0)
+    if (call_lock(self->clocks_release) < 0)
         Py_CLEAR(mark);
     if (type != NULL) {
         Py_XDECREF(mark);
@@ -365,7 +382,7 @@ static PyObject *make_handoffs(Declarer *self, PyObject *stream, PyObject *reads
 /* Under the auditor's lock, each new access kept as Auditor.declare keeps it. */
 static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
 {
-    if (call_lock(self->lock, s_acquire) < 0)
+    if (call_lock(self->lock_acquire) < 0)
         return -1;
     int result = 0;
     PyObject *done = PyObject_GetAttr(self->clocks, s_done);
@@ -405,7 +422,7 @@ static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
     Py_XDECREF(done);
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    if (call_lock(self->lock, s_release) < 0)
+    if (call_lock(self->lock_release) < 0)
         result = -1;
     if (type != NULL)
         PyErr_Restore(type, value, traceback);
@@ -563,8 +580,8 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
     /* as Auditor.declare: the mark, the thread, the time and the site, then the records */
     PyObject *shared[4] = {NULL, NULL, NULL, NULL}; /* mark, thread, time, site */
     PyObject *made = NULL, *ident = NULL;
-    PyObject *device = PyObject_GetAttr(stream, s_device);
-    PyObject *sid = device == NULL ? NULL : PyObject_GetAttr(stream, s_stream_id);
+    PyObject *device = ref_field(self, stream, R_DEVICE);
+    PyObject *sid = device == NULL ? NULL : ref_field(self, stream, R_STREAM_ID);
     PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
     Py_XDECREF(device);
     Py_XDECREF(sid);
@@ -608,6 +625,11 @@ static int declarer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->threads);
     Py_VISIT(self->thread_cache);
     Py_VISIT(self->main_ident);
+    Py_VISIT(self->ref_type);
+    Py_VISIT(self->clocks_acquire);
+    Py_VISIT(self->clocks_release);
+    Py_VISIT(self->lock_acquire);
+    Py_VISIT(self->lock_release);
     return 0;
 }
 
@@ -630,6 +652,11 @@ static int declarer_clear(PyObject *op)
     Py_CLEAR(self->threads);
     Py_CLEAR(self->thread_cache);
     Py_CLEAR(self->main_ident);
+    Py_CLEAR(self->ref_type);
+    Py_CLEAR(self->clocks_acquire);
+    Py_CLEAR(self->clocks_release);
+    Py_CLEAR(self->lock_acquire);
+    Py_CLEAR(self->lock_release);
     return 0;
 }
 
@@ -655,14 +682,15 @@ static PyObject *dict_attr(PyObject *owner, const char *name)
 
 static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *auditor, *python_declare, *mark_type, *handoff_type;
+    PyObject *auditor, *python_declare, *mark_type, *handoff_type, *ref_type = NULL;
     Py_ssize_t max_accesses;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
         PyErr_SetString(PyExc_TypeError, "Declarer takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOO!O!n:Declarer", &auditor, &python_declare, &PyType_Type,
-                          &mark_type, &PyType_Type, &handoff_type, &max_accesses))
+    if (!PyArg_ParseTuple(args, "OOO!O!n|O!:Declarer", &auditor, &python_declare,
+                          &PyType_Type, &mark_type, &PyType_Type, &handoff_type, &max_accesses,
+                          &PyType_Type, &ref_type))
         return NULL;
     if (max_accesses < 1) {
         PyErr_SetString(PyExc_ValueError, "Declarer: max_accesses >= 1");
@@ -686,6 +714,12 @@ static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         if ((self->handoff_at[i] = slot_offset((PyTypeObject *)handoff_type,
                                                handoff_names[i])) < 0)
             goto fail;
+    if (ref_type != NULL) { /* the streams' class (StreamRef): its fields read at its slots */
+        self->ref_type = Py_NewRef(ref_type);
+        for (int i = 0; i < R_FIELDS; i++)
+            if ((self->ref_at[i] = slot_offset((PyTypeObject *)ref_type, ref_names[i])) < 0)
+                goto fail;
+    }
     PyObject *time_module = PyImport_ImportModule("time");
     if (time_module == NULL)
         goto fail;
@@ -699,7 +733,11 @@ static PyObject *declarer_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         (self->reads = dict_attr(auditor, "_reads")) == NULL ||
         (self->thread_ref = PyObject_GetAttrString(auditor, "thread_ref")) == NULL ||
         (self->roles = PyObject_GetAttrString(auditor, "roles")) == NULL ||
-        (self->thread_cache = PyDict_New()) == NULL)
+        (self->thread_cache = PyDict_New()) == NULL ||
+        (self->clocks_acquire = PyObject_GetAttr(self->clocks_lock, s_acquire)) == NULL ||
+        (self->clocks_release = PyObject_GetAttr(self->clocks_lock, s_release)) == NULL ||
+        (self->lock_acquire = PyObject_GetAttr(self->lock, s_acquire)) == NULL ||
+        (self->lock_release = PyObject_GetAttr(self->lock, s_release)) == NULL)
         goto fail;
     PyObject *threading = PyImport_ImportModule("threading");
     if (threading == NULL)
@@ -717,7 +755,8 @@ fail:
 PyTypeObject DeclarerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "streamcheck._speedups.Declarer",
-    .tp_doc = "Declarer(auditor, python_declare, mark_type, handoff_type, max_accesses): "
+    .tp_doc = "Declarer(auditor, python_declare, mark_type, handoff_type, max_accesses"
+              "[, stream_ref_type]): "
               "Auditor.declare compiled.",
     .tp_basicsize = sizeof(Declarer),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,

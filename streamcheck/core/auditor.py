@@ -59,10 +59,10 @@ MAX_ACCESSES = 64
 MAX_THREADS = 4096  # thread records kept for reuse (Auditor.thread_ref)
 
 #: Makes an auditor's ``declare`` in C: ``make_declare(auditor, Auditor.declare, Mark, Handoff,
-#: MAX_ACCESSES)``, the same handoffs, clock tick and kept accesses with no Python frame but
-#: the thread record's (``Declarer`` in streamcheck/_declare.c; a connector declares several
-#: times a step, about 33,000 instructions each in Python). Put here by the hooks layer with
-#: the compiled core (``wrappers.speedups``), read when an auditor is made; None: Python's.
+#: MAX_ACCESSES, StreamRef)``, the same handoffs, clock tick and kept accesses with no Python
+#: frame but the thread record's (``Declarer`` in streamcheck/_declare.c; a connector declares
+#: several times a step, about 33,000 instructions each in Python). Put here by the hooks layer
+#: with the compiled core (``wrappers.speedups``), read when an auditor is made; None: Python's.
 make_declare: Callable[..., Callable[..., list[Handoff]]] | None = None
 
 
@@ -141,7 +141,7 @@ class Auditor:
         self._threads: dict[int, ThreadRef] = {}  # see thread_ref
         if make_declare is not None:  # last: it reads the attributes above once
             self.declare = make_declare(  # type: ignore[method-assign]
-                self, Auditor.declare, Mark, Handoff, MAX_ACCESSES)
+                self, Auditor.declare, Mark, Handoff, MAX_ACCESSES, StreamRef)
 
     # ---- hot path -------------------------------------------------------------------------
 
