@@ -37,16 +37,22 @@ def default_graphs_ttft_table(folder: str, calls: dict[str, tuple[str, ...]]
     return {key: r["ttft_warm_median_ms"] for key, r in results.items()}
 
 
+def connector_worker_rows(folder: str, call: str) -> list[dict]:
+    """The connector workers the audited case's report (``sc_host_quiet``) lists in ``call``
+    (a later call's engines write their reports beside an earlier call's on the same machine,
+    so both are listed), after checking that no process of it found anything and that the
+    unaudited case (``sc_host_off``) carries no audit at all."""
+    rows = recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_quiet", "audit")["rows"]
+    assert all(row["findings"] == [] for row in rows), call
+    assert recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_off", "audit") is None
+    return [row for row in rows if row["connector"]]
+
+
 def audited_worker_rows(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[str, dict]:
-    """Each call's audited worker as its report lists it (``sc_host_quiet``), after checking
-    that no process of it found anything and that the unaudited case (``sc_host_off``)
-    carries no audit at all."""
+    """Each call's one audited worker (:func:`connector_worker_rows`)."""
     workers = {}
     for call in calls:
-        rows = recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_quiet", "audit")["rows"]
-        assert all(row["findings"] == [] for row in rows), call
-        (workers[call],) = [row for row in rows if row["connector"]]
-        assert recorded_result(f"{folder}/{call}", "ttft_graphs_sc_host_off", "audit") is None
+        (workers[call],) = connector_worker_rows(folder, call)
     return workers
 
 

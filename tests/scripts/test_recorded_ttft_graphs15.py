@@ -15,6 +15,7 @@ from __future__ import annotations
 from tests.scripts.script_modules import recorded_result
 from tests.scripts.test_recorded_ttft_graphs import (
     checked_faulty_run,
+    connector_worker_rows,
     default_graphs_ttft_table,
     load_issue_added,
 )
@@ -30,10 +31,7 @@ def test_the_warm_ttft_table_every_engine_on_vllms_default_graphs():
 
 
 def _worker_rows(call: str) -> list[dict]:
-    rows = recorded_result(f"{FOLDER}/{call}", "ttft_graphs_sc_host_quiet", "audit")["rows"]
-    assert all(row["findings"] == [] for row in rows), call
-    assert recorded_result(f"{FOLDER}/{call}", "ttft_graphs_sc_host_off", "audit") is None
-    return [row for row in rows if row["connector"]]
+    return connector_worker_rows(FOLDER, call)
 
 
 def test_the_audit_ran_in_the_engine_found_nothing_and_its_last_write_was_not_final():
