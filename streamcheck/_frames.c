@@ -28,7 +28,8 @@
 /* Up to `n` frames, starting `skip` frames above the running Python frame (0: the running
  * one, the caller of the C function that asks): each frame's code object (a new reference)
  * in `codes` and its last instruction's byte offset (f_lasti) in `lastis`. Returns how many
- * were found (fewer where the stack is shallower). */
+ * were found (fewer where the stack is shallower), or -1 + error (only where frame objects
+ * are made: making one may fail), with no reference left in `codes`. */
 int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n)
 {
     PyThreadState *tstate = PyThreadState_Get();
@@ -76,6 +77,11 @@ int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n)
         frame = back;
     }
     Py_XDECREF(frame);
+    if (PyErr_Occurred()) { /* a frame object could not be made */
+        for (int i = 0; i < found; i++)
+            Py_DECREF(codes[i]);
+        return -1;
+    }
     return found;
 }
 

@@ -54,14 +54,14 @@ typedef struct {
     vectorcallfunc vectorcall;
 } LaunchCheck;
 
-/* The launch stream's record and its (device, stream id) key, borrowed from the kept ones;
- * made through ref_of on a miss. 0, or -1 + error. */
+/* The launch stream's record and its (device, stream id) key (new references), from the kept
+ * ones; made through ref_of on a miss. 0, or -1 + error. */
 static int stream_record(LaunchCheck *self, PyObject *stream, PyObject **ref, PyObject **key)
 {
     for (int i = 0; i < STREAMS_KEPT; i++)
         if (self->streams[i] == stream) {
-            *ref = self->refs[i];
-            *key = self->keys[i];
+            *ref = Py_NewRef(self->refs[i]);
+            *key = Py_NewRef(self->keys[i]);
             return 0;
         }
     PyObject *made = PyObject_CallOneArg(self->ref_of, stream);
@@ -76,9 +76,12 @@ static int stream_record(LaunchCheck *self, PyObject *stream, PyObject **ref, Py
     }
     int at = self->next_kept;
     self->next_kept = (at + 1) % STREAMS_KEPT;
-    Py_XSETREF(self->streams[at], Py_NewRef(stream));
-    Py_XSETREF(self->refs[at], made);
-    Py_XSETREF(self->keys[at], made_key);
+    PyObject *old[3] = {self->streams[at], self->refs[at], self->keys[at]};
+    self->streams[at] = Py_NewRef(stream);
+    self->refs[at] = Py_NewRef(made);
+    self->keys[at] = Py_NewRef(made_key);
+    for (int i = 0; i < 3; i++) /* after the entry is whole: a deallocation may run code */
+        Py_XDECREF(old[i]);
     *ref = made;
     *key = made_key;
     return 0;
@@ -123,8 +126,7 @@ static int reads_ordered(LaunchCheck *self, PyObject *auditor, PyObject *key, Py
             break;
         }
         PyObject *at = FIELD(mark, self->mark_stream_at), *tick = FIELD(mark, self->mark_tick_at);
-        PyObject *tensor = FIELD(read, self->tensor_at), *blocks = FIELD(read, self->blocks_at);
-        if (at == NULL || tick == NULL || tensor == NULL || blocks == NULL) {
+        if (at == NULL || tick == NULL) {
             result = 0;
             break;
         }
@@ -141,6 +143,12 @@ static int reads_ordered(LaunchCheck *self, PyObject *auditor, PyObject *key, Py
         }
         Py_DECREF(at);
         Py_DECREF(tick);
+        /* read after the comparisons, which may run code (for keys that are not ints) */
+        PyObject *tensor = FIELD(read, self->tensor_at), *blocks = FIELD(read, self->blocks_at);
+        if (ordered == 1 && (tensor == NULL || blocks == NULL)) {
+            result = 0;
+            break;
+        }
         PyObject *pair = ordered == 1 ? PyTuple_Pack(2, tensor, blocks) : NULL;
         if (pair != NULL) {
             if (PyList_Append(pairs, pair) < 0)
@@ -200,25 +208,26 @@ static int passes(LaunchCheck *self, PyObject *launch, PyObject *auditor, PyObje
         !PyTuple_CheckExact(writes) || PyTuple_GET_SIZE(writes) != 0 || device == NULL ||
         name == NULL)
         return 0;
+    /* owned from here: ref_of and the comparisons may run Python code, which may set the
+     * launch's fields anew meanwhile */
     Py_INCREF(stream);
+    Py_INCREF(reads);
+    Py_INCREF(device);
+    Py_INCREF(name);
     PyObject *key = NULL;
     int result = stream_record(self, stream, ref, &key);
-    Py_DECREF(stream);
-    if (result < 0)
-        return -1;
-    Py_INCREF(*ref); /* the kept ones may be replaced by what runs below */
-    Py_INCREF(key);
-    Py_INCREF(reads);
-    Py_INCREF(name);
-    result = PyObject_RichCompareBool(PyTuple_GET_ITEM(key, 1), self->default_id, Py_NE);
+    if (result == 0)
+        result = PyObject_RichCompareBool(PyTuple_GET_ITEM(key, 1), self->default_id, Py_NE);
     if (result == 1 && device != Py_None)
         result = PyObject_RichCompareBool(PyTuple_GET_ITEM(key, 0), device, Py_EQ);
     if (result == 1)
         result = reads_ordered(self, auditor, key, reads, pairs);
     if (result == 1)
         result = count_launch(auditor, name);
-    Py_DECREF(key);
+    Py_XDECREF(key);
+    Py_DECREF(stream);
     Py_DECREF(reads);
+    Py_DECREF(device);
     Py_DECREF(name);
     if (result != 1)
         Py_CLEAR(*ref);
@@ -263,8 +272,10 @@ static PyObject *launch_check_vectorcall(PyObject *op, PyObject *const *args, si
     Py_INCREF(auditor);
     PyObject *ref = NULL, *pairs = PyList_New(0), *result = NULL;
     int passed = pairs == NULL ? -1 : passes(self, launch, auditor, &ref, pairs);
-    if (passed <= 0) {
-        PyErr_Clear(); /* nothing counted or declared: Python decides, and says what failed */
+    if (passed <= 0) { /* nothing counted or declared: Python decides, says what failed */
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+            goto done; /* KeyboardInterrupt, SystemExit: never swallowed, as in Python */
+        PyErr_Clear();
         result = Py_NewRef(Py_False);
         goto done;
     }

@@ -14,7 +14,8 @@
 
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* below: capture_site's walk */
 
-/* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
+/* streamcheck/_frames.c: the running frames' code objects and offsets, read in place (-1 +
+ * error where a frame object could not be made) */
 int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n);
 
 /* ---- capture_site --------------------------------------------------------------------- */
@@ -72,6 +73,8 @@ PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
     int lastis[MAX_SITE_DEPTH];
     int found = running_frames(skip, codes, lastis,
                                (int)(depth < MAX_SITE_DEPTH ? depth : MAX_SITE_DEPTH));
+    if (found < 0)
+        return NULL;
     PyObject *site = PyTuple_New(2 * (Py_ssize_t)found);
     for (int i = 0; i < found; i++) {
         PyObject *lasti = site == NULL ? NULL : PyLong_FromLong(lastis[i]);

@@ -645,6 +645,10 @@ static int record_switch(SetStreamHook *self, PyObject *auditor, PyObject *strea
     PyObject *codes[2] = {Py_None, Py_None};
     int lastis[2] = {0, 0};
     int found = running_frames(0, codes, lastis, 2);
+    if (found < 0) {
+        Py_DECREF(fn);
+        return -1;
+    }
     for (int i = found; i < 2; i++)
         Py_INCREF(Py_None);
     SwitchLog *log = switch_log_of(fn);

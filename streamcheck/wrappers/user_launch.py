@@ -263,9 +263,14 @@ _fast_check: Callable[[launch], bool] | None = None
 
 
 def _choose_check(compiled: ModuleType | None) -> None:
+    """The compiled check of the chosen core, where it has one and it can read the classes'
+    slots (a class laid out otherwise: Python's check, never a failed import)."""
     global _fast_check
-    _fast_check = None if compiled is None or not hasattr(compiled, "LaunchCheck") else (
-        compiled.LaunchCheck(GATE, launch, Handoff, Mark, _ref_of, DEFAULT_STREAM_ID))
+    try:
+        _fast_check = None if compiled is None or not hasattr(compiled, "LaunchCheck") else (
+            compiled.LaunchCheck(GATE, launch, Handoff, Mark, _ref_of, DEFAULT_STREAM_ID))
+    except TypeError:
+        _fast_check = None
 
 
 speedups.follow(_choose_check)

@@ -246,3 +246,32 @@ def test_a_save_reading_many_handoffs_declares_each_once(audit):
     assert sum(len(v) for v in kept.values()) == 12  # one read of each handoff's blocks
     assert all(stream == (0, SIDE_ID) for v in kept.values() for stream, *_ in v)
     assert aud.coverage.launches_by_op()["kv.save"] == 1
+
+
+class InterruptedStream:
+    """A stream whose first read of its device is interrupted (Ctrl-C landing in the audit's
+    read of it)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.stream_id, self.cuda_stream = 13, 0x7F13
+
+    @property
+    def device_index(self) -> int:
+        self.reads += 1
+        if self.reads == 1:
+            raise KeyboardInterrupt
+        return 0
+
+
+def test_an_interrupt_in_the_streams_read_is_never_swallowed(audit):
+    """Python's check catches ordinary errors only; the compiled one hands those to it and
+    lets an interrupt through as well, nothing counted."""
+    aud = audit.aud
+    handoff = ordered_handoff(aud)
+    aud.coverage.counter("kv.save")
+    interrupted = streamcheck.launch("kv.save", stream=InterruptedStream(), device=0,
+                                     reads=[handoff])
+    with pytest.raises(KeyboardInterrupt), interrupted:
+        pass
+    assert aud.coverage.launches_by_op()["kv.save"] == 0
