@@ -85,11 +85,10 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
                 warn_cannot_audit("Event.record", exc)
             return result
 
-        compiled = speedups.active()
+        compiled = _clock_keeping_core(reader)
         # the compiled hook binds a first-recorded event to the device it was recorded on
         # (torch's rule); a runtime whose events say otherwise keeps the Python hook
-        if (compiled is None or thread_device is None or not reader.event_takes_stream_device
-                or not _clock_paths_match(compiled, reader)):
+        if compiled is None or thread_device is None or not reader.event_takes_stream_device:
             return record
         # In C, the record of a bound event on its own device goes straight to torch, and
         # with the clocks live keeps its snapshot there too (on the current stream: read
@@ -113,13 +112,18 @@ def hook_event_record(registry: PatchRegistry, gate: Gate, event_class: type,
     registry.patch(event_class, "record", make_record)
 
 
-def _clock_paths_match(compiled: Any, reader: StreamReader) -> bool:
-    """Whether the compiled hooks may keep and read the clocks themselves: they find an
-    event's snapshot and a stream's clock where ``clocks.py`` keeps them, under the key a
-    stream object gives (not a runtime's own ``event_stream``)."""
-    return (reader.event_stream is None
-            and getattr(compiled, "CLOCK_ATTR", None) == SNAPSHOT_ATTR
-            and getattr(compiled, "STREAM_CLOCKS", None) == STREAM_CLOCKS_ATTR)
+def _clock_keeping_core(reader: StreamReader, kind: str = "") -> Any:
+    """The chosen compiled core where its hooks may keep and read the clocks themselves (and
+    have ``kind``, a GuardedCall kind, when one is named), else None: they find an event's
+    snapshot and a stream's clock where ``clocks.py`` keeps them, under the key a stream
+    object gives (not a runtime's own ``event_stream``)."""
+    compiled = speedups.active()
+    if (compiled is None or reader.event_stream is not None
+            or getattr(compiled, "CLOCK_ATTR", None) != SNAPSHOT_ATTR
+            or getattr(compiled, "STREAM_CLOCKS", None) != STREAM_CLOCKS_ATTR
+            or (kind and not hasattr(compiled, kind))):
+        return None
+    return compiled
 
 
 def _ref(key: tuple[int, int], stream: Any) -> StreamRef:
@@ -170,8 +174,8 @@ def hook_event_wait(registry: PatchRegistry, gate: Gate, event_class: type,
                     warn_cannot_audit("Event.wait", exc)
             return original(self, stream)
 
-        compiled = speedups.active()
-        if compiled is None or not _clock_paths_match(compiled, reader):
+        compiled = _clock_keeping_core(reader)
+        if compiled is None:
             return wait
         # In C, a wait on a given stream whose clock already holds the event's snapshot (the
         # common case: it adds nothing) goes straight to torch; every other one to ``wait``.
@@ -197,9 +201,8 @@ def hook_wait_stream(registry: PatchRegistry, gate: Gate, stream_class: type,
     ``self``'s clock takes ``other``'s in after it (:meth:`HappensBefore.take_in`, only where it
     does not hold it already). Streams of another class, and the Python core, keep torch's call
     as it is, the event hooks making the edge."""
-    compiled = speedups.active()
-    if (compiled is None or not hasattr(compiled, "WAIT_STREAM")
-            or not _clock_paths_match(compiled, reader)):
+    compiled = _clock_keeping_core(reader, "WAIT_STREAM")
+    if compiled is None:
         return
     stream_key_of = reader.event_stream_key()
 
@@ -290,10 +293,7 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return make
 
-    compiled = speedups.active()
-    if (compiled is None or not hasattr(compiled, "HOST_WAIT")
-            or not _clock_paths_match(compiled, reader)):
-        compiled = None
+    compiled = _clock_keeping_core(reader, "HOST_WAIT")
 
     def stream_waits(label: str, polled: bool) -> Any:
         """The maker for ``Stream.synchronize`` or ``query``: in C with the compiled core (a

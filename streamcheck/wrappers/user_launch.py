@@ -46,8 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The last streams launched on, by id, each with its StreamRef: a connector launches on the
 #: same few streams all along, and a stream object's device, id and handle never change, so
-#: its StreamRef is made once (six Python calls a launch otherwise, about 6,000 instructions
-#: of a checked launch's 47,000: scripts/bench_hook_instructions.py). The stream itself is
+#: its StreamRef is made once (six Python calls a launch otherwise). The stream itself is
 #: kept beside it, so an id is never taken for a freed stream's; a few at most.
 _REFS: dict[int, tuple[Any, StreamRef]] = {}
 _REFS_KEPT = 8
