@@ -74,6 +74,8 @@ int frames_in_place(void);
 int declare_add_types(PyObject *module);
 /* streamcheck/_launch_check.c: a connector's checked launch, its common case compiled */
 int launch_check_add_types(PyObject *module);
+/* streamcheck/_handoffs.c: a declared handoff, its common case compiled */
+int handoffs_add_types(PyObject *module);
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -2332,6 +2334,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
+        handoffs_add_types(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

@@ -121,7 +121,9 @@ def handoff(tensor: Any, stream: Any = None, access: str = "write") -> Handoff |
     pass it in ``reads``, because the same tensor may be handed off again before the queued
     work runs.
     """
-    made = _declare_accesses([tensor], stream, access)
+    made = _fast_declare((tensor,), stream, access) if _fast_declare is not None else None
+    if made is None:
+        made = _declare_accesses([tensor], stream, access)
     return made[0] if made else None
 
 
@@ -132,11 +134,14 @@ def handoffs(tensors: Iterable[Any], stream: Any = None, access: str = "write"
     one call site, one lock for them all, where a call each would make one of each. A
     connector's ``save_kv_layer`` declares a layer's K and V planes so, once per layer per
     step. Returns the handoffs in the order of ``tensors`` (empty when not auditing)."""
-    return _declare_accesses(list(tensors), stream, access)
+    items = tuple(tensors)
+    made = _fast_declare(items, stream, access) if _fast_declare is not None else None
+    return made if made is not None else _declare_accesses(list(items), stream, access)
 
 
 def _declare_accesses(items: list[Any], stream: Any, access: str) -> tuple[Handoff, ...]:
-    """What :func:`handoff` and :func:`handoffs` do; the site kept is their caller's line."""
+    """What :func:`handoff` and :func:`handoffs` do; the site kept is their caller's line.
+    The compiled part (:data:`_fast_declare`) takes the common case first."""
     auditor = current_auditor()
     if auditor is None or not items:
         return ()
@@ -261,15 +266,28 @@ class launch:
 _fast_check: Callable[[launch], bool] | None = None
 
 
+#: _declare_accesses's common case compiled (``HandoffDeclare``, streamcheck/_handoffs.c):
+#: plain tensors, an explicit stream or the current one of a real (not simulated) tensor. It
+#: returns the handoffs, or None, having done nothing, for every other call, which
+#: :func:`_declare_accesses` then makes. None with the Python core.
+_fast_declare: Callable[[tuple[Any, ...], Any, str], tuple[Handoff, ...] | None] | None = None
+
+
 def _choose_check(compiled: ModuleType | None) -> None:
-    """The compiled check of the chosen core, where it has one and it can read the classes'
-    slots (a class laid out otherwise: Python's check, never a failed import)."""
-    global _fast_check
+    """The compiled check and handoff of the chosen core, where it has them and can read the
+    classes' slots (a class laid out otherwise: Python's, never a failed import)."""
+    global _fast_check, _fast_declare
     try:
         _fast_check = None if compiled is None or not hasattr(compiled, "LaunchCheck") else (
             compiled.LaunchCheck(GATE, launch, Handoff, Mark, _ref_of, DEFAULT_STREAM_ID))
     except TypeError:
         _fast_check = None
+    try:
+        _fast_declare = (
+            None if compiled is None or not hasattr(compiled, "HandoffDeclare") else
+            compiled.HandoffDeclare(GATE, BlockSet, _ref_of, StreamRef, current_stream_of))
+    except TypeError:
+        _fast_declare = None
 
 
 speedups.follow(_choose_check)
