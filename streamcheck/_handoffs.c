@@ -14,10 +14,11 @@
  *       declare returned, the site two frames above it (the caller of the Python frame
  *       running, streamcheck.handoff or handoffs). None: nothing was done; Python decides.
  *
- * It takes only plain tensors (not a BlockSet, `blocks_type`) whose get_device() and
- * data_ptr() are ints, an access "write" or "read", and a stream given (its record from
- * `ref_of`, kept for the last few stream objects, each held) or None on a tensor that is not
- * simulated (no `stream_reader`): the thread's current stream on the first tensor's device,
+ * It takes tensors whose get_device() and data_ptr() are ints, whole or some of their blocks
+ * (a BlockSet, `blocks_type`: its tensor and ids, as a connector names a layer's blocks), an
+ * access "write" or "read", and a stream given (its record from `ref_of`, kept for the last
+ * few stream objects, each held) or None on a tensor that is not simulated (no
+ * `stream_reader`): the thread's current stream on the first tensor's device,
  * `current_stream_of(device)`, named by a `ref_type(device, stream id)` kept for the last few
  * (device, id) pairs (a StreamRef is never changed once made). Anything else, and any
  * ordinary error before the declare, goes to Python before anything is declared, so a
@@ -41,7 +42,7 @@ Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
 #define KEPT 4 /* the engine's main stream and a connector's few: a few at most */
 
 static PyObject *s_get_device, *s_data_ptr, *s_stream_reader, *s_declare, *s_write, *s_read,
-    *s_skip, *kwnames_skip, *site_skip;
+    *s_skip, *s_tensor, *s_ids, *kwnames_skip, *site_skip;
 
 typedef struct {
     PyObject_HEAD
@@ -79,21 +80,33 @@ static PyObject *int_method(PyObject *item, PyObject *name)
     return value;
 }
 
-/* The access of one plain tensor, ((device, data pointer), None): a new reference; NULL with
- * no error: Python's; NULL + error. `device` gets the device (borrowed from the pair). */
-static PyObject *access_of(HandoffDeclare *self, PyObject *item, PyObject **device)
+/* The access of one tensor or BlockSet, ((device, data pointer), blocks): a new reference;
+ * NULL with no error: Python's; NULL + error. `whole` gets the tensor (a new reference). */
+static PyObject *access_of(HandoffDeclare *self, PyObject *item, PyObject **whole)
 {
-    if ((PyObject *)Py_TYPE(item) == self->blocks_type)
-        return NULL;
-    PyObject *dev = int_method(item, s_get_device);
-    PyObject *pointer = dev == NULL ? NULL : int_method(item, s_data_ptr);
+    PyObject *blocks = Py_None;
+    if ((PyObject *)Py_TYPE(item) == self->blocks_type) { /* a frozen dataclass: its fields */
+        if ((*whole = PyObject_GetAttr(item, s_tensor)) == NULL)
+            return NULL;
+        if ((blocks = PyObject_GetAttr(item, s_ids)) == NULL) {
+            Py_CLEAR(*whole);
+            return NULL;
+        }
+    }
+    else {
+        *whole = Py_NewRef(item);
+        Py_INCREF(blocks);
+    }
+    PyObject *dev = int_method(*whole, s_get_device);
+    PyObject *pointer = dev == NULL ? NULL : int_method(*whole, s_data_ptr);
     PyObject *key = pointer == NULL ? NULL : PyTuple_Pack(2, dev, pointer);
     Py_XDECREF(dev);
     Py_XDECREF(pointer);
-    PyObject *pair = key == NULL ? NULL : PyTuple_Pack(2, key, Py_None);
+    PyObject *pair = key == NULL ? NULL : PyTuple_Pack(2, key, blocks);
     Py_XDECREF(key);
-    if (pair != NULL)
-        *device = PyTuple_GET_ITEM(PyTuple_GET_ITEM(pair, 0), 0);
+    Py_DECREF(blocks);
+    if (pair == NULL)
+        Py_CLEAR(*whole);
     return pair;
 }
 
@@ -166,25 +179,32 @@ static int prepare(HandoffDeclare *self, PyObject *items, PyObject *stream, PyOb
                    PyObject **ref)
 {
     Py_ssize_t count = PyTuple_GET_SIZE(items);
-    PyObject *first_device = NULL;
+    PyObject *first = NULL; /* the first tensor: its device, and whether it is simulated */
     if ((*accesses = PyList_New(count)) == NULL)
         return -1;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *device, *pair = access_of(self, PyTuple_GET_ITEM(items, i), &device);
-        if (pair == NULL)
+        PyObject *whole, *pair = access_of(self, PyTuple_GET_ITEM(items, i), &whole);
+        if (pair == NULL) {
+            Py_XDECREF(first);
             return PyErr_Occurred() ? -1 : 0;
+        }
         PyList_SET_ITEM(*accesses, i, pair);
         if (i == 0)
-            first_device = device;
+            first = whole;
+        else
+            Py_DECREF(whole);
     }
     if (stream != Py_None)
         *ref = given_ref(self, stream);
     else {
-        int sim = simulated(PyTuple_GET_ITEM(items, 0));
-        if (sim != 0)
-            return sim < 0 ? -1 : 0; /* a simulated tensor: its machine's reader, Python's */
-        *ref = current_ref(self, first_device);
+        int sim = simulated(first);
+        if (sim == 0) /* the device of the first access's key */
+            *ref = current_ref(self, PyTuple_GET_ITEM(
+                                         PyTuple_GET_ITEM(PyList_GET_ITEM(*accesses, 0), 0), 0));
+        else if (sim > 0) /* a simulated tensor: its machine's reader, Python's */
+            *ref = NULL;
     }
+    Py_DECREF(first);
     return *ref == NULL ? (PyErr_Occurred() ? -1 : 0) : 1;
 }
 
@@ -332,7 +352,8 @@ int handoffs_add_types(PyObject *module)
         const char *text;
     } names[] = {{&s_get_device, "get_device"}, {&s_data_ptr, "data_ptr"},
                  {&s_stream_reader, "stream_reader"}, {&s_declare, "declare"},
-                 {&s_write, "write"}, {&s_read, "read"}, {&s_skip, "skip"}};
+                 {&s_write, "write"}, {&s_read, "read"}, {&s_skip, "skip"},
+                 {&s_tensor, "tensor"}, {&s_ids, "ids"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return -1;

@@ -114,6 +114,22 @@ def test_handoffs_on_a_given_stream_and_reads(audit):
     assert streamcheck.handoffs([]) == () and streamcheck.handoffs([], SIDE) == ()
 
 
+def test_blocks_of_a_tensor_are_what_python_makes(audit):
+    """A connector's declaration: some blocks of each layer's plane, on the current stream
+    and on a given one; blocks of one buffer kept beside the other blocks of it."""
+    aud = audit.aud
+    kv = FakeTensor(0x4000)
+    first = streamcheck.handoffs([streamcheck.blocks(kv, [0, 1])]); line = _line()  # noqa: E702
+    second = streamcheck.handoffs([streamcheck.blocks(kv, [2]), streamcheck.blocks(kv, [3])],
+                                  SIDE, "write")
+    assert [shape(h) for h in first + second] == [
+        ((0, 0x4000), (0, MAIN_ID), "write", frozenset({0, 1}), "MainThread", (0, MAIN_ID)),
+        ((0, 0x4000), (0, SIDE_ID), "write", frozenset({2}), "MainThread", (0, SIDE_ID)),
+        ((0, 0x4000), (0, SIDE_ID), "write", frozenset({3}), "MainThread", (0, SIDE_ID))]
+    assert site_line(first[0]) == (__file__, line)
+    assert aud._writes[(0, 0x4000)] == [*first, *second]
+
+
 def test_the_site_is_the_callers_with_python_s_declare_too(audit):
     """An auditor whose declare is the Python method (made under the Python core): the
     compiled handoff calls it with the same skip, and the site is still the caller's."""
@@ -125,8 +141,9 @@ def test_the_site_is_the_callers_with_python_s_declare_too(audit):
 @needs_build
 @pytest.mark.parametrize("audit", ["compiled"], indirect=True)
 def test_the_compiled_handoff_takes_the_plain_cases_and_leaves_the_rest(audit, monkeypatch):
-    """With the compiled core the plain cases never reach Python's code; every other one
-    does, and is made there (a BlockSet, an int of another class, an unknown access)."""
+    """With the compiled core the plain cases (whole tensors and their blocks) never reach
+    Python's code; every other one does, and is made there (an int of another class, an
+    unknown access)."""
     taken: list[int] = []
     python_declare = user_launch._declare_accesses
 
@@ -139,10 +156,12 @@ def test_the_compiled_handoff_takes_the_plain_cases_and_leaves_the_rest(audit, m
     streamcheck.handoff(FakeTensor(), SIDE, access="read")
     streamcheck.handoffs([FakeTensor(0x1000), FakeTensor(0x2000)], SIDE)
     assert taken == []
-    block = streamcheck.handoff(streamcheck.blocks(FakeTensor(), [0, 2]), SIDE)
-    assert block.blocks == frozenset({0, 2}) and taken == [1]
+    streamcheck.handoffs([streamcheck.blocks(FakeTensor(), [0, 2])])
+    assert taken == []
     other = streamcheck.handoff(FakeTensor(device=Index(0)), SIDE)
-    assert other.tensor == (0, 0x1000) and type(other.tensor[0]) is int and taken == [1, 1]
+    assert other.tensor == (0, 0x1000) and type(other.tensor[0]) is int and taken == [1]
+    blocks = streamcheck.handoff(streamcheck.blocks(FakeTensor(address=Index(8)), [1]))
+    assert blocks.tensor == (0, 8) and blocks.blocks == frozenset({1}) and taken == [1, 1]
     with pytest.raises(ValueError, match="access must be"):
         streamcheck.handoff(FakeTensor(), SIDE, access="readwrite")
     assert taken == [1, 1, 1]
