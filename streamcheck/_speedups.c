@@ -1326,7 +1326,9 @@ typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after, *current,
         *live_seen, *live_table, *keys[2 * KEPT_KEYS], *held[2], *dict, *weakrefs;
+    Py_hash_t key_hashes[KEPT_KEYS];
     int kind, next_key;
+    char keys_tables_own[KEPT_KEYS];
     vectorcallfunc vectorcall;
 } GuardedCall;
 
@@ -1403,36 +1405,81 @@ static PyObject *clock_of_key(PyObject *table, PyObject *key)
     return clock;
 }
 
-/* stream_key(stream), read once per stream object while it is among the last KEPT_KEYS seen
- * (a stream object's device and id never change, and a kept one stays alive, so its address
- * names it until it is replaced here, as FastLaunch's keep_stream). A new reference, or
- * NULL + error. */
-static PyObject *kept_stream_key(GuardedCall *self, PyObject *stream)
+/* Where stream_key(stream) is kept, read once per stream object while it is among the last
+ * KEPT_KEYS seen (a stream object's device and id never change, and a kept one stays alive,
+ * so its address names it until it is replaced here, as FastLaunch's keep_stream), with its
+ * hash: the entry's index, or -1 + error. */
+static int kept_key_at(GuardedCall *self, PyObject *stream)
 {
     for (int i = 0; i < KEPT_KEYS; i++) {
         if (self->keys[2 * i] == stream && self->keys[2 * i + 1] != NULL)
-            return Py_NewRef(self->keys[2 * i + 1]);
+            return i;
     }
     PyObject *key = stream_key(stream);
-    if (key == NULL)
-        return NULL;
+    Py_hash_t hash = key == NULL ? -1 : PyObject_Hash(key); /* a tuple of ints: no code runs */
+    if (hash == -1) {
+        Py_XDECREF(key);
+        return -1;
+    }
     int i = self->next_key;
     self->next_key = (i + 1) % KEPT_KEYS;
     PyObject *old_seen = self->keys[2 * i], *old_key = self->keys[2 * i + 1];
     self->keys[2 * i] = Py_NewRef(stream);
-    self->keys[2 * i + 1] = Py_NewRef(key);
+    self->keys[2 * i + 1] = key;
+    self->key_hashes[i] = hash;
+    self->keys_tables_own[i] = 0;
     Py_XDECREF(old_seen); /* after the entry is consistent: a deallocation may run code */
     Py_XDECREF(old_key);
-    return key;
+    return i;
 }
 
+static PyObject *kept_stream_key(GuardedCall *self, PyObject *stream)
+{
+    int at = kept_key_at(self, stream);
+    return at < 0 ? NULL : Py_NewRef(self->keys[2 * at + 1]);
+}
+
+/* The kept key `at` made the very key object `table` holds (the first one put in for its
+ * stream, which a dict keeps for as long as it holds the key), once it holds one: a lookup
+ * then matches it by identity, with no comparison of the tuples. */
+static void take_tables_key(GuardedCall *self, PyObject *table, int at)
+{
+    PyObject *mine = self->keys[2 * at + 1], *key, *value;
+    Py_ssize_t pos = 0;
+    self->keys_tables_own[at] = 1;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        if (key == mine)
+            return;
+        if (PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 &&
+            PyObject_RichCompareBool(key, mine, Py_EQ) == 1) { /* ints: no code runs */
+            self->keys[2 * at + 1] = Py_NewRef(key);
+            Py_DECREF(mine);
+            return;
+        }
+        PyErr_Clear();
+    }
+}
+
+/* clock_of_key(table, stream's key), the key and its hash kept with the stream (a tuple's
+ * hash is computed anew at each lookup otherwise; two lookups a wait_stream). */
 static PyObject *clock_of(GuardedCall *self, PyObject *table, PyObject *stream)
 {
-    PyObject *key = kept_stream_key(self, stream);
-    if (key == NULL)
+    int at = kept_key_at(self, stream);
+    if (at < 0)
         return NULL;
-    PyObject *clock = clock_of_key(table, key);
-    Py_DECREF(key);
+#if PY_VERSION_HEX < 0x030E0000
+    PyObject *clock = _PyDict_GetItem_KnownHash(table, self->keys[2 * at + 1],
+                                                self->key_hashes[at]); /* borrowed */
+#else /* the known-hash read left the C API */
+    PyObject *clock = PyDict_GetItemWithError(table, self->keys[2 * at + 1]);
+#endif
+    if (clock == NULL && PyErr_Occurred())
+        return NULL;
+    if (clock == NULL)
+        return Py_NewRef(empty_clock);
+    Py_INCREF(clock);
+    if (!self->keys_tables_own[at])
+        take_tables_key(self, table, at);
     return clock;
 }
 

@@ -393,11 +393,18 @@ def test_a_wait_stream_makes_the_same_edge_in_both_cores_and_in_c_skips_its_even
     assert table[(0, 5)] is held
     main.wait_stream(side)
     assert table[(0, 3)] == {(0, 3): 1}
+    # a stream's key put back as another object (the compiled hook keeps the table's own
+    # once it finds it there, and its hash): the new clock is read, not the kept object's
+    (main_key,) = [key for key in table if key == (0, 3)]
+    del table[main_key]
+    table[tuple([0, 3])] = {(0, 3): 2}
+    side.wait_stream(main)
+    assert table[(0, 5)] == {(0, 3): 2}
     odd, plain = OtherStream(7), TorchShapedStream(9)
     odd.wait_stream(main)  # another class: the event hooks make the edge, in both cores
-    assert table[(0, 7)] == {(0, 3): 1} and hasattr(made[-1], SNAPSHOT_ATTR)
+    assert table[(0, 7)] == {(0, 3): 2} and hasattr(made[-1], SNAPSHOT_ATTR)
     plain.wait_stream(odd)
-    assert table[(0, 9)] == {(0, 3): 1}
+    assert table[(0, 9)] == {(0, 3): 2}
     # the audit's own failure to read a stream never fails the wait_stream: it warns
     broken = TorchShapedStream(11)
     broken.stream_id = "eleven"
