@@ -221,7 +221,10 @@ static int keep_uncovered(Declarer *self, PyObject *kept, PyObject *new, PyObjec
             return -1;
         }
     }
-    int result = PyList_SetSlice(kept, 0, PyList_GET_SIZE(kept), stays);
+    /* all stay (a connector's blocks beside other blocks of the layer): kept as it is */
+    int result = PyList_GET_SIZE(stays) == PyList_GET_SIZE(kept)
+                     ? 0
+                     : PyList_SetSlice(kept, 0, PyList_GET_SIZE(kept), stays);
     Py_DECREF(stays);
     return result;
 }
@@ -248,6 +251,13 @@ static int keep_access(Declarer *self, PyObject *table, PyObject *access, int sa
     Py_INCREF(kept);
     PyObject *blocks = FIELD(access, self->handoff_at[H_BLOCKS]);
     int result;
+    if (!same_stream && blocks == Py_None && PyList_GET_SIZE(kept) == 1) {
+        /* a whole-buffer write replacing the one access kept (the engine's handoff of the
+         * same tensor, step after step): put in its place, the list's storage kept */
+        PyList_SetItem(kept, 0, Py_NewRef(access)); /* the old one freed after */
+        Py_DECREF(kept);
+        return 0;
+    }
     if (same_stream) {
         PyObject *stream = FIELD(access, self->handoff_at[H_STREAM]);
         PyObject *device = ref_field(self, stream, R_DEVICE);
