@@ -36,8 +36,9 @@ compiled log's slots save in place), and with the GIL handed over ten times as o
 ``--arm-without Stream.wait_stream`` adds an audited run to every round, the compiled hooks
 with ``wait_stream``'s own hook taken out again (its edge then made by the event hooks, as the
 Python core makes it): what that hook saves, in the same rounds as the rest.
-``--arm-without Auditor.declare`` and ``--arm-without launch.check`` do the same with the
-auditor's declare, and the connector's checked launch, left in Python.
+``--arm-without Auditor.declare``, ``--arm-without launch.check`` and ``--arm-without
+streamcheck.handoff`` do the same with the auditor's declare, the connector's checked launch,
+and the step's handoff (all but the declare it calls), left in Python.
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -149,6 +150,7 @@ gc_meter = GcMeter()
 PARTS = ("side", "allreduce", "saver", "handoff")
 COMPILED_DECLARE = "Auditor.declare"  # --arm-without: the compiled core, Python's declare
 COMPILED_LAUNCH_CHECK = "launch.check"  # --arm-without: the compiled core, Python's check
+COMPILED_HANDOFF = "streamcheck.handoff"  # --arm-without: the compiled core, Python's handoff
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -303,6 +305,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 vars(auditor).pop("declare", None)
             elif group == COMPILED_LAUNCH_CHECK:  # every checked launch by launch.check
                 user_launch._fast_check = None  # (the next install chooses it again)
+            elif group == COMPILED_HANDOFF:  # every handoff by _declare_accesses
+                user_launch._fast_declare = None  # (the next install chooses it again)
             elif group:
                 take_out(hook_groups()[group])
             first[arm].append(run(1))
@@ -483,7 +487,8 @@ def main() -> int:
     p.add_argument("--phases", action="store_true",
                    help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--arm-without", action="append", default=[],
-                   choices=["Stream.wait_stream", COMPILED_DECLARE, COMPILED_LAUNCH_CHECK],
+                   choices=["Stream.wait_stream", COMPILED_DECLARE, COMPILED_LAUNCH_CHECK,
+                            COMPILED_HANDOFF],
                    help="also run, in each round, the compiled hooks without this group of "
                         "hooks, one the audit is as complete without (wait_stream's edge is "
                         "then made by the event hooks; Auditor.declare: the declared "
