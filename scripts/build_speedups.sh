@@ -10,7 +10,7 @@ py=${PYTHON:-python3}
 inc=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 ext=$("$py" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 out="streamcheck/_speedups$ext"
-if [ -f "$inc/Python.h" ] && ${CC:-cc} -shared -fPIC -O2 -I"$inc" streamcheck/_speedups.c streamcheck/_sites.c streamcheck/_declare.c streamcheck/_launch_check.c streamcheck/_frames.c streamcheck/_handoffs.c -o "$out"; then
+if [ -f "$inc/Python.h" ] && ${CC:-cc} -shared -fPIC -O2 -I"$inc" streamcheck/_speedups.c streamcheck/_sites.c streamcheck/_declare.c streamcheck/_launch_check.c streamcheck/_frames.c streamcheck/_handoffs.c streamcheck/_counter.c -o "$out"; then
   echo "built $out"
 else
   echo "not built here (no C compiler or no Python.h under $inc)"

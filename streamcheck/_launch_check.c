@@ -33,6 +33,8 @@
 
 /* streamcheck/_declare.c: where a class keeps its slot `name`, or -1 + error */
 Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
+/* streamcheck/_counter.c: one launch counted on a site's counter; 0, or -1 + error */
+int launch_counter_advance(PyObject *counter);
 
 #define FIELD(obj, at) (*(PyObject **)((char *)(obj) + (at)))
 #define STREAMS_KEPT 4 /* a connector launches on its load and save streams, a few at most */
@@ -180,12 +182,8 @@ static int count_launch(PyObject *auditor, PyObject *name)
         result = PyErr_Occurred() ? -1 : 0;
     else if (PyIter_Check(counter)) {
         Py_INCREF(counter);
-        PyObject *count = PyIter_Next(counter);
+        result = launch_counter_advance(counter) < 0 ? -1 : 1;
         Py_DECREF(counter);
-        result = count == NULL ? -1 : 1;
-        Py_XDECREF(count);
-        if (result < 0 && !PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "LaunchCheck: a launch counter ran out");
     }
     Py_DECREF(counters);
     return result;

@@ -76,6 +76,9 @@ int declare_add_types(PyObject *module);
 int launch_check_add_types(PyObject *module);
 /* streamcheck/_handoffs.c: a declared handoff, its common case compiled */
 int handoffs_add_types(PyObject *module);
+/* streamcheck/_counter.c: a launch site's counter, advanced in place */
+int counter_add_types(PyObject *module);
+int launch_counter_advance(PyObject *counter);
 
 /* ---- what the three types share ------------------------------------------------------ */
 
@@ -811,11 +814,7 @@ static int is_calling_thread(PyObject *ident)
 
 static int count_launch(FastLaunch *self)
 {
-    PyObject *n = PyIter_Next(self->counter);
-    if (n == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    Py_DECREF(n);
-    return 0;
+    return launch_counter_advance(self->counter);
 }
 
 /* The Python wrapper's own pass-through test for a stream it did not tell by its handle:
@@ -2003,12 +2002,8 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
         return result;
     }
     Py_DECREF(auditor);
-    if (self->kind == TENSOR_CALL && audited) {
-        PyObject *n = PyIter_Next(self->counter);
-        if (n == NULL && PyErr_Occurred())
-            return NULL;
-        Py_XDECREF(n);
-    }
+    if (self->kind == TENSOR_CALL && audited && launch_counter_advance(self->counter) < 0)
+        return NULL;
     PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     if (result == NULL || self->kind != EVENT_RECORD || !audited)
         return result; /* a wait needs nothing after it */
@@ -2381,7 +2376,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
-        handoffs_add_types(module) < 0 ||
+        handoffs_add_types(module) < 0 || counter_add_types(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

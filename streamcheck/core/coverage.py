@@ -6,14 +6,17 @@ each attributed to a target (``vllm.pynccl``), and the state of every target the
 for (instrumented, waiting for its module to be imported, unavailable and why). Reports carry
 both, so "0 launches audited" is visible and never reads as "checked and clean".
 
-Counters are ``itertools.count`` objects: ``next()`` on one is atomic under the GIL and costs
-a few tens of nanoseconds, so the wrappers' hot path advances them without a lock.
+Counters are ``itertools.count`` objects, or with the compiled core its ``LaunchCounter``
+(:data:`make_counter`), iterated the same way: ``next()`` on one is atomic under the GIL and
+costs a few tens of nanoseconds, so the wrappers' hot path advances them without a lock; the
+compiled hooks advance a ``LaunchCounter`` in place, with no int made per launch.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 #: A target's states, in the order a reader cares about them.
@@ -35,9 +38,16 @@ class TargetState:
     source: str = "built-in"
 
 
-def read_count(counter: itertools.count) -> int:
-    """The next value of ``counter`` without advancing it (its repr is ``count(N)``)."""
-    return int(repr(counter)[6:-1])
+#: What a new launch site's counter is: set by the core chosen (streamcheck/wrappers/speedups.py).
+make_counter: Callable[[], Iterator[int]] = itertools.count
+
+
+def read_count(counter: Iterator[int]) -> int:
+    """The next value of ``counter`` without advancing it: an ``itertools.count``'s repr is
+    ``count(N)``; a ``LaunchCounter`` says it as ``value``."""
+    if type(counter) is itertools.count:
+        return int(repr(counter)[6:-1])
+    return int(counter.value)  # type: ignore[attr-defined]
 
 
 class Coverage:
@@ -45,20 +55,20 @@ class Coverage:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, itertools.count] = {}
+        self._counters: dict[str, Iterator[int]] = {}
         self._base: dict[str, int] = {}  # counts before the last reset (wrappers keep counters)
         self._target_of_op: dict[str, str] = {}
         self._targets: dict[str, TargetState] = {}
 
     # ---- counters -------------------------------------------------------------------------
 
-    def counter(self, op: str, target: str = "") -> itertools.count:
+    def counter(self, op: str, target: str = "") -> Iterator[int]:
         """The counter of launch site ``op`` (made on first use), attributed to ``target``."""
         found = self._counters.get(op)
         if found is not None:
             return found
         with self._lock:
-            found = self._counters.setdefault(op, itertools.count())
+            found = self._counters.setdefault(op, make_counter())
             if target:
                 self._target_of_op.setdefault(op, target)
             return found
