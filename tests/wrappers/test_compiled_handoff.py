@@ -77,16 +77,6 @@ def shape(handoff) -> tuple:
             handoff.thread.name, handoff.mark.stream)
 
 
-def test_the_compiled_core_chooses_the_compiled_handoff_and_python_none():
-    speedups.use("python")
-    try:
-        assert user_launch._fast_declare is None
-    finally:
-        speedups.use("auto")
-    expected = "HandoffDeclare" if speedups.built() else "NoneType"
-    assert type(user_launch._fast_declare).__name__ == expected
-
-
 def test_a_handoff_on_the_current_stream_is_what_python_makes(audit):
     aud = audit.aud
     made = streamcheck.handoff(FakeTensor()); line = _line()  # noqa: E702

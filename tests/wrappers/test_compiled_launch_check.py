@@ -74,14 +74,17 @@ def kept_reads(aud) -> dict:
             for key, handoffs in aud._reads.items()}
 
 
-def test_the_compiled_core_chooses_the_compiled_check_and_python_none():
+def test_the_compiled_core_chooses_the_compiled_check_and_handoff_and_python_none():
+    """The launch check and the handoff (tests/wrappers/test_compiled_handoff.py) both."""
     speedups.use("python")
     try:
-        assert user_launch._fast_check is None
+        assert user_launch._fast_check is None and user_launch._fast_declare is None
     finally:
         speedups.use("auto")
-    expected = "LaunchCheck" if speedups.built() else "NoneType"
-    assert type(user_launch._fast_check).__name__ == expected
+    built = speedups.built()
+    assert type(user_launch._fast_check).__name__ == ("LaunchCheck" if built else "NoneType")
+    assert type(user_launch._fast_declare).__name__ == (
+        "HandoffDeclare" if built else "NoneType")
 
 
 def test_an_ordered_read_is_counted_and_declared_as_python_does(audit):
