@@ -1449,13 +1449,17 @@ static void take_tables_key(GuardedCall *self, PyObject *table, int at)
     while (PyDict_Next(table, &pos, &key, &value)) {
         if (key == mine)
             return;
-        if (PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 &&
-            PyObject_RichCompareBool(key, mine, Py_EQ) == 1) { /* ints: no code runs */
+        /* only a key of two exact ints, as `mine` is: equal then means the same hash, and
+         * comparing them runs no code that could change the table or this entry meanwhile */
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 1)))
+            continue;
+        if (PyObject_RichCompareBool(key, mine, Py_EQ) == 1) {
             self->keys[2 * at + 1] = Py_NewRef(key);
             Py_DECREF(mine);
             return;
         }
-        PyErr_Clear();
     }
 }
 
@@ -1466,12 +1470,13 @@ static PyObject *clock_of(GuardedCall *self, PyObject *table, PyObject *stream)
     int at = kept_key_at(self, stream);
     if (at < 0)
         return NULL;
+    PyObject *key = Py_NewRef(self->keys[2 * at + 1]); /* held across the lookup */
 #if PY_VERSION_HEX < 0x030E0000
-    PyObject *clock = _PyDict_GetItem_KnownHash(table, self->keys[2 * at + 1],
-                                                self->key_hashes[at]); /* borrowed */
-#else /* the known-hash read left the C API */
-    PyObject *clock = PyDict_GetItemWithError(table, self->keys[2 * at + 1]);
+    PyObject *clock = _PyDict_GetItem_KnownHash(table, key, self->key_hashes[at]); /* borrowed */
+#else /* a private read, checked on 3.11-3.13 only: the public one past them */
+    PyObject *clock = PyDict_GetItemWithError(table, key);
 #endif
+    Py_DECREF(key);
     if (clock == NULL && PyErr_Occurred())
         return NULL;
     if (clock == NULL)
