@@ -267,13 +267,13 @@ _fast_check: Callable[[launch], bool] | None = None
 
 
 #: _declare_accesses's common case compiled (``HandoffDeclare``, streamcheck/_handoffs.c):
-#: plain tensors, an explicit stream or the current one of a real (not simulated) tensor. It
-#: returns the handoffs, or None, having done nothing, for every other call, which
-#: :func:`_declare_accesses` then makes. None with the Python core.
+#: tensors or their blocks, an explicit stream or the current one of a real (not simulated)
+#: tensor. It returns the handoffs, or None, having declared nothing, for every other call,
+#: which :func:`_declare_accesses` then makes. None with the Python core.
 _fast_declare: Callable[[tuple[Any, ...], Any, str], tuple[Handoff, ...] | None] | None = None
 
 
-def _choose_check(compiled: ModuleType | None) -> None:
+def _choose_compiled_parts(compiled: ModuleType | None) -> None:
     """The compiled check and handoff of the chosen core, where it has them and can read the
     classes' slots (a class laid out otherwise: Python's, never a failed import)."""
     global _fast_check, _fast_declare
@@ -290,4 +290,4 @@ def _choose_check(compiled: ModuleType | None) -> None:
         _fast_declare = None
 
 
-speedups.follow(_choose_check)
+speedups.follow(_choose_compiled_parts)
