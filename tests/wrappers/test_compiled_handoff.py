@@ -1,75 +1,30 @@
 """The compiled handoff (``HandoffDeclare``, streamcheck/_handoffs.c) takes only the common
-case of ``streamcheck.handoff(s)`` (plain tensors, a given stream or a real tensor's current
-one) and makes what the Python code makes: the same handoffs, on the same stream, kept the
+case of ``streamcheck.handoff(s)`` (tensors or their blocks, a given stream or a real tensor's
+current one) and makes what the Python code makes: the same handoffs, on the same stream, kept the
 same way, the site the caller's line. Anything else goes, untouched, to the Python code, which
 warns or raises as before. The compiled cases are skipped, and say so, where the extension is
 not built."""
 
 from __future__ import annotations
 
-import sys
-from types import SimpleNamespace
-
 import pytest
-import torch
 
 import streamcheck
 from streamcheck import installer
-from streamcheck.core.ids import line_of
-from streamcheck.wrappers import speedups, user_launch
-
-needs_build = pytest.mark.skipif(not speedups.built(),
-                                 reason="streamcheck._speedups is not built here")
-CORES = ["python", pytest.param("compiled", marks=needs_build)]
-
-MAIN_ID, SIDE_ID = 3, 5
-SIDE = SimpleNamespace(device_index=0, stream_id=SIDE_ID, cuda_stream=0x7F05)
-
-
-class FakeTensor:
-    """A CUDA-shaped tensor: a device and an address."""
-
-    def __init__(self, address: int = 0x1000, device: object = 0) -> None:
-        self.address, self.device = address, device
-
-    def get_device(self) -> object:
-        if isinstance(self.device, BaseException):
-            raise self.device
-        return self.device
-
-    def data_ptr(self) -> int:
-        return self.address
+from streamcheck.wrappers import user_launch
+from tests.wrappers.compiled_parts import (
+    MAIN_ID,
+    SIDE,
+    SIDE_ID,
+    FakeTensor,
+    current_line,
+    needs_build,
+    site_line,
+)
 
 
 class Index(int):
     """An int of another class: Python's ``int()`` reads it; the compiled path leaves it."""
-
-
-@pytest.fixture(params=CORES)
-def audit(request, monkeypatch):
-    """An ``assert`` audit made under the core asked for; the thread's current stream is
-    ``current["id"]`` (torch's C read, as on a GPU)."""
-    current = {"id": MAIN_ID}
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentStream",
-                        lambda device: (current["id"], device, 1), raising=False)
-    monkeypatch.setenv("STREAMCHECK_CORE", request.param)  # install chooses the core
-    aud = installer.install("assert")
-    try:
-        yield SimpleNamespace(aud=aud, core=request.param, current=current)
-    finally:
-        installer.uninstall()
-        speedups.use("auto")
-
-
-def _line() -> int:
-    return sys._getframe(1).f_lineno
-
-
-def site_line(handoff) -> tuple[str, int]:
-    """The file and line of the first frame the site kept: the exact frame, so a site taken
-    one frame too deep or too shallow shows."""
-    code, offset = handoff.stack[0], handoff.stack[1]
-    return code.co_filename, line_of(code, offset)
 
 
 def shape(handoff) -> tuple:
@@ -79,7 +34,7 @@ def shape(handoff) -> tuple:
 
 def test_a_handoff_on_the_current_stream_is_what_python_makes(audit):
     aud = audit.aud
-    made = streamcheck.handoff(FakeTensor()); line = _line()  # noqa: E702
+    made = streamcheck.handoff(FakeTensor()); line = current_line()  # noqa: E702
     assert shape(made) == ((0, 0x1000), (0, MAIN_ID), "write", None, "MainThread",
                            (0, MAIN_ID))
     assert site_line(made) == (__file__, line)
@@ -94,7 +49,7 @@ def test_a_handoff_on_the_current_stream_is_what_python_makes(audit):
 def test_handoffs_on_a_given_stream_and_reads(audit):
     aud = audit.aud
     a, b = FakeTensor(0x1000), FakeTensor(0x2000)
-    two = streamcheck.handoffs((t for t in (a, b)), SIDE, access="read"); line = _line()  # noqa: E702
+    two = streamcheck.handoffs((t for t in (a, b)), SIDE, access="read"); line = current_line()  # noqa: E702
     assert isinstance(two, tuple) and [shape(h) for h in two] == [
         ((0, 0x1000), (0, SIDE_ID), "read", None, "MainThread", (0, SIDE_ID)),
         ((0, 0x2000), (0, SIDE_ID), "read", None, "MainThread", (0, SIDE_ID))]
@@ -109,7 +64,7 @@ def test_blocks_of_a_tensor_are_what_python_makes(audit):
     and on a given one; blocks of one buffer kept beside the other blocks of it."""
     aud = audit.aud
     kv = FakeTensor(0x4000)
-    first = streamcheck.handoffs([streamcheck.blocks(kv, [0, 1])]); line = _line()  # noqa: E702
+    first = streamcheck.handoffs([streamcheck.blocks(kv, [0, 1])]); line = current_line()  # noqa: E702
     second = streamcheck.handoffs([streamcheck.blocks(kv, [2]), streamcheck.blocks(kv, [3])],
                                   SIDE, "write")
     assert [shape(h) for h in first + second] == [
@@ -124,7 +79,7 @@ def test_the_site_is_the_callers_with_python_s_declare_too(audit):
     """An auditor whose declare is the Python method (made under the Python core): the
     compiled handoff calls it with the same skip, and the site is still the caller's."""
     vars(audit.aud).pop("declare", None)
-    made = streamcheck.handoff(FakeTensor(), SIDE); line = _line()  # noqa: E702
+    made = streamcheck.handoff(FakeTensor(), SIDE); line = current_line()  # noqa: E702
     assert site_line(made) == (__file__, line) and made.stream.key == (0, SIDE_ID)
 
 

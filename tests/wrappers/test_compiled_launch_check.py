@@ -10,55 +10,22 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 import streamcheck
 from streamcheck import installer
 from streamcheck.core.errors import StreamHazardError
-from streamcheck.core.ids import line_of
 from streamcheck.wrappers import speedups, user_launch
+from tests.wrappers.compiled_parts import (
+    MAIN_ID,
+    SIDE,
+    SIDE_ID,
+    FakeTensor,
+    current_line,
+    site_line,
+)
 
-needs_build = pytest.mark.skipif(not speedups.built(),
-                                 reason="streamcheck._speedups is not built here")
-CORES = ["python", pytest.param("compiled", marks=needs_build)]
-
-MAIN_ID, SIDE_ID = 3, 5
-SIDE = SimpleNamespace(device_index=0, stream_id=SIDE_ID, cuda_stream=0x7F05)
 OTHER = SimpleNamespace(device_index=0, stream_id=9, cuda_stream=0x7F09)
 LEGACY = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
-
-
-class FakeTensor:
-    """A CUDA-shaped tensor: a device and an address."""
-
-    def __init__(self, address: int = 0x1000) -> None:
-        self.address = address
-
-    def get_device(self) -> int:
-        return 0
-
-    def data_ptr(self) -> int:
-        return self.address
-
-
-@pytest.fixture(params=CORES)
-def audit(request, monkeypatch):
-    """An ``assert`` audit made under the core asked for; the thread's current stream is
-    MAIN_ID (torch's C read, as on a GPU), its reads counted."""
-    reads = {"n": 0}
-
-    def read(device):
-        reads["n"] += 1
-        return (MAIN_ID, device, 1)
-
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", read, raising=False)
-    monkeypatch.setenv("STREAMCHECK_CORE", request.param)  # install chooses the core
-    aud = installer.install("assert")
-    try:
-        yield SimpleNamespace(aud=aud, core=request.param, reads=reads)
-    finally:
-        installer.uninstall()
-        speedups.use("auto")
 
 
 def ordered_handoff(aud, tensor=None):
@@ -96,26 +63,13 @@ def test_an_ordered_read_is_counted_and_declared_as_python_does(audit):
     aud.coverage.counter("kv.save")  # made: the first launch of a name is Python's
     before = audit.reads["n"]
     with streamcheck.launch("kv.save", stream=SIDE, device=0, reads=[handoff, None, handoff]):
-        line = _line() - 1
+        line = current_line() - 1
     assert aud.coverage.launches_by_op()["kv.save"] == 1
     assert kept_reads(aud) == {(0, 0x1000): [((0, SIDE_ID), "read", None, "MainThread")]}
     (read,) = aud._reads[(0, 0x1000)]
     assert site_line(read) == (__file__, line)
     assert audit.reads["n"] - before == (0 if audit.core == "compiled" else 1)
     assert not aud.findings()
-
-
-def _line() -> int:
-    import sys
-
-    return sys._getframe(1).f_lineno
-
-
-def site_line(handoff) -> tuple[str, int]:
-    """The file and line of the first frame the site kept: the exact frame, no audit frame
-    filtered out, so a site taken one frame too deep or too shallow shows."""
-    code, offset = handoff.stack[0], handoff.stack[1]
-    return code.co_filename, line_of(code, offset)
 
 
 def test_the_decorator_keeps_the_caller_line_too(audit):
@@ -127,7 +81,7 @@ def test_the_decorator_keeps_the_caller_line_too(audit):
         return 7
 
     assert save() == 7
-    line = _line() - 1
+    line = current_line() - 1
     (read,) = aud._reads[(0, 0x1000)]
     assert site_line(read) == (__file__, line)
     assert aud.coverage.launches_by_op()["kv.save"] == 1
