@@ -222,13 +222,9 @@ static PyObject *handoff_declare_vectorcall(PyObject *op, PyObject *const *args,
     PyObject *auditor = FIELD(self->gate, self->gate_at);
     if (auditor == NULL || auditor == Py_None || PyTuple_GET_SIZE(items) == 0)
         return PyTuple_New(0); /* not auditing, or nothing to declare */
-    int write = access == s_write; /* the literals of the call sites are interned */
-    if (!write && access != s_read) {
-        if (!PyUnicode_CheckExact(access) ||
-            (PyUnicode_Compare(access, s_write) != 0 && PyUnicode_Compare(access, s_read) != 0))
-            Py_RETURN_NONE; /* Python raises the error */
-        write = PyUnicode_Compare(access, s_write) == 0;
-    }
+    int write = PyUnicode_CheckExact(access) ? PyUnicode_Compare(access, s_write) == 0 : 0;
+    if (!write && (!PyUnicode_CheckExact(access) || PyUnicode_Compare(access, s_read) != 0))
+        Py_RETURN_NONE; /* another access: Python raises the error */
     Py_INCREF(auditor);
     Py_INCREF(items);
     Py_INCREF(stream);
