@@ -76,7 +76,8 @@ sc_host_sync, sc_host_sync_off, sc_host_quiet: async, ``assert``, no trace)
 ``ttft_long_<connector>`` (recompute, simple_cpu, offloading, sc_host, sc_host_sync)
     The ``ttft_pc`` setting with prompts of 8,192 tokens, for a model where loading can beat
     recomputing (``scripts/make_random_llama.py``: grouped-query attention).
-``prof_<connector>`` (sc_host, sc_host_off, simple_cpu), ``prof_graphs_sc_host``
+``prof_<connector>`` (sc_host, sc_host_off, simple_cpu), ``prof_graphs_sc_host`` (and its
+``_quiet`` and ``_off`` twins)
     The same, with the engine's thread under cProfile over the warm pass and the batch.
 """
 
@@ -258,6 +259,7 @@ def _profile_stop(worker: Any) -> str:
     stats = pstats.Stats(profile, stream=out)
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("cumulative").print_stats("streamcheck", 40)  # the audit's and connector's
     return out.getvalue()
 
 
@@ -581,6 +583,11 @@ CASES.update({f"inv_graphs_{name}": under_graphs(
 # step tracer off: its search of the engine's heap at start dominated the profile (G8, call 4)
 CASES["prof_graphs_sc_host"] = {**CASES["ttft_graphs_sc_host"], "profile": True,
                                 "steps": False}
+# ... without the timeline (``assert``, as ttft_graphs_sc_host_quiet), and its twin with the
+# audit off: what the audit's Python costs the engine's thread, function by function
+CASES.update({f"prof_graphs_sc_host_{name}": {**CASES[f"ttft_graphs_sc_host_{name}"],
+                                              "profile": True, "steps": False}
+              for name in ("quiet", "off")})
 # The soaks at TP=1 (a one-GPU machine): soak1_serve, soak1_serve_off, soak1_serve_none
 CASES.update({f"soak1_{name[5:]}": {**CASES[name], "tp": 1, "ref": "ref_tp1",
                                     **({"control": "soak1_serve_none"}

@@ -86,7 +86,10 @@ def _not_covered(accesses: list[Handoff], new: Blocks, done: Clock) -> list[Hand
 
 def _pending(accesses: Sequence[Handoff], blocks: Blocks, done: Clock) -> tuple[Handoff, ...]:
     """The ``accesses`` that touch ``blocks`` and that the host has not waited for (``done``):
-    what a new access of those blocks may still race with."""
+    what a new access of those blocks may still race with. A list the host's waits emptied
+    (the common case in an engine) costs no generator."""
+    if not accesses:
+        return ()
     return tuple(a for a in accesses
                  if done.get(a.mark.stream, 0) < a.mark.tick and overlaps(a.blocks, blocks))
 
@@ -318,11 +321,18 @@ class Auditor:
     def write_target(self, tensor: tuple[int, int], blocks: Blocks = None) -> WriteTarget:
         """What a write to ``tensor`` (its ``blocks``) must be ordered after: the latest writes
         of those blocks and the reads of them declared since."""
+        return self.write_targets(((tensor, blocks),))[0]
+
+    def write_targets(self, accesses: Sequence[Access]) -> tuple[WriteTarget, ...]:
+        """:meth:`write_target` of each ``(tensor, blocks)``, under one lock and one read of
+        the done clock: a connector's load writes every plane of a layer range at once (32
+        in the engine's runs), and a lock and a done clock a plane were most of its check."""
         with self._lock:
             done = self.clocks.done_clock()
-            writes = _pending(self._writes.get(tensor, ()), blocks, done)
-            reads = _pending(self._reads.get(tensor, ()), blocks, done)
-        return WriteTarget(tensor, writes, reads, blocks)
+            writes, reads = self._writes, self._reads
+            return tuple(WriteTarget(tensor, _pending(writes.get(tensor, ()), blocks, done),
+                                     _pending(reads.get(tensor, ()), blocks, done), blocks)
+                         for tensor, blocks in accesses)
 
     # ---- slow path ------------------------------------------------------------------------
 

@@ -235,7 +235,7 @@ class launch:
         auditor.admit(self.name, ref.device, ref.stream_id, stream,
                       current[1], current[0], self.device, bool(self.resolved_from),
                       self.resolved_from, reads=tuple(handoffs),
-                      writes=tuple(auditor.write_target(k, chosen) for k, chosen in written))
+                      writes=auditor.write_targets(written) if written else ())
         # Passed (or recorded, outside assert): what this launch does is what later ones must
         # be ordered after.
         if read or written:
