@@ -48,6 +48,8 @@ PATHS = {
     "connector launch reading a handoff, Python's declare": "launch_read_py",
     "a handoff on a stream, then its synchronize, clocks live": "host_wait",
     "a handoff on a stream, then its synchronize, Python's hook": "host_wait_py",
+    "a handoff, an event on its stream, then its synchronize, clocks live": "event_sync",
+    "a handoff, an event on its stream, then its synchronize, Python's hook": "event_sync_py",
     "a handoff, an event on its stream, waited on by another": "event_wait",
     "a handoff, an event on its stream, waited on by another, Python's hooks": "event_wait_py",
 }
@@ -207,7 +209,8 @@ def prepare(path: str, audited: bool) -> Any:
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
             # the connector's stream has waited for the engine's: its reads are ordered
             auditor.clocks._clocks[(0, SIDE.stream_id)] = {(0, KEPT.stream_id): 1 << 40}
-        elif path in ("host_wait", "host_wait_py", "event_wait", "event_wait_py"):
+        elif path in ("host_wait", "host_wait_py", "event_wait", "event_wait_py",
+                      "event_sync", "event_sync_py"):
             from streamcheck.runtime import cuda
             from streamcheck.wrappers import speedups
             from streamcheck.wrappers.events import hook_host_waits
@@ -216,10 +219,12 @@ def prepare(path: str, audited: bool) -> Any:
             cuda.use_reader(reader)
             if path.endswith("_py"):  # the Python hooks, everything else compiled
                 speedups.use("python")
-            if path.startswith("host_wait"):
+            if path.startswith(("host_wait", "event_sync")):
                 hook_host_waits(registry, gate, Namespace, KeptStream, Event, reader)
-            else:
+                speedups.use("compiled")  # event_sync_py: the record's hook compiled
+            if path.startswith(("event_sync", "event_wait")):
                 hook_event_record(registry, gate, Event, reader)
+            if path.startswith("event_wait"):
                 hook_event_wait(registry, gate, Event, reader)
             speedups.use("compiled")
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
@@ -260,6 +265,18 @@ def prepare(path: str, audited: bool) -> Any:
             SIDE.synchronize()
 
         return host_wait
+    if path in ("event_sync", "event_sync_py"):
+        waited = Event()
+
+        def event_sync() -> None:
+            """The engine's handoff and an event recorded after it on its stream, then the
+            connector's worker waiting for that event on the host: each wait has a new tick
+            to take in."""
+            streamcheck.handoff(KV, KEPT)
+            waited.record(KEPT)
+            waited.synchronize()
+
+        return event_sync
     if path in ("event_wait", "event_wait_py"):
         event = Event()
 

@@ -21,7 +21,7 @@ is shown, not spread over the round.
 The correct program must produce zero findings.
 
     python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
-                                        [--arm-without Stream.wait_stream]
+                                        [--arm-without Stream.wait_stream] [--gc-census N]
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
@@ -50,6 +50,9 @@ thread's CPU time in its jobs (unaudited and audited, median over rounds; it inc
 time ``stream.synchronize()`` spins, so it says how long the thread held a core, not what the
 audit cost it; ``saver_queue_us`` is its part before that wait: its Python and launches), and
 the cyclic collector's time and runs per iteration (``gc_us``, ``gc0_per_iter``...).
+``--gc-census N`` runs N more rounds taking, at every young collection, the young
+generation's objects by type (per collection, the 15 most common) and the young collections an
+iteration, unaudited and audited: what the audit keeps alive that makes the collector run.
 ``--phases`` times each part of a step in the main thread, unaudited and
 audited, with the connector thread and without it: which calls the audit makes slower in
 place, hooked or not (a call it does not hook that slows down only beside the connector thread
@@ -59,6 +62,7 @@ is waiting for the GIL).
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gc
 import json
@@ -125,10 +129,15 @@ class GcMeter:
         self.count = [0, 0, 0]
         self.seconds = 0.0
         self._start = 0.0
+        #: ``--gc-census``: the young generation's objects by type at each young collection
+        #: (what the collector found to scan: the objects made since the last one and alive)
+        self.census: collections.Counter[str] | None = None
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            if self.census is not None and info["generation"] == 0:
+                self.census.update(_type_name(o) for o in gc.get_objects(generation=0))
             self._start = time.perf_counter()
         else:
             self.count[info["generation"]] += 1
@@ -143,6 +152,11 @@ class GcMeter:
         counts, seconds = before
         return {"gc_us": (self.seconds - seconds) / iters * 1e6,
                 **{f"gc{g}_per_iter": (self.count[g] - counts[g]) / iters for g in range(3)}}
+
+
+def _type_name(thing: Any) -> str:
+    kind = type(thing)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 gc_meter = GcMeter()
@@ -335,6 +349,30 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 steps_audited()
                 streamcheck.uninstall()
 
+    census: dict[str, Any] = {}
+    if args.gc_census:  # what the young collections find, unaudited and audited, in turn
+        for index in range(args.gc_census):
+            for arm in in_turn(["unaudited", "audited"], index):
+                if arm == "audited":
+                    streamcheck.install("assert")
+                run(1)
+                gc_meter.census, before = collections.Counter(), gc_meter.snapshot()
+                run(args.iters)
+                found, gc_meter.census = gc_meter.census, None
+                young = gc_meter.count[0] - before[0][0]
+                entry = census.setdefault(arm, {"young_collections": 0, "iters": 0,
+                                                "types": collections.Counter()})
+                entry["young_collections"] += young
+                entry["iters"] += args.iters
+                entry["types"].update(found)
+                if arm == "audited":
+                    streamcheck.uninstall()
+        for entry in census.values():
+            runs = max(entry["young_collections"], 1)
+            entry["young_per_iter"] = round(entry["young_collections"] / entry["iters"], 3)
+            entry["types"] = {name: round(n / runs, 1)
+                              for name, n in entry["types"].most_common(15)}
+
     def audited_vs_not(parts: frozenset[str], mode: str, prepare: Callable[[], int] | None = None
                        ) -> tuple[float, float, list[Any], int]:
         """Over ``args.rounds`` rounds of ``parts``, unaudited and audited in ``mode`` (in turn
@@ -463,7 +501,7 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                                     for name, t in first.items()},
              "split": {name: {key: round(statistics.median(r[key] for r in rows), 1)
                               for key in rows[0]} for name, rows in split.items()},
-             "profile": profile})
+             "gc_census": census, "profile": profile})
 
 
 TARGET = 1.03  # the loop's audited / unaudited time, at most
@@ -496,11 +534,15 @@ def main() -> int:
                         "in the same rounds")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
+    p.add_argument("--gc-census", type=int, default=0, metavar="ROUNDS",
+                   help="then run this many more rounds (unaudited and audited, in turn) "
+                        "taking the young generation's objects by type at every young "
+                        "collection: what the audit keeps that makes the collector run")
     args = p.parse_args()
     if (args.iters < 1 or args.rounds < 1 or args.layers < 1 or args.spy_iters < 0
-            or args.spy_blocks < 1):
+            or args.spy_blocks < 1 or args.gc_census < 0):
         p.error("--iters, --rounds, --layers and --spy-blocks must be at least 1, "
-                "--spy-iters at least 0")
+                "--spy-iters and --gc-census at least 0")
     if args.spy_iters % args.spy_blocks:
         p.error(f"--spy-iters ({args.spy_iters}) must be a multiple of --spy-blocks "
                 f"({args.spy_blocks}): each phase runs exactly --spy-iters iterations")

@@ -26,7 +26,8 @@
  *       auditor's book here (see creation_vectorcall), any other one calls
  *       `created(stream, args, kwargs)`.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after[, current])
- *       Event.record, Event.wait and torch.distributed functions: the plain call goes
+ *       Event.record, Event.wait, the host's waits (Stream's and Event's synchronize and
+ *       query) and torch.distributed functions: the plain call goes
  *       straight to the original, every other one to the Python hook (see
  *       guarded_vectorcall); with the happens-before clocks live, a record keeps its
  *       snapshot here (on the current stream: with `current`, the reader of a device's
@@ -1301,9 +1302,20 @@ static PyTypeObject FastLaunchType = {
  *     it said True) the clocks' done clock takes it in, as HappensBefore.host_waited_for
  *     does: nothing when it holds it already, else a new merged dict under the clocks' lock.
  *     A connector syncs its copy stream at every job; in Python the hook is five frames.
+ *   EVENT_HOST_WAIT, Event.synchronize(self), and EVENT_HOST_POLL, Event.query(self), of the
+ *     hooked class itself (`owner`): the same, with the event's snapshot (its attribute
+ *     `bound`, kept by its live record) for the stream's clock, read before the call, as the
+ *     host waits for the record made before it (another thread's record meanwhile is not
+ *     waited for). An event with no snapshot on it (never recorded live, or one that takes
+ *     no attribute: HappensBefore keeps its snapshot in a table) goes to `slow`. A
+ *     connector's worker polls or waits on an engine step's event at every job.
  */
 enum { EVENT_RECORD = 1, TENSOR_CALL = 2, EVENT_WAIT = 3, WAIT_STREAM = 4, HOST_WAIT = 5,
-       HOST_POLL = 6 };
+       HOST_POLL = 6, EVENT_HOST_WAIT = 7, EVENT_HOST_POLL = 8 };
+
+/* The kinds host_wait_call takes: the host waits for (or polls) a stream or an event. */
+#define IS_HOST_KIND(kind) ((kind) >= HOST_WAIT && (kind) <= EVENT_HOST_POLL)
+#define IS_POLL_KIND(kind) ((kind) == HOST_POLL || (kind) == EVENT_HOST_POLL)
 
 #if defined(_MSC_VER)
 #define THREAD_LOCAL __declspec(thread)
@@ -1913,7 +1925,16 @@ static PyObject *host_wait_call(GuardedCall *self, PyObject *const *args, size_t
     }
     PyObject *clock = NULL, *clocks = NULL, *table = live_clock_table(self, auditor);
     if (table != NULL && table != Py_None) {
-        clock = clock_of(self, table, args[0]); /* before the wait: what it waits for */
+        /* before the wait: what it waits for */
+        if (self->kind == EVENT_HOST_WAIT || self->kind == EVENT_HOST_POLL) {
+            /* no snapshot on the event (0), or not a clock: Python's hook, which also looks
+             * for one in the clocks' table, says what it cannot read */
+            if (lookup_optional_attr(args[0], self->bound, &clock) >= 0 &&
+                (clock == NULL || !PyDict_CheckExact(clock)))
+                Py_CLEAR(clock);
+        } else {
+            clock = clock_of(self, table, args[0]);
+        }
         clocks = clock == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
     }
     Py_DECREF(auditor);
@@ -1928,7 +1949,7 @@ static PyObject *host_wait_call(GuardedCall *self, PyObject *const *args, size_t
     PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     int seen = result != NULL && clock != NULL && PyDict_CheckExact(clock) &&
                PyDict_GET_SIZE(clock) != 0;
-    if (seen && self->kind == HOST_POLL && (seen = PyObject_IsTrue(result)) < 0)
+    if (seen && IS_POLL_KIND(self->kind) && (seen = PyObject_IsTrue(result)) < 0)
         Py_CLEAR(result);
     if (seen == 1) {
         PyObject *done = PyObject_GetAttr(clocks, s_done);
@@ -1950,7 +1971,7 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     GuardedCall *self = (GuardedCall *)op;
     if (self->kind == WAIT_STREAM)
         return wait_stream_call(self, args, nargsf, kwnames);
-    if (self->kind == HOST_WAIT || self->kind == HOST_POLL)
+    if (IS_HOST_KIND(self->kind))
         return host_wait_call(self, args, nargsf, kwnames);
     /* torch's own event, inside a hooked wait_stream: nobody else sees it */
     if (inside_wait_stream && self->kind != TENSOR_CALL)
@@ -2028,10 +2049,10 @@ static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                           &original, &slow, &reader, &bound, &after, &current))
         return NULL;
     if ((kind != EVENT_RECORD && kind != TENSOR_CALL && kind != EVENT_WAIT &&
-         kind != WAIT_STREAM && kind != HOST_WAIT && kind != HOST_POLL) ||
-        (kind == EVENT_RECORD && !PyUnicode_Check(bound)) ||
-        ((kind == WAIT_STREAM || kind == HOST_WAIT || kind == HOST_POLL) &&
-         !PyType_Check(owner)) ||
+         kind != WAIT_STREAM && !IS_HOST_KIND(kind)) ||
+        ((kind == EVENT_RECORD || kind == EVENT_HOST_WAIT || kind == EVENT_HOST_POLL) &&
+         !PyUnicode_Check(bound)) ||
+        ((kind == WAIT_STREAM || IS_HOST_KIND(kind)) && !PyType_Check(owner)) ||
         (kind == TENSOR_CALL && counter != Py_None && !PyIter_Check(counter))) {
         PyErr_SetString(PyExc_ValueError, "GuardedCall: bad kind, bound attribute, counter or owner");
         return NULL;
@@ -2389,6 +2410,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddIntConstant(module, "HOST_WAIT", HOST_WAIT) < 0 ||
         PyModule_AddIntConstant(module, "FRAMES_IN_PLACE", frames_in_place()) < 0 ||
         PyModule_AddIntConstant(module, "HOST_POLL", HOST_POLL) < 0 ||
+        PyModule_AddIntConstant(module, "EVENT_HOST_WAIT", EVENT_HOST_WAIT) < 0 ||
+        PyModule_AddIntConstant(module, "EVENT_HOST_POLL", EVENT_HOST_POLL) < 0 ||
         PyModule_AddStringConstant(module, "CLOCK_ATTR", CLOCK_ATTR_NAME) < 0 ||
         PyModule_AddStringConstant(module, "STREAM_CLOCKS", STREAM_CLOCKS_NAME) < 0) {
         Py_DECREF(module);

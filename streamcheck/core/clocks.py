@@ -83,12 +83,15 @@ class HappensBefore:
         except (AttributeError, TypeError):
             self._events[_key(event)] = snapshot
 
-    def wait(self, stream: StreamKey, event: Any) -> None:
+    def snapshot_of(self, event: Any) -> Clock | None:
+        """The clock ``event``'s last live record kept (None: never recorded live)."""
         snapshot = getattr(event, _ATTR, None)
+        return self._events.get(_key(event)) if snapshot is None else snapshot
+
+    def wait(self, stream: StreamKey, event: Any) -> None:
+        snapshot = self.snapshot_of(event)
         if snapshot is None:
-            snapshot = self._events.get(_key(event))
-            if snapshot is None:
-                return  # waiting on a never-recorded event orders nothing
+            return  # waiting on a never-recorded event orders nothing
         self.take_in(stream, snapshot)
 
     def take_in(self, stream: StreamKey, snapshot: Clock) -> None:
@@ -147,9 +150,7 @@ class HappensBefore:
 
     def event_synchronized(self, event: Any) -> None:
         """``event.synchronize()`` returned: what the event's stream had done is done."""
-        snapshot = getattr(event, _ATTR, None)
-        if snapshot is None:
-            snapshot = self._events.get(_key(event))
+        snapshot = self.snapshot_of(event)
         if snapshot:
             self._host_waited([snapshot])
 

@@ -262,11 +262,13 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
     def stream_done(hb: Any, clock: Any) -> None:
         hb.host_waited_for(clock)
 
-    def event_work(_hb: Any, event: Any) -> Any:
-        return event  # its snapshot was fixed when it was recorded
+    def event_work(hb: Any, event: Any) -> Any:
+        # read before the wait, as a stream's clock is: the host waits for the record made
+        # before its call, not for one another thread makes meanwhile
+        return hb.event_snapshot(event)
 
-    def event_done(hb: Any, event: Any) -> None:
-        hb.event_synchronized(event)
+    def event_done(hb: Any, snapshot: Any) -> None:
+        hb.host_waited_for(snapshot)
 
     def after(label: str, work: Callable[[Any, Any], Any], done: Callable[[Any, Any], None],
               polled: bool) -> Any:
@@ -286,7 +288,10 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
                         warn_cannot_audit(label, exc)
                 result = original(self)
                 if seen is not None and (result or not polled):
-                    done(hb, seen)
+                    try:
+                        done(hb, seen)
+                    except Exception as exc:  # the wait happened: its result stands
+                        warn_cannot_audit(label, exc)
                 return result
 
             return wrapper
@@ -312,11 +317,30 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return make
 
+    event_compiled = _clock_keeping_core(reader, "EVENT_HOST_WAIT")
+
+    def event_waits(label: str, polled: bool) -> Any:
+        """The maker for ``Event.synchronize`` or ``query``: in C with the compiled core (a
+        connector's worker waits on or polls an engine step's event at every job), where the
+        event keeps its snapshot as an attribute; the Python hook for any other call."""
+        python = after(label, event_work, event_done, polled)
+        if event_compiled is None:
+            return python
+
+        def make(original: Any) -> Any:
+            kind = (event_compiled.EVENT_HOST_POLL if polled
+                    else event_compiled.EVENT_HOST_WAIT)
+            hook = event_compiled.GuardedCall(kind, gate, event_class, None, original,
+                                              python(original), None, SNAPSHOT_ATTR, None)
+            functools.update_wrapper(hook, original)
+            return hook
+
+        return make
+
     registry.patch(namespace, "synchronize", make_device)
     registry.patch(stream_class, "synchronize", stream_waits("Stream.synchronize", False))
-    registry.patch(event_class, "synchronize",
-                   after("Event.synchronize", event_work, event_done, False))
-    registry.patch(event_class, "query", after("Event.query", event_work, event_done, True))
+    registry.patch(event_class, "synchronize", event_waits("Event.synchronize", False))
+    registry.patch(event_class, "query", event_waits("Event.query", True))
     if callable(getattr(stream_class, "query", None)):
         registry.patch(stream_class, "query", stream_waits("Stream.query", True))
 

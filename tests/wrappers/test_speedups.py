@@ -490,6 +490,89 @@ def test_a_host_wait_on_a_stream_is_told_the_same_by_both_cores(core, monkeypatc
     installer.uninstall()
 
 
+class PolledEvent(TorchShapedEvent):
+    """An event whose ``synchronize`` and ``query`` are logged; ``query`` says ``done``; a
+    ``synchronize`` may run ``meanwhile`` (another thread's record during the wait)."""
+
+    done = True
+    meanwhile = None
+
+    def synchronize(self):
+        self.calls.append("synchronize")
+        if self.meanwhile is not None:
+            self.meanwhile()
+
+    def query(self):
+        self.calls.append("query")
+        return self.done
+
+
+class OtherPolledEvent(PolledEvent):
+    """A subclass: the compiled hook leaves it to the Python one."""
+
+
+def test_a_host_wait_on_an_event_is_told_the_same_by_both_cores(core, monkeypatch):
+    """``event.synchronize()`` (and a ``query()`` that said True) leaves the done clock holding
+    the event's snapshot as it was when the wait began, in either core; the compiled core
+    takes it in C, and an event with no snapshot on it (kept in the clocks' table), one of
+    another class, a poll that said False and a wait with the clocks not live are what Python
+    does."""
+    aud = installer.install("assert")
+    registry, gate, reader = installer._registry, installer._gate, fake_reader()
+    hook_host_waits(registry, gate, WaitedNamespace(), WaitedStream, PolledEvent, reader)
+    compiled = core == "compiled"
+    assert (type(PolledEvent.__dict__["synchronize"]).__name__ == "GuardedCall") == compiled
+    assert (type(PolledEvent.__dict__["query"]).__name__ == "GuardedCall") == compiled
+    main, load = WaitedStream(3), WaitedStream(5)
+    event = PolledEvent()
+    event.synchronize()  # no clocks live: nothing to take in
+    assert aud.clocks.done_clock() == {}
+    tensor = SimpleNamespace(get_device=lambda: 0, data_ptr=lambda: 64)
+    streamcheck.handoff(tensor, main)  # the clocks go live: main ticks
+    setattr(event, SNAPSHOT_ATTR, aud.clocks.clock_of((0, 3)))  # as its live record keeps it
+    event.synchronize()
+    assert aud.clocks.done_clock() == {(0, 3): 1}
+    held = aud.clocks.done_clock()
+    event.synchronize()  # nothing new: the done clock is left as it is
+    assert aud.clocks.done_clock() is held
+    streamcheck.handoff(tensor, main)
+    setattr(event, SNAPSHOT_ATTR, aud.clocks.clock_of((0, 3)))
+    event.done = False
+    assert event.query() is False  # not done: nothing taken in
+    assert aud.clocks.done_clock() == {(0, 3): 1}
+    event.done = True
+    assert event.query() is True
+    assert aud.clocks.done_clock() == {(0, 3): 2}
+    # re-recorded by another thread during the wait: the host waited for the first record
+    streamcheck.handoff(tensor, main)
+    setattr(event, SNAPSHOT_ATTR, aud.clocks.clock_of((0, 3)))
+    event.meanwhile = lambda: setattr(event, SNAPSHOT_ATTR, {(0, 3): 99})
+    event.synchronize()
+    assert aud.clocks.done_clock() == {(0, 3): 3}
+    # no snapshot on it (an event that takes no attribute keeps it in the clocks' table)
+    bare = PolledEvent()
+    streamcheck.handoff(tensor, load)
+    aud.clocks._events[id(bare)] = aud.clocks.clock_of((0, 5))
+    bare.synchronize()
+    assert aud.clocks.done_clock() == {(0, 3): 3, (0, 5): 1}
+    never = PolledEvent()
+    assert never.query() is True  # never recorded live: waits for nothing
+    assert aud.clocks.done_clock() == {(0, 3): 3, (0, 5): 1}
+    odd = OtherPolledEvent()
+    streamcheck.handoff(tensor, main)
+    setattr(odd, SNAPSHOT_ATTR, aud.clocks.clock_of((0, 3)))
+    odd.synchronize()  # another class: the Python hook, the same result
+    assert aud.clocks.done_clock()[(0, 3)] == 4
+    broken = PolledEvent()
+    setattr(broken, SNAPSHOT_ATTR, "not a clock")
+    monkeypatch.setattr(launches, "_warned", set())  # said once a process: say it here
+    with pytest.warns(RuntimeWarning, match="could not audit"):
+        broken.synchronize()  # the audit's failure never fails the wait
+    assert broken.calls == ["synchronize"]
+    assert event.calls == ["synchronize"] * 3 + ["query"] * 2 + ["synchronize"]
+    installer.uninstall()
+
+
 class CountedStream:
     """A stream whose device and id reads are counted."""
 
