@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PATHS = {
     "collective launch, explicit stream": "explicit",
     "collective launch, stream=None through a kept stream": "kept",
+    # torch's kind of accessor makes a new stream object at each call
+    "collective launch, stream=None through torch's kind of accessor": "fresh",
+    "collective launch, stream=None through torch's kind, the default stream": "fresh_default",
     "set_stream": "set_stream",
     "Stream() creation": "creation",
     "wait_stream's record and wait, clocks live": "wait_stream",
@@ -118,6 +121,22 @@ class Communicator:
         return out
 
 
+class FreshCommunicator(Communicator):
+    """torch's shape of accessor: ``torch.cuda.current_stream()`` makes a new stream object
+    for the thread's current stream at every call."""
+
+    current = KEPT
+
+    def current_stream(self) -> KeptStream:
+        kept = self.current
+        return KeptStream(kept.cuda_stream, kept.device_index, kept.stream_id)
+
+    all_reduce = Communicator.all_reduce  # its own attribute: wrapped apart from Communicator's
+
+
+DEFAULT = KeptStream(0, 0, 0)  # the device's default stream (handle 0, id 0)
+
+
 class MadeStream:
     """``torch.cuda.Stream``'s shape: its own ``__new__`` takes a device and a priority."""
 
@@ -178,14 +197,22 @@ def prepare(path: str, audited: bool) -> Any:
     from streamcheck.wrappers.streams import DeviceHome, hook_set_stream, hook_stream_creation
 
     comm, namespace = Communicator(), Namespace()
+    if path.startswith("fresh"):
+        comm = FreshCommunicator()
+        if path == "fresh_default":
+            comm.current = DEFAULT
     if audited:
         installer.install("assert")
         registry, gate = installer._registry, installer._gate
-        if path in ("explicit", "kept"):
-            wrap_stream_method(registry, gate, Communicator, "all_reduce", "bench.all_reduce",
+        if path in ("explicit", "kept", "fresh", "fresh_default"):
+            default = path == "fresh_default"
+            wrap_stream_method(registry, gate, type(comm), "all_reduce", "bench.all_reduce",
                                resolve="self.current_stream()", device_expr="self.device",
-                               accessor="", current_of_device=CURRENT,
-                               current_raw_stream=CURRENT_RAW, fixed_device=True)
+                               accessor="",
+                               current_of_device={0: (0, 0, 1)}.__getitem__ if default
+                               else CURRENT,
+                               current_raw_stream={0: 0}.__getitem__ if default
+                               else CURRENT_RAW, fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
         elif path in ("wait_stream", "stream_wait", "stream_wait_events"):
@@ -232,7 +259,7 @@ def prepare(path: str, audited: bool) -> Any:
             hook_stream_creation(registry, gate, MadeStream, "torch.cuda", DeviceHome(0))
     if path == "explicit":
         return lambda: comm.all_reduce(None, None, stream=SIDE)
-    if path == "kept":
+    if path in ("kept", "fresh", "fresh_default"):
         return lambda: comm.all_reduce(None, None)
     if path == "set_stream":
         set_stream = namespace.set_stream

@@ -47,6 +47,8 @@ def _hooked(path, call):
     """What ``call`` goes through: the patched method, ``set_stream`` or ``__new__``."""
     if path in ("explicit", "kept"):
         return bench.Communicator.__dict__["all_reduce"]
+    if path in ("fresh", "fresh_default"):
+        return bench.FreshCommunicator.__dict__["all_reduce"]
     if path == "set_stream":
         return call.__closure__[0].cell_contents
     if path == "wait_stream":
@@ -59,6 +61,8 @@ def _hooked(path, call):
         return bench.KeptStream.__dict__["synchronize"]
     if path in ("event_wait", "event_wait_py"):
         return bench.Event.__dict__["wait"]
+    if path in ("event_sync", "event_sync_py"):
+        return bench.Event.__dict__["synchronize"]
     if path in bench.DECLARING:
         auditor = installer.current_auditor()  # declared accesses: its declare
         return None if auditor is None else auditor.declare
