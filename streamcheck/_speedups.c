@@ -50,7 +50,8 @@
 #define lookup_optional_attr _PyObject_LookupAttr
 #endif
 
-static PyObject *s_auditor, *s_made_current, *s_device_index, *s_main_engine, *s_cuda_stream,
+static PyObject *s_auditor, *s_mirrors, *s_made_current, *s_device_index, *s_main_engine,
+    *s_cuda_stream,
     *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr,
     *stream_only; /* ("stream",): the keyword names of a call that added only the stream */
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
@@ -122,6 +123,23 @@ int launch_counter_advance(PyObject *counter);
 static PyObject *gate_type;    /* the type learned last, held: its address is not reused */
 static unsigned int gate_tag;  /* its version tag then (a change to the class changes it) */
 static Py_ssize_t gate_offset; /* its slot's offset; 0: read generically */
+/* its `mirrors` and `main_engine` slots' offsets (0: none, read the auditor generically) */
+static Py_ssize_t gate_mirrors_offset, gate_main_offset;
+
+/* The offset of `type`'s writable object slot `name`, found as a generic read would find it
+ * (its member descriptor), without running any code; 0 where it is not such a slot. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *descr = _PyType_Lookup(type, name); /* borrowed; tags the type */
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+        type->tp_getattro == PyObject_GenericGetAttr &&
+        PyType_IsSubtype(type, PyDescr_TYPE(descr))) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+            return member->offset;
+    }
+    return 0;
+}
 
 /* What an instance of `type` reads for `auditor`, learned without running any code: a slot of
  * `type` (the member descriptor its generic attribute read would use) gives its offset. A
@@ -129,19 +147,14 @@ static Py_ssize_t gate_offset; /* its slot's offset; 0: read generically */
  * possibly-NULL member: 0, read generically. */
 static Py_ssize_t learn_gate(PyTypeObject *type)
 {
-    PyObject *descr = _PyType_Lookup(type, s_auditor); /* borrowed; tags the type */
-    Py_ssize_t offset = 0;
-    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-        type->tp_getattro == PyObject_GenericGetAttr &&
-        PyType_IsSubtype(type, PyDescr_TYPE(descr))) {
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
-            offset = member->offset;
-    }
+    Py_ssize_t offset = slot_offset(type, s_auditor);
+    Py_ssize_t mirrors = slot_offset(type, s_mirrors), main = slot_offset(type, s_main_engine);
     PyObject *old = gate_type;
     gate_type = Py_NewRef((PyObject *)type);
     gate_tag = type->tp_version_tag;
     gate_offset = gate_tag != 0 ? offset : 0;
+    gate_mirrors_offset = gate_offset != 0 && main != 0 ? mirrors : 0;
+    gate_main_offset = gate_mirrors_offset != 0 ? main : 0;
     offset = gate_offset;
     Py_XDECREF(old); /* after the three agree: a release may run code that reads a gate */
     return offset;
@@ -159,6 +172,25 @@ static PyObject *gate_auditor(PyObject *gate)
             return Py_NewRef(value);
     }
     return PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
+}
+
+/* auditor.main_engine (the ident of the main thread while it is an engine thread, else
+ * None), read by the launch checks' default-stream and engine-thread tests: from the gate's
+ * own slots where it mirrors this auditor (`gate.mirrors is auditor`: the installer made the
+ * gate follow the thread-role table that keeps the auditor's, streamcheck/wrappers/gate.py),
+ * two loads where a generic read of the auditor's attribute looks the name up in its type and
+ * then in its instance; generically otherwise. Called right after gate_auditor(gate), which
+ * checked the gate's type. A new reference, or NULL + error. */
+static PyObject *main_engine_of(PyObject *gate, PyObject *auditor)
+{
+    if (gate_mirrors_offset > 0 && (PyObject *)Py_TYPE(gate) == gate_type &&
+        Py_TYPE(gate)->tp_version_tag == gate_tag &&
+        *(PyObject **)((char *)gate + gate_mirrors_offset) == auditor) {
+        PyObject *value = *(PyObject **)((char *)gate + gate_main_offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(auditor, s_main_engine);
 }
 
 /* A method on a class: bound to the instance like a function. */
@@ -850,7 +882,7 @@ static int is_current_and_fine(FastLaunch *self, PyObject *auditor, PyObject *st
         ok = nonzero;
         goto done;
     }
-    main = PyObject_GetAttr(auditor, s_main_engine);
+    main = main_engine_of(self->gate, auditor);
     ok = main == NULL ? -1 : is_calling_thread(main);
 done:
     Py_XDECREF(sid);
@@ -962,7 +994,7 @@ static int default_stream_is_fine(FastLaunch *self, PyObject *auditor, PyObject 
     Py_DECREF(value);
     if (same != 1)
         return same;
-    value = PyObject_GetAttr(auditor, s_main_engine);
+    value = main_engine_of(self->gate, auditor);
     if (value == NULL)
         return -1;
     int engine = is_calling_thread(value);
@@ -1123,7 +1155,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         if (nondefault < 0)
             goto slow_clear;
         if (!nondefault) {
-            value = PyObject_GetAttr(auditor, s_main_engine);
+            value = main_engine_of(self->gate, auditor);
             if (value == NULL)
                 goto slow_clear;
             int engine = is_calling_thread(value);
@@ -1822,7 +1854,7 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
         plain = nonzero == 1;
         if (nonzero == 0) {
             /* a default stream: fine for the main engine thread (engines run there) */
-            PyObject *main = PyObject_GetAttr(auditor, s_main_engine);
+            PyObject *main = main_engine_of(self->gate, auditor);
             if (main == NULL) {
                 Py_DECREF(current);
                 goto error;
@@ -2351,7 +2383,8 @@ static int intern_all(void)
     struct {
         PyObject **slot;
         const char *text;
-    } names[] = {{&s_auditor, "auditor"},         {&s_made_current, "made_current"},
+    } names[] = {{&s_auditor, "auditor"},         {&s_mirrors, "mirrors"},
+                 {&s_made_current, "made_current"},
                  {&s_device_index, "device_index"}, {&s_main_engine, "main_engine"},
                  {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},

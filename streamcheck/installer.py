@@ -67,7 +67,7 @@ def install(mode: Mode | str | None = None, *, select: frozenset[str] | None = N
         speedups.use(settings.core)  # before the book's switch log and any hook are made
         auditor = Auditor(settings.mode, select=settings.select,
                           runtime=runtime or _reader_name(), roles=ROLES)
-        _gate.auditor = auditor
+        _gate.open(auditor)
         _install_torch_hooks()
         for site in (*BUILTIN_SITES, *settings.targets):
             instrument(site)
@@ -88,7 +88,7 @@ def instrument(site: LaunchSite) -> None:
 def uninstall() -> None:
     """Restore every patched attribute and stop auditing."""
     with _lock:
-        _gate.auditor = None
+        _gate.close()
         _watch.disarm()
         _registry.restore_all()
 

@@ -82,6 +82,10 @@ class ThreadRoles:
         self._followers.add(follower)
         follower.main_engine = self.main_engine  # type: ignore[attr-defined]
 
+    def unfollow(self, follower: object) -> None:
+        """Stop keeping ``follower.main_engine`` (it mirrors another table now, or none)."""
+        self._followers.discard(follower)
+
     def _changed(self) -> None:
         with self._publish:
             self.version += 1

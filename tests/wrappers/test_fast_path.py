@@ -222,3 +222,27 @@ def test_a_fixed_device_is_read_once_per_communicator(cls, fixed_device, reads_p
     other.all_reduce(None, stream=FakeStream(1, 3))
     assert cls.reads == reads_per_three_calls + 1
     assert installer.current_auditor().findings() == []
+
+
+def test_the_gate_mirrors_its_auditors_main_engine_while_open():
+    """``Gate.open`` makes the gate follow the auditor's thread-role table: its
+    ``main_engine`` (which the compiled launch checks read in place of the auditor's) changes
+    with every declaration, and stops following once the gate is closed. (A mirror that did not
+    follow would let the main thread's default-stream launches through after another thread
+    was declared the engine: ``test_fast_path_agrees_with_the_rules`` with ``engine_elsewhere``
+    fails then.)"""
+    gate = installer._gate
+    first = installer.install("record")
+    main = threading.main_thread().ident
+    assert gate.mirrors is first and gate.main_engine == first.main_engine == main
+    _, ident = in_thread(lambda: streamcheck.declare_thread_role(streamcheck.ENGINE))
+    assert gate.main_engine is first.main_engine is None  # another thread declared the engine
+    first.roles.forget(ident)
+    assert gate.main_engine == first.main_engine == main  # the main thread is the engine again
+    installer.uninstall()
+    assert gate.mirrors is None and gate.auditor is None
+    first.roles.declare("connector")  # no longer followed: the gate keeps what it had
+    try:
+        assert first.main_engine is None and gate.main_engine == main
+    finally:
+        first.roles.forget()
