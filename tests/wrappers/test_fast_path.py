@@ -246,3 +246,49 @@ def test_the_gate_mirrors_its_auditors_main_engine_while_open():
         assert first.main_engine is None and gate.main_engine == main
     finally:
         first.roles.forget()
+
+
+SUM = object()  # a default the callee must receive as itself
+
+
+class DefaultsComm:
+    """pynccl's shape: parameters with defaults between the tensor and the stream."""
+
+    def __init__(self) -> None:
+        self.device = 0
+        self.seen: tuple = ()
+
+    def all_reduce(self, tensor, out=None, op=SUM, stream=None):
+        self.seen = (tensor, out, op, stream)
+        return out
+
+    def broadcast(self, tensor, src, stream=None):  # no default between: src must be given
+        self.seen = (tensor, src, stream)
+
+
+def test_a_stream_none_launch_reaches_the_callee_with_its_defaults_and_the_stream(core):
+    """The wrapper passes the resolved stream on: positionally where it can (the compiled
+    one fills the parameters in between with the callee's own defaults), by keyword
+    otherwise; the callee sees the same arguments either way, and a call missing an argument
+    fails as it would unaudited."""
+    installer.install("record")
+    kept = FakeStream(0, 7)
+    for method in ("all_reduce", "broadcast"):
+        wrap_stream_method(installer._registry, installer._gate, DefaultsComm, method,
+                           f"fake.{method}", resolve=lambda c, kept=kept: kept,
+                           device_expr="self.device", accessor="fake cache",
+                           current_of_device=lambda d: (7, 0, 1), fixed_device=True,
+                           current_raw_stream=lambda d: kept.cuda_stream)
+    comm = DefaultsComm()
+    comm.all_reduce("t")
+    assert comm.seen == ("t", None, SUM, kept)
+    comm.all_reduce("t", "o")
+    assert comm.seen == ("t", "o", SUM, kept)
+    comm.all_reduce("t", op="max")  # a keyword given: the stream goes by keyword too
+    assert comm.seen == ("t", None, "max", kept)
+    comm.broadcast("t", 3)
+    assert comm.seen == ("t", 3, kept)
+    with pytest.raises(TypeError, match="src"):
+        comm.broadcast("t")
+    assert installer.current_auditor().findings() == []
+    installer.uninstall()
