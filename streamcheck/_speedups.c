@@ -1369,6 +1369,8 @@ static PyTypeObject FastLaunchType = {
  *     for: work another thread queues meanwhile is not), and after it (for a poll, only when
  *     it said True) the clocks' done clock takes it in, as HappensBefore.host_waited_for
  *     does: nothing when it holds it already, else a new merged dict under the clocks' lock.
+ *     A failure of that step after the wait goes to `after` (a warning) where one is given,
+ *     the wait's result standing, as in the Python hook.
  *     A connector syncs its copy stream at every job; in Python the hook is five frames.
  *   EVENT_HOST_WAIT, Event.synchronize(self), and EVENT_HOST_POLL, Event.query(self), of the
  *     hooked class itself (`owner`): the same, with the event's snapshot (its attribute
@@ -1977,6 +1979,29 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
     return result;
 }
 
+/* The audit's own step failed after the call it wraps returned: an ordinary exception goes
+ * to `after` (the Python hook's warning, as its hook warns), and the call's result stands:
+ * 0. -1 with an error set where it must propagate (one only BaseException catches, no
+ * `after`, or `after` failing). */
+static int told_after_the_call(GuardedCall *self)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception) || !PyCallable_Check(self->after))
+        return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL)
+        PyException_SetTraceback(value, traceback);
+    PyObject *told = PyObject_CallOneArg(self->after, value != NULL ? value : Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+    if (told == NULL)
+        return -1;
+    Py_DECREF(told);
+    return 0;
+}
+
 /* HOST_WAIT's and HOST_POLL's call (see above). */
 static PyObject *host_wait_call(GuardedCall *self, PyObject *const *args, size_t nargsf,
                                 PyObject *kwnames)
@@ -2025,7 +2050,7 @@ static PyObject *host_wait_call(GuardedCall *self, PyObject *const *args, size_t
         Py_XDECREF(done);
         if (holds == 0 && merge_into_done(clocks, clock) < 0)
             holds = -1;
-        if (holds < 0)
+        if (holds < 0 && told_after_the_call(self) < 0)
             Py_CLEAR(result);
     }
     Py_XDECREF(clock);

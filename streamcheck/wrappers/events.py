@@ -300,6 +300,11 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
     compiled = _clock_keeping_core(reader, "HOST_WAIT")
 
+    def warner(label: str) -> Callable[[BaseException], None]:
+        """What a compiled host wait calls when taking the wait in failed after it returned
+        (the wait's result stands): the Python hook's warning."""
+        return functools.partial(warn_cannot_audit, label)
+
     def stream_waits(label: str, polled: bool) -> Any:
         """The maker for ``Stream.synchronize`` or ``query``: in C with the compiled core (a
         connector syncs its copy stream at every job), the Python hook for any call it does
@@ -311,7 +316,7 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
         def make(original: Any) -> Any:
             kind = compiled.HOST_POLL if polled else compiled.HOST_WAIT
             hook = compiled.GuardedCall(kind, gate, stream_class, None, original,
-                                        python(original), None, None, None)
+                                        python(original), None, None, warner(label))
             functools.update_wrapper(hook, original)
             return hook
 
@@ -331,7 +336,8 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
             kind = (event_compiled.EVENT_HOST_POLL if polled
                     else event_compiled.EVENT_HOST_WAIT)
             hook = event_compiled.GuardedCall(kind, gate, event_class, None, original,
-                                              python(original), None, SNAPSHOT_ATTR, None)
+                                              python(original), None, SNAPSHOT_ATTR,
+                                              warner(label))
             functools.update_wrapper(hook, original)
             return hook
 

@@ -6,12 +6,9 @@ cannot always be removed; reading the gate makes them pass straight through inst
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from streamcheck.core.auditor import Auditor
 
 
-@dataclass(slots=True, weakref_slot=True, eq=False)  # hashed by identity: followed
 class Gate:
     """Slotted: the compiled hooks read ``auditor`` at its offset in the object, on every
     call (``gate_auditor`` in streamcheck/_speedups.c), not through a generic lookup.
@@ -20,11 +17,19 @@ class Gate:
     an engine thread): :meth:`open` makes the gate follow the thread-role table that keeps the
     auditor's, so the compiled launch checks read it at its offset too (``main_engine_of``),
     where the auditor's own attribute costs a lookup in its type and then in its instance. An
-    auditor the gate does not mirror (set on ``auditor`` directly) is read generically."""
+    auditor the gate does not mirror (set on ``auditor`` directly) is read generically.
+    Written out rather than a slotted dataclass: the table follows it by a weak reference,
+    and a dataclass's ``weakref_slot`` needs Python 3.11."""
 
-    auditor: Auditor | None = None
-    main_engine: int | None = None
-    mirrors: Auditor | None = None
+    __slots__ = ("__weakref__", "auditor", "main_engine", "mirrors")
+
+    def __init__(self, auditor: Auditor | None = None) -> None:
+        self.auditor: Auditor | None = auditor
+        self.main_engine: int | None = None
+        self.mirrors: Auditor | None = None
+
+    def __repr__(self) -> str:
+        return f"Gate(auditor={self.auditor!r}, main_engine={self.main_engine!r})"
 
     def open(self, auditor: Auditor) -> None:
         """Audit for ``auditor`` from now on, its main engine thread mirrored here."""

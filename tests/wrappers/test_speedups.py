@@ -486,6 +486,12 @@ def test_a_host_wait_on_a_stream_is_told_the_same_by_both_cores(core, monkeypatc
     with pytest.warns(RuntimeWarning, match="could not audit"):
         broken.synchronize()  # the audit's failure never fails the wait
     assert broken.calls == ["synchronize"]
+    odd_tick = WaitedStream(13)  # a tick the done clock's cannot be compared with
+    odd_tick.calls = []
+    aud.clocks._clocks[(0, 13)] = {(0, 3): "x"}
+    monkeypatch.setattr(launches, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="could not audit"):
+        assert odd_tick.query() is True  # taking it in failed after the poll: its answer stands
     assert load.calls == ["synchronize"] * 3 + ["query"] * 2
     installer.uninstall()
 
@@ -569,6 +575,11 @@ def test_a_host_wait_on_an_event_is_told_the_same_by_both_cores(core, monkeypatc
     with pytest.warns(RuntimeWarning, match="could not audit"):
         broken.synchronize()  # the audit's failure never fails the wait
     assert broken.calls == ["synchronize"]
+    odd_tick = PolledEvent()  # a tick the done clock's cannot be compared with
+    setattr(odd_tick, SNAPSHOT_ATTR, {(0, 3): "x"})
+    monkeypatch.setattr(launches, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="could not audit"):
+        assert odd_tick.query() is True  # taking it in failed after the poll: its answer stands
     assert event.calls == ["synchronize"] * 3 + ["query"] * 2 + ["synchronize"]
     installer.uninstall()
 
