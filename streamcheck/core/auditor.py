@@ -123,7 +123,6 @@ class Auditor:
         self.stream_clock = self.clocks.clock_of
         self.host_waited_for = self.clocks.host_waited_for
         self.device_synchronized = self.clocks.device_synchronized
-        self.event_synchronized = self.clocks.event_synchronized
         self.event_snapshot = self.clocks.snapshot_of
         # False until the first declared access: events order nothing before it, and the event
         # and host-wait hooks pass on this one attribute read (kept by the clocks' activation).

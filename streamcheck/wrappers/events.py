@@ -298,57 +298,41 @@ def hook_host_waits(registry: PatchRegistry, gate: Gate, namespace: Any, stream_
 
         return make
 
-    compiled = _clock_keeping_core(reader, "HOST_WAIT")
-
-    def warner(label: str) -> Callable[[BaseException], None]:
-        """What a compiled host wait calls when taking the wait in failed after it returned
-        (the wait's result stands): the Python hook's warning."""
-        return functools.partial(warn_cannot_audit, label)
-
-    def stream_waits(label: str, polled: bool) -> Any:
-        """The maker for ``Stream.synchronize`` or ``query``: in C with the compiled core (a
-        connector syncs its copy stream at every job), the Python hook for any call it does
-        not take (a stream of another class, a stream whose key it cannot read)."""
-        python = after(label, stream_work, stream_done, polled)
+    def waits(label: str, owner: type, polled: bool, kinds: tuple[str, str],
+              bound: str | None) -> Any:
+        """The maker for ``owner``'s ``synchronize`` or ``query``: in C with the compiled core,
+        where it has the GuardedCall kinds ``kinds`` (the wait's, the poll's) and reads the
+        clocks where clocks.py keeps them (a connector syncs its copy stream and polls or
+        waits on an engine step's event at every job; an event's snapshot is its attribute
+        ``bound``), else the Python hook, which also takes every call the C one does not (an
+        object of another class, one it cannot read). A failure to take in a wait that
+        returned is the Python hook's warning either way, the wait's result standing."""
+        work, done = (stream_work, stream_done) if bound is None else (event_work, event_done)
+        python = after(label, work, done, polled)
+        compiled = _clock_keeping_core(reader, kinds[0])
         if compiled is None:
             return python
 
         def make(original: Any) -> Any:
-            kind = compiled.HOST_POLL if polled else compiled.HOST_WAIT
-            hook = compiled.GuardedCall(kind, gate, stream_class, None, original,
-                                        python(original), None, None, warner(label))
+            hook = compiled.GuardedCall(getattr(compiled, kinds[polled]), gate, owner, None,
+                                        original, python(original), None, bound,
+                                        functools.partial(warn_cannot_audit, label))
             functools.update_wrapper(hook, original)
             return hook
 
         return make
 
-    event_compiled = _clock_keeping_core(reader, "EVENT_HOST_WAIT")
-
-    def event_waits(label: str, polled: bool) -> Any:
-        """The maker for ``Event.synchronize`` or ``query``: in C with the compiled core (a
-        connector's worker waits on or polls an engine step's event at every job), where the
-        event keeps its snapshot as an attribute; the Python hook for any other call."""
-        python = after(label, event_work, event_done, polled)
-        if event_compiled is None:
-            return python
-
-        def make(original: Any) -> Any:
-            kind = (event_compiled.EVENT_HOST_POLL if polled
-                    else event_compiled.EVENT_HOST_WAIT)
-            hook = event_compiled.GuardedCall(kind, gate, event_class, None, original,
-                                              python(original), None, SNAPSHOT_ATTR,
-                                              warner(label))
-            functools.update_wrapper(hook, original)
-            return hook
-
-        return make
-
+    stream_kinds, event_kinds = ("HOST_WAIT", "HOST_POLL"), ("EVENT_HOST_WAIT", "EVENT_HOST_POLL")
     registry.patch(namespace, "synchronize", make_device)
-    registry.patch(stream_class, "synchronize", stream_waits("Stream.synchronize", False))
-    registry.patch(event_class, "synchronize", event_waits("Event.synchronize", False))
-    registry.patch(event_class, "query", event_waits("Event.query", True))
+    registry.patch(stream_class, "synchronize",
+                   waits("Stream.synchronize", stream_class, False, stream_kinds, None))
+    registry.patch(event_class, "synchronize",
+                   waits("Event.synchronize", event_class, False, event_kinds, SNAPSHOT_ATTR))
+    registry.patch(event_class, "query",
+                   waits("Event.query", event_class, True, event_kinds, SNAPSHOT_ATTR))
     if callable(getattr(stream_class, "query", None)):
-        registry.patch(stream_class, "query", stream_waits("Stream.query", True))
+        registry.patch(stream_class, "query",
+                       waits("Stream.query", stream_class, True, stream_kinds, None))
 
 
 def hook_record_stream(registry: PatchRegistry, gate: Gate, tensor_class: type,
