@@ -92,6 +92,9 @@ SIDE = KeptStream(0x7F05, 0, 5)
 KEPT = KeptStream(0x7F03, 0, 3)
 CURRENT_RAW = {0: KEPT.cuda_stream}.__getitem__  # torch's read is C too
 CURRENT = {0: (KEPT.stream_id, 0, 1)}.__getitem__
+DEFAULT = KeptStream(0, 0, 0)  # the device's default stream (handle 0, id 0)
+DEFAULT_RAW = {0: DEFAULT.cuda_stream}.__getitem__  # the readers while it is current
+DEFAULT_CURRENT = {0: (DEFAULT.stream_id, 0, 1)}.__getitem__
 
 
 class KVTensor:
@@ -133,8 +136,6 @@ class FreshCommunicator(Communicator):
 
     all_reduce = Communicator.all_reduce  # its own attribute: wrapped apart from Communicator's
 
-
-DEFAULT = KeptStream(0, 0, 0)  # the device's default stream (handle 0, id 0)
 
 
 class MadeStream:
@@ -209,10 +210,9 @@ def prepare(path: str, audited: bool) -> Any:
             wrap_stream_method(registry, gate, type(comm), "all_reduce", "bench.all_reduce",
                                resolve="self.current_stream()", device_expr="self.device",
                                accessor="",
-                               current_of_device={0: (0, 0, 1)}.__getitem__ if default
-                               else CURRENT,
-                               current_raw_stream={0: 0}.__getitem__ if default
-                               else CURRENT_RAW, fixed_device=True)
+                               current_of_device=DEFAULT_CURRENT if default else CURRENT,
+                               current_raw_stream=DEFAULT_RAW if default else CURRENT_RAW,
+                               fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
         elif path in ("wait_stream", "stream_wait", "stream_wait_events"):
