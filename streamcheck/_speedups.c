@@ -67,6 +67,7 @@ static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_threa
 
 /* streamcheck/_sites.c: a call site as code objects and offsets (the records' sites) */
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
+PyObject *untracked_if_atomic(PyObject *tuple); /* a tuple of atomic items out of the collector */
 PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
                        PyObject *kwnames);
 /* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
@@ -825,6 +826,8 @@ static int same_long(PyObject *a, PyObject *b)
 {
     if (!PyLong_CheckExact(a) || !PyLong_CheckExact(b))
         return 0;
+    if (a == b) /* the small ints (a device index, stream id 0) are one object each */
+        return 1;
     int overflow_a = 0, overflow_b = 0;
     long long x = PyLong_AsLongLongAndOverflow(a, &overflow_a);
     long long y = PyLong_AsLongLongAndOverflow(b, &overflow_b);
@@ -2217,7 +2220,10 @@ static PyTypeObject GuardedCallType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *impl, *created, *gate, *via, *home, *threads, *dict, *weakrefs;
+    PyObject *impl, *created, *gate, *via, *home, *threads;
+    /* the book of the auditor read last (`seen`, a weak reference to it): its `_created` table
+     * and its log's append, set once when the auditor is made, so read once per auditor */
+    PyObject *seen, *table, *append, *dict, *weakrefs;
     vectorcallfunc vectorcall;
 } CreationHook;
 
@@ -2264,12 +2270,61 @@ static PyObject *wall_time(void)
 #endif
 }
 
+/* Forget the book read last (the audit stopped: keep none of it alive). */
+static void forget_book(CreationHook *self)
+{
+    PyObject *old[3] = {self->seen, self->table, self->append};
+    self->seen = self->table = self->append = NULL;
+    for (int i = 0; i < 3; i++) /* after the fields are consistent: a deallocation may run code */
+        Py_XDECREF(old[i]);
+}
+
+/* The `_created` table and the log's append of auditor.book (new references in *table and
+ * *append): 1; 0 where the auditor has no book of that shape (the Python hook records the
+ * creation); -1 + error. Read once per auditor (see CreationHook). */
+static int book_of(CreationHook *self, PyObject *auditor, PyObject **table, PyObject **append)
+{
+    if (self->seen != NULL && refers_to(self->seen, auditor)) {
+        *table = Py_NewRef(self->table);
+        *append = Py_NewRef(self->append);
+        return 1;
+    }
+    PyObject *book = NULL;
+    *table = *append = NULL;
+    if (lookup_optional_attr(auditor, s_book, &book) < 0)
+        return -1;
+    if (book == NULL)
+        return 0;
+    int found = -1;
+    if (lookup_optional_attr(book, s_created_table, table) >= 0 &&
+        lookup_optional_attr(book, s_record_switch, append) >= 0)
+        found = *table != NULL && PyDict_CheckExact(*table) && *append != NULL;
+    Py_DECREF(book);
+    if (found != 1) {
+        Py_CLEAR(*table);
+        Py_CLEAR(*append);
+        return found;
+    }
+    PyObject *ref = PyWeakref_NewRef(auditor, NULL);
+    if (ref == NULL) { /* an auditor that takes no weak reference: read every time */
+        PyErr_Clear();
+        return 1;
+    }
+    PyObject *old[3] = {self->seen, self->table, self->append};
+    self->seen = ref;
+    self->table = Py_NewRef(*table);
+    self->append = Py_NewRef(*append);
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(old[i]);
+    return 1;
+}
+
 /* The creation recorded in the book of `auditor`: 1 done, 0 not here (the Python hook
  * records it), -1 error. */
 static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stream)
 {
     int done = -1;
-    PyObject *book = NULL, *table = NULL, *append = NULL, *device = NULL, *sid = NULL;
+    PyObject *table = NULL, *append = NULL, *device = NULL, *sid = NULL;
     PyObject *key = NULL, *ident = NULL, *site = NULL, *when = NULL, *name = NULL;
     PyObject *record = NULL, *result = NULL;
     device = PyObject_GetAttr(stream, s_device_index);
@@ -2286,17 +2341,9 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
             goto end;
         }
     }
-    if (lookup_optional_attr(auditor, s_book, &book) < 0)
-        goto end;
-    if (book == NULL) {
-        done = 0;
-        goto end;
-    }
-    if (lookup_optional_attr(book, s_created_table, &table) < 0 ||
-        lookup_optional_attr(book, s_record_switch, &append) < 0)
-        goto end;
-    if (table == NULL || !PyDict_CheckExact(table) || append == NULL) {
-        done = 0;
+    int found = book_of(self, auditor, &table, &append);
+    if (found <= 0) {
+        done = found;
         goto end;
     }
     ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
@@ -2308,8 +2355,8 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
         goto end;
     }
     sid = PyObject_GetAttr(stream, s_stream_id);
-    key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
-    site = key == NULL ? NULL : site_of(0, CREATION_SITE_DEPTH);
+    key = sid == NULL ? NULL : untracked_if_atomic(PyTuple_Pack(2, device, sid));
+    site = key == NULL ? NULL : untracked_if_atomic(site_of(0, CREATION_SITE_DEPTH));
     when = site == NULL ? NULL : wall_time();
     record = when == NULL ? NULL
                           : PyTuple_Pack(7, stream, ident, self->via, site, when, name,
@@ -2319,7 +2366,6 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
     result = PyObject_CallOneArg(append, record);
     done = result == NULL ? -1 : 1;
 end:
-    Py_XDECREF(book);
     Py_XDECREF(table);
     Py_XDECREF(append);
     Py_XDECREF(device);
@@ -2375,6 +2421,8 @@ static PyObject *creation_vectorcall(PyObject *op, PyObject *const *args, size_t
             goto fail;
         if (auditor == Py_None) {
             Py_DECREF(auditor);
+            if (self->seen != NULL)
+                forget_book(self);
             return stream;
         }
         recorded = record_creation(self, auditor, stream);
@@ -2414,7 +2462,7 @@ static PyObject *creation_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->via = Py_NewRef(via);
     self->home = Py_NewRef(home);
     self->threads = Py_NewRef(threads);
-    self->dict = NULL;
+    self->seen = self->table = self->append = self->dict = NULL;
     self->vectorcall = creation_vectorcall;
     return (PyObject *)self;
 }

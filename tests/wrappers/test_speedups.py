@@ -8,6 +8,7 @@ setting. The compiled cases are skipped, and say so, where the extension is not 
 from __future__ import annotations
 
 import _thread
+import gc
 import inspect
 import itertools
 import sys
@@ -23,10 +24,11 @@ import pytest
 
 import streamcheck
 from streamcheck import installer
+from streamcheck.core.auditor import Auditor
 from streamcheck.core.clocks import SNAPSHOT_ATTR
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.core.ids import StreamRef
-from streamcheck.core.modes import ConfigError
+from streamcheck.core.modes import ConfigError, Mode
 from streamcheck.core.provenance import site_stack
 from streamcheck.runtime.reader import StreamReader
 from streamcheck.settings import AuditSettings
@@ -684,9 +686,6 @@ def test_the_event_hooks_follow_the_auditor_and_its_clocks_going_live(core, monk
     live, and the table is one dict for its life): before that a record keeps nothing and a
     wait orders nothing, after it the clocks are this auditor's, and another auditor behind
     the same hooks is read afresh, its clocks live or not."""
-    from streamcheck.core.auditor import Auditor
-    from streamcheck.core.modes import Mode
-
     first = installer.install("assert")
     hook_event_record(installer._registry, installer._gate, FakeEvent, fake_reader())
     hook_event_wait(installer._registry, installer._gate, FakeWaitEvent, fake_reader())
@@ -854,6 +853,50 @@ def test_a_stream_creation_is_recorded_the_same_by_both_hooks(core):
         assert aud.book.origin(StreamRef(0, 7)) is None
     finally:
         registry.restore(TorchLikeStream, ("__new__",))
+
+
+def test_a_creation_is_recorded_in_the_book_of_the_auditor_the_gate_has_now(core):
+    """The compiled hook reads an auditor's book once and keeps it: a creation under another
+    auditor (the same hooks) goes to that one's book, none goes anywhere with no auditor, and
+    the first auditor's book takes them again when it is back. Each is recorded in C (no
+    device named), in the book's own form."""
+    first = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda")
+    second = Auditor(Mode.RECORD)
+    try:
+        def made_under(auditor):
+            installer._gate.auditor = auditor
+            return StreamRef(0, TorchLikeStream().stream_id)  # recorded in C, compiled
+
+        ones = [made_under(first), made_under(second), made_under(None), made_under(first)]
+        kinds = {type(v).__name__ for a in (first, second) for v in a.book._created.values()}
+        assert kinds == ({"tuple"} if core == "compiled" else {"StreamEvent"})
+        assert [first.book.origin(r) is not None for r in ones] == [True, False, False, True]
+        assert [second.book.origin(r) is not None for r in ones] == [False, True, False, False]
+    finally:
+        installer._gate.auditor = first
+        registry.restore(TorchLikeStream, ("__new__",))
+
+
+@needs_build
+def test_a_compiled_creation_keeps_its_site_and_key_out_of_the_cyclic_collector(monkeypatch):
+    """A creation's record lives as long as the audit; its site (code objects and offsets)
+    and its key (two ints) cannot make a cycle, so the compiled hook takes them out of the
+    collector's lists at once, which every collection would otherwise traverse."""
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    gc.disable()  # a collection untracks such tuples too: none may run in between
+    try:
+        aud, _origins = plain_creation(DeviceHome(0))
+        kept = list(aud.book._created.items())
+    finally:
+        gc.enable()
+        speedups.use("auto")
+    assert len(kept) == 2
+    for key, record in kept:
+        assert isinstance(record, tuple) and record[3], "a compiled record with its site"
+        assert not gc.is_tracked(key) and not gc.is_tracked(record[3])
+        assert gc.is_tracked(record)  # it holds the stream
 
 
 PLAIN_CREATION_LINE = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
