@@ -8,7 +8,7 @@
  * lists of accesses; about 17,000 instructions, where the compiled declare that follows is
  * about 9,600 (scripts/bench_hook_instructions.py).
  *
- *   HandoffDeclare(gate, blocks_type, ref_of, ref_type, current_stream_of)
+ *   HandoffDeclare(gate, blocks_type, ref_of, ref_type, current_stream_of[, namespace])
  *       declare(items, stream, access) -> tuple | None. A tuple: done, as _declare_accesses
  *       would have done it: () when not auditing or `items` is empty, else what the auditor's
  *       declare returned, the site two frames above it (the caller of the Python frame
@@ -20,7 +20,9 @@
  * few stream objects, each held) or None on a tensor that is not simulated (no
  * `stream_reader`): the thread's current stream on the first tensor's device,
  * `current_stream_of(device)`, named by a `ref_type(device, stream id)` kept for the last few
- * (device, id) pairs (a StreamRef is never changed once made). Anything else, and any
+ * (device, id) pairs (a StreamRef is never changed once made). With `namespace` (the dict
+ * of streamcheck/runtime/cuda.py), what current_stream_of would call is called directly,
+ * without its Python frame and import (reader_now). Anything else, and any
  * ordinary error before the declare, goes to Python before anything is declared, so a
  * warning or an error is worded by the same code as before; an error in the declare itself
  * propagates, as it does from Python.
@@ -41,12 +43,12 @@ Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
 #define FIELD(obj, at) (*(PyObject **)((char *)(obj) + (at)))
 #define KEPT 4 /* the engine's main stream and a connector's few: a few at most */
 
-static PyObject *s_get_device, *s_data_ptr, *s_stream_reader, *s_declare, *s_write, *s_read,
+static PyObject *s_current_read, *s_torch_c, *s_torch_read, *s_get_device, *s_data_ptr, *s_stream_reader, *s_declare, *s_write, *s_read,
     *s_skip, *s_tensor, *s_ids, *kwnames_skip, *site_skip;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *blocks_type, *ref_of, *ref_type, *current_stream_of;
+    PyObject *gate, *blocks_type, *ref_of, *ref_type, *current_stream_of, *namespace;
     PyObject *streams[KEPT], *stream_refs[KEPT]; /* a given stream: its record */
     long devices[KEPT], ids[KEPT];
     PyObject *current_refs[KEPT]; /* a current stream, by (device, id): its record */
@@ -130,11 +132,39 @@ static PyObject *given_ref(HandoffDeclare *self, PyObject *stream)
     return made;
 }
 
+/* What current_stream_of(device) would call, read at each call: the installed reader's
+ * (namespace's `current_read`), else torch's C read (`torch._C._cuda_getCurrentStream`, looked
+ * up where current_stream_of looks it up, so a replaced one is the one called), else
+ * current_stream_of itself (no namespace, torch not imported yet or without that read: its
+ * import and its error). A new reference, or NULL + error. */
+static PyObject *reader_now(HandoffDeclare *self)
+{
+    if (self->namespace == Py_None)
+        return Py_NewRef(self->current_stream_of);
+    PyObject *read = PyDict_GetItemWithError(self->namespace, s_current_read); /* borrowed */
+    if (read == NULL && PyErr_Occurred())
+        return NULL;
+    if (read != NULL && read != Py_None)
+        return Py_NewRef(read);
+    PyObject *torch_c = PyImport_GetModule(s_torch_c); /* NULL, no error: not imported */
+    if (torch_c == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(self->current_stream_of);
+    int found = optional_attr(torch_c, s_torch_read, &read);
+    Py_DECREF(torch_c);
+    if (found < 0)
+        return NULL;
+    return found ? read : Py_NewRef(self->current_stream_of);
+}
+
 /* The thread's current stream on `device`, as a record: a new reference; NULL with no error:
  * Python's (a read of another shape); NULL + error. */
 static PyObject *current_ref(HandoffDeclare *self, PyObject *device)
 {
-    PyObject *now = PyObject_CallOneArg(self->current_stream_of, device);
+    PyObject *read = reader_now(self);
+    if (read == NULL)
+        return NULL;
+    PyObject *now = PyObject_CallOneArg(read, device);
+    Py_DECREF(read);
     if (now == NULL)
         return NULL;
     long sid, dev;
@@ -268,6 +298,7 @@ static int handoff_declare_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->ref_of);
     Py_VISIT(self->ref_type);
     Py_VISIT(self->current_stream_of);
+    Py_VISIT(self->namespace);
     for (int i = 0; i < KEPT; i++) {
         Py_VISIT(self->streams[i]);
         Py_VISIT(self->stream_refs[i]);
@@ -284,6 +315,7 @@ static int handoff_declare_clear(PyObject *op)
     Py_CLEAR(self->ref_of);
     Py_CLEAR(self->ref_type);
     Py_CLEAR(self->current_stream_of);
+    Py_CLEAR(self->namespace);
     for (int i = 0; i < KEPT; i++) {
         Py_CLEAR(self->streams[i]);
         Py_CLEAR(self->stream_refs[i]);
@@ -301,14 +333,18 @@ static void handoff_declare_dealloc(PyObject *op)
 
 static PyObject *handoff_declare_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *gate, *blocks_type, *ref_of, *ref_type, *current_stream_of;
+    PyObject *gate, *blocks_type, *ref_of, *ref_type, *current_stream_of, *namespace = Py_None;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
         PyErr_SetString(PyExc_TypeError, "HandoffDeclare takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO!OO!O:HandoffDeclare", &gate, &PyType_Type, &blocks_type,
-                          &ref_of, &PyType_Type, &ref_type, &current_stream_of))
+    if (!PyArg_ParseTuple(args, "OO!OO!O|O:HandoffDeclare", &gate, &PyType_Type, &blocks_type,
+                          &ref_of, &PyType_Type, &ref_type, &current_stream_of, &namespace))
         return NULL;
+    if (namespace != Py_None && !PyDict_Check(namespace)) {
+        PyErr_SetString(PyExc_TypeError, "HandoffDeclare: namespace must be a dict or None");
+        return NULL;
+    }
     HandoffDeclare *self = (HandoffDeclare *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -318,6 +354,7 @@ static PyObject *handoff_declare_new(PyTypeObject *type, PyObject *args, PyObjec
     self->ref_of = Py_NewRef(ref_of);
     self->ref_type = Py_NewRef(ref_type);
     self->current_stream_of = Py_NewRef(current_stream_of);
+    self->namespace = Py_NewRef(namespace);
     if ((self->gate_at = slot_offset(Py_TYPE(gate), "auditor")) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -328,7 +365,8 @@ static PyObject *handoff_declare_new(PyTypeObject *type, PyObject *args, PyObjec
 PyTypeObject HandoffDeclareType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "streamcheck._speedups.HandoffDeclare",
-    .tp_doc = "HandoffDeclare(gate, blocks_type, ref_of, ref_type, current_stream_of): "
+    .tp_doc = "HandoffDeclare(gate, blocks_type, ref_of, ref_type, current_stream_of"
+              "[, namespace]): "
               "streamcheck.handoff(s)'s common case compiled; see _handoffs.c.",
     .tp_basicsize = sizeof(HandoffDeclare),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -349,7 +387,9 @@ int handoffs_add_types(PyObject *module)
     } names[] = {{&s_get_device, "get_device"}, {&s_data_ptr, "data_ptr"},
                  {&s_stream_reader, "stream_reader"}, {&s_declare, "declare"},
                  {&s_write, "write"}, {&s_read, "read"}, {&s_skip, "skip"},
-                 {&s_tensor, "tensor"}, {&s_ids, "ids"}};
+                 {&s_tensor, "tensor"}, {&s_ids, "ids"},
+                 {&s_current_read, "current_read"}, {&s_torch_c, "torch._C"},
+                 {&s_torch_read, "_cuda_getCurrentStream"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
             return -1;

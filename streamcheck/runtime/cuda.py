@@ -13,6 +13,8 @@ with :func:`use_reader`, and every wrapper made afterwards reads the simulated t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from streamcheck.runtime.reader import CurrentStreamTuple, StreamReader
 
 __all__ = ["CurrentStreamTuple", "StreamReader", "cuda_available", "current_stream_of",
@@ -20,11 +22,18 @@ __all__ = ["CurrentStreamTuple", "StreamReader", "cuda_available", "current_stre
 
 _override: StreamReader | None = None
 
+#: The installed reader's ``current_stream`` (None: torch's C read), what
+#: :func:`current_stream_of` calls. Compiled callers read it here at each call and call it
+#: directly, or torch's read where it is None (``HandoffDeclare``, streamcheck/_handoffs.c):
+#: a Python frame and an import fewer than :func:`current_stream_of` for every handoff.
+current_read: Callable[[int], CurrentStreamTuple] | None = None
+
 
 def use_reader(reader: StreamReader | None) -> None:
     """Read streams through ``reader`` from now on (None: back to torch's C++ state)."""
-    global _override
+    global _override, current_read
     _override = reader
+    current_read = None if reader is None else reader.current_stream
 
 
 def stream_reader() -> StreamReader | None:

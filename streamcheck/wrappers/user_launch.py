@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from streamcheck.core.clocks import Mark
 from streamcheck.core.ids import DEFAULT_STREAM_ID, StreamRef
 from streamcheck.core.records import Blocks, Handoff
+from streamcheck.runtime import cuda
 from streamcheck.runtime.cuda import current_stream_of
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.launches import warn_cannot_audit
@@ -285,7 +286,8 @@ def _choose_compiled_parts(compiled: ModuleType | None) -> None:
     try:
         _fast_declare = (
             None if compiled is None or not hasattr(compiled, "HandoffDeclare") else
-            compiled.HandoffDeclare(GATE, BlockSet, _ref_of, StreamRef, current_stream_of))
+            compiled.HandoffDeclare(GATE, BlockSet, _ref_of, StreamRef, current_stream_of,
+                                    vars(cuda)))
     except TypeError:
         _fast_declare = None
 

@@ -127,13 +127,14 @@ def test_findings_of_different_processes_merge_by_call_site_not_message():
     assert validate(again, "merged again") == REPORT_SCHEMA
 
 
-def test_runtime_follows_the_stream_reader(monkeypatch):
+def test_runtime_follows_the_stream_reader():
     from streamcheck.runtime import cuda
 
-    monkeypatch.setattr(cuda, "_override", cuda.StreamReader(lambda d: (0, d, 1), lambda: 0,
-                                                             name="sim"))
+    before = cuda._override
+    cuda.use_reader(cuda.StreamReader(lambda d: (0, d, 1), lambda: 0, name="sim"))
     auditor = installer.install("record")
     try:
         assert auditor.report().runtime == "sim"
     finally:
         installer.uninstall()
+        cuda.use_reader(before)

@@ -4,6 +4,7 @@ without building a reader: what they read must decide the launch."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import streamcheck
 from streamcheck import installer
 from streamcheck.runtime import cuda as cuda_runtime
 from streamcheck.runtime.reader import StreamReader
+from streamcheck.wrappers import speedups
 
 SIDE = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
 
@@ -75,3 +77,37 @@ def test_the_installed_reader_comes_first(torch_current):
     finally:
         cuda_runtime.use_reader(None)
     assert made.stream.key == (0, 9) and state["reads"] == 0
+
+
+@pytest.mark.parametrize("core", ["python", pytest.param("compiled", marks=pytest.mark.skipif(
+    not speedups.built(), reason="streamcheck._speedups is not built here"))])
+def test_a_handoff_reads_through_the_reader_in_place_at_its_call(core, monkeypatch):
+    """Each handoff asks the reader installed at that moment, or torch's read as it is then
+    (the compiled handoff calls them itself, without ``current_stream_of``'s frame): a reader
+    installed or taken away, or torch's read replaced, between two handoffs is followed."""
+    monkeypatch.setenv("STREAMCHECK_CORE", core)
+    callers = []
+
+    def reading(sid):
+        def read(device):
+            callers.append(sys._getframe(1).f_code.co_name)
+            return (sid, device, 1)
+        return read
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", reading(5), raising=False)
+    installer.install("record")
+    keys = []
+    try:
+        for sid in (9, 11, None):
+            cuda_runtime.use_reader(None if sid is None else StreamReader(
+                current_stream=reading(sid), current_device=lambda: 0))
+            keys.append(streamcheck.handoff(FakeTensor()).stream.key)
+        monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", reading(6))
+        keys.append(streamcheck.handoff(FakeTensor()).stream.key)
+    finally:
+        cuda_runtime.use_reader(None)
+        installer.uninstall()
+        speedups.use("auto")
+    assert keys == [(0, 9), (0, 11), (0, 5), (0, 6)]
+    # the compiled handoff calls the read itself; the Python one through current_stream_of
+    assert callers == 4 * (["handoff"] if core == "compiled" else ["current_stream_of"])
