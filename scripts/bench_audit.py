@@ -6,7 +6,9 @@ Prints, each a ratio or difference measured here, now:
    ``stream=None`` with torch's ``current_stream()`` as the accessor and with a kept stream's
    (vLLM's kind, tens of ns, where the audit's share is not lost in the accessor's 4-7 us);
 2. a real 4 KiB NCCL all-reduce (one-rank communicator, our binding), wrapped vs unwrapped,
-   and a decode-like step of 64 of them between matmuls: the ratios a user sees;
+   and a decode-like step of 64 of them between matmuls: the ratios a user sees; each with
+   ``stream=None`` resolved through torch's ``current_stream()`` (a new stream object each
+   call) and through a kept stream's accessor (vLLM's pynccl shape);
 3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
    live), ``wait_stream`` (clocks idle, and live: an engine step's once a connector declared an
@@ -280,10 +282,29 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                               paired_added(wrapped, unwrapped), LAUNCH_TARGETS[label]))
     streamcheck.uninstall()
 
-    # 2. a real NCCL all-reduce
+    # 2. a real NCCL all-reduce, and 4. a decode-like step, each through torch's accessor and
+    # through a kept stream's (vLLM's pynccl resolves stream=None through one: its
+    # current_stream() keeps the thread's stream, where torch's makes a new object each call)
     from streamcheck.runtime.nccl import NcclCommunicator, unique_id
 
     comm = NcclCommunicator(1, 0, unique_id(), 0)
+    kept = torch.cuda.current_stream()
+    for suffix, accessor in (("", None), (", a kept stream's accessor", lambda: kept)):
+        if accessor is not None:
+            comm._current_stream = accessor
+        results.update(nccl_ratios(args, comm, x, out, suffix))
+    comm.close()
+    return results
+
+
+def nccl_ratios(args: argparse.Namespace, comm: Any, x: Any, out: Any, suffix: str
+                ) -> dict[str, Any]:
+    """A real 4 KiB all-reduce (one-rank communicator, our binding) and a decode-like TP step
+    (32 layers x (2 matmuls + 2 all-reduces), batch 8, hidden 4096), wrapped vs unwrapped,
+    ``stream=None`` resolved through ``comm``'s accessor."""
+    from streamcheck.runtime.nccl import NcclCommunicator
+
+    results: dict[str, Any] = {}
     unwrapped_nccl = NcclCommunicator.all_reduce
     streamcheck.install("assert")
     wrapped_nccl = NcclCommunicator.all_reduce
@@ -302,11 +323,10 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                 drain=torch.cuda.synchronize)
     torch.cuda.synchronize()
     auditor = streamcheck.current_auditor()
-    results.update(ratio_rows("nccl 4KiB all_reduce", bare, wrapped, 3, 1.02))
-    results["findings during bench"] = len(auditor.findings()) if auditor else None
+    results.update(ratio_rows(f"nccl 4KiB all_reduce{suffix}", bare, wrapped, 3, 1.02))
+    results[f"findings during bench{suffix}"] = len(auditor.findings()) if auditor else None
     streamcheck.uninstall()
 
-    # 4. a decode-like TP step: 32 layers x (2 matmuls + 2 all-reduces), batch 8, hidden 4096
     hidden, layers = 4096, 32
     weights = [torch.randn(hidden, hidden, device="cuda", dtype=torch.bfloat16) / 64
                for _ in range(2)]
@@ -328,9 +348,8 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
     bare, wrapped = interleaved(lambda: step(unwrapped_nccl), lambda: step(audited_step),
                                 20, args.rounds)
     streamcheck.uninstall()
-    comm.close()
-    results.update(ratio_rows("decode-like step (64 all-reduces)", bare, wrapped, 1, 1.01))
-
+    results.update(ratio_rows(f"decode-like step (64 all-reduces){suffix}", bare, wrapped, 1,
+                              1.01))
     return results
 
 
