@@ -56,7 +56,8 @@ def audited_worker_rows(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[
     return workers
 
 
-def _only_worker(folder: str, call: str, name: str) -> dict:
+def only_worker(folder: str, call: str, name: str) -> dict:
+    """The one connector worker's stats of a recorded ``ttft_graphs_<name>`` case."""
     (worker,) = recorded_result(f"{folder}/{call}", f"ttft_graphs_{name}")["stats"]["workers"]
     return worker
 
@@ -66,7 +67,7 @@ def load_issue_added(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[str
     that every one of the 28 loads completed and none was stopped in either case."""
     added = {}
     for call in calls:
-        audited, off = (_only_worker(folder, call, name) for name in ("sc_host_quiet",
+        audited, off = (only_worker(folder, call, name) for name in ("sc_host_quiet",
                                                                       "sc_host_off"))
         added[call] = round(audited["load_issue_ms"] - off["load_issue_ms"], 2)
         for worker in (audited, off):
