@@ -22,6 +22,7 @@ Needs ``valgrind`` on PATH and the compiled hooks built (``scripts/build_speedup
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import operator
 import os
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ PATHS = {
     "Stream.wait_stream hooked whole, clocks live": "stream_wait",
     "Stream.wait_stream through its event's hooks, clocks live": "stream_wait_events",
     "streamcheck.handoff, clocks live": "handoff",
+    "streamcheck.handoff, clocks live, through torch's own current-stream read": "handoff_torch",
     "streamcheck.handoff, Python's declare": "handoff_py",
     "connector launch reading a handoff, clocks live": "launch_read",
     "connector launch reading a handoff, Python's declare": "launch_read_py",
@@ -57,7 +60,7 @@ PATHS = {
     "a handoff, an event on its stream, waited on by another, Python's hooks": "event_wait_py",
 }
 #: The paths that declare accesses (a "_py" one keeps the auditor's declare in Python).
-DECLARING = ("handoff", "handoff_py", "launch_read", "launch_read_py")
+DECLARING = ("handoff", "handoff_py", "handoff_torch", "launch_read", "launch_read_py")
 TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
 
@@ -188,6 +191,19 @@ class Namespace:
     synchronize = staticmethod(_synchronize)
 
 
+def stand_in_torch() -> None:
+    """``torch`` and ``torch._C`` as modules holding only torch's C read of the current stream
+    (``_cuda_getCurrentStream``), which the audit calls where no reader is installed; put in
+    after the audit is installed (its torch hooks need the rest of torch)."""
+    torch, torch_c = types.ModuleType("torch"), types.ModuleType("torch._C")
+    for module in (torch, torch_c):  # imported, as importlib leaves a module's spec
+        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+        module.__spec__._initializing = False  # type: ignore[attr-defined]
+    torch_c._cuda_getCurrentStream = CURRENT  # type: ignore[attr-defined]
+    torch._C = torch_c  # type: ignore[attr-defined]
+    sys.modules.update({"torch": torch, "torch._C": torch_c})
+
+
 def prepare(path: str, audited: bool) -> Any:
     """The call to count, with the path's hook installed when ``audited``."""
     import streamcheck
@@ -236,6 +252,9 @@ def prepare(path: str, audited: bool) -> Any:
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
             # the connector's stream has waited for the engine's: its reads are ordered
             auditor.clocks._clocks[(0, SIDE.stream_id)] = {(0, KEPT.stream_id): 1 << 40}
+            if path == "handoff_torch":  # no reader installed, as in an engine: torch's own
+                cuda.use_reader(None)
+                stand_in_torch()
         elif path in ("host_wait", "host_wait_py", "event_wait", "event_wait_py",
                       "event_sync", "event_sync_py"):
             from streamcheck.runtime import cuda
@@ -268,7 +287,7 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: wait_stream(SIDE, KEPT)
     if path in ("stream_wait", "stream_wait_events"):
         return lambda: SIDE.wait_stream(KEPT)
-    if path in ("handoff", "handoff_py"):
+    if path in ("handoff", "handoff_py", "handoff_torch"):
         def handoff() -> None:
             """The handoff, its result dropped: the loop compares what each call returns
             with a class, and a Handoff's dataclass ``__eq__`` is Python, which the count

@@ -43,8 +43,9 @@ Py_ssize_t slot_offset(PyTypeObject *type, const char *name);
 #define FIELD(obj, at) (*(PyObject **)((char *)(obj) + (at)))
 #define KEPT 4 /* the engine's main stream and a connector's few: a few at most */
 
-static PyObject *s_current_read, *s_torch_c, *s_torch_read, *s_get_device, *s_data_ptr, *s_stream_reader, *s_declare, *s_write, *s_read,
+static PyObject *s_get_device, *s_data_ptr, *s_stream_reader, *s_declare, *s_write, *s_read,
     *s_skip, *s_tensor, *s_ids, *kwnames_skip, *site_skip;
+static PyObject *s_current_read, *s_torch, *s_torch_c, *s_torch_read; /* reader_now's names */
 
 typedef struct {
     PyObject_HEAD
@@ -133,10 +134,10 @@ static PyObject *given_ref(HandoffDeclare *self, PyObject *stream)
 }
 
 /* What current_stream_of(device) would call, read at each call: the installed reader's
- * (namespace's `current_read`), else torch's C read (`torch._C._cuda_getCurrentStream`, looked
- * up where current_stream_of looks it up, so a replaced one is the one called), else
- * current_stream_of itself (no namespace, torch not imported yet or without that read: its
- * import and its error). A new reference, or NULL + error. */
+ * (namespace's `current_read`), else torch's C read (`torch._C._cuda_getCurrentStream` of the
+ * torch module imported, looked up as current_stream_of looks it up, so a replaced one is the
+ * one called), else current_stream_of itself (no namespace, torch not imported yet or without
+ * that read: its import and its error). A new reference, or NULL + error. */
 static PyObject *reader_now(HandoffDeclare *self)
 {
     if (self->namespace == Py_None)
@@ -146,11 +147,20 @@ static PyObject *reader_now(HandoffDeclare *self)
         return NULL;
     if (read != NULL && read != Py_None)
         return Py_NewRef(read);
-    PyObject *torch_c = PyImport_GetModule(s_torch_c); /* NULL, no error: not imported */
-    if (torch_c == NULL)
+    /* sys.modules["torch"], as `import torch` finds it once imported: read from the dict, as
+     * PyImport_GetModule would not (on 3.11 it raises and clears an AttributeError for a
+     * module spec without `_initializing`, some 4,600 instructions) */
+    PyObject *torch = PyDict_GetItemWithError(PyImport_GetModuleDict(), s_torch); /* borrowed */
+    if (torch == NULL || torch == Py_None)
         return PyErr_Occurred() ? NULL : Py_NewRef(self->current_stream_of);
-    int found = optional_attr(torch_c, s_torch_read, &read);
-    Py_DECREF(torch_c);
+    Py_INCREF(torch);
+    PyObject *torch_c = NULL;
+    int found = optional_attr(torch, s_torch_c, &torch_c);
+    Py_DECREF(torch);
+    if (found > 0) {
+        found = optional_attr(torch_c, s_torch_read, &read);
+        Py_DECREF(torch_c);
+    }
     if (found < 0)
         return NULL;
     return found ? read : Py_NewRef(self->current_stream_of);
@@ -388,7 +398,8 @@ int handoffs_add_types(PyObject *module)
                  {&s_stream_reader, "stream_reader"}, {&s_declare, "declare"},
                  {&s_write, "write"}, {&s_read, "read"}, {&s_skip, "skip"},
                  {&s_tensor, "tensor"}, {&s_ids, "ids"},
-                 {&s_current_read, "current_read"}, {&s_torch_c, "torch._C"},
+                 {&s_current_read, "current_read"}, {&s_torch, "torch"},
+                 {&s_torch_c, "_C"},
                  {&s_torch_read, "_cuda_getCurrentStream"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
