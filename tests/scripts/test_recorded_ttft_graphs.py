@@ -10,6 +10,7 @@ forward after the load is longer."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from functools import partial
 
 import pytest
@@ -54,6 +55,24 @@ def audited_worker_rows(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[
     for call in calls:
         (workers[call],) = connector_worker_rows(folder, call)
     return workers
+
+
+def ttft_added(folder: str, calls: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """Each pair's warm TTFT median, audited (``sc_host_quiet``) minus unaudited
+    (``sc_host_off``), in ms."""
+    table = default_graphs_ttft_table(folder, calls)
+    return {call: round(table[call, "sc_host_quiet"] - table[call, "sc_host_off"], 2)
+            for call in calls}
+
+
+def check_audited_workers(folder: str, calls: dict[str, tuple[str, ...]],
+                          loads: Container[int]) -> None:
+    """Each audited worker as last written (a periodic write): every connector launch it had
+    seen audited, no final write yet, its loads among ``loads``."""
+    for call in calls:
+        (worker,) = connector_worker_rows(folder, call)
+        assert worker["launches"] == worker["connector"] > 0 and not worker["final"]
+        assert worker["loads"] in loads, call
 
 
 def only_worker(folder: str, call: str, name: str) -> dict:

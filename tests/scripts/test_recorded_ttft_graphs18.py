@@ -12,10 +12,10 @@ a mean of +0.54 ms over six pairs, each order three times."""
 from __future__ import annotations
 
 from tests.scripts.test_recorded_ttft_graphs import (
+    check_audited_workers,
     checked_faulty_run,
-    connector_worker_rows,
-    default_graphs_ttft_table,
     load_issue_added,
+    ttft_added,
 )
 
 FOLDER = "ttft_graphs18"
@@ -25,9 +25,7 @@ CALLS = {"c6": ("sc_host_off", "sc_host_quiet"), "c6b": ("sc_host_quiet", "sc_ho
 
 
 def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
-    table = default_graphs_ttft_table(FOLDER, CALLS)
-    added = {call: round(table[call, "sc_host_quiet"] - table[call, "sc_host_off"], 2)
-             for call in CALLS}
+    added = ttft_added(FOLDER, CALLS)
     assert added == {"c6": -1.9, "c6b": 2.08, "c9r1": -0.51, "c9r2": 1.66, "c9r3": 0.43,
                      "c9r4": 1.47}
     assert round(sum(added.values()) / len(added), 2) == 0.54
@@ -36,10 +34,7 @@ def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
 def test_the_audit_ran_in_every_audited_engine_and_found_nothing():
     """Each audited worker as last written (a periodic write): every connector launch it had
     seen audited, 24 or 28 of the 28 loads."""
-    for call in CALLS:
-        (worker,) = connector_worker_rows(FOLDER, call)
-        assert worker["launches"] == worker["connector"] > 0 and not worker["final"]
-        assert worker["loads"] in (24, 28)
+    check_audited_workers(FOLDER, CALLS, (24, 28))
 
 
 def test_every_load_completed_in_both_cases_of_every_pair():

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from tests.scripts.script_modules import recorded_result
 from tests.scripts.test_recorded_ttft_graphs import (
+    check_audited_workers,
     checked_faulty_run,
-    connector_worker_rows,
-    default_graphs_ttft_table,
     load_issue_added,
+    ttft_added,
 )
 
 FOLDER = "ttft_graphs19"
@@ -26,9 +26,7 @@ CALLS = {"c3r1": ("sc_host_off", "sc_host_quiet"), "c3r2": ("sc_host_quiet", "sc
 
 
 def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
-    table = default_graphs_ttft_table(FOLDER, CALLS)
-    added = {call: round(table[call, "sc_host_quiet"] - table[call, "sc_host_off"], 2)
-             for call in CALLS}
+    added = ttft_added(FOLDER, CALLS)
     assert added == {"c3r1": -1.89, "c3r2": -0.34, "c4r3": 1.02, "c4r4": -3.06}
     assert round(sum(added.values()) / len(added), 2) == -1.07
 
@@ -36,10 +34,7 @@ def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
 def test_the_audit_ran_in_every_audited_engine_and_found_nothing():
     """Each audited worker as last written (a periodic write): every connector launch it had
     seen audited, 26 or 28 of the 28 loads."""
-    for call in CALLS:
-        (worker,) = connector_worker_rows(FOLDER, call)
-        assert worker["launches"] == worker["connector"] > 0 and not worker["final"]
-        assert worker["loads"] in (26, 28)
+    check_audited_workers(FOLDER, CALLS, (26, 28))
 
 
 def test_every_load_completed_in_both_cases_of_every_pair():

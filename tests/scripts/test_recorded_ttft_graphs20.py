@@ -14,11 +14,11 @@ in every pair, its loads' issue 0.47-0.70 ms longer. Its issue was as long as in
 from __future__ import annotations
 
 from tests.scripts.test_recorded_ttft_graphs import (
+    check_audited_workers,
     checked_faulty_run,
-    connector_worker_rows,
-    default_graphs_ttft_table,
     load_issue_added,
     only_worker,
+    ttft_added,
 )
 
 FOLDER = "ttft_graphs20"
@@ -27,9 +27,7 @@ CALLS = {"c3r1": ("sc_host_off", "sc_host_quiet"), "c3r2": ("sc_host_quiet", "sc
 
 
 def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
-    table = default_graphs_ttft_table(FOLDER, CALLS)
-    added = {call: round(table[call, "sc_host_quiet"] - table[call, "sc_host_off"], 2)
-             for call in CALLS}
+    added = ttft_added(FOLDER, CALLS)
     assert added == {"c3r1": 1.19, "c3r2": 2.81, "c6r3": 2.15, "c6r4": 1.44}
     assert round(sum(added.values()) / len(added), 2) == 1.9
 
@@ -37,10 +35,7 @@ def test_the_warm_ttft_audited_minus_unaudited_in_each_pair():
 def test_the_audit_ran_in_every_audited_engine_and_found_nothing():
     """Each audited worker as last written (a periodic write): every connector launch it had
     seen audited, 22 to 28 of the 28 loads."""
-    for call in CALLS:
-        (worker,) = connector_worker_rows(FOLDER, call)
-        assert worker["launches"] == worker["connector"] > 0 and not worker["final"]
-        assert 22 <= worker["loads"] <= 28
+    check_audited_workers(FOLDER, CALLS, range(22, 29))
 
 
 def test_every_load_completed_and_the_audited_issue_was_the_longer_in_each_pair():
