@@ -194,7 +194,8 @@ class Namespace:
 def stand_in_torch() -> None:
     """``torch`` and ``torch._C`` as modules holding only torch's C read of the current stream
     (``_cuda_getCurrentStream``), which the audit calls where no reader is installed; put in
-    after the audit is installed (its torch hooks need the rest of torch)."""
+    after the audit is installed (its torch hooks need the rest of torch). For the counting
+    child, which keeps torch out; a process with torch restores ``sys.modules`` itself."""
     torch, torch_c = types.ModuleType("torch"), types.ModuleType("torch._C")
     for module in (torch, torch_c):  # imported, as importlib leaves a module's spec
         module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
