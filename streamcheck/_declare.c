@@ -18,7 +18,9 @@
  * The auditor's attributes read here (clocks, _lock, _writes, _reads, thread_ref, and the
  * clocks' _lock and _clocks) are set once in Auditor.__init__ and HappensBefore.__init__ and
  * read once, when the Declarer is made; the clocks' `active` and `_done` are read at each
- * call, as Python reads them. Both locks are taken as the Python code takes them.
+ * call, as Python reads them. Both locks are taken as the Python code takes them. A stream's
+ * (device, id) key is kept for the last few streams declared on, with its hash, and becomes
+ * the clock table's own key object once the table holds one (stream_key_at, take_tables_key).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,6 +37,7 @@
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
 
 #define SITE_DEPTH 4 /* capture_site's default depth, which Auditor.declare keeps */
+#define KEPT_KEYS 4  /* an engine's main stream and a connector's few */
 
 static PyObject *s_acquire, *s_release, *s_active, *s_done, *s_device, *s_stream_id, *s_read,
     *s_write, *s_skip, *s_version, *s_name, *s_role, *s_engine, *s_main_engine, *zero, *one;
@@ -55,6 +58,11 @@ typedef struct {
         *thread_cache, *main_ident, *ref_type;
     /* the two locks' acquire and release, bound once: a call each, no method lookup */
     PyObject *clocks_acquire, *clocks_release, *lock_acquire, *lock_release;
+    /* the (device, stream id) keys of the last few streams declared on (see stream_key_at) */
+    PyObject *key_refs[KEPT_KEYS], *keys[KEPT_KEYS];
+    Py_hash_t key_hashes[KEPT_KEYS];
+    char keys_tables_own[KEPT_KEYS];
+    int next_key;
     PyObject *weakrefs;
     Py_ssize_t max_accesses;
     unsigned long forks; /* forks_seen when main_ident was read */
@@ -307,26 +315,103 @@ static int call_lock(PyObject *bound)
     return done == NULL ? -1 : 0;
 }
 
-/* HappensBefore.mark(key), its clocks live: the stream's own entry ticked, in a new clock.
- * The Mark, or NULL + error. */
-static PyObject *tick_clock(Declarer *self, PyObject *key)
+/* `table`'s entry under `key`, whose hash is `hash` (borrowed; NULL: none, or NULL + error).
+ * The tables' keys are tuples of two ints: their hash is computed anew at each lookup, which
+ * the kept hash spares (a private read, checked on 3.11-3.13; the public one past them). */
+static PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
+{
+#if PY_VERSION_HEX < 0x030E0000
+    return _PyDict_GetItem_KnownHash(table, key, hash);
+#else
+    (void)hash;
+    return PyDict_GetItemWithError(table, key);
+#endif
+}
+
+/* Where the (device, stream id) key of `stream` (a StreamRef, never changed once made) is
+ * kept, read once per stream object while it is among the last KEPT_KEYS declared on (each
+ * held, so its address names it), with its hash: the entry's index, or -1 + error. A
+ * declaration ticks the clock of its stream under that key, in the clock table and in the
+ * new clock: four lookups a declaration, each hashing a new tuple and comparing it with the
+ * table's own key, where the kept key (once it is the table's own object) matches it by
+ * identity. */
+static int stream_key_at(Declarer *self, PyObject *stream)
+{
+    for (int i = 0; i < KEPT_KEYS; i++)
+        if (self->key_refs[i] == stream && self->keys[i] != NULL)
+            return i;
+    PyObject *device = ref_field(self, stream, R_DEVICE);
+    PyObject *sid = device == NULL ? NULL : ref_field(self, stream, R_STREAM_ID);
+    PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
+    Py_XDECREF(device);
+    Py_XDECREF(sid);
+    Py_hash_t hash = key == NULL ? -1 : PyObject_Hash(key);
+    if (hash == -1) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    int i = self->next_key;
+    self->next_key = (i + 1) % KEPT_KEYS;
+    PyObject *old_ref = self->key_refs[i], *old_key = self->keys[i];
+    self->key_refs[i] = Py_NewRef(stream);
+    self->keys[i] = key;
+    self->key_hashes[i] = hash;
+    self->keys_tables_own[i] = 0;
+    Py_XDECREF(old_ref); /* after the entry is consistent: a deallocation may run code */
+    Py_XDECREF(old_key);
+    return i;
+}
+
+/* The kept key of `stream`, if it is still `mine`, made the very key object the clock table
+ * holds for that stream (the first one put in, which a dict keeps while it holds the key),
+ * once it holds one. Only a key of two exact ints is compared: equal then means the same
+ * hash, and comparing runs no code. */
+static void take_tables_key(Declarer *self, PyObject *stream, PyObject *mine)
+{
+    int at = 0;
+    while (at < KEPT_KEYS && (self->key_refs[at] != stream || self->keys[at] != mine))
+        at++;
+    if (at == KEPT_KEYS || self->keys_tables_own[at])
+        return; /* replaced meanwhile (a lock's wait let another thread declare), or done */
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    self->keys_tables_own[at] = 1;
+    while (PyDict_Next(self->clock_table, &pos, &key, &value)) {
+        if (key == mine)
+            return;
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 1)))
+            continue;
+        if (PyObject_RichCompareBool(key, mine, Py_EQ) == 1) {
+            self->keys[at] = Py_NewRef(key);
+            Py_DECREF(mine);
+            return;
+        }
+    }
+}
+
+/* HappensBefore.mark(key), its clocks live, for `stream`'s key (held by the caller) and its
+ * hash: the stream's own entry ticked, in a new clock. The Mark, or NULL + error. */
+static PyObject *tick_clock(Declarer *self, PyObject *stream, PyObject *key, Py_hash_t hash)
 {
     if (call_lock(self->clocks_acquire) < 0)
         return NULL;
     PyObject *mark = NULL, *clock = NULL, *count = NULL;
-    PyObject *own = PyDict_GetItemWithError(self->clock_table, key); /* borrowed */
+    PyObject *own = lookup_known(self->clock_table, key, hash); /* borrowed */
     if (own == NULL && PyErr_Occurred())
         goto done;
     clock = own == NULL ? PyDict_New() : PyDict_Copy(own);
     if (clock == NULL)
         goto done;
-    PyObject *before = PyDict_GetItemWithError(clock, key); /* borrowed */
+    PyObject *before = lookup_known(clock, key, hash); /* borrowed */
     if (before == NULL && PyErr_Occurred())
         goto done;
     count = PyNumber_Add(before == NULL ? zero : before, one);
     if (count == NULL || PyDict_SetItem(clock, key, count) < 0 ||
         PyDict_SetItem(self->clock_table, key, clock) < 0)
         goto done;
+    take_tables_key(self, stream, key);
     PyObject *values[M_FIELDS] = {key, count};
     mark = make_record(self->mark_type, self->mark_at, values, M_FIELDS);
 done:
@@ -589,13 +674,14 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
 
     /* as Auditor.declare: the mark, the thread, the time and the site, then the records */
     PyObject *shared[4] = {NULL, NULL, NULL, NULL}; /* mark, thread, time, site */
-    PyObject *made = NULL, *ident = NULL;
-    PyObject *device = ref_field(self, stream, R_DEVICE);
-    PyObject *sid = device == NULL ? NULL : ref_field(self, stream, R_STREAM_ID);
-    PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
-    Py_XDECREF(device);
-    Py_XDECREF(sid);
-    if (key == NULL || (shared[0] = tick_clock(self, key)) == NULL ||
+    PyObject *made = NULL, *ident = NULL, *key = NULL;
+    int at = stream_key_at(self, stream);
+    /* the key and its hash taken now: a lock's wait below may let another thread replace
+     * the entry */
+    Py_hash_t hash = at < 0 ? -1 : self->key_hashes[at];
+    if (at >= 0)
+        key = Py_NewRef(self->keys[at]);
+    if (at < 0 || (shared[0] = tick_clock(self, stream, key, hash)) == NULL ||
         (ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident())) == NULL ||
         (shared[1] = thread_record(self, ident)) == NULL ||
         (shared[2] = PyObject_CallNoArgs(self->time_fn)) == NULL ||
@@ -640,6 +726,10 @@ static int declarer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->clocks_release);
     Py_VISIT(self->lock_acquire);
     Py_VISIT(self->lock_release);
+    for (int i = 0; i < KEPT_KEYS; i++) {
+        Py_VISIT(self->key_refs[i]);
+        Py_VISIT(self->keys[i]);
+    }
     return 0;
 }
 
@@ -667,6 +757,10 @@ static int declarer_clear(PyObject *op)
     Py_CLEAR(self->clocks_release);
     Py_CLEAR(self->lock_acquire);
     Py_CLEAR(self->lock_release);
+    for (int i = 0; i < KEPT_KEYS; i++) {
+        Py_CLEAR(self->key_refs[i]);
+        Py_CLEAR(self->keys[i]);
+    }
     return 0;
 }
 

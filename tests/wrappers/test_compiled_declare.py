@@ -115,6 +115,33 @@ def test_both_cores_make_and_keep_the_same_accesses():
     assert len(writes[OTHER]) == MAX_ACCESSES and done
 
 
+def test_streams_declared_on_in_turn_tick_each_its_own_clock(core):
+    """More streams than the compiled declare keeps keys for, declared on in turn: each
+    declaration ticks its own stream's clock once, in both cores."""
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])  # the clocks go live
+    streams = [StreamRef(0, sid) for sid in range(10, 16)]
+    marks = [aud.declare(s, [], [(KV, frozenset({i}))], skip=1)[0].mark
+             for i, s in enumerate(streams * 3)]
+    assert [(m.stream, m.tick) for m in marks] == [
+        (s.key, round_ + 1) for round_ in range(3) for s in streams]
+
+
+@needs_build
+def test_a_streams_key_becomes_the_clock_tables_own_object():
+    """The compiled declare keeps each stream's key and, once the clock table holds one for
+    that stream, that very object: a later tick finds the table's entry by identity. The
+    table's key may be one the Python core put in (MAIN's, at the first mark) or the
+    compiled declare's own (SIDE's)."""
+    aud = made_with("compiled")
+    aud.declare(MAIN, [], [(KV, None)])  # Python's mark: the clocks go live
+    for stream in (MAIN, SIDE):
+        aud.declare(stream, [], [(OTHER, None)], skip=1)
+        later = aud.declare(stream, [], [(OTHER, None)], skip=1)[0]
+        (table_key,) = [key for key in aud.clocks._clocks if key == stream.key]
+        assert later.mark.stream is table_key and later.mark.stream == stream.key
+
+
 def test_the_site_is_the_callers_line_in_both_cores(core):
     aud = made_with(core)
     aud.declare(MAIN, [], [(KV, None)])  # the clocks go live
