@@ -328,16 +328,17 @@ static PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
 #endif
 }
 
-/* Where the (device, stream id) key of `stream` (a StreamRef, never changed once made) is
- * kept, read once per stream object while it is among the last KEPT_KEYS declared on (each
- * held, so its address names it), with its hash: the entry's index, or -1 + error. A
- * declaration ticks the clock of its stream under that key, in the clock table and in the
- * new clock: four lookups a declaration, each hashing a new tuple and comparing it with the
- * table's own key, where the kept key (once it is the table's own object) matches it by
- * identity. */
+/* Where the (device, stream id) key of `stream` is kept, with its hash: the entry's index, or
+ * -1 + error. A StreamRef (never changed once made) is read once per object while it is among
+ * the last KEPT_KEYS declared on (each held, so its address names it); a stream of another
+ * class is read afresh at each call (its entry names no stream). A declaration ticks the
+ * clock of its stream under that key, in the clock table and in the new clock: four lookups
+ * a declaration, each hashing a new tuple and comparing it with the table's own key, where
+ * the kept key (once it is the table's own object) matches it by identity. */
 static int stream_key_at(Declarer *self, PyObject *stream)
 {
-    for (int i = 0; i < KEPT_KEYS; i++)
+    int kept = self->ref_type != NULL && (PyObject *)Py_TYPE(stream) == self->ref_type;
+    for (int i = 0; kept && i < KEPT_KEYS; i++)
         if (self->key_refs[i] == stream && self->keys[i] != NULL)
             return i;
     PyObject *device = ref_field(self, stream, R_DEVICE);
@@ -353,7 +354,7 @@ static int stream_key_at(Declarer *self, PyObject *stream)
     int i = self->next_key;
     self->next_key = (i + 1) % KEPT_KEYS;
     PyObject *old_ref = self->key_refs[i], *old_key = self->keys[i];
-    self->key_refs[i] = Py_NewRef(stream);
+    self->key_refs[i] = kept ? Py_NewRef(stream) : NULL;
     self->keys[i] = key;
     self->key_hashes[i] = hash;
     self->keys_tables_own[i] = 0;

@@ -127,6 +127,31 @@ def test_streams_declared_on_in_turn_tick_each_its_own_clock(core):
         (s.key, round_ + 1) for round_ in range(3) for s in streams]
 
 
+class MutableStream:
+    """A stream named by another object than a StreamRef, its fields free to change: what
+    both cores read of a stream (``key``; ``device`` and ``stream_id``)."""
+
+    def __init__(self, device: int, stream_id: int) -> None:
+        self.device, self.stream_id = device, stream_id
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.device, self.stream_id)
+
+
+def test_a_stream_of_another_class_is_read_at_each_declaration(core):
+    """The compiled declare keeps the key of a StreamRef (never changed once made) by the
+    object; any other stream object is read afresh: one object naming two streams in turn
+    ticks two clocks, in both cores."""
+    aud = made_with(core)
+    aud.declare(MAIN, [], [(KV, None)])  # the clocks go live
+    stream = MutableStream(0, 21)
+    first = aud.declare(stream, [], [(OTHER, None)], skip=1)[0].mark
+    stream.stream_id = 22
+    second = aud.declare(stream, [], [(OTHER, None)], skip=1)[0].mark
+    assert [(m.stream, m.tick) for m in (first, second)] == [((0, 21), 1), ((0, 22), 1)]
+
+
 @needs_build
 def test_a_streams_key_becomes_the_clock_tables_own_object():
     """The compiled declare keeps each stream's key and, once the clock table holds one for
