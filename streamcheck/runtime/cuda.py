@@ -57,8 +57,9 @@ def current_stream_of(device: int) -> CurrentStreamTuple:
     through the reader :func:`use_reader` installed, else torch's C read, called directly.
     For a path that asks at every call (``streamcheck.launch``), where building a reader with
     :func:`stream_reader` would cost more than the read (about 1.5 us against 0.1)."""
-    if _override is not None:
-        return _override.current_stream(device)
+    read = current_read
+    if read is not None:
+        return read(device)
     import torch
 
     read = getattr(torch._C, "_cuda_getCurrentStream", None)
