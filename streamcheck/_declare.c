@@ -20,7 +20,7 @@
  * read once, when the Declarer is made; the clocks' `active` and `_done` are read at each
  * call, as Python reads them. Both locks are taken as the Python code takes them. A stream's
  * (device, id) key is kept for the last few streams declared on, with its hash, and becomes
- * the clock table's own key object once the table holds one (stream_key_at, take_tables_key).
+ * the clock table's own key object once the table holds one (stream_key, take_tables_key).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -58,7 +58,7 @@ typedef struct {
         *thread_cache, *main_ident, *ref_type;
     /* the two locks' acquire and release, bound once: a call each, no method lookup */
     PyObject *clocks_acquire, *clocks_release, *lock_acquire, *lock_release;
-    /* the (device, stream id) keys of the last few streams declared on (see stream_key_at) */
+    /* the (device, stream id) keys of the last few streams declared on (see stream_key) */
     PyObject *key_refs[KEPT_KEYS], *keys[KEPT_KEYS];
     Py_hash_t key_hashes[KEPT_KEYS];
     char keys_tables_own[KEPT_KEYS];
@@ -328,26 +328,30 @@ static PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
 #endif
 }
 
-/* Where the (device, stream id) key of `stream` is kept, with its hash: the entry's index, or
- * -1 + error. A StreamRef (never changed once made) is read once per object while it is among
+/* The (device, stream id) key of `stream` (a new reference in *key) and its hash (*hash), as
+ * kept: 0, or -1 + error. Both are handed out before anything evicted is freed (a deallocation
+ * may run code that declares, which may reuse the entry). A StreamRef (never changed once made) is read once per object while it is among
  * the last KEPT_KEYS declared on (each held, so its address names it); a stream of another
  * class is read afresh at each call (its entry names no stream). A declaration ticks the
  * clock of its stream under that key, in the clock table and in the new clock: four lookups
  * a declaration, each hashing a new tuple and comparing it with the table's own key, where
  * the kept key (once it is the table's own object) matches it by identity. */
-static int stream_key_at(Declarer *self, PyObject *stream)
+static int stream_key(Declarer *self, PyObject *stream, PyObject **key_out, Py_hash_t *hash)
 {
     int kept = self->ref_type != NULL && (PyObject *)Py_TYPE(stream) == self->ref_type;
     for (int i = 0; kept && i < KEPT_KEYS; i++)
-        if (self->key_refs[i] == stream && self->keys[i] != NULL)
-            return i;
+        if (self->key_refs[i] == stream && self->keys[i] != NULL) {
+            *key_out = Py_NewRef(self->keys[i]);
+            *hash = self->key_hashes[i];
+            return 0;
+        }
     PyObject *device = ref_field(self, stream, R_DEVICE);
     PyObject *sid = device == NULL ? NULL : ref_field(self, stream, R_STREAM_ID);
     PyObject *key = sid == NULL ? NULL : PyTuple_Pack(2, device, sid);
     Py_XDECREF(device);
     Py_XDECREF(sid);
-    Py_hash_t hash = key == NULL ? -1 : PyObject_Hash(key);
-    if (hash == -1) {
+    Py_hash_t made_hash = key == NULL ? -1 : PyObject_Hash(key);
+    if (made_hash == -1) {
         Py_XDECREF(key);
         return -1;
     }
@@ -356,19 +360,30 @@ static int stream_key_at(Declarer *self, PyObject *stream)
     PyObject *old_ref = self->key_refs[i], *old_key = self->keys[i];
     self->key_refs[i] = kept ? Py_NewRef(stream) : NULL;
     self->keys[i] = key;
-    self->key_hashes[i] = hash;
+    self->key_hashes[i] = made_hash;
     self->keys_tables_own[i] = 0;
+    *key_out = Py_NewRef(key);
+    *hash = made_hash;
     Py_XDECREF(old_ref); /* after the entry is consistent: a deallocation may run code */
     Py_XDECREF(old_key);
-    return i;
+    return 0;
 }
 
 /* The kept key of `stream`, if it is still `mine`, made the very key object the clock table
  * holds for that stream (the first one put in, which a dict keeps while it holds the key),
  * once it holds one. Only a key of two exact ints is compared: equal then means the same
  * hash, and comparing runs no code. */
+static int two_ints(PyObject *key)
+{
+    return PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(key, 1));
+}
+
 static void take_tables_key(Declarer *self, PyObject *stream, PyObject *mine)
 {
+    if (!two_ints(mine))
+        return; /* a stream whose fields are not ints: compared in the lookups, as ever */
     int at = 0;
     while (at < KEPT_KEYS && (self->key_refs[at] != stream || self->keys[at] != mine))
         at++;
@@ -380,9 +395,7 @@ static void take_tables_key(Declarer *self, PyObject *stream, PyObject *mine)
     while (PyDict_Next(self->clock_table, &pos, &key, &value)) {
         if (key == mine)
             return;
-        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 1)))
+        if (!two_ints(key))
             continue;
         if (PyObject_RichCompareBool(key, mine, Py_EQ) == 1) {
             self->keys[at] = Py_NewRef(key);
@@ -676,13 +689,11 @@ static PyObject *declarer_vectorcall(PyObject *op, PyObject *const *args, size_t
     /* as Auditor.declare: the mark, the thread, the time and the site, then the records */
     PyObject *shared[4] = {NULL, NULL, NULL, NULL}; /* mark, thread, time, site */
     PyObject *made = NULL, *ident = NULL, *key = NULL;
-    int at = stream_key_at(self, stream);
-    /* the key and its hash taken now: a lock's wait below may let another thread replace
-     * the entry */
-    Py_hash_t hash = at < 0 ? -1 : self->key_hashes[at];
-    if (at >= 0)
-        key = Py_NewRef(self->keys[at]);
-    if (at < 0 || (shared[0] = tick_clock(self, stream, key, hash)) == NULL ||
+    Py_hash_t hash = -1;
+    /* the key and its hash held from here: a lock's wait below may let another thread
+     * replace the entry */
+    if (stream_key(self, stream, &key, &hash) < 0 ||
+        (shared[0] = tick_clock(self, stream, key, hash)) == NULL ||
         (ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident())) == NULL ||
         (shared[1] = thread_record(self, ident)) == NULL ||
         (shared[2] = PyObject_CallNoArgs(self->time_fn)) == NULL ||
