@@ -20,7 +20,7 @@
  * read once, when the Declarer is made; the clocks' `active` and `_done` are read at each
  * call, as Python reads them. Both locks are taken as the Python code takes them. A stream's
  * (device, id) key is kept for the last few streams declared on, with its hash, and becomes
- * the clock table's own key object once the table holds one (stream_key, take_tables_key).
+ * the clock table's own key object once the table holds one (stream_key, tables_own_key).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -316,9 +316,10 @@ static int call_lock(PyObject *bound)
 }
 
 /* `table`'s entry under `key`, whose hash is `hash` (borrowed; NULL: none, or NULL + error).
- * The tables' keys are tuples of two ints: their hash is computed anew at each lookup, which
- * the kept hash spares (a private read, checked on 3.11-3.13; the public one past them). */
-static PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
+ * The clocks' keys are tuples of two ints: their hash is computed anew at each lookup, which
+ * a kept hash spares (a private read, checked on 3.11-3.13; the public one past them). Also
+ * for streamcheck/_speedups.c's event hooks. */
+PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
 {
 #if PY_VERSION_HEX < 0x030E0000
     return _PyDict_GetItem_KnownHash(table, key, hash);
@@ -328,11 +329,37 @@ static PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash)
 #endif
 }
 
-/* The (device, stream id) key of `stream` (a new reference in *key) and its hash (*hash), as
- * kept: 0, or -1 + error. Both are handed out before anything evicted is freed (a deallocation
- * may run code that declares, which may reuse the entry). A StreamRef (never changed once made) is read once per object while it is among
- * the last KEPT_KEYS declared on (each held, so its address names it); a stream of another
- * class is read afresh at each call (its entry names no stream). A declaration ticks the
+static int two_ints(PyObject *key)
+{
+    return PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) &&
+           PyLong_CheckExact(PyTuple_GET_ITEM(key, 1));
+}
+
+/* The key object `table` holds equal to `mine` (a tuple of two exact ints), borrowed: the
+ * first one put in for it, which a dict keeps while it holds the key, so a kept copy of it
+ * matches the table's entry by identity; NULL where it holds none (or `mine` is of another
+ * shape). Only keys of two exact ints are compared: equal then means the same hash, and
+ * comparing runs no code that could change the table meanwhile. Also for
+ * streamcheck/_speedups.c's event hooks. */
+PyObject *tables_own_key(PyObject *table, PyObject *mine)
+{
+    if (!two_ints(mine))
+        return NULL;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(table, &pos, &key, &value))
+        if (key == mine || (two_ints(key) && PyObject_RichCompareBool(key, mine, Py_EQ) == 1))
+            return key;
+    return NULL;
+}
+
+/* The (device, stream id) key of `stream` (a new reference in *key_out) and its hash (*hash),
+ * as kept: 0, or -1 + error. Both are handed out before anything evicted is freed (a
+ * deallocation may run code that declares, which may reuse the entry). A StreamRef (never
+ * changed once made) is read once per object while it is among the last KEPT_KEYS declared
+ * on (each held, so its address names it); a stream of another class is read afresh at each
+ * call (its entry names no stream). A declaration ticks the
  * clock of its stream under that key, in the clock table and in the new clock: four lookups
  * a declaration, each hashing a new tuple and comparing it with the table's own key, where
  * the kept key (once it is the table's own object) matches it by identity. */
@@ -370,38 +397,19 @@ static int stream_key(Declarer *self, PyObject *stream, PyObject **key_out, Py_h
 }
 
 /* The kept key of `stream`, if it is still `mine`, made the very key object the clock table
- * holds for that stream (the first one put in, which a dict keeps while it holds the key),
- * once it holds one. Only a key of two exact ints is compared: equal then means the same
- * hash, and comparing runs no code. */
-static int two_ints(PyObject *key)
-{
-    return PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 2 &&
-           PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) &&
-           PyLong_CheckExact(PyTuple_GET_ITEM(key, 1));
-}
-
+ * holds for that stream, once it holds one (tables_own_key). */
 static void take_tables_key(Declarer *self, PyObject *stream, PyObject *mine)
 {
-    if (!two_ints(mine))
-        return; /* a stream whose fields are not ints: compared in the lookups, as ever */
     int at = 0;
     while (at < KEPT_KEYS && (self->key_refs[at] != stream || self->keys[at] != mine))
         at++;
     if (at == KEPT_KEYS || self->keys_tables_own[at])
         return; /* replaced meanwhile (a lock's wait let another thread declare), or done */
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
     self->keys_tables_own[at] = 1;
-    while (PyDict_Next(self->clock_table, &pos, &key, &value)) {
-        if (key == mine)
-            return;
-        if (!two_ints(key))
-            continue;
-        if (PyObject_RichCompareBool(key, mine, Py_EQ) == 1) {
-            self->keys[at] = Py_NewRef(key);
-            Py_DECREF(mine);
-            return;
-        }
+    PyObject *own = tables_own_key(self->clock_table, mine);
+    if (own != NULL && own != mine) {
+        self->keys[at] = Py_NewRef(own);
+        Py_DECREF(mine); /* the entry's reference; the caller holds its own */
     }
 }
 

@@ -73,8 +73,11 @@ PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
 /* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
 int running_frames(Py_ssize_t skip, PyObject **codes, int *lastis, int n);
 int frames_in_place(void);
-/* streamcheck/_declare.c: Auditor.declare compiled */
+/* streamcheck/_declare.c: Auditor.declare compiled; a clock table's entry by a kept hash, and
+ * the table's own key object equal to a kept one */
 int declare_add_types(PyObject *module);
+PyObject *lookup_known(PyObject *table, PyObject *key, Py_hash_t hash);
+PyObject *tables_own_key(PyObject *table, PyObject *mine);
 /* streamcheck/_launch_check.c: a connector's checked launch, its common case compiled */
 int launch_check_add_types(PyObject *module);
 /* streamcheck/_handoffs.c: a declared handoff, its common case compiled */
@@ -1523,28 +1526,16 @@ static PyObject *kept_stream_key(GuardedCall *self, PyObject *stream)
     return at < 0 ? NULL : Py_NewRef(self->keys[2 * at + 1]);
 }
 
-/* The kept key `at` made the very key object `table` holds (the first one put in for its
- * stream, which a dict keeps for as long as it holds the key), once it holds one: a lookup
- * then matches it by identity, with no comparison of the tuples. */
+/* The kept key `at` made the very key object `table` holds for its stream, once it holds one
+ * (tables_own_key): a lookup then matches it by identity, with no comparison of the tuples. */
 static void take_tables_key(GuardedCall *self, PyObject *table, int at)
 {
-    PyObject *mine = self->keys[2 * at + 1], *key, *value;
-    Py_ssize_t pos = 0;
+    PyObject *mine = self->keys[2 * at + 1];
     self->keys_tables_own[at] = 1;
-    while (PyDict_Next(table, &pos, &key, &value)) {
-        if (key == mine)
-            return;
-        /* only a key of two exact ints, as `mine` is: equal then means the same hash, and
-         * comparing them runs no code that could change the table or this entry meanwhile */
-        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) != 2 ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 0)) ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(key, 1)))
-            continue;
-        if (PyObject_RichCompareBool(key, mine, Py_EQ) == 1) {
-            self->keys[2 * at + 1] = Py_NewRef(key);
-            Py_DECREF(mine);
-            return;
-        }
+    PyObject *own = tables_own_key(table, mine);
+    if (own != NULL && own != mine) {
+        self->keys[2 * at + 1] = Py_NewRef(own);
+        Py_DECREF(mine);
     }
 }
 
@@ -1556,11 +1547,7 @@ static PyObject *clock_of(GuardedCall *self, PyObject *table, PyObject *stream)
     if (at < 0)
         return NULL;
     PyObject *key = Py_NewRef(self->keys[2 * at + 1]); /* held across the lookup */
-#if PY_VERSION_HEX < 0x030E0000
-    PyObject *clock = _PyDict_GetItem_KnownHash(table, key, self->key_hashes[at]); /* borrowed */
-#else /* a private read, checked on 3.11-3.13 only: the public one past them */
-    PyObject *clock = PyDict_GetItemWithError(table, key);
-#endif
+    PyObject *clock = lookup_known(table, key, self->key_hashes[at]); /* borrowed */
     Py_DECREF(key);
     if (clock == NULL && PyErr_Occurred())
         return NULL;
