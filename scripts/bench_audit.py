@@ -24,9 +24,11 @@ Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from statistics import median
 from typing import Any
 
@@ -84,16 +86,29 @@ def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
     return (time.perf_counter_ns() - start) / calls
 
 
-def interleaved(a: Any, b: Any, calls: int, rounds: int, drain: Any = None
-                ) -> tuple[list[float], list[float]]:
-    """ns per call of a and b in each round, measured in alternating rounds so drift hits
-    both (and each round's pair can be compared on its own); which goes first turns from
-    round to round, so a run's place in its round favours neither."""
-    sa, sb = [], []
+def interleaved_arms(arms: list[tuple[Any, Any]], calls: int, rounds: int, drain: Any = None
+                     ) -> list[list[float]]:
+    """ns per call of each arm ``(fn, context)`` in each round, the arms in turn
+    (``in_turn``); ``context()`` is entered around the arm's timed run, outside its timing."""
+    times: list[list[float]] = [[] for _ in arms]
     for index in range(rounds):
-        for fn, times in in_turn([(a, sa), (b, sb)], index):
-            times.append(per_call_ns(fn, calls, drain))
-    return sa, sb
+        for (fn, context), out in in_turn(list(zip(arms, times, strict=True)), index):
+            with context():
+                out.append(per_call_ns(fn, calls, drain))
+    return times
+
+
+@contextlib.contextmanager
+def audit_paused() -> Iterator[None]:
+    """The wrappers stay installed and read the gate, which holds no auditor: each passes the
+    call straight to the original. What any wrapper at that place costs, before it checks
+    anything: the floor under the audit's own cost."""
+    gate = installer._gate
+    auditor, gate.auditor = gate.auditor, None
+    try:
+        yield
+    finally:
+        gate.auditor = auditor
 
 
 def toggled(fn: Any, calls: int, rounds: int) -> tuple[list[float], list[float]]:
@@ -129,6 +144,17 @@ def ratio_rows(label: str, bare: list[float], wrapped: list[float], digits: int,
             f"{label} assert-mode us": round(median(wrapped) / 1000, digits),
             f"{label} ratio wrapped/unwrapped": round(median(wrapped) / median(bare), 4),
             **judged(f"{label}, each round's own ratio", paired_ratio(wrapped, bare), target)}
+
+
+def floor_rows(label: str, bare: list[float], floor: list[float], digits: int
+               ) -> dict[str, Any]:
+    """The same operation through the installed wrapper with the audit paused
+    (``audit_paused``), in the same rounds: its median and each round's own ratio over the
+    bare call, with the 95 % interval of that ratio's median."""
+    ratio, _least, _most, lo, hi = paired_ratio(floor, bare)
+    return {f"{label} wrapper, audit paused, us": round(median(floor) / 1000, digits),
+            f"{label} wrapper, audit paused: each round's own ratio": ratio,
+            f"{label} wrapper, audit paused: 95 % interval": f"{lo}-{hi}"}
 
 
 def hook_costs(calls: int, rounds: int) -> dict[str, float]:
@@ -271,15 +297,20 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
         audited = type(comm).all_reduce
         if plain is audited:
             raise RuntimeError(f"{label}: the launch was not wrapped")
-        unwrapped, wrapped = interleaved(
-            lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw),
-            lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), args.calls, args.rounds)
+        unwrapped, wrapped, floor = interleaved_arms(
+            [(lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw), contextlib.nullcontext),
+             (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), contextlib.nullcontext),
+             (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), audit_paused)],
+            args.calls, args.rounds)
         results[f"noop {label}: unwrapped ns"] = round(median(unwrapped), 1)
         results[f"noop {label}: assert-mode ns"] = round(median(wrapped), 1)
         results[f"noop {label}: added ns per launch"] = round(
             median(wrapped) - median(unwrapped), 1)
         results.update(judged(f"noop {label}: added ns per launch",
                               paired_added(wrapped, unwrapped), LAUNCH_TARGETS[label]))
+        added, _least, _most, lo, hi = paired_added(floor, unwrapped)
+        results[f"noop {label}: wrapper, audit paused: added ns"] = added
+        results[f"noop {label}: wrapper, audit paused: 95 % interval"] = f"{lo}-{hi}"
     streamcheck.uninstall()
 
     # 2. a real NCCL all-reduce, and 4. a decode-like step, each through torch's accessor and
@@ -319,11 +350,14 @@ def nccl_ratios(args: argparse.Namespace, comm: Any, x: Any, out: Any, suffix: s
         bare_nccl()
         audited_nccl()
     torch.cuda.synchronize()
-    bare, wrapped = interleaved(bare_nccl, audited_nccl, args.calls // 10, args.rounds,
-                                drain=torch.cuda.synchronize)
+    plain = contextlib.nullcontext
+    bare, wrapped, floor = interleaved_arms(
+        [(bare_nccl, plain), (audited_nccl, plain), (audited_nccl, audit_paused)],
+        args.calls // 10, args.rounds, drain=torch.cuda.synchronize)
     torch.cuda.synchronize()
     auditor = streamcheck.current_auditor()
     results.update(ratio_rows(f"nccl 4KiB all_reduce{suffix}", bare, wrapped, 3, 1.02))
+    results.update(floor_rows(f"nccl 4KiB all_reduce{suffix}", bare, floor, 3))
     results[f"findings during bench{suffix}"] = len(auditor.findings()) if auditor else None
     streamcheck.uninstall()
 
@@ -345,11 +379,13 @@ def nccl_ratios(args: argparse.Namespace, comm: Any, x: Any, out: Any, suffix: s
     for _ in range(5):
         step(unwrapped_nccl)
         step(audited_step)
-    bare, wrapped = interleaved(lambda: step(unwrapped_nccl), lambda: step(audited_step),
-                                20, args.rounds)
+    bare, wrapped, floor = interleaved_arms(
+        [(lambda: step(unwrapped_nccl), plain), (lambda: step(audited_step), plain),
+         (lambda: step(audited_step), audit_paused)], 20, args.rounds)
     streamcheck.uninstall()
-    results.update(ratio_rows(f"decode-like step (64 all-reduces){suffix}", bare, wrapped, 1,
-                              1.01))
+    label = f"decode-like step (64 all-reduces){suffix}"
+    results.update(ratio_rows(label, bare, wrapped, 1, 1.01))
+    results.update(floor_rows(label, bare, floor, 1))
     return results
 
 

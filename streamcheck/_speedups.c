@@ -1118,18 +1118,70 @@ static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
     return read_once_per_object(&self->last_comm, &self->last_target, comm, s_device_attr);
 }
 
+/* An explicit stream passes on the communicator's device, not a default stream or from the
+ * main engine thread (its device and id read once per stream object). 1: passes, 0: the
+ * Python wrapper decides, -1: error. */
+static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
+                           PyObject *given)
+{
+    PyObject *value = stream_device(self, given);
+    if (value == NULL)
+        return -1;
+    int same = same_long(value, target);
+    Py_DECREF(value);
+    if (same != 1)
+        return same;
+    int nondefault = stream_nondefault(self, given);
+    if (nondefault != 0)
+        return nondefault;
+    value = main_engine_of(self->gate, auditor);
+    if (value == NULL)
+        return -1;
+    int engine = is_calling_thread(value);
+    Py_DECREF(value);
+    return engine;
+}
+
+/* A stream resolved for stream=None passes where it is the calling thread's current one on
+ * the communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
+ * or by current_reader's stream id), and not a default stream unless the main engine thread
+ * launches (the handle and device of the last stream object resolved are kept: an accessor
+ * that keeps its stream is read once). 1: passes, 0: the Python wrapper decides, -1: error. */
+static int implicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
+                           PyObject *stream)
+{
+    if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
+        long long handle;
+        if (stream_handle(self, stream, &handle) < 0)
+            return -1;
+        PyObject *value = PyObject_CallOneArg(self->raw_reader, target);
+        if (value == NULL)
+            return -1;
+        long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+        Py_DECREF(value);
+        if (current == -1 && PyErr_Occurred())
+            return -1;
+        if (current == handle && handle > 2)
+            return 1;
+        if (current == handle && handle >= 0) {
+            /* 0-2 name a default stream on every device: the resolved one is the current
+             * one if it is on the target device, and a default stream is fine only for the
+             * main engine thread (the full test's answer, without its stream id and tuple) */
+            int fine = default_stream_is_fine(self, auditor, stream, target);
+            if (fine != 0)
+                return fine;
+        }
+    }
+    return is_current_and_fine(self, auditor, stream, target); /* the full test */
+}
+
 /*
  * The paths let through here, each exactly where the Python wrapper lets it through:
  *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
- *   - an explicit stream on the communicator's device, not a default stream or from the main
- *     engine thread (its device and id read once per stream object, as below);
- *   - stream=None where the resolved stream is the calling thread's current one on the
- *     communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
- *     or by current_reader's stream id), and not a default stream unless the main engine
- *     thread launches (the handle and device of the last stream object resolved are kept:
- *     an accessor that keeps its stream is read once); it is passed on
- *     explicitly. Once resolved here, a stream is never resolved again for the same call
- *     unless the launch looks wrong (then the Python wrapper resolves and decides).
+ *   - an explicit stream that explicit_passes;
+ *   - stream=None where the resolved stream implicit_passes; it is passed on explicitly.
+ *     Once resolved here, a stream is never resolved again for the same call unless the
+ *     launch looks wrong (then the Python wrapper resolves and decides).
  * Each counted launch advances the installing auditor's counter. Everything else, errors
  * included (cleared here), goes to `slow`, which decides, counts and warns on its own.
  */
@@ -1182,29 +1234,11 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         }
     }
     if (given != Py_None) {
-        value = stream_device(self, given);
-        if (value == NULL)
+        int fine = explicit_passes(self, auditor, target, given);
+        if (fine < 0)
             goto slow_clear;
-        int same = same_long(value, target);
-        Py_CLEAR(value);
-        if (same < 0)
-            goto slow_clear;
-        if (!same)
+        if (!fine)
             goto slow;
-        /* fine on a stream that is not a default stream (read once per stream object), and
-         * on a default stream from the main engine thread */
-        int nondefault = stream_nondefault(self, given);
-        if (nondefault < 0)
-            goto slow_clear;
-        if (!nondefault) {
-            value = main_engine_of(self->gate, auditor);
-            if (value == NULL)
-                goto slow_clear;
-            int engine = is_calling_thread(value);
-            Py_CLEAR(value);
-            if (!engine)
-                goto slow;
-        }
         if (count_launch(self) < 0)
             goto error;
         Py_DECREF(auditor);
@@ -1216,31 +1250,7 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
     stream = resolve_stream(self, comm);
     if (stream == NULL)
         goto slow_clear;
-    int fine = 0;
-    if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
-        long long handle;
-        if (stream_handle(self, stream, &handle) < 0)
-            goto slow_clear;
-        value = PyObject_CallOneArg(self->raw_reader, target);
-        if (value == NULL)
-            goto slow_clear;
-        long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-        Py_CLEAR(value);
-        if (current == -1 && PyErr_Occurred())
-            goto slow_clear;
-        if (current == handle && handle > 2)
-            fine = 1;
-        else if (current == handle && handle >= 0) {
-            /* 0-2 name a default stream on every device: the resolved one is the current
-             * one if it is on the target device, and a default stream is fine only for the
-             * main engine thread (the full test's answer, without its stream id and tuple) */
-            fine = default_stream_is_fine(self, auditor, stream, target);
-            if (fine < 0)
-                goto slow_clear;
-        }
-    }
-    if (!fine) /* the full test, without resolving the stream a second time */
-        fine = is_current_and_fine(self, auditor, stream, target);
+    int fine = implicit_passes(self, auditor, target, stream);
     if (fine < 0)
         goto slow_clear;
     if (!fine)

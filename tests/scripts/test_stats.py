@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.scripts.script_modules import load_script
 
 stats = load_script("_stats")
@@ -54,8 +56,49 @@ def test_bench_audit_turns_which_run_goes_first_from_round_to_round():
     bench_audit.toggled(lambda: seen.append(streamcheck.current_auditor() is not None), 1, 3)
     assert seen[-1] is True and streamcheck.current_auditor() is None  # none left installed
     order: list[str] = []
-    a, b = bench_audit.interleaved(lambda: order.append("a"), lambda: order.append("b"), 1, 3)
-    assert order == ["a", "b", "b", "a", "a", "b"] and len(a) == len(b) == 3
+    plain = bench_audit.contextlib.nullcontext
+    times = bench_audit.interleaved_arms(
+        [(lambda: order.append("a"), plain), (lambda: order.append("b"), plain),
+         (lambda: order.append("c"), plain)], 1, 4)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert [len(t) for t in times] == [4, 4, 4]
+
+
+def test_bench_audit_times_the_wrapper_with_the_audit_paused_and_restores_it():
+    """The floor arm: the installed wrapper with no auditor on the gate passes the call
+    through uncounted; the auditor is back on the gate after the arm, an error included."""
+    bench_audit = load_script("bench_audit")
+    import streamcheck
+    from streamcheck import installer
+    from streamcheck.wrappers.launches import wrap_stream_method
+
+    class Comm:
+        device = 0
+
+        def all_reduce(self, tensor, out=None, stream=None):
+            return stream
+
+    class Stream:
+        device_index, stream_id, cuda_stream = 0, 5, 0x5000
+
+    aud = streamcheck.install("assert")
+    try:
+        assert wrap_stream_method(installer._registry, installer._gate, Comm, "all_reduce",
+                                  "t.all_reduce", resolve="self.kept", device_expr="self.device",
+                                  accessor="", current_of_device=lambda d: (5, 0, 1),
+                                  fixed_device=True)
+        stream = Stream()
+        assert Comm().all_reduce(None, stream=stream) is stream
+        with bench_audit.audit_paused():
+            assert installer._gate.auditor is None
+            assert Comm().all_reduce(None, stream=stream) is stream  # passed through
+        assert installer._gate.auditor is aud
+        assert aud.coverage.launches_by_op()["t.all_reduce"] == 1  # the paused call uncounted
+        with pytest.raises(RuntimeError), bench_audit.audit_paused():
+            raise RuntimeError("in the arm")
+        assert installer._gate.auditor is aud and streamcheck.current_auditor() is aud
+    finally:
+        streamcheck.uninstall()
 
 
 def test_bench_audit_ratio_rows_name_the_medians_the_ratio_and_the_verdict():
