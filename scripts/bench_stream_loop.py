@@ -36,6 +36,10 @@ compiled log's slots save in place), and with the GIL handed over ten times as o
 ``--arm-without Stream.wait_stream`` adds an audited run to every round, the compiled hooks
 with ``wait_stream``'s own hook taken out again (its edge then made by the event hooks, as the
 Python core makes it): what that hook saves, in the same rounds as the rest.
+``--arm-without checks`` adds a run with every hook installed (the event hooks too, by the
+round's first iteration) and the gate holding no auditor, so each hook passes its call
+straight through: what interposing costs before anything is checked, the floor under the
+audit's own cost in this loop.
 ``--arm-without Auditor.declare``, ``--arm-without launch.check`` and ``--arm-without
 streamcheck.handoff`` do the same with the auditor's declare, the connector's checked launch,
 and the step's handoff (all but the declare it calls), left in Python.
@@ -165,6 +169,7 @@ PARTS = ("side", "allreduce", "saver", "handoff")
 COMPILED_DECLARE = "Auditor.declare"  # --arm-without: the compiled core, Python's declare
 COMPILED_LAUNCH_CHECK = "launch.check"  # --arm-without: the compiled core, Python's check
 COMPILED_HANDOFF = "streamcheck.handoff"  # --arm-without: the compiled core, Python's handoff
+PAUSED = "checks"  # --arm-without: every hook installed, the gate holding no auditor
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -321,10 +326,13 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 user_launch._fast_check = None  # (the next install chooses it again)
             elif group == COMPILED_HANDOFF:  # every handoff by _declare_accesses
                 user_launch._fast_declare = None  # (the next install chooses it again)
-            elif group:
+            elif group and group != PAUSED:
                 take_out(hook_groups()[group])
-            first[arm].append(run(1))
+            first[arm].append(run(1))  # (the first handoff puts the event hooks in)
+            if group == PAUSED:  # each hook reads the gate and passes the call through
+                installer._gate.auditor = None
             audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
+            installer._gate.auditor = auditor
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
@@ -526,7 +534,7 @@ def main() -> int:
                    help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--arm-without", action="append", default=[],
                    choices=["Stream.wait_stream", COMPILED_DECLARE, COMPILED_LAUNCH_CHECK,
-                            COMPILED_HANDOFF],
+                            COMPILED_HANDOFF, PAUSED],
                    help="also run, in each round, the compiled hooks without this group of "
                         "hooks, one the audit is as complete without (wait_stream's edge is "
                         "then made by the event hooks; Auditor.declare: the declared "
