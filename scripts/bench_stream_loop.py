@@ -39,7 +39,9 @@ Python core makes it): what that hook saves, in the same rounds as the rest.
 ``--arm-without checks`` adds a run with every hook installed (the event hooks too, by the
 round's first iteration) and the gate holding no auditor, so each hook passes its call
 straight through: what interposing costs before anything is checked, the floor under the
-audit's own cost in this loop.
+audit's own cost in this loop. The installed ``torch.cuda.current_stream`` skips torch's own
+Python frames (``streams.fast_current_stream``), so that floor is under the unaudited loop;
+``--arm-without "checks and current_stream"`` puts torch's own back for the run as well.
 ``--arm-without Auditor.declare``, ``--arm-without launch.check`` and ``--arm-without
 streamcheck.handoff`` do the same with the auditor's declare, the connector's checked launch,
 and the step's handoff (all but the declare it calls), left in Python.
@@ -170,6 +172,8 @@ COMPILED_DECLARE = "Auditor.declare"  # --arm-without: the compiled core, Python
 COMPILED_LAUNCH_CHECK = "launch.check"  # --arm-without: the compiled core, Python's check
 COMPILED_HANDOFF = "streamcheck.handoff"  # --arm-without: the compiled core, Python's handoff
 PAUSED = "checks"  # --arm-without: every hook installed, the gate holding no auditor
+# --arm-without: the same with torch's own current_stream() back in place of the audit's
+PAUSED_TORCH = "checks and current_stream"
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -326,13 +330,18 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 user_launch._fast_check = None  # (the next install chooses it again)
             elif group == COMPILED_HANDOFF:  # every handoff by _declare_accesses
                 user_launch._fast_declare = None  # (the next install chooses it again)
-            elif group and group != PAUSED:
+            elif group and group not in (PAUSED, PAUSED_TORCH):
                 take_out(hook_groups()[group])
             first[arm].append(run(1))  # (the first handoff puts the event hooks in)
-            if group == PAUSED:  # each hook reads the gate and passes the call through
+            if group in (PAUSED, PAUSED_TORCH):  # each hook passes the call through
                 installer._gate.auditor = None
+            faster = torch.cuda.current_stream
+            if group == PAUSED_TORCH:  # (streams.fast_current_stream: fewer Python frames)
+                torch.cuda.current_stream = installer._registry.original(
+                    torch.cuda, "current_stream")
             audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
             installer._gate.auditor = auditor
+            torch.cuda.current_stream = faster
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
@@ -534,7 +543,7 @@ def main() -> int:
                    help="also time each part of a step, unaudited and audited (assert)")
     p.add_argument("--arm-without", action="append", default=[],
                    choices=["Stream.wait_stream", COMPILED_DECLARE, COMPILED_LAUNCH_CHECK,
-                            COMPILED_HANDOFF, PAUSED],
+                            COMPILED_HANDOFF, PAUSED, PAUSED_TORCH],
                    help="also run, in each round, the compiled hooks without this group of "
                         "hooks, one the audit is as complete without (wait_stream's edge is "
                         "then made by the event hooks; Auditor.declare: the declared "
