@@ -3,8 +3,8 @@
 # installing it (PYTHONPATH=$PWD on a GPU machine whose Python differs from the one the wheel
 # was built with). With an argument, also copy the module into that site directory (where a
 # wheel was unpacked). `pip install .` builds it the usual way; this is the same compile: the
-# interpreter's own CFLAGS and CCSHARED, as setuptools passes them (-O3 -DNDEBUG on the usual
-# builds, where a bare -O2 kept the C API's asserts in the hooks the GPU runs timed).
+# interpreter's own CFLAGS and CCSHARED, as setuptools passes them (-DNDEBUG among them, where a
+# bare -O2 kept the C API's asserts in the hooks the GPU runs timed).
 # Prints what the audit will use; exits 0 either way (the Python hooks work without it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
