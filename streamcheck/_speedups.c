@@ -1124,22 +1124,15 @@ static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
 static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
                            PyObject *given)
 {
+    int nondefault = stream_nondefault(self, given);
+    if (nondefault <= 0) /* a default stream: as one the resolver gave */
+        return nondefault < 0 ? -1 : default_stream_is_fine(self, auditor, given, target);
     PyObject *value = stream_device(self, given);
     if (value == NULL)
         return -1;
     int same = same_long(value, target);
     Py_DECREF(value);
-    if (same != 1)
-        return same;
-    int nondefault = stream_nondefault(self, given);
-    if (nondefault != 0)
-        return nondefault;
-    value = main_engine_of(self->gate, auditor);
-    if (value == NULL)
-        return -1;
-    int engine = is_calling_thread(value);
-    Py_DECREF(value);
-    return engine;
+    return same;
 }
 
 /* A stream resolved for stream=None passes where it is the calling thread's current one on
