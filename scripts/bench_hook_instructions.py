@@ -44,6 +44,8 @@ PATHS = {
     "collective launch, stream=None through torch's kind, the default stream": "fresh_default",
     "set_stream": "set_stream",
     "Stream() creation": "creation",
+    # torch's current_stream() wraps the thread's stream: Stream(stream_id=..., ...), no record
+    "Stream(stream_id=...), a wrap as current_stream() makes": "wrap",
     "wait_stream's record and wait, clocks live": "wait_stream",
     "Stream.wait_stream hooked whole, clocks live": "stream_wait",
     "Stream.wait_stream through its event's hooks, clocks live": "stream_wait_events",
@@ -277,6 +279,8 @@ def prepare(path: str, audited: bool) -> Any:
             streamcheck.handoff(KV)  # the first declared access: the clocks go live
         else:
             hook_stream_creation(registry, gate, MadeStream, "torch.cuda", DeviceHome(0))
+    if path == "wrap":
+        return lambda: MadeStream(stream_id=5, device_index=0, device_type=1)
     if path == "explicit":
         return lambda: comm.all_reduce(None, None, stream=SIDE)
     if path in ("kept", "fresh", "fresh_default"):
