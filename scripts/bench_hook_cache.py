@@ -96,12 +96,17 @@ class Sweeper:
         return sum(self.view[0:self.size:64]) if self.size else 0
 
 
-def ns_per_call(fn: Callable[[Any], Any], sweep: Sweeper, groups: int) -> float:
-    """The median over ``groups`` of a group's time a call: a sweep, then ``CALLS`` calls."""
+KEPT = StreamLike()  # one stream object made current again and again (a side stream's)
+
+
+def ns_per_call(fn: Callable[[Any], Any], sweep: Sweeper, groups: int, fresh: bool = True
+                ) -> float:
+    """The median over ``groups`` of a group's time a call: a sweep, then ``CALLS`` calls,
+    each on a new stream object (``fresh``) or all on ``KEPT``."""
     times = []
     for _ in range(groups):
         sweep()
-        streams = [StreamLike() for _ in range(CALLS)]
+        streams = [StreamLike() if fresh else KEPT for _ in range(CALLS)]
         start = time.perf_counter_ns()
         for stream in streams:
             fn(stream)
@@ -114,7 +119,12 @@ HOOKS: dict[str, tuple[str, Callable[[int], Any] | None]] = {
     "compiled": ("compiled", None),
     "compiled, tuples": ("compiled", provenance.deque_log),
     "python": ("python", None),
+    # the compiled hook made to switch to one stream object each time: its full log then
+    # frees no stream object, where with new ones each switch frees one made 16,384
+    # switches earlier (what that costs in place: the difference, in the same rounds)
+    "compiled, one stream object": ("compiled", None),
 }
+ONE_STREAM = "compiled, one stream object"
 
 
 def hooked(name: str) -> tuple[Gate, Callable[[Any], Any]]:
@@ -154,16 +164,16 @@ def measure_handoff(kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:
 def measure(names: list[str], kib: int, rounds: int, groups: int) -> list[dict[str, Any]]:
     """One row a hook, its rounds interleaved with the others' and the bare call's."""
     hooks = {name: hooked(name)[1] for name in names}
-    for hook in hooks.values():
+    for name, hook in hooks.items():
         for _ in range(provenance.LOG_LENGTH):  # the switch log full, as in a running engine
-            hook(StreamLike())
+            hook(KEPT if name == ONE_STREAM else StreamLike())
     sweep = Sweeper(kib)
     bare: list[float] = []
     audited: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(rounds):
         bare.append(ns_per_call(id, sweep, groups))
         for name, hook in hooks.items():
-            audited[name].append(ns_per_call(hook, sweep, groups))
+            audited[name].append(ns_per_call(hook, sweep, groups, fresh=name != ONE_STREAM))
     rows = []
     for name in names:
         added, least, most, low, high = paired_added(audited[name], bare)
@@ -172,6 +182,9 @@ def measure(names: list[str], kib: int, rounds: int, groups: int) -> list[dict[s
         if name == "compiled" and "compiled, tuples" in audited:
             saved, _, _, low, high = paired_added(audited["compiled, tuples"], audited[name])
             row["saved_over_tuples_ns"], row["saved_interval"] = saved, [low, high]
+        if name == "compiled" and ONE_STREAM in audited:
+            freeing, _, _, low, high = paired_added(audited[name], audited[ONE_STREAM])
+            row["freeing_old_stream_ns"], row["freeing_interval"] = freeing, [low, high]
         rows.append(row)
     return rows
 
@@ -208,6 +221,11 @@ def main() -> int:
             low, high = r["saved_interval"]
             print(f"slots save over tuples at {r['sweep_kib']} KiB: {r['saved_over_tuples_ns']:.0f}"
                   f" ns a switch ({low}-{high})")
+        if "freeing_old_stream_ns" in r:
+            low, high = r["freeing_interval"]
+            print(f"a new stream object each switch (the oldest freed) over one object, at "
+                  f"{r['sweep_kib']} KiB: {r['freeing_old_stream_ns']:.0f} ns a switch "
+                  f"({low}-{high})")
     return 0
 
 

@@ -45,6 +45,25 @@ def test_the_slots_are_compared_with_the_tuples_in_the_same_rounds(monkeypatch):
     assert "saved_over_tuples_ns" not in rows[1]
 
 
+def test_the_one_object_hook_frees_no_stream_and_is_compared_in_the_same_rounds(monkeypatch):
+    """``compiled, one stream object`` switches to ``KEPT`` every time, so its full log frees
+    no stream object where the plain compiled hook's frees one a switch; the compiled row
+    carries the difference."""
+    if not bench.speedups.built():
+        pytest.skip("streamcheck._speedups is not built here")
+    monkeypatch.setattr(bench.provenance, "LOG_LENGTH", 32)
+    rows = bench.measure(["compiled", bench.ONE_STREAM], 0, rounds=6, groups=3)
+    assert [r["hook"] for r in rows] == ["compiled", bench.ONE_STREAM]
+    assert isinstance(rows[0]["freeing_old_stream_ns"], float)
+    assert "freeing_old_stream_ns" not in rows[1]
+    seen: list[object] = []
+    bench.ns_per_call(seen.append, bench.Sweeper(0), 2, fresh=False)
+    assert seen == [bench.KEPT] * (2 * bench.CALLS)
+    seen.clear()
+    bench.ns_per_call(seen.append, bench.Sweeper(0), 2)
+    assert len({id(s) for s in seen}) == len(seen) and bench.KEPT not in seen
+
+
 def test_the_handoff_path_declares_through_the_installed_audit_and_uninstalls(monkeypatch):
     """``--path handoff`` times the real ``streamcheck.handoff`` with the audit installed (a
     write kept for the tensor-like object on the given stream) and leaves nothing installed."""
