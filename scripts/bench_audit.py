@@ -28,11 +28,11 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from statistics import median
 from typing import Any
 
 import torch
+from _paused import audit_paused
 from _stats import Paired, in_turn, paired_added, paired_ratio, target_verdict
 
 import streamcheck
@@ -96,19 +96,6 @@ def interleaved_arms(arms: list[tuple[Any, Any]], calls: int, rounds: int, drain
             with context():
                 out.append(per_call_ns(fn, calls, drain))
     return times
-
-
-@contextlib.contextmanager
-def audit_paused() -> Iterator[None]:
-    """The wrappers stay installed and read the gate, which holds no auditor: each passes the
-    call straight to the original. What any wrapper at that place costs, before it checks
-    anything: the floor under the audit's own cost."""
-    gate = installer._gate
-    auditor, gate.auditor = gate.auditor, None
-    try:
-        yield
-    finally:
-        gate.auditor = auditor
 
 
 def toggled(fn: Any, calls: int, rounds: int) -> tuple[list[float], list[float]]:

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import gc
 import json
@@ -78,12 +79,13 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _paused import audit_paused
 from _ranks import run_ranks
 from _stats import in_turn, paired_ratio, target_verdict
 
@@ -174,6 +176,7 @@ COMPILED_HANDOFF = "streamcheck.handoff"  # --arm-without: the compiled core, Py
 PAUSED = "checks"  # --arm-without: every hook installed, the gate holding no auditor
 # --arm-without: the same with torch's own current_stream() back in place of the audit's
 PAUSED_TORCH = "checks and current_stream"
+PAUSED_ARMS = (PAUSED, PAUSED_TORCH)
 SHORT_GIL_SWITCH_S = 0.0005  # the state ablation's GIL switch interval (CPython's: 0.005)
 
 
@@ -330,18 +333,11 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
                 user_launch._fast_check = None  # (the next install chooses it again)
             elif group == COMPILED_HANDOFF:  # every handoff by _declare_accesses
                 user_launch._fast_declare = None  # (the next install chooses it again)
-            elif group and group not in (PAUSED, PAUSED_TORCH):
+            elif group and group not in PAUSED_ARMS:
                 take_out(hook_groups()[group])
             first[arm].append(run(1))  # (the first handoff puts the event hooks in)
-            if group in (PAUSED, PAUSED_TORCH):  # each hook passes the call through
-                installer._gate.auditor = None
-            faster = torch.cuda.current_stream
-            if group == PAUSED_TORCH:  # (streams.fast_current_stream: fewer Python frames)
-                torch.cuda.current_stream = installer._registry.original(
-                    torch.cuda, "current_stream")
-            audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
-            installer._gate.auditor = auditor
-            torch.cuda.current_stream = faster
+            with paused_as(group):
+                audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
@@ -592,7 +588,7 @@ def main() -> int:
         paired = [r[f"paired_ratio_{core}"] for r in sorted(results, key=lambda r: r["rank"])]
         verdict = (f"target <= {TARGET}: "
                    + target_verdict([(lo, hi) for _m, _least, _most, lo, hi in paired], TARGET)
-                   if core.partition(" but ")[2] not in (PAUSED, PAUSED_TORCH)
+                   if core.partition(" but ")[2] not in PAUSED_ARMS
                    else "nothing checked: a floor, not judged")
         print(f"stream-heavy TP loop ({world} ranks), {core} hooks: audited/unaudited per "
               f"iteration = {ratio} (the ratio of the medians; {verdict})")
@@ -606,6 +602,26 @@ def main() -> int:
         print(f"rank {r['rank']}: each round's first iteration (not in the ratios): {firsts}")
     print(f"findings: {'none' if ok else 'PRESENT'}")
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def paused_as(group: str) -> Iterator[None]:
+    """The block as the arm ``group`` runs it: a paused arm with the audit paused (``PAUSED``),
+    and with torch's own ``torch.cuda.current_stream`` back in place of the installed one
+    (``PAUSED_TORCH``; ``streams.fast_current_stream`` skips torch's Python frames); any other
+    arm as it is."""
+    if group not in PAUSED_ARMS:
+        yield
+        return
+    faster = torch.cuda.current_stream
+    with audit_paused():
+        if group == PAUSED_TORCH:
+            torch.cuda.current_stream = installer._registry.original(torch.cuda,
+                                                                     "current_stream")
+        try:
+            yield
+        finally:
+            torch.cuda.current_stream = faster
 
 
 def tuple_switch_log(run: Callable[[], Any]) -> Any:

@@ -64,3 +64,32 @@ def test_each_arm_takes_each_place_in_a_round_equally_often():
         assert sorted(order[place] for order in orders) == sorted(arms * 2)
     assert [bench.in_turn(["unaudited", "audited"], i)[0] for i in range(4)] == [
         "unaudited", "audited", "unaudited", "audited"]
+
+
+def test_the_loop_pauses_only_its_paused_arms_and_puts_torchs_current_stream_back_for_one():
+    """``bench_stream_loop.paused_as``: an ordinary arm runs as it is; ``checks`` with the
+    audit paused; ``checks and current_stream`` also with the ``torch.cuda.current_stream``
+    from before the audit installed its own; all as before once the block ends."""
+    import torch
+
+    import streamcheck
+    from streamcheck import installer
+
+    torchs = torch.cuda.current_stream
+    aud = streamcheck.install("assert")
+    try:
+        if torch.cuda.current_stream is torchs:  # no GPU here: a stand-in for the audit's
+            installer._registry.patch(torch.cuda, "current_stream",
+                                      lambda original: lambda device=None: original(device))
+        installed = torch.cuda.current_stream
+        assert installed is not torchs
+        seen = {}
+        for group in ("", bench.PAUSED, bench.PAUSED_TORCH):
+            with bench.paused_as(group):
+                seen[group] = (installer._gate.auditor, torch.cuda.current_stream)
+            assert installer._gate.auditor is aud and torch.cuda.current_stream is installed
+        assert seen == {"": (aud, installed), bench.PAUSED: (None, installed),
+                        bench.PAUSED_TORCH: (None, torchs)}
+    finally:
+        streamcheck.uninstall()
+    assert torch.cuda.current_stream is torchs

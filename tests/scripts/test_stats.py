@@ -108,3 +108,4 @@ def test_bench_audit_ratio_rows_name_the_medians_the_ratio_and_the_verdict():
                     "op ratio wrapped/unwrapped": 1.01,
                     "op, each round's own ratio, 95 % interval": "1.01-1.01",
                     "op, each round's own ratio: target <= 1.02": "met"}
+
