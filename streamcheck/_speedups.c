@@ -10,10 +10,11 @@
  * One extension, three sources: this file (the hooks), _sites.c (a record's call site) and
  * _declare.c (Auditor.declare compiled).
  *
- *   SetStreamHook(gate, original, via)
+ *   SetStreamHook(gate, original, via[, key_type])
  *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
  *       for the two calling frames through auditor.made_current (into a SwitchLog's slot
- *       without making the tuple, when made_current is one's append), then calls original.
+ *       without making the tuple, when made_current is one's append; a stream of key_type
+ *       kept there as its key, not the object), then calls original.
  *   SwitchLog(capacity)
  *       the stream book's bounded log of switches, a ring of plain slots.
  *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
@@ -52,7 +53,7 @@
 
 static PyObject *s_auditor, *s_mirrors, *s_made_current, *s_device_index, *s_main_engine,
     *s_cuda_stream,
-    *s_stream, *s_device_attr, *s_stream_id, *s_clocks, *s_stream_clocks, *s_clock_attr,
+    *s_stream, *s_device_attr, *s_stream_id, *s_device_type, *s_clocks, *s_stream_clocks, *s_clock_attr,
     *stream_only; /* ("stream",): the keyword names of a call that added only the stream */
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
  * (device, stream id); an event's snapshot in its attribute _streamcheck_clock; an empty clock
@@ -130,19 +131,26 @@ static Py_ssize_t gate_offset; /* its slot's offset; 0: read generically */
 /* its `mirrors` and `main_engine` slots' offsets (0: none, read the auditor generically) */
 static Py_ssize_t gate_mirrors_offset, gate_main_offset;
 
-/* The offset of `type`'s writable object slot `name`, found as a generic read would find it
- * (its member descriptor), without running any code; 0 where it is not such a slot. */
-static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
+/* The offset of `type`'s field `name` of member type `kind` (T_OBJECT_EX, T_LONGLONG; a
+ * writable one only if `writable`), found as a generic read would find it (its member
+ * descriptor), without running any code; 0 where it is not such a field. */
+static Py_ssize_t member_offset(PyTypeObject *type, PyObject *name, int kind, int writable)
 {
     PyObject *descr = _PyType_Lookup(type, name); /* borrowed; tags the type */
     if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
         type->tp_getattro == PyObject_GenericGetAttr &&
         PyType_IsSubtype(type, PyDescr_TYPE(descr))) {
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX && !(member->flags & READONLY))
+        if (member->type == kind && (!writable || !(member->flags & READONLY)))
             return member->offset;
     }
     return 0;
+}
+
+/* The offset of `type`'s writable object slot `name`; 0 where it is not one. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name)
+{
+    return member_offset(type, name, T_OBJECT_EX, 1);
 }
 
 /* What an instance of `type` reads for `auditor`, learned without running any code: a slot of
@@ -219,11 +227,16 @@ static PyObject *bind_as_method(PyObject *op, PyObject *obj, PyObject *type)
  * other record (a creation, a test's) whole.
  */
 typedef struct {
-    PyObject *stream, *via, *code1, *code2; /* a switch; NULL stream: `whole` or empty */
+    PyObject *stream, *via, *code1, *code2; /* a switch; NULL stream: kept by key, `whole`
+                                               or empty */
     PyObject *whole;                        /* a record appended from Python */
+    PyObject *kind; /* a switch kept by key: the stream's type; its key in `key` */
+    long long key[3]; /* (device index, stream id, device type), as KEY_FIELDS names them */
     unsigned long ident;
     int lasti1, lasti2;
 } SwitchSlot;
+
+#define SLOT_REFS 6 /* the object fields a slot holds */
 
 typedef struct {
     PyObject_HEAD
@@ -236,19 +249,20 @@ static PyTypeObject SwitchLogType;
 
 /* Empty `slot`; the references it held are handed to `drop` (decref them after the log is
  * consistent again: a stream's deallocation may run code that switches streams). */
-static void take_slot(SwitchSlot *slot, PyObject *drop[5])
+static void take_slot(SwitchSlot *slot, PyObject *drop[SLOT_REFS])
 {
     drop[0] = slot->stream;
     drop[1] = slot->via;
     drop[2] = slot->code1;
     drop[3] = slot->code2;
     drop[4] = slot->whole;
+    drop[5] = slot->kind;
     memset(slot, 0, sizeof(*slot));
 }
 
-static void drop_all(PyObject *drop[5])
+static void drop_all(PyObject *drop[SLOT_REFS])
 {
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < SLOT_REFS; i++)
         Py_XDECREF(drop[i]);
 }
 
@@ -261,14 +275,22 @@ static SwitchSlot *next_slot(SwitchLog *log)
     return slot;
 }
 
-/* A switch; code1 and code2 are new references, stolen (stream and via are borrowed). */
-static void switchlog_put(SwitchLog *log, PyObject *stream, unsigned long ident, PyObject *via,
-                          PyObject *code1, int lasti1, PyObject *code2, int lasti2)
+/* A switch; code1 and code2 are new references, stolen (stream and via are borrowed). With
+ * `key` (the stream's device index, id and device type), the slot keeps the stream's type and
+ * key instead of the stream (see the SetStreamHook's key_type). */
+static void switchlog_put(SwitchLog *log, PyObject *stream, const long long *key,
+                          unsigned long ident, PyObject *via, PyObject *code1, int lasti1,
+                          PyObject *code2, int lasti2)
 {
-    PyObject *drop[5];
+    PyObject *drop[SLOT_REFS];
     SwitchSlot *slot = next_slot(log);
     take_slot(slot, drop);
-    slot->stream = Py_NewRef(stream);
+    if (key != NULL) {
+        slot->kind = Py_NewRef((PyObject *)Py_TYPE(stream));
+        memcpy(slot->key, key, sizeof(slot->key));
+    } else {
+        slot->stream = Py_NewRef(stream);
+    }
     slot->via = Py_NewRef(via);
     slot->code1 = code1;
     slot->code2 = code2;
@@ -281,7 +303,7 @@ static void switchlog_put(SwitchLog *log, PyObject *stream, unsigned long ident,
 static PyObject *switchlog_append(PyObject *op, PyObject *record)
 {
     SwitchLog *log = (SwitchLog *)op;
-    PyObject *drop[5];
+    PyObject *drop[SLOT_REFS];
     SwitchSlot *slot = next_slot(log);
     take_slot(slot, drop);
     slot->whole = Py_NewRef(record);
@@ -289,8 +311,15 @@ static PyObject *switchlog_append(PyObject *op, PyObject *record)
     Py_RETURN_NONE;
 }
 
+/* A switch's record as the Python hook appends it; one kept by key names its stream as
+ * (device index, stream id, device type, stream type), which streamcheck/core/provenance.py
+ * reads as the stream's key (and rebuilds only for a finding's handle). */
 static PyObject *slot_record(SwitchSlot *slot)
 {
+    if (slot->kind != NULL)
+        return Py_BuildValue("((LLLO)kOOiOi)", slot->key[0], slot->key[1], slot->key[2],
+                             slot->kind, slot->ident, slot->via, slot->code1, slot->lasti1,
+                             slot->code2, slot->lasti2);
     if (slot->stream == NULL)
         return Py_NewRef(slot->whole);
     return Py_BuildValue("(OkOOiOi)", slot->stream, slot->ident, slot->via, slot->code1,
@@ -304,12 +333,13 @@ static void hold_slot(SwitchSlot *slot)
     Py_XINCREF(slot->code1);
     Py_XINCREF(slot->code2);
     Py_XINCREF(slot->whole);
+    Py_XINCREF(slot->kind);
 }
 
 static void release_slots(SwitchSlot *slots, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *drop[5];
+        PyObject *drop[SLOT_REFS];
         take_slot(&slots[i], drop);
         drop_all(drop);
     }
@@ -333,6 +363,7 @@ static int visit_slots(SwitchSlot *slots, Py_ssize_t n, visitproc visit, void *a
         Py_VISIT(slots[i].code1);
         Py_VISIT(slots[i].code2);
         Py_VISIT(slots[i].whole);
+        Py_VISIT(slots[i].kind);
     }
     return 0;
 }
@@ -585,9 +616,65 @@ static PyTypeObject SwitchLogType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *original, *via, *seen, *append, *dict, *weakrefs;
+    PyObject *gate, *original, *via, *key_type, *seen, *append, *dict, *weakrefs;
+    Py_ssize_t key_offsets[3]; /* key_type's KEY_FIELDS as integer slots; 0: read generically */
     vectorcallfunc vectorcall;
 } SetStreamHook;
+
+/* ---- a switch kept by its stream's key ------------------------------------------------ */
+
+/*
+ * A log that keeps each switch's stream object keeps every stream object
+ * torch.cuda.current_stream() made (each `with torch.cuda.stream(s)` leaves through one): until
+ * the log is full, each switch leaves one more object alive for the collector to count and
+ * scan (one young collection every 36 iterations of the stream-heavy loop, about 530 streams
+ * in each: docs/measurements.md), and once it is full each is promoted to the oldest
+ * generation before the log lets it go, where it brings the next full collection nearer.
+ * So a stream of the hook's key_type (torch.cuda.Stream: the wrappers name it) is kept as its
+ * type and its (device index, stream id, device type), three integers the type rebuilds it
+ * from (torch.cuda.Stream(stream_id=..., device_index=..., device_type=...), as torch's own
+ * current_stream() does): nothing of the switch outlives it but the code objects. Only
+ * instances of exactly key_type: a subclass may need more to be rebuilt (an ExternalStream
+ * its pointer). One whose key cannot be read as three integers is kept whole, as before.
+ */
+/* The key's fields, in a kept key's order (interned when the module is made). */
+static PyObject **const KEY_FIELDS[3] = {&s_device_index, &s_stream_id, &s_device_type};
+
+/* Learn key_type's fields: all three as integer slots, or none (each read generically). */
+static void learn_key_type(SetStreamHook *self)
+{
+    Py_ssize_t offsets[3] = {0, 0, 0};
+    for (int i = 0; i < 3 && self->key_type != NULL; i++)
+        offsets[i] = member_offset((PyTypeObject *)self->key_type, *KEY_FIELDS[i], T_LONGLONG,
+                                   0);
+    int all = offsets[0] != 0 && offsets[1] != 0 && offsets[2] != 0;
+    for (int i = 0; i < 3; i++)
+        self->key_offsets[i] = all ? offsets[i] : 0;
+}
+
+/* `stream`'s key into `key` when the switch is kept by key: 1; 0 keep the stream itself (not
+ * of key_type, or a field not an integer: nothing raised). */
+static int stream_key_of(SetStreamHook *self, PyObject *stream, long long key[3])
+{
+    if (self->key_type == NULL || (PyObject *)Py_TYPE(stream) != self->key_type)
+        return 0;
+    if (self->key_offsets[0] != 0) {
+        for (int i = 0; i < 3; i++)
+            key[i] = *(long long *)((char *)stream + self->key_offsets[i]);
+        return 1;
+    }
+    for (int i = 0; i < 3; i++) {
+        PyObject *value = PyObject_GetAttr(stream, *KEY_FIELDS[i]);
+        key[i] = value != NULL && PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+        int bad = value == NULL || !PyLong_Check(value) || (key[i] == -1 && PyErr_Occurred());
+        Py_XDECREF(value);
+        if (bad) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    return 1;
+}
 
 /* Whether `fn` is a SwitchLog's own append (auditor.made_current, when the book's log is
  * one): then the switch goes into its slot directly. */
@@ -695,8 +782,10 @@ static int record_switch(SetStreamHook *self, PyObject *auditor, PyObject *strea
         Py_INCREF(Py_None);
     SwitchLog *log = switch_log_of(fn);
     if (log != NULL) { /* the slot takes the two code references */
-        switchlog_put(log, stream, PyThread_get_thread_ident(), via, codes[0], lastis[0],
-                      codes[1], lastis[1]);
+        long long key[3];
+        int keyed = stream_key_of(self, stream, key);
+        switchlog_put(log, stream, keyed ? key : NULL, PyThread_get_thread_ident(), via,
+                      codes[0], lastis[0], codes[1], lastis[1]);
         Py_DECREF(fn);
         return 0;
     }
@@ -755,21 +844,27 @@ static PyObject *hook_vectorcall(PyObject *op, PyObject *const *args, size_t nar
 
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *gate, *original, *via;
+    PyObject *gate, *original, *via, *key_type = Py_None;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "SetStreamHook takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOU:SetStreamHook", &gate, &original, &via))
+    if (!PyArg_ParseTuple(args, "OOU|O:SetStreamHook", &gate, &original, &via, &key_type))
         return NULL;
+    if (key_type != Py_None && !PyType_Check(key_type)) {
+        PyErr_SetString(PyExc_TypeError, "SetStreamHook: key_type is a type or None");
+        return NULL;
+    }
     SetStreamHook *self = (SetStreamHook *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->gate = Py_NewRef(gate);
     self->original = Py_NewRef(original);
     self->via = Py_NewRef(via);
+    self->key_type = key_type == Py_None ? NULL : Py_NewRef(key_type);
     self->dict = NULL;
     self->vectorcall = hook_vectorcall;
+    learn_key_type(self);
     return (PyObject *)self;
 }
 
@@ -777,6 +872,18 @@ OBJECT_FIELDS(hook, SetStreamHook, gate, dict)
 
 static PyGetSetDef dict_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL}, {NULL}};
+
+/* hook.keys_in_place: whether a key_type stream's key is read from its fields in place (as
+ * torch's stream types keep it), not through three attribute reads. */
+static PyObject *hook_keys_in_place(PyObject *op, void *closure)
+{
+    return PyBool_FromLong(((SetStreamHook *)op)->key_offsets[0] != 0);
+}
+
+static PyGetSetDef hook_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {"keys_in_place", hook_keys_in_place, NULL, "key_type's key read in place", NULL},
+    {NULL}};
 
 static PyTypeObject SetStreamHookType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.SetStreamHook",
@@ -791,7 +898,7 @@ static PyTypeObject SetStreamHookType = {
     .tp_traverse = hook_traverse,
     .tp_clear = hook_clear,
     .tp_dealloc = hook_dealloc,
-    .tp_getset = dict_getset,
+    .tp_getset = hook_getset,
 };
 
 /* ---- FastLaunch ---------------------------------------------------------------------- */
@@ -2488,7 +2595,7 @@ static int intern_all(void)
                  {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
                  {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"},
-                 {&s_clocks, CLOCKS_NAME}, {&s_stream_clocks, STREAM_CLOCKS_NAME},
+                 {&s_device_type, "device_type"}, {&s_clocks, CLOCKS_NAME}, {&s_stream_clocks, STREAM_CLOCKS_NAME},
                  {&s_clock_attr, CLOCK_ATTR_NAME}, {&s_book, "book"},
                  {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
                  {&s_device, "device"}, {&s_thread_name, "_name"},

@@ -32,7 +32,10 @@ from streamcheck.core.roles import main_thread_role
 LOG_LENGTH = 16384  # stream switches kept; older ones only ever explain old launches
 
 # A switch record, as the hooks append it: (stream object, thread ident, via, code, offset,
-# code, offset) with the code objects and instruction offsets of the two calling frames.
+# code, offset) with the code objects and instruction offsets of the two calling frames. The
+# compiled log keeps a torch.cuda.Stream by its key instead of the object (no stream outlives
+# its switch: streamcheck/_speedups.c, "a switch kept by its stream's key"), and reads it back
+# as (device index, stream id, device type, stream type) in the stream's place.
 # Records made from a StreamEvent (creations, tests) are (StreamRef, ident, via, stack or site,
 # time, name, kind).
 CREATED = "created"
@@ -70,7 +73,22 @@ def _key(record: tuple[Any, ...]) -> tuple[int, int]:
     stream = record[0]
     if isinstance(stream, StreamRef):
         return stream.key
+    if type(stream) is tuple:  # kept by its key
+        return (stream[0], stream[1])
     return (int(stream.device_index), int(stream.stream_id))
+
+
+def _handle(stream: Any) -> int:
+    """The runtime's handle of a record's stream. One kept by its key is rebuilt by its type
+    from the key, as torch's ``current_stream()`` wraps an existing stream (only for a
+    finding's event); 0 where that fails."""
+    if type(stream) is tuple:
+        device, stream_id, device_type, kind = stream
+        try:
+            stream = kind(stream_id=stream_id, device_index=device, device_type=device_type)
+        except Exception:  # a report without a handle beats no report
+            return 0
+    return int(getattr(stream, "handle", 0) or getattr(stream, "cuda_stream", 0) or 0)
 
 
 class StreamBook:
@@ -172,7 +190,7 @@ class StreamBook:
 def _event(record: tuple[Any, ...], role_of: Callable[[int], str]) -> StreamEvent:
     stream, ident, via = record[0], record[1], record[2]
     device, stream_id = _key(record)
-    handle = int(getattr(stream, "handle", 0) or getattr(stream, "cuda_stream", 0) or 0)
+    handle = _handle(stream)
     name, when = (record[5], record[4]) if _is_full(record) else (None, 0.0)
     if name is None:
         thread = threading._active.get(ident)  # type: ignore[attr-defined]

@@ -77,16 +77,21 @@ def _event(auditor: Auditor, kind: str, stream: Any, via: str) -> StreamEvent:
     )
 
 
-def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
+def made_current_hook(gate: Gate, original: Any, via: str, key_type: type | None = None
+                      ) -> Any:
     """``original(stream)`` that first tells the book which thread made ``stream`` current.
 
     The hot path of every stream switch: no names, no formatted stacks, no locks; the two
     calling frames are kept as code objects and instruction offsets (a field read, where a
-    line number decodes the line table), turned into lines only for a finding.
+    line number decodes the line table), turned into lines only for a finding. The compiled
+    hook keeps a stream of exactly ``key_type`` as its key, rebuilt from it only for a
+    finding, so no stream object outlives its switch (``key_type(stream_id=...,
+    device_index=..., device_type=...)`` must wrap the same stream, as torch.cuda.Stream's
+    does); the Python hook keeps every stream object.
     """
     compiled = speedups.active()
     if compiled is not None:  # the same record, made in C (streamcheck/_speedups.c)
-        hook = compiled.SetStreamHook(gate, original, via)
+        hook = compiled.SetStreamHook(gate, original, via, key_type)
         functools.update_wrapper(hook, original)
         return hook
     getframe, get_ident = sys._getframe, threading.get_ident
@@ -109,10 +114,12 @@ def made_current_hook(gate: Gate, original: Any, via: str) -> Any:
 
 
 def hook_set_stream(registry: PatchRegistry, gate: Gate, namespace: Any, label: str) -> None:
-    """Record every ``namespace.set_stream(s)``; stream contexts call it too."""
+    """Record every ``namespace.set_stream(s)``; stream contexts call it too. torch.cuda's
+    streams are kept by their key (a simulator's stream types are not rebuilt from one)."""
     via = f"{label}.set_stream"
-    registry.patch(namespace, "set_stream", lambda original: made_current_hook(gate, original,
-                                                                               via))
+    key_type = getattr(namespace, "Stream", None) if label == "torch.cuda" else None
+    registry.patch(namespace, "set_stream", lambda original: made_current_hook(
+        gate, original, via, key_type if isinstance(key_type, type) else None))
 
 
 def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type,
