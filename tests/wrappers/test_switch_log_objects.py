@@ -129,6 +129,9 @@ def test_torch_streams_are_kept_by_their_key_read_in_place(monkeypatch):
     try:
         assert torch.cuda.set_stream.keys_in_place
         side = torch.cuda.Stream()
+        for _ in range(8):  # the first switches load CUDA's libraries (ctypes objects, once)
+            with torch.cuda.stream(side):
+                pass
         gc.collect()
         gc.disable()
         try:
@@ -149,5 +152,5 @@ def test_torch_streams_are_kept_by_their_key_read_in_place(monkeypatch):
     assert entered[0] == (side.device_index, side.stream_id, side.device_type,
                           torch.cuda.Stream)
     assert left[0][:2] == (main.device_index, main.stream_id)
-    assert abs(added) <= 16, added
+    assert abs(added) <= 16, added  # kept, the 128 streams the contexts left through
     assert elsewhere is not None and elsewhere.stream.handle == side.cuda_stream
