@@ -8,7 +8,9 @@ Prints, each a ratio or difference measured here, now:
 2. a real 4 KiB NCCL all-reduce (one-rank communicator, our binding), wrapped vs unwrapped,
    and a decode-like step of 64 of them between matmuls: the ratios a user sees; each with
    ``stream=None`` resolved through torch's ``current_stream()`` (a new stream object each
-   call) and through a kept stream's accessor (vLLM's pynccl shape);
+   call) and through a kept stream's accessor (vLLM's pynccl shape), the thread's default
+   stream current or a side stream of its own (the compiled wrapper then reads the current
+   stream natively, once that agreed with torch's read: streamcheck/_native_streams.c);
 3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
    live), ``wait_stream`` (clocks idle, and live: an engine step's once a connector declared an
@@ -58,9 +60,9 @@ class CachedNoOpComm:
     ``current_stream()``), not torch's 4-7 us ``torch.cuda.current_stream()``, so what the
     audit adds to a ``stream=None`` launch is not lost in the accessor's own time."""
 
-    def __init__(self, device: int) -> None:
+    def __init__(self, device: int, kept: Any = None) -> None:
         self.device = torch.device("cuda", device)
-        kept = torch.cuda.current_stream(device)
+        kept = torch.cuda.current_stream(device) if kept is None else kept
         self._current_stream = lambda: kept
 
     all_reduce = NoOpComm.all_reduce  # its own attribute: wrapped apart from NoOpComm's
@@ -72,7 +74,8 @@ HOOK_TARGETS = {"set_stream": 300, "wait_stream (a new event each)": 300,
                 "wait_stream, clocks live": 300, "torch.cuda.Stream()": 300,
                 "current_stream taken before the audit": 300}
 LAUNCH_TARGETS = {"explicit stream": 150, "stream=None": 200,
-                  "stream=None, a kept stream's accessor": 200}
+                  "stream=None, a kept stream's accessor": 200,
+                  "stream=None, a kept side stream's accessor": 200}
 
 
 def per_call_ns(fn: Any, calls: int, drain: Any = None) -> float:
@@ -271,24 +274,33 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
     results.update(hook_costs(args.calls, args.rounds))
 
     # 1. the audit alone
-    noop, cached = NoOpComm(0), CachedNoOpComm(0)
+    # an engine whose steps run on a stream of their own: that stream current, kept by the
+    # accessor (the compiled wrapper's native read of the current stream starts here: it is
+    # used once it agreed with torch's on a non-default stream, streamcheck/_native_streams.c)
+    side = torch.cuda.Stream()
+    noop, cached, cached_side = NoOpComm(0), CachedNoOpComm(0), CachedNoOpComm(0, side)
     plain = NoOpComm.all_reduce  # both classes' method, before either is wrapped
     streamcheck.install("assert")
     installer.instrument(LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
                                 stream="self._current_stream()"))
     installer.instrument(LaunchSite("bench.noop.cached", __name__, "CachedNoOpComm",
                                     ("all_reduce",), stream="self._current_stream()"))
-    for label, comm, kwargs in (("explicit stream", noop, {"stream": s}),
-                                ("stream=None", noop, {}),
-                                ("stream=None, a kept stream's accessor", cached, {})):
+    for label, comm, kwargs, current in (
+            ("explicit stream", noop, {"stream": s}, None),
+            ("stream=None", noop, {}, None),
+            ("stream=None, a kept stream's accessor", cached, {}, None),
+            ("stream=None, a kept side stream's accessor", cached_side, {}, side)):
         audited = type(comm).all_reduce
         if plain is audited:
             raise RuntimeError(f"{label}: the launch was not wrapped")
-        unwrapped, wrapped, floor = interleaved_arms(
-            [(lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw), contextlib.nullcontext),
-             (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), contextlib.nullcontext),
-             (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), audit_paused)],
-            args.calls, args.rounds)
+        with torch.cuda.stream(current) if current is not None else contextlib.nullcontext():
+            unwrapped, wrapped, floor = interleaved_arms(
+                [(lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw),
+                  contextlib.nullcontext),
+                 (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw),
+                  contextlib.nullcontext),
+                 (lambda c=comm, f=audited, kw=kwargs: f(c, x, out, **kw), audit_paused)],
+                args.calls, args.rounds)
         results[f"noop {label}: unwrapped ns"] = round(median(unwrapped), 1)
         results[f"noop {label}: assert-mode ns"] = round(median(wrapped), 1)
         results[f"noop {label}: added ns per launch"] = round(
@@ -307,10 +319,13 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
 
     comm = NcclCommunicator(1, 0, unique_id(), 0)
     kept = torch.cuda.current_stream()
-    for suffix, accessor in (("", None), (", a kept stream's accessor", lambda: kept)):
+    for suffix, accessor, current in (("", None, None),
+                                      (", a kept stream's accessor", lambda: kept, None),
+                                      (", a kept side stream's accessor", lambda: side, side)):
         if accessor is not None:
             comm._current_stream = accessor
-        results.update(nccl_ratios(args, comm, x, out, suffix))
+        with torch.cuda.stream(current) if current is not None else contextlib.nullcontext():
+            results.update(nccl_ratios(args, comm, x, out, suffix))
     comm.close()
     return results
 

@@ -7,8 +7,9 @@
  * that is not plainly fine goes to the generated Python wrapper, which applies every rule.
  * Optional, as coverage.py's C tracer is: without a compiler the pure-Python hooks are used
  * (streamcheck/wrappers/speedups.py chooses).
- * One extension, three sources: this file (the hooks), _sites.c (a record's call site) and
- * _declare.c (Auditor.declare compiled).
+ * One extension, several sources: this file (the hooks), _sites.c (a record's call site),
+ * _declare.c (Auditor.declare compiled), _native_streams.c (a current stream read natively)
+ * and the others named where their functions are declared below.
  *
  *   SetStreamHook(gate, original, via[, key_type])
  *       set_stream(stream): appends (stream, thread ident, via, code, offset, code, offset)
@@ -83,6 +84,10 @@ PyObject *tables_own_key(PyObject *table, PyObject *mine);
 int launch_check_add_types(PyObject *module);
 /* streamcheck/_handoffs.c: a declared handoff, its common case compiled */
 int handoffs_add_types(PyObject *module);
+/* streamcheck/_native_streams.c: a device's current stream's handle, read natively where
+ * that agreed with torch's reader */
+int read_raw_stream(PyObject *reader, PyObject *device, long long *handle);
+int native_streams_add_functions(PyObject *module);
 /* streamcheck/_counter.c: a launch site's counter, advanced in place */
 int counter_add_types(PyObject *module);
 int launch_counter_advance(PyObject *counter);
@@ -1251,15 +1256,9 @@ static int implicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target
                            PyObject *stream)
 {
     if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
-        long long handle;
-        if (stream_handle(self, stream, &handle) < 0)
-            return -1;
-        PyObject *value = PyObject_CallOneArg(self->raw_reader, target);
-        if (value == NULL)
-            return -1;
-        long long current = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-        Py_DECREF(value);
-        if (current == -1 && PyErr_Occurred())
+        long long handle, current;
+        if (stream_handle(self, stream, &handle) < 0 ||
+            read_raw_stream(self->raw_reader, target, &current) < 0)
             return -1;
         if (current == handle && handle > 2)
             return 1;
@@ -2642,6 +2641,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
         handoffs_add_types(module) < 0 || counter_add_types(module) < 0 ||
+        native_streams_add_functions(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

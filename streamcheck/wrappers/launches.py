@@ -236,6 +236,7 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
         return None
     kind, holder, name = _resolver_kind(resolve, names)
     raw = current_raw_stream if kind else None
+    speedups.read_streams_natively(raw)
 
     def make(original: Any) -> Any:
         launch = compiled.FastLaunch(gate, owner, counter, original, python_make(original),

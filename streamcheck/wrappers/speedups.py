@@ -15,7 +15,9 @@ The choice is the ``core`` setting (``STREAMCHECK_CORE``): ``auto`` (compiled wh
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from streamcheck.core import auditor, coverage, ids, provenance
@@ -80,6 +82,22 @@ def built() -> bool:
 def active() -> ModuleType | None:
     """The compiled module the next hooks use, or None for the Python ones."""
     return _active
+
+
+def read_streams_natively(reader: Callable[[int], int] | None) -> bool:
+    """Let the compiled launch wrappers read a device's current stream through the C++
+    functions behind ``reader`` when it is torch's ``_cuda_getCurrentRawStream`` (its Python
+    call was 96 of a ``stream=None`` launch's 252 added ns on an H200): in the libc10_cuda torch
+    has loaded, trusted per device only once both agreed (streamcheck/_native_streams.c).
+    Imports nothing and starts nothing: False where torch is not imported or has no CUDA
+    library loaded, or the Python core is chosen."""
+    torch = sys.modules.get("torch")
+    if _active is None or reader is None or torch is None:
+        return False
+    if reader is not getattr(getattr(torch, "_C", None), "_cuda_getCurrentRawStream", None):
+        return False
+    library = Path(torch.__file__).parent / "lib" / "libc10_cuda.so"
+    return bool(_active.native_raw_streams(str(library), reader))
 
 
 def describe() -> str:
