@@ -17,8 +17,8 @@ from streamcheck.doctor.model import EnvItem
 
 def collect() -> list[EnvItem]:
     """All environment lines, in the order a person reads them."""
-    return [python_item(), hooks_item(), *torch_items(), nccl_item(), vllm_item(),
-            py_spy_item()]
+    return [python_item(), hooks_item(), stream_reads_item(), *torch_items(), nccl_item(),
+            vllm_item(), py_spy_item()]
 
 
 def hooks_item() -> EnvItem:
@@ -40,6 +40,30 @@ def hooks_item() -> EnvItem:
                        "the Python ones")
     return EnvItem("audit hooks", "compiled (streamcheck._speedups)", True,
                    "STREAMCHECK_CORE=python chooses the Python ones")
+
+
+def stream_reads_item() -> EnvItem:
+    """How a compiled launch wrapper reads a device's current stream for a ``stream=None``
+    launch here: through the C++ functions in torch's libc10_cuda where they are found (used
+    once they agreed with torch's own read, streamcheck/_native_streams.c), else through
+    torch's Python call at each launch."""
+    from streamcheck.wrappers import speedups
+
+    name = "current-stream reads"
+    if speedups.active() is None:
+        return EnvItem(name, "torch's", None, "the Python hooks call torch at each launch")
+    try:
+        import torch
+    except ImportError as exc:
+        return EnvItem(name, "none", None, f"torch is not importable: {exc}")
+    reader = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if speedups.read_streams_natively(reader):
+        return EnvItem(name, "native (c10::cuda)", True,
+                       "getCurrentCUDAStream in torch's libc10_cuda, used once it agreed with "
+                       "torch's own read on a non-default stream")
+    return EnvItem(name, "torch's", None,
+                   "torch's libc10_cuda is not loaded or lacks getCurrentCUDAStream: each "
+                   "stream=None launch calls torch._C._cuda_getCurrentRawStream")
 
 
 def python_item() -> EnvItem:

@@ -30,8 +30,9 @@ def test_environment_only_report_and_json(tmp_path: Path, capsys) -> None:
     for name in ("Python", "audit hooks", "torch", "CUDA", "NCCL", "vLLM", "py-spy"):
         assert name in text
     doc = read_json(out)
-    assert [e["name"] for e in doc["environment"]] == ["Python", "audit hooks", "torch", "CUDA",
-                                                      "NCCL", "vLLM", "py-spy"]
+    assert [e["name"] for e in doc["environment"]] == [
+        "Python", "audit hooks", "current-stream reads", "torch", "CUDA", "NCCL", "vLLM",
+        "py-spy"]
     assert doc["probes"] == [] and doc["hazards"] == [] and doc["exit_code"] == 0
 
 

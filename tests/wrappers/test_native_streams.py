@@ -158,3 +158,13 @@ def test_torch_streams_read_natively_agree_with_torch_on_cuda():
     found, proven, answered, off = c.native_raw_streams_state()
     assert found and proven and answered >> device & 1 and not off
     assert c.raw_stream(reader, device) == reader(device)  # back on the thread's own stream
+
+
+def test_the_doctor_says_how_current_streams_are_read():
+    from streamcheck.doctor.environment import stream_reads_item
+
+    torch = pytest.importorskip("torch")
+    item = stream_reads_item()
+    native = (Path(torch.__file__).parent / "lib" / "libc10_cuda.so").exists()
+    assert item.name == "current-stream reads"
+    assert item.value == ("native (c10::cuda)" if native else "torch's"), item
