@@ -59,6 +59,20 @@ static long long native_handle(int device)
     return (long long)(intptr_t)stream_handle_of(&stream);
 }
 
+/* A read's result as a C integer, the reference stolen (-1 where it is not an int): 0 with
+ * *out set, or -1 + error (a NULL `value`: the read's own). */
+int steal_long_long(PyObject *value, long long *out)
+{
+    if (value == NULL)
+        return -1;
+    long long read = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
+    Py_DECREF(value);
+    if (read == -1 && PyErr_Occurred())
+        return -1;
+    *out = read;
+    return 0;
+}
+
 /* `reader(device)`'s answer into *handle, read natively where `reader` is the one the native
  * reads stand in for and `device` is trusted: 0, or -1 + error (the reader's own). */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
@@ -76,12 +90,8 @@ int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
             return 0;
         }
     }
-    PyObject *value = PyObject_CallOneArg(reader, device);
-    if (value == NULL)
-        return -1;
-    long long read = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-    Py_DECREF(value);
-    if (read == -1 && PyErr_Occurred())
+    long long read;
+    if (steal_long_long(PyObject_CallOneArg(reader, device), &read) < 0)
         return -1;
     if (native) /* torch answered for this device: a valid index */
         answered |= (uint64_t)1 << index;

@@ -54,7 +54,8 @@
 
 static PyObject *s_auditor, *s_mirrors, *s_made_current, *s_device_index, *s_main_engine,
     *s_cuda_stream,
-    *s_stream, *s_device_attr, *s_stream_id, *s_device_type, *s_clocks, *s_stream_clocks, *s_clock_attr,
+    *s_stream, *s_device_attr, *s_stream_id, *s_device_type, *s_clocks, *s_stream_clocks,
+    *s_clock_attr,
     *stream_only; /* ("stream",): the keyword names of a call that added only the stream */
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
  * (device, stream id); an event's snapshot in its attribute _streamcheck_clock; an empty clock
@@ -87,6 +88,7 @@ int handoffs_add_types(PyObject *module);
 /* streamcheck/_native_streams.c: a device's current stream's handle, read natively where
  * that agreed with torch's reader */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle);
+int steal_long_long(PyObject *value, long long *out); /* a read's int, the reference stolen */
 int native_streams_add_functions(PyObject *module);
 /* streamcheck/_counter.c: a launch site's counter, advanced in place */
 int counter_add_types(PyObject *module);
@@ -640,7 +642,7 @@ typedef struct {
  * from (torch.cuda.Stream(stream_id=..., device_index=..., device_type=...), as torch's own
  * current_stream() does): nothing of the switch outlives it but the code objects. Only
  * instances of exactly key_type: a subclass may need more to be rebuilt (an ExternalStream
- * its pointer). One whose key cannot be read as three integers is kept whole, as before.
+ * its pointer). One whose key cannot be read as three integers is kept as the object.
  */
 /* The key's fields, in a kept key's order (interned when the module is made). */
 static PyObject **const KEY_FIELDS[3] = {&s_device_index, &s_stream_id, &s_device_type};
@@ -1065,12 +1067,8 @@ static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
         *handle = self->last_handle;
         return 0;
     }
-    PyObject *value = PyObject_GetAttr(stream, s_cuda_stream);
-    if (value == NULL)
-        return -1;
-    long long read = PyLong_Check(value) ? PyLong_AsLongLong(value) : -1;
-    Py_DECREF(value);
-    if (read == -1 && PyErr_Occurred())
+    long long read;
+    if (steal_long_long(PyObject_GetAttr(stream, s_cuda_stream), &read) < 0)
         return -1;
     Released old = {NULL, NULL};
     if (stream != self->last_stream) /* read first: the read may have let another thread in */
@@ -2594,7 +2592,8 @@ static int intern_all(void)
                  {&s_cuda_stream, "cuda_stream"},   {&s_stream, "stream"},
                  {&s_device_attr, "_streamcheck_device"}, {&s_ordering, "ordering"},
                  {&s_get_device, "get_device"}, {&s_stream_id, "stream_id"},
-                 {&s_device_type, "device_type"}, {&s_clocks, CLOCKS_NAME}, {&s_stream_clocks, STREAM_CLOCKS_NAME},
+                 {&s_device_type, "device_type"}, {&s_clocks, CLOCKS_NAME},
+                 {&s_stream_clocks, STREAM_CLOCKS_NAME},
                  {&s_clock_attr, CLOCK_ATTR_NAME}, {&s_book, "book"},
                  {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
                  {&s_device, "device"}, {&s_thread_name, "_name"},

@@ -87,9 +87,10 @@ def active() -> ModuleType | None:
 def read_streams_natively(reader: Callable[[int], int] | None) -> bool:
     """Let the compiled launch wrappers read a device's current stream through the C++
     functions behind ``reader`` when it is torch's ``_cuda_getCurrentRawStream`` (its Python
-    call was 96 of a ``stream=None`` launch's 252 added ns on an H200): in the libc10_cuda torch
-    has loaded, trusted per device only once both agreed (streamcheck/_native_streams.c).
-    Imports nothing and starts nothing: False where torch is not imported or has no CUDA
+    call alone took 87-96 ns on H200 hosts, of a ``stream=None`` launch's 252-330 added): in
+    the libc10_cuda torch has loaded, used once both agreed on a non-default stream and for
+    devices torch's read answered for (streamcheck/_native_streams.c). Imports nothing and
+    starts nothing (no CUDA call here): False where torch is not imported or has no CUDA
     library loaded, or the Python core is chosen."""
     torch = sys.modules.get("torch")
     if _active is None or reader is None or torch is None:
