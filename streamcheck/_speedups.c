@@ -226,7 +226,9 @@ static PyObject *bind_as_method(PyObject *op, PyObject *obj, PyObject *type)
  * SwitchLog(capacity): the stream book's log of switches (streamcheck/core/provenance.py),
  * a ring of `capacity` slots, the oldest overwritten, as a deque(maxlen=capacity) would drop
  * it. The set_stream hook writes a switch into a slot as plain fields: no tuple, no integer
- * objects, nothing freed but the stream object the overwritten switch held. A deque of tuples
+ * objects, and for a torch.cuda.Stream not the stream either but its key (see "a switch kept
+ * by its stream's key" below), so nothing is freed but the stream object an overwritten
+ * switch of another kind held. A deque of tuples
  * makes a 7-tuple and three integers per switch and frees the ones made 16,384 switches
  * earlier, memory long gone from the CPU's caches when an engine's other work runs between
  * two switches (scripts/bench_hook_cache.py). Reading (rules, only for a launch that already

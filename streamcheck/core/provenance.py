@@ -8,7 +8,8 @@ this one (``stale-stream-cache``).
 times per step, so recording a switch must cost what the decision needs and nothing more: one
 small tuple appended to a bounded log and one per-thread slot update, with the stream object,
 the thread ident and the code objects and line numbers of the two calling frames (with the
-compiled hooks, written into a ring of plain slots without making the tuple: see
+compiled hooks, written into a ring of plain slots without making the tuple, and a
+torch.cuda.Stream kept by its key so that no stream object outlives its switch: see
 :data:`make_switch_log`). Thread names, roles, file names and full :class:`StreamEvent`
 records are made only when a rule asks, which happens only for a launch that already looks
 wrong.
