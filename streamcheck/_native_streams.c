@@ -25,7 +25,7 @@
  *       _cuda_getCurrentRawStream) once they agreed with it; False where the library is not
  *       loaded or lacks them.
  *   raw_stream(reader, device) -> int
- *       reader(device) as the launch wrappers read it (natively where trusted).
+ *       reader(device) as the launch wrappers read it (natively once proven).
  *   native_raw_streams_state() -> (found, proven, devices answered as a bit mask, turned off)
  */
 #define PY_SSIZE_T_CLEAN
@@ -34,7 +34,7 @@
 #include <stdint.h>
 
 #define CUDA_DEVICE_TYPE 1 /* c10::DeviceType::CUDA */
-#define MAX_DEVICES 64     /* one bit each in `trusted` */
+#define MAX_DEVICES 64     /* one bit each in `answered` */
 
 typedef struct {
     int8_t device_type;
@@ -52,7 +52,7 @@ static int turned_off;           /* a disagreement was seen: never native again 
 #define CURRENT_NAME "_ZN3c104cuda20getCurrentCUDAStreamEa"
 #define HANDLE_NAME "_ZNK3c104cuda10CUDAStream6streamEv"
 
-/* The device's current stream's handle, natively; only for a trusted device. */
+/* The device's current stream's handle, natively: only once proven, for a device answered. */
 static long long native_handle(int device)
 {
     CudaStream stream = current_cuda_stream((int8_t)device);
@@ -74,7 +74,7 @@ int steal_long_long(PyObject *value, long long *out)
 }
 
 /* `reader(device)`'s answer into *handle, read natively where `reader` is the one the native
- * reads stand in for and `device` is trusted: 0, or -1 + error (the reader's own). */
+ * reads stand in for, once proven, for a device answered: 0, or -1 + error (the reader's own). */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
 {
     long index = -1;
