@@ -293,7 +293,7 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
         audited = type(comm).all_reduce
         if plain is audited:
             raise RuntimeError(f"{label}: the launch was not wrapped")
-        with torch.cuda.stream(current) if current is not None else contextlib.nullcontext():
+        with torch.cuda.stream(current):  # None: a no-op, the thread's own stream
             unwrapped, wrapped, floor = interleaved_arms(
                 [(lambda c=comm, f=plain, kw=kwargs: f(c, x, out, **kw),
                   contextlib.nullcontext),
@@ -324,7 +324,7 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
                                       (", a kept side stream's accessor", lambda: side, side)):
         if accessor is not None:
             comm._current_stream = accessor
-        with torch.cuda.stream(current) if current is not None else contextlib.nullcontext():
+        with torch.cuda.stream(current):  # None: a no-op, the thread's own stream
             results.update(nccl_ratios(args, comm, x, out, suffix))
     comm.close()
     return results

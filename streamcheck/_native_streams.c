@@ -52,11 +52,12 @@ static int turned_off;           /* a disagreement was seen: never native again 
 #define CURRENT_NAME "_ZN3c104cuda20getCurrentCUDAStreamEa"
 #define HANDLE_NAME "_ZNK3c104cuda10CUDAStream6streamEv"
 
-/* The device's current stream's handle, natively: only once proven, for a device answered. */
-static long long native_handle(int device)
+/* The device's current stream into *stream and its handle, natively: only once proven, for
+ * a device answered (or, to prove it, right after torch's read answered for the device). */
+static long long native_handle(int device, CudaStream *stream)
 {
-    CudaStream stream = current_cuda_stream((int8_t)device);
-    return (long long)(intptr_t)stream_handle_of(&stream);
+    *stream = current_cuda_stream((int8_t)device);
+    return (long long)(intptr_t)stream_handle_of(stream);
 }
 
 /* A read's result as a C integer, the reference stolen (-1 where it is not an int): 0 with
@@ -86,7 +87,8 @@ int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
             PyErr_Clear();
             native = 0;
         } else if (proven && answered >> index & 1) {
-            *handle = native_handle((int)index);
+            CudaStream stream;
+            *handle = native_handle((int)index, &stream);
             return 0;
         }
     }
@@ -96,8 +98,8 @@ int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
     if (native) /* torch answered for this device: a valid index */
         answered |= (uint64_t)1 << index;
     if (native && !proven && read > 2) { /* compare on a real stream */
-        CudaStream stream = current_cuda_stream((int8_t)index);
-        long long mine = (long long)(intptr_t)stream_handle_of(&stream);
+        CudaStream stream;
+        long long mine = native_handle((int)index, &stream);
         if (mine == read && stream.device_type == CUDA_DEVICE_TYPE &&
             stream.device_index == index)
             proven = 1;
