@@ -9,8 +9,12 @@ Prints, each a ratio or difference measured here, now:
    and a decode-like step of 64 of them between matmuls: the ratios a user sees; each with
    ``stream=None`` resolved through torch's ``current_stream()`` (a new stream object each
    call) and through a kept stream's accessor (vLLM's pynccl shape), the thread's default
-   stream current or a side stream of its own (the compiled wrapper then reads the current
-   stream natively, once that agreed with torch's read: streamcheck/_native_streams.c);
+   stream current or a side stream of its own (the compiled wrapper reads the current
+   stream natively once that agreed with torch's read: streamcheck/_native_streams.c);
+   then the no-op launch's check between unwrapped all-reduces (caches as a real launch
+   leaves them: where the all-reduce's added time goes), and a 4 KiB ``torch.distributed``
+   all-reduce, hooked vs not (the engine loop's collective; its hook reads the current stream
+   natively too);
 3. ``off`` mode: how many attributes are patched (must be 0: the wrapper is not there at all);
 4. what each stream hook adds: set_stream, a stream context, event record/wait (clocks idle and
    live), ``wait_stream`` (clocks idle, and live: an engine step's once a connector declared an
@@ -275,8 +279,8 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
 
     # 1. the audit alone
     # an engine whose steps run on a stream of their own: that stream current, kept by the
-    # accessor (the compiled wrapper's native read of the current stream starts here: it is
-    # used once it agreed with torch's on a non-default stream, streamcheck/_native_streams.c)
+    # accessor (the compiled wrapper reads the current stream natively from its first launch:
+    # proven there on a made-up stream, streamcheck/_native_streams.c)
     side = torch.cuda.Stream()
     noop, cached, cached_side = NoOpComm(0), CachedNoOpComm(0), CachedNoOpComm(0, side)
     plain = NoOpComm.all_reduce  # both classes' method, before either is wrapped
@@ -326,8 +330,90 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
             comm._current_stream = accessor
         with torch.cuda.stream(current):  # None: a no-op, the thread's own stream
             results.update(nccl_ratios(args, comm, x, out, suffix))
+    results.update(beside_all_reduce(args, comm, cached_side, side, plain, x, out))
     comm.close()
+    results.update(torch_distributed_ratio(args, x))
     return results
+
+
+def beside_all_reduce(args: argparse.Namespace, comm: Any, noop: Any, side: Any, plain: Any,
+                      x: Any, out: Any) -> dict[str, Any]:
+    """Where a real all-reduce's added time goes: the no-op launch's check (a kept side
+    stream's accessor, that stream current) timed between unwrapped all-reduces, so the
+    caches are as the all-reduce leaves them, where the tight loop of section 1 has them
+    warm. Each arm runs an unwrapped all-reduce and then the no-op launch, wrapped or not."""
+    from streamcheck.runtime.nccl import NcclCommunicator
+
+    bare_nccl = NcclCommunicator.all_reduce  # before the install wraps it
+    streamcheck.install("assert")
+    installer.instrument(LaunchSite("bench.noop.cached", __name__, "CachedNoOpComm",
+                                    ("all_reduce",), stream="self._current_stream()"))
+    audited = type(noop).all_reduce
+
+    def beside(launch: Any) -> Any:
+        def run() -> None:
+            bare_nccl(comm, x, out)
+            launch(noop, x, out)
+        return run
+
+    comm._current_stream = lambda: side
+    with torch.cuda.stream(side):
+        bare, wrapped = interleaved_arms(
+            [(beside(plain), contextlib.nullcontext), (beside(audited), contextlib.nullcontext)],
+            args.calls // 10, args.rounds, drain=torch.cuda.synchronize)
+    auditor = streamcheck.current_auditor()
+    findings = len(auditor.findings()) if auditor else None
+    streamcheck.uninstall()
+    label = "noop launch beside a real all-reduce, a kept side stream's accessor"
+    added, _least, _most, lo, hi = paired_added(wrapped, bare)
+    return {f"{label}: unwrapped pair us": round(median(bare) / 1000, 3),
+            f"{label}: added ns per launch": added,
+            f"{label}: 95 % interval": f"{lo}-{hi}",
+            f"{label}: findings": findings}
+
+
+def torch_distributed_ratio(args: argparse.Namespace, x: Any) -> dict[str, Any]:
+    """A 4 KiB ``torch.distributed`` all-reduce (one rank, NCCL), hooked (the collective
+    hook, its current stream read natively once proven) vs not, the default stream current:
+    the engine loop's collective (``bench_stream_loop.py``)."""
+    import socket
+
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_nccl_available():
+        return {"torch.distributed 4KiB all_reduce": "not available in this build"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", world_size=1,
+                            rank=0, device_id=torch.device("cuda", 0))
+    try:
+        bare = dist.all_reduce  # before the install hooks it
+        streamcheck.install("assert")
+        hooked = dist.all_reduce
+        if hooked is bare:
+            raise RuntimeError("torch.distributed.all_reduce was not hooked")
+        for _ in range(2000):
+            bare(x)
+            hooked(x)
+        torch.cuda.synchronize()
+        plain = contextlib.nullcontext
+        unwrapped, wrapped, floor = interleaved_arms(
+            [(lambda: bare(x), plain), (lambda: hooked(x), plain),
+             (lambda: hooked(x), audit_paused)],
+            args.calls // 10, args.rounds, drain=torch.cuda.synchronize)
+        auditor = streamcheck.current_auditor()
+        launches = auditor.coverage.launches_by_op() if auditor else {}
+        findings = len(auditor.findings()) if auditor else None
+        streamcheck.uninstall()
+    finally:
+        dist.destroy_process_group()
+    label = "torch.distributed 4KiB all_reduce"
+    return {**ratio_rows(label, unwrapped, wrapped, 3, 1.02),
+            **floor_rows(label, unwrapped, floor, 3),
+            f"{label}: launches counted": sum(n for op, n in launches.items()
+                                               if "all_reduce" in op),
+            f"{label}: findings": findings}
 
 
 def nccl_ratios(args: argparse.Namespace, comm: Any, x: Any, out: Any, suffix: str
@@ -423,6 +509,10 @@ def main() -> int:
         os.environ["STREAMCHECK_CORE"] = core
         results.update({f"[{core}] {k}": v for k, v in measure(args, x, out, s).items()})
     os.environ.pop("STREAMCHECK_CORE", None)
+    if speedups.active() is not None:
+        found, proven, answered, off = speedups.active().native_raw_streams_state()
+        results["native current-stream reads"] = (
+            f"found {found}, proven {proven}, devices answered {answered:#x}, turned off {off}")
 
     # reference costs of the reads the audit makes, and of candidates for them
     reader = torch._C._cuda_getCurrentStream

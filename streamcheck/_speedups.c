@@ -88,6 +88,7 @@ int handoffs_add_types(PyObject *module);
 /* streamcheck/_native_streams.c: a device's current stream's handle, read natively where
  * that agreed with torch's reader */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle);
+int read_current_stream(PyObject *reader, PyObject *device, long long out[3]);
 int steal_long_long(PyObject *value, long long *out); /* a read's int, the reference stolen */
 int native_streams_add_functions(PyObject *module);
 /* streamcheck/_counter.c: a launch site's counter, advanced in place */
@@ -1980,27 +1981,20 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
         Py_DECREF(device);
         goto error; /* no exception for a CPU tensor (-1): nothing to drop */
     }
-    PyObject *current = PyObject_CallOneArg(self->reader, device);
+    long long current[3]; /* (stream id, device, type) */
+    int usual = read_current_stream(self->reader, device, current);
     Py_DECREF(device);
-    if (current == NULL)
+    if (usual < 0)
         goto error;
-    int plain = 0;
-    if (PyTuple_Check(current) && PyTuple_GET_SIZE(current) >= 1) {
-        PyObject *sid = PyTuple_GET_ITEM(current, 0);
-        int nonzero = PyLong_Check(sid) ? PyObject_IsTrue(sid) : -1; /* an int: no error */
-        plain = nonzero == 1;
-        if (nonzero == 0) {
-            /* a default stream: fine for the main engine thread (engines run there) */
-            PyObject *main = main_engine_of(self->gate, auditor);
-            if (main == NULL) {
-                Py_DECREF(current);
-                goto error;
-            }
-            plain = is_calling_thread(main);
-            Py_DECREF(main);
-        }
+    int plain = usual == 1 && current[0] != 0;
+    if (usual == 1 && current[0] == 0) {
+        /* a default stream: fine for the main engine thread (engines run there) */
+        PyObject *main = main_engine_of(self->gate, auditor);
+        if (main == NULL)
+            goto error;
+        plain = is_calling_thread(main);
+        Py_DECREF(main);
     }
-    Py_DECREF(current);
     return plain;
 error:
     return drop_ordinary_error();

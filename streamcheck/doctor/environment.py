@@ -60,10 +60,12 @@ def stream_reads_item() -> EnvItem:
     if speedups.read_streams_natively(reader):
         return EnvItem(name, "native (c10::cuda)", True,
                        "getCurrentCUDAStream in torch's libc10_cuda, used once it agreed with "
-                       "torch's own read on a non-default stream")
+                       "torch's own read on a non-default stream (the engine's, or one made "
+                       "up and set current for the proof)")
     return EnvItem(name, "torch's", None,
                    "torch's libc10_cuda is not loaded or lacks getCurrentCUDAStream: each "
-                   "stream=None launch calls torch._C._cuda_getCurrentRawStream")
+                   "stream=None launch calls torch._C._cuda_getCurrentRawStream, each "
+                   "collective _cuda_getCurrentStream")
 
 
 def python_item() -> EnvItem:

@@ -84,21 +84,31 @@ def active() -> ModuleType | None:
     return _active
 
 
-def read_streams_natively(reader: Callable[[int], int] | None) -> bool:
-    """Let the compiled launch wrappers read a device's current stream through the C++
-    functions behind ``reader`` when it is torch's ``_cuda_getCurrentRawStream`` (its Python
-    call alone took 87-96 ns on H200 hosts, of a ``stream=None`` launch's 252-330 added): in
-    the libc10_cuda torch has loaded, used once both agreed on a non-default stream and for
-    devices torch's read answered for (streamcheck/_native_streams.c). Imports nothing and
-    starts nothing (no CUDA call here): False where torch is not imported or has no CUDA
-    library loaded, or the Python core is chosen."""
+def read_streams_natively(reader: Callable[[int], object] | None) -> bool:
+    """Let the compiled hooks read a device's current stream through the C++ functions behind
+    ``reader`` when it is torch's ``_cuda_getCurrentRawStream`` (a ``stream=None`` launch's
+    check; its Python call alone took 87-96 ns on H200 hosts, of that launch's 252-330 added)
+    or ``_cuda_getCurrentStream`` (a ``torch.distributed`` collective's; 120 ns): in the
+    libc10_cuda torch has loaded, used once both agreed with torch on a non-default stream
+    (the engine's own, or a made-up one set current for the proof, through torch's
+    ``_cuda_setStream``, and set back) and for devices torch's read answered for
+    (streamcheck/_native_streams.c). Imports nothing and starts nothing (no CUDA call here):
+    False where torch is not imported or has no CUDA library loaded, or the Python core is
+    chosen."""
     torch = sys.modules.get("torch")
     if _active is None or reader is None or torch is None:
         return False
-    if reader is not getattr(getattr(torch, "_C", None), "_cuda_getCurrentRawStream", None):
+    names = ("_cuda_getCurrentRawStream", "_cuda_getCurrentStream", "_cuda_setStream",
+             "_cuda_getDevice")
+    raw, current, set_stream, get_device = (getattr(getattr(torch, "_C", None), name, None)
+                                            for name in names)
+    if reader is not raw and reader is not current:
+        return False
+    if raw is None or current is None or set_stream is None or get_device is None:
         return False
     library = Path(torch.__file__).parent / "lib" / "libc10_cuda.so"
-    return bool(_active.native_raw_streams(str(library), reader))
+    return bool(_active.native_raw_streams(str(library), raw, current, set_stream,
+                                           get_device))
 
 
 def describe() -> str:

@@ -66,6 +66,7 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
         compiled = speedups.active()
         if compiled is None:
             return audited
+        speedups.read_streams_natively(reader)  # torch's tuple reader: answered in C++
         # In C, a call whose first argument is a CUDA tensor and whose thread's current stream
         # there is not a default stream, or is one and the thread is the main engine thread,
         # is counted and let through; every other, ``audited``.

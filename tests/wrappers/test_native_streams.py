@@ -1,6 +1,7 @@
-"""The compiled launch wrappers' native read of a device's current stream
+"""The compiled hooks' native read of a device's current stream
 (streamcheck/_native_streams.c): used only once it agreed with torch's reader on a non-default
-stream, for a device torch's reader answered for, and never again after one disagreement.
+stream (the engine's own, or a made-up one set current for the proof and set back), for a
+device torch's reader answered for, and never again after one disagreement.
 
 torch's libc10_cuda is not on the CPU machine: a stand-in library exports the two C++ names
 (a C function may carry a mangled name) and answers what the test sets. Each case runs in a
@@ -28,6 +29,7 @@ STAND_IN = r"""
 typedef struct { int8_t device_type; int8_t device_index; int64_t stream_id; } CudaStream;
 CudaStream answer = {1, 0, 0};  /* what getCurrentCUDAStream answers */
 int64_t handle_offset = 0x7000;  /* CUDAStream::stream(): the id plus this */
+int64_t external_offset = 0;     /* and for an even (external) id, plus this */
 int asked = 0;                   /* native reads made */
 CudaStream _ZN3c104cuda20getCurrentCUDAStreamEa(int8_t device)
 {
@@ -38,7 +40,11 @@ CudaStream _ZN3c104cuda20getCurrentCUDAStreamEa(int8_t device)
 }
 void *_ZNK3c104cuda10CUDAStream6streamEv(const CudaStream *s)
 {
-    return s->stream_id == 0 ? (void *)0 : (void *)(intptr_t)(s->stream_id + handle_offset);
+    if (s->stream_id == 0)
+        return (void *)0;
+    if (s->stream_id % 2 == 0)  /* an external stream: its id is its handle */
+        return (void *)(intptr_t)(s->stream_id + external_offset);
+    return (void *)(intptr_t)(s->stream_id + handle_offset);
 }
 """
 
@@ -51,6 +57,8 @@ answer_id = ctypes.c_int64.in_dll(lib, "answer")  # the struct's id sits at offs
 asked = ctypes.c_int.in_dll(lib, "asked")
 def set_id(stream_id):
     ctypes.c_int64.from_address(ctypes.addressof(answer_id) + 8).value = stream_id
+def get_id():
+    return ctypes.c_int64.from_address(ctypes.addressof(answer_id) + 8).value
 handles = {{0: 0}}
 def reader(device):  # torch's _cuda_getCurrentRawStream, as the test sets it
     return handles[device]
@@ -129,6 +137,137 @@ def test_only_a_loaded_library_with_both_functions_is_used():
     assert c.native_raw_streams(libc, print) is False  # loaded, but not torch's
 
 
+# torch's four calls as the stand-in's current stream answers them: the handle, the tuple,
+# setting a stream (keywords only, as torch's), the thread's current device
+TORCH_LIKE = """
+torch_reads, set_calls, current_device = [], [], [0]
+def torch_raw(device):
+    torch_reads.append("raw")
+    sid = get_id()
+    return 0 if sid == 0 else sid if sid % 2 == 0 else sid + 0x7000
+def torch_tuple(device):
+    torch_reads.append("tuple")
+    return (get_id(), device, 1)
+def torch_set_stream(*, stream_id, device_index, device_type):
+    set_calls.append((stream_id, device_index, device_type))
+    set_id(stream_id)
+def torch_get_device():
+    return current_device[0]
+assert c.native_raw_streams({lib!r}, torch_raw, torch_tuple, torch_set_stream, torch_get_device)
+"""
+
+
+def run_torch_like(stand_in: Path, body: str) -> str:
+    return run(stand_in, TORCH_LIKE.format(lib=str(stand_in)) + textwrap.dedent(body))
+
+
+def test_an_engine_on_the_default_stream_proves_the_read_on_a_made_up_stream(stand_in):
+    """No side stream ever current: the first read proves the native one on a made-up
+    external stream, set current and set back, and the reads after it are native."""
+    out = run_torch_like(stand_in, """
+        assert c.raw_stream(torch_raw, 0) == 0
+        made_up = set_calls[0][0]
+        print(c.native_raw_streams_state(), get_id(), made_up % 2, made_up > 2)
+        print(set_calls[1:], torch_reads)
+        torch_reads.clear(); before = asked.value
+        print(c.raw_stream(torch_raw, 0), c.current_stream(torch_tuple, 0), torch_reads,
+              asked.value - before)
+        set_id(5)  # a side stream now: native too
+        print(c.raw_stream(torch_raw, 0) == 0x7005, c.current_stream(torch_tuple, 0),
+              torch_reads)
+    """)
+    assert out.splitlines() == [
+        "(True, True, 1, False) 0 0 True",  # proven, the default stream current again
+        "[(0, 0, 1)] ['raw', 'tuple', 'raw']",  # set back to what torch read before
+        "0 (0, 0, 1) [] 2",
+        "True (5, 0, 1) []"]
+
+
+def test_the_proof_sets_back_a_side_stream_and_the_tuple_read_proves_it_too(stand_in):
+    out = run_torch_like(stand_in, """
+        set_id(9)  # a collective's first read, a side stream current (odd: a pool stream)
+        print(c.current_stream(torch_tuple, 0), get_id(), set_calls[1:],
+              c.native_raw_streams_state())
+    """)
+    assert out == "(9, 0, 1) 9 [(9, 0, 1)] (True, True, 1, False)"
+
+
+def test_no_proof_on_another_device_than_the_current_one(stand_in):
+    """Setting another device's stream would make that device current: the proof waits for a
+    read of the thread's current device."""
+    out = run_torch_like(stand_in, """
+        current_device[0] = 1
+        c.raw_stream(torch_raw, 0)
+        print(set_calls, c.native_raw_streams_state())
+        c.raw_stream(torch_raw, 1)
+        print(len(set_calls), c.native_raw_streams_state())
+    """)
+    assert out.splitlines() == ["[] (True, False, 1, False)", "2 (True, True, 3, False)"]
+
+
+def test_a_made_up_stream_read_otherwise_turns_the_native_reads_off(stand_in):
+    out = run_torch_like(stand_in, """
+        ctypes.c_int64.in_dll(lib, "external_offset").value = 16  # not torch's layout
+        print(c.raw_stream(torch_raw, 0), get_id(), c.native_raw_streams_state())
+        torch_reads.clear()
+        c.raw_stream(torch_raw, 0); c.current_stream(torch_tuple, 0)
+        print(torch_reads, len(set_calls))
+    """)
+    assert out.splitlines() == ["0 0 (True, False, 1, True)", "['raw', 'tuple'] 2"]
+
+
+def test_a_torch_that_does_not_read_the_made_up_stream_shows_nothing(stand_in):
+    """Where torch's own read does not answer the made-up handle, nothing is shown: not
+    trusted, not turned off; an engine's own side stream can still prove it."""
+    out = run_torch_like(stand_in, """
+        def torch_raw_elsewhere(device):  # even ids: not external streams to this torch
+            return 0 if get_id() % 2 == 0 else get_id() + 0x7000
+        assert c.native_raw_streams(lib._name, torch_raw_elsewhere, torch_tuple,
+                                    torch_set_stream, torch_get_device)
+        c.raw_stream(torch_raw_elsewhere, 0)
+        print(get_id(), len(set_calls), c.native_raw_streams_state())
+        set_id(5)
+        print(hex(c.raw_stream(torch_raw_elsewhere, 0)), c.native_raw_streams_state())
+    """)
+    assert out.splitlines() == ["0 2 (True, False, 1, False)",
+                                "0x7005 (True, True, 1, False)"]
+
+
+def test_a_collective_is_checked_on_the_native_read(stand_in):
+    """The torch.distributed hook (compiled) reads the current stream natively once proven:
+    counted as before, and a helper thread on the default stream while the engine computes
+    on its own stream is still found (by the Python hook, which asks torch's reader)."""
+    out = run_torch_like(stand_in, """
+        import threading
+        from types import SimpleNamespace
+        from streamcheck import installer
+        from streamcheck.core.ids import StreamRef
+        from streamcheck.wrappers.torch_distributed import wrap_tensor_function
+        from tests.core.fakes import made_current
+        class Tensor:
+            def get_device(self):
+                return 0
+        aud = installer.install("record")
+        made_current(aud.book, StreamRef(0, 5))  # the engine (main) thread computes on 5
+        module = SimpleNamespace(all_reduce=lambda tensor: "done")
+        wrap_tensor_function(installer._registry, installer._gate, module, "all_reduce",
+                             "dist.all_reduce", torch_tuple, "torch.distributed")
+        print(type(module.all_reduce).__name__, module.all_reduce(Tensor()))
+        torch_reads.clear()
+        set_id(5); module.all_reduce(Tensor())
+        set_id(0)
+        done = []
+        helper = threading.Thread(target=lambda: done.append(module.all_reduce(Tensor())))
+        helper.start(); helper.join()
+        print(torch_reads, done, [f.rule_id for f in aud.findings()],
+              aud.coverage.launches_by_op()["dist.all_reduce"])
+        installer.uninstall()
+    """)
+    assert out.splitlines() == [
+        "GuardedCall done",
+        "['tuple'] ['done'] ['default-stream-in-worker'] 3"]  # the tuple: the helper's
+
+
 def test_torch_without_its_cuda_library_is_read_through_python(monkeypatch):
     """On the CPU machine torch has no libc10_cuda: the wrappers keep torch's reader."""
     torch = pytest.importorskip("torch")
@@ -140,24 +279,40 @@ def test_torch_without_its_cuda_library_is_read_through_python(monkeypatch):
 
 
 def test_torch_streams_read_natively_agree_with_torch_on_cuda():
-    """On real CUDA: the native reads are found in torch's libc10_cuda, trusted after the
-    first side stream, and then answer every stream's handle as torch's reader does."""
+    """On real CUDA, in a process that never leaves the default stream before the first
+    read: the native reads are found in torch's libc10_cuda, trusted after the proof on a
+    made-up stream (the default stream current again after it), and then answer every
+    stream's handle and tuple as torch's readers do."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from streamcheck import _speedups as c
-
-    reader = torch._C._cuda_getCurrentRawStream
-    assert speedups.read_streams_natively(reader)
-    device = torch.cuda.current_device()
-    assert c.raw_stream(reader, device) == reader(device)
-    streams = [torch.cuda.Stream() for _ in range(3)]
-    for stream in streams:
-        with torch.cuda.stream(stream):
-            assert c.raw_stream(reader, device) == stream.cuda_stream == reader(device)
-    found, proven, answered, off = c.native_raw_streams_state()
-    assert found and proven and answered >> device & 1 and not off
-    assert c.raw_stream(reader, device) == reader(device)  # back on the thread's own stream
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, {root!r})
+        import torch
+        from streamcheck import _speedups as c
+        from streamcheck.wrappers import speedups
+        raw, current = torch._C._cuda_getCurrentRawStream, torch._C._cuda_getCurrentStream
+        torch.cuda.init()
+        assert speedups.read_streams_natively(raw)
+        device = torch.cuda.current_device()
+        assert c.raw_stream(raw, device) == raw(device) == 0
+        found, proven, answered, off = c.native_raw_streams_state()
+        assert found and proven and answered >> device & 1 and not off
+        assert current(device)[0] == 0 and torch.cuda.current_stream().cuda_stream == 0
+        assert c.current_stream(current, device) == current(device)
+        x = torch.ones(4, device="cuda")  # the default stream still works
+        assert float((x + 1).sum()) == 8.0
+        for stream in [torch.cuda.Stream() for _ in range(3)]:
+            with torch.cuda.stream(stream):
+                assert c.raw_stream(raw, device) == stream.cuda_stream == raw(device)
+                assert c.current_stream(current, device) == current(device)
+        assert c.raw_stream(raw, device) == raw(device)  # back on the thread's own stream
+        print("ok")
+    """).format(root=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 def test_the_doctor_says_how_current_streams_are_read():
