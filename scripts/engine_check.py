@@ -761,6 +761,7 @@ def audit_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "connector": sum(n for op, n in ops.items() if op.startswith("connector.")),
             "loads": sum(n for op, n in ops.items() if op.startswith("connector.load.")),
             "findings": sorted({(f["rule"], f["launch"]["op"]) for f in r.get("findings", [])}),
+            "stream_reads": r.get("stream_reads"),
         })
     return {"processes": len(rows), "rows": rows}
 

@@ -29,6 +29,7 @@ from typing import Any
 from streamcheck.core.modes import ConfigError
 from streamcheck.core.records import Finding
 from streamcheck.core.report import write_report
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.state import current_auditor
 
 INTERVAL_S = 2.0
@@ -81,7 +82,7 @@ class ProcessReportWriter:
         if auditor is None:
             return None
         with self._lock:
-            report = auditor.report(final=final)
+            report = auditor.report(final=final, stream_reads=speedups.stream_reads())
             self._written = (report.launches_audited, len(report.findings))
             try:
                 return write_report(report, self.path)

@@ -111,6 +111,24 @@ def read_streams_natively(reader: Callable[[int], object] | None) -> bool:
                                            get_device))
 
 
+def stream_reads() -> str:
+    """How this process's hooks read current streams, for its report: a check that found
+    nothing says what it read with. ``native`` once the C++ read was proven (and on which
+    devices), ``torch's`` until then, where it is not found, or after a disagreement turned
+    it off; the Python hooks always ask torch."""
+    if _active is None:
+        return "torch's (the Python hooks)"
+    found, proven, answered, off = _active.native_raw_streams_state()
+    if off:
+        return "torch's (the native read disagreed with torch's once: turned off)"
+    if found and proven:
+        devices = ", ".join(str(d) for d in range(answered.bit_length()) if answered >> d & 1)
+        return f"native (c10::cuda), proven; devices {devices or 'none yet'}"
+    if found:
+        return "torch's (the native read not proven yet)"
+    return "torch's"
+
+
 def describe() -> str:
     """One line for ``streamcheck env`` and reports."""
     if _active is not None:

@@ -175,12 +175,15 @@ def test_an_engine_on_the_default_stream_proves_the_read_on_a_made_up_stream(sta
         set_id(5)  # a side stream now: native too
         print(c.raw_stream(torch_raw, 0) == 0x7005, c.current_stream(torch_tuple, 0),
               torch_reads)
+        from streamcheck.wrappers import speedups
+        print(speedups.stream_reads())  # what the process's report says
     """)
     assert out.splitlines() == [
         "(True, True, 1, False) 0 0 True",  # proven, the default stream current again
         "[(0, 0, 1)] ['raw', 'tuple', 'raw']",  # set back to what torch read before
         "0 (0, 0, 1) [] 2",
-        "True (5, 0, 1) []"]
+        "True (5, 0, 1) []",
+        "native (c10::cuda), proven; devices 0"]
 
 
 def test_the_proof_sets_back_a_side_stream_and_the_tuple_read_proves_it_too(stand_in):
@@ -212,8 +215,12 @@ def test_a_made_up_stream_read_otherwise_turns_the_native_reads_off(stand_in):
         torch_reads.clear()
         c.raw_stream(torch_raw, 0); c.current_stream(torch_tuple, 0)
         print(torch_reads, len(set_calls))
+        from streamcheck.wrappers import speedups
+        print(speedups.stream_reads())
     """)
-    assert out.splitlines() == ["0 0 (True, False, 1, True)", "['raw', 'tuple'] 2"]
+    assert out.splitlines() == ["0 0 (True, False, 1, True)", "['raw', 'tuple'] 2",
+                                "torch's (the native read disagreed with torch's once: "
+                                "turned off)"]
 
 
 def test_a_torch_that_does_not_read_the_made_up_stream_shows_nothing(stand_in):
