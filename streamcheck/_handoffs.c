@@ -31,6 +31,9 @@
 #include <Python.h>
 #include <stddef.h>
 
+/* streamcheck/_native_streams.c: a current stream read natively once that agreed with torch */
+int read_current_stream(PyObject *reader, PyObject *device, long long out[3]);
+
 #if PY_VERSION_HEX >= 0x030D0000 /* an attribute that may be missing: 1, 0, or -1 + error */
 #define optional_attr PyObject_GetOptionalAttr
 #else
@@ -57,20 +60,6 @@ typedef struct {
     Py_ssize_t gate_at;
     vectorcallfunc vectorcall;
 } HandoffDeclare;
-
-/* `value` as a C long when it is exactly an int that fits: 1, else 0 (no error set). */
-static int exact_long(PyObject *value, long *out)
-{
-    if (!PyLong_CheckExact(value))
-        return 0;
-    int overflow;
-    *out = PyLong_AsLongAndOverflow(value, &overflow);
-    if (overflow != 0 || (*out == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
 
 /* The method `name` of `item` called with no arguments, when it gives an exact int: a new
  * reference; NULL with no error: not an int (Python's int() decides); NULL + error. */
@@ -167,32 +156,23 @@ static PyObject *reader_now(HandoffDeclare *self)
 }
 
 /* The thread's current stream on `device`, as a record: a new reference; NULL with no error:
- * Python's (a read of another shape); NULL + error. */
+ * Python's (a read of another shape); NULL + error. torch's read is answered natively once
+ * that was proven (streamcheck/_native_streams.c). */
 static PyObject *current_ref(HandoffDeclare *self, PyObject *device)
 {
     PyObject *read = reader_now(self);
     if (read == NULL)
         return NULL;
-    PyObject *now = PyObject_CallOneArg(read, device);
+    long long now[3]; /* (stream id, device, type) */
+    int usual = read_current_stream(read, device, now);
     Py_DECREF(read);
-    if (now == NULL)
+    if (usual <= 0)
         return NULL;
-    long sid, dev;
-    int plain = PyTuple_CheckExact(now) && PyTuple_GET_SIZE(now) == 3 &&
-                exact_long(PyTuple_GET_ITEM(now, 0), &sid) &&
-                exact_long(PyTuple_GET_ITEM(now, 1), &dev);
-    if (!plain) {
-        Py_DECREF(now);
-        return NULL;
-    }
+    long sid = (long)now[0], dev = (long)now[1];
     for (int i = 0; i < KEPT; i++)
-        if (self->current_refs[i] != NULL && self->devices[i] == dev && self->ids[i] == sid) {
-            Py_DECREF(now);
+        if (self->current_refs[i] != NULL && self->devices[i] == dev && self->ids[i] == sid)
             return Py_NewRef(self->current_refs[i]);
-        }
-    PyObject *made = PyObject_CallFunctionObjArgs(self->ref_type, PyTuple_GET_ITEM(now, 1),
-                                                  PyTuple_GET_ITEM(now, 0), NULL);
-    Py_DECREF(now);
+    PyObject *made = PyObject_CallFunction(self->ref_type, "ll", dev, sid);
     if (made == NULL)
         return NULL;
     int at = self->next_current;

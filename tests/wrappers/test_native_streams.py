@@ -275,6 +275,32 @@ def test_a_collective_is_checked_on_the_native_read(stand_in):
         "['tuple'] ['done'] ['default-stream-in-worker'] 3"]  # the tuple: the helper's
 
 
+def test_a_handoff_reads_its_stream_natively(stand_in):
+    """A connector's ``streamcheck.handoff`` with stream=None (the compiled declare) asks
+    torch's tuple read as ``current_stream_of`` finds it: natively once proven, the handoff's
+    stream the same."""
+    out = run_torch_like(stand_in, """
+        import types
+        import streamcheck
+        from streamcheck import installer
+        from tests.wrappers.compiled_parts import FakeTensor
+        installer.install("record")
+        torch = types.ModuleType("torch")
+        torch._C = types.SimpleNamespace(_cuda_getCurrentStream=torch_tuple)
+        sys.modules["torch"] = torch  # what current_stream_of reads, as the compiled part does
+        c.current_stream(torch_tuple, 0)  # proven (the made-up stream)
+        torch_reads.clear()
+        set_id(5)
+        first = streamcheck.handoff(FakeTensor(0x1000))
+        set_id(7)
+        second = streamcheck.handoff(FakeTensor(0x2000))
+        print(torch_reads, (first.stream.device, first.stream.stream_id),
+              (second.stream.device, second.stream.stream_id))
+        installer.uninstall()
+    """)
+    assert out == "[] (0, 5) (0, 7)"
+
+
 def test_torch_without_its_cuda_library_is_read_through_python(monkeypatch):
     """On the CPU machine torch has no libc10_cuda: the wrappers keep torch's reader."""
     torch = pytest.importorskip("torch")
