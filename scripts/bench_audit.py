@@ -509,8 +509,10 @@ def main() -> int:
         os.environ["STREAMCHECK_CORE"] = core
         results.update({f"[{core}] {k}": v for k, v in measure(args, x, out, s).items()})
     os.environ.pop("STREAMCHECK_CORE", None)
-    if speedups.active() is not None:
-        found, proven, answered, off = speedups.active().native_raw_streams_state()
+    if speedups.built():  # what the compiled hooks read with (the last run may be Python's)
+        from streamcheck import _speedups
+
+        found, proven, answered, off = _speedups.native_raw_streams_state()
         results["native current-stream reads"] = (
             f"found {found}, proven {proven}, devices answered {answered:#x}, turned off {off}")
 

@@ -251,6 +251,9 @@ def test_a_collective_is_checked_on_the_native_read(stand_in):
         from streamcheck.core.ids import StreamRef
         from streamcheck.wrappers.torch_distributed import wrap_tensor_function
         from tests.core.fakes import made_current
+        from streamcheck.wrappers import speedups
+        speedups.read_streams_natively = lambda reader: False  # torch's own library (a GPU
+        # host's) would take the stand-in's place at the install
         class Tensor:
             def get_device(self):
                 return 0
@@ -283,7 +286,9 @@ def test_a_handoff_reads_its_stream_natively(stand_in):
         import types
         import streamcheck
         from streamcheck import installer
+        from streamcheck.wrappers import speedups
         from tests.wrappers.compiled_parts import FakeTensor
+        speedups.read_streams_natively = lambda reader: False  # as in the test above
         installer.install("record")
         torch = types.ModuleType("torch")
         torch._C = types.SimpleNamespace(_cuda_getCurrentStream=torch_tuple)
