@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import itertools
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 from streamcheck.core import auditor, coverage, ids, provenance
 from streamcheck.core.modes import ConfigError
@@ -28,15 +28,15 @@ CORES = ("auto", "compiled", "python")
 try:
     import streamcheck._speedups as _built
 except ImportError as exc:  # not built here
-    _built: ModuleType | None = None  # type: ignore[no-redef]
+    _built: types.ModuleType | None = None  # type: ignore[no-redef]
     _missing = f"{type(exc).__name__}: {exc}"
 else:
     _missing = ""
 
-_active: ModuleType | None = _built
+_active: types.ModuleType | None = _built
 #: Called with the chosen module (None: Python) at every choice: the wrappers above that keep
 #: a compiled part of their own (``user_launch``) choose it here, as hooks made later do.
-_followers: list[Callable[[ModuleType | None], None]] = []
+_followers: list[Callable[[types.ModuleType | None], None]] = []
 
 
 def use(core: str) -> None:
@@ -67,7 +67,7 @@ def _use_core_parts() -> None:
         follower(_active)
 
 
-def follow(choose: Callable[[ModuleType | None], None]) -> None:
+def follow(choose: Callable[[types.ModuleType | None], None]) -> None:
     """Call ``choose`` with the chosen core's module (None: Python) now and at every
     :func:`use`: how a module above this one picks its own compiled part."""
     _followers.append(choose)
@@ -79,7 +79,7 @@ def built() -> bool:
     return _built is not None
 
 
-def active() -> ModuleType | None:
+def active() -> types.ModuleType | None:
     """The compiled module the next hooks use, or None for the Python ones."""
     return _active
 
@@ -98,17 +98,25 @@ def read_streams_natively(reader: Callable[[int], object] | None) -> bool:
     torch = sys.modules.get("torch")
     if _active is None or reader is None or torch is None:
         return False
+    torch_c = getattr(torch, "_C", None)
     names = ("_cuda_getCurrentRawStream", "_cuda_getCurrentStream", "_cuda_setStream",
              "_cuda_getDevice")
-    raw, current, set_stream, get_device = (getattr(getattr(torch, "_C", None), name, None)
-                                            for name in names)
+    raw, current, set_stream, get_device = calls = [getattr(torch_c, n, None) for n in names]
     if reader is not raw and reader is not current:
         return False
-    if raw is None or current is None or set_stream is None or get_device is None:
-        return False
+    if not all(torch_own(call, torch_c) for call in calls):
+        return False  # one replaced (a test's stand-in, a wrapper): it answers, not C++
     library = Path(torch.__file__).parent / "lib" / "libc10_cuda.so"
     return bool(_active.native_raw_streams(str(library), raw, current, set_stream,
                                            get_device))
+
+
+def torch_own(call: object, torch_c: object) -> bool:
+    """Whether ``call`` is one of ``torch_c``'s own C functions (a builtin bound to that
+    module): the native reads stand in only for those. A replaced one (a test's stand-in, a
+    wrapper) keeps its answers, which the C++ functions would not give."""
+    return (isinstance(call, types.BuiltinFunctionType)
+            and getattr(call, "__self__", None) is torch_c)
 
 
 def stream_reads() -> str:

@@ -306,6 +306,16 @@ def test_a_handoff_reads_its_stream_natively(stand_in):
     assert out == "[] (0, 5) (0, 7)"
 
 
+def test_only_torch_own_c_functions_are_stood_in_for():
+    """A reader replaced in torch._C (a test's stand-in, a wrapper) keeps answering: the
+    native reads stand in only for functions of torch._C's own (builtins bound to it)."""
+    import builtins
+
+    assert speedups.torch_own(len, builtins)
+    assert not speedups.torch_own(len, sys)  # a builtin of another module
+    assert not speedups.torch_own(lambda device: (0, device, 1), builtins)
+
+
 def test_torch_without_its_cuda_library_is_read_through_python(monkeypatch):
     """On the CPU machine torch has no libc10_cuda: the wrappers keep torch's reader."""
     torch = pytest.importorskip("torch")
