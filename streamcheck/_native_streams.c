@@ -212,6 +212,22 @@ static int answered_by_torch(long index, PyObject *device)
     return proven || turned_off ? 0 : prove_on_made_up_stream(index, device);
 }
 
+/* The current stream on device `index` as (stream id, device index, device type), read
+ * natively: 1, where `reader` is one the native reads stand in for, they are proven and torch
+ * answered for that device; else 0 (nothing read: the caller asks `reader` its own way). */
+int native_stream_key(PyObject *reader, long index, long long out[3])
+{
+    if (current_cuda_stream == NULL || turned_off || !proven || reader == Py_None ||
+        (reader != stands_in_for && reader != tuple_reader) || index < 0 ||
+        index >= MAX_DEVICES || !(answered >> index & 1))
+        return 0;
+    CudaStream stream = current_cuda_stream((int8_t)index);
+    out[0] = stream.stream_id;
+    out[1] = stream.device_index;
+    out[2] = stream.device_type;
+    return 1;
+}
+
 /* `reader(device)`'s answer into *handle, read natively where `reader` is the one the native
  * reads stand in for, once proven, for a device answered: 0, or -1 + error (the reader's own). */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
@@ -248,13 +264,8 @@ int read_current_stream(PyObject *reader, PyObject *device, long long out[3])
 {
     long index = -1;
     int native = may_read_natively(reader, device, &index) && reader == tuple_reader;
-    if (native && proven && answered >> index & 1) {
-        CudaStream stream = current_cuda_stream((int8_t)index);
-        out[0] = stream.stream_id;
-        out[1] = stream.device_index;
-        out[2] = stream.device_type;
+    if (native && native_stream_key(reader, index, out))
         return 1;
-    }
     PyObject *read = PyObject_CallOneArg(reader, device);
     if (read == NULL)
         return -1;

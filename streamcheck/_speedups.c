@@ -19,9 +19,12 @@
  *   SwitchLog(capacity)
  *       the stream book's bounded log of switches, a ring of plain slots.
  *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
- *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader)
+ *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader[,
+ *              key_type])
  *       a communicator method: lets a launch through on the common paths (see
- *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper.
+ *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper; a
+ *       resolved stream of exactly key_type (torch.cuda.Stream) is told by its key, read
+ *       in place, once the current stream is read natively.
  *   CreationHook(impl, created[, gate, via, home, threads])
  *       torch.cuda.Stream.__new__: a wrap of an existing stream (a `stream_id` given) goes
  *       straight to `impl`; a plain creation on the engine's device is recorded in the
@@ -89,6 +92,7 @@ int handoffs_add_types(PyObject *module);
  * that agreed with torch's reader */
 int read_raw_stream(PyObject *reader, PyObject *device, long long *handle);
 int read_current_stream(PyObject *reader, PyObject *device, long long out[3]);
+int native_stream_key(PyObject *reader, long index, long long out[3]);
 int steal_long_long(PyObject *value, long long *out); /* a read's int, the reference stolen */
 int native_streams_add_functions(PyObject *module);
 /* streamcheck/_counter.c: a launch site's counter, advanced in place */
@@ -919,8 +923,9 @@ typedef struct {
     PyObject_HEAD
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
         *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *last_comm,
-        *last_target, *dict, *weakrefs;
+        *last_target, *key_type, *dict, *weakrefs;
     Py_ssize_t stream_pos;
+    Py_ssize_t key_offsets[3]; /* key_type's KEY_FIELDS as integer slots; 0: not read so */
     /* what was read of last_stream: its handle (if have_handle) and its device (last_device,
      * NULL: not read yet) */
     long long last_handle;
@@ -1248,6 +1253,39 @@ static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target
     return same;
 }
 
+/* A resolved stream of exactly key_type (torch.cuda.Stream; a new object at every call where
+ * the accessor is torch's current_stream()) told by its (device index, stream id, device type)
+ * read in place from its fields, against the current stream on the target device read
+ * natively (streamcheck/_native_streams.c): no attribute read, no object kept. The same
+ * answer as the handle comparison: a stream id names one stream on its device (an external
+ * stream's id is its handle), and ids 0 and 2 are the handles 0-2 an id can be (the default
+ * stream; an external stream on cudaStreamPerThread), fine only for the main engine thread.
+ * 1: passes, 0: not told here (the other tests decide), -1: error. */
+static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyObject *stream)
+{
+    if (self->key_offsets[0] == 0 || (PyObject *)Py_TYPE(stream) != self->key_type ||
+        !PyLong_CheckExact(target))
+        return 0;
+    long index = PyLong_AsLong(target);
+    long long current[3], key[3];
+    if ((index == -1 && PyErr_Occurred()) || !native_stream_key(self->raw_reader, index, current)) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (int i = 0; i < 3; i++)
+        key[i] = *(long long *)((char *)stream + self->key_offsets[i]);
+    if (key[0] != index || key[1] != current[0] || key[2] != current[2])
+        return 0; /* not the current stream there: the full test says why */
+    if (key[1] != 0 && key[1] != 2)
+        return 1;
+    PyObject *main = main_engine_of(self->gate, auditor);
+    if (main == NULL)
+        return -1;
+    int engine = is_calling_thread(main);
+    Py_DECREF(main);
+    return engine;
+}
+
 /* A stream resolved for stream=None passes where it is the calling thread's current one on
  * the communicator's device (told by its handle: above 2 alone, 0-2 with the stream's device;
  * or by current_reader's stream id), and not a default stream unless the main engine thread
@@ -1256,6 +1294,9 @@ static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target
 static int implicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
                            PyObject *stream)
 {
+    int told = key_passes(self, auditor, target, stream);
+    if (told != 0)
+        return told;
     if (self->raw_reader != Py_None) { /* one handle comparison tells the usual case */
         long long handle, current;
         if (stream_handle(self, stream, &handle) < 0 ||
@@ -1380,17 +1421,22 @@ error:
 static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader;
+        *resolve_name, *raw_reader, *current_reader, *key_type = Py_None;
     Py_ssize_t stream_pos;
     int resolve_kind;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "FastLaunch takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOnOiOOOO:FastLaunch", &gate, &owner, &counter,
+    if (!PyArg_ParseTuple(args, "OOOOOnOiOOOO|O:FastLaunch", &gate, &owner, &counter,
                           &original, &slow, &stream_pos, &skip_attr, &resolve_kind,
-                          &resolve_obj, &resolve_name, &raw_reader, &current_reader))
+                          &resolve_obj, &resolve_name, &raw_reader, &current_reader,
+                          &key_type))
         return NULL;
+    if (key_type != Py_None && !PyType_Check(key_type)) {
+        PyErr_SetString(PyExc_TypeError, "FastLaunch: key_type is a type or None");
+        return NULL;
+    }
     if (stream_pos < 1 || resolve_kind < RESOLVE_NONE || resolve_kind > RESOLVE_METHOD_CALL ||
         !PyIter_Check(counter)) {
         PyErr_SetString(PyExc_ValueError, "FastLaunch: bad stream position, resolver or counter");
@@ -1417,6 +1463,12 @@ static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->resolve_name = Py_NewRef(resolve_name);
     self->raw_reader = Py_NewRef(raw_reader);
     self->current_reader = Py_NewRef(current_reader);
+    self->key_type = Py_NewRef(key_type);
+    for (int i = 0; i < 3 && key_type != Py_None; i++)
+        self->key_offsets[i] = member_offset((PyTypeObject *)key_type, *KEY_FIELDS[i],
+                                             T_LONGLONG, 0);
+    if (self->key_offsets[0] == 0 || self->key_offsets[1] == 0 || self->key_offsets[2] == 0)
+        self->key_offsets[0] = self->key_offsets[1] = self->key_offsets[2] = 0;
     self->dict = NULL;
     self->stream_pos = stream_pos;
     self->resolve_kind = resolve_kind;

@@ -236,12 +236,15 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
         return None
     kind, holder, name = _resolver_kind(resolve, names)
     raw = current_raw_stream if kind else None
-    speedups.read_streams_natively(raw)
+    # torch's stream type, whose resolved streams are told by their key read in place once
+    # the current stream is read natively (only then: a simulator's reader never is)
+    key_type = (getattr(getattr(sys.modules.get("torch"), "cuda", None), "Stream", None)
+                if speedups.read_streams_natively(raw) else None)
 
     def make(original: Any) -> Any:
         launch = compiled.FastLaunch(gate, owner, counter, original, python_make(original),
                                      stream_pos, skip_attr, kind, holder, name, raw,
-                                     current_of_device)
+                                     current_of_device, key_type)
         functools.update_wrapper(launch, original)
         return launch
 

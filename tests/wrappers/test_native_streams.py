@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -304,6 +305,102 @@ def test_a_handoff_reads_its_stream_natively(stand_in):
         installer.uninstall()
     """)
     assert out == "[] (0, 5) (0, 7)"
+
+
+# A stream type as torch's: its (device index, stream id, device type) kept as 64-bit fields
+# of the object (member descriptors), what the launch wrapper reads in place; no handle
+# attribute at all, so a launch told any other way than by its key goes to the slow path.
+KEY_TYPE = r"""
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+typedef struct { PyObject_HEAD long long device_index, stream_id, device_type; } Stream;
+static PyMemberDef members[] = {
+    {"device_index", T_LONGLONG, offsetof(Stream, device_index), READONLY, NULL},
+    {"stream_id", T_LONGLONG, offsetof(Stream, stream_id), READONLY, NULL},
+    {"device_type", T_LONGLONG, offsetof(Stream, device_type), READONLY, NULL},
+    {NULL}};
+static PyObject *stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"stream_id", "device_index", "device_type", NULL};
+    Stream *self = (Stream *)type->tp_alloc(type, 0);
+    if (self != NULL && !PyArg_ParseTupleAndKeywords(args, kwds, "LLL", names,
+            &self->stream_id, &self->device_index, &self->device_type))
+        Py_CLEAR(self);
+    return (PyObject *)self;
+}
+static PyTypeObject StreamType = {PyVarObject_HEAD_INIT(NULL, 0).tp_name = "key_type.Stream",
+    .tp_basicsize = sizeof(Stream), .tp_flags = Py_TPFLAGS_DEFAULT, .tp_new = stream_new,
+    .tp_members = members};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "key_type", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_key_type(void)
+{
+    PyObject *m = PyType_Ready(&StreamType) < 0 ? NULL : PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "Stream", (PyObject *)&StreamType) < 0)
+        Py_CLEAR(m);
+    return m;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def key_type(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("key_type")
+    (folder / "key_type.c").write_text(KEY_TYPE)
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").exists():
+        pytest.skip("no Python headers to build the stand-in stream type")
+    module = folder / f"key_type{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", f"-I{include}", str(folder / "key_type.c"),
+                    "-o", str(module)], check=True)
+    return folder
+
+
+def test_a_launch_tells_torchs_stream_by_its_key_read_in_place(stand_in, key_type):
+    """A stream=None launch whose accessor makes a new stream object each call (torch's
+    current_stream()): once the current stream is read natively, told by the object's key
+    fields against it, no attribute read (the stand-in type has no handle), nothing asked of
+    torch; a default stream passes for the main engine thread only; any other stream is left
+    to the other tests (here: the slow path, the handle being unreadable)."""
+    out = run_torch_like(stand_in, f"""
+        import threading
+        sys.path.insert(0, {str(key_type)!r})
+        from key_type import Stream
+        from streamcheck import installer
+        from streamcheck.wrappers.launches import site_counter
+        aud = installer.install("record")
+        owner, counter = site_counter(installer._gate, "noop.all_reduce", "noop")
+        resolved = [5]
+        class Comm:
+            _streamcheck_device = 0
+            def _current_stream(self):
+                return Stream(stream_id=resolved[0], device_index=0, device_type=1)
+        slow = []
+        launch = c.FastLaunch(installer._gate, owner, counter,
+                              lambda comm, stream=None: ("launched", stream.stream_id),
+                              lambda *args, **kwargs: slow.append(1) or "slow",
+                              1, None, 3, None, "_current_stream", torch_raw, torch_tuple,
+                              Stream)
+        comm = Comm()
+        c.raw_stream(torch_raw, 0)  # proven (the made-up stream), device 0 answered
+        torch_reads.clear()
+        set_id(5)
+        print(launch(comm), torch_reads)
+        resolved[0] = 7  # not the current stream
+        print(launch(comm), torch_reads)
+        set_id(0); resolved[0] = 0  # the default stream, the main thread
+        print(launch(comm))
+        helper = []
+        thread = threading.Thread(target=lambda: helper.append(launch(comm)))
+        thread.start(); thread.join()
+        print(helper, len(slow), aud.coverage.launches_by_op().get("noop.all_reduce"))
+        installer.uninstall()
+    """)
+    assert out.splitlines() == [
+        "('launched', 5) []",
+        "slow []",
+        "('launched', 0)",
+        "['slow'] 2 2"]
 
 
 def test_only_torch_own_c_functions_are_stood_in_for():
