@@ -367,7 +367,9 @@ def test_a_launch_tells_torchs_stream_by_its_key_read_in_place(stand_in, key_typ
         sys.path.insert(0, {str(key_type)!r})
         from key_type import Stream
         from streamcheck import installer
+        from streamcheck.wrappers import speedups
         from streamcheck.wrappers.launches import site_counter
+        speedups.read_streams_natively = lambda reader: False  # keep the stand-in (above)
         aud = installer.install("record")
         owner, counter = site_counter(installer._gate, "noop.all_reduce", "noop")
         resolved = [5]
