@@ -204,12 +204,20 @@ static int may_read_natively(PyObject *reader, PyObject *device, long *index)
     return 1;
 }
 
-/* torch's read answered for the device: recorded, and the proof made where none is yet.
- * 0, or -1 + error. */
+/* torch's read answered for the device: recorded, and the proof made where none is yet. A
+ * proof that raised an ordinary exception (a torch whose _cuda_setStream refuses the made-up
+ * stream) proves nothing and is not tried again; the read stands. 0, or -1 + error (only a
+ * KeyboardInterrupt or the like). */
 static int answered_by_torch(long index, PyObject *device)
 {
     answered |= (uint64_t)1 << index;
-    return proven || turned_off ? 0 : prove_on_made_up_stream(index, device);
+    if (proven || turned_off || prove_on_made_up_stream(index, device) == 0)
+        return 0;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    proofs_tried = PROOF_TRIES;
+    return 0;
 }
 
 /* The current stream on device `index` as (stream id, device index, device type), read

@@ -241,6 +241,21 @@ def test_a_torch_that_does_not_read_the_made_up_stream_shows_nothing(stand_in):
                                 "0x7005 (True, True, 1, False)"]
 
 
+def test_a_torch_that_refuses_the_made_up_stream_leaves_the_read_as_it_was(stand_in):
+    """A _cuda_setStream that raises for the made-up stream: the read stands, nothing is
+    proven or turned off, the proof is not tried again, the current stream never moved."""
+    out = run_torch_like(stand_in, """
+        def refusing_set_stream(*, stream_id, device_index, device_type):
+            set_calls.append(stream_id)
+            raise RuntimeError("invalid stream")
+        assert c.native_raw_streams(lib._name, torch_raw, torch_tuple, refusing_set_stream,
+                                    torch_get_device)
+        print(c.raw_stream(torch_raw, 0), c.current_stream(torch_tuple, 0), get_id(),
+              len(set_calls), c.native_raw_streams_state())
+    """)
+    assert out == "0 (0, 0, 1) 0 1 (True, False, 1, False)"
+
+
 def test_a_collective_is_checked_on_the_native_read(stand_in):
     """The torch.distributed hook (compiled) reads the current stream natively once proven:
     counted as before, and a helper thread on the default stream while the engine computes
