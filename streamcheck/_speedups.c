@@ -1268,10 +1268,12 @@ static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyO
         return 0;
     long index = PyLong_AsLong(target);
     long long current[3], key[3];
-    if ((index == -1 && PyErr_Occurred()) || !native_stream_key(self->raw_reader, index, current)) {
+    if (index == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
+    if (!native_stream_key(self->raw_reader, index, current))
+        return 0;
     for (int i = 0; i < 3; i++)
         key[i] = *(long long *)((char *)stream + self->key_offsets[i]);
     if (key[0] != index || key[1] != current[0] || key[2] != current[2])
@@ -1517,7 +1519,8 @@ static PyTypeObject FastLaunchType = {
  *     Python hook reads it; without `current`, a record on the current stream goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
  *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
- *     (stream id, device, type) tuple) is not a default stream (id 0), or is one and the
+ *     (stream id, device, type) tuple; read natively once that was proven:
+ *     streamcheck/_native_streams.c) is not a default stream (id 0), or is one and the
  *     calling thread is the main engine thread (`auditor.main_engine`); the launch is counted;
  *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
  *     stream is given and its clock already holds every entry of the event's snapshot (the
