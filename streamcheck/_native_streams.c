@@ -112,6 +112,20 @@ static int unpack_stream(PyObject *tuple, long long out[3])
     return 0;
 }
 
+/* `reader(device)`, a tuple reader, called and its answer unpacked into out[]: 1, 0 where it
+ * answered something else (nothing set), or -1 + error. */
+static int call_tuple_reader(PyObject *reader, PyObject *device, long long out[3])
+{
+    PyObject *read = PyObject_CallOneArg(reader, device);
+    if (read == NULL)
+        return -1;
+    int usual = unpack_stream(read, out);
+    Py_DECREF(read);
+    if (usual < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    return 1;
+}
+
 /* _cuda_setStream(stream_id=, device_index=, device_type=)'s keywords, made before they are
  * needed: a new reference, or NULL + error. */
 static PyObject *stream_keywords(long long id, long long index, long long type)
@@ -134,13 +148,9 @@ static int prove_on_made_up_stream(long index, PyObject *device)
         return -1;
     if (current_device != index)
         return 0; /* setting a stream of another device would make it current: not here */
-    PyObject *was = PyObject_CallOneArg(tuple_reader, device);
-    if (was == NULL)
-        return -1;
-    int usual = unpack_stream(was, before);
-    Py_DECREF(was);
-    if (usual < 0)
-        return PyErr_Occurred() ? -1 : 0;
+    int usual = call_tuple_reader(tuple_reader, device, before);
+    if (usual <= 0)
+        return usual;
     PyObject *none = PyTuple_New(0);
     PyObject *made_up = stream_keywords(MADE_UP_STREAM, index, CUDA_DEVICE_TYPE);
     PyObject *back = stream_keywords(before[0], before[1], before[2]);
@@ -274,13 +284,9 @@ int read_current_stream(PyObject *reader, PyObject *device, long long out[3])
     int native = may_read_natively(reader, device, &index) && reader == tuple_reader;
     if (native && native_stream_key(reader, index, out))
         return 1;
-    PyObject *read = PyObject_CallOneArg(reader, device);
-    if (read == NULL)
-        return -1;
-    int usual = unpack_stream(read, out);
-    Py_DECREF(read);
-    if (usual < 0)
-        return PyErr_Occurred() ? -1 : 0;
+    int usual = call_tuple_reader(reader, device, out);
+    if (usual <= 0)
+        return usual;
     if (native && answered_by_torch(index, device) < 0)
         return -1;
     return 1;
