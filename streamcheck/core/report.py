@@ -208,11 +208,14 @@ def merge_targets(reports: Iterable[AuditReport]) -> list[dict[str, Any]]:
 def process_summary(report: AuditReport) -> dict[str, Any]:
     """One line per process in a merged report: who it was and what it audited."""
     process = report.process or {}
-    return {"pid": process.get("pid"), "host": process.get("host"),
-            "argv": process.get("argv", []), "mode": report.mode,
-            "final": report.final,
-            "launches_audited": report.launches_audited,
-            "findings": len(report.findings)}
+    summary = {"pid": process.get("pid"), "host": process.get("host"),
+               "argv": process.get("argv", []), "mode": report.mode,
+               "final": report.final,
+               "launches_audited": report.launches_audited,
+               "findings": len(report.findings)}
+    if "stream_reads" in report.extra:  # a written process report's: how it read streams
+        summary["stream_reads"] = report.extra["stream_reads"]
+    return summary
 
 
 def merge_key(finding: dict[str, Any]) -> tuple[object, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from streamcheck.core.report import AuditReport, build_report, merge_reports
 from streamcheck.pytest_support.state import SessionState
+from streamcheck.wrappers import speedups
 
 WORKER_KEY = "streamcheck"
 
@@ -29,6 +30,8 @@ def process_report(state: SessionState) -> AuditReport:
         tests_audited=state.items_audited,
         tests=tests,
         unattributed=unattributed,
+        # how this process read current streams (natively once proven, or through torch)
+        **({"stream_reads": speedups.stream_reads()} if auditor is not None else {}),
     )
     report.launches_audited = state.audit.launches + state.child_launches
     report.findings = [f for found in tests.values() for f in found] + unattributed

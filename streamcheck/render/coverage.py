@@ -43,6 +43,24 @@ def process_notes(report: AuditReport) -> list[str]:
     return notes
 
 
+def stream_reads_line(report: AuditReport) -> str | None:
+    """How the audited processes read their threads' current streams (the written reports'
+    ``stream_reads``: natively once proven, or through torch), grouped by answer; None where
+    no report says."""
+    if report.merged_from is None:
+        reads = report.extra.get("stream_reads")
+        return f"current streams read: {reads}" if reads else None
+    by_answer: dict[str, list[str]] = {}
+    for p in report.per_process:
+        if p.get("stream_reads") and p.get("launches_audited"):
+            by_answer.setdefault(p["stream_reads"], []).append(str(p["pid"]))
+    if not by_answer:
+        return None
+    return "current streams read: " + "; ".join(
+        f"{answer} (pid {', '.join(pids[:8])}{' …' if len(pids) > 8 else ''})"
+        for answer, pids in sorted(by_answer.items()))
+
+
 def _argv(process: dict[str, Any]) -> str:
     argv = process.get("argv") or ["?"]
     return " ".join(str(a) for a in argv)[:60]
@@ -83,4 +101,5 @@ def plain_lines(report: AuditReport) -> list[str]:
                if state == INSTRUMENTED]
     if audited:
         lines.append("launches by target: " + ", ".join(audited))
-    return lines + process_notes(report)
+    reads = stream_reads_line(report)
+    return lines + ([reads] if reads else []) + process_notes(report)

@@ -6,7 +6,12 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcheck.core.report import AuditReport
-from streamcheck.render.coverage import process_notes, targets_table, zero_launch_warning
+from streamcheck.render.coverage import (
+    process_notes,
+    stream_reads_line,
+    targets_table,
+    zero_launch_warning,
+)
 
 
 def print_report(console: Console, report: AuditReport) -> None:
@@ -26,6 +31,9 @@ def print_report(console: Console, report: AuditReport) -> None:
         console.print(f["text"], markup=False, highlight=False)
     if report.targets:
         console.print(targets_table(report.targets))
+    reads = stream_reads_line(report)
+    if reads:
+        console.print(reads, markup=False, highlight=False)
     for note in process_notes(report):
         console.print(f"[yellow]{note}[/]")
     warning = zero_launch_warning(report)

@@ -138,3 +138,34 @@ def test_runtime_follows_the_stream_reader():
     finally:
         installer.uninstall()
         cuda.use_reader(before)
+
+
+def test_each_process_says_how_it_read_current_streams_and_the_merge_keeps_it():
+    """A written process report's ``stream_reads`` (the writer adds it) is rendered with the
+    report, kept in the merged report's per-process lines and grouped there; a process that
+    audited nothing is left out of the line (it never needed a read)."""
+    from streamcheck.render.coverage import plain_lines, stream_reads_line
+
+    def written(pid: int, launches: int, reads: str) -> AuditReport:
+        report = Auditor(Mode.RECORD, runtime="cuda").report(stream_reads=reads)
+        report.launches_audited = launches
+        report.process = dict(report.process, pid=pid)
+        return report
+
+    native = "native (c10::cuda), proven; devices 0"
+    one = written(11, 5, native)
+    assert stream_reads_line(one) == f"current streams read: {native}"
+    assert f"current streams read: {native}" in plain_lines(one)
+    merged = merge_reports([one, written(12, 7, native),
+                            written(13, 2, "torch's (the native read not proven yet)"),
+                            written(14, 0, "torch's (the native read not proven yet)")])
+    assert [p.get("stream_reads") for p in merged.per_process] == [
+        native, native, "torch's (the native read not proven yet)",
+        "torch's (the native read not proven yet)"]
+    assert stream_reads_line(merged) == (
+        f"current streams read: {native} (pid 11, 12); "
+        "torch's (the native read not proven yet) (pid 13)")
+    assert stream_reads_line(Auditor(Mode.RECORD).report()) is None  # not a written one
+    from streamcheck.documents import REPORT_SCHEMA, validate
+
+    assert validate(one.to_dict(), "one") == validate(merged.to_dict(), "merged") == REPORT_SCHEMA

@@ -56,3 +56,8 @@ def test_workers_ship_findings_and_the_controller_merges_them(sc):
         assert [(f["rule"], f["test"], f["allowed"]) for f in found] == [
             ("foreign-stream", nodeid, False)]
     assert len({p["pid"] for p in report["merged_from"]}) == 2
+    # each worker says how it read current streams: through the simulator's reader, never
+    # the native one (the summary groups the workers by that answer)
+    reads = {p["stream_reads"] for p in report["per_process"]}
+    assert len(reads) == 1 and reads.pop().startswith("torch's"), report["per_process"]
+    result.stdout.fnmatch_lines(["current streams read: torch's*(pid *, *)"])
