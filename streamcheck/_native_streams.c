@@ -230,14 +230,20 @@ static int answered_by_torch(long index, PyObject *device)
     return 0;
 }
 
+/* Whether device `index` is read natively now: proven, not turned off, and answered. */
+static int native_ready(long index)
+{
+    return current_cuda_stream != NULL && proven && !turned_off && index >= 0 &&
+           index < MAX_DEVICES && (answered >> index & 1);
+}
+
 /* The current stream on device `index` as (stream id, device index, device type), read
  * natively: 1, where `reader` is one the native reads stand in for, they are proven and torch
  * answered for that device; else 0 (nothing read: the caller asks `reader` its own way). */
 int native_stream_key(PyObject *reader, long index, long long out[3])
 {
-    if (current_cuda_stream == NULL || turned_off || !proven || reader == Py_None ||
-        (reader != stands_in_for && reader != tuple_reader) || index < 0 ||
-        index >= MAX_DEVICES || !(answered >> index & 1))
+    if (reader == Py_None || (reader != stands_in_for && reader != tuple_reader) ||
+        !native_ready(index))
         return 0;
     CudaStream stream = current_cuda_stream((int8_t)index);
     out[0] = stream.stream_id;
@@ -252,7 +258,7 @@ int read_raw_stream(PyObject *reader, PyObject *device, long long *handle)
 {
     long index = -1;
     int native = may_read_natively(reader, device, &index) && reader == stands_in_for;
-    if (native && proven && answered >> index & 1) {
+    if (native && native_ready(index)) {
         CudaStream stream;
         *handle = native_handle((int)index, &stream);
         return 0;

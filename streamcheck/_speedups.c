@@ -654,16 +654,23 @@ typedef struct {
 /* The key's fields, in a kept key's order (interned when the module is made). */
 static PyObject **const KEY_FIELDS[3] = {&s_device_index, &s_stream_id, &s_device_type};
 
-/* Learn key_type's fields: all three as integer slots, or none (each read generically). */
-static void learn_key_type(SetStreamHook *self)
+/* The offsets of `key_type`'s KEY_FIELDS as 64-bit integer fields: all three, or all 0 (not
+ * such a type, or None: read some other way). */
+static void learn_key_offsets(PyObject *key_type, Py_ssize_t offsets[3])
 {
-    Py_ssize_t offsets[3] = {0, 0, 0};
-    for (int i = 0; i < 3 && self->key_type != NULL; i++)
-        offsets[i] = member_offset((PyTypeObject *)self->key_type, *KEY_FIELDS[i], T_LONGLONG,
-                                   0);
-    int all = offsets[0] != 0 && offsets[1] != 0 && offsets[2] != 0;
     for (int i = 0; i < 3; i++)
-        self->key_offsets[i] = all ? offsets[i] : 0;
+        offsets[i] = key_type == NULL || key_type == Py_None
+                         ? 0
+                         : member_offset((PyTypeObject *)key_type, *KEY_FIELDS[i], T_LONGLONG, 0);
+    if (offsets[0] == 0 || offsets[1] == 0 || offsets[2] == 0)
+        offsets[0] = offsets[1] = offsets[2] = 0;
+}
+
+/* `stream`'s key read from its fields at `offsets` (learn_key_offsets', all nonzero). */
+static void key_in_place(PyObject *stream, const Py_ssize_t offsets[3], long long key[3])
+{
+    for (int i = 0; i < 3; i++)
+        key[i] = *(long long *)((char *)stream + offsets[i]);
 }
 
 /* `stream`'s key into `key` when the switch is kept by key: 1; 0 keep the stream itself (not
@@ -673,8 +680,7 @@ static int stream_key_of(SetStreamHook *self, PyObject *stream, long long key[3]
     if (self->key_type == NULL || (PyObject *)Py_TYPE(stream) != self->key_type)
         return 0;
     if (self->key_offsets[0] != 0) {
-        for (int i = 0; i < 3; i++)
-            key[i] = *(long long *)((char *)stream + self->key_offsets[i]);
+        key_in_place(stream, self->key_offsets, key);
         return 1;
     }
     for (int i = 0; i < 3; i++) {
@@ -878,7 +884,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->key_type = key_type == Py_None ? NULL : Py_NewRef(key_type);
     self->dict = NULL;
     self->vectorcall = hook_vectorcall;
-    learn_key_type(self);
+    learn_key_offsets(self->key_type, self->key_offsets);
     return (PyObject *)self;
 }
 
@@ -1274,8 +1280,7 @@ static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyO
     }
     if (!native_stream_key(self->raw_reader, index, current))
         return 0;
-    for (int i = 0; i < 3; i++)
-        key[i] = *(long long *)((char *)stream + self->key_offsets[i]);
+    key_in_place(stream, self->key_offsets, key);
     if (key[0] != index || key[1] != current[0] || key[2] != current[2])
         return 0; /* not the current stream there: the full test says why */
     if (key[1] != 0 && key[1] != 2)
@@ -1466,11 +1471,7 @@ static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->raw_reader = Py_NewRef(raw_reader);
     self->current_reader = Py_NewRef(current_reader);
     self->key_type = Py_NewRef(key_type);
-    for (int i = 0; i < 3 && key_type != Py_None; i++)
-        self->key_offsets[i] = member_offset((PyTypeObject *)key_type, *KEY_FIELDS[i],
-                                             T_LONGLONG, 0);
-    if (self->key_offsets[0] == 0 || self->key_offsets[1] == 0 || self->key_offsets[2] == 0)
-        self->key_offsets[0] = self->key_offsets[1] = self->key_offsets[2] = 0;
+    learn_key_offsets(key_type, self->key_offsets);
     self->dict = NULL;
     self->stream_pos = stream_pos;
     self->resolve_kind = resolve_kind;
