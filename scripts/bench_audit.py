@@ -72,6 +72,12 @@ class CachedNoOpComm:
     all_reduce = NoOpComm.all_reduce  # its own attribute: wrapped apart from NoOpComm's
 
 
+# The two no-op communicators as launch sites, instrumented after each install.
+NOOP_SITE = LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
+                       stream="self._current_stream()")
+CACHED_SITE = LaunchSite("bench.noop.cached", __name__, "CachedNoOpComm", ("all_reduce",),
+                         stream="self._current_stream()")
+
 # The issue's targets, ns added: each stream hook, and a collective launch by how its stream is
 # given (a kept stream's accessor is what vLLM's stream=None launches go through).
 HOOK_TARGETS = {"set_stream": 300, "wait_stream (a new event each)": 300,
@@ -285,10 +291,8 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
     noop, cached, cached_side = NoOpComm(0), CachedNoOpComm(0), CachedNoOpComm(0, side)
     plain = NoOpComm.all_reduce  # both classes' method, before either is wrapped
     streamcheck.install("assert")
-    installer.instrument(LaunchSite("bench.noop", __name__, "NoOpComm", ("all_reduce",),
-                                stream="self._current_stream()"))
-    installer.instrument(LaunchSite("bench.noop.cached", __name__, "CachedNoOpComm",
-                                    ("all_reduce",), stream="self._current_stream()"))
+    installer.instrument(NOOP_SITE)
+    installer.instrument(CACHED_SITE)
     for label, comm, kwargs, current in (
             ("explicit stream", noop, {"stream": s}, None),
             ("stream=None", noop, {}, None),
@@ -346,8 +350,7 @@ def beside_all_reduce(args: argparse.Namespace, comm: Any, noop: Any, side: Any,
 
     bare_nccl = NcclCommunicator.all_reduce  # before the install wraps it
     streamcheck.install("assert")
-    installer.instrument(LaunchSite("bench.noop.cached", __name__, "CachedNoOpComm",
-                                    ("all_reduce",), stream="self._current_stream()"))
+    installer.instrument(CACHED_SITE)
     audited = type(noop).all_reduce
 
     def beside(launch: Any) -> Any:
