@@ -13,7 +13,6 @@
 #endif
 
 PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth); /* below: capture_site's walk */
-PyObject *untracked_if_atomic(PyObject *tuple);        /* below */
 
 /* streamcheck/_frames.c: the running frames' code objects and offsets, read in place (-1 +
  * error where a frame object could not be made) */
@@ -88,22 +87,4 @@ PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth)
         PyTuple_SET_ITEM(site, 2 * i + 1, lasti);
     }
     return site;
-}
-
-/* `tuple` (a new reference, or NULL), out of the cyclic collector's lists when nothing it holds
- * is in them (code objects and ints are not): what the collector itself does to such a tuple
- * when a collection first meets it, done at once. For a record kept long (a stream's creation
- * lives as long as the audit), whose site and key every collection until then would traverse;
- * they cannot be part of a cycle. Not for a declared access's site: the access is replaced
- * by the next one, mostly before any collection, and the check would cost more than it
- * saves (scripts/bench_hook_instructions.py). */
-PyObject *untracked_if_atomic(PyObject *tuple)
-{
-    if (tuple == NULL || !PyTuple_CheckExact(tuple) || !PyObject_GC_IsTracked(tuple))
-        return tuple;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++)
-        if (PyObject_GC_IsTracked(PyTuple_GET_ITEM(tuple, i)))
-            return tuple;
-    PyObject_GC_UnTrack(tuple);
-    return tuple;
 }

@@ -25,10 +25,11 @@
  *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper; a
  *       resolved stream of exactly key_type (torch.cuda.Stream) is told by its key, read
  *       in place, once the current stream is read natively.
- *   CreationHook(impl, created[, gate, via, home, threads])
+ *   CreationHook(impl, created[, gate, via, home, threads, key_type])
  *       torch.cuda.Stream.__new__: a wrap of an existing stream (a `stream_id` given) goes
  *       straight to `impl`; a plain creation on the engine's device is recorded in the
- *       auditor's book here (see creation_vectorcall), any other one calls
+ *       auditor's book here, in its CreationTable (_creations.c) and SwitchLog (see
+ *       CreationHook), any other one calls
  *       `created(stream, args, kwargs)`.
  *   GuardedCall(kind, gate, owner, counter, original, slow, reader, bound, after[, current])
  *       Event.record, Event.wait, the host's waits (Stream's and Event's synchronize and
@@ -72,8 +73,6 @@ static PyObject *s_book, *s_created_table, *s_record_switch, *s_device, *s_threa
     *s_created_kind;
 
 /* streamcheck/_sites.c: a call site as code objects and offsets (the records' sites) */
-PyObject *site_of(Py_ssize_t skip, Py_ssize_t depth);
-PyObject *untracked_if_atomic(PyObject *tuple); /* a tuple of atomic items out of the collector */
 PyObject *capture_site(PyObject *module, PyObject *const *args, size_t nargsf,
                        PyObject *kwnames);
 /* streamcheck/_frames.c: the running frames' code objects and offsets, read in place */
@@ -97,6 +96,12 @@ int steal_long_long(PyObject *value, long long *out); /* a read's int, the refer
 int native_streams_add_functions(PyObject *module);
 /* streamcheck/_counter.c: a launch site's counter, advanced in place */
 int counter_add_types(PyObject *module);
+/* streamcheck/_creations.c: the book's creations as plain fields */
+int creations_add_types(PyObject *module);
+int creation_table_check(PyObject *op);
+int creation_table_record(PyObject *table, long long device, long long stream_id,
+                          PyObject *stream, unsigned long ident, PyObject *via, PyObject *name,
+                          double when, Py_ssize_t skip);
 int launch_counter_advance(PyObject *counter);
 
 /* ---- what the three types share ------------------------------------------------------ */
@@ -248,6 +253,7 @@ typedef struct {
     long long key[3]; /* (device index, stream id, device type), as KEY_FIELDS names them */
     unsigned long ident;
     int lasti1, lasti2;
+    int created; /* a creation's mark (see switchlog_put_created): no frames */
 } SwitchSlot;
 
 #define SLOT_REFS 6 /* the object fields a slot holds */
@@ -314,6 +320,18 @@ static void switchlog_put(SwitchLog *log, PyObject *stream, const long long *key
     drop_all(drop);
 }
 
+/* A stream's creation, as a mark: the rules that read the log only ask where a stream's
+ * present life began (switches before it were another stream's with the same id); the
+ * creation's stream, frames, time and thread name are in the book's CreationTable
+ * (_creations.c). Kept by key, as switchlog_put keeps a switch, always: the mark holds no
+ * stream (key[2], the device type, is -1 where it was not read); `via` is borrowed. */
+static void switchlog_put_created(SwitchLog *log, PyObject *stream, const long long *key,
+                                  unsigned long ident, PyObject *via)
+{
+    switchlog_put(log, stream, key, ident, via, NULL, 0, NULL, 0);
+    log->slots[(log->next - 1 + log->capacity) % log->capacity].created = 1;
+}
+
 static PyObject *switchlog_append(PyObject *op, PyObject *record)
 {
     SwitchLog *log = (SwitchLog *)op;
@@ -330,6 +348,9 @@ static PyObject *switchlog_append(PyObject *op, PyObject *record)
  * reads as the stream's key (and rebuilds only for a finding's handle). */
 static PyObject *slot_record(SwitchSlot *slot)
 {
+    if (slot->created) /* (key, ident, via, site, time, name, kind): a creation's record */
+        return Py_BuildValue("((LLLO)kO()dOO)", slot->key[0], slot->key[1], slot->key[2],
+                             slot->kind, slot->ident, slot->via, 0.0, Py_None, s_created_kind);
     if (slot->kind != NULL)
         return Py_BuildValue("((LLLO)kOOiOi)", slot->key[0], slot->key[1], slot->key[2],
                              slot->kind, slot->ident, slot->via, slot->code1, slot->lasti1,
@@ -2347,29 +2368,40 @@ static PyTypeObject GuardedCallType = {
  * the audit, ExternalStream) and is not a creation, so it ends there.
  *
  * A creation that names nothing (`torch.cuda.Stream()`, `Stream(priority=-1)`: the thread's
- * current device), on the device of the process's engine (`home.device`, a plain attribute;
- * None: nothing to check) or with no home, is recorded here, in the book's own form: the
- * record (stream, thread ident, via, site, time, thread name, "created") appended to its log
- * (`book.record_switch`) and kept under the stream's (device, stream id) in `book._created`,
- * which makes the StreamEvent only when a finding asks for the stream's origin
- * (streamcheck/core/provenance.py). The site is the creating frames as capture_site keeps
- * them (12). The thread's name is the Thread's `_name` from `threads` (threading._active);
- * a thread `threading` does not know (started from C++ or with _thread) goes to the Python
- * hook, whose threading.current_thread() names it as it always did. This writes what
- * Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py and
- * provenance.py point back here): a change to either is a change here too.
+ * current device), on the device of the process's engine (`home.device`, a slot of
+ * DeviceHome, read in place; None: nothing to check) or with no home, is recorded here, in the
+ * book's own form: written
+ * into the book's CreationTable under the stream's (device, stream id) as plain fields (the
+ * stream, thread ident, via, the creating frames' code objects and offsets, the time and the
+ * thread's name; _creations.c), which makes the record, and the StreamEvent, only when a
+ * finding asks for the stream's origin (streamcheck/core/provenance.py), and marked in the
+ * book's SwitchLog by its key (switchlog_put_created). Nothing is allocated (but an int for
+ * a thread's first creation). A stream of exactly key_type (torch.cuda.Stream) has its key
+ * read from its fields in place. The thread's name is the Thread's `_name` from `threads`
+ * (threading._active; the Thread kept while the same thread creates again); a thread `threading` does not know (started from C++ or with _thread)
+ * goes to the Python hook, whose threading.current_thread() names it as it always did. This
+ * writes what Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py
+ * and provenance.py point back here): a change to either is a change here too.
  *
  * Every other creation (a device named, a stream off the engine's device, an unknown thread,
- * no auditor's book shaped so) calls `created(stream, args, kwargs)`, the Python hook, which applies the rules.
+ * a book with a dict and a deque: made before the compiled core was chosen) calls
+ * `created(stream, args, kwargs)`, the Python hook, which applies the rules.
  */
-#define CREATION_SITE_DEPTH 12
-
 typedef struct {
     PyObject_HEAD
-    PyObject *impl, *created, *gate, *via, *home, *threads;
-    /* the book of the auditor read last (`seen`, a weak reference to it): its `_created` table
-     * and its log's append, set once when the auditor is made, so read once per auditor */
-    PyObject *seen, *table, *append, *dict, *weakrefs;
+    PyObject *impl, *created, *gate, *via, *home, *threads, *key_type;
+    /* the book of the auditor read last (`seen`, a weak reference to it): its CreationTable
+     * and its SwitchLog, set once when the auditor is made, so read once per auditor */
+    PyObject *seen, *table, *log;
+    /* the Thread that `threads` gave the thread that created last, and that thread's state's
+     * id (unique for the interpreter's life, where an ident is reused once a thread ends) */
+    PyObject *thread, *dict, *weakrefs;
+    uint64_t thread_state_id;
+    Py_ssize_t key_offsets[3]; /* key_type's KEY_FIELDS as integer slots; 0: read generically */
+    /* home's `device` as an object slot of its type (DeviceHome's __slots__), valid while the
+     * type's version tag is home_tag; 0: read generically */
+    Py_ssize_t home_offset;
+    unsigned int home_tag;
     vectorcallfunc vectorcall;
 } CreationHook;
 
@@ -2388,141 +2420,176 @@ static int names_nothing(Py_ssize_t nargs, PyObject *kwnames)
 
 /* The calling thread's name as threading keeps it (*name, a new reference): 1; 0 where
  * threading has no Thread with a name for it (a thread started outside `threading`: the
- * Python hook's threading.current_thread() names it), -1 error. */
-static int thread_name(CreationHook *self, PyObject *ident, PyObject **name)
+ * Python hook's threading.current_thread() names it), -1 error. The Thread found is kept with
+ * the id of the thread's state: a thread that creates again reads its name from it with no
+ * int made and no lookup in `threads` (a live thread's Thread there does not change). */
+static int thread_name(CreationHook *self, unsigned long ident, PyObject **name)
 {
     *name = NULL;
-    if (!PyDict_Check(self->threads))
-        return 0;
-    PyObject *thread = PyDict_GetItemWithError(self->threads, ident);
-    if (thread == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    Py_INCREF(thread); /* borrowed from the dict: held across the attribute lookup */
+    uint64_t state_id = PyThreadState_GetID(PyThreadState_Get());
+    if (self->thread == NULL || self->thread_state_id != state_id) {
+        if (!PyDict_Check(self->threads))
+            return 0;
+        PyObject *key = PyLong_FromUnsignedLong(ident);
+        if (key == NULL)
+            return -1;
+        PyObject *thread = PyDict_GetItemWithError(self->threads, key); /* borrowed */
+        Py_DECREF(key);
+        if (thread == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        PyObject *old = self->thread;
+        self->thread = Py_NewRef(thread);
+        self->thread_state_id = state_id;
+        Py_XDECREF(old); /* after the fields agree: a Thread's release may run code */
+    }
+    PyObject *thread = Py_NewRef(self->thread); /* held across the attribute lookup */
     int found = lookup_optional_attr(thread, s_thread_name, name);
     Py_DECREF(thread);
     return found;
 }
 
-/* time.time() as a float, NULL + error. */
-static PyObject *wall_time(void)
+/* time.time(), 0 or -1 + error. */
+static int wall_time(double *now)
 {
 #if PY_VERSION_HEX >= 0x030D0000
-    PyTime_t now;
-    if (PyTime_Time(&now) < 0)
-        return NULL;
-    return PyFloat_FromDouble(PyTime_AsSecondsDouble(now));
+    PyTime_t t;
+    if (PyTime_Time(&t) < 0)
+        return -1;
+    *now = PyTime_AsSecondsDouble(t);
 #else
-    return PyFloat_FromDouble(_PyTime_AsSecondsDouble(_PyTime_GetSystemClock()));
+    *now = _PyTime_AsSecondsDouble(_PyTime_GetSystemClock());
 #endif
+    return 0;
 }
 
-/* Forget the book read last (the audit stopped: keep none of it alive). */
+/* Forget the book and the Thread read last (the audit stopped: keep none of it alive). */
 static void forget_book(CreationHook *self)
 {
-    PyObject *old[3] = {self->seen, self->table, self->append};
-    self->seen = self->table = self->append = NULL;
-    for (int i = 0; i < 3; i++) /* after the fields are consistent: a deallocation may run code */
+    PyObject *old[4] = {self->seen, self->table, self->log, self->thread};
+    self->seen = self->table = self->log = self->thread = NULL;
+    for (int i = 0; i < 4; i++) /* after the fields are consistent: a deallocation may run code */
         Py_XDECREF(old[i]);
 }
 
-/* The `_created` table and the log's append of auditor.book (new references in *table and
- * *append): 1; 0 where the auditor has no book of that shape (the Python hook records the
- * creation); -1 + error. Read once per auditor (see CreationHook). */
-static int book_of(CreationHook *self, PyObject *auditor, PyObject **table, PyObject **append)
+/* The CreationTable and the SwitchLog of auditor.book (borrowed, held by the hook): 1; 0
+ * where the auditor has no book of that shape (the Python hook records the creation); -1 +
+ * error. Read once per auditor (see CreationHook). */
+static int book_of(CreationHook *self, PyObject *auditor, PyObject **table, SwitchLog **log)
 {
     if (self->seen != NULL && refers_to(self->seen, auditor)) {
-        *table = Py_NewRef(self->table);
-        *append = Py_NewRef(self->append);
+        *table = self->table;
+        *log = (SwitchLog *)self->log;
         return 1;
     }
-    PyObject *book = NULL;
-    *table = *append = NULL;
+    PyObject *book = NULL, *created = NULL, *append = NULL;
     if (lookup_optional_attr(auditor, s_book, &book) < 0)
         return -1;
     if (book == NULL)
         return 0;
     int found = -1;
-    if (lookup_optional_attr(book, s_created_table, table) >= 0 &&
-        lookup_optional_attr(book, s_record_switch, append) >= 0)
-        found = *table != NULL && PyDict_CheckExact(*table) && *append != NULL;
+    if (lookup_optional_attr(book, s_created_table, &created) >= 0 &&
+        lookup_optional_attr(book, s_record_switch, &append) >= 0)
+        found = created != NULL && creation_table_check(created) && append != NULL &&
+                switch_log_of(append) != NULL;
     Py_DECREF(book);
-    if (found != 1) {
-        Py_CLEAR(*table);
-        Py_CLEAR(*append);
-        return found;
-    }
-    PyObject *ref = PyWeakref_NewRef(auditor, NULL);
-    if (ref == NULL) { /* an auditor that takes no weak reference: read every time */
+    PyObject *ref = found == 1 ? PyWeakref_NewRef(auditor, NULL) : NULL;
+    if (found == 1 && ref == NULL) { /* an auditor that takes no weak reference: none kept */
         PyErr_Clear();
+        found = 0;
+    }
+    if (found == 1) {
+        PyObject *old[3] = {self->seen, self->table, self->log};
+        self->seen = ref;
+        self->table = Py_NewRef(created);
+        self->log = Py_NewRef((PyObject *)switch_log_of(append));
+        for (int i = 0; i < 3; i++)
+            Py_XDECREF(old[i]);
+        *table = self->table;
+        *log = (SwitchLog *)self->log;
+    }
+    Py_XDECREF(created);
+    Py_XDECREF(append);
+    return found;
+}
+
+/* `stream`'s key: (device index, stream id, device type), read from its fields in place for
+ * a stream of exactly key_type, else the first two through its attributes and the device type
+ * -1 (not read: the log's mark of a creation is never made a stream again). 1, 0 not
+ * integers (the Python hook records it), -1 error. */
+static int creation_key(CreationHook *self, PyObject *stream, long long key[3])
+{
+    if (self->key_offsets[0] != 0 && (PyObject *)Py_TYPE(stream) == self->key_type) {
+        key_in_place(stream, self->key_offsets, key);
         return 1;
     }
-    PyObject *old[3] = {self->seen, self->table, self->append};
-    self->seen = ref;
-    self->table = Py_NewRef(*table);
-    self->append = Py_NewRef(*append);
-    for (int i = 0; i < 3; i++)
-        Py_XDECREF(old[i]);
+    key[2] = -1;
+    for (int i = 0; i < 2; i++) {
+        PyObject *value = PyObject_GetAttr(stream, *KEY_FIELDS[i]);
+        if (value == NULL)
+            return -1;
+        int is_int = PyLong_Check(value);
+        key[i] = is_int ? PyLong_AsLongLong(value) : -1;
+        Py_DECREF(value);
+        if (!is_int)
+            return 0;
+        if (key[i] == -1 && PyErr_Occurred())
+            return -1;
+    }
     return 1;
+}
+
+/* Whether `device` is the engine's (home.device: 1 also where none is chosen yet), 0 not, -1
+ * error. */
+static int on_home_device(CreationHook *self, long long device)
+{
+    if (self->home == Py_None)
+        return 1;
+    PyObject *home = NULL;
+    if (self->home_offset != 0 && Py_TYPE(self->home)->tp_version_tag == self->home_tag)
+        home = Py_XNewRef(*(PyObject **)((char *)self->home + self->home_offset));
+    if (home == NULL) /* not slotted, its type changed, or the slot empty: its error */
+        home = PyObject_GetAttr(self->home, s_device);
+    if (home == NULL)
+        return -1;
+    int same = 1;
+    if (home != Py_None) {
+        long long chosen = PyLong_Check(home) ? PyLong_AsLongLong(home) : -1;
+        same = chosen == -1 && PyErr_Occurred() ? -1 : chosen == device;
+    }
+    Py_DECREF(home);
+    return same;
 }
 
 /* The creation recorded in the book of `auditor`: 1 done, 0 not here (the Python hook
  * records it), -1 error. */
 static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stream)
 {
-    int done = -1;
-    PyObject *table = NULL, *append = NULL, *device = NULL, *sid = NULL;
-    PyObject *key = NULL, *ident = NULL, *site = NULL, *when = NULL, *name = NULL;
-    PyObject *record = NULL, *result = NULL;
-    device = PyObject_GetAttr(stream, s_device_index);
-    if (device == NULL)
-        goto end;
-    if (self->home != Py_None) {
-        PyObject *home = PyObject_GetAttr(self->home, s_device);
-        if (home == NULL)
-            goto end;
-        int same = home == Py_None ? 1 : same_long(device, home);
-        Py_DECREF(home);
-        if (same != 1) {
-            done = same;
-            goto end;
-        }
-    }
-    int found = book_of(self, auditor, &table, &append);
-    if (found <= 0) {
-        done = found;
-        goto end;
-    }
-    ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    if (ident == NULL)
-        goto end;
-    int named = thread_name(self, ident, &name);
-    if (named <= 0) {
-        done = named;
-        goto end;
-    }
-    sid = PyObject_GetAttr(stream, s_stream_id);
-    key = sid == NULL ? NULL : untracked_if_atomic(PyTuple_Pack(2, device, sid));
-    site = key == NULL ? NULL : untracked_if_atomic(site_of(0, CREATION_SITE_DEPTH));
-    when = site == NULL ? NULL : wall_time();
-    record = when == NULL ? NULL
-                          : PyTuple_Pack(7, stream, ident, self->via, site, when, name,
-                                         s_created_kind);
-    if (record == NULL || PyDict_SetItem(table, key, record) < 0)
-        goto end;
-    result = PyObject_CallOneArg(append, record);
-    done = result == NULL ? -1 : 1;
-end:
-    Py_XDECREF(table);
-    Py_XDECREF(append);
-    Py_XDECREF(device);
-    Py_XDECREF(sid);
-    Py_XDECREF(key);
-    Py_XDECREF(ident);
-    Py_XDECREF(site);
-    Py_XDECREF(when);
+    long long key[3];
+    int read = creation_key(self, stream, key);
+    if (read <= 0)
+        return read;
+    int home = on_home_device(self, key[0]);
+    if (home <= 0)
+        return home;
+    PyObject *table;
+    SwitchLog *log;
+    int found = book_of(self, auditor, &table, &log);
+    if (found <= 0)
+        return found;
+    unsigned long thread = PyThread_get_thread_ident();
+    PyObject *name;
+    int named = thread_name(self, thread, &name);
+    double when;
+    int done = named;
+    if (named == 1)
+        done = wall_time(&when) < 0 ? -1
+               : creation_table_record(table, key[0], key[1], stream, thread, self->via, name,
+                                       when, 0) < 0
+                   ? -1
+                   : 1;
+    if (done == 1)
+        switchlog_put_created(log, stream, key, thread, self->via);
     Py_XDECREF(name);
-    Py_XDECREF(record);
-    Py_XDECREF(result);
     return done;
 }
 
@@ -2591,14 +2658,18 @@ fail:
 static PyObject *creation_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *impl, *created, *gate = Py_None, *via = Py_None, *home = Py_None,
-                              *threads = Py_None;
+                              *threads = Py_None, *key_type = Py_None;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "CreationHook takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO|OOOO:CreationHook", &impl, &created, &gate, &via, &home,
-                          &threads))
+    if (!PyArg_ParseTuple(args, "OO|OOOOO:CreationHook", &impl, &created, &gate, &via, &home,
+                          &threads, &key_type))
         return NULL;
+    if (key_type != Py_None && !PyType_Check(key_type)) {
+        PyErr_SetString(PyExc_TypeError, "CreationHook: key_type is a type or None");
+        return NULL;
+    }
     CreationHook *self = (CreationHook *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -2608,7 +2679,13 @@ static PyObject *creation_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->via = Py_NewRef(via);
     self->home = Py_NewRef(home);
     self->threads = Py_NewRef(threads);
-    self->seen = self->table = self->append = self->dict = NULL;
+    self->key_type = Py_NewRef(key_type);
+    self->seen = self->table = self->log = self->thread = self->dict = NULL;
+    learn_key_offsets(key_type, self->key_offsets);
+    self->home_offset = home == Py_None ? 0 : slot_offset(Py_TYPE(home), s_device);
+    self->home_tag = Py_TYPE(home)->tp_version_tag; /* read after the lookup, which tags it */
+    if (self->home_tag == 0)
+        self->home_offset = 0;
     self->vectorcall = creation_vectorcall;
     return (PyObject *)self;
 }
@@ -2692,6 +2769,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
         handoffs_add_types(module) < 0 || counter_add_types(module) < 0 ||
+        creations_add_types(module) < 0 ||
         native_streams_add_functions(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||

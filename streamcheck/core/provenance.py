@@ -55,6 +55,12 @@ def deque_log(capacity: int) -> Any:
 # scripts/bench_hook_cache.py).
 make_switch_log: Callable[[int], Any] = deque_log
 
+# What a new book keeps its creations in, under each stream's key: anything with a dict's
+# ``[key] = value``, ``get`` and ``clear``. streamcheck/wrappers/speedups.py sets the compiled
+# ``CreationTable`` with the compiled hooks: the creation hook writes a creation into it as
+# plain fields, and the record is made only when a finding reads it.
+make_creation_table: Callable[[], Any] = dict
+
 
 def _is_full(record: tuple[Any, ...]) -> bool:
     return len(record) == 7 and isinstance(record[3], tuple)
@@ -108,8 +114,8 @@ class StreamBook:
         self.record_switch = self._log.append
         # a creation as a StreamEvent (the Python hook, a test) or as the compiled hook's
         # record (stream, ident, via, site, time, thread name, CREATED), made an event by
-        # origin()
-        self._created: dict[tuple[int, int], StreamEvent | tuple[Any, ...]] = {}
+        # origin(); a dict, or the compiled core's CreationTable (make_creation_table)
+        self._created: Any = make_creation_table()
         # the latest set_device of each thread: (device, where, time); the current device is
         # per thread in CUDA, and a wrong one explains a stream or event on the wrong device
         self._device_set: dict[int, tuple[int, Stack, float]] = {}
@@ -124,8 +130,9 @@ class StreamBook:
 
     def record(self, event: StreamEvent) -> None:
         """A full event (a stream creation, or one built by a caller or a test). The compiled
-        creation hook writes the same into the log and ``_created`` itself (``CreationHook``
-        in streamcheck/_speedups.c): a change to what is kept here is a change there."""
+        creation hook writes the same into ``_created`` itself, and marks it in the log
+        (``CreationHook`` in streamcheck/_speedups.c, ``CreationTable`` in
+        streamcheck/_creations.c): a change to what is kept here is a change there."""
         s = event.stream
         if event.kind == CREATED:
             with self._lock:

@@ -55,12 +55,15 @@ def _use_core_parts() -> None:
     """Records take their sites (``core.ids.site_capture``) from the chosen core: the same
     tuple either way, made in C with the compiled one; books made from now on keep their
     switches in its log (``core.provenance.make_switch_log``), which the compiled hook fills
-    without making the tuples; auditors made from now on declare accesses through its
-    ``Declarer`` (``core.auditor.make_declare``); and launch sites counted from now on count on
-    its ``LaunchCounter`` (``core.coverage.make_counter``), which its hooks advance in place."""
+    without making the tuples, and their creations in its table
+    (``core.provenance.make_creation_table``), which the compiled creation hook fills so;
+    auditors made from now on declare accesses through its ``Declarer``
+    (``core.auditor.make_declare``); and launch sites counted from now on count on its
+    ``LaunchCounter`` (``core.coverage.make_counter``), which its hooks advance in place."""
     ids.site_capture = ids.capture_site if _active is None else _active.capture_site
     provenance.make_switch_log = (provenance.deque_log if _active is None
                                   else _active.SwitchLog)
+    provenance.make_creation_table = dict if _active is None else _active.CreationTable
     auditor.make_declare = getattr(_active, "Declarer", None)
     coverage.make_counter = getattr(_active, "LaunchCounter", itertools.count)
     for follower in _followers:

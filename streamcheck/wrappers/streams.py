@@ -29,8 +29,10 @@ class DeviceHome:
     helper thread creates on its current device is checked against it. Once engine threads
     have chosen two different devices (several engines in one process, an engine that moves)
     no single device is "the engine's": :attr:`device` is then None and nothing is checked.
-    :attr:`device` is a plain attribute, kept in step by :meth:`chosen`: the compiled creation
-    hook reads it at every ``Stream()``."""
+    :attr:`device` is a slot, kept in step by :meth:`chosen`: the compiled creation hook reads
+    it in place at every ``Stream()``."""
+
+    __slots__ = ("_lock", "_seen", "device")
 
     def __init__(self, device: int | None = None) -> None:
         self._seen: set[int] = set() if device is None else {device}
@@ -151,8 +153,10 @@ def hook_stream_creation(registry: PatchRegistry, gate: Gate, stream_class: type
         # which some kernels' modules import by name) then costs no Python frame, and a plain
         # creation on the engine's device is recorded there, in the book's own form, with no
         # StreamEvent made until a finding asks for the stream's origin
+        # (a torch.cuda.Stream's key read from its fields in place, as the set_stream hook's)
         hook = (compiled.CreationHook(impl, created, gate, via, home,
-                                      threading._active)  # type: ignore[attr-defined]
+                                      threading._active,  # type: ignore[attr-defined]
+                                      stream_class)
                 if compiled is not None else __new__)
         registry.patch(stream_class, "__new__", lambda _current: staticmethod(hook))
         return

@@ -880,23 +880,50 @@ def test_a_creation_is_recorded_in_the_book_of_the_auditor_the_gate_has_now(core
 
 
 @needs_build
-def test_a_compiled_creation_keeps_its_site_and_key_out_of_the_cyclic_collector(monkeypatch):
-    """A creation's record lives as long as the audit; its site (code objects and offsets)
-    and its key (two ints) cannot make a cycle, so the compiled hook takes them out of the
-    collector's lists at once, which every collection would otherwise traverse."""
+def test_a_compiled_creation_makes_nothing_the_cyclic_collector_counts(monkeypatch):
+    """A creation is kept as long as the audit runs: the compiled hook writes it into the
+    book's CreationTable as plain fields and marks it in the SwitchLog, so a creation leaves no
+    object for the collector to count or traverse beyond the stream itself (a record, its key
+    and its site each did, and the collections they brought were most of what the hook
+    added). The record is made when read, with the same site, thread and time."""
     monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
-    gc.disable()  # a collection untracks such tuples too: none may run in between
+    aud = installer.install("record")
+    registry = installer._registry
+    hook_stream_creation(registry, installer._gate, TorchLikeStream, "torch.cuda",
+                         DeviceHome(0))
+    made = []
+
+    def tracked_left_by(calls: int) -> int:
+        gc.disable()  # no collection in between: the count only grows
+        try:
+            before = gc.get_count()[0]
+            for _ in range(calls):
+                made.append(TorchLikeStream())
+            return gc.get_count()[0] - before
+        finally:
+            gc.enable()
+
     try:
-        aud, _origins = plain_creation(DeviceHome(0))
-        kept = list(aud.book._created.items())
+        assert type(aud.book._created).__name__ == "CreationTable"
+        installer._gate.auditor = None
+        plain = tracked_left_by(40)
+        installer._gate.auditor = aud
+        TorchLikeStream()  # the first reads the book once (a weak reference to the auditor)
+        audited = tracked_left_by(40)
+        mark = aud.book._log[-1]
     finally:
-        gc.enable()
+        registry.restore(TorchLikeStream, ("__new__",))
+        installer.uninstall()
         speedups.use("auto")
-    assert len(kept) == 2
-    for key, record in kept:
-        assert isinstance(record, tuple) and record[3], "a compiled record with its site"
-        assert not gc.is_tracked(key) and not gc.is_tracked(record[3])
-        assert gc.is_tracked(record)  # it holds the stream
+    assert audited == plain
+    assert len(aud.book._created) == 41
+    record = aud.book._created[(0, made[-1].stream_id)]
+    assert record[0] is made[-1] and record[1] == threading.get_ident() and record[3]
+    assert record[5] == threading.current_thread().name and record[6] == "created"
+    assert aud.book._created.get((0, made[0].stream_id)) is None  # made with no audit
+    # the log marks where the stream's present life began, by its key (no device type read)
+    assert mark == ((0, made[-1].stream_id, -1, TorchLikeStream), threading.get_ident(),
+                    "torch.cuda.Stream()", (), 0.0, None, "created")
 
 
 PLAIN_CREATION_LINE = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
