@@ -297,10 +297,13 @@ static SwitchSlot *next_slot(SwitchLog *log)
 
 /* A switch; code1 and code2 are new references, stolen (stream and via are borrowed). With
  * `key` (the stream's device index, id and device type), the slot keeps the stream's type and
- * key instead of the stream (see the SetStreamHook's key_type). */
-static void switchlog_put(SwitchLog *log, PyObject *stream, const long long *key,
-                          unsigned long ident, PyObject *via, PyObject *code1, int lasti1,
-                          PyObject *code2, int lasti2)
+ * key instead of the stream (see the SetStreamHook's key_type). Inlined into the set_stream
+ * hook, its hot caller, as before a creation's mark shared it (called, it cost each switch 38
+ * instructions more: scripts/bench_hook_instructions.py). */
+static inline Py_ALWAYS_INLINE void switchlog_put(SwitchLog *log, PyObject *stream,
+                                                  const long long *key, unsigned long ident,
+                                                  PyObject *via, PyObject *code1, int lasti1,
+                                                  PyObject *code2, int lasti2)
 {
     PyObject *drop[SLOT_REFS];
     SwitchSlot *slot = next_slot(log);
