@@ -98,6 +98,7 @@ int native_streams_add_functions(PyObject *module);
 int counter_add_types(PyObject *module);
 /* streamcheck/_creations.c: the book's creations as plain fields */
 int creations_add_types(PyObject *module);
+int current_stream_add_types(PyObject *module); /* _current_stream.c */
 int creation_table_check(PyObject *op);
 int creation_table_record(PyObject *table, long long device, long long stream_id,
                           PyObject *stream, unsigned long ident, PyObject *via, PyObject *name,
@@ -2772,7 +2773,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
         handoffs_add_types(module) < 0 || counter_add_types(module) < 0 ||
-        creations_add_types(module) < 0 ||
+        creations_add_types(module) < 0 || current_stream_add_types(module) < 0 ||
         native_streams_add_functions(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||

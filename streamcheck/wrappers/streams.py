@@ -192,7 +192,10 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
 
     ``device`` None (a stream context's every enter, an event record's) or an int is resolved
     as torch's ``_get_device_index`` resolves it (the current device; the int itself) with one
-    C read instead of its three Python frames; anything else goes through that function.
+    C read instead of its three Python frames; anything else goes through that function. With
+    the compiled core the whole function is C (``CurrentStream``): CUDA's initialization read
+    as ``torch.cuda.is_initialized`` reads it, the current stream natively once proven, and
+    only ``Stream.__new__``'s Python frame left.
     """
     import torch
 
@@ -206,8 +209,16 @@ def fast_current_stream(registry: PatchRegistry, cuda: Any) -> None:
                 lazy_init):
         return  # another torch layout: keep its own current_stream
     impl = impl.__func__ if isinstance(impl, staticmethod) else impl
+    compiled = speedups.active()
+    in_bad_fork = getattr(cuda, "_is_in_bad_fork", None)
 
     def make(_original: Any) -> Any:
+        if compiled is not None and in_bad_fork is not None:
+            # the same in C, with Stream.__new__'s frame alone (streamcheck/_current_stream.c)
+            return functools.update_wrapper(compiled.CurrentStream(
+                vars(cuda), in_bad_fork, lazy_init, get_device, index, reader, impl,
+                stream_class), _original)
+
         @functools.wraps(_original)
         def current_stream(device: Any = None) -> Any:
             lazy_init()

@@ -13,7 +13,9 @@ import torch
 
 import streamcheck
 from streamcheck import installer
+from streamcheck.wrappers import speedups
 from streamcheck.wrappers.registry import PatchRegistry
+from tests.wrappers.compiled_parts import CORES
 
 
 def test_patch_is_idempotent_and_restores_exactly():
@@ -155,10 +157,13 @@ def test_the_registry_gives_back_what_it_replaced():
     registry.restore_all()
 
 
-def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monkeypatch):
+@pytest.mark.parametrize("core", CORES)
+def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(core, monkeypatch):
     """``current_stream()`` runs on every stream switch: it must build its object with the
     Stream ``__new__`` from before the creation hook (which would add a Python frame to every
-    switch and never records these anyway), whichever of the two was installed first."""
+    switch and never records these anyway), whichever of the two was installed first. The
+    compiled one (``CurrentStream``) gives the same answers; both initialize CUDA as torch's
+    does, where ``torch.cuda.is_initialized()`` would say no."""
     from streamcheck.wrappers.streams import fast_current_stream
 
     class Stream:
@@ -167,14 +172,17 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
             made.fields = kwargs
             return made
 
-    indexed = []
+    indexed, inits = [], []
 
     def get_device_index(device, optional):
         indexed.append(device)
         return int(str(device).rpartition(":")[2])
 
+    forked = [False]
     cuda = types.SimpleNamespace(Stream=Stream, _get_device_index=get_device_index,
-                                 _lazy_init=lambda: None, current_stream=lambda device=None: 0)
+                                 _lazy_init=lambda: inits.append(1),
+                                 current_stream=lambda device=None: 0, _initialized=True,
+                                 _is_in_bad_fork=lambda: forked[0])
     monkeypatch.setattr(torch._C, "_cuda_getCurrentStream", lambda device: (7, device, 1),
                         raising=False)
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 3, raising=False)
@@ -183,16 +191,66 @@ def test_current_stream_wraps_an_existing_stream_without_the_creation_hook(monke
     impl = Stream.__dict__["__new__"]  # the creation hook's stand-in, installed first
     registry.patch(Stream, "__new__", lambda _: staticmethod(
         lambda cls, *a, **k: created.append(k) or impl(cls, *a, **k)))
+    speedups.use(core)
     fast_current_stream(registry, cuda)
     try:
+        assert (type(cuda.current_stream).__name__ == "CurrentStream") == (core == "compiled")
         stream = cuda.current_stream()
         assert stream.fields == {"stream_id": 7, "device_index": 3, "device_type": 1}
         assert created == []  # the hooked __new__ never ran
         # None: the current device, an int: itself, both read in C; anything else as torch
         assert [cuda.current_stream(d).fields["device_index"] for d in (None, 1, "cuda:2")] \
             == [3, 1, 2]
+        assert cuda.current_stream(device=1).fields["device_index"] == 1
         assert indexed == ["cuda:2"]
         Stream(device_index=0)
         assert len(created) == 1  # a creation still goes through it
+        assert core == "python" or inits == []  # torch would say initialized: nothing to do
+        forked[0] = True  # is_initialized() is False in a bad fork: torch's _lazy_init raises
+        cuda.current_stream()
+        forked[0], cuda._initialized = False, False
+        cuda.current_stream()
+        assert len(inits) == (2 if core == "compiled" else 7)  # Python: at every call
+        with pytest.raises(TypeError):
+            cuda.current_stream(1, 2)
+        with pytest.raises(TypeError):
+            cuda.current_stream(dev=1)
     finally:
         registry.restore_all()
+        speedups.use("auto")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_installed_current_stream_answers_as_torchs_on_cuda(monkeypatch):
+    """On real CUDA the installed ``current_stream`` (compiled where built) gives torch's
+    answer for every way of naming the device, on a side stream, and on another thread."""
+    torch_own = torch.cuda.current_stream
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled" if speedups.built() else "python")
+    installer.install("record")
+    try:
+        assert torch.cuda.current_stream is not torch_own
+        side = torch.cuda.Stream()
+
+        def same(*args, **kwargs):
+            mine, theirs = torch.cuda.current_stream(*args, **kwargs), torch_own(*args, **kwargs)
+            return [(type(s), s.stream_id, s.device_index, s.device_type, s.cuda_stream)
+                    for s in (mine, theirs)]
+
+        ways = [(), (None,), (0,), ("cuda",), ("cuda:0",), (torch.device("cuda", 0),)]
+        for args in ways:
+            first, second = same(*args)
+            assert first == second, args
+        with torch.cuda.stream(side):
+            for args in ways:
+                first, second = same(*args)
+                assert first == second and first[4] == side.cuda_stream, args
+        first, second = same(device=0)
+        assert first == second
+        seen = []
+        helper = threading.Thread(target=lambda: seen.append(same()))
+        helper.start()
+        helper.join()
+        assert seen[0][0] == seen[0][1] and seen[0][0][1] == 0  # its default stream
+    finally:
+        installer.uninstall()
+        speedups.use("auto")
