@@ -1892,21 +1892,19 @@ static int take_in_clock(PyObject *clocks, PyObject *table, PyObject *key, PyObj
 
 /* The (device, stream id) key of the thread's current stream on its current device, read
  * as the Python hook reads it after a record on the current stream: `reader()` (the device),
- * then `current(device)`, a (stream id, device, type) tuple. A new tuple, or NULL + error. */
+ * then `current(device)`, a (stream id, device, type) tuple (natively once proven, where
+ * `current` is torch's: read_current_stream). A new tuple, or NULL + error. */
 static PyObject *current_stream_key(GuardedCall *self)
 {
-    PyObject *key = NULL, *device = PyObject_CallNoArgs(self->reader);
-    PyObject *cur = device == NULL ? NULL : PyObject_CallOneArg(self->current, device);
-    Py_XDECREF(device);
-    if (cur == NULL)
+    PyObject *device = PyObject_CallNoArgs(self->reader);
+    if (device == NULL)
         return NULL;
-    if (PyTuple_Check(cur) && PyTuple_GET_SIZE(cur) >= 2 &&
-        PyLong_CheckExact(PyTuple_GET_ITEM(cur, 0)) && PyLong_CheckExact(PyTuple_GET_ITEM(cur, 1)))
-        key = PyTuple_Pack(2, PyTuple_GET_ITEM(cur, 1), PyTuple_GET_ITEM(cur, 0));
-    else
+    long long cur[3];
+    int read = read_current_stream(self->current, device, cur);
+    Py_DECREF(device);
+    if (read == 0)
         PyErr_SetString(PyExc_TypeError, "the current stream is not (int, int, ...)");
-    Py_DECREF(cur);
-    return key;
+    return read <= 0 ? NULL : Py_BuildValue("(LL)", cur[1], cur[0]);
 }
 
 /* The live record's snapshot, kept on the event: the clock of `stream`, or of the thread's

@@ -322,6 +322,62 @@ def test_a_handoff_reads_its_stream_natively(stand_in):
     assert out == "[] (0, 5) (0, 7)"
 
 
+def test_an_event_record_on_the_current_stream_reads_it_natively(stand_in):
+    """With the clocks live, a record on the current stream (the compiled hook) keeps the
+    clock of the stream read natively once proven: torch's tuple read is not asked."""
+    out = run_torch_like(stand_in, """
+        from types import SimpleNamespace
+        from streamcheck import installer
+        from streamcheck.runtime.reader import StreamReader
+        from streamcheck.wrappers import speedups
+        from streamcheck.wrappers.events import hook_event_record
+        speedups.read_streams_natively = lambda reader: False  # as in the tests above
+        class Event:
+            def __init__(self):
+                self.device = None
+            def record(self, stream=None):
+                self.device = self.device or SimpleNamespace(index=0)
+        aud = installer.install("record")
+        hook_event_record(installer._registry, installer._gate, Event,
+                          StreamReader(current_stream=torch_tuple,
+                                       current_device=torch_get_device))
+        c.current_stream(torch_tuple, 0)  # proven (the made-up stream)
+        event = Event()
+        event.record()  # bound to device 0
+        aud.ordering = True  # the clocks live, as after a connector's first declared access
+        aud.clocks._clocks[(0, 5)], aud.clocks._clocks[(0, 7)] = {(0, 5): 2}, {(0, 7): 3}
+        torch_reads.clear()
+        set_id(5); event.record(); five = event._streamcheck_clock
+        set_id(7); event.record(); seven = event._streamcheck_clock
+        print(type(Event.__dict__["record"]).__name__, torch_reads, five, seven)
+        installer.uninstall()
+    """)
+    assert out == "GuardedCall [] {(0, 5): 2} {(0, 7): 3}"
+
+
+def test_the_installed_current_stream_reads_it_natively(stand_in):
+    """The compiled ``current_stream()`` the audit installs: torch's tuple read is not asked
+    once the native read is proven; the stream it makes is the current one."""
+    out = run_torch_like(stand_in, """
+        from types import SimpleNamespace
+        class Stream:
+            def __new__(cls, **key):
+                made = object.__new__(cls)
+                made.key = key
+                return made
+        inits = []
+        cuda = {"_initialized": True}
+        current = c.CurrentStream(cuda, lambda: False, lambda: inits.append(1),
+                                  torch_get_device, None, torch_tuple, Stream.__new__, Stream)
+        c.current_stream(torch_tuple, 0)  # proven (the made-up stream)
+        torch_reads.clear()
+        set_id(5); first = current()
+        set_id(7); second = current(0)
+        print(torch_reads, inits, first.key["stream_id"], second.key)
+    """)
+    assert out == "[] [] 5 {'stream_id': 7, 'device_index': 0, 'device_type': 1}"
+
+
 @pytest.fixture(scope="module")
 def key_type(tmp_path_factory) -> Path:
     return build_key_type(tmp_path_factory.mktemp("key_type"))
