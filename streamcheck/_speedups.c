@@ -2380,8 +2380,9 @@ static PyTypeObject GuardedCallType = {
  * book's SwitchLog by its key (switchlog_put_created). Nothing is allocated (but an int for
  * a thread's first creation). A stream of exactly key_type (torch.cuda.Stream) has its key
  * read from its fields in place. The thread's name is the Thread's `_name` from `threads`
- * (threading._active; the Thread kept while the same thread creates again); a thread `threading` does not know (started from C++ or with _thread)
- * goes to the Python hook, whose threading.current_thread() names it as it always did. This
+ * (threading._active; the Thread kept while the same thread creates again); a thread
+ * `threading` does not know (started from C++ or with _thread) goes to the Python hook, whose
+ * threading.current_thread() names it as it always did. This
  * writes what Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py
  * and provenance.py point back here): a change to either is a change here too.
  *
