@@ -16,7 +16,9 @@
  *       object (the Python hook's StreamEvent) whole; get(key[, default]), table[key],
  *       len(table), keys(), values(), items() and clear() as a dict's; a key is a pair of
  *       ints. A creation written from C reads as (stream, thread ident, via, site, time,
- *       thread name, "created"), the site (code, offset, ...) as capture_site makes it.
+ *       thread name, "created"), the site (code, offset, ...) as capture_site makes it, and
+ *       a torch.cuda.Stream as (device index, stream id, device type, its type), the form
+ *       streamcheck/core/provenance.py reads a stream kept by key in.
  *
  * creation_table_record(...) is what the hook calls (under the GIL, as a dict store is).
  */
@@ -34,7 +36,9 @@ typedef struct {
     long long device, stream_id;
     int used, nframes;
     PyObject *stream, *via, *name; /* a creation written from C */
-    PyObject *whole;               /* or a value stored from Python */
+    PyObject *kind; /* or, for a stream kept by its key, its type (stream NULL) */
+    PyObject *whole; /* or a value stored from Python */
+    long long device_type; /* a stream kept by key: the third part of its key */
     unsigned long ident;
     double when;
     PyObject *codes[CREATION_SITE_DEPTH];
@@ -58,16 +62,17 @@ int creation_table_check(PyObject *op)
 
 /* Hand an entry's references to the caller (decref them with drop_refs once the table is
  * consistent again: a stream's deallocation may run code that creates streams). */
-#define ENTRY_REFS (4 + CREATION_SITE_DEPTH)
+#define ENTRY_REFS (5 + CREATION_SITE_DEPTH)
 static void take_refs(Creation *entry, PyObject *drop[ENTRY_REFS])
 {
     drop[0] = entry->stream;
     drop[1] = entry->via;
     drop[2] = entry->name;
     drop[3] = entry->whole;
+    drop[4] = entry->kind;
     for (int i = 0; i < CREATION_SITE_DEPTH; i++)
-        drop[4 + i] = i < entry->nframes ? entry->codes[i] : NULL;
-    entry->stream = entry->via = entry->name = entry->whole = NULL;
+        drop[5 + i] = i < entry->nframes ? entry->codes[i] : NULL;
+    entry->stream = entry->via = entry->name = entry->whole = entry->kind = NULL;
     entry->nframes = 0;
 }
 
@@ -83,6 +88,7 @@ static void hold_refs(Creation *entry)
     Py_XINCREF(entry->via);
     Py_XINCREF(entry->name);
     Py_XINCREF(entry->whole);
+    Py_XINCREF(entry->kind);
     for (int i = 0; i < entry->nframes; i++)
         Py_INCREF(entry->codes[i]);
 }
@@ -143,13 +149,17 @@ static Creation *entry_for(CreationTable *table, long long device, long long str
     return entry;
 }
 
-/* A creation of `stream` (device, stream_id) by the thread `ident` named `name`, through
- * `via`, at `when`, its site the running frames from `skip` above the caller: 0, or -1 +
- * error. The references are the caller's (borrowed). */
-int creation_table_record(PyObject *op, long long device, long long stream_id,
-                          PyObject *stream, unsigned long ident, PyObject *via, PyObject *name,
-                          double when, Py_ssize_t skip)
+/* A creation of `stream` (key: device, stream id, device type) by the thread `ident` named
+ * `name`, through `via`, at `when`, its site the running frames from `skip` above the caller:
+ * 0, or -1 + error. With `by_key`, the stream is kept as its type and key, not the object,
+ * which its type makes again from them (torch.cuda.Stream(stream_id=, device_index=,
+ * device_type=)), as the switch log keeps one: the stream object is freed when its creator
+ * lets it go, as it would be with no audit. The references are the caller's (borrowed). */
+int creation_table_record(PyObject *op, const long long key[3], int by_key, PyObject *stream,
+                          unsigned long ident, PyObject *via, PyObject *name, double when,
+                          Py_ssize_t skip)
 {
+    long long device = key[0], stream_id = key[1];
     CreationTable *table = (CreationTable *)op;
     PyObject *codes[CREATION_SITE_DEPTH];
     int lastis[CREATION_SITE_DEPTH];
@@ -163,7 +173,12 @@ int creation_table_record(PyObject *op, long long device, long long stream_id,
             Py_DECREF(codes[i]);
         return -1;
     }
-    entry->stream = Py_NewRef(stream);
+    if (by_key) {
+        entry->kind = Py_NewRef((PyObject *)Py_TYPE(stream));
+        entry->device_type = key[2];
+    } else {
+        entry->stream = Py_NewRef(stream);
+    }
     entry->via = Py_NewRef(via);
     entry->name = Py_XNewRef(name);
     entry->ident = ident;
@@ -193,10 +208,16 @@ static PyObject *record_of(Creation *entry)
     }
     if (site == NULL)
         return NULL;
-    PyObject *record = Py_BuildValue("(OkONdOO)", entry->stream, entry->ident, entry->via,
-                                     site, entry->when, entry->name ? entry->name : Py_None,
-                                     s_created);
-    return record;
+    PyObject *stream = entry->kind == NULL
+                           ? Py_NewRef(entry->stream)
+                           : Py_BuildValue("(LLLO)", entry->device, entry->stream_id,
+                                           entry->device_type, entry->kind);
+    if (stream == NULL) {
+        Py_DECREF(site);
+        return NULL;
+    }
+    return Py_BuildValue("(NkONdOO)", stream, entry->ident, entry->via, site, entry->when,
+                         entry->name ? entry->name : Py_None, s_created);
 }
 
 /* The record under the key, read from a copy (making it allocates, which may run code that
@@ -362,6 +383,7 @@ static int table_traverse(PyObject *op, visitproc visit, void *arg)
         Py_VISIT(entry->via);
         Py_VISIT(entry->name);
         Py_VISIT(entry->whole);
+        Py_VISIT(entry->kind);
         for (int j = 0; j < entry->nframes; j++)
             Py_VISIT(entry->codes[j]);
     }

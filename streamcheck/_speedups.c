@@ -100,7 +100,7 @@ int counter_add_types(PyObject *module);
 int creations_add_types(PyObject *module);
 int current_stream_add_types(PyObject *module); /* _current_stream.c */
 int creation_table_check(PyObject *op);
-int creation_table_record(PyObject *table, long long device, long long stream_id,
+int creation_table_record(PyObject *table, const long long key[3], int by_key,
                           PyObject *stream, unsigned long ident, PyObject *via, PyObject *name,
                           double when, Py_ssize_t skip);
 int launch_counter_advance(PyObject *counter);
@@ -2374,8 +2374,8 @@ static PyTypeObject GuardedCallType = {
  * DeviceHome, read in place; None: nothing to check) or with no home, is recorded here, in the
  * book's own form: written
  * into the book's CreationTable under the stream's (device, stream id) as plain fields (the
- * stream, thread ident, via, the creating frames' code objects and offsets, the time and the
- * thread's name; _creations.c), which makes the record, and the StreamEvent, only when a
+ * stream, or a key_type stream's type and key, which make it again; thread ident, via, the
+ * creating frames' code objects and offsets, the time and the thread's name; _creations.c), which makes the record, and the StreamEvent, only when a
  * finding asks for the stream's origin (streamcheck/core/provenance.py), and marked in the
  * book's SwitchLog by its key (switchlog_put_created). Nothing is allocated (but an int for
  * a thread's first creation). A stream of exactly key_type (torch.cuda.Stream) has its key
@@ -2516,14 +2516,14 @@ static int book_of(CreationHook *self, PyObject *auditor, PyObject **table, Swit
 }
 
 /* `stream`'s key: (device index, stream id, device type), read from its fields in place for
- * a stream of exactly key_type, else the first two through its attributes and the device type
- * -1 (not read: the log's mark of a creation is never made a stream again). 1, 0 not
- * integers (the Python hook records it), -1 error. */
+ * a stream of exactly key_type (2: kept by that key), else the first two through its
+ * attributes and the device type -1 (1: not read; the log's mark of a creation is never made
+ * a stream again). 0 not integers (the Python hook records it), -1 error. */
 static int creation_key(CreationHook *self, PyObject *stream, long long key[3])
 {
     if (self->key_offsets[0] != 0 && (PyObject *)Py_TYPE(stream) == self->key_type) {
         key_in_place(stream, self->key_offsets, key);
-        return 1;
+        return 2;
     }
     key[2] = -1;
     for (int i = 0; i < 2; i++) {
@@ -2586,7 +2586,7 @@ static int record_creation(CreationHook *self, PyObject *auditor, PyObject *stre
     int done = named;
     if (named == 1)
         done = wall_time(&when) < 0 ? -1
-               : creation_table_record(table, key[0], key[1], stream, thread, self->via, name,
+               : creation_table_record(table, key, read == 2, stream, thread, self->via, name,
                                        when, 0) < 0
                    ? -1
                    : 1;

@@ -93,9 +93,10 @@ def key_type(tmp_path_factory) -> Path:
 def test_a_creation_of_a_stream_read_in_place_is_marked_in_the_log_by_its_key(key_type,
                                                                            monkeypatch):
     """A stream of the hook's key type (torch.cuda.Stream, in an install): its key read from
-    its fields; the table keeps the creation with its frames, thread and time; the log marks
-    it by key, holding no stream; a switch to the same key by another thread before the
-    creation belongs to another stream's life."""
+    its fields; the table keeps the creation with its frames, thread and time, and the stream
+    as its key and type (the object is freed when its creator lets it go, as with no audit);
+    the log marks it by key; a switch to the same key by another thread before the creation
+    belongs to another stream's life."""
     monkeypatch.syspath_prepend(str(key_type))
     from key_type import Stream
 
@@ -117,6 +118,7 @@ def test_a_creation_of_a_stream_read_in_place_is_marked_in_the_log_by_its_key(ke
                                 None, 0))
         stream = hook(Stream)
         line = sys._getframe().f_lineno - 1
+        held = sys.getrefcount(stream) - 2  # references beyond this name and the call's
         mark = aud.book._log[-1]
         record = aud.book._created[(0, 5)]
         origin = aud.book.origin(StreamRef(0, 5))
@@ -127,7 +129,7 @@ def test_a_creation_of_a_stream_read_in_place_is_marked_in_the_log_by_its_key(ke
     assert mark == ((0, 5, 1, Stream), threading.get_ident(), "torch.cuda.Stream()", (), 0.0,
                     None, "created")
     assert provenance._is_creation(mark)
-    assert record[0] is stream and record[6] == "created"
+    assert record[0] == (0, 5, 1, Stream) and record[6] == "created" and held == 0
     assert frames_of(record[3])[0][:2] == (__file__, line)
     assert origin.stack[0][:2] == (__file__, line) and origin.kind == "created"
     assert origin.thread.name == threading.current_thread().name
@@ -185,13 +187,16 @@ def test_torch_stream_creations_are_kept_by_key_and_make_nothing_the_collector_c
         first = torch.cuda.Stream()  # the first reads the book (a weak reference to it)
         line = sys._getframe().f_lineno - 1
         mark = aud.book._log[-1]
+        kept = aud.book._created[(first.device_index, first.stream_id)]
         origin = aud.book.origin(StreamRef(first.device_index, first.stream_id))
         audited = tracked_left_by(64)
     finally:
         installer.uninstall()
         speedups.use("auto")
     assert type(aud.book._created).__name__ == "CreationTable"
-    assert mark[0] == (first.device_index, first.stream_id, first.device_type,
-                       torch.cuda.Stream) and mark[6] == "created"
+    key = (first.device_index, first.stream_id, first.device_type, torch.cuda.Stream)
+    assert mark[0] == key and mark[6] == "created"
+    assert kept[0] == key  # the table keeps no stream object, only what makes it again
+    assert origin.stream.handle == first.cuda_stream
     assert origin.stack[0][:2] == (__file__, line) and origin.via == "torch.cuda.Stream()"
     assert audited == plain, (audited, plain)
