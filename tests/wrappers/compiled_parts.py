@@ -5,7 +5,9 @@ The ``audit`` fixture they take is in this folder's conftest.py."""
 
 from __future__ import annotations
 
+import gc
 import sys
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -46,3 +48,18 @@ def site_line(handoff) -> tuple[str, int]:
     filtered out, so a site taken one frame too deep or too shallow shows."""
     code, offset = handoff.stack[0], handoff.stack[1]
     return code.co_filename, line_of(code, offset)
+
+
+def young_objects_added(call: Callable[[], object], times: int) -> int:
+    """How much the collector's young-generation count grew over ``times`` calls of ``call``:
+    what the calls left alive for it to count (collected first, then held off, so no
+    collection resets the count in between)."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for _ in range(times):
+            call()
+        return gc.get_count()[0] - before
+    finally:
+        gc.enable()

@@ -20,6 +20,7 @@ from streamcheck.core import provenance
 from streamcheck.core.ids import StreamRef, frames_of
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.streams import DeviceHome
+from tests.wrappers.compiled_parts import young_objects_added
 from tests.wrappers.stand_in_stream_type import build_key_type
 
 compiled = pytest.importorskip("streamcheck._speedups")
@@ -169,27 +170,16 @@ def test_torch_stream_creations_are_kept_by_key_and_make_nothing_the_collector_c
     aud = installer.install("record")
     made = []
 
-    def tracked_left_by(calls: int) -> int:
-        gc.collect()
-        gc.disable()
-        try:
-            before = gc.get_count()[0]
-            for _ in range(calls):
-                made.append(torch.cuda.Stream())
-            return gc.get_count()[0] - before
-        finally:
-            gc.enable()
-
     try:
         installer._gate.auditor = None
-        plain = tracked_left_by(64)
+        plain = young_objects_added(lambda: made.append(torch.cuda.Stream()), 64)
         installer._gate.auditor = aud
         first = torch.cuda.Stream()  # the first reads the book (a weak reference to it)
         line = sys._getframe().f_lineno - 1
         mark = aud.book._log[-1]
         kept = aud.book._created[(first.device_index, first.stream_id)]
         origin = aud.book.origin(StreamRef(first.device_index, first.stream_id))
-        audited = tracked_left_by(64)
+        audited = young_objects_added(lambda: made.append(torch.cuda.Stream()), 64)
     finally:
         installer.uninstall()
         speedups.use("auto")

@@ -44,6 +44,7 @@ from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
 from tests.core.fakes import in_thread, made_current
+from tests.wrappers.compiled_parts import young_objects_added
 
 needs_build = pytest.mark.skipif(not speedups.built(),
                                  reason="streamcheck._speedups is not built here")
@@ -662,7 +663,6 @@ def test_the_event_hooks_keep_the_last_four_streams_alive_and_no_more():
     """The compiled hooks hold the streams whose keys they keep by strong references (a weak
     one to a torch 2.11 stream dangles once it is freed), so a kept stream lives on until four
     others have replaced it, and is freed then: nothing kept grows."""
-    import gc
     import weakref
 
     aud = installer.install("assert")
@@ -893,23 +893,13 @@ def test_a_compiled_creation_makes_nothing_the_cyclic_collector_counts(monkeypat
                          DeviceHome(0))
     made = []
 
-    def tracked_left_by(calls: int) -> int:
-        gc.disable()  # no collection in between: the count only grows
-        try:
-            before = gc.get_count()[0]
-            for _ in range(calls):
-                made.append(TorchLikeStream())
-            return gc.get_count()[0] - before
-        finally:
-            gc.enable()
-
     try:
         assert type(aud.book._created).__name__ == "CreationTable"
         installer._gate.auditor = None
-        plain = tracked_left_by(40)
+        plain = young_objects_added(lambda: made.append(TorchLikeStream()), 40)
         installer._gate.auditor = aud
         TorchLikeStream()  # the first reads the book once (a weak reference to the auditor)
-        audited = tracked_left_by(40)
+        audited = young_objects_added(lambda: made.append(TorchLikeStream()), 40)
         mark = aud.book._log[-1]
     finally:
         registry.restore(TorchLikeStream, ("__new__",))
@@ -1234,7 +1224,6 @@ def test_a_positional_only_stream_parameter_keeps_the_python_wrapper(core):
 def test_compiled_hooks_in_a_reference_cycle_are_collected():
     """Each compiled type lets the GC see and clear its references (a hook whose __dict__
     refers back to it, as ``functools.update_wrapper`` data may)."""
-    import gc
 
     from streamcheck import _speedups as compiled
 
@@ -1415,7 +1404,6 @@ def test_the_book_answers_the_same_over_either_switch_log(monkeypatch):
 
 @needs_build
 def test_a_switch_logs_streams_are_released_when_overwritten_cleared_or_collected():
-    import gc
 
     from streamcheck._speedups import SwitchLog
 
@@ -1446,7 +1434,6 @@ def test_a_read_is_not_spoiled_by_switches_a_collection_makes_meanwhile(read):
     """Making a record allocates; a collection it starts can run a finalizer that switches
     streams, overwriting the slots being read and freeing the streams they held. A read
     returns the records as they were when it began (it copies the slots first)."""
-    import gc
 
     from streamcheck._speedups import SetStreamHook, SwitchLog
 
@@ -1507,7 +1494,6 @@ def test_a_read_is_not_spoiled_by_switches_a_collection_makes_meanwhile(read):
 def test_a_cycle_through_a_reading_of_the_switch_log_is_collected():
     """A reading holds the records it copied: a stream that keeps the reading alive makes a
     cycle, which the collector must see through (and an exhausted reading holds nothing)."""
-    import gc
 
     from streamcheck._speedups import SwitchLog
 
@@ -1535,7 +1521,6 @@ def test_the_collector_visits_what_the_switch_log_holds_as_it_fills_and_wraps():
     """The log's traversal visits its filled slots only (the first ``len(log)``: it fills from
     the start): every record it holds as it fills, after it wraps, and nothing after a clear
     (none missed: a missed one would leak a cycle through it)."""
-    import gc
 
     from streamcheck._speedups import SwitchLog
 
@@ -1588,7 +1573,6 @@ def test_a_set_stream_hook_records_into_the_auditor_running_now_and_keeps_none_a
     """The hook reads an auditor's ``made_current`` once; a later auditor (another audit, the
     same hook) gets its own switches, and once the audit stops the hook holds nothing of the
     last one (its log, with the streams in it, is freed)."""
-    import gc
     import weakref
 
     speedups.use("compiled")
@@ -1660,7 +1644,6 @@ def test_a_gate_is_read_at_a_slot_only_where_python_would_read_that_slot():
 
 def test_a_communicator_the_wrapper_saw_is_freed_with_its_owner(core):
     """The wrapper knows the last communicator by a weak reference: dropping it frees it."""
-    import gc
     import weakref
 
     audit_switching("free.all_reduce", 5, 0x7F05)

@@ -14,7 +14,6 @@ oldest record's stream as it keeps its own: no growth once full.
 
 from __future__ import annotations
 
-import gc
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +23,7 @@ from streamcheck import installer
 from streamcheck.core import provenance
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers.streams import made_current_hook
-from tests.wrappers.compiled_parts import CORES
+from tests.wrappers.compiled_parts import CORES, young_objects_added
 
 LENGTH = 256
 
@@ -39,20 +38,6 @@ class TorchLikeStream:
         self.cuda_stream = 0x7F00 + stream_id
 
 
-def young_objects_added(hook, switches: int) -> int:
-    """How much the collector's young-generation count grew over ``switches`` switches, each
-    on a new stream object (the collector held off, so no collection resets the count)."""
-    gc.collect()
-    gc.disable()
-    try:
-        before = gc.get_count()[0]
-        for _ in range(switches):
-            hook(TorchLikeStream())
-        return gc.get_count()[0] - before
-    finally:
-        gc.enable()
-
-
 @pytest.mark.parametrize("core", CORES)
 def test_a_filling_log_keeps_each_switch_alive_and_a_full_one_does_not_grow(core, monkeypatch):
     monkeypatch.setenv("STREAMCHECK_CORE", core)
@@ -60,8 +45,8 @@ def test_a_filling_log_keeps_each_switch_alive_and_a_full_one_does_not_grow(core
     installer.install("record")
     try:
         hook = made_current_hook(installer._gate, lambda stream: stream, "test.set_stream")
-        filling = young_objects_added(hook, LENGTH)
-        full = young_objects_added(hook, LENGTH)
+        filling = young_objects_added(lambda: hook(TorchLikeStream()), LENGTH)
+        full = young_objects_added(lambda: hook(TorchLikeStream()), LENGTH)
         assert len(installer.current_auditor().book._log) == LENGTH
     finally:
         installer.uninstall()
@@ -77,8 +62,8 @@ def test_the_compiled_hook_keeps_a_stream_of_its_key_type_by_key_alive_in_nothin
     try:
         hook = made_current_hook(installer._gate, lambda stream: stream, "test.set_stream",
                                  TorchLikeStream)
-        filling = young_objects_added(hook, LENGTH)
-        full = young_objects_added(hook, LENGTH)
+        filling = young_objects_added(lambda: hook(TorchLikeStream()), LENGTH)
+        full = young_objects_added(lambda: hook(TorchLikeStream()), LENGTH)
         book = installer.current_auditor().book
         record = book._log[-1]
         elsewhere = book.made_current_elsewhere(StreamRef(0, 3, 0x7F03), thread_ident=0)
@@ -129,19 +114,14 @@ def test_torch_streams_are_kept_by_their_key_read_in_place(monkeypatch):
     try:
         assert torch.cuda.set_stream.keys_in_place
         side = torch.cuda.Stream()
-        for _ in range(8):  # the first switches load CUDA's libraries (ctypes objects, once)
-            with torch.cuda.stream(side):
+
+        def enter_and_leave() -> None:
+            with torch.cuda.stream(side):  # leaves through a new current_stream() object
                 pass
-        gc.collect()
-        gc.disable()
-        try:
-            before = gc.get_count()[0]
-            for _ in range(LENGTH):
-                with torch.cuda.stream(side):  # leaves through a new current_stream() object
-                    pass
-            added = gc.get_count()[0] - before
-        finally:
-            gc.enable()
+
+        for _ in range(8):  # the first switches load CUDA's libraries (ctypes objects, once)
+            enter_and_leave()
+        added = young_objects_added(enter_and_leave, LENGTH)
         book = installer.current_auditor().book
         entered, left = book._log[-2], book._log[-1]
         main = torch.cuda.current_stream()
