@@ -22,6 +22,7 @@ The correct program must produce zero findings.
 
     python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
                                         [--arm-without Stream.wait_stream] [--gc-census N]
+                                        [--core both|compiled|python]
 
 ``--ablate`` also runs the loop with one part left out at a time (the side stream, the
 all-reduce, the connector thread, the handoff that makes the clocks live) and prints each
@@ -45,6 +46,8 @@ Python frames (``streams.fast_current_stream``), so that floor is under the unau
 ``--arm-without Auditor.declare``, ``--arm-without launch.check`` and ``--arm-without
 streamcheck.handoff`` do the same with the auditor's declare, the connector's checked launch,
 and the step's handoff (all but the declare it calls), left in Python.
+``--core compiled`` (or ``python``) times only those hooks: a round is then two runs, not
+three, so the same time holds half as many rounds again (the interval narrows with them).
 ``--hook-ablate`` runs the whole loop audited (``record``) with one group of hooks taken out
 again (set stream, stream creation, event record and wait, host waits, the collective; and
 none, the baseline): what each hook costs where it runs, beside everything else, not in a loop
@@ -336,8 +339,9 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace,
             elif group and group not in PAUSED_ARMS:
                 take_out(hook_groups()[group])
             first[arm].append(run(1))  # (the first handoff puts the event hooks in)
+            into = "audited" if arm == cores(args)[0] else ""
             with paused_as(group):
-                audited[arm].append(run(args.iters, into="audited" if arm == cores()[0] else ""))
+                audited[arm].append(run(args.iters, into=into))
             findings += [f.rule_id for f in auditor.findings()]
             launches += auditor.launches
             streamcheck.uninstall()
@@ -547,6 +551,8 @@ def main() -> int:
                         "in the same rounds; 'checks': every hook installed and the audit "
                         "paused, the floor under its cost, and 'checks and current_stream' "
                         "the same with torch's own current_stream()")
+    p.add_argument("--core", choices=["both", "compiled", "python"], default="both",
+                   help="the audited hooks timed: both (the default), or only one of them")
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     p.add_argument("--gc-census", type=int, default=0, metavar="ROUNDS",
@@ -722,17 +728,24 @@ def take_out(targets: list[tuple[Any, tuple[str, ...]]]) -> int:
                for owner, names in targets if owner is not None)
 
 
-def cores() -> list[str]:
-    """The hooks compared: compiled (where built) and Python."""
-    return ["compiled", "python"] if speedups.built() else ["python"]
+def cores(args: argparse.Namespace) -> list[str]:
+    """The hooks compared: compiled (where built) and Python, or the one ``--core`` names
+    (one arm fewer a round: more rounds in the same time, for a narrower interval)."""
+    built = ["compiled", "python"] if speedups.built() else ["python"]
+    if args.core == "both":
+        return built
+    if args.core not in built:
+        raise SystemExit(f"bench_stream_loop: --core {args.core}: the compiled hooks are not "
+                         "built here (scripts/build_speedups.sh)")
+    return [args.core]
 
 
 def arms(args: argparse.Namespace) -> list[str]:
     """The audited runs of each round: each core, and with ``--arm-without GROUP`` the
     compiled core with that group of hooks taken out again (``"compiled but GROUP"``): what the
     group's hooks cost in the same rounds."""
-    extra = [f"{cores()[0]} but {group}" for group in args.arm_without]
-    return [*cores(), *extra]
+    extra = [f"{cores(args)[0]} but {group}" for group in args.arm_without]
+    return [*cores(args), *extra]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import gc
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from streamcheck.core import provenance
 from tests.scripts.script_modules import load_script
 
@@ -93,3 +95,19 @@ def test_the_loop_pauses_only_its_paused_arms_and_puts_torchs_current_stream_bac
     finally:
         streamcheck.uninstall()
     assert torch.cuda.current_stream is torchs
+
+
+def test_core_names_the_hooks_timed_and_a_missing_build_is_said():
+    """``--core``: both cores by default (the compiled one first, where built), or the one
+    named; asking for the compiled hooks where they are not built stops with the reason."""
+    built = bench.speedups.built()
+    both = SimpleNamespace(core="both", arm_without=["checks"])
+    assert bench.cores(both) == (["compiled", "python"] if built else ["python"])
+    assert bench.arms(both)[-1] == f"{bench.cores(both)[0]} but checks"
+    assert bench.arms(SimpleNamespace(core="python", arm_without=[])) == ["python"]
+    only = SimpleNamespace(core="compiled", arm_without=[])
+    if built:
+        assert bench.arms(only) == ["compiled"]
+    else:
+        with pytest.raises(SystemExit, match="not built here"):
+            bench.cores(only)
