@@ -13,7 +13,7 @@ inc=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 ext=$("$py" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 flags=$("$py" -c "import sysconfig; print(sysconfig.get_config_var('CFLAGS') or '-O2 -DNDEBUG', sysconfig.get_config_var('CCSHARED') or '-fPIC')")
 out="streamcheck/_speedups$ext"
-if [ -f "$inc/Python.h" ] && ${CC:-cc} -shared $flags -I"$inc" streamcheck/_speedups.c streamcheck/_sites.c streamcheck/_declare.c streamcheck/_launch_check.c streamcheck/_frames.c streamcheck/_handoffs.c streamcheck/_counter.c streamcheck/_native_streams.c streamcheck/_creations.c streamcheck/_current_stream.c -ldl -o "$out"; then
+if [ -f "$inc/Python.h" ] && ${CC:-cc} -shared $flags -I"$inc" streamcheck/_speedups.c streamcheck/_sites.c streamcheck/_declare.c streamcheck/_launch_check.c streamcheck/_frames.c streamcheck/_handoffs.c streamcheck/_counter.c streamcheck/_native_streams.c streamcheck/_creations.c streamcheck/_current_stream.c streamcheck/_fast_lock.c -ldl -o "$out"; then
   echo "built $out"
 else
   echo "not built here (no C compiler or no Python.h under $inc)"

@@ -18,7 +18,8 @@
  * The auditor's attributes read here (clocks, _lock, _writes, _reads, thread_ref, and the
  * clocks' _lock and _clocks) are set once in Auditor.__init__ and HappensBefore.__init__ and
  * read once, when the Declarer is made; the clocks' `active` and `_done` are read at each
- * call, as Python reads them. Both locks are taken as the Python code takes them. A stream's
+ * call, as Python reads them. Both locks are taken as the Python code takes them (a
+ * FastLock in place, streamcheck/_fast_lock.c; any other lock through its methods). A stream's
  * (device, id) key is kept for the last few streams declared on, with its hash, and becomes
  * the clock table's own key object once the table holds one (stream_key, tables_own_key).
  */
@@ -56,7 +57,8 @@ typedef struct {
     PyObject *auditor, *python_declare, *mark_type, *handoff_type, *clocks, *clocks_lock,
         *clock_table, *lock, *writes, *reads, *thread_ref, *time_fn, *roles, *threads,
         *thread_cache, *main_ident, *ref_type;
-    /* the two locks' acquire and release, bound once: a call each, no method lookup */
+    /* the two locks' acquire and release, bound once (a lock that is not a FastLock is
+     * taken through them: a call each, no method lookup) */
     PyObject *clocks_acquire, *clocks_release, *lock_acquire, *lock_release;
     /* the (device, stream id) keys of the last few streams declared on (see stream_key) */
     PyObject *key_refs[KEPT_KEYS], *keys[KEPT_KEYS];
@@ -307,13 +309,10 @@ static PyObject *pairs_in(PyObject *items)
     return pairs;
 }
 
-/* A lock's bound acquire or release, called. 0, or -1 + error. */
-static int call_lock(PyObject *bound)
-{
-    PyObject *done = PyObject_CallNoArgs(bound);
-    Py_XDECREF(done);
-    return done == NULL ? -1 : 0;
-}
+/* streamcheck/_fast_lock.c: a FastLock taken or given back in place, any other lock through
+ * its bound acquire or release. 0, or -1 + error. */
+int lock_take(PyObject *lock, PyObject *acquire);
+int lock_give(PyObject *lock, PyObject *release);
 
 /* `table`'s entry under `key`, whose hash is `hash` (borrowed; NULL: none, or NULL + error).
  * The clocks' keys are tuples of two ints: their hash is computed anew at each lookup, which
@@ -417,7 +416,7 @@ static void take_tables_key(Declarer *self, PyObject *stream, PyObject *mine)
  * hash: the stream's own entry ticked, in a new clock. The Mark, or NULL + error. */
 static PyObject *tick_clock(Declarer *self, PyObject *stream, PyObject *key, Py_hash_t hash)
 {
-    if (call_lock(self->clocks_acquire) < 0)
+    if (lock_take(self->clocks_lock, self->clocks_acquire) < 0)
         return NULL;
     PyObject *mark = NULL, *clock = NULL, *count = NULL;
     PyObject *own = lookup_known(self->clock_table, key, hash); /* borrowed */
@@ -441,7 +440,7 @@ done:
     Py_XDECREF(count);
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback); /* the release runs with no error set */
-    if (call_lock(self->clocks_release) < 0)
+    if (lock_give(self->clocks_lock, self->clocks_release) < 0)
         Py_CLEAR(mark);
     if (type != NULL) {
         Py_XDECREF(mark);
@@ -499,7 +498,7 @@ static PyObject *make_handoffs(Declarer *self, PyObject *stream, PyObject *reads
 /* Under the auditor's lock, each new access kept as Auditor.declare keeps it. */
 static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
 {
-    if (call_lock(self->lock_acquire) < 0)
+    if (lock_take(self->lock, self->lock_acquire) < 0)
         return -1;
     int result = 0;
     PyObject *done = PyObject_GetAttr(self->clocks, s_done);
@@ -539,7 +538,7 @@ static int keep_all(Declarer *self, PyObject *made, Py_ssize_t nreads)
     Py_XDECREF(done);
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    if (call_lock(self->lock_release) < 0)
+    if (lock_give(self->lock, self->lock_release) < 0)
         result = -1;
     if (type != NULL)
         PyErr_Restore(type, value, traceback);

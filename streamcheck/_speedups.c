@@ -99,6 +99,10 @@ int counter_add_types(PyObject *module);
 /* streamcheck/_creations.c: the book's creations as plain fields */
 int creations_add_types(PyObject *module);
 int current_stream_add_types(PyObject *module); /* _current_stream.c */
+/* streamcheck/_fast_lock.c: the audit's locks, taken without a call */
+int fast_lock_add_types(PyObject *module);
+int lock_take(PyObject *lock, PyObject *acquire);
+int lock_give(PyObject *lock, PyObject *release);
 int creation_table_check(PyObject *op);
 int creation_table_record(PyObject *table, const long long key[3], int by_key,
                           PyObject *stream, unsigned long ident, PyObject *via, PyObject *name,
@@ -1610,7 +1614,7 @@ typedef struct {
     vectorcallfunc vectorcall;
 } GuardedCall;
 
-static PyObject *s_ordering, *s_get_device, *s_lock, *s_done, *s_acquire, *s_release;
+static PyObject *s_ordering, *s_get_device, *s_lock, *s_done;
 
 /* The auditor's table of stream clocks (`auditor.clocks._clocks`) once its clocks are live
  * (`auditor.ordering`), Py_None before: a new reference, or NULL + error. An auditor's clocks
@@ -1799,12 +1803,8 @@ static int holds_all_kept(GuardedCall *self, PyObject *own, PyObject *snapshot)
 static PyObject *clocks_locked(PyObject *clocks)
 {
     PyObject *lock = PyObject_GetAttr(clocks, s_lock);
-    PyObject *got = lock == NULL ? NULL : PyObject_CallMethodNoArgs(lock, s_acquire);
-    if (got == NULL) {
-        Py_XDECREF(lock);
-        return NULL;
-    }
-    Py_DECREF(got);
+    if (lock != NULL && lock_take(lock, NULL) < 0)
+        Py_CLEAR(lock);
     return lock;
 }
 
@@ -1814,19 +1814,15 @@ static int clocks_unlocked(PyObject *lock, int result)
 {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    PyObject *released = PyObject_CallMethodNoArgs(lock, s_release);
+    int released = lock_give(lock, NULL);
     Py_DECREF(lock);
     if (type != NULL) {
-        if (released == NULL)
+        if (released < 0)
             PyErr_Clear();
-        Py_XDECREF(released);
         PyErr_Restore(type, value, traceback);
         return -1;
     }
-    if (released == NULL)
-        return -1;
-    Py_DECREF(released);
-    return result;
+    return released < 0 ? -1 : result;
 }
 
 /* A new clock: `base` with each entry of `snapshot` that is newer (pointwise max), as
@@ -2730,8 +2726,7 @@ static int intern_all(void)
                  {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
                  {&s_device, "device"}, {&s_thread_name, "_name"},
                  {&s_created_kind, "created"}, {&s_lock, "_lock"},
-                 {&s_done, "_done"}, {&s_acquire, "acquire"},
-                 {&s_release, "release"}};
+                 {&s_done, "_done"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)
@@ -2773,7 +2768,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         declare_add_types(module) < 0 || launch_check_add_types(module) < 0 ||
         handoffs_add_types(module) < 0 || counter_add_types(module) < 0 ||
         creations_add_types(module) < 0 || current_stream_add_types(module) < 0 ||
-        native_streams_add_functions(module) < 0 ||
+        fast_lock_add_types(module) < 0 || native_streams_add_functions(module) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_RECORD", EVENT_RECORD) < 0 ||
         PyModule_AddIntConstant(module, "TENSOR_CALL", TENSOR_CALL) < 0 ||
         PyModule_AddIntConstant(module, "EVENT_WAIT", EVENT_WAIT) < 0 ||

@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runtimes", ("runtime", "vllm_compat", "version")),
     # the hooks and launch wrappers that feed the auditor, and their compiled fast paths
     ("hooks", ("wrappers", "_speedups", "_declare", "_sites", "_launch_check", "_frames",
-               "_handoffs", "_counter", "_native_streams", "_creations", "_current_stream")),
+               "_handoffs", "_counter", "_native_streams", "_creations", "_current_stream",
+               "_fast_lock")),
     # turning the audit on: settings, the installer, the process's report writer, activation
     # at start-up, and the public API
     ("audit", ("settings", "installer", "report_writer", "activation", "")),

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streamcheck.core import ids
+from streamcheck.core import ids, locks
 from streamcheck.core.clocks import Clock, HappensBefore, Mark
 from streamcheck.core.coverage import Coverage
 from streamcheck.core.errors import StreamHazardError
@@ -135,7 +135,7 @@ class Auditor:
         self.select = select
         self.started = time.time()
         self._entries: dict[tuple[object, ...], FindingEntry] = {}
-        self._lock = threading.Lock()
+        self._lock = locks.make_lock()
         self.coverage = Coverage()
         self._listeners: list[FindingListener] = []
         # per buffer: the latest writes (of its blocks) and the reads declared since them

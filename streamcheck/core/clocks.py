@@ -24,10 +24,11 @@ previous life.)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from streamcheck.core import locks
 
 StreamKey = tuple[int, int]  # (device, stream id)
 Clock = dict[StreamKey, int]  # never mutated once published
@@ -51,7 +52,7 @@ class HappensBefore:
     """Vector clocks keyed by stream; event snapshots kept on the events."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = locks.make_lock()
         self._clocks: dict[StreamKey, Clock] = {}
         self._events: dict[object, Clock] = {}  # events that take no attribute (plain ids)
         self._done: Clock = {}  # what the host has waited for: done before anything later

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import itertools
 import sys
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
 
-from streamcheck.core import auditor, coverage, ids, provenance
+from streamcheck.core import auditor, coverage, ids, locks, provenance
 from streamcheck.core.modes import ConfigError
 
 CORES = ("auto", "compiled", "python")
@@ -59,13 +60,16 @@ def _use_core_parts() -> None:
     (``core.provenance.make_creation_table``), which the compiled creation hook fills so;
     auditors made from now on declare accesses through its ``Declarer``
     (``core.auditor.make_declare``); and launch sites counted from now on count on its
-    ``LaunchCounter`` (``core.coverage.make_counter``), which its hooks advance in place."""
+    ``LaunchCounter`` (``core.coverage.make_counter``), which its hooks advance in place;
+    and the auditors and clocks made from now on keep their state under its ``FastLock``
+    (``core.locks.make_lock``), which its declare and merges take without a call."""
     ids.site_capture = ids.capture_site if _active is None else _active.capture_site
     provenance.make_switch_log = (provenance.deque_log if _active is None
                                   else _active.SwitchLog)
     provenance.make_creation_table = dict if _active is None else _active.CreationTable
     auditor.make_declare = getattr(_active, "Declarer", None)
     coverage.make_counter = getattr(_active, "LaunchCounter", itertools.count)
+    locks.make_lock = getattr(_active, "FastLock", threading.Lock)
     for follower in _followers:
         follower(_active)
 
