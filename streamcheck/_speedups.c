@@ -2368,19 +2368,19 @@ static PyTypeObject GuardedCallType = {
  * A creation that names nothing (`torch.cuda.Stream()`, `Stream(priority=-1)`: the thread's
  * current device), on the device of the process's engine (`home.device`, a slot of
  * DeviceHome, read in place; None: nothing to check) or with no home, is recorded here, in the
- * book's own form: written
- * into the book's CreationTable under the stream's (device, stream id) as plain fields (the
- * stream, or a key_type stream's type and key, which make it again; thread ident, via, the
- * creating frames' code objects and offsets, the time and the thread's name; _creations.c), which makes the record, and the StreamEvent, only when a
- * finding asks for the stream's origin (streamcheck/core/provenance.py), and marked in the
- * book's SwitchLog by its key (switchlog_put_created). Nothing is allocated (but an int for
- * a thread's first creation). A stream of exactly key_type (torch.cuda.Stream) has its key
- * read from its fields in place. The thread's name is the Thread's `_name` from `threads`
+ * book's own form: written into the book's CreationTable under the stream's (device, stream
+ * id) as plain fields (the stream, or a key_type stream's type and key, which make it again;
+ * thread ident, via, the creating frames' code objects and offsets, the time and the thread's
+ * name; _creations.c), which makes the record, and the StreamEvent, only when a finding asks
+ * for the stream's origin (streamcheck/core/provenance.py), and marked in the book's SwitchLog
+ * by its key (switchlog_put_created). Nothing is allocated (but an int for a thread's first
+ * creation). A stream of exactly key_type (torch.cuda.Stream) has its key read from its
+ * fields in place. The thread's name is the Thread's `_name` from `threads`
  * (threading._active; the Thread kept while the same thread creates again); a thread
  * `threading` does not know (started from C++ or with _thread) goes to the Python hook, whose
- * threading.current_thread() names it as it always did. This
- * writes what Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py
- * and provenance.py point back here): a change to either is a change here too.
+ * threading.current_thread() names it as it always did. This writes what
+ * Auditor.stream_created and StreamBook.record would (streamcheck/core/auditor.py and
+ * provenance.py point back here): a change to either is a change here too.
  *
  * Every other creation (a device named, a stream off the engine's device, an unknown thread,
  * a book with a dict and a deque: made before the compiled core was chosen) calls
