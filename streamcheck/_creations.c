@@ -60,18 +60,25 @@ int creation_table_check(PyObject *op)
     return Py_IS_TYPE(op, &CreationTableType);
 }
 
+/* Every reference an entry holds (NULL where a field is empty): the one list of them that
+ * taking, holding and the collector's visit read. */
+#define ENTRY_REFS (5 + CREATION_SITE_DEPTH)
+static void refs_of(const Creation *entry, PyObject *refs[ENTRY_REFS])
+{
+    refs[0] = entry->stream;
+    refs[1] = entry->via;
+    refs[2] = entry->name;
+    refs[3] = entry->whole;
+    refs[4] = entry->kind;
+    for (int i = 0; i < CREATION_SITE_DEPTH; i++)
+        refs[5 + i] = i < entry->nframes ? entry->codes[i] : NULL;
+}
+
 /* Hand an entry's references to the caller (decref them with drop_refs once the table is
  * consistent again: a stream's deallocation may run code that creates streams). */
-#define ENTRY_REFS (5 + CREATION_SITE_DEPTH)
 static void take_refs(Creation *entry, PyObject *drop[ENTRY_REFS])
 {
-    drop[0] = entry->stream;
-    drop[1] = entry->via;
-    drop[2] = entry->name;
-    drop[3] = entry->whole;
-    drop[4] = entry->kind;
-    for (int i = 0; i < CREATION_SITE_DEPTH; i++)
-        drop[5 + i] = i < entry->nframes ? entry->codes[i] : NULL;
+    refs_of(entry, drop);
     entry->stream = entry->via = entry->name = entry->whole = entry->kind = NULL;
     entry->nframes = 0;
 }
@@ -82,15 +89,12 @@ static void drop_refs(PyObject *drop[ENTRY_REFS])
         Py_XDECREF(drop[i]);
 }
 
-static void hold_refs(Creation *entry)
+static void hold_refs(const Creation *entry)
 {
-    Py_XINCREF(entry->stream);
-    Py_XINCREF(entry->via);
-    Py_XINCREF(entry->name);
-    Py_XINCREF(entry->whole);
-    Py_XINCREF(entry->kind);
-    for (int i = 0; i < entry->nframes; i++)
-        Py_INCREF(entry->codes[i]);
+    PyObject *refs[ENTRY_REFS];
+    refs_of(entry, refs);
+    for (int i = 0; i < ENTRY_REFS; i++)
+        Py_XINCREF(refs[i]);
 }
 
 static size_t slot_of(long long device, long long stream_id, Py_ssize_t capacity)
@@ -378,14 +382,10 @@ static int table_traverse(PyObject *op, visitproc visit, void *arg)
 {
     CreationTable *table = (CreationTable *)op;
     for (Py_ssize_t i = 0; table->entries != NULL && i < table->capacity; i++) {
-        Creation *entry = &table->entries[i];
-        Py_VISIT(entry->stream);
-        Py_VISIT(entry->via);
-        Py_VISIT(entry->name);
-        Py_VISIT(entry->whole);
-        Py_VISIT(entry->kind);
-        for (int j = 0; j < entry->nframes; j++)
-            Py_VISIT(entry->codes[j]);
+        PyObject *refs[ENTRY_REFS];
+        refs_of(&table->entries[i], refs);
+        for (int j = 0; j < ENTRY_REFS; j++)
+            Py_VISIT(refs[j]);
     }
     return 0;
 }
