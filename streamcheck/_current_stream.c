@@ -32,6 +32,9 @@ typedef struct {
     vectorcallfunc vectorcall;
 } CurrentStream;
 
+#define GIVEN 8 /* the fields from the arguments, globals to stream_class, in order */
+#define HELD (GIVEN + 1) /* and dict after them: every reference the object holds */
+
 static PyObject *s_initialized, *s_device, *wrap_names, *optional_names;
 
 /* torch.cuda._lazy_init() where torch.cuda.is_initialized() would say no: 0, or -1 + error. */
@@ -111,7 +114,7 @@ static PyObject *current_stream_vectorcall(PyObject *op, PyObject *const *args, 
 
 static PyObject *current_stream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *f[8];
+    PyObject *f[GIVEN];
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "CurrentStream takes positional arguments only");
         return NULL;
@@ -123,7 +126,7 @@ static PyObject *current_stream_new(PyTypeObject *type, PyObject *args, PyObject
     if (self == NULL)
         return NULL;
     PyObject **field = &self->globals;
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < GIVEN; i++)
         field[i] = Py_NewRef(f[i]);
     self->vectorcall = current_stream_vectorcall;
     return (PyObject *)self;
@@ -132,7 +135,7 @@ static PyObject *current_stream_new(PyTypeObject *type, PyObject *args, PyObject
 static int current_stream_traverse(PyObject *op, visitproc visit, void *arg)
 {
     PyObject **field = &((CurrentStream *)op)->globals;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < HELD; i++)
         Py_VISIT(field[i]);
     return 0;
 }
@@ -140,7 +143,7 @@ static int current_stream_traverse(PyObject *op, visitproc visit, void *arg)
 static int current_stream_clear(PyObject *op)
 {
     PyObject **field = &((CurrentStream *)op)->globals;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < HELD; i++)
         Py_CLEAR(field[i]);
     return 0;
 }
