@@ -59,7 +59,7 @@ def _use_core_parts() -> None:
     without making the tuples, and their creations in its table
     (``core.provenance.make_creation_table``), which the compiled creation hook fills so;
     auditors made from now on declare accesses through its ``Declarer``
-    (``core.auditor.make_declare``); and launch sites counted from now on count on its
+    (``core.auditor.make_declare``); launch sites counted from now on count on its
     ``LaunchCounter`` (``core.coverage.make_counter``), which its hooks advance in place;
     and the auditors and clocks made from now on keep their state under its ``FastLock``
     (``core.locks.make_lock``), which its declare and merges take without a call."""
