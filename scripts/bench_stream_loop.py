@@ -88,6 +88,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _cores import add_core_option, chosen_cores
 from _paused import audit_paused
 from _ranks import run_ranks
 from _stats import in_turn, paired_ratio, target_verdict
@@ -551,8 +552,7 @@ def main() -> int:
                         "in the same rounds; 'checks': every hook installed and the audit "
                         "paused, the floor under its cost, and 'checks and current_stream' "
                         "the same with torch's own current_stream()")
-    p.add_argument("--core", choices=["both", "compiled", "python"], default="both",
-                   help="the audited hooks timed: both (the default), or only one of them")
+    add_core_option(p)
     p.add_argument("--ablate", action="store_true",
                    help="also run the loop with each part left out (audited vs not)")
     p.add_argument("--gc-census", type=int, default=0, metavar="ROUNDS",
@@ -731,13 +731,7 @@ def take_out(targets: list[tuple[Any, tuple[str, ...]]]) -> int:
 def cores(args: argparse.Namespace) -> list[str]:
     """The hooks compared: compiled (where built) and Python, or the one ``--core`` names
     (one arm fewer a round: more rounds in the same time, for a narrower interval)."""
-    built = ["compiled", "python"] if speedups.built() else ["python"]
-    if args.core == "both":
-        return built
-    if args.core not in built:
-        raise SystemExit(f"bench_stream_loop: --core {args.core}: the compiled hooks are not "
-                         "built here (scripts/build_speedups.sh)")
-    return [args.core]
+    return chosen_cores(args.core, "bench_stream_loop")
 
 
 def arms(args: argparse.Namespace) -> list[str]:
