@@ -2103,6 +2103,28 @@ static PyObject *record_after(GuardedCall *self, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* After a wait_stream whose waiting stream's clock does not hold the waited one's: the
+ * merge, as HappensBefore.take_in makes it, here in C where the gate still holds the auditor
+ * whose clocks were read before the call (`before`). 1: merged, 0: not done here (another
+ * auditor meanwhile: Python's merge decides), -1 + error (Python's merge warns about it). */
+static int wait_stream_merged(GuardedCall *self, PyObject *before, PyObject *table,
+                              PyObject *stream, PyObject *waited)
+{
+    PyObject *auditor = gate_auditor(self->gate);
+    if (auditor == NULL)
+        return -1;
+    int merged = 0;
+    if (auditor == before && PyDict_CheckExact(waited)) {
+        PyObject *key = kept_stream_key(self, stream);
+        PyObject *clocks = key == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
+        merged = clocks != NULL && take_in_clock(clocks, table, key, waited) == 0 ? 1 : -1;
+        Py_XDECREF(clocks);
+        Py_XDECREF(key);
+    }
+    Py_DECREF(auditor);
+    return merged;
+}
+
 /* WAIT_STREAM's call (see above). */
 static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames)
@@ -2114,12 +2136,12 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
     if (auditor == NULL)
         return NULL;
     PyObject *table = auditor == Py_None ? Py_NewRef(Py_None) : live_clock_table(self, auditor);
-    Py_DECREF(auditor);
     PyObject *waited = NULL; /* other's clock now: what the event will hold at least */
     if (table != NULL && table != Py_None)
         waited = clock_of(self, table, args[1]);
     if (table == NULL || (table != Py_None && waited == NULL)) {
         Py_XDECREF(table);
+        Py_DECREF(auditor);
         if (drop_ordinary_error() < 0)
             return NULL;
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames); /* the event hooks' */
@@ -2133,6 +2155,8 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
                         ? holds_all_kept(self, own, waited)
                         : 0;
         Py_XDECREF(own);
+        if (holds == 0 && !PyErr_Occurred()) /* the clock takes the waited one in: here */
+            holds = wait_stream_merged(self, auditor, table, args[0], waited);
         if (holds != 1 && drop_ordinary_error() == 0) { /* Python's merge, which warns */
             PyObject *done = PyObject_CallFunctionObjArgs(self->slow, args[0], waited, NULL);
             if (done == NULL)
@@ -2142,6 +2166,7 @@ static PyObject *wait_stream_call(GuardedCall *self, PyObject *const *args, size
             Py_CLEAR(result);
         }
     }
+    Py_DECREF(auditor);
     Py_XDECREF(waited);
     Py_DECREF(table);
     return result;

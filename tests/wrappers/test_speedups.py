@@ -387,8 +387,14 @@ def test_a_wait_stream_makes_the_same_edge_in_both_cores_and_in_c_skips_its_even
     assert hasattr(made[-1], "_streamcheck_event_device") != compiled  # C: not bound
     streamcheck.handoff(SimpleNamespace(get_device=lambda: 0, data_ptr=lambda: 64), main)
     assert aud.ordering and table[(0, 3)] == {(0, 3): 1}
+    asked: list = []
+    merge = aud.stream_waited
+    monkeypatch.setattr(aud, "stream_waited", lambda *a: (asked.append(a), merge(*a)))
     side.wait_stream(main)
     assert table[(0, 5)] == {(0, 3): 1}  # side now holds main's tick
+    # no Python merge asked for: the compiled core merges in C (as take_in), the Python one's
+    # event hooks make the edge (event_waited)
+    assert asked == []
     assert hasattr(made[-1], SNAPSHOT_ATTR) != compiled
     assert made[-1].calls == [("record", main), ("wait", side)]
     held = table[(0, 5)]
@@ -401,8 +407,10 @@ def test_a_wait_stream_makes_the_same_edge_in_both_cores_and_in_c_skips_its_even
     (main_key,) = [key for key in table if key == (0, 3)]
     del table[main_key]
     table[tuple([0, 3])] = {(0, 3): 2}
+    table[(0, 5)] = {(0, 3): 1, (0, 5): 4}
     side.wait_stream(main)
-    assert table[(0, 5)] == {(0, 3): 2}
+    assert table[(0, 5)] == {(0, 3): 2, (0, 5): 4}  # merged, its own entry kept
+    assert asked == []
     odd, plain = OtherStream(7), TorchShapedStream(9)
     odd.wait_stream(main)  # another class: the event hooks make the edge, in both cores
     assert table[(0, 7)] == {(0, 3): 2} and hasattr(made[-1], SNAPSHOT_ATTR)
