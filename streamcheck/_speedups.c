@@ -208,23 +208,26 @@ static PyObject *gate_auditor(PyObject *gate)
     return PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
 }
 
-/* auditor.main_engine (the ident of the main thread while it is an engine thread, else
- * None), read by the launch checks' default-stream and engine-thread tests: from the gate's
- * own slots where it mirrors this auditor (`gate.mirrors is auditor`: the installer made the
- * gate follow the thread-role table that keeps the auditor's, streamcheck/wrappers/gate.py),
- * two loads where a generic read of the auditor's attribute looks the name up in its type and
- * then in its instance; generically otherwise. Called right after gate_auditor(gate), which
- * checked the gate's type. A new reference, or NULL + error. */
-static PyObject *main_engine_of(PyObject *gate, PyObject *auditor)
+/* What the gate holds, for a hook made for one auditor (`owner`, which the hook holds): 0 no
+ * auditor, 1 `owner`, 2 another one; -1 + error. Read as gate_auditor reads it, without a
+ * reference taken: a launch check that finds its owner uses the one it holds, so the
+ * auditor's object is not written at every launch (an engine's launch finds it out of the
+ * CPU's caches, and a line written costs more than one read). */
+static int gate_holds(PyObject *gate, PyObject *owner)
 {
-    if (gate_mirrors_offset > 0 && (PyObject *)Py_TYPE(gate) == gate_type &&
-        Py_TYPE(gate)->tp_version_tag == gate_tag &&
-        *(PyObject **)((char *)gate + gate_mirrors_offset) == auditor) {
-        PyObject *value = *(PyObject **)((char *)gate + gate_main_offset);
-        if (value != NULL)
-            return Py_NewRef(value);
-    }
-    return PyObject_GetAttr(auditor, s_main_engine);
+    PyTypeObject *type = Py_TYPE(gate);
+    Py_ssize_t offset = gate_offset;
+    if ((PyObject *)type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
+        offset = learn_gate(type);
+    PyObject *value = offset > 0 ? *(PyObject **)((char *)gate + offset) : NULL;
+    if (value != NULL) /* borrowed: compared only, no code runs */
+        return value == Py_None ? 0 : value == owner ? 1 : 2;
+    value = PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
+    if (value == NULL)
+        return -1;
+    int holds = value == Py_None ? 0 : value == owner ? 1 : 2;
+    Py_DECREF(value);
+    return holds;
 }
 
 /* A method on a class: bound to the instance like a function. */
@@ -1008,6 +1011,32 @@ static int is_calling_thread(PyObject *ident)
     return value == PyThread_get_thread_ident();
 }
 
+/* Whether the calling thread is auditor.main_engine (the ident of the main thread while it is
+ * an engine thread, else None): 1, 0, or -1 + error. Asked by the launch checks'
+ * default-stream and engine-thread tests. Read from the gate's own slots where it mirrors
+ * this auditor (`gate.mirrors is auditor`: the installer made the gate follow the thread-role
+ * table that keeps the auditor's, streamcheck/wrappers/gate.py), two loads where a generic
+ * read of the auditor's attribute looks the name up in its type and then in its instance, and
+ * compared with no reference taken (no code runs between the read and the comparison), so the
+ * ident's object is not written; generically otherwise. Called after the gate's type was
+ * checked (gate_auditor, gate_holds). */
+static int main_engine_calls(PyObject *gate, PyObject *auditor)
+{
+    if (gate_mirrors_offset > 0 && (PyObject *)Py_TYPE(gate) == gate_type &&
+        Py_TYPE(gate)->tp_version_tag == gate_tag &&
+        *(PyObject **)((char *)gate + gate_mirrors_offset) == auditor) {
+        PyObject *value = *(PyObject **)((char *)gate + gate_main_offset);
+        if (value != NULL)
+            return is_calling_thread(value);
+    }
+    PyObject *value = PyObject_GetAttr(auditor, s_main_engine);
+    if (value == NULL)
+        return -1;
+    int engine = is_calling_thread(value);
+    Py_DECREF(value);
+    return engine;
+}
+
 static int count_launch(FastLaunch *self)
 {
     return launch_counter_advance(self->counter);
@@ -1021,7 +1050,7 @@ static int is_current_and_fine(FastLaunch *self, PyObject *auditor, PyObject *st
                                PyObject *target)
 {
     int ok = -1;
-    PyObject *sid = NULL, *sdev = NULL, *cur = NULL, *main = NULL;
+    PyObject *sid = NULL, *sdev = NULL, *cur = NULL;
     if (self->current_reader == Py_None)
         return 0;
     sid = PyObject_GetAttr(stream, s_stream_id);
@@ -1045,13 +1074,11 @@ static int is_current_and_fine(FastLaunch *self, PyObject *auditor, PyObject *st
         ok = nonzero;
         goto done;
     }
-    main = main_engine_of(self->gate, auditor);
-    ok = main == NULL ? -1 : is_calling_thread(main);
+    ok = main_engine_calls(self->gate, auditor);
 done:
     Py_XDECREF(sid);
     Py_XDECREF(sdev);
     Py_XDECREF(cur);
-    Py_XDECREF(main);
     return ok;
 }
 
@@ -1153,12 +1180,7 @@ static int default_stream_is_fine(FastLaunch *self, PyObject *auditor, PyObject 
     Py_DECREF(value);
     if (same != 1)
         return same;
-    value = main_engine_of(self->gate, auditor);
-    if (value == NULL)
-        return -1;
-    int engine = is_calling_thread(value);
-    Py_DECREF(value);
-    return engine;
+    return main_engine_calls(self->gate, auditor);
 }
 
 /* The stream the callee would pick for stream=None (a new reference), NULL + error set. */
@@ -1314,12 +1336,7 @@ static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyO
         return 0; /* not the current stream there: the full test says why */
     if (key[1] != 0 && key[1] != 2)
         return 1;
-    PyObject *main = main_engine_of(self->gate, auditor);
-    if (main == NULL)
-        return -1;
-    int engine = is_calling_thread(main);
-    Py_DECREF(main);
-    return engine;
+    return main_engine_calls(self->gate, auditor);
 }
 
 /* A stream resolved for stream=None passes where it is the calling thread's current one on
@@ -1367,19 +1384,20 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
 {
     FastLaunch *self = (FastLaunch *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *auditor = NULL, *target = NULL, *value = NULL, *stream = NULL, *result = NULL;
+    PyObject *target = NULL, *value = NULL, *stream = NULL, *result = NULL;
     if (nargs < 1)
         goto slow;
     PyObject *comm = args[0];
-    auditor = gate_auditor(self->gate);
-    if (auditor == NULL)
+    int holds = gate_holds(self->gate, self->owner);
+    if (holds < 0)
         return NULL;
-    if (auditor == Py_None) {
-        Py_DECREF(auditor);
+    if (holds == 0)
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-    }
-    if (auditor != self->owner)
+    if (holds != 1)
         goto slow;
+    /* the installing auditor, held by this wrapper for its life: no reference taken here,
+     * though code run below (the resolver) may uninstall it */
+    PyObject *auditor = self->owner;
     if (self->skip_attr != Py_None) {
         value = PyObject_GetAttr(comm, self->skip_attr);
         if (value == NULL)
@@ -1388,10 +1406,8 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         Py_CLEAR(value);
         if (skip < 0)
             goto slow_clear;
-        if (skip) {
-            Py_DECREF(auditor);
+        if (skip)
             return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-        }
     }
     target = communicator_device(self, comm);
     if (target == NULL)
@@ -1418,7 +1434,6 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
             goto slow;
         if (count_launch(self) < 0)
             goto error;
-        Py_DECREF(auditor);
         Py_DECREF(target);
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     }
@@ -1436,19 +1451,16 @@ static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t n
         goto error;
     result = call_with_stream(self, args, nargs, kwnames, kw_index, stream);
     Py_DECREF(stream);
-    Py_DECREF(auditor);
     Py_DECREF(target);
     return result;
 slow_clear:
     if (drop_ordinary_error() < 0)
         goto error;
 slow:
-    Py_XDECREF(auditor);
     Py_XDECREF(target);
     Py_XDECREF(stream);
     return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
 error:
-    Py_XDECREF(auditor);
     Py_XDECREF(target);
     Py_XDECREF(stream);
     return NULL;
@@ -2064,11 +2076,9 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
     int plain = usual == 1 && current[0] != 0;
     if (usual == 1 && current[0] == 0) {
         /* a default stream: fine for the main engine thread (engines run there) */
-        PyObject *main = main_engine_of(self->gate, auditor);
-        if (main == NULL)
+        plain = main_engine_calls(self->gate, auditor);
+        if (plain < 0)
             goto error;
-        plain = is_calling_thread(main);
-        Py_DECREF(main);
     }
     return plain;
 error:
