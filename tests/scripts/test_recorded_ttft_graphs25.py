@@ -16,6 +16,10 @@ second the slower in both pairs."""
 
 from __future__ import annotations
 
+import importlib
+import math
+import statistics
+
 from tests.scripts.script_modules import recorded_result
 from tests.scripts.test_recorded_ttft_graphs import (
     check_audited_workers,
@@ -69,3 +73,29 @@ def test_the_faulty_run_passes_with_this_wheel():
     engine = checked_faulty_run(f"{FOLDER}/c13r1", "FULL_AND_PIECEWISE", 29, (95, 18, 13))
     assert (engine["connector"], engine["loads"]) == (3800, 95)
     assert engine["stream_reads"] == "native (c10::cuda), proven; devices 0"
+
+
+def test_over_the_thirty_pairs_of_g19_to_g26_the_order_and_the_audit():
+    """Every recorded pair since G19 (ttft_graphs18-25, eight wheels), by which case ran first:
+    the case run second is the slower by about half a millisecond either way, so each call's
+    two pairs (the order turned) are averaged: fifteen such averages, mean +0.54 ms, the
+    audit's cost in a warm TTFT of 15-20 ms; their spread (-1.11 to +2.65) leaves it within
+    -0.06 to +1.15 ms (a t interval, 95 %)."""
+    by_order: dict[str, list[float]] = {"sc_host_off": [], "sc_host_quiet": []}
+    turned: list[float] = []
+    for n in range(18, 26):
+        module = importlib.import_module(f"tests.scripts.test_recorded_ttft_graphs{n}")
+        added = list(ttft_added(module.FOLDER, module.CALLS).items())
+        for call, value in added:
+            by_order[module.CALLS[call][0]].append(value)
+        for (first, a), (second, b) in zip(added[::2], added[1::2], strict=True):
+            assert {module.CALLS[first][0], module.CALLS[second][0]} == set(by_order)
+            turned.append((a + b) / 2)
+    assert [len(v) for v in by_order.values()] == [15, 15]
+    assert round(statistics.mean(by_order["sc_host_off"]), 2) == 1.06  # the audited one second
+    assert round(statistics.mean(by_order["sc_host_quiet"]), 2) == 0.02  # the audited one first
+    mean, spread = statistics.mean(turned), statistics.stdev(turned) / math.sqrt(len(turned))
+    assert (round(mean, 2), round(min(turned), 2), round(max(turned), 2)) == (0.54, -1.11, 2.65)
+    t_975_14 = 2.145  # Student's t, 14 degrees of freedom
+    assert (round(mean - t_975_14 * spread, 2), round(mean + t_975_14 * spread, 2)) == (-0.06,
+                                                                                        1.15)
