@@ -15,6 +15,16 @@ hundreds of cycles and shows as one instruction), so this ranks and tracks the h
 between the timed runs; it replaces none of them.
 
     python scripts/bench_hook_instructions.py [--few 2000] [--many 12000] [--paths ...] [--json]
+    python scripts/bench_hook_instructions.py --cold [--few 20] [--many 120] [--paths ...]
+
+``--cold`` counts what a call costs where an engine makes it, after other work evicted the
+hook's code and data: each call comes after a sweep of a buffer four times the first-level
+caches (outside the counted window), and callgrind's cache simulation (``--cache-sim=yes``)
+counts the first-level misses inside the call: the cache lines of code (I1) and of data (D1,
+read and written) a cold call touches, each a trip to a farther cache on a real CPU. In an
+engine's step a declared access after the step's torch work costs several times its
+tight-loop time (docs/measurements.md, P17): these lines are that cost's cause, which an
+instruction count does not see.
 
 Needs ``valgrind`` on PATH and the compiled hooks built (``scripts/build_speedups.sh``).
 """
@@ -63,7 +73,9 @@ PATHS = {
 }
 #: The paths that declare accesses (a "_py" one keeps the auditor's declare in Python).
 DECLARING = ("handoff", "handoff_py", "handoff_torch", "launch_read", "launch_read_py")
-TOTALS = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
+EVENTS = re.compile(r"^events:\s*(.+)$", re.MULTILINE)
+SUMMARY = re.compile(r"^summary:\s*(.+)$", re.MULTILINE)
+SWEEP_BYTES = 4 * 32 * 1024  # four times a 32 KiB first-level cache: every line of it evicted
 
 
 class KeptStream:
@@ -343,8 +355,9 @@ def prepare(path: str, audited: bool) -> Any:
     return MadeStream
 
 
-def child(path: str, audited: bool, calls: int) -> None:
-    """Make ``calls`` calls of the path (run under callgrind by :func:`count`)."""
+def child(path: str, audited: bool, calls: int, cold: bool = False) -> None:
+    """Make ``calls`` calls of the path (run under callgrind by :func:`count`); ``cold``: each
+    after a sweep of the caches, outside the counted window."""
     sys.path.insert(0, str(ROOT))
     sys.modules["torch"] = None  # type: ignore[assignment]  # the audit without torch's hooks:
     # the paths here hook objects of their own, and torch's import under callgrind takes minutes
@@ -354,29 +367,67 @@ def child(path: str, audited: bool, calls: int) -> None:
         raise SystemExit("bench_hook_instructions: streamcheck._speedups is not built here "
                          "(scripts/build_speedups.sh)")
     call = prepare(path, audited)
+    if cold:
+        call()  # its first call (a site seen, a table made): counted neither way
+        view = memoryview(bytearray(SWEEP_BYTES))
+        once = (0,)
+        for _ in range(calls):
+            sum(view[::64])  # one byte a line: the caches hold the buffer, not the hook
+            operator.countOf(map(lambda _: call(), once), Namespace)
+        return
     # the loop runs inside countOf, the one C function callgrind counts in (--toggle-collect)
     operator.countOf(map(lambda _: call(), range(calls)), Namespace)
 
 
 def count(path: str, audited: bool, calls: int) -> int:
     """Instructions a whole child process executes making ``calls`` calls."""
+    return callgrind_events(path, audited, calls, cold=False)["Ir"]
+
+
+def callgrind_events(path: str, audited: bool, calls: int, cold: bool) -> dict[str, int]:
+    """callgrind's event totals inside the counted window of a child making ``calls`` calls
+    (``cold``: with the cache simulation, each call after a sweep)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         env = {**os.environ, "PYTHONHASHSEED": "0", "STREAMCHECK_CORE": "compiled",
                "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--toggle-collect=_operator_countOf*",
-             f"--callgrind-out-file={out}",
+             *(["--cache-sim=yes"] if cold else []), f"--callgrind-out-file={out}",
              os.path.realpath(sys.executable), __file__, "--child", path,
-             "1" if audited else "0", str(calls)],
+             "1" if audited else "0", str(calls), *(["--cold"] if cold else [])],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-5:])
             raise RuntimeError(f"counting {path} failed (rc {done.returncode}):\n{tail}")
-        found = TOTALS.search(out.read_text())
-        if found is None:
-            raise RuntimeError(f"no instruction total in callgrind's output for {path}")
-        return int(found.group(1))
+        return event_totals(out.read_text(), path)
+
+
+def event_totals(text: str, path: str) -> dict[str, int]:
+    """The ``summary`` line of a callgrind output, by the names its ``events`` line gives
+    (callgrind leaves out the zeros at the end of the line)."""
+    names, totals = EVENTS.search(text), SUMMARY.search(text)
+    if names is None or totals is None:
+        raise RuntimeError(f"no event totals in callgrind's output for {path}")
+    events, values = names.group(1).split(), [int(v) for v in totals.group(1).split()]
+    if len(values) > len(events):
+        raise RuntimeError(f"more totals than events in callgrind's output for {path}")
+    return dict(zip(events, values + [0] * (len(events) - len(values)), strict=True))
+
+
+def cold_lines(path: str, few: int, many: int) -> dict[str, float]:
+    """The first-level cache lines (code, data) one cold call touches, audited and not."""
+    row: dict[str, float] = {}
+    for audited in (False, True):
+        few_events = callgrind_events(path, audited, few, cold=True)
+        many_events = callgrind_events(path, audited, many, cold=True)
+        side = "audited" if audited else "unaudited"
+        for name, events in (("code", ("I1mr",)), ("data", ("D1mr", "D1mw"))):
+            lines = sum(many_events[e] - few_events[e] for e in events)
+            row[f"{side} {name}"] = round(lines / (many - few), 1)
+    for name in ("code", "data"):
+        row[f"added {name}"] = round(row[f"audited {name}"] - row[f"unaudited {name}"], 1)
+    return row
 
 
 def main() -> int:
@@ -386,13 +437,18 @@ def main() -> int:
     parser.add_argument("--paths", nargs="+", choices=sorted(PATHS.values()),
                         default=list(PATHS.values()), help="the paths to count (default: all)")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser.add_argument("--cold", action="store_true",
+                        help="count the cache lines a call touches after a sweep of the caches "
+                             "(defaults then --few 20 --many 120)")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "AUDITED", "CALLS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         path, audited, calls = args.child
-        child(path, audited == "1", int(calls))
+        child(path, audited == "1", int(calls), args.cold)
         return 0
+    if args.cold and "--few" not in sys.argv and "--many" not in sys.argv:
+        args.few, args.many = 20, 120
     if args.few < 0 or args.many <= args.few:
         parser.error("--many must be larger than --few (and --few at least 0)")
     if shutil.which("valgrind") is None:
@@ -410,6 +466,13 @@ def main() -> int:
     for label, path in PATHS.items():
         if path not in args.paths:
             continue
+        if args.cold:
+            rows[label] = lines = cold_lines(path, args.few, args.many)
+            print(f"{label:<56} cold, lines a call: unaudited code {lines['unaudited code']:>6.1f}"
+                  f" data {lines['unaudited data']:>6.1f}; audited code "
+                  f"{lines['audited code']:>6.1f} data {lines['audited data']:>6.1f}; added code "
+                  f"{lines['added code']:>6.1f} data {lines['added data']:>6.1f}", flush=True)
+            continue
         per_call = {}
         for audited in (False, True):
             few, many = count(path, audited, args.few), count(path, audited, args.many)
@@ -420,8 +483,9 @@ def main() -> int:
               f"{per_call['audited']:>8.1f}  added {per_call['added']:>8.1f} instructions a call",
               flush=True)
     if args.json:
+        key = "cold_lines_per_call" if args.cold else "instructions_per_call"
         print(json.dumps({"python": sys.version.split()[0], "few": args.few,
-                          "many": args.many, "instructions_per_call": rows}))
+                          "many": args.many, key: rows}))
     return 0
 
 

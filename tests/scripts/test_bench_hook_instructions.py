@@ -118,3 +118,37 @@ def test_a_small_count_gives_the_audit_a_share_of_an_explicit_launch():
         "collective launch, explicit stream"]
     assert row["unaudited"] > 0 and row["added"] > 0
     assert row["audited"] == pytest.approx(row["unaudited"] + row["added"], abs=0.2)
+
+
+def test_callgrinds_totals_are_named_by_its_events_and_its_left_out_zeros_filled():
+    text = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 900 300 100 40 30 5\n"
+    assert bench.event_totals(text, "p") == {"Ir": 900, "Dr": 300, "Dw": 100, "I1mr": 40,
+                                             "D1mr": 30, "D1mw": 5, "ILmr": 0, "DLmr": 0,
+                                             "DLmw": 0}
+    assert bench.event_totals("events: Ir\nsummary: 55587\n", "p") == {"Ir": 55587}
+    with pytest.raises(RuntimeError, match="no event totals"):
+        bench.event_totals("events: Ir\n", "p")
+    with pytest.raises(RuntimeError, match="more totals than events"):
+        bench.event_totals("events: Ir\nsummary: 1 2\n", "p")
+
+
+@pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+def test_a_cold_child_makes_its_calls_each_after_a_sweep():
+    """The child ``--cold`` runs (without valgrind here): its calls, each after the sweep."""
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
+                           "--child", "explicit", "1", "5", "--cold"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed here")
+@pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+def test_a_cold_count_gives_the_audit_lines_of_its_own():
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
+                           "--cold", "--few", "2", "--many", "12", "--paths", "explicit",
+                           "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    row = bench.json.loads(done.stdout.splitlines()[-1])["cold_lines_per_call"][
+        "collective launch, explicit stream"]
+    assert row["unaudited code"] > 0 and row["unaudited data"] > 0
+    assert row["added code"] > 0 and row["added data"] > 0
