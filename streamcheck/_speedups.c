@@ -194,17 +194,22 @@ static Py_ssize_t learn_gate(PyTypeObject *type)
     return offset;
 }
 
-static PyObject *gate_auditor(PyObject *gate)
+/* The gate's `auditor` slot, borrowed; NULL where the gate's type has no such slot or the
+ * slot is empty (the caller then reads it generically, for its error). */
+static PyObject *gate_slot(PyObject *gate)
 {
     PyTypeObject *type = Py_TYPE(gate);
     Py_ssize_t offset = gate_offset;
     if ((PyObject *)type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
         offset = learn_gate(type);
-    if (offset > 0) {
-        PyObject *value = *(PyObject **)((char *)gate + offset);
-        if (value != NULL)
-            return Py_NewRef(value);
-    }
+    return offset > 0 ? *(PyObject **)((char *)gate + offset) : NULL;
+}
+
+static PyObject *gate_auditor(PyObject *gate)
+{
+    PyObject *value = gate_slot(gate);
+    if (value != NULL)
+        return Py_NewRef(value);
     return PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
 }
 
@@ -215,11 +220,7 @@ static PyObject *gate_auditor(PyObject *gate)
  * CPU's caches, and a line written costs more than one read). */
 static int gate_holds(PyObject *gate, PyObject *owner)
 {
-    PyTypeObject *type = Py_TYPE(gate);
-    Py_ssize_t offset = gate_offset;
-    if ((PyObject *)type != gate_type || type->tp_version_tag != gate_tag || gate_tag == 0)
-        offset = learn_gate(type);
-    PyObject *value = offset > 0 ? *(PyObject **)((char *)gate + offset) : NULL;
+    PyObject *value = gate_slot(gate);
     if (value != NULL) /* borrowed: compared only, no code runs */
         return value == Py_None ? 0 : value == owner ? 1 : 2;
     value = PyObject_GetAttr(gate, s_auditor); /* not slotted, or the slot empty: its error */
@@ -1898,6 +1899,20 @@ static int take_in_clock(PyObject *clocks, PyObject *table, PyObject *key, PyObj
     return clocks_unlocked(lock, result < 0 ? -1 : 0);
 }
 
+/* `stream`'s clock in `table` (the auditor's live clock table) takes in `snapshot`, under the
+ * clocks' lock (take_in_clock), the stream's key the one kept with it: 1, or -1 + error. What
+ * an Event.wait and a wait_stream that add to their stream's clock do in C. */
+static int stream_takes_in(GuardedCall *self, PyObject *auditor, PyObject *table,
+                           PyObject *stream, PyObject *snapshot)
+{
+    PyObject *key = kept_stream_key(self, stream);
+    PyObject *clocks = key == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
+    int merged = clocks != NULL && take_in_clock(clocks, table, key, snapshot) == 0 ? 1 : -1;
+    Py_XDECREF(clocks);
+    Py_XDECREF(key);
+    return merged;
+}
+
 /* The (device, stream id) key of the thread's current stream on its current device, read
  * as the Python hook reads it after a record on the current stream: `reader()` (the device),
  * then `current(device)`, a (stream id, device, type) tuple (natively once proven, where
@@ -2039,15 +2054,8 @@ static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *c
                     : PyDict_CheckExact(own) ? holds_all_kept(self, own, snapshot)
                                              : 0;
             Py_XDECREF(own);
-            if (plain == 0) { /* the wait adds to the stream's clock: merged here, as take_in */
-                PyObject *key = kept_stream_key(self, args[1]);
-                PyObject *clocks = key == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
-                plain = clocks != NULL && take_in_clock(clocks, table, key, snapshot) == 0
-                            ? 1
-                            : -1;
-                Py_XDECREF(clocks);
-                Py_XDECREF(key);
-            }
+            if (plain == 0) /* the wait adds to the stream's clock: merged here, as take_in */
+                plain = stream_takes_in(self, auditor, table, args[1], snapshot);
         }
     }
     Py_DECREF(snapshot);
@@ -2124,13 +2132,8 @@ static int wait_stream_merged(GuardedCall *self, PyObject *before, PyObject *tab
     if (auditor == NULL)
         return -1;
     int merged = 0;
-    if (auditor == before && PyDict_CheckExact(waited)) {
-        PyObject *key = kept_stream_key(self, stream);
-        PyObject *clocks = key == NULL ? NULL : PyObject_GetAttr(auditor, s_clocks);
-        merged = clocks != NULL && take_in_clock(clocks, table, key, waited) == 0 ? 1 : -1;
-        Py_XDECREF(clocks);
-        Py_XDECREF(key);
-    }
+    if (auditor == before && PyDict_CheckExact(waited))
+        merged = stream_takes_in(self, auditor, table, stream, waited);
     Py_DECREF(auditor);
     return merged;
 }
