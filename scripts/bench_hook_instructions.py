@@ -432,14 +432,15 @@ def cold_lines(path: str, few: int, many: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--few", type=int, default=2000)
-    parser.add_argument("--many", type=int, default=12000)
+    parser.add_argument("--few", type=int, default=None,
+                        help="calls in the smaller run (default 2000; 20 with --cold)")
+    parser.add_argument("--many", type=int, default=None,
+                        help="calls in the larger run (default 12000; 120 with --cold)")
     parser.add_argument("--paths", nargs="+", choices=sorted(PATHS.values()),
                         default=list(PATHS.values()), help="the paths to count (default: all)")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument("--cold", action="store_true",
-                        help="count the cache lines a call touches after a sweep of the caches "
-                             "(defaults then --few 20 --many 120)")
+                        help="count the cache lines a call touches after a sweep of the caches")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "AUDITED", "CALLS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -447,8 +448,9 @@ def main() -> int:
         path, audited, calls = args.child
         child(path, audited == "1", int(calls), args.cold)
         return 0
-    if args.cold and "--few" not in sys.argv and "--many" not in sys.argv:
-        args.few, args.many = 20, 120
+    few, many = (20, 120) if args.cold else (2000, 12000)
+    args.few = few if args.few is None else args.few
+    args.many = many if args.many is None else args.many
     if args.few < 0 or args.many <= args.few:
         parser.error("--many must be larger than --few (and --few at least 0)")
     if shutil.which("valgrind") is None:

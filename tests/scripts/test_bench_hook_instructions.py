@@ -105,6 +105,10 @@ def test_sizes_that_count_nothing_are_refused():
     done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
                            "--few", "10", "--many", "10"], capture_output=True, text=True)
     assert done.returncode == 2 and "--many must be larger than --few" in done.stderr
+    # --cold's own defaults never replace sizes given, in either spelling
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hook_instructions.py"),
+                           "--cold", "--few=10", "--many=10"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--many must be larger than --few" in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed here")
