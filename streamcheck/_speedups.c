@@ -196,7 +196,7 @@ static Py_ssize_t learn_gate(PyTypeObject *type)
 
 /* The gate's `auditor` slot, borrowed; NULL where the gate's type has no such slot or the
  * slot is empty (the caller then reads it generically, for its error). */
-static PyObject *gate_slot(PyObject *gate)
+static inline Py_ALWAYS_INLINE PyObject *gate_slot(PyObject *gate)
 {
     PyTypeObject *type = Py_TYPE(gate);
     Py_ssize_t offset = gate_offset;
