@@ -18,13 +18,13 @@
  *       kept there as its key, not the object), then calls original.
  *   SwitchLog(capacity)
  *       the stream book's bounded log of switches, a ring of plain slots.
- *   FastLaunch(gate, owner, counter, original, slow, stream_pos, skip_attr,
- *              resolve_kind, resolve_obj, resolve_name, raw_reader, current_reader[,
- *              key_type])
- *       a communicator method: lets a launch through on the common paths (see
- *       launch_vectorcall) and hands every other call to `slow`, the Python wrapper; a
- *       resolved stream of exactly key_type (torch.cuda.Stream) is told by its key, read
- *       in place, once the current stream is read natively.
+ *   StreamCheck(gate, owner, counter, resolved, raw_reader, current_reader[, key_type])
+ *       check(communicator, stream) -> bool, asked by the generated wrapper of a
+ *       communicator method before it calls the method: True where the launch is plainly
+ *       fine (counted; see check_vectorcall), False where the Python wrapper decides; with
+ *       `resolved`, the stream an accessor gave for stream=None. A stream of exactly
+ *       key_type (torch.cuda.Stream) is told by its key, read in place, once the current
+ *       stream is read natively.
  *   CreationHook(impl, created[, gate, via, home, threads, key_type])
  *       torch.cuda.Stream.__new__: a wrap of an existing stream (a `stream_id` given) goes
  *       straight to `impl`; a plain creation on the engine's device is recorded in the
@@ -59,8 +59,7 @@
 static PyObject *s_auditor, *s_mirrors, *s_made_current, *s_device_index, *s_main_engine,
     *s_cuda_stream,
     *s_stream, *s_device_attr, *s_stream_id, *s_device_type, *s_clocks, *s_stream_clocks,
-    *s_clock_attr,
-    *stream_only; /* ("stream",): the keyword names of a call that added only the stream */
+    *s_clock_attr;
 /* streamcheck/core/clocks.py's names: a stream's clock lives in auditor.clocks._clocks under
  * (device, stream id); an event's snapshot in its attribute _streamcheck_clock; an empty clock
  * is an empty dict, never changed. (CLOCK_ATTR is exported: the hooks use these paths only
@@ -954,25 +953,21 @@ static PyTypeObject SetStreamHookType = {
     .tp_getset = hook_getset,
 };
 
-/* ---- FastLaunch ---------------------------------------------------------------------- */
-
-enum { RESOLVE_NONE = 0, RESOLVE_MODULE_CALL = 1, RESOLVE_ATTR = 2, RESOLVE_METHOD_CALL = 3 };
+/* ---- StreamCheck ---------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader, *last_stream, *last_device, *last_comm,
-        *last_target, *key_type, *dict, *weakrefs;
-    Py_ssize_t stream_pos;
+    PyObject *gate, *owner, *counter, *raw_reader, *current_reader, *last_stream, *last_device,
+        *last_comm, *last_target, *key_type, *weakrefs;
     Py_ssize_t key_offsets[3]; /* key_type's KEY_FIELDS as integer slots; 0: not read so */
     /* what was read of last_stream: its handle (if have_handle) and its device (last_device,
      * NULL: not read yet) */
     long long last_handle;
     int have_handle;
     int last_nondefault; /* last_stream's id is nonzero: 1, 0; -1 not read yet */
-    int resolve_kind;
+    int resolved; /* checks the stream an accessor resolved (stream=None), else one given */
     vectorcallfunc vectorcall;
-} FastLaunch;
+} StreamCheck;
 
 /* Drop a pending Exception (the Python wrapper will meet it again and decide); keep the
  * BaseException-only ones (KeyboardInterrupt, SystemExit), which no Python wrapper catches.
@@ -1038,7 +1033,7 @@ static int main_engine_calls(PyObject *gate, PyObject *auditor)
     return engine;
 }
 
-static int count_launch(FastLaunch *self)
+static int count_launch(StreamCheck *self)
 {
     return launch_counter_advance(self->counter);
 }
@@ -1047,7 +1042,7 @@ static int count_launch(FastLaunch *self)
  * `stream` is the calling thread's current stream on the target device (read through
  * current_reader(target): (stream id, device, type)), on that device, and either not a
  * default stream or used by the main engine thread. 1: let through, 0: not, -1: error. */
-static int is_current_and_fine(FastLaunch *self, PyObject *auditor, PyObject *stream,
+static int is_current_and_fine(StreamCheck *self, PyObject *auditor, PyObject *stream,
                                PyObject *target)
 {
     int ok = -1;
@@ -1094,7 +1089,7 @@ typedef struct {
     PyObject *stream, *device;
 } Released;
 
-static Released keep_stream(FastLaunch *self, PyObject *stream)
+static Released keep_stream(StreamCheck *self, PyObject *stream)
 {
     Released old = {self->last_stream, self->last_device};
     self->last_stream = Py_NewRef(stream);
@@ -1112,7 +1107,7 @@ static void release(Released old)
 }
 
 /* Whether the stream is not a default stream (its stream id nonzero): 1, 0, or -1 + error. */
-static int stream_nondefault(FastLaunch *self, PyObject *stream)
+static int stream_nondefault(StreamCheck *self, PyObject *stream)
 {
     if (stream == self->last_stream && self->last_nondefault >= 0)
         return self->last_nondefault;
@@ -1132,7 +1127,7 @@ static int stream_nondefault(FastLaunch *self, PyObject *stream)
 }
 
 /* The stream's handle (-1: not an int): 0 with *handle set, or -1 + error. */
-static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
+static int stream_handle(StreamCheck *self, PyObject *stream, long long *handle)
 {
     if (stream == self->last_stream && self->have_handle) {
         *handle = self->last_handle;
@@ -1152,7 +1147,7 @@ static int stream_handle(FastLaunch *self, PyObject *stream, long long *handle)
 }
 
 /* The stream's device index: a new reference, or NULL + error. */
-static PyObject *stream_device(FastLaunch *self, PyObject *stream)
+static PyObject *stream_device(StreamCheck *self, PyObject *stream)
 {
     if (stream == self->last_stream && self->last_device != NULL)
         return Py_NewRef(self->last_device);
@@ -1171,7 +1166,7 @@ static PyObject *stream_device(FastLaunch *self, PyObject *stream)
 /* A default stream (handle 0-2) equal to the current one on the target device: let through
  * when it is on that device and the main engine thread launches. 1: yes, 0: not (the full
  * test decides), -1: error. */
-static int default_stream_is_fine(FastLaunch *self, PyObject *auditor, PyObject *stream,
+static int default_stream_is_fine(StreamCheck *self, PyObject *auditor, PyObject *stream,
                                   PyObject *target)
 {
     PyObject *value = stream_device(self, stream);
@@ -1184,112 +1179,13 @@ static int default_stream_is_fine(FastLaunch *self, PyObject *auditor, PyObject 
     return main_engine_calls(self->gate, auditor);
 }
 
-/* The stream the callee would pick for stream=None (a new reference), NULL + error set. */
-static PyObject *resolve_stream(FastLaunch *self, PyObject *comm)
-{
-    switch (self->resolve_kind) {
-    case RESOLVE_MODULE_CALL: { /* holder.name(): looked up at every call, as Python does */
-        PyObject *fn = PyObject_GetAttr(self->resolve_obj, self->resolve_name);
-        if (fn == NULL)
-            return NULL;
-        PyObject *stream = PyObject_CallNoArgs(fn);
-        Py_DECREF(fn);
-        return stream;
-    }
-    case RESOLVE_ATTR:
-        return PyObject_GetAttr(comm, self->resolve_name);
-    case RESOLVE_METHOD_CALL:
-        return PyObject_CallMethodNoArgs(comm, self->resolve_name);
-    default:
-        PyErr_SetString(PyExc_RuntimeError, "no resolver");
-        return NULL;
-    }
-}
-
-/* original(...) with the stream argument set to `stream` (the resolved one). */
-/* For a call with positional arguments only, and a callee that is a Python function whose
- * stream parameter is positional: `copy` (room for 16) holds the arguments given, then the
- * defaults of the parameters between them and the stream, then `stream`, and the count is
- * returned; 0 where that cannot be done (the stream then goes by keyword). The callee sees
- * what it would have: a parameter not given takes its default, here as in Python's own call
- * (its `__defaults__` read at the call, as the interpreter reads them); a keyword argument
- * costs the callee a match of its name against its parameters', about a fifth of what a
- * launch's audit adds. The defaults are borrowed: the callee's frame holds them before any
- * code runs. */
-static Py_ssize_t positional_with_stream(FastLaunch *self, PyObject *const *args,
-                                         Py_ssize_t nargs, PyObject **copy, PyObject *stream)
-{
-    PyObject *fn = self->original;
-    Py_ssize_t at = self->stream_pos;
-    if (!PyFunction_Check(fn) || at >= 16 || at < nargs)
-        return 0;
-    PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(fn);
-    if (at >= code->co_argcount)
-        return 0; /* keyword-only, or behind *args */
-    PyObject *defaults = PyFunction_GET_DEFAULTS(fn);
-    Py_ssize_t ndefaults = defaults == NULL ? 0 : PyTuple_GET_SIZE(defaults);
-    Py_ssize_t first_default = code->co_argcount - ndefaults;
-    if (nargs < first_default)
-        return 0; /* a parameter with no default not given: Python's own error, by keyword */
-    memcpy(copy, args, nargs * sizeof(PyObject *));
-    for (Py_ssize_t i = nargs; i < at; i++)
-        copy[i] = PyTuple_GET_ITEM(defaults, i - first_default);
-    copy[at] = stream;
-    return at + 1;
-}
-
-static PyObject *call_with_stream(FastLaunch *self, PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames, Py_ssize_t kw_index, PyObject *stream)
-{
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    Py_ssize_t total = nargs + nkw;
-    int append = self->stream_pos >= nargs && kw_index < 0;
-    PyObject *small[16];
-    if (nkw == 0 && append) {
-        Py_ssize_t given = positional_with_stream(self, args, nargs, small, stream);
-        if (given > 0)
-            return PyObject_Vectorcall(self->original, small, given, NULL);
-    }
-    PyObject **copy = total + 1 <= 16 ? small : PyMem_Malloc((total + 1) * sizeof(PyObject *));
-    if (copy == NULL)
-        return PyErr_NoMemory();
-    memcpy(copy, args, total * sizeof(PyObject *));
-    PyObject *names = kwnames;
-    if (self->stream_pos < nargs)
-        copy[self->stream_pos] = stream;
-    else if (kw_index >= 0)
-        copy[nargs + kw_index] = stream;
-    else if (nkw == 0) { /* the usual stream=None launch: no tuple made per call */
-        copy[total] = stream;
-        names = Py_NewRef(stream_only);
-    } else {
-        copy[total] = stream;
-        names = PyTuple_New(nkw + 1);
-        if (names == NULL)
-            goto fail;
-        for (Py_ssize_t i = 0; i < nkw; i++)
-            PyTuple_SET_ITEM(names, i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
-        PyTuple_SET_ITEM(names, nkw, Py_NewRef(s_stream));
-    }
-    PyObject *result = PyObject_Vectorcall(self->original, copy, nargs, names);
-    if (append)
-        Py_DECREF(names);
-    if (copy != small)
-        PyMem_Free(copy);
-    return result;
-fail:
-    if (copy != small)
-        PyMem_Free(copy);
-    return NULL;
-}
-
 /* The communicator's device, a new reference (NULL + error): kept in its
  * `_streamcheck_device` by the Python wrapper, which reads it once per communicator (a
  * communicator is bound to one device for life). Read here once per communicator object too:
  * the last one is known by a weak reference (a communicator made where a freed one was is
  * read afresh, and none is kept alive), with its device; a wrapper mostly sees one
  * communicator, its group's. */
-static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
+static PyObject *communicator_device(StreamCheck *self, PyObject *comm)
 {
     return read_once_per_object(&self->last_comm, &self->last_target, comm, s_device_attr);
 }
@@ -1297,7 +1193,7 @@ static PyObject *communicator_device(FastLaunch *self, PyObject *comm)
 /* An explicit stream passes on the communicator's device, not a default stream or from the
  * main engine thread (its device and id read once per stream object). 1: passes, 0: the
  * Python wrapper decides, -1: error. */
-static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
+static int explicit_passes(StreamCheck *self, PyObject *auditor, PyObject *target,
                            PyObject *given)
 {
     int nondefault = stream_nondefault(self, given);
@@ -1319,7 +1215,7 @@ static int explicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target
  * stream's id is its handle), and ids 0 and 2 are the handles 0-2 an id can be (the default
  * stream; an external stream on cudaStreamPerThread), fine only for the main engine thread.
  * 1: passes, 0: not told here (the other tests decide), -1: error. */
-static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyObject *stream)
+static int key_passes(StreamCheck *self, PyObject *auditor, PyObject *target, PyObject *stream)
 {
     if (self->key_offsets[0] == 0 || (PyObject *)Py_TYPE(stream) != self->key_type ||
         !PyLong_CheckExact(target))
@@ -1345,7 +1241,7 @@ static int key_passes(FastLaunch *self, PyObject *auditor, PyObject *target, PyO
  * or by current_reader's stream id), and not a default stream unless the main engine thread
  * launches (the handle and device of the last stream object resolved are kept: an accessor
  * that keeps its stream is read once). 1: passes, 0: the Python wrapper decides, -1: error. */
-static int implicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target,
+static int implicit_passes(StreamCheck *self, PyObject *auditor, PyObject *target,
                            PyObject *stream)
 {
     int told = key_passes(self, auditor, target, stream);
@@ -1371,175 +1267,107 @@ static int implicit_passes(FastLaunch *self, PyObject *auditor, PyObject *target
 }
 
 /*
- * The paths let through here, each exactly where the Python wrapper lets it through:
- *   - no auditor, or skip_attr true on the communicator: the original, unaudited;
- *   - an explicit stream that explicit_passes;
- *   - stream=None where the resolved stream implicit_passes; it is passed on explicitly.
- *     Once resolved here, a stream is never resolved again for the same call unless the
- *     launch looks wrong (then the Python wrapper resolves and decides).
- * Each counted launch advances the installing auditor's counter. Everything else, errors
- * included (cleared here), goes to `slow`, which decides, counts and warns on its own.
+ * check(communicator, stream) -> bool, called by the generated wrapper of a communicator
+ * method (streamcheck/wrappers/launches.py) before it calls the method itself. True: the
+ * launch goes ahead; it was counted (the installing auditor's counter advanced) unless the
+ * gate holds no auditor. False: the generated Python wrapper decides, counts and warns (an
+ * auditor other than the installing one, a stream that does not pass, an error here, cleared).
+ * What passes, each exactly where that Python wrapper lets it through: a stream given
+ * explicitly that explicit_passes; a stream the accessor resolved for stream=None (a check
+ * made with `resolved` true) that implicit_passes.
+ *
+ * A check and not a wrapper: the wrapper is the generated Python function, which resolves the
+ * stream and calls the method inline (one frame pushed, as the interpreter calls Python from
+ * Python); a compiled wrapper had to enter the interpreter afresh from C for the accessor and
+ * again for the method, each entry's code cold again after the engine's other work (about
+ * half the first-level code lines a cold kept-stream launch added,
+ * scripts/bench_hook_instructions.py --cold).
  */
-static PyObject *launch_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
+static PyObject *check_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
 {
-    FastLaunch *self = (FastLaunch *)op;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *target = NULL, *value = NULL, *stream = NULL, *result = NULL;
-    if (nargs < 1)
-        goto slow;
-    PyObject *comm = args[0];
+    StreamCheck *self = (StreamCheck *)op;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "StreamCheck takes (communicator, stream)");
+        return NULL;
+    }
     int holds = gate_holds(self->gate, self->owner);
     if (holds < 0)
         return NULL;
-    if (holds == 0)
-        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    if (holds == 0) /* the audit stopped or paused since the wrapper looked */
+        Py_RETURN_TRUE;
     if (holds != 1)
-        goto slow;
-    /* the installing auditor, held by this wrapper for its life: no reference taken here,
-     * though code run below (the resolver) may uninstall it */
-    PyObject *auditor = self->owner;
-    if (self->skip_attr != Py_None) {
-        value = PyObject_GetAttr(comm, self->skip_attr);
-        if (value == NULL)
-            goto slow_clear;
-        int skip = PyObject_IsTrue(value);
-        Py_CLEAR(value);
-        if (skip < 0)
-            goto slow_clear;
-        if (skip)
-            return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-    }
-    target = communicator_device(self, comm);
+        Py_RETURN_FALSE;
+    /* the installing auditor, held by this check for its life: no reference taken here */
+    PyObject *auditor = self->owner, *stream = args[1];
+    PyObject *target = communicator_device(self, args[0]);
     if (target == NULL)
-        goto slow_clear;
-    Py_ssize_t kw_index = -1;
-    PyObject *given = Py_None;
-    if (self->stream_pos < nargs)
-        given = args[self->stream_pos];
-    else if (kwnames != NULL) {
-        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t i = 0; i < nkw; i++) {
-            if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), s_stream) == 0) {
-                kw_index = i;
-                given = args[nargs + i];
-                break;
-            }
-        }
-    }
-    if (given != Py_None) {
-        int fine = explicit_passes(self, auditor, target, given);
-        if (fine < 0)
-            goto slow_clear;
-        if (!fine)
-            goto slow;
-        if (count_launch(self) < 0)
-            goto error;
-        Py_DECREF(target);
-        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
-    }
-    if (self->resolve_kind == RESOLVE_NONE)
-        goto slow;
-    stream = resolve_stream(self, comm);
-    if (stream == NULL)
-        goto slow_clear;
-    int fine = implicit_passes(self, auditor, target, stream);
-    if (fine < 0)
-        goto slow_clear;
-    if (!fine)
-        goto slow; /* something looks wrong: the Python wrapper resolves and decides */
-    if (count_launch(self) < 0)
-        goto error;
-    result = call_with_stream(self, args, nargs, kwnames, kw_index, stream);
-    Py_DECREF(stream);
+        goto undecided;
+    int fine = self->resolved ? implicit_passes(self, auditor, target, stream)
+                              : explicit_passes(self, auditor, target, stream);
     Py_DECREF(target);
-    return result;
-slow_clear:
+    if (fine < 0)
+        goto undecided;
+    if (!fine)
+        Py_RETURN_FALSE;
+    if (count_launch(self) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+undecided:
     if (drop_ordinary_error() < 0)
-        goto error;
-slow:
-    Py_XDECREF(target);
-    Py_XDECREF(stream);
-    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
-error:
-    Py_XDECREF(target);
-    Py_XDECREF(stream);
-    return NULL;
+        return NULL;
+    Py_RETURN_FALSE;
 }
 
-static PyObject *launch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+static PyObject *check_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *gate, *owner, *counter, *original, *slow, *skip_attr, *resolve_obj,
-        *resolve_name, *raw_reader, *current_reader, *key_type = Py_None;
-    Py_ssize_t stream_pos;
-    int resolve_kind;
+    PyObject *gate, *owner, *counter, *raw_reader, *current_reader, *key_type = Py_None;
+    int resolved;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
-        PyErr_SetString(PyExc_TypeError, "FastLaunch takes positional arguments only");
+        PyErr_SetString(PyExc_TypeError, "StreamCheck takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOnOiOOOO|O:FastLaunch", &gate, &owner, &counter,
-                          &original, &slow, &stream_pos, &skip_attr, &resolve_kind,
-                          &resolve_obj, &resolve_name, &raw_reader, &current_reader,
-                          &key_type))
+    if (!PyArg_ParseTuple(args, "OOOpOO|O:StreamCheck", &gate, &owner, &counter, &resolved,
+                          &raw_reader, &current_reader, &key_type))
         return NULL;
     if (key_type != Py_None && !PyType_Check(key_type)) {
-        PyErr_SetString(PyExc_TypeError, "FastLaunch: key_type is a type or None");
+        PyErr_SetString(PyExc_TypeError, "StreamCheck: key_type is a type or None");
         return NULL;
     }
-    if (stream_pos < 1 || resolve_kind < RESOLVE_NONE || resolve_kind > RESOLVE_METHOD_CALL ||
-        !PyIter_Check(counter)) {
-        PyErr_SetString(PyExc_ValueError, "FastLaunch: bad stream position, resolver or counter");
+    if (!PyIter_Check(counter)) {
+        PyErr_SetString(PyExc_TypeError, "StreamCheck: the counter is an iterator");
         return NULL;
     }
-    if (resolve_kind != RESOLVE_NONE && !PyUnicode_Check(resolve_name)) {
-        PyErr_SetString(PyExc_TypeError, "FastLaunch: the resolver's name is a string");
-        return NULL;
-    }
-    if (skip_attr != Py_None && !PyUnicode_Check(skip_attr)) {
-        PyErr_SetString(PyExc_TypeError, "FastLaunch: skip_attr is a string or None");
-        return NULL;
-    }
-    FastLaunch *self = (FastLaunch *)type->tp_alloc(type, 0);
+    StreamCheck *self = (StreamCheck *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->gate = Py_NewRef(gate);
     self->owner = Py_NewRef(owner);
     self->counter = Py_NewRef(counter);
-    self->original = Py_NewRef(original);
-    self->slow = Py_NewRef(slow);
-    self->skip_attr = Py_NewRef(skip_attr);
-    self->resolve_obj = Py_NewRef(resolve_obj);
-    self->resolve_name = Py_NewRef(resolve_name);
     self->raw_reader = Py_NewRef(raw_reader);
     self->current_reader = Py_NewRef(current_reader);
     self->key_type = Py_NewRef(key_type);
     learn_key_offsets(key_type, self->key_offsets);
-    self->dict = NULL;
-    self->stream_pos = stream_pos;
-    self->resolve_kind = resolve_kind;
+    self->resolved = resolved;
     self->last_nondefault = -1;
-    self->vectorcall = launch_vectorcall;
+    self->vectorcall = check_vectorcall;
     return (PyObject *)self;
 }
 
-OBJECT_FIELDS(launch, FastLaunch, gate, dict)
+OBJECT_FIELDS(check, StreamCheck, gate, key_type)
 
-static PyTypeObject FastLaunchType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.FastLaunch",
-    .tp_basicsize = sizeof(FastLaunch),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
-                Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .tp_doc = "A communicator method whose common launches are let through in C.",
-    .tp_new = launch_new,
+static PyTypeObject StreamCheckType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streamcheck._speedups.StreamCheck",
+    .tp_basicsize = sizeof(StreamCheck),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The common launches' stream check, called by a generated launch wrapper.",
+    .tp_new = check_new,
     .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(FastLaunch, vectorcall),
-    .tp_dictoffset = offsetof(FastLaunch, dict),
-    .tp_weaklistoffset = offsetof(FastLaunch, weakrefs), /* as a function can be weakly referenced */
-    .tp_descr_get = bind_as_method,
-    .tp_traverse = launch_traverse,
-    .tp_clear = launch_clear,
-    .tp_dealloc = launch_dealloc,
-    .tp_getset = dict_getset,
+    .tp_vectorcall_offset = offsetof(StreamCheck, vectorcall),
+    .tp_weaklistoffset = offsetof(StreamCheck, weakrefs),
+    .tp_traverse = check_traverse,
+    .tp_clear = check_clear,
+    .tp_dealloc = check_dealloc,
 };
 
 /* ---- GuardedCall: EventRecord and TensorCall ---------------------------------------- */
@@ -1702,7 +1530,7 @@ static PyObject *clock_of_key(PyObject *table, PyObject *key)
 
 /* Where stream_key(stream) is kept, read once per stream object while it is among the last
  * KEPT_KEYS seen (a stream object's device and id never change, and a kept one stays alive,
- * so its address names it until it is replaced here, as FastLaunch's keep_stream), with its
+ * so its address names it until it is replaced here, as StreamCheck's keep_stream), with its
  * hash: the entry's index, or -1 + error. */
 static int kept_key_at(GuardedCall *self, PyObject *stream)
 {
@@ -2770,9 +2598,8 @@ static int intern_all(void)
         if (*names[i].slot == NULL)
             return -1;
     }
-    stream_only = PyTuple_Pack(1, s_stream);
     empty_clock = PyDict_New();
-    return empty_clock == NULL || stream_only == NULL ? -1 : 0;
+    return empty_clock == NULL ? -1 : 0;
 }
 
 static PyMethodDef speedups_functions[] = {
@@ -2791,7 +2618,7 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     if (intern_all() < 0 || PyType_Ready(&SetStreamHookType) < 0 ||
-        PyType_Ready(&FastLaunchType) < 0 || PyType_Ready(&GuardedCallType) < 0 ||
+        PyType_Ready(&StreamCheckType) < 0 || PyType_Ready(&GuardedCallType) < 0 ||
         PyType_Ready(&CreationHookType) < 0 || PyType_Ready(&SwitchLogType) < 0 ||
         PyType_Ready(&SwitchLogIterType) < 0)
         return NULL;
@@ -2799,7 +2626,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "SetStreamHook", (PyObject *)&SetStreamHookType) < 0 ||
-        PyModule_AddObjectRef(module, "FastLaunch", (PyObject *)&FastLaunchType) < 0 ||
+        PyModule_AddObjectRef(module, "StreamCheck", (PyObject *)&StreamCheckType) < 0 ||
         PyModule_AddObjectRef(module, "GuardedCall", (PyObject *)&GuardedCallType) < 0 ||
         PyModule_AddObjectRef(module, "CreationHook", (PyObject *)&CreationHookType) < 0 ||
         PyModule_AddObjectRef(module, "SwitchLog", (PyObject *)&SwitchLogType) < 0 ||

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 import sys
 import threading
 import warnings
@@ -194,78 +193,88 @@ def make(original):
     }
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
     make = namespace["make"]
-    compiled = _compiled_maker(gate, owner, counter, make, original, resolve, names or {},
-                               skip_expr, fixed_device and bool(getattr(cls, "__dictoffset__", 0)),
+    compiled = _compiled_maker(gate, owner, counter, make, original, resolve, namespace,
+                               params, call, skip_expr,
+                               fixed_device and bool(getattr(cls, "__dictoffset__", 0)),
                                current_raw_stream, current_of_device)
     return registry.patch(cls, method, compiled or make)
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
-
-
 def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[[Any], Any],
                     original: Any, resolve: Callable[[Any], Any] | str | None,
-                    names: dict[str, Any], skip_expr: str, keeps_device: bool,
-                    current_raw_stream: Callable[[int], int] | None,
+                    namespace: dict[str, Any], params: str, call: str, skip_expr: str,
+                    keeps_device: bool, current_raw_stream: Callable[[int], int] | None,
                     current_of_device: Callable[[int], CurrentStreamTuple] | None
                     ) -> Callable[[Any], Any] | None:
-    """A maker of the compiled wrapper (``_speedups.FastLaunch``) around the generated one, or
-    None where the compiled fast path does not apply (not built or not chosen, no ``stream``
-    parameter, a device read per call, a skip test or resolver it does not know): then the
-    Python wrapper alone is installed. The compiled one lets through only what the Python
-    one's own fast paths let through, and hands every other call to it."""
+    """A maker of the wrapper with the compiled check (``_speedups.StreamCheck``), or None
+    where it does not apply (not built or not chosen, no ``stream=None`` parameter, no
+    resolver, a device read per call): then the Python wrapper alone is installed.
+
+    The wrapper is a second generated function: the gate and the skip test read as the Python
+    wrapper reads them, the stream resolved by the same expression, inline, then one call of
+    the check, and the method called with the stream checked. Every launch the check does not
+    let through (and an accessor that raised) goes to the Python wrapper, which applies every
+    rule. Python calls Python here as it calls the method unaudited, pushing a frame; a
+    compiled wrapper had to enter the interpreter from C twice a launch (the accessor, the
+    method), code that an engine's other work leaves cold."""
     compiled = speedups.active()
-    if compiled is None or counter is None or not keeps_device:
+    if compiled is None or counter is None or not keeps_device or resolve is None:
         return None
     try:
-        params = inspect.signature(original).parameters
+        stream = inspect.signature(original).parameters.get("stream")
     except (TypeError, ValueError):
         return None
-    stream = params.get("stream")
     if (stream is None or stream.default is not None
             or stream.kind in (stream.VAR_KEYWORD, stream.POSITIONAL_ONLY)):
-        return None  # the resolved stream is passed on by keyword when it was left out
-    positional = [n for n, p in params.items()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    stream_pos = positional.index("stream") if "stream" in positional else sys.maxsize
-    if skip_expr == "False":
-        skip_attr = None
-    elif skip_expr.startswith("self.") and _NAME.match(skip_expr[5:]):
-        skip_attr = skip_expr[5:]
-    else:
         return None
-    kind, holder, name = _resolver_kind(resolve, names)
-    raw = current_raw_stream if kind else None
+    expr = resolve if isinstance(resolve, str) else "_resolve(self)"
+    # the call with the resolved stream in the stream parameter's place
+    resolved_call = ", ".join("_stream" if arg == "stream" else
+                              "stream=_stream" if arg == "stream=stream" else arg
+                              for arg in call.split(", "))
+    skip, unless = ("", "") if skip_expr == "False" else (f"{skip_expr} or ", f" or {skip_expr}")
+    source = f"""
+def make(original, slow):
+    def audited({params}):
+        if stream is not None:  # the check reads the gate: with none there, True
+            if {skip}_check_given(self, stream):
+                return original({call})
+            return slow({call})
+        if _gate.auditor is None{unless}:
+            return original({call})
+        try:
+            _stream = {expr}
+        except Exception:
+            return slow({call})
+        if _check_resolved(self, _stream):
+            return original({resolved_call})
+        return slow({call})
+    return _functools.wraps(original)(audited)
+"""
     # torch's stream type, whose resolved streams are told by their key read in place once
     # the current stream is read natively (only then: a simulator's reader never is)
     key_type = (getattr(getattr(sys.modules.get("torch"), "cuda", None), "Stream", None)
-                if speedups.read_streams_natively(raw) else None)
+                if speedups.read_streams_natively(current_raw_stream) else None)
+    checks = {f"_check_{name}": compiled.StreamCheck(gate, owner, counter, resolved,
+                                                      current_raw_stream, current_of_device,
+                                                      key_type)
+              for name, resolved in (("resolved", True), ("given", False))}
+    shell = {**namespace, **checks}
+    name = getattr(original, "__qualname__", "a launch")
+    exec(compile(source, f"<streamcheck checked wrapper of {name}>", "exec"), shell)
+    make_checked = shell["make"]
 
     def make(original: Any) -> Any:
-        launch = compiled.FastLaunch(gate, owner, counter, original, python_make(original),
-                                     stream_pos, skip_attr, kind, holder, name, raw,
-                                     current_of_device, key_type)
-        functools.update_wrapper(launch, original)
-        return launch
+        return make_checked(original, python_make(original))
 
     return make
 
 
-def _resolver_kind(resolve: Callable[[Any], Any] | str | None, names: dict[str, Any]
-                   ) -> tuple[int, Any, str | None]:
-    """(kind, holder, name) of a resolver the compiled wrapper evaluates itself: 1
-    ``_holder.name()``, 2 ``self.name``, 3 ``self.name()``; 0: left to the Python wrapper."""
-    if not isinstance(resolve, str):
-        return 0, None, None
-    call = resolve.endswith("()")
-    head, _, name = (resolve[:-2] if call else resolve).partition(".")
-    if not _NAME.match(name):
-        return 0, None, None
-    if head == "self":
-        return (3 if call else 2), None, name
-    if head == "_holder" and call and "_holder" in names:
-        return 1, names["_holder"], name
-    return 0, None, None
+def checked_by_compiled_code(wrapper: Any) -> bool:
+    """Whether ``wrapper`` (a patched method) is the one that asks ``_speedups.StreamCheck``:
+    for tests and benchmarks that must know which wrapper they exercise."""
+    checks = getattr(wrapper, "__globals__", {}).get("_check_resolved")
+    return type(checks).__name__ == "StreamCheck"
 
 
 def device_index(device: Any) -> int:

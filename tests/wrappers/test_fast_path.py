@@ -17,7 +17,7 @@ import streamcheck
 from streamcheck import installer
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.launches import checked_by_compiled_code, wrap_stream_method
 from tests.core.fakes import in_thread, made_current
 
 
@@ -111,7 +111,7 @@ def test_fast_path_agrees_with_the_rules(core, fixed_device, raw, engine_elsewhe
                        accessor="fake cache", current_of_device=lambda d: FakeComm.current,
                        fixed_device=fixed_device,
                        current_raw_stream=current_raw if raw else None)
-    compiled = type(FakeComm.__dict__["all_reduce"]).__name__ == "FastLaunch"
+    compiled = checked_by_compiled_code(FakeComm.__dict__["all_reduce"])
     assert compiled == (core == "compiled" and fixed_device)
     streams = [(0, 0), (0, 7), (1, 0), (1, 9)]
     mismatches = []

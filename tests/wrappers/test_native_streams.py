@@ -405,11 +405,13 @@ def test_a_launch_tells_torchs_stream_by_its_key_read_in_place(stand_in, key_typ
             def _current_stream(self):
                 return Stream(stream_id=resolved[0], device_index=0, device_type=1)
         slow = []
-        launch = c.FastLaunch(installer._gate, owner, counter,
-                              lambda comm, stream=None: ("launched", stream.stream_id),
-                              lambda *args, **kwargs: slow.append(1) or "slow",
-                              1, None, 3, None, "_current_stream", torch_raw, torch_tuple,
+        check = c.StreamCheck(installer._gate, owner, counter, True, torch_raw, torch_tuple,
                               Stream)
+        def launch(comm):  # the generated wrapper's steps
+            stream = comm._current_stream()
+            if check(comm, stream):
+                return ("launched", stream.stream_id)
+            return slow.append(1) or "slow"
         comm = Comm()
         c.raw_stream(torch_raw, 0)  # proven (the made-up stream), device 0 answered
         torch_reads.clear()

@@ -39,7 +39,7 @@ from streamcheck.wrappers.events import (
     hook_host_waits,
     hook_wait_stream,
 )
-from streamcheck.wrappers.launches import wrap_stream_method
+from streamcheck.wrappers.launches import checked_by_compiled_code, wrap_stream_method
 from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
@@ -124,7 +124,7 @@ def test_a_compiled_wrapper_is_a_method_with_the_original_signature(monkeypatch)
                               current_raw_stream=lambda d: Stream.cuda_stream,
                               fixed_device=True)
     wrapped = Comm.__dict__["all_reduce"]
-    assert type(wrapped).__name__ == "FastLaunch"
+    assert checked_by_compiled_code(wrapped)
     assert inspect.signature(Comm.all_reduce) == inspect.signature(original)
     assert Comm.all_reduce.__doc__ == "Reduce." and Comm.all_reduce.__wrapped__ is original
     comm = Comm(0)
@@ -1222,7 +1222,7 @@ def test_a_positional_only_stream_parameter_keeps_the_python_wrapper(core):
                        "po.all_reduce", resolve="self.cached", device_expr="self.device",
                        accessor="", current_of_device=lambda d: (5, 0, 1),
                        current_raw_stream=lambda d: Stream.cuda_stream, fixed_device=True)
-    assert type(PositionalOnly.__dict__["all_reduce"]).__name__ == "function"
+    assert not checked_by_compiled_code(PositionalOnly.__dict__["all_reduce"])
     comm = PositionalOnly()
     comm.cached = Stream()
     assert comm.all_reduce(None) is comm.cached and comm.all_reduce(None) is comm.cached
@@ -1237,15 +1237,16 @@ def test_compiled_hooks_in_a_reference_cycle_are_collected():
 
     gate = SimpleNamespace(auditor=None)
     hooks = [compiled.SetStreamHook(gate, print, "via"),
-             compiled.FastLaunch(gate, None, iter(()), print, print, 2, None, 0, None, None,
-                                 None, None),
              compiled.GuardedCall(compiled.EVENT_RECORD, gate, None, None, print, print, print,
                                   "bound", print)]
     refs = []
     for hook in hooks:
         hook.me = hook
         refs.append(weakref.ref(hook))
-    del hooks, hook
+    owner = SimpleNamespace()  # a check reaches itself through what it holds
+    owner.check = compiled.StreamCheck(gate, owner, iter(()), True, None, None)
+    refs.append(weakref.ref(owner.check))
+    del hooks, hook, owner
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
 
@@ -1666,24 +1667,17 @@ def test_a_communicator_the_wrapper_saw_is_freed_with_its_owner(core):
 
 
 @needs_build
-def test_a_launch_made_while_the_kept_stream_is_replaced_finds_the_cache_consistent():
+def test_a_check_made_while_the_kept_stream_is_replaced_finds_the_cache_consistent():
     """Replacing the kept stream releases the old one, which may run code that launches: that
-    launch must not find the new stream's flags on another stream (here a default stream from a
-    thread that is not the engine's, which the Python wrapper must decide, let through)."""
-    from streamcheck._speedups import FastLaunch
+    launch's check must not find the new stream's flags on another stream (here a default
+    stream from a thread that is not the engine's, which the Python wrapper must decide, let
+    through)."""
+    from streamcheck._speedups import StreamCheck
 
     owner = SimpleNamespace(main_engine=-1)  # not this thread
     gate = SimpleNamespace(auditor=owner)
     seen = []
-
-    def original(comm, x, stream=None):
-        return "original"
-
-    def slow(comm, x, stream=None):
-        return "slow"
-
-    launch = FastLaunch(gate, owner, itertools.count(), original, slow, 2, None, 0, None, None,
-                        None, None)
+    check = StreamCheck(gate, owner, itertools.count(), False, None, None)
     comm = SimpleNamespace(_streamcheck_device=0)
     default = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
 
@@ -1691,17 +1685,17 @@ def test_a_launch_made_while_the_kept_stream_is_replaced_finds_the_cache_consist
         device_index, stream_id = 0, 7
 
         def __del__(self):
-            seen.append(launch(comm, None, default))
+            seen.append(check(comm, default))
 
     class LaunchesWhenRead:
         device_index = 0
 
         @property
         def stream_id(self):
-            seen.append(launch(comm, None, LaunchesWhenFreed()))
+            seen.append(check(comm, LaunchesWhenFreed()))
             return 5
 
-    assert launch(comm, None, default) == "slow"
-    assert launch(comm, None, LaunchesWhenRead()) == "original"
-    assert launch(comm, None, default) == "slow"  # not the id of the stream read meanwhile
-    assert seen == ["original", "slow"]  # the nested launches: the freed one's, from __del__
+    assert check(comm, default) is False
+    assert check(comm, LaunchesWhenRead()) is True
+    assert check(comm, default) is False  # not the id of the stream read meanwhile
+    assert seen == [True, False]  # the nested checks: the freed one's, from __del__
