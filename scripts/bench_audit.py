@@ -9,7 +9,7 @@ Prints, each a ratio or difference measured here, now:
    and a decode-like step of 64 of them between matmuls: the ratios a user sees; each with
    ``stream=None`` resolved through torch's ``current_stream()`` (a new stream object each
    call) and through a kept stream's accessor (vLLM's pynccl shape), the thread's default
-   stream current or a side stream of its own (the compiled wrapper reads the current
+   stream current or a side stream of its own (the compiled check reads the current
    stream natively once that agreed with torch's read: streamcheck/_native_streams.c);
    then the no-op launch's check between unwrapped all-reduces (caches as a real launch
    leaves them: where the all-reduce's added time goes), and a 4 KiB ``torch.distributed``
@@ -289,7 +289,7 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
 
     # 1. the audit alone
     # an engine whose steps run on a stream of their own: that stream current, kept by the
-    # accessor (the compiled wrapper reads the current stream natively from its first launch:
+    # accessor (the compiled check reads the current stream natively from its first launch:
     # proven there on a made-up stream, streamcheck/_native_streams.c)
     side = torch.cuda.Stream()
     noop, cached, cached_side = NoOpComm(0), CachedNoOpComm(0), CachedNoOpComm(0, side)

@@ -43,7 +43,7 @@ def hooks_item() -> EnvItem:
 
 
 def stream_reads_item() -> EnvItem:
-    """How a compiled launch wrapper reads a device's current stream for a ``stream=None``
+    """How the compiled launch check reads a device's current stream for a ``stream=None``
     launch here: through the C++ functions in torch's libc10_cuda where they are found (used
     once they agreed with torch's own read, streamcheck/_native_streams.c), else through
     torch's Python call at each launch."""

@@ -82,7 +82,7 @@ def wrap() -> None:
 
 @pytest.mark.parametrize("core", CORES)
 def test_the_hooks_count_each_launch_on_the_site_counter(core, monkeypatch):
-    """The compiled launch wrapper advances the site's LaunchCounter in place (explicit
+    """The compiled launch check advances the site's LaunchCounter in place (explicit
     streams and resolved ones); the count the report gives is the number of launches, in both
     cores, a counter made before the core
     changed (an itertools.count under the compiled hooks) included."""

@@ -1110,7 +1110,7 @@ def audit_switching(op, stream_id, handle):
 
 
 def test_a_kept_stream_is_read_once_and_another_object_again(core):
-    """The compiled wrapper keeps the handle and device of the last stream object it read; a
+    """The compiled check keeps the handle and device of the last stream object it read; a
     different object (here the leak: cuda:1's default stream, the same handle 0) is read
     afresh and stopped, and the first one is let through again."""
     audit_switching("switch.all_reduce", 0, 0)
@@ -1215,8 +1215,9 @@ class PositionalOnly:
 
 
 def test_a_positional_only_stream_parameter_keeps_the_python_wrapper(core):
-    """The compiled wrapper passes a resolved stream by keyword when the caller left it out,
-    which a positional-only parameter refuses: such a method keeps the Python wrapper."""
+    """The compiled check is installed only where the stream parameter can be passed by name,
+    as on every communicator it was measured on: a positional-only one keeps the Python
+    wrapper."""
     installer.install("record")
     wrap_stream_method(installer._registry, installer._gate, PositionalOnly, "all_reduce",
                        "po.all_reduce", resolve="self.cached", device_expr="self.device",
