@@ -210,9 +210,11 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
     where it does not apply (not built or not chosen, no ``stream=None`` parameter, no
     resolver, a device read per call): then the Python wrapper alone is installed.
 
-    The wrapper is a second generated function: the gate and the skip test read as the Python
-    wrapper reads them, the stream resolved by the same expression, inline, then one call of
-    the check, and the method called with the stream checked. Every launch the check does not
+    The wrapper is a second generated function: the skip test read as the Python wrapper
+    reads it; a given stream checked at once (the check reads the gate, and with no auditor
+    there lets the call go ahead); for ``stream=None`` the gate read first, the stream
+    resolved by the same expression, inline, and checked; then the method called with the
+    stream checked. Every launch the check does not
     let through (and an accessor that raised) goes to the Python wrapper, which applies every
     rule. Python calls Python here as it calls the method unaudited, pushing a frame; a
     compiled wrapper had to enter the interpreter from C twice a launch (the accessor, the

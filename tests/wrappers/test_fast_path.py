@@ -292,3 +292,64 @@ def test_a_stream_none_launch_reaches_the_callee_with_its_defaults_and_the_strea
         comm.broadcast("t")
     assert installer.current_auditor().findings() == []
     installer.uninstall()
+
+
+class SkippableComm:
+    """vLLM's shape: a ``disabled`` communicator launches nothing and is not audited."""
+
+    def __init__(self, disabled: bool, resolve_fails: bool = False) -> None:
+        self.device, self.disabled, self.resolve_fails = 0, disabled, resolve_fails
+        self.kept, self.used = FakeStream(0, 7), "not called"
+
+    def current(self) -> FakeStream:
+        if self.resolve_fails:
+            raise RuntimeError("no stream here")
+        return self.kept
+
+    def all_reduce(self, tensor, out=None, stream=None):
+        self.used = stream
+        return out
+
+
+def test_skipped_paused_and_unresolvable_launches_go_ahead_uncounted(core):
+    """Each of these reaches the method as it was called (``stream=None`` left unresolved),
+    and only the audited launch is counted: a skipped communicator, a launch while the gate
+    holds no auditor (the audit paused), and an accessor that raises (the Python wrapper
+    warns). The same with either core's wrapper."""
+    import warnings
+
+    aud = installer.install("record")
+    op = f"skip.all_reduce.{core}"  # its own op a core: the warning is said once per op
+    wrap_stream_method(installer._registry, installer._gate, SkippableComm, "all_reduce",
+                       op, resolve="self.current()", device_expr="self.device",
+                       accessor="x", current_of_device=lambda d: (7, 0, 1), fixed_device=True,
+                       current_raw_stream=lambda d: handle_of(0, 7), skip_expr="self.disabled")
+    assert checked_by_compiled_code(SkippableComm.__dict__["all_reduce"]) == (
+        core == "compiled")
+
+    def counted() -> int:
+        return aud.coverage.launches_by_op().get(op, 0)
+
+    disabled = SkippableComm(disabled=True)
+    for stream in (None, disabled.kept):
+        disabled.all_reduce(None, stream=stream)
+        assert disabled.used is stream
+    assert counted() == 0
+    live = SkippableComm(disabled=False)
+    gate = installer._gate
+    gate.auditor = None
+    try:
+        for stream in (None, live.kept):
+            live.all_reduce(None, stream=stream)
+            assert live.used is stream
+    finally:
+        gate.auditor = aud
+    assert counted() == 0
+    live.all_reduce(None)
+    assert live.used is live.kept and counted() == 1  # audited: the resolved stream passed on
+    failing = SkippableComm(disabled=False, resolve_fails=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        failing.all_reduce(None)
+    assert failing.used is None and counted() == 1
+    assert any("no stream here" in str(w.message) for w in caught)
