@@ -267,10 +267,9 @@ class DefaultsComm:
 
 
 def test_a_stream_none_launch_reaches_the_callee_with_its_defaults_and_the_stream(core):
-    """The wrapper passes the resolved stream on: positionally where it can (the compiled
-    one fills the parameters in between with the callee's own defaults), by keyword
-    otherwise; the callee sees the same arguments either way, and a call missing an argument
-    fails as it would unaudited."""
+    """The wrapper passes the resolved stream on in the stream parameter's place, positional
+    or keyword-only; the callee sees the same arguments with either core's wrapper, its own
+    defaults in between, and a call missing an argument fails as it would unaudited."""
     installer.install("record")
     kept = FakeStream(0, 7)
     for method in ("all_reduce", "broadcast"):
