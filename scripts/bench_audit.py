@@ -26,7 +26,10 @@ over, the same round's unaudited run) give a 95 % interval and the verdict (``_s
 met only if the whole interval is within the target.
 Every measurement runs with the compiled hooks (where built) and again with the Python ones;
 ``--core compiled`` (or ``python``) times one core only, so the same device time holds twice
-the rounds and the intervals narrow.
+the rounds and the intervals narrow; ``--parts`` picks the measurements (``hooks`` 4,
+``launches`` 1, ``real`` 2), so that rounds go where a verdict is still open: the real
+operations' rounds are cheap (about a second per 10 rounds) where the hooks' and the no-op
+launches' take most of a full run.
 Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy TP loop.
 """
 
@@ -48,6 +51,10 @@ from _stats import Paired, in_turn, paired_added, paired_ratio, target_verdict
 import streamcheck
 from streamcheck import installer
 from streamcheck.wrappers.sites import LaunchSite
+
+#: What ``--parts`` can pick: the stream hooks (4), the no-op launches (1), the real
+#: operations (2).
+PARTS = ("hooks", "launches", "real")
 
 
 class NoOpComm:
@@ -285,13 +292,24 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
     """Hook costs, the audit alone per launch, a real 4 KiB all-reduce and a decode-like step,
     with the hooks ``STREAMCHECK_CORE`` chooses."""
     results: dict[str, Any] = {}
-    results.update(hook_costs(args.calls, args.rounds))
+    if "hooks" in args.parts:
+        results.update(hook_costs(args.calls, args.rounds))
+    side = torch.cuda.Stream()
+    if "launches" in args.parts:
+        results.update(noop_launches(args, x, out, s, side))
+    if "real" in args.parts:
+        results.update(real_operations(args, x, out, side))
+    return results
 
+
+def noop_launches(args: argparse.Namespace, x: Any, out: Any, s: Any, side: Any
+                  ) -> dict[str, Any]:
+    """The audit alone per launch: a communicator method that does nothing, wrapped vs not."""
+    results: dict[str, Any] = {}
     # 1. the audit alone
     # an engine whose steps run on a stream of their own: that stream current, kept by the
     # accessor (the compiled check reads the current stream natively from its first launch:
     # proven there on a made-up stream, streamcheck/_native_streams.c)
-    side = torch.cuda.Stream()
     noop, cached, cached_side = NoOpComm(0), CachedNoOpComm(0), CachedNoOpComm(0, side)
     plain = NoOpComm.all_reduce  # both classes' method, before either is wrapped
     streamcheck.install("assert")
@@ -323,7 +341,12 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
         results[f"noop {label}: wrapper, audit paused: added ns"] = added
         results[f"noop {label}: wrapper, audit paused: 95 % interval"] = f"{lo}-{hi}"
     streamcheck.uninstall()
+    return results
 
+
+def real_operations(args: argparse.Namespace, x: Any, out: Any, side: Any) -> dict[str, Any]:
+    """The real collectives and a decode-like step, hooked vs not."""
+    results: dict[str, Any] = {}
     # 2. a real NCCL all-reduce, and 4. a decode-like step, each through torch's accessor and
     # through a kept stream's (vLLM's pynccl resolves stream=None through one: its
     # current_stream() keeps the thread's stream, where torch's makes a new object each call)
@@ -338,7 +361,8 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
             comm._current_stream = accessor
         with torch.cuda.stream(current):  # None: a no-op, the thread's own stream
             results.update(nccl_ratios(args, comm, x, out, suffix))
-    results.update(beside_all_reduce(args, comm, cached_side, side, plain, x, out))
+    plain = NoOpComm.all_reduce  # unwrapped: the install of section 1 was undone
+    results.update(beside_all_reduce(args, comm, CachedNoOpComm(0, side), side, plain, x, out))
     comm.close()
     results.update(torch_distributed_ratio(args, x))
     return results
@@ -491,6 +515,8 @@ def main() -> int:
     parser.add_argument("--profile-connector", type=int, default=0, metavar="CALLS",
                         help="also run a connector's declared read CALLS times under cProfile "
                              "and print where its time goes")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="the measurements to make (default: all)")
     add_core_option(parser)
     args = parser.parse_args()
     if args.calls < 10 or args.rounds < 1 or args.profile_connector < 0:

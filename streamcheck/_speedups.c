@@ -19,7 +19,8 @@
  *   SwitchLog(capacity)
  *       the stream book's bounded log of switches, a ring of plain slots.
  *   StreamCheck(gate, owner, counter, resolved, raw_reader, current_reader[, key_type])
- *       check(communicator, stream) -> bool, asked by the generated wrapper of a
+ *       check(communicator, stream) -> bool (also as check.passes(communicator, stream),
+ *       the bound method the wrapper holds), asked by the generated wrapper of a
  *       communicator method before it calls the method: True where the launch is plainly
  *       fine (counted; see check_vectorcall), False where the Python wrapper decides; with
  *       `resolved`, the stream an accessor gave for stream=None. A stream of exactly
@@ -1319,6 +1320,21 @@ undecided:
     Py_RETURN_FALSE;
 }
 
+/* check.passes(communicator, stream): the same check as a builtin method, which the
+ * interpreter calls through its own specialized call of a METH_FASTCALL builtin rather than
+ * the generic call of an object with a vectorcall slot (scripts/bench_hook_instructions.py:
+ * fewer instructions a launch). The generated wrappers call this bound method. */
+static PyObject *check_passes(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return check_vectorcall(op, args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef check_methods[] = {
+    {"passes", (PyCFunction)(void (*)(void))check_passes, METH_FASTCALL,
+     "passes(communicator, stream) -> bool: the check, as calling the object makes it."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyObject *check_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *raw_reader, *current_reader, *key_type = Py_None;
@@ -1365,6 +1381,7 @@ static PyTypeObject StreamCheckType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(StreamCheck, vectorcall),
     .tp_weaklistoffset = offsetof(StreamCheck, weakrefs),
+    .tp_methods = check_methods,
     .tp_traverse = check_traverse,
     .tp_clear = check_clear,
     .tp_dealloc = check_dealloc,
