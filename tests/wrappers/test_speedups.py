@@ -1700,3 +1700,28 @@ def test_a_check_made_while_the_kept_stream_is_replaced_finds_the_cache_consiste
     assert check(comm, LaunchesWhenRead()) is True
     assert check(comm, default) is False  # not the id of the stream read meanwhile
     assert seen == [True, False]  # the nested checks: the freed one's, from __del__
+
+
+@needs_build
+def test_the_checks_bound_passes_method_answers_and_counts_as_calling_it():
+    """The generated wrappers hold ``check.passes``: it must give the same answers and
+    advance the same counter as calling the check, and refuse the same bad calls."""
+    from streamcheck._speedups import StreamCheck
+
+    owner = SimpleNamespace(main_engine=-1)  # not this thread
+    gate = SimpleNamespace(auditor=owner)
+    counter = itertools.count()
+    check = StreamCheck(gate, owner, counter, False, None, None)
+    comm = SimpleNamespace(_streamcheck_device=0)
+    side = SimpleNamespace(device_index=0, stream_id=5, cuda_stream=0x7F05)
+    elsewhere = SimpleNamespace(device_index=1, stream_id=5, cuda_stream=0x7F15)
+    default = SimpleNamespace(device_index=0, stream_id=0, cuda_stream=0)
+    for stream, fine in ((side, True), (elsewhere, False), (default, False)):
+        assert check.passes(comm, stream) is fine
+        assert check(comm, stream) is fine
+    assert next(counter) == 2  # the side stream's two launches, one through each
+    with pytest.raises(TypeError):
+        check.passes(comm)
+    gate.auditor = None  # the audit stopped: every launch goes ahead, uncounted
+    assert check.passes(comm, elsewhere) is True
+    assert next(counter) == 3
