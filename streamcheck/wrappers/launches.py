@@ -19,6 +19,7 @@ import functools
 import inspect
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -211,10 +212,13 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
     resolver, a device read per call): then the Python wrapper alone is installed.
 
     The wrapper is a second generated function: the skip test read as the Python wrapper
-    reads it; a given stream checked at once (the check reads the gate, and with no auditor
-    there lets the call go ahead); for ``stream=None`` the gate read first, the stream
-    resolved by the same expression, inline, and checked; then the method called with the
-    stream checked. Every launch the check does not
+    reads it; a given stream checked at once; for ``stream=None`` the stream resolved by the
+    same expression, inline, and checked; then the method called with the stream checked.
+    The gate is read by the check alone, in place (with no auditor there it lets the call go
+    ahead, uncounted, the resolved stream passed as the method would have resolved it): a
+    read of ``_gate.auditor`` in Python took a reference to the auditor, a write to an object
+    other threads' hooks read too, and an engine's launch finds its line out of the cache.
+    Every launch the check does not
     let through (and an accessor that raised) goes to the Python wrapper, which applies every
     rule. Python calls Python here as it calls the method unaudited, pushing a frame; a
     compiled wrapper had to enter the interpreter from C twice a launch (the accessor, the
@@ -237,16 +241,17 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
     resolved_call = ", ".join("_stream" if arg == "stream" else
                               "stream=_stream" if arg == "stream=stream" else arg
                               for arg in call.split(", "))
-    skip, unless = ("", "") if skip_expr == "False" else (f"{skip_expr} or ", f" or {skip_expr}")
+    skip = "" if skip_expr == "False" else f"{skip_expr} or "
+    skipped = "" if skip_expr == "False" else f"""
+        if {skip_expr}:
+            return original({call})"""
     source = f"""
 def make(original, slow):
     def audited({params}):
         if stream is not None:  # the check reads the gate: with none there, True
             if {skip}_check_given(self, stream):
                 return original({call})
-            return slow({call})
-        if _gate.auditor is None{unless}:
-            return original({call})
+            return slow({call}){skipped}
         try:
             _stream = {expr}
         except Exception:
@@ -264,15 +269,34 @@ def make(original, slow):
                                                       current_raw_stream, current_of_device,
                                                       key_type).passes
               for name, resolved in (("resolved", True), ("given", False))}
-    shell = {**namespace, **checks}
     name = getattr(original, "__qualname__", "a launch")
-    exec(compile(source, f"<streamcheck checked wrapper of {name}>", "exec"), shell)
+    code = compile(source, f"<streamcheck checked wrapper of {name}>", "exec")
+    shell = globals_for(code, {**namespace, **checks}, first=("_check_given", "_check_resolved"))
+    exec(code, shell)
     make_checked = shell["make"]
 
     def make(original: Any) -> Any:
         return make_checked(original, python_make(original))
 
     return make
+
+
+def globals_for(code: types.CodeType, namespace: dict[str, Any],
+                first: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The globals a generated wrapper needs: only the names its code (and the code nested in
+    it) reads from ``namespace``, ``first`` first. A launch reads its globals through their
+    dict's entries, and after an engine's other work those entries are out of the CPU's
+    caches: in a small dict, with the launch's own names inserted first, they share one or
+    two cache lines, where the full namespace (dozens of names, defaults among them) spread
+    them over several."""
+    wanted: set[str] = set()
+    pending = [code]
+    while pending:
+        current = pending.pop()
+        wanted.update(current.co_names)
+        pending.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    order = [n for n in first if n in wanted] + sorted(wanted.difference(first))
+    return {n: namespace[n] for n in order if n in namespace}
 
 
 def checked_by_compiled_code(wrapper: Any) -> bool:
