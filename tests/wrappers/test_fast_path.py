@@ -354,3 +354,20 @@ def test_skipped_paused_and_unresolvable_launches_go_ahead_uncounted(core):
         failing.all_reduce(None)
     assert failing.used is None and counted() == 1
     assert any("no stream here" in str(w.message) for w in caught)
+
+
+def test_a_checked_wrappers_globals_hold_the_names_it_reads_its_own_first():
+    """``globals_for``: the names the code and the code nested in it read, from the namespace
+    only (a builtin stays the interpreter's), ``first`` leading in the order given."""
+    from streamcheck.wrappers.launches import globals_for
+
+    code = compile("def make(original):\n"
+                   "    def audited(x=_default_x):\n"
+                   "        if _check(x):\n"
+                   "            return original(len(x))\n"
+                   "        return _slow(x)\n"
+                   "    return audited\n", "<test>", "exec")
+    namespace = {"_unused": 1, "_slow": 2, "_default_x": 3, "_check": 4, "len": 5}
+    shell = globals_for(code, namespace, first=("_check", "_absent"))
+    assert list(shell) == ["_check", "_default_x", "_slow", "len"]
+    assert shell["_check"] == 4 and "_unused" not in shell
