@@ -376,7 +376,9 @@ def group_pids(*pgids: int) -> list[int]:
 def dump_stacks(pid: int, timeout: float = 20.0) -> str:
     """All threads' stacks of a live process: ``py-spy dump`` when installed; otherwise
     SIGUSR1, on which a process that registered faulthandler (repro variants and ranks do)
-    writes them to its own stderr."""
+    writes them to its own stderr. Only to a process that catches SIGUSR1: for any other one
+    (a grandchild, a worker someone else started) the signal's default action is to end it,
+    which would turn a look at a hung run into a kill that its stacks never show."""
     py_spy = shutil.which("py-spy")
     if py_spy:
         try:
@@ -389,11 +391,29 @@ def dump_stacks(pid: int, timeout: float = 20.0) -> str:
             fallback = "(py-spy timed out)\n"
     else:
         fallback = "(py-spy not installed; stacks from faulthandler on SIGUSR1 are in stderr)\n"
+    caught = catches_signal(pid, signal.SIGUSR1)
+    if caught is None:
+        return fallback + "(process already gone)"
+    if not caught:
+        return fallback + "(not signalled: the process does not catch SIGUSR1, which would end it)"
     try:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
         return fallback + "(process already gone)"
     return fallback
+
+
+def catches_signal(pid: int, signum: int) -> bool | None:
+    """Whether the process has a handler for ``signum`` (its ``SigCgt`` mask in
+    /proc/PID/status), None where it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
 
 
 def _killpg(pgid: int) -> None:

@@ -260,3 +260,39 @@ def test_rendezvous_across_processes(tmp_path):
         assert rendezvous(path, 0, lambda: b"\xab\xcd", 60) == b"\xab\xcd"
         assert group.wait(120).reason == "exited"
         assert peer.returncode == 0 and peer.read_output().strip() == "abcd"
+
+
+def test_without_py_spy_a_dump_signals_only_the_processes_that_catch_sigusr1(tmp_path,
+                                                                            monkeypatch):
+    """The fallback's SIGUSR1 ends a process that has no handler for it: the dump must leave
+    such a process running (and say why it has no stacks), and still signal one that
+    registered faulthandler, whose stacks then reach its stderr."""
+    monkeypatch.setattr(procgroup.shutil, "which", lambda name: None)
+    listening = (
+        "import faulthandler, signal, sys, time\n"
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+        "open(sys.argv[1], 'w').write('ready')\n"
+        "time.sleep(600)\n"
+    )
+    deaf = "import sys, time\nopen(sys.argv[1], 'w').write('ready')\ntime.sleep(600)\n"
+    with ProcessGroup() as group:
+        ready = [tmp_path / "listening.ready", tmp_path / "deaf.ready"]
+        listener = group.spawn([sys.executable, "-c", listening, str(ready[0])],
+                               output=tmp_path / "listening.out")
+        other = group.spawn([sys.executable, "-c", deaf, str(ready[1])],
+                            output=tmp_path / "deaf.out")
+        deadline = time.monotonic() + 30
+        while not all(f.exists() for f in ready):
+            assert time.monotonic() < deadline, "a member never started"
+            time.sleep(0.02)
+        dumps = group.dump()
+        assert "does not catch SIGUSR1" in dumps[str(other.pid)]
+        assert "does not catch" not in dumps[str(listener.pid)]
+        time.sleep(0.3)
+        assert not process_gone(other.pid) and not process_gone(listener.pid)
+        deadline = time.monotonic() + 10
+        while "most recent call first" not in (tmp_path / "listening.out").read_text(
+            errors="replace"):
+            assert time.monotonic() < deadline, "faulthandler wrote no stacks"
+            time.sleep(0.05)
+    assert process_gone(other.pid) and process_gone(listener.pid)
