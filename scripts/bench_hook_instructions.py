@@ -8,9 +8,10 @@ and not, counting only inside the loop that makes the calls (``operator.countOf`
 which nothing else in the process calls); (many - few) / (the calls between) is one call's
 count, the collector's share of the loop included, and audited minus unaudited is what the
 audit adds. The hooks are installed as the audit installs them, on objects shaped
-like torch's (a communicator on device 0 with a kept stream, streams with ``device_index``,
-``stream_id`` and ``cuda_stream``), with C callables where torch's are C (the current-stream
-read); no GPU and no torch are needed. Instructions are not nanoseconds (a cache miss costs
+like torch's (a communicator on device 0 with a kept stream, a module whose ``all_reduce``
+takes a tensor as ``torch.distributed``'s does, streams with ``device_index``, ``stream_id``
+and ``cuda_stream``), with C callables where torch's are C (the current-stream read); no GPU
+and no torch are needed. Instructions are not nanoseconds (a cache miss costs
 hundreds of cycles and shows as one instruction), so this ranks and tracks the hooks' own work
 between the timed runs; it replaces none of them.
 
@@ -52,6 +53,9 @@ PATHS = {
     # torch's kind of accessor makes a new stream object at each call
     "collective launch, stream=None through torch's kind of accessor": "fresh",
     "collective launch, stream=None through torch's kind, the default stream": "fresh_default",
+    # torch.distributed's kind of collective: a module function, the stream read on its tensor's
+    # device (the stream-heavy loop's collective)
+    "torch.distributed all_reduce, its tensor's stream read": "distributed",
     "set_stream": "set_stream",
     "Stream() creation": "creation",
     # torch's current_stream() wraps the thread's stream: Stream(stream_id=..., ...), no record
@@ -205,6 +209,15 @@ class Namespace:
     synchronize = staticmethod(_synchronize)
 
 
+def _all_reduce(tensor: Any, op: Any = None, group: Any = None, async_op: bool = False) -> None:
+    """``torch.distributed.all_reduce``'s shape (a no-op here)."""
+
+
+#: ``torch.distributed``'s shape: its collectives are a module's functions.
+Distributed = types.ModuleType("bench_distributed")
+Distributed.all_reduce = _all_reduce  # type: ignore[attr-defined]
+
+
 def stand_in_torch() -> None:
     """``torch`` and ``torch._C`` as modules holding only torch's C read of the current stream
     (``_cuda_getCurrentStream``), which the audit calls where no reader is installed; put in
@@ -246,6 +259,11 @@ def prepare(path: str, audited: bool) -> Any:
                                fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
+        elif path == "distributed":
+            from streamcheck.wrappers.torch_distributed import wrap_tensor_function
+
+            wrap_tensor_function(registry, gate, Distributed, "all_reduce",
+                                 "bench.dist.all_reduce", CURRENT)
         elif path in ("wait_stream", "stream_wait", "stream_wait_events"):
             reader = StreamReader(current_stream=CURRENT, current_device=int)
             hook_event_record(registry, gate, Event, reader)
@@ -297,6 +315,8 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: comm.all_reduce(None, None, stream=SIDE)
     if path in ("kept", "fresh", "fresh_default"):
         return lambda: comm.all_reduce(None, None)
+    if path == "distributed":
+        return lambda: Distributed.all_reduce(KV)
     if path == "set_stream":
         set_stream = namespace.set_stream
         return lambda: set_stream(SIDE)

@@ -54,6 +54,8 @@ def _hooked(path, call):
         return bench.Communicator.__dict__["all_reduce"]
     if path in ("fresh", "fresh_default"):
         return bench.FreshCommunicator.__dict__["all_reduce"]
+    if path == "distributed":
+        return bench.Distributed.all_reduce
     if path == "set_stream":
         return call.__closure__[0].cell_contents
     if path == "wait_stream":
