@@ -393,7 +393,8 @@ def dump_stacks(pid: int, timeout: float = 20.0) -> str:
         fallback = "(py-spy not installed; stacks from faulthandler on SIGUSR1 are in stderr)\n"
     caught = catches_signal(pid, signal.SIGUSR1)
     if caught is None:
-        return fallback + "(process already gone)"
+        return fallback + ("(process already gone)" if not _alive(pid) else
+                           "(not signalled: its signal handlers could not be read)")
     if not caught:
         return fallback + "(not signalled: the process does not catch SIGUSR1, which would end it)"
     try:
@@ -405,7 +406,7 @@ def dump_stacks(pid: int, timeout: float = 20.0) -> str:
 
 def catches_signal(pid: int, signum: int) -> bool | None:
     """Whether the process has a handler for ``signum`` (its ``SigCgt`` mask in
-    /proc/PID/status), None where it is gone."""
+    /proc/PID/status), None where that cannot be read (the process gone, /proc hidden)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -414,6 +415,17 @@ def catches_signal(pid: int, signum: int) -> bool | None:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
     return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _killpg(pgid: int) -> None:

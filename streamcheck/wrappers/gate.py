@@ -1,7 +1,9 @@
 """The switch every installed wrapper reads: the active auditor, or None once uninstalled.
 
 Wrappers that someone else wrapped in turn (a legacy cache patching ``set_stream`` after us)
-cannot always be removed; reading the gate makes them pass straight through instead.
+cannot always be removed; reading the gate makes them pass straight through instead, checking
+and counting nothing (a communicator's compiled launch wrapper still resolves a ``stream=None``
+launch's stream and hands it to the method, as the method would have resolved it itself).
 """
 
 from __future__ import annotations

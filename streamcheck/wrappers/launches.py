@@ -241,17 +241,22 @@ def _compiled_maker(gate: Gate, owner: Any, counter: Any, python_make: Callable[
     resolved_call = ", ".join("_stream" if arg == "stream" else
                               "stream=_stream" if arg == "stream=stream" else arg
                               for arg in call.split(", "))
-    skip = "" if skip_expr == "False" else f"{skip_expr} or "
+    # the skip test first, as the Python wrapper's: one that raises goes to that wrapper, which
+    # reads the gate before it (so it raises only where an audit runs), as it always did
     skipped = "" if skip_expr == "False" else f"""
-        if {skip_expr}:
+        try:
+            _skip = {skip_expr}
+        except Exception:
+            return slow({call})
+        if _skip:
             return original({call})"""
     source = f"""
 def make(original, slow):
-    def audited({params}):
+    def audited({params}):{skipped}
         if stream is not None:  # the check reads the gate: with none there, True
-            if {skip}_check_given(self, stream):
+            if _check_given(self, stream):
                 return original({call})
-            return slow({call}){skipped}
+            return slow({call})
         try:
             _stream = {expr}
         except Exception:

@@ -296,3 +296,15 @@ def test_without_py_spy_a_dump_signals_only_the_processes_that_catch_sigusr1(tmp
             assert time.monotonic() < deadline, "faulthandler wrote no stacks"
             time.sleep(0.05)
     assert process_gone(other.pid) and process_gone(listener.pid)
+
+
+def test_without_py_spy_a_process_whose_handlers_cannot_be_read_is_not_signalled(monkeypatch):
+    """/proc hidden from this user (``hidepid``): a live process is not called gone, and not
+    signalled either, since the signal could end it."""
+    monkeypatch.setattr(procgroup.shutil, "which", lambda name: None)
+    monkeypatch.setattr(procgroup, "catches_signal", lambda pid, signum: None)
+    sent = []
+    monkeypatch.setattr(procgroup.os, "kill", lambda pid, sig: sent.append(sig))
+    text = procgroup.dump_stacks(os.getpid())
+    assert "could not be read" in text and "gone" not in text
+    assert signal.SIGUSR1 not in sent  # only the existence probe (signal 0) was sent

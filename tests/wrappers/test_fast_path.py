@@ -371,3 +371,38 @@ def test_a_checked_wrappers_globals_hold_the_names_it_reads_its_own_first():
     shell = globals_for(code, namespace, first=("_check", "_absent"))
     assert list(shell) == ["_check", "_default_x", "_slow", "len"]
     assert shell["_check"] == 4 and "_unused" not in shell
+
+
+def test_a_skip_test_that_raises_goes_ahead_while_no_audit_runs_and_raises_while_one_does(core):
+    """The skip test is read after the gate by the Python wrapper: while the gate holds no
+    auditor a skip test that raises is never reached and the launch goes ahead; while an audit
+    runs, its error is the caller's. The compiled core's wrapper must do the same."""
+    try:
+        aud = installer.install("record")
+        op = f"skip.raises.{core}"
+
+        class NoFlag(SkippableComm):
+            def __init__(self) -> None:
+                super().__init__(disabled=False)
+                del self.disabled  # the skip test's attribute: reading it raises
+
+        wrap_stream_method(installer._registry, installer._gate, NoFlag, "all_reduce", op,
+                           resolve="self.current()", device_expr="self.device", accessor="x",
+                           current_of_device=lambda d: (7, 0, 1), fixed_device=True,
+                           current_raw_stream=lambda d: handle_of(0, 7),
+                           skip_expr="self.disabled")
+        assert checked_by_compiled_code(NoFlag.__dict__["all_reduce"]) == (core == "compiled")
+        comm = NoFlag()
+        gate = installer._gate
+        gate.auditor = None
+        try:
+            for stream in (None, comm.kept):
+                comm.all_reduce(None, stream=stream)  # goes ahead
+        finally:
+            gate.auditor = aud
+        for stream in (None, comm.kept):
+            with pytest.raises(AttributeError):
+                comm.all_reduce(None, stream=stream)
+        assert aud.coverage.launches_by_op().get(op, 0) == 0
+    finally:
+        installer.uninstall()
