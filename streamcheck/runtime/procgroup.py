@@ -423,8 +423,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists; signalling it is not ours to do
+        pass
     return True
 
 
