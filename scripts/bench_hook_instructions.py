@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,11 @@ PATHS = {
     # torch's kind of accessor makes a new stream object at each call
     "collective launch, stream=None through torch's kind of accessor": "fresh",
     "collective launch, stream=None through torch's kind, the default stream": "fresh_default",
-    # torch.distributed's kind of collective: a module function, the stream read on its tensor's
-    # device (the stream-heavy loop's collective)
-    "torch.distributed all_reduce, its tensor's stream read": "distributed",
+    # torch.distributed's kind of collective: a module function (the stream-heavy loop's
+    # collective); from the main engine thread, whose stream the one rule there spares (not
+    # read), and from a helper, whose stream is read on the tensor's device
+    "torch.distributed all_reduce, the main engine thread's": "distributed",
+    "torch.distributed all_reduce, a helper's, its stream read": "distributed_helper",
     "set_stream": "set_stream",
     "Stream() creation": "creation",
     # torch's current_stream() wraps the thread's stream: Stream(stream_id=..., ...), no record
@@ -75,6 +78,10 @@ PATHS = {
     "a handoff, an event on its stream, waited on by another": "event_wait",
     "a handoff, an event on its stream, waited on by another, Python's hooks": "event_wait_py",
 }
+#: The engine threads ``distributed_helper`` declared, and what ends them (for a caller that
+#: goes on after the count: the test, which takes the roles back).
+ENGINES: list[threading.Thread] = []
+ENGINE_STOP = threading.Event()
 #: The paths that declare accesses (a "_py" one keeps the auditor's declare in Python).
 DECLARING = ("handoff", "handoff_py", "handoff_torch", "launch_read", "launch_read_py")
 EVENTS = re.compile(r"^events:\s*(.+)$", re.MULTILINE)
@@ -259,11 +266,16 @@ def prepare(path: str, audited: bool) -> Any:
                                fixed_device=True)
         elif path == "set_stream":
             hook_set_stream(registry, gate, namespace, "bench")
-        elif path == "distributed":
+        elif path in ("distributed", "distributed_helper"):
             from streamcheck.wrappers.torch_distributed import wrap_tensor_function
 
             wrap_tensor_function(registry, gate, Distributed, "all_reduce",
                                  "bench.dist.all_reduce", CURRENT)
+            if path == "distributed_helper":  # another thread the engine: this one a helper
+                engine = threading.Thread(target=ENGINE_STOP.wait, daemon=True)
+                engine.start()
+                streamcheck.declare_thread_role(streamcheck.ENGINE, engine.ident)
+                ENGINES.append(engine)
         elif path in ("wait_stream", "stream_wait", "stream_wait_events"):
             reader = StreamReader(current_stream=CURRENT, current_device=int)
             hook_event_record(registry, gate, Event, reader)
@@ -315,7 +327,7 @@ def prepare(path: str, audited: bool) -> Any:
         return lambda: comm.all_reduce(None, None, stream=SIDE)
     if path in ("kept", "fresh", "fresh_default"):
         return lambda: comm.all_reduce(None, None)
-    if path == "distributed":
+    if path in ("distributed", "distributed_helper"):
         return lambda: Distributed.all_reduce(KV)
     if path == "set_stream":
         set_stream = namespace.set_stream

@@ -1406,10 +1406,11 @@ static PyTypeObject StreamCheckType = {
  *     stream on its current device (`current(reader())`), read after the record as the
  *     Python hook reads it; without `current`, a record on the current stream goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
- *     (`get_device()` >= 0) and the thread's current stream there (`reader(device)`, a
- *     (stream id, device, type) tuple; read natively once that was proven:
- *     streamcheck/_native_streams.c) is not a default stream (id 0), or is one and the
- *     calling thread is the main engine thread (`auditor.main_engine`); the launch is counted;
+ *     (`get_device()` >= 0) and the calling thread is the main engine thread
+ *     (`auditor.main_engine`: its current stream is not read), or the thread's current
+ *     stream there (`reader(device)`, a (stream id, device, type) tuple; read natively once
+ *     that was proven: streamcheck/_native_streams.c) is not a default stream (id 0); the
+ *     launch is counted;
  *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
  *     stream is given and its clock already holds every entry of the event's snapshot (the
  *     common wait: it adds nothing); any other wait goes to `slow`, which merges;
@@ -1913,6 +1914,11 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
 {
     if (nargs < 1 || self->counter == Py_None)
         return 0;
+    /* the main engine thread: the one rule here (a default stream) spares it, so its
+     * current stream is not read; only the device is, to count a CUDA call alone */
+    int engine = main_engine_calls(self->gate, auditor);
+    if (engine < 0)
+        goto error;
     PyObject *device = PyObject_CallMethodNoArgs(args[0], s_get_device);
     if (device == NULL)
         goto error;
@@ -1921,19 +1927,16 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
         Py_DECREF(device);
         goto error; /* no exception for a CPU tensor (-1): nothing to drop */
     }
+    if (engine) {
+        Py_DECREF(device);
+        return 1;
+    }
     long long current[3]; /* (stream id, device, type) */
     int usual = read_current_stream(self->reader, device, current);
     Py_DECREF(device);
     if (usual < 0)
         goto error;
-    int plain = usual == 1 && current[0] != 0;
-    if (usual == 1 && current[0] == 0) {
-        /* a default stream: fine for the main engine thread (engines run there) */
-        plain = main_engine_calls(self->gate, auditor);
-        if (plain < 0)
-            goto error;
-    }
-    return plain;
+    return usual == 1 && current[0] != 0;
 error:
     return drop_ordinary_error();
 }
@@ -2180,6 +2183,43 @@ static PyObject *guarded_vectorcall(PyObject *op, PyObject *const *args, size_t 
     return record_after(self, args, nargs, result);
 }
 
+/* hook.passes(tensor), TENSOR_CALL only: the plain test alone, for a generated Python wrapper
+ * that calls the original itself (streamcheck/wrappers/torch_distributed.py). True: no
+ * auditor (uncounted), or the test passed (counted); False: the Python hook's to decide (an
+ * error reading the tensor or the stream included, as in the call above). A builtin method
+ * the interpreter calls by its specialized path, where the hook called as the function
+ * entered the interpreter again from C for the original: code an engine's other work leaves
+ * cold (scripts/bench_hook_instructions.py). The gate is read in place, no reference
+ * taken, as StreamCheck reads it. */
+static PyObject *guarded_passes(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    GuardedCall *self = (GuardedCall *)op;
+    if (self->kind != TENSOR_CALL || nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "passes(tensor) is a TENSOR_CALL hook's alone");
+        return NULL;
+    }
+    int holds = gate_holds(self->gate, self->owner);
+    if (holds < 0)
+        return NULL;
+    if (holds == 0)
+        Py_RETURN_TRUE;
+    /* the installing auditor, held by the hook for its life: no reference taken here */
+    int plain = holds == 1 ? tensor_call_is_plain(self, self->owner, args, 1) : 0;
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        Py_RETURN_FALSE;
+    if (launch_counter_advance(self->counter) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef guarded_methods[] = {
+    {"passes", (PyCFunction)(void (*)(void))guarded_passes, METH_FASTCALL,
+     "passes(tensor) -> bool: a TENSOR_CALL hook's plain test, counted where it passed."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyObject *guarded_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *gate, *owner, *counter, *original, *slow, *reader, *bound, *after;
@@ -2239,6 +2279,7 @@ static PyTypeObject GuardedCallType = {
     .tp_clear = guarded_clear,
     .tp_dealloc = guarded_dealloc,
     .tp_getset = dict_getset,
+    .tp_methods = guarded_methods,
 };
 
 /* ---- CreationHook -------------------------------------------------------------------- */

@@ -19,13 +19,13 @@ import functools
 import inspect
 import sys
 import threading
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.generated import defaults_namespace, globals_for, signature_source
 from streamcheck.wrappers.registry import PatchRegistry
 
 CurrentStreamTuple = tuple[int, int, int]
@@ -104,7 +104,7 @@ def wrap_stream_method(registry: PatchRegistry, gate: Gate, cls: type, method: s
     if resolve is None and current_device is None:
         raise ValueError("resolve=None (the thread's current stream) needs current_device")
     original = getattr(cls, method)
-    params, call, has_stream = _signature_source(original)
+    params, call, has_stream = signature_source(original)
     if params is None:
         raise ValueError(f"cannot read the signature of {cls.__name__}.{method}")
     current = ("_current_of_device(target)" if current_of_device is not None
@@ -190,7 +190,7 @@ def make(original):
         "_warn": warn_cannot_audit, "_op": op, "_target": target, "_index_of": device_index,
         "_owner": owner, "_counter": counter,
         "_accessor": accessor, "_get_ident": threading.get_ident, "_functools": functools,
-        **(names or {}), **_defaults_namespace(original),
+        **(names or {}), **defaults_namespace(original),
     }
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
     make = namespace["make"]
@@ -286,31 +286,6 @@ def make(original, slow):
     return make
 
 
-def globals_for(code: types.CodeType, namespace: dict[str, Any],
-                first: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The globals a generated wrapper needs: only the names its code (and the code nested in
-    it) reads from ``namespace``, ``first`` first. A launch reads its globals through their
-    dict's entries, and after an engine's other work those entries are out of the CPU's
-    caches: in a small dict, with the launch's own names inserted first, they share one or
-    two cache lines, where the full namespace (dozens of names, defaults among them) spread
-    them over several."""
-    wanted: set[str] = set()
-    pending = [code]
-    while pending:
-        current = pending.pop()
-        wanted.update(current.co_names)
-        pending.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    order = [n for n in first if n in wanted] + sorted(wanted.difference(first))
-    return {n: namespace[n] for n in order if n in namespace}
-
-
-def checked_by_compiled_code(wrapper: Any) -> bool:
-    """Whether ``wrapper`` (a patched method) is the one that asks ``_speedups.StreamCheck``:
-    for tests and benchmarks that must know which wrapper they exercise."""
-    checks = getattr(getattr(wrapper, "__globals__", {}).get("_check_resolved"), "__self__", None)
-    return type(checks).__name__ == "StreamCheck"
-
-
 def device_index(device: Any) -> int:
     """A device as its index: an int stays, ``torch.device("cuda", 1)`` gives 1."""
     if isinstance(device, int):
@@ -319,44 +294,6 @@ def device_index(device: Any) -> int:
     if index is None:
         raise TypeError(f"cannot tell the device index of {device!r}")
     return int(index)
-
-
-def _defaults_namespace(fn: Any) -> dict[str, Any]:
-    sig = inspect.signature(fn)
-    return {f"_default_{name}": p.default for name, p in sig.parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
-def _signature_source(fn: Any) -> tuple[str | None, str, bool]:
-    """(parameter list, call arguments, has a ``stream`` parameter) reproducing ``fn``'s
-    signature, or (None, "", False) when it cannot be read."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None, "", False
-    params: list[str] = []
-    call: list[str] = []
-    star_done = False
-    kinds = inspect.Parameter
-    for name, p in sig.parameters.items():
-        default = f"=_default_{name}" if p.default is not kinds.empty else ""
-        if p.kind is kinds.POSITIONAL_ONLY or p.kind is kinds.POSITIONAL_OR_KEYWORD:
-            params.append(f"{name}{default}")
-            call.append(name)
-        elif p.kind is kinds.VAR_POSITIONAL:
-            params.append(f"*{name}")
-            call.append(f"*{name}")
-            star_done = True
-        elif p.kind is kinds.KEYWORD_ONLY:
-            if not star_done:
-                params.append("*")
-                star_done = True
-            params.append(f"{name}{default}")
-            call.append(f"{name}={name}")
-        elif p.kind is kinds.VAR_KEYWORD:
-            params.append(f"**{name}")
-            call.append(f"**{name}")
-    return ", ".join(params), ", ".join(call), "stream" in sig.parameters
 
 
 def site_counter(gate: Gate, op: str, target: str) -> tuple[Any, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
+from streamcheck.wrappers.generated import defaults_namespace, globals_for, signature_source
 from streamcheck.wrappers.launches import site_counter
 from streamcheck.wrappers.registry import PatchRegistry
 
@@ -50,17 +51,18 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
                 tensor = _first_tensor(args, kwargs)
                 device = tensor.get_device() if tensor is not None else -1
                 if device >= 0:
-                    sid, sdev, _ = reader(device)
                     next(counter if auditor is owner_auditor
                          else auditor.coverage.counter(op, target))
                     # The thread's own current stream on the tensor's device: only the
                     # default-stream rule can object, and it spares engine threads (the
-                    # main engine thread, the common caller, told by one attribute read).
+                    # main engine thread, the common caller, told by one attribute read
+                    # before the stream is read).
                     ident = get_ident()
-                    if (sid == 0 and ident != auditor.main_engine
-                            and not auditor.is_engine_thread(ident)):
-                        auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
-                                      counted=True)
+                    if ident != auditor.main_engine:
+                        sid, sdev, _ = reader(device)
+                        if sid == 0 and not auditor.is_engine_thread(ident):
+                            auditor.admit(op, sdev, sid, None, sdev, sid, device, False,
+                                          counted=True)
             return original(*args, **kwargs)
 
         compiled = speedups.active()
@@ -72,7 +74,45 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
         # is counted and let through; every other, ``audited``.
         hook = compiled.GuardedCall(compiled.TENSOR_CALL, gate, owner_auditor, counter, original,
                                     audited, reader, None, None)
+        checked = checked_wrapper(original, hook.passes, audited)
+        if checked is not None:
+            return checked
         functools.update_wrapper(hook, original)
         return hook
 
     return registry.patch(module, name, make)
+
+
+def checked_wrapper(original: Any, passes: Callable[[Any], bool],
+                    slow: Callable[..., Any]) -> Callable[..., Any] | None:
+    """``original`` behind a generated wrapper with its own signature that asks ``passes``
+    (the compiled hook's plain test) about its first parameter, then calls ``original`` itself
+    or hands the call to ``slow``; None where the signature cannot be read or starts with no
+    positional parameter (the hook itself is installed then).
+
+    Python calls Python here, as the caller calls ``original`` unaudited: the interpreter
+    pushes a frame. The hook called as the function entered the interpreter again from C to
+    run ``original``, code that an engine's other work leaves cold
+    (scripts/bench_hook_instructions.py, its ``distributed`` path). The tensor is found by
+    name too, so ``all_reduce(tensor=t)`` takes the plain test."""
+    params, call, _ = signature_source(original)
+    if params is None:
+        return None
+    first = params.split(",", 1)[0].split("=", 1)[0].strip()
+    if not first or first.startswith("*") or first == "/":
+        return None
+    source = f"""
+def make(original, slow):
+    def audited({params}):
+        if _check_tensor({first}):
+            return original({call})
+        return slow({call})
+    return _functools.wraps(original)(audited)
+"""
+    namespace = {"_check_tensor": passes, "_functools": functools,
+                 **defaults_namespace(original)}
+    name = getattr(original, "__qualname__", "a collective")
+    code = compile(source, f"<streamcheck checked wrapper of {name}>", "exec")
+    shell = globals_for(code, namespace, first=("_check_tensor",))
+    exec(code, shell)
+    return shell["make"](original, slow)

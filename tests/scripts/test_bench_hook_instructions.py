@@ -13,11 +13,13 @@ from streamcheck import installer
 from streamcheck.core.clocks import SNAPSHOT_ATTR
 from streamcheck.runtime import cuda
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.launches import checked_by_compiled_code
+from streamcheck.wrappers.generated import checked_by_compiled_code
+from streamcheck.wrappers.state import ROLES
 from tests.scripts.script_modules import SCRIPTS, load_script
 
 bench = load_script("bench_hook_instructions")
-LAUNCHES = ("explicit", "kept", "fresh", "fresh_default")  # a generated wrapper, a C check
+# a generated wrapper, a C check
+GENERATED = ("explicit", "kept", "fresh", "fresh_default", "distributed", "distributed_helper")
 
 
 @pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
@@ -32,7 +34,7 @@ def test_each_path_calls_through_the_compiled_hook_when_audited(path, monkeypatc
             call()
             call()
             hooked = _hooked(path, call)
-            compiled = (checked_by_compiled_code(hooked) if path in LAUNCHES
+            compiled = (checked_by_compiled_code(hooked) if path in GENERATED
                         else type(hooked).__module__ == "streamcheck._speedups")
             # the "_py" paths count the compiled hooks with the auditor's declare (or the
             # host-wait hook) in Python
@@ -46,6 +48,12 @@ def test_each_path_calls_through_the_compiled_hook_when_audited(path, monkeypatc
         installer.uninstall()
         speedups.use("auto")
         cuda.use_reader(None)  # the handoff paths read streams through the script's reader
+        bench.ENGINE_STOP.set()  # distributed_helper's engine thread, and its role
+        for engine in bench.ENGINES:
+            engine.join()
+            ROLES.forget(engine.ident)
+        bench.ENGINES.clear()
+        bench.ENGINE_STOP.clear()
 
 
 def _hooked(path, call):
@@ -54,7 +62,7 @@ def _hooked(path, call):
         return bench.Communicator.__dict__["all_reduce"]
     if path in ("fresh", "fresh_default"):
         return bench.FreshCommunicator.__dict__["all_reduce"]
-    if path == "distributed":
+    if path in ("distributed", "distributed_helper"):
         return bench.Distributed.all_reduce
     if path == "set_stream":
         return call.__closure__[0].cell_contents

@@ -17,7 +17,8 @@ import streamcheck
 from streamcheck import installer
 from streamcheck.core.ids import StreamRef
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.launches import checked_by_compiled_code, wrap_stream_method
+from streamcheck.wrappers.generated import checked_by_compiled_code
+from streamcheck.wrappers.launches import wrap_stream_method
 from tests.core.fakes import in_thread, made_current
 
 
@@ -359,7 +360,7 @@ def test_skipped_paused_and_unresolvable_launches_go_ahead_uncounted(core):
 def test_a_checked_wrappers_globals_hold_the_names_it_reads_its_own_first():
     """``globals_for``: the names the code and the code nested in it read, from the namespace
     only (a builtin stays the interpreter's), ``first`` leading in the order given."""
-    from streamcheck.wrappers.launches import globals_for
+    from streamcheck.wrappers.generated import globals_for
 
     code = compile("def make(original):\n"
                    "    def audited(x=_default_x):\n"

@@ -14,7 +14,8 @@ from streamcheck import installer
 from streamcheck.core import coverage
 from streamcheck.core.coverage import Coverage, read_count
 from streamcheck.wrappers import speedups
-from streamcheck.wrappers.launches import checked_by_compiled_code, wrap_stream_method
+from streamcheck.wrappers.generated import checked_by_compiled_code
+from streamcheck.wrappers.launches import wrap_stream_method
 
 needs_build = pytest.mark.skipif(not speedups.built(),
                                  reason="streamcheck._speedups is not built here")

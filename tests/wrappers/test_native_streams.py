@@ -257,9 +257,10 @@ def test_a_torch_that_refuses_the_made_up_stream_leaves_the_read_as_it_was(stand
 
 
 def test_a_collective_is_checked_on_the_native_read(stand_in):
-    """The torch.distributed hook (compiled) reads the current stream natively once proven:
-    counted as before, and a helper thread on the default stream while the engine computes
-    on its own stream is still found (by the Python hook, which asks torch's reader)."""
+    """The torch.distributed hook (compiled) reads a helper thread's current stream natively
+    once proven (the main engine thread's is not read: the one rule here spares it): counted
+    as before, and a helper thread on the default stream while the engine computes on its own
+    stream is still found (by the Python hook, which asks torch's reader)."""
     out = run_torch_like(stand_in, """
         import threading
         from types import SimpleNamespace
@@ -278,20 +279,31 @@ def test_a_collective_is_checked_on_the_native_read(stand_in):
         module = SimpleNamespace(all_reduce=lambda tensor: "done")
         wrap_tensor_function(installer._registry, installer._gate, module, "all_reduce",
                              "dist.all_reduce", torch_tuple, "torch.distributed")
-        print(type(module.all_reduce).__name__, module.all_reduce(Tensor()))
-        torch_reads.clear()
-        set_id(5); module.all_reduce(Tensor())
-        set_id(0)
+        from streamcheck.wrappers.generated import checked_by_compiled_code
+        print(checked_by_compiled_code(module.all_reduce), module.all_reduce(Tensor()))
         done = []
-        helper = threading.Thread(target=lambda: done.append(module.all_reduce(Tensor())))
-        helper.start(); helper.join()
+
+        def helper():
+            thread = threading.Thread(target=lambda: done.append(module.all_reduce(Tensor())))
+            thread.start(); thread.join()
+
+        set_id(5)
+        helper()  # the first read: the native one proven against torch's
+        torch_reads.clear()
+        module.all_reduce(Tensor())  # the main engine thread: nothing read
+        helper()  # on stream 5: read natively, fine
+        print(torch_reads, done)
+        set_id(0)
+        helper()  # on the default stream: to the Python hook
         print(torch_reads, done, [f.rule_id for f in aud.findings()],
               aud.coverage.launches_by_op()["dist.all_reduce"])
         installer.uninstall()
     """)
     assert out.splitlines() == [
-        "GuardedCall done",
-        "['tuple'] ['done'] ['default-stream-in-worker'] 3"]  # the tuple: the helper's
+        "True done",
+        "[] ['done', 'done']",
+        # the tuple: the helper's on the default stream, read by the Python hook
+        "['tuple'] ['done', 'done', 'done'] ['default-stream-in-worker'] 5"]
 
 
 def test_a_handoff_reads_its_stream_natively(stand_in):

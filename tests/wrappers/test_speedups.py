@@ -39,7 +39,8 @@ from streamcheck.wrappers.events import (
     hook_host_waits,
     hook_wait_stream,
 )
-from streamcheck.wrappers.launches import checked_by_compiled_code, wrap_stream_method
+from streamcheck.wrappers.generated import checked_by_compiled_code
+from streamcheck.wrappers.launches import wrap_stream_method
 from streamcheck.wrappers.state import ROLES
 from streamcheck.wrappers.streams import DeviceHome, hook_stream_creation, made_current_hook
 from streamcheck.wrappers.torch_distributed import wrap_tensor_function
@@ -745,22 +746,27 @@ class FakeTensor:
 def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(core,
                                                                              monkeypatch):
     """Counted once per call on a CUDA tensor (not on a CPU one); the current stream's id
-    decides: a helper on the default stream while the engine computes elsewhere is found."""
+    decides: a helper on the default stream while the engine computes elsewhere is found. The
+    main engine thread's current stream is not read: the one rule here spares it."""
     aud = installer.install("record")
     made_current(aud.book, StreamRef(0, 9))  # the main (engine) thread computes on a side stream
     module = SimpleNamespace(all_reduce=lambda tensor, op=None, group=None: "done")
+    reads: list = []
+    read = fake_reader().current_stream
     wrap_tensor_function(installer._registry, installer._gate, module, "all_reduce",
-                         "dist.all_reduce", fake_reader().current_stream, "torch.distributed")
-    assert (type(module.all_reduce).__name__ == "GuardedCall") == (core == "compiled")
+                         "dist.all_reduce", lambda device: reads.append(device) or read(device),
+                         "torch.distributed")
+    assert checked_by_compiled_code(module.all_reduce) == (core == "compiled")
     monkeypatch.setitem(READER_STATE, "sid", 7)
     assert module.all_reduce(FakeTensor(0)) == "done"
     assert module.all_reduce(tensor=FakeTensor(0)) == "done"  # found among the keywords
     assert module.all_reduce(FakeTensor(-1)) == "done"  # a CPU tensor: not counted
-    assert aud.findings() == []
+    assert aud.findings() == [] and reads == []
     monkeypatch.setitem(READER_STATE, "sid", 0)
     assert in_thread(lambda: module.all_reduce(FakeTensor(0)))[0] == "done"
     assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
     assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
+    assert len(reads) == (2 if core == "compiled" else 1)  # the helper's: by each hook it met
     # the main engine thread on a default stream: its own, fine (engines run there), counted,
     # told without asking the thread roles
     asked = []
@@ -769,6 +775,7 @@ def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(
                         or is_engine(ident))
     assert aud.main_engine is not None and module.all_reduce(FakeTensor(0)) == "done"
     assert [e.count for e in aud.entries()] == [1] and asked == []
+    assert len(reads) == (2 if core == "compiled" else 1)  # the main thread's: none
     assert aud.coverage.launches_by_op()["dist.all_reduce"] == 4
     # once another thread is declared the engine, the main thread is a helper there
     stop = threading.Event()
@@ -785,6 +792,69 @@ def test_a_torch_distributed_call_is_counted_and_decided_the_same_by_both_hooks(
         engine.join()
         ROLES.forget(engine.ident)  # the role table is the process's: leave it as it was
     assert aud.main_engine is not None
+
+
+@needs_build
+def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signature(
+        monkeypatch):
+    """The compiled core puts a generated wrapper with the function's own signature in front
+    of it, which asks the hook's plain test (in C) and calls the function itself: a plain call
+    never reaches the Python hook, the tensor found by name too, the defaults the function's
+    own; every other call does; a function whose first parameter is ``*args`` keeps the hook
+    itself."""
+    from streamcheck.wrappers import torch_distributed
+
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    aud = installer.install("record")
+    made_current(aud.book, StreamRef(0, 9))  # the main (engine) thread on a side stream
+    monkeypatch.setitem(READER_STATE, "sid", 7)
+    calls: list = []
+
+    def all_reduce(tensor, op="sum", group=None, *, async_op=False):
+        calls.append((tensor, op, group, async_op))
+        return "done"
+
+    def batch(*ops):
+        return "batched"
+
+    module = SimpleNamespace(all_reduce=all_reduce, batch=batch)
+    for name in ("all_reduce", "batch"):
+        wrap_tensor_function(installer._registry, installer._gate, module, name,
+                             f"dist.{name}", fake_reader().current_stream, "torch.distributed")
+    wrapped = module.all_reduce
+    assert checked_by_compiled_code(wrapped) and wrapped.__wrapped__ is all_reduce
+    assert inspect.signature(wrapped) == inspect.signature(all_reduce)
+    assert type(module.batch).__name__ == "GuardedCall"
+    looked: list = []
+    first_tensor = torch_distributed._first_tensor
+    monkeypatch.setattr(torch_distributed, "_first_tensor",
+                        lambda *a: looked.append(a) or first_tensor(*a))
+    t0 = FakeTensor(0)
+    assert wrapped(t0) == "done" and calls[-1] == (t0, "sum", None, False)
+    assert wrapped(op="max", tensor=t0, async_op=True) == "done"
+    assert calls[-1] == (t0, "max", None, True)
+    assert looked == [] and aud.coverage.launches_by_op()["dist.all_reduce"] == 2
+    assert wrapped(FakeTensor(-1)) == "done" and len(looked) == 1  # a CPU tensor: Python's
+    assert aud.coverage.launches_by_op()["dist.all_reduce"] == 2  # and not counted
+    monkeypatch.setitem(READER_STATE, "sid", 0)  # a helper on the default stream: found
+    assert in_thread(lambda: wrapped(t0))[0] == "done" and len(looked) == 2
+    assert [f.rule_id for f in aud.findings()] == ["default-stream-in-worker"]
+    assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
+    check = wrapped.__globals__["_check_tensor"]
+    with pytest.raises(TypeError):
+        check(t0, t0)
+    compiled = speedups.active()
+    record = compiled.GuardedCall(compiled.EVENT_RECORD, installer._gate, None, None, print,
+                                  print, print, "bound", print)
+    with pytest.raises(TypeError, match="TENSOR_CALL"):
+        record.passes(t0)  # an event's hook has no such test
+    installer._gate.auditor = None  # paused: the call goes ahead, uncounted, in C's test
+    try:
+        assert wrapped(t0) == "done" and check(t0) is True and len(looked) == 2
+    finally:
+        installer._gate.auditor = aud
+    assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
+    assert len(calls) == 5
 
 
 class CountingResolver:
