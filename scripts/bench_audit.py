@@ -27,7 +27,8 @@ met only if the whole interval is within the target.
 Every measurement runs with the compiled hooks (where built) and again with the Python ones;
 ``--core compiled`` (or ``python``) times one core only, so the same device time holds twice
 the rounds and the intervals narrow; ``--parts`` picks the measurements (``hooks`` 4,
-``launches`` 1, ``real`` 2), so that rounds go where a verdict is still open: the real
+``launches`` 1, ``real`` 2, ``distributed`` the ``torch.distributed`` all-reduce of 2 alone),
+so that rounds go where a verdict is still open: the real
 operations' rounds are cheap (about a second per 10 rounds) where the hooks' and the no-op
 launches' take most of a full run.
 Needs a CUDA GPU. ``scripts/bench_stream_loop.py`` measures a whole stream-heavy TP loop.
@@ -53,8 +54,8 @@ from streamcheck import installer
 from streamcheck.wrappers.sites import LaunchSite
 
 #: What ``--parts`` can pick: the stream hooks (4), the no-op launches (1), the real
-#: operations (2).
-PARTS = ("hooks", "launches", "real")
+#: operations (2; ``real`` takes in ``distributed``, the ``torch.distributed`` all-reduce alone).
+PARTS = ("hooks", "launches", "real", "distributed")
 
 
 class NoOpComm:
@@ -299,6 +300,8 @@ def measure(args: argparse.Namespace, x: Any, out: Any, s: Any) -> dict[str, Any
         results.update(noop_launches(args, x, out, s, side))
     if "real" in args.parts:
         results.update(real_operations(args, x, out, side))
+    if "real" in args.parts or "distributed" in args.parts:
+        results.update(torch_distributed_ratio(args, x))
     return results
 
 
@@ -364,7 +367,6 @@ def real_operations(args: argparse.Namespace, x: Any, out: Any, side: Any) -> di
     plain = NoOpComm.all_reduce  # unwrapped: the install of section 1 was undone
     results.update(beside_all_reduce(args, comm, CachedNoOpComm(0, side), side, plain, x, out))
     comm.close()
-    results.update(torch_distributed_ratio(args, x))
     return results
 
 

@@ -1405,8 +1405,8 @@ static PyTypeObject StreamCheckType = {
  *     clock) on the event here: the given stream's, or for stream=None the thread's current
  *     stream on its current device (`current(reader())`), read after the record as the
  *     Python hook reads it; without `current`, a record on the current stream goes to `slow`;
- *   TENSOR_CALL, a torch.distributed function: plain when its first argument has a device
- *     (`get_device()` >= 0) and the calling thread is the main engine thread
+ *   TENSOR_CALL, a torch.distributed function: plain when its first argument (or a list's
+ *     head, or that head's `tensor`: device_of_first) has a device (`get_device()` >= 0) and the calling thread is the main engine thread
  *     (`auditor.main_engine`: its current stream is not read), or the thread's current
  *     stream there (`reader(device)`, a (stream id, device, type) tuple; read natively once
  *     that was proven: streamcheck/_native_streams.c) is not a default stream (id 0); the
@@ -1473,7 +1473,7 @@ typedef struct {
     vectorcallfunc vectorcall;
 } GuardedCall;
 
-static PyObject *s_ordering, *s_get_device, *s_lock, *s_done;
+static PyObject *s_ordering, *s_get_device, *s_lock, *s_done, *s_tensor;
 
 /* The auditor's table of stream clocks (`auditor.clocks._clocks`) once its clocks are live
  * (`auditor.ordering`), Py_None before: a new reference, or NULL + error. An auditor's clocks
@@ -1909,6 +1909,34 @@ static int event_wait_is_plain(GuardedCall *self, PyObject *auditor, PyObject *c
     return plain < 0 ? drop_ordinary_error() : plain;
 }
 
+/* The device (`get_device()`) of a torch.distributed call's first argument, found as the
+ * Python hook's `_first_tensor` finds it there: the argument itself, or for a list or tuple
+ * its head, or the head's `tensor` (a P2POp: batch_isend_irecv). all_gather and all_to_all
+ * take a list first, batch_isend_irecv a list of P2POps: each call asked a list for
+ * `get_device`, made an AttributeError and went to the Python hook. None (barrier's group)
+ * and an empty list give NULL with no error. A new reference, or NULL (+ error, maybe). */
+static PyObject *device_of_first(PyObject *arg)
+{
+    if (arg == Py_None)
+        return NULL;
+    if (!PyList_Check(arg) && !PyTuple_Check(arg))
+        return PyObject_CallMethodNoArgs(arg, s_get_device);
+    if (PySequence_Fast_GET_SIZE(arg) == 0)
+        return NULL;
+    PyObject *head = Py_NewRef(PySequence_Fast_GET_ITEM(arg, 0)); /* kept through the call */
+    PyObject *device = PyObject_CallMethodNoArgs(head, s_get_device);
+    if (device == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        PyObject *tensor = PyObject_GetAttr(head, s_tensor);
+        if (tensor != NULL) {
+            device = PyObject_CallMethodNoArgs(tensor, s_get_device);
+            Py_DECREF(tensor);
+        }
+    }
+    Py_DECREF(head);
+    return device;
+}
+
 static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *const *args,
                                 Py_ssize_t nargs)
 {
@@ -1919,7 +1947,7 @@ static int tensor_call_is_plain(GuardedCall *self, PyObject *auditor, PyObject *
     int engine = main_engine_calls(self->gate, auditor);
     if (engine < 0)
         goto error;
-    PyObject *device = PyObject_CallMethodNoArgs(args[0], s_get_device);
+    PyObject *device = device_of_first(args[0]);
     if (device == NULL)
         goto error;
     long index = PyLong_Check(device) ? PyLong_AsLong(device) : -1;
@@ -2650,7 +2678,7 @@ static int intern_all(void)
                  {&s_created_table, "_created"}, {&s_record_switch, "record_switch"},
                  {&s_device, "device"}, {&s_thread_name, "_name"},
                  {&s_created_kind, "created"}, {&s_lock, "_lock"},
-                 {&s_done, "_done"}};
+                 {&s_done, "_done"}, {&s_tensor, "tensor"}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].text);
         if (*names[i].slot == NULL)

@@ -857,6 +857,43 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
     assert len(calls) == 5
 
 
+@needs_build
+def test_a_compiled_torch_distributed_test_finds_the_tensor_in_a_list_first(monkeypatch):
+    """all_gather and all_to_all take a list of tensors first, batch_isend_irecv a list of
+    P2POps (their ``tensor``): the compiled test finds the device there, as the Python hook's
+    ``_first_tensor`` does, and lets the call through; an empty list, None (barrier's group)
+    and a list of other things go to the Python hook, which counts only a CUDA tensor's."""
+    from streamcheck.wrappers import torch_distributed
+
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    aud = installer.install("record")
+    made_current(aud.book, StreamRef(0, 9))
+    module = SimpleNamespace(all_gather=lambda tensor_list, tensor, group=None: "gathered",
+                             batch_isend_irecv=lambda p2p_op_list: "sent",
+                             barrier=lambda group=None: "waited")
+    for name in ("all_gather", "batch_isend_irecv", "barrier"):
+        wrap_tensor_function(installer._registry, installer._gate, module, name,
+                             f"dist.{name}", fake_reader().current_stream, "torch.distributed")
+        assert checked_by_compiled_code(getattr(module, name))
+    looked: list = []
+    first_tensor = torch_distributed._first_tensor
+    monkeypatch.setattr(torch_distributed, "_first_tensor",
+                        lambda *a: looked.append(a) or first_tensor(*a))
+    t0 = FakeTensor(0)
+    op = SimpleNamespace(tensor=t0)  # a P2POp's shape
+    assert module.all_gather([t0, t0], t0) == "gathered"
+    assert module.all_gather((t0,), tensor=t0) == "gathered"
+    assert module.batch_isend_irecv([op, op]) == "sent"
+    assert looked == []
+    assert module.all_gather([], t0) == "gathered"  # found by the Python hook: the tensor
+    assert module.batch_isend_irecv([object()]) == "sent"  # nothing to count
+    assert module.barrier() == "waited"
+    assert len(looked) == 3 and aud.findings() == []
+    counted = aud.coverage.launches_by_op()
+    assert (counted["dist.all_gather"], counted["dist.batch_isend_irecv"]) == (3, 1)
+    assert counted.get("dist.barrier", 0) == 0  # listed at its install, never counted
+
+
 class CountingResolver:
     """A communicator whose stream=None accessor counts its calls (torch.cuda.current_stream
     costs microseconds: a wrapper must not ask twice)."""
