@@ -72,11 +72,35 @@ def target_verdict(intervals: list[Interval], target: float) -> str:
 
 
 def in_turn(arms: list[T], index: int) -> list[T]:
-    """The arms in round ``index``'s order: each round starts one arm later (unaudited first,
-    then the first audited one, ...), so each arm takes each place in a round equally often
-    and whatever a run's place does to it (the host speeding up or slowing down within the
-    round, a round's first run after the last one's) falls on every arm alike; with the
-    unaudited run always first, it fell on the audited ones. The order stays cyclic: which arm
-    runs just before which is not balanced (a Latin square of every order would be)."""
-    shift = index % len(arms)
-    return arms[shift:] + arms[:shift]
+    """The arms in round ``index``'s order, from a Williams design: over ``len(arms)`` rounds
+    (twice that for an odd count) each arm takes each place in a round equally often, and
+    each arm runs right after each other arm equally often. Places alone were not enough:
+    with the order only turned (each round starting one arm later), the arm after a given one
+    was always the same, and on an H200 a copy of the unaudited arm, fourth of four, measured
+    1.0265 (1.0042-1.0506) times the unaudited one, where the audited arm measured 1.0214
+    (``torch.distributed`` all-reduce, 150 rounds: docs/measurements.md, twenty-ninth
+    session). Two arms take turns first, as before."""
+    order = williams_orders(len(arms))
+    return [arms[i] for i in order[index % len(order)]]
+
+
+def williams_orders(count: int) -> list[list[int]]:
+    """The rounds' orders of ``count`` arms, each a list of their indices: a Williams design
+    (the first order 0, 1, n-1, 2, n-2, ..., each next one every index plus one, and for an
+    odd ``count`` each of those reversed too), its indices renamed so that the first order is
+    0, 1, ..., n-1."""
+    first = [0] if count else []
+    low, high = 1, count - 1
+    for place in range(1, count):
+        if place % 2:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % count for i in first] for shift in range(count)]
+    if count % 2 and count > 1:
+        orders += [order[::-1] for order in orders]
+    # renamed so that the first round runs the arms as given (a renaming keeps the balance)
+    name = {index: place for place, index in enumerate(first)}
+    return [[name[index] for index in order] for order in orders]
