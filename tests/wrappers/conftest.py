@@ -1,5 +1,5 @@
 """The ``audit`` fixture of the compiled connector parts' tests (tests/wrappers/
-compiled_parts.py)."""
+compiled_parts.py), and ``each_core`` of the tests on torch's own objects."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import streamcheck
 from streamcheck import installer
 from streamcheck.wrappers import speedups
 from tests.wrappers.compiled_parts import CORES, MAIN_ID
@@ -32,3 +33,15 @@ def audit(request, monkeypatch):
     finally:
         installer.uninstall()
         speedups.use("auto")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def each_core(request, monkeypatch):
+    """The ``core`` setting for a test that installs the audit itself (skipped, and saying so,
+    for the compiled hooks where they are not built); the audit uninstalled after it."""
+    if request.param == "compiled" and not speedups.built():
+        pytest.skip("the compiled hooks are not built here (scripts/build_speedups.sh)")
+    monkeypatch.setenv("STREAMCHECK_CORE", request.param)
+    yield request.param
+    streamcheck.uninstall()
+    speedups.use("auto")

@@ -23,21 +23,10 @@ import streamcheck
 from streamcheck.core.errors import StreamHazardError
 from streamcheck.runtime import cuda
 from streamcheck.runtime.reader import StreamReader
-from streamcheck.wrappers import speedups
 from streamcheck.wrappers.generated import checked_by_compiled_code
 
 pytestmark = pytest.mark.skipif(not dist.is_available(),
                                 reason="torch.distributed is not in this torch build")
-
-
-@pytest.fixture(params=["compiled", "python"])
-def core(request, monkeypatch):
-    if request.param == "compiled" and not speedups.built():
-        pytest.skip("the compiled hooks are not built here (scripts/build_speedups.sh)")
-    monkeypatch.setenv("STREAMCHECK_CORE", request.param)
-    yield request.param
-    streamcheck.uninstall()
-    speedups.use("auto")
 
 
 def one_rank_group(backend: str, **kwargs) -> None:
@@ -52,7 +41,7 @@ def all_reduce_count(auditor) -> int:
     return sum(n for op, n in auditor.coverage.launches_by_op().items() if "all_reduce" in op)
 
 
-def test_the_hooked_gloo_collectives_keep_torchs_signatures_and_results(core):
+def test_the_hooked_gloo_collectives_keep_torchs_signatures_and_results(each_core):
     if not torch.cuda.is_available():  # torch's CPU build: a reader of stand-in streams
         cuda.use_reader(StreamReader(current_stream=lambda device: (5, device, 1),
                                      current_device=lambda: 0))
@@ -62,7 +51,7 @@ def test_the_hooked_gloo_collectives_keep_torchs_signatures_and_results(core):
         auditor = streamcheck.install("assert")
         hooked = dist.all_reduce
         assert hooked is not original
-        assert checked_by_compiled_code(hooked) == (core == "compiled")
+        assert checked_by_compiled_code(hooked) == (each_core == "compiled")
         assert inspect.signature(hooked) == inspect.signature(original)
         x = torch.ones(4)
         assert hooked(x) is None and x.tolist() == [1.0] * 4
@@ -82,11 +71,11 @@ def test_the_hooked_gloo_collectives_keep_torchs_signatures_and_results(core):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
                     reason="needs a CUDA GPU and NCCL")
-def test_a_helper_on_the_default_stream_is_stopped_before_its_nccl_all_reduce(core):
+def test_a_helper_on_the_default_stream_is_stopped_before_its_nccl_all_reduce(each_core):
     one_rank_group("nccl", device_id=torch.device("cuda", 0))
     try:
         auditor = streamcheck.install("assert")
-        assert checked_by_compiled_code(dist.all_reduce) == (core == "compiled")
+        assert checked_by_compiled_code(dist.all_reduce) == (each_core == "compiled")
         side = torch.cuda.Stream()
         x = torch.ones(1024, device="cuda")
         with torch.cuda.stream(side):  # the engine thread computes on a side stream
