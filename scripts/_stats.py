@@ -79,7 +79,9 @@ def in_turn(arms: list[T], index: int) -> list[T]:
     was always the same, and on an H200 a copy of the unaudited arm, fourth of four, measured
     1.0265 (1.0042-1.0506) times the unaudited one, where the audited arm measured 1.0214
     (``torch.distributed`` all-reduce, 150 rounds: docs/measurements.md, twenty-ninth
-    session). Two arms take turns first, as before."""
+    session). Two arms take turns first, as before. The balance is exact over a whole number
+    of designs (``len(williams_orders(n))`` rounds: 2 for two arms, 6 for three, 4 for four)
+    and close over any other count."""
     order = williams_orders(len(arms))
     return [arms[i] for i in order[index % len(order)]]
 

@@ -513,7 +513,8 @@ def nccl_ratios(args: argparse.Namespace, comm: Any, x: Any, out: Any, suffix: s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=15)
+    # 18: three whole Williams designs of the real operations' three arms (_stats.in_turn)
+    parser.add_argument("--rounds", type=int, default=18)
     parser.add_argument("--profile-connector", type=int, default=0, metavar="CALLS",
                         help="also run a connector's declared read CALLS times under cProfile "
                              "and print where its time goes")

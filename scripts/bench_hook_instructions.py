@@ -33,6 +33,7 @@ Needs ``valgrind`` on PATH and the compiled hooks built (``scripts/build_speedup
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import json
 import operator
@@ -220,9 +221,24 @@ def _all_reduce(tensor: Any, op: Any = None, group: Any = None, async_op: bool =
     """``torch.distributed.all_reduce``'s shape (a no-op here)."""
 
 
-#: ``torch.distributed``'s shape: its collectives are a module's functions.
+def _exception_logger(func: Any) -> Any:
+    """torch's wrapper of most of its collectives (``distributed_c10d._exception_logger``):
+    ``(*args, **kwargs)``, the function behind it as ``__wrapped__``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            raise
+
+    return wrapper
+
+
+#: ``torch.distributed``'s shape: its collectives are a module's functions, behind torch's
+#: logging wrapper.
 Distributed = types.ModuleType("bench_distributed")
-Distributed.all_reduce = _all_reduce  # type: ignore[attr-defined]
+Distributed.all_reduce = _exception_logger(_all_reduce)  # type: ignore[attr-defined]
 
 
 def stand_in_torch() -> None:

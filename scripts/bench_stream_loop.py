@@ -20,7 +20,7 @@ access puts its event hooks in, once per process in an engine but once per round
 is shown, not spread over the round.
 The correct program must produce zero findings.
 
-    python scripts/bench_stream_loop.py [--iters 50] [--rounds 9] [--layers 16] [--ablate]
+    python scripts/bench_stream_loop.py [--iters 50] [--rounds 12] [--layers 16] [--ablate]
                                         [--arm-without Stream.wait_stream] [--gc-census N]
                                         [--core both|compiled|python]
 
@@ -528,7 +528,9 @@ TARGET = 1.03  # the loop's audited / unaudited time, at most
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=9)
+    # 12: two whole Williams designs of the three arms (unaudited, compiled, python), each
+    # arm right after each other as often (_stats.in_turn)
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--profile", action="store_true",
                    help="also run one audited round under cProfile on rank 0 and print it")

@@ -1919,13 +1919,17 @@ static PyObject *device_of_first(PyObject *arg)
 {
     if (arg == Py_None)
         return NULL;
-    if (!PyList_Check(arg) && !PyTuple_Check(arg))
+    /* exactly a list or tuple (a subclass is asked for get_device, as Python asks it first) */
+    if (!PyList_CheckExact(arg) && !PyTuple_CheckExact(arg))
         return PyObject_CallMethodNoArgs(arg, s_get_device);
     if (PySequence_Fast_GET_SIZE(arg) == 0)
         return NULL;
-    PyObject *head = Py_NewRef(PySequence_Fast_GET_ITEM(arg, 0)); /* kept through the call */
-    PyObject *device = PyObject_CallMethodNoArgs(head, s_get_device);
-    if (device == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+    PyObject *head = Py_NewRef(PySequence_Fast_GET_ITEM(arg, 0)); /* kept through the calls */
+    PyObject *method = PyObject_GetAttr(head, s_get_device), *device = NULL;
+    if (method != NULL) {
+        device = PyObject_CallNoArgs(method);
+        Py_DECREF(method);
+    } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) { /* no get_device: a P2POp? */
         PyErr_Clear();
         PyObject *tensor = PyObject_GetAttr(head, s_tensor);
         if (tensor != NULL) {

@@ -31,6 +31,8 @@ def globals_for(code: types.CodeType, namespace: dict[str, Any],
 
 
 def defaults_namespace(fn: Any) -> dict[str, Any]:
+    """``fn``'s defaults under the names ``signature_source`` gives them (``_default_<name>``),
+    for the generated code's globals."""
     sig = inspect.signature(fn)
     return {f"_default_{name}": p.default for name, p in sig.parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -38,7 +40,8 @@ def defaults_namespace(fn: Any) -> dict[str, Any]:
 
 def signature_source(fn: Any) -> tuple[str | None, str, bool]:
     """(parameter list, call arguments, has a ``stream`` parameter) reproducing ``fn``'s
-    signature, or (None, "", False) when it cannot be read."""
+    signature as ``inspect`` gives it (behind a ``functools.wraps`` wrapper's ``__wrapped__``),
+    or (None, "", False) when it cannot be read."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -47,11 +50,15 @@ def signature_source(fn: Any) -> tuple[str | None, str, bool]:
     call: list[str] = []
     star_done = False
     kinds = inspect.Parameter
+    positional_only = [p.kind for p in sig.parameters.values()].count(kinds.POSITIONAL_ONLY)
     for name, p in sig.parameters.items():
         default = f"=_default_{name}" if p.default is not kinds.empty else ""
         if p.kind is kinds.POSITIONAL_ONLY or p.kind is kinds.POSITIONAL_OR_KEYWORD:
             params.append(f"{name}{default}")
             call.append(name)
+            positional_only -= p.kind is kinds.POSITIONAL_ONLY
+            if p.kind is kinds.POSITIONAL_ONLY and not positional_only:
+                params.append("/")  # the last one: a keyword of its name goes to **kwargs
         elif p.kind is kinds.VAR_POSITIONAL:
             params.append(f"*{name}")
             call.append(f"*{name}")
@@ -66,6 +73,15 @@ def signature_source(fn: Any) -> tuple[str | None, str, bool]:
             params.append(f"**{name}")
             call.append(f"**{name}")
     return ", ".join(params), ", ".join(call), "stream" in sig.parameters
+
+
+def parameter_names(fn: Any) -> set[str]:
+    """The names ``fn``'s parameters bind in a generated function of its signature (empty
+    where the signature cannot be read): a generated body must not use them for its own."""
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def checked_by_compiled_code(wrapper: Any) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -100,16 +101,24 @@ def _communicator(site: LaunchSite, module: ModuleType) -> list[str]:
     present = [m for m in site.methods if callable(getattr(cls, m, None))]
     if not present:
         raise _Unavailable(f"{site.owner} has none of {', '.join(site.methods)}")
-    patched = []
+    patched, refused = [], []
     for method in present:
-        if wrap_stream_method(REGISTRY, GATE, cls, method, site.op(method),
-                              resolve=resolver.expr, names=resolver.names,
-                              device_expr=site.device, accessor=resolver.label,
-                              current_of_device=reader.current_stream,
-                              current_raw_stream=reader.current_raw_stream,
-                              current_device=reader.current_device,
-                              skip_expr=site.skip, fixed_device=True, target=site.name):
-            patched.append(method)
+        try:
+            if wrap_stream_method(REGISTRY, GATE, cls, method, site.op(method),
+                                  resolve=resolver.expr, names=resolver.names,
+                                  device_expr=site.device, accessor=resolver.label,
+                                  current_of_device=reader.current_stream,
+                                  current_raw_stream=reader.current_raw_stream,
+                                  current_device=reader.current_device,
+                                  skip_expr=site.skip, fixed_device=True, target=site.name):
+                patched.append(method)
+        except ValueError as exc:  # a signature the generated wrapper cannot take
+            refused.append(str(exc))
+    if refused and not patched:
+        raise _Unavailable("; ".join(refused))
+    for reason in refused:  # the others are audited: say which are not
+        warnings.warn(f"streamcheck: {reason}; its launches are not audited", RuntimeWarning,
+                      stacklevel=2)
     return patched
 
 

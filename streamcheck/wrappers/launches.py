@@ -25,7 +25,12 @@ from typing import Any
 
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
-from streamcheck.wrappers.generated import defaults_namespace, globals_for, signature_source
+from streamcheck.wrappers.generated import (
+    defaults_namespace,
+    globals_for,
+    parameter_names,
+    signature_source,
+)
 from streamcheck.wrappers.registry import PatchRegistry
 
 CurrentStreamTuple = tuple[int, int, int]
@@ -33,6 +38,13 @@ CurrentStreamTuple = tuple[int, int, int]
 
 
 _warned: set[tuple[str, str]] = set()
+
+#: The names the generated wrappers' code binds or reads besides the method's parameters and
+#: its globals: a method with a parameter of one of these names is not wrapped (the wrapper
+#: would hand the method its own value, or call the parameter).
+_WRAPPER_NAMES = frozenset({"auditor", "target", "implicit", "fast", "sdev", "cur", "sid",
+                            "handle", "exc", "original", "slow", "_stream", "_skip",
+                            "_check_given", "_check_resolved"})
 
 
 def warn_cannot_audit(op: str, exc: Exception) -> None:
@@ -192,6 +204,10 @@ def make(original):
         "_accessor": accessor, "_get_ident": threading.get_ident, "_functools": functools,
         **(names or {}), **defaults_namespace(original),
     }
+    clashing = parameter_names(original) & (_WRAPPER_NAMES | namespace.keys())
+    if clashing:  # the parameter would hide the wrapper's own name, or take its value
+        raise ValueError(f"cannot audit {cls.__name__}.{method}: its parameter "
+                         f"{', '.join(sorted(clashing))} has a name the generated wrapper uses")
     exec(compile(source, f"<streamcheck wrapper of {cls.__name__}.{method}>", "exec"), namespace)
     make = namespace["make"]
     compiled = _compiled_maker(gate, owner, counter, make, original, resolve, namespace,

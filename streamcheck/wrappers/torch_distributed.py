@@ -11,13 +11,19 @@ the tensor's device; CPU tensors (gloo) are not audited.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from streamcheck.wrappers import speedups
 from streamcheck.wrappers.gate import Gate
-from streamcheck.wrappers.generated import defaults_namespace, globals_for, signature_source
+from streamcheck.wrappers.generated import (
+    defaults_namespace,
+    globals_for,
+    parameter_names,
+    signature_source,
+)
 from streamcheck.wrappers.launches import site_counter
 from streamcheck.wrappers.registry import PatchRegistry
 
@@ -83,31 +89,42 @@ def wrap_tensor_function(registry: PatchRegistry, gate: Gate, module: Any, name:
     return registry.patch(module, name, make)
 
 
+#: The names a checked wrapper's code uses besides its parameters: a function with a parameter
+#: of one of these names keeps the compiled hook itself.
+_WRAPPER_NAMES = frozenset({"_sc_original", "_sc_slow", "_check_tensor", "_functools"})
+
+
 def checked_wrapper(original: Any, passes: Callable[[Any], bool],
                     slow: Callable[..., Any]) -> Callable[..., Any] | None:
-    """``original`` behind a generated wrapper with its own signature that asks ``passes``
-    (the compiled hook's plain test) about its first parameter, then calls ``original`` itself
-    or hands the call to ``slow``; None where the signature cannot be read or starts with no
-    positional parameter (the hook itself is installed then).
+    """``original`` behind a generated wrapper with its signature that asks ``passes`` (the
+    compiled hook's plain test) about its first argument, then calls ``original`` itself or
+    hands the call to ``slow``; None where the signature cannot be read, names one of the
+    wrapper's own names or starts with no positional parameter (the hook itself is installed
+    then).
 
     Python calls Python here, as the caller calls ``original`` unaudited: the interpreter
     pushes a frame. The hook called as the function entered the interpreter again from C to
     run ``original``, code that an engine's other work leaves cold
-    (scripts/bench_hook_instructions.py, its ``distributed`` path). The tensor is found by
-    name too, so ``all_reduce(tensor=t)`` takes the plain test."""
+    (scripts/bench_hook_instructions.py, its ``distributed`` paths). The signature is the
+    one ``inspect`` gives, behind ``__wrapped__``: most of torch's collectives are a logging
+    wrapper taking ``(*args, **kwargs)`` (``_exception_logger``), and a wrapper of that
+    signature built a tuple and a dict at every call (about 1,000 instructions more, and more
+    cold lines than the named one). So the logging wrapper gets every argument positionally,
+    the defaults filled in: the function behind it gets the same values; only the dict its
+    debug log makes of a failed call's keywords is emptier."""
     params, call, _ = signature_source(original)
-    if params is None:
+    if params is None or parameter_names(original) & _WRAPPER_NAMES:
         return None
-    first = params.split(",", 1)[0].split("=", 1)[0].strip()
-    if not first or first.startswith("*") or first == "/":
+    first = _first_argument(original)
+    if first is None:
         return None
     source = f"""
-def make(original, slow):
+def make(_sc_original, _sc_slow):
     def audited({params}):
         if _check_tensor({first}):
-            return original({call})
-        return slow({call})
-    return _functools.wraps(original)(audited)
+            return _sc_original({call})
+        return _sc_slow({call})
+    return _functools.wraps(_sc_original)(audited)
 """
     namespace = {"_check_tensor": passes, "_functools": functools,
                  **defaults_namespace(original)}
@@ -116,3 +133,20 @@ def make(original, slow):
     shell = globals_for(code, namespace, first=("_check_tensor",))
     exec(code, shell)
     return shell["make"](original, slow)
+
+
+def _first_argument(original: Any) -> str | None:
+    """The expression, in a wrapper of ``original``'s signature, of its first argument: the
+    first parameter, or for ``*args`` first its first item; None for any other signature."""
+    try:
+        first = next(iter(inspect.signature(original).parameters.values()), None)
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    if first is None:
+        return None
+    if first.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD):
+        return first.name
+    if first.kind is kinds.VAR_POSITIONAL:
+        return f"{first.name}[0] if {first.name} else None"
+    return None

@@ -48,12 +48,18 @@ def test_each_path_calls_through_the_compiled_hook_when_audited(path, monkeypatc
         installer.uninstall()
         speedups.use("auto")
         cuda.use_reader(None)  # the handoff paths read streams through the script's reader
-        bench.ENGINE_STOP.set()  # distributed_helper's engine thread, and its role
-        for engine in bench.ENGINES:
-            engine.join()
-            ROLES.forget(engine.ident)
-        bench.ENGINES.clear()
-        bench.ENGINE_STOP.clear()
+        release_engines()
+
+
+def release_engines() -> None:
+    """End the engine threads ``distributed_helper`` declared, and take their roles back (the
+    role table is the process's)."""
+    bench.ENGINE_STOP.set()
+    for engine in bench.ENGINES:
+        engine.join()
+        ROLES.forget(engine.ident)
+    bench.ENGINES.clear()
+    bench.ENGINE_STOP.clear()
 
 
 def _hooked(path, call):
@@ -85,6 +91,31 @@ def _hooked(path, call):
 
 
 @pytest.mark.skipif(not speedups.built(), reason="streamcheck._speedups is not built here")
+@pytest.mark.parametrize("path", ["distributed", "distributed_helper"])
+def test_the_distributed_paths_pass_in_c(path, monkeypatch):
+    """The counted call passes the compiled test and never reaches the Python hook (which
+    looks for the tensor with ``_first_tensor``): the count is of the plain case."""
+    from streamcheck.wrappers import torch_distributed
+
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    looked: list = []
+    first_tensor = torch_distributed._first_tensor
+    monkeypatch.setattr(torch_distributed, "_first_tensor",
+                        lambda *a: looked.append(a) or first_tensor(*a))
+    try:
+        call = bench.prepare(path, True)
+        for _ in range(3):
+            call()
+        auditor = installer.current_auditor()
+        assert looked == [] and auditor.findings() == []
+        assert auditor.coverage.launches_by_op()["bench.dist.all_reduce"] == 3
+        assert (auditor.main_engine is None) == (path == "distributed_helper")
+    finally:
+        installer.uninstall()
+        speedups.use("auto")
+        release_engines()
+
+
 @pytest.mark.parametrize("path", ["wait_stream", "stream_wait", "stream_wait_events"])
 def test_the_wait_stream_paths_are_the_plain_live_case_in_c(path, monkeypatch):
     """Both event hooks compiled (and for ``stream_wait`` the stream's ``wait_stream`` hook);

@@ -59,9 +59,12 @@ def test_bench_audit_turns_which_run_goes_first_from_round_to_round():
     plain = bench_audit.contextlib.nullcontext
     times = bench_audit.interleaved_arms(
         [(lambda: order.append("a"), plain), (lambda: order.append("b"), plain),
-         (lambda: order.append("c"), plain)], 1, 4)
-    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
-    assert [len(t) for t in times] == [4, 4, 4]
+         (lambda: order.append("c"), plain)], 1, 6)
+    # a Williams design: over six rounds each arm in each place twice, and right after each
+    # other arm twice
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b",
+                     "c", "b", "a", "a", "c", "b", "b", "a", "c"]
+    assert [len(t) for t in times] == [6, 6, 6]
 
 
 def test_bench_audit_times_the_wrapper_with_the_audit_paused_and_restores_it():

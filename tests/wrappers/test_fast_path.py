@@ -374,6 +374,24 @@ def test_a_checked_wrappers_globals_hold_the_names_it_reads_its_own_first():
     assert shell["_check"] == 4 and "_unused" not in shell
 
 
+def test_a_generated_signature_keeps_every_kind_of_parameter():
+    """``signature_source``: a positional-only parameter stays one (``/`` written after the
+    last), so a keyword of its name still reaches ``**kwargs``; keyword-only ones are passed
+    by keyword; defaults are named for the globals."""
+    from streamcheck.wrappers.generated import defaults_namespace, signature_source
+
+    def method(self, a, b=1, /, c=2, *rest, e, **more):
+        return (a, b, c, rest, e, more)
+
+    params, call, has_stream = signature_source(method)
+    assert params == "self, a, b=_default_b, /, c=_default_c, *rest, e, **more"
+    assert call == "self, a, b, c, *rest, e=e, **more" and not has_stream
+    shell = dict(defaults_namespace(method), method=method)
+    exec(f"def wrapper({params}):\n    return method({call})", shell)
+    assert shell["wrapper"](None, 0, e=5, a="a keyword") == method(None, 0, e=5, a="a keyword")
+    assert shell["wrapper"](None, 0, 9, 8, 7, e=5) == (0, 9, 8, (7,), 5, {})
+
+
 def test_a_skip_test_that_raises_goes_ahead_while_no_audit_runs_and_raises_while_one_does(core):
     """The skip test is read after the gate by the Python wrapper: while the gate holds no
     auditor a skip test that raises is never reached and the launch goes ahead; while an audit

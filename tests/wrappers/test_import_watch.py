@@ -189,3 +189,53 @@ def test_one_wrapper_per_method_under_concurrent_imports(modules: str) -> None:
     mod = sys.modules[modules]
     inner = mod.Comm.__dict__["all_reduce"].__wrapped__
     assert not hasattr(inner, "__wrapped__")  # wrapped exactly once
+
+
+CLASHING = '''
+def current_stream():
+    return None
+
+class Comm:
+    def __init__(self, device):
+        self.device = device
+
+    def all_reduce(self, tensor, handle=None, stream=None):
+        return handle
+
+    def broadcast(self, tensor, src, stream=None):
+        return src
+'''
+
+
+def test_a_method_whose_parameter_the_wrapper_would_take_is_not_wrapped_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parameter named as the generated wrapper's own (``handle``) would be handed the
+    wrapper's value: the method is left as it is, with a warning, and a target left with
+    nothing audited is reported unavailable, saying why."""
+    name = f"sc_clash_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(CLASHING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    use_reader(reader())
+
+    def audit(methods: str):
+        target = f"{name}:Comm.{methods} stream={name}:current_stream"
+        return streamcheck.install(settings=AuditSettings.load(
+            {}, pyproject=False, mode="record", targets=[target]))
+
+    try:
+        audit("all_reduce,broadcast")
+        with pytest.warns(RuntimeWarning, match="parameter handle .* not audited"):
+            mod = importlib.import_module(name)
+        assert mod.Comm(0).all_reduce(None, handle=7) == 7
+        assert not hasattr(mod.Comm.__dict__["all_reduce"], "__wrapped__")
+        assert hasattr(mod.Comm.__dict__["broadcast"], "__wrapped__")
+        streamcheck.uninstall()
+        sys.modules.pop(name, None)
+        aud = audit("all_reduce")
+        importlib.import_module(name)
+        state = {t.name: t for t in aud.coverage.targets()}[f"{name}:Comm"]
+        assert state.state == "unavailable" and "parameter handle" in state.detail
+    finally:
+        streamcheck.uninstall()
+        use_reader(None)
+        sys.modules.pop(name, None)

@@ -8,6 +8,7 @@ setting. The compiled cases are skipped, and say so, where the extension is not 
 from __future__ import annotations
 
 import _thread
+import functools
 import gc
 import inspect
 import itertools
@@ -800,7 +801,7 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
     """The compiled core puts a generated wrapper with the function's own signature in front
     of it, which asks the hook's plain test (in C) and calls the function itself: a plain call
     never reaches the Python hook, the tensor found by name too, the defaults the function's
-    own; every other call does; a function whose first parameter is ``*args`` keeps the hook
+    own; every other call does; a function with no positional parameter keeps the hook
     itself."""
     from streamcheck.wrappers import torch_distributed
 
@@ -814,7 +815,7 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
         calls.append((tensor, op, group, async_op))
         return "done"
 
-    def batch(*ops):
+    def batch(*, ops):
         return "batched"
 
     module = SimpleNamespace(all_reduce=all_reduce, batch=batch)
@@ -823,7 +824,7 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
                              f"dist.{name}", fake_reader().current_stream, "torch.distributed")
     wrapped = module.all_reduce
     assert checked_by_compiled_code(wrapped) and wrapped.__wrapped__ is all_reduce
-    assert inspect.signature(wrapped) == inspect.signature(all_reduce)
+    assert inspect.signature(wrapped, follow_wrapped=False) == inspect.signature(all_reduce)
     assert type(module.batch).__name__ == "GuardedCall"
     looked: list = []
     first_tensor = torch_distributed._first_tensor
@@ -855,6 +856,66 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
         installer._gate.auditor = aud
     assert aud.coverage.launches_by_op()["dist.all_reduce"] == 3
     assert len(calls) == 5
+
+
+def logged(fn):
+    """torch's ``_exception_logger``'s shape: ``(*args, **kwargs)``, ``__wrapped__`` set."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        wrapper.seen = (args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@needs_build
+def test_a_checked_torch_distributed_wrapper_takes_the_signature_behind_a_logging_wrapper(
+        monkeypatch):
+    """Behind torch's logging wrapper (``*args, **kwargs``) the function's own signature is
+    taken: the tensor given by keyword is found by the compiled test, and the logging wrapper
+    gets the arguments positionally, the defaults filled in (the function behind it the same
+    values). A positional-only parameter stays one; a parameter named as one of the
+    wrapper's own names keeps the compiled hook itself."""
+    from streamcheck.wrappers import torch_distributed
+
+    monkeypatch.setenv("STREAMCHECK_CORE", "compiled")
+    aud = installer.install("record")
+    made_current(aud.book, StreamRef(0, 9))
+
+    def all_reduce(tensor, op="sum", group=None):
+        return (tensor, op, group)
+
+    def send(tensor, /, **options):
+        return (tensor, options)
+
+    def clashing(tensor, _sc_original=None):
+        return tensor
+
+    module = SimpleNamespace(all_reduce=logged(all_reduce), send=send, clashing=clashing)
+    outer = module.all_reduce
+    for name in ("all_reduce", "send", "clashing"):
+        wrap_tensor_function(installer._registry, installer._gate, module, name,
+                             f"dist.{name}", fake_reader().current_stream, "torch.distributed")
+    assert checked_by_compiled_code(module.all_reduce) and checked_by_compiled_code(module.send)
+    assert type(module.clashing).__name__ == "GuardedCall"
+    assert inspect.signature(module.all_reduce, follow_wrapped=False) == inspect.signature(
+        all_reduce)
+    looked: list = []
+    first_tensor = torch_distributed._first_tensor
+    monkeypatch.setattr(torch_distributed, "_first_tensor",
+                        lambda *a: looked.append(a) or first_tensor(*a))
+    t0 = FakeTensor(0)
+    assert module.all_reduce(t0, group="g") == (t0, "sum", "g")
+    assert outer.seen == ((t0, "sum", "g"), {})
+    assert module.all_reduce(group="g", tensor=t0) == (t0, "sum", "g")
+    assert module.send(t0, tensor="an option") == (t0, {"tensor": "an option"})
+    assert module.clashing(t0, _sc_original=1) is t0
+    assert looked == [] and aud.findings() == []
+    counted = aud.coverage.launches_by_op()
+    assert (counted["dist.all_reduce"], counted["dist.send"], counted["dist.clashing"]) == (2, 1, 1)
+    with pytest.raises(TypeError):
+        module.all_reduce()  # a call the function would refuse: refused
 
 
 @needs_build
