@@ -5,7 +5,8 @@ stream after it with an event, so a cache leak in Python cannot misroute these l
 module-global leak gives zero findings here, which is correct. What can still go wrong is who
 calls: a helper thread still on the legacy default stream while the engine computes on another
 (``default-stream-in-worker``). Each call is audited with the thread's real current stream on
-the tensor's device; CPU tensors (gloo) are not audited.
+the tensor's device (the main engine thread's is not read: the rule spares that thread, so
+its call is only counted); CPU tensors (gloo) are not audited.
 """
 
 from __future__ import annotations
