@@ -1406,11 +1406,11 @@ static PyTypeObject StreamCheckType = {
  *     stream on its current device (`current(reader())`), read after the record as the
  *     Python hook reads it; without `current`, a record on the current stream goes to `slow`;
  *   TENSOR_CALL, a torch.distributed function: plain when its first argument (or a list's
- *     head, or that head's `tensor`: device_of_first) has a device (`get_device()` >= 0) and the calling thread is the main engine thread
- *     (`auditor.main_engine`: its current stream is not read), or the thread's current
- *     stream there (`reader(device)`, a (stream id, device, type) tuple; read natively once
- *     that was proven: streamcheck/_native_streams.c) is not a default stream (id 0); the
- *     launch is counted;
+ *     head, or that head's `tensor`: device_of_first) has a device (`get_device()` >= 0)
+ *     and the calling thread is the main engine thread (`auditor.main_engine`: its current
+ *     stream is not read), or the thread's current stream there (`reader(device)`, a
+ *     (stream id, device, type) tuple; read natively once that was proven:
+ *     streamcheck/_native_streams.c) is not a default stream (id 0); the launch is counted;
  *   EVENT_WAIT, Event.wait(self, stream=None): plain while no clocks are live, and when the
  *     stream is given and its clock already holds every entry of the event's snapshot (the
  *     common wait: it adds nothing); any other wait goes to `slow`, which merges;
