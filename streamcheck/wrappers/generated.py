@@ -1,9 +1,9 @@
 """Pieces of the wrappers generated with a callee's own signature (as :mod:`dataclasses`
 generates ``__init__``): the parameter list and call that reproduce it, its defaults as names,
-and the small globals the generated code reads. A generated wrapper passes its arguments on as
-it got them, with no ``*args``/``**kwargs`` repacking, and Python calls Python: the
-interpreter pushes a frame, where a hook written in C entered the interpreter again for the
-callee."""
+and the small globals the generated code reads. A generated wrapper passes its arguments on by
+the callee's own parameters, with no ``*args``/``**kwargs`` repacking, and Python calls
+Python: the interpreter pushes a frame, where a hook written in C entered the interpreter
+again for the callee."""
 
 from __future__ import annotations
 

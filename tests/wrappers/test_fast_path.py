@@ -374,6 +374,37 @@ def test_a_checked_wrappers_globals_hold_the_names_it_reads_its_own_first():
     assert shell["_check"] == 4 and "_unused" not in shell
 
 
+@pytest.mark.parametrize("resolve", [None, "self.current()"])
+def test_the_names_a_wrapper_binds_are_the_ones_a_parameter_may_not_take(core, resolve):
+    """Every name a generated launch wrapper binds or takes from its closure, besides the
+    method's parameters, is in ``launches._WRAPPER_NAMES``, the list a clashing parameter is
+    refused by: a name added to the wrapper's code and not to the list would be handed to the
+    method in place of the caller's value."""
+    from streamcheck.wrappers import launches
+
+    class Comm:
+        device = 0
+
+        def current(self):
+            return None
+
+        def all_reduce(self, tensor, out=None, stream=None):
+            return stream
+
+    installer.install("assert")
+    try:
+        wrap_stream_method(installer._registry, installer._gate, Comm, "all_reduce",
+                           "names.all_reduce", resolve=resolve, device_expr="self.device",
+                           accessor="", current_of_device=lambda d: (0, 0, 1),
+                           current_raw_stream=lambda d: 0, current_device=lambda: 0,
+                           fixed_device=True)
+        code = Comm.__dict__["all_reduce"].__code__
+        bound = set(code.co_varnames) | set(code.co_freevars)
+        assert bound - {"self", "tensor", "out", "stream"} <= launches._WRAPPER_NAMES
+    finally:
+        installer.uninstall()
+
+
 def test_a_generated_signature_keeps_every_kind_of_parameter():
     """``signature_source``: a positional-only parameter stays one (``/`` written after the
     last), so a keyword of its name still reaches ``**kwargs``; keyword-only ones are passed

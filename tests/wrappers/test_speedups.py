@@ -824,6 +824,9 @@ def test_a_compiled_torch_distributed_hook_is_a_wrapper_with_the_functions_signa
                              f"dist.{name}", fake_reader().current_stream, "torch.distributed")
     wrapped = module.all_reduce
     assert checked_by_compiled_code(wrapped) and wrapped.__wrapped__ is all_reduce
+    code = wrapped.__code__  # what it binds besides the parameters: the names a parameter
+    bound = set(code.co_varnames) | set(code.co_freevars)  # may not take
+    assert bound - {"tensor", "op", "group", "async_op"} <= torch_distributed._WRAPPER_NAMES
     assert inspect.signature(wrapped, follow_wrapped=False) == inspect.signature(all_reduce)
     assert type(module.batch).__name__ == "GuardedCall"
     looked: list = []
